@@ -1,0 +1,98 @@
+"""raygrain's programming model: what a user imports to write virtual actors.
+
+This package depends on nothing else in raygrain; the runtime reaches an actor through the
+``ActorContext`` it binds to each activation.
+"""
+
+from actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
+from actors._codec import (
+    decode,
+    decode_error,
+    decode_state,
+    encode,
+    encode_error,
+    encode_state,
+    register_type,
+)
+from actors._errors import (
+    ActorCallTimeout,
+    ClusterClosedError,
+    ConfigurationError,
+    DeadlockError,
+    InconsistentStateError,
+    InvalidArgumentsError,
+    InvalidCallError,
+    MessageTooLargeError,
+    RaygrainError,
+    RemoteActorError,
+    SerializationError,
+    SiloUnavailableError,
+    StateDecodeError,
+    StorageError,
+    StorageSchemaError,
+    TransactionAbortedError,
+    UnknownActorTypeError,
+    UnknownMethodError,
+)
+from actors._identity import ActorId, ActorKey
+from actors._options import (
+    ActorOptions,
+    DeactivationReason,
+    MethodOptions,
+    Persistence,
+    always_interleave,
+    call_timeout,
+    method_options,
+    one_way,
+    read_only,
+    transactional,
+)
+from actors._ref import ActorRef, Invoker, current_invoker
+
+__all__ = [
+    "Actor",
+    "ActorCallTimeout",
+    "ActorContext",
+    "ActorId",
+    "ActorKey",
+    "ActorMethod",
+    "ActorOptions",
+    "ActorRef",
+    "ClusterClosedError",
+    "ConfigurationError",
+    "DeactivationReason",
+    "DeadlockError",
+    "InconsistentStateError",
+    "InvalidArgumentsError",
+    "InvalidCallError",
+    "Invoker",
+    "MessageTooLargeError",
+    "MethodOptions",
+    "Persistence",
+    "RaygrainError",
+    "RemoteActorError",
+    "SerializationError",
+    "SiloUnavailableError",
+    "StateDecodeError",
+    "StorageError",
+    "StorageSchemaError",
+    "TransactionAbortedError",
+    "UnknownActorTypeError",
+    "UnknownMethodError",
+    "actor_methods",
+    "actor_options",
+    "always_interleave",
+    "call_timeout",
+    "current_invoker",
+    "decode",
+    "decode_error",
+    "decode_state",
+    "encode",
+    "encode_error",
+    "encode_state",
+    "method_options",
+    "one_way",
+    "read_only",
+    "register_type",
+    "transactional",
+]

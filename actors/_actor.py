@@ -1,0 +1,218 @@
+"""The ``Actor`` base class: what a user subclasses to write a virtual actor.
+
+A subclass is a plain Python class with async methods. Class keywords set its options, the
+generic parameter names its state type, and the runtime supplies everything else through an
+``ActorContext`` bound to the instance before ``__init__`` runs. This module never imports the
+runtime: the context is a protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
+
+from actors._errors import ConfigurationError
+from actors._identity import ActorId, ActorKey
+from actors._options import (
+    ActorOptions,
+    DeactivationReason,
+    MethodOptions,
+    Persistence,
+    method_options,
+)
+from actors._ref import RESERVED_NAMES, ActorRef
+
+__all__ = ["Actor", "ActorContext", "ActorMethod", "actor_methods", "actor_options"]
+
+StateT = TypeVar("StateT")
+A = TypeVar("A", bound="Actor[Any]")
+
+
+class ActorContext(Protocol):
+    """The runtime's side of an activation, as seen by the actor instance."""
+
+    @property
+    def actor_id(self) -> ActorId: ...
+
+    def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef: ...
+
+    def deactivate_on_idle(self) -> None: ...
+
+    async def save(self) -> None: ...
+
+    async def clear_state(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActorMethod:
+    """One remotely callable method of an actor class."""
+
+    name: str
+    function: Callable[..., Any]
+    options: MethodOptions
+    signature: inspect.Signature
+    # The exact positional argument count when the signature is that simple (no defaults,
+    # no keyword-only, no *args/**kwargs): checking a call is then a length comparison.
+    arity: int | None = None
+
+
+class Actor(Generic[StateT]):
+    """Base class of virtual actors. ``StateT`` is the persistent state's type.
+
+    Class keywords: ``name`` (stable type name), ``reentrant``, ``stateless_worker``,
+    ``max_local_workers``, ``idle_timeout`` (seconds), ``persistence`` (``Persistence``).
+    """
+
+    __actor_options__: ClassVar[ActorOptions]
+    __actor_state_type__: ClassVar[Any] = None
+    __actor_methods__: ClassVar[dict[str, ActorMethod]]
+
+    _context: ActorContext
+    state: StateT
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        reentrant: bool = False,
+        stateless_worker: bool = False,
+        max_local_workers: int = 4,
+        idle_timeout: float | None = None,
+        persistence: Persistence | str = Persistence.PER_TURN,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"{cls.__qualname__}: name= must be a non-empty string")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ConfigurationError(f"{cls.__qualname__}: idle_timeout must be positive")
+        if max_local_workers < 1:
+            raise ConfigurationError(f"{cls.__qualname__}: max_local_workers must be >= 1")
+        inherited = cls.__dict__.get("__actor_options__") or getattr(cls, "__actor_options__", None)
+        base_state = getattr(cls, "__actor_state_type__", None)
+        cls.__actor_options__ = ActorOptions(
+            name=name or _default_type_name(cls),
+            reentrant=reentrant or bool(inherited and inherited.reentrant),
+            stateless_worker=stateless_worker,
+            max_local_workers=max_local_workers,
+            idle_timeout=idle_timeout,
+            persistence=Persistence(persistence),
+        )
+        cls.__actor_state_type__ = _state_type_of(cls, base_state)
+        cls.__actor_methods__ = _collect_methods(cls)
+
+    # -- what an actor uses ------------------------------------------------------------------
+
+    @property
+    def id(self) -> ActorId:
+        return self._context.actor_id
+
+    @property
+    def key(self) -> ActorKey:
+        return self._context.actor_id.key
+
+    def get(self, actor_type: type[A], key: ActorKey) -> A:
+        """A reference to another actor (or this one), callable from this actor's turns."""
+        return cast(A, self._context.ref(actor_type, key))
+
+    def deactivate_on_idle(self) -> None:
+        """Deactivate this activation once the current turn ends (state is already durable)."""
+        self._context.deactivate_on_idle()
+
+    async def save(self) -> None:
+        """Write the state now. Needed only with ``persistence="explicit"``."""
+        await self._context.save()
+
+    async def clear_state(self) -> None:
+        """Delete the stored state and reset ``self.state`` to its default."""
+        await self._context.clear_state()
+
+    # -- lifecycle hooks ---------------------------------------------------------------------
+
+    async def on_activate(self) -> None:
+        """Called after the state is loaded, before the first call is delivered."""
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        """Called before the activation is dropped; its state is already durable."""
+
+
+def actor_options(cls: type[Actor[Any]]) -> ActorOptions:
+    return cls.__actor_options__
+
+
+def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
+    return cls.__actor_methods__
+
+
+_BASE_NAMES = frozenset(dir(Actor))
+
+
+def _collect_methods(cls: type) -> dict[str, ActorMethod]:
+    methods: dict[str, ActorMethod] = {}
+    for attr_name in dir(cls):
+        if attr_name.startswith("_") or attr_name in _BASE_NAMES:
+            continue
+        fn = inspect.getattr_static(cls, attr_name)
+        if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(fn):
+            continue
+        if attr_name in RESERVED_NAMES:
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{attr_name}: the name is reserved by ActorRef "
+                f"({', '.join(sorted(RESERVED_NAMES))}); rename the method"
+            )
+        options = method_options(fn)
+        if options.read_only and options.transactional:
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{attr_name}: a method cannot be both @read_only and "
+                "@transactional"
+            )
+        signature = inspect.signature(fn)
+        methods[attr_name] = ActorMethod(attr_name, fn, options, signature, _simple_arity(signature))
+    return methods
+
+
+def _simple_arity(signature: inspect.Signature) -> int | None:
+    params = list(signature.parameters.values())[1:]  # drop self
+    simple = all(
+        p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
+        for p in params
+    )
+    return len(params) if simple else None
+
+
+def _default_type_name(cls: type) -> str:
+    module = cls.__module__
+    if module == "__main__":
+        # `python -m pkg.mod` runs pkg.mod as __main__; the spec keeps the real, stable name.
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else ""
+    return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
+
+
+def _state_type_of(cls: type, inherited: Any) -> Any:
+    for base in getattr(cls, "__orig_bases__", ()):
+        if typing.get_origin(base) is Actor:
+            (arg,) = typing.get_args(base)
+            if arg is None or arg is type(None):
+                return None
+            if isinstance(arg, TypeVar):
+                return inherited
+            _check_default_constructible(cls, arg)
+            return arg
+    return inherited
+
+
+def _check_default_constructible(cls: type, state_type: Any) -> None:
+    try:
+        state_type()
+    except Exception as exc:
+        hint = " (give every dataclass field a default)" if dataclasses.is_dataclass(state_type) else ""
+        raise ConfigurationError(
+            f"{cls.__qualname__}: state type {state_type!r} cannot be built with no arguments"
+            f"{hint}: {exc}"
+        ) from exc

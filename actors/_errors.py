@@ -1,0 +1,179 @@
+"""Every error raygrain raises, in one place.
+
+Errors cross processes (silo to client, silo to silo), so each one pickles and each one survives
+the msgpack codec: the codec sends the class name and ``args`` and rebuilds the error from this
+module's registry on the other side. Keep ``args`` equal to the constructor's arguments.
+
+The tree::
+
+    RaygrainError
+    ├── ConfigurationError          bad actor class, option or cluster setting
+    ├── InvalidCallError            the call itself is wrong; nothing ran
+    │   ├── UnknownActorTypeError   type name not registered on the cluster
+    │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
+    │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
+    │   └── MessageTooLargeError    an encoded message exceeds the configured limit
+    ├── SerializationError          a value cannot cross the copy boundary
+    ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
+    ├── DeadlockError               a call cycle through non-reentrant actors
+    ├── RemoteActorError            the actor raised an exception not importable by the caller
+    ├── ClusterClosedError          the cluster or client was closed
+    ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
+    ├── StorageError                a state provider failed
+    │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
+    │   ├── StateDecodeError        a stored record cannot be decoded into the state type
+    │   └── StorageSchemaError      the store's file or schema is unusable (corrupt, newer version)
+    └── TransactionAbortedError     a multi-actor transaction aborted (reason given)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActorCallTimeout",
+    "ClusterClosedError",
+    "ConfigurationError",
+    "DeadlockError",
+    "InconsistentStateError",
+    "InvalidArgumentsError",
+    "InvalidCallError",
+    "MessageTooLargeError",
+    "RaygrainError",
+    "RemoteActorError",
+    "SerializationError",
+    "SiloUnavailableError",
+    "StateDecodeError",
+    "StorageError",
+    "StorageSchemaError",
+    "TransactionAbortedError",
+    "UnknownActorTypeError",
+    "UnknownMethodError",
+]
+
+
+class RaygrainError(Exception):
+    """Base class of every error raised by raygrain itself."""
+
+
+class ConfigurationError(RaygrainError):
+    """An actor class, option or cluster setting is invalid."""
+
+
+class InvalidCallError(RaygrainError):
+    """The call cannot be delivered as made; no actor code ran."""
+
+
+class UnknownActorTypeError(InvalidCallError):
+    """The actor type is not registered on the cluster."""
+
+
+class UnknownMethodError(InvalidCallError):
+    """The actor has no public async method of that name."""
+
+
+class InvalidArgumentsError(InvalidCallError):
+    """The arguments do not bind to the method's signature."""
+
+
+class MessageTooLargeError(InvalidCallError):
+    """An encoded message is larger than the configured limit."""
+
+
+class SerializationError(RaygrainError):
+    """A value cannot be encoded or decoded by the raygrain codec."""
+
+
+class ActorCallTimeout(RaygrainError, TimeoutError):
+    """The call did not complete before its deadline; a late result is dropped."""
+
+
+class DeadlockError(RaygrainError):
+    """The call would close a cycle through non-reentrant activations."""
+
+
+class ClusterClosedError(RaygrainError):
+    """The cluster, client or silo handling the call has been closed."""
+
+
+class SiloUnavailableError(RaygrainError):
+    """The silo hosting the actor died or left while the call was in flight.
+
+    The call may or may not have run. It is safe to retry when the method is idempotent.
+    """
+
+
+class TransactionAbortedError(RaygrainError):
+    """A multi-actor transaction was aborted; no participant kept any of its changes."""
+
+
+class RemoteActorError(RaygrainError):
+    """An actor method raised an exception whose type the caller cannot import.
+
+    ``type_name`` is the remote exception's qualified type name, ``message`` its text and
+    ``remote_traceback`` the formatted traceback from the silo.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(type_name, message, remote_traceback)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+class StorageError(RaygrainError):
+    """A state storage provider failed."""
+
+
+class StorageSchemaError(StorageError):
+    """The store cannot be used: corrupt, locked, unwritable or from a newer schema version."""
+
+
+class StateDecodeError(StorageError):
+    """A stored state record cannot be decoded into the actor's state type."""
+
+
+class InconsistentStateError(StorageError):
+    """A write's expected ETag does not match the stored one.
+
+    Raised to a stale writer, typically a duplicate activation; the runtime deactivates it.
+    ``stored_etag`` is what the store holds (None: no record), ``expected_etag`` what the writer
+    believed.
+    """
+
+    def __init__(self, stored_etag: str | None, expected_etag: str | None, what: str = "") -> None:
+        super().__init__(stored_etag, expected_etag, what)
+        self.stored_etag = stored_etag
+        self.expected_etag = expected_etag
+        self.what = what
+
+    def __str__(self) -> str:
+        target = f" for {self.what}" if self.what else ""
+        return (
+            f"ETag mismatch{target}: stored {self.stored_etag!r}, expected {self.expected_etag!r}"
+        )
+
+
+def error_types() -> dict[str, type[RaygrainError]]:
+    """Every raygrain error class by name, for rebuilding errors that crossed the wire."""
+    found: dict[str, type[RaygrainError]] = {}
+    pending: list[type[RaygrainError]] = [RaygrainError]
+    while pending:
+        cls = pending.pop()
+        found[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def rebuild_error(name: str, args: list[Any]) -> RaygrainError | None:
+    """Rebuild a raygrain error from its class name and args, or None if unknown."""
+    cls = error_types().get(name)
+    if cls is None:
+        return None
+    try:
+        return cls(*args)
+    except TypeError:
+        return None

@@ -1,0 +1,110 @@
+"""Actor references: cheap, serializable values that name an actor and call it.
+
+A reference holds only an ``ActorId``. It is bound to the runtime that made it (a cluster
+client or a silo); a reference that arrived by message or from stored state is unbound and
+uses the runtime of the turn that calls it (``current_invoker``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Any, Protocol
+
+from actors._errors import ClusterClosedError, UnknownMethodError
+from actors._identity import ActorId
+
+__all__ = ["RESERVED_NAMES", "ActorRef", "Invoker", "current_invoker"]
+
+
+class Invoker(Protocol):
+    """What a reference calls through: a cluster client or a silo."""
+
+    def invoke(
+        self,
+        target: ActorId,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Awaitable[Any]: ...
+
+
+current_invoker: ContextVar[Invoker | None] = ContextVar("raygrain_current_invoker", default=None)
+
+
+# An actor method cannot use these names: the reference's own attributes would shadow it.
+RESERVED_NAMES = frozenset({"actor_id", "key", "with_timeout", "invoke"})
+
+
+class ActorRef:
+    """A reference to the actor ``actor_id``; ``await ref.method(*args)`` calls it."""
+
+    __slots__ = ("_invoker", "_timeout", "actor_id")
+
+    def __init__(
+        self, actor_id: ActorId, invoker: Invoker | None = None, timeout: float | None = None
+    ) -> None:
+        self.actor_id = actor_id
+        self._invoker = invoker
+        self._timeout = timeout
+
+    @property
+    def key(self) -> str | int:
+        return self.actor_id.key
+
+    def with_timeout(self, seconds: float) -> ActorRef:
+        """The same reference with a per-call deadline override for every call made through it."""
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds!r}")
+        return ActorRef(self.actor_id, self._invoker, float(seconds))
+
+    def __getattr__(self, name: str) -> _BoundMethod:
+        if name.startswith("_"):
+            # Keep private and dunder lookups (copy, pickle, repr helpers) from turning into calls.
+            raise AttributeError(name)
+        return _BoundMethod(self, name)
+
+    def invoke(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Call ``method`` by name (for names that are not valid attribute lookups)."""
+        if method.startswith("_"):
+            raise UnknownMethodError(
+                f"{self.actor_id.type_name}.{method}: private and dunder methods cannot be called"
+            )
+        return _BoundMethod(self, method)(*args, **kwargs)
+
+    def _resolve_invoker(self) -> Invoker:
+        invoker = self._invoker or current_invoker.get()
+        if invoker is None:
+            raise ClusterClosedError(
+                f"reference {self.actor_id} is not bound to a cluster: call it from inside an "
+                "actor, or get it from a cluster with cluster.get(...)"
+            )
+        return invoker
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other.actor_id == self.actor_id
+
+    def __hash__(self) -> int:
+        return hash(self.actor_id)
+
+    def __repr__(self) -> str:
+        return f"ActorRef({self.actor_id})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorRef, (self.actor_id,))
+
+
+class _BoundMethod:
+    __slots__ = ("_name", "_ref")
+
+    def __init__(self, ref: ActorRef, name: str) -> None:
+        self._ref = ref
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        ref = self._ref
+        return ref._resolve_invoker().invoke(ref.actor_id, self._name, args, kwargs, ref._timeout)
+
+    def __repr__(self) -> str:
+        return f"<method {self._name} of {self._ref!r}>"

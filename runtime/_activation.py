@@ -1,0 +1,383 @@
+"""One activation: an actor instance in memory, its mailbox and its turn scheduler.
+
+Calls are delivered to the mailbox and run as turns, one at a time to completion unless the
+class is reentrant or the method interleaves; read-only turns may run together. A changing turn
+commits the state before its reply is sent, and rolls it back when the method raises. The
+activation is also the ``ActorContext`` its instance talks to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from actors import (
+    Actor,
+    ActorId,
+    ActorKey,
+    ActorMethod,
+    ActorRef,
+    DeactivationReason,
+    DeadlockError,
+    InconsistentStateError,
+    Persistence,
+    SerializationError,
+    current_invoker,
+    decode_state,
+    encode,
+    encode_error,
+    encode_state,
+)
+from runtime._caller import current_chain
+from runtime._logging import get_logger
+from runtime._messages import Request
+
+if TYPE_CHECKING:
+    from runtime._silo import Silo
+
+__all__ = ["Activation", "ActivationState", "Delivery"]
+
+
+class ActivationState(enum.Enum):
+    ACTIVATING = "activating"
+    VALID = "valid"
+    DEACTIVATING = "deactivating"
+    INVALID = "invalid"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A request accepted by a silo, decoded and checked, waiting for its turn."""
+
+    request: Request
+    method: ActorMethod
+    args: list[Any]
+    kwargs: dict[str, Any]
+    expires_at: float
+
+
+class Activation:
+    __slots__ = (
+        "_activating",
+        "_committed",
+        "_deactivated",
+        "_etag",
+        "_idle_waiter",
+        "_write_lock",
+        "actor_id",
+        "cls",
+        "deactivate_requested",
+        "exclusive",
+        "instance",
+        "interleaved",
+        "last_used",
+        "mailbox",
+        "options",
+        "readers",
+        "silo",
+        "state",
+    )
+
+    def __init__(self, silo: Silo, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
+        self.silo = silo
+        self.actor_id = actor_id
+        self.cls = cls
+        self.options = cls.__actor_options__
+        self.state = ActivationState.ACTIVATING
+        self.mailbox: deque[Delivery] = deque()
+        self.instance: Actor[Any] | None = None
+        self.exclusive = False
+        self.readers = 0
+        self.interleaved = 0
+        self.last_used = silo.clock.now()
+        self.deactivate_requested = False
+        self._etag: str | None = None
+        self._committed: bytes | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._deactivated: asyncio.Future[None] | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._activating: asyncio.Future[None] | None = None
+
+    def start(self) -> None:
+        """Begin activating in the background; calls queue in the mailbox meanwhile."""
+        self._activating = self.silo.spawn(self.activate())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def activate(self) -> None:
+        """Load the state, build the instance, run ``on_activate``, then start the mailbox."""
+        self._enter_turn(())
+        try:
+            state = await self._load_state()
+            instance = self.cls.__new__(self.cls)
+            instance._context = self
+            instance.state = state
+            instance.__init__()
+            self.instance = instance
+            await instance.on_activate()
+        except Exception as exc:
+            get_logger().warning(
+                "activation_failed", actor=str(self.actor_id), error=repr(exc)
+            )
+            self.state = ActivationState.INVALID
+            self.silo.forget(self)
+            failed, self.mailbox = self.mailbox, deque()
+            for delivery in failed:
+                self.silo.reply_error(delivery.request, exc, self._where(delivery))
+            return
+        get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
+        self.state = ActivationState.VALID
+        self._start_interleaving()
+        self.pump()
+
+    async def deactivate(self, reason: DeactivationReason) -> None:
+        """Finish running turns, run ``on_deactivate``, drop the activation and re-route any
+        queued calls (they activate the actor afresh, wherever the ring now places it)."""
+        if self._deactivated is not None:
+            await asyncio.shield(self._deactivated)
+            return
+        self._deactivated = asyncio.get_running_loop().create_future()
+        if self._activating is not None and not self._activating.done():
+            # Let the activation finish first so on_deactivate always follows on_activate.
+            await asyncio.shield(self._activating)
+        if self.state is ActivationState.VALID:
+            self.state = ActivationState.DEACTIVATING
+            await self._wait_idle()
+            self._enter_turn(())
+            try:
+                assert self.instance is not None
+                await self.instance.on_deactivate(reason)
+            except Exception as exc:
+                get_logger().warning(
+                    "on_deactivate_failed", actor=str(self.actor_id), error=repr(exc)
+                )
+        self.state = ActivationState.INVALID
+        self.silo.forget(self)
+        get_logger().debug("deactivated", actor=str(self.actor_id), reason=reason.value)
+        queued, self.mailbox = self.mailbox, deque()
+        for delivery in queued:
+            self.silo.deliver_request(delivery.request)
+        self._deactivated.set_result(None)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def enqueue(self, delivery: Delivery) -> None:
+        options = delivery.method.options
+        if self.options.reentrant or options.always_interleave:
+            if self.state is ActivationState.VALID:
+                self.interleaved += 1
+                self._start(delivery)
+            else:
+                self.mailbox.append(delivery)
+            return
+        if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
+            self.silo.reply_error(
+                delivery.request,
+                DeadlockError(
+                    f"call {self.actor_id}.{delivery.method.name} would deadlock: the call chain "
+                    f"{' -> '.join(map(str, delivery.request.chain))} -> {self.actor_id} returns "
+                    f"to {self.actor_id}, which is busy in a non-reentrant turn"
+                ),
+                self._where(delivery),
+            )
+            return
+        self.mailbox.append(delivery)
+        if self.state is ActivationState.VALID:
+            self.pump()
+
+    def pump(self) -> None:
+        """Start every queued turn that may run now, in arrival order."""
+        mailbox = self.mailbox
+        while mailbox and self.state is ActivationState.VALID:
+            delivery = mailbox[0]
+            options = delivery.method.options
+            if self.options.reentrant or options.always_interleave:
+                self.interleaved += 1
+            elif options.read_only:
+                if self.exclusive:
+                    return
+                self.readers += 1
+            elif self.exclusive or self.readers or self.interleaved:
+                return
+            else:
+                self.exclusive = True
+            mailbox.popleft()
+            self._start(delivery)
+
+    def _start_interleaving(self) -> None:
+        # Interleaving calls that queued while the actor was activating never wait behind
+        # others: start them wherever they are in the mailbox.
+        waiting = [
+            d for d in self.mailbox
+            if self.options.reentrant or d.method.options.always_interleave
+        ]
+        for delivery in waiting:
+            self.mailbox.remove(delivery)
+            self.interleaved += 1
+            self._start(delivery)
+
+    def is_idle(self) -> bool:
+        return not (self.exclusive or self.readers or self.interleaved or self.mailbox)
+
+    def _can_start_now(self, delivery: Delivery) -> bool:
+        if self.state is not ActivationState.VALID or self.mailbox or self.exclusive:
+            return False
+        return delivery.method.options.read_only or not (self.readers or self.interleaved)
+
+    def _start(self, delivery: Delivery) -> None:
+        self.silo.run_turn(self._run_turn(delivery))
+
+    async def _run_turn(self, delivery: Delivery) -> None:
+        request = delivery.request
+        method = delivery.method
+        options = method.options
+        per_turn = (
+            not options.read_only
+            and self.cls.__actor_state_type__ is not None
+            and self.options.persistence is Persistence.PER_TURN
+        )
+        try:
+            if self.silo.loop_time() > delivery.expires_at:
+                return  # the caller has already timed out; running it now would be a surprise
+            self._enter_turn(request.chain)
+            try:
+                result = await method.function(self.instance, *delivery.args, **delivery.kwargs)
+                payload = self._encode_result(method, result)
+                if per_turn:
+                    await self._commit()
+                ok = True
+            except Exception as exc:
+                ok, payload = False, self._fail_turn(delivery, exc, per_turn)
+            if not options.one_way:
+                self.silo.reply(request, ok, payload)
+        finally:
+            if options.read_only:
+                self.readers -= 1
+            elif self.options.reentrant or options.always_interleave:
+                self.interleaved -= 1
+            else:
+                self.exclusive = False
+            self.last_used = self.silo.clock.now()
+            self.pump()
+            if self._idle_waiter is not None and self.is_idle_of_turns():
+                self._idle_waiter.set_result(None)
+                self._idle_waiter = None
+            if self.deactivate_requested and self.is_idle() and self._deactivated is None:
+                self.silo.spawn(self.deactivate(DeactivationReason.REQUESTED))
+
+    def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
+        if result is None:
+            return b""
+        try:
+            return encode(result)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"result of {self.actor_id.type_name}.{method.name}: {exc}"
+            ) from None
+
+    def _fail_turn(self, delivery: Delivery, exc: Exception, per_turn: bool) -> bytes:
+        """Undo the turn's changes to the state and encode ``exc`` for the caller."""
+        if per_turn:
+            self._rollback()
+        if isinstance(exc, InconsistentStateError):
+            # A newer write exists: this activation is a stale duplicate. Drop it rather than
+            # retry; the next call activates the actor afresh from storage.
+            get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
+            self.deactivate_requested = True
+        else:
+            get_logger().info(
+                "call_failed",
+                actor=str(self.actor_id),
+                method=delivery.method.name,
+                error=repr(exc),
+            )
+        return encode_error(exc, self._where(delivery))
+
+    def _enter_turn(self, chain: tuple[ActorId, ...]) -> None:
+        # Runs inside the turn's own task, so these settings are private to the turn.
+        current_chain.set((*chain, self.actor_id))
+        current_invoker.set(self.silo.caller)
+
+    def is_idle_of_turns(self) -> bool:
+        return not (self.exclusive or self.readers or self.interleaved)
+
+    async def _wait_idle(self) -> None:
+        if self.is_idle_of_turns():
+            return
+        self._idle_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self._idle_waiter), self.silo.options.deactivation_timeout
+            )
+        except asyncio.TimeoutError:
+            # A turn that never ends must not hold a shutdown or handover hostage.
+            get_logger().warning(
+                "deactivation_timeout", actor=str(self.actor_id), silo=self.silo.name
+            )
+
+    def _where(self, delivery: Delivery) -> str:
+        return f"{self.actor_id}.{delivery.method.name} on {self.silo.name}"
+
+    # -- state -------------------------------------------------------------------------------
+
+    async def _load_state(self) -> Any:
+        state_type = self.cls.__actor_state_type__
+        if state_type is None:
+            return None
+        record = await self.silo.storage.read(self.actor_id)
+        self._etag = record.etag
+        if record.data is None:
+            state = state_type()
+            self._committed = encode_state(state)
+            return state
+        self._committed = record.data
+        return decode_state(record.data, state_type, str(self.actor_id))
+
+    async def _commit(self) -> None:
+        assert self.instance is not None
+        try:
+            data = encode_state(self.instance.state)
+        except SerializationError as exc:
+            raise SerializationError(f"state of {self.actor_id}: {exc}") from None
+        if data == self._committed:
+            return
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            self._etag = await self.silo.storage.write(self.actor_id, data, self._etag)
+            self._committed = data
+
+    def _rollback(self) -> None:
+        assert self.instance is not None
+        state_type = self.cls.__actor_state_type__
+        if self._committed is None:
+            self.instance.state = state_type()
+        else:
+            self.instance.state = decode_state(self._committed, state_type, str(self.actor_id))
+
+    # -- ActorContext ------------------------------------------------------------------------
+
+    def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef:
+        type_name = actor_type if isinstance(actor_type, str) else actor_type.__actor_options__.name
+        return ActorRef(ActorId(type_name, key), self.silo.caller)
+
+    def deactivate_on_idle(self) -> None:
+        self.deactivate_requested = True
+
+    async def save(self) -> None:
+        if self.cls.__actor_state_type__ is not None:
+            await self._commit()
+
+    async def clear_state(self) -> None:
+        state_type = self.cls.__actor_state_type__
+        if state_type is None or self.instance is None:
+            return
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            self._etag = await self.silo.storage.clear(self.actor_id, self._etag)
+            self.instance.state = state_type()
+            self._committed = encode_state(self.instance.state)

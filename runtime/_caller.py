@@ -1,0 +1,179 @@
+"""The calling side of a call: encode, route by the ring, wait for the response or the deadline.
+
+Clients and silos both call actors through a ``Caller``. It owns the pending calls of one
+endpoint; a response that arrives after its call's deadline finds no pending call and is
+dropped. Deadlines are enforced by one sweeper per caller rather than a timer per call: a timer
+heap with thousands of entries costs more than the calls themselves, and a deadline is a
+guarantee of "no later than", for which a tenth of a second's resolution is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from actors import (
+    ActorCallTimeout,
+    ActorId,
+    ClusterClosedError,
+    MessageTooLargeError,
+    RaygrainError,
+    SerializationError,
+    decode,
+    decode_error,
+    encode,
+)
+from runtime._membership import Membership
+from runtime._messages import Request, Response
+from runtime._registry import ActorRegistry
+from runtime._transport import Transport
+
+__all__ = ["CallSettings", "Caller", "current_chain"]
+
+# The activations waiting on the current turn, innermost last; empty outside actor turns.
+current_chain: ContextVar[tuple[ActorId, ...]] = ContextVar("raygrain_call_chain", default=())
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """Limits every call is made under."""
+
+    default_timeout: float = 30.0
+    max_message_bytes: int = 16 * 1024 * 1024
+    deadline_resolution: float = 0.05
+
+
+class _PendingCall:
+    __slots__ = ("deadline", "future", "method", "target", "timeout")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Response],
+        deadline: float,
+        target: ActorId,
+        method: str,
+        timeout: float,
+    ) -> None:
+        self.future = future
+        self.deadline = deadline
+        self.target = target
+        self.method = method
+        self.timeout = timeout
+
+
+class Caller:
+    """Makes calls on behalf of the endpoint ``address``."""
+
+    def __init__(
+        self,
+        address: str,
+        transport: Transport,
+        membership: Membership,
+        registry: ActorRegistry,
+        settings: CallSettings,
+        local_silo: str | None = None,
+    ) -> None:
+        self.address = address
+        self._transport = transport
+        self._membership = membership
+        self._registry = registry
+        self._settings = settings
+        self._local_silo = local_silo
+        self._pending: dict[int, _PendingCall] = {}
+        self._ids = itertools.count(1)
+        self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def invoke(
+        self,
+        target: ActorId,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        if self.closed:
+            raise ClusterClosedError(f"cannot call {target}.{method}: the cluster is closed")
+        facts = self._facts.get((target.type_name, method)) or self._learn(target, method)
+        if timeout is None:
+            timeout = facts[0] or self._settings.default_timeout
+        try:
+            payload = encode([list(args), kwargs])
+        except SerializationError as exc:
+            raise SerializationError(f"arguments of {target.type_name}.{method}: {exc}") from None
+        if len(payload) > self._settings.max_message_bytes:
+            raise MessageTooLargeError(
+                f"arguments of {target.type_name}.{method} encode to {len(payload)} bytes, over "
+                f"the {self._settings.max_message_bytes}-byte message limit (max_message_bytes)"
+            )
+        call_id = next(self._ids)
+        request = Request(
+            call_id, target, method, payload, self.address, timeout, current_chain.get()
+        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
+        self._pending[call_id] = _PendingCall(future, loop.time() + timeout, target, method, timeout)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_deadlines())
+        try:
+            destination = self._local_silo if facts[1] else None
+            self._transport.send(destination or self._membership.ring.owner(target), request)
+            response = await future
+        finally:
+            self._pending.pop(call_id, None)
+        if response.ok:
+            return decode(response.payload, self) if response.payload else None
+        raise decode_error(response.payload)
+
+    def deliver_response(self, response: Response) -> None:
+        pending = self._pending.pop(response.call_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(response)
+
+    def fail_all(self, error: RaygrainError) -> None:
+        """Fail every pending call with ``error`` (the endpoint is closing)."""
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    def close(self) -> None:
+        self.closed = True
+        self.fail_all(ClusterClosedError(f"{self.address} closed while the call was pending"))
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def _learn(self, target: ActorId, method: str) -> tuple[float | None, bool]:
+        # A caller that knows the class uses its per-method timeout and stateless-worker option;
+        # one that does not (a thin client) still works: the silo is authoritative.
+        try:
+            cls = self._registry.resolve(target.type_name)
+        except RaygrainError:
+            return (None, False)
+        found = cls.__actor_methods__.get(method)
+        facts = (
+            found.options.timeout if found is not None else None,
+            cls.__actor_options__.stateless_worker,
+        )
+        self._facts[(target.type_name, method)] = facts
+        return facts
+
+    async def _sweep_deadlines(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            await asyncio.sleep(self._settings.deadline_resolution)
+            now = loop.time()
+            expired = [cid for cid, call in self._pending.items() if call.deadline <= now]
+            for call_id in expired:
+                call = self._pending.pop(call_id)
+                if not call.future.done():
+                    call.future.set_exception(
+                        ActorCallTimeout(
+                            f"{call.target}.{call.method} did not complete within "
+                            f"{call.timeout:g} s"
+                        )
+                    )

@@ -1,0 +1,81 @@
+"""Message envelopes: a call (``Request``) and its outcome (``Response``).
+
+In-process they travel as these objects; across processes ``pack_batch``/``unpack_batch`` turn a
+batch of them into one msgpack blob (no pickle). Arguments, results and errors are already bytes
+from the ``actors`` codec by the time they are put in an envelope: that is the copy boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from actors import ActorId
+
+__all__ = ["Request", "Response", "pack_batch", "unpack_batch"]
+
+
+@dataclass(slots=True)
+class Request:
+    """One call. ``chain`` lists the activations waiting (transitively) on it, for deadlock
+    detection; ``timeout`` is the seconds left when it was sent."""
+
+    call_id: int
+    target: ActorId
+    method: str
+    payload: bytes
+    reply_to: str
+    timeout: float
+    chain: tuple[ActorId, ...] = ()
+    hops: int = 0
+    transaction: bytes | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [
+            0,
+            self.call_id,
+            self.target.type_name,
+            self.target.key,
+            self.method,
+            self.payload,
+            self.reply_to,
+            self.timeout,
+            [[a.type_name, a.key] for a in self.chain],
+            self.hops,
+            self.transaction,
+        ]
+
+
+@dataclass(slots=True)
+class Response:
+    """The outcome of call ``call_id``: ``ok`` with an encoded result, or an encoded error."""
+
+    call_id: int
+    ok: bool
+    payload: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [1, self.call_id, self.ok, self.payload]
+
+
+def pack_batch(messages: Sequence[Request | Response]) -> bytes:
+    return msgpack.packb([m.to_wire() for m in messages], use_bin_type=True)
+
+
+def unpack_batch(data: bytes) -> list[Request | Response]:
+    out: list[Request | Response] = []
+    for item in msgpack.unpackb(data, raw=False, strict_map_key=False):
+        if item[0] == 1:
+            out.append(Response(item[1], item[2], item[3]))
+        else:
+            chain = tuple(ActorId(t, k) for t, k in item[8])
+            out.append(
+                Request(
+                    item[1], ActorId(item[2], item[3]), item[4], item[5], item[6], item[7],
+                    chain, item[9], item[10],
+                )
+            )
+    return out

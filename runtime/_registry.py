@@ -1,0 +1,90 @@
+"""The actor type registry: which classes a cluster may activate, by their stable type name.
+
+Only registered types can be activated and only their public async methods called: a caller
+names a type and a method as strings, and this is the one place those strings are resolved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from actors import (
+    Actor,
+    ActorMethod,
+    ConfigurationError,
+    InvalidArgumentsError,
+    UnknownActorTypeError,
+    UnknownMethodError,
+    actor_methods,
+    actor_options,
+)
+
+__all__ = ["ActorRegistry"]
+
+
+class ActorRegistry:
+    def __init__(self, actor_types: Iterable[type[Actor[Any]]]) -> None:
+        self._types: dict[str, type[Actor[Any]]] = {}
+        for cls in actor_types:
+            self.add(cls)
+
+    def add(self, cls: type[Actor[Any]]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Actor)) or cls is Actor:
+            raise ConfigurationError(f"{cls!r} is not an Actor subclass")
+        name = actor_options(cls).name
+        existing = self._types.get(name)
+        if existing is not None and existing is not cls:
+            raise ConfigurationError(
+                f"two actor classes share the type name {name!r}: {existing.__module__}."
+                f"{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
+                "give one of them name=..."
+            )
+        self._types[name] = cls
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def type_name_of(self, cls: type[Actor[Any]]) -> str:
+        """The registered name of ``cls``; raises if the class is not registered here."""
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise UnknownActorTypeError(f"{cls!r} is not an actor class")
+        name = actor_options(cls).name
+        if self._types.get(name) is not cls:
+            raise UnknownActorTypeError(
+                f"actor class {cls.__qualname__} (type name {name!r}) is not registered on this "
+                f"cluster; registered: {', '.join(self.names()) or 'none'}"
+            )
+        return name
+
+    def resolve(self, type_name: str) -> type[Actor[Any]]:
+        cls = self._types.get(type_name)
+        if cls is None:
+            raise UnknownActorTypeError(
+                f"unknown actor type {type_name!r}; registered: {', '.join(self.names()) or 'none'}"
+            )
+        return cls
+
+    def method(self, cls: type[Actor[Any]], name: str) -> ActorMethod:
+        found = actor_methods(cls).get(name)
+        if found is None:
+            type_name = actor_options(cls).name
+            why = (
+                "private and dunder methods cannot be called"
+                if name.startswith("_")
+                else "no public async method of that name"
+            )
+            raise UnknownMethodError(f"{type_name}.{name}: {why}")
+        return found
+
+
+def check_arguments(
+    type_name: str, method: ActorMethod, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    """Raise ``InvalidArgumentsError`` when the arguments do not bind to the method."""
+    if method.arity is not None and not kwargs and len(args) == method.arity:
+        return
+    try:
+        method.signature.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise InvalidArgumentsError(f"{type_name}.{method.name}: {exc}") from None

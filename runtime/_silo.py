@@ -1,0 +1,284 @@
+"""The silo: hosts many activations in one event loop and serves the calls routed to it.
+
+A silo accepts requests for the actors the ring places on it (forwarding the rest), checks
+them (registered type, public method, arguments that bind), activates actors on first call,
+collects idle activations, and answers through its transport. The same class runs in-process
+and inside a Ray actor: only the transport given to it differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from actors import (
+    Actor,
+    ActorId,
+    ClusterClosedError,
+    DeactivationReason,
+    RaygrainError,
+    SerializationError,
+    decode,
+    encode_error,
+)
+from runtime._activation import Activation, ActivationState, Delivery
+from runtime._caller import Caller, CallSettings
+from runtime._clock import Clock
+from runtime._logging import get_logger
+from runtime._membership import Membership
+from runtime._messages import Request, Response
+from runtime._registry import ActorRegistry, check_arguments
+from runtime._transport import Transport
+from storage import StorageProvider
+
+__all__ = ["Silo", "SiloOptions"]
+
+_MAX_FORWARD_HOPS = 3
+_MAX_IDLE_RUNNERS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SiloOptions:
+    """Per-silo settings; every duration is in seconds."""
+
+    default_idle_timeout: float = 15 * 60.0
+    collection_period: float = 60.0
+    deactivation_timeout: float = 30.0  # how long deactivation waits for running turns
+    calls: CallSettings = CallSettings()
+
+
+class Silo:
+    def __init__(
+        self,
+        name: str,
+        registry: ActorRegistry,
+        storage: StorageProvider,
+        transport: Transport,
+        membership: Membership,
+        clock: Clock,
+        options: SiloOptions = SiloOptions(),
+    ) -> None:
+        self.name = name
+        self.registry = registry
+        self.storage = storage
+        self.transport = transport
+        self.membership = membership
+        self.clock = clock
+        self.options = options
+        self.caller = Caller(name, transport, membership, registry, options.calls, local_silo=name)
+        self.activations: dict[ActorId, Activation] = {}
+        self.workers: dict[ActorId, list[Activation]] = {}
+        self.calls_received = 0
+        self.collections = 0
+        self.closed = False
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._collector: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._collected = asyncio.Event()
+        self._idle_runners: list[asyncio.Future[Coroutine[Any, Any, None]]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._collector = self._loop.create_task(self._collect_periodically())
+
+    async def aclose(self) -> None:
+        """Deactivate every activation (running turns finish first), then stop."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._collector is not None:
+            self._collector.cancel()
+        await self.deactivate_all(DeactivationReason.SHUTDOWN)
+        self.caller.close()
+        self._idle_runners.clear()
+        # Whatever still runs now outlived the deactivation timeout: cancel it rather than let
+        # one endless turn hold the shutdown hostage.
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def deactivate_all(self, reason: DeactivationReason) -> None:
+        everything = [*self.activations.values()]
+        for pool in self.workers.values():
+            everything.extend(pool)
+        await asyncio.gather(*(a.deactivate(reason) for a in everything))
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def deliver_request(self, request: Request) -> None:
+        self.calls_received += 1
+        if self.closed:
+            self.reply_error(
+                request,
+                ClusterClosedError(f"silo {self.name} is closed"),
+                f"{request.target}.{request.method}",
+            )
+            return
+        try:
+            cls = self.registry.resolve(request.target.type_name)
+            method = self.registry.method(cls, request.method)
+            stateless = cls.__actor_options__.stateless_worker
+            if not stateless and not self._owns(request):
+                return
+            try:
+                args, kwargs = decode(request.payload)
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"arguments of {request.target.type_name}.{request.method}: {exc}"
+                ) from None
+            check_arguments(request.target.type_name, method, args, kwargs)
+        except RaygrainError as exc:
+            self.reply_error(request, exc, f"{request.target}.{request.method} on {self.name}")
+            return
+        delivery = Delivery(request, method, args, kwargs, self.loop_time() + request.timeout)
+        activation = self._worker_for(request.target, cls) if stateless else None
+        if activation is None:
+            activation = self.activations.get(request.target) or self._activate(request.target, cls)
+        if method.options.one_way:
+            # Fire and forget: acknowledge acceptance now; the caller waits on nothing, so the
+            # turn is no part of its call chain either.
+            self.reply(request, True, b"")
+            request.chain = ()
+        activation.enqueue(delivery)
+
+    def deliver_response(self, response: Response) -> None:
+        self.caller.deliver_response(response)
+
+    def _owns(self, request: Request) -> bool:
+        owner = self.membership.ring.owner(request.target)
+        if owner == self.name:
+            return True
+        # The sender's ring was older or newer than ours: pass the call on, a bounded number of
+        # times so that two silos with different views cannot bounce it forever.
+        if request.hops >= _MAX_FORWARD_HOPS:
+            return True
+        request.hops += 1
+        try:
+            self.transport.send(owner, request)
+        except RaygrainError as exc:
+            self.reply_error(request, exc, f"{request.target}.{request.method}")
+        return False
+
+    def _activate(self, actor_id: ActorId, cls: type[Actor[Any]]) -> Activation:
+        activation = Activation(self, actor_id, cls)
+        self.activations[actor_id] = activation
+        activation.start()
+        return activation
+
+    def _worker_for(self, actor_id: ActorId, cls: type[Actor[Any]]) -> Activation:
+        pool = self.workers.setdefault(actor_id, [])
+        for worker in pool:
+            if worker.state is ActivationState.VALID and worker.is_idle():
+                return worker
+        if len(pool) < cls.__actor_options__.max_local_workers:
+            worker = Activation(self, actor_id, cls)
+            pool.append(worker)
+            worker.start()
+            return worker
+        return min(pool, key=lambda w: len(w.mailbox))
+
+    def forget(self, activation: Activation) -> None:
+        """Drop a deactivated (or failed) activation from the silo's tables."""
+        if self.activations.get(activation.actor_id) is activation:
+            del self.activations[activation.actor_id]
+        pool = self.workers.get(activation.actor_id)
+        if pool is not None and activation in pool:
+            pool.remove(activation)
+            if not pool:
+                del self.workers[activation.actor_id]
+
+    # -- replying ----------------------------------------------------------------------------
+
+    def reply(self, request: Request, ok: bool, payload: bytes) -> None:
+        self.transport.reply(request.reply_to, Response(request.call_id, ok, payload))
+
+    def reply_error(self, request: Request, error: BaseException, where: str) -> None:
+        self.reply(request, False, encode_error(error, where))
+
+    # -- idle collection ---------------------------------------------------------------------
+
+    async def collect_idle(self) -> int:
+        """Deactivate every activation idle longer than its idle timeout; returns how many."""
+        now = self.clock.now()
+        expired = []
+        for activation in [*self.activations.values(), *self._all_workers()]:
+            timeout = activation.options.idle_timeout or self.options.default_idle_timeout
+            if (
+                activation.state is ActivationState.VALID
+                and activation.is_idle()
+                and now - activation.last_used >= timeout
+            ):
+                expired.append(activation)
+        await asyncio.gather(*(a.deactivate(DeactivationReason.IDLE) for a in expired))
+        self.collections += 1
+        self._collected.set()
+        self._collected = asyncio.Event()
+        return len(expired)
+
+    async def wait_for_collection(self, count: int) -> None:
+        """Wait until ``count`` idle collections have run (for tests driving a ManualClock)."""
+        while self.collections < count:
+            await self._collected.wait()
+
+    async def _collect_periodically(self) -> None:
+        while True:
+            await self.clock.sleep(self.options.collection_period)
+            try:
+                await self.collect_idle()
+            except Exception as exc:  # keep collecting: one bad hook must not stop the loop
+                get_logger().error("idle_collection_failed", silo=self.name, error=repr(exc))
+
+    def _all_workers(self) -> list[Activation]:
+        return [worker for pool in self.workers.values() for worker in pool]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def run_turn(self, turn: Coroutine[Any, Any, None]) -> None:
+        """Run a turn on an idle runner task, or on a new one.
+
+        Creating an asyncio task costs more than a whole in-process call (the task registry is
+        a WeakSet in Python code), so finished runners wait for the next turn instead of ending.
+        Each turn sets its own context variables when it starts.
+        """
+        if self._idle_runners:
+            self._idle_runners.pop().set_result(turn)
+        else:
+            self.spawn(self._runner(turn))
+
+    async def _runner(self, turn: Coroutine[Any, Any, None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await turn
+            except Exception as exc:  # a turn reports its own errors; this is a runtime bug
+                get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
+            if self.closed or len(self._idle_runners) >= _MAX_IDLE_RUNNERS:
+                return
+            waiter: asyncio.Future[Coroutine[Any, Any, None]] = loop.create_future()
+            self._idle_runners.append(waiter)
+            turn = await waiter
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run ``coroutine`` as a task the silo keeps a reference to until it ends."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def loop_time(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "silo": self.name,
+            "activations": len(self.activations) + sum(len(p) for p in self.workers.values()),
+            "calls_received": self.calls_received,
+            "closed": self.closed,
+        }
+

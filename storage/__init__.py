@@ -1,0 +1,19 @@
+"""State storage providers for raygrain actors.
+
+Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.db")`` turns a
+URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
+"""
+
+from storage._memory import MemoryStorage
+from storage._provider import StateRecord, StateWrite, StorageProvider
+from storage._sqlite import SqliteStorage
+from storage._url import open_storage
+
+__all__ = [
+    "MemoryStorage",
+    "SqliteStorage",
+    "StateRecord",
+    "StateWrite",
+    "StorageProvider",
+    "open_storage",
+]

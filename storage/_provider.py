@@ -1,0 +1,60 @@
+"""The state storage provider protocol: read, write and clear one record, guarded by ETags.
+
+A record is an actor's encoded state and an opaque ETag that changes on every write. A writer
+names the ETag it last saw; when the stored one differs, the write is refused with
+``InconsistentStateError`` and nothing changes. That is what fences a stale duplicate
+activation. ``clear`` leaves a tombstone (no data, a new ETag) so that fencing survives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from actors import ActorId
+
+__all__ = ["StateRecord", "StateWrite", "StorageProvider"]
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """What a read finds: ``data`` None means no state (never written, or cleared);
+    ``etag`` None means no record at all."""
+
+    data: bytes | None
+    etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One record of an atomic multi-record write; ``data`` None clears the record."""
+
+    actor_id: ActorId
+    data: bytes | None
+    expected_etag: str | None
+
+
+@runtime_checkable
+class StorageProvider(Protocol):
+    """Where actor state lives. Every provider passes tests/storage/test_conformance.py."""
+
+    async def read(self, actor_id: ActorId) -> StateRecord:
+        """The record for ``actor_id`` (``StateRecord(None, None)`` when there is none)."""
+        ...
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        """Store ``data`` if the stored ETag is ``expected_etag``; return the new ETag."""
+        ...
+
+    async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
+        """Drop the state if the stored ETag is ``expected_etag``; return the tombstone's ETag."""
+        ...
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        """Apply every write or none: all ETags must match. Returns the new ETags in order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the provider's resources; further calls raise ``StorageError``."""
+        ...

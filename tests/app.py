@@ -1,0 +1,246 @@
+"""Actor classes the test suite runs (importable, so Ray workers can load them too)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors import (
+    Actor,
+    ActorRef,
+    DeactivationReason,
+    always_interleave,
+    call_timeout,
+    one_way,
+    read_only,
+)
+
+# Hooks the tests set to observe or steer actors in this process (local mode only).
+GATES: dict[str, asyncio.Event] = {}
+EVENTS: list[tuple[str, Any]] = []
+
+
+def gate(name: str) -> asyncio.Event:
+    return GATES.setdefault(name, asyncio.Event())
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclass
+class Account:
+    balance: int = 0
+    history: list[int] = field(default_factory=list)
+
+
+class InsufficientFunds(Exception):
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(needed, available)
+        self.needed = needed
+        self.available = available
+
+
+class BankAccount(Actor[Account], name="test.BankAccount"):
+    async def deposit(self, amount: int) -> int:
+        if amount <= 0:
+            raise ValueError("amount must be positive")
+        self.state.balance += amount
+        self.state.history.append(amount)
+        return self.state.balance
+
+    async def withdraw(self, amount: int) -> int:
+        self.state.balance -= amount
+        self.state.history.append(-amount)
+        if self.state.balance < 0:
+            raise InsufficientFunds(amount, self.state.balance + amount)
+        return self.state.balance
+
+    async def deposit_then_fail(self, amount: int) -> None:
+        self.state.balance += amount
+        raise RuntimeError("failed after changing state")
+
+    @read_only
+    async def balance(self) -> int:
+        return self.state.balance
+
+    @read_only
+    async def snapshot(self) -> Account:
+        return self.state
+
+
+@dataclass
+class Log:
+    entries: list[str] = field(default_factory=list)
+
+
+class Recorder(Actor[Log], name="test.Recorder"):
+    """Records the start and end of each turn, yielding to the loop in between."""
+
+    activations = 0
+
+    async def on_activate(self) -> None:
+        type(self).activations += 1
+        EVENTS.append(("activate", self.key))
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        EVENTS.append(("deactivate", (self.key, reason)))
+
+    async def record(self, tag: str) -> int:
+        self.state.entries.append(f"start {tag}")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.state.entries.append(f"end {tag}")
+        return id(self)
+
+    async def wait_for(self, gate_name: str) -> str:
+        await gate(gate_name).wait()
+        return "released"
+
+    @always_interleave
+    async def release(self, gate_name: str) -> None:
+        gate(gate_name).set()
+
+    @read_only
+    async def read_barrier(self, name: str, parties: int) -> int:
+        # Returns only once `parties` read-only calls are inside this method at the same time.
+        arrived = BARRIERS.setdefault(name, [])
+        arrived.append(self.key)
+        if len(arrived) >= parties:
+            gate(f"barrier-{name}").set()
+        await gate(f"barrier-{name}").wait()
+        return len(self.state.entries)
+
+    @read_only
+    async def entries(self) -> list[str]:
+        return list(self.state.entries)
+
+    @read_only
+    async def instance_id(self) -> int:
+        return id(self)
+
+    async def sleep(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "woke"
+
+    @call_timeout(0.2)
+    async def slow_with_short_timeout(self) -> None:
+        await asyncio.sleep(5)
+
+    @one_way
+    async def fire(self, tag: str) -> None:
+        self.state.entries.append(f"fired {tag}")
+        gate(f"fired-{self.key}").set()
+
+    async def leave(self) -> None:
+        self.deactivate_on_idle()
+
+
+BARRIERS: dict[str, list[Any]] = {}
+
+
+class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
+    async def wait_for(self, gate_name: str) -> str:
+        await gate(gate_name).wait()
+        return "released"
+
+    async def release(self, gate_name: str) -> None:
+        gate(gate_name).set()
+
+    async def call_back(self, other: ActorRef) -> str:
+        return str(await other.ping_back(self.get(Reentrant, self.key)))
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+class Chain(Actor[None], name="test.Chain"):
+    """Calls other actors; used for deadlock detection and refs-as-arguments tests."""
+
+    async def relay(self, target: ActorRef, method: str, *args: Any) -> Any:
+        return await target.invoke(method, *args)
+
+    async def ping_back(self, caller: ActorRef) -> Any:
+        return await caller.ping()
+
+    async def ping(self) -> str:
+        return f"pong from {self.key}"
+
+    async def call_peer(self, peer_key: str) -> Any:
+        return await self.get(Chain, peer_key).call_peer_back(self.key)
+
+    async def call_peer_back(self, peer_key: str) -> Any:
+        return await self.get(Chain, peer_key).ping()
+
+    async def call_self(self) -> Any:
+        return await self.get(Chain, self.key).ping()
+
+    async def echo(self, value: Any) -> Any:
+        return value
+
+    async def return_unserializable(self) -> Any:
+        return object()
+
+    async def where(self) -> int:
+        return os.getpid()
+
+    async def pass_ref(self, ref: ActorRef) -> ActorRef:
+        return ref
+
+
+class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_workers=4):
+    async def hold(self, gate_name: str) -> int:
+        await gate(gate_name).wait()
+        return id(self)
+
+
+class Ephemeral(Actor[Log], name="test.Ephemeral", idle_timeout=10.0):
+    async def touch(self) -> int:
+        return id(self)
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        EVENTS.append(("ephemeral-deactivate", (self.key, reason)))
+
+
+@dataclass
+class Settings:
+    color: Color = Color.RED
+    tags: tuple[str, ...] = ()
+
+
+class Explicit(Actor[Account], name="test.Explicit", persistence="explicit"):
+    async def add(self, amount: int) -> int:
+        self.state.balance += amount
+        return self.state.balance
+
+    async def add_and_save(self, amount: int) -> int:
+        self.state.balance += amount
+        await self.save()
+        return self.state.balance
+
+    @read_only
+    async def balance(self) -> int:
+        return self.state.balance
+
+    async def wipe(self) -> None:
+        await self.clear_state()
+
+
+class Unregistered(Actor[None], name="test.Unregistered"):
+    async def ping(self) -> str:
+        return "pong"
+
+
+ALL_ACTORS: list[type[Actor[Any]]] = [
+    BankAccount,
+    Recorder,
+    Reentrant,
+    Chain,
+    Worker,
+    Ephemeral,
+    Explicit,
+]

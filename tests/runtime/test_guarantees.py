@@ -1,0 +1,199 @@
+"""The runtime's guarantees on an in-process cluster of three silos (DESIGN.md, "Semantics")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from actors import ActorCallTimeout, DeactivationReason, DeadlockError
+from runtime import Cluster, ManualClock
+from tests import app
+from tests.app import BankAccount, Chain, Ephemeral, Recorder, Reentrant, Worker
+
+
+async def test_first_call_activates_and_state_persists_across_calls(cluster: Cluster) -> None:
+    alice = cluster.get(BankAccount, "alice")
+    assert await alice.deposit(100) == 100
+    assert await alice.deposit(50) == 150
+    assert await alice.balance() == 150
+
+
+async def test_single_activation_per_identity_across_silos(cluster: Cluster) -> None:
+    # The same key reached from the client and from actors hosted on every silo.
+    recorder = cluster.get(Recorder, "one")
+    callers = [cluster.get(Chain, f"c{i}") for i in range(12)]
+    placed = {cluster.silos[0].membership.ring.owner(c.actor_id) for c in callers}
+    assert len(placed) == 3, "callers should be spread over all silos"
+    ids = await asyncio.gather(
+        recorder.instance_id(), *(c.relay(recorder, "instance_id") for c in callers)
+    )
+    assert len(set(ids)) == 1
+    assert Recorder.activations == 1
+    hosting = [s.name for s in cluster.silos if recorder.actor_id in s.activations]
+    assert hosting == [cluster.silos[0].membership.ring.owner(recorder.actor_id)]
+
+
+async def test_turns_run_one_at_a_time_in_arrival_order(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "turns")
+    await asyncio.gather(*(recorder.record(str(i)) for i in range(10)))
+    expected = [e for i in range(10) for e in (f"start {i}", f"end {i}")]
+    assert await recorder.entries() == expected
+
+
+async def test_always_interleave_runs_during_a_blocked_turn(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "interleave")
+    waiting = asyncio.ensure_future(recorder.wait_for("g1"))
+    await recorder.release("g1")  # would queue behind wait_for without interleaving
+    assert await asyncio.wait_for(waiting, 5) == "released"
+
+
+async def test_non_interleaving_call_waits_for_the_running_turn(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "blocked")
+    waiting = asyncio.ensure_future(recorder.wait_for("g2"))
+    queued = asyncio.ensure_future(recorder.record("after"))
+    await recorder.release("g2")
+    await asyncio.wait_for(asyncio.gather(waiting, queued), 5)
+    assert await recorder.entries() == ["start after", "end after"]
+
+
+async def test_reentrant_class_interleaves_every_call(cluster: Cluster) -> None:
+    actor = cluster.get(Reentrant, "r")
+    waiting = asyncio.ensure_future(actor.wait_for("g3"))
+    await actor.release("g3")
+    assert await asyncio.wait_for(waiting, 5) == "released"
+
+
+async def test_read_only_calls_run_together(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "readers")
+    # Each call returns only when all three are inside the method at once.
+    results = await asyncio.wait_for(
+        asyncio.gather(*(recorder.read_barrier("b", 3) for _ in range(3))), 5
+    )
+    assert results == [0, 0, 0]
+
+
+async def test_deadlock_a_b_a_is_detected_immediately(cluster: Cluster) -> None:
+    a = cluster.get(Chain, "a")
+    started = time.monotonic()
+    with pytest.raises(DeadlockError, match="deadlock") as info:
+        await a.call_peer("b")  # a -> b -> a
+    assert time.monotonic() - started < 1.0  # not a timing benchmark: a hang would take 30 s
+    assert "test.Chain/a" in str(info.value)
+    assert await a.ping() == "pong from a"  # and a keeps serving
+
+
+async def test_self_call_of_a_non_reentrant_actor_is_a_deadlock(cluster: Cluster) -> None:
+    with pytest.raises(DeadlockError):
+        await cluster.get(Chain, "self").call_self()
+
+
+async def test_reentrant_actor_may_be_called_back(cluster: Cluster) -> None:
+    actor = cluster.get(Reentrant, "cb")
+    assert await actor.call_back(cluster.get(Chain, "x")) == "pong"
+
+
+async def test_call_deadline_raises_timeout(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "slow")
+    with pytest.raises(ActorCallTimeout, match="test.Recorder/slow.sleep"):
+        await recorder.with_timeout(0.1).sleep(5)
+
+
+async def test_per_method_timeout_applies(cluster: Cluster) -> None:
+    with pytest.raises(ActorCallTimeout, match="0.2 s"):
+        await cluster.get(Recorder, "m").slow_with_short_timeout()
+
+
+async def test_cluster_default_timeout_applies() -> None:
+    async with Cluster.local(
+        actors=[Recorder], default_timeout=0.1, deactivation_timeout=0.1
+    ) as cluster:
+        with pytest.raises(ActorCallTimeout):
+            await cluster.get(Recorder, "d").sleep(5)
+        assert isinstance(ActorCallTimeout("x"), TimeoutError)
+
+
+async def test_late_result_is_dropped_and_actor_keeps_serving(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "late")
+    with pytest.raises(ActorCallTimeout):
+        await recorder.with_timeout(0.1).wait_for("late-gate")
+    await recorder.release("late-gate")
+    assert await recorder.entries() == []
+
+
+async def test_one_way_returns_before_the_turn_runs(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "ow")
+    blocker = asyncio.ensure_future(recorder.wait_for("ow-gate"))
+    assert await asyncio.wait_for(recorder.fire("x"), 5) is None  # accepted, not yet run
+    await recorder.release("ow-gate")
+    await blocker
+    await asyncio.wait_for(app.gate("fired-ow").wait(), 5)
+    assert await recorder.entries() == ["fired x"]
+
+
+async def test_refs_travel_as_arguments_and_results(cluster: Cluster) -> None:
+    a, b = cluster.get(Chain, "ra"), cluster.get(Chain, "rb")
+    assert await a.relay(b, "ping") == "pong from rb"
+    returned = await a.pass_ref(b)
+    assert returned == b
+    assert await returned.ping() == "pong from rb"  # bound to the client on arrival
+
+
+async def test_stateless_worker_runs_several_activations(cluster: Cluster) -> None:
+    worker = cluster.get(Worker, 0)
+    calls = [asyncio.ensure_future(worker.hold("w")) for _ in range(4)]
+    # Each call blocks until released, so four concurrent calls need four activations.
+    while sum(len(p) for s in cluster.silos for p in s.workers.values()) < 4:
+        await asyncio.sleep(0)
+    app.gate("w").set()
+    assert len(set(await asyncio.gather(*calls))) == 4
+
+
+async def test_idle_activation_is_collected_by_the_fake_clock(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    eph = cluster.get(Ephemeral, "e")
+    first = await eph.touch()
+    clock.advance(5)
+    assert await cluster.collect_idle() == 0  # touched 5 s ago; idle_timeout is 10 s
+    clock.advance(11)
+    assert await cluster.collect_idle() == 1
+    assert ("ephemeral-deactivate", ("e", DeactivationReason.IDLE)) in app.EVENTS
+    assert await eph.touch() != first or Recorder.activations == 0  # a fresh activation
+
+
+async def test_periodic_collection_runs_on_the_clock(clock: ManualClock) -> None:
+    async with Cluster.local(
+        actors=[Ephemeral], silos=1, clock=clock, collection_period=30
+    ) as cluster:
+        await cluster.get(Ephemeral, "p").touch()
+        silo = cluster.silos[0]
+        clock.advance(29)
+        assert silo.collections == 0  # the collector sleeps on the clock, not in real time
+        clock.advance(1)
+        await silo.wait_for_collection(1)  # idle for 30 s, over its 10 s idle_timeout
+        assert silo.stats()["activations"] == 0
+    assert ("ephemeral-deactivate", ("p", DeactivationReason.IDLE)) in app.EVENTS
+
+
+async def test_deactivate_on_idle_and_reactivation(cluster: Cluster) -> None:
+    recorder = cluster.get(Recorder, "leaver")
+    await recorder.record("1")
+    await recorder.leave()
+    while any(recorder.actor_id in s.activations for s in cluster.silos):
+        await asyncio.sleep(0)
+    assert ("deactivate", ("leaver", DeactivationReason.REQUESTED)) in app.EVENTS
+    assert await recorder.entries() == ["start 1", "end 1"]  # state survived
+    assert Recorder.activations == 2
+
+
+async def test_aclose_deactivates_every_activation() -> None:
+    cluster = Cluster.local(actors=app.ALL_ACTORS, silos=2)
+    async with cluster:
+        for key in ("x", "y", "z"):
+            await cluster.get(Recorder, key).record("1")
+    deactivated = [e for e in app.EVENTS if e[0] == "deactivate"]
+    assert sorted(k for k, _ in (e[1] for e in deactivated)) == ["x", "y", "z"]
+    assert all(reason is DeactivationReason.SHUTDOWN for _, reason in (e[1] for e in deactivated))
+    assert all(s.stats()["activations"] == 0 for s in cluster.silos)
