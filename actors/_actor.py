@@ -155,7 +155,7 @@ _BASE_NAMES = frozenset(dir(Actor))
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:
     methods: dict[str, ActorMethod] = {}
     for attr_name in dir(cls):
-        if attr_name.startswith("_") or attr_name in _BASE_NAMES:
+        if attr_name.startswith("_"):
             continue
         fn = inspect.getattr_static(cls, attr_name)
         if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(fn):
@@ -165,6 +165,8 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
                 f"{cls.__qualname__}.{attr_name}: the name is reserved by ActorRef "
                 f"({', '.join(sorted(RESERVED_NAMES))}); rename the method"
             )
+        if attr_name in _BASE_NAMES:
+            continue  # lifecycle hooks and helpers of the base class are not callable remotely
         options = method_options(fn)
         if options.read_only and options.transactional:
             raise ConfigurationError(

@@ -136,15 +136,27 @@ class Activation:
     async def deactivate(self, reason: DeactivationReason) -> None:
         """Finish running turns, run ``on_deactivate``, drop the activation and re-route any
         queued calls (they activate the actor afresh, wherever the ring now places it)."""
-        if self._deactivated is not None:
-            await asyncio.shield(self._deactivated)
-            return
-        self._deactivated = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.begin_deactivation(reason))
+
+    def begin_deactivation(self, reason: DeactivationReason) -> asyncio.Future[None]:
+        """Stop starting turns now (calls from here on queue for re-routing) and finish the
+        deactivation in the background; returns a future that completes with it."""
+        if self._deactivated is None:
+            self._deactivated = asyncio.get_running_loop().create_future()
+            if self.state is ActivationState.VALID:
+                self.state = ActivationState.DEACTIVATING
+            self.silo.spawn(self._finish_deactivation(reason, self._deactivated))
+        return self._deactivated
+
+    async def _finish_deactivation(
+        self, reason: DeactivationReason, done: asyncio.Future[None]
+    ) -> None:
         if self._activating is not None and not self._activating.done():
             # Let the activation finish first so on_deactivate always follows on_activate.
             await asyncio.shield(self._activating)
-        if self.state is ActivationState.VALID:
-            self.state = ActivationState.DEACTIVATING
+            if self.state is ActivationState.VALID:
+                self.state = ActivationState.DEACTIVATING
+        if self.state is ActivationState.DEACTIVATING:
             await self._wait_idle()
             self._enter_turn(())
             try:
@@ -160,7 +172,7 @@ class Activation:
         queued, self.mailbox = self.mailbox, deque()
         for delivery in queued:
             self.silo.deliver_request(delivery.request)
-        self._deactivated.set_result(None)
+        done.set_result(None)
 
     # -- scheduling --------------------------------------------------------------------------
 
@@ -265,8 +277,8 @@ class Activation:
             if self._idle_waiter is not None and self.is_idle_of_turns():
                 self._idle_waiter.set_result(None)
                 self._idle_waiter = None
-            if self.deactivate_requested and self.is_idle() and self._deactivated is None:
-                self.silo.spawn(self.deactivate(DeactivationReason.REQUESTED))
+            if self.deactivate_requested and self._deactivated is None:
+                self.begin_deactivation(DeactivationReason.REQUESTED)
 
     def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
         if result is None:
@@ -286,7 +298,7 @@ class Activation:
             # A newer write exists: this activation is a stale duplicate. Drop it rather than
             # retry; the next call activates the actor afresh from storage.
             get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
-            self.deactivate_requested = True
+            self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
         else:
             get_logger().info(
                 "call_failed",

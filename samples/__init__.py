@@ -1,0 +1,1 @@
+"""Runnable example applications: ``python -m samples.hello``, ``python -m samples.bank``."""

@@ -1,0 +1,136 @@
+"""The copy-boundary codec: what round-trips, and what is refused clearly."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import uuid
+from typing import Any
+
+import pytest
+
+from actors import (
+    ActorId,
+    ActorRef,
+    SerializationError,
+    StateDecodeError,
+    decode,
+    decode_state,
+    encode,
+    encode_state,
+    register_type,
+)
+from tests.app import Account, Color, Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+class Money:
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Money) and other.cents == self.cents
+
+
+register_type(Money, name="test.Money", to_data=lambda m: m.cents, from_data=Money)
+
+
+class Priority(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        -(2**63),
+        2**64 + 1,
+        1.5,
+        "héllo \x00 🚀",
+        b"\x00\xff",
+        [1, [2, (3, 4)]],
+        (1, "a", None),
+        {"a": 1, 2: "b"},
+        {1, 2, 3},
+        frozenset({"x"}),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone.utc),
+        dt.datetime(2026, 1, 2, 3, 4, 5),
+        dt.date(2026, 11, 28),
+        dt.time(12, 30),
+        dt.timedelta(days=1, seconds=2, microseconds=3),
+        uuid.UUID(int=12345),
+        decimal.Decimal("1.10"),
+        Color.BLUE,
+        Priority.HIGH,
+        Point(1, 2),
+        Account(5, [1, 2]),
+        Settings(Color.BLUE, ("a", "b")),
+        Money(250),
+        ActorRef(ActorId("test.Chain", "k")),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_round_trip_keeps_value_and_type(value: Any) -> None:
+    back = decode(encode(value))
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_unserializable_value_names_its_type() -> None:
+    class Opaque:
+        pass
+
+    with pytest.raises(SerializationError, match=r"test_codec\..*Opaque cannot be serialized"):
+        encode({"x": [Opaque()]})
+
+
+def test_unknown_dataclass_on_decode_is_a_clear_error() -> None:
+    @dataclasses.dataclass
+    class Ghost:
+        a: int = 0
+
+    blob = encode(Ghost(1))
+    Ghost.__qualname__ = "Renamed"  # the decoder can no longer find it by name
+    from actors import _codec
+
+    _codec._known_types.clear()
+    with pytest.raises(SerializationError, match="unknown dataclass"):
+        decode(blob)
+
+
+def test_garbage_bytes_are_a_serialization_error() -> None:
+    with pytest.raises(SerializationError, match="cannot decode"):
+        decode(b"\xc1\xc1\xc1")
+
+
+def test_state_evolution_added_and_removed_fields() -> None:
+    @dataclasses.dataclass
+    class V1:
+        balance: int = 0
+        legacy: str = "old"
+
+    @dataclasses.dataclass
+    class V2:
+        balance: int = 0
+        currency: str = "EUR"
+
+    stored = encode_state(V1(balance=7))
+    assert decode_state(stored, V2) == V2(balance=7, currency="EUR")
+
+
+def test_state_that_does_not_fit_names_the_actor() -> None:
+    with pytest.raises(StateDecodeError, match="test.Bank/alice.*Account"):
+        decode_state(encode(["not", "a", "map"]), Account, "test.Bank/alice")
+    with pytest.raises(StateDecodeError, match="test.Bank/bob"):
+        decode_state(b"\xc1garbage", Account, "test.Bank/bob")
+    with pytest.raises(StateDecodeError, match="expected int"):
+        decode_state(encode("text"), int, "test.Counter/1")

@@ -1,0 +1,74 @@
+"""Imports flow one way (runtime -> storage -> actors), and each package's public face is
+exactly what we mean to export."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = {
+    "actors": {"actors"},
+    "storage": {"storage", "actors"},
+    "runtime": {"runtime", "storage", "actors"},
+}
+OURS = {"actors", "runtime", "storage", "samples", "benchmarks", "tests"}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_flow_one_way(package: str) -> None:
+    for path in sorted((ROOT / package).rglob("*.py")):
+        bad = _imported_packages(path) - ALLOWED[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+EXPORTS = {
+    "actors": {
+        "Actor", "ActorCallTimeout", "ActorContext", "ActorId", "ActorKey", "ActorMethod",
+        "ActorOptions", "ActorRef", "ClusterClosedError", "ConfigurationError",
+        "DeactivationReason", "DeadlockError", "InconsistentStateError", "InvalidArgumentsError",
+        "InvalidCallError", "Invoker", "MessageTooLargeError", "MethodOptions", "Persistence",
+        "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",
+        "StateDecodeError", "StorageError", "StorageSchemaError", "TransactionAbortedError",
+        "UnknownActorTypeError", "UnknownMethodError", "actor_methods", "actor_options",
+        "always_interleave", "call_timeout", "current_invoker", "decode", "decode_error",
+        "decode_state", "encode", "encode_error", "encode_state", "method_options", "one_way",
+        "read_only", "register_type", "transactional",
+    },
+    "storage": {
+        "MemoryStorage", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
+        "open_storage",
+    },
+    "runtime": {
+        "Clock", "Cluster", "ConsistentHashRing", "ManualClock", "MembershipView", "SiloStatus",
+        "SystemClock", "configure_logging",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("package", sorted(EXPORTS))
+def test_public_names_are_exactly_the_intended_set(package: str) -> None:
+    module = importlib.import_module(package)
+    assert set(module.__all__) == EXPORTS[package]
+    for name in module.__all__:
+        assert hasattr(module, name), f"{package}.{name} is in __all__ but missing"
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_implementation_lives_in_private_modules(package: str) -> None:
+    modules = [p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"]
+    assert all(name.startswith("_") for name in modules), modules
+    assert (ROOT / package / "py.typed").exists()
