@@ -81,7 +81,9 @@ def register_type(
 def encode(value: Any) -> bytes:
     """Encode a value; raises ``SerializationError`` naming the offending type."""
     try:
-        return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+        # A fresh Packer per call costs as much as the packing itself for small messages. The
+        # shared one is safe: packing never awaits, and nested values use _pack, not it.
+        return _packer.pack(value)  # type: ignore[no-any-return]
     except SerializationError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -100,6 +102,9 @@ def decode(data: bytes, invoker: Invoker | None = None) -> Any:
     finally:
         if token is not None:
             _decode_invoker.reset(token)
+
+
+_packer = msgpack.Packer(default=lambda v: _default(v), strict_types=True, use_bin_type=True)
 
 
 # -- state -----------------------------------------------------------------------------------

@@ -185,6 +185,18 @@ class Activation:
             else:
                 self.mailbox.append(delivery)
             return
+        if (
+            not self.mailbox
+            and not (self.exclusive or self.readers or self.interleaved)
+            and self.state is ActivationState.VALID
+        ):
+            # The common case, an idle activation: start the turn without queueing it.
+            if delivery.method.options.read_only:
+                self.readers += 1
+            else:
+                self.exclusive = True
+            self._start(delivery)
+            return
         if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
             self.silo.reply_error(
                 delivery.request,

@@ -111,8 +111,10 @@ class Caller:
                 f"the {self._settings.max_message_bytes}-byte message limit (max_message_bytes)"
             )
         call_id = next(self._ids)
+        membership = self._membership
         request = Request(
-            call_id, target, method, payload, self.address, timeout, current_chain.get()
+            call_id, target, method, payload, self.address, timeout, current_chain.get(),
+            view_version=membership.view.version,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
@@ -121,7 +123,7 @@ class Caller:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
             destination = self._local_silo if facts[1] else None
-            self._transport.send(destination or self._membership.ring.owner(target), request)
+            self._transport.send(destination or membership.ring.owner(target), request)
             response = await future
         finally:
             self._pending.pop(call_id, None)

@@ -32,6 +32,7 @@ class Request:
     chain: tuple[ActorId, ...] = ()
     hops: int = 0
     transaction: bytes | None = None
+    view_version: int = -1  # the sender's membership view; -1: unknown, always re-checked
 
     def to_wire(self) -> list[Any]:
         return [
@@ -46,6 +47,7 @@ class Request:
             [[a.type_name, a.key] for a in self.chain],
             self.hops,
             self.transaction,
+            self.view_version,
         ]
 
 
@@ -75,7 +77,7 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
             out.append(
                 Request(
                     item[1], ActorId(item[2], item[3]), item[4], item[5], item[6], item[7],
-                    chain, item[9], item[10],
+                    chain, item[9], item[10], item[11],
                 )
             )
     return out

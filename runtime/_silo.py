@@ -16,6 +16,7 @@ from typing import Any
 from actors import (
     Actor,
     ActorId,
+    ActorMethod,
     ClusterClosedError,
     DeactivationReason,
     RaygrainError,
@@ -69,6 +70,7 @@ class Silo:
         self.options = options
         self.caller = Caller(name, transport, membership, registry, options.calls, local_silo=name)
         self.activations: dict[ActorId, Activation] = {}
+        self._routes: dict[tuple[str, str], tuple[type[Actor[Any]], ActorMethod, bool]] = {}
         self.workers: dict[ActorId, list[Activation]] = {}
         self.calls_received = 0
         self.collections = 0
@@ -120,10 +122,16 @@ class Silo:
             )
             return
         try:
-            cls = self.registry.resolve(request.target.type_name)
-            method = self.registry.method(cls, request.method)
-            stateless = cls.__actor_options__.stateless_worker
-            if not stateless and not self._owns(request):
+            route = self._routes.get((request.target.type_name, request.method))
+            if route is None:
+                route = self._learn_route(request.target.type_name, request.method)
+            cls, method, stateless = route
+            # A sender that routed with our view already picked us; otherwise check the ring.
+            if (
+                not stateless
+                and request.view_version != self.membership.view.version
+                and not self._owns(request)
+            ):
                 return
             try:
                 args, kwargs = decode(request.payload)
@@ -145,6 +153,15 @@ class Silo:
             self.reply(request, True, b"")
             request.chain = ()
         activation.enqueue(delivery)
+
+    def _learn_route(
+        self, type_name: str, method_name: str
+    ) -> tuple[type[Actor[Any]], ActorMethod, bool]:
+        cls = self.registry.resolve(type_name)
+        method = self.registry.method(cls, method_name)
+        route = (cls, method, cls.__actor_options__.stateless_worker)
+        self._routes[(type_name, method_name)] = route
+        return route
 
     def deliver_response(self, response: Response) -> None:
         self.caller.deliver_response(response)
