@@ -1,9 +1,10 @@
 """``Cluster``: the user's handle on a set of silos, and the client that calls into them.
 
 ``Cluster.local`` runs N silos in this process over an in-process transport (the embedded
-default: no server to set up). ``Cluster.ray`` runs silos as Ray actors. Either way the cluster
-is an async context manager, ``get`` returns actor references, and ``aclose`` deactivates every
-activation.
+default: no server to set up). ``Cluster.ray`` runs silos as Ray actors, and
+``Cluster.connect`` joins silos already running on Ray (``raygrain up``). Either way the
+cluster is an async context manager, ``get`` returns actor references, and ``aclose``
+deactivates every activation it started.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import uuid
 import warnings
 from collections.abc import Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from actors import (
     Actor,
@@ -34,23 +35,78 @@ __all__ = ["Cluster"]
 A = TypeVar("A", bound=Actor[Any])
 
 
-class Cluster:
-    """A running raygrain cluster as seen by a client. Build one with ``Cluster.local`` or
-    ``Cluster.ray`` and use it as ``async with``."""
+class _Backend(Protocol):
+    def make_caller(self, registry: ActorRegistry) -> Caller: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def stats(self) -> list[dict[str, Any]]: ...
+
+
+class _LocalBackend:
+    """Silos in this process, over an in-process transport."""
 
     def __init__(
         self,
         registry: ActorRegistry,
-        caller: Caller,
-        storage: StorageProvider,
-        silos: list[Silo],
-        owns_storage: bool,
+        silos: int,
+        storage: StorageProvider | str,
+        clock: Clock,
+        options: SiloOptions,
     ) -> None:
+        self.owns_storage = isinstance(storage, str)
+        self.storage = open_storage(storage)
+        self.transport = LocalTransport()
+        self.membership = Membership()
+        self.options = options
+        self.silos = [
+            Silo(
+                f"silo-{index}",
+                registry,
+                self.storage,
+                self.transport,
+                self.membership,
+                clock,
+                options,
+            )
+            for index in range(silos)
+        ]
+        for silo in self.silos:
+            self.transport.register(silo.name, silo)
+
+    def make_caller(self, registry: ActorRegistry) -> Caller:
+        address = f"client-{uuid.uuid4().hex[:8]}"
+        caller = Caller(address, self.transport, self.membership, registry, self.options.calls)
+        self.transport.register(address, caller)
+        return caller
+
+    async def start(self) -> None:
+        for silo in self.silos:
+            silo.start()
+            self.membership.set_status(silo.name, SiloStatus.ACTIVE)
+
+    async def aclose(self) -> None:
+        for silo in self.silos:
+            self.membership.set_status(silo.name, SiloStatus.SHUTTING_DOWN)
+        for silo in self.silos:
+            await silo.aclose()
+        if self.owns_storage:
+            await self.storage.aclose()
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return [silo.stats() for silo in self.silos]
+
+
+class Cluster:
+    """A running raygrain cluster as seen by a client. Build one with ``Cluster.local``,
+    ``Cluster.ray`` or ``Cluster.connect`` and use it as ``async with``."""
+
+    def __init__(self, registry: ActorRegistry, backend: _Backend) -> None:
         self._registry = registry
-        self._caller = caller
-        self.storage = storage
-        self.silos = silos
-        self._owns_storage = owns_storage
+        self._backend = backend
+        self._caller = backend.make_caller(registry)
         self._started = False
         self.closed = False
 
@@ -72,40 +128,70 @@ class Cluster:
         ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
-        if default_timeout <= 0:
-            raise ConfigurationError("default_timeout must be positive")
         registry = ActorRegistry(actors)
-        owns_storage = isinstance(storage, str)
-        provider = open_storage(storage)
-        transport = LocalTransport()
-        membership = Membership()
-        settings = CallSettings(default_timeout, max_message_bytes)
-        options = SiloOptions(
-            default_idle_timeout, collection_period, deactivation_timeout, settings
+        options = _silo_options(
+            default_timeout,
+            default_idle_timeout,
+            collection_period,
+            max_message_bytes,
+            deactivation_timeout,
         )
-        the_clock = clock or SystemClock()
-        silo_list = []
-        for index in range(silos):
-            silo = Silo(
-                f"silo-{index}", registry, provider, transport, membership, the_clock, options
-            )
-            transport.register(silo.name, silo)
-            silo_list.append(silo)
-        caller = Caller(f"client-{uuid.uuid4().hex[:8]}", transport, membership, registry, settings)
-        transport.register(caller.address, caller)
-        cluster = cls(registry, caller, provider, silo_list, owns_storage)
-        cluster._membership = membership
-        return cluster
+        backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
+        return cls(registry, backend)
 
-    _membership: Membership
+    @classmethod
+    def ray(
+        cls,
+        actors: Iterable[type[Actor[Any]]],
+        *,
+        address: str | None = None,
+        silos_per_node: int = 1,
+        storage: str | None = None,
+        server_storage: str = "sqlite:///raygrain-state.db",
+        default_timeout: float = 30.0,
+        default_idle_timeout: float = 15 * 60.0,
+        collection_period: float = 60.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        deactivation_timeout: float = 30.0,
+    ) -> Cluster:
+        """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
+        local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
+        puts a storage server on this node in front of ``server_storage``; a ``sqlite:///``
+        URL makes every silo open that file itself (one machine only)."""
+        from runtime._ray_cluster import RayBackend, RayLaunch
+
+        registry = ActorRegistry(actors)
+        options = _silo_options(
+            default_timeout,
+            default_idle_timeout,
+            collection_period,
+            max_message_bytes,
+            deactivation_timeout,
+        )
+        launch = RayLaunch(tuple(actors), silos_per_node, storage, server_storage)
+        return cls(registry, RayBackend(address, launch, options))
+
+    @classmethod
+    def connect(
+        cls,
+        address: str = "auto",
+        actors: Iterable[type[Actor[Any]]] = (),
+        *,
+        default_timeout: float = 30.0,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> Cluster:
+        """A client of silos already running on Ray (started with ``raygrain up``).
+        ``actors`` are optional: they give typed ``get`` and per-method timeouts."""
+        from runtime._ray_cluster import RayBackend
+
+        registry = ActorRegistry(actors)
+        options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
+        return cls(registry, RayBackend(address, None, options))
 
     async def start(self) -> Cluster:
-        if self._started:
-            return self
-        self._started = True
-        for silo in self.silos:
-            silo.start()
-            self._membership.set_status(silo.name, SiloStatus.ACTIVE)
+        if not self._started:
+            self._started = True
+            await self._backend.start()
         return self
 
     async def __aenter__(self) -> Cluster:
@@ -120,12 +206,7 @@ class Cluster:
             return
         self.closed = True
         self._caller.close()
-        for silo in self.silos:
-            self._membership.set_status(silo.name, SiloStatus.SHUTTING_DOWN)
-        for silo in self.silos:
-            await silo.aclose()
-        if self._owns_storage:
-            await self.storage.aclose()
+        await self._backend.aclose()
 
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""
@@ -135,15 +216,27 @@ class Cluster:
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
 
     def ref(self, type_name: str, key: ActorKey) -> ActorRef:
-        """An untyped reference by registered type name."""
+        """An untyped reference by type name (for clients that do not import the classes)."""
+        if self.closed:
+            raise ClusterClosedError("the cluster is closed")
         return ActorRef(ActorId(type_name, key), self._caller)
 
+    @property
+    def silos(self) -> list[Silo]:
+        """The in-process silos (local mode only; empty on Ray)."""
+        return list(getattr(self._backend, "silos", []))
+
+    @property
+    def storage(self) -> StorageProvider | None:
+        return getattr(self._backend, "storage", None)
+
     async def collect_idle(self) -> int:
-        """Run one idle collection on every silo now; returns how many were deactivated."""
+        """Run one idle collection on every in-process silo now; returns how many went."""
         return sum([await silo.collect_idle() for silo in self.silos])
 
-    def stats(self) -> list[dict[str, Any]]:
-        return [silo.stats() for silo in self.silos]
+    async def stats(self) -> list[dict[str, Any]]:
+        """Per-silo figures: activations, calls received, node and view (on Ray)."""
+        return await self._backend.stats()
 
     def __del__(self) -> None:
         if getattr(self, "_started", False) and not getattr(self, "closed", True):
@@ -152,3 +245,25 @@ class Cluster:
                 ResourceWarning,
                 stacklevel=1,
             )
+
+
+def _silo_options(
+    default_timeout: float,
+    default_idle_timeout: float,
+    collection_period: float,
+    max_message_bytes: int,
+    deactivation_timeout: float,
+) -> SiloOptions:
+    for label, value in (
+        ("default_timeout", default_timeout),
+        ("default_idle_timeout", default_idle_timeout),
+        ("collection_period", collection_period),
+        ("max_message_bytes", max_message_bytes),
+        ("deactivation_timeout", deactivation_timeout),
+    ):
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+    calls = CallSettings(float(default_timeout), int(max_message_bytes))
+    return SiloOptions(
+        float(default_idle_timeout), float(collection_period), float(deactivation_timeout), calls
+    )

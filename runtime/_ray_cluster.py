@@ -1,0 +1,279 @@
+"""Launching and joining raygrain on Ray: named actors in the ``raygrain`` namespace.
+
+``RayBackend`` is what ``Cluster.ray`` and ``Cluster.connect`` run on: it starts (or joins) Ray,
+finds or creates the controller and the storage server on the driver's node, starts one silo
+per node (pinned with a node-affinity strategy), and gives the client a ``RayTransport`` and
+the controller's membership view. The ``raygrain`` CLI uses the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors import Actor, ConfigurationError
+from runtime._caller import Caller
+from runtime._logging import get_logger
+from runtime._membership import Membership
+from runtime._ray_host import ControllerImpl, SiloHostImpl, view_from_wire
+from runtime._ray_transport import CLIENT_PREFIX, RayTransport
+from runtime._registry import ActorRegistry
+from runtime._remote_storage import RemoteStorage, StorageServerImpl
+from runtime._silo import SiloOptions
+
+__all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
+
+NAMESPACE = "raygrain"
+CONTROLLER_NAME = "raygrain-controller"
+STORAGE_NAME = "raygrain-storage"
+SILO_PREFIX = "raygrain-silo-"
+DEFAULT_STORAGE = "sqlite:///raygrain-state.db"
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class ControllerActor(ControllerImpl):
+    pass
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000)
+class StorageServerActor(StorageServerImpl):
+    pass
+
+
+@ray.remote(num_cpus=0, max_concurrency=100_000, concurrency_groups={"probe": 1})
+class SiloActor:
+    """A silo in a Ray actor. Storage is a spec string or ``None`` (the storage server)."""
+
+    def __init__(
+        self,
+        name: str,
+        node_id: str,
+        actor_types: list[type[Actor[Any]]],
+        storage: str | None,
+        options: SiloOptions,
+    ) -> None:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        provider: Any = (
+            RemoteStorage(ray.get_actor(STORAGE_NAME, namespace=NAMESPACE))
+            if storage is None
+            else storage
+        )
+        self.host = SiloHostImpl(
+            name, node_id, actor_types, provider, options, _resolve, controller
+        )
+
+    async def start(self) -> bytes:
+        return await self.host.start()
+
+    async def receive_batch(self, blob: bytes) -> None:
+        await self.host.receive_batch(blob)
+
+    async def poll(self, client: str) -> bytes:
+        return await self.host.poll(client)
+
+    async def forget_client(self, client: str) -> None:
+        await self.host.forget_client(client)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.host.stats()
+
+    async def leave(self) -> None:
+        await self.host.leave()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+
+    @ray.method(concurrency_group="probe")
+    def probe(self) -> str:
+        return self.host.name
+
+
+_handles: dict[str, Any] = {}
+
+
+def _resolve(name: str) -> Any:
+    handle = _handles.get(name)
+    if handle is None:
+        handle = _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+    return handle
+
+
+def find_silos() -> list[str]:
+    """Names of the raygrain silos alive in the connected Ray cluster."""
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        entry["name"]
+        for entry in names
+        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(SILO_PREFIX)
+    )
+
+
+@dataclass(frozen=True)
+class RayLaunch:
+    """What to start on Ray: the actor types, silos per node, storage, and lifetime."""
+
+    actor_types: tuple[type[Actor[Any]], ...]
+    silos_per_node: int = 1
+    storage: str | None = None  # None: the storage server in front of DEFAULT_STORAGE
+    server_storage: str = DEFAULT_STORAGE
+    detached: bool = False
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to Ray (start a local one when ``address`` is None); True if we started it."""
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    ray.init(
+        address=address,
+        namespace=NAMESPACE,
+        runtime_env=env if address is None else None,
+        logging_level="warning",
+        log_to_driver=True,
+    )
+    return address is None
+
+
+async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
+    """Start the controller, the storage server and the silos; returns their handles by name.
+
+    Keep the handles: Ray destroys an actor that is not detached once no handle refers to it.
+    """
+    if launch.silos_per_node < 1:
+        raise ConfigurationError("silos_per_node must be >= 1")
+    lifetime = "detached" if launch.detached else None
+    here = ray.get_runtime_context().get_node_id()
+    head = NodeAffinitySchedulingStrategy(here, soft=True)
+    controller = ControllerActor.options(  # type: ignore[attr-defined]
+        name=CONTROLLER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
+        scheduling_strategy=head,
+    ).remote()
+    await controller.get_view.remote()
+    handles = {CONTROLLER_NAME: controller}
+    if launch.storage is None:
+        server = StorageServerActor.options(  # type: ignore[attr-defined]
+            name=STORAGE_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
+            scheduling_strategy=head,
+        ).remote(launch.server_storage)
+        await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
+        handles[STORAGE_NAME] = server
+    names, starts = [], []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        node_id = node["NodeID"]
+        for index in range(launch.silos_per_node):
+            name = f"{SILO_PREFIX}{node_id[:12]}-{index}"
+            silo = SiloActor.options(  # type: ignore[attr-defined]
+                name=name,
+                namespace=NAMESPACE,
+                lifetime=lifetime,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(name, node_id, list(launch.actor_types), launch.storage, options)
+            names.append(name)
+            handles[name] = silo
+            starts.append(silo.start.remote())
+    await asyncio.gather(*starts)
+    get_logger().info("silos_started", silos=names)
+    return handles
+
+
+class RayBackend:
+    """The client side of a Ray-hosted cluster, and the silos it launched (if any)."""
+
+    def __init__(
+        self,
+        address: str | None,
+        launch: RayLaunch | None,
+        options: SiloOptions,
+    ) -> None:
+        self.address = address
+        self.launch = launch
+        self.options = options
+        self.membership = Membership()
+        self.client_address = f"{CLIENT_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.transport = RayTransport(self.client_address, _resolve)
+        self.handles: dict[str, Any] = {}
+        self._started_ray = False
+        self._follower: asyncio.Task[None] | None = None
+        self._controller: Any = None
+
+    def make_caller(self, registry: ActorRegistry) -> Caller:
+        caller = Caller(
+            self.client_address, self.transport, self.membership, registry, self.options.calls
+        )
+        self.transport.bind(caller)
+        return caller
+
+    async def start(self) -> None:
+        self._started_ray = ensure_ray(self.address)
+        if self.launch is not None:
+            self.handles = await launch(self.launch, self.options)
+            _handles.update(self.handles)
+        try:
+            self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        except ValueError:
+            raise ConfigurationError(
+                f"no raygrain cluster on Ray at {self.address!r}: start one with "
+                "'raygrain up --address ...' or Cluster.ray(...)"
+            ) from None
+        self.membership.update(view_from_wire(await self._controller.get_view.remote()))
+        self._follower = asyncio.ensure_future(self._follow_view())
+
+    async def _follow_view(self) -> None:
+        while True:
+            try:
+                blob = await self._controller.wait_view.remote(self.membership.view.version, 10.0)
+                self.membership.update(view_from_wire(blob))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                get_logger().warning("client_view_follow_failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        names = [name for name, _ in self.membership.view.silos]
+        return list(await asyncio.gather(*(_resolve(n).stats.remote() for n in names)))
+
+    async def aclose(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        for name in {n for n, _ in self.membership.view.silos}:
+            try:
+                _resolve(name).forget_client.remote(self.client_address)
+            except Exception:
+                pass
+        await self.transport.aclose()
+        if self.launch is not None and not self.launch.detached:
+            await stop_everything()
+        self.handles.clear()
+        if self._started_ray:
+            _handles.clear()
+            ray.shutdown()
+
+
+async def stop_everything() -> None:
+    """Stop every silo (their state is already durable), then the storage server and controller."""
+    silos = [_resolve(name) for name in find_silos()]
+    await asyncio.gather(*(s.stop.remote() for s in silos), return_exceptions=True)
+    for handle in silos:
+        ray.kill(handle)
+    for name in (STORAGE_NAME, CONTROLLER_NAME):
+        try:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            continue
+        if name == STORAGE_NAME:
+            try:
+                await handle.aclose.remote()
+            except Exception:
+                pass
+        ray.kill(handle)
+    _handles.clear()

@@ -1,0 +1,184 @@
+"""Ray hosting: silos as async Ray actors, the membership controller, the storage server.
+
+Each class here is the plain body of a Ray actor; ``_ray_cluster`` wraps them with
+``ray.remote`` and launches them. A silo host builds the very same ``Silo`` as local mode, over
+a ``RayTransport``, and follows the controller's membership view. Probes are answered in their
+own concurrency group (a separate thread and event loop) so that a long CPU-bound turn on the
+main loop is not mistaken for death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+
+from actors import Actor, DeactivationReason
+from runtime._caller import CallSettings
+from runtime._clock import SystemClock
+from runtime._logging import get_logger
+from runtime._membership import Membership, MembershipView, SiloStatus
+from runtime._messages import Request, unpack_batch
+from runtime._ray_transport import RayTransport
+from runtime._registry import ActorRegistry
+from runtime._silo import Silo, SiloOptions
+from storage import StorageProvider, open_storage
+
+__all__ = ["ControllerImpl", "SiloHostImpl", "view_from_wire", "view_to_wire"]
+
+
+def view_to_wire(view: MembershipView) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [view.version, [[name, status.value] for name, status in view.silos]]
+    )
+
+
+def view_from_wire(blob: bytes) -> MembershipView:
+    version, silos = msgpack.unpackb(blob, raw=False)
+    return MembershipView(version, tuple((name, SiloStatus(status)) for name, status in silos))
+
+
+class ControllerImpl:
+    """Keeps the cluster's membership view and hands it to silos and clients (long poll)."""
+
+    def __init__(self) -> None:
+        self.view = MembershipView(0)
+        self.nodes: dict[str, str] = {}  # silo name -> Ray node id
+        self._changed = asyncio.Event()
+
+    def _publish(self, view: MembershipView) -> bytes:
+        self.view = view
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return view_to_wire(view)
+
+    async def set_status(self, name: str, status: str, node_id: str = "") -> bytes:
+        if node_id:
+            self.nodes[name] = node_id
+        return self._publish(self.view.with_status(name, SiloStatus(status)))
+
+    async def remove(self, name: str) -> bytes:
+        self.nodes.pop(name, None)
+        silos = tuple((n, s) for n, s in self.view.silos if n != name)
+        return self._publish(MembershipView(self.view.version + 1, silos))
+
+    async def get_view(self) -> bytes:
+        return view_to_wire(self.view)
+
+    async def wait_view(self, known_version: int, timeout: float) -> bytes:
+        """The view once it is newer than ``known_version`` (or the current one at timeout)."""
+        if self.view.version <= known_version:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return view_to_wire(self.view)
+
+    async def silo_nodes(self) -> dict[str, str]:
+        return dict(self.nodes)
+
+
+class SiloHostImpl:
+    """The body of one silo actor."""
+
+    def __init__(
+        self,
+        name: str,
+        node_id: str,
+        actor_types: list[type[Actor[Any]]],
+        storage: StorageProvider | str,
+        options: SiloOptions,
+        resolve: Any,
+        controller: Any,
+    ) -> None:
+        self.name = name
+        self.node_id = node_id
+        self._controller = controller
+        self.membership = Membership()
+        self.transport = RayTransport(name, resolve)
+        provider = open_storage(storage) if isinstance(storage, str) else storage
+        self.silo = Silo(
+            name,
+            ActorRegistry(actor_types),
+            provider,
+            self.transport,
+            self.membership,
+            SystemClock(),
+            options,
+        )
+        self.transport.bind(self.silo)
+        self._follower: asyncio.Task[None] | None = None
+        self.leaving = False
+
+    async def start(self) -> bytes:
+        self.silo.start()
+        view = view_from_wire(
+            await self._controller.set_status.remote(self.name, "active", self.node_id)
+        )
+        self.membership.update(view)
+        self._follower = asyncio.ensure_future(self._follow_view())
+        return view_to_wire(view)
+
+    async def _follow_view(self) -> None:
+        while not self.silo.closed:
+            try:
+                blob = await self._controller.wait_view.remote(self.membership.view.version, 10.0)
+            except Exception as exc:
+                get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            await self.apply_view(view_from_wire(blob))
+
+    async def apply_view(self, view: MembershipView) -> None:
+        if not self.membership.update(view):
+            return
+        # Activations whose owner changed move: deactivate them here, and their queued and
+        # future calls are forwarded to the new owner by the ring check on delivery.
+        ring = self.membership.ring
+        moving = [
+            a for a in list(self.silo.activations.values())
+            if len(ring) and ring.owner(a.actor_id) != self.name
+        ]
+        await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))
+
+    async def receive_batch(self, blob: bytes) -> None:
+        for message in unpack_batch(blob):
+            if isinstance(message, Request):
+                self.silo.deliver_request(message)
+            else:
+                self.silo.deliver_response(message)
+
+    async def poll(self, client: str) -> bytes:
+        return await self.transport.poll(client)
+
+    async def forget_client(self, client: str) -> None:
+        self.transport.forget_client(client)
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            **self.silo.stats(),
+            "node_id": self.node_id,
+            "view_version": self.membership.view.version,
+            "batches_sent": self.transport.batches_sent,
+            "messages_sent": self.transport.messages_sent,
+        }
+
+    async def leave(self) -> None:
+        """Graceful stop: leave the ring, hand every activation over, then close."""
+        self.leaving = True
+        view = view_from_wire(await self._controller.set_status.remote(self.name, "shutting_down"))
+        await self.apply_view(view)
+        await self.silo.deactivate_all(DeactivationReason.HANDOVER)
+        await self._controller.remove.remote(self.name)
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        await self.silo.aclose()
+        await self.transport.aclose()
+        await self.silo.storage.aclose()
+
+
+def default_call_settings(default_timeout: float, max_message_bytes: int) -> CallSettings:
+    return CallSettings(default_timeout, max_message_bytes)

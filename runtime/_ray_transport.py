@@ -1,0 +1,179 @@
+"""Envelopes over Ray: batched per destination, msgpack on the wire, no head-of-line blocking.
+
+Every message produced in one event-loop iteration for one destination goes out in a single
+Ray call (``receive_batch``) carrying one msgpack blob. Requests and responses travel
+separately: a silo pushes each response as soon as its turn ends, so a slow call never holds
+back the replies of fast calls that arrived in the same batch. A driver-side client is not a
+Ray actor and cannot be pushed to; it long-polls each silo it talks to for its responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from actors import SiloUnavailableError, encode_error
+from runtime._logging import get_logger
+from runtime._messages import Request, Response, pack_batch, unpack_batch
+from runtime._transport import Endpoint
+
+__all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
+
+CLIENT_PREFIX = "client-"
+POLL_SECONDS = 10.0
+
+
+def is_client_address(address: str) -> bool:
+    return address.startswith(CLIENT_PREFIX)
+
+
+class ClientMailbox:
+    """Responses waiting on a silo for a driver-side client's next poll."""
+
+    def __init__(self) -> None:
+        self.messages: list[Request | Response] = []
+        self.ready = asyncio.Event()
+
+    def put(self, message: Request | Response) -> None:
+        self.messages.append(message)
+        self.ready.set()
+
+    async def take(self, timeout: float) -> list[Request | Response]:
+        if not self.messages:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+        taken, self.messages = self.messages, []
+        self.ready.clear()
+        return taken
+
+
+class RayTransport:
+    """Transport of the endpoint ``address`` (a silo's name, or a client's id)."""
+
+    def __init__(self, address: str, resolve: Callable[[str], Any]) -> None:
+        self.address = address
+        self._resolve = resolve  # silo name -> Ray actor handle
+        self._local: Endpoint | None = None
+        self._outboxes: dict[str, list[Request | Response]] = {}
+        self._flush_scheduled = False
+        self._mailboxes: dict[str, ClientMailbox] = {}
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.batches_sent = 0
+        self.messages_sent = 0
+
+    def bind(self, endpoint: Endpoint) -> None:
+        self._local = endpoint
+
+    # -- Transport ---------------------------------------------------------------------------
+
+    def send(self, destination: str, request: Request) -> None:
+        if destination == self.address and self._local is not None:
+            self._local.deliver_request(request)  # payloads are bytes: copy semantics hold
+        else:
+            self._enqueue(destination, request)
+
+    def reply(self, destination: str, response: Response) -> None:
+        if destination == self.address and self._local is not None:
+            self._local.deliver_response(response)
+        elif is_client_address(destination):
+            self.mailbox(destination).put(response)
+        else:
+            self._enqueue(destination, response)
+
+    # -- silo side of client polling ---------------------------------------------------------
+
+    def mailbox(self, client: str) -> ClientMailbox:
+        box = self._mailboxes.get(client)
+        if box is None:
+            box = self._mailboxes[client] = ClientMailbox()
+        return box
+
+    async def poll(self, client: str) -> bytes:
+        return pack_batch(await self.mailbox(client).take(POLL_SECONDS))
+
+    def forget_client(self, client: str) -> None:
+        self._mailboxes.pop(client, None)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _enqueue(self, destination: str, message: Request | Response) -> None:
+        outbox = self._outboxes.get(destination)
+        if outbox is None:
+            outbox = self._outboxes[destination] = []
+        outbox.append(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outboxes, self._outboxes = self._outboxes, {}
+        for destination, messages in outboxes.items():
+            try:
+                handle = self._resolve(destination)
+                ref = handle.receive_batch.remote(pack_batch(messages))
+            except Exception as exc:
+                self._undeliverable(destination, messages, exc)
+                continue
+            self.batches_sent += 1
+            self.messages_sent += len(messages)
+            if is_client_address(self.address) and destination not in self._pollers:
+                self._pollers[destination] = asyncio.ensure_future(self._poll_forever(destination))
+            watcher = asyncio.ensure_future(self._watch(ref, destination, messages))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, ref: Any, destination: str, messages: list[Request | Response]) -> None:
+        try:
+            await ref
+        except Exception as exc:
+            self._undeliverable(destination, messages, exc)
+
+    def _undeliverable(
+        self, destination: str, messages: list[Request | Response], exc: BaseException
+    ) -> None:
+        # The batch may or may not have reached the silo before it failed: the calls' fate is
+        # unknown, so each caller gets a retryable SiloUnavailableError now instead of waiting
+        # for its deadline.
+        get_logger().warning("batch_undeliverable", destination=destination, error=repr(exc))
+        if self._local is None:
+            return
+        for message in messages:
+            if isinstance(message, Request):
+                error = SiloUnavailableError(
+                    f"silo {destination} became unreachable while {message.target}."
+                    f"{message.method} was in flight: {type(exc).__name__}"
+                )
+                self._local.deliver_response(
+                    Response(message.call_id, False, encode_error(error, destination))
+                )
+
+    # -- client side of polling ---------------------------------------------------------------
+
+    async def _poll_forever(self, silo: str) -> None:
+        while not self.closed:
+            try:
+                blob = await self._resolve(silo).poll.remote(self.address)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                get_logger().info("poll_failed", silo=silo, error=repr(exc))
+                self._pollers.pop(silo, None)
+                return
+            assert self._local is not None
+            for message in unpack_batch(blob):
+                if isinstance(message, Response):
+                    self._local.deliver_response(message)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        tasks = [*self._pollers.values(), *self._watchers]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pollers.clear()
