@@ -1,0 +1,486 @@
+"""``SqliteStorage``: the embedded state provider, one SQLite file on aiosqlite, with group commit.
+
+Every acknowledged turn costs a durable write, and with ``synchronous=FULL`` a SQLite commit costs
+an fsync. So writes are not committed one by one: callers queue them, and a single committer task
+takes everything pending and applies it in one transaction, checking each caller's ETag on its
+own (a stale writer fails alone, the rest of the batch commits). While one batch is being
+fsynced, the next one accumulates. Reads go straight through on a second connection, which in WAL
+mode sees only committed data and never waits behind a commit.
+
+The file records its schema version (``PRAGMA user_version``) and a raygrain marker
+(``PRAGMA application_id``); a file from a newer raygrain, a corrupt file or another
+application's database is refused at open and left untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import warnings
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import aiosqlite
+
+from actors import (
+    ActorId,
+    ConfigurationError,
+    InconsistentStateError,
+    StorageError,
+    StorageSchemaError,
+)
+from storage._provider import StateRecord, StateWrite
+
+__all__ = ["SCHEMA_VERSION", "SqliteStorage"]
+
+SCHEMA_VERSION = 1
+# "rgrn": marks the file as a raygrain state store, so another application's database is refused.
+APPLICATION_ID = 0x7267726E
+
+Durability = Literal["fsync", "normal"]
+_SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "normal": "NORMAL"}
+
+# SQLite's default limit on host parameters is 999 on old builds; stay well under it.
+_MAX_PARAMS = 500
+
+# SQLite primary result codes (sqlite3 only exports them as constants from Python 3.11 on).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+
+# ``version`` comes before ``data`` so that reading it never touches a large value's overflow
+# pages; ``data`` NULL is a tombstone. ``type_name`` and ``actor_key`` are only for humans
+# browsing the file: ``id`` (ActorId.canonical()) is the identity.
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS raygrain_state (
+    id        BLOB PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    type_name TEXT NOT NULL,
+    actor_key TEXT NOT NULL,
+    data      BLOB
+);
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+_SELECT_RECORD = "SELECT version, data FROM raygrain_state WHERE id = ?"
+_SELECT_VERSIONS = "SELECT id, version FROM raygrain_state WHERE id IN ({})"
+_UPSERT = (
+    "INSERT INTO raygrain_state (id, version, type_name, actor_key, data) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, data = excluded.data"
+)
+
+_Row = tuple[bytes, int, str, str, bytes | None]
+_Outcome = list[str] | InconsistentStateError
+
+
+@dataclass(slots=True)
+class _PendingWrite:
+    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it."""
+
+    writes: tuple[StateWrite, ...]
+    keys: tuple[bytes, ...]
+    result: asyncio.Future[list[str]]
+
+
+class SqliteStorage:
+    """Actor state in one SQLite file (WAL), with group commit.
+
+    ``durability="fsync"`` (default) fsyncs every commit: an acknowledged write survives power
+    loss. ``"normal"`` survives a process crash but may lose the last commits on power loss.
+    ``busy_timeout`` is how long (seconds) a call waits for another connection's lock before
+    failing with ``StorageError``; ``max_batch`` caps the records committed in one transaction.
+    Opens on first use, or with ``await storage.open()`` / ``async with``.
+    """
+
+    # Class-level so that __del__ works even when __init__ refused its arguments.
+    _opened = False
+    _closed = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "fsync",
+        busy_timeout: float = 5.0,
+        max_batch: int = 2000,
+    ) -> None:
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            # Two connections (writer and reader) must reach the same file.
+            raise ConfigurationError(
+                f"SqliteStorage needs a file path, got {self.path!r}; use MemoryStorage instead"
+            )
+        if durability not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"SqliteStorage durability must be 'fsync' or 'normal', got {durability!r}"
+            )
+        if busy_timeout < 0:
+            raise ConfigurationError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
+        if max_batch < 1:
+            raise ConfigurationError(f"max_batch must be >= 1, got {max_batch!r}")
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.max_batch = max_batch
+        self.commits = 0  # transactions committed by the group committer, for tests and metrics
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._open_lock = asyncio.Lock()
+        self._pending: deque[_PendingWrite] = deque()
+        self._committer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({self.path!r}, durability={self.durability!r})"
+
+    async def __aenter__(self) -> SqliteStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._opened and not self._closed:
+            warnings.warn(
+                f"{self!r} was opened and never closed; use 'async with' or 'await aclose()'",
+                ResourceWarning,
+                stacklevel=2,
+            )
+            # No ``source=self``: a recorded warning would keep this object, and so its
+            # connections, alive; freed now, aiosqlite's own finalizers stop their threads.
+
+    # -- the provider protocol -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating if needed) and check the file. Idempotent; other methods call it."""
+        self._check_not_closed()
+        if self._reader is not None:
+            return
+        async with self._open_lock:
+            self._check_not_closed()
+            if self._writer is None:
+                self._writer = await self._connect_writer()
+                self._opened = True  # from here on, a forgotten aclose() leaks a connection
+            if self._reader is None:
+                self._reader = await self._connect_reader()
+
+    async def read(self, actor_id: ActorId) -> StateRecord:
+        await self.open()
+        assert self._reader is not None
+        try:
+            rows = await self._reader.execute_fetchall(_SELECT_RECORD, (actor_id.canonical(),))
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(f"reading {actor_id}", exc) from exc
+        for version, data in rows:
+            return StateRecord(None if data is None else bytes(data), str(version))
+        return StateRecord(None, None)
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        return (await self.write_many([StateWrite(actor_id, data, expected_etag)]))[0]
+
+    async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
+        return (await self.write_many([StateWrite(actor_id, None, expected_etag)]))[0]
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        """Queue the writes for the next batch; return once the batch containing them committed.
+
+        If the caller is cancelled after its batch started, the writes may still commit.
+        """
+        await self.open()
+        if not writes:
+            return []
+        # Copy the data now: the caller may reuse a bytearray while the write waits in the queue.
+        group = tuple(
+            StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
+            for w in writes
+        )
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            _PendingWrite(group, tuple(w.actor_id.canonical() for w in group), result)
+        )
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._run_committer())
+        return await result
+
+    async def aclose(self) -> None:
+        """Let queued writes commit, then close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            # wait, not await: the committer's own failure was already reported to its callers.
+            await asyncio.wait({self._committer})
+        async with self._open_lock:
+            writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
+            for connection in (writer, reader):
+                if connection is not None:
+                    await _close_quietly(connection)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        failure: list[sqlite3.Error] = []
+
+        def connector() -> sqlite3.Connection:
+            # Runs on aiosqlite's thread. isolation_level=None: we issue BEGIN/COMMIT ourselves,
+            # so that a batch is exactly one transaction, its write lock taken up front.
+            try:
+                return sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            except sqlite3.Error as exc:
+                # Hand aiosqlite a stand-in and close it properly: when its connector raises,
+                # aiosqlite stops its thread without waiting, and the thread may then call back
+                # into an event loop that is already closed.
+                failure.append(exc)
+                return sqlite3.connect(":memory:")
+
+        connection = await aiosqlite.Connection(connector, iter_chunk_size=64)
+        if failure:
+            await _close_quietly(connection)
+            raise self._open_error(failure[0]) from failure[0]
+        return connection
+
+    async def _connect_writer(self) -> aiosqlite.Connection:
+        connection = await self._connect()
+        try:
+            # Read the header before anything can write: a corrupt, foreign or newer file is
+            # refused untouched.
+            rows = await connection.execute_fetchall(
+                "SELECT * FROM pragma_application_id(), pragma_user_version()"
+            )
+            application_id, version = next(iter(rows))
+            self._check_schema(int(application_id), int(version))
+            await self._set_wal(connection)
+            await connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
+            if version < SCHEMA_VERSION:
+                await connection.executescript(_SCHEMA)
+        except BaseException as exc:
+            await _close_quietly(connection)
+            if isinstance(exc, sqlite3.Error):
+                raise self._open_error(exc) from exc
+            raise
+        return connection
+
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        connection = await self._connect()
+        try:
+            await connection.execute("PRAGMA query_only = ON")
+        except BaseException as exc:
+            await _close_quietly(connection)
+            if isinstance(exc, sqlite3.Error):
+                raise self._open_error(exc) from exc
+            raise
+        return connection
+
+    def _check_schema(self, application_id: int, version: int) -> None:
+        if application_id not in (0, APPLICATION_ID):
+            raise StorageSchemaError(
+                f"{self.path!r} is not a raygrain state store "
+                f"(SQLite application_id {application_id:#x}); refusing to touch it"
+            )
+        if version > SCHEMA_VERSION:
+            raise StorageSchemaError(
+                f"{self.path!r} has state schema version {version}, newer than version "
+                f"{SCHEMA_VERSION} that this raygrain supports; upgrade raygrain to open it"
+            )
+
+    async def _set_wal(self, connection: aiosqlite.Connection) -> None:
+        rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+        mode = str(next(iter(rows))[0])
+        # Without WAL a reader blocks the committer and group commit loses its point; some
+        # file systems (network mounts) cannot do WAL, and silently running without it is worse.
+        if mode.lower() != "wal":
+            raise StorageSchemaError(
+                f"cannot use WAL journal mode on {self.path!r} (SQLite kept {mode!r}); "
+                "put the database on a local file system"
+            )
+
+    def _open_error(self, exc: sqlite3.Error) -> StorageSchemaError:
+        reason = "it is a directory" if os.path.isdir(self.path) else _reason(exc, self)
+        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {reason}")
+
+    # -- group commit --------------------------------------------------------------------------
+
+    async def _run_committer(self) -> None:
+        try:
+            while self._pending:
+                await self._commit(self._take_batch())
+        finally:
+            self._committer = None
+            # Only reached with writes still queued if this task itself was cancelled (the loop
+            # is shutting down): fail them rather than leave their callers waiting forever.
+            while self._pending:
+                _fail(self._pending.popleft().result, StorageError(f"{self!r} stopped committing"))
+
+    def _take_batch(self) -> list[_PendingWrite]:
+        batch: list[_PendingWrite] = []
+        size = 0
+        while self._pending:
+            head = self._pending[0]
+            # A group larger than max_batch still goes, alone: it must be one transaction.
+            if batch and size + len(head.writes) > self.max_batch:
+                break
+            self._pending.popleft()
+            if head.result.done():
+                continue  # the caller was cancelled before its write started: drop it
+            batch.append(head)
+            size += len(head.writes)
+        return batch
+
+    async def _commit(self, batch: list[_PendingWrite]) -> None:
+        if not batch:
+            return
+        try:
+            outcomes = await self._apply(batch)
+        except BaseException as exc:
+            for pending in batch:
+                error = self._error(f"committing a batch of {len(batch)} writes", exc)
+                error.__cause__ = exc
+                _fail(pending.result, error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, InconsistentStateError):
+                _fail(pending.result, outcome)
+            elif not pending.result.done():
+                pending.result.set_result(outcome)
+
+    async def _apply(self, batch: list[_PendingWrite]) -> list[_Outcome]:
+        """Commit ``batch`` in one transaction: BEGIN, SELECT versions, executemany, COMMIT.
+
+        Each await is a hop to aiosqlite's thread, so the batch costs four of them (plus one
+        SELECT per 500 distinct keys), however many writes it holds.
+        """
+        if self._writer is None:  # dropped after a failed rollback: start afresh
+            self._writer = await self._connect_writer()
+        writer = self._writer
+        keys = list(dict.fromkeys(key for pending in batch for key in pending.keys))
+        await writer.execute("BEGIN IMMEDIATE")
+        try:
+            stored: dict[bytes, int] = {}
+            for start in range(0, len(keys), _MAX_PARAMS):
+                chunk = keys[start : start + _MAX_PARAMS]
+                query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
+                rows = await writer.execute_fetchall(query, chunk)
+                stored.update((bytes(key), int(version)) for key, version in rows)
+            outcomes, rows_to_write = _decide(batch, stored)
+            if rows_to_write:
+                await writer.executemany(_UPSERT, rows_to_write)
+            await writer.execute("COMMIT")
+        except BaseException:
+            await self._rollback(writer)
+            raise
+        self.commits += 1
+        return outcomes
+
+    async def _rollback(self, writer: aiosqlite.Connection) -> None:
+        try:
+            await writer.rollback()
+        except (sqlite3.Error, ValueError):
+            # The connection's transaction state is unknown: drop it, the next batch reconnects.
+            if self._writer is writer:
+                self._writer = None
+            await _close_quietly(writer)
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _check_not_closed(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+
+    def _error(self, doing: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, StorageError):
+            return type(exc)(*exc.args)
+        if isinstance(exc, sqlite3.Error):
+            return StorageError(
+                f"SQLite state store {self.path!r} failed {doing}: {_reason(exc, self)}"
+            )
+        if isinstance(exc, ValueError) and self._closed:
+            return StorageError(f"{self!r} was closed while {doing}")
+        return StorageError(f"SQLite state store {self.path!r} failed {doing}: {exc!r}")
+
+
+def _decide(
+    batch: Iterable[_PendingWrite], stored: dict[bytes, int]
+) -> tuple[list[_Outcome], list[_Row]]:
+    """Check each caller's ETags in queue order and collect the rows of those that pass.
+
+    ``stored`` (key -> version) is updated as writes are accepted, so a caller is checked against
+    what the earlier writes of the same batch left, exactly as if they had committed one by one.
+    """
+    outcomes: list[_Outcome] = []
+    rows: list[_Row] = []
+    for pending in batch:
+        stale = _first_stale(pending, stored)
+        if stale is not None:
+            outcomes.append(stale)
+            continue
+        etags = []
+        for write, key in zip(pending.writes, pending.keys, strict=True):
+            version = stored.get(key, 0) + 1
+            stored[key] = version
+            rows.append(
+                (
+                    key,
+                    version,
+                    _printable(write.actor_id.type_name),
+                    repr(write.actor_id.key),
+                    write.data,
+                )
+            )
+            etags.append(str(version))
+        outcomes.append(etags)
+    return outcomes, rows
+
+
+def _first_stale(pending: _PendingWrite, stored: dict[bytes, int]) -> InconsistentStateError | None:
+    # A group is all or nothing, so every ETag is checked before any of its writes is accepted.
+    for write, key in zip(pending.writes, pending.keys, strict=True):
+        version = stored.get(key)
+        stored_etag = None if version is None else str(version)
+        if stored_etag != write.expected_etag:
+            return InconsistentStateError(stored_etag, write.expected_etag, str(write.actor_id))
+    return None
+
+
+def _printable(text: str) -> str:
+    # Lone surrogates are valid in an ActorId (its canonical form keeps them) but not in TEXT.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reason(exc: sqlite3.Error, storage: SqliteStorage) -> str:
+    """What went wrong, in words a user can act on."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in (_BUSY, _LOCKED) or "locked" in str(exc):
+        return (
+            f"the database is locked by another connection "
+            f"(waited busy_timeout={storage.busy_timeout:g}s) [{exc}]"
+        )
+    if primary == _NOTADB:
+        return f"not a SQLite database (corrupt, or another kind of file) [{exc}]"
+    if primary == _CORRUPT:
+        return f"the database file is corrupt [{exc}]"
+    if primary == _CANTOPEN:
+        return f"cannot open the file: does its directory exist and is it writable? [{exc}]"
+    if primary == _READONLY:
+        return f"the file or its directory is read-only [{exc}]"
+    if primary == _FULL:
+        return f"the disk is full [{exc}]"
+    if primary == _IOERR:
+        return f"disk I/O error [{exc}]"
+    return str(exc)
+
+
+def _fail(result: asyncio.Future[list[str]], error: BaseException) -> None:
+    if not result.done():  # a cancelled caller has nobody to tell
+        result.set_exception(error)
+
+
+async def _close_quietly(connection: aiosqlite.Connection) -> None:
+    # Nothing is left to lose: every write was committed or rolled back before closing.
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await connection.close()

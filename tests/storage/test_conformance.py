@@ -1,0 +1,238 @@
+"""The contract every state storage provider keeps (see storage/_provider.py).
+
+Each test runs once per provider; a new provider joins by adding a case to ``PROVIDERS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from actors import ActorId, InconsistentStateError, StorageError
+from storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, StorageProvider
+
+PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
+    "memory": lambda _: MemoryStorage(),
+    "sqlite": lambda tmp: SqliteStorage(tmp / "state.db"),
+}
+
+ALICE = ActorId("Account", "alice")
+BOB = ActorId("Account", "bob")
+CAROL = ActorId("Account", "carol")
+
+
+@pytest.fixture(params=list(PROVIDERS), ids=list(PROVIDERS))
+async def provider(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StorageProvider]:
+    storage = PROVIDERS[request.param](tmp_path)
+    try:
+        yield storage
+    finally:
+        await storage.aclose()
+
+
+async def test_provider_satisfies_protocol(provider: StorageProvider) -> None:
+    assert isinstance(provider, StorageProvider)
+
+
+async def test_read_missing_record(provider: StorageProvider) -> None:
+    assert await provider.read(ALICE) == StateRecord(None, None)
+
+
+async def test_write_then_read_round_trips(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"one", None)
+    assert await provider.read(ALICE) == StateRecord(b"one", etag)
+    etag2 = await provider.write(ALICE, b"two", etag)
+    assert etag2 != etag
+    assert await provider.read(ALICE) == StateRecord(b"two", etag2)
+    assert await provider.read(BOB) == StateRecord(None, None)
+
+
+async def test_empty_bytes_is_state_not_absence(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"", None)
+    assert await provider.read(ALICE) == StateRecord(b"", etag)
+
+
+async def test_stale_etag_is_refused(provider: StorageProvider) -> None:
+    first = await provider.write(ALICE, b"one", None)
+    second = await provider.write(ALICE, b"two", first)
+    with pytest.raises(InconsistentStateError) as caught:
+        await provider.write(ALICE, b"stale", first)
+    assert caught.value.stored_etag == second
+    assert caught.value.expected_etag == first
+    assert await provider.read(ALICE) == StateRecord(b"two", second)
+
+
+async def test_none_etag_when_record_exists_is_refused(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"one", None)
+    with pytest.raises(InconsistentStateError) as caught:
+        await provider.write(ALICE, b"again", None)
+    assert (caught.value.stored_etag, caught.value.expected_etag) == (etag, None)
+    assert await provider.read(ALICE) == StateRecord(b"one", etag)
+
+
+async def test_etag_when_record_missing_is_refused(provider: StorageProvider) -> None:
+    with pytest.raises(InconsistentStateError) as caught:
+        await provider.write(ALICE, b"one", "1")
+    assert (caught.value.stored_etag, caught.value.expected_etag) == (None, "1")
+    assert await provider.read(ALICE) == StateRecord(None, None)
+
+
+async def test_clear_leaves_a_tombstone(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"one", None)
+    tombstone = await provider.clear(ALICE, etag)
+    assert tombstone not in (None, etag)
+    assert await provider.read(ALICE) == StateRecord(None, tombstone)
+
+
+async def test_write_after_clear_needs_the_tombstone_etag(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"one", None)
+    tombstone = await provider.clear(ALICE, etag)
+    for stale in (None, etag):
+        with pytest.raises(InconsistentStateError):
+            await provider.write(ALICE, b"zombie", stale)
+    revived = await provider.write(ALICE, b"two", tombstone)
+    assert await provider.read(ALICE) == StateRecord(b"two", revived)
+
+
+async def test_clear_with_stale_etag_is_refused(provider: StorageProvider) -> None:
+    first = await provider.write(ALICE, b"one", None)
+    second = await provider.write(ALICE, b"two", first)
+    with pytest.raises(InconsistentStateError):
+        await provider.clear(ALICE, first)
+    assert await provider.read(ALICE) == StateRecord(b"two", second)
+
+
+async def test_clear_of_missing_record_leaves_a_tombstone(provider: StorageProvider) -> None:
+    tombstone = await provider.clear(ALICE, None)
+    assert await provider.read(ALICE) == StateRecord(None, tombstone)
+    with pytest.raises(InconsistentStateError):
+        await provider.clear(ALICE, None)
+
+
+async def test_concurrent_writers_with_same_etag_exactly_one_wins(
+    provider: StorageProvider,
+) -> None:
+    base = await provider.write(ALICE, b"base", None)
+    results = await asyncio.gather(
+        *(provider.write(ALICE, f"writer {i}".encode(), base) for i in range(20)),
+        return_exceptions=True,
+    )
+    winners = [(i, r) for i, r in enumerate(results) if isinstance(r, str)]
+    losers = [r for r in results if not isinstance(r, str)]
+    assert len(winners) == 1
+    assert all(isinstance(r, InconsistentStateError) for r in losers)
+    index, etag = winners[0]
+    assert await provider.read(ALICE) == StateRecord(f"writer {index}".encode(), etag)
+
+
+async def test_concurrent_creators_exactly_one_wins(provider: StorageProvider) -> None:
+    results = await asyncio.gather(
+        *(provider.write(ALICE, b"x", None) for _ in range(10)), return_exceptions=True
+    )
+    assert sum(isinstance(r, str) for r in results) == 1
+    assert sum(isinstance(r, InconsistentStateError) for r in results) == 9
+
+
+async def test_write_many_applies_all(provider: StorageProvider) -> None:
+    alice = await provider.write(ALICE, b"a1", None)
+    etags = await provider.write_many(
+        [
+            StateWrite(ALICE, b"a2", alice),
+            StateWrite(BOB, b"b1", None),
+            StateWrite(CAROL, None, None),
+        ]
+    )
+    assert len(etags) == 3
+    assert await provider.read(ALICE) == StateRecord(b"a2", etags[0])
+    assert await provider.read(BOB) == StateRecord(b"b1", etags[1])
+    assert await provider.read(CAROL) == StateRecord(None, etags[2])
+
+
+async def test_write_many_is_all_or_nothing(provider: StorageProvider) -> None:
+    alice = await provider.write(ALICE, b"a1", None)
+    bob = await provider.write(BOB, b"b1", None)
+    await provider.write(BOB, b"b2", bob)  # makes `bob` stale
+    before = [await provider.read(actor) for actor in (ALICE, BOB, CAROL)]
+    with pytest.raises(InconsistentStateError) as caught:
+        await provider.write_many(
+            [
+                StateWrite(ALICE, b"a2", alice),
+                StateWrite(BOB, b"b3", bob),
+                StateWrite(CAROL, b"c1", None),
+            ]
+        )
+    assert caught.value.expected_etag == bob
+    assert [await provider.read(actor) for actor in (ALICE, BOB, CAROL)] == before
+
+
+async def test_write_many_of_nothing(provider: StorageProvider) -> None:
+    assert await provider.write_many([]) == []
+
+
+async def test_large_value_round_trips(provider: StorageProvider) -> None:
+    value = os.urandom(1024 * 1024)
+    etag = await provider.write(ALICE, value, None)
+    assert await provider.read(ALICE) == StateRecord(value, etag)
+    bigger = value + os.urandom(1024 * 1024)
+    etag = await provider.write(ALICE, bigger, etag)
+    assert await provider.read(ALICE) == StateRecord(bigger, etag)
+
+
+ODD_KEYS: list[str | int] = [
+    "ключ",
+    "鍵🔑",
+    "a\x00b",
+    "\x00",
+    "",
+    " ",
+    "'; DROP TABLE raygrain_state; --",
+    "\ud800 lone surrogate",
+    "x" * 10_000,
+    0,
+    -1,
+    2**70,
+]
+
+
+@pytest.mark.parametrize("key", ODD_KEYS, ids=[f"key{i}" for i in range(len(ODD_KEYS))])
+async def test_odd_keys_are_distinct_records(provider: StorageProvider, key: str | int) -> None:
+    actor = ActorId("Ünïcode\x00Type", key)
+    etag = await provider.write(actor, repr(key).encode(), None)
+    assert await provider.read(actor) == StateRecord(repr(key).encode(), etag)
+    for other in ODD_KEYS:
+        if other != key or type(other) is not type(key):
+            assert (await provider.read(ActorId("Ünïcode\x00Type", other))).etag is None
+
+
+async def test_int_and_str_keys_are_distinct(provider: StorageProvider) -> None:
+    as_int, as_str = ActorId("Account", 1), ActorId("Account", "1")
+    int_etag = await provider.write(as_int, b"int", None)
+    assert await provider.read(as_str) == StateRecord(None, None)
+    str_etag = await provider.write(as_str, b"str", None)
+    assert await provider.read(as_int) == StateRecord(b"int", int_etag)
+    assert await provider.read(as_str) == StateRecord(b"str", str_etag)
+
+
+async def test_type_name_is_part_of_identity(provider: StorageProvider) -> None:
+    await provider.write(ActorId("Account", "alice"), b"account", None)
+    assert await provider.read(ActorId("Wallet", "alice")) == StateRecord(None, None)
+
+
+async def test_closed_provider_raises_storage_error(provider: StorageProvider) -> None:
+    etag = await provider.write(ALICE, b"one", None)
+    await provider.aclose()
+    await provider.aclose()  # idempotent
+    with pytest.raises(StorageError):
+        await provider.read(ALICE)
+    with pytest.raises(StorageError):
+        await provider.write(ALICE, b"two", etag)
+    with pytest.raises(StorageError):
+        await provider.clear(ALICE, etag)
+    with pytest.raises(StorageError):
+        await provider.write_many([StateWrite(BOB, b"b", None)])

@@ -1,0 +1,467 @@
+"""SqliteStorage beyond the shared contract: durability, group commit, and unusable files.
+
+Every bad-file case also checks that what was already stored survives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from actors import (
+    ActorId,
+    ConfigurationError,
+    InconsistentStateError,
+    StorageError,
+    StorageSchemaError,
+)
+from storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, open_storage
+from storage._sqlite import SCHEMA_VERSION
+
+ALICE = ActorId("Account", "alice")
+BOB = ActorId("Account", "bob")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+async def storage(db_path: Path) -> AsyncIterator[SqliteStorage]:
+    async with SqliteStorage(db_path) as opened:
+        yield opened
+
+
+async def store_alice(path: Path) -> str:
+    """Write one record and close, leaving a valid store behind."""
+    async with SqliteStorage(path) as storage:
+        return await storage.write(ALICE, b"precious", None)
+
+
+def raw_records(path: Path) -> list[tuple[str, str, bytes | None, int]]:
+    """What the file holds, read with plain sqlite3 (no schema checks)."""
+    connection = sqlite3.connect(path)
+    try:
+        rows = connection.execute(
+            "SELECT type_name, actor_key, data, version FROM raygrain_state ORDER BY id"
+        ).fetchall()
+    finally:
+        connection.close()
+    return [(t, k, None if d is None else bytes(d), v) for t, k, d, v in rows]
+
+
+# -- durability and configuration ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["fsync", "normal"], ids=["fsync", "normal"])
+async def test_data_survives_close_and_reopen(db_path: Path, durability: str) -> None:
+    async with SqliteStorage(db_path, durability=durability) as storage:  # type: ignore[arg-type]
+        alice = await storage.write(ALICE, b"alice", None)
+        bob = await storage.clear(BOB, None)
+    async with SqliteStorage(db_path, durability=durability) as storage:  # type: ignore[arg-type]
+        assert await storage.read(ALICE) == StateRecord(b"alice", alice)
+        assert await storage.read(BOB) == StateRecord(None, bob)
+        assert await storage.write(ALICE, b"again", alice) != alice
+
+
+async def test_pragmas_are_wal_and_match_durability(db_path: Path) -> None:
+    async with SqliteStorage(db_path, durability="normal") as storage:
+        await storage.write(ALICE, b"x", None)
+        connection = sqlite3.connect(db_path)
+        try:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        finally:
+            connection.close()
+
+
+async def test_file_is_readable_by_humans(storage: SqliteStorage, db_path: Path) -> None:
+    await storage.write(ActorId("Account", 7), b"seven", None)
+    await storage.write(ActorId("Account", "7"), b"str seven", None)
+    assert sorted(raw_records(db_path)) == [
+        ("Account", "'7'", b"str seven", 1),
+        ("Account", "7", b"seven", 1),
+    ]
+
+
+async def test_opens_lazily_on_first_use(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    assert not db_path.exists()
+    try:
+        assert await storage.read(ALICE) == StateRecord(None, None)
+        assert db_path.exists()
+    finally:
+        await storage.aclose()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"durability": "sometimes"}, {"max_batch": 0}, {"busy_timeout": -1.0}],
+    ids=["durability", "max_batch", "busy_timeout"],
+)
+def test_bad_options_are_configuration_errors(db_path: Path, options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        SqliteStorage(db_path, **options)  # type: ignore[arg-type]
+
+
+def test_in_memory_path_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="MemoryStorage"):
+        SqliteStorage(":memory:")
+
+
+async def test_unclosed_storage_warns(db_path: Path) -> None:
+    before = set(threading.enumerate())
+    storage = SqliteStorage(db_path)
+    await storage.open()
+    connection_threads = set(threading.enumerate()) - before
+    # No match=: aiosqlite also warns for each of the connections, and pytest would re-raise those.
+    with pytest.warns(ResourceWarning) as caught:
+        del storage
+        gc.collect()
+    assert any("never closed" in str(warning.message) for warning in caught)
+    # aiosqlite's finalizers stopped the connections' threads; let them finish on this loop.
+    for thread in connection_threads:
+        await asyncio.to_thread(thread.join)
+
+
+async def test_never_opened_storage_does_not_warn(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    del storage
+    gc.collect()
+
+
+async def test_open_after_close_raises(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    await storage.aclose()
+    with pytest.raises(StorageError, match="closed"):
+        await storage.open()
+
+
+# -- group commit --------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions(storage: SqliteStorage) -> None:
+    actors = [ActorId("Counter", i) for i in range(500)]
+    etags = await asyncio.gather(*(storage.write(a, str(a.key).encode(), None) for a in actors))
+    assert etags == ["1"] * 500
+    assert storage.commits <= 10  # one writer per transaction would be 500
+    for actor in actors[::50]:
+        assert await storage.read(actor) == StateRecord(str(actor.key).encode(), "1")
+
+
+async def test_max_batch_caps_a_transaction(db_path: Path) -> None:
+    async with SqliteStorage(db_path, max_batch=10) as storage:
+        actors = [ActorId("Counter", i) for i in range(100)]
+        await asyncio.gather(*(storage.write(a, b"x", None) for a in actors))
+        assert storage.commits >= 10
+        # A group bigger than max_batch still commits, atomically, on its own.
+        etags = await storage.write_many([StateWrite(a, b"y", "1") for a in actors])
+        assert etags == ["2"] * 100
+
+
+async def test_more_keys_than_one_select_can_name(storage: SqliteStorage) -> None:
+    actors = [ActorId("Counter", i) for i in range(1234)]
+    await storage.write_many([StateWrite(a, b"x", None) for a in actors])
+    etags = await asyncio.gather(*(storage.write(a, b"y", "1") for a in actors))
+    assert set(etags) == {"2"}
+    with pytest.raises(InconsistentStateError):
+        await storage.write_many([StateWrite(a, b"z", "1") for a in actors])
+
+
+async def test_stale_writer_fails_alone_in_its_batch(storage: SqliteStorage) -> None:
+    alice = await storage.write(ALICE, b"a1", None)
+    commits = storage.commits
+    results = await asyncio.gather(
+        storage.write(ALICE, b"a2", alice),
+        storage.write(BOB, b"b1", "99"),  # stale
+        storage.write_many([StateWrite(ActorId("Account", i), b"g", None) for i in range(3)]),
+        return_exceptions=True,
+    )
+    assert storage.commits == commits + 1
+    assert results[0] == "2"
+    assert isinstance(results[1], InconsistentStateError)
+    assert results[2] == ["1", "1", "1"]
+    assert await storage.read(BOB) == StateRecord(None, None)
+
+
+async def test_etags_are_checked_against_earlier_writes_in_the_same_batch(
+    storage: SqliteStorage,
+) -> None:
+    first = await storage.write(ALICE, b"v1", None)
+    commits = storage.commits
+    # The second write expects the ETag the first one will produce: queued together, both land.
+    second, third = await asyncio.gather(
+        storage.write(ALICE, b"v2", first), storage.write(ALICE, b"v3", str(int(first) + 1))
+    )
+    assert storage.commits == commits + 1
+    assert await storage.read(ALICE) == StateRecord(b"v3", third)
+    assert int(third) == int(second) + 1
+
+
+async def test_failed_commit_fails_the_whole_batch_and_applies_nothing(
+    storage: SqliteStorage, db_path: Path
+) -> None:
+    alice = await storage.write(ALICE, b"a1", None)
+    # A trigger that aborts the statement when it meets a poisoned record: the rows of the batch
+    # written before it are already in the transaction, and must be rolled back.
+    admin = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        for event in ("INSERT", "UPDATE"):
+            admin.execute(
+                f"CREATE TRIGGER poison_{event.lower()} BEFORE {event} ON raygrain_state "
+                "WHEN NEW.type_name = 'Poison' BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            )
+        results = await asyncio.gather(
+            storage.write(ALICE, b"a2", alice),
+            storage.write(BOB, b"b1", None),
+            storage.write(ActorId("Poison", 1), b"p", None),
+            return_exceptions=True,
+        )
+        assert all(type(r) is StorageError for r in results), results
+        assert "injected failure" in str(results[0])
+        assert await storage.read(ALICE) == StateRecord(b"a1", alice)
+        assert await storage.read(BOB) == StateRecord(None, None)
+        admin.execute("DROP TRIGGER poison_insert")
+        admin.execute("DROP TRIGGER poison_update")
+    finally:
+        admin.close()
+    assert await storage.write(ALICE, b"a2", alice) == "2"
+    assert await storage.write(ActorId("Poison", 1), b"p", None) == "1"
+
+
+async def test_cancelled_caller_before_its_batch_is_dropped(storage: SqliteStorage) -> None:
+    task = asyncio.create_task(storage.write(ALICE, b"never", None))
+    await asyncio.sleep(0)  # the write is queued; the committer has not run yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await storage.write(BOB, b"b", None) == "1"
+    assert await storage.read(ALICE) == StateRecord(None, None)
+
+
+async def test_aclose_lets_queued_writes_commit(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    await storage.open()
+    writes = [asyncio.create_task(storage.write(ActorId("C", i), b"x", None)) for i in range(50)]
+    await asyncio.sleep(0)  # queued
+    await storage.aclose()
+    assert [await w for w in writes] == ["1"] * 50
+    assert len(raw_records(db_path)) == 50
+
+
+# -- unusable files ------------------------------------------------------------------------------
+
+
+async def test_corrupt_file_is_refused_untouched(db_path: Path) -> None:
+    garbage = os.urandom(16384)
+    db_path.write_bytes(garbage)
+    storage = SqliteStorage(db_path)
+    try:
+        with pytest.raises(StorageSchemaError, match="not a SQLite database") as caught:
+            await storage.open()
+        assert str(db_path) in str(caught.value)
+        with pytest.raises(StorageSchemaError):
+            await storage.write(ALICE, b"x", None)
+    finally:
+        await storage.aclose()
+    assert db_path.read_bytes() == garbage
+
+
+async def test_damaged_page_is_a_storage_error(db_path: Path) -> None:
+    await store_alice(db_path)
+    content = bytearray(db_path.read_bytes())
+    page_size = int.from_bytes(content[16:18], "big")
+    content[page_size:] = os.urandom(len(content) - page_size)  # keep page 1 (the schema)
+    db_path.write_bytes(bytes(content))
+    async with SqliteStorage(db_path) as storage:
+        with pytest.raises(StorageError, match=str(db_path)):
+            await storage.read(ALICE)
+
+
+async def test_newer_schema_is_refused_untouched(db_path: Path) -> None:
+    etag = await store_alice(db_path)
+    connection = sqlite3.connect(db_path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+    before = db_path.read_bytes()
+    storage = SqliteStorage(db_path)
+    try:
+        with pytest.raises(StorageSchemaError) as caught:
+            await storage.read(ALICE)
+    finally:
+        await storage.aclose()
+    message = str(caught.value)
+    assert str(db_path) in message
+    assert f"version {SCHEMA_VERSION + 1}" in message
+    assert f"version {SCHEMA_VERSION}" in message
+    assert db_path.read_bytes() == before
+    assert raw_records(db_path) == [("Account", "'alice'", b"precious", int(etag))]
+
+
+async def test_another_applications_database_is_refused(db_path: Path) -> None:
+    connection = sqlite3.connect(db_path)
+    connection.execute("PRAGMA application_id = 42")
+    connection.execute("CREATE TABLE theirs (x)")
+    connection.commit()
+    connection.close()
+    before = db_path.read_bytes()
+    storage = SqliteStorage(db_path)
+    try:
+        with pytest.raises(StorageSchemaError, match="not a raygrain state store"):
+            await storage.open()
+    finally:
+        await storage.aclose()
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["parent_is_a_file", "under_proc", "missing_directory", "is_a_directory"],
+    ids=["parent_is_a_file", "under_proc", "missing_directory", "is_a_directory"],
+)
+async def test_unopenable_path_is_a_clear_error(tmp_path: Path, where: str) -> None:
+    # These fail even for root, unlike a chmod'ed directory.
+    regular_file = tmp_path / "file"
+    regular_file.write_text("not a directory")
+    path = {
+        "parent_is_a_file": regular_file / "state.db",
+        "under_proc": Path("/proc/raygrain-test-state.db"),
+        "missing_directory": tmp_path / "missing" / "state.db",
+        "is_a_directory": tmp_path,
+    }[where]
+    storage = SqliteStorage(path)
+    try:
+        with pytest.raises(StorageSchemaError, match="cannot open") as caught:
+            await storage.write(ALICE, b"x", None)
+        assert str(path) in str(caught.value)
+    finally:
+        await storage.aclose()
+    assert regular_file.read_text() == "not a directory"
+
+
+async def test_read_only_directory_is_a_clear_error(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    path = directory / "state.db"
+    await store_alice(path)
+    directory.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        if os.access(directory, os.W_OK):
+            pytest.skip("running as root: chmod does not make a directory read-only")
+        storage = SqliteStorage(path)
+        try:
+            with pytest.raises(StorageError, match=str(path)):
+                await storage.write(ALICE, b"x", "1")
+        finally:
+            await storage.aclose()
+    finally:
+        directory.chmod(stat.S_IRWXU)
+    assert raw_records(path) == [("Account", "'alice'", b"precious", 1)]
+
+
+async def test_locked_database_is_a_storage_error_then_recovers(db_path: Path) -> None:
+    etag = await store_alice(db_path)
+    async with SqliteStorage(db_path, busy_timeout=0.2) as storage:
+        await storage.read(ALICE)
+        locker = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            results = await asyncio.gather(
+                storage.write(ALICE, b"blocked", etag),
+                storage.write(BOB, b"blocked", None),
+                return_exceptions=True,
+            )
+            for result in results:
+                assert type(result) is StorageError, result
+                assert "locked" in str(result)
+                assert str(db_path) in str(result)
+            # WAL: readers are not blocked by a writer's lock.
+            assert await storage.read(ALICE) == StateRecord(b"precious", etag)
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        new_etag = await storage.write(ALICE, b"unblocked", etag)
+        assert await storage.read(ALICE) == StateRecord(b"unblocked", new_etag)
+        assert await storage.read(BOB) == StateRecord(None, None)
+
+
+async def test_opening_while_another_connection_holds_the_lock(db_path: Path) -> None:
+    etag = await store_alice(db_path)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        async with SqliteStorage(db_path, busy_timeout=0.2) as storage:
+            assert await storage.read(ALICE) == StateRecord(b"precious", etag)
+            with pytest.raises(StorageError, match="locked"):
+                await storage.write(ALICE, b"x", etag)
+            locker.execute("ROLLBACK")
+            assert await storage.write(ALICE, b"x", etag) != etag
+    finally:
+        locker.close()
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+async def test_open_storage_sqlite_url(db_path: Path) -> None:
+    storage = open_storage(f"sqlite://{db_path}")
+    assert isinstance(storage, SqliteStorage)
+    assert storage.path == str(db_path)
+    try:
+        await storage.write(ALICE, b"x", None)
+    finally:
+        await storage.aclose()
+    assert raw_records(db_path)[0][2] == b"x"
+
+
+async def test_open_storage_relative_sqlite_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("sqlite://sub.db")
+    assert isinstance(storage, SqliteStorage)
+    await storage.aclose()
+    assert storage.path == "sub.db"
+
+
+def test_open_storage_memory_url() -> None:
+    assert isinstance(open_storage("memory://"), MemoryStorage)
+
+
+def test_open_storage_passes_a_provider_through() -> None:
+    provider = MemoryStorage()
+    assert open_storage(provider) is provider
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://db/x", "sqlite://", "sqlite:///", "memory", "", "state.db"],
+    ids=["unknown_scheme", "sqlite_no_path", "sqlite_root", "memory_no_slashes", "empty", "bare"],
+)
+def test_open_storage_bad_url(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        open_storage(url)
+
+
+# -- benchmark smoke -----------------------------------------------------------------------------
+
+
+async def test_storage_benchmark_smoke(tmp_path: Path) -> None:
+    from benchmarks.storage_bench import run
+
+    result = await run(quick=True, directory=str(tmp_path))
+    total = result["writers"] * result["writes_per_writer"]
+    for side in ("group_commit", "baseline_commit_per_write"):
+        assert result[side]["writes"] == total
+        assert result[side]["writes_per_s"] > 0
+    assert result["baseline_commit_per_write"]["transactions"] == total
+    assert result["speedup"] > 0
