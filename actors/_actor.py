@@ -174,7 +174,9 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
                 "@transactional"
             )
         signature = inspect.signature(fn)
-        methods[attr_name] = ActorMethod(attr_name, fn, options, signature, _simple_arity(signature))
+        methods[attr_name] = ActorMethod(
+            attr_name, fn, options, signature, _simple_arity(signature)
+        )
     return methods
 
 
@@ -213,7 +215,11 @@ def _check_default_constructible(cls: type, state_type: Any) -> None:
     try:
         state_type()
     except Exception as exc:
-        hint = " (give every dataclass field a default)" if dataclasses.is_dataclass(state_type) else ""
+        hint = (
+            " (give every dataclass field a default)"
+            if dataclasses.is_dataclass(state_type)
+            else ""
+        )
         raise ConfigurationError(
             f"{cls.__qualname__}: state type {state_type!r} cannot be built with no arguments"
             f"{hint}: {exc}"

@@ -67,8 +67,9 @@ def register_type(
     type_name = name or _type_name(cls)
     if to_data is None and from_data is None:
         if not (dataclasses.is_dataclass(cls) or issubclass(cls, enum.Enum)):
-            raise TypeError(f"{cls!r}: give to_data and from_data for a type that is not a "
-                            "dataclass or an enum")
+            raise TypeError(
+                f"{cls!r}: give to_data and from_data for a type that is not a dataclass or an enum"
+            )
         _known_types[type_name] = cls
         return
     if to_data is None or from_data is None:
@@ -126,14 +127,13 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
             if not isinstance(raw, dict):
                 raise TypeError(f"expected a field map, found {type(raw).__name__}")
             return _build_dataclass(state_type, raw)
-        if state_type is not None and isinstance(state_type, type) and state_type is not Any:
-            if not isinstance(raw, state_type):
-                raise TypeError(f"expected {state_type.__name__}, found {type(raw).__name__}")
+        if isinstance(state_type, type) and not isinstance(raw, state_type):
+            raise TypeError(f"expected {state_type.__name__}, found {type(raw).__name__}")
         return raw
     except Exception as exc:
+        type_name = getattr(state_type, "__name__", repr(state_type))
         raise StateDecodeError(
-            f"stored state of {what} cannot be decoded into {getattr(state_type, '__name__', state_type)}: "
-            f"{exc}"
+            f"stored state of {what} cannot be decoded into {type_name}: {exc}"
         ) from None
 
 
@@ -187,7 +187,8 @@ def _importable_exception(module: str, qualname: str) -> type[BaseException] | N
 
 
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+    packed: bytes = msgpack.packb(value, default=_default, strict_types=True, use_bin_type=True)
+    return packed
 
 
 def _unpack(data: bytes) -> Any:
@@ -228,7 +229,7 @@ def _default(value: Any) -> Any:
     # strict_types sends subclasses of the plain types here: encode them as their base type.
     for base in (str, bytes, float, list, dict):
         if isinstance(value, base):
-            return base(value)
+            return base(value)  # type: ignore[arg-type]
     raise SerializationError(
         f"object of type {type(value).__module__}.{type(value).__qualname__} cannot be "
         "serialized (use plain values, dataclasses, enums, or actors.register_type)"
@@ -287,8 +288,10 @@ def _remember(cls: type) -> str:
 
 def _lookup(name: str, *, dataclass_: bool) -> type:
     cls = _known_types.get(name) or _find_imported(name)
-    ok = dataclasses.is_dataclass(cls) if dataclass_ else isinstance(cls, type) and issubclass(
-        cls, enum.Enum
+    ok = (
+        dataclasses.is_dataclass(cls)
+        if dataclass_
+        else isinstance(cls, type) and issubclass(cls, enum.Enum)
     )
     if cls is None or not ok:
         kind = "dataclass" if dataclass_ else "enum"

@@ -42,7 +42,9 @@ class _BareObject:
         return await future
 
 
-async def _drive(call: Any, callers: int, actors: int, calls_per_caller: int) -> tuple[float, Latencies]:
+async def _drive(
+    call: Any, callers: int, actors: int, calls_per_caller: int
+) -> tuple[float, Latencies]:
     latencies = Latencies()
 
     async def caller(index: int) -> None:

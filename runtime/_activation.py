@@ -115,13 +115,11 @@ class Activation:
             instance = self.cls.__new__(self.cls)
             instance._context = self
             instance.state = state
-            instance.__init__()
+            instance.__init__()  # type: ignore[misc]  # user __init__ takes no arguments
             self.instance = instance
             await instance.on_activate()
         except Exception as exc:
-            get_logger().warning(
-                "activation_failed", actor=str(self.actor_id), error=repr(exc)
-            )
+            get_logger().warning("activation_failed", actor=str(self.actor_id), error=repr(exc))
             self.state = ActivationState.INVALID
             self.silo.forget(self)
             failed, self.mailbox = self.mailbox, deque()
@@ -235,8 +233,7 @@ class Activation:
         # Interleaving calls that queued while the actor was activating never wait behind
         # others: start them wherever they are in the mailbox.
         waiting = [
-            d for d in self.mailbox
-            if self.options.reentrant or d.method.options.always_interleave
+            d for d in self.mailbox if self.options.reentrant or d.method.options.always_interleave
         ]
         for delivery in waiting:
             self.mailbox.remove(delivery)

@@ -113,12 +113,20 @@ class Caller:
         call_id = next(self._ids)
         membership = self._membership
         request = Request(
-            call_id, target, method, payload, self.address, timeout, current_chain.get(),
+            call_id,
+            target,
+            method,
+            payload,
+            self.address,
+            timeout,
+            current_chain.get(),
             view_version=membership.view.version,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
-        self._pending[call_id] = _PendingCall(future, loop.time() + timeout, target, method, timeout)
+        self._pending[call_id] = _PendingCall(
+            future, loop.time() + timeout, target, method, timeout
+        )
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:

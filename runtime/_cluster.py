@@ -74,7 +74,7 @@ class _LocalBackend:
             for index in range(silos)
         ]
         for silo in self.silos:
-            self.transport.register(silo.name, silo)
+            self.transport.register_silo(silo.name, silo)
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"

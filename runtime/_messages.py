@@ -64,7 +64,8 @@ class Response:
 
 
 def pack_batch(messages: Sequence[Request | Response]) -> bytes:
-    return msgpack.packb([m.to_wire() for m in messages], use_bin_type=True)
+    packed: bytes = msgpack.packb([m.to_wire() for m in messages], use_bin_type=True)
+    return packed
 
 
 def unpack_batch(data: bytes) -> list[Request | Response]:
@@ -76,8 +77,16 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
             chain = tuple(ActorId(t, k) for t, k in item[8])
             out.append(
                 Request(
-                    item[1], ActorId(item[2], item[3]), item[4], item[5], item[6], item[7],
-                    chain, item[9], item[10], item[11],
+                    item[1],
+                    ActorId(item[2], item[3]),
+                    item[4],
+                    item[5],
+                    item[6],
+                    item[7],
+                    chain,
+                    item[9],
+                    item[10],
+                    item[11],
                 )
             )
     return out

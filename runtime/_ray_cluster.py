@@ -9,6 +9,7 @@ the controller's membership view. The ``raygrain`` CLI uses the same functions.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -37,17 +38,19 @@ SILO_PREFIX = "raygrain-silo-"
 DEFAULT_STORAGE = "sqlite:///raygrain-state.db"
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
 class ControllerActor(ControllerImpl):
     pass
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
 class StorageServerActor(StorageServerImpl):
     pass
 
 
-@ray.remote(num_cpus=0, max_concurrency=100_000, concurrency_groups={"probe": 1})
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_concurrency=100_000, concurrency_groups={"probe": 1}
+)
 class SiloActor:
     """A silo in a Ray actor. Storage is a spec string or ``None`` (the storage server)."""
 
@@ -135,7 +138,7 @@ def ensure_ray(address: str | None) -> bool:
         address=address,
         namespace=NAMESPACE,
         runtime_env=env if address is None else None,
-        logging_level="warning",
+        logging_level=logging.WARNING,
         log_to_driver=True,
     )
     return address is None
@@ -152,20 +155,26 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     here = ray.get_runtime_context().get_node_id()
     head = NodeAffinitySchedulingStrategy(here, soft=True)
     controller = ControllerActor.options(  # type: ignore[attr-defined]
-        name=CONTROLLER_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
+        name=CONTROLLER_NAME,
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime=lifetime,
         scheduling_strategy=head,
     ).remote()
     await controller.get_view.remote()
     handles = {CONTROLLER_NAME: controller}
     if launch.storage is None:
         server = StorageServerActor.options(  # type: ignore[attr-defined]
-            name=STORAGE_NAME, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
+            name=STORAGE_NAME,
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime=lifetime,
             scheduling_strategy=head,
         ).remote(launch.server_storage)
         await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
         handles[STORAGE_NAME] = server
     names, starts = [], []
-    for node in ray.nodes():
+    for node in ray.nodes():  # type: ignore[no-untyped-call]
         if not node.get("Alive"):
             continue
         node_id = node["NodeID"]

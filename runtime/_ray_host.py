@@ -107,7 +107,7 @@ class SiloHostImpl:
             SystemClock(),
             options,
         )
-        self.transport.bind(self.silo)
+        self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None
         self.leaving = False
 
@@ -137,7 +137,8 @@ class SiloHostImpl:
         # future calls are forwarded to the new owner by the ring check on delivery.
         ring = self.membership.ring
         moving = [
-            a for a in list(self.silo.activations.values())
+            a
+            for a in list(self.silo.activations.values())
             if len(ring) and ring.owner(a.actor_id) != self.name
         ]
         await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))

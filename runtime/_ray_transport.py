@@ -16,7 +16,7 @@ from typing import Any
 from actors import SiloUnavailableError, encode_error
 from runtime._logging import get_logger
 from runtime._messages import Request, Response, pack_batch, unpack_batch
-from runtime._transport import Endpoint
+from runtime._transport import Endpoint, SiloEndpoint
 
 __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 
@@ -57,6 +57,7 @@ class RayTransport:
         self.address = address
         self._resolve = resolve  # silo name -> Ray actor handle
         self._local: Endpoint | None = None
+        self._local_silo: SiloEndpoint | None = None
         self._outboxes: dict[str, list[Request | Response]] = {}
         self._flush_scheduled = False
         self._mailboxes: dict[str, ClientMailbox] = {}
@@ -69,11 +70,14 @@ class RayTransport:
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
 
+    def bind_silo(self, silo: SiloEndpoint) -> None:
+        self._local = self._local_silo = silo
+
     # -- Transport ---------------------------------------------------------------------------
 
     def send(self, destination: str, request: Request) -> None:
-        if destination == self.address and self._local is not None:
-            self._local.deliver_request(request)  # payloads are bytes: copy semantics hold
+        if destination == self.address and self._local_silo is not None:
+            self._local_silo.deliver_request(request)  # payloads are bytes: copy semantics hold
         else:
             self._enqueue(destination, request)
 

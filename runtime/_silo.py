@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from actors import (
@@ -47,7 +47,7 @@ class SiloOptions:
     default_idle_timeout: float = 15 * 60.0
     collection_period: float = 60.0
     deactivation_timeout: float = 30.0  # how long deactivation waits for running turns
-    calls: CallSettings = CallSettings()
+    calls: CallSettings = field(default_factory=CallSettings)
 
 
 class Silo:
@@ -298,4 +298,3 @@ class Silo:
             "calls_received": self.calls_received,
             "closed": self.closed,
         }
-

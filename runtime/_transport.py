@@ -12,15 +12,18 @@ from typing import Protocol
 from actors import SiloUnavailableError
 from runtime._messages import Request, Response
 
-__all__ = ["Endpoint", "LocalTransport", "Transport"]
+__all__ = ["Endpoint", "LocalTransport", "SiloEndpoint", "Transport"]
 
 
 class Endpoint(Protocol):
-    """Something that receives envelopes: a silo (requests and responses) or a client."""
-
-    def deliver_request(self, request: Request) -> None: ...
+    """Something that receives envelopes: a silo (requests and responses) or a client
+    (responses only)."""
 
     def deliver_response(self, response: Response) -> None: ...
+
+
+class SiloEndpoint(Endpoint, Protocol):
+    def deliver_request(self, request: Request) -> None: ...
 
 
 class Transport(Protocol):
@@ -39,15 +42,21 @@ class LocalTransport:
 
     def __init__(self) -> None:
         self._endpoints: dict[str, Endpoint] = {}
+        self._silos: dict[str, SiloEndpoint] = {}
 
     def register(self, address: str, endpoint: Endpoint) -> None:
         self._endpoints[address] = endpoint
 
+    def register_silo(self, address: str, silo: SiloEndpoint) -> None:
+        self._endpoints[address] = silo
+        self._silos[address] = silo
+
     def unregister(self, address: str) -> None:
         self._endpoints.pop(address, None)
+        self._silos.pop(address, None)
 
     def send(self, destination: str, request: Request) -> None:
-        endpoint = self._endpoints.get(destination)
+        endpoint = self._silos.get(destination)
         if endpoint is None:
             raise SiloUnavailableError(f"silo {destination!r} is not reachable")
         endpoint.deliver_request(request)

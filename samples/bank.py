@@ -84,8 +84,10 @@ async def run(accounts: int, operations: int, db_path: str) -> None:
         elapsed = time.perf_counter() - started
         closing = sum(await asyncio.gather(*(r.balance() for r in refs)))
         per_silo = {s["silo"]: s["activations"] for s in await bank.stats()}
-    print(f"{operations} operations over {accounts} accounts in {elapsed:.2f} s "
-          f"({operations / elapsed:,.0f} durable operations/s)")
+    print(
+        f"{operations} operations over {accounts} accounts in {elapsed:.2f} s "
+        f"({operations / elapsed:,.0f} durable operations/s)"
+    )
     print(f"activations per silo: {per_silo}")
     print(f"refused overdrafts: {refused}")
     print(f"opening total {opening} + applied {applied} = closing total {closing}")

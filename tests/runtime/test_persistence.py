@@ -25,7 +25,9 @@ from tests.app import Account, BankAccount, Explicit
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-async def provider(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StorageProvider]:
+async def provider(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StorageProvider]:
     store: StorageProvider
     store = MemoryStorage() if request.param == "memory" else SqliteStorage(str(tmp_path / "s.db"))
     yield store
