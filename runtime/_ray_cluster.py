@@ -129,15 +129,23 @@ class RayLaunch:
     detached: bool = False
 
 
-def ensure_ray(address: str | None) -> bool:
-    """Connect to Ray (start a local one when ``address`` is None); True if we started it."""
+def ensure_ray(address: str | None, local_code: bool | None = None) -> bool:
+    """Connect to Ray (start a local one when ``address`` is None); True if we started it.
+
+    ``local_code`` (default: when starting a local Ray) lets workers import what this process
+    imports, by handing them its ``sys.path``: that is how actor classes from the user's own
+    modules reach the silos on one machine. On a remote cluster, ship code with Ray's
+    ``runtime_env`` (``working_dir`` or ``py_modules``) instead.
+    """
     if ray.is_initialized():
         return False
+    if local_code is None:
+        local_code = address is None
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     ray.init(
         address=address,
         namespace=NAMESPACE,
-        runtime_env=env if address is None else None,
+        runtime_env=env if local_code else None,
         logging_level=logging.WARNING,
         log_to_driver=True,
     )

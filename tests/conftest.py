@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -29,3 +33,61 @@ async def cluster(clock: ManualClock) -> AsyncIterator[Cluster]:
         actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
     ) as running:
         yield running
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+# One Ray session for the whole test run: a 3-node ray.cluster_utils.Cluster (one CPU each) with
+# one silo per node and a storage server on a temporary SQLite file. Tests connect a fresh
+# client each; keys are made unique per test because the store outlives a test.
+
+
+@pytest.fixture(scope="session")
+def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster as RayTestCluster
+
+    from runtime._ray_cluster import RayLaunch, ensure_ray, launch, stop_everything
+    from runtime._silo import SiloOptions
+
+    nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        for _ in range(2):
+            nodes.add_node(num_cpus=1)
+        nodes.wait_for_nodes()
+        ensure_ray(nodes.address, local_code=True)
+        db = tmp_path_factory.mktemp("ray-state") / "state.db"
+        spec = RayLaunch(tuple(app.ALL_ACTORS), 1, None, f"sqlite:///{db}")
+        handles = _run_aside(launch(spec, SiloOptions(deactivation_timeout=0.5)))
+        yield SimpleNamespace(nodes=nodes, handles=handles, address=nodes.address)
+        _run_aside(stop_everything())
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def _run_aside(coroutine: Any) -> Any:
+    """Run a coroutine to completion on its own loop in another thread (this fixture may be
+    set up from inside a test's running event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture(params=["local", "ray"])
+async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
+    """The same test against an in-process cluster and against Ray silos on three nodes."""
+    if request.param == "local":
+        async with Cluster.local(
+            actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
+        ) as local:
+            yield local
+    else:
+        silos = request.getfixturevalue("ray_silos")
+        async with Cluster.connect(silos.address, actors=app.ALL_ACTORS) as remote:
+            yield remote
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Keys unique to this test (state on Ray outlives a single test)."""
+    prefix = request.node.name
+    return lambda name: f"{prefix}:{name}"
