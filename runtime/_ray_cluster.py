@@ -143,7 +143,8 @@ def ensure_ray(address: str | None, local_code: bool | None = None) -> bool:
         local_code = address is None
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
     ray.init(
-        address=address,
+        # "local" starts a fresh Ray even when another one runs on this machine.
+        address=address or "local",
         namespace=NAMESPACE,
         runtime_env=env if local_code else None,
         logging_level=logging.WARNING,
@@ -185,21 +186,28 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     for node in ray.nodes():  # type: ignore[no-untyped-call]
         if not node.get("Alive"):
             continue
-        node_id = node["NodeID"]
         for index in range(launch.silos_per_node):
-            name = f"{SILO_PREFIX}{node_id[:12]}-{index}"
-            silo = SiloActor.options(  # type: ignore[attr-defined]
-                name=name,
-                namespace=NAMESPACE,
-                lifetime=lifetime,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(name, node_id, list(launch.actor_types), launch.storage, options)
+            name, silo = create_silo(node["NodeID"], index, launch, options)
             names.append(name)
             handles[name] = silo
             starts.append(silo.start.remote())
     await asyncio.gather(*starts)
     get_logger().info("silos_started", silos=names)
     return handles
+
+
+def create_silo(
+    node_id: str, index: int, launch: RayLaunch, options: SiloOptions
+) -> tuple[str, Any]:
+    """Create (not yet start) silo number ``index`` pinned to the node ``node_id``."""
+    name = f"{SILO_PREFIX}{node_id[:12]}-{index}"
+    silo = SiloActor.options(  # type: ignore[attr-defined]
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached" if launch.detached else None,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(name, node_id, list(launch.actor_types), launch.storage, options)
+    return name, silo
 
 
 class RayBackend:
@@ -241,14 +249,19 @@ class RayBackend:
                 f"no raygrain cluster on Ray at {self.address!r}: start one with "
                 "'raygrain up --address ...' or Cluster.ray(...)"
             ) from None
-        self.membership.update(view_from_wire(await self._controller.get_view.remote()))
+        self._apply_view(await self._controller.get_view.remote())
         self._follower = asyncio.ensure_future(self._follow_view())
+
+    def _apply_view(self, blob: bytes) -> None:
+        if self.membership.update(view_from_wire(blob)):
+            for name, _ in self.membership.view.silos:
+                self.transport.ensure_polling(name)
 
     async def _follow_view(self) -> None:
         while True:
             try:
                 blob = await self._controller.wait_view.remote(self.membership.view.version, 10.0)
-                self.membership.update(view_from_wire(blob))
+                self._apply_view(blob)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

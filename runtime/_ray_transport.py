@@ -126,8 +126,7 @@ class RayTransport:
                 continue
             self.batches_sent += 1
             self.messages_sent += len(messages)
-            if is_client_address(self.address) and destination not in self._pollers:
-                self._pollers[destination] = asyncio.ensure_future(self._poll_forever(destination))
+            self.ensure_polling(destination)
             watcher = asyncio.ensure_future(self._watch(ref, destination, messages))
             self._watchers.add(watcher)
             watcher.add_done_callback(self._watchers.discard)
@@ -158,6 +157,12 @@ class RayTransport:
                 )
 
     # -- client side of polling ---------------------------------------------------------------
+
+    def ensure_polling(self, silo: str) -> None:
+        """(Client only) keep a long poll open on ``silo``: any silo may answer our calls,
+        since a call can be forwarded to the actor's new owner while in flight."""
+        if is_client_address(self.address) and not self.closed and silo not in self._pollers:
+            self._pollers[silo] = asyncio.ensure_future(self._poll_forever(silo))
 
     async def _poll_forever(self, silo: str) -> None:
         while not self.closed:

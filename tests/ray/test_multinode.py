@@ -1,0 +1,175 @@
+"""Ray silos on a 3-node ray.cluster_utils cluster: placement over every node, graceful
+handover without losing calls or writes, and user code from outside the repository."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors import MessageTooLargeError, UnknownActorTypeError, UnknownMethodError
+from runtime import Cluster
+from tests import app
+from tests.app import BankAccount, Chain
+
+pytestmark = pytest.mark.ray
+
+
+async def _wait_for_silos(cluster: Cluster, count: int) -> None:
+    membership = cluster._caller._membership  # the client's own view
+    while len(membership.ring) != count:
+        await membership.wait_for_view(membership.view.version + 1)
+
+
+async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        pids = await asyncio.gather(*(cluster.get(Chain, key(str(i))).where() for i in range(60)))
+        stats = await cluster.stats()
+    assert len(set(pids)) == 3
+    assert len({s["node_id"] for s in stats}) == 3
+    assert all(s["activations"] > 0 for s in stats)
+
+
+async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
+    ray_silos: Any, key: Any
+) -> None:
+    import ray
+
+    from runtime._ray_cluster import RayLaunch, create_silo
+    from runtime._silo import SiloOptions
+
+    worker_node = next(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and n["NodeID"] != (ray.get_runtime_context().get_node_id())
+    )
+    launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
+    name, extra = create_silo(worker_node, 1, launch, SiloOptions(deactivation_timeout=2.0))
+    await extra.start.remote()
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        await _wait_for_silos(cluster, 4)
+        accounts = [cluster.get(BankAccount, key(f"acct{i}")) for i in range(200)]
+        acknowledged: Counter[str] = Counter()
+        rng = random.Random(7)
+        stop = asyncio.Event()
+
+        async def depositor() -> None:
+            while not stop.is_set():
+                account = rng.choice(accounts)
+                await account.deposit(1)  # any exception fails the test: no call may be lost
+                acknowledged[str(account.key)] += 1
+
+        workers = [asyncio.ensure_future(depositor()) for _ in range(20)]
+        while sum(acknowledged.values()) < 400:
+            await asyncio.sleep(0.01)
+        hosted_before = (await extra.stats.remote())["activations"]
+        await extra.leave.remote()  # hand over mid-workload
+        after_leave = sum(acknowledged.values())
+        while sum(acknowledged.values()) < after_leave + 400:
+            await asyncio.sleep(0.01)
+        hosted_after = (await extra.stats.remote())["activations"]
+        stop.set()
+        await asyncio.gather(*workers)
+        await _wait_for_silos(cluster, 3)
+        await extra.stop.remote()
+        ray.kill(extra)
+        balances = await asyncio.gather(*(a.balance() for a in accounts))
+    assert hosted_before > 0 and hosted_after == 0
+    assert {str(a.key): b for a, b in zip(accounts, balances) if b} == dict(acknowledged)
+    assert name.endswith("-1")
+
+
+async def test_oversized_message_is_refused_with_the_configured_limit(ray_silos: Any) -> None:
+    async with Cluster.connect(
+        ray_silos.address, actors=app.ALL_ACTORS, max_message_bytes=64 * 1024
+    ) as cluster:
+        with pytest.raises(MessageTooLargeError, match="65536-byte message limit"):
+            await cluster.get(Chain, "big").echo(b"x" * 100_000)
+        assert await cluster.get(Chain, "big").echo(b"x" * 1000) == b"x" * 1000
+
+
+async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: Any) -> None:
+    from actors import Actor
+
+    class Newer(Actor[None], name="test.Chain"):  # same name, a method the silos lack
+        async def brand_new(self) -> str:
+            return "never runs"
+
+    class Elsewhere(Actor[None], name="test.OnlyOnTheClient"):
+        async def ping(self) -> str:
+            return "never runs"
+
+    async with Cluster.connect(ray_silos.address, actors=[Newer, Elsewhere]) as cluster:
+        with pytest.raises(UnknownMethodError, match="test.Chain.brand_new"):
+            await cluster.get(Newer, "k").brand_new()
+        with pytest.raises(UnknownActorTypeError, match="test.OnlyOnTheClient"):
+            await cluster.get(Elsewhere, "k").ping()
+        assert await cluster.ref("test.Chain", "k").ping() == "pong from k"  # silos serve on
+
+
+@pytest.mark.slow
+def test_user_module_outside_the_repo_runs_on_ray_silos(tmp_path: Path) -> None:
+    # A user's own package in a temp dir, a script that starts its own local Ray.
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "__init__.py").write_text("")
+    (tmp_path / "shop" / "carts.py").write_text(
+        textwrap.dedent("""
+        from dataclasses import dataclass, field
+        from actors import Actor, read_only
+
+        @dataclass
+        class Item:
+            sku: str
+            qty: int = 1
+
+        @dataclass
+        class CartState:
+            items: list[Item] = field(default_factory=list)
+
+        class Cart(Actor[CartState], name="shop.Cart"):
+            async def add(self, item: Item) -> int:
+                self.state.items.append(item)
+                return sum(i.qty for i in self.state.items)
+
+            @read_only
+            async def items(self) -> list[Item]:
+                return self.state.items
+    """)
+    )
+    (tmp_path / "main.py").write_text(
+        textwrap.dedent(f"""
+        import asyncio
+        from runtime import Cluster
+        from shop.carts import Cart, Item
+
+        async def main():
+            async with Cluster.ray(actors=[Cart], storage="sqlite:///{tmp_path}/shop.db") as c:
+                cart = c.get(Cart, "alice")
+                print(await cart.add(Item("apple", 2)), await cart.add(Item("pear")))
+                print(await cart.items())
+
+        asyncio.run(main())
+    """)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "main.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == "2 3"
+    assert lines[-1] == "[Item(sku='apple', qty=2), Item(sku='pear', qty=1)]"
