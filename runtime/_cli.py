@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import os
 import sys
 from typing import Any
 
@@ -22,6 +23,9 @@ __all__ = ["main"]
 
 
 def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
+    # Like uvicorn or celery: the user's modules are importable from where they run the command.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     found: list[type[Actor[Any]]] = []
     for name in module_names:
         try:
@@ -111,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
     up.add_argument("--actors", action="append", required=True, help="module with actor classes")
     up.add_argument("--silos-per-node", type=int, default=1)
-    up.add_argument("--storage", default="sqlite:///raygrain-state.db")
+    up.add_argument("--storage", default="sqlite://raygrain-state.db")
     up.add_argument(
         "--direct",
         action="store_true",

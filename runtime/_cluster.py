@@ -147,7 +147,7 @@ class Cluster:
         address: str | None = None,
         silos_per_node: int = 1,
         storage: str | None = None,
-        server_storage: str = "sqlite:///raygrain-state.db",
+        server_storage: str = "sqlite://raygrain-state.db",
         default_timeout: float = 30.0,
         default_idle_timeout: float = 15 * 60.0,
         collection_period: float = 60.0,
@@ -156,8 +156,9 @@ class Cluster:
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
-        puts a storage server on this node in front of ``server_storage``; a ``sqlite:///``
-        URL makes every silo open that file itself (one machine only)."""
+        puts a storage server on this node in front of ``server_storage`` (default
+        ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
+        open that file itself (one machine only)."""
         from runtime._ray_cluster import RayBackend, RayLaunch
 
         registry = ActorRegistry(actors)

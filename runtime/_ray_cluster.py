@@ -35,7 +35,7 @@ NAMESPACE = "raygrain"
 CONTROLLER_NAME = "raygrain-controller"
 STORAGE_NAME = "raygrain-storage"
 SILO_PREFIX = "raygrain-silo-"
-DEFAULT_STORAGE = "sqlite:///raygrain-state.db"
+DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where launched
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
@@ -118,6 +118,14 @@ def find_silos() -> list[str]:
     )
 
 
+def absolute_storage_url(spec: str) -> str:
+    """Make a relative ``sqlite://`` path absolute against this process's directory: Ray
+    workers run elsewhere, and would otherwise each resolve it against their own."""
+    if spec.startswith("sqlite://") and not spec.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.abspath(spec[len("sqlite://") :])
+    return spec
+
+
 @dataclass(frozen=True)
 class RayLaunch:
     """What to start on Ray: the actor types, silos per node, storage, and lifetime."""
@@ -127,6 +135,11 @@ class RayLaunch:
     storage: str | None = None  # None: the storage server in front of DEFAULT_STORAGE
     server_storage: str = DEFAULT_STORAGE
     detached: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
+        if self.storage is not None:
+            object.__setattr__(self, "storage", absolute_storage_url(self.storage))
 
 
 def ensure_ray(address: str | None, local_code: bool | None = None) -> bool:
