@@ -6,13 +6,14 @@
 from runtime._clock import Clock, ManualClock, SystemClock
 from runtime._cluster import Cluster
 from runtime._logging import configure_logging
-from runtime._membership import MembershipView, SiloStatus
+from runtime._membership import FailureDetection, MembershipView, SiloStatus
 from runtime._ring import ConsistentHashRing
 
 __all__ = [
     "Clock",
     "Cluster",
     "ConsistentHashRing",
+    "FailureDetection",
     "ManualClock",
     "MembershipView",
     "SiloStatus",

@@ -22,6 +22,7 @@ from actors import (
     MessageTooLargeError,
     RaygrainError,
     SerializationError,
+    SiloUnavailableError,
     decode,
     decode_error,
     encode,
@@ -47,7 +48,7 @@ class CallSettings:
 
 
 class _PendingCall:
-    __slots__ = ("deadline", "future", "method", "target", "timeout")
+    __slots__ = ("deadline", "destination", "future", "method", "target", "timeout")
 
     def __init__(
         self,
@@ -56,12 +57,14 @@ class _PendingCall:
         target: ActorId,
         method: str,
         timeout: float,
+        destination: str,
     ) -> None:
         self.future = future
         self.deadline = deadline
         self.target = target
         self.method = method
         self.timeout = timeout
+        self.destination = destination
 
 
 class Caller:
@@ -124,14 +127,14 @@ class Caller:
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
+        destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
         self._pending[call_id] = _PendingCall(
-            future, loop.time() + timeout, target, method, timeout
+            future, loop.time() + timeout, target, method, timeout, destination
         )
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
-            destination = self._local_silo if facts[1] else None
-            self._transport.send(destination or membership.ring.owner(target), request)
+            self._transport.send(destination, request)
             response = await future
         finally:
             self._pending.pop(call_id, None)
@@ -150,6 +153,22 @@ class Caller:
         for call in pending.values():
             if not call.future.done():
                 call.future.set_exception(error)
+
+    def fail_calls_to(self, silo: str) -> int:
+        """Fail the calls sent to ``silo``, which was declared dead: whether each ran is unknown,
+        so the caller gets a retryable ``SiloUnavailableError`` now rather than at its deadline.
+        Returns how many were failed."""
+        doomed = [cid for cid, call in self._pending.items() if call.destination == silo]
+        for call_id in doomed:
+            call = self._pending.pop(call_id)
+            if not call.future.done():
+                call.future.set_exception(
+                    SiloUnavailableError(
+                        f"silo {silo} died while {call.target}.{call.method} was in flight; "
+                        "it may or may not have run"
+                    )
+                )
+        return len(doomed)
 
     def close(self) -> None:
         self.closed = True

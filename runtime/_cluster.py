@@ -24,7 +24,7 @@ from actors import (
 )
 from runtime._caller import Caller, CallSettings
 from runtime._clock import Clock, SystemClock
-from runtime._membership import Membership, SiloStatus
+from runtime._membership import FailureDetection, Membership, SiloStatus
 from runtime._registry import ActorRegistry
 from runtime._silo import Silo, SiloOptions
 from runtime._transport import LocalTransport
@@ -153,6 +153,7 @@ class Cluster:
         collection_period: float = 60.0,
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
+        failure_detection: FailureDetection | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -169,7 +170,13 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
         )
-        launch = RayLaunch(tuple(actors), silos_per_node, storage, server_storage)
+        launch = RayLaunch(
+            tuple(actors),
+            silos_per_node,
+            storage,
+            server_storage,
+            detection=failure_detection or FailureDetection(),
+        )
         return cls(registry, RayBackend(address, launch, options))
 
     @classmethod

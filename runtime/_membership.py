@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from runtime._ring import DEFAULT_VIRTUAL_NODES, ConsistentHashRing
 
-__all__ = ["Membership", "MembershipView", "SiloStatus"]
+__all__ = ["FailureDetection", "Membership", "MembershipView", "SiloStatus"]
 
 
 class SiloStatus(enum.Enum):
@@ -20,6 +20,22 @@ class SiloStatus(enum.Enum):
     ACTIVE = "active"
     SHUTTING_DOWN = "shutting_down"
     DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDetection:
+    """How the controller decides that a silo is dead.
+
+    Every ``probe_period`` seconds each active silo is probed; a probe that is not answered
+    within ``probe_timeout`` is missed, and ``missed_probes`` misses in a row declare the silo
+    dead (about ``missed_probes * (probe_timeout + probe_period)`` after a crash: 3 s by
+    default). Ray's own word that the silo's actor died declares it dead at once. Probes are
+    answered on their own thread, so a long CPU-bound turn does not miss them.
+    """
+
+    probe_period: float = 0.5
+    probe_timeout: float = 1.0
+    missed_probes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +47,12 @@ class MembershipView:
 
     def active(self) -> list[str]:
         return [name for name, status in self.silos if status is SiloStatus.ACTIVE]
+
+    def status_of(self, name: str) -> SiloStatus | None:
+        return next((status for n, status in self.silos if n == name), None)
+
+    def dead(self) -> list[str]:
+        return [name for name, status in self.silos if status is SiloStatus.DEAD]
 
     def with_status(self, name: str, status: SiloStatus) -> MembershipView:
         others = tuple((n, s) for n, s in self.silos if n != name)

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -22,8 +22,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from actors import Actor, ConfigurationError
 from runtime._caller import Caller
 from runtime._logging import get_logger
-from runtime._membership import Membership
-from runtime._ray_host import ControllerImpl, SiloHostImpl, view_from_wire
+from runtime._membership import FailureDetection, Membership
+from runtime._ray_host import ControllerImpl, SiloDied, SiloHostImpl, view_from_wire
 from runtime._ray_transport import CLIENT_PREFIX, RayTransport
 from runtime._registry import ActorRegistry
 from runtime._remote_storage import RemoteStorage, StorageServerImpl
@@ -40,7 +40,19 @@ DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
 class ControllerActor(ControllerImpl):
-    pass
+    async def probe_silo(self, name: str) -> None:
+        try:
+            await _resolve(name).probe.remote()
+        except ray.exceptions.ActorUnavailableError:
+            raise  # maybe only slow or restarting: a missed probe
+        except (ray.exceptions.RayActorError, ValueError) as exc:
+            raise SiloDied(type(exc).__name__) from None
+
+    def kill_silo(self, name: str) -> None:
+        try:
+            ray.kill(_resolve(name))
+        except Exception:
+            pass  # already gone
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
@@ -68,6 +80,7 @@ class SiloActor:
             if storage is None
             else storage
         )
+        self.probe_delay = 0.0
         self.host = SiloHostImpl(
             name, node_id, actor_types, provider, options, _resolve, controller
         )
@@ -94,8 +107,17 @@ class SiloActor:
         await self.host.stop()
 
     @ray.method(concurrency_group="probe")
-    def probe(self) -> str:
+    async def probe(self) -> str:
+        # Answered on the probe group's own thread and loop: a CPU-bound turn on the main
+        # loop does not delay it, so a busy silo is not taken for a dead one.
+        if self.probe_delay:
+            await asyncio.sleep(self.probe_delay)
         return self.host.name
+
+    @ray.method(concurrency_group="probe")
+    async def delay_probes(self, seconds: float) -> None:
+        """Test hook: answer probes late, to stage a false suspicion of a live silo."""
+        self.probe_delay = seconds
 
 
 _handles: dict[str, Any] = {}
@@ -135,6 +157,7 @@ class RayLaunch:
     storage: str | None = None  # None: the storage server in front of DEFAULT_STORAGE
     server_storage: str = DEFAULT_STORAGE
     detached: bool = False
+    detection: FailureDetection = field(default_factory=FailureDetection)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
@@ -182,7 +205,7 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         get_if_exists=True,
         lifetime=lifetime,
         scheduling_strategy=head,
-    ).remote()
+    ).remote(launch.detection)
     await controller.get_view.remote()
     handles = {CONTROLLER_NAME: controller}
     if launch.storage is None:
@@ -242,12 +265,14 @@ class RayBackend:
         self._started_ray = False
         self._follower: asyncio.Task[None] | None = None
         self._controller: Any = None
+        self.caller: Caller | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         caller = Caller(
             self.client_address, self.transport, self.membership, registry, self.options.calls
         )
         self.transport.bind(caller)
+        self.caller = caller
         return caller
 
     async def start(self) -> None:
@@ -266,9 +291,13 @@ class RayBackend:
         self._follower = asyncio.ensure_future(self._follow_view())
 
     def _apply_view(self, blob: bytes) -> None:
+        dead_before = set(self.membership.view.dead())
         if self.membership.update(view_from_wire(blob)):
-            for name, _ in self.membership.view.silos:
+            for name in self.membership.view.active():
                 self.transport.ensure_polling(name)
+            for dead in set(self.membership.view.dead()) - dead_before:
+                if self.caller is not None:
+                    self.caller.fail_calls_to(dead)
 
     async def _follow_view(self) -> None:
         while True:

@@ -10,22 +10,22 @@ main loop is not mistaken for death.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgpack
 
 from actors import Actor, DeactivationReason
-from runtime._caller import CallSettings
 from runtime._clock import SystemClock
 from runtime._logging import get_logger
-from runtime._membership import Membership, MembershipView, SiloStatus
+from runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
 from runtime._messages import Request, unpack_batch
 from runtime._ray_transport import RayTransport
 from runtime._registry import ActorRegistry
 from runtime._silo import Silo, SiloOptions
 from storage import StorageProvider, open_storage
 
-__all__ = ["ControllerImpl", "SiloHostImpl", "view_from_wire", "view_to_wire"]
+__all__ = ["ControllerImpl", "SiloDied", "SiloHostImpl", "view_from_wire", "view_to_wire"]
 
 
 def view_to_wire(view: MembershipView) -> bytes:
@@ -39,13 +39,28 @@ def view_from_wire(blob: bytes) -> MembershipView:
     return MembershipView(version, tuple((name, SiloStatus(status)) for name, status in silos))
 
 
-class ControllerImpl:
-    """Keeps the cluster's membership view and hands it to silos and clients (long poll)."""
+class SiloDied(Exception):
+    """Raised by a probe when the silo is known to be dead (not merely slow)."""
 
-    def __init__(self) -> None:
+
+class ControllerImpl:
+    """Keeps the cluster's membership view, hands it to silos and clients (long poll), and
+    declares silos dead when they stop answering probes."""
+
+    def __init__(self, detection: FailureDetection | None = None) -> None:
         self.view = MembershipView(0)
         self.nodes: dict[str, str] = {}  # silo name -> Ray node id
+        self.detection = detection or FailureDetection()
+        self.deaths: list[dict[str, Any]] = []  # when and why each silo was declared dead
         self._changed = asyncio.Event()
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+
+    # Overridden by the Ray actor: how to probe and how to stop a silo.
+    async def probe_silo(self, name: str) -> None:
+        raise NotImplementedError
+
+    def kill_silo(self, name: str) -> None:
+        pass
 
     def _publish(self, view: MembershipView) -> bytes:
         self.view = view
@@ -56,12 +71,48 @@ class ControllerImpl:
     async def set_status(self, name: str, status: str, node_id: str = "") -> bytes:
         if node_id:
             self.nodes[name] = node_id
-        return self._publish(self.view.with_status(name, SiloStatus(status)))
+        if self.view.status_of(name) is SiloStatus.DEAD:
+            # A silo declared dead never comes back under the same name: it must stop.
+            self.kill_silo(name)
+            return view_to_wire(self.view)
+        blob = self._publish(self.view.with_status(name, SiloStatus(status)))
+        if SiloStatus(status) is SiloStatus.ACTIVE and name not in self._watchers:
+            self._watchers[name] = asyncio.ensure_future(self._watch(name))
+        return blob
 
     async def remove(self, name: str) -> bytes:
         self.nodes.pop(name, None)
+        watcher = self._watchers.pop(name, None)
+        if watcher is not None:
+            watcher.cancel()
         silos = tuple((n, s) for n, s in self.view.silos if n != name)
         return self._publish(MembershipView(self.view.version + 1, silos))
+
+    async def declare_dead(self, name: str, reason: str) -> bytes:
+        if self.view.status_of(name) in (None, SiloStatus.DEAD):
+            return view_to_wire(self.view)
+        self.deaths.append({"silo": name, "reason": reason, "at": time.time()})
+        get_logger().warning("silo_declared_dead", silo=name, reason=reason)
+        blob = self._publish(self.view.with_status(name, SiloStatus.DEAD))
+        self.kill_silo(name)  # fencing: if it is in fact alive, it must not serve on
+        return blob
+
+    async def _watch(self, name: str) -> None:
+        detection = self.detection
+        missed = 0
+        while self.view.status_of(name) in (SiloStatus.ACTIVE, SiloStatus.SHUTTING_DOWN):
+            try:
+                await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
+                missed = 0
+            except SiloDied as exc:
+                await self.declare_dead(name, f"Ray reports it dead: {exc}")
+                return
+            except Exception as exc:  # a timeout, or Ray unsure: a missed probe
+                missed += 1
+                if missed >= detection.missed_probes:
+                    await self.declare_dead(name, f"{missed} probes missed ({type(exc).__name__})")
+                    return
+            await asyncio.sleep(detection.probe_period)
 
     async def get_view(self) -> bytes:
         return view_to_wire(self.view)
@@ -77,6 +128,9 @@ class ControllerImpl:
 
     async def silo_nodes(self) -> dict[str, str]:
         return dict(self.nodes)
+
+    async def death_log(self) -> list[dict[str, Any]]:
+        return list(self.deaths)
 
 
 class SiloHostImpl:
@@ -131,8 +185,17 @@ class SiloHostImpl:
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:
+        before = set(self.membership.view.dead())
         if not self.membership.update(view):
             return
+        if view.status_of(self.name) is SiloStatus.DEAD:
+            # Declared dead while alive (a false suspicion): stop serving at once. Our
+            # activations' state is durable; their new owners reactivate them from storage.
+            get_logger().warning("declared_dead_stopping", silo=self.name)
+            await self.stop()
+            return
+        for dead in set(view.dead()) - before:
+            self.silo.caller.fail_calls_to(dead)
         # Activations whose owner changed move: deactivate them here, and their queued and
         # future calls are forwarded to the new owner by the ring check on delivery.
         ring = self.membership.ring
@@ -174,12 +237,9 @@ class SiloHostImpl:
         await self._controller.remove.remote(self.name)
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+        follower = self._follower
+        if follower is not None and follower is not asyncio.current_task():
+            follower.cancel()
         await self.silo.aclose()
         await self.transport.aclose()
         await self.silo.storage.aclose()
-
-
-def default_call_settings(default_timeout: float, max_message_bytes: int) -> CallSettings:
-    return CallSettings(default_timeout, max_message_bytes)

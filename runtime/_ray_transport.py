@@ -143,7 +143,7 @@ class RayTransport:
         # The batch may or may not have reached the silo before it failed: the calls' fate is
         # unknown, so each caller gets a retryable SiloUnavailableError now instead of waiting
         # for its deadline.
-        get_logger().warning("batch_undeliverable", destination=destination, error=repr(exc))
+        get_logger().info("batch_undeliverable", destination=destination, error=repr(exc))
         if self._local is None:
             return
         for message in messages:

@@ -17,10 +17,10 @@ from actors import (
     Actor,
     ActorId,
     ActorMethod,
-    ClusterClosedError,
     DeactivationReason,
     RaygrainError,
     SerializationError,
+    SiloUnavailableError,
     decode,
     encode_error,
 )
@@ -117,7 +117,7 @@ class Silo:
         if self.closed:
             self.reply_error(
                 request,
-                ClusterClosedError(f"silo {self.name} is closed"),
+                SiloUnavailableError(f"silo {self.name} has stopped; the call did not run"),
                 f"{request.target}.{request.method}",
             )
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,14 @@ class Chain(Actor[None], name="test.Chain"):
 
     async def where(self) -> int:
         return os.getpid()
+
+    async def spin(self, seconds: float) -> int:
+        """Hold the silo's event loop (and the GIL, mostly) in a CPU-bound loop."""
+        end = time.perf_counter() + seconds
+        spins = 0
+        while time.perf_counter() < end:
+            spins += 1
+        return spins
 
     async def pass_ref(self, ref: ActorRef) -> ActorRef:
         return ref

@@ -1,0 +1,191 @@
+"""Node death, busy silos, false suspicion and joins on a ray.cluster_utils cluster.
+
+Each test adds its own node or silo to the session's three, so the session's silos survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from actors import ActorCallTimeout, SiloUnavailableError
+from runtime import Cluster
+from tests import app
+from tests.app import BankAccount, Chain
+
+pytestmark = pytest.mark.ray
+
+RETRYABLE = (SiloUnavailableError, ActorCallTimeout)
+
+
+class Workload:
+    """Deposits with unique amounts, so that every acknowledged write can be found again and a
+    write applied twice or half would show."""
+
+    def __init__(self, cluster: Cluster, key: Any, accounts: int) -> None:
+        self.refs = [cluster.get(BankAccount, key(f"a{i}")) for i in range(accounts)]
+        self.acked: dict[str, set[int]] = defaultdict(set)
+        self.failed = 0
+        self.next_amount = 1
+        self.stop = asyncio.Event()
+        self.rng = random.Random(11)
+
+    async def deposit(self, ref: Any) -> bool:
+        amount = self.next_amount
+        self.next_amount += 1
+        try:
+            await ref.with_timeout(10).deposit(amount)
+        except RETRYABLE:
+            self.failed += 1  # fate unknown: may or may not be applied, never half
+            return False
+        self.acked[str(ref.key)].add(amount)
+        return True
+
+    async def run(self, workers: int = 20) -> None:
+        async def worker() -> None:
+            while not self.stop.is_set():
+                await self.deposit(self.rng.choice(self.refs))
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    def acknowledged(self) -> int:
+        return sum(len(v) for v in self.acked.values())
+
+    async def until(self, count: int) -> None:
+        while self.acknowledged() < count:
+            await asyncio.sleep(0.01)
+
+    async def verify(self) -> None:
+        snapshots = await asyncio.gather(*(r.snapshot() for r in self.refs))
+        for ref, state in zip(self.refs, snapshots):
+            history = state.history
+            assert len(history) == len(set(history)), f"{ref.key}: a write applied twice"
+            assert state.balance == sum(history), f"{ref.key}: a half-applied write"
+            missing = self.acked[str(ref.key)] - set(history)
+            assert not missing, f"{ref.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+
+
+async def _silo_count(cluster: Cluster, count: int) -> None:
+    membership = cluster._caller._membership
+    while len(membership.ring) != count:
+        await membership.wait_for_view(membership.view.version + 1)
+
+
+async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
+    from runtime._ray_cluster import RayLaunch, create_silo
+    from runtime._silo import SiloOptions
+
+    launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
+    name, handle = create_silo(node_id, index, launch, SiloOptions(deactivation_timeout=2.0))
+    await handle.start.remote()
+    return name, handle
+
+
+async def test_node_killed_mid_workload_every_actor_comes_back(ray_silos: Any, key: Any) -> None:
+    node = ray_silos.nodes.add_node(num_cpus=1)
+    ray_silos.nodes.wait_for_nodes()
+    name, _ = await _start_extra_silo(node.node_id, 0)
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        await _silo_count(cluster, 4)
+        work = Workload(cluster, key, accounts=2000)
+        ring = cluster._caller._membership.ring
+        doomed = [r for r in work.refs if ring.owner(r.actor_id) == name]
+        assert doomed, "some accounts must live on the silo that dies"
+        await asyncio.gather(*(work.deposit(r) for r in work.refs))  # activate all 2000
+        running = asyncio.ensure_future(work.run())
+        await work.until(work.acknowledged() + 300)
+        killed_at = time.monotonic()
+        ray_silos.nodes.remove_node(node, allow_graceful=False)
+        while not await work.deposit(doomed[0]):  # the first call that lands on a new owner
+            await asyncio.sleep(0.05)
+        back_after = time.monotonic() - killed_at
+        await work.until(work.acknowledged() + 300)
+        work.stop.set()
+        await running
+        print(
+            f"\nnode kill: first successful call on a reactivated actor {back_after:.2f} s "
+            f"after the kill; {work.failed} calls failed retryably; "
+            f"{work.acknowledged()} writes acknowledged"
+        )
+        assert name in cluster._caller._membership.view.dead()
+        await work.verify()
+        for ref in doomed[:50]:  # every actor of the dead silo is reachable again
+            await ref.balance()
+
+
+async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
+    import ray
+
+    from runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE
+
+    controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    deaths_before = len(await controller.death_log.remote())
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        version = cluster._caller._membership.view.version
+        spins = await cluster.get(Chain, "busy").spin(3.0)  # 3 s holding the silo's loop
+        assert spins > 0
+        assert cluster._caller._membership.view.version == version
+    assert len(await controller.death_log.remote()) == deaths_before
+
+
+async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key: Any) -> None:
+    import ray
+
+    worker_node = next(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and n["NodeID"] != ray.get_runtime_context().get_node_id()
+    )
+    name, extra = await _start_extra_silo(worker_node, 2)
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        await _silo_count(cluster, 4)
+        work = Workload(cluster, key, accounts=300)
+        running = asyncio.ensure_future(work.run())
+        await work.until(300)
+        await extra.delay_probes.remote(5.0)  # alive, but looks dead to the controller
+        while name not in cluster._caller._membership.view.dead():
+            await cluster._caller._membership.wait_for_view(
+                cluster._caller._membership.view.version + 1
+            )
+        await work.until(work.acknowledged() + 300)
+        work.stop.set()
+        await running
+        await work.verify()
+
+
+async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
+    ray_silos: Any, key: Any
+) -> None:
+    import ray
+
+    worker_node = next(
+        n["NodeID"]
+        for n in ray.nodes()
+        if n["Alive"] and n["NodeID"] != ray.get_runtime_context().get_node_id()
+    )
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        membership = cluster._caller._membership
+        silos_before = len(membership.ring)
+        work = Workload(cluster, key, accounts=1000)
+        owners_before = {r.actor_id: membership.ring.owner(r.actor_id) for r in work.refs}
+        running = asyncio.ensure_future(work.run())
+        await work.until(300)
+        name, extra = await _start_extra_silo(worker_node, 3)
+        await _silo_count(cluster, silos_before + 1)
+        await work.until(work.acknowledged() + 500)
+        work.stop.set()
+        await running
+        moved = sum(1 for a, o in owners_before.items() if membership.ring.owner(a) != o)
+        assert work.failed == 0, "a join must not fail calls"
+        share = moved / len(owners_before)
+        assert 0.1 <= share <= 0.4, share  # about 1/N with N = silos after the join
+        await work.verify()
+        await extra.leave.remote()
+        await _silo_count(cluster, silos_before)
+        await extra.stop.remote()
+        ray.kill(extra)
