@@ -53,7 +53,8 @@ EXPORTS = {
         "open_storage",
     },
     "runtime": {
-        "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock", "MembershipView", "SiloStatus",
+        "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
+        "MembershipView", "SiloStatus",
         "SystemClock", "configure_logging",
     },
 }  # fmt: skip

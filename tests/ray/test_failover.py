@@ -62,7 +62,7 @@ class Workload:
 
     async def verify(self) -> None:
         snapshots = await asyncio.gather(*(r.snapshot() for r in self.refs))
-        for ref, state in zip(self.refs, snapshots):
+        for ref, state in zip(self.refs, snapshots, strict=True):
             history = state.history
             assert len(history) == len(set(history)), f"{ref.key}: a write applied twice"
             assert state.balance == sum(history), f"{ref.key}: a half-applied write"
@@ -175,7 +175,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
         owners_before = {r.actor_id: membership.ring.owner(r.actor_id) for r in work.refs}
         running = asyncio.ensure_future(work.run())
         await work.until(300)
-        name, extra = await _start_extra_silo(worker_node, 3)
+        _, extra = await _start_extra_silo(worker_node, 3)
         await _silo_count(cluster, silos_before + 1)
         await work.until(work.acknowledged() + 500)
         work.stop.set()

@@ -83,7 +83,8 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
         ray.kill(extra)
         balances = await asyncio.gather(*(a.balance() for a in accounts))
     assert hosted_before > 0 and hosted_after == 0
-    assert {str(a.key): b for a, b in zip(accounts, balances) if b} == dict(acknowledged)
+    found = {str(a.key): b for a, b in zip(accounts, balances, strict=True) if b}
+    assert found == dict(acknowledged)
     assert name.endswith("-1")
 
 
