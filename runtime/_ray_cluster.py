@@ -311,7 +311,8 @@ class RayBackend:
                 await asyncio.sleep(0.5)
 
     async def stats(self) -> list[dict[str, Any]]:
-        names = [name for name, _ in self.membership.view.silos]
+        """Figures of every live silo in the view (dead ones are listed in the view only)."""
+        names = self.membership.view.active()
         return list(await asyncio.gather(*(_resolve(n).stats.remote() for n in names)))
 
     async def aclose(self) -> None:

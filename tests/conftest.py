@@ -58,7 +58,11 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         db = tmp_path_factory.mktemp("ray-state") / "state.db"
         spec = RayLaunch(tuple(app.ALL_ACTORS), 1, None, f"sqlite:///{db}")
         handles = _run_aside(launch(spec, SiloOptions(deactivation_timeout=0.5)))
-        yield SimpleNamespace(nodes=nodes, handles=handles, address=nodes.address)
+        head = ray.get_runtime_context().get_node_id()
+        workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
+        yield SimpleNamespace(
+            nodes=nodes, handles=handles, address=nodes.address, worker_node_ids=workers
+        )
         _run_aside(stop_everything())
     finally:
         ray.shutdown()

@@ -134,13 +134,8 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
 
 
 async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key: Any) -> None:
-    import ray
 
-    worker_node = next(
-        n["NodeID"]
-        for n in ray.nodes()
-        if n["Alive"] and n["NodeID"] != ray.get_runtime_context().get_node_id()
-    )
+    worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 2)
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         await _silo_count(cluster, 4)
@@ -163,11 +158,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
 ) -> None:
     import ray
 
-    worker_node = next(
-        n["NodeID"]
-        for n in ray.nodes()
-        if n["Alive"] and n["NodeID"] != ray.get_runtime_context().get_node_id()
-    )
+    worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)

@@ -46,11 +46,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     from runtime._ray_cluster import RayLaunch, create_silo
     from runtime._silo import SiloOptions
 
-    worker_node = next(
-        n["NodeID"]
-        for n in ray.nodes()
-        if n["Alive"] and n["NodeID"] != (ray.get_runtime_context().get_node_id())
-    )
+    worker_node = ray_silos.worker_node_ids[1]  # a node of the session's, never killed
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
     name, extra = create_silo(worker_node, 1, launch, SiloOptions(deactivation_timeout=2.0))
     await extra.start.remote()
