@@ -1,0 +1,197 @@
+"""Failover: a node dies under a write workload; how fast is raygrain back to full service?
+
+A 3-node ``ray.cluster_utils`` cluster (one CPU each) runs one silo per node; a workload of
+acknowledged deposits runs over a few thousand accounts; one worker node is removed without
+grace. Reported: raygrain's detection time (the dead silo leaves the view), the time to full
+service (every actor that lived on the dead silo answers again, from storage, on a new owner),
+the calls that failed retryably during the outage, and acknowledged writes lost (must be 0),
+beside Ray's own time to mark the node dead, measured in the same run. The scenario runs in
+its own process because it needs its own Ray cluster.
+
+    python -m benchmarks.failover_bench [--quick] [--runs N]    (N > 1: a soak)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks._measure import figure
+
+TARGET_SECONDS = 5.0
+
+
+async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
+    import ray
+    from ray.cluster_utils import Cluster as RayTestCluster
+
+    from actors import Actor, ActorCallTimeout, SiloUnavailableError, read_only
+    from runtime import Cluster
+    from runtime._ray_cluster import RayLaunch, ensure_ray, launch, stop_everything
+    from runtime._silo import SiloOptions
+
+    class Account(Actor[list[int]], name="bench.FailoverAccount"):
+        async def deposit(self, amount: int) -> int:
+            self.state.append(amount)
+            return len(self.state)
+
+        @read_only
+        async def amounts(self) -> list[int]:
+            return self.state
+
+    nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    tmp = tempfile.mkdtemp(prefix="raygrain-failover-")
+    try:
+        victim = nodes.add_node(num_cpus=1)
+        nodes.add_node(num_cpus=1)
+        nodes.wait_for_nodes()
+        ensure_ray(nodes.address, local_code=True)
+        spec = RayLaunch((Account,), 1, None, f"sqlite:///{tmp}/state.db")
+        handles = await launch(spec, SiloOptions())
+        async with Cluster.connect(nodes.address, actors=[Account]) as cluster:
+            membership = cluster._caller._membership
+            refs = [cluster.get(Account, i) for i in range(accounts)]
+            dead_silo = next(
+                n for n in handles if n.startswith("raygrain-silo-" + victim.node_id[:12])
+            )
+            doomed = [r for r in refs if membership.ring.owner(r.actor_id) == dead_silo]
+            acked: dict[int, set[int]] = {}
+            failed = 0
+            counter = iter(range(1, 10**9))
+            rng = random.Random(seed)
+            stop = asyncio.Event()
+
+            async def deposit(ref: Any) -> bool:
+                nonlocal failed
+                amount = next(counter)
+                try:
+                    await ref.with_timeout(10).deposit(amount)
+                except (SiloUnavailableError, ActorCallTimeout):
+                    failed += 1
+                    return False
+                acked.setdefault(ref.key, set()).add(amount)
+                return True
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    await deposit(rng.choice(refs))
+
+            await asyncio.gather(*(deposit(r) for r in refs))
+            failed_before = failed
+            workers = [asyncio.ensure_future(worker()) for _ in range(20)]
+            await asyncio.sleep(1.0)
+            killed = time.monotonic()
+            timeline: list[list[Any]] = [[0.0, "node killed"]]
+            nodes.remove_node(victim, allow_graceful=False)
+
+            async def raygrain_detects() -> float:
+                while dead_silo not in membership.view.dead():
+                    await membership.wait_for_view(membership.view.version + 1)
+                return time.monotonic() - killed
+
+            async def ray_detects() -> float:
+                while any(n["NodeID"] == victim.node_id and n["Alive"] for n in ray.nodes()):
+                    await asyncio.sleep(0.1)
+                return time.monotonic() - killed
+
+            async def full_service() -> float:
+                pending = list(doomed)
+                while pending:
+                    results = await asyncio.gather(*(deposit(r) for r in pending))
+                    pending = [r for r, ok in zip(pending, results, strict=True) if not ok]
+                return time.monotonic() - killed
+
+            detect_task = asyncio.ensure_future(raygrain_detects())
+            ray_task = asyncio.ensure_future(ray_detects())
+            service = await full_service()
+            detected = await detect_task
+            timeline += [
+                [detected, "raygrain: silo declared dead"],
+                [service, "raygrain: every actor of the dead silo served again"],
+            ]
+            ray_seconds = await asyncio.wait_for(ray_task, 120)
+            timeline.append([ray_seconds, "Ray: node marked dead"])
+            stop.set()
+            await asyncio.gather(*workers)
+            stored = await asyncio.gather(*(r.amounts() for r in refs))
+            lost = sum(
+                len(acked.get(r.key, set()) - set(amounts))
+                for r, amounts in zip(refs, stored, strict=True)
+            )
+            duplicated = sum(len(a) - len(set(a)) for a in stored)
+        await stop_everything()
+        return {
+            "detection_s": detected,
+            "full_service_s": service,
+            "ray_detection_s": ray_seconds,
+            "failed_calls": failed - failed_before,
+            "acknowledged": sum(len(v) for v in acked.values()),
+            "lost": lost,
+            "duplicated": duplicated,
+            "doomed_actors": len(doomed),
+            "timeline": sorted(timeline),
+        }
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def _main() -> None:
+    quick = "--quick" in sys.argv
+    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1
+    results = [asyncio.run(_one_run(500 if quick else 3000, seed)) for seed in range(runs)]
+    if "--json" in sys.argv:
+        print("RESULT " + json.dumps(results))
+        return
+    for result in results:
+        print(json.dumps({k: v for k, v in result.items() if k != "timeline"}))
+
+
+async def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Run one failover in a child process (it needs its own Ray cluster)."""
+    args = [sys.executable, "-m", "benchmarks.failover_bench", "--json"]
+    if quick:
+        args.append("--quick")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    done = await asyncio.to_thread(
+        subprocess.run, args, capture_output=True, text=True, timeout=600, env=env
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"failover run failed: {done.stderr[-2000:]}")
+    result = json.loads(line[len("RESULT ") :])[0]
+    return [
+        figure(
+            "failover: seconds from node kill to full service",
+            result["full_service_s"],
+            result["ray_detection_s"],
+            "s",
+            baseline_name="Ray's own time to mark the node dead",
+            lower_is_better=True,
+            target=f"<= {TARGET_SECONDS} s, 0 acknowledged writes lost",
+            meets_target=result["full_service_s"] <= TARGET_SECONDS and result["lost"] == 0,
+            timeline=result["timeline"],
+            details={k: v for k, v in result.items() if k != "timeline"},
+        ),
+        figure(
+            "failover: seconds from node kill to detection",
+            result["detection_s"],
+            result["ray_detection_s"],
+            "s",
+            baseline_name="Ray's own time to mark the node dead",
+            lower_is_better=True,
+            failed_calls=result["failed_calls"],
+            lost_acknowledged_writes=result["lost"],
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    _main()
