@@ -28,6 +28,7 @@ from runtime._ray_transport import CLIENT_PREFIX, RayTransport
 from runtime._registry import ActorRegistry
 from runtime._remote_storage import RemoteStorage, StorageServerImpl
 from runtime._silo import SiloOptions
+from storage import open_storage
 
 __all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
 
@@ -38,8 +39,18 @@ SILO_PREFIX = "raygrain-silo-"
 DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where launched
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
+@ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
 class ControllerActor(ControllerImpl):
+    def __init__(self, detection: FailureDetection, storage: str | None) -> None:
+        # The view's truth lives in the state store; Ray restarts a crashed controller, which
+        # then continues from the stored view.
+        store: Any = (
+            RemoteStorage(ray.get_actor(STORAGE_NAME, namespace=NAMESPACE))
+            if storage is None
+            else open_storage(storage)
+        )
+        super().__init__(detection, store)
+
     async def probe_silo(self, name: str) -> None:
         try:
             await _resolve(name).probe.remote()
@@ -199,15 +210,7 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     lifetime = "detached" if launch.detached else None
     here = ray.get_runtime_context().get_node_id()
     head = NodeAffinitySchedulingStrategy(here, soft=True)
-    controller = ControllerActor.options(  # type: ignore[attr-defined]
-        name=CONTROLLER_NAME,
-        namespace=NAMESPACE,
-        get_if_exists=True,
-        lifetime=lifetime,
-        scheduling_strategy=head,
-    ).remote(launch.detection)
-    await controller.get_view.remote()
-    handles = {CONTROLLER_NAME: controller}
+    handles: dict[str, Any] = {}
     if launch.storage is None:
         server = StorageServerActor.options(  # type: ignore[attr-defined]
             name=STORAGE_NAME,
@@ -218,6 +221,15 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         ).remote(launch.server_storage)
         await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
         handles[STORAGE_NAME] = server
+    controller = ControllerActor.options(  # type: ignore[attr-defined]
+        name=CONTROLLER_NAME,
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        lifetime=lifetime,
+        scheduling_strategy=head,
+    ).remote(launch.detection, launch.storage)
+    await controller.get_view.remote()
+    handles[CONTROLLER_NAME] = controller
     names, starts = [], []
     for node in ray.nodes():  # type: ignore[no-untyped-call]
         if not node.get("Alive"):
@@ -236,7 +248,8 @@ def create_silo(
     node_id: str, index: int, launch: RayLaunch, options: SiloOptions
 ) -> tuple[str, Any]:
     """Create (not yet start) silo number ``index`` pinned to the node ``node_id``."""
-    name = f"{SILO_PREFIX}{node_id[:12]}-{index}"
+    # A fresh suffix per incarnation: a name declared dead in the (stored) view never returns.
+    name = f"{SILO_PREFIX}{node_id[:12]}-{index}-{uuid.uuid4().hex[:6]}"
     silo = SiloActor.options(  # type: ignore[attr-defined]
         name=name,
         namespace=NAMESPACE,
@@ -334,7 +347,13 @@ class RayBackend:
 
 async def stop_everything() -> None:
     """Stop every silo (their state is already durable), then the storage server and controller."""
-    silos = [_resolve(name) for name in find_silos()]
+    names = find_silos()
+    silos = [_resolve(name) for name in names]
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+        await asyncio.gather(*(controller.remove.remote(n) for n in names))
+    except ValueError:
+        pass  # no controller: nothing to tidy in the view
     await asyncio.gather(*(s.stop.remote() for s in silos), return_exceptions=True)
     for handle in silos:
         ray.kill(handle)

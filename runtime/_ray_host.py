@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from actors import Actor, DeactivationReason
+from actors import Actor, ActorId, DeactivationReason
 from runtime._clock import SystemClock
 from runtime._logging import get_logger
 from runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
@@ -24,6 +24,8 @@ from runtime._ray_transport import RayTransport
 from runtime._registry import ActorRegistry
 from runtime._silo import Silo, SiloOptions
 from storage import StorageProvider, open_storage
+
+MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")
 
 __all__ = ["ControllerImpl", "SiloDied", "SiloHostImpl", "view_from_wire", "view_to_wire"]
 
@@ -47,13 +49,20 @@ class ControllerImpl:
     """Keeps the cluster's membership view, hands it to silos and clients (long poll), and
     declares silos dead when they stop answering probes."""
 
-    def __init__(self, detection: FailureDetection | None = None) -> None:
+    def __init__(
+        self, detection: FailureDetection | None = None, store: StorageProvider | None = None
+    ) -> None:
         self.view = MembershipView(0)
+        self._store = store
+        self._etag: str | None = None
+        self._lock = asyncio.Lock()
+        self._loaded = False
         self.nodes: dict[str, str] = {}  # silo name -> Ray node id
         self.detection = detection or FailureDetection()
         self.deaths: list[dict[str, Any]] = []  # when and why each silo was declared dead
         self._changed = asyncio.Event()
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._missed: dict[str, int] = {}  # probes missed in a row, per silo
 
     # Overridden by the Ray actor: how to probe and how to stop a silo.
     async def probe_silo(self, name: str) -> None:
@@ -62,59 +71,105 @@ class ControllerImpl:
     def kill_silo(self, name: str) -> None:
         pass
 
-    def _publish(self, view: MembershipView) -> bytes:
+    async def _load(self) -> None:
+        # A restarted controller continues from the stored view, so versions never go back.
+        if self._loaded or self._store is None:
+            self._loaded = True
+            return
+        record = await self._store.read(MEMBERSHIP_RECORD)
+        self._etag = record.etag
+        if record.data is not None:
+            self.view = view_from_wire(record.data)
+            for name in self.view.active():
+                self._watchers.setdefault(name, asyncio.ensure_future(self._watch(name)))
+        self._loaded = True
+
+    async def _publish(self, view: MembershipView) -> bytes:
+        blob = view_to_wire(view)
+        if self._store is not None:
+            # Compare-and-swap on the stored view, like Orleans' membership table: a second
+            # controller writing behind our back makes this fail instead of forking the view.
+            self._etag = await self._store.write(MEMBERSHIP_RECORD, blob, self._etag)
         self.view = view
         self._changed.set()
         self._changed = asyncio.Event()
-        return view_to_wire(view)
+        return blob
 
     async def set_status(self, name: str, status: str, node_id: str = "") -> bytes:
+        async with self._lock:
+            return await self._set_status(name, status, node_id)
+
+    async def _set_status(self, name: str, status: str, node_id: str) -> bytes:
+        await self._load()
         if node_id:
             self.nodes[name] = node_id
         if self.view.status_of(name) is SiloStatus.DEAD:
             # A silo declared dead never comes back under the same name: it must stop.
             self.kill_silo(name)
             return view_to_wire(self.view)
-        blob = self._publish(self.view.with_status(name, SiloStatus(status)))
+        blob = await self._publish(self.view.with_status(name, SiloStatus(status)))
         if SiloStatus(status) is SiloStatus.ACTIVE and name not in self._watchers:
             self._watchers[name] = asyncio.ensure_future(self._watch(name))
         return blob
 
     async def remove(self, name: str) -> bytes:
+        async with self._lock:
+            await self._load()
+            return await self._remove(name)
+
+    async def _remove(self, name: str) -> bytes:
         self.nodes.pop(name, None)
         watcher = self._watchers.pop(name, None)
         if watcher is not None:
             watcher.cancel()
         silos = tuple((n, s) for n, s in self.view.silos if n != name)
-        return self._publish(MembershipView(self.view.version + 1, silos))
+        return await self._publish(MembershipView(self.view.version + 1, silos))
 
     async def declare_dead(self, name: str, reason: str) -> bytes:
+        async with self._lock:
+            await self._load()
+            return await self._declare_dead(name, reason)
+
+    async def _declare_dead(self, name: str, reason: str) -> bytes:
         if self.view.status_of(name) in (None, SiloStatus.DEAD):
             return view_to_wire(self.view)
         self.deaths.append({"silo": name, "reason": reason, "at": time.time()})
         get_logger().warning("silo_declared_dead", silo=name, reason=reason)
-        blob = self._publish(self.view.with_status(name, SiloStatus.DEAD))
+        blob = await self._publish(self.view.with_status(name, SiloStatus.DEAD))
         self.kill_silo(name)  # fencing: if it is in fact alive, it must not serve on
         return blob
 
     async def _watch(self, name: str) -> None:
         detection = self.detection
-        missed = 0
         while self.view.status_of(name) in (SiloStatus.ACTIVE, SiloStatus.SHUTTING_DOWN):
             try:
                 await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
-                missed = 0
+                self._missed[name] = 0
             except SiloDied as exc:
                 await self.declare_dead(name, f"Ray reports it dead: {exc}")
                 return
             except Exception as exc:  # a timeout, or Ray unsure: a missed probe
-                missed += 1
-                if missed >= detection.missed_probes:
-                    await self.declare_dead(name, f"{missed} probes missed ({type(exc).__name__})")
+                missed = self._missed[name] = self._missed.get(name, 0) + 1
+                if missed >= detection.missed_probes and not self._most_are_suspected():
+                    reason = f"{missed} probes missed ({type(exc).__name__})"
+                    await self.declare_dead(name, reason)
                     return
             await asyncio.sleep(detection.probe_period)
 
+    def _most_are_suspected(self) -> bool:
+        # When most silos miss probes at once, the likelier story is that the controller itself
+        # is starved or cut off: declaring them all dead would take the cluster down. Hold off
+        # until the suspicion is a minority (Ray's own death signals still count at once).
+        active = self.view.active()
+        suspects = [n for n in active if self._missed.get(n, 0) > 0]
+        if len(active) > 1 and len(suspects) * 2 > len(active):
+            get_logger().warning("suspicion_held", suspects=suspects, active=len(active))
+            return True
+        return False
+
     async def get_view(self) -> bytes:
+        async with self._lock:
+            await self._load()
         return view_to_wire(self.view)
 
     async def wait_view(self, known_version: int, timeout: float) -> bytes:

@@ -81,7 +81,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     assert hosted_before > 0 and hosted_after == 0
     found = {str(a.key): b for a, b in zip(accounts, balances, strict=True) if b}
     assert found == dict(acknowledged)
-    assert name.endswith("-1")
+    assert "-1-" in name
 
 
 async def test_oversized_message_is_refused_with_the_configured_limit(ray_silos: Any) -> None:
