@@ -197,7 +197,7 @@ class Silo:
             pool.append(worker)
             worker.start()
             return worker
-        return min(pool, key=lambda w: len(w.mailbox))
+        return min(pool, key=lambda w: w.queued())
 
     def forget(self, activation: Activation) -> None:
         """Drop a deactivated (or failed) activation from the silo's tables."""
