@@ -150,6 +150,7 @@ def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
 
 
 _BASE_NAMES = frozenset(dir(Actor))
+_HOOKS = frozenset({"on_activate", "on_deactivate"})
 
 
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:
@@ -166,6 +167,11 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
                 f"({', '.join(sorted(RESERVED_NAMES))}); rename the method"
             )
         if attr_name in _BASE_NAMES:
+            if attr_name not in _HOOKS and fn is not inspect.getattr_static(Actor, attr_name):
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{attr_name} would replace Actor.{attr_name}, which the "
+                    "runtime relies on; rename the method"
+                )
             continue  # lifecycle hooks and helpers of the base class are not callable remotely
         options = method_options(fn)
         if options.read_only and options.transactional:

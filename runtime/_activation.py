@@ -129,6 +129,7 @@ class Activation:
                 self.silo.reply_error(delivery.request, exc, self._where(delivery))
             return
         get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
+        self._activating = None  # the finished task and its context are no longer needed
         self.state = ActivationState.VALID
         self._start_interleaving()
         self.pump()
@@ -232,6 +233,8 @@ class Activation:
                 self.exclusive = True
             mailbox.popleft()
             self._start(delivery)
+        if not mailbox:
+            self.mailbox = None  # an idle activation keeps no queue
 
     def _start_interleaving(self) -> None:
         # Interleaving calls that queued while the actor was activating never wait behind

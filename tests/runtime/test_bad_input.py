@@ -227,6 +227,12 @@ def test_bad_actor_class_definitions() -> None:
             async def key(self) -> None:  # type: ignore[override]
                 pass
 
+    with pytest.raises(ConfigurationError, match="would replace Actor.get"):
+
+        class Getter(Actor[None]):
+            async def get(self) -> int:  # type: ignore[override]
+                return 1
+
     with pytest.raises(ConfigurationError, match="both @read_only and @transactional"):
 
         class Both(Actor[None]):
