@@ -113,6 +113,9 @@ class Activation:
         """Load the state, build the instance, run ``on_activate``, then start the mailbox."""
         self._enter_turn(())
         try:
+            if not self.options.stateless_worker:
+                while (gate := self.silo.activation_gate) is not None and not gate.done():
+                    await asyncio.shield(gate)
             state = await self._load_state()
             instance = self.cls.__new__(self.cls)
             instance._context = self

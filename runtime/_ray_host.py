@@ -26,6 +26,7 @@ from runtime._silo import Silo, SiloOptions
 from storage import StorageProvider, open_storage
 
 MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")
+_SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
 
 __all__ = ["ControllerImpl", "SiloDied", "SiloHostImpl", "view_from_wire", "view_to_wire"]
 
@@ -63,6 +64,8 @@ class ControllerImpl:
         self._changed = asyncio.Event()
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._missed: dict[str, int] = {}  # probes missed in a row, per silo
+        self._applied: dict[str, int] = {}  # the newest view each silo has finished applying
+        self._progress = asyncio.Event()  # set when a silo applies a view, or the view changes
 
     # Overridden by the Ray actor: how to probe and how to stop a silo.
     async def probe_silo(self, name: str) -> None:
@@ -93,7 +96,12 @@ class ControllerImpl:
         self.view = view
         self._changed.set()
         self._changed = asyncio.Event()
+        self._signal_progress()
         return blob
+
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     async def set_status(self, name: str, status: str, node_id: str = "") -> bytes:
         async with self._lock:
@@ -172,14 +180,42 @@ class ControllerImpl:
             await self._load()
         return view_to_wire(self.view)
 
-    async def wait_view(self, known_version: int, timeout: float) -> bytes:
-        """The view once it is newer than ``known_version`` (or the current one at timeout)."""
+    async def wait_view(self, known_version: int, timeout: float, silo: str = "") -> bytes:
+        """The view once it is newer than ``known_version`` (or the current one at timeout).
+
+        A silo passes its name: asking for a newer view tells the controller that the silo has
+        finished applying ``known_version`` (its moved activations are handed over).
+        """
+        if silo and self._applied.get(silo, -1) < known_version:
+            self._applied[silo] = known_version
+            self._signal_progress()
         if self.view.version <= known_version:
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
         return view_to_wire(self.view)
+
+    async def wait_settled(self, version: int, timeout: float) -> bool:
+        """Wait until every silo not declared dead has applied view ``version`` (so none of
+        them still serves an actor that the view moved away); False if ``timeout`` ran out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            behind = [
+                name
+                for name, status in self.view.silos
+                if status is not SiloStatus.DEAD and self._applied.get(name, -1) < version
+            ]
+            remaining = deadline - time.monotonic()
+            if not behind:
+                return True
+            if remaining <= 0:
+                get_logger().warning("view_not_settled", version=version, behind=behind)
+                return False
+            try:
+                await asyncio.wait_for(self._progress.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     async def silo_nodes(self) -> dict[str, str]:
         return dict(self.nodes)
@@ -218,6 +254,8 @@ class SiloHostImpl:
         )
         self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None
+        self._applying = asyncio.Lock()
+        self._settling: set[asyncio.Task[None]] = set()
         self.leaving = False
 
     async def start(self) -> bytes:
@@ -226,13 +264,16 @@ class SiloHostImpl:
             await self._controller.set_status.remote(self.name, "active", self.node_id)
         )
         self.membership.update(view)
+        self._hold_activations_until_settled(view.version)
         self._follower = asyncio.ensure_future(self._follow_view())
         return view_to_wire(view)
 
     async def _follow_view(self) -> None:
         while not self.silo.closed:
             try:
-                blob = await self._controller.wait_view.remote(self.membership.view.version, 10.0)
+                blob = await self._controller.wait_view.remote(
+                    self.membership.view.version, 10.0, self.name
+                )
             except Exception as exc:
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -240,7 +281,13 @@ class SiloHostImpl:
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:
+        # One at a time: the follower reports a view applied only once its handover is done.
+        async with self._applying:
+            await self._apply_view(view)
+
+    async def _apply_view(self, view: MembershipView) -> None:
         before = set(self.membership.view.dead())
+        ring_before = self.membership.ring
         if not self.membership.update(view):
             return
         if view.status_of(self.name) is SiloStatus.DEAD:
@@ -259,7 +306,33 @@ class SiloHostImpl:
             for a in list(self.silo.activations.values())
             if len(ring) and ring.owner(a.actor_id) != self.name
         ]
+        if self.membership.ring is not ring_before:
+            self._hold_activations_until_settled(view.version)
         await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))
+
+    def _hold_activations_until_settled(self, version: int) -> None:
+        """New activations wait until every live silo has applied view ``version``.
+
+        An actor that moved here may still be running its last turn on its previous owner,
+        which hands it over only once it applies the view. Activating it before then would
+        read state that the old owner is about to overwrite: the ETag would fence one of
+        the two, failing a call. Waiting costs new activations a round trip after a
+        membership change; the wait is capped, after which the ETag fence is the safety net.
+        """
+        gate = asyncio.get_running_loop().create_future()
+        self.silo.activation_gate = gate
+
+        async def settle() -> None:
+            try:
+                await self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)
+            except Exception as exc:
+                get_logger().warning("view_settle_failed", silo=self.name, error=repr(exc))
+            finally:
+                gate.set_result(None)
+
+        task = asyncio.ensure_future(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def receive_batch(self, blob: bytes) -> None:
         for message in unpack_batch(blob):
@@ -295,6 +368,8 @@ class SiloHostImpl:
         follower = self._follower
         if follower is not None and follower is not asyncio.current_task():
             follower.cancel()
+        for task in list(self._settling):
+            task.cancel()
         await self.silo.aclose()
         await self.transport.aclose()
         await self.silo.storage.aclose()

@@ -80,6 +80,9 @@ class Silo:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._collected = asyncio.Event()
         self._idle_runners: list[asyncio.Future[Coroutine[Any, Any, None]]] = []
+        # Set by a Ray silo host after a membership change: new activations of ring-placed
+        # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
+        self.activation_gate: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -61,7 +61,11 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         head = ray.get_runtime_context().get_node_id()
         workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
         yield SimpleNamespace(
-            nodes=nodes, handles=handles, address=nodes.address, worker_node_ids=workers
+            nodes=nodes,
+            handles=handles,
+            address=nodes.address,
+            node_ids=[head, *workers],
+            worker_node_ids=workers,
         )
         _run_aside(stop_everything())
     finally:

@@ -167,16 +167,20 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
         running = asyncio.ensure_future(work.run())
         await work.until(300)
         _, extra = await _start_extra_silo(worker_node, 3)
-        await _silo_count(cluster, silos_before + 1)
-        await work.until(work.acknowledged() + 500)
-        work.stop.set()
-        await running
-        moved = sum(1 for a, o in owners_before.items() if membership.ring.owner(a) != o)
-        assert work.failed == 0, "a join must not fail calls"
-        share = moved / len(owners_before)
-        assert 0.1 <= share <= 0.4, share  # about 1/N with N = silos after the join
-        await work.verify()
-        await extra.leave.remote()
-        await _silo_count(cluster, silos_before)
-        await extra.stop.remote()
-        ray.kill(extra)
+        try:
+            await _silo_count(cluster, silos_before + 1)
+            await work.until(work.acknowledged() + 500)
+            work.stop.set()
+            await running
+            moved = sum(1 for a, o in owners_before.items() if membership.ring.owner(a) != o)
+            assert work.failed == 0, "a join must not fail calls"
+            share = moved / len(owners_before)
+            assert 0.1 <= share <= 0.4, share  # about 1/N with N = silos after the join
+            await work.verify()
+        finally:
+            work.stop.set()
+            await asyncio.gather(running, return_exceptions=True)
+            await extra.leave.remote()  # the session's later tests expect its three silos
+            await _silo_count(cluster, silos_before)
+            await extra.stop.remote()
+            ray.kill(extra)

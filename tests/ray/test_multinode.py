@@ -33,9 +33,9 @@ async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         pids = await asyncio.gather(*(cluster.get(Chain, key(str(i))).where() for i in range(60)))
         stats = await cluster.stats()
-    assert len(set(pids)) == 3
-    assert len({s["node_id"] for s in stats}) == 3
-    assert all(s["activations"] > 0 for s in stats)
+    # Every node of the session hosts some of the 60 (another test's extra silo may add more).
+    assert len(set(pids)) >= 3
+    assert set(ray_silos.node_ids) <= {s["node_id"] for s in stats if s["activations"] > 0}
 
 
 async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
