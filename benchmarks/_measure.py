@@ -1,12 +1,22 @@
-"""Shared measuring tools: latency percentiles and throughput figures for scenarios."""
+"""Shared measuring tools: latency percentiles, throughput figures, interleaved rounds.
+
+A figure row is a plain dict built by ``figure``: name, value, baseline, ratio, unit, plus
+optional extras the suite knows how to show (see ``benchmarks._suite``): ``latency`` and
+``baseline_latency`` (percentiles in ms), ``concurrency`` and ``series`` (the throughput plot),
+``timeline`` (``[[seconds, event], ...]``, the failover plot: a text event is marked, numbers
+are drawn as a series, labelled by ``timeline_unit``), ``lower_is_better`` (latencies,
+bytes, seconds), ``target`` (text) and ``meets_target``.
+"""
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Latencies", "figure"]
+__all__ = ["Latencies", "Rounds", "figure", "interleave", "now"]
 
 
 @dataclass
@@ -48,3 +58,43 @@ def figure(name: str, value: float, baseline: float, unit: str, **extra: Any) ->
 
 
 now = time.perf_counter
+
+# One measured round: (operations per second, the latencies of its operations).
+Measurement = tuple[float, Latencies]
+
+
+@dataclass
+class Rounds:
+    """Every round of one side of a comparison; the median round stands for the side."""
+
+    rates: list[float] = field(default_factory=list)
+    latencies: list[Latencies] = field(default_factory=list)
+
+    def add(self, rate: float, latencies: Latencies) -> None:
+        self.rates.append(rate)
+        self.latencies.append(latencies)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+    def median_latencies(self) -> Latencies:
+        """The latencies of the round whose rate is the median (the lower one of an even
+        count), so that the percentiles and the rate describe the same round."""
+        ordered = sorted(range(len(self.rates)), key=self.rates.__getitem__)
+        return self.latencies[ordered[(len(ordered) - 1) // 2]]
+
+
+async def interleave(
+    sides: dict[str, Callable[[], Awaitable[Measurement]]], rounds: int
+) -> dict[str, Rounds]:
+    """Measure every side ``rounds`` times in turn (A, B, A, B, ...).
+
+    On a shared, noisy machine a burst of foreign load then hits both sides alike instead of
+    one whole side, and the median of each side's rounds discards the burst.
+    """
+    results = {name: Rounds() for name in sides}
+    for _ in range(rounds):
+        for name, measure in sides.items():
+            results[name].add(*await measure())
+    return results

@@ -3,17 +3,29 @@
 The baseline is the least a turn-based actor needs: one queue and one worker task per object,
 a future per call, no runtime. raygrain adds placement, the copy boundary (msgpack both ways),
 deadlines and turn scheduling on top, so the ratio says what those cost.
+
+The machine running this is usually shared, so the two sides are measured in interleaved rounds
+(baseline, raygrain, baseline, raygrain, ...) and each reports its median round. Every
+concurrency level (N callers over N actors, each caller calling its own actor) is a figure; the
+suite plots them as throughput against concurrency.
+
+    python -m benchmarks.calls_bench [--quick]
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor
-from benchmarks._measure import Latencies, figure, now
+from benchmarks._measure import Latencies, Measurement, figure, interleave, now
 from runtime import Cluster
+
+__all__ = ["run"]
+
+BASELINE_NAME = "bare asyncio mailbox"
 
 
 class Ping(Actor[None], name="bench.Ping"):
@@ -42,9 +54,22 @@ class _BareObject:
         return await future
 
 
-async def _drive(
-    call: Any, callers: int, actors: int, calls_per_caller: int
-) -> tuple[float, Latencies]:
+@dataclass(frozen=True)
+class _Sizes:
+    calls_per_round: int  # spread over the callers of a level
+    rounds: int
+    levels: tuple[int, ...] = (1, 10, 100, 1000)
+
+
+def _sizes(quick: bool, smoke: bool) -> _Sizes:
+    if smoke:
+        return _Sizes(calls_per_round=400, rounds=1)
+    if quick:
+        return _Sizes(calls_per_round=3_000, rounds=3)
+    return _Sizes(calls_per_round=30_000, rounds=5)
+
+
+async def _drive(call: Any, callers: int, actors: int, calls_per_caller: int) -> Measurement:
     latencies = Latencies()
 
     async def caller(index: int) -> None:
@@ -60,14 +85,14 @@ async def _drive(
     return callers * calls_per_caller / elapsed, latencies
 
 
-async def _raygrain(callers: int, actors: int, calls: int) -> tuple[float, Latencies]:
+async def _raygrain(callers: int, actors: int, calls: int) -> Measurement:
     async with Cluster.local(actors=[Ping], silos=2) as cluster:
         refs = [cluster.get(Ping, k) for k in range(actors)]
         await asyncio.gather(*(r.ping(0) for r in refs))  # activate outside the timing
         return await _drive(lambda t, v: refs[t].ping(v), callers, actors, calls)
 
 
-async def _bare(callers: int, actors: int, calls: int) -> tuple[float, Latencies]:
+async def _bare(callers: int, actors: int, calls: int) -> Measurement:
     objects = [_BareObject() for _ in range(actors)]
     try:
         return await _drive(lambda t, v: objects[t].ping(v), callers, actors, calls)
@@ -77,25 +102,41 @@ async def _bare(callers: int, actors: int, calls: int) -> tuple[float, Latencies
         await asyncio.gather(*(o.task for o in objects), return_exceptions=True)
 
 
-async def run(quick: bool = False) -> list[dict[str, Any]]:
-    single_calls = 2_000 if quick else 20_000
-    many_calls = 5 if quick else 40
+def _label(callers: int) -> str:
+    return "one caller" if callers == 1 else f"{callers} callers over {callers} actors"
+
+
+async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any]]:
+    """One figure per concurrency level; ``smoke`` is a tiny run for the test suite."""
+    sizes = _sizes(quick, smoke)
+    # Warm both paths (imports, route caches, codec tables) before anything is timed.
+    await _bare(10, 10, 10)
+    await _raygrain(10, 10, 10)
     results = []
-    for label, callers, actors, calls in (
-        ("one caller", 1, 1, single_calls),
-        ("1000 callers over 1000 actors", 1000, 1000, many_calls),
-    ):
-        base_rate, base_lat = await _bare(callers, actors, calls)
-        rate, lat = await _raygrain(callers, actors, calls)
+    for callers in sizes.levels:
+        calls = max(1, sizes.calls_per_round // callers)
+        measured = await interleave(
+            {
+                "baseline": lambda c=callers, n=calls: _bare(c, c, n),
+                "raygrain": lambda c=callers, n=calls: _raygrain(c, c, n),
+            },
+            sizes.rounds,
+        )
+        base, ours = measured["baseline"], measured["raygrain"]
         results.append(
             figure(
-                f"in-process calls/s, {label}",
-                rate,
-                base_rate,
+                f"in-process calls/s, {_label(callers)}",
+                ours.rate,
+                base.rate,
                 "calls/s",
-                baseline_name="bare asyncio mailbox",
-                latency=lat.percentiles_ms(),
-                baseline_latency=base_lat.percentiles_ms(),
+                baseline_name=BASELINE_NAME,
+                series="in-process",
+                concurrency=callers,
+                calls_per_caller=calls,
+                rounds=ours.rates,
+                baseline_rounds=base.rates,
+                latency=ours.median_latencies().percentiles_ms(),
+                baseline_latency=base.median_latencies().percentiles_ms(),
             )
         )
     return results

@@ -1,0 +1,143 @@
+"""Durable writes through actors: group commit beside one commit per write, in the same run.
+
+1,000 concurrent writers, each calling its own actor in a loop; every call changes the actor's
+state, so each acknowledgement stands for a durable write (WAL, ``synchronous=FULL``: fsync on
+every commit). Both sides run the same actors on the same local cluster code and the same file
+system. The only difference is the provider: ``SqliteStorage`` as shipped, which commits many
+turns' writes in one transaction, or with ``max_batch=1``, which takes one write per
+transaction and so pays one commit (and one fsync) per acknowledged write. The same load on
+``MemoryStorage`` is reported beside them: the runtime's own ceiling, with no disk at all.
+
+    python -m benchmarks.durable_writes_bench [--quick] [--dir DIRECTORY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actors import Actor, read_only
+from benchmarks._measure import Latencies, figure, now
+from runtime import Cluster
+from storage import MemoryStorage, SqliteStorage, StorageProvider
+
+__all__ = ["run"]
+
+TARGET_RATIO = 10.0
+TARGET_WRITES_PER_S = 20_000.0
+
+
+@dataclass
+class Balance:
+    amount: int = 0
+    deposits: int = 0
+
+
+class DurableAccount(Actor[Balance], name="bench.DurableAccount"):
+    async def deposit(self, amount: int) -> int:
+        self.state.amount += amount
+        self.state.deposits += 1
+        return self.state.deposits
+
+    @read_only
+    async def balance(self) -> int:
+        return self.state.amount
+
+
+@dataclass
+class Side:
+    writes_per_s: float
+    latencies: Latencies
+    transactions: int
+
+
+def _commits(storage: StorageProvider) -> int:
+    return int(getattr(storage, "commits", getattr(storage, "writes", 0)))
+
+
+async def _measure(storage: StorageProvider, writers: int, writes_per_writer: int) -> Side:
+    async with Cluster.local(actors=[DurableAccount], silos=2, storage=storage) as cluster:
+        accounts = [cluster.get(DurableAccount, key) for key in range(writers)]
+        # Activate (one read each) outside the timing: this measures writes.
+        await asyncio.gather(*(account.balance() for account in accounts))
+        commits_before = _commits(storage)
+        latencies = Latencies()
+
+        async def writer(account: DurableAccount) -> None:
+            for _ in range(writes_per_writer):
+                started = now()
+                await account.deposit(1)
+                latencies.add(now() - started)
+
+        started = now()
+        await asyncio.gather(*(writer(account) for account in accounts))
+        elapsed = now() - started
+        transactions = _commits(storage) - commits_before
+    return Side(writers * writes_per_writer / elapsed, latencies, transactions)
+
+
+async def run(quick: bool = False, directory: str | None = None) -> list[dict[str, Any]]:
+    """Group commit, then one commit per write, then the no-disk ceiling. ``directory`` picks
+    the file system (default: the system temporary directory; on tmpfs fsync is free and the
+    figures mean little)."""
+    writers = 200 if quick else 1000
+    writes_per_writer = 3 if quick else 10
+    with tempfile.TemporaryDirectory(prefix="raygrain-bench-", dir=directory) as tmp:
+        async with SqliteStorage(Path(tmp) / "group.db", durability="fsync") as group_storage:
+            group = await _measure(group_storage, writers, writes_per_writer)
+        async with SqliteStorage(
+            Path(tmp) / "naive.db", durability="fsync", max_batch=1
+        ) as naive_storage:
+            naive = await _measure(naive_storage, writers, writes_per_writer)
+    async with MemoryStorage() as memory_storage:
+        memory = await _measure(memory_storage, writers, writes_per_writer)
+    return [
+        figure(
+            f"durable actor writes/s, {writers} concurrent writers, fsync",
+            group.writes_per_s,
+            naive.writes_per_s,
+            "writes/s",
+            baseline_name="same actors, one commit per write (max_batch=1)",
+            latency=group.latencies.percentiles_ms(),
+            baseline_latency=naive.latencies.percentiles_ms(),
+            transactions=group.transactions,
+            baseline_transactions=naive.transactions,
+            writes=writers * writes_per_writer,
+            memory_storage_writes_per_s=memory.writes_per_s,
+            memory_storage_latency=memory.latencies.percentiles_ms(),
+            file_system_dir=directory or tempfile.gettempdir(),
+            target_ratio=TARGET_RATIO,
+            target_writes_per_s=TARGET_WRITES_PER_S,
+        )
+    ]
+
+
+def _print(row: dict[str, Any]) -> None:
+    met = row["ratio"] >= TARGET_RATIO and row["value"] >= TARGET_WRITES_PER_S
+    print(
+        f"{row['name']} (files in {row['file_system_dir']}, {row['writes']:,} writes per side)\n"
+        f"  group commit          {row['value']:>10,.0f} writes/s   "
+        f"p50 {row['latency']['p50_ms']:>7.2f} ms   p99 {row['latency']['p99_ms']:>7.2f} ms   "
+        f"{row['transactions']:>6} transactions\n"
+        f"  one commit per write  {row['baseline']:>10,.0f} writes/s   "
+        f"p50 {row['baseline_latency']['p50_ms']:>7.2f} ms   "
+        f"p99 {row['baseline_latency']['p99_ms']:>7.2f} ms   "
+        f"{row['baseline_transactions']:>6} transactions\n"
+        f"  (no disk: MemoryStorage {row['memory_storage_writes_per_s']:>10,.0f} writes/s   "
+        f"p50 {row['memory_storage_latency']['p50_ms']:>7.2f} ms)\n"
+        f"  ratio {row['ratio']:.1f}x; target >= {TARGET_RATIO:g}x and "
+        f">= {TARGET_WRITES_PER_S:,.0f} writes/s: {'met' if met else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--dir", default=None, help="directory (file system) for the databases")
+    arguments = parser.parse_args()
+    for result in asyncio.run(run(arguments.quick, arguments.dir)):
+        _print(result)

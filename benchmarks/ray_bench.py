@@ -1,0 +1,281 @@
+"""Calls and activations through Ray-hosted silos, beside plain Ray actors in the same session.
+
+raygrain on Ray batches every message for one silo that an event-loop iteration produces into
+one Ray call, and hosts many activations in one silo process. The baselines are what a Ray user
+writes without it: one Ray actor per entity, called directly, and named actors created on
+first use with ``get_if_exists=True`` as "naive virtual actors".
+
+- calls/s with N concurrent callers (N = 1, 10, 100, 1000) over N grains, beside the same
+  callers spread over a pool of raw Ray actors. A Ray actor is a process here (about 1.3 s each
+  to start on a 2-core machine), so the pool is as large as can be started in reasonable time,
+  not one per entity; that favours the baseline if anything, since its actors stay busy.
+- single-call latency (p50, one caller, sequential calls): grain beside raw Ray actor.
+- activations/s: first calls to new keys (1,000 concurrent callers) beside named-actor creation.
+
+Storage is ``memory://`` in each silo: the grains are ``Actor[None]``, so calls and activations
+touch no storage at all, and the session needs no storage-server actor.
+
+    python -m benchmarks.ray_bench [--quick] [--address ADDRESS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from actors import Actor
+from benchmarks._measure import Latencies, Measurement, figure, interleave, now
+from benchmarks._ray import ensure_ray, shutdown_ray
+from runtime import Cluster
+
+__all__ = ["NEEDS_RAY", "run"]
+
+NEEDS_RAY = True
+CALLERS = 1000
+
+
+class RayPing(Actor[None], name="bench.RayPing"):
+    async def ping(self, value: int) -> int:
+        return value
+
+
+@ray.remote(num_cpus=0)
+class RawPing:
+    """The baseline entity: a plain (one call at a time) Ray actor."""
+
+    def ping(self, value: int) -> int:
+        return value
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    raw_actors: int  # named Ray actors: the activation baseline, then the raw call pool
+    activations: int  # new grain keys per activation round
+    calls_per_level: int  # spread over the callers of a concurrency level
+    min_calls_per_caller: int
+    single_calls: int  # sequential calls of the one-caller level
+    rounds: int
+    levels: tuple[int, ...] = (1, 10, 100, CALLERS)
+
+
+def _sizes(quick: bool, smoke: bool) -> _Sizes:
+    if smoke:
+        return _Sizes(
+            raw_actors=2,
+            activations=500,
+            calls_per_level=200,
+            min_calls_per_caller=1,
+            single_calls=30,
+            rounds=1,
+            levels=(1, CALLERS),
+        )
+    if quick:
+        return _Sizes(
+            raw_actors=4,
+            activations=2_000,
+            calls_per_level=500,
+            min_calls_per_caller=2,
+            single_calls=150,
+            rounds=3,
+        )
+    return _Sizes(
+        raw_actors=32,
+        activations=20_000,
+        calls_per_level=10_000,
+        min_calls_per_caller=10,
+        single_calls=2_000,
+        rounds=5,
+    )
+
+
+async def _drive(call: Any, callers: int, targets: int, calls_per_caller: int) -> Measurement:
+    latencies = Latencies()
+
+    async def caller(index: int) -> None:
+        target = index % targets
+        for i in range(calls_per_caller):
+            started = now()
+            await call(target, i)
+            latencies.add(now() - started)
+
+    started = now()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return callers * calls_per_caller / (now() - started), latencies
+
+
+async def _activate(cluster: Cluster, keys: range) -> float:
+    """First calls to ``keys`` (new ones), from CALLERS concurrent callers; activations/s."""
+    pending = iter(keys)
+
+    async def caller() -> None:
+        for key in pending:
+            await cluster.get(RayPing, key).ping(0)
+
+    started = now()
+    await asyncio.gather(*(caller() for _ in range(min(CALLERS, len(keys)))))
+    return len(keys) / (now() - started)
+
+
+async def _create_named(count: int) -> tuple[float, list[Any]]:
+    """Named actors created on first use, all at once; creations/s and their handles."""
+    prefix = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    started = now()
+    handles = [
+        RawPing.options(  # type: ignore[attr-defined]
+            name=f"{prefix}-{i}", get_if_exists=True
+        ).remote()
+        for i in range(count)
+    ]
+    await asyncio.gather(*(h.ping.remote(0) for h in handles))
+    return count / (now() - started), handles
+
+
+async def run(
+    quick: bool = False, *, smoke: bool = False, address: str | None = None
+) -> list[dict[str, Any]]:
+    """Start (or join, with ``address``) Ray unless a session is already up, then measure."""
+    sizes = _sizes(quick, smoke)
+    started_ray = ensure_ray(address)
+    try:
+        return await _measure(sizes, address)
+    finally:
+        if started_ray:
+            shutdown_ray()
+
+
+def _refuse_live_raygrain() -> None:
+    # Closing the benchmark's cluster stops every raygrain silo on this Ray cluster: never do
+    # that to a deployment someone started with `raygrain up`.
+    live = [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry.get("namespace") == "raygrain" and entry["name"].startswith("raygrain-")
+    ]
+    if live:
+        raise RuntimeError(
+            f"raygrain is already running on this Ray cluster ({', '.join(sorted(live))}); "
+            "the benchmark would stop it. Use another Ray cluster, or stop it first."
+        )
+
+
+async def _measure(sizes: _Sizes, address: str | None) -> list[dict[str, Any]]:
+    _refuse_live_raygrain()
+    setup_started = now()
+    async with Cluster.ray(actors=[RayPing], address=address, storage="memory://") as cluster:
+        setup_seconds = now() - setup_started
+        # Warm the client's route to the silo before anything is timed.
+        await cluster.get(RayPing, -1).ping(0)
+        per_round = sizes.activations
+        activation_rates = [
+            await _activate(cluster, range(1 + r * per_round, 1 + (r + 1) * per_round))
+            for r in range(sizes.rounds)
+        ]
+        named_rate, raw = await _create_named(sizes.raw_actors)
+        try:
+            rows = [_activation_row(activation_rates, named_rate, sizes, setup_seconds)]
+            rows += await _calls(cluster, raw, sizes)
+        finally:
+            for handle in raw:
+                ray.kill(handle)
+    return rows
+
+
+def _activation_row(
+    rates: list[float], named_rate: float, sizes: _Sizes, setup_seconds: float
+) -> dict[str, Any]:
+    row = figure(
+        "Ray activations/s, first calls to new keys",
+        statistics.median(rates),
+        named_rate,
+        "activations/s",
+        baseline_name="Ray named actors, get_if_exists=True",
+        rounds=rates,
+        note=(
+            f"{sizes.activations} new keys per round from {CALLERS} callers; baseline: "
+            f"{sizes.raw_actors} named actors created at once (one process each); "
+            f"silo startup {setup_seconds:.1f} s, not counted"
+        ),
+        target=">= 1000x",
+    )
+    row["meets_target"] = row["ratio"] >= 1000
+    return row
+
+
+async def _calls(cluster: Cluster, raw: list[Any], sizes: _Sizes) -> list[dict[str, Any]]:
+    grains = [cluster.get(RayPing, k) for k in range(1, CALLERS + 1)]
+    await asyncio.gather(*(g.ping(0) for g in grains))  # all active before anything is timed
+    rows = []
+    for callers in sizes.levels:
+        single = callers == 1
+        calls = (
+            sizes.single_calls
+            if single
+            else max(sizes.min_calls_per_caller, sizes.calls_per_level // callers)
+        )
+        result = await interleave(
+            {
+                "baseline": lambda c=callers, n=calls: _drive(
+                    lambda t, v: raw[t].ping.remote(v), c, min(c, len(raw)), n
+                ),
+                "raygrain": lambda c=callers, n=calls: _drive(
+                    lambda t, v: grains[t].ping(v), c, c, n
+                ),
+            },
+            sizes.rounds,
+        )
+        base, ours = result["baseline"], result["raygrain"]
+        latency = ours.median_latencies().percentiles_ms()
+        base_latency = base.median_latencies().percentiles_ms()
+        label = "one caller" if single else f"{callers} callers over {callers} actors"
+        row = figure(
+            f"Ray calls/s, {label}",
+            ours.rate,
+            base.rate,
+            "calls/s",
+            baseline_name="raw Ray actor calls",
+            series="Ray",
+            concurrency=callers,
+            calls_per_caller=calls,
+            rounds=ours.rates,
+            baseline_rounds=base.rates,
+            latency=latency,
+            baseline_latency=base_latency,
+            note=f"baseline spreads the callers over {min(callers, len(raw))} raw Ray actors",
+        )
+        if callers == CALLERS:
+            row["target"] = ">= 30x"
+            row["meets_target"] = row["ratio"] >= 30
+        rows.append(row)
+        if single:
+            p50 = figure(
+                "Ray single-call latency p50",
+                latency["p50_ms"],
+                base_latency["p50_ms"],
+                "ms",
+                baseline_name="raw Ray actor call",
+                lower_is_better=True,
+                latency=latency,
+                baseline_latency=base_latency,
+                target="<= 1x",
+            )
+            p50["meets_target"] = p50["ratio"] <= 1.0
+            rows.append(p50)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--address", default=None, help="join this Ray cluster")
+    arguments = parser.parse_args()
+    for result_row in asyncio.run(run(arguments.quick, address=arguments.address)):
+        print(
+            f"{result_row['name']}: {result_row['value']:,.2f} vs "
+            f"{result_row['baseline']:,.2f} {result_row['unit']} ({result_row['ratio']:.2f}x)"
+        )

@@ -1,0 +1,150 @@
+"""The benchmark suite works: every scenario runs in its tiny "smoke" mode and results.json holds
+every figure beside a baseline, with a sane ratio. No timing is asserted here, ever.
+
+The suite runs as ``python -m benchmarks`` in a subprocess, as a user runs it: Ray, subprocesses
+and matplotlib stay out of the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import _suite
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+# The figures each scenario owned by this suite must produce in smoke mode; a scenario not
+# listed here must produce at least one.
+EXPECTED = {
+    "calls": {
+        "in-process calls/s, one caller",
+        "in-process calls/s, 10 callers over 10 actors",
+        "in-process calls/s, 100 callers over 100 actors",
+        "in-process calls/s, 1000 callers over 1000 actors",
+    },
+    "memory": {
+        "memory per idle activation (RSS)",
+        "memory per idle activation beyond the state",
+    },
+    "ray": {
+        "Ray activations/s, first calls to new keys",
+        "Ray calls/s, one caller",
+        "Ray single-call latency p50",
+        "Ray calls/s, 1000 callers over 1000 actors",
+    },
+}
+
+
+def _run_suite(out: Path, *options: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out), *options],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, f"suite failed:\n{done.stdout}\n{done.stderr}"
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+def _check_figures(results: dict[str, Any], scenarios: list[str]) -> None:
+    by_scenario: dict[str, set[str]] = {name: set() for name in scenarios}
+    for row in results["figures"]:
+        by_scenario[row["scenario"]].add(row["name"])
+        for key in ("value", "baseline", "ratio"):
+            value = row[key]
+            assert isinstance(value, (int, float)), f"{row['name']}: {key} is {value!r}"
+            assert math.isfinite(value) and value > 0, f"{row['name']}: {key} is {value!r}"
+        assert row["ratio"] == pytest.approx(row["value"] / row["baseline"])
+        assert row["unit"], row["name"]
+    for name in scenarios:
+        expected = EXPECTED.get(name)
+        if expected is None:
+            assert by_scenario[name], f"scenario {name} produced no figure"
+        else:
+            assert by_scenario[name] >= expected, f"{name}: missing {expected - by_scenario[name]}"
+    status = {s["name"]: s["status"] for s in results["scenarios"]}
+    assert all(status[name] == "ok" for name in scenarios), status
+
+
+def test_every_local_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
+    results = _run_suite(tmp_path, "--local")
+    needs = {name: _suite.ray_need(name) for name in _suite.available()}
+    _check_figures(results, [name for name, need in needs.items() if not need])
+    status = {s["name"]: s["status"] for s in results["scenarios"]}
+    assert all(status[name] == "skipped" for name, need in needs.items() if need)
+    assert results["mode"]["size"] == "smoke"
+    machine, versions = results["machine"], results["versions"]
+    assert machine["cpu_count"] >= 1 and machine["ram_bytes"] > 0 and machine["python"]
+    assert versions["raygrain"] and versions["msgpack"] and versions["aiosqlite"]
+    assert "timestamp" in results
+    latencies = [row for row in results["figures"] if row["scenario"] == "calls"]
+    assert all(row["latency"]["p50_ms"] > 0 for row in latencies)
+    if _has_matplotlib():
+        assert (tmp_path / "throughput_vs_concurrency.png").stat().st_size > 0
+        assert (tmp_path / "latency_percentiles.png").stat().st_size > 0
+
+
+# About 20 s, most of it starting and stopping a local Ray; the figures take a few seconds.
+@pytest.mark.ray
+def test_ray_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
+    results = _run_suite(tmp_path, "--only", "ray")
+    _check_figures(results, ["ray"])
+    assert results["mode"]["ray"].startswith("local")
+
+
+def test_both_result_shapes_become_rows() -> None:
+    rows, details = _suite._rows_of("listed", [{"name": "a", "value": 2.0, "baseline": 1.0}])
+    assert rows == [{"scenario": "listed", "name": "a", "value": 2.0, "baseline": 1.0}]
+    assert details == {}
+    shaped = {
+        "writers": 3,
+        "group_commit": {"p50_ms": 1.0, "p99_ms": 2.0},
+        "baseline_commit_per_write": {"p50_ms": 5.0, "p99_ms": 9.0},
+        "figures": [{"name": "b", "value": 4.0, "baseline": 2.0}],
+    }
+    rows, details = _suite._rows_of("shaped", shaped)
+    assert rows[0]["latency"] == {"p50_ms": 1.0, "p99_ms": 2.0}
+    assert rows[0]["baseline_latency"] == {"p50_ms": 5.0, "p99_ms": 9.0}
+    assert "figures" not in details and details["writers"] == 3
+
+
+def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _suite.main(["--only", "nosuch", "--out", "unused"]) == 2
+    assert "nosuch" in capsys.readouterr().out
+
+
+def test_failover_timeline_is_plotted_when_a_row_carries_one(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks._plots import write_plots
+
+    row = {
+        "name": "calls/s during a silo crash",
+        "value": 900.0,
+        "baseline": 1000.0,
+        "ratio": 0.9,
+        "unit": "calls/s",
+        "timeline": [[0.0, 1000], [1.0, 980], [1.5, "silo killed"], [2.0, 0], [3.0, 990]],
+    }
+    written = {path.name for path in write_plots([row], tmp_path)}
+    assert written == {"ratios.png", "failover_timeline.png"}
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
