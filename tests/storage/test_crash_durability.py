@@ -31,18 +31,34 @@ FIRST_ACK_TIMEOUT = 60.0
 
 
 @dataclass
-class Acknowledged:
-    """The highest acknowledged sequence number per account and per pair, over every round."""
+class Ledger:
+    """What the parent knows per writer ((kind, key): "d" for an account, "p" for a pair): the
+    highest sequence number acknowledged over every round, and the one the file held at the
+    last check."""
 
-    deposits: dict[int, int] = field(default_factory=dict)
-    pairs: dict[int, int] = field(default_factory=dict)
+    acked: dict[tuple[str, int], int] = field(default_factory=dict)
+    found: dict[tuple[str, int], int] = field(default_factory=dict)
     count: int = 0
 
-    def add(self, line: bytes) -> None:
-        kind, key, seq = line.split()
-        acked = self.deposits if kind == b"d" else self.pairs
-        acked[int(key)] = max(acked.get(int(key), 0), int(seq))
+    def acknowledge(self, line: bytes) -> None:
+        kind, key, seq = line.decode().split()
+        writer = (kind, int(key))
+        self.acked[writer] = max(self.acked.get(writer, 0), int(seq))
         self.count += 1
+
+    def check(self, writer: tuple[str, int], stored: int, where: str) -> int:
+        """Check the file's sequence number for ``writer``; return 1 if it holds a write from
+        this round that was never acknowledged (the kill fell between commit and reply)."""
+        acked, before = self.acked.get(writer, 0), self.found.get(writer, 0)
+        assert stored >= acked, f"{where}: {writer} lost writes {stored + 1}..{acked}"
+        assert stored >= before, f"{where}: {writer} went back from {before} to {stored}"
+        # Each writer has one write in flight at a time and starts from what the file holds,
+        # so a kill leaves at most one write beyond both.
+        assert stored <= max(acked, before) + 1, (
+            f"{where}: {writer} holds {stored}, acknowledged {acked}, held {before} before"
+        )
+        self.found[writer] = stored
+        return stored - max(acked, before)
 
 
 @dataclass
@@ -50,20 +66,24 @@ class Child:
     process: asyncio.subprocess.Process
     first_ack: asyncio.Event
     reader: asyncio.Task[None]
+    stderr: Path
 
 
-async def _start_child(db: Path, acknowledged: Acknowledged) -> Child:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.crash_app",
-        str(db),
-        str(ACCOUNTS),
-        str(PAIRS),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+async def _start_child(db: Path, ledger: Ledger) -> Child:
+    # stderr goes to a file: a pipe nobody reads could fill up and stall the child.
+    stderr = db.with_name("child.stderr")
+    with stderr.open("wb") as stderr_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.crash_app",
+            str(db),
+            str(ACCOUNTS),
+            str(PAIRS),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr_file,
+        )
     first_ack = asyncio.Event()
 
     async def read_acks() -> None:
@@ -71,10 +91,10 @@ async def _start_child(db: Path, acknowledged: Acknowledged) -> Child:
         async for line in process.stdout:
             # A line cut short by the kill was never a complete acknowledgement.
             if line.endswith(b"\n"):
-                acknowledged.add(line)
+                ledger.acknowledge(line)
                 first_ack.set()
 
-    return Child(process, first_ack, asyncio.create_task(read_acks()))
+    return Child(process, first_ack, asyncio.create_task(read_acks()), stderr)
 
 
 async def _wait_for_first_ack(child: Child, round_number: int) -> None:
@@ -87,11 +107,10 @@ async def _wait_for_first_ack(child: Child, round_number: int) -> None:
         task.cancel()
     await asyncio.gather(waiting, exited, return_exceptions=True)
     if waiting not in done or not waiting.result():
-        assert child.process.stderr is not None
-        stderr = b"" if child.process.returncode is None else await child.process.stderr.read()
         pytest.fail(
-            f"round {round_number}: the child acknowledged no write within {FIRST_ACK_TIMEOUT}s "
-            f"(exit code {child.process.returncode}); stderr:\n{stderr.decode(errors='replace')}"
+            f"round {round_number}: the child exited or acknowledged no write within "
+            f"{FIRST_ACK_TIMEOUT}s (exit code {child.process.returncode}); stderr:\n"
+            f"{child.stderr.read_text(errors='replace')}"
         )
 
 
@@ -101,35 +120,25 @@ async def _kill(child: Child) -> None:
     await child.process.wait()
     # The pipe still holds every line printed before the kill: read them to the end.
     await child.reader
-    assert child.process.stderr is not None
-    await child.process.stderr.read()
 
 
-async def _check_file(db: Path, acknowledged: Acknowledged, where: str) -> int:
-    """Check the file against the acknowledgements; return how many writes committed without
-    being acknowledged (the kill fell between commit and reply)."""
+async def _check_file(db: Path, ledger: Ledger, where: str) -> int:
+    """Check the file against the acknowledgements; return how many writes the last child
+    committed and never acknowledged."""
     unacknowledged = 0
     async with SqliteStorage(db) as storage:
         for key in range(ACCOUNTS):
             record = await storage.read(_account_id(key))
             state = Deposits() if record.data is None else decode_state(record.data, Deposits)
-            count, acked = len(state.seqs), acknowledged.deposits.get(key, 0)
+            count = len(state.seqs)
             assert state.seqs == list(range(1, count + 1)), f"{where}: account {key} has a gap"
             assert state.balance == sum(state.seqs), f"{where}: account {key} is half-applied"
-            # One write at a time per account: at most the one in flight at the kill is extra.
-            assert acked <= count <= acked + 1, (
-                f"{where}: account {key} holds deposits 1..{count}, acknowledged 1..{acked}"
-            )
-            unacknowledged += count - acked
+            unacknowledged += ledger.check(("d", key), count, where)
         for pair in range(PAIRS):
             records = [await storage.read(actor) for actor in pair_ids(pair)]
             seqs = [0 if r.data is None else int(decode(r.data)["seq"]) for r in records]
-            acked = acknowledged.pairs.get(pair, 0)
             assert seqs[0] == seqs[1], f"{where}: pair {pair} is half-written: {seqs}"
-            assert acked <= seqs[0] <= acked + 1, (
-                f"{where}: pair {pair} holds write {seqs[0]}, acknowledged up to {acked}"
-            )
-            unacknowledged += seqs[0] - acked
+            unacknowledged += ledger.check(("p", pair), seqs[0], where)
     return unacknowledged
 
 
@@ -142,21 +151,21 @@ async def test_acknowledged_writes_survive_repeated_sigkill(tmp_path: Path) -> N
     db = tmp_path / "crash.db"
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    acknowledged = Acknowledged()
+    ledger = Ledger()
     committed_unacknowledged = 0
     child: Child | None = None
     try:
         for round_number in range(1, ROUNDS + 1):
             where = f"round {round_number} (seed {seed})"
-            before = acknowledged.count
-            child = await _start_child(db, acknowledged)
+            before = ledger.count
+            child = await _start_child(db, ledger)
             await _wait_for_first_ack(child, round_number)
             # The point of the test: die at an arbitrary moment while writes are in flight.
             await asyncio.sleep(rng.uniform(0.0, MAX_KILL_DELAY))
             await _kill(child)
             child = None
-            assert acknowledged.count > before, f"{where}: no write acknowledged"
-            committed_unacknowledged += await _check_file(db, acknowledged, where)
+            assert ledger.count > before, f"{where}: no write acknowledged"
+            committed_unacknowledged += await _check_file(db, ledger, where)
     finally:
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -170,9 +179,9 @@ async def test_acknowledged_writes_survive_repeated_sigkill(tmp_path: Path) -> N
     async with Cluster.local(actors=[Depositor], silos=2, storage=f"sqlite:///{db}") as cluster:
         for key in range(ACCOUNTS):
             state = await cluster.get(Depositor, key).snapshot()
-            assert len(state.seqs) >= acknowledged.deposits.get(key, 0)
-            assert state.balance == sum(state.seqs)
+            count = ledger.found[("d", key)]
+            assert state == Deposits(sum(range(1, count + 1)), list(range(1, count + 1)))
     print(
-        f"{ROUNDS} kills, {acknowledged.count} acknowledged writes, "
-        f"{committed_unacknowledged} committed but unacknowledged at a kill (seed {seed})"
+        f"{ROUNDS} kills, {ledger.count} acknowledged writes, "
+        f"{committed_unacknowledged} committed but unacknowledged when killed (seed {seed})"
     )
