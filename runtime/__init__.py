@@ -8,6 +8,7 @@ from runtime._cluster import Cluster
 from runtime._logging import configure_logging
 from runtime._membership import FailureDetection, MembershipView, SiloStatus
 from runtime._ring import ConsistentHashRing
+from runtime._transactions import TransactionSettings
 
 __all__ = [
     "Clock",
@@ -18,5 +19,6 @@ __all__ = [
     "MembershipView",
     "SiloStatus",
     "SystemClock",
+    "TransactionSettings",
     "configure_logging",
 ]

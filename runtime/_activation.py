@@ -26,6 +26,7 @@ from actors import (
     InconsistentStateError,
     Persistence,
     SerializationError,
+    TransactionAbortedError,
     current_invoker,
     decode_state,
     encode,
@@ -35,6 +36,7 @@ from actors import (
 from runtime._caller import current_chain
 from runtime._logging import get_logger
 from runtime._messages import Request
+from runtime._transactions import TransactionContext, TxTicket, current_transaction
 
 if TYPE_CHECKING:
     from runtime._silo import Silo
@@ -58,6 +60,19 @@ class Delivery:
     args: list[Any]
     kwargs: dict[str, Any]
     expires_at: float
+    tx: TxTicket | None = None
+
+
+@dataclass(slots=True)
+class TxHold:
+    """The transaction holding an activation's lock. Its changes live in the instance's state;
+    ``Activation._committed`` still holds the state from before it, to roll back to."""
+
+    txid: str
+    start: float
+    expires_at: float  # loop time: the lease, then the decision timeout (see Silo.sweep_locks)
+    prepared: bool = False
+    data: bytes | None = None  # the prepared new state (None: unchanged)
 
 
 class Activation:
@@ -80,6 +95,9 @@ class Activation:
         "readers",
         "silo",
         "state",
+        "tx",
+        "tx_blocked",
+        "tx_refused",
     )
 
     def __init__(self, silo: Silo, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
@@ -102,6 +120,9 @@ class Activation:
         self._deactivated: asyncio.Future[None] | None = None
         self._writing: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
+        self.tx: TxHold | None = None  # the transaction holding this actor, if any
+        self.tx_blocked: deque[Delivery] | None = None  # calls waiting for it to end
+        self.tx_refused: str | None = None  # the last transaction that aborted here
 
     def start(self) -> None:
         """Begin activating in the background; calls queue in the mailbox meanwhile."""
@@ -173,7 +194,11 @@ class Activation:
         self.state = ActivationState.INVALID
         self.silo.forget(self)
         get_logger().debug("deactivated", actor=str(self.actor_id), reason=reason.value)
-        queued, self.mailbox = self.mailbox or (), None
+        if self.tx is not None:
+            self.tx = None  # uncommitted changes go; a prepare for it now finds no activation
+            self.silo.locked.discard(self)
+        queued = [*(self.mailbox or ()), *(self.tx_blocked or ())]
+        self.mailbox = self.tx_blocked = None
         for delivery in queued:
             self.silo.deliver_request(delivery.request)
         done.set_result(None)
@@ -182,6 +207,14 @@ class Activation:
 
     def enqueue(self, delivery: Delivery) -> None:
         options = delivery.method.options
+        if self.tx is not None or delivery.tx is not None:
+            if self.tx is None and not (self._can_lock() and self.state is ActivationState.VALID):
+                self._queue(delivery)  # locks when its turn comes, after the earlier calls
+                if self.state is ActivationState.VALID:
+                    self.pump()
+                return
+            if not self._admit(delivery):
+                return
         if self.options.reentrant or options.always_interleave:
             if self.state is ActivationState.VALID:
                 self.interleaved += 1
@@ -223,6 +256,12 @@ class Activation:
             return
         while mailbox and self.state is ActivationState.VALID:
             delivery = mailbox[0]
+            if self.tx is not None or delivery.tx is not None:
+                if self.tx is None and not self._can_lock():
+                    return
+                if not self._admit(delivery):
+                    mailbox.popleft()
+                    continue
             options = delivery.method.options
             if self.options.reentrant or options.always_interleave:
                 self.interleaved += 1
@@ -262,7 +301,7 @@ class Activation:
         return len(self.mailbox) if self.mailbox else 0
 
     def is_idle(self) -> bool:
-        return not (self.exclusive or self.readers or self.interleaved or self.mailbox)
+        return not (self.exclusive or self.readers or self.interleaved or self.mailbox or self.tx)
 
     def _can_start_now(self, delivery: Delivery) -> bool:
         if self.state is not ActivationState.VALID or self.mailbox or self.exclusive:
@@ -276,25 +315,43 @@ class Activation:
         request = delivery.request
         method = delivery.method
         options = method.options
+        ticket = delivery.tx
+        held = self.tx
+        in_tx = held is not None and ticket is not None and ticket.txid == held.txid
         per_turn = (
             not options.read_only
+            and not in_tx  # a transaction's changes commit with the transaction
             and self.cls.__actor_state_type__ is not None
             and self.options.persistence is Persistence.PER_TURN
         )
         try:
             if self.silo.loop_time() > delivery.expires_at:
                 return  # the caller has already timed out; running it now would be a surprise
-            self._enter_turn(request.chain)
+            transaction = (
+                TransactionContext.joined(ticket, self.actor_id)
+                if in_tx and ticket is not None
+                else None
+            )
+            self._enter_turn(request.chain, transaction)
             try:
                 result = await method.function(self.instance, *delivery.args, **delivery.kwargs)
                 payload = self._encode_result(method, result)
                 if per_turn:
                     await self._commit()
+                if transaction is not None and ticket is not None and ticket.coordinates:
+                    await self.silo.coordinator.commit(ticket.txid, transaction.participants)
                 ok = True
             except Exception as exc:
                 ok, payload = False, self._fail_turn(delivery, exc, per_turn)
+                if transaction is not None and ticket is not None:
+                    await self._abandon(ticket, transaction)
             if not options.one_way:
-                self.silo.reply(request, ok, payload)
+                joined = (
+                    ()
+                    if transaction is None or ticket is None or ticket.coordinates
+                    else (tuple(transaction.participants))
+                )
+                self.silo.reply(request, ok, payload, joined)
         finally:
             if options.read_only:
                 self.readers -= 1
@@ -338,10 +395,147 @@ class Activation:
             )
         return encode_error(exc, self._where(delivery))
 
-    def _enter_turn(self, chain: tuple[ActorId, ...]) -> None:
+    def _enter_turn(
+        self, chain: tuple[ActorId, ...], transaction: TransactionContext | None = None
+    ) -> None:
         # Runs inside the turn's own task, so these settings are private to the turn.
         current_chain.set((*chain, self.actor_id))
         current_invoker.set(self.silo.caller)
+        current_transaction.set(transaction)
+
+    # -- transactions ------------------------------------------------------------------------
+
+    def _can_lock(self) -> bool:
+        return not (self.exclusive or self.readers or self.interleaved)
+
+    def _admit(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` may run now as far as transactions go; if not, it has been
+        set aside (until the holder ends) or refused."""
+        ticket, hold = delivery.tx, self.tx
+        if hold is None:
+            if ticket is None or not ticket.joins:
+                return True
+            if ticket.txid == self.tx_refused:
+                self._refuse(delivery, f"it already aborted at {self.actor_id}")
+                return False
+            lease = self.silo.options.transactions.lease
+            self.tx = TxHold(ticket.txid, ticket.start, self.silo.loop_time() + lease)
+            self.silo.lock_taken(self)
+            return True
+        if ticket is not None and ticket.txid == hold.txid:
+            if hold.prepared:
+                self._refuse(delivery, f"{self.actor_id} was called after the commit began")
+                return False
+            return True
+        if (
+            ticket is not None
+            and ticket.joins
+            and ticket.must_die(hold.txid, hold.start, hold.prepared)
+        ):
+            # Wait-die: a younger transaction aborts rather than wait, so none deadlock.
+            self._refuse(delivery, f"{self.actor_id} is locked by older transaction {hold.txid}")
+            return False
+        if self.tx_blocked is None:
+            self.tx_blocked = deque()
+        self.tx_blocked.append(delivery)
+        if ticket is not None and ticket.joins:
+            asyncio.get_running_loop().call_later(
+                self.silo.options.transactions.lock_timeout, self._lock_wait_over, delivery
+            )
+        return False
+
+    def _refuse(self, delivery: Delivery, why: str) -> None:
+        assert delivery.tx is not None
+        self.silo.reply_error(
+            delivery.request,
+            TransactionAbortedError(f"transaction {delivery.tx.txid} aborted: {why}"),
+            self._where(delivery),
+        )
+
+    def _lock_wait_over(self, delivery: Delivery) -> None:
+        blocked = self.tx_blocked
+        if blocked is None or delivery not in blocked:
+            return
+        blocked.remove(delivery)
+        holder = self.tx.txid if self.tx is not None else "another transaction"
+        lock_timeout = self.silo.options.transactions.lock_timeout
+        self._refuse(delivery, f"{self.actor_id} stayed locked by {holder} over {lock_timeout:g} s")
+
+    def _release(self) -> None:
+        self.tx = None
+        self.silo.locked.discard(self)
+        blocked, self.tx_blocked = self.tx_blocked, None
+        now = self.silo.loop_time()
+        for delivery in blocked or ():
+            if delivery.expires_at > now:
+                self.enqueue(delivery)
+        self.pump()
+
+    def _doom(self, txid: str) -> None:
+        """Abort ``txid`` here: roll its changes back and let the waiting calls in."""
+        if self.tx is None or self.tx.txid != txid:
+            return
+        if self.cls.__actor_state_type__ is not None and self.instance is not None:
+            self._rollback()
+        self.tx_refused = txid
+        self._release()
+
+    async def _abandon(self, ticket: TxTicket, transaction: TransactionContext) -> None:
+        # A transactional call that raises aborts its transaction here; the one that started
+        # it aborts every participant (others learn at prepare time).
+        self._doom(ticket.txid)
+        if ticket.coordinates:
+            await self.silo.coordinator.abort(ticket.txid, transaction.participants)
+
+    def tx_expired(self) -> None:
+        """The lease or the decision timeout ran out (called by ``Silo.sweep_locks``)."""
+        hold = self.tx
+        if hold is None:
+            return
+        txid = hold.txid
+        get_logger().warning("transaction_lock_expired", actor=str(self.actor_id), txid=txid)
+        prepared = hold.prepared
+        self._doom(txid)
+        if prepared:
+            # The outcome is unknown here: reload from storage, which holds the decision.
+            self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+
+    def tx_prepare(self, txid: str) -> tuple[bytes | None, str | None]:
+        """Phase one: this participant's new state (None if unchanged) and its ETag."""
+        hold = self.tx
+        if hold is None or hold.txid != txid or self.state is not ActivationState.VALID:
+            raise TransactionAbortedError(
+                f"{self.actor_id} no longer holds transaction {txid} (it aborted there, "
+                "its lock expired or the actor was deactivated)"
+            )
+        if not hold.prepared:
+            data = None
+            if self.cls.__actor_state_type__ is not None and self.instance is not None:
+                try:
+                    data = encode_state(self.instance.state)
+                except SerializationError as exc:
+                    self._doom(txid)
+                    raise SerializationError(f"state of {self.actor_id}: {exc}") from None
+            hold.data = None if data == self._committed else data
+            hold.prepared = True
+            decision_timeout = self.silo.options.transactions.decision_timeout
+            hold.expires_at = self.silo.loop_time() + decision_timeout
+        return hold.data, self._etag
+
+    def tx_commit(self, txid: str, etag: str | None) -> None:
+        hold = self.tx
+        if hold is None or hold.txid != txid or not hold.prepared:
+            return
+        if hold.data is not None and etag is not None:
+            self._committed, self._etag = hold.data, etag
+        self._release()
+
+    def tx_abort(self, txid: str, reload: bool) -> None:
+        if self.tx is None or self.tx.txid != txid:
+            return
+        self._doom(txid)
+        if reload:
+            self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
 
     def is_idle_of_turns(self) -> bool:
         return not (self.exclusive or self.readers or self.interleaved)

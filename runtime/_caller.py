@@ -30,6 +30,7 @@ from actors import (
 from runtime._membership import Membership
 from runtime._messages import Request, Response
 from runtime._registry import ActorRegistry
+from runtime._transactions import current_transaction
 from runtime._transport import Transport
 
 __all__ = ["CallSettings", "Caller", "current_chain"]
@@ -125,22 +126,87 @@ class Caller:
             current_chain.get(),
             view_version=membership.view.version,
         )
+        transaction = current_transaction.get()
+        if transaction is not None:
+            request.transaction = transaction.header()  # the silo decides if the call joins
+        destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
+        response = await self._exchange(request, destination)
+        if response.joined and transaction is not None:
+            transaction.participants.update(response.joined)
+        if response.ok:
+            return decode(response.payload, self) if response.payload else None
+        raise decode_error(response.payload)
+
+    @property
+    def default_timeout(self) -> float:
+        return self._settings.default_timeout
+
+    async def invoke_system(
+        self, target: ActorId, method: str, args: list[Any], timeout: float
+    ) -> Any:
+        """A runtime-to-runtime message (the transaction protocol) to ``target``'s silo."""
+        return self.system_result(await self.send_system(target, method, args, timeout))
+
+    def send_system(
+        self, target: ActorId, method: str, args: list[Any], timeout: float
+    ) -> asyncio.Future[Response]:
+        """Send a system message now; the future completes with its response (or fails at the
+        deadline). Many can be in flight without a task each."""
+        if self.closed:
+            raise ClusterClosedError(f"cannot reach {target}: the cluster is closed")
+        membership = self._membership
+        request = Request(
+            next(self._ids),
+            target,
+            method,
+            encode(args),
+            self.address,
+            timeout,
+            view_version=membership.view.version,
+        )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
-        destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
-        self._pending[call_id] = _PendingCall(
+        destination = membership.ring.owner(target)
+        self._pending[request.call_id] = _PendingCall(
             future, loop.time() + timeout, target, method, timeout, destination
         )
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
             self._transport.send(destination, request)
-            response = await future
-        finally:
-            self._pending.pop(call_id, None)
+        except BaseException:
+            self._pending.pop(request.call_id, None)
+            raise
+        return future
+
+    def system_result(self, response: Response) -> Any:
         if response.ok:
             return decode(response.payload, self) if response.payload else None
         raise decode_error(response.payload)
+
+    async def _exchange(self, request: Request, destination: str) -> Response:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
+        call_id = request.call_id
+        self._pending[call_id] = _PendingCall(
+            future,
+            loop.time() + request.timeout,
+            request.target,
+            request.method,
+            request.timeout,
+            destination,
+        )
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_deadlines())
+        try:
+            self._transport.send(destination, request)
+            if future.done():
+                # Answered on the spot (an in-process refusal): awaiting a done future does
+                # not yield, and a caller retrying in a loop would starve every other task.
+                await asyncio.sleep(0)
+            return await future
+        finally:
+            self._pending.pop(call_id, None)
 
     def deliver_response(self, response: Response) -> None:
         pending = self._pending.pop(response.call_id, None)

@@ -9,9 +9,13 @@ deactivates every activation it started.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar, cast
 
 from actors import (
@@ -21,18 +25,28 @@ from actors import (
     ActorRef,
     ClusterClosedError,
     ConfigurationError,
+    TransactionAbortedError,
 )
 from runtime._caller import Caller, CallSettings
 from runtime._clock import Clock, SystemClock
 from runtime._membership import FailureDetection, Membership, SiloStatus
 from runtime._registry import ActorRegistry
 from runtime._silo import Silo, SiloOptions
+from runtime._transactions import (
+    TX_ABORT,
+    TX_COORDINATE,
+    TransactionContext,
+    TransactionSettings,
+    current_transaction,
+    encode_participants,
+)
 from runtime._transport import LocalTransport
 from storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
 
 A = TypeVar("A", bound=Actor[Any])
+R = TypeVar("R")
 
 
 class _Backend(Protocol):
@@ -123,6 +137,7 @@ class Cluster:
         collection_period: float = 60.0,
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
+        transactions: TransactionSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
@@ -135,6 +150,7 @@ class Cluster:
             collection_period,
             max_message_bytes,
             deactivation_timeout,
+            transactions,
         )
         backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
         return cls(registry, backend)
@@ -154,6 +170,7 @@ class Cluster:
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
         failure_detection: FailureDetection | None = None,
+        transactions: TransactionSettings | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -169,6 +186,7 @@ class Cluster:
             collection_period,
             max_message_bytes,
             deactivation_timeout,
+            transactions,
         )
         launch = RayLaunch(
             tuple(actors),
@@ -229,6 +247,79 @@ class Cluster:
             raise ClusterClosedError("the cluster is closed")
         return ActorRef(ActorId(type_name, key), self._caller)
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionContext]:
+        """Run the block's ``@transactional`` calls as one multi-actor ACID transaction.
+
+        Leaving the block commits every participant's changes atomically, or raises
+        ``TransactionAbortedError`` and keeps none; an exception leaving the block aborts it.
+        Inside a transaction already (an enclosing block, or a ``@transactional`` turn), the
+        block joins it instead: transactions do not nest.
+        """
+        async with self._transaction(None) as transaction:
+            yield transaction
+
+    @asynccontextmanager
+    async def _transaction(self, start: float | None) -> AsyncIterator[TransactionContext]:
+        outer = current_transaction.get()
+        if outer is not None:
+            yield outer
+            return
+        if self.closed:
+            raise ClusterClosedError("the cluster is closed")
+        transaction = TransactionContext.new(start)
+        token = current_transaction.set(transaction)
+        try:
+            yield transaction
+        except BaseException:
+            current_transaction.reset(token)
+            await self._end_transaction(transaction, commit=False)
+            raise
+        current_transaction.reset(token)
+        await self._end_transaction(transaction, commit=True)
+
+    async def transact(
+        self, body: Callable[[], Awaitable[R]], *, retries: int = 3, backoff: float = 0.005
+    ) -> R:
+        """Run ``body()`` in a transaction, running it again (up to ``retries`` more times,
+        after a short random pause) when it aborts; the last abort is raised."""
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        start = time.time()
+        for attempt in range(retries + 1):
+            try:
+                # Each attempt keeps the first one's age: under wait-die an aborted transaction
+                # grows older with every retry until it wins its locks, so none starves.
+                async with self._transaction(start):
+                    return await body()
+            except TransactionAbortedError:
+                if attempt == retries:
+                    raise
+                await asyncio.sleep(random.uniform(0, backoff * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def _end_transaction(self, transaction: TransactionContext, commit: bool) -> None:
+        participants = sorted(transaction.participants, key=str)
+        if not participants:
+            return
+        timeout = self._caller.default_timeout
+        if commit:
+            # A silo coordinates: it has the storage that records the decision.
+            await self._caller.invoke_system(
+                participants[0],
+                TX_COORDINATE,
+                [transaction.txid, encode_participants(participants)],
+                timeout,
+            )
+            return
+        await asyncio.gather(
+            *(
+                self._caller.invoke_system(p, TX_ABORT, [transaction.txid, False], timeout)
+                for p in participants
+            ),
+            return_exceptions=True,
+        )
+
     @property
     def silos(self) -> list[Silo]:
         """The in-process silos (local mode only; empty on Ray)."""
@@ -261,6 +352,7 @@ def _silo_options(
     collection_period: float,
     max_message_bytes: int,
     deactivation_timeout: float,
+    transactions: TransactionSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -271,7 +363,17 @@ def _silo_options(
     ):
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+    if transactions is None:
+        transactions = TransactionSettings()
+    elif not isinstance(transactions, TransactionSettings):
+        raise ConfigurationError(
+            f"transactions must be a TransactionSettings, got {type(transactions).__name__}"
+        )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
-        float(default_idle_timeout), float(collection_period), float(deactivation_timeout), calls
+        float(default_idle_timeout),
+        float(collection_period),
+        float(deactivation_timeout),
+        calls,
+        transactions,
     )

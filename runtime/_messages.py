@@ -53,13 +53,18 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
-    """The outcome of call ``call_id``: ``ok`` with an encoded result, or an encoded error."""
+    """The outcome of call ``call_id``: ``ok`` with an encoded result, or an encoded error.
+    ``joined`` names the actors that joined the caller's transaction during the call."""
 
     call_id: int
     ok: bool
     payload: bytes
+    joined: tuple[ActorId, ...] = ()
 
     def to_wire(self) -> list[Any]:
+        if self.joined:
+            joined = [[a.type_name, a.key] for a in self.joined]
+            return [1, self.call_id, self.ok, self.payload, joined]
         return [1, self.call_id, self.ok, self.payload]
 
 
@@ -72,7 +77,8 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
     out: list[Request | Response] = []
     for item in msgpack.unpackb(data, raw=False, strict_map_key=False):
         if item[0] == 1:
-            out.append(Response(item[1], item[2], item[3]))
+            joined = tuple(ActorId(t, k) for t, k in item[4]) if len(item) > 4 else ()
+            out.append(Response(item[1], item[2], item[3], joined))
         else:
             chain = tuple(ActorId(t, k) for t, k in item[8])
             out.append(

@@ -21,7 +21,9 @@ from actors import (
     RaygrainError,
     SerializationError,
     SiloUnavailableError,
+    TransactionAbortedError,
     decode,
+    encode,
     encode_error,
 )
 from runtime._activation import Activation, ActivationState, Delivery
@@ -31,6 +33,16 @@ from runtime._logging import get_logger
 from runtime._membership import Membership
 from runtime._messages import Request, Response
 from runtime._registry import ActorRegistry, check_arguments
+from runtime._transactions import (
+    SYSTEM_METHODS,
+    TX_COMMIT,
+    TX_COORDINATE,
+    TX_PREPARE,
+    Coordinator,
+    TransactionSettings,
+    TxTicket,
+    decode_participants,
+)
 from runtime._transport import Transport
 from storage import StorageProvider
 
@@ -48,6 +60,7 @@ class SiloOptions:
     collection_period: float = 60.0
     deactivation_timeout: float = 30.0  # how long deactivation waits for running turns
     calls: CallSettings = field(default_factory=CallSettings)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
 
 
 class Silo:
@@ -83,6 +96,9 @@ class Silo:
         # Set by a Ray silo host after a membership change: new activations of ring-placed
         # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
         self.activation_gate: asyncio.Future[None] | None = None
+        self.coordinator = Coordinator(self, storage, options.calls.default_timeout)
+        self.locked: set[Activation] = set()  # activations a transaction holds
+        self._lock_sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -97,6 +113,8 @@ class Silo:
         self.closed = True
         if self._collector is not None:
             self._collector.cancel()
+        if self._lock_sweeper is not None:
+            self._lock_sweeper.cancel()
         await self.deactivate_all(DeactivationReason.SHUTDOWN)
         self.caller.close()
         self._idle_runners.clear()
@@ -124,6 +142,9 @@ class Silo:
                 f"{request.target}.{request.method}",
             )
             return
+        if request.method in SYSTEM_METHODS:
+            self._deliver_system(request)
+            return
         try:
             route = self._routes.get((request.target.type_name, request.method))
             if route is None:
@@ -147,6 +168,16 @@ class Silo:
             self.reply_error(request, exc, f"{request.target}.{request.method} on {self.name}")
             return
         delivery = Delivery(request, method, args, kwargs, self.loop_time() + request.timeout)
+        if method.options.transactional:
+            delivery.tx = (
+                TxTicket.started_here()
+                if request.transaction is None
+                else TxTicket.from_header(request.transaction, joins=True)
+            )
+        elif request.transaction is not None:
+            # Not a transactional method: it joins nothing, but it may run inside a
+            # transaction that already holds the actor (and then commits with it).
+            delivery.tx = TxTicket.from_header(request.transaction, joins=False)
         activation = self._worker_for(request.target, cls) if stateless else None
         if activation is None:
             activation = self.activations.get(request.target) or self._activate(request.target, cls)
@@ -212,10 +243,79 @@ class Silo:
             if not pool:
                 del self.workers[activation.actor_id]
 
+    # -- transactions ------------------------------------------------------------------------
+
+    def _deliver_system(self, request: Request) -> None:
+        try:
+            args = decode(request.payload)
+        except SerializationError as exc:
+            self.reply_error(request, exc, f"{request.method} on {self.name}")
+            return
+        where = f"{request.method} {request.target} on {self.name}"
+        if request.method == TX_COORDINATE:
+            # The client's transaction block ends: commit it from here (a silo has storage).
+            self.spawn(self._coordinate(request, str(args[0]), decode_participants(args[1])))
+            return
+        if request.view_version != self.membership.view.version and not self._owns(request):
+            return
+        try:
+            result = self.participant_message(request.target, request.method, args)
+        except RaygrainError as exc:
+            self.reply_error(request, exc, where)
+            return
+        self.reply(request, True, b"" if result is None else encode(result))
+
+    def participant_message(self, target: ActorId, method: str, args: list[Any]) -> Any:
+        """Apply a prepare, commit or abort to ``target``'s activation here; the coordinator
+        calls this directly for the participants it hosts."""
+        activation = self.activations.get(target)
+        txid = str(args[0])
+        if method == TX_PREPARE:
+            if activation is None:
+                raise TransactionAbortedError(
+                    f"{target} is no longer active here: its changes in transaction {txid} are gone"
+                )
+            return list(activation.tx_prepare(txid))
+        if activation is not None:
+            if method == TX_COMMIT:
+                activation.tx_commit(txid, args[1])
+            else:
+                activation.tx_abort(txid, bool(args[1]))
+        return None
+
+    def lock_taken(self, activation: Activation) -> None:
+        self.locked.add(activation)
+        if self._lock_sweeper is None:
+            self._lock_sweeper = asyncio.get_running_loop().create_task(self.sweep_locks())
+
+    async def sweep_locks(self) -> None:
+        """End the transactions whose lease or decision timeout ran out. One sweep for all
+        locks rather than a timer per lock: timers cost more than the lock itself."""
+        settings = self.options.transactions
+        period = min(0.25, settings.lease / 4, settings.decision_timeout / 4)
+        while not self.closed:
+            await asyncio.sleep(period)
+            now = self.loop_time()
+            for activation in [a for a in self.locked if a.tx and a.tx.expires_at <= now]:
+                activation.tx_expired()
+
+    def hosts(self, actor_id: ActorId) -> bool:
+        return not self.closed and self.membership.ring.owner(actor_id) == self.name
+
+    async def _coordinate(self, request: Request, txid: str, participants: list[ActorId]) -> None:
+        try:
+            await self.coordinator.commit(txid, participants)
+        except RaygrainError as exc:
+            self.reply_error(request, exc, f"commit of transaction {txid} on {self.name}")
+            return
+        self.reply(request, True, b"")
+
     # -- replying ----------------------------------------------------------------------------
 
-    def reply(self, request: Request, ok: bool, payload: bytes) -> None:
-        self.transport.reply(request.reply_to, Response(request.call_id, ok, payload))
+    def reply(
+        self, request: Request, ok: bool, payload: bytes, joined: tuple[ActorId, ...] = ()
+    ) -> None:
+        self.transport.reply(request.reply_to, Response(request.call_id, ok, payload, joined))
 
     def reply_error(self, request: Request, error: BaseException, where: str) -> None:
         self.reply(request, False, encode_error(error, where))

@@ -17,6 +17,7 @@ from actors import (
     call_timeout,
     one_way,
     read_only,
+    transactional,
 )
 
 # Hooks the tests set to observe or steer actors in this process (local mode only).
@@ -244,7 +245,51 @@ class Unregistered(Actor[None], name="test.Unregistered"):
         return "pong"
 
 
+@dataclass
+class Ledger:
+    balance: int = 0
+    applied: list[int] = field(default_factory=list)  # transfer ids, in the order applied
+
+
+class Vault(Actor[Ledger], name="test.Vault"):
+    """An account that takes part in transactions; each change records its transfer id."""
+
+    @transactional
+    async def add(self, transfer: int, amount: int) -> int:
+        if self.state.balance + amount < 0:
+            raise InsufficientFunds(-amount, self.state.balance)
+        self.state.balance += amount
+        self.state.applied.append(transfer)
+        return self.state.balance
+
+    @transactional
+    async def transfer_to(self, other: str, transfer: int, amount: int) -> None:
+        """Starts a transaction of its own (when called outside one): debit here, credit
+        ``other``, both or neither."""
+        await self.add(transfer, -amount)
+        await self.get(Vault, other).add(transfer, amount)
+
+    @transactional
+    async def add_then_fail(self, transfer: int, amount: int) -> None:
+        await self.add(transfer, amount)
+        raise RuntimeError("failed inside the transaction")
+
+    @transactional
+    async def hold_unserializable(self) -> None:
+        self.state.applied.append(object())  # type: ignore[arg-type]
+
+    async def deposit(self, amount: int) -> int:
+        """Not transactional: commits on its own, after any transaction holding the actor."""
+        self.state.balance += amount
+        return self.state.balance
+
+    @read_only
+    async def ledger(self) -> Ledger:
+        return self.state
+
+
 ALL_ACTORS: list[type[Actor[Any]]] = [
+    Vault,
     BankAccount,
     Recorder,
     Reentrant,

@@ -55,7 +55,7 @@ EXPORTS = {
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
         "MembershipView", "SiloStatus",
-        "SystemClock", "configure_logging",
+        "SystemClock", "TransactionSettings", "configure_logging",
     },
 }  # fmt: skip
 

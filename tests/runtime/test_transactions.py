@@ -1,0 +1,261 @@
+"""Multi-actor transactions: atomic commit, rollback on any failure, wait-die conflicts, lock
+and lease timeouts, and bad input. Each runs on an in-process cluster and on Ray silos."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from actors import (
+    Actor,
+    ConfigurationError,
+    TransactionAbortedError,
+    transactional,
+)
+from runtime import Cluster, TransactionSettings
+from storage import MemoryStorage
+from tests import app
+from tests.app import InsufficientFunds, Vault
+
+
+async def _ledgers(cluster: Cluster, *refs: Any) -> list[tuple[int, list[int]]]:
+    found = await asyncio.gather(*(r.ledger() for r in refs))
+    return [(f.balance, f.applied) for f in found]
+
+
+async def test_a_transfer_in_a_block_commits_both_sides(any_cluster: Cluster, key: Any) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(100)
+    async with any_cluster.transaction() as tx:
+        await a.add(1, -30)
+        await b.add(1, 30)
+    assert tx.participants == {a.actor_id, b.actor_id}
+    assert await _ledgers(any_cluster, a, b) == [(70, [1]), (30, [1])]
+
+
+async def test_an_exception_leaving_the_block_keeps_no_change(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(100)
+    with pytest.raises(KeyError):
+        async with any_cluster.transaction():
+            await a.add(1, -30)
+            await b.add(1, 30)
+            raise KeyError("changed my mind")
+    assert await _ledgers(any_cluster, a, b) == [(100, []), (0, [])]
+    async with any_cluster.transaction():  # both unlocked again
+        await b.add(2, 5)
+    assert await b.ledger() == app.Ledger(5, [2])
+
+
+async def test_an_overdraft_raises_the_users_error_and_aborts_cleanly(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(10)
+    with pytest.raises(InsufficientFunds) as raised:
+        async with any_cluster.transaction():
+            await b.add(1, 50)  # credited first...
+            await a.add(1, -50)  # ...then the debit fails
+    assert raised.value.available == 10
+    assert await _ledgers(any_cluster, a, b) == [(10, []), (0, [])]
+
+
+async def test_a_transactional_method_starts_and_commits_its_own_transaction(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(100)
+    await a.transfer_to(key("b"), 7, 60)
+    assert await _ledgers(any_cluster, a, b) == [(40, [7]), (60, [7])]
+    with pytest.raises(InsufficientFunds):
+        await a.transfer_to(key("b"), 8, 60)  # the debit fails
+    with pytest.raises(InsufficientFunds):
+        await b.transfer_to(key("a"), 9, -100)  # the credit (a debit of a) fails after it
+    assert await _ledgers(any_cluster, a, b) == [(40, [7]), (60, [7])]
+
+
+async def test_a_failing_participant_aborts_the_whole_transaction(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    # The caller catches the participant's error and tries to commit anyway: the commit
+    # must abort, since b rolled its part back.
+    with pytest.raises(TransactionAbortedError, match="could not prepare"):
+        async with any_cluster.transaction():
+            await a.add(1, 10)
+            with pytest.raises(RuntimeError):
+                await b.add_then_fail(1, 10)
+    assert await _ledgers(any_cluster, a, b) == [(0, []), (0, [])]
+
+
+async def test_calls_nest_into_one_transaction(any_cluster: Cluster, key: Any) -> None:
+    a, b, c = (any_cluster.get(Vault, key(n)) for n in "abc")
+    await a.deposit(100)
+    async with any_cluster.transaction() as outer:
+        async with any_cluster.transaction() as inner:  # joins, does not nest
+            await a.transfer_to(key("b"), 1, 10)  # a @transactional call joins too
+        assert inner is outer
+        await c.add(1, 1)
+    assert outer.participants == {a.actor_id, b.actor_id, c.actor_id}
+    assert await _ledgers(any_cluster, a, b, c) == [(90, [1]), (10, [1]), (1, [1])]
+
+
+async def test_a_plain_call_waits_for_the_transaction_holding_the_actor(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a = any_cluster.get(Vault, key("a"))
+    async with any_cluster.transaction():
+        await a.add(1, 10)
+        outside = asyncio.ensure_future(_outside_transaction(a.deposit(5)))
+        await asyncio.sleep(0.2)
+        assert not outside.done(), "a plain call must not see or change locked state"
+        assert await a.ledger() == app.Ledger(10, [1])  # the transaction sees its own change
+    assert await outside == 15  # ran after the commit, on the committed state
+    assert await a.ledger() == app.Ledger(15, [1])
+
+
+async def _outside_transaction(call: Any) -> Any:
+    from runtime._transactions import current_transaction
+
+    current_transaction.set(None)  # this task was copied from inside the block
+    return await call
+
+
+async def test_wait_die_the_younger_transaction_aborts_and_the_older_commits(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    older_has_a, younger_has_b = asyncio.Event(), asyncio.Event()
+
+    async def older() -> None:
+        async with any_cluster.transaction():
+            await a.add(1, 1)
+            older_has_a.set()
+            await younger_has_b.wait()
+            await b.add(1, 1)  # waits for the younger one to end
+
+    async def younger() -> None:
+        await older_has_a.wait()
+        async with any_cluster.transaction():
+            await b.add(2, 2)
+            younger_has_b.set()
+            await a.add(2, 2)  # would close a cycle: the younger aborts at once
+
+    results = await asyncio.gather(older(), younger(), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], TransactionAbortedError)
+    assert "locked by older transaction" in str(results[1])
+    assert await _ledgers(any_cluster, a, b) == [(1, [1]), (1, [1])]
+
+
+async def test_retry_helper_runs_an_aborted_transaction_again(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(1000)
+    transfer_ids = iter(range(1, 1000))
+
+    async def transfer() -> None:
+        n = next(transfer_ids)
+        await a.add(n, -1)
+        await b.add(n, 1)
+
+    await asyncio.gather(*(any_cluster.transact(transfer, retries=50) for _ in range(20)))
+    (balance_a, applied_a), (balance_b, applied_b) = await _ledgers(any_cluster, a, b)
+    assert (balance_a, balance_b) == (980, 20)
+    assert applied_a == applied_b, "both sides applied the same transfers in the same order"
+    with pytest.raises(ConfigurationError, match="retries"):
+        await any_cluster.transact(transfer, retries=-1)
+
+
+async def test_an_unserializable_state_aborts_at_prepare(any_cluster: Cluster, key: Any) -> None:
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    with pytest.raises(TransactionAbortedError, match="could not prepare"):
+        async with any_cluster.transaction():
+            await b.add(1, 5)
+            await a.hold_unserializable()
+    assert await _ledgers(any_cluster, a, b) == [(0, []), (0, [])]
+
+
+async def test_an_older_transaction_gives_up_after_the_lock_timeout(key: Any) -> None:
+    settings = TransactionSettings(lock_timeout=0.3)
+    async with Cluster.local(actors=[Vault], transactions=settings) as cluster:
+        a = cluster.get(Vault, key("a"))
+        from runtime._transactions import TransactionContext, current_transaction
+
+        older = TransactionContext.new()  # older: started first, used second
+        younger_holds = asyncio.Event()
+        release = asyncio.Event()
+
+        async def younger() -> None:
+            async with cluster.transaction():
+                await a.add(2, 2)
+                younger_holds.set()
+                await release.wait()
+
+        holder = asyncio.ensure_future(younger())
+        await younger_holds.wait()
+        current_transaction.set(older)
+        with pytest.raises(TransactionAbortedError, match="over 0.3 s"):
+            await a.add(1, 1)
+        current_transaction.set(None)
+        release.set()
+        await holder
+        assert await a.ledger() == app.Ledger(2, [2])
+
+
+async def test_a_participant_abandoned_by_its_client_unlocks_after_the_lease(key: Any) -> None:
+    from runtime._transactions import TransactionContext, current_transaction
+
+    settings = TransactionSettings(lease=0.3)
+    async with Cluster.local(actors=[Vault], transactions=settings) as cluster:
+        a = cluster.get(Vault, key("a"))
+        current_transaction.set(TransactionContext.new())  # a client that never commits
+        await a.add(1, 10)
+        current_transaction.set(None)
+        assert await a.deposit(1) == 1  # waited for the lease; the change is gone
+
+
+async def test_storage_without_atomic_multi_record_writes_is_refused(key: Any) -> None:
+    class SingleRecordOnly:
+        def __init__(self) -> None:
+            self.inner = MemoryStorage()
+
+        async def read(self, actor_id: Any) -> Any:
+            return await self.inner.read(actor_id)
+
+        async def write(self, actor_id: Any, data: bytes, etag: str | None) -> str:
+            return await self.inner.write(actor_id, data, etag)
+
+        async def clear(self, actor_id: Any, etag: str | None) -> str:
+            return await self.inner.clear(actor_id, etag)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    async with Cluster.local(actors=[Vault], storage=SingleRecordOnly()) as cluster:  # type: ignore[arg-type]
+        a = cluster.get(Vault, key("a"))
+        with pytest.raises(TransactionAbortedError, match="no atomic multi-record write"):
+            async with cluster.transaction():
+                await a.add(1, 1)
+        assert await a.deposit(1) == 1
+
+
+def test_a_read_only_transactional_method_is_refused_at_class_definition() -> None:
+    from actors import read_only
+
+    with pytest.raises(ConfigurationError, match="both @read_only and @transactional"):
+
+        class Bad(Actor[None], name="test.BadTx"):
+            @read_only
+            @transactional
+            async def peek(self) -> None: ...
+
+
+async def test_transaction_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="TransactionSettings"):
+        Cluster.local(actors=[Vault], transactions={"lock_timeout": 1})  # type: ignore[arg-type]
