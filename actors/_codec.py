@@ -114,9 +114,28 @@ _packer = msgpack.Packer(default=lambda v: _default(v), strict_types=True, use_b
 def encode_state(state: Any) -> bytes:
     """Encode an actor's state. A dataclass state is stored as a map of its fields, so that a
     later version of the class (fields added with defaults, fields removed) still loads it."""
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return encode({f.name: getattr(state, f.name) for f in dataclasses.fields(state)})
+    names = _field_names(type(state))
+    if names is not None:
+        return encode({name: getattr(state, name) for name in names})
     return encode(state)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass (None for any other type), looked up once per class:
+    ``dataclasses.fields`` costs more than encoding a small state."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        names = (
+            tuple(f.name for f in dataclasses.fields(cls))
+            if dataclasses.is_dataclass(cls)
+            else None
+        )
+        _FIELD_NAMES[cls] = names
+        return names
 
 
 def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
@@ -203,8 +222,9 @@ def _default(value: Any) -> Any:
         return msgpack.ExtType(_REF, _pack([value.actor_id.type_name, value.actor_id.key]))
     if isinstance(value, enum.Enum):
         return msgpack.ExtType(_ENUM, _pack([_remember(type(value)), value.value]))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    names = _field_names(type(value))
+    if names is not None:
+        fields = {name: getattr(value, name) for name in names}
         return msgpack.ExtType(_DATACLASS, _pack([_remember(type(value)), fields]))
     if isinstance(value, tuple):
         return msgpack.ExtType(_TUPLE, _pack(list(value)))

@@ -4,7 +4,9 @@ Each transfer debits one account and credits another on a different silo of a tw
 cluster on SQLite (fsync). With transactions, both changes commit in one transaction through the
 retry helper (``cluster.transact(..., retries=10)``); without, they are two independent calls
 (each committing on its own: fast, and not atomic). Two loads: low contention (transfers spread
-over many accounts) and high contention (10 accounts, so transactions collide and abort).
+over many accounts, 100 transfers in flight) and high contention (10 accounts, 10 transfers in
+flight: at most 5 can hold their two accounts at once, so half of them always wait, and
+collisions abort attempts; the full run also sweeps 5 to 50 transfers in flight).
 
     python -m benchmarks.transactions_bench [--quick]
 """
@@ -28,7 +30,8 @@ __all__ = ["run"]
 
 TARGET_TRANSFERS_PER_S = 2_000.0
 TARGET_ABORT_RATE = 0.20
-WORKERS = 100
+LOW_CONTENTION_WORKERS = 100
+HIGH_CONTENTION_WORKERS = 10
 
 
 @dataclass
@@ -73,7 +76,9 @@ def _pairs(cluster: Cluster, accounts: int, count: int, seed: int) -> list[tuple
     return pairs
 
 
-async def _measure(cluster: Cluster, pairs: list[tuple[int, int]], transactional_: bool) -> Side:
+async def _measure(
+    cluster: Cluster, pairs: list[tuple[int, int]], transactional_: bool, workers: int
+) -> Side:
     refs: dict[int, TxAccount] = {}
 
     def ref(i: int) -> TxAccount:
@@ -110,27 +115,42 @@ async def _measure(cluster: Cluster, pairs: list[tuple[int, int]], transactional
             side.latencies.add(now() - started)
 
     started = now()
-    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    await asyncio.gather(*(worker() for _ in range(workers)))
     side.transfers_per_s = (len(pairs) - side.failed) / (now() - started)
     return side
 
 
-async def _compare(accounts: int, transfers: int, directory: str) -> tuple[Side, Side]:
-    db = SqliteStorage(Path(directory) / f"tx-{accounts}.db", durability="fsync")
+async def _compare(
+    accounts: int, transfers: int, workers: int, directory: str, baseline: bool = True
+) -> tuple[Side, Side | None]:
+    db = SqliteStorage(Path(directory) / f"tx-{accounts}-{workers}.db", durability="fsync")
     async with db, Cluster.local(actors=[TxAccount], silos=2, storage=db) as cluster:
-        with_tx = await _measure(cluster, _pairs(cluster, accounts, transfers, 1), True)
-        without = await _measure(cluster, _pairs(cluster, accounts, transfers, 2), False)
+        pairs = _pairs(cluster, accounts, transfers, 1)
+        with_tx = await _measure(cluster, pairs, True, workers)
+        without = None
+        if baseline:
+            pairs = _pairs(cluster, accounts, transfers, 2)
+            without = await _measure(cluster, pairs, False, workers)
     return with_tx, without
+
+
+def _abort_rate(side: Side, transfers: int) -> float:
+    return (side.attempts - (transfers - side.failed)) / side.attempts
 
 
 async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any]]:
     many = 1_000 if smoke else 10_000 if quick else 100_000
     transfers = 100 if smoke else 1_000 if quick else 5_000
     rows = []
+    loads = (
+        (many, LOW_CONTENTION_WORKERS, "low"),
+        (10, HIGH_CONTENTION_WORKERS, "high"),
+    )
     with tempfile.TemporaryDirectory(prefix="raygrain-bench-tx-") as tmp:
-        for accounts, label in ((many, "low"), (10, "high")):
-            tx, plain = await _compare(accounts, transfers, tmp)
-            abort_rate = (tx.attempts - (transfers - tx.failed)) / tx.attempts
+        for accounts, workers, label in loads:
+            tx, plain = await _compare(accounts, transfers, workers, tmp)
+            assert plain is not None
+            abort_rate = _abort_rate(tx, transfers)
             extra: dict[str, Any] = (
                 {
                     "target": f">= {TARGET_TRANSFERS_PER_S:,.0f}/s",
@@ -142,10 +162,19 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
                     "meets_target": abort_rate < TARGET_ABORT_RATE,
                 }
             )
+            if label == "high" and not (quick or smoke):
+                sweep = {}
+                for in_flight in (5, 20, 50):
+                    side, _ = await _compare(10, transfers, in_flight, tmp, baseline=False)
+                    sweep[str(in_flight)] = _abort_rate(side, transfers)
+                extra["abort_rate_by_transfers_in_flight"] = {
+                    **sweep,
+                    str(workers): abort_rate,
+                }
             rows.append(
                 figure(
                     f"transactional transfers/s, 2 silos, SQLite, {label} contention "
-                    f"({accounts:,} accounts)",
+                    f"({accounts:,} accounts, {workers} in flight)",
                     tx.transfers_per_s,
                     plain.transfers_per_s,
                     "transfers/s",
@@ -153,7 +182,7 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
                     latency=tx.latencies.percentiles_ms(),
                     baseline_latency=plain.latencies.percentiles_ms(),
                     transfers=transfers,
-                    concurrent_transfers=WORKERS,
+                    transfers_in_flight=workers,
                     attempts=tx.attempts,
                     abort_rate=abort_rate,
                     failed_after_retries=tx.failed,

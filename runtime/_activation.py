@@ -44,6 +44,14 @@ if TYPE_CHECKING:
 __all__ = ["Activation", "ActivationState", "Delivery"]
 
 
+class Admission(enum.Enum):
+    RUN = "run"
+    DIVERTED = "diverted"
+
+
+_PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
+
+
 class ActivationState(enum.Enum):
     ACTIVATING = "activating"
     VALID = "valid"
@@ -213,7 +221,7 @@ class Activation:
                 if self.state is ActivationState.VALID:
                     self.pump()
                 return
-            if not self._admit(delivery):
+            if self._admit(delivery) is Admission.DIVERTED:
                 return
         if self.options.reentrant or options.always_interleave:
             if self.state is ActivationState.VALID:
@@ -259,7 +267,7 @@ class Activation:
             if self.tx is not None or delivery.tx is not None:
                 if self.tx is None and not self._can_lock():
                     return
-                if not self._admit(delivery):
+                if self._admit(delivery) is Admission.DIVERTED:
                     mailbox.popleft()
                     continue
             options = delivery.method.options
@@ -408,41 +416,58 @@ class Activation:
     def _can_lock(self) -> bool:
         return not (self.exclusive or self.readers or self.interleaved)
 
-    def _admit(self, delivery: Delivery) -> bool:
-        """Whether ``delivery`` may run now as far as transactions go; if not, it has been
-        set aside (until the holder ends) or refused."""
+    def _admit(self, delivery: Delivery) -> Admission:
+        """Whether ``delivery`` may run now as far as transactions go (``RUN``), or was set
+        aside until the holder ends, or refused (``DIVERTED``)."""
         ticket, hold = delivery.tx, self.tx
+        if ticket is not None and ticket.joins and ticket.txid == self.tx_refused:
+            self._refuse(delivery, f"it already aborted at {self.actor_id}")
+            return Admission.DIVERTED
         if hold is None:
-            if ticket is None or not ticket.joins:
-                return True
-            if ticket.txid == self.tx_refused:
-                self._refuse(delivery, f"it already aborted at {self.actor_id}")
-                return False
-            lease = self.silo.options.transactions.lease
-            self.tx = TxHold(ticket.txid, ticket.start, self.silo.loop_time() + lease)
-            self.silo.lock_taken(self)
-            return True
+            if ticket is not None and ticket.joins:
+                self._lock(ticket)
+            return Admission.RUN
         if ticket is not None and ticket.txid == hold.txid:
             if hold.prepared:
                 self._refuse(delivery, f"{self.actor_id} was called after the commit began")
-                return False
-            return True
-        if (
-            ticket is not None
-            and ticket.joins
-            and ticket.must_die(hold.txid, hold.start, hold.prepared)
-        ):
-            # Wait-die: a younger transaction aborts rather than wait, so none deadlock.
+                return Admission.DIVERTED
+            return Admission.RUN
+        if ticket is not None and ticket.joins and ticket.dies(hold):
             self._refuse(delivery, f"{self.actor_id} is locked by older transaction {hold.txid}")
-            return False
+            return Admission.DIVERTED
         if self.tx_blocked is None:
             self.tx_blocked = deque()
         self.tx_blocked.append(delivery)
         if ticket is not None and ticket.joins:
+            loop = asyncio.get_running_loop()
+            settings = self.silo.options.transactions
+            loop.call_later(settings.lock_timeout, self._lock_wait_over, delivery)
+            if ticket.wounds(hold):
+                # Wound-wait: an older transaction that holds locks takes the lock from a
+                # younger holder still at work (which aborts) rather than wait on it, so none
+                # deadlock. After a short grace: the younger one is often about to commit.
+                loop.call_later(settings.wound_after, self._wound_for, delivery, hold.txid)
+        return Admission.DIVERTED
+
+    def _wound_for(self, delivery: Delivery, txid: str) -> None:
+        hold, blocked = self.tx, self.tx_blocked
+        if hold is None or hold.txid != txid or hold.prepared or not blocked:
+            return  # the holder ended or is committing: the waiting call goes in soon anyway
+        if delivery not in blocked:
+            return
+        settings = self.silo.options.transactions
+        if not self.is_idle_of_turns():  # the holder's turn must end before it can abort here
             asyncio.get_running_loop().call_later(
-                self.silo.options.transactions.lock_timeout, self._lock_wait_over, delivery
+                settings.wound_after, self._wound_for, delivery, txid
             )
-        return False
+            return
+        get_logger().debug("transaction_wounded", actor=str(self.actor_id), txid=txid)
+        self._doom(txid)  # the oldest waiting transaction gets the lock next
+
+    def _lock(self, ticket: TxTicket) -> None:
+        lease = self.silo.options.transactions.lease
+        self.tx = TxHold(ticket.txid, ticket.start, self.silo.loop_time() + lease)
+        self.silo.lock_taken(self)
 
     def _refuse(self, delivery: Delivery, why: str) -> None:
         assert delivery.tx is not None
@@ -465,8 +490,14 @@ class Activation:
         self.tx = None
         self.silo.locked.discard(self)
         blocked, self.tx_blocked = self.tx_blocked, None
+        if not blocked:
+            self.pump()
+            return
         now = self.silo.loop_time()
-        for delivery in blocked or ():
+        # The oldest waiting transaction first (it would wound a younger one anyway), then
+        # the plain calls in arrival order.
+        ordered = sorted(blocked, key=lambda d: d.tx.start if d.tx and d.tx.joins else _PLAIN)
+        for delivery in ordered:
             if delivery.expires_at > now:
                 self.enqueue(delivery)
         self.pump()
@@ -505,8 +536,9 @@ class Activation:
         hold = self.tx
         if hold is None or hold.txid != txid or self.state is not ActivationState.VALID:
             raise TransactionAbortedError(
-                f"{self.actor_id} no longer holds transaction {txid} (it aborted there, "
-                "its lock expired or the actor was deactivated)"
+                f"{self.actor_id} no longer holds transaction {txid} (it aborted there: an "
+                "error, an older transaction took the lock, the lock expired, or the actor "
+                "was deactivated)"
             )
         if not hold.prepared:
             data = None

@@ -2,9 +2,13 @@
 
 A transaction has an id and a start time. Every ``@transactional`` call made inside it carries
 both; the actor it reaches is locked for the transaction until it commits or aborts, and its
-state changes stay in memory (no per-turn commit) until then. Conflicts follow wait-die: a call
-of an older transaction waits (at most ``lock_timeout``) for a younger holder, a call of a
-younger one aborts at once; so transactions never deadlock, they abort.
+state changes stay in memory (no per-turn commit) until then. Conflicts follow wound-wait: a
+younger transaction waits (at most ``lock_timeout``) for an older holder; an older one that
+already holds locks takes the lock from a younger holder still at work, which aborts. A call
+made from inside a running transactional turn cannot be wounded until the turn ends, so it
+aborts instead of waiting for an older holder (wait-die). So transactions never deadlock. The
+retry helper keeps a transaction's age across attempts: an aborted one only gets older, and
+eventually wins.
 
 Commit (see ``Coordinator.commit``): every participant is asked to *prepare* (it encodes its new
 state and keeps its lock), then the coordinator writes every changed state in one atomic
@@ -24,7 +28,7 @@ import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -65,6 +69,7 @@ class TransactionSettings:
     lock_timeout: float = 5.0  # longest an older transaction's call waits for a lock
     lease: float = 30.0  # longest a participant stays locked before its transaction prepares
     decision_timeout: float = 10.0  # longest a prepared participant waits for the outcome
+    wound_after: float = 0.005  # grace before an older transaction aborts a younger holder
 
 
 @dataclass(slots=True)
@@ -74,6 +79,7 @@ class TransactionContext:
     txid: str
     start: float
     participants: set[ActorId] = field(default_factory=set)
+    in_turn: bool = False  # a participant's turn, which holds that participant's lock
 
     @classmethod
     def new(cls, start: float | None = None) -> TransactionContext:
@@ -83,18 +89,25 @@ class TransactionContext:
 
     @classmethod
     def joined(cls, ticket: TxTicket, first: ActorId) -> TransactionContext:
-        return cls(ticket.txid, ticket.start, {first})
+        return cls(ticket.txid, ticket.start, {first}, in_turn=True)
 
     def header(self) -> bytes:
-        """What a call made in this transaction carries: its id, its age, and whether it
-        holds any lock yet (one that holds none may wait for a lock: it closes no cycle)."""
-        return msgpack.packb([self.txid, self.start, bool(self.participants)])  # type: ignore[no-any-return]
+        """What a call made in this transaction carries: its id, its age, whether it holds
+        any lock yet, and whether it comes from a running turn (see ``TxTicket.dies``)."""
+        header = [self.txid, self.start, bool(self.participants), self.in_turn]
+        return msgpack.packb(header)  # type: ignore[no-any-return]
 
 
 # The transaction the current task (a client block or an actor's turn) runs in, if any.
 current_transaction: ContextVar[TransactionContext | None] = ContextVar(
     "raygrain_transaction", default=None
 )
+
+
+class LockHolder(Protocol):
+    txid: str
+    start: float
+    prepared: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,23 +121,32 @@ class TxTicket:
     joins: bool
     coordinates: bool = False
     holds_locks: bool = False
+    in_turn: bool = False
 
     @classmethod
     def from_header(cls, header: bytes, joins: bool) -> TxTicket:
-        txid, start, holds_locks = msgpack.unpackb(header)
-        return cls(str(txid), float(start), joins, holds_locks=bool(holds_locks))
+        txid, start, holds_locks, in_turn = msgpack.unpackb(header)
+        return cls(str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn))
 
     @classmethod
     def started_here(cls) -> TxTicket:
         context = TransactionContext.new()
         return cls(context.txid, context.start, True, coordinates=True)
 
-    def must_die(self, holder_txid: str, holder_start: float, holder_prepared: bool) -> bool:
-        """Wait-die: abort rather than wait for a lock when waiting could close a cycle, i.e.
-        when this transaction is younger than the holder, already holds locks itself, and the
-        holder may still wait for others (a prepared holder requests nothing more)."""
-        younger = (self.start, self.txid) > (holder_start, holder_txid)
-        return younger and self.holds_locks and not holder_prepared
+    def wounds(self, holder: LockHolder) -> bool:
+        """Wound-wait: take the lock from its holder (which aborts) rather than wait, when
+        waiting could close a cycle: this transaction is older than the holder and holds
+        locks itself, and the holder may still wait for others (a prepared one requests
+        nothing more). A transaction holding no lock yet waits: it closes no cycle."""
+        older = (self.start, self.txid) < (holder.start, holder.txid)
+        return older and self.holds_locks and not holder.prepared
+
+    def dies(self, holder: LockHolder) -> bool:
+        """Abort rather than wait for an older holder when this call comes from a running
+        turn holding a lock: an older transaction could not take that lock until the turn
+        ends, and the turn would be waiting for it (wait-die, for calls made from turns)."""
+        younger = (self.start, self.txid) > (holder.start, holder.txid)
+        return younger and self.in_turn and self.holds_locks and not holder.prepared
 
 
 class Coordinator:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
@@ -184,3 +184,74 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
             await _silo_count(cluster, silos_before)
             await extra.stop.remote()
             ray.kill(extra)
+
+
+async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
+    ray_silos: Any, key: Any
+) -> None:
+    """Transfers between accounts spread over four silos, coordinated by the client and by
+    silos; the silo hosting some participants (and coordinating some commits) is killed twice,
+    mid-workload. Money is conserved and no transfer is half-applied."""
+    import ray
+
+    from actors import TransactionAbortedError
+    from tests.app import InsufficientFunds, Vault
+
+    worker_node = ray_silos.worker_node_ids[0]
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        membership = cluster._caller._membership
+        silos_before = len(membership.ring)
+        vaults = [cluster.get(Vault, key(str(i))) for i in range(24)]
+        await asyncio.gather(*(v.deposit(1000) for v in vaults))
+        acknowledged: dict[int, tuple[int, int]] = {}
+        failed = 0
+        stop = asyncio.Event()
+
+        async def worker(w: int) -> None:
+            nonlocal failed
+            rng = random.Random(w)
+            n = 0
+            while not stop.is_set():
+                n += 1
+                transfer = w * 100_000 + n
+                src, dst = rng.sample(range(len(vaults)), 2)
+
+                async def block() -> None:
+                    await vaults[src].with_timeout(10).add(transfer, -1)  # noqa: B023
+                    await vaults[dst].with_timeout(10).add(transfer, 1)  # noqa: B023
+
+                try:
+                    if n % 2:
+                        await cluster.transact(block, retries=3)
+                    else:
+                        await vaults[src].with_timeout(10).transfer_to(key(str(dst)), transfer, 1)
+                except (*RETRYABLE, TransactionAbortedError, InsufficientFunds):
+                    failed += 1  # fate unknown or aborted: must be all or nothing either way
+                    continue
+                acknowledged[transfer] = (src, dst)
+
+        async def until(count: int) -> None:
+            while len(acknowledged) < count:
+                await asyncio.sleep(0.01)
+
+        workers = [asyncio.ensure_future(worker(w)) for w in range(10)]
+        try:
+            for round_ in range(2):
+                name, extra = await _start_extra_silo(worker_node, 4 + round_)
+                await _silo_count(cluster, silos_before + 1)
+                await until(len(acknowledged) + 100)
+                ray.kill(extra, no_restart=True)  # the silo's process dies mid-commit
+                while name not in membership.view.dead():
+                    await membership.wait_for_view(membership.view.version + 1)
+                await until(len(acknowledged) + 100)  # and service goes on
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.sleep(1.0)  # let locks of commits cut short expire or resolve
+        ledgers = await asyncio.gather(*(v.with_timeout(30).ledger() for v in vaults))
+    assert sum(x.balance for x in ledgers) == 1000 * len(vaults), "money changed"
+    seen = Counter(t for x in ledgers for t in x.applied)
+    assert not [t for t, count in seen.items() if count != 2], "a transfer applied on one side"
+    for transfer, (src, dst) in acknowledged.items():
+        assert transfer in ledgers[src].applied and transfer in ledgers[dst].applied
+    print(f"\n{len(acknowledged)} transfers acknowledged, {failed} failed or aborted, 2 kills")

@@ -125,30 +125,34 @@ async def _outside_transaction(call: Any) -> Any:
     return await call
 
 
-async def test_wait_die_the_younger_transaction_aborts_and_the_older_commits(
+async def test_wound_wait_the_older_transaction_commits_and_the_younger_aborts(
     any_cluster: Cluster, key: Any
 ) -> None:
     a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
-    older_has_a, younger_has_b = asyncio.Event(), asyncio.Event()
+    older_has_a, younger_has_b, younger_asked_a = (asyncio.Event() for _ in range(3))
 
     async def older() -> None:
         async with any_cluster.transaction():
             await a.add(1, 1)
             older_has_a.set()
             await younger_has_b.wait()
-            await b.add(1, 1)  # waits for the younger one to end
+            await younger_asked_a.wait()
+            await b.add(1, 1)  # a cycle: the older takes b from the younger
 
     async def younger() -> None:
         await older_has_a.wait()
         async with any_cluster.transaction():
             await b.add(2, 2)
             younger_has_b.set()
-            await a.add(2, 2)  # would close a cycle: the younger aborts at once
+            asking = asyncio.ensure_future(a.add(2, 2))  # waits for the older one
+            await asyncio.sleep(0.3)
+            younger_asked_a.set()
+            await asking
 
     results = await asyncio.gather(older(), younger(), return_exceptions=True)
-    assert results[0] is None
-    assert isinstance(results[1], TransactionAbortedError)
-    assert "locked by older transaction" in str(results[1])
+    assert results[0] is None, results
+    assert isinstance(results[1], TransactionAbortedError), results
+    assert "no longer holds" in str(results[1])
     assert await _ledgers(any_cluster, a, b) == [(1, [1]), (1, [1])]
 
 
