@@ -24,6 +24,7 @@ from actors import (
     DeactivationReason,
     DeadlockError,
     InconsistentStateError,
+    InvalidCallError,
     Persistence,
     SerializationError,
     TransactionAbortedError,
@@ -649,6 +650,8 @@ class Activation:
         self.deactivate_requested = True
 
     async def save(self) -> None:
+        if self.tx is not None:
+            return  # a transaction holds the actor: its changes are written when it commits
         if self.cls.__actor_state_type__ is not None:
             await self._commit()
 
@@ -656,6 +659,11 @@ class Activation:
         state_type = self.cls.__actor_state_type__
         if state_type is None or self.instance is None:
             return
+        if self.tx is not None:
+            raise InvalidCallError(
+                f"{self.actor_id}: clear_state() inside a transaction; set the state to its "
+                "empty value instead, and the transaction commits it"
+            )
         await self._write_exclusively(self._clear(state_type))
 
     async def _clear(self, state_type: Any) -> None:

@@ -1,10 +1,13 @@
-"""A bank of account actors spread over several silos, on the embedded SQLite store.
+"""A bank: account actors spread over three silos, money moved by multi-actor transactions.
 
-Many concurrent clients deposit and withdraw at random; overdrafts are refused by the account
-itself (the user's own exception reaches the caller, and the refused turn leaves no trace).
-At the end the sum of all balances is checked against the sum of acknowledged operations.
+Many concurrent clients move random amounts between random accounts, each transfer one ACID
+transaction over two accounts that usually live on different silos: half as a client
+transaction block (``bank.transact``), half as ``BankAccount.transfer_to``, which starts its own
+transaction inside the silo. An overdraft is refused by the account itself: the user's own
+exception reaches the caller and the whole transfer leaves no trace. At the end the sample checks
+that money was conserved and that no account went below zero.
 
-    python -m samples.bank [--accounts 200] [--operations 5000] [--db bank.db]
+    python -m samples.bank [--accounts 200] [--transfers 3000] [--db bank.db]
 """
 
 from __future__ import annotations
@@ -15,17 +18,21 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
-from actors import Actor, read_only
+from actors import Actor, TransactionAbortedError, read_only, transactional
 from runtime import Cluster
+
+OPENING_BALANCE = 100
+CLIENTS = 50  # transfers in flight at once
 
 
 @dataclass
 class Account:
     balance: int = 0
-    operations: int = 0
-    history: list[int] = field(default_factory=list)
+    opened: bool = False
+    history: list[int] = field(default_factory=list)  # the last few amounts, signed
 
 
 class InsufficientFunds(Exception):
@@ -33,65 +40,93 @@ class InsufficientFunds(Exception):
 
 
 class BankAccount(Actor[Account], name="samples.BankAccount"):
+    async def open(self, opening_balance: int) -> int:
+        """Credit the opening balance, once in the account's life (a later run reuses it)."""
+        if not self.state.opened:
+            self.state.opened = True
+            self.state.balance += opening_balance
+        return self.state.balance
+
+    @transactional
     async def deposit(self, amount: int) -> int:
         if amount <= 0:
             raise ValueError(f"deposit must be positive, got {amount}")
         self.state.balance += amount
-        self.state.operations += 1
         self.state.history = [*self.state.history[-9:], amount]
         return self.state.balance
 
+    @transactional
     async def withdraw(self, amount: int) -> int:
         if amount <= 0:
             raise ValueError(f"withdrawal must be positive, got {amount}")
-        # Change first, then check: the rollback on raise is what keeps this honest.
-        self.state.balance -= amount
-        self.state.operations += 1
-        if self.state.balance < 0:
+        if amount > self.state.balance:
             raise InsufficientFunds(f"account {self.key}: cannot withdraw {amount}")
+        self.state.balance -= amount
         self.state.history = [*self.state.history[-9:], -amount]
         return self.state.balance
+
+    @transactional
+    async def transfer_to(self, other: str, amount: int) -> None:
+        """Both sides or neither: a transaction of its own when called outside one."""
+        await self.withdraw(amount)
+        await self.get(BankAccount, other).deposit(amount)
 
     @read_only
     async def balance(self) -> int:
         return self.state.balance
 
 
-async def run(accounts: int, operations: int, db_path: str) -> None:
+async def run(accounts: int, transfers: int, db_path: str) -> None:
     rng = random.Random(42)
     async with Cluster.local(actors=[BankAccount], silos=3, storage=f"sqlite:///{db_path}") as bank:
         refs = [bank.get(BankAccount, f"acct-{i}") for i in range(accounts)]
-        opening = sum(await asyncio.gather(*(r.balance() for r in refs)))
-        applied = 0
-        refused = 0
+        opening = sum(await asyncio.gather(*(r.open(OPENING_BALANCE) for r in refs)))
+        outcomes: Counter[str] = Counter()
 
-        async def one_operation() -> None:
-            nonlocal applied, refused
-            account = rng.choice(refs)
-            amount = rng.randint(1, 100)
+        async def one_transfer(n: int) -> None:
+            source, target = rng.sample(range(accounts), 2)
+            amount = rng.randint(1, 40)
+
+            async def move() -> None:
+                await refs[source].withdraw(amount)
+                await refs[target].deposit(amount)
+
             try:
-                if rng.random() < 0.55:
-                    await account.deposit(amount)
-                    applied += amount
+                if n % 2:
+                    await bank.transact(move, retries=5)  # the client coordinates
                 else:
-                    await account.withdraw(amount)
-                    applied -= amount
+                    for attempt in range(6):  # the silo coordinates; retry by hand
+                        try:
+                            await refs[source].transfer_to(f"acct-{target}", amount)
+                            break
+                        except TransactionAbortedError:
+                            if attempt == 5:
+                                raise
+                            await asyncio.sleep(rng.uniform(0, 0.002 * 2**attempt))
+                outcomes["committed"] += 1
             except InsufficientFunds:
-                refused += 1
+                outcomes["refused: overdraft"] += 1
+            except TransactionAbortedError:
+                outcomes["aborted after retries"] += 1
+
+        async def client(first: int) -> None:
+            for n in range(first, transfers, CLIENTS):
+                await one_transfer(n)
 
         started = time.perf_counter()
-        await asyncio.gather(*(one_operation() for _ in range(operations)))
+        await asyncio.gather(*(client(c) for c in range(CLIENTS)))
         elapsed = time.perf_counter() - started
-        closing = sum(await asyncio.gather(*(r.balance() for r in refs)))
+        closing_balances = await asyncio.gather(*(r.balance() for r in refs))
         per_silo = {s["silo"]: s["activations"] for s in await bank.stats()}
+    closing = sum(closing_balances)
     print(
-        f"{operations} operations over {accounts} accounts in {elapsed:.2f} s "
-        f"({operations / elapsed:,.0f} durable operations/s)"
+        f"{transfers} transfers between {accounts} accounts in {elapsed:.2f} s "
+        f"({outcomes['committed'] / elapsed:,.0f} committed transactions/s)"
     )
     print(f"activations per silo: {per_silo}")
-    print(f"refused overdrafts: {refused}")
-    print(f"opening total {opening} + applied {applied} = closing total {closing}")
-    if opening + applied != closing:
+    print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    print(f"total before {opening}, after {closing}; lowest balance {min(closing_balances)}")
+    if closing != opening or min(closing_balances) < 0:
         raise SystemExit("MONEY WAS NOT CONSERVED")
     print("money conserved: OK")
 
@@ -99,14 +134,16 @@ async def run(accounts: int, operations: int, db_path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--operations", type=int, default=5000)
+    parser.add_argument("--transfers", type=int, default=3000)
     parser.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
     args = parser.parse_args()
+    if args.accounts < 2 or args.transfers < 0:
+        parser.error("--accounts must be at least 2 and --transfers at least 0")
     if args.db:
-        asyncio.run(run(args.accounts, args.operations, args.db))
+        asyncio.run(run(args.accounts, args.transfers, args.db))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.accounts, args.operations, os.path.join(tmp, "bank.db")))
+        asyncio.run(run(args.accounts, args.transfers, os.path.join(tmp, "bank.db")))
 
 
 if __name__ == "__main__":

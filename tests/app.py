@@ -275,6 +275,10 @@ class Vault(Actor[Ledger], name="test.Vault"):
         raise RuntimeError("failed inside the transaction")
 
     @transactional
+    async def wipe(self) -> None:
+        await self.clear_state()
+
+    @transactional
     async def hold_unserializable(self) -> None:
         self.state.applied.append(object())  # type: ignore[arg-type]
 

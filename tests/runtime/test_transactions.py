@@ -11,6 +11,7 @@ import pytest
 from actors import (
     Actor,
     ConfigurationError,
+    InvalidCallError,
     TransactionAbortedError,
     transactional,
 )
@@ -183,6 +184,18 @@ async def test_an_unserializable_state_aborts_at_prepare(any_cluster: Cluster, k
             await b.add(1, 5)
             await a.hold_unserializable()
     assert await _ledgers(any_cluster, a, b) == [(0, []), (0, [])]
+
+
+async def test_clearing_state_inside_a_transaction_is_refused_and_aborts_it(
+    any_cluster: Cluster, key: Any
+) -> None:
+    a = any_cluster.get(Vault, key("a"))
+    await a.deposit(5)
+    with pytest.raises(InvalidCallError, match="clear_state"):
+        async with any_cluster.transaction():
+            await a.add(1, 1)
+            await a.wipe()
+    assert await a.ledger() == app.Ledger(5, [])
 
 
 async def test_an_older_transaction_gives_up_after_the_lock_timeout(key: Any) -> None:
