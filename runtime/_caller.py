@@ -130,7 +130,22 @@ class Caller:
         if transaction is not None:
             request.transaction = transaction.header()  # the silo decides if the call joins
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
-        response = await self._exchange(request, destination)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
+        self._pending[call_id] = _PendingCall(
+            future, loop.time() + timeout, target, method, timeout, destination
+        )
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_deadlines())
+        try:
+            self._transport.send(destination, request)
+            if future.done():
+                # Answered on the spot (an in-process refusal): awaiting a done future does
+                # not yield, and a caller retrying in a loop would starve every other task.
+                await asyncio.sleep(0)
+            response = await future
+        finally:
+            self._pending.pop(call_id, None)
         if response.joined and transaction is not None:
             transaction.participants.update(response.joined)
         if response.ok:
@@ -183,30 +198,6 @@ class Caller:
         if response.ok:
             return decode(response.payload, self) if response.payload else None
         raise decode_error(response.payload)
-
-    async def _exchange(self, request: Request, destination: str) -> Response:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
-        call_id = request.call_id
-        self._pending[call_id] = _PendingCall(
-            future,
-            loop.time() + request.timeout,
-            request.target,
-            request.method,
-            request.timeout,
-            destination,
-        )
-        if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep_deadlines())
-        try:
-            self._transport.send(destination, request)
-            if future.done():
-                # Answered on the spot (an in-process refusal): awaiting a done future does
-                # not yield, and a caller retrying in a loop would starve every other task.
-                await asyncio.sleep(0)
-            return await future
-        finally:
-            self._pending.pop(call_id, None)
 
     def deliver_response(self, response: Response) -> None:
         pending = self._pending.pop(response.call_id, None)

@@ -99,8 +99,8 @@ class SiloActor:
     async def start(self) -> bytes:
         return await self.host.start()
 
-    async def receive_batch(self, blob: bytes) -> None:
-        await self.host.receive_batch(blob)
+    async def receive_batch(self, blob: bytes) -> bytes:
+        return await self.host.receive_batch(blob)
 
     async def poll(self, client: str) -> bytes:
         return await self.host.poll(client)

@@ -20,7 +20,7 @@ from runtime._clock import SystemClock
 from runtime._logging import get_logger
 from runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
 from runtime._messages import Request, unpack_batch
-from runtime._ray_transport import RayTransport
+from runtime._ray_transport import RayTransport, is_client_address
 from runtime._registry import ActorRegistry
 from runtime._silo import Silo, SiloOptions
 from storage import StorageProvider, open_storage
@@ -334,12 +334,21 @@ class SiloHostImpl:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def receive_batch(self, blob: bytes) -> None:
+    async def receive_batch(self, blob: bytes) -> bytes:
+        client, call_ids = "", set()
         for message in unpack_batch(blob):
             if isinstance(message, Request):
                 self.silo.deliver_request(message)
+                if is_client_address(message.reply_to):
+                    client = message.reply_to
+                    call_ids.add(message.call_id)
             else:
                 self.silo.deliver_response(message)
+        if not client:
+            return b""
+        # A client's batch carries its answers back when they are quick, which spares the
+        # client's long poll a Ray call per round trip; slower ones go by the poll.
+        return await self.transport.answers(client, call_ids)
 
     async def poll(self, client: str) -> bytes:
         return await self.transport.poll(client)

@@ -22,6 +22,7 @@ __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 
 CLIENT_PREFIX = "client-"
 POLL_SECONDS = 10.0
+ANSWER_WAIT_SECONDS = 0.002  # how long a client's batch waits to carry its answers back
 
 
 def is_client_address(address: str) -> bool:
@@ -29,25 +30,70 @@ def is_client_address(address: str) -> bool:
 
 
 class ClientMailbox:
-    """Responses waiting on a silo for a driver-side client's next poll."""
+    """Responses waiting on a silo for a driver-side client.
+
+    They leave by the client's long poll (``take``), or in the reply to the very batch that
+    carried their calls (``take_answers``), which saves the client a Ray call per round trip.
+    Calls whose batch is still waiting for its answers are reserved from the poll meanwhile.
+    """
 
     def __init__(self) -> None:
-        self.messages: list[Request | Response] = []
-        self.ready = asyncio.Event()
+        self.messages: list[Response] = []
+        self._reserved: set[int] = set()
+        self._waiters: list[asyncio.Future[None]] = []
 
-    def put(self, message: Request | Response) -> None:
+    def put(self, message: Response) -> None:
         self.messages.append(message)
-        self.ready.set()
+        self._wake()
 
-    async def take(self, timeout: float) -> list[Request | Response]:
-        if not self.messages:
-            try:
-                await asyncio.wait_for(self.ready.wait(), timeout)
-            except asyncio.TimeoutError:
-                return []
-        taken, self.messages = self.messages, []
-        self.ready.clear()
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self, deadline: float) -> bool:
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, remaining)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _extract(self, wanted: Callable[[Response], bool]) -> list[Response]:
+        taken = [m for m in self.messages if wanted(m)]
+        if taken:
+            self.messages = [m for m in self.messages if not wanted(m)]
         return taken
+
+    async def take(self, timeout: float) -> list[Response]:
+        """(The poll) every unreserved response, waiting up to ``timeout`` for one."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            taken = self._extract(lambda m: m.call_id not in self._reserved)
+            if taken or not await self._wait(deadline):
+                return taken
+
+    async def take_answers(self, call_ids: set[int], timeout: float) -> list[Response]:
+        """The responses to ``call_ids`` once all are in, or those in by ``timeout``; the
+        rest go by the poll. A slow call thus delays its batch's fast ones by ``timeout`` at
+        most."""
+        self._reserved |= call_ids
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while {m.call_id for m in self.messages} & call_ids != call_ids:
+                if not await self._wait(deadline):
+                    break
+            return self._extract(lambda m: m.call_id in call_ids)
+        finally:
+            self._reserved -= call_ids
+            if self.messages:
+                self._wake()  # whatever stayed is the poll's
 
 
 class RayTransport:
@@ -85,7 +131,7 @@ class RayTransport:
         if destination == self.address and self._local is not None:
             self._local.deliver_response(response)
         elif is_client_address(destination):
-            self.mailbox(destination).put(response)
+            self.mailbox(destination).put(response)  # Responses only: clients get no calls
         else:
             self._enqueue(destination, response)
 
@@ -99,6 +145,10 @@ class RayTransport:
 
     async def poll(self, client: str) -> bytes:
         return pack_batch(await self.mailbox(client).take(POLL_SECONDS))
+
+    async def answers(self, client: str, call_ids: set[int]) -> bytes:
+        """The responses to a client's batch that are ready at once (see ClientMailbox)."""
+        return pack_batch(await self.mailbox(client).take_answers(call_ids, ANSWER_WAIT_SECONDS))
 
     def forget_client(self, client: str) -> None:
         self._mailboxes.pop(client, None)
@@ -133,9 +183,14 @@ class RayTransport:
 
     async def _watch(self, ref: Any, destination: str, messages: list[Request | Response]) -> None:
         try:
-            await ref
+            blob = await ref
         except Exception as exc:
             self._undeliverable(destination, messages, exc)
+            return
+        if blob and self._local is not None:  # answers that came back with the batch
+            for message in unpack_batch(blob):
+                if isinstance(message, Response):
+                    self._local.deliver_response(message)
 
     def _undeliverable(
         self, destination: str, messages: list[Request | Response], exc: BaseException

@@ -86,7 +86,10 @@ async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
     return name, handle
 
 
-async def test_node_killed_mid_workload_every_actor_comes_back(ray_silos: Any, key: Any) -> None:
+@pytest.mark.parametrize("writes_before_kill", [30, 600])  # the kill at different moments
+async def test_node_killed_mid_workload_every_actor_comes_back(
+    ray_silos: Any, key: Any, writes_before_kill: int
+) -> None:
     node = ray_silos.nodes.add_node(num_cpus=1)
     ray_silos.nodes.wait_for_nodes()
     name, _ = await _start_extra_silo(node.node_id, 0)
@@ -98,7 +101,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(ray_silos: Any, k
         assert doomed, "some accounts must live on the silo that dies"
         await asyncio.gather(*(work.deposit(r) for r in work.refs))  # activate all 2000
         running = asyncio.ensure_future(work.run())
-        await work.until(work.acknowledged() + 300)
+        await work.until(work.acknowledged() + writes_before_kill)
         killed_at = time.monotonic()
         ray_silos.nodes.remove_node(node, allow_graceful=False)
         while not await work.deposit(doomed[0]):  # the first call that lands on a new owner
