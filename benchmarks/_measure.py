@@ -10,6 +10,7 @@ bytes, seconds), ``target`` (text) and ``meets_target``.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -98,3 +99,22 @@ async def interleave(
         for name, measure in sides.items():
             results[name].add(*await measure())
     return results
+
+
+async def drive(
+    call: Callable[[int, int], Awaitable[Any]], callers: int, targets: int, calls_per_caller: int
+) -> Measurement:
+    """``callers`` concurrent loops, each making ``calls_per_caller`` calls ``call(target,
+    i)`` to its own target (``index % targets``); the rate and every call's latency."""
+    latencies = Latencies()
+
+    async def caller(index: int) -> None:
+        target = index % targets
+        for i in range(calls_per_caller):
+            started = now()
+            await call(target, i)
+            latencies.add(now() - started)
+
+    started = now()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return callers * calls_per_caller / (now() - started), latencies

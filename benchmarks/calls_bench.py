@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors import Actor
-from benchmarks._measure import Latencies, Measurement, figure, interleave, now
+from benchmarks._measure import Measurement, drive, figure, interleave
 from runtime import Cluster
 
 __all__ = ["run"]
@@ -69,33 +69,17 @@ def _sizes(quick: bool, smoke: bool) -> _Sizes:
     return _Sizes(calls_per_round=30_000, rounds=5)
 
 
-async def _drive(call: Any, callers: int, actors: int, calls_per_caller: int) -> Measurement:
-    latencies = Latencies()
-
-    async def caller(index: int) -> None:
-        target = index % actors
-        for i in range(calls_per_caller):
-            started = now()
-            await call(target, i)
-            latencies.add(now() - started)
-
-    started = now()
-    await asyncio.gather(*(caller(i) for i in range(callers)))
-    elapsed = now() - started
-    return callers * calls_per_caller / elapsed, latencies
-
-
 async def _raygrain(callers: int, actors: int, calls: int) -> Measurement:
     async with Cluster.local(actors=[Ping], silos=2) as cluster:
         refs = [cluster.get(Ping, k) for k in range(actors)]
         await asyncio.gather(*(r.ping(0) for r in refs))  # activate outside the timing
-        return await _drive(lambda t, v: refs[t].ping(v), callers, actors, calls)
+        return await drive(lambda t, v: refs[t].ping(v), callers, actors, calls)
 
 
 async def _bare(callers: int, actors: int, calls: int) -> Measurement:
     objects = [_BareObject() for _ in range(actors)]
     try:
-        return await _drive(lambda t, v: objects[t].ping(v), callers, actors, calls)
+        return await drive(lambda t, v: objects[t].ping(v), callers, actors, calls)
     finally:
         for obj in objects:
             obj.task.cancel()

@@ -30,7 +30,7 @@ from typing import Any
 import ray
 
 from actors import Actor
-from benchmarks._measure import Latencies, Measurement, figure, interleave, now
+from benchmarks._measure import drive, figure, interleave, now
 from benchmarks._ray import ensure_ray, shutdown_ray
 from runtime import Cluster
 
@@ -92,21 +92,6 @@ def _sizes(quick: bool, smoke: bool) -> _Sizes:
         single_calls=2_000,
         rounds=5,
     )
-
-
-async def _drive(call: Any, callers: int, targets: int, calls_per_caller: int) -> Measurement:
-    latencies = Latencies()
-
-    async def caller(index: int) -> None:
-        target = index % targets
-        for i in range(calls_per_caller):
-            started = now()
-            await call(target, i)
-            latencies.add(now() - started)
-
-    started = now()
-    await asyncio.gather(*(caller(i) for i in range(callers)))
-    return callers * calls_per_caller / (now() - started), latencies
 
 
 async def _activate(cluster: Cluster, keys: range) -> float:
@@ -220,10 +205,10 @@ async def _calls(cluster: Cluster, raw: list[Any], sizes: _Sizes) -> list[dict[s
         )
         result = await interleave(
             {
-                "baseline": lambda c=callers, n=calls: _drive(
+                "baseline": lambda c=callers, n=calls: drive(
                     lambda t, v: raw[t].ping.remote(v), c, min(c, len(raw)), n
                 ),
-                "raygrain": lambda c=callers, n=calls: _drive(
+                "raygrain": lambda c=callers, n=calls: drive(
                     lambda t, v: grains[t].ping(v), c, c, n
                 ),
             },

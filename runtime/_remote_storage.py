@@ -65,12 +65,15 @@ class StorageServerImpl:
         await self.provider.aclose()
 
 
+_READ_ATTEMPTS = 3
+
+
 class RemoteStorage:
     """A storage provider that forwards to the storage server actor, batching per loop turn."""
 
     def __init__(self, server: Any) -> None:
         self._server = server
-        self._pending: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[list[Any], asyncio.Future[Any], int]] = []
         self._flush_scheduled = False
         self._closed = False
 
@@ -95,26 +98,44 @@ class RemoteStorage:
     async def _submit(self, op: list[Any]) -> Any:
         if self._closed:
             raise StorageError("remote storage client is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((op, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(op, future, 0)
+        return await future
+
+    def _queue(self, op: list[Any], future: asyncio.Future[Any], attempt: int) -> None:
+        self._pending.append((op, future, attempt))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return await future
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         try:
-            results = _unpack(await self._server.execute.remote(_pack([op for op, _ in batch])))
+            results = _unpack(await self._server.execute.remote(_pack([op for op, _, _ in batch])))
         except Exception as exc:
-            error = StorageError(f"storage server unreachable: {type(exc).__name__}: {exc}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+            # Unreachable for a moment (Ray reconnecting after a node loss) or for good. A read
+            # is tried again; a write may or may not have been applied, so its turn fails
+            # (rolled back here; a write that did land fences this activation at its next one).
+            loop = asyncio.get_running_loop()
+            for op, future, attempt in batch:
+                if future.done():
+                    continue
+                if op[0] == "read" and attempt < _READ_ATTEMPTS:
+                    loop.call_later(0.1 * (attempt + 1), self._queue, op, future, attempt + 1)
+                    continue
+                future.set_exception(
+                    StorageError(
+                        f"storage server unreachable: {type(exc).__name__}: {exc}"
+                        + (
+                            ""
+                            if op[0] == "read"
+                            else "; the write may or may not have been applied"
+                        )
+                    )
+                )
             return
-        for (_, future), (ok, value) in zip(batch, results, strict=True):
+        for (_, future, _), (ok, value) in zip(batch, results, strict=True):
             if future.done():
                 continue
             if ok:
