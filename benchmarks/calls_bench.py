@@ -26,6 +26,7 @@ from runtime import Cluster
 __all__ = ["run"]
 
 BASELINE_NAME = "bare asyncio mailbox"
+TARGET_RATIO = 0.6  # with many callers
 
 
 class Ping(Actor[None], name="bench.Ping"):
@@ -86,6 +87,15 @@ async def _bare(callers: int, actors: int, calls: int) -> Measurement:
         await asyncio.gather(*(o.task for o in objects), return_exceptions=True)
 
 
+def _target(callers: int, ratio: float) -> dict[str, Any]:
+    if callers < 1000:
+        return {}
+    return {
+        "target": f">= {TARGET_RATIO:.0%} of the baseline",
+        "meets_target": ratio >= TARGET_RATIO,
+    }
+
+
 def _label(callers: int) -> str:
     return "one caller" if callers == 1 else f"{callers} callers over {callers} actors"
 
@@ -121,6 +131,7 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
                 baseline_rounds=base.rates,
                 latency=ours.median_latencies().percentiles_ms(),
                 baseline_latency=base.median_latencies().percentiles_ms(),
+                **_target(callers, ours.rate / base.rate),
             )
         )
     return results
