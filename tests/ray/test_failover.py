@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from actors import ActorCallTimeout, SiloUnavailableError, StorageError
+from actors import (
+    ActorCallTimeout,
+    InconsistentStateError,
+    SiloUnavailableError,
+    StorageError,
+)
 from runtime import Cluster
 from tests import app
 from tests.app import BankAccount, Chain
@@ -22,7 +27,9 @@ pytestmark = pytest.mark.ray
 
 # Fate unknown: the call may or may not have been applied (never half). A StorageError comes
 # from a write whose storage server was unreachable for a moment while a node went away.
-RETRYABLE = (SiloUnavailableError, ActorCallTimeout, StorageError)
+# An InconsistentStateError is a write fenced off because a lingering old owner wrote first:
+# not applied, and the next call reactivates from storage.
+RETRYABLE = (SiloUnavailableError, ActorCallTimeout, StorageError, InconsistentStateError)
 
 
 class Workload:
