@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,7 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
     finally:
         ray.shutdown()
         nodes.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _main() -> None:
