@@ -130,15 +130,8 @@ class Caller:
         if transaction is not None:
             request.transaction = transaction.header()  # the silo decides if the call joins
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
-        self._pending[call_id] = _PendingCall(
-            future, loop.time() + timeout, target, method, timeout, destination
-        )
-        if self._sweeper is None:
-            self._sweeper = loop.create_task(self._sweep_deadlines())
+        future = self._dispatch(request, destination)
         try:
-            self._transport.send(destination, request)
             if future.done():
                 # Answered on the spot (an in-process refusal): awaiting a done future does
                 # not yield, and a caller retrying in a loop would starve every other task.
@@ -148,9 +141,7 @@ class Caller:
             self._pending.pop(call_id, None)
         if response.joined and transaction is not None:
             transaction.participants.update(response.joined)
-        if response.ok:
-            return decode(response.payload, self) if response.payload else None
-        raise decode_error(response.payload)
+        return self.result_of(response)
 
     @property
     def default_timeout(self) -> float:
@@ -160,7 +151,7 @@ class Caller:
         self, target: ActorId, method: str, args: list[Any], timeout: float
     ) -> Any:
         """A runtime-to-runtime message (the transaction protocol) to ``target``'s silo."""
-        return self.system_result(await self.send_system(target, method, args, timeout))
+        return self.result_of(await self.send_system(target, method, args, timeout))
 
     def send_system(
         self, target: ActorId, method: str, args: list[Any], timeout: float
@@ -179,11 +170,20 @@ class Caller:
             timeout,
             view_version=membership.view.version,
         )
+        return self._dispatch(request, membership.ring.owner(target))
+
+    def _dispatch(self, request: Request, destination: str) -> asyncio.Future[Response]:
+        """Register ``request`` as pending (its deadline swept) and send it; the future
+        completes with its response. The caller pops the pending entry when done waiting."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
-        destination = membership.ring.owner(target)
         self._pending[request.call_id] = _PendingCall(
-            future, loop.time() + timeout, target, method, timeout, destination
+            future,
+            loop.time() + request.timeout,
+            request.target,
+            request.method,
+            request.timeout,
+            destination,
         )
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
@@ -194,7 +194,8 @@ class Caller:
             raise
         return future
 
-    def system_result(self, response: Response) -> Any:
+    def result_of(self, response: Response) -> Any:
+        """The decoded result of ``response``, or its error raised."""
         if response.ok:
             return decode(response.payload, self) if response.payload else None
         raise decode_error(response.payload)

@@ -212,7 +212,7 @@ class Coordinator:
         for outcome in sent:
             try:
                 if isinstance(outcome, asyncio.Future):
-                    results.append(self._silo.caller.system_result(await outcome))
+                    results.append(self._silo.caller.result_of(await outcome))
                 else:
                     results.append(outcome)
             except Exception as exc:
