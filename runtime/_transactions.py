@@ -62,6 +62,11 @@ _ids = itertools.count(1)
 _process_tag = f"{os.getpid():x}.{os.urandom(3).hex()}"
 
 
+def _new_txid() -> str:
+    """Unique across processes: this process's tag and a counter."""
+    return f"{_process_tag}.{next(_ids)}"
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionSettings:
     """How long locks and decisions may take; every duration is in seconds."""
@@ -84,8 +89,7 @@ class TransactionContext:
     @classmethod
     def new(cls, start: float | None = None) -> TransactionContext:
         """A new transaction; ``start`` (its age, for wait-die) defaults to now."""
-        txid = f"{_process_tag}.{next(_ids)}"
-        return cls(txid, time.time() if start is None else start, set())
+        return cls(_new_txid(), time.time() if start is None else start, set())
 
     @classmethod
     def joined(cls, ticket: TxTicket, first: ActorId) -> TransactionContext:
@@ -130,8 +134,7 @@ class TxTicket:
 
     @classmethod
     def started_here(cls) -> TxTicket:
-        context = TransactionContext.new()
-        return cls(context.txid, context.start, True, coordinates=True)
+        return cls(_new_txid(), time.time(), True, coordinates=True)
 
     def wounds(self, holder: LockHolder) -> bool:
         """Wound-wait: take the lock from its holder (which aborts) rather than wait, when
