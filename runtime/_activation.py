@@ -227,7 +227,7 @@ class Activation:
         if self.options.reentrant or options.always_interleave:
             if self.state is ActivationState.VALID:
                 self.interleaved += 1
-                self._start(delivery)
+                self._start(delivery, eager=True)
             else:
                 self._queue(delivery)
             return
@@ -241,7 +241,7 @@ class Activation:
                 self.readers += 1
             else:
                 self.exclusive = True
-            self._start(delivery)
+            self._start(delivery, eager=True)
             return
         if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
             self.silo.reply_error(
@@ -317,8 +317,8 @@ class Activation:
             return False
         return delivery.method.options.read_only or not (self.readers or self.interleaved)
 
-    def _start(self, delivery: Delivery) -> None:
-        self.silo.run_turn(self._run_turn(delivery))
+    def _start(self, delivery: Delivery, eager: bool = False) -> None:
+        self.silo.run_turn(self._run_turn(delivery), eager)
 
     async def _run_turn(self, delivery: Delivery) -> None:
         request = delivery.request

@@ -9,9 +9,12 @@ and inside a Ray actor: only the transport given to it differs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextvars
+import threading
+from asyncio.tasks import _enter_task, _leave_task
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from actors import (
     Actor,
@@ -50,6 +53,59 @@ __all__ = ["Silo", "SiloOptions"]
 
 _MAX_FORWARD_HOPS = 3
 _MAX_IDLE_RUNNERS = 4096
+# Turns started eagerly inside other eager turns (A calls B calls C ...), at most; deeper ones
+# go to a runner task, so that a long call chain cannot exhaust the Python stack.
+_MAX_EAGER_DEPTH = 8
+
+
+class _EagerDepth(threading.local):
+    value = 0
+
+
+_eager = _EagerDepth()
+
+
+class _Resumed:
+    """The rest of a turn that started eagerly and then had to wait: an awaitable a runner task
+    drives, each step inside the turn's own context (as if it had been a task from the start)."""
+
+    __slots__ = ("_context", "_pending", "_turn", "throw_first")
+
+    def __init__(
+        self, turn: Coroutine[Any, Any, None], pending: Any, context: contextvars.Context
+    ) -> None:
+        self._turn = turn
+        self._pending = pending
+        self._context = context
+        self.throw_first: BaseException | None = None
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        turn, run, pending = self._turn, self._context.run, self._pending
+        if self.throw_first is not None:
+            try:
+                pending = run(turn.throw, self.throw_first)
+            except StopIteration:
+                return
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                turn.close()
+                raise
+            except BaseException as exc:  # a cancellation: the turn decides what it means
+                try:
+                    pending = run(turn.throw, exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    pending = run(turn.send, sent)
+                except StopIteration:
+                    return
+
+
+# What a runner task is handed: a turn not started yet, or the rest of one started eagerly.
+_Turn: TypeAlias = "Coroutine[Any, Any, None] | _Resumed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +148,7 @@ class Silo:
         self._collector: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._collected = asyncio.Event()
-        self._idle_runners: list[asyncio.Future[Coroutine[Any, Any, None]]] = []
+        self._idle_runners: list[tuple[asyncio.Task[None], asyncio.Future[_Turn]]] = []
         # Set by a Ray silo host after a membership change: new activations of ring-placed
         # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
         self.activation_gate: asyncio.Future[None] | None = None
@@ -358,32 +414,76 @@ class Silo:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def run_turn(self, turn: Coroutine[Any, Any, None]) -> None:
-        """Run a turn on an idle runner task, or on a new one.
+    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> None:
+        """Run a turn on a runner task: an idle one, or a new one.
 
         Creating an asyncio task costs more than a whole in-process call (the task registry is
         a WeakSet in Python code), so finished runners wait for the next turn instead of ending.
-        Each turn sets its own context variables when it starts.
+        An ``eager`` turn starts on the spot, in the caller's stack but as its runner's task
+        (``asyncio.current_task()``, timeouts and cancellation all belong to the runner) and
+        in a fresh context, until it first has to wait; most in-process turns never do, so
+        they answer before ``deliver_request`` returns, saving a trip through the event loop.
+        The runner drives the rest. Each turn sets its own context variables when it starts.
         """
-        if self._idle_runners:
-            self._idle_runners.pop().set_result(turn)
-        else:
-            self.spawn(self._runner(turn))
+        if not (eager and self._idle_runners and _eager.value < _MAX_EAGER_DEPTH):
+            # (An eager start needs a runner that is already running: one not started yet
+            # would die of a cancellation the turn asks for before the runner first runs.)
+            waiter = self._idle_runners.pop()[1] if self._idle_runners else self._new_runner()
+            waiter.set_result(turn)
+            return
+        runner, waiter = self._idle_runners.pop()
+        loop = waiter.get_loop()
+        context = contextvars.Context()
+        caller = asyncio.current_task(loop)
+        if caller is not None:
+            _leave_task(loop, caller)
+        _enter_task(loop, runner)
+        _eager.value += 1
+        try:
+            pending = context.run(turn.send, None)
+        except StopIteration:
+            self._idle_runners.append((runner, waiter))
+            return
+        except Exception as exc:  # a turn reports its own errors; this is a runtime bug
+            get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
+            self._idle_runners.append((runner, waiter))
+            return
+        finally:
+            _eager.value -= 1
+            _leave_task(loop, runner)
+            if caller is not None:
+                _enter_task(loop, caller)
+        waiter.set_result(_Resumed(turn, pending, context))
 
-    async def _runner(self, turn: Coroutine[Any, Any, None]) -> None:
-        loop = asyncio.get_running_loop()
+    def _new_runner(self) -> asyncio.Future[_Turn]:
+        waiter: asyncio.Future[_Turn] = asyncio.get_running_loop().create_future()
+        self.spawn(self._runner(waiter))
+        return waiter
+
+    async def _runner(self, waiter: asyncio.Future[_Turn]) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while True:
+            try:
+                turn = await waiter
+            except asyncio.CancelledError as exc:
+                if not waiter.done() or waiter.cancelled():
+                    raise  # cancelled while idle: the silo is closing
+                # Cancelled after being handed a turn (one that set a very short timeout while
+                # it started eagerly): the cancellation is the turn's.
+                turn = waiter.result()
+                if isinstance(turn, _Resumed):
+                    turn.throw_first = exc
             try:
                 await turn
             except Exception as exc:  # a turn reports its own errors; this is a runtime bug
                 get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
             if self.closed or len(self._idle_runners) >= _MAX_IDLE_RUNNERS:
                 return
-            waiter: asyncio.Future[Coroutine[Any, Any, None]] = loop.create_future()
-            self._idle_runners.append(waiter)
-            turn = await waiter
+            waiter = me.get_loop().create_future()
+            self._idle_runners.append((me, waiter))
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coroutine`` as a task the silo keeps a reference to until it ends."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)

@@ -122,6 +122,16 @@ class Recorder(Actor[Log], name="test.Recorder"):
         return list(self.state.entries)
 
     @read_only
+    async def bounded_sleep(self, seconds: float, limit: float) -> str:
+        # A turn's own timeout must cancel the turn, never the task of whoever called it.
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.sleep(seconds)
+        except TimeoutError:
+            return "timed out"
+        return "slept"
+
+    @read_only
     async def instance_id(self) -> int:
         return id(self)
 

@@ -106,6 +106,16 @@ async def test_reentrant_actor_may_be_called_back(any_cluster: Cluster, key: Key
     assert await actor.call_back(any_cluster.get(Chain, key("x"))) == "pong"
 
 
+async def test_a_turn_owns_the_timeouts_it_sets(any_cluster: Cluster, key: Key) -> None:
+    recorder = any_cluster.get(Recorder, key("timeouts"))
+    assert await recorder.bounded_sleep(0, 5) == "slept"  # set and left without waiting
+    assert await recorder.bounded_sleep(5, 0.05) == "timed out"
+    assert await recorder.bounded_sleep(5, 0) == "timed out"  # expired before the turn waits
+    assert asyncio.current_task() is not None
+    assert not asyncio.current_task().cancelling()  # the caller's task was left alone
+    assert await recorder.bounded_sleep(0.01, 5) == "slept"
+
+
 async def test_call_deadline_raises_timeout(any_cluster: Cluster, key: Key) -> None:
     recorder = any_cluster.get(Recorder, key("slow"))
     with pytest.raises(ActorCallTimeout, match=re.escape(f"test.Recorder/{key('slow')}.sleep")):
