@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import deque
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +90,7 @@ class Activation:
         "_deactivated",
         "_etag",
         "_idle_waiter",
+        "_write_waiters",
         "_writing",
         "actor_id",
         "cls",
@@ -127,7 +127,8 @@ class Activation:
         self._committed: bytes | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
         self._deactivated: asyncio.Future[None] | None = None
-        self._writing: asyncio.Future[None] | None = None
+        self._writing = False
+        self._write_waiters: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
         self.tx: TxHold | None = None  # the transaction holding this actor, if any
         self.tx_blocked: deque[Delivery] | None = None  # calls waiting for it to end
@@ -613,24 +614,29 @@ class Activation:
             raise SerializationError(f"state of {self.actor_id}: {exc}") from None
         if data == self._committed:
             return
-        await self._write_exclusively(self._store(data))
-
-    async def _store(self, data: bytes) -> None:
-        self._etag = await self.silo.storage.write(self.actor_id, data, self._etag)
-        self._committed = data
-
-    async def _write_exclusively(self, write: Coroutine[Any, Any, None]) -> None:
-        # Interleaved turns may commit at the same time; each write must start from the ETag
-        # the previous one left. A transient future instead of a Lock per activation: it costs
-        # nothing while the activation is idle, which is what most of them are.
-        while self._writing is not None:
-            await asyncio.shield(self._writing)
-        self._writing = done = asyncio.get_running_loop().create_future()
+        while self._writing:
+            await self._write_finished()
+        self._writing = True
         try:
-            await write
+            self._etag = await self.silo.storage.write(self.actor_id, data, self._etag)
+            self._committed = data
         finally:
-            self._writing = None
-            done.set_result(None)
+            self._end_write()
+
+    # Interleaved turns may commit at the same time; each write must start from the ETag the
+    # previous one left, so writes take turns. A flag, and a future only while someone waits,
+    # rather than a Lock per activation: it costs nothing while the activation is idle.
+
+    def _write_finished(self) -> asyncio.Future[None]:
+        if self._write_waiters is None:
+            self._write_waiters = asyncio.get_running_loop().create_future()
+        return asyncio.shield(self._write_waiters)
+
+    def _end_write(self) -> None:
+        self._writing = False
+        waiters, self._write_waiters = self._write_waiters, None
+        if waiters is not None:
+            waiters.set_result(None)
 
     def _rollback(self) -> None:
         assert self.instance is not None
@@ -664,10 +670,12 @@ class Activation:
                 f"{self.actor_id}: clear_state() inside a transaction; set the state to its "
                 "empty value instead, and the transaction commits it"
             )
-        await self._write_exclusively(self._clear(state_type))
-
-    async def _clear(self, state_type: Any) -> None:
-        assert self.instance is not None
-        self._etag = await self.silo.storage.clear(self.actor_id, self._etag)
-        self.instance.state = state_type()
-        self._committed = encode_state(self.instance.state)
+        while self._writing:
+            await self._write_finished()
+        self._writing = True
+        try:
+            self._etag = await self.silo.storage.clear(self.actor_id, self._etag)
+            self.instance.state = state_type()
+            self._committed = encode_state(self.instance.state)
+        finally:
+            self._end_write()

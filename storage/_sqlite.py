@@ -20,9 +20,9 @@ import os
 import sqlite3
 import warnings
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import aiosqlite
 
@@ -68,12 +68,19 @@ COMMIT;
 """
 _SELECT_RECORD = "SELECT version, data FROM raygrain_state WHERE id = ?"
 _SELECT_VERSIONS = "SELECT id, version FROM raygrain_state WHERE id IN ({})"
+# Many rows per statement: each statement is one trip into SQLite, and the writer thread lets go
+# of the GIL on every trip (executemany makes one per row), which under load costs the event loop
+# a thread switch each time.
 _UPSERT = (
-    "INSERT INTO raygrain_state (id, version, type_name, actor_key, data) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO raygrain_state (id, version, type_name, actor_key, data) VALUES {}"
     " ON CONFLICT (id) DO UPDATE SET version = excluded.version, data = excluded.data"
 )
+_ROW_PARAMS = "(?, ?, ?, ?, ?)"
+_ROWS_PER_UPSERT = _MAX_PARAMS // 5
 
+_MIN_SPLIT = 64
 _Row = tuple[bytes, int, str, str, bytes | None]
+_T = TypeVar("_T")
 _Outcome = list[str] | InconsistentStateError
 
 
@@ -82,7 +89,6 @@ class _PendingWrite:
     """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it."""
 
     writes: tuple[StateWrite, ...]
-    keys: tuple[bytes, ...]
     result: asyncio.Future[list[str]]
 
 
@@ -179,10 +185,14 @@ class SqliteStorage:
         return StateRecord(None, None)
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
-        return (await self.write_many([StateWrite(actor_id, data, expected_etag)]))[0]
+        if self._reader is None:
+            await self.open()
+        return (await self._queue((StateWrite(actor_id, bytes(data), expected_etag),)))[0]
 
     async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
-        return (await self.write_many([StateWrite(actor_id, None, expected_etag)]))[0]
+        if self._reader is None:
+            await self.open()
+        return (await self._queue((StateWrite(actor_id, None, expected_etag),)))[0]
 
     async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
         """Queue the writes for the next batch; return once the batch containing them committed.
@@ -193,17 +203,12 @@ class SqliteStorage:
         if not writes:
             return []
         # Copy the data now: the caller may reuse a bytearray while the write waits in the queue.
-        group = tuple(
-            StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
-            for w in writes
+        return await self._queue(
+            tuple(
+                StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
+                for w in writes
+            )
         )
-        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._pending.append(
-            _PendingWrite(group, tuple(w.actor_id.canonical() for w in group), result)
-        )
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._run_committer())
-        return await result
 
     async def aclose(self) -> None:
         """Let queued writes commit, then close the file. Idempotent."""
@@ -314,13 +319,22 @@ class SqliteStorage:
             while self._pending:
                 _fail(self._pending.popleft().result, StorageError(f"{self!r} stopped committing"))
 
+    def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
+        self._check_not_closed()
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingWrite(group, result))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._run_committer())
+        return result
+
     def _take_batch(self) -> list[_PendingWrite]:
         batch: list[_PendingWrite] = []
         size = 0
+        limit = min(self.max_batch, max(_MIN_SPLIT, (len(self._pending) + 1) // 2))
         while self._pending:
             head = self._pending[0]
             # A group larger than max_batch still goes, alone: it must be one transaction.
-            if batch and size + len(head.writes) > self.max_batch:
+            if batch and size + len(head.writes) > limit:
                 break
             self._pending.popleft()
             if head.result.done():
@@ -349,27 +363,17 @@ class SqliteStorage:
                 pending.result.set_result(outcome)
 
     async def _apply(self, batch: list[_PendingWrite]) -> list[_Outcome]:
-        """Commit ``batch`` in one transaction: BEGIN, SELECT versions, executemany, COMMIT.
+        """Commit ``batch`` in one transaction, in one trip to the writer's thread.
 
-        Each await is a hop to aiosqlite's thread, so the batch costs four of them (plus one
-        SELECT per 500 distinct keys), however many writes it holds.
+        A trip back from the thread waits behind whatever the event loop is doing, and under
+        load that is the turns the previous batch released; a batch of BEGIN, SELECT,
+        executemany and COMMIT as separate awaits paid that wait four times.
         """
         if self._writer is None:  # dropped after a failed rollback: start afresh
             self._writer = await self._connect_writer()
         writer = self._writer
-        keys = list(dict.fromkeys(key for pending in batch for key in pending.keys))
-        await writer.execute("BEGIN IMMEDIATE")
         try:
-            stored: dict[bytes, int] = {}
-            for start in range(0, len(keys), _MAX_PARAMS):
-                chunk = keys[start : start + _MAX_PARAMS]
-                query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
-                rows = await writer.execute_fetchall(query, chunk)
-                stored.update((bytes(key), int(version)) for key, version in rows)
-            outcomes, rows_to_write = _decide(batch, stored)
-            if rows_to_write:
-                await writer.executemany(_UPSERT, rows_to_write)
-            await writer.execute("COMMIT")
+            outcomes = await _on_thread(writer, lambda connection: _commit(connection, batch))
         except BaseException:
             await self._rollback(writer)
             raise
@@ -403,8 +407,39 @@ class SqliteStorage:
         return StorageError(f"SQLite state store {self.path!r} failed {doing}: {exc!r}")
 
 
+def _commit(connection: sqlite3.Connection, batch: list[_PendingWrite]) -> list[_Outcome]:
+    """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT."""
+    keyed = [tuple(w.actor_id.canonical() for w in pending.writes) for pending in batch]
+    keys = list(dict.fromkeys(key for group in keyed for key in group))
+    connection.execute("BEGIN IMMEDIATE")
+    stored: dict[bytes, int] = {}
+    for start in range(0, len(keys), _MAX_PARAMS):
+        chunk = keys[start : start + _MAX_PARAMS]
+        query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
+        found = connection.execute(query, chunk)
+        stored.update((bytes(key), int(version)) for key, version in found)
+    outcomes, to_write = _decide(batch, keyed, stored)
+    for start in range(0, len(to_write), _ROWS_PER_UPSERT):
+        rows = to_write[start : start + _ROWS_PER_UPSERT]
+        statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
+        connection.execute(statement, [value for row in rows for value in row])
+    connection.execute("COMMIT")
+    return outcomes
+
+
+async def _on_thread(
+    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
+) -> _T:
+    """Run ``function`` with ``connection``'s sqlite3 connection on its own thread.
+
+    (``_execute`` is how every aiosqlite method reaches that thread; it has no public name.)
+    """
+    execute = cast(Callable[[Callable[[], _T]], Awaitable[_T]], connection._execute)
+    return await execute(lambda: function(connection._conn))
+
+
 def _decide(
-    batch: Iterable[_PendingWrite], stored: dict[bytes, int]
+    batch: Iterable[_PendingWrite], keyed: Iterable[tuple[bytes, ...]], stored: dict[bytes, int]
 ) -> tuple[list[_Outcome], list[_Row]]:
     """Check each caller's ETags in queue order and collect the rows of those that pass.
 
@@ -413,13 +448,13 @@ def _decide(
     """
     outcomes: list[_Outcome] = []
     rows: list[_Row] = []
-    for pending in batch:
-        stale = _first_stale(pending, stored)
+    for pending, keys in zip(batch, keyed, strict=True):
+        stale = _first_stale(pending, keys, stored)
         if stale is not None:
             outcomes.append(stale)
             continue
         etags = []
-        for write, key in zip(pending.writes, pending.keys, strict=True):
+        for write, key in zip(pending.writes, keys, strict=True):
             version = stored.get(key, 0) + 1
             stored[key] = version
             rows.append(
@@ -436,9 +471,11 @@ def _decide(
     return outcomes, rows
 
 
-def _first_stale(pending: _PendingWrite, stored: dict[bytes, int]) -> InconsistentStateError | None:
+def _first_stale(
+    pending: _PendingWrite, keys: tuple[bytes, ...], stored: dict[bytes, int]
+) -> InconsistentStateError | None:
     # A group is all or nothing, so every ETag is checked before any of its writes is accepted.
-    for write, key in zip(pending.writes, pending.keys, strict=True):
+    for write, key in zip(pending.writes, keys, strict=True):
         version = stored.get(key)
         stored_etag = None if version is None else str(version)
         if stored_etag != write.expected_etag:
