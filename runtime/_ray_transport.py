@@ -4,10 +4,11 @@ Every message produced in one event-loop iteration for one destination goes out 
 Ray call (``receive_batch``) carrying one msgpack blob, or several of at most
 ``MAX_BATCH_MESSAGES`` each: a full batch leaves at once, so that the silo works on it while
 this process produces the next (with 1,000 callers that pipelining doubles the calls per
-second over one batch per iteration, which leaves each side idle while the other works). Requests and responses travel
-separately: a silo pushes each response as soon as its turn ends, so a slow call never holds
-back the replies of fast calls that arrived in the same batch. A driver-side client is not a
-Ray actor and cannot be pushed to; it long-polls each silo it talks to for its responses.
+second over one batch per iteration, which leaves each side idle while the other works).
+Requests and responses travel separately: a silo pushes each response as soon as its turn ends,
+so a slow call never holds back the replies of fast calls that arrived in the same batch. A
+driver-side client is not a Ray actor and cannot be pushed to; it long-polls each silo it talks
+to for its responses.
 """
 
 from __future__ import annotations
