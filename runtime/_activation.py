@@ -240,9 +240,12 @@ class Activation:
             # The common case, an idle activation: start the turn without queueing it.
             if delivery.method.options.read_only:
                 self.readers += 1
+                self._start(delivery, eager=True)
             else:
                 self.exclusive = True
-            self._start(delivery, eager=True)
+                # A turn that commits state waits for the disk anyway: started eagerly it
+                # would only be handed over to a runner task at its first wait.
+                self._start(delivery, eager=not self._commits_per_turn)
             return
         if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
             self.silo.reply_error(
@@ -318,6 +321,14 @@ class Activation:
             return False
         return delivery.method.options.read_only or not (self.readers or self.interleaved)
 
+    @property
+    def _commits_per_turn(self) -> bool:
+        """Whether a changing turn commits the state when it ends."""
+        return (
+            self.cls.__actor_state_type__ is not None
+            and self.options.persistence is Persistence.PER_TURN
+        )
+
     def _start(self, delivery: Delivery, eager: bool = False) -> None:
         self.silo.run_turn(self._run_turn(delivery), eager)
 
@@ -331,8 +342,7 @@ class Activation:
         per_turn = (
             not options.read_only
             and not in_tx  # a transaction's changes commit with the transaction
-            and self.cls.__actor_state_type__ is not None
-            and self.options.persistence is Persistence.PER_TURN
+            and self._commits_per_turn
         )
         try:
             if self.silo.loop_time() > delivery.expires_at:
