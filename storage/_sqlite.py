@@ -79,6 +79,7 @@ _ROW_PARAMS = "(?, ?, ?, ?, ?)"
 _ROWS_PER_UPSERT = _MAX_PARAMS // 5
 
 _MIN_SPLIT = 64
+_MAX_KNOWN_VERSIONS = 200_000
 _Row = tuple[bytes, int, str, str, bytes | None]
 _T = TypeVar("_T")
 _Outcome = list[str] | InconsistentStateError
@@ -132,6 +133,7 @@ class SqliteStorage:
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
         self.commits = 0  # transactions committed by the group committer, for tests and metrics
+        self._known = _KnownVersions()  # touched only on the writer's thread
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
@@ -373,7 +375,9 @@ class SqliteStorage:
             self._writer = await self._connect_writer()
         writer = self._writer
         try:
-            outcomes = await _on_thread(writer, lambda connection: _commit(connection, batch))
+            outcomes = await _on_thread(
+                writer, lambda connection: _commit(connection, batch, self._known)
+            )
         except BaseException:
             await self._rollback(writer)
             raise
@@ -407,23 +411,63 @@ class SqliteStorage:
         return StorageError(f"SQLite state store {self.path!r} failed {doing}: {exc!r}")
 
 
-def _commit(connection: sqlite3.Connection, batch: list[_PendingWrite]) -> list[_Outcome]:
+class _KnownVersions:
+    """The stored version of each key, as the writer connection left them: valid while no other
+    connection (another process, another ``SqliteStorage`` on the file) has committed since,
+    which ``PRAGMA data_version`` tells inside the batch's write transaction. Spares the
+    per-batch ``SELECT`` of versions, whose every row is a trip into SQLite on which the writer
+    thread lets go of the GIL, and has to wait for the busy event loop to get it back."""
+
+    __slots__ = ("connection", "data_version", "versions")
+
+    def __init__(self) -> None:
+        self.connection: sqlite3.Connection | None = None
+        self.data_version = -1
+        self.versions: dict[bytes, int] = {}  # 0: known to be absent
+
+    def check(self, connection: sqlite3.Connection) -> None:
+        """Forget everything unless only ``connection`` has written since the last batch."""
+        (data_version,) = connection.execute("PRAGMA data_version").fetchone()
+        if connection is not self.connection or data_version != self.data_version:
+            self.versions.clear()
+            self.connection, self.data_version = connection, data_version
+        elif len(self.versions) > _MAX_KNOWN_VERSIONS:
+            self.versions.clear()
+
+    def forget(self) -> None:
+        self.connection = None
+        self.versions.clear()
+
+
+def _commit(
+    connection: sqlite3.Connection, batch: list[_PendingWrite], known: _KnownVersions
+) -> list[_Outcome]:
     """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT."""
     keyed = [tuple(w.actor_id.canonical() for w in pending.writes) for pending in batch]
-    keys = list(dict.fromkeys(key for group in keyed for key in group))
     connection.execute("BEGIN IMMEDIATE")
-    stored: dict[bytes, int] = {}
-    for start in range(0, len(keys), _MAX_PARAMS):
-        chunk = keys[start : start + _MAX_PARAMS]
-        query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
-        found = connection.execute(query, chunk)
-        stored.update((bytes(key), int(version)) for key, version in found)
-    outcomes, to_write = _decide(batch, keyed, stored)
-    for start in range(0, len(to_write), _ROWS_PER_UPSERT):
-        rows = to_write[start : start + _ROWS_PER_UPSERT]
-        statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
-        connection.execute(statement, [value for row in rows for value in row])
-    connection.execute("COMMIT")
+    try:
+        known.check(connection)
+        versions = known.versions
+        unknown = [
+            key for key in dict.fromkeys(k for group in keyed for k in group) if key not in versions
+        ]
+        for start in range(0, len(unknown), _MAX_PARAMS):
+            chunk = unknown[start : start + _MAX_PARAMS]
+            versions.update(dict.fromkeys(chunk, 0))
+            query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
+            found = connection.execute(query, chunk)
+            versions.update((bytes(key), int(version)) for key, version in found)
+        stored = {key: versions[key] for group in keyed for key in group if versions[key]}
+        outcomes, to_write = _decide(batch, keyed, stored)
+        for start in range(0, len(to_write), _ROWS_PER_UPSERT):
+            rows = to_write[start : start + _ROWS_PER_UPSERT]
+            statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
+            connection.execute(statement, [value for row in rows for value in row])
+        connection.execute("COMMIT")
+    except BaseException:
+        known.forget()  # the transaction is rolled back by the caller: nothing here holds
+        raise
+    versions.update((row[0], row[1]) for row in to_write)
     return outcomes
 
 
