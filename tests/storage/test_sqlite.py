@@ -207,6 +207,38 @@ async def test_etags_are_checked_against_earlier_writes_in_the_same_batch(
     assert int(third) == int(second) + 1
 
 
+async def test_a_write_by_another_store_on_the_file_is_seen(db_path: Path) -> None:
+    # Each store remembers the versions it wrote; a commit by any other connection (here a
+    # second store on the same file, as two silo processes would be) must make it look again.
+    async with SqliteStorage(db_path) as first, SqliteStorage(db_path) as second:
+        etag = await first.write(ALICE, b"v1", None)
+        assert await first.write(BOB, b"b1", None) == "1"
+        assert await second.write(ALICE, b"v2", etag) == "2"
+        with pytest.raises(InconsistentStateError):
+            await first.write(ALICE, b"stale", etag)  # its own memory says version 1
+        assert await first.write(ALICE, b"v3", "2") == "3"
+        assert await first.write(BOB, b"b2", "1") == "2"  # untouched keys still check out
+        await second.clear(BOB, "2")
+        with pytest.raises(InconsistentStateError):
+            await first.write(BOB, b"b3", "2")
+    assert raw_records(db_path) == [("Account", "'alice'", b"v3", 3), ("Account", "'bob'", None, 3)]
+
+
+async def test_a_write_by_another_process_is_seen(db_path: Path) -> None:
+    async with SqliteStorage(db_path) as store:
+        etag = await store.write(ALICE, b"v1", None)
+        # What another process's commit looks like to this one: a plain sqlite3 connection.
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("UPDATE raygrain_state SET version = 7, data = ?", (b"theirs",))
+        finally:
+            other.close()
+        with pytest.raises(InconsistentStateError):
+            await store.write(ALICE, b"mine", etag)
+        assert await store.read(ALICE) == StateRecord(b"theirs", "7")
+        assert await store.write(ALICE, b"mine", "7") == "8"
+
+
 async def test_failed_commit_fails_the_whole_batch_and_applies_nothing(
     storage: SqliteStorage, db_path: Path
 ) -> None:
