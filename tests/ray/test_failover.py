@@ -113,6 +113,9 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         await work.until(work.acknowledged() + writes_before_kill)
         killed_at = time.monotonic()
         ray_silos.nodes.remove_node(node, allow_graceful=False)
+        # The killed silo's process may still answer for a moment: a call counts as having
+        # reached a new owner only once the view has dropped the dead one.
+        await asyncio.wait_for(_silo_count(cluster, 3), 60)
         while not await work.deposit(doomed[0]):  # the first call that lands on a new owner
             await asyncio.sleep(0.05)
         back_after = time.monotonic() - killed_at
