@@ -44,7 +44,7 @@ class Request:
             self.payload,
             self.reply_to,
             self.timeout,
-            [[a.type_name, a.key] for a in self.chain],
+            [[a.type_name, a.key] for a in self.chain] if self.chain else (),
             self.hops,
             self.transaction,
             self.view_version,
@@ -77,14 +77,14 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
     out: list[Request | Response] = []
     for item in msgpack.unpackb(data, raw=False, strict_map_key=False):
         if item[0] == 1:
-            joined = tuple(ActorId(t, k) for t, k in item[4]) if len(item) > 4 else ()
+            joined = tuple(_actor_id(t, k) for t, k in item[4]) if len(item) > 4 else ()
             out.append(Response(item[1], item[2], item[3], joined))
         else:
-            chain = tuple(ActorId(t, k) for t, k in item[8])
+            chain = tuple(_actor_id(t, k) for t, k in item[8]) if item[8] else ()
             out.append(
                 Request(
                     item[1],
-                    ActorId(item[2], item[3]),
+                    _actor_id(item[2], item[3]),
                     item[4],
                     item[5],
                     item[6],
@@ -96,3 +96,24 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
                 )
             )
     return out
+
+
+# The ids of recent messages: building an ActorId hashes it (xxhash of its canonical bytes),
+# and the same few thousand actors arrive again and again.
+_KNOWN_IDS: dict[tuple[str, Any, type], ActorId] = {}
+_MAX_KNOWN_IDS = 50_000
+
+
+def _actor_id(type_name: str, key: Any) -> ActorId:
+    # type(key) is part of the cache key: 1 and 1.0 and True are equal dict keys, and only
+    # the first of them is a valid actor key.
+    cache_key = (type_name, key, type(key))
+    try:
+        found = _KNOWN_IDS.get(cache_key)
+    except TypeError:  # an unhashable key: ActorId names what is wrong with it
+        return ActorId(type_name, key)
+    if found is None:
+        if len(_KNOWN_IDS) >= _MAX_KNOWN_IDS:
+            _KNOWN_IDS.clear()
+        found = _KNOWN_IDS[cache_key] = ActorId(type_name, key)
+    return found
