@@ -59,6 +59,10 @@ class ControllerActor(ControllerImpl):
         except (ray.exceptions.RayActorError, ValueError) as exc:
             raise SiloDied(type(exc).__name__) from None
 
+    def node_id(self) -> str:
+        """The Ray node this controller runs on (restarted, it may be another one)."""
+        return str(ray.get_runtime_context().get_node_id())
+
     def kill_silo(self, name: str) -> None:
         try:
             ray.kill(_resolve(name))

@@ -186,6 +186,11 @@ class ControllerImpl:
         A silo passes its name: asking for a newer view tells the controller that the silo has
         finished applying ``known_version`` (its moved activations are handed over).
         """
+        if not self._loaded:
+            # A restarted controller's first callers are usually these long polls: answering
+            # them from an empty memory would hand out view 0 and never resume probing.
+            async with self._lock:
+                await self._load()
         if silo and self._applied.get(silo, -1) < known_version:
             self._applied[silo] = known_version
             self._signal_progress()

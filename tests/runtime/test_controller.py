@@ -1,0 +1,42 @@
+"""The membership controller on its own (no Ray): what a restart by Ray leaves it knowing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from runtime._membership import FailureDetection, SiloStatus
+from runtime._ray_host import ControllerImpl, SiloDied, view_from_wire
+from storage import MemoryStorage
+
+FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)
+
+
+class _Controller(ControllerImpl):
+    """Probes answer for the silos in ``alive``; the others are reported dead, as Ray does."""
+
+    def __init__(self, store: MemoryStorage, alive: set[str]) -> None:
+        super().__init__(FAST, store)
+        self.alive = alive
+
+    async def probe_silo(self, name: str) -> None:
+        if name not in self.alive:
+            raise SiloDied("gone")
+
+
+async def test_a_restarted_controller_answers_long_polls_from_the_stored_view() -> None:
+    store = MemoryStorage()
+    first = _Controller(store, {"silo-a", "silo-b"})
+    await first.set_status("silo-a", "active")
+    await first.set_status("silo-b", "active")
+    version = first.view.version
+    # Ray restarts a crashed controller: same store, nothing in memory. The first call it gets
+    # is typically a client's or a silo's long poll, asking for anything newer than what it has.
+    second = _Controller(store, {"silo-a"})
+    view = view_from_wire(await second.wait_view(version - 1, 1.0))
+    assert view.version == version
+    assert sorted(view.active()) == ["silo-a", "silo-b"]
+    # It also takes up probing where the first one left off: silo-b died meanwhile.
+    newer = view_from_wire(await asyncio.wait_for(second.wait_view(version, 5.0), 5.0))
+    assert newer.status_of("silo-b") is SiloStatus.DEAD
+    for watcher in [*first._watchers.values(), *second._watchers.values()]:
+        watcher.cancel()
