@@ -213,6 +213,9 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         raise ConfigurationError("silos_per_node must be >= 1")
     lifetime = "detached" if launch.detached else None
     here = ray.get_runtime_context().get_node_id()
+    # Soft for the controller: Ray restarts it elsewhere if this node dies (it may also place it
+    # elsewhere to begin with). Hard for the storage server, which is not restarted: it stays
+    # with its file, on this node, and the node is the one place it can be lost with.
     head = NodeAffinitySchedulingStrategy(here, soft=True)
     handles: dict[str, Any] = {}
     if launch.storage is None:
@@ -221,7 +224,7 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
             namespace=NAMESPACE,
             get_if_exists=True,
             lifetime=lifetime,
-            scheduling_strategy=head,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote(launch.server_storage)
         await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
         handles[STORAGE_NAME] = server

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from actors import Actor, ActorId, DeactivationReason
+from actors import Actor, ActorId, DeactivationReason, InconsistentStateError
 from runtime._clock import SystemClock
 from runtime._logging import get_logger
 from runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
@@ -154,15 +154,27 @@ class ControllerImpl:
                 await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
                 self._missed[name] = 0
             except SiloDied as exc:
-                await self.declare_dead(name, f"Ray reports it dead: {exc}")
-                return
+                if await self._try_to_declare_dead(name, f"Ray reports it dead: {exc}"):
+                    return
             except Exception as exc:  # a timeout, or Ray unsure: a missed probe
                 missed = self._missed[name] = self._missed.get(name, 0) + 1
                 if missed >= detection.missed_probes and not self._most_are_suspected():
                     reason = f"{missed} probes missed ({type(exc).__name__})"
-                    await self.declare_dead(name, reason)
-                    return
+                    if await self._try_to_declare_dead(name, reason):
+                        return
             await asyncio.sleep(detection.probe_period)
+
+    async def _try_to_declare_dead(self, name: str, reason: str) -> bool:
+        try:
+            await self.declare_dead(name, reason)
+        except Exception as exc:
+            # The new view could not be stored (the state store busy or away for a moment):
+            # probe again and retry, rather than leave a dead silo in the view for good.
+            get_logger().warning("declare_dead_failed", silo=name, error=repr(exc))
+            if isinstance(exc, InconsistentStateError):
+                self._loaded = False  # another writer changed the stored view: read it again
+            return False
+        return True
 
     def _most_are_suspected(self) -> bool:
         # When most silos miss probes at once, the likelier story is that the controller itself

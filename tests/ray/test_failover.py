@@ -270,3 +270,32 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     for transfer, (src, dst) in acknowledged.items():
         assert transfer in ledgers[src].applied and transfer in ledgers[dst].applied
     print(f"\n{len(acknowledged)} transfers acknowledged, {failed} failed or aborted, 2 kills")
+
+
+async def test_controller_restarted_by_ray_carries_on(ray_silos: Any, key: Any) -> None:
+    import ray
+
+    from runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE
+
+    worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
+    name, extra = await _start_extra_silo(worker_node, 6)
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        membership = cluster._caller._membership
+        while name not in membership.view.active():
+            await asyncio.wait_for(membership.wait_for_view(membership.view.version + 1), 60)
+        work = Workload(cluster, key, accounts=300)
+        running = asyncio.ensure_future(work.run())
+        await work.until(300)
+        version = membership.view.version
+        # Ray starts the controller again with nothing in memory; the first calls it gets are
+        # the long polls of silos and clients. It must go on from the stored view.
+        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=False)
+        await work.until(work.acknowledged() + 300)
+        ray.kill(extra, no_restart=True)  # and a silo that dies after that is still detected
+        while name not in membership.view.dead():
+            await asyncio.wait_for(membership.wait_for_view(membership.view.version + 1), 60)
+        assert membership.view.version > version
+        await work.until(work.acknowledged() + 300)
+        work.stop.set()
+        await running
+        await work.verify()

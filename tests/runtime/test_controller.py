@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+from actors import StorageError
 from runtime._membership import FailureDetection, SiloStatus
 from runtime._ray_host import ControllerImpl, SiloDied, view_from_wire
-from storage import MemoryStorage
+from storage import MemoryStorage, StateWrite
 
 FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)
 
@@ -39,4 +41,32 @@ async def test_a_restarted_controller_answers_long_polls_from_the_stored_view() 
     newer = view_from_wire(await asyncio.wait_for(second.wait_view(version, 5.0), 5.0))
     assert newer.status_of("silo-b") is SiloStatus.DEAD
     for watcher in [*first._watchers.values(), *second._watchers.values()]:
+        watcher.cancel()
+
+
+class _FlakyStore(MemoryStorage):
+    """Refuses the next ``failures`` writes, as a busy or briefly unreachable store would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageError("database is locked")
+        return await super().write_many(writes)
+
+
+async def test_a_silo_is_declared_dead_once_the_store_takes_the_view_again() -> None:
+    store = _FlakyStore()
+    controller = _Controller(store, {"silo-a", "silo-b"})
+    await controller.set_status("silo-a", "active")
+    await controller.set_status("silo-b", "active")
+    store.failures = 3
+    controller.alive.discard("silo-b")
+    view = view_from_wire(await controller.wait_view(controller.view.version, 5.0))
+    assert view.status_of("silo-b") is SiloStatus.DEAD
+    assert store.failures == 0
+    for watcher in controller._watchers.values():
         watcher.cancel()
