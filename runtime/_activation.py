@@ -246,16 +246,15 @@ class Activation:
             if delivery.method.options.read_only:
                 self.readers += 1
                 self._start(delivery, eager=True)
-            elif self._lazy_starts:
-                self.exclusive = True
+                return
+            self.exclusive = True
+            if self._lazy_starts:
                 self._lazy_starts -= 1
                 self._start(delivery)
-            else:
-                self.exclusive = True
-                if not self._start(delivery, eager=True):
-                    # It had to wait (for the disk, most likely): the next turns probably
-                    # will too, and then an eager start only costs a handover to a runner.
-                    self._lazy_starts = _LAZY_STARTS_AFTER_A_WAIT
+            elif not self._start(delivery, eager=True):
+                # It had to wait (for the disk, most likely): the next turns probably will
+                # too, and then an eager start only costs a handover to a runner.
+                self._lazy_starts = _LAZY_STARTS_AFTER_A_WAIT
             return
         if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
             self.silo.reply_error(
@@ -331,14 +330,6 @@ class Activation:
             return False
         return delivery.method.options.read_only or not (self.readers or self.interleaved)
 
-    @property
-    def _commits_per_turn(self) -> bool:
-        """Whether a changing turn commits the state when it ends."""
-        return (
-            self.cls.__actor_state_type__ is not None
-            and self.options.persistence is Persistence.PER_TURN
-        )
-
     def _start(self, delivery: Delivery, eager: bool = False) -> bool:
         return self.silo.run_turn(self._run_turn(delivery), eager)
 
@@ -352,7 +343,8 @@ class Activation:
         per_turn = (
             not options.read_only
             and not in_tx  # a transaction's changes commit with the transaction
-            and self._commits_per_turn
+            and self.cls.__actor_state_type__ is not None
+            and self.options.persistence is Persistence.PER_TURN
         )
         try:
             if self.silo.loop_time() > delivery.expires_at:

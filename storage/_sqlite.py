@@ -90,6 +90,7 @@ class _PendingWrite:
     """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it."""
 
     writes: tuple[StateWrite, ...]
+    keys: tuple[bytes, ...]
     result: asyncio.Future[list[str]]
 
 
@@ -324,7 +325,8 @@ class SqliteStorage:
     def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
         self._check_not_closed()
         result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingWrite(group, result))
+        keys = tuple(w.actor_id.canonical() for w in group)
+        self._pending.append(_PendingWrite(group, keys, result))
         if self._committer is None:
             self._committer = asyncio.create_task(self._run_committer())
         return result
@@ -443,13 +445,12 @@ def _commit(
     connection: sqlite3.Connection, batch: list[_PendingWrite], known: _KnownVersions
 ) -> list[_Outcome]:
     """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT."""
-    keyed = [tuple(w.actor_id.canonical() for w in pending.writes) for pending in batch]
     connection.execute("BEGIN IMMEDIATE")
     try:
         known.check(connection)
         versions = known.versions
         unknown = [
-            key for key in dict.fromkeys(k for group in keyed for k in group) if key not in versions
+            key for key in dict.fromkeys(k for w in batch for k in w.keys) if key not in versions
         ]
         for start in range(0, len(unknown), _MAX_PARAMS):
             chunk = unknown[start : start + _MAX_PARAMS]
@@ -457,8 +458,8 @@ def _commit(
             query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
             found = connection.execute(query, chunk)
             versions.update((bytes(key), int(version)) for key, version in found)
-        stored = {key: versions[key] for group in keyed for key in group if versions[key]}
-        outcomes, to_write = _decide(batch, keyed, stored)
+        stored = {key: versions[key] for w in batch for key in w.keys if versions[key]}
+        outcomes, to_write = _decide(batch, stored)
         for start in range(0, len(to_write), _ROWS_PER_UPSERT):
             rows = to_write[start : start + _ROWS_PER_UPSERT]
             statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
@@ -483,7 +484,7 @@ async def _on_thread(
 
 
 def _decide(
-    batch: Iterable[_PendingWrite], keyed: Iterable[tuple[bytes, ...]], stored: dict[bytes, int]
+    batch: Iterable[_PendingWrite], stored: dict[bytes, int]
 ) -> tuple[list[_Outcome], list[_Row]]:
     """Check each caller's ETags in queue order and collect the rows of those that pass.
 
@@ -492,13 +493,13 @@ def _decide(
     """
     outcomes: list[_Outcome] = []
     rows: list[_Row] = []
-    for pending, keys in zip(batch, keyed, strict=True):
-        stale = _first_stale(pending, keys, stored)
+    for pending in batch:
+        stale = _first_stale(pending, stored)
         if stale is not None:
             outcomes.append(stale)
             continue
         etags = []
-        for write, key in zip(pending.writes, keys, strict=True):
+        for write, key in zip(pending.writes, pending.keys, strict=True):
             version = stored.get(key, 0) + 1
             stored[key] = version
             rows.append(
@@ -515,11 +516,9 @@ def _decide(
     return outcomes, rows
 
 
-def _first_stale(
-    pending: _PendingWrite, keys: tuple[bytes, ...], stored: dict[bytes, int]
-) -> InconsistentStateError | None:
+def _first_stale(pending: _PendingWrite, stored: dict[bytes, int]) -> InconsistentStateError | None:
     # A group is all or nothing, so every ETag is checked before any of its writes is accepted.
-    for write, key in zip(pending.writes, keys, strict=True):
+    for write, key in zip(pending.writes, pending.keys, strict=True):
         version = stored.get(key)
         stored_etag = None if version is None else str(version)
         if stored_etag != write.expected_etag:
