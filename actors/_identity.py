@@ -24,8 +24,10 @@ class ActorId:
 
     type_name: str
     key: ActorKey
-    # Computed once: every call routes by it, on the caller and again on the silo.
+    # Computed once: every call routes by the hash, on the caller and again on the silo, and
+    # every durable write is keyed by the canonical bytes.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
+    _canonical: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
         # bool is an int subclass but True and 1 would then name the same actor: refuse it.
@@ -36,12 +38,14 @@ class ActorId:
             )
         if not isinstance(self.type_name, str):
             raise InvalidCallError(f"actor type name must be str, got {self.type_name!r}")
-        object.__setattr__(self, "_hash", int(xxhash.xxh3_64_intdigest(self.canonical())))
+        tag = "s" if isinstance(self.key, str) else "i"
+        canonical = f"{self.type_name}\x00{tag}\x00{self.key}".encode("utf-8", "surrogatepass")
+        object.__setattr__(self, "_canonical", canonical)
+        object.__setattr__(self, "_hash", int(xxhash.xxh3_64_intdigest(canonical)))
 
     def canonical(self) -> bytes:
         """A byte string that differs for every distinct id (``"1"`` and ``1`` differ)."""
-        tag = "s" if isinstance(self.key, str) else "i"
-        return f"{self.type_name}\x00{tag}\x00{self.key}".encode("utf-8", "surrogatepass")
+        return self._canonical
 
     def stable_hash(self) -> int:
         """A 64-bit hash that is the same in every process, machine and version."""

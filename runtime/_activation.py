@@ -420,10 +420,14 @@ class Activation:
     def _enter_turn(
         self, chain: tuple[ActorId, ...], transaction: TransactionContext | None = None
     ) -> None:
-        # Runs inside the turn's own task, so these settings are private to the turn.
+        # Runs inside the turn's own task, so these settings are private to the turn. (A set
+        # costs more than a get; a runner's turns mostly leave the last two as they were.)
         current_chain.set((*chain, self.actor_id))
-        current_invoker.set(self.silo.caller)
-        current_transaction.set(transaction)
+        invoker = self.silo.caller
+        if current_invoker.get() is not invoker:
+            current_invoker.set(invoker)
+        if current_transaction.get() is not transaction:
+            current_transaction.set(transaction)
 
     # -- transactions ------------------------------------------------------------------------
 

@@ -325,7 +325,7 @@ class SqliteStorage:
     def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
         self._check_not_closed()
         result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        keys = tuple(w.actor_id.canonical() for w in group)
+        keys = tuple([w.actor_id.canonical() for w in group])
         self._pending.append(_PendingWrite(group, keys, result))
         if self._committer is None:
             self._committer = asyncio.create_task(self._run_committer())
