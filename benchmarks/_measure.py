@@ -17,7 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Latencies", "Rounds", "figure", "interleave", "now"]
+__all__ = [
+    "Latencies",
+    "Measurement",
+    "Rounds",
+    "drive",
+    "drive_for",
+    "figure",
+    "interleave",
+    "now",
+]
 
 
 @dataclass
@@ -87,16 +96,20 @@ class Rounds:
 
 
 async def interleave(
-    sides: dict[str, Callable[[], Awaitable[Measurement]]], rounds: int
+    sides: dict[str, Callable[[], Awaitable[Measurement]]], rounds: int, settle: float = 0.0
 ) -> dict[str, Rounds]:
     """Measure every side ``rounds`` times in turn (A, B, A, B, ...).
 
     On a shared, noisy machine a burst of foreign load then hits both sides alike instead of
-    one whole side, and the median of each side's rounds discards the burst.
+    one whole side, and the median of each side's rounds discards the burst. With ``settle``,
+    each round starts that many seconds after the previous one ended, so that no side is
+    measured while the background work the other side left behind is still running.
     """
     results = {name: Rounds() for name in sides}
     for _ in range(rounds):
         for name, measure in sides.items():
+            if settle:
+                await asyncio.sleep(settle)
             results[name].add(*await measure())
     return results
 
@@ -118,3 +131,33 @@ async def drive(
     started = now()
     await asyncio.gather(*(caller(i) for i in range(callers)))
     return callers * calls_per_caller / (now() - started), latencies
+
+
+async def drive_for(
+    call: Callable[[int, int], Awaitable[Any]], callers: int, targets: int, seconds: float
+) -> Measurement:
+    """Like ``drive``, for a time rather than a count: each caller calls until ``seconds``
+    have passed, and the rate counts every call made over the time until the last one ended.
+
+    Two sides of very different speeds are then measured over the same span: with a fixed
+    count, the fast side's round can be so short that starting its callers and waiting for the
+    last few weigh on its rate, while the slow side's does not.
+    """
+    latencies = Latencies()
+    deadline = now() + seconds
+
+    async def caller(index: int) -> None:
+        target = index % targets
+        i = 0
+        while True:
+            started = now()
+            await call(target, i)
+            ended = now()
+            latencies.add(ended - started)
+            if ended >= deadline:
+                return
+            i += 1
+
+    started = now()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return len(latencies.samples) / (now() - started), latencies

@@ -7,6 +7,9 @@ system. The only difference is the provider: ``SqliteStorage`` as shipped, which
 turns' writes in one transaction, or with ``max_batch=1``, which takes one write per
 transaction and so pays one commit (and one fsync) per acknowledged write. The same load on
 ``MemoryStorage`` is reported beside them: the runtime's own ceiling, with no disk at all.
+The sides take turns, three rounds each (one round of 10,000 writes with group commit lasts
+about a third of a second, so a single round swung the ratio by a whole 1x from run to run);
+each side's median round is reported.
 
     python -m benchmarks.durable_writes_bench [--quick] [--dir DIRECTORY]
 """
@@ -15,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from actors import Actor, read_only
-from benchmarks._measure import Latencies, figure, now
+from benchmarks._measure import Latencies, Measurement, figure, interleave, now
 from runtime import Cluster
 from storage import MemoryStorage, SqliteStorage, StorageProvider
 
@@ -29,6 +33,7 @@ __all__ = ["run"]
 
 TARGET_RATIO = 10.0
 TARGET_WRITES_PER_S = 20_000.0
+ROUNDS = 3
 
 
 @dataclass
@@ -48,74 +53,85 @@ class DurableAccount(Actor[Balance], name="bench.DurableAccount"):
         return self.state.amount
 
 
-@dataclass
-class Side:
-    writes_per_s: float
-    latencies: Latencies
-    transactions: int
-
-
 def _commits(storage: StorageProvider) -> int:
     return int(getattr(storage, "commits", getattr(storage, "writes", 0)))
 
 
-async def _measure(storage: StorageProvider, writers: int, writes_per_writer: int) -> Side:
-    async with Cluster.local(actors=[DurableAccount], silos=2, storage=storage) as cluster:
-        accounts = [cluster.get(DurableAccount, key) for key in range(writers)]
-        # Activate (one read each) outside the timing: this measures writes.
-        await asyncio.gather(*(account.balance() for account in accounts))
-        commits_before = _commits(storage)
-        latencies = Latencies()
+class _Side:
+    """One provider's rounds: each a fresh local cluster on the same storage."""
 
-        async def writer(account: DurableAccount) -> None:
-            for _ in range(writes_per_writer):
-                started = now()
-                await account.deposit(1)
-                latencies.add(now() - started)
+    def __init__(self, storage: StorageProvider, writers: int, writes_per_writer: int) -> None:
+        self.storage = storage
+        self.writers = writers
+        self.writes_per_writer = writes_per_writer
+        self.transactions: list[int] = []  # per round
 
-        started = now()
-        await asyncio.gather(*(writer(account) for account in accounts))
-        elapsed = now() - started
-        transactions = _commits(storage) - commits_before
-    return Side(writers * writes_per_writer / elapsed, latencies, transactions)
+    async def measure(self) -> Measurement:
+        storage = self.storage
+        async with Cluster.local(actors=[DurableAccount], silos=2, storage=storage) as cluster:
+            accounts = [cluster.get(DurableAccount, key) for key in range(self.writers)]
+            # Activate (one read each) outside the timing: this measures writes.
+            await asyncio.gather(*(account.balance() for account in accounts))
+            commits_before = _commits(storage)
+            latencies = Latencies()
+
+            async def writer(account: DurableAccount) -> None:
+                for _ in range(self.writes_per_writer):
+                    started = now()
+                    await account.deposit(1)
+                    latencies.add(now() - started)
+
+            started = now()
+            await asyncio.gather(*(writer(account) for account in accounts))
+            elapsed = now() - started
+            self.transactions.append(_commits(storage) - commits_before)
+        return self.writers * self.writes_per_writer / elapsed, latencies
 
 
 async def run(quick: bool = False, directory: str | None = None) -> list[dict[str, Any]]:
-    """Group commit, then one commit per write, then the no-disk ceiling. ``directory`` picks
-    the file system (default: the system temporary directory; on tmpfs fsync is free and the
-    figures mean little)."""
+    """Group commit, one commit per write, and the no-disk ceiling, in interleaved rounds (the
+    median round of each side is reported). ``directory`` picks the file system (default: the
+    system temporary directory; on tmpfs fsync is free and the figures mean little)."""
     writers = 200 if quick else 1000
     writes_per_writer = 3 if quick else 10
+    rounds = 1 if quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="raygrain-bench-", dir=directory) as tmp:
-        async with SqliteStorage(Path(tmp) / "group.db", durability="fsync") as group_storage:
-            group = await _measure(group_storage, writers, writes_per_writer)
-        async with SqliteStorage(
-            Path(tmp) / "naive.db", durability="fsync", max_batch=1
-        ) as naive_storage:
-            naive = await _measure(naive_storage, writers, writes_per_writer)
-    async with MemoryStorage() as memory_storage:
-        memory = await _measure(memory_storage, writers, writes_per_writer)
+        async with (
+            SqliteStorage(Path(tmp) / "group.db", durability="fsync") as group_storage,
+            SqliteStorage(Path(tmp) / "naive.db", durability="fsync", max_batch=1) as naive_storage,
+            MemoryStorage() as memory_storage,
+        ):
+            sides = {
+                "group": _Side(group_storage, writers, writes_per_writer),
+                "naive": _Side(naive_storage, writers, writes_per_writer),
+                "memory": _Side(memory_storage, writers, writes_per_writer),
+            }
+            measured = await interleave(
+                {name: side.measure for name, side in sides.items()}, rounds
+            )
+    group, naive, memory = measured["group"], measured["naive"], measured["memory"]
     return [
         figure(
             f"durable actor writes/s, {writers} concurrent writers, fsync",
-            group.writes_per_s,
-            naive.writes_per_s,
+            group.rate,
+            naive.rate,
             "writes/s",
             baseline_name="same actors, one commit per write (max_batch=1)",
-            latency=group.latencies.percentiles_ms(),
-            baseline_latency=naive.latencies.percentiles_ms(),
-            transactions=group.transactions,
-            baseline_transactions=naive.transactions,
+            latency=group.median_latencies().percentiles_ms(),
+            baseline_latency=naive.median_latencies().percentiles_ms(),
+            rounds=group.rates,
+            baseline_rounds=naive.rates,
+            transactions=statistics.median(sides["group"].transactions),
+            baseline_transactions=statistics.median(sides["naive"].transactions),
             writes=writers * writes_per_writer,
-            memory_storage_writes_per_s=memory.writes_per_s,
-            memory_storage_latency=memory.latencies.percentiles_ms(),
+            memory_storage_writes_per_s=memory.rate,
+            memory_storage_latency=memory.median_latencies().percentiles_ms(),
             file_system_dir=directory or tempfile.gettempdir(),
             target_ratio=TARGET_RATIO,
             target_writes_per_s=TARGET_WRITES_PER_S,
             target=f">= {TARGET_RATIO:g}x and >= {TARGET_WRITES_PER_S:,.0f}/s",
             meets_target=(
-                group.writes_per_s >= TARGET_WRITES_PER_S
-                and group.writes_per_s >= TARGET_RATIO * naive.writes_per_s
+                group.rate >= TARGET_WRITES_PER_S and group.rate >= TARGET_RATIO * naive.rate
             ),
         )
     ]
@@ -124,7 +140,7 @@ async def run(quick: bool = False, directory: str | None = None) -> list[dict[st
 def _print(row: dict[str, Any]) -> None:
     met = row["ratio"] >= TARGET_RATIO and row["value"] >= TARGET_WRITES_PER_S
     print(
-        f"{row['name']} (files in {row['file_system_dir']}, {row['writes']:,} writes per side)\n"
+        f"{row['name']} (files in {row['file_system_dir']}, {row['writes']:,} writes per round)\n"
         f"  group commit          {row['value']:>10,.0f} writes/s   "
         f"p50 {row['latency']['p50_ms']:>7.2f} ms   p99 {row['latency']['p99_ms']:>7.2f} ms   "
         f"{row['transactions']:>6} transactions\n"

@@ -7,8 +7,16 @@ first use with ``get_if_exists=True`` as "naive virtual actors".
 
 - calls/s with N concurrent callers (N = 1, 10, 100, 1000) over N grains, beside the same
   callers spread over a pool of raw Ray actors. A Ray actor is a process here (about 1.3 s each
-  to start on a 2-core machine), so the pool is as large as can be started in reasonable time,
-  not one per entity; that favours the baseline if anything, since its actors stay busy.
+  to start on a 2-core machine), so the pool cannot be one actor per entity. It has 16 actors:
+  the baseline's calls/s are the same with 8, 16 or 32 (the driver's submissions are the
+  limit), and each idle actor process costs the machine CPU that the other side's rounds
+  then lack (32 idle ones cost a raygrain round about 15-20% of its calls/s on 2 cores).
+  Each round lasts the same time on both sides (``round_seconds``), not the same number of
+  calls: 10 calls per caller made a raygrain round of 0.2 s, in which starting 1,000 callers
+  and waiting for the last ones weighed about 15% (a raw round of the same calls took 4 s).
+- every round starts after a pause (``SETTLE_SECONDS``), so that neither side is measured
+  while the other's leftovers run: after thousands of raw Ray calls, Ray's task-event reports
+  keep the GCS busy for about a second.
 - single-call latency (p50, one caller, sequential calls): grain beside raw Ray actor.
 - activations/s: first calls to new keys (1,000 concurrent callers) beside named-actor creation.
 
@@ -24,13 +32,14 @@ import argparse
 import asyncio
 import statistics
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
 from actors import Actor
-from benchmarks._measure import drive, figure, interleave, now
+from benchmarks._measure import Measurement, drive, drive_for, figure, interleave, now
 from benchmarks._ray import ensure_ray, shutdown_ray
 from runtime import Cluster
 
@@ -38,6 +47,7 @@ __all__ = ["NEEDS_RAY", "run"]
 
 NEEDS_RAY = True
 CALLERS = 1000
+SETTLE_SECONDS = 1.0  # between rounds (see the module's docstring)
 
 
 class RayPing(Actor[None], name="bench.RayPing"):
@@ -66,11 +76,11 @@ class AsyncRawPing:
 class _Sizes:
     raw_actors: int  # named Ray actors: the activation baseline, then the raw call pool
     activations: int  # new grain keys per activation round
-    calls_per_level: int  # spread over the callers of a concurrency level
-    min_calls_per_caller: int
+    round_seconds: float  # each round of a concurrency level, on each side
     single_calls: int  # sequential calls of the one-caller level
     rounds: int
     levels: tuple[int, ...] = (1, 10, 100, CALLERS)
+    settle: float = SETTLE_SECONDS
 
 
 def _sizes(quick: bool, smoke: bool) -> _Sizes:
@@ -78,26 +88,24 @@ def _sizes(quick: bool, smoke: bool) -> _Sizes:
         return _Sizes(
             raw_actors=2,
             activations=500,
-            calls_per_level=200,
-            min_calls_per_caller=1,
+            round_seconds=0.1,
             single_calls=30,
             rounds=1,
             levels=(1, CALLERS),
+            settle=0.0,
         )
     if quick:
         return _Sizes(
             raw_actors=4,
             activations=2_000,
-            calls_per_level=500,
-            min_calls_per_caller=2,
+            round_seconds=0.3,
             single_calls=150,
             rounds=3,
         )
     return _Sizes(
-        raw_actors=32,
+        raw_actors=16,
         activations=20_000,
-        calls_per_level=10_000,
-        min_calls_per_caller=10,
+        round_seconds=1.0,
         single_calls=2_000,
         rounds=5,
     )
@@ -218,22 +226,24 @@ async def _calls(cluster: Cluster, raw: list[Any], sizes: _Sizes) -> list[dict[s
     rows = []
     for callers in sizes.levels:
         single = callers == 1
-        calls = (
-            sizes.single_calls
-            if single
-            else max(sizes.min_calls_per_caller, sizes.calls_per_level // callers)
-        )
-        result = await interleave(
-            {
-                "baseline": lambda c=callers, n=calls: drive(
-                    lambda t, v: raw[t].ping.remote(v), c, min(c, len(raw)), n
+        sides: dict[str, Callable[[], Awaitable[Measurement]]]
+        if single:  # a latency figure: a fixed number of sequential calls
+            sides = {
+                "baseline": lambda: drive(
+                    lambda t, v: raw[t].ping.remote(v), 1, 1, sizes.single_calls
                 ),
-                "raygrain": lambda c=callers, n=calls: drive(
-                    lambda t, v: grains[t].ping(v), c, c, n
+                "raygrain": lambda: drive(lambda t, v: grains[t].ping(v), 1, 1, sizes.single_calls),
+            }
+        else:  # a throughput figure: both sides for the same time
+            sides = {
+                "baseline": lambda c=callers: drive_for(
+                    lambda t, v: raw[t].ping.remote(v), c, min(c, len(raw)), sizes.round_seconds
                 ),
-            },
-            sizes.rounds,
-        )
+                "raygrain": lambda c=callers: drive_for(
+                    lambda t, v: grains[t].ping(v), c, c, sizes.round_seconds
+                ),
+            }
+        result = await interleave(sides, sizes.rounds, settle=sizes.settle)
         base, ours = result["baseline"], result["raygrain"]
         latency = ours.median_latencies().percentiles_ms()
         base_latency = base.median_latencies().percentiles_ms()
@@ -246,7 +256,7 @@ async def _calls(cluster: Cluster, raw: list[Any], sizes: _Sizes) -> list[dict[s
             baseline_name="raw Ray actor calls",
             series="Ray",
             concurrency=callers,
-            calls_per_caller=calls,
+            round_seconds=None if single else sizes.round_seconds,
             rounds=ours.rates,
             baseline_rounds=base.rates,
             latency=latency,
@@ -258,7 +268,7 @@ async def _calls(cluster: Cluster, raw: list[Any], sizes: _Sizes) -> list[dict[s
             row["meets_target"] = row["ratio"] >= 30
         rows.append(row)
         if single:
-            async_p50 = await _async_actor_p50(calls)
+            async_p50 = await _async_actor_p50(sizes.single_calls)
             p50 = figure(
                 "Ray single-call latency p50",
                 latency["p50_ms"],
