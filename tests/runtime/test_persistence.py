@@ -179,3 +179,27 @@ async def test_storage_url_strings(tmp_path: Path) -> None:
 
 
 Make = Callable[[], Any]
+
+
+async def test_turns_that_wait_start_on_runners_and_eager_starts_come_back() -> None:
+    # (White-box: the start heuristic of Activation.enqueue.) A changing turn that waits for its
+    # commit makes the next ones start on runner tasks, for a window that doubles while the
+    # eager tries keep waiting; once a try does not wait, every turn starts eagerly again.
+    # Whatever the heuristic does, no deposit may be lost.
+    store = MemoryStorage(latency=0.001)
+    async with _cluster(store) as cluster:
+        account = cluster.get(BankAccount, "heuristic")
+        assert await account.balance() == 0  # activated, idle
+        silo = next(s for s in cluster.silos if account.actor_id in s.activations)
+        activation = silo.activations[account.actor_id]
+        await account.deposit(1)  # an eager try that waits
+        assert (activation._lazy_window, activation._lazy_starts) == (15, 15)
+        for _ in range(15 + 1):  # the window, then an eager try that waits again
+            await account.deposit(1)
+        assert (activation._lazy_window, activation._lazy_starts) == (31, 31)
+        store.latency = 0.0  # turns no longer wait
+        for _ in range(31 + 1):  # the window, then an eager try that does not wait
+            await account.deposit(1)
+        assert (activation._lazy_window, activation._lazy_starts) == (0, 0)
+        assert await account.deposit(1) == 1 + 16 + 32 + 1
+        assert await account.balance() == 50
