@@ -51,7 +51,8 @@ class ClientMailbox:
 
     def put(self, message: Response) -> None:
         self.messages.append(message)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -72,17 +73,20 @@ class ClientMailbox:
             return False
         return True
 
-    def _extract(self, wanted: Callable[[Response], bool]) -> list[Response]:
-        taken = [m for m in self.messages if wanted(m)]
-        if taken:
-            self.messages = [m for m in self.messages if not wanted(m)]
+    def _extract(self, call_ids: set[int], wanted: bool) -> list[Response]:
+        """The responses whose call is (``wanted``) or is not in ``call_ids``; the rest stay."""
+        taken: list[Response] = []
+        kept: list[Response] = []
+        for message in self.messages:
+            (taken if (message.call_id in call_ids) is wanted else kept).append(message)
+        self.messages = kept
         return taken
 
     async def take(self, timeout: float) -> list[Response]:
         """(The poll) every unreserved response, waiting up to ``timeout`` for one."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            taken = self._extract(lambda m: m.call_id not in self._reserved)
+            taken = self._extract(self._reserved, False)
             if taken or not await self._wait(deadline):
                 return taken
 
@@ -93,10 +97,17 @@ class ClientMailbox:
         self._reserved |= call_ids
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            while {m.call_id for m in self.messages} & call_ids != call_ids:
+            while True:
+                present = {m.call_id for m in self.messages}
+                if call_ids <= present:
+                    if len(present) == len(call_ids):
+                        # All in, and nothing else is waiting (the common case).
+                        taken, self.messages = self.messages, []
+                        return taken
+                    break
                 if not await self._wait(deadline):
                     break
-            return self._extract(lambda m: m.call_id in call_ids)
+            return self._extract(call_ids, True)
         finally:
             self._reserved -= call_ids
             if self.messages:

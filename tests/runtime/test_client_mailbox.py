@@ -1,0 +1,66 @@
+"""The silo-side mailbox of a driver-side client (runtime._ray_transport.ClientMailbox): a batch's
+reply carries back its own answers, the long poll takes the rest, and neither takes the other's."""
+
+from __future__ import annotations
+
+import asyncio
+
+from runtime._messages import Response
+from runtime._ray_transport import ClientMailbox
+
+
+def _answers(*call_ids: int) -> list[Response]:
+    return [Response(call_id, True, b"") for call_id in call_ids]
+
+
+def _ids(responses: list[Response]) -> list[int]:
+    return [r.call_id for r in responses]
+
+
+async def test_a_batch_takes_exactly_its_answers_and_leaves_the_rest_to_the_poll() -> None:
+    box = ClientMailbox()
+    for response in _answers(7, 1, 8, 2):
+        box.put(response)
+    assert _ids(await box.take_answers({1, 2}, timeout=1.0)) == [1, 2]
+    assert _ids(await box.take(timeout=0.01)) == [7, 8]
+    assert await box.take(timeout=0.01) == []
+
+
+async def test_a_batch_whose_answers_are_all_in_takes_them_at_once() -> None:
+    box = ClientMailbox()
+    for response in _answers(3, 1, 2):
+        box.put(response)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert sorted(_ids(await box.take_answers({1, 2, 3}, timeout=5.0))) == [1, 2, 3]
+    assert loop.time() - started < 1.0  # no waiting for the timeout
+    assert box.messages == []
+
+
+async def test_late_answers_are_awaited_until_the_timeout_then_go_by_the_poll() -> None:
+    box = ClientMailbox()
+    box.put(Response(1, True, b""))
+    waiting = asyncio.ensure_future(box.take_answers({1, 2, 3}, timeout=5.0))
+    await asyncio.sleep(0)
+    box.put(Response(2, True, b""))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # 3 is still missing
+    box.put(Response(3, True, b""))
+    assert sorted(_ids(await waiting)) == [1, 2, 3]
+
+    box.put(Response(4, True, b""))
+    partial = await box.take_answers({4, 5}, timeout=0.05)  # 5 never comes in time
+    assert _ids(partial) == [4]
+    box.put(Response(5, True, b""))
+    assert _ids(await box.take(timeout=0.01)) == [5]
+
+
+async def test_the_poll_does_not_take_answers_a_batch_is_waiting_for() -> None:
+    box = ClientMailbox()
+    box.put(Response(1, True, b""))
+    batch = asyncio.ensure_future(box.take_answers({1, 2}, timeout=5.0))
+    await asyncio.sleep(0)
+    box.put(Response(9, True, b""))  # someone else's answer: the poll's
+    assert _ids(await box.take(timeout=1.0)) == [9]
+    box.put(Response(2, True, b""))
+    assert sorted(_ids(await batch)) == [1, 2]
