@@ -25,12 +25,13 @@ from actors import (
     SerializationError,
     SiloUnavailableError,
     TransactionAbortedError,
+    current_invoker,
     decode,
     encode,
     encode_error,
 )
 from runtime._activation import Activation, ActivationState, Delivery
-from runtime._caller import Caller, CallSettings
+from runtime._caller import Caller, CallSettings, current_chain
 from runtime._clock import Clock
 from runtime._logging import get_logger
 from runtime._membership import Membership
@@ -44,6 +45,7 @@ from runtime._transactions import (
     Coordinator,
     TransactionSettings,
     TxTicket,
+    current_transaction,
     decode_participants,
 )
 from runtime._transport import Transport
@@ -69,18 +71,18 @@ class _Resumed:
     """The rest of a turn that started eagerly and then had to wait: an awaitable a runner task
     drives, each step inside the turn's own context (as if it had been a task from the start)."""
 
-    __slots__ = ("_context", "_pending", "_turn", "throw_first")
+    __slots__ = ("_pending", "_turn", "context", "throw_first")
 
     def __init__(
         self, turn: Coroutine[Any, Any, None], pending: Any, context: contextvars.Context
     ) -> None:
         self._turn = turn
         self._pending = pending
-        self._context = context
+        self.context = context
         self.throw_first: BaseException | None = None
 
     def __await__(self) -> Generator[Any, Any, None]:
-        turn, run, pending = self._turn, self._context.run, self._pending
+        turn, run, pending = self._turn, self.context.run, self._pending
         if self.throw_first is not None:
             try:
                 pending = run(turn.throw, self.throw_first)
@@ -106,6 +108,25 @@ class _Resumed:
 
 # What a runner task is handed: a turn not started yet, or the rest of one started eagerly.
 _Turn: TypeAlias = "Coroutine[Any, Any, None] | _Resumed"
+
+
+# Every turn runs in a context that holds the runtime's own variables and nothing else when the
+# turn starts (see Silo.run_turn): a runner task's context, or one an eager turn takes.
+
+
+def _fresh_context() -> contextvars.Context:
+    context = contextvars.Context()
+    context.run(_set_runtime_variables)
+    return context
+
+
+def _set_runtime_variables() -> None:
+    current_chain.set(())
+    current_invoker.set(None)
+    current_transaction.set(None)
+
+
+_RUNTIME_VARIABLES = 3  # how many _set_runtime_variables sets: a clean context holds no more
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +170,7 @@ class Silo:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._collected = asyncio.Event()
         self._idle_runners: list[tuple[asyncio.Task[None], asyncio.Future[_Turn]]] = []
+        self._contexts: list[contextvars.Context] = []  # clean ones, for eager turns
         # Set by a Ray silo host after a membership change: new activations of ring-placed
         # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
         self.activation_gate: asyncio.Future[None] | None = None
@@ -420,10 +442,15 @@ class Silo:
         Creating an asyncio task costs more than a whole in-process call (the task registry is
         a WeakSet in Python code), so finished runners wait for the next turn instead of ending.
         An ``eager`` turn starts on the spot, in the caller's stack but as its runner's task
-        (``asyncio.current_task()``, timeouts and cancellation all belong to the runner) and
-        in a fresh context, until it first has to wait; most in-process turns never do, so
-        they answer before ``deliver_request`` returns, saving a trip through the event loop.
-        The runner drives the rest. Each turn sets its own context variables when it starts.
+        (``asyncio.current_task()``, timeouts and cancellation all belong to the runner),
+        until it first has to wait; most in-process turns never do, so they answer before
+        ``deliver_request`` returns, saving a trip through the event loop. The runner drives
+        the rest. Each turn sets the runtime's context variables when it starts.
+
+        Context variables set in a turn are seen by no other turn, and none flow in from the
+        caller (they could not cross processes either): a turn runs in a clean context, a
+        runner's own or (eager) one kept from an earlier turn that left it clean, and a runner
+        whose turn set variables of its own retires (see ``_runner``).
         Returns whether the turn is over (it started eagerly and never had to wait).
         """
         if not (eager and self._idle_runners and _eager.value < _MAX_EAGER_DEPTH):
@@ -434,7 +461,8 @@ class Silo:
             return False
         runner, waiter = self._idle_runners.pop()
         loop = waiter.get_loop()
-        context = contextvars.Context()
+        contexts = self._contexts
+        context = contexts.pop() if contexts else _fresh_context()
         caller = asyncio.current_task(loop)
         if caller is not None:
             _leave_task(loop, caller)
@@ -444,6 +472,7 @@ class Silo:
             pending = context.run(turn.send, None)
         except StopIteration:
             self._idle_runners.append((runner, waiter))
+            self._recycle(context)
             return True
         except Exception as exc:  # a turn reports its own errors; this is a runtime bug
             get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
@@ -457,12 +486,23 @@ class Silo:
         waiter.set_result(_Resumed(turn, pending, context))
         return False
 
+    def _recycle(self, context: contextvars.Context) -> None:
+        """Keep an eager turn's context for a later one if the turn left it clean (a fresh
+        context per turn costs an allocation, three variable sets and garbage collection)."""
+        if len(context) == _RUNTIME_VARIABLES and len(self._contexts) < _MAX_IDLE_RUNNERS:
+            self._contexts.append(context)
+
     def _new_runner(self) -> asyncio.Future[_Turn]:
         waiter: asyncio.Future[_Turn] = asyncio.get_running_loop().create_future()
-        self.spawn(self._runner(waiter))
+        # The task's context is a copy of a clean one, not of its creator's: nothing flows
+        # from the creator into the runner's turns.
+        _fresh_context().run(self.spawn, self._runner(waiter))
         return waiter
 
     async def _runner(self, waiter: asyncio.Future[_Turn]) -> None:
+        """Run the turns handed over by ``waiter`` until the silo closes, enough runners idle,
+        or a turn leaves the task's context unclean (then this runner ends, and the variables
+        the turn set end with it)."""
         me = asyncio.current_task()
         assert me is not None
         while True:
@@ -480,7 +520,14 @@ class Silo:
                 await turn
             except Exception as exc:  # a turn reports its own errors; this is a runtime bug
                 get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
-            if self.closed or len(self._idle_runners) >= _MAX_IDLE_RUNNERS:
+            else:
+                if isinstance(turn, _Resumed):  # an eager turn's own context
+                    self._recycle(turn.context)
+            if (
+                self.closed
+                or len(self._idle_runners) >= _MAX_IDLE_RUNNERS
+                or len(contextvars.copy_context()) != _RUNTIME_VARIABLES
+            ):
                 return
             waiter = me.get_loop().create_future()
             self._idle_runners.append((me, waiter))

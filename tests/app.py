@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import os
 import time
@@ -302,6 +303,19 @@ class Vault(Actor[Ledger], name="test.Vault"):
         return self.state
 
 
+# A context variable user code sets inside turns (see ContextUser).
+USER_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("test_user_var", default="unset")
+
+
+class ContextUser(Actor[None], name="test.ContextUser"):
+    async def swap(self, value: str) -> str:
+        """Set USER_VAR, wait a moment, and return what it was before."""
+        before = USER_VAR.get()
+        USER_VAR.set(value)
+        await asyncio.sleep(0)
+        return before
+
+
 ALL_ACTORS: list[type[Actor[Any]]] = [
     Vault,
     BankAccount,
@@ -311,4 +325,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Worker,
     Ephemeral,
     Explicit,
+    ContextUser,
 ]

@@ -12,7 +12,7 @@ import pytest
 from actors import ActorCallTimeout, DeactivationReason, DeadlockError
 from runtime import Cluster, ManualClock
 from tests import app
-from tests.app import BankAccount, Chain, Ephemeral, Recorder, Reentrant, Worker
+from tests.app import BankAccount, Chain, ContextUser, Ephemeral, Recorder, Reentrant, Worker
 
 Key = Callable[[str], str]
 
@@ -219,3 +219,20 @@ async def test_aclose_deactivates_every_activation() -> None:
     assert sorted(k for k, _ in (e[1] for e in deactivated)) == ["x", "y", "z"]
     assert all(reason is DeactivationReason.SHUTDOWN for _, reason in (e[1] for e in deactivated))
     assert all(s.stats()["activations"] == 0 for s in cluster.silos)
+
+
+async def test_context_variables_set_in_a_turn_stay_in_that_turn(
+    any_cluster: Cluster, key: Key
+) -> None:
+    # As if each turn were a task of its own: nothing a turn sets is seen by later turns (of the
+    # same actor or another), and nothing flows in from the caller's context.
+    token = app.USER_VAR.set("the caller's")
+    try:
+        users = [any_cluster.get(ContextUser, key(f"u{i}")) for i in range(20)]
+        # Three calls per actor at once: the later ones queue, and start on runner tasks.
+        seen = await asyncio.gather(
+            *(user.swap(f"{i}.{n}") for n in range(3) for i, user in enumerate(users))
+        )
+    finally:
+        app.USER_VAR.reset(token)
+    assert set(seen) == {"unset"}
