@@ -129,11 +129,12 @@ def _field_names(cls: type) -> tuple[str, ...] | None:
     try:
         return _FIELD_NAMES[cls]
     except KeyError:
-        names = (
-            tuple(f.name for f in dataclasses.fields(cls))
-            if dataclasses.is_dataclass(cls)
-            else None
-        )
+        if cls is ActorId:
+            names: tuple[str, ...] | None = ("type_name", "key")  # the rest is computed
+        elif dataclasses.is_dataclass(cls):
+            names = tuple(f.name for f in dataclasses.fields(cls))
+        else:
+            names = None
         _FIELD_NAMES[cls] = names
         return names
 

@@ -148,7 +148,7 @@ class Activation:
 
     def start(self) -> None:
         """Begin activating in the background; calls queue in the mailbox meanwhile."""
-        self._activating = self.silo.spawn(self.activate())
+        self._activating = self.silo.spawn_clean(self.activate())
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,7 +192,7 @@ class Activation:
             self._deactivated = asyncio.get_running_loop().create_future()
             if self.state is ActivationState.VALID:
                 self.state = ActivationState.DEACTIVATING
-            self.silo.spawn(self._finish_deactivation(reason, self._deactivated))
+            self.silo.spawn_clean(self._finish_deactivation(reason, self._deactivated))
         return self._deactivated
 
     async def _finish_deactivation(
@@ -258,9 +258,11 @@ class Activation:
             if self._lazy_starts:
                 self._lazy_starts -= 1
                 self._start(delivery)
-            elif self._start(delivery, eager=True):
+                return
+            over = self._start(delivery, eager=True)
+            if over:
                 self._lazy_window = 0
-            else:
+            elif over is not None:  # (None: it could not start eagerly, which says nothing)
                 # It had to wait (for the disk, most likely): the next turns probably will
                 # too, and then an eager start only costs a handover to a runner.
                 window = min(2 * self._lazy_window + 1, _MOST_LAZY_STARTS)
@@ -340,7 +342,7 @@ class Activation:
             return False
         return delivery.method.options.read_only or not (self.readers or self.interleaved)
 
-    def _start(self, delivery: Delivery, eager: bool = False) -> bool:
+    def _start(self, delivery: Delivery, eager: bool = False) -> bool | None:
         return self.silo.run_turn(self._run_turn(delivery), eager)
 
     async def _run_turn(self, delivery: Delivery) -> None:

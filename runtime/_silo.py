@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import decimal
 import threading
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
@@ -124,9 +125,12 @@ def _set_runtime_variables() -> None:
     current_chain.set(())
     current_invoker.set(None)
     current_transaction.set(None)
+    # The decimal module keeps its context in a context variable that it creates on first use:
+    # set it up front, or every turn doing Decimal arithmetic would leave a context unclean.
+    decimal.setcontext(decimal.Context())
 
 
-_RUNTIME_VARIABLES = 3  # how many _set_runtime_variables sets: a clean context holds no more
+_RUNTIME_VARIABLES = 4  # how many _set_runtime_variables sets: a clean context holds no more
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +440,7 @@ class Silo:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> bool:
+    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> bool | None:
         """Run a turn on a runner task: an idle one, or a new one.
 
         Creating an asyncio task costs more than a whole in-process call (the task registry is
@@ -451,14 +455,15 @@ class Silo:
         caller (they could not cross processes either): a turn runs in a clean context, a
         runner's own or (eager) one kept from an earlier turn that left it clean, and a runner
         whose turn set variables of its own retires (see ``_runner``).
-        Returns whether the turn is over (it started eagerly and never had to wait).
+        Returns whether the turn is over (it started eagerly and never had to wait), or None
+        when it could not start eagerly (no idle runner, or nested too deep).
         """
         if not (eager and self._idle_runners and _eager.value < _MAX_EAGER_DEPTH):
             # (An eager start needs a runner that is already running: one not started yet
             # would die of a cancellation the turn asks for before the runner first runs.)
             waiter = self._idle_runners.pop()[1] if self._idle_runners else self._new_runner()
             waiter.set_result(turn)
-            return False
+            return None if eager else False
         runner, waiter = self._idle_runners.pop()
         loop = waiter.get_loop()
         contexts = self._contexts
@@ -496,7 +501,7 @@ class Silo:
         waiter: asyncio.Future[_Turn] = asyncio.get_running_loop().create_future()
         # The task's context is a copy of a clean one, not of its creator's: nothing flows
         # from the creator into the runner's turns.
-        _fresh_context().run(self.spawn, self._runner(waiter))
+        self.spawn_clean(self._runner(waiter))
         return waiter
 
     async def _runner(self, waiter: asyncio.Future[_Turn]) -> None:
@@ -538,6 +543,12 @@ class Silo:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def spawn_clean(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """``spawn``, in a clean context rather than a copy of the current one: for code that
+        runs actor code (activation and deactivation hooks), which must see no variables of
+        whichever caller or turn happened to trigger it."""
+        return _fresh_context().run(self.spawn, coroutine)
 
     def loop_time(self) -> float:
         loop = self._loop or asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import decimal
 import enum
 import os
 import time
@@ -308,12 +309,32 @@ USER_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("test_user_var", 
 
 
 class ContextUser(Actor[None], name="test.ContextUser"):
+    async def on_activate(self) -> None:
+        self.seen_on_activate = USER_VAR.get()
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        EVENTS.append(("context-user-deactivate", USER_VAR.get()))
+
     async def swap(self, value: str) -> str:
         """Set USER_VAR, wait a moment, and return what it was before."""
         before = USER_VAR.get()
         USER_VAR.set(value)
         await asyncio.sleep(0)
         return before
+
+    async def activation_saw(self) -> str:
+        return self.seen_on_activate
+
+    async def leave(self, value: str) -> None:
+        """Set USER_VAR, then ask to be deactivated: on_deactivate must not see it."""
+        USER_VAR.set(value)
+        self.deactivate_on_idle()
+
+    async def decimal_sum(self, values: list[str]) -> str:
+        """Decimal arithmetic (the decimal module keeps its settings in a context variable)."""
+        total = sum((decimal.Decimal(v) for v in values), decimal.Decimal(0))
+        await asyncio.sleep(0)
+        return str(total)
 
 
 ALL_ACTORS: list[type[Actor[Any]]] = [

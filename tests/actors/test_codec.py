@@ -9,6 +9,7 @@ import enum
 import uuid
 from typing import Any
 
+import msgpack
 import pytest
 
 from actors import (
@@ -134,3 +135,14 @@ def test_state_that_does_not_fit_names_the_actor() -> None:
         decode_state(b"\xc1garbage", Account, "test.Bank/bob")
     with pytest.raises(StateDecodeError, match="expected int"):
         decode_state(encode("text"), int, "test.Counter/1")
+
+
+def test_an_actor_id_is_encoded_as_its_type_name_and_key_only() -> None:
+    actor_id = ActorId("shop.Cart", "c1")
+    data = encode(actor_id)
+    assert decode(data) == actor_id
+    assert decode(data).canonical() == actor_id.canonical()
+    assert decode(data).stable_hash() == actor_id.stable_hash()
+    ext = msgpack.unpackb(data, raw=False)
+    _, fields = msgpack.unpackb(ext.data, raw=False, ext_hook=lambda code, raw: (code, raw))
+    assert set(fields) == {"type_name", "key"}  # computed fields are computed again on decode

@@ -233,6 +233,47 @@ async def test_context_variables_set_in_a_turn_stay_in_that_turn(
         seen = await asyncio.gather(
             *(user.swap(f"{i}.{n}") for n in range(3) for i, user in enumerate(users))
         )
+        # on_activate ran in the activation started by the first of those calls.
+        activated = await asyncio.gather(*(user.activation_saw() for user in users))
     finally:
         app.USER_VAR.reset(token)
     assert set(seen) == {"unset"}
+    assert set(activated) == {"unset"}
+
+
+async def test_deactivation_hooks_do_not_see_the_turn_that_asked_for_them(cluster: Cluster) -> None:
+    app.EVENTS.clear()
+    user = cluster.get(ContextUser, "leaver")
+    await user.leave("the leaving turn's")
+    for _ in range(100):
+        if ("context-user-deactivate", "unset") in app.EVENTS:
+            break
+        await asyncio.sleep(0.01)
+    assert [e for e in app.EVENTS if e[0] == "context-user-deactivate"] == [
+        ("context-user-deactivate", "unset")
+    ]
+
+
+async def test_decimal_arithmetic_in_turns_leaves_their_runners_in_service(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decimal module creates a context variable on first use; a runner whose turn left a
+    # variable in its context retires (see Silo.run_turn), so without care every Decimal turn
+    # would cost a new task.
+    from runtime._silo import Silo
+
+    created = []
+    new_runner = Silo._new_runner
+    monkeypatch.setattr(Silo, "_new_runner", lambda self: created.append(1) or new_runner(self))
+    users = [cluster.get(ContextUser, f"dec{i}") for i in range(20)]
+
+    async def burst() -> list[str]:
+        return await asyncio.gather(
+            *(user.decimal_sum(["0.1", "0.2"]) for _ in range(5) for user in users)
+        )
+
+    assert set(await burst()) == {"0.3"}
+    warmed_up = len(created)
+    for _ in range(5):
+        assert set(await burst()) == {"0.3"}
+    assert len(created) - warmed_up <= 10, f"{len(created) - warmed_up} runners created"
