@@ -458,13 +458,14 @@ class Silo:
         Returns whether the turn is over (it started eagerly and never had to wait), or None
         when it could not start eagerly (no idle runner, or nested too deep).
         """
-        if not (eager and self._idle_runners and _eager.value < _MAX_EAGER_DEPTH):
+        idle = self._idle_runner()
+        if not eager or idle is None or _eager.value >= _MAX_EAGER_DEPTH:
             # (An eager start needs a runner that is already running: one not started yet
             # would die of a cancellation the turn asks for before the runner first runs.)
-            waiter = self._idle_runners.pop()[1] if self._idle_runners else self._new_runner()
+            waiter = idle[1] if idle is not None else self._new_runner()
             waiter.set_result(turn)
             return None if eager else False
-        runner, waiter = self._idle_runners.pop()
+        runner, waiter = idle
         loop = waiter.get_loop()
         contexts = self._contexts
         context = contexts.pop() if contexts else _fresh_context()
@@ -490,6 +491,17 @@ class Silo:
                 _enter_task(loop, caller)
         waiter.set_result(_Resumed(turn, pending, context))
         return False
+
+    def _idle_runner(self) -> tuple[asyncio.Task[None], asyncio.Future[_Turn]] | None:
+        """An idle runner and the future it waits on for its next turn, if any. A runner whose
+        turn cancelled it (``asyncio.current_task().cancel()``) wakes up cancelled and ends:
+        its future is cancelled, and it is passed over here."""
+        idle = self._idle_runners
+        while idle:
+            runner, waiter = idle.pop()
+            if not waiter.done():
+                return runner, waiter
+        return None
 
     def _recycle(self, context: contextvars.Context) -> None:
         """Keep an eager turn's context for a later one if the turn left it clean (a fresh

@@ -330,6 +330,13 @@ class ContextUser(Actor[None], name="test.ContextUser"):
         USER_VAR.set(value)
         self.deactivate_on_idle()
 
+    async def cancel_own_task(self) -> str:
+        """Cancel the task running this turn, then return without waiting."""
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        return "returned"
+
     async def decimal_sum(self, values: list[str]) -> str:
         """Decimal arithmetic (the decimal module keeps its settings in a context variable)."""
         total = sum((decimal.Decimal(v) for v in values), decimal.Decimal(0))

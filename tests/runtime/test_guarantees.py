@@ -277,3 +277,13 @@ async def test_decimal_arithmetic_in_turns_leaves_their_runners_in_service(
     for _ in range(5):
         assert set(await burst()) == {"0.3"}
     assert len(created) - warmed_up <= 10, f"{len(created) - warmed_up} runners created"
+
+
+async def test_a_turn_that_cancels_its_own_task_leaves_the_silo_serving(cluster: Cluster) -> None:
+    # A turn runs as (or on) its runner task: cancelling "its own task" cancels that runner, which
+    # must then not take further turns (it would fail them, or leave their callers waiting).
+    users = [cluster.get(ContextUser, f"cancel{i}") for i in range(6)]
+    await asyncio.gather(*(user.swap("") for user in users))  # active, with idle runners
+    assert await users[0].cancel_own_task() == "returned"
+    for user in users[1:]:
+        assert await asyncio.wait_for(user.swap("x"), 5) == "unset"
