@@ -97,14 +97,7 @@ class ClientMailbox:
         self._reserved |= call_ids
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            while True:
-                present = {m.call_id for m in self.messages}
-                if call_ids <= present:
-                    if len(present) == len(call_ids):
-                        # All in, and nothing else is waiting (the common case).
-                        taken, self.messages = self.messages, []
-                        return taken
-                    break
+            while not call_ids <= {m.call_id for m in self.messages}:
                 if not await self._wait(deadline):
                     break
             return self._extract(call_ids, True)

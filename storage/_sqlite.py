@@ -90,8 +90,10 @@ class _PendingWrite:
     """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it."""
 
     writes: tuple[StateWrite, ...]
-    keys: tuple[bytes, ...]
     result: asyncio.Future[list[str]]
+
+    def canonical_keys(self) -> list[bytes]:
+        return [write.actor_id.canonical() for write in self.writes]
 
 
 class SqliteStorage:
@@ -325,8 +327,7 @@ class SqliteStorage:
     def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
         self._check_not_closed()
         result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        keys = tuple([w.actor_id.canonical() for w in group])
-        self._pending.append(_PendingWrite(group, keys, result))
+        self._pending.append(_PendingWrite(group, result))
         if self._committer is None:
             self._committer = asyncio.create_task(self._run_committer())
         return result
@@ -450,7 +451,9 @@ def _commit(
         known.check(connection)
         versions = known.versions
         unknown = [
-            key for key in dict.fromkeys(k for w in batch for k in w.keys) if key not in versions
+            key
+            for key in dict.fromkeys(k for w in batch for k in w.canonical_keys())
+            if key not in versions
         ]
         for start in range(0, len(unknown), _MAX_PARAMS):
             chunk = unknown[start : start + _MAX_PARAMS]
@@ -458,7 +461,7 @@ def _commit(
             query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
             found = connection.execute(query, chunk)
             versions.update((bytes(key), int(version)) for key, version in found)
-        stored = {key: versions[key] for w in batch for key in w.keys if versions[key]}
+        stored = {key: versions[key] for w in batch for key in w.canonical_keys() if versions[key]}
         outcomes, to_write = _decide(batch, stored)
         for start in range(0, len(to_write), _ROWS_PER_UPSERT):
             rows = to_write[start : start + _ROWS_PER_UPSERT]
@@ -499,7 +502,8 @@ def _decide(
             outcomes.append(stale)
             continue
         etags = []
-        for write, key in zip(pending.writes, pending.keys, strict=True):
+        for write in pending.writes:
+            key = write.actor_id.canonical()
             version = stored.get(key, 0) + 1
             stored[key] = version
             rows.append(
@@ -518,8 +522,8 @@ def _decide(
 
 def _first_stale(pending: _PendingWrite, stored: dict[bytes, int]) -> InconsistentStateError | None:
     # A group is all or nothing, so every ETag is checked before any of its writes is accepted.
-    for write, key in zip(pending.writes, pending.keys, strict=True):
-        version = stored.get(key)
+    for write in pending.writes:
+        version = stored.get(write.actor_id.canonical())
         stored_etag = None if version is None else str(version)
         if stored_etag != write.expected_etag:
             return InconsistentStateError(stored_etag, write.expected_etag, str(write.actor_id))
