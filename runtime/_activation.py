@@ -387,10 +387,12 @@ class Activation:
                 )
                 self.silo.reply(request, ok, payload, joined)
         finally:
-            if options.read_only:
-                self.readers -= 1
-            elif self.options.reentrant or options.always_interleave:
+            # In the order enqueue and pump count turns in: a read-only method of a reentrant
+            # class (or one that always interleaves) counts as interleaved, not as a reader.
+            if self.options.reentrant or options.always_interleave:
                 self.interleaved -= 1
+            elif options.read_only:
+                self.readers -= 1
             else:
                 self.exclusive = False
             self.last_used = self.silo.clock.now()

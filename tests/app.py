@@ -171,6 +171,10 @@ class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
     async def ping(self) -> str:
         return "pong"
 
+    @read_only
+    async def entries(self) -> list[str]:
+        return list(self.state.entries)
+
 
 class Chain(Actor[None], name="test.Chain"):
     """Calls other actors; used for deadlock detection and refs-as-arguments tests."""

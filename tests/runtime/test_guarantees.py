@@ -185,6 +185,19 @@ async def test_idle_activation_is_collected_by_the_fake_clock(
     assert await eph.touch() != first or Recorder.activations == 0  # a fresh activation
 
 
+async def test_a_read_only_call_of_a_reentrant_actor_leaves_it_idle(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    # A read-only method of a reentrant class runs as an interleaved turn, and must end as one:
+    # counted as a reader at its end, the activation never looked idle again (never collected,
+    # and a shutdown waited out the whole deactivation timeout for it).
+    actor = cluster.get(app.Reentrant, "reader")
+    assert await actor.entries() == []
+    assert await actor.ping() == "pong"
+    clock.advance(16 * 60)  # past the default idle timeout
+    assert await cluster.collect_idle() == 1
+
+
 async def test_periodic_collection_runs_on_the_clock(clock: ManualClock) -> None:
     async with Cluster.local(
         actors=[Ephemeral], silos=1, clock=clock, collection_period=30
