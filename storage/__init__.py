@@ -5,12 +5,13 @@ URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the em
 """
 
 from storage._memory import MemoryStorage
-from storage._provider import StateRecord, StateWrite, StorageProvider
+from storage._provider import QueuedWrites, StateRecord, StateWrite, StorageProvider
 from storage._sqlite import SqliteStorage
 from storage._url import open_storage
 
 __all__ = [
     "MemoryStorage",
+    "QueuedWrites",
     "SqliteStorage",
     "StateRecord",
     "StateWrite",

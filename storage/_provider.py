@@ -8,13 +8,13 @@ activation. ``clear`` leaves a tombstone (no data, a new ETag) so that fencing s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from actors import ActorId
 
-__all__ = ["StateRecord", "StateWrite", "StorageProvider"]
+__all__ = ["QueuedWrites", "StateRecord", "StateWrite", "StorageProvider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,4 +57,24 @@ class StorageProvider(Protocol):
 
     async def aclose(self) -> None:
         """Release the provider's resources; further calls raise ``StorageError``."""
+        ...
+
+
+@runtime_checkable
+class QueuedWrites(Protocol):
+    """Optional, for a provider whose writes wait (group commit, a server): it takes a write
+    with a callback instead of a coroutine. The runtime then ends a changing turn from that
+    callback rather than keeping the turn's task suspended in ``write`` until the commit (on
+    SQLite with 1,000 writers that suspension was most of a turn's cost)."""
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``write`` without awaiting: ``done`` gets the new ETag once the write is committed,
+        or the error (``InconsistentStateError``, ``StorageError``), exactly once, on the event
+        loop and never before this returns."""
         ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sqlite3
 import warnings
@@ -87,13 +88,31 @@ _Outcome = list[str] | InconsistentStateError
 
 @dataclass(slots=True)
 class _PendingWrite:
-    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it."""
+    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it: a
+    caller awaiting a future of the new ETags, or a ``queue_write`` callback for the one ETag."""
 
     writes: tuple[StateWrite, ...]
-    result: asyncio.Future[list[str]]
+    result: asyncio.Future[list[str]] | Callable[[str | Exception], object]
 
-    def canonical_keys(self) -> list[bytes]:
-        return [write.actor_id.canonical() for write in self.writes]
+    def dropped(self) -> bool:
+        """Whether its awaiting caller was cancelled (before the write started: it is dropped)."""
+        result = self.result
+        return isinstance(result, asyncio.Future) and result.done()
+
+    def settle(self, outcome: list[str] | Exception) -> None:
+        result = self.result
+        if not isinstance(result, asyncio.Future):
+            try:
+                result(outcome if isinstance(outcome, Exception) else outcome[0])
+            except Exception as exc:  # the caller's bug: the rest of the batch is still told
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a queued write's callback failed", "exception": exc}
+                )
+        elif not result.done():  # (a cancelled caller has nobody to tell)
+            if isinstance(outcome, Exception):
+                result.set_exception(outcome)
+            else:
+                result.set_result(outcome)
 
 
 class SqliteStorage:
@@ -215,6 +234,22 @@ class SqliteStorage:
             )
         )
 
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``write`` without a coroutine (see ``storage.QueuedWrites``): queue the write for
+        the next batch; ``done`` gets the new ETag once the batch committed, or the error
+        (``InconsistentStateError``, ``StorageError``), on the event loop, exactly once."""
+        self._check_not_closed()
+        self._pending.append(
+            _PendingWrite((StateWrite(actor_id, bytes(data), expected_etag),), done)
+        )
+        self._start_committer()
+
     async def aclose(self) -> None:
         """Let queued writes commit, then close the file. Idempotent."""
         if self._closed:
@@ -315,6 +350,12 @@ class SqliteStorage:
 
     async def _run_committer(self) -> None:
         try:
+            if self._reader is None:  # (queue_write does not open the file)
+                try:
+                    await self.open()
+                except Exception as exc:
+                    while self._pending:
+                        self._pending.popleft().settle(exc)
             while self._pending:
                 await self._commit(self._take_batch())
         finally:
@@ -322,15 +363,20 @@ class SqliteStorage:
             # Only reached with writes still queued if this task itself was cancelled (the loop
             # is shutting down): fail them rather than leave their callers waiting forever.
             while self._pending:
-                _fail(self._pending.popleft().result, StorageError(f"{self!r} stopped committing"))
+                self._pending.popleft().settle(StorageError(f"{self!r} stopped committing"))
 
     def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
         self._check_not_closed()
         result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingWrite(group, result))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._run_committer())
+        self._start_committer()
         return result
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            # In a context of its own: ``queue_write`` callbacks run in the committer, and must
+            # not see the variables of whichever caller happened to start it.
+            self._committer = contextvars.Context().run(asyncio.create_task, self._run_committer())
 
     def _take_batch(self) -> list[_PendingWrite]:
         batch: list[_PendingWrite] = []
@@ -342,7 +388,7 @@ class SqliteStorage:
             if batch and size + len(head.writes) > limit:
                 break
             self._pending.popleft()
-            if head.result.done():
+            if head.dropped():
                 continue  # the caller was cancelled before its write started: drop it
             batch.append(head)
             size += len(head.writes)
@@ -357,15 +403,12 @@ class SqliteStorage:
             for pending in batch:
                 error = self._error(f"committing a batch of {len(batch)} writes", exc)
                 error.__cause__ = exc
-                _fail(pending.result, error)
+                pending.settle(error)
             if not isinstance(exc, Exception):
                 raise
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, InconsistentStateError):
-                _fail(pending.result, outcome)
-            elif not pending.result.done():
-                pending.result.set_result(outcome)
+            pending.settle(outcome)
 
     async def _apply(self, batch: list[_PendingWrite]) -> list[_Outcome]:
         """Commit ``batch`` in one transaction, in one trip to the writer's thread.
@@ -450,19 +493,15 @@ def _commit(
     try:
         known.check(connection)
         versions = known.versions
-        unknown = [
-            key
-            for key in dict.fromkeys(k for w in batch for k in w.canonical_keys())
-            if key not in versions
-        ]
+        keys = [write.actor_id.canonical() for pending in batch for write in pending.writes]
+        unknown = [key for key in dict.fromkeys(keys) if key not in versions]
         for start in range(0, len(unknown), _MAX_PARAMS):
             chunk = unknown[start : start + _MAX_PARAMS]
             versions.update(dict.fromkeys(chunk, 0))
             query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
             found = connection.execute(query, chunk)
             versions.update((bytes(key), int(version)) for key, version in found)
-        stored = {key: versions[key] for w in batch for key in w.canonical_keys() if versions[key]}
-        outcomes, to_write = _decide(batch, stored)
+        outcomes, to_write, accepted = _decide(batch, versions)
         for start in range(0, len(to_write), _ROWS_PER_UPSERT):
             rows = to_write[start : start + _ROWS_PER_UPSERT]
             statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
@@ -471,7 +510,7 @@ def _commit(
     except BaseException:
         known.forget()  # the transaction is rolled back by the caller: nothing here holds
         raise
-    versions.update((row[0], row[1]) for row in to_write)
+    versions.update(accepted)
     return outcomes
 
 
@@ -487,47 +526,42 @@ async def _on_thread(
 
 
 def _decide(
-    batch: Iterable[_PendingWrite], stored: dict[bytes, int]
-) -> tuple[list[_Outcome], list[_Row]]:
-    """Check each caller's ETags in queue order and collect the rows of those that pass.
+    batch: Iterable[_PendingWrite], versions: dict[bytes, int]
+) -> tuple[list[_Outcome], list[_Row], dict[bytes, int]]:
+    """Check each caller's ETags in queue order and collect the rows of those that pass, and the
+    versions they leave (``versions``: every key's stored version, 0 for none).
 
-    ``stored`` (key -> version) is updated as writes are accepted, so a caller is checked against
-    what the earlier writes of the same batch left, exactly as if they had committed one by one.
+    A caller is checked against what the earlier writes of the same batch left, exactly as if
+    they had committed one by one; a group is all or nothing.
     """
     outcomes: list[_Outcome] = []
     rows: list[_Row] = []
+    accepted: dict[bytes, int] = {}  # on top of versions (every value >= 1)
     for pending in batch:
-        stale = _first_stale(pending, stored)
+        stale = None
+        for write in pending.writes:
+            version = accepted.get(key := write.actor_id.canonical()) or versions[key]
+            stored_etag = str(version) if version else None
+            if stored_etag != write.expected_etag:
+                stale = InconsistentStateError(
+                    stored_etag, write.expected_etag, str(write.actor_id)
+                )
+                break
         if stale is not None:
             outcomes.append(stale)
             continue
         etags = []
         for write in pending.writes:
-            key = write.actor_id.canonical()
-            version = stored.get(key, 0) + 1
-            stored[key] = version
+            old = accepted.get(key := write.actor_id.canonical()) or versions[key]
+            accepted[key] = old + 1
+            # The names are written with a new row only: an update keeps the row's own.
+            type_name = "" if old else _printable(write.actor_id.type_name)
             rows.append(
-                (
-                    key,
-                    version,
-                    _printable(write.actor_id.type_name),
-                    repr(write.actor_id.key),
-                    write.data,
-                )
+                (key, old + 1, type_name, "" if old else repr(write.actor_id.key), write.data)
             )
-            etags.append(str(version))
+            etags.append(str(old + 1))
         outcomes.append(etags)
-    return outcomes, rows
-
-
-def _first_stale(pending: _PendingWrite, stored: dict[bytes, int]) -> InconsistentStateError | None:
-    # A group is all or nothing, so every ETag is checked before any of its writes is accepted.
-    for write in pending.writes:
-        version = stored.get(write.actor_id.canonical())
-        stored_etag = None if version is None else str(version)
-        if stored_etag != write.expected_etag:
-            return InconsistentStateError(stored_etag, write.expected_etag, str(write.actor_id))
-    return None
+    return outcomes, rows, accepted
 
 
 def _printable(text: str) -> str:
@@ -557,11 +591,6 @@ def _reason(exc: sqlite3.Error, storage: SqliteStorage) -> str:
     if primary == _IOERR:
         return f"disk I/O error [{exc}]"
     return str(exc)
-
-
-def _fail(result: asyncio.Future[list[str]], error: BaseException) -> None:
-    if not result.done():  # a cancelled caller has nobody to tell
-        result.set_exception(error)
 
 
 async def _close_quietly(connection: aiosqlite.Connection) -> None:

@@ -49,8 +49,8 @@ EXPORTS = {
         "read_only", "register_type", "transactional",
     },
     "storage": {
-        "MemoryStorage", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
-        "open_storage",
+        "MemoryStorage", "QueuedWrites", "SqliteStorage", "StateRecord", "StateWrite",
+        "StorageProvider", "open_storage",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from actors import ActorId, InconsistentStateError, StorageError
-from storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, StorageProvider
+from storage import (
+    MemoryStorage,
+    QueuedWrites,
+    SqliteStorage,
+    StateRecord,
+    StateWrite,
+    StorageProvider,
+)
 
 PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
     "memory": lambda _: MemoryStorage(),
@@ -236,3 +243,57 @@ async def test_closed_provider_raises_storage_error(provider: StorageProvider) -
         await provider.clear(ALICE, etag)
     with pytest.raises(StorageError):
         await provider.write_many([StateWrite(BOB, b"b", None)])
+
+
+# -- queued writes (storage.QueuedWrites), for the providers that take them ----------------------
+
+
+@pytest.fixture
+def queued(provider: StorageProvider) -> QueuedWrites:
+    if not isinstance(provider, QueuedWrites):
+        pytest.skip(f"{type(provider).__name__} does not queue writes (QueuedWrites is optional)")
+    return provider
+
+
+def queue(
+    provider: QueuedWrites, actor_id: ActorId, data: bytes, etag: str | None
+) -> asyncio.Future[str | Exception]:
+    """Queue a write; the future holds what ``done`` was given."""
+    outcome: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
+    provider.queue_write(actor_id, data, etag, outcome.set_result)
+    assert not outcome.done()  # ``done`` never runs before queue_write returns
+    return outcome
+
+
+async def test_a_queued_write_keeps_the_write_contract(
+    provider: StorageProvider, queued: QueuedWrites
+) -> None:
+    first = await queue(queued, ALICE, b"one", None)
+    assert isinstance(first, str)
+    assert await provider.read(ALICE) == StateRecord(b"one", first)
+    second = await queue(queued, ALICE, b"two", first)
+    assert isinstance(second, str) and second != first
+    stale = await queue(queued, ALICE, b"stale", first)
+    assert isinstance(stale, InconsistentStateError)
+    assert (stale.stored_etag, stale.expected_etag) == (second, first)
+    assert await provider.read(ALICE) == StateRecord(b"two", second)
+
+
+async def test_concurrent_queued_writers_with_same_etag_exactly_one_wins(
+    provider: StorageProvider, queued: QueuedWrites
+) -> None:
+    base = await provider.write(ALICE, b"base", None)
+    outcomes = await asyncio.gather(*(queue(queued, ALICE, b"w%d" % i, base) for i in range(20)))
+    winners = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, str)]
+    assert len(winners) == 1
+    assert sum(isinstance(o, InconsistentStateError) for o in outcomes) == 19
+    index, etag = winners[0]
+    assert await provider.read(ALICE) == StateRecord(b"w%d" % index, etag)
+
+
+async def test_closed_provider_refuses_a_queued_write(
+    provider: StorageProvider, queued: QueuedWrites
+) -> None:
+    await provider.aclose()
+    with pytest.raises(StorageError):
+        queued.queue_write(ALICE, b"late", None, lambda outcome: None)

@@ -85,11 +85,12 @@ async def test_pragmas_are_wal_and_match_durability(db_path: Path) -> None:
 
 
 async def test_file_is_readable_by_humans(storage: SqliteStorage, db_path: Path) -> None:
-    await storage.write(ActorId("Account", 7), b"seven", None)
+    etag = await storage.write(ActorId("Account", 7), b"seven", None)
     await storage.write(ActorId("Account", "7"), b"str seven", None)
+    await storage.write(ActorId("Account", 7), b"seven again", etag)  # an update keeps the names
     assert sorted(raw_records(db_path)) == [
         ("Account", "'7'", b"str seven", 1),
-        ("Account", "7", b"seven", 1),
+        ("Account", "7", b"seven again", 2),
     ]
 
 
@@ -284,10 +285,61 @@ async def test_aclose_lets_queued_writes_commit(db_path: Path) -> None:
     storage = SqliteStorage(db_path)
     await storage.open()
     writes = [asyncio.create_task(storage.write(ActorId("C", i), b"x", None)) for i in range(50)]
+    queued: list[str | Exception] = []
+    storage.queue_write(ActorId("Q", 1), b"q", None, queued.append)
     await asyncio.sleep(0)  # queued
     await storage.aclose()
     assert [await w for w in writes] == ["1"] * 50
-    assert len(raw_records(db_path)) == 50
+    assert queued == ["1"]
+    assert len(raw_records(db_path)) == 51
+
+
+# -- queued writes ---------------------------------------------------------------------------
+
+
+async def test_a_queued_write_opens_the_file_if_nothing_did(db_path: Path) -> None:
+    storage = SqliteStorage(db_path)
+    try:
+        outcome: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
+        storage.queue_write(ALICE, b"first", None, outcome.set_result)
+        assert await outcome == "1"
+        assert raw_records(db_path) == [("Account", "'alice'", b"first", 1)]
+    finally:
+        await storage.aclose()
+
+
+async def test_a_queued_write_that_cannot_open_the_file_gets_the_error(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "missing-directory" / "state.db")
+    try:
+        outcome: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
+        storage.queue_write(ALICE, b"first", None, outcome.set_result)
+        error = await outcome
+        assert type(error) is StorageSchemaError
+        assert "missing-directory" in str(error)
+    finally:
+        await storage.aclose()
+
+
+async def test_a_failing_callback_is_reported_and_its_batch_still_told(
+    storage: SqliteStorage,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        told: list[str | Exception] = []
+
+        def broken(outcome: str | Exception) -> None:
+            raise RuntimeError("a bug in the caller")
+
+        storage.queue_write(ALICE, b"a", None, broken)
+        storage.queue_write(BOB, b"b", None, told.append)
+        assert await storage.write(ActorId("Account", "carol"), b"c", None) == "1"
+        assert told == ["1"]
+        assert [type(r["exception"]) for r in reported] == [RuntimeError]
+        assert await storage.read(ALICE) == StateRecord(b"a", "1")  # committed all the same
+    finally:
+        loop.set_exception_handler(None)
 
 
 # -- unusable files ------------------------------------------------------------------------------
@@ -407,9 +459,12 @@ async def test_locked_database_is_a_storage_error_then_recovers(db_path: Path) -
         locker = sqlite3.connect(db_path, isolation_level=None)
         try:
             locker.execute("BEGIN EXCLUSIVE")
+            queued: asyncio.Future[str | Exception] = asyncio.get_running_loop().create_future()
+            storage.queue_write(ActorId("Account", "carol"), b"blocked", None, queued.set_result)
             results = await asyncio.gather(
                 storage.write(ALICE, b"blocked", etag),
                 storage.write(BOB, b"blocked", None),
+                queued,
                 return_exceptions=True,
             )
             for result in results:
