@@ -50,7 +50,7 @@ from runtime._transactions import (
     decode_participants,
 )
 from runtime._transport import Transport
-from storage import StorageProvider
+from storage import QueuedWrites, StorageProvider
 
 __all__ = ["Silo", "SiloOptions"]
 
@@ -158,6 +158,8 @@ class Silo:
         self.name = name
         self.registry = registry
         self.storage = storage
+        # A provider whose writes wait lets a changing turn end without a task waiting for it.
+        self.queue_write = storage.queue_write if isinstance(storage, QueuedWrites) else None
         self.transport = transport
         self.membership = membership
         self.clock = clock

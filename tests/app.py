@@ -171,6 +171,11 @@ class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
     async def ping(self) -> str:
         return "pong"
 
+    async def append(self, tag: str) -> int:
+        self.state.entries.append(tag)
+        await asyncio.sleep(0)  # let the other calls in
+        return len(self.state.entries)
+
     @read_only
     async def entries(self) -> list[str]:
         return list(self.state.entries)

@@ -3,8 +3,11 @@ duplicates, explicit saves, schema evolution. Runs on every storage provider."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from actors import (
     ActorId,
     InconsistentStateError,
     StateDecodeError,
+    StorageError,
     decode_state,
     encode,
 )
@@ -176,6 +180,79 @@ async def test_storage_url_strings(tmp_path: Path) -> None:
         assert await cluster.get(BankAccount, "u").balance() == 3
     async with Cluster.local(actors=[BankAccount], storage="memory://") as cluster:
         assert await cluster.get(BankAccount, "u").balance() == 0
+
+
+async def test_a_one_way_turn_commits_its_state(provider: StorageProvider) -> None:
+    async with _cluster(provider) as cluster:
+        recorder = cluster.get(app.Recorder, "one-way")
+        await recorder.fire("a")
+        # A read-only turn waits for the changing one, and so for its commit.
+        assert await recorder.entries() == ["fired a"]
+        record = await provider.read(recorder.actor_id)
+        assert record.data is not None and decode_state(record.data, app.Log).entries == ["fired a"]
+
+
+async def test_interleaved_turns_that_change_state_all_commit(provider: StorageProvider) -> None:
+    # Each turn's write waits for the one before it (an activation's writes take turns), and
+    # on SQLite the first of them is queued without a task waiting for it.
+    async with _cluster(provider) as cluster:
+        actor = cluster.get(app.Reentrant, "many-writers")
+        tags = [f"t{i}" for i in range(20)]
+        await asyncio.gather(*(actor.append(tag) for tag in tags))
+        assert sorted(await actor.entries()) == sorted(tags)
+        record = await provider.read(actor.actor_id)
+        assert record.data is not None
+        assert sorted(decode_state(record.data, app.Log).entries) == sorted(tags)
+    async with _cluster(provider) as again:
+        assert sorted(await again.get(app.Reentrant, "many-writers").entries()) == sorted(tags)
+
+
+@contextlib.contextmanager
+def _write_lock(path: Path) -> Iterator[None]:
+    """Another connection holding the file's write lock (readers go on: WAL)."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        yield
+        locker.execute("ROLLBACK")
+    finally:
+        locker.close()
+
+
+async def test_a_turn_holds_its_actor_until_its_write_commits(tmp_path: Path) -> None:
+    async with (
+        SqliteStorage(tmp_path / "s.db", busy_timeout=30.0) as store,
+        _cluster(store) as cluster,
+    ):
+        account = cluster.get(BankAccount, "held")
+        await account.deposit(1)
+        with _write_lock(tmp_path / "s.db"):
+            deposit = asyncio.ensure_future(account.deposit(10))
+            balance = asyncio.ensure_future(account.balance())
+            # Neither can finish while the write waits for the lock: the deposit is not
+            # acknowledged, and the read must not run before the turn it queued behind ends.
+            done, _ = await asyncio.wait({deposit, balance}, timeout=0.3)
+            assert not done
+        assert await deposit == 11
+        assert await balance == 11
+        assert await _stored(store, account) == Account(11, [1, 10])
+
+
+async def test_a_commit_that_fails_rolls_its_turn_back_and_the_actor_serves_on(
+    tmp_path: Path,
+) -> None:
+    async with (
+        SqliteStorage(tmp_path / "s.db", busy_timeout=0.2) as store,
+        _cluster(store) as cluster,
+    ):
+        account = cluster.get(BankAccount, "unlucky")
+        await account.deposit(1)
+        with _write_lock(tmp_path / "s.db"), pytest.raises(StorageError, match="locked"):
+            await account.deposit(10)
+        assert await account.snapshot() == Account(1, [1])  # memory rolled back
+        assert await _stored(store, account) == Account(1, [1])
+        assert await account.deposit(5) == 6
+        assert await _stored(store, account) == Account(6, [1, 5])
 
 
 Make = Callable[[], Any]
