@@ -143,7 +143,7 @@ class Activation:
         self._lazy_starts = 0  # turns still to start on a runner
         self._lazy_window = 0  # how many the last eager try that had to wait left
         self._writing = False
-        self._queued_turn: tuple[Delivery, bytes, bytes] | None = None  # see _queue_write
+        self._queued_turn: tuple[Request, ActorMethod, bytes, bytes] | None = None  # _queue_write
         self._write_waiters: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
         self.tx: TxHold | None = None  # the transaction holding this actor, if any
@@ -176,7 +176,7 @@ class Activation:
             self.silo.forget(self)
             failed, self.mailbox = self.mailbox or (), None
             for delivery in failed:
-                self.silo.reply_error(delivery.request, exc, self._where(delivery))
+                self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
             return
         get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
         self._activating = None  # the finished task and its context are no longer needed
@@ -280,7 +280,7 @@ class Activation:
                     f"{' -> '.join(map(str, delivery.request.chain))} -> {self.actor_id} returns "
                     f"to {self.actor_id}, which is busy in a non-reentrant turn"
                 ),
-                self._where(delivery),
+                self._where(delivery.method),
             )
             return
         self._queue(delivery)
@@ -378,7 +378,7 @@ class Activation:
                 if per_turn:
                     data = self._changed_state()
                     if data is not None:
-                        if self._queue_write(delivery, payload, data):
+                        if self._queue_write(request, method, payload, data):
                             ends_when_written = True
                             return
                         await self._write(data)
@@ -386,7 +386,7 @@ class Activation:
                     await self.silo.coordinator.commit(ticket.txid, transaction.participants)
                 ok = True
             except Exception as exc:
-                ok, payload = False, self._fail_turn(delivery, exc, per_turn)
+                ok, payload = False, self._fail_turn(method, exc, per_turn)
                 if transaction is not None and ticket is not None:
                     await self._abandon(ticket, transaction)
             if not options.one_way:
@@ -400,7 +400,9 @@ class Activation:
             if not ends_when_written:
                 self._end_turn(options)
 
-    def _queue_write(self, delivery: Delivery, payload: bytes, data: bytes) -> bool:
+    def _queue_write(
+        self, request: Request, method: ActorMethod, payload: bytes, data: bytes
+    ) -> bool:
         """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
         the turn then ends in ``_written`` once the write committed, with no task left waiting
         for it. False when the provider cannot, or another write of this activation is still
@@ -409,9 +411,10 @@ class Activation:
         if queue_write is None or self._writing:
             return False
         # Only one write of an activation is ever under way (``_writing``), so the turn that
-        # waits for it can wait here rather than in a closure per write.
+        # waits for it can wait here rather than in a closure per write; and it keeps only what
+        # its end needs (each object a waiting turn keeps alive costs garbage collection time).
         self._writing = True
-        self._queued_turn = (delivery, payload, data)
+        self._queued_turn = (request, method, payload, data)
         try:
             queue_write(self.actor_id, data, self._etag, self._written)
         except BaseException:
@@ -424,19 +427,19 @@ class Activation:
         """The end of a turn whose write was queued: reply once the write committed, or roll
         back and report the failure, then end the turn."""
         assert self._queued_turn is not None
-        (delivery, payload, data), self._queued_turn = self._queued_turn, None
+        (request, method, payload, data), self._queued_turn = self._queued_turn, None
         try:
             try:
                 if isinstance(outcome, Exception):
-                    ok, payload = False, self._fail_turn(delivery, outcome, True)
+                    ok, payload = False, self._fail_turn(method, outcome, True)
                 else:
                     self._etag, self._committed, ok = outcome, data, True
             finally:
                 self._end_write()
-            if not delivery.method.options.one_way:
-                self.silo.reply(delivery.request, ok, payload, ())
+            if not method.options.one_way:
+                self.silo.reply(request, ok, payload, ())
         finally:
-            self._end_turn(delivery.method.options)
+            self._end_turn(method.options)
 
     def _end_turn(self, options: MethodOptions) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
@@ -465,7 +468,7 @@ class Activation:
                 f"result of {self.actor_id.type_name}.{method.name}: {exc}"
             ) from None
 
-    def _fail_turn(self, delivery: Delivery, exc: Exception, per_turn: bool) -> bytes:
+    def _fail_turn(self, method: ActorMethod, exc: Exception, per_turn: bool) -> bytes:
         """Undo the turn's changes to the state and encode ``exc`` for the caller."""
         if per_turn:
             self._rollback()
@@ -478,10 +481,10 @@ class Activation:
             get_logger().info(
                 "call_failed",
                 actor=str(self.actor_id),
-                method=delivery.method.name,
+                method=method.name,
                 error=repr(exc),
             )
-        return encode_error(exc, self._where(delivery))
+        return encode_error(exc, self._where(method))
 
     def _enter_turn(
         self, chain: tuple[ActorId, ...], transaction: TransactionContext | None = None
@@ -558,7 +561,7 @@ class Activation:
         self.silo.reply_error(
             delivery.request,
             TransactionAbortedError(f"transaction {delivery.tx.txid} aborted: {why}"),
-            self._where(delivery),
+            self._where(delivery.method),
         )
 
     def _lock_wait_over(self, delivery: Delivery) -> None:
@@ -670,8 +673,8 @@ class Activation:
                 "deactivation_timeout", actor=str(self.actor_id), silo=self.silo.name
             )
 
-    def _where(self, delivery: Delivery) -> str:
-        return f"{self.actor_id}.{delivery.method.name} on {self.silo.name}"
+    def _where(self, method: ActorMethod) -> str:
+        return f"{self.actor_id}.{method.name} on {self.silo.name}"
 
     # -- state -------------------------------------------------------------------------------
 

@@ -88,31 +88,53 @@ _Outcome = list[str] | InconsistentStateError
 
 @dataclass(slots=True)
 class _PendingWrite:
-    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it: a
-    caller awaiting a future of the new ETags, or a ``queue_write`` callback for the one ETag."""
+    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it,
+    the caller awaiting ``result``."""
 
     writes: tuple[StateWrite, ...]
-    result: asyncio.Future[list[str]] | Callable[[str | Exception], object]
+    result: asyncio.Future[list[str]]
 
     def dropped(self) -> bool:
-        """Whether its awaiting caller was cancelled (before the write started: it is dropped)."""
-        result = self.result
-        return isinstance(result, asyncio.Future) and result.done()
+        """Whether its caller was cancelled (before the write started: it is dropped)."""
+        return self.result.done()
 
     def settle(self, outcome: list[str] | Exception) -> None:
-        result = self.result
-        if not isinstance(result, asyncio.Future):
-            try:
-                result(outcome if isinstance(outcome, Exception) else outcome[0])
-            except Exception as exc:  # the caller's bug: the rest of the batch is still told
-                asyncio.get_running_loop().call_exception_handler(
-                    {"message": "a queued write's callback failed", "exception": exc}
-                )
-        elif not result.done():  # (a cancelled caller has nobody to tell)
-            if isinstance(outcome, Exception):
-                result.set_exception(outcome)
-            else:
-                result.set_result(outcome)
+        if self.result.done():
+            return  # a cancelled caller has nobody to tell
+        if isinstance(outcome, Exception):
+            self.result.set_exception(outcome)
+        else:
+            self.result.set_result(outcome)
+
+
+@dataclass(slots=True)
+class _QueuedWrite:
+    """A ``queue_write``: one write, and the callback that wants its ETag. A write in its own
+    right (its fields are a ``StateWrite``'s), so that a queued write is one object: thousands
+    wait at a time, and each object they keep alive costs garbage collection time."""
+
+    actor_id: ActorId
+    data: bytes
+    expected_etag: str | None
+    done: Callable[[str | Exception], object]
+
+    @property
+    def writes(self) -> tuple[_QueuedWrite]:
+        return (self,)
+
+    def dropped(self) -> bool:
+        return False
+
+    def settle(self, outcome: list[str] | Exception) -> None:
+        try:
+            self.done(outcome if isinstance(outcome, Exception) else outcome[0])
+        except Exception as exc:  # the caller's bug: the rest of the batch is still told
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a queued write's callback failed", "exception": exc}
+            )
+
+
+_Pending = _PendingWrite | _QueuedWrite
 
 
 class SqliteStorage:
@@ -159,7 +181,7 @@ class SqliteStorage:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
-        self._pending: deque[_PendingWrite] = deque()
+        self._pending: deque[_Pending] = deque()
         self._committer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -245,9 +267,7 @@ class SqliteStorage:
         the next batch; ``done`` gets the new ETag once the batch committed, or the error
         (``InconsistentStateError``, ``StorageError``), on the event loop, exactly once."""
         self._check_not_closed()
-        self._pending.append(
-            _PendingWrite((StateWrite(actor_id, bytes(data), expected_etag),), done)
-        )
+        self._pending.append(_QueuedWrite(actor_id, bytes(data), expected_etag, done))
         self._start_committer()
 
     async def aclose(self) -> None:
@@ -378,8 +398,8 @@ class SqliteStorage:
             # not see the variables of whichever caller happened to start it.
             self._committer = contextvars.Context().run(asyncio.create_task, self._run_committer())
 
-    def _take_batch(self) -> list[_PendingWrite]:
-        batch: list[_PendingWrite] = []
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
         size = 0
         limit = min(self.max_batch, max(_MIN_SPLIT, (len(self._pending) + 1) // 2))
         while self._pending:
@@ -394,7 +414,7 @@ class SqliteStorage:
             size += len(head.writes)
         return batch
 
-    async def _commit(self, batch: list[_PendingWrite]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> None:
         if not batch:
             return
         try:
@@ -410,7 +430,7 @@ class SqliteStorage:
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)
 
-    async def _apply(self, batch: list[_PendingWrite]) -> list[_Outcome]:
+    async def _apply(self, batch: list[_Pending]) -> list[_Outcome]:
         """Commit ``batch`` in one transaction, in one trip to the writer's thread.
 
         A trip back from the thread waits behind whatever the event loop is doing, and under
@@ -486,7 +506,7 @@ class _KnownVersions:
 
 
 def _commit(
-    connection: sqlite3.Connection, batch: list[_PendingWrite], known: _KnownVersions
+    connection: sqlite3.Connection, batch: list[_Pending], known: _KnownVersions
 ) -> list[_Outcome]:
     """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT."""
     connection.execute("BEGIN IMMEDIATE")
@@ -526,7 +546,7 @@ async def _on_thread(
 
 
 def _decide(
-    batch: Iterable[_PendingWrite], versions: dict[bytes, int]
+    batch: Iterable[_Pending], versions: dict[bytes, int]
 ) -> tuple[list[_Outcome], list[_Row], dict[bytes, int]]:
     """Check each caller's ETags in queue order and collect the rows of those that pass, and the
     versions they leave (``versions``: every key's stored version, 0 for none).
