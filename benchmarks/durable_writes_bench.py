@@ -7,9 +7,13 @@ system. The only difference is the provider: ``SqliteStorage`` as shipped, which
 turns' writes in one transaction, or with ``max_batch=1``, which takes one write per
 transaction and so pays one commit (and one fsync) per acknowledged write. The same load on
 ``MemoryStorage`` is reported beside them: the runtime's own ceiling, with no disk at all.
-The sides take turns, three rounds each (one round of 10,000 writes with group commit lasts
-about a third of a second, so a single round swung the ratio by a whole 1x from run to run);
-each side's median round is reported.
+
+The sides take turns, five rounds each, and each side's median round is reported. Every round
+lasts the same time on every side (one second of writing, then the writes in flight finish):
+the group-commit side is CPU-bound and the naive side is fsync-bound, and the speed of a
+shared machine's CPU drifts by up to 2x within seconds. A round of a fixed 10,000 writes lasted
+a third of a second on the fast side, short enough to sit inside one slow or one fast spell, and
+it swung the ratio by 2x from run to run.
 
     python -m benchmarks.durable_writes_bench [--quick] [--dir DIRECTORY]
 """
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actors import Actor, read_only
-from benchmarks._measure import Latencies, Measurement, figure, interleave, now
+from benchmarks._measure import Measurement, drive_for, figure, interleave
 from runtime import Cluster
 from storage import MemoryStorage, SqliteStorage, StorageProvider
 
@@ -33,7 +37,8 @@ __all__ = ["run"]
 
 TARGET_RATIO = 10.0
 TARGET_WRITES_PER_S = 20_000.0
-ROUNDS = 3
+ROUNDS = 5
+SECONDS = 1.0  # of writing per round, on every side
 
 
 @dataclass
@@ -60,11 +65,12 @@ def _commits(storage: StorageProvider) -> int:
 class _Side:
     """One provider's rounds: each a fresh local cluster on the same storage."""
 
-    def __init__(self, storage: StorageProvider, writers: int, writes_per_writer: int) -> None:
+    def __init__(self, storage: StorageProvider, writers: int, seconds: float) -> None:
         self.storage = storage
         self.writers = writers
-        self.writes_per_writer = writes_per_writer
+        self.seconds = seconds
         self.transactions: list[int] = []  # per round
+        self.writes: list[int] = []  # per round
 
     async def measure(self) -> Measurement:
         storage = self.storage
@@ -73,19 +79,16 @@ class _Side:
             # Activate (one read each) outside the timing: this measures writes.
             await asyncio.gather(*(account.balance() for account in accounts))
             commits_before = _commits(storage)
-            latencies = Latencies()
 
-            async def writer(account: DurableAccount) -> None:
-                for _ in range(self.writes_per_writer):
-                    started = now()
-                    await account.deposit(1)
-                    latencies.add(now() - started)
-
-            started = now()
-            await asyncio.gather(*(writer(account) for account in accounts))
-            elapsed = now() - started
+            rate, latencies = await drive_for(
+                lambda target, _: accounts[target].deposit(1),
+                self.writers,
+                self.writers,
+                self.seconds,
+            )
             self.transactions.append(_commits(storage) - commits_before)
-        return self.writers * self.writes_per_writer / elapsed, latencies
+            self.writes.append(len(latencies.samples))
+        return rate, latencies
 
 
 async def run(quick: bool = False, directory: str | None = None) -> list[dict[str, Any]]:
@@ -93,7 +96,7 @@ async def run(quick: bool = False, directory: str | None = None) -> list[dict[st
     median round of each side is reported). ``directory`` picks the file system (default: the
     system temporary directory; on tmpfs fsync is free and the figures mean little)."""
     writers = 200 if quick else 1000
-    writes_per_writer = 3 if quick else 10
+    seconds = 0.2 if quick else SECONDS
     rounds = 1 if quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="raygrain-bench-", dir=directory) as tmp:
         async with (
@@ -102,9 +105,9 @@ async def run(quick: bool = False, directory: str | None = None) -> list[dict[st
             MemoryStorage() as memory_storage,
         ):
             sides = {
-                "group": _Side(group_storage, writers, writes_per_writer),
-                "naive": _Side(naive_storage, writers, writes_per_writer),
-                "memory": _Side(memory_storage, writers, writes_per_writer),
+                "group": _Side(group_storage, writers, seconds),
+                "naive": _Side(naive_storage, writers, seconds),
+                "memory": _Side(memory_storage, writers, seconds),
             }
             measured = await interleave(
                 {name: side.measure for name, side in sides.items()}, rounds
@@ -123,7 +126,9 @@ async def run(quick: bool = False, directory: str | None = None) -> list[dict[st
             baseline_rounds=naive.rates,
             transactions=statistics.median(sides["group"].transactions),
             baseline_transactions=statistics.median(sides["naive"].transactions),
-            writes=writers * writes_per_writer,
+            writes=statistics.median(sides["group"].writes),
+            baseline_writes=statistics.median(sides["naive"].writes),
+            seconds_per_round=seconds,
             memory_storage_writes_per_s=memory.rate,
             memory_storage_latency=memory.median_latencies().percentiles_ms(),
             file_system_dir=directory or tempfile.gettempdir(),
@@ -140,7 +145,8 @@ async def run(quick: bool = False, directory: str | None = None) -> list[dict[st
 def _print(row: dict[str, Any]) -> None:
     met = row["ratio"] >= TARGET_RATIO and row["value"] >= TARGET_WRITES_PER_S
     print(
-        f"{row['name']} (files in {row['file_system_dir']}, {row['writes']:,} writes per round)\n"
+        f"{row['name']} (files in {row['file_system_dir']}, "
+        f"{row['seconds_per_round']:g} s of writing per round)\n"
         f"  group commit          {row['value']:>10,.0f} writes/s   "
         f"p50 {row['latency']['p50_ms']:>7.2f} ms   p99 {row['latency']['p99_ms']:>7.2f} ms   "
         f"{row['transactions']:>6} transactions\n"
