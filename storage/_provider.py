@@ -65,7 +65,7 @@ class QueuedWrites(Protocol):
     """Optional, for a provider whose writes wait (group commit, a server): it takes a write
     with a callback instead of a coroutine. The runtime then ends a changing turn from that
     callback rather than keeping the turn's task suspended in ``write`` until the commit (on
-    SQLite with 1,000 writers that suspension was most of a turn's cost)."""
+    SQLite with 1,000 writers, that took about a quarter off the event loop's CPU per write)."""
 
     def queue_write(
         self,
