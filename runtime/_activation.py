@@ -376,6 +376,12 @@ class Activation:
                 result = await method.function(self.instance, *delivery.args, **delivery.kwargs)
                 payload = self._encode_result(method, result)
                 if per_turn:
+                    # Encode only once no other write of this activation is under way: an
+                    # interleaved turn that took the slot meanwhile may have written a newer
+                    # state (with this turn's changes in it), which an older encoding would
+                    # then overwrite.
+                    while self._writing:
+                        await self._write_finished()
                     data = self._changed_state()
                     if data is not None:
                         if self._queue_write(request, method, payload, data):
@@ -405,10 +411,10 @@ class Activation:
     ) -> bool:
         """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
         the turn then ends in ``_written`` once the write committed, with no task left waiting
-        for it. False when the provider cannot, or another write of this activation is still
-        going (the turn then awaits its write as usual)."""
+        for it. False when the provider cannot (the turn then awaits its write as usual). The
+        write slot must be free (``_writing`` False), as the caller checked just before."""
         queue_write = self.silo.queue_write
-        if queue_write is None or self._writing:
+        if queue_write is None:
             return False
         # Only one write of an activation is ever under way (``_writing``), so the turn that
         # waits for it can wait here rather than in a closure per write; and it keeps only what
@@ -701,13 +707,15 @@ class Activation:
         return None if data == self._committed else data
 
     async def _commit(self) -> None:
+        while self._writing:  # (encode once the slot is free: see _run_turn)
+            await self._write_finished()
         data = self._changed_state()
         if data is not None:
             await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        while self._writing:
-            await self._write_finished()
+        """Write ``data``; the write slot must be free, as the caller checked just before."""
+        assert not self._writing
         self._writing = True
         try:
             self._etag = await self.silo.storage.write(self.actor_id, data, self._etag)

@@ -207,6 +207,39 @@ async def test_interleaved_turns_that_change_state_all_commit(provider: StorageP
         assert sorted(await again.get(app.Reentrant, "many-writers").entries()) == sorted(tags)
 
 
+@pytest.mark.parametrize("passes", range(4))
+async def test_a_write_never_overwrites_a_newer_acknowledged_one(
+    tmp_path: Path, passes: int
+) -> None:
+    # A reentrant actor: turn a's write is under way, turn b waits for it, and turn d ends
+    # `passes` loop passes after a's commit, racing b for the next write. Whatever the order,
+    # the last write must hold every acknowledged change: b's encoding, made before d changed
+    # the state, once overwrote d's acknowledged write.
+    store = SqliteStorage(tmp_path / "s.db")
+
+    class Racer(Actor[app.Log], name="test.Racer", reentrant=True):
+        async def add(self, tag: str) -> None:
+            self.state.entries.append(tag)
+
+        async def add_after_commit(self, tag: str, commits: int) -> None:
+            while store.commits < commits:
+                await asyncio.sleep(0)
+            for _ in range(passes):
+                await asyncio.sleep(0)
+            self.state.entries.append(tag)
+
+    async with store, Cluster.local(actors=[Racer], silos=1, storage=store) as cluster:
+        racer = cluster.get(Racer, "r")
+        await racer.add("first")
+        commits = store.commits
+        a = asyncio.ensure_future(racer.add("a"))
+        await asyncio.sleep(0)
+        await asyncio.gather(a, racer.add("b"), racer.add_after_commit("d", commits + 1))
+        record = await store.read(racer.actor_id)
+        assert record.data is not None
+        assert sorted(decode_state(record.data, app.Log).entries) == ["a", "b", "d", "first"]
+
+
 @contextlib.contextmanager
 def _write_lock(path: Path) -> Iterator[None]:
     """Another connection holding the file's write lock (readers go on: WAL)."""
