@@ -31,6 +31,7 @@ from actors._errors import (
     StorageError,
     StorageSchemaError,
     TransactionAbortedError,
+    TurnRolledBackError,
     UnknownActorTypeError,
     UnknownMethodError,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "StorageError",
     "StorageSchemaError",
     "TransactionAbortedError",
+    "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
     "actor_methods",

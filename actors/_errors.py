@@ -19,6 +19,7 @@ The tree::
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
+    ├── TurnRolledBackError         an interleaved turn's failure rolled this turn's changes back
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
@@ -47,6 +48,7 @@ __all__ = [
     "StorageError",
     "StorageSchemaError",
     "TransactionAbortedError",
+    "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
 ]
@@ -101,6 +103,12 @@ class SiloUnavailableError(RaygrainError):
 
     The call may or may not have run. It is safe to retry when the method is idempotent.
     """
+
+
+class TurnRolledBackError(RaygrainError):
+    """Another turn of the same activation, interleaved with this one, failed and rolled the
+    actor's state back to its last committed version, discarding this turn's changes too.
+    Nothing of this turn was stored; it is safe to retry."""
 
 
 class TransactionAbortedError(RaygrainError):

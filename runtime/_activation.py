@@ -28,6 +28,7 @@ from actors import (
     Persistence,
     SerializationError,
     TransactionAbortedError,
+    TurnRolledBackError,
     current_invoker,
     decode_state,
     encode,
@@ -103,6 +104,7 @@ class Activation:
         "_lazy_starts",
         "_lazy_window",
         "_queued_turn",
+        "_rollbacks",
         "_write_waiters",
         "_writing",
         "actor_id",
@@ -143,6 +145,7 @@ class Activation:
         self._lazy_starts = 0  # turns still to start on a runner
         self._lazy_window = 0  # how many the last eager try that had to wait left
         self._writing = False
+        self._rollbacks = 0  # how many times the state was rolled back (see _run_turn)
         self._queued_turn: tuple[Request, ActorMethod, bytes, bytes] | None = None  # _queue_write
         self._write_waiters: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
@@ -363,6 +366,7 @@ class Activation:
             and self.options.persistence is Persistence.PER_TURN
         )
         ends_when_written = False
+        rollbacks = self._rollbacks
         try:
             if self.silo.loop_time() > delivery.expires_at:
                 return  # the caller has already timed out; running it now would be a surprise
@@ -382,6 +386,12 @@ class Activation:
                     # then overwrite.
                     while self._writing:
                         await self._write_finished()
+                    if self._rollbacks != rollbacks:
+                        raise TurnRolledBackError(
+                            f"{self._where(method)}: a turn interleaved with this one failed, "
+                            "and rolling the state back discarded this turn's changes too; "
+                            "nothing of this turn was stored"
+                        )
                     data = self._changed_state()
                     if data is not None:
                         if self._queue_write(request, method, payload, data):
@@ -739,6 +749,9 @@ class Activation:
             waiters.set_result(None)
 
     def _rollback(self) -> None:
+        # The state is shared by every turn running on the activation: a changing turn that
+        # overlapped this one lost its changes too, and must not report success (see _run_turn).
+        self._rollbacks += 1
         assert self.instance is not None
         state_type = self.cls.__actor_state_type__
         if self._committed is None:

@@ -176,6 +176,15 @@ class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
         await asyncio.sleep(0)  # let the other calls in
         return len(self.state.entries)
 
+    async def append_then_wait(self, tag: str, gate_name: str) -> int:
+        self.state.entries.append(tag)
+        await gate(gate_name).wait()
+        return len(self.state.entries)
+
+    async def append_then_fail(self, tag: str) -> None:
+        self.state.entries.append(tag)
+        raise RuntimeError(f"{tag} failed after changing state")
+
     @read_only
     async def entries(self) -> list[str]:
         return list(self.state.entries)

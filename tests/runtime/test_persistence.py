@@ -19,6 +19,7 @@ from actors import (
     InconsistentStateError,
     StateDecodeError,
     StorageError,
+    TurnRolledBackError,
     decode_state,
     encode,
 )
@@ -205,6 +206,26 @@ async def test_interleaved_turns_that_change_state_all_commit(provider: StorageP
         assert sorted(decode_state(record.data, app.Log).entries) == sorted(tags)
     async with _cluster(provider) as again:
         assert sorted(await again.get(app.Reentrant, "many-writers").entries()) == sorted(tags)
+
+
+async def test_a_turn_whose_changes_an_interleaved_failure_rolled_back_fails_too(
+    provider: StorageProvider,
+) -> None:
+    async with _cluster(provider) as cluster:
+        actor = cluster.get(app.Reentrant, "overlap")
+        await actor.append("kept")
+        waiting = asyncio.ensure_future(actor.append_then_wait("b", "overlap-b"))
+        while await actor.entries() != ["kept", "b"]:
+            await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="a failed"):
+            await actor.append_then_fail("a")  # rolls the shared state back: b's change goes
+        app.gate("overlap-b").set()
+        with pytest.raises(TurnRolledBackError, match="test.Reentrant/overlap.append_then_wait"):
+            await waiting  # not acknowledged: its change is in neither memory nor storage
+        assert await actor.entries() == ["kept"]
+        record = await provider.read(actor.actor_id)
+        assert record.data is not None and decode_state(record.data, app.Log).entries == ["kept"]
+        assert await actor.append("after") == 2  # and the actor serves on
 
 
 @pytest.mark.parametrize("passes", range(4))
