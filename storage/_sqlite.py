@@ -267,11 +267,12 @@ class SqliteStorage:
         the next batch; ``done`` gets the new ETag once the batch committed, or the error
         (``InconsistentStateError``, ``StorageError``), on the event loop, exactly once."""
         self._check_not_closed()
+        self._start_committer()  # first: if it fails (no running loop), nothing was queued
         self._pending.append(_QueuedWrite(actor_id, bytes(data), expected_etag, done))
-        self._start_committer()
 
     async def aclose(self) -> None:
-        """Let queued writes commit, then close the file. Idempotent."""
+        """Let queued writes commit, then close the file. Idempotent. (Writes queued on a store
+        that was never opened fail with ``StorageError`` instead: it is closed before it opens.)"""
         if self._closed:
             return
         self._closed = True
@@ -394,9 +395,10 @@ class SqliteStorage:
 
     def _start_committer(self) -> None:
         if self._committer is None:
+            loop = asyncio.get_running_loop()  # (before making a coroutine that would be lost)
             # In a context of its own: ``queue_write`` callbacks run in the committer, and must
             # not see the variables of whichever caller happened to start it.
-            self._committer = contextvars.Context().run(asyncio.create_task, self._run_committer())
+            self._committer = contextvars.Context().run(loop.create_task, self._run_committer())
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []

@@ -552,3 +552,20 @@ async def test_storage_benchmark_smoke(tmp_path: Path) -> None:
         assert result[side]["writes_per_s"] > 0
     assert result["baseline_commit_per_write"]["transactions"] == total
     assert result["speedup"] > 0
+
+
+def test_a_queued_write_outside_an_event_loop_is_refused_and_leaves_nothing(
+    db_path: Path,
+) -> None:
+    storage = SqliteStorage(db_path)
+    told: list[str | Exception] = []
+    with pytest.raises(RuntimeError):
+        storage.queue_write(ALICE, b"stray", None, told.append)
+
+    async def later() -> None:
+        async with storage:
+            assert await storage.write(ALICE, b"mine", None) == "1"  # no stray write first
+
+    asyncio.run(later())
+    assert told == []
+    assert raw_records(db_path) == [("Account", "'alice'", b"mine", 1)]
