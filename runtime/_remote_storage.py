@@ -9,7 +9,8 @@ them concurrently so that SQLite's group commit folds them into one transaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextvars
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -20,12 +21,27 @@ from storage import StateRecord, StateWrite, StorageProvider, open_storage
 __all__ = ["RemoteStorage", "StorageServerImpl"]
 
 
+# An ActorId may hold what plain msgpack refuses: lone surrogates in its strings (kept with
+# "surrogatepass", as ActorId.canonical() keeps them) and int keys beyond 64 bits (sent as text).
+
+
 def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(  # type: ignore[no-any-return]
+        value, use_bin_type=True, unicode_errors="surrogatepass"
+    )
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors="surrogatepass")
+
+
+def _wire(actor_id: ActorId) -> list[Any]:
+    key = actor_id.key
+    return [actor_id.type_name, key if isinstance(key, str) else [str(key)]]
+
+
+def _actor_id(type_name: str, key: Any) -> ActorId:
+    return ActorId(type_name, key if isinstance(key, str) else int(key[0]))
 
 
 class StorageServerImpl:
@@ -48,14 +64,14 @@ class StorageServerImpl:
         try:
             kind = op[0]
             if kind == "read":
-                record = await self.provider.read(ActorId(op[1], op[2]))
+                record = await self.provider.read(_actor_id(op[1], op[2]))
                 return [True, [record.data, record.etag]]
             if kind == "write":
-                return [True, await self.provider.write(ActorId(op[1], op[2]), op[3], op[4])]
+                return [True, await self.provider.write(_actor_id(op[1], op[2]), op[3], op[4])]
             if kind == "clear":
-                return [True, await self.provider.clear(ActorId(op[1], op[2]), op[3])]
+                return [True, await self.provider.clear(_actor_id(op[1], op[2]), op[3])]
             if kind == "write_many":
-                writes = [StateWrite(ActorId(t, k), d, e) for t, k, d, e in op[1]]
+                writes = [StateWrite(_actor_id(t, k), d, e) for t, k, d, e in op[1]]
                 return [True, await self.provider.write_many(writes)]
             raise StorageError(f"unknown storage operation {kind!r}")
         except Exception as exc:
@@ -68,45 +84,74 @@ class StorageServerImpl:
 _READ_ATTEMPTS = 3
 
 
+# Who waits for an operation's result: a caller awaiting a future, or a ``queue_write`` callback.
+_Sink = asyncio.Future[Any] | Callable[[str | Exception], object]
+
+
 class RemoteStorage:
-    """A storage provider that forwards to the storage server actor, batching per loop turn."""
+    """A storage provider that forwards to the storage server actor, batching per loop turn.
+    It takes queued writes (``storage.QueuedWrites``): a silo's changing turns then end when
+    their batch's answer arrives, with no task waiting for each."""
 
     def __init__(self, server: Any) -> None:
         self._server = server
-        self._pending: list[tuple[list[Any], asyncio.Future[Any], int]] = []
+        self._pending: list[tuple[list[Any], _Sink, int]] = []
         self._flush_scheduled = False
+        self._flushes: set[asyncio.Future[None]] = set()
         self._closed = False
 
     async def read(self, actor_id: ActorId) -> StateRecord:
-        data, etag = await self._submit(["read", actor_id.type_name, actor_id.key])
+        data, etag = await self._submit(["read", *_wire(actor_id)])
         return StateRecord(data, etag)
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
-        op = ["write", actor_id.type_name, actor_id.key, data, expected_etag]
-        return str(await self._submit(op))
+        return str(await self._submit(["write", *_wire(actor_id), data, expected_etag]))
 
     async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
-        return str(await self._submit(["clear", actor_id.type_name, actor_id.key, expected_etag]))
+        return str(await self._submit(["clear", *_wire(actor_id), expected_etag]))
 
     async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
-        rows = [[w.actor_id.type_name, w.actor_id.key, w.data, w.expected_etag] for w in writes]
+        rows = [[*_wire(w.actor_id), w.data, w.expected_etag] for w in writes]
         return [str(etag) for etag in await self._submit(["write_many", rows])]
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``write`` without a coroutine (see ``storage.QueuedWrites``): ``done`` gets the new
+        ETag or the error once the batch carrying the write is answered."""
+        self._check_open()
+        self._queue(["write", *_wire(actor_id), data, expected_etag], done, 0)
 
     async def aclose(self) -> None:
         self._closed = True
 
-    async def _submit(self, op: list[Any]) -> Any:
+    def _check_open(self) -> None:
         if self._closed:
             raise StorageError("remote storage client is closed")
+
+    async def _submit(self, op: list[Any]) -> Any:
+        self._check_open()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue(op, future, 0)
         return await future
 
-    def _queue(self, op: list[Any], future: asyncio.Future[Any], attempt: int) -> None:
-        self._pending.append((op, future, attempt))
+    def _queue(self, op: list[Any], sink: _Sink, attempt: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.append((op, sink, attempt))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+            # In a context of its own: ``queue_write`` callbacks run in the flush, and must not
+            # see the variables of whichever turn happened to queue first.
+            loop.call_soon(self._start_flush, context=contextvars.Context())
+
+    def _start_flush(self) -> None:
+        flush = asyncio.ensure_future(self._flush())
+        self._flushes.add(flush)  # (the loop keeps only a weak reference to a task)
+        flush.add_done_callback(self._flushes.discard)
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
@@ -118,13 +163,12 @@ class RemoteStorage:
             # is tried again; a write may or may not have been applied, so its turn fails
             # (rolled back here; a write that did land fences this activation at its next one).
             loop = asyncio.get_running_loop()
-            for op, future, attempt in batch:
-                if future.done():
-                    continue
+            for op, sink, attempt in batch:
                 if op[0] == "read" and attempt < _READ_ATTEMPTS:
-                    loop.call_later(0.1 * (attempt + 1), self._queue, op, future, attempt + 1)
+                    loop.call_later(0.1 * (attempt + 1), self._queue, op, sink, attempt + 1)
                     continue
-                future.set_exception(
+                _settle(
+                    sink,
                     StorageError(
                         f"storage server unreachable: {type(exc).__name__}: {exc}"
                         + (
@@ -132,13 +176,26 @@ class RemoteStorage:
                             if op[0] == "read"
                             else "; the write may or may not have been applied"
                         )
-                    )
+                    ),
                 )
             return
-        for (_, future, _), (ok, value) in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(decode_error(value))
+        for (_, sink, _), (ok, value) in zip(batch, results, strict=True):
+            _settle(sink, value if ok else decode_error(value))
+
+
+def _settle(sink: _Sink, outcome: Any) -> None:
+    """Hand an operation's result (or error) to whoever waits for it."""
+    if isinstance(sink, asyncio.Future):
+        if sink.done():  # the caller was cancelled
+            return
+        if isinstance(outcome, BaseException):
+            sink.set_exception(outcome)
+        else:
+            sink.set_result(outcome)
+        return
+    try:
+        sink(outcome if isinstance(outcome, Exception) else str(outcome))
+    except Exception as exc:  # the caller's bug: the rest of the batch is still told
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "a queued write's callback failed", "exception": exc}
+        )
