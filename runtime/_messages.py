@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from actors import ActorId
+from actors import ActorId, ActorKey
 
 __all__ = ["Request", "Response", "pack_batch", "unpack_batch"]
 
@@ -39,12 +39,12 @@ class Request:
             0,
             self.call_id,
             self.target.type_name,
-            self.target.key,
+            wire_key(self.target.key),
             self.method,
             self.payload,
             self.reply_to,
             self.timeout,
-            [[a.type_name, a.key] for a in self.chain] if self.chain else (),
+            [[a.type_name, wire_key(a.key)] for a in self.chain] if self.chain else (),
             self.hops,
             self.transaction,
             self.view_version,
@@ -63,19 +63,52 @@ class Response:
 
     def to_wire(self) -> list[Any]:
         if self.joined:
-            joined = [[a.type_name, a.key] for a in self.joined]
+            joined = [[a.type_name, wire_key(a.key)] for a in self.joined]
             return [1, self.call_id, self.ok, self.payload, joined]
         return [1, self.call_id, self.ok, self.payload]
 
 
+# An ActorId may hold what plain msgpack refuses, and one message that cannot be packed fails its
+# whole batch: strings travel with "surrogatepass" (lone surrogates are valid in an ActorId, as
+# in its canonical form), and an int key beyond 64 bits as its text (see wire_key).
+_UNICODE_ERRORS = "surrogatepass"
+_WIRE_INTS = range(-(2**63), 2**64)  # what msgpack carries as an integer
+
+
+def wire_key(key: ActorKey) -> Any:
+    """An actor key as msgpack can carry it: itself, or an int too large as ``[its text]``."""
+    if isinstance(key, int) and key not in _WIRE_INTS:
+        return [str(key)]
+    return key
+
+
+def key_from_wire(value: Any) -> Any:
+    """The key ``wire_key`` sent (anything else is passed on, for ActorId to refuse)."""
+    if type(value) is list and len(value) == 1 and type(value[0]) is str:
+        try:
+            return int(value[0])
+        except ValueError:
+            return value
+    return value
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        value, use_bin_type=True, unicode_errors=_UNICODE_ERRORS
+    )
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors=_UNICODE_ERRORS)
+
+
 def pack_batch(messages: Sequence[Request | Response]) -> bytes:
-    packed: bytes = msgpack.packb([m.to_wire() for m in messages], use_bin_type=True)
-    return packed
+    return pack([m.to_wire() for m in messages])
 
 
 def unpack_batch(data: bytes) -> list[Request | Response]:
     out: list[Request | Response] = []
-    for item in msgpack.unpackb(data, raw=False, strict_map_key=False):
+    for item in unpack(data):
         if item[0] == 1:
             joined = tuple(_actor_id(t, k) for t, k in item[4]) if len(item) > 4 else ()
             out.append(Response(item[1], item[2], item[3], joined))
@@ -105,6 +138,8 @@ _MAX_KNOWN_IDS = 50_000
 
 
 def _actor_id(type_name: str, key: Any) -> ActorId:
+    if type(key) is list:
+        return ActorId(type_name, key_from_wire(key))
     # type(key) is part of the cache key: 1 and 1.0 and True are equal dict keys, and only
     # the first of them is a valid actor key.
     cache_key = (type_name, key, type(key))

@@ -13,35 +13,19 @@ import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
-
 from actors import ActorId, StorageError, decode_error, encode_error
+from runtime._messages import key_from_wire, pack, unpack, wire_key
 from storage import StateRecord, StateWrite, StorageProvider, open_storage
 
 __all__ = ["RemoteStorage", "StorageServerImpl"]
 
 
-# An ActorId may hold what plain msgpack refuses: lone surrogates in its strings (kept with
-# "surrogatepass", as ActorId.canonical() keeps them) and int keys beyond 64 bits (sent as text).
-
-
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        value, use_bin_type=True, unicode_errors="surrogatepass"
-    )
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors="surrogatepass")
-
-
 def _wire(actor_id: ActorId) -> list[Any]:
-    key = actor_id.key
-    return [actor_id.type_name, key if isinstance(key, str) else [str(key)]]
+    return [actor_id.type_name, wire_key(actor_id.key)]
 
 
 def _actor_id(type_name: str, key: Any) -> ActorId:
-    return ActorId(type_name, key if isinstance(key, str) else int(key[0]))
+    return ActorId(type_name, key_from_wire(key))
 
 
 class StorageServerImpl:
@@ -54,11 +38,11 @@ class StorageServerImpl:
         self.batches = 0
 
     async def execute(self, blob: bytes) -> bytes:
-        operations = _unpack(blob)
+        operations = unpack(blob)
         self.batches += 1
         self.operations += len(operations)
         results = await asyncio.gather(*(self._one(op) for op in operations))
-        return _pack(results)
+        return pack(results)
 
     async def _one(self, op: list[Any]) -> list[Any]:
         try:
@@ -157,7 +141,7 @@ class RemoteStorage:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         try:
-            results = _unpack(await self._server.execute.remote(_pack([op for op, _, _ in batch])))
+            results = unpack(await self._server.execute.remote(pack([op for op, _, _ in batch])))
         except Exception as exc:
             # Unreachable for a moment (Ray reconnecting after a node loss) or for good. A read
             # is tried again; a write may or may not have been applied, so its turn fails

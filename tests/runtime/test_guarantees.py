@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -24,6 +25,27 @@ async def test_first_call_activates_and_state_persists_across_calls(
     assert await alice.deposit(100) == 100
     assert await alice.deposit(50) == 150
     assert await alice.balance() == 150
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        lambda unique: f"{unique} \ud800 lone surrogate",
+        lambda unique: f"{unique} ключ\x00🔑",
+        lambda unique: 2**70 + zlib.crc32(unique.encode()),  # beyond what msgpack carries
+        lambda unique: -(2**70) - zlib.crc32(unique.encode()),
+    ],
+    ids=["lone_surrogate", "unicode_nul", "int_beyond_64_bits", "negative_int_beyond_64_bits"],
+)
+async def test_any_valid_key_names_a_reachable_actor(
+    any_cluster: Cluster, key: Key, odd: Callable[[str], str | int]
+) -> None:
+    # On Ray such a key once failed the whole batch of messages it travelled in (every call in
+    # it got SiloUnavailableError), and its state writes failed at the storage server.
+    account = any_cluster.get(BankAccount, odd(key("odd")))
+    neighbour = any_cluster.get(BankAccount, key("neighbour"))
+    assert await asyncio.gather(account.deposit(5), neighbour.deposit(1)) == [5, 1]
+    assert await account.balance() == 5
 
 
 async def test_single_activation_per_identity_across_silos(any_cluster: Cluster, key: Key) -> None:
