@@ -19,7 +19,7 @@ The tree::
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
-    ├── TurnRolledBackError         an interleaved turn's failure rolled this turn's changes back
+    ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
@@ -107,8 +107,9 @@ class SiloUnavailableError(RaygrainError):
 
 class TurnRolledBackError(RaygrainError):
     """Another turn of the same activation, interleaved with this one, failed and rolled the
-    actor's state back to its last committed version, discarding this turn's changes too.
-    Nothing of this turn was stored; it is safe to retry."""
+    shared state back while this turn ran. This turn's changes may have been discarded with
+    it, or stored already by a third turn's write: like a lost connection, the outcome is
+    unknown, so retry only if the method is idempotent."""
 
 
 class TransactionAbortedError(RaygrainError):

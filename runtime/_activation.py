@@ -101,6 +101,7 @@ class Activation:
         "_deactivated",
         "_etag",
         "_idle_waiter",
+        "_in_flight",
         "_lazy_starts",
         "_lazy_window",
         "_queued_turn",
@@ -145,8 +146,9 @@ class Activation:
         self._lazy_starts = 0  # turns still to start on a runner
         self._lazy_window = 0  # how many the last eager try that had to wait left
         self._writing = False
+        self._in_flight: bytes | None = None  # the data of the write under way, if any
         self._rollbacks = 0  # how many times the state was rolled back (see _run_turn)
-        self._queued_turn: tuple[Request, ActorMethod, bytes, bytes] | None = None  # _queue_write
+        self._queued_turn: tuple[Request, ActorMethod, bytes] | None = None  # _queue_write
         self._write_waiters: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
         self.tx: TxHold | None = None  # the transaction holding this actor, if any
@@ -388,9 +390,9 @@ class Activation:
                         await self._write_finished()
                     if self._rollbacks != rollbacks:
                         raise TurnRolledBackError(
-                            f"{self._where(method)}: a turn interleaved with this one failed, "
-                            "and rolling the state back discarded this turn's changes too; "
-                            "nothing of this turn was stored"
+                            f"{self._where(method)}: a turn interleaved with this one failed "
+                            "and rolled the shared state back while this one ran, so this "
+                            "turn's changes may or may not have been stored"
                         )
                     data = self._changed_state()
                     if data is not None:
@@ -402,7 +404,10 @@ class Activation:
                     await self.silo.coordinator.commit(ticket.txid, transaction.participants)
                 ok = True
             except Exception as exc:
-                ok, payload = False, self._fail_turn(method, exc, per_turn)
+                # (A turn that a rollback already hit does not roll back again: that would
+                # only discard the changes of the turns that started after it.)
+                rolls_back = per_turn and not isinstance(exc, TurnRolledBackError)
+                ok, payload = False, self._fail_turn(method, exc, rolls_back)
                 if transaction is not None and ticket is not None:
                     await self._abandon(ticket, transaction)
             if not options.one_way:
@@ -429,8 +434,8 @@ class Activation:
         # Only one write of an activation is ever under way (``_writing``), so the turn that
         # waits for it can wait here rather than in a closure per write; and it keeps only what
         # its end needs (each object a waiting turn keeps alive costs garbage collection time).
-        self._writing = True
-        self._queued_turn = (request, method, payload, data)
+        self._start_write(data)
+        self._queued_turn = (request, method, payload)
         try:
             queue_write(self.actor_id, data, self._etag, self._written)
         except BaseException:
@@ -442,15 +447,14 @@ class Activation:
     def _written(self, outcome: str | Exception) -> None:
         """The end of a turn whose write was queued: reply once the write committed, or roll
         back and report the failure, then end the turn."""
-        assert self._queued_turn is not None
-        (request, method, payload, data), self._queued_turn = self._queued_turn, None
+        assert self._queued_turn is not None and self._in_flight is not None
+        (request, method, payload), self._queued_turn = self._queued_turn, None
         try:
-            try:
-                if isinstance(outcome, Exception):
-                    ok, payload = False, self._fail_turn(method, outcome, True)
-                else:
-                    self._etag, self._committed, ok = outcome, data, True
-            finally:
+            if isinstance(outcome, Exception):
+                self._end_write()  # first: the rollback goes back past the failed write
+                ok, payload = False, self._fail_turn(method, outcome, True)
+            else:
+                self._etag, self._committed, ok = outcome, self._in_flight, True
                 self._end_write()
             if not method.options.one_way:
                 self.silo.reply(request, ok, payload, ())
@@ -725,8 +729,7 @@ class Activation:
 
     async def _write(self, data: bytes) -> None:
         """Write ``data``; the write slot must be free, as the caller checked just before."""
-        assert not self._writing
-        self._writing = True
+        self._start_write(data)
         try:
             self._etag = await self.silo.storage.write(self.actor_id, data, self._etag)
             self._committed = data
@@ -742,22 +745,32 @@ class Activation:
             self._write_waiters = asyncio.get_running_loop().create_future()
         return asyncio.shield(self._write_waiters)
 
+    def _start_write(self, data: bytes) -> None:
+        assert not self._writing
+        self._writing = True
+        self._in_flight = data
+
     def _end_write(self) -> None:
         self._writing = False
+        self._in_flight = None
         waiters, self._write_waiters = self._write_waiters, None
         if waiters is not None:
             waiters.set_result(None)
 
     def _rollback(self) -> None:
+        """Put back the newest state that is stored or on its way: the last committed one, or
+        the one a write under way carries (its turn has been told nothing yet, and will be
+        told it succeeded; going back past it would lose that turn's changes from memory)."""
         # The state is shared by every turn running on the activation: a changing turn that
-        # overlapped this one lost its changes too, and must not report success (see _run_turn).
+        # overlapped this one may have lost its changes too (see _run_turn).
         self._rollbacks += 1
         assert self.instance is not None
         state_type = self.cls.__actor_state_type__
-        if self._committed is None:
+        newest = self._committed if self._in_flight is None else self._in_flight
+        if newest is None:
             self.instance.state = state_type()
         else:
-            self.instance.state = decode_state(self._committed, state_type, str(self.actor_id))
+            self.instance.state = decode_state(newest, state_type, str(self.actor_id))
 
     # -- ActorContext ------------------------------------------------------------------------
 

@@ -214,18 +214,50 @@ async def test_a_turn_whose_changes_an_interleaved_failure_rolled_back_fails_too
     async with _cluster(provider) as cluster:
         actor = cluster.get(app.Reentrant, "overlap")
         await actor.append("kept")
-        waiting = asyncio.ensure_future(actor.append_then_wait("b", "overlap-b"))
+        hit = asyncio.ensure_future(actor.append_then_wait("b", "overlap-b"))
         while await actor.entries() != ["kept", "b"]:
             await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="a failed"):
             await actor.append_then_fail("a")  # rolls the shared state back: b's change goes
+        later = asyncio.ensure_future(actor.append_then_wait("c", "overlap-c"))
+        while await actor.entries() != ["kept", "c"]:
+            await asyncio.sleep(0)
         app.gate("overlap-b").set()
-        with pytest.raises(TurnRolledBackError, match="test.Reentrant/overlap.append_then_wait"):
-            await waiting  # not acknowledged: its change is in neither memory nor storage
-        assert await actor.entries() == ["kept"]
+        # Not acknowledged: its change was discarded. (It once returned 2, as if stored.)
+        with pytest.raises(TurnRolledBackError, match="Reentrant/overlap.append_then_wait"):
+            await hit
+        # b's failure rolls nothing back again, so c, which started after the rollback, keeps
+        # its change and commits it.
+        app.gate("overlap-c").set()
+        assert await later == 2
+        assert await actor.entries() == ["kept", "c"]
         record = await provider.read(actor.actor_id)
-        assert record.data is not None and decode_state(record.data, app.Log).entries == ["kept"]
-        assert await actor.append("after") == 2  # and the actor serves on
+        assert record.data is not None
+        assert decode_state(record.data, app.Log).entries == ["kept", "c"]
+
+
+async def test_a_rollback_keeps_the_changes_of_a_write_under_way(tmp_path: Path) -> None:
+    # Turn t's write waits for the file's lock when an interleaved turn fails. Rolling back to
+    # the last committed state dropped t's change from memory although its write then
+    # committed and t was told it succeeded; the next write then lost it on disk too.
+    path = tmp_path / "s.db"
+    async with SqliteStorage(path, busy_timeout=30.0) as store, _cluster(store) as cluster:
+        actor = cluster.get(app.Reentrant, "in-flight")
+        await actor.append("kept")
+        silo = next(s for s in cluster.silos if actor.actor_id in s.activations)
+        activation = silo.activations[actor.actor_id]
+        with _write_lock(path):
+            written = asyncio.ensure_future(actor.append("t"))
+            while not activation._writing:  # (white-box: t's write is under way)
+                await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="v failed"):
+                await actor.append_then_fail("v")
+            assert await actor.entries() == ["kept", "t"]
+        assert await written == 2
+        assert await actor.append("after") == 3
+        record = await store.read(actor.actor_id)
+        assert record.data is not None
+        assert decode_state(record.data, app.Log).entries == ["kept", "t", "after"]
 
 
 @pytest.mark.parametrize("passes", range(4))
