@@ -85,10 +85,11 @@ def wire_key(key: ActorKey) -> Any:
 def key_from_wire(value: Any) -> Any:
     """The key ``wire_key`` sent (anything else is passed on, for ActorId to refuse)."""
     if type(value) is list and len(value) == 1 and type(value[0]) is str:
-        try:
-            return int(value[0])
-        except ValueError:
-            return value
+        text = value[0]
+        # Only the exact text wire_key writes (int() would also take " 12", "1_000", "١٢").
+        digits = text[1:] if text.startswith("-") else text
+        if digits.isascii() and digits.isdigit() and str(int(text)) == text:
+            return int(text)
     return value
 
 

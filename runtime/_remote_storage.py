@@ -135,13 +135,33 @@ class RemoteStorage:
     def _start_flush(self) -> None:
         flush = asyncio.ensure_future(self._flush())
         self._flushes.add(flush)  # (the loop keeps only a weak reference to a task)
-        flush.add_done_callback(self._flushes.discard)
+        flush.add_done_callback(self._flush_ended)
+
+    def _flush_ended(self, flush: asyncio.Future[None]) -> None:
+        self._flushes.discard(flush)
+        if flush.cancelled() and self._flush_scheduled:
+            # Cancelled before it ran (the loop is shutting down): nobody took the queue.
+            self._flush_scheduled = False
+            batch, self._pending = self._pending, []
+            for _, sink, _ in batch:
+                _settle(sink, StorageError("storage call cancelled before it was sent"))
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
         batch, self._pending = self._pending, []
         try:
             results = unpack(await self._server.execute.remote(pack([op for op, _, _ in batch])))
+        except asyncio.CancelledError:
+            # The loop is shutting down: tell whoever waits (a queued write's turn would
+            # otherwise never end), then stop.
+            for _, sink, _ in batch:
+                _settle(
+                    sink,
+                    StorageError(
+                        "storage call cancelled; a write may or may not have been applied"
+                    ),
+                )
+            raise
         except Exception as exc:
             # Unreachable for a moment (Ray reconnecting after a node loss) or for good. A read
             # is tried again; a write may or may not have been applied, so its turn fails
