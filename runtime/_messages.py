@@ -44,7 +44,7 @@ class Request:
             self.payload,
             self.reply_to,
             self.timeout,
-            [[a.type_name, wire_key(a.key)] for a in self.chain] if self.chain else (),
+            [id_to_wire(a) for a in self.chain] if self.chain else (),
             self.hops,
             self.transaction,
             self.view_version,
@@ -63,7 +63,7 @@ class Response:
 
     def to_wire(self) -> list[Any]:
         if self.joined:
-            joined = [[a.type_name, wire_key(a.key)] for a in self.joined]
+            joined = [id_to_wire(a) for a in self.joined]
             return [1, self.call_id, self.ok, self.payload, joined]
         return [1, self.call_id, self.ok, self.payload]
 
@@ -80,6 +80,11 @@ def wire_key(key: ActorKey) -> Any:
     if isinstance(key, int) and key not in _WIRE_INTS:
         return [str(key)]
     return key
+
+
+def id_to_wire(actor_id: ActorId) -> list[Any]:
+    """``[type name, key]`` as msgpack can carry them (see ``id_from_wire``)."""
+    return [actor_id.type_name, wire_key(actor_id.key)]
 
 
 def key_from_wire(value: Any) -> Any:
@@ -111,14 +116,14 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
     out: list[Request | Response] = []
     for item in unpack(data):
         if item[0] == 1:
-            joined = tuple(_actor_id(t, k) for t, k in item[4]) if len(item) > 4 else ()
+            joined = tuple(id_from_wire(t, k) for t, k in item[4]) if len(item) > 4 else ()
             out.append(Response(item[1], item[2], item[3], joined))
         else:
-            chain = tuple(_actor_id(t, k) for t, k in item[8]) if item[8] else ()
+            chain = tuple(id_from_wire(t, k) for t, k in item[8]) if item[8] else ()
             out.append(
                 Request(
                     item[1],
-                    _actor_id(item[2], item[3]),
+                    id_from_wire(item[2], item[3]),
                     item[4],
                     item[5],
                     item[6],
@@ -138,7 +143,9 @@ _KNOWN_IDS: dict[tuple[str, Any, type], ActorId] = {}
 _MAX_KNOWN_IDS = 50_000
 
 
-def _actor_id(type_name: str, key: Any) -> ActorId:
+def id_from_wire(type_name: str, key: Any) -> ActorId:
+    """The ActorId that ``id_to_wire`` (or a message's own fields) sent; an invalid key is
+    refused by ActorId with an error that names it."""
     if type(key) is list:
         return ActorId(type_name, key_from_wire(key))
     # type(key) is part of the cache key: 1 and 1.0 and True are equal dict keys, and only

@@ -14,18 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors import ActorId, StorageError, decode_error, encode_error
-from runtime._messages import key_from_wire, pack, unpack, wire_key
-from storage import StateRecord, StateWrite, StorageProvider, open_storage
+from runtime._messages import id_from_wire, id_to_wire, pack, unpack
+from storage import StateRecord, StateWrite, StorageProvider, open_storage, tell_written
 
 __all__ = ["RemoteStorage", "StorageServerImpl"]
-
-
-def _wire(actor_id: ActorId) -> list[Any]:
-    return [actor_id.type_name, wire_key(actor_id.key)]
-
-
-def _actor_id(type_name: str, key: Any) -> ActorId:
-    return ActorId(type_name, key_from_wire(key))
 
 
 class StorageServerImpl:
@@ -48,14 +40,14 @@ class StorageServerImpl:
         try:
             kind = op[0]
             if kind == "read":
-                record = await self.provider.read(_actor_id(op[1], op[2]))
+                record = await self.provider.read(id_from_wire(op[1], op[2]))
                 return [True, [record.data, record.etag]]
             if kind == "write":
-                return [True, await self.provider.write(_actor_id(op[1], op[2]), op[3], op[4])]
+                return [True, await self.provider.write(id_from_wire(op[1], op[2]), op[3], op[4])]
             if kind == "clear":
-                return [True, await self.provider.clear(_actor_id(op[1], op[2]), op[3])]
+                return [True, await self.provider.clear(id_from_wire(op[1], op[2]), op[3])]
             if kind == "write_many":
-                writes = [StateWrite(_actor_id(t, k), d, e) for t, k, d, e in op[1]]
+                writes = [StateWrite(id_from_wire(t, k), d, e) for t, k, d, e in op[1]]
                 return [True, await self.provider.write_many(writes)]
             raise StorageError(f"unknown storage operation {kind!r}")
         except Exception as exc:
@@ -85,17 +77,17 @@ class RemoteStorage:
         self._closed = False
 
     async def read(self, actor_id: ActorId) -> StateRecord:
-        data, etag = await self._submit(["read", *_wire(actor_id)])
+        data, etag = await self._submit(["read", *id_to_wire(actor_id)])
         return StateRecord(data, etag)
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
-        return str(await self._submit(["write", *_wire(actor_id), data, expected_etag]))
+        return str(await self._submit(["write", *id_to_wire(actor_id), data, expected_etag]))
 
     async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
-        return str(await self._submit(["clear", *_wire(actor_id), expected_etag]))
+        return str(await self._submit(["clear", *id_to_wire(actor_id), expected_etag]))
 
     async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
-        rows = [[*_wire(w.actor_id), w.data, w.expected_etag] for w in writes]
+        rows = [[*id_to_wire(w.actor_id), w.data, w.expected_etag] for w in writes]
         return [str(etag) for etag in await self._submit(["write_many", rows])]
 
     def queue_write(
@@ -108,7 +100,7 @@ class RemoteStorage:
         """``write`` without a coroutine (see ``storage.QueuedWrites``): ``done`` gets the new
         ETag or the error once the batch carrying the write is answered."""
         self._check_open()
-        self._queue(["write", *_wire(actor_id), data, expected_etag], done, 0)
+        self._queue(["write", *id_to_wire(actor_id), data, expected_etag], done, 0)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -197,9 +189,4 @@ def _settle(sink: _Sink, outcome: Any) -> None:
         else:
             sink.set_result(outcome)
         return
-    try:
-        sink(outcome if isinstance(outcome, Exception) else str(outcome))
-    except Exception as exc:  # the caller's bug: the rest of the batch is still told
-        asyncio.get_running_loop().call_exception_handler(
-            {"message": "a queued write's callback failed", "exception": exc}
-        )
+    tell_written(sink, outcome if isinstance(outcome, Exception) else str(outcome))

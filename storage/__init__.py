@@ -5,7 +5,13 @@ URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the em
 """
 
 from storage._memory import MemoryStorage
-from storage._provider import QueuedWrites, StateRecord, StateWrite, StorageProvider
+from storage._provider import (
+    QueuedWrites,
+    StateRecord,
+    StateWrite,
+    StorageProvider,
+    tell_written,
+)
 from storage._sqlite import SqliteStorage
 from storage._url import open_storage
 
@@ -17,4 +23,5 @@ __all__ = [
     "StateWrite",
     "StorageProvider",
     "open_storage",
+    "tell_written",
 ]

@@ -8,13 +8,14 @@ activation. ``clear`` leaves a tombstone (no data, a new ETag) so that fencing s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from actors import ActorId
 
-__all__ = ["QueuedWrites", "StateRecord", "StateWrite", "StorageProvider"]
+__all__ = ["QueuedWrites", "StateRecord", "StateWrite", "StorageProvider", "tell_written"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +79,15 @@ class QueuedWrites(Protocol):
         or the error (``InconsistentStateError``, ``StorageError``), exactly once, on the event
         loop and never before this returns."""
         ...
+
+
+def tell_written(done: Callable[[str | Exception], object], outcome: str | Exception) -> None:
+    """Give a ``queue_write`` callback its outcome, for a provider telling a whole batch: a
+    callback that raises (the caller's bug) is reported to the event loop, and the rest of the
+    batch is still told."""
+    try:
+        done(outcome)
+    except Exception as exc:
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "a queued write's callback failed", "exception": exc}
+        )

@@ -34,7 +34,7 @@ from actors import (
     StorageError,
     StorageSchemaError,
 )
-from storage._provider import StateRecord, StateWrite
+from storage._provider import StateRecord, StateWrite, tell_written
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -126,12 +126,7 @@ class _QueuedWrite:
         return False
 
     def settle(self, outcome: list[str] | Exception) -> None:
-        try:
-            self.done(outcome if isinstance(outcome, Exception) else outcome[0])
-        except Exception as exc:  # the caller's bug: the rest of the batch is still told
-            asyncio.get_running_loop().call_exception_handler(
-                {"message": "a queued write's callback failed", "exception": exc}
-            )
+        tell_written(self.done, outcome if isinstance(outcome, Exception) else outcome[0])
 
 
 _Pending = _PendingWrite | _QueuedWrite

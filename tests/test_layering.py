@@ -50,7 +50,7 @@ EXPORTS = {
     },
     "storage": {
         "MemoryStorage", "QueuedWrites", "SqliteStorage", "StateRecord", "StateWrite",
-        "StorageProvider", "open_storage",
+        "StorageProvider", "open_storage", "tell_written",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
