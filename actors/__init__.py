@@ -4,8 +4,8 @@ This package depends on nothing else in raygrain; the runtime reaches an actor t
 ``ActorContext`` it binds to each activation.
 """
 
-from actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
-from actors._codec import (
+from raygrain.actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
+from raygrain.actors._codec import (
     decode,
     decode_error,
     decode_state,
@@ -14,7 +14,7 @@ from actors._codec import (
     encode_state,
     register_type,
 )
-from actors._errors import (
+from raygrain.actors._errors import (
     ActorCallTimeout,
     ClusterClosedError,
     ConfigurationError,
@@ -35,8 +35,8 @@ from actors._errors import (
     UnknownActorTypeError,
     UnknownMethodError,
 )
-from actors._identity import ActorId, ActorKey
-from actors._options import (
+from raygrain.actors._identity import ActorId, ActorKey
+from raygrain.actors._options import (
     ActorOptions,
     DeactivationReason,
     MethodOptions,
@@ -48,7 +48,7 @@ from actors._options import (
     read_only,
     transactional,
 )
-from actors._ref import ActorRef, Invoker, current_invoker
+from raygrain.actors._ref import ActorRef, Invoker, current_invoker
 
 __all__ = [
     "Actor",

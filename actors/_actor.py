@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
-from actors._errors import ConfigurationError
-from actors._identity import ActorId, ActorKey
-from actors._options import (
+from raygrain.actors._errors import ConfigurationError
+from raygrain.actors._identity import ActorId, ActorKey
+from raygrain.actors._options import (
     ActorOptions,
     DeactivationReason,
     MethodOptions,
     Persistence,
     method_options,
 )
-from actors._ref import RESERVED_NAMES, ActorRef
+from raygrain.actors._ref import RESERVED_NAMES, ActorRef
 
 __all__ = ["Actor", "ActorContext", "ActorMethod", "actor_methods", "actor_options"]
 

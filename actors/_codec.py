@@ -23,9 +23,14 @@ from typing import Any
 
 import msgpack
 
-from actors._errors import RemoteActorError, SerializationError, StateDecodeError, rebuild_error
-from actors._identity import ActorId
-from actors._ref import ActorRef, Invoker
+from raygrain.actors._errors import (
+    RemoteActorError,
+    SerializationError,
+    StateDecodeError,
+    rebuild_error,
+)
+from raygrain.actors._identity import ActorId
+from raygrain.actors._ref import ActorRef, Invoker
 
 __all__ = [
     "decode",
@@ -177,7 +182,7 @@ def decode_error(data: bytes) -> BaseException:
     module, qualname, args_blob, message, where, text = decode(data)
     args = decode(args_blob)
     exc: BaseException | None = None
-    if module == "actors._errors":
+    if module == "raygrain.actors._errors":
         exc = rebuild_error(qualname, args)
     else:
         cls = _importable_exception(module, qualname)

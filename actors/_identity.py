@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from actors._errors import InvalidCallError
+from raygrain.actors._errors import InvalidCallError
 
 __all__ = ["ActorId", "ActorKey"]
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from actors._errors import ClusterClosedError, UnknownMethodError
-from actors._identity import ActorId
+from raygrain.actors._errors import ClusterClosedError, UnknownMethodError
+from raygrain.actors._identity import ActorId
 
 __all__ = ["RESERVED_NAMES", "ActorRef", "Invoker", "current_invoker"]
 

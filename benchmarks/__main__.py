@@ -1,7 +1,7 @@
-"""``python -m benchmarks``: run the suite (see ``benchmarks._suite``)."""
+"""``python -m raygrain.benchmarks``: run the suite (see ``benchmarks._suite``)."""
 
 import sys
 
-from benchmarks._suite import main
+from raygrain.benchmarks._suite import main
 
 sys.exit(main())

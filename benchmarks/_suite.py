@@ -1,6 +1,6 @@
 """The benchmark suite: every scenario in one run, each figure beside its baseline, with plots.
 
-    python -m benchmarks [--quick] [--only NAME[,NAME]] [--local] [--ray ADDRESS] [--out DIR]
+    python -m raygrain.benchmarks [--quick] [--only NAME[,NAME]] [--local] [--ray ADDRESS] [--out DIR]
 
 A scenario is a module ``benchmarks/NAME_bench.py`` with ``async def run(quick=False) -> rows``,
 rows built with ``benchmarks._measure.figure`` (a result dict with a ``"figures"`` list is taken
@@ -35,8 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks._measure import now
-from benchmarks._plots import write_plots
+from raygrain.benchmarks._measure import now
+from raygrain.benchmarks._plots import write_plots
 
 __all__ = ["available", "main", "ray_need"]
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog="python -m raygrain.benchmarks",
         description="raygrain's benchmark suite: every figure beside its baseline, with plots.",
     )
     size = parser.add_mutually_exclusive_group()
@@ -177,7 +177,7 @@ def _import(selected: list[str]) -> tuple[dict[str, ModuleType], dict[str, _Outc
     modules, outcomes = {}, {}
     for name in selected:
         try:
-            modules[name] = importlib.import_module(f"benchmarks.{name}_bench")
+            modules[name] = importlib.import_module(f"raygrain.benchmarks.{name}_bench")
         except Exception:
             outcomes[name] = _Outcome(name, "error", error=traceback.format_exc())
             print(f"{name}: cannot be imported\n{outcomes[name].error}", flush=True)
@@ -186,7 +186,7 @@ def _import(selected: list[str]) -> tuple[dict[str, ModuleType], dict[str, _Outc
 
 def ray_need(name: str) -> str:
     """What the scenario ``name`` needs of Ray: "", "own" or "session" (see the module doc)."""
-    return _ray_need(name, importlib.import_module(f"benchmarks.{name}_bench"))
+    return _ray_need(name, importlib.import_module(f"raygrain.benchmarks.{name}_bench"))
 
 
 def _ray_need(name: str, module: ModuleType) -> str:
@@ -217,7 +217,7 @@ async def _ray_session(
     size: str,
     progress: dict[str, str],
 ) -> dict[str, _Outcome]:
-    from benchmarks._ray import ensure_ray, shutdown_ray
+    from raygrain.benchmarks._ray import ensure_ray, shutdown_ray
 
     started = now()
     print(f"starting Ray ({address or 'local'}) for {', '.join(names)}...", flush=True)

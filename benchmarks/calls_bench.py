@@ -9,7 +9,7 @@ The machine running this is usually shared, so the two sides are measured in int
 concurrency level (N callers over N actors, each caller calling its own actor) is a figure; the
 suite plots them as throughput against concurrency.
 
-    python -m benchmarks.calls_bench [--quick]
+    python -m raygrain.benchmarks.calls_bench [--quick]
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from actors import Actor
-from benchmarks._measure import Measurement, drive, figure, interleave
-from runtime import Cluster
+from raygrain.actors import Actor
+from raygrain.benchmarks._measure import Measurement, drive, figure, interleave
+from raygrain.runtime import Cluster
 
 __all__ = ["run"]
 

@@ -15,7 +15,7 @@ shared machine's CPU drifts by up to 2x within seconds. A round of a fixed 10,00
 a third of a second on the fast side, short enough to sit inside one slow or one fast spell, and
 it swung the ratio by 2x from run to run.
 
-    python -m benchmarks.durable_writes_bench [--quick] [--dir DIRECTORY]
+    python -m raygrain.benchmarks.durable_writes_bench [--quick] [--dir DIRECTORY]
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors import Actor, read_only
-from benchmarks._measure import Measurement, drive_for, figure, interleave
-from runtime import Cluster
-from storage import MemoryStorage, SqliteStorage, StorageProvider
+from raygrain.actors import Actor, read_only
+from raygrain.benchmarks._measure import Measurement, drive_for, figure, interleave
+from raygrain.runtime import Cluster
+from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider
 
 __all__ = ["run"]
 

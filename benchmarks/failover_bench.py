@@ -8,7 +8,7 @@ the calls that failed retryably during the outage, and acknowledged writes lost 
 beside Ray's own time to mark the node dead, measured in the same run. The scenario runs in
 its own process because it needs its own Ray cluster.
 
-    python -m benchmarks.failover_bench [--quick] [--runs N]    (N > 1: a soak)
+    python -m raygrain.benchmarks.failover_bench [--quick] [--runs N]    (N > 1: a soak)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks._measure import figure
+from raygrain.benchmarks._measure import figure
 
 NEEDS_RAY = "own"  # starts its own 3-node Ray cluster, in a child process
 TARGET_SECONDS = 5.0
@@ -35,7 +35,7 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster as RayTestCluster
 
-    from actors import (
+    from raygrain.actors import (
         Actor,
         ActorCallTimeout,
         InconsistentStateError,
@@ -43,15 +43,15 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
         StorageError,
         read_only,
     )
-    from runtime import Cluster
-    from runtime._ray_cluster import (
+    from raygrain.runtime import Cluster
+    from raygrain.runtime._ray_cluster import (
         CONTROLLER_NAME,
         RayLaunch,
         ensure_ray,
         launch,
         stop_everything,
     )
-    from runtime._silo import SiloOptions
+    from raygrain.runtime._silo import SiloOptions
 
     class Account(Actor[list[int]], name="bench.FailoverAccount"):
         async def deposit(self, amount: int) -> int:
@@ -183,7 +183,7 @@ def _main() -> None:
 
 async def run(quick: bool = False) -> list[dict[str, Any]]:
     """Run one failover in a child process (it needs its own Ray cluster)."""
-    args = [sys.executable, "-m", "benchmarks.failover_bench", "--json"]
+    args = [sys.executable, "-m", "raygrain.benchmarks.failover_bench", "--json"]
     if quick:
         args.append("--quick")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}

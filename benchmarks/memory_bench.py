@@ -10,7 +10,7 @@ of the new objects by type) to show which objects make up an activation.
 The state's own size is measured (tracemalloc, per state object and its field values) and
 reported apart, so "beyond the state" is what the runtime adds per activation.
 
-    python -m benchmarks.memory_bench [--quick]
+    python -m raygrain.benchmarks.memory_bench [--quick]
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors import Actor, ActorId, encode_state, read_only
-from benchmarks._measure import figure
-from runtime import Cluster
+from raygrain.actors import Actor, ActorId, encode_state, read_only
+from raygrain.benchmarks._measure import figure
+from raygrain.runtime import Cluster
 
 __all__ = ["run"]
 
@@ -209,7 +209,7 @@ async def _spawn(kind: str, count: int) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "benchmarks.memory_bench",
+        "raygrain.benchmarks.memory_bench",
         "--child",
         kind,
         str(count),

@@ -23,7 +23,7 @@ first use with ``get_if_exists=True`` as "naive virtual actors".
 Storage is ``memory://`` in each silo: the grains are ``Actor[None]``, so calls and activations
 touch no storage at all, and the session needs no storage-server actor.
 
-    python -m benchmarks.ray_bench [--quick] [--address ADDRESS]
+    python -m raygrain.benchmarks.ray_bench [--quick] [--address ADDRESS]
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from typing import Any
 
 import ray
 
-from actors import Actor
-from benchmarks._measure import Measurement, drive, drive_for, figure, interleave, now
-from benchmarks._ray import ensure_ray, shutdown_ray
-from runtime import Cluster
+from raygrain.actors import Actor
+from raygrain.benchmarks._measure import Measurement, drive, drive_for, figure, interleave, now
+from raygrain.benchmarks._ray import ensure_ray, shutdown_ray
+from raygrain.runtime import Cluster
 
 __all__ = ["NEEDS_RAY", "run"]
 

@@ -7,7 +7,7 @@ way to do it on aiosqlite: one ETag-guarded autocommit statement, hence one comm
 per write. It is a generous baseline: one thread hop per write, where a group-commit batch costs
 four.
 
-    python -m benchmarks.storage_bench [--quick] [--dir DIRECTORY]
+    python -m raygrain.benchmarks.storage_bench [--quick] [--dir DIRECTORY]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import aiosqlite
 
-from actors import ActorId, InconsistentStateError
-from benchmarks._measure import Latencies, figure, now
-from storage import SqliteStorage
+from raygrain.actors import ActorId, InconsistentStateError
+from raygrain.benchmarks._measure import Latencies, figure, now
+from raygrain.storage import SqliteStorage
 
 __all__ = ["run"]
 

@@ -8,7 +8,7 @@ over many accounts, 100 transfers in flight) and high contention (10 accounts, 1
 flight: at most 5 can hold their two accounts at once, so half of them always wait, and
 collisions abort attempts; the full run also sweeps 5 to 50 transfers in flight).
 
-    python -m benchmarks.transactions_bench [--quick]
+    python -m raygrain.benchmarks.transactions_bench [--quick]
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actors import Actor, TransactionAbortedError, read_only, transactional
-from benchmarks._measure import Latencies, figure, now
-from runtime import Cluster
-from storage import SqliteStorage
+from raygrain.actors import Actor, TransactionAbortedError, read_only, transactional
+from raygrain.benchmarks._measure import Latencies, figure, now
+from raygrain.runtime import Cluster
+from raygrain.storage import SqliteStorage
 
 __all__ = ["run"]
 

@@ -3,12 +3,12 @@
 ``Cluster.local(actors=[...])`` runs silos in this process; ``Cluster.ray(...)`` on Ray.
 """
 
-from runtime._clock import Clock, ManualClock, SystemClock
-from runtime._cluster import Cluster
-from runtime._logging import configure_logging
-from runtime._membership import FailureDetection, MembershipView, SiloStatus
-from runtime._ring import ConsistentHashRing
-from runtime._transactions import TransactionSettings
+from raygrain.runtime._clock import Clock, ManualClock, SystemClock
+from raygrain.runtime._cluster import Cluster
+from raygrain.runtime._logging import configure_logging
+from raygrain.runtime._membership import FailureDetection, MembershipView, SiloStatus
+from raygrain.runtime._ring import ConsistentHashRing
+from raygrain.runtime._transactions import TransactionSettings
 
 __all__ = [
     "Clock",

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from actors import (
+from raygrain.actors import (
     Actor,
     ActorId,
     ActorKey,
@@ -35,13 +35,13 @@ from actors import (
     encode_error,
     encode_state,
 )
-from runtime._caller import current_chain
-from runtime._logging import get_logger
-from runtime._messages import Request
-from runtime._transactions import TransactionContext, TxTicket, current_transaction
+from raygrain.runtime._caller import current_chain
+from raygrain.runtime._logging import get_logger
+from raygrain.runtime._messages import Request
+from raygrain.runtime._transactions import TransactionContext, TxTicket, current_transaction
 
 if TYPE_CHECKING:
-    from runtime._silo import Silo
+    from raygrain.runtime._silo import Silo
 
 __all__ = ["Activation", "ActivationState", "Delivery"]
 

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from actors import (
+from raygrain.actors import (
     ActorCallTimeout,
     ActorId,
     ClusterClosedError,
@@ -27,11 +27,11 @@ from actors import (
     decode_error,
     encode,
 )
-from runtime._membership import Membership
-from runtime._messages import Request, Response
-from runtime._registry import ActorRegistry
-from runtime._transactions import current_transaction
-from runtime._transport import Transport
+from raygrain.runtime._membership import Membership
+from raygrain.runtime._messages import Request, Response
+from raygrain.runtime._registry import ActorRegistry
+from raygrain.runtime._transactions import current_transaction
+from raygrain.runtime._transport import Transport
 
 __all__ = ["CallSettings", "Caller", "current_chain"]
 

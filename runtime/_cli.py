@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from actors import Actor, ConfigurationError, RaygrainError
+from raygrain.actors import Actor, ConfigurationError, RaygrainError
 
 __all__ = ["main"]
 
@@ -41,8 +41,8 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from runtime._ray_cluster import RayLaunch, ensure_ray, find_silos, launch
-    from runtime._silo import SiloOptions
+    from raygrain.runtime._ray_cluster import RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime._silo import SiloOptions
 
     actor_types = _actor_classes(args.actors)
     ensure_ray(args.address, local_code=True)
@@ -66,8 +66,8 @@ async def _up(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     import ray
 
-    from runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE, ensure_ray
-    from runtime._ray_host import view_from_wire
+    from raygrain.runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE, ensure_ray
+    from raygrain.runtime._ray_host import view_from_wire
 
     ensure_ray(args.address, local_code=False)
     try:
@@ -99,7 +99,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _down(args: argparse.Namespace) -> int:
-    from runtime._ray_cluster import ensure_ray, find_silos, stop_everything
+    from raygrain.runtime._ray_cluster import ensure_ray, find_silos, stop_everything
 
     ensure_ray(args.address, local_code=False)
     silos = find_silos()
@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         try:
             # Imported by name: the runtime does not depend on the benchmark suite.
-            suite = importlib.import_module("benchmarks._suite")
+            suite = importlib.import_module("raygrain.benchmarks._suite")
         except ImportError:
             print(
                 "raygrain bench needs the benchmarks package: run it from a raygrain checkout "
-                "(python -m benchmarks works there too)",
+                "(python -m raygrain.benchmarks works there too)",
                 file=sys.stderr,
             )
             return 2

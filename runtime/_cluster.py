@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar, cast
 
-from actors import (
+from raygrain.actors import (
     Actor,
     ActorId,
     ActorKey,
@@ -27,12 +27,12 @@ from actors import (
     ConfigurationError,
     TransactionAbortedError,
 )
-from runtime._caller import Caller, CallSettings
-from runtime._clock import Clock, SystemClock
-from runtime._membership import FailureDetection, Membership, SiloStatus
-from runtime._registry import ActorRegistry
-from runtime._silo import Silo, SiloOptions
-from runtime._transactions import (
+from raygrain.runtime._caller import Caller, CallSettings
+from raygrain.runtime._clock import Clock, SystemClock
+from raygrain.runtime._membership import FailureDetection, Membership, SiloStatus
+from raygrain.runtime._registry import ActorRegistry
+from raygrain.runtime._silo import Silo, SiloOptions
+from raygrain.runtime._transactions import (
     TX_ABORT,
     TX_COORDINATE,
     TransactionContext,
@@ -40,8 +40,8 @@ from runtime._transactions import (
     current_transaction,
     encode_participants,
 )
-from runtime._transport import LocalTransport
-from storage import StorageProvider, open_storage
+from raygrain.runtime._transport import LocalTransport
+from raygrain.storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
 
@@ -177,7 +177,7 @@ class Cluster:
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
         open that file itself (one machine only)."""
-        from runtime._ray_cluster import RayBackend, RayLaunch
+        from raygrain.runtime._ray_cluster import RayBackend, RayLaunch
 
         registry = ActorRegistry(actors)
         options = _silo_options(
@@ -208,7 +208,7 @@ class Cluster:
     ) -> Cluster:
         """A client of silos already running on Ray (started with ``raygrain up``).
         ``actors`` are optional: they give typed ``get`` and per-method timeouts."""
-        from runtime._ray_cluster import RayBackend
+        from raygrain.runtime._ray_cluster import RayBackend
 
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)

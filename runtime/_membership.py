@@ -10,7 +10,7 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from runtime._ring import DEFAULT_VIRTUAL_NODES, ConsistentHashRing
+from raygrain.runtime._ring import DEFAULT_VIRTUAL_NODES, ConsistentHashRing
 
 __all__ = ["FailureDetection", "Membership", "MembershipView", "SiloStatus"]
 

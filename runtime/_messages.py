@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from actors import ActorId, ActorKey
+from raygrain.actors import ActorId, ActorKey
 
 __all__ = ["Request", "Response", "pack_batch", "unpack_batch"]
 

@@ -19,16 +19,16 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors import Actor, ConfigurationError
-from runtime._caller import Caller
-from runtime._logging import get_logger
-from runtime._membership import FailureDetection, Membership
-from runtime._ray_host import ControllerImpl, SiloDied, SiloHostImpl, view_from_wire
-from runtime._ray_transport import CLIENT_PREFIX, RayTransport
-from runtime._registry import ActorRegistry
-from runtime._remote_storage import RemoteStorage, StorageServerImpl
-from runtime._silo import SiloOptions
-from storage import open_storage
+from raygrain.actors import Actor, ConfigurationError
+from raygrain.runtime._caller import Caller
+from raygrain.runtime._logging import get_logger
+from raygrain.runtime._membership import FailureDetection, Membership
+from raygrain.runtime._ray_host import ControllerImpl, SiloDied, SiloHostImpl, view_from_wire
+from raygrain.runtime._ray_transport import CLIENT_PREFIX, RayTransport
+from raygrain.runtime._registry import ActorRegistry
+from raygrain.runtime._remote_storage import RemoteStorage, StorageServerImpl
+from raygrain.runtime._silo import SiloOptions
+from raygrain.storage import open_storage
 
 __all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import msgpack
 
-from actors import Actor, ActorId, DeactivationReason, InconsistentStateError
-from runtime._clock import SystemClock
-from runtime._logging import get_logger
-from runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
-from runtime._messages import Request, unpack_batch
-from runtime._ray_transport import RayTransport, is_client_address
-from runtime._registry import ActorRegistry
-from runtime._silo import Silo, SiloOptions
-from storage import StorageProvider, open_storage
+from raygrain.actors import Actor, ActorId, DeactivationReason, InconsistentStateError
+from raygrain.runtime._clock import SystemClock
+from raygrain.runtime._logging import get_logger
+from raygrain.runtime._membership import FailureDetection, Membership, MembershipView, SiloStatus
+from raygrain.runtime._messages import Request, unpack_batch
+from raygrain.runtime._ray_transport import RayTransport, is_client_address
+from raygrain.runtime._registry import ActorRegistry
+from raygrain.runtime._silo import Silo, SiloOptions
+from raygrain.storage import StorageProvider, open_storage
 
 MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")
 _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover

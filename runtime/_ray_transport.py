@@ -17,10 +17,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from actors import SiloUnavailableError, encode_error
-from runtime._logging import get_logger
-from runtime._messages import Request, Response, pack_batch, unpack_batch
-from runtime._transport import Endpoint, SiloEndpoint
+from raygrain.actors import SiloUnavailableError, encode_error
+from raygrain.runtime._logging import get_logger
+from raygrain.runtime._messages import Request, Response, pack_batch, unpack_batch
+from raygrain.runtime._transport import Endpoint, SiloEndpoint
 
 __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import xxhash
 
-from actors import ActorId
+from raygrain.actors import ActorId
 
 __all__ = ["ConsistentHashRing"]
 

@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from actors import (
+from raygrain.actors import (
     Actor,
     ActorId,
     ActorMethod,
@@ -31,14 +31,14 @@ from actors import (
     encode,
     encode_error,
 )
-from runtime._activation import Activation, ActivationState, Delivery
-from runtime._caller import Caller, CallSettings, current_chain
-from runtime._clock import Clock
-from runtime._logging import get_logger
-from runtime._membership import Membership
-from runtime._messages import Request, Response
-from runtime._registry import ActorRegistry, check_arguments
-from runtime._transactions import (
+from raygrain.runtime._activation import Activation, ActivationState, Delivery
+from raygrain.runtime._caller import Caller, CallSettings, current_chain
+from raygrain.runtime._clock import Clock
+from raygrain.runtime._logging import get_logger
+from raygrain.runtime._membership import Membership
+from raygrain.runtime._messages import Request, Response
+from raygrain.runtime._registry import ActorRegistry, check_arguments
+from raygrain.runtime._transactions import (
     SYSTEM_METHODS,
     TX_COMMIT,
     TX_COORDINATE,
@@ -49,8 +49,8 @@ from runtime._transactions import (
     current_transaction,
     decode_participants,
 )
-from runtime._transport import Transport
-from storage import QueuedWrites, StorageProvider
+from raygrain.runtime._transport import Transport
+from raygrain.storage import QueuedWrites, StorageProvider
 
 __all__ = ["Silo", "SiloOptions"]
 

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from actors import ActorId, TransactionAbortedError
-from storage import StateWrite
+from raygrain.actors import ActorId, TransactionAbortedError
+from raygrain.storage import StateWrite
 
 if TYPE_CHECKING:
-    from runtime._silo import Silo
-    from storage import StorageProvider
+    from raygrain.runtime._silo import Silo
+    from raygrain.storage import StorageProvider
 
 __all__ = [
     "TX_ABORT",

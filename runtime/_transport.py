@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from actors import SiloUnavailableError
-from runtime._messages import Request, Response
+from raygrain.actors import SiloUnavailableError
+from raygrain.runtime._messages import Request, Response
 
 __all__ = ["Endpoint", "LocalTransport", "SiloEndpoint", "Transport"]
 

@@ -21,8 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from actors import Actor, TransactionAbortedError, read_only, transactional
-from runtime import Cluster
+from raygrain import Actor, Cluster, TransactionAbortedError, read_only, transactional
 
 OPENING_BALANCE = 100
 CLIENTS = 50  # transfers in flight at once

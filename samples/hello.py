@@ -12,8 +12,7 @@ import asyncio
 import sys
 from dataclasses import dataclass
 
-from actors import Actor, read_only
-from runtime import Cluster
+from raygrain import Actor, Cluster, read_only
 
 
 @dataclass

@@ -4,16 +4,16 @@ Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.d
 URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
 """
 
-from storage._memory import MemoryStorage
-from storage._provider import (
+from raygrain.storage._memory import MemoryStorage
+from raygrain.storage._provider import (
     QueuedWrites,
     StateRecord,
     StateWrite,
     StorageProvider,
     tell_written,
 )
-from storage._sqlite import SqliteStorage
-from storage._url import open_storage
+from raygrain.storage._sqlite import SqliteStorage
+from raygrain.storage._url import open_storage
 
 __all__ = [
     "MemoryStorage",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from actors import ActorId, InconsistentStateError, StorageError
-from storage._provider import StateRecord, StateWrite
+from raygrain.actors import ActorId, InconsistentStateError, StorageError
+from raygrain.storage._provider import StateRecord, StateWrite
 
 __all__ = ["MemoryStorage"]
 

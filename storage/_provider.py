@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from actors import ActorId
+from raygrain.actors import ActorId
 
 __all__ = ["QueuedWrites", "StateRecord", "StateWrite", "StorageProvider", "tell_written"]
 

@@ -27,14 +27,14 @@ from typing import Literal, TypeVar, cast
 
 import aiosqlite
 
-from actors import (
+from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
     StorageError,
     StorageSchemaError,
 )
-from storage._provider import StateRecord, StateWrite, tell_written
+from raygrain.storage._provider import StateRecord, StateWrite, tell_written
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import importlib
 
-from actors import ConfigurationError
-from storage._memory import MemoryStorage
-from storage._provider import StorageProvider
-from storage._sqlite import SqliteStorage
+from raygrain.actors import ConfigurationError
+from raygrain.storage._memory import MemoryStorage
+from raygrain.storage._provider import StorageProvider
+from raygrain.storage._sqlite import SqliteStorage
 
 __all__ = ["open_storage"]
 

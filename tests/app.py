@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors import (
+from raygrain.actors import (
     Actor,
     ActorRef,
     DeactivationReason,

@@ -19,9 +19,9 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 
-from actors import Actor, ActorId, decode, encode, read_only
-from runtime import Cluster
-from storage import SqliteStorage, StateWrite
+from raygrain.actors import Actor, ActorId, decode, encode, read_only
+from raygrain.runtime import Cluster
+from raygrain.storage import SqliteStorage, StateWrite
 
 PAIR_TYPE = "crash.Pair"
 

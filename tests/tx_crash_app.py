@@ -15,8 +15,8 @@ import asyncio
 import random
 import sys
 
-from actors import TransactionAbortedError
-from runtime import Cluster
+from raygrain.actors import TransactionAbortedError
+from raygrain.runtime import Cluster
 from tests.app import InsufficientFunds, Vault
 
 

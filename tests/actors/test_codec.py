@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from actors import (
+from raygrain.actors import (
     ActorId,
     ActorRef,
     SerializationError,
@@ -101,7 +101,7 @@ def test_unknown_dataclass_on_decode_is_a_clear_error() -> None:
 
     blob = encode(Ghost(1))
     Ghost.__qualname__ = "Renamed"  # the decoder can no longer find it by name
-    from actors import _codec
+    from raygrain.actors import _codec
 
     _codec._known_types.clear()
     with pytest.raises(SerializationError, match="unknown dataclass"):

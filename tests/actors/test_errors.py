@@ -6,15 +6,15 @@ import pickle
 
 import pytest
 
-import actors
-from actors import (
+import raygrain.actors._errors
+from raygrain.actors import (
     InconsistentStateError,
     RaygrainError,
     RemoteActorError,
     decode_error,
     encode_error,
 )
-from actors._errors import error_types
+from raygrain.actors._errors import error_types
 
 
 def _instances() -> list[RaygrainError]:
@@ -42,9 +42,9 @@ def test_error_survives_the_wire(error: RaygrainError) -> None:
 
 
 def test_every_error_is_exported_and_drawn_in_the_tree() -> None:
-    doc = actors._errors.__doc__ or ""
+    doc = raygrain.actors._errors.__doc__ or ""
     for name, cls in error_types().items():
-        assert getattr(actors, name) is cls
+        assert getattr(raygrain.actors, name) is cls
         assert name in doc, f"{name} is missing from the tree in actors/_errors.py"
 
 

@@ -1,7 +1,7 @@
 """The benchmark suite works: every scenario runs in its tiny "smoke" mode and results.json holds
 every figure beside a baseline, with a sane ratio. No timing is asserted here, ever.
 
-The suite runs as ``python -m benchmarks`` in a subprocess, as a user runs it: Ray, subprocesses
+The suite runs as ``python -m raygrain.benchmarks`` in a subprocess, as a user runs it: Ray, subprocesses
 and matplotlib stay out of the test process.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _suite
+from raygrain.benchmarks import _suite
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -47,7 +47,7 @@ def _run_suite(out: Path, *options: str) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out), *options],
+        [sys.executable, "-m", "raygrain.benchmarks", "--smoke", "--out", str(out), *options],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -128,7 +128,7 @@ def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
 def test_failover_timeline_is_plotted_when_a_row_carries_one(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from benchmarks._plots import write_plots
+    from raygrain.benchmarks._plots import write_plots
 
     row = {
         "name": "calls/s during a silo crash",

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from actors import MessageTooLargeError, UnknownActorTypeError, UnknownMethodError
-from runtime import Cluster
+from raygrain.actors import MessageTooLargeError, UnknownActorTypeError, UnknownMethodError
+from raygrain.runtime import Cluster
 from tests import app
 from tests.app import BankAccount, Chain
 
@@ -43,8 +43,8 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
 ) -> None:
     import ray
 
-    from runtime._ray_cluster import RayLaunch, create_silo
-    from runtime._silo import SiloOptions
+    from raygrain.runtime._ray_cluster import RayLaunch, create_silo
+    from raygrain.runtime._silo import SiloOptions
 
     worker_node = ray_silos.worker_node_ids[1]  # a node of the session's, never killed
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
@@ -94,7 +94,7 @@ async def test_oversized_message_is_refused_with_the_configured_limit(ray_silos:
 
 
 async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: Any) -> None:
-    from actors import Actor
+    from raygrain.actors import Actor
 
     class Newer(Actor[None], name="test.Chain"):  # same name, a method the silos lack
         async def brand_new(self) -> str:
@@ -120,7 +120,7 @@ def test_user_module_outside_the_repo_runs_on_ray_silos(tmp_path: Path) -> None:
     (tmp_path / "shop" / "carts.py").write_text(
         textwrap.dedent("""
         from dataclasses import dataclass, field
-        from actors import Actor, read_only
+        from raygrain.actors import Actor, read_only
 
         @dataclass
         class Item:
@@ -144,7 +144,7 @@ def test_user_module_outside_the_repo_runs_on_ray_silos(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text(
         textwrap.dedent(f"""
         import asyncio
-        from runtime import Cluster
+        from raygrain.runtime import Cluster
         from shop.carts import Cart, Item
 
         async def main():

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors import (
+from raygrain.actors import (
     ActorRef,
     ClusterClosedError,
     ConfigurationError,
@@ -18,7 +18,7 @@ from actors import (
     UnknownActorTypeError,
     UnknownMethodError,
 )
-from runtime import Cluster
+from raygrain.runtime import Cluster
 from tests import app
 from tests.app import BankAccount, Chain, InsufficientFunds, Unregistered
 
@@ -182,7 +182,7 @@ async def test_unbound_reference_says_how_to_bind_it() -> None:
 
 
 def cluster_free_id() -> Any:
-    from actors import ActorId
+    from raygrain.actors import ActorId
 
     return ActorId("test.Chain", "free")
 
@@ -197,7 +197,7 @@ def test_bad_cluster_settings() -> None:
 
 
 def test_two_classes_with_one_type_name_are_refused() -> None:
-    from actors import Actor
+    from raygrain.actors import Actor
 
     class Twin(Actor[None], name="test.Chain"):
         async def ping(self) -> str:
@@ -210,7 +210,7 @@ def test_two_classes_with_one_type_name_are_refused() -> None:
 def test_bad_actor_class_definitions() -> None:
     from dataclasses import dataclass
 
-    from actors import Actor, read_only, transactional
+    from raygrain.actors import Actor, read_only, transactional
 
     @dataclass
     class NeedsArgs:

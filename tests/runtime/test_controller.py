@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from actors import StorageError
-from runtime._membership import FailureDetection, SiloStatus
-from runtime._ray_host import ControllerImpl, SiloDied, view_from_wire
-from storage import MemoryStorage, StateWrite
+from raygrain.actors import StorageError
+from raygrain.runtime._membership import FailureDetection, SiloStatus
+from raygrain.runtime._ray_host import ControllerImpl, SiloDied, view_from_wire
+from raygrain.storage import MemoryStorage, StateWrite
 
 FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)
 

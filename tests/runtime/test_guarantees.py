@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from actors import ActorCallTimeout, DeactivationReason, DeadlockError
-from runtime import Cluster, ManualClock
+from raygrain.actors import ActorCallTimeout, DeactivationReason, DeadlockError
+from raygrain.runtime import Cluster, ManualClock
 from tests import app
 from tests.app import BankAccount, Chain, ContextUser, Ephemeral, Recorder, Reentrant, Worker
 
@@ -295,7 +295,7 @@ async def test_decimal_arithmetic_in_turns_leaves_their_runners_in_service(
     # The decimal module creates a context variable on first use; a runner whose turn left a
     # variable in its context retires (see Silo.run_turn), so without care every Decimal turn
     # would cost a new task.
-    from runtime._silo import Silo
+    from raygrain.runtime._silo import Silo
 
     created = []
     new_runner = Silo._new_runner

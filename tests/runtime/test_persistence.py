@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from actors import (
+from raygrain.actors import (
     Actor,
     ActorId,
     InconsistentStateError,
@@ -23,8 +23,8 @@ from actors import (
     decode_state,
     encode,
 )
-from runtime import Cluster
-from storage import MemoryStorage, SqliteStorage, StorageProvider
+from raygrain.runtime import Cluster
+from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider
 from tests import app
 from tests.app import Account, BankAccount, Explicit
 
@@ -166,7 +166,7 @@ async def test_unserializable_state_rolls_back_the_turn() -> None:
             return len(self.state.history)
 
     async with Cluster.local(actors=[Holder]) as cluster:
-        from actors import SerializationError
+        from raygrain.actors import SerializationError
 
         with pytest.raises(SerializationError, match="state of test.Holder/h"):
             await cluster.get(Holder, "h").put_bad()

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from collections import Counter
 
-from actors import ActorId
-from runtime import ConsistentHashRing
+from raygrain.actors import ActorId
+from raygrain.runtime import ConsistentHashRing
 
 KEYS = [ActorId("test.Thing", k) for k in range(100_000)]
 

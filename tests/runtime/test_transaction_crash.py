@@ -16,8 +16,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from actors import ActorId, decode_state, encode_state
-from storage import SqliteStorage, StateWrite
+from raygrain.actors import ActorId, decode_state, encode_state
+from raygrain.storage import SqliteStorage, StateWrite
 from tests.app import Ledger
 
 ROOT = Path(__file__).resolve().parents[2]

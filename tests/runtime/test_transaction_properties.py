@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors import TransactionAbortedError
-from runtime import Cluster
+from raygrain.actors import TransactionAbortedError
+from raygrain.runtime import Cluster
 from tests.app import InsufficientFunds, Vault
 
 ACCOUNTS = 4

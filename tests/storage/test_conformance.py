@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors import ActorId, InconsistentStateError, StorageError
-from runtime._remote_storage import RemoteStorage, StorageServerImpl
-from storage import (
+from raygrain.actors import ActorId, InconsistentStateError, StorageError
+from raygrain.runtime._remote_storage import RemoteStorage, StorageServerImpl
+from raygrain.storage import (
     MemoryStorage,
     QueuedWrites,
     SqliteStorage,

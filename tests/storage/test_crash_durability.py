@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from actors import ActorId, decode, decode_state
-from runtime import Cluster
-from storage import SqliteStorage
+from raygrain.actors import ActorId, decode, decode_state
+from raygrain.runtime import Cluster
+from raygrain.storage import SqliteStorage
 from tests.crash_app import Depositor, Deposits, pair_ids
 
 ROOT = Path(__file__).resolve().parents[2]

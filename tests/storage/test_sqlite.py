@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from actors import (
+from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
     StorageError,
     StorageSchemaError,
 )
-from storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, open_storage
-from storage._sqlite import SCHEMA_VERSION
+from raygrain.storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, open_storage
+from raygrain.storage._sqlite import SCHEMA_VERSION
 
 ALICE = ActorId("Account", "alice")
 BOB = ActorId("Account", "bob")
@@ -543,7 +543,7 @@ def test_open_storage_bad_url(url: str) -> None:
 
 
 async def test_storage_benchmark_smoke(tmp_path: Path) -> None:
-    from benchmarks.storage_bench import run
+    from raygrain.benchmarks.storage_bench import run
 
     result = await run(quick=True, directory=str(tmp_path))
     total = result["writers"] * result["writes_per_writer"]
