@@ -1,6 +1,7 @@
 """The benchmark suite: every scenario in one run, each figure beside its baseline, with plots.
 
-    python -m raygrain.benchmarks [--quick] [--only NAME[,NAME]] [--local] [--ray ADDRESS] [--out DIR]
+    python -m raygrain.benchmarks [--quick] [--only NAME[,NAME]] [--local] [--ray ADDRESS]
+                                  [--out DIR]
 
 A scenario is a module ``benchmarks/NAME_bench.py`` with ``async def run(quick=False) -> rows``,
 rows built with ``benchmarks._measure.figure`` (a result dict with a ``"figures"`` list is taken

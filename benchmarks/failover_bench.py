@@ -44,14 +44,14 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
         read_only,
     )
     from raygrain.runtime import Cluster
-    from raygrain.runtime._ray_cluster import (
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import (
         CONTROLLER_NAME,
         RayLaunch,
         ensure_ray,
         launch,
         stop_everything,
     )
-    from raygrain.runtime._silo import SiloOptions
 
     class Account(Actor[list[int]], name="bench.FailoverAccount"):
         async def deposit(self, amount: int) -> int:

@@ -3,12 +3,18 @@
 ``Cluster.local(actors=[...])`` runs silos in this process; ``Cluster.ray(...)`` on Ray.
 """
 
-from raygrain.runtime._clock import Clock, ManualClock, SystemClock
-from raygrain.runtime._cluster import Cluster
-from raygrain.runtime._logging import configure_logging
-from raygrain.runtime._membership import FailureDetection, MembershipView, SiloStatus
-from raygrain.runtime._ring import ConsistentHashRing
-from raygrain.runtime._transactions import TransactionSettings
+from raygrain.runtime.cluster import Cluster
+from raygrain.runtime.kernel import (
+    Clock,
+    ConsistentHashRing,
+    ManualClock,
+    MembershipView,
+    SiloStatus,
+    SystemClock,
+    configure_logging,
+)
+from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.transactions import TransactionSettings
 
 __all__ = [
     "Clock",

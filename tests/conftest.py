@@ -46,8 +46,8 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster as RayTestCluster
 
-    from raygrain.runtime._ray_cluster import RayLaunch, ensure_ray, launch, stop_everything
-    from raygrain.runtime._silo import SiloOptions
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import RayLaunch, ensure_ray, launch, stop_everything
 
     nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:

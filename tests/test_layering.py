@@ -19,7 +19,7 @@ OURS = {"actors", "runtime", "storage", "samples", "benchmarks", "tests"}
 
 
 def _package_of(module: str) -> str:
-    """`raygrain.runtime._silo` -> `runtime`. A bare `runtime` (not installed under that name
+    """`raygrain.runtime.kernel._silo` -> `runtime`. A bare `runtime` (not installed under that name
     any more) comes back as `bare runtime`, which no package is allowed to import."""
     parts = module.split(".")
     if parts[0] == "raygrain" and len(parts) > 1:

@@ -1,8 +1,8 @@
 """The benchmark suite works: every scenario runs in its tiny "smoke" mode and results.json holds
 every figure beside a baseline, with a sane ratio. No timing is asserted here, ever.
 
-The suite runs as ``python -m raygrain.benchmarks`` in a subprocess, as a user runs it: Ray, subprocesses
-and matplotlib stay out of the test process.
+The suite runs as ``python -m raygrain.benchmarks`` in a subprocess, as a user runs it: Ray,
+subprocesses and matplotlib stay out of the test process.
 """
 
 from __future__ import annotations

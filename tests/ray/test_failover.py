@@ -86,8 +86,8 @@ async def _silo_count(cluster: Cluster, count: int) -> None:
 
 
 async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
-    from raygrain.runtime._ray_cluster import RayLaunch, create_silo
-    from raygrain.runtime._silo import SiloOptions
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import RayLaunch, create_silo
 
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
     name, handle = create_silo(node_id, index, launch, SiloOptions(deactivation_timeout=2.0))
@@ -136,7 +136,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
 async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
     import ray
 
-    from raygrain.runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
 
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     deaths_before = len(await controller.death_log.remote())
@@ -275,7 +275,7 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
 async def test_controller_restarted_by_ray_carries_on(ray_silos: Any, key: Any) -> None:
     import ray
 
-    from raygrain.runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 6)

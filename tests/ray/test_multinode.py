@@ -43,8 +43,8 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
 ) -> None:
     import ray
 
-    from raygrain.runtime._ray_cluster import RayLaunch, create_silo
-    from raygrain.runtime._silo import SiloOptions
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import RayLaunch, create_silo
 
     worker_node = ray_silos.worker_node_ids[1]  # a node of the session's, never killed
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from raygrain.runtime._messages import Response
-from raygrain.runtime._ray_transport import ClientMailbox
+from raygrain.runtime.kernel import Response
+from raygrain.runtime.ray_host import ClientMailbox
 
 
 def _answers(*call_ids: int) -> list[Response]:

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 from raygrain.actors import StorageError
-from raygrain.runtime._membership import FailureDetection, SiloStatus
-from raygrain.runtime._ray_host import ControllerImpl, SiloDied, view_from_wire
+from raygrain.runtime.kernel import SiloStatus, view_from_wire
+from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
 from raygrain.storage import MemoryStorage, StateWrite
 
 FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)

@@ -295,7 +295,7 @@ async def test_decimal_arithmetic_in_turns_leaves_their_runners_in_service(
     # The decimal module creates a context variable on first use; a runner whose turn left a
     # variable in its context retires (see Silo.run_turn), so without care every Decimal turn
     # would cost a new task.
-    from raygrain.runtime._silo import Silo
+    from raygrain.runtime.kernel import Silo
 
     created = []
     new_runner = Silo._new_runner

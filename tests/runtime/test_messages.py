@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from raygrain.actors import ActorId, StorageError
-from raygrain.runtime._messages import Request, Response, key_from_wire, pack_batch, unpack_batch
-from raygrain.runtime._remote_storage import RemoteStorage
+from raygrain.runtime.kernel import Request, Response, key_from_wire, pack_batch, unpack_batch
+from raygrain.runtime.ray_host import RemoteStorage
 
 KEYS: list[str | int] = [
     0,

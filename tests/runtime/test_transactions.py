@@ -120,7 +120,7 @@ async def test_a_plain_call_waits_for_the_transaction_holding_the_actor(
 
 
 async def _outside_transaction(call: Any) -> Any:
-    from raygrain.runtime._transactions import current_transaction
+    from raygrain.runtime.transactions import current_transaction
 
     current_transaction.set(None)  # this task was copied from inside the block
     return await call
@@ -202,7 +202,7 @@ async def test_an_older_transaction_gives_up_after_the_lock_timeout(key: Any) ->
     settings = TransactionSettings(lock_timeout=0.3)
     async with Cluster.local(actors=[Vault], transactions=settings) as cluster:
         a = cluster.get(Vault, key("a"))
-        from raygrain.runtime._transactions import TransactionContext, current_transaction
+        from raygrain.runtime.transactions import TransactionContext, current_transaction
 
         older = TransactionContext.new()  # older: started first, used second
         younger_holds = asyncio.Event()
@@ -226,7 +226,7 @@ async def test_an_older_transaction_gives_up_after_the_lock_timeout(key: Any) ->
 
 
 async def test_a_participant_abandoned_by_its_client_unlocks_after_the_lease(key: Any) -> None:
-    from raygrain.runtime._transactions import TransactionContext, current_transaction
+    from raygrain.runtime.transactions import TransactionContext, current_transaction
 
     settings = TransactionSettings(lease=0.3)
     async with Cluster.local(actors=[Vault], transactions=settings) as cluster:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from raygrain.actors import ActorId, InconsistentStateError, StorageError
-from raygrain.runtime._remote_storage import RemoteStorage, StorageServerImpl
+from raygrain.runtime.ray_host import RemoteStorage, StorageServerImpl
 from raygrain.storage import (
     MemoryStorage,
     QueuedWrites,

@@ -9,7 +9,9 @@ from raygrain.storage import MemoryStorage, open_storage
 
 
 def test_python_factory_url_builds_the_provider() -> None:
-    assert isinstance(open_storage("python://raygrain.storage._memory:MemoryStorage"), MemoryStorage)
+    assert isinstance(
+        open_storage("python://raygrain.storage._memory:MemoryStorage"), MemoryStorage
+    )
 
 
 @pytest.mark.parametrize(

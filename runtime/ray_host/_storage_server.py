@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raygrain.actors import ActorId, StorageError, decode_error, encode_error
-from raygrain.runtime._messages import id_from_wire, id_to_wire, pack, unpack
+from raygrain.runtime.kernel import id_from_wire, id_to_wire, pack, unpack
 from raygrain.storage import StateRecord, StateWrite, StorageProvider, open_storage, tell_written
 
 __all__ = ["RemoteStorage", "StorageServerImpl"]

@@ -35,13 +35,13 @@ from raygrain.actors import (
     encode_error,
     encode_state,
 )
-from raygrain.runtime._caller import current_chain
-from raygrain.runtime._logging import get_logger
-from raygrain.runtime._messages import Request
-from raygrain.runtime._transactions import TransactionContext, TxTicket, current_transaction
+from raygrain.runtime.kernel._caller import current_chain
+from raygrain.runtime.kernel._logging import get_logger
+from raygrain.runtime.kernel._messages import Request
+from raygrain.runtime.transactions import TransactionContext, TxTicket, current_transaction
 
 if TYPE_CHECKING:
-    from raygrain.runtime._silo import Silo
+    from raygrain.runtime.kernel._silo import Silo
 
 __all__ = ["Activation", "ActivationState", "Delivery"]
 

@@ -27,12 +27,20 @@ from raygrain.actors import (
     ConfigurationError,
     TransactionAbortedError,
 )
-from raygrain.runtime._caller import Caller, CallSettings
-from raygrain.runtime._clock import Clock, SystemClock
-from raygrain.runtime._membership import FailureDetection, Membership, SiloStatus
-from raygrain.runtime._registry import ActorRegistry
-from raygrain.runtime._silo import Silo, SiloOptions
-from raygrain.runtime._transactions import (
+from raygrain.runtime.kernel import (
+    ActorRegistry,
+    Caller,
+    CallSettings,
+    Clock,
+    LocalTransport,
+    Membership,
+    Silo,
+    SiloOptions,
+    SiloStatus,
+    SystemClock,
+)
+from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
     TransactionContext,
@@ -40,7 +48,6 @@ from raygrain.runtime._transactions import (
     current_transaction,
     encode_participants,
 )
-from raygrain.runtime._transport import LocalTransport
 from raygrain.storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
@@ -177,7 +184,7 @@ class Cluster:
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
         open that file itself (one machine only)."""
-        from raygrain.runtime._ray_cluster import RayBackend, RayLaunch
+        from raygrain.runtime.ray_host import RayBackend, RayLaunch
 
         registry = ActorRegistry(actors)
         options = _silo_options(
@@ -208,7 +215,7 @@ class Cluster:
     ) -> Cluster:
         """A client of silos already running on Ray (started with ``raygrain up``).
         ``actors`` are optional: they give typed ``get`` and per-method timeouts."""
-        from raygrain.runtime._ray_cluster import RayBackend
+        from raygrain.runtime.ray_host import RayBackend
 
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)

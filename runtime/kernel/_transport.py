@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from raygrain.actors import SiloUnavailableError
-from raygrain.runtime._messages import Request, Response
+from raygrain.runtime.kernel._messages import Request, Response
 
 __all__ = ["Endpoint", "LocalTransport", "SiloEndpoint", "Transport"]
 

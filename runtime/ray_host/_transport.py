@@ -18,9 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import SiloUnavailableError, encode_error
-from raygrain.runtime._logging import get_logger
-from raygrain.runtime._messages import Request, Response, pack_batch, unpack_batch
-from raygrain.runtime._transport import Endpoint, SiloEndpoint
+from raygrain.runtime.kernel import (
+    Endpoint,
+    Request,
+    Response,
+    SiloEndpoint,
+    get_logger,
+    pack_batch,
+    unpack_batch,
+)
 
 __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 

@@ -20,14 +20,18 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import Actor, ConfigurationError
-from raygrain.runtime._caller import Caller
-from raygrain.runtime._logging import get_logger
-from raygrain.runtime._membership import FailureDetection, Membership
-from raygrain.runtime._ray_host import ControllerImpl, SiloDied, SiloHostImpl, view_from_wire
-from raygrain.runtime._ray_transport import CLIENT_PREFIX, RayTransport
-from raygrain.runtime._registry import ActorRegistry
-from raygrain.runtime._remote_storage import RemoteStorage, StorageServerImpl
-from raygrain.runtime._silo import SiloOptions
+from raygrain.runtime.kernel import (
+    ActorRegistry,
+    Caller,
+    Membership,
+    SiloOptions,
+    get_logger,
+    view_from_wire,
+)
+from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.ray_host._host import SiloHostImpl
+from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
+from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.storage import open_storage
 
 __all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]

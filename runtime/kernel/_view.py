@@ -1,5 +1,7 @@
 """The membership view: which silos are live, as a versioned value, and the ring built from it.
 
+The kernel routes by the view; the membership room (``runtime.membership``) decides it.
+
 Every silo and client routes by the ring of the newest view it knows. In local mode all of them
 share one ``Membership`` object; across processes the view is pushed to each of them.
 """
@@ -10,9 +12,11 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-from raygrain.runtime._ring import DEFAULT_VIRTUAL_NODES, ConsistentHashRing
+import msgpack
 
-__all__ = ["FailureDetection", "Membership", "MembershipView", "SiloStatus"]
+from raygrain.runtime.kernel._ring import DEFAULT_VIRTUAL_NODES, ConsistentHashRing
+
+__all__ = ["Membership", "MembershipView", "SiloStatus", "view_from_wire", "view_to_wire"]
 
 
 class SiloStatus(enum.Enum):
@@ -20,22 +24,6 @@ class SiloStatus(enum.Enum):
     ACTIVE = "active"
     SHUTTING_DOWN = "shutting_down"
     DEAD = "dead"
-
-
-@dataclass(frozen=True, slots=True)
-class FailureDetection:
-    """How the controller decides that a silo is dead.
-
-    Every ``probe_period`` seconds each active silo is probed; a probe that is not answered
-    within ``probe_timeout`` is missed, and ``missed_probes`` misses in a row declare the silo
-    dead (about ``missed_probes * (probe_timeout + probe_period)`` after a crash: 3 s by
-    default). Ray's own word that the silo's actor died declares it dead at once. Probes are
-    answered on their own thread, so a long CPU-bound turn does not miss them.
-    """
-
-    probe_period: float = 0.5
-    probe_timeout: float = 1.0
-    missed_probes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +75,14 @@ class Membership:
         while self.view.version < version:
             await self._changed.wait()
         return self.view
+
+
+def view_to_wire(view: MembershipView) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [view.version, [[name, status.value] for name, status in view.silos]]
+    )
+
+
+def view_from_wire(blob: bytes) -> MembershipView:
+    version, silos = msgpack.unpackb(blob, raw=False)
+    return MembershipView(version, tuple((name, SiloStatus(status)) for name, status in silos))

@@ -36,7 +36,7 @@ from raygrain.actors import ActorId, TransactionAbortedError
 from raygrain.storage import StateWrite
 
 if TYPE_CHECKING:
-    from raygrain.runtime._silo import Silo
+    from raygrain.runtime.kernel import Silo
     from raygrain.storage import StorageProvider
 
 __all__ = [

@@ -31,14 +31,15 @@ from raygrain.actors import (
     encode,
     encode_error,
 )
-from raygrain.runtime._activation import Activation, ActivationState, Delivery
-from raygrain.runtime._caller import Caller, CallSettings, current_chain
-from raygrain.runtime._clock import Clock
-from raygrain.runtime._logging import get_logger
-from raygrain.runtime._membership import Membership
-from raygrain.runtime._messages import Request, Response
-from raygrain.runtime._registry import ActorRegistry, check_arguments
-from raygrain.runtime._transactions import (
+from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
+from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
+from raygrain.runtime.kernel._clock import Clock
+from raygrain.runtime.kernel._logging import get_logger
+from raygrain.runtime.kernel._messages import Request, Response
+from raygrain.runtime.kernel._registry import ActorRegistry, check_arguments
+from raygrain.runtime.kernel._transport import Transport
+from raygrain.runtime.kernel._view import Membership
+from raygrain.runtime.transactions import (
     SYSTEM_METHODS,
     TX_COMMIT,
     TX_COORDINATE,
@@ -49,7 +50,6 @@ from raygrain.runtime._transactions import (
     current_transaction,
     decode_participants,
 )
-from raygrain.runtime._transport import Transport
 from raygrain.storage import QueuedWrites, StorageProvider
 
 __all__ = ["Silo", "SiloOptions"]

@@ -41,8 +41,8 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from raygrain.runtime._ray_cluster import RayLaunch, ensure_ray, find_silos, launch
-    from raygrain.runtime._silo import SiloOptions
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import RayLaunch, ensure_ray, find_silos, launch
 
     actor_types = _actor_classes(args.actors)
     ensure_ray(args.address, local_code=True)
@@ -66,8 +66,8 @@ async def _up(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     import ray
 
-    from raygrain.runtime._ray_cluster import CONTROLLER_NAME, NAMESPACE, ensure_ray
-    from raygrain.runtime._ray_host import view_from_wire
+    from raygrain.runtime.kernel import view_from_wire
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE, ensure_ray
 
     ensure_ray(args.address, local_code=False)
     try:
@@ -99,7 +99,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _down(args: argparse.Namespace) -> int:
-    from raygrain.runtime._ray_cluster import ensure_ray, find_silos, stop_everything
+    from raygrain.runtime.ray_host import ensure_ray, find_silos, stop_everything
 
     ensure_ray(args.address, local_code=False)
     silos = find_silos()

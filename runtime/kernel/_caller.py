@@ -27,11 +27,11 @@ from raygrain.actors import (
     decode_error,
     encode,
 )
-from raygrain.runtime._membership import Membership
-from raygrain.runtime._messages import Request, Response
-from raygrain.runtime._registry import ActorRegistry
-from raygrain.runtime._transactions import current_transaction
-from raygrain.runtime._transport import Transport
+from raygrain.runtime.kernel._messages import Request, Response
+from raygrain.runtime.kernel._registry import ActorRegistry
+from raygrain.runtime.kernel._transport import Transport
+from raygrain.runtime.kernel._view import Membership
+from raygrain.runtime.transactions import current_transaction
 
 __all__ = ["CallSettings", "Caller", "current_chain"]
 

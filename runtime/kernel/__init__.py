@@ -1,0 +1,68 @@
+"""The kernel: silos, activations and their turns, the caller, messages, the ring, the
+registry, the clock and the membership view it routes by.
+
+It imports no other room of the runtime: capabilities plug in through its extension surface.
+"""
+
+from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
+from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
+from raygrain.runtime.kernel._clock import Clock, ManualClock, SystemClock
+from raygrain.runtime.kernel._logging import configure_logging, get_logger
+from raygrain.runtime.kernel._messages import (
+    Request,
+    Response,
+    id_from_wire,
+    id_to_wire,
+    key_from_wire,
+    pack,
+    pack_batch,
+    unpack,
+    unpack_batch,
+)
+from raygrain.runtime.kernel._registry import ActorRegistry
+from raygrain.runtime.kernel._ring import ConsistentHashRing
+from raygrain.runtime.kernel._silo import Silo, SiloOptions
+from raygrain.runtime.kernel._transport import Endpoint, LocalTransport, SiloEndpoint, Transport
+from raygrain.runtime.kernel._view import (
+    Membership,
+    MembershipView,
+    SiloStatus,
+    view_from_wire,
+    view_to_wire,
+)
+
+__all__ = [
+    "Activation",
+    "ActivationState",
+    "ActorRegistry",
+    "CallSettings",
+    "Caller",
+    "Clock",
+    "ConsistentHashRing",
+    "Delivery",
+    "Endpoint",
+    "LocalTransport",
+    "ManualClock",
+    "Membership",
+    "MembershipView",
+    "Request",
+    "Response",
+    "Silo",
+    "SiloEndpoint",
+    "SiloOptions",
+    "SiloStatus",
+    "SystemClock",
+    "Transport",
+    "configure_logging",
+    "current_chain",
+    "get_logger",
+    "id_from_wire",
+    "id_to_wire",
+    "key_from_wire",
+    "pack",
+    "pack_batch",
+    "unpack",
+    "unpack_batch",
+    "view_from_wire",
+    "view_to_wire",
+]

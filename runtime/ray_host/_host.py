@@ -1,0 +1,195 @@
+"""Ray hosting: silos as async Ray actors, the membership controller, the storage server.
+
+Each class here is the plain body of a Ray actor; ``_ray_cluster`` wraps them with
+``ray.remote`` and launches them. A silo host builds the very same ``Silo`` as local mode, over
+a ``RayTransport``, and follows the controller's membership view. Probes are answered in their
+own concurrency group (a separate thread and event loop) so that a long CPU-bound turn on the
+main loop is not mistaken for death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from raygrain.actors import Actor, DeactivationReason
+from raygrain.runtime.kernel import (
+    ActorRegistry,
+    Membership,
+    MembershipView,
+    Request,
+    Silo,
+    SiloOptions,
+    SiloStatus,
+    SystemClock,
+    get_logger,
+    unpack_batch,
+    view_from_wire,
+    view_to_wire,
+)
+from raygrain.runtime.ray_host._transport import RayTransport, is_client_address
+from raygrain.storage import StorageProvider, open_storage
+
+_SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
+
+__all__ = ["SiloHostImpl"]
+
+
+class SiloHostImpl:
+    """The body of one silo actor."""
+
+    def __init__(
+        self,
+        name: str,
+        node_id: str,
+        actor_types: list[type[Actor[Any]]],
+        storage: StorageProvider | str,
+        options: SiloOptions,
+        resolve: Any,
+        controller: Any,
+    ) -> None:
+        self.name = name
+        self.node_id = node_id
+        self._controller = controller
+        self.membership = Membership()
+        self.transport = RayTransport(name, resolve)
+        provider = open_storage(storage) if isinstance(storage, str) else storage
+        self.silo = Silo(
+            name,
+            ActorRegistry(actor_types),
+            provider,
+            self.transport,
+            self.membership,
+            SystemClock(),
+            options,
+        )
+        self.transport.bind_silo(self.silo)
+        self._follower: asyncio.Task[None] | None = None
+        self._applying = asyncio.Lock()
+        self._settling: set[asyncio.Task[None]] = set()
+        self.leaving = False
+
+    async def start(self) -> bytes:
+        self.silo.start()
+        view = view_from_wire(
+            await self._controller.set_status.remote(self.name, "active", self.node_id)
+        )
+        self.membership.update(view)
+        self._hold_activations_until_settled(view.version)
+        self._follower = asyncio.ensure_future(self._follow_view())
+        return view_to_wire(view)
+
+    async def _follow_view(self) -> None:
+        while not self.silo.closed:
+            try:
+                blob = await self._controller.wait_view.remote(
+                    self.membership.view.version, 10.0, self.name
+                )
+            except Exception as exc:
+                get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            await self.apply_view(view_from_wire(blob))
+
+    async def apply_view(self, view: MembershipView) -> None:
+        # One at a time: the follower reports a view applied only once its handover is done.
+        async with self._applying:
+            await self._apply_view(view)
+
+    async def _apply_view(self, view: MembershipView) -> None:
+        before = set(self.membership.view.dead())
+        ring_before = self.membership.ring
+        if not self.membership.update(view):
+            return
+        if view.status_of(self.name) is SiloStatus.DEAD:
+            # Declared dead while alive (a false suspicion): stop serving at once. Our
+            # activations' state is durable; their new owners reactivate them from storage.
+            get_logger().warning("declared_dead_stopping", silo=self.name)
+            await self.stop()
+            return
+        for dead in set(view.dead()) - before:
+            self.silo.caller.fail_calls_to(dead)
+        # Activations whose owner changed move: deactivate them here, and their queued and
+        # future calls are forwarded to the new owner by the ring check on delivery.
+        ring = self.membership.ring
+        moving = [
+            a
+            for a in list(self.silo.activations.values())
+            if len(ring) and ring.owner(a.actor_id) != self.name
+        ]
+        if self.membership.ring is not ring_before:
+            self._hold_activations_until_settled(view.version)
+        await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))
+
+    def _hold_activations_until_settled(self, version: int) -> None:
+        """New activations wait until every live silo has applied view ``version``.
+
+        An actor that moved here may still be running its last turn on its previous owner,
+        which hands it over only once it applies the view. Activating it before then would
+        read state that the old owner is about to overwrite: the ETag would fence one of
+        the two, failing a call. Waiting costs new activations a round trip after a
+        membership change; the wait is capped, after which the ETag fence is the safety net.
+        """
+        gate = asyncio.get_running_loop().create_future()
+        self.silo.activation_gate = gate
+
+        async def settle() -> None:
+            try:
+                await self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)
+            except Exception as exc:
+                get_logger().warning("view_settle_failed", silo=self.name, error=repr(exc))
+            finally:
+                gate.set_result(None)
+
+        task = asyncio.ensure_future(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def receive_batch(self, blob: bytes) -> bytes:
+        client, call_ids = "", set()
+        for message in unpack_batch(blob):
+            if isinstance(message, Request):
+                self.silo.deliver_request(message)
+                if is_client_address(message.reply_to):
+                    client = message.reply_to
+                    call_ids.add(message.call_id)
+            else:
+                self.silo.deliver_response(message)
+        if not client:
+            return b""
+        # A client's batch carries its answers back when they are quick, which spares the
+        # client's long poll a Ray call per round trip; slower ones go by the poll.
+        return await self.transport.answers(client, call_ids)
+
+    async def poll(self, client: str) -> bytes:
+        return await self.transport.poll(client)
+
+    async def forget_client(self, client: str) -> None:
+        self.transport.forget_client(client)
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            **self.silo.stats(),
+            "node_id": self.node_id,
+            "view_version": self.membership.view.version,
+            "batches_sent": self.transport.batches_sent,
+            "messages_sent": self.transport.messages_sent,
+        }
+
+    async def leave(self) -> None:
+        """Graceful stop: leave the ring, hand every activation over, then close."""
+        self.leaving = True
+        view = view_from_wire(await self._controller.set_status.remote(self.name, "shutting_down"))
+        await self.apply_view(view)
+        await self.silo.deactivate_all(DeactivationReason.HANDOVER)
+        await self._controller.remove.remote(self.name)
+
+    async def stop(self) -> None:
+        follower = self._follower
+        if follower is not None and follower is not asyncio.current_task():
+            follower.cancel()
+        for task in list(self._settling):
+            task.cancel()
+        await self.silo.aclose()
+        await self.transport.aclose()
+        await self.silo.storage.aclose()
