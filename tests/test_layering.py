@@ -114,9 +114,11 @@ ROOMS: dict[str, set[str]] = {
     "kernel": set(),
     "membership": {"kernel"},
     "transactions": {"kernel"},
-    "_capabilities": {"kernel", "transactions"},
-    "ray_host": {"kernel", "membership", "_capabilities"},
-    "cluster": {"kernel", "membership", "transactions", "ray_host", "_capabilities"},
+    "metrics": {"kernel", "transactions"},
+    "tracing": {"kernel", "transactions"},
+    "_capabilities": {"kernel", "transactions", "metrics", "tracing"},
+    "ray_host": {"kernel", "membership", "metrics", "_capabilities"},
+    "cluster": {"kernel", "membership", "transactions", "metrics", "ray_host", "_capabilities"},
     "cli": {"kernel", "membership", "ray_host", "cluster"},
 }
 RUNTIME = ROOT / "runtime"

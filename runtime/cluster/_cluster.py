@@ -27,7 +27,7 @@ from raygrain.actors import (
     ConfigurationError,
     TransactionAbortedError,
 )
-from raygrain.runtime._capabilities import client_filters, silo_extensions
+from raygrain.runtime._capabilities import client_filters, metrics_registry, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
@@ -41,6 +41,7 @@ from raygrain.runtime.kernel import (
     SystemClock,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
 from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
@@ -77,6 +78,7 @@ class _LocalBackend:
         storage: StorageProvider | str,
         clock: Clock,
         options: SiloOptions,
+        metrics_port: int | None = None,
     ) -> None:
         self.owns_storage = isinstance(storage, str)
         self.storage = open_storage(storage)
@@ -92,27 +94,38 @@ class _LocalBackend:
                 self.membership,
                 clock,
                 options,
-                silo_extensions(),
+                silo_extensions(options),
             )
             for index in range(silos)
         ]
         for silo in self.silos:
             self.transport.register_silo(silo.name, silo)
+        self.registries: list[MetricRegistry] = [
+            r for silo in self.silos if (r := metrics_registry(silo)) is not None
+        ]
+        self.metrics_port = metrics_port
+        self.metrics: PrometheusExporter | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"
+        filters = client_filters(self.options)
         caller = Caller(
             address,
             self.transport,
             self.membership,
             registry,
             self.options.calls,
-            filters=client_filters(),
+            filters=filters,
         )
+        client_registry = metrics_registry(filters)
+        if client_registry is not None:
+            self.registries.append(client_registry)
         self.transport.register(address, caller)
         return caller
 
     async def start(self) -> None:
+        if self.registries:
+            self.metrics = PrometheusExporter(lambda: self.registries, self.metrics_port)
         for silo in self.silos:
             silo.start()
             self.membership.set_status(silo.name, SiloStatus.ACTIVE)
@@ -124,6 +137,8 @@ class _LocalBackend:
             await silo.aclose()
         if self.owns_storage:
             await self.storage.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def stats(self) -> list[dict[str, Any]]:
         return [silo.stats() for silo in self.silos]
@@ -154,9 +169,13 @@ class Cluster:
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
+        metrics: bool | MetricsSettings = True,
+        metrics_port: int | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
-        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
+        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``.
+        ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
+        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actors)
@@ -167,8 +186,17 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            _metrics_settings(metrics, "local"),
         )
-        backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
+        if metrics_port is not None and (
+            not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536
+        ):
+            raise ConfigurationError(f"metrics_port must be a port number, got {metrics_port!r}")
+        if metrics_port is not None and metrics is False:
+            raise ConfigurationError("metrics_port needs metrics on (metrics=False was given)")
+        backend = _LocalBackend(
+            registry, silos, storage, clock or SystemClock(), options, metrics_port
+        )
         return cls(registry, backend)
 
     @classmethod
@@ -342,6 +370,12 @@ class Cluster:
         return list(getattr(self._backend, "silos", []))
 
     @property
+    def metrics(self) -> PrometheusExporter | None:
+        """The in-process cluster's metrics (``value(name, **labels)``, ``text()``, ``port``);
+        None on Ray (see Ray's metrics endpoint) or with metrics off."""
+        return getattr(self._backend, "metrics", None)
+
+    @property
     def storage(self) -> StorageProvider | None:
         return getattr(self._backend, "storage", None)
 
@@ -369,6 +403,7 @@ def _silo_options(
     max_message_bytes: int,
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
+    metrics: MetricsSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -391,5 +426,15 @@ def _silo_options(
         float(collection_period),
         float(deactivation_timeout),
         calls,
-        (transactions,),
+        (transactions, metrics or MetricsSettings()),
     )
+
+
+def _metrics_settings(metrics: bool | MetricsSettings, deployment: str) -> MetricsSettings:
+    if isinstance(metrics, MetricsSettings):
+        return metrics
+    if not isinstance(metrics, bool):
+        raise ConfigurationError(
+            f"metrics must be a bool or a MetricsSettings, got {type(metrics).__name__}"
+        )
+    return MetricsSettings(enabled=metrics, deployment=deployment)

@@ -27,6 +27,7 @@ from raygrain.actors import (
     decode,
     decode_error,
     encode,
+    encode_error,
 )
 from raygrain.runtime.kernel._extensions import CallFilter
 from raygrain.runtime.kernel._messages import Request, Response
@@ -152,6 +153,13 @@ class Caller:
                 if not self._answered_on_the_spot % _YIELD_EVERY:
                     await asyncio.sleep(0)
             response = await future
+        except RaygrainError as exc:
+            # No response came (a deadline, a silo lost): the filters still see the outcome.
+            if followups is not None:
+                failed = Response(call_id, False, encode_error(exc, f"{target}.{method}"))
+                for followup in followups:
+                    followup(failed)
+            raise
         finally:
             self._pending.pop(call_id, None)
         if followups is not None:

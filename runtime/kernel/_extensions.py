@@ -14,6 +14,11 @@ What a silo offers a capability:
 - ``activated`` / ``deactivating``: an activation's lifecycle (its instance exists in between).
 - ``accept``: a request was decoded and checked; the extension may give the ``Delivery`` a
   ``ticket`` (a ``Ticket``), which then governs the call's admission and its turn.
+- ``turn_started`` / ``turn_ended``: every turn of every call, to observe it (metrics, traces):
+  the start runs inside the turn's task; the end gets the error (None: it succeeded) and how
+  long the turn took. Only silos with an extension overriding them read the time at all.
+- ``wrap_storage``: the silo's storage provider, to observe it (called as the silo is built).
+- ``stats``: figures the extension adds to ``Silo.stats()``.
 
 What a turn offers (through the delivery's ticket, and the activation's guard):
 - ``Ticket.admit`` / ``Guard.admit``: whether the call runs now, waits, or was diverted (set
@@ -38,6 +43,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raygrain.actors import ActorId, DeactivationReason
+from raygrain.storage import StorageProvider
 
 if TYPE_CHECKING:
     from raygrain.runtime.kernel._activation import Activation, Delivery
@@ -114,7 +120,8 @@ class CallFilter(Protocol):
 
     def outgoing(self, request: Request) -> Callable[[Response], None] | None:
         """Stamp ``request`` before it is sent; return what to do with its response, if
-        anything (called when the response arrives, before the result is decoded)."""
+        anything (called when the response arrives, before the result is decoded; a call that
+        got no response, e.g. it timed out, passes a failed one carrying its error)."""
         ...
 
 
@@ -143,6 +150,26 @@ class Extension:
     def accept(self, silo: Silo, delivery: Delivery) -> None:
         """A request was checked and is about to be enqueued; set ``delivery.ticket`` to
         govern it."""
+
+    def turn_started(self, activation: Activation, delivery: Delivery) -> None:
+        """A turn starts (inside its task, before the method runs; context variables set here
+        are the turn's own)."""
+
+    def turn_ended(
+        self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
+    ) -> None:
+        """A turn that ``turn_started`` saw ended: replied to (or failed with ``error``) after
+        ``seconds``, its per-turn write included. Per-turn values kept in ``delivery.extras``
+        (under the capability's key) are there."""
+
+    def wrap_storage(self, storage: StorageProvider) -> StorageProvider:
+        """The provider the silo should use instead of ``storage`` (to observe it). Called
+        as the silo is built, before ``attach``."""
+        return storage
+
+    def stats(self, silo: Silo) -> dict[str, Any]:
+        """Figures to add to ``Silo.stats()``."""
+        return {}
 
     def call_filter(self) -> CallFilter | None:
         """A filter for the calls the silo's actors make, if any."""

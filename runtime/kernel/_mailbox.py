@@ -51,6 +51,8 @@ class Delivery:
     kwargs: dict[str, Any]
     expires_at: float
     ticket: Ticket | None = None  # set by a capability that governs this call
+    # Per-turn values of the capabilities observing turns (turn_started/turn_ended), by key.
+    extras: dict[str, Any] | None = None
 
 
 class Mailbox:

@@ -33,9 +33,11 @@ class Request:
     hops: int = 0
     transaction: bytes | None = None
     view_version: int = -1  # the sender's membership view; -1: unknown, always re-checked
+    # The W3C trace context (``traceparent``) of the caller's span, if the call is traced.
+    traceparent: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [
+        wire = [
             0,
             self.call_id,
             self.target.type_name,
@@ -49,6 +51,9 @@ class Request:
             self.transaction,
             self.view_version,
         ]
+        if self.traceparent is not None:  # optional and last: older messages still decode
+            wire.append(self.traceparent)
+        return wire
 
 
 @dataclass(slots=True)
@@ -132,6 +137,7 @@ def unpack_batch(data: bytes) -> list[Request | Response]:
                     item[9],
                     item[10],
                     item[11],
+                    item[12] if len(item) > 12 else None,
                 )
             )
     return out

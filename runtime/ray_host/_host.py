@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason
-from raygrain.runtime._capabilities import silo_extensions
+from raygrain.runtime._capabilities import export_to_ray, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Membership,
@@ -28,6 +28,7 @@ from raygrain.runtime.kernel import (
     view_from_wire,
     view_to_wire,
 )
+from raygrain.runtime.metrics import RayExporter
 from raygrain.runtime.ray_host._transport import RayTransport, is_client_address
 from raygrain.storage import StorageProvider, open_storage
 
@@ -63,16 +64,18 @@ class SiloHostImpl:
             self.membership,
             SystemClock(),
             options,
-            silo_extensions(),
+            silo_extensions(options),
         )
         self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None
         self._applying = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
         self.leaving = False
+        self._metrics: RayExporter | None = None
 
     async def start(self) -> bytes:
         self.silo.start()
+        self._metrics = export_to_ray(self.silo, self.transport)
         view = view_from_wire(
             await self._controller.set_status.remote(self.name, "active", self.node_id)
         )
@@ -193,5 +196,7 @@ class SiloHostImpl:
         for task in list(self._settling):
             task.cancel()
         await self.silo.aclose()
+        if self._metrics is not None:
+            await self._metrics.aclose()
         await self.transport.aclose()
         await self.silo.storage.aclose()

@@ -299,7 +299,7 @@ class RayBackend:
             self.membership,
             registry,
             self.options.calls,
-            filters=client_filters(),
+            filters=client_filters(self.options, metrics=False),  # not exported from a driver
         )
         self.transport.bind(caller)
         self.caller = caller

@@ -129,6 +129,7 @@ class RayTransport:
         self.closed = False
         self.batches_sent = 0
         self.messages_sent = 0
+        self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -201,6 +202,8 @@ class RayTransport:
             return
         self.batches_sent += 1
         self.messages_sent += len(messages)
+        if self.on_batch is not None:
+            self.on_batch(len(messages))
         self.ensure_polling(destination)
         watcher = asyncio.ensure_future(self._watch(ref, destination, messages))
         self._watchers.add(watcher)
