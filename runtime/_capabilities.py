@@ -17,7 +17,7 @@ from raygrain.runtime.metrics import (
     MetricsSettings,
     RayExporter,
 )
-from raygrain.runtime.tracing import TraceFilter, Tracing
+from raygrain.runtime.tracing import TraceFilter, Tracing, TracingSettings
 from raygrain.runtime.transactions import TransactionFilter, Transactions
 
 __all__ = ["client_filters", "export_to_ray", "metrics_registry", "silo_extensions"]
@@ -25,11 +25,12 @@ __all__ = ["client_filters", "export_to_ray", "metrics_registry", "silo_extensio
 
 def silo_extensions(options: SiloOptions | None = None) -> list[Extension]:
     """A fresh set of the extensions one silo runs (metrics unless they are switched off)."""
+    options = options or SiloOptions()
     extensions: list[Extension] = [Transactions()]
-    settings = (options or SiloOptions()).setting(MetricsSettings, MetricsSettings())
+    settings = options.setting(MetricsSettings, MetricsSettings())
     if settings.enabled:
         extensions.append(Metrics(settings))
-    extensions.append(Tracing())
+    extensions.append(Tracing(options.setting(TracingSettings, TracingSettings())))
     return extensions
 
 

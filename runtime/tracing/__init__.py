@@ -10,10 +10,12 @@ from raygrain.runtime.tracing._context import (
     parse_traceparent,
 )
 from raygrain.runtime.tracing._extension import TraceFilter, Tracing, otel_available
+from raygrain.runtime.tracing._settings import TracingSettings
 
 __all__ = [
     "TraceFilter",
     "Tracing",
+    "TracingSettings",
     "current_traceparent",
     "format_traceparent",
     "otel_available",

@@ -16,6 +16,7 @@ from typing import Any
 from raygrain.actors import ActorId
 from raygrain.runtime.kernel import Activation, Delivery, Extension, Request, Response, Silo
 from raygrain.runtime.tracing._context import current_traceparent
+from raygrain.runtime.tracing._settings import TracingSettings, run_setup
 from raygrain.runtime.transactions import Transactions
 from raygrain.storage import QueuedWrites, StateWrite, StorageProvider
 
@@ -48,8 +49,14 @@ class TraceFilter:
 class Tracing(Extension):
     """Turn spans (``<type>.<method>``), storage write spans and transaction commit spans."""
 
+    def __init__(self, settings: TracingSettings | None = None) -> None:
+        self.settings = settings or TracingSettings()
+        self._silo_name = ""
+
     def attach(self, silo: Silo) -> None:
         self._silo_name = silo.name
+        if self.settings.setup is not None and _otel is not None:
+            run_setup(self.settings.setup)
         transactions = silo.extension(Transactions)
         if transactions is not None and _otel is not None:
             transactions.coordinator.observers.append(self)
