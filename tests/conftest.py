@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from raygrain.runtime import Cluster, ManualClock
-from tests import app
+from tests import app, trace_sink
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,9 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from ray.cluster_utils import Cluster as RayTestCluster
 
     from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.metrics import MetricsSettings
     from raygrain.runtime.ray_host import RayLaunch, ensure_ray, launch, stop_everything
+    from raygrain.runtime.tracing import TracingSettings
 
     nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
@@ -57,7 +59,13 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         ensure_ray(nodes.address, local_code=True)
         db = tmp_path_factory.mktemp("ray-state") / "state.db"
         spec = RayLaunch(tuple(app.ALL_ACTORS), 1, None, f"sqlite:///{db}")
-        handles = _run_aside(launch(spec, SiloOptions(deactivation_timeout=0.5)))
+        # The silos push metrics every second, and hand their spans to the trace tests' sink.
+        observability = (
+            MetricsSettings(export_period=1.0),
+            TracingSettings(setup=trace_sink.SETUP),
+        )
+        options = SiloOptions(deactivation_timeout=0.5, capabilities=observability)
+        handles = _run_aside(launch(spec, options))
         head = ray.get_runtime_context().get_node_id()
         workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
         yield SimpleNamespace(
