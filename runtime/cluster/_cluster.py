@@ -169,6 +169,7 @@ class Cluster:
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
+        max_queued_calls: int = 10_000,
         metrics: bool | MetricsSettings = True,
         metrics_port: int | None = None,
     ) -> Cluster:
@@ -186,6 +187,7 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            max_queued_calls,
             _metrics_settings(metrics, "local"),
         )
         if metrics_port is not None and (
@@ -215,6 +217,8 @@ class Cluster:
         deactivation_timeout: float = 30.0,
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
+        max_queued_calls: int = 10_000,
+        metrics: bool | MetricsSettings = True,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -231,6 +235,8 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            max_queued_calls,
+            _metrics_settings(metrics, "default"),
         )
         launch = RayLaunch(
             tuple(actors),
@@ -403,6 +409,7 @@ def _silo_options(
     max_message_bytes: int,
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
+    max_queued_calls: int = 10_000,
     metrics: MetricsSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
@@ -414,6 +421,8 @@ def _silo_options(
     ):
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+    if not isinstance(max_queued_calls, int) or max_queued_calls < 1:
+        raise ConfigurationError(f"max_queued_calls must be an int >= 1, got {max_queued_calls!r}")
     if transactions is None:
         transactions = TransactionSettings()
     elif not isinstance(transactions, TransactionSettings):
@@ -422,11 +431,12 @@ def _silo_options(
         )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
-        float(default_idle_timeout),
-        float(collection_period),
-        float(deactivation_timeout),
-        calls,
-        (transactions, metrics or MetricsSettings()),
+        default_idle_timeout=float(default_idle_timeout),
+        collection_period=float(collection_period),
+        deactivation_timeout=float(deactivation_timeout),
+        max_queued_calls=max_queued_calls,
+        calls=calls,
+        capabilities=(transactions, metrics or MetricsSettings()),
     )
 
 
