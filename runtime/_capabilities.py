@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raygrain.runtime.kernel import CallFilter, Extension, Silo, SiloOptions
+from raygrain.runtime.kernel import CallFilter, CallObserver, Extension, Silo, SiloOptions
 from raygrain.runtime.metrics import (
     CallMetrics,
     MetricRegistry,
@@ -36,9 +36,9 @@ def silo_extensions(options: SiloOptions | None = None) -> list[Extension]:
 
 def client_filters(
     options: SiloOptions | None = None, metrics: bool = True
-) -> tuple[CallFilter, ...]:
+) -> tuple[CallFilter | CallObserver, ...]:
     """The filters a client's calls pass through (``metrics``: time them, if metrics are on)."""
-    filters: list[CallFilter] = [TransactionFilter(), TraceFilter()]
+    filters: list[CallFilter | CallObserver] = [TransactionFilter(), TraceFilter()]
     settings = (options or SiloOptions()).setting(MetricsSettings, MetricsSettings())
     if settings.enabled and metrics:
         registry = MetricRegistry(
@@ -48,7 +48,9 @@ def client_filters(
     return tuple(filters)
 
 
-def metrics_registry(endpoint: Silo | tuple[CallFilter, ...]) -> MetricRegistry | None:
+def metrics_registry(
+    endpoint: Silo | tuple[CallFilter | CallObserver, ...],
+) -> MetricRegistry | None:
     """The metrics registry of a silo or of a client's filters, if metrics are on."""
     if isinstance(endpoint, Silo):
         metrics = endpoint.extension(Metrics)

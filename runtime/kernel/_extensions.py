@@ -29,7 +29,8 @@ What a turn offers (through the delivery's ticket, and the activation's guard):
   what happens when the method returned (``succeeded``) or raised (``failed``).
 
 What a caller offers (``CallFilter``): stamp an outgoing request and read its response, e.g. to
-carry a transaction or a trace context across the call.
+carry a transaction or a trace context across the call; and (``CallObserver``) every call's end
+with its duration, timed once by the caller for all observers (metrics).
 
 Context variables a capability keeps per turn are registered with ``turn_variable``: every
 turn starts with them at their defaults, like the kernel's own.
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Admission",
     "CallFilter",
+    "CallObserver",
     "Extension",
     "Guard",
     "Ticket",
@@ -125,6 +127,16 @@ class CallFilter(Protocol):
         ...
 
 
+class CallObserver(Protocol):
+    """Sees every call a caller makes end, with how long it took (the caller reads the clock
+    once for all observers). A call filter may be one too; either goes in ``filters``."""
+
+    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
+        """``response`` arrived ``seconds`` after ``request`` was sent (a call that got no
+        response passes a failed one carrying its error)."""
+        ...
+
+
 class Extension:
     """A capability of the silo. Override the hooks you need; the others cost nothing."""
 
@@ -171,8 +183,8 @@ class Extension:
         """Figures to add to ``Silo.stats()``."""
         return {}
 
-    def call_filter(self) -> CallFilter | None:
-        """A filter for the calls the silo's actors make, if any."""
+    def call_filter(self) -> CallFilter | CallObserver | None:
+        """A filter (or observer) for the calls the silo's actors make, if any."""
         return None
 
 

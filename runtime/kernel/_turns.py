@@ -81,10 +81,10 @@ class TurnRunner(Mailbox):
                 observed = ()
                 return  # the caller has already timed out; running it now would be a surprise
             self._enter_turn(request.chain)
-            if observed or self.silo.on_turn_started:
+            for hook in self.silo.on_turn_started:
+                hook(self, delivery)
+            if observed:
                 started = perf_counter()
-                for hook in self.silo.on_turn_started:
-                    hook(self, delivery)
             if scope is not None:
                 scope.enter()
             try:

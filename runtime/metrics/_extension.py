@@ -10,16 +10,13 @@ that an exporter reads; the hot path is a dictionary lookup and a bucket increme
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
-from functools import partial
-from time import perf_counter
 from typing import Any
 
 from raygrain.actors import DeactivationReason, decode
 from raygrain.runtime.kernel import (
     Activation,
-    CallFilter,
     Delivery,
     Extension,
     MembershipView,
@@ -52,33 +49,31 @@ def error_type(response: Response) -> str:
 
 
 class CallMetrics:
-    """Times each call a caller makes, from sending to its response (``side="caller"``)."""
+    """Records each call a caller makes, timed from sending to its response (``side="caller"``).
+    A ``CallObserver``: the caller reads the clock; this only counts (kept lean: every call
+    of the process passes here)."""
 
     def __init__(self, registry: MetricRegistry, metrics: CallerMetrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics or CallerMetrics(registry)
         self._series: dict[str, dict[str, HistogramChild]] = {}
 
-    def outgoing(self, request: Request) -> Callable[[Response], None]:
+    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
         methods = self._series.get(request.target.type_name)
         series = methods.get(request.method) if methods is not None else None
         if series is None:
             series = self._series_of(request.target.type_name, request.method)
-        return partial(self._answered, request, series, perf_counter())
+        series.counts[bisect_left(series.bounds, seconds)] += 1  # HistogramChild.observe
+        series.sum += seconds
+        if not response.ok:
+            self.metrics.errors.counter(
+                "caller", request.target.type_name, request.method, error_type(response)
+            ).inc()
 
     def _series_of(self, type_name: str, method: str) -> HistogramChild:
         series = self.metrics.duration.histogram("caller", type_name, method)
         self._series.setdefault(type_name, {})[method] = series
         return series
-
-    def _answered(
-        self, request: Request, series: HistogramChild, sent: float, response: Response
-    ) -> None:
-        series.observe(perf_counter() - sent)
-        if not response.ok:
-            self.metrics.errors.counter(
-                "caller", request.target.type_name, request.method, error_type(response)
-            ).inc()
 
 
 class _TurnSeries:
@@ -99,7 +94,7 @@ class Metrics(Extension):
         )
         self._silo: Silo | None = None
         self.metrics = SiloMetrics(self.registry, self._activations, self._mailboxes)
-        self._series: dict[str, dict[str, _TurnSeries]] = {}
+        self._series: dict[int, _TurnSeries] = {}
         self._slow = settings.slow_turn_seconds
         self._dead: set[str] = set()
         self.storage: ObservedStorage | None = None
@@ -124,24 +119,32 @@ class Metrics(Extension):
         outcome = "committed" if committed else "aborted"
         self.metrics.transactions.counter(outcome, reason).inc()
 
-    def call_filter(self) -> CallFilter:
+    def call_filter(self) -> CallMetrics:
         return self._filter
 
     def turn_ended(
         self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
     ) -> None:
-        type_name = activation.actor_id.type_name
-        methods = self._series.get(type_name)
-        series = methods.get(delivery.method.name) if methods is not None else None
+        # By the method's identity: one lookup (every turn of the silo passes here). A class's
+        # ActorMethods live as long as the class, so an id is never reused for another.
+        series = self._series.get(id(delivery.method))
         if series is None:
-            series = _TurnSeries(self.metrics, type_name, delivery.method.name)
-            self._series.setdefault(type_name, {})[delivery.method.name] = series
-        series.duration.observe(seconds)
+            series = self._series_of(activation, delivery)
+        duration = series.duration
+        duration.counts[bisect_left(duration.bounds, seconds)] += 1  # HistogramChild.observe
+        duration.sum += seconds
         if seconds > self._slow:
             series.slow.value += 1
         if error is not None:
             name = type(error).__name__
-            self.metrics.errors.counter("callee", type_name, delivery.method.name, name).inc()
+            self.metrics.errors.counter(
+                "callee", activation.actor_id.type_name, delivery.method.name, name
+            ).inc()
+
+    def _series_of(self, activation: Activation, delivery: Delivery) -> _TurnSeries:
+        series = _TurnSeries(self.metrics, activation.actor_id.type_name, delivery.method.name)
+        self._series[id(delivery.method)] = series
+        return series
 
     def activated(self, activation: Activation) -> None:
         type_name = activation.actor_id.type_name
