@@ -1,7 +1,7 @@
 """The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
-raygrain status --address auto
+raygrain status --address auto [--watch] [--json] [--interval SECONDS]
 raygrain down --address auto
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
 """
@@ -65,8 +65,9 @@ async def _up(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     import ray
+    from rich.console import Console
 
-    from raygrain.runtime.kernel import view_from_wire
+    from raygrain.runtime.cli._status import collect, render, watch
     from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE, ensure_ray
 
     ensure_ray(args.address, local_code=False)
@@ -75,26 +76,16 @@ async def _status(args: argparse.Namespace) -> int:
     except ValueError:
         print("no raygrain cluster is running on this Ray cluster")
         return 1
-    view = view_from_wire(await controller.get_view.remote())
-    nodes = await controller.silo_nodes.remote()
-    rows = []
-    for name, status in sorted(view.silos):
-        try:
-            handle = ray.get_actor(name, namespace=NAMESPACE)
-            stats = await asyncio.wait_for(handle.stats.remote(), 10)
-        except Exception as exc:  # an unreachable silo is part of the status, not a failure
-            stats = {"error": type(exc).__name__}
-        rows.append({"silo": name, "status": status.value, "node": nodes.get(name, "?"), **stats})
+    if args.interval <= 0:
+        raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")
+    console = Console()
+    figures = await watch(
+        lambda: collect(controller, NAMESPACE), NAMESPACE, args.interval, args.watch, console
+    )
     if args.json:
-        print(json.dumps({"view_version": view.version, "silos": rows}, indent=2))
-        return 0
-    print(f"membership view version {view.version}, {len(rows)} silo(s)")
-    print(f"{'silo':34} {'status':14} {'node':14} {'activations':>11} {'calls':>10}")
-    for row in rows:
-        print(
-            f"{row['silo']:34} {row['status']:14} {str(row['node'])[:12]:14} "
-            f"{row.get('activations', '-'):>11} {row.get('calls_received', '-'):>10}"
-        )
+        print(json.dumps(figures, indent=2))
+    else:
+        console.print(render(NAMESPACE, figures))
     return 0
 
 
@@ -123,7 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the figures as JSON")
+    status.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds the rates are measured over"
+    )
     down = commands.add_parser("down", help="stop the silos gracefully")
     down.add_argument("--address", default="auto")
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)

@@ -9,6 +9,7 @@ that an exporter reads; the hot path is a dictionary lookup and a bucket increme
 
 from __future__ import annotations
 
+import importlib.metadata
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -38,6 +39,11 @@ from raygrain.runtime.transactions import Transactions
 from raygrain.storage import StorageProvider
 
 __all__ = ["CallMetrics", "Metrics", "error_type"]
+
+try:
+    _VERSION = importlib.metadata.version("raygrain")
+except importlib.metadata.PackageNotFoundError:  # running from a checkout, not installed
+    _VERSION = "unknown"
 
 
 def error_type(response: Response) -> str:
@@ -180,6 +186,7 @@ class Metrics(Extension):
                 errors += child.value
         storage = self.storage
         return {
+            "version": _VERSION,
             "time": time.time(),
             "turns": calls,
             "turn_errors": errors,

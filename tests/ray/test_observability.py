@@ -4,6 +4,7 @@ a trace from a client span through actor turns on two silo processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -125,3 +126,18 @@ async def test_a_client_span_parents_turns_on_two_silo_processes(ray_silos: Any,
         assert relay["attributes"]["raygrain.silo"] != ping["attributes"]["raygrain.silo"]
     finally:
         ray.kill(sink)
+
+
+def test_raygrain_status_reports_each_silos_rates_as_json(
+    ray_silos: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raygrain.runtime.cli import main
+
+    assert main(["status", "--address", ray_silos.address, "--json", "--interval", "0.5"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["controller"]["ok"] and figures["controller"]["view_version"] >= 1
+    silos = figures["silos"]
+    assert len(silos) == 3 and {s["node"] for s in silos} == set(ray_silos.node_ids)
+    for silo in silos:
+        assert silo["status"] == "active" and silo["calls_per_s"] >= 0
+        assert silo["storage_health"] == "ok" and "test.Chain" in silo["types"]
