@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +188,27 @@ def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
 
 def test_settings_are_a_value_object() -> None:
     assert MetricsSettings().enabled and MetricsSettings(enabled=False) != MetricsSettings()
+
+
+def _metric_names() -> set[str]:
+    from raygrain.runtime.metrics import Metrics
+
+    return set(Metrics(MetricsSettings()).registry.families)
+
+
+def test_the_docs_table_lists_every_metric_and_only_those() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"^\| `(raygrain_\w+)` \|", text, re.MULTILINE))
+    assert documented == _metric_names()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    path = Path(__file__).parents[2] / "docs" / "grafana" / "raygrain.json"
+    dashboard = json.loads(path.read_text())
+    queried = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(raygrain_\w+)", target["expr"])
+    }
+    assert queried and queried <= _metric_names()
