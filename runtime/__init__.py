@@ -14,6 +14,8 @@ from raygrain.runtime.kernel import (
     configure_logging,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
 
 __all__ = [
@@ -23,8 +25,10 @@ __all__ = [
     "FailureDetection",
     "ManualClock",
     "MembershipView",
+    "MetricsSettings",
     "SiloStatus",
     "SystemClock",
+    "TracingSettings",
     "TransactionSettings",
     "configure_logging",
 ]

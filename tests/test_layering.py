@@ -65,8 +65,8 @@ EXPORTS = {
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
-        "MembershipView", "SiloStatus",
-        "SystemClock", "TransactionSettings", "configure_logging",
+        "MembershipView", "MetricsSettings", "SiloStatus",
+        "SystemClock", "TracingSettings", "TransactionSettings", "configure_logging",
     },
 }  # fmt: skip
 
@@ -85,10 +85,11 @@ TOP_LEVEL = {
     "ActorRef", "Cluster", "ClusterClosedError", "ConfigurationError", "DeactivationReason",
     "DeadlockError", "FailureDetection", "InconsistentStateError", "InvalidArgumentsError",
     "InvalidCallError", "ManualClock", "MalformedMessageError", "MemoryStorage",
-    "MessageTooLargeError", "Persistence",
+    "MessageTooLargeError", "MetricsSettings", "Persistence",
     "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",
     "SqliteStorage", "StateDecodeError", "StorageError", "StorageProvider",
-    "StorageSchemaError", "SystemClock", "TransactionAbortedError", "TransactionSettings",
+    "StorageSchemaError", "SystemClock", "TracingSettings", "TransactionAbortedError",
+    "TransactionSettings",
     "TurnRolledBackError", "UnknownActorTypeError", "UnknownMethodError", "__version__",
     "always_interleave", "call_timeout", "configure_logging", "one_way", "open_storage",
     "read_only", "register_type", "transactional",
