@@ -23,6 +23,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from opentelemetry.trace import propagation as trace_propagation
 
 from raygrain.runtime.kernel import turn_variable
 from raygrain.runtime.tracing._context import format_traceparent, parse_traceparent
@@ -32,18 +33,20 @@ __all__ = ["SpanKind", "end_span", "start_span", "traceparent_of_current", "trac
 _TRACER_NAME = "raygrain"
 
 
-def _register_context_reset() -> bool:
+def _context_variable() -> contextvars.ContextVar[Any] | None:
     # OpenTelemetry keeps its current context in a ContextVar (the default runtime context);
     # registering it as a turn variable makes every turn start with an empty context.
     runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
     variable = getattr(runtime, "_current_context", None)
     if not isinstance(variable, contextvars.ContextVar):
-        return False
+        return None
     turn_variable(variable, contextvars.Context().run(variable.get))
-    return True
+    return variable
 
 
-_RESETS_CONTEXT = _register_context_reset()
+_CONTEXT = _context_variable()
+_RESETS_CONTEXT = _CONTEXT is not None
+_SPAN_KEY = getattr(trace_propagation, "_SPAN_KEY", None)
 
 
 def tracer() -> trace.Tracer:
@@ -52,7 +55,15 @@ def tracer() -> trace.Tracer:
 
 def traceparent_of_current() -> str | None:
     """The ``traceparent`` of the current OpenTelemetry span, if there is a valid one."""
-    context = trace.get_current_span().get_span_context()
+    if _CONTEXT is not None and _SPAN_KEY is not None:
+        # Every call passes here: read the context directly (the public get_current_span is
+        # four calls deep), and most calls have no span at all.
+        span = _CONTEXT.get().get(_SPAN_KEY)
+        if span is None:
+            return None
+        context = span.get_span_context()
+    else:
+        context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     return format_traceparent(context.trace_id, context.span_id, context.trace_flags.sampled)
