@@ -3,10 +3,11 @@
 Ray's metrics agent on each node serves what its processes record on the node's Prometheus
 endpoint (and Ray's dashboard and Grafana read it there), so raygrain's figures need no setup
 of their own on Ray. Recording stays in the cheap ``MetricRegistry``; every ``export_period``
-the exporter pushes what changed: counters by their increase, gauges by their value, and
-histograms bucket by bucket (Ray's ``Histogram`` takes single observations, so each new one in
-a bucket is observed at that bucket's midpoint: the bucket counts are exact, the sum is
-approximate). Ray names them ``ray_<name>`` on its endpoint.
+the exporter pushes what changed: counters by their increase, gauges by their value, and a
+histogram as the series Prometheus reads of one (``<name>_bucket`` with ``le``, ``_count``,
+``_sum``), each a gauge of the cumulative figure: Ray's own ``Histogram`` takes one observation
+at a time, which would cost a busy silo a Ray call per actor call. Ray names them
+``ray_<name>`` on its endpoint.
 """
 
 from __future__ import annotations
@@ -18,12 +19,6 @@ from raygrain.runtime.kernel import get_logger
 from raygrain.runtime.metrics._registry import Family, Kind, MetricRegistry
 
 __all__ = ["RayExporter"]
-
-
-def _midpoints(bounds: tuple[float, ...]) -> list[float]:
-    lower = (0.0, *bounds)
-    points = [(lo + hi) / 2 for lo, hi in zip(lower, bounds, strict=False)]
-    return [*points, bounds[-1] * 2 if bounds else 1.0]
 
 
 class RayExporter:
@@ -52,22 +47,37 @@ class RayExporter:
         for family in list(self.registry.families.values()):
             metric = self._metrics.get(family.name) or self._declare(family)
             for sample in family.samples():
-                key = (family.name, tuple(sorted(sample.labels.items())))
                 tags = sample.labels
                 if family.kind is Kind.GAUGE:
                     metric.set(sample.value, tags=tags)
                 elif family.kind is Kind.COUNTER:
+                    key = (family.name, tuple(sorted(tags.items())))
                     before = self._last.get(key, 0.0)
                     if sample.value > before:
                         metric.inc(sample.value - before, tags=tags)
                     self._last[key] = sample.value
                 else:
-                    before = self._last.get(key) or (0,) * len(sample.counts)
-                    points = _midpoints(family.bounds)
-                    for point, now, then in zip(points, sample.counts, before, strict=True):
-                        for _ in range(now - then):
-                            metric.observe(point, tags=tags)
-                    self._last[key] = sample.counts
+                    self._push_histogram(family, metric, sample.labels, sample.counts, sample.sum)
+
+    def _push_histogram(
+        self,
+        family: Family,
+        gauges: tuple[Any, Any, Any],
+        tags: dict[str, str],
+        counts: tuple[int, ...],
+        total: float,
+    ) -> None:
+        # The series Prometheus' histogram_quantile reads, as gauges of the cumulative figures:
+        # Ray's Histogram takes one observation per call, which would cost the silo as much
+        # CPU per call as the call itself; this costs one set per bucket per push.
+        buckets, count, sum_ = gauges
+        cumulative = 0
+        for bound, n in zip((*family.bounds, float("inf")), counts, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == float("inf") else repr(float(bound))
+            buckets.set(cumulative, tags={**tags, "le": le})
+        count.set(cumulative, tags=tags)
+        sum_.set(total, tags=tags)
 
     def _declare(self, family: Family) -> Any:
         from ray.util import metrics
@@ -81,8 +91,11 @@ class RayExporter:
         elif family.kind is Kind.GAUGE:
             metric = metrics.Gauge(family.name, family.help, tag_keys=tag_keys)
         else:
-            bounds = [float(b) for b in family.bounds]
-            metric = metrics.Histogram(family.name, family.help, bounds, tag_keys=tag_keys)
+            metric = (
+                metrics.Gauge(f"{family.name}_bucket", family.help, tag_keys=(*tag_keys, "le")),
+                metrics.Gauge(f"{family.name}_count", family.help, tag_keys=tag_keys),
+                metrics.Gauge(f"{family.name}_sum", family.help, tag_keys=tag_keys),
+            )
         self._metrics[family.name] = metric
         return metric
 
