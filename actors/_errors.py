@@ -12,7 +12,9 @@ The tree::
     │   ├── UnknownActorTypeError   type name not registered on the cluster
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
-    │   └── MessageTooLargeError    an encoded message exceeds the configured limit
+    │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
+    │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
+    │   └── StaleReminderError      a reminder handle whose reminder was registered again
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
@@ -39,11 +41,13 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidScheduleError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
     "SerializationError",
     "SiloUnavailableError",
+    "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
@@ -80,6 +84,17 @@ class InvalidArgumentsError(InvalidCallError):
 
 class MessageTooLargeError(InvalidCallError):
     """An encoded message is larger than the configured limit."""
+
+
+class InvalidScheduleError(InvalidCallError):
+    """A timer or reminder cannot be set up as asked: a name that is not a non-empty string,
+    a negative due time, a period that is not positive or below the cluster's minimum, or a
+    call from outside an actor's activation."""
+
+
+class StaleReminderError(InvalidCallError):
+    """The reminder handle is out of date: the reminder was registered again (or removed)
+    since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
 
 
 class SerializationError(RaygrainError):

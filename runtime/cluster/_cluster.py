@@ -41,6 +41,7 @@ from raygrain.runtime.kernel import (
     SystemClock,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
@@ -154,6 +155,7 @@ class Cluster:
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
@@ -167,6 +169,7 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            reminders,
         )
         backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
         return cls(registry, backend)
@@ -187,6 +190,7 @@ class Cluster:
         deactivation_timeout: float = 30.0,
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -203,6 +207,7 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            reminders,
         )
         launch = RayLaunch(
             tuple(actors),
@@ -369,6 +374,7 @@ def _silo_options(
     max_message_bytes: int,
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
+    reminders: ReminderSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -385,11 +391,17 @@ def _silo_options(
         raise ConfigurationError(
             f"transactions must be a TransactionSettings, got {type(transactions).__name__}"
         )
+    if reminders is None:
+        reminders = ReminderSettings()
+    elif not isinstance(reminders, ReminderSettings):
+        raise ConfigurationError(
+            f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
+        )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         float(default_idle_timeout),
         float(collection_period),
         float(deactivation_timeout),
         calls,
-        (transactions,),
+        (transactions, reminders),
     )

@@ -16,6 +16,7 @@ from raygrain.runtime.kernel._extensions import (
     TurnScope,
     turn_variable,
 )
+from raygrain.runtime.kernel._internal import DROPPED, InternalTurn, TurnOutcome, run_as_turn
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
     Request,
@@ -42,6 +43,7 @@ from raygrain.runtime.kernel._view import (
 )
 
 __all__ = [
+    "DROPPED",
     "Activation",
     "ActivationState",
     "ActorRegistry",
@@ -55,6 +57,7 @@ __all__ = [
     "Endpoint",
     "Extension",
     "Guard",
+    "InternalTurn",
     "LocalTransport",
     "ManualClock",
     "Membership",
@@ -69,6 +72,7 @@ __all__ = [
     "SystemClock",
     "Ticket",
     "Transport",
+    "TurnOutcome",
     "TurnScope",
     "configure_logging",
     "current_chain",
@@ -78,6 +82,7 @@ __all__ = [
     "key_from_wire",
     "pack",
     "pack_batch",
+    "run_as_turn",
     "turn_variable",
     "unpack",
     "unpack_batch",

@@ -51,6 +51,7 @@ class Delivery:
     kwargs: dict[str, Any]
     expires_at: float
     ticket: Ticket | None = None  # set by a capability that governs this call
+    keeps_alive: bool = True  # whether the turn counts as use (idle collection)
 
 
 class Mailbox:

@@ -47,5 +47,22 @@ class ConsistentHashRing:
         index = bisect.bisect_left(self._points, value)
         return self._owners[index if index < len(self._points) else 0]
 
+    def ranges_of(self, silo: str) -> list[tuple[int, int]]:
+        """The hash ranges ``(low, high]`` whose actors ``silo`` owns, adjacent ones merged
+        (a range from the bottom of the ring starts at -1, so that 0 is in it)."""
+        ranges: list[tuple[int, int]] = []
+        points, owners = self._points, self._owners
+        for index, point in enumerate(points):
+            if owners[index] != silo:
+                continue
+            low = points[index - 1] if index else -1
+            if ranges and ranges[-1][1] == low:
+                ranges[-1] = (ranges[-1][0], point)
+            else:
+                ranges.append((low, point))
+        if points and owners[0] == silo and points[-1] < 2**64 - 1:
+            ranges.append((points[-1], 2**64 - 1))  # past the last point: the first owns it
+        return ranges
+
     def __len__(self) -> int:
         return len(self.silos)
