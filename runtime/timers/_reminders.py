@@ -128,11 +128,10 @@ class Reminders:
 
     async def _load_ranges(self, ranges: list[tuple[int, int]]) -> None:
         loaded = {(r.actor_id, r.name): r for r in await self.table.reminders_in(ranges)}
-        silo = self.service.silo
         for key, record in loaded.items():
             found = self.owned.get(key)
             changed = found is None or found.record.etag != record.etag
-            if changed and silo.hosts(record.actor_id):
+            if changed and self.owns(record.actor_id):
                 self.adopt(record, record.last_tick)
         for key, owned in list(self.owned.items()):
             # Removed elsewhere (and not registered here while this load ran): stop it.
@@ -140,10 +139,16 @@ class Reminders:
                 self.forget(*key)
         self._fresh.clear()
 
+    def owns(self, actor_id: ActorId) -> bool:
+        """Whether this silo owns ``actor_id`` (and so its reminders) on the ring now."""
+        try:
+            return self.service.silo.hosts(actor_id)
+        except LookupError:  # an empty ring: the cluster is going down
+            return False
+
     def _drop_unowned(self) -> None:
-        silo = self.service.silo
         for key, owned in list(self.owned.items()):
-            if not silo.hosts(key[0]):
+            if not self.owns(key[0]):
                 owned.drop()
                 del self.owned[key]
 
@@ -180,7 +185,7 @@ class Reminders:
             return
         record = owned.record
         silo = self.service.silo
-        if not silo.hosts(record.actor_id):
+        if not self.owns(record.actor_id):
             self.forget(record.actor_id, record.name)
             return
         try:
@@ -290,7 +295,7 @@ class ActorReminders:
             )
         record = await table.upsert_reminder(actor, name, self._service.now() + due, period)
         reminders = self._service.reminders
-        if self._service.silo.hosts(actor):
+        if reminders.owns(actor):
             reminders.adopt(record, None)
         else:  # mid-handover: the new owner's load (or its next refresh) picks it up
             reminders.forget(actor, name)
