@@ -10,7 +10,7 @@ Nothing here runs for ordinary calls.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import math
 from collections.abc import Awaitable, Callable
@@ -31,19 +31,17 @@ __all__ = ["DROPPED", "InternalTurn", "TurnOutcome", "run_as_turn"]
 DROPPED = "dropped"
 TurnOutcome = Exception | str | None
 
-_SIGNATURE = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)])
-
 
 class InternalTurn:
     """The ticket (and turn scope) of an internal turn: it defers to a capability holding the
-    activation (e.g. a transaction's lock), commits per turn, and resolves ``outcome``."""
+    activation (e.g. a transaction's lock), commits per turn, and reports how it ended."""
 
-    __slots__ = ("outcome",)
+    __slots__ = ("on_end",)
 
     defers_commit = False
 
-    def __init__(self, outcome: asyncio.Future[TurnOutcome]) -> None:
-        self.outcome = outcome
+    def __init__(self, on_end: Callable[[TurnOutcome], object]) -> None:
+        self.on_end: Callable[[TurnOutcome], object] | None = on_end
 
     def admit(self, activation: Activation, delivery: Delivery) -> Admission:
         guard = activation.guard
@@ -56,42 +54,57 @@ class InternalTurn:
         pass
 
     async def succeeded(self) -> None:
-        self._settle(None)
+        self._end(None)
 
     async def failed(self, error: Exception) -> None:
-        self._settle(error)
+        self._end(error)
 
     def joined(self) -> tuple[Any, ...]:
         return ()
 
     def dropped(self) -> None:
-        self._settle(DROPPED)
+        self._end(DROPPED)
 
-    def _settle(self, outcome: TurnOutcome) -> None:
-        if not self.outcome.done():
-            self.outcome.set_result(outcome)
+    def _end(self, outcome: TurnOutcome) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(outcome)
+
+
+async def _call(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
+    await function()
+
+
+_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter("function", inspect.Parameter.POSITIONAL_ONLY),
+    ]
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _method(name: str, interleave: bool) -> ActorMethod:
+    # One per name: an internal turn is then a Request, a Delivery and a ticket, no more.
+    options = MethodOptions(always_interleave=interleave, one_way=True)
+    return ActorMethod(name, _call, options, _SIGNATURE, 1)
 
 
 def run_as_turn(
     activation: Activation,
     name: str,
     function: Callable[[], Awaitable[Any]],
+    on_end: Callable[[TurnOutcome], object],
     *,
     interleave: bool = False,
     keep_alive: bool = True,
-) -> asyncio.Future[TurnOutcome]:
-    """Queue ``function()`` as a turn of ``activation``; the future tells how it ended (after
-    its state change committed or rolled back). ``interleave``: it may run beside other turns
-    (like an ``@always_interleave`` method); ``keep_alive``: it counts as use of the
-    activation for idle collection."""
-    outcome: asyncio.Future[TurnOutcome] = asyncio.get_running_loop().create_future()
-
-    async def turn(instance: Any) -> None:
-        await function()
-
-    options = MethodOptions(always_interleave=interleave, one_way=True)
-    method = ActorMethod(name, turn, options, _SIGNATURE, 0)
+) -> None:
+    """Queue ``function()`` as a turn of ``activation``; ``on_end(outcome)`` is told how it
+    ended (None, the exception it raised, or ``DROPPED``), once, after its state change
+    committed or rolled back, before the turn lets the next one in. ``interleave``: it may
+    run beside other turns (like an ``@always_interleave`` method); ``keep_alive``: it counts
+    as use of the activation for idle collection."""
     request = Request(0, activation.actor_id, name, b"", "", math.inf)
-    delivery = Delivery(request, method, [], {}, math.inf, InternalTurn(outcome), keep_alive)
-    activation.enqueue(delivery)
-    return outcome
+    ticket = InternalTurn(on_end)
+    method = _method(name, interleave)
+    activation.enqueue(Delivery(request, method, [function], {}, math.inf, ticket, keep_alive))

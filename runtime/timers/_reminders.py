@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import math
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING
 
 from raygrain.actors import (
     ActorId,
@@ -29,7 +30,14 @@ from raygrain.actors import (
     Reminder,
     ReminderTick,
 )
-from raygrain.runtime.kernel import DROPPED, Activation, ActivationState, get_logger, run_as_turn
+from raygrain.runtime.kernel import (
+    DROPPED,
+    Activation,
+    ActivationState,
+    TurnOutcome,
+    get_logger,
+    run_as_turn,
+)
 from raygrain.runtime.timers._schedule import Entry
 from raygrain.runtime.timers._settings import check_delay, check_name
 from raygrain.storage import ReminderAck, ReminderRecord, ReminderTable
@@ -207,13 +215,11 @@ class Reminders:
             assert activation.instance is not None
             await activation.instance.on_reminder(record.name, tick)
 
-        outcome = run_as_turn(activation, f"reminder {record.name}", deliver)
-        outcome.add_done_callback(lambda done: self._ticked(owned, done))
+        run_as_turn(activation, f"reminder {record.name}", deliver, partial(self._ticked, owned))
 
-    def _ticked(self, owned: _Owned, outcome: asyncio.Future[Any]) -> None:
+    def _ticked(self, owned: _Owned, result: TurnOutcome) -> None:
         self.service.ticks_running -= 1
         owned.firing = False
-        result = outcome.result()
         record = owned.record
         now = self.service.now()
         if result == DROPPED:

@@ -10,13 +10,19 @@ actor with only a timer still goes idle; deactivation cancels every timer it has
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import InvalidScheduleError
-from raygrain.runtime.kernel import DROPPED, Activation, ActivationState, get_logger, run_as_turn
+from raygrain.runtime.kernel import (
+    DROPPED,
+    Activation,
+    ActivationState,
+    TurnOutcome,
+    get_logger,
+    run_as_turn,
+)
 from raygrain.runtime.timers._schedule import Entry
 from raygrain.runtime.timers._settings import check_delay, check_name
 
@@ -106,19 +112,18 @@ class TimerHandle:
             return
         self._ticking = True
         self._owner.service.ticks_running += 1
-        outcome = run_as_turn(
+        run_as_turn(
             activation,
             f"timer {self.name}",
             self._callback,
+            self._ticked,
             interleave=self.interleave,
             keep_alive=self.keep_alive,
         )
-        outcome.add_done_callback(self._ticked)
 
-    def _ticked(self, outcome: asyncio.Future[Any]) -> None:
+    def _ticked(self, result: TurnOutcome) -> None:
         self._owner.service.ticks_running -= 1
         self._ticking = False
-        result = outcome.result()
         if result == DROPPED:
             self.stop()  # the activation went away before the tick could run
             return
