@@ -16,6 +16,7 @@ from raygrain.actors._codec import (
 )
 from raygrain.actors._errors import (
     ActorCallTimeout,
+    ActorOverloadedError,
     ClusterClosedError,
     ConfigurationError,
     DeadlockError,
@@ -23,6 +24,7 @@ from raygrain.actors._errors import (
     InvalidArgumentsError,
     InvalidCallError,
     InvalidScheduleError,
+    MalformedMessageError,
     MessageTooLargeError,
     RaygrainError,
     RemoteActorError,
@@ -61,6 +63,7 @@ __all__ = [
     "ActorKey",
     "ActorMethod",
     "ActorOptions",
+    "ActorOverloadedError",
     "ActorRef",
     "ClusterClosedError",
     "ConfigurationError",
@@ -71,6 +74,7 @@ __all__ = [
     "InvalidCallError",
     "InvalidScheduleError",
     "Invoker",
+    "MalformedMessageError",
     "MessageTooLargeError",
     "MethodOptions",
     "Persistence",

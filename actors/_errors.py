@@ -13,6 +13,7 @@ The tree::
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
+    │   ├── MalformedMessageError   a message on the wire is not a valid envelope
     │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
     │   └── StaleReminderError      a reminder handle whose reminder was registered again
     ├── SerializationError          a value cannot cross the copy boundary
@@ -21,6 +22,7 @@ The tree::
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
+    ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
@@ -35,6 +37,7 @@ from typing import Any
 
 __all__ = [
     "ActorCallTimeout",
+    "ActorOverloadedError",
     "ClusterClosedError",
     "ConfigurationError",
     "DeadlockError",
@@ -42,6 +45,7 @@ __all__ = [
     "InvalidArgumentsError",
     "InvalidCallError",
     "InvalidScheduleError",
+    "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
@@ -86,6 +90,10 @@ class MessageTooLargeError(InvalidCallError):
     """An encoded message is larger than the configured limit."""
 
 
+class MalformedMessageError(InvalidCallError):
+    """A message received from a peer is not a valid envelope (wrong fields or types)."""
+
+
 class InvalidScheduleError(InvalidCallError):
     """A timer or reminder cannot be set up as asked: a name that is not a non-empty string,
     a negative due time, a period that is not positive or below the cluster's minimum, or a
@@ -118,6 +126,11 @@ class SiloUnavailableError(RaygrainError):
 
     The call may or may not have run. It is safe to retry when the method is idempotent.
     """
+
+
+class ActorOverloadedError(RaygrainError):
+    """The actor has too many calls queued (``max_queued_calls``): this call was refused
+    before it ran. Retry after a pause; the actor is busy, not broken."""
 
 
 class TurnRolledBackError(RaygrainError):

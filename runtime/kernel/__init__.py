@@ -19,6 +19,7 @@ from raygrain.runtime.kernel._extensions import (
 from raygrain.runtime.kernel._internal import DROPPED, InternalTurn, TurnOutcome, run_as_turn
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
+    Malformed,
     Request,
     Response,
     id_from_wire,
@@ -59,6 +60,7 @@ __all__ = [
     "Guard",
     "InternalTurn",
     "LocalTransport",
+    "Malformed",
     "ManualClock",
     "Membership",
     "MembershipView",
