@@ -228,6 +228,11 @@ class Mailbox:
             f"{self.actor_id} has {limit} calls queued (max_queued_calls): "
             f"{delivery.method.name} was refused before it ran; retry after a pause"
         )
+        from raygrain.runtime.kernel._internal import InternalTurn  # (imports this module)
+
+        if isinstance(delivery.ticket, InternalTurn):
+            delivery.ticket.dropped()  # the runtime's own turn: its capability tries again
+            return
         if delivery.method.options.one_way:  # its caller was told "accepted" already
             get_logger().warning(
                 "one_way_call_dropped", actor=str(self.actor_id), method=delivery.method.name

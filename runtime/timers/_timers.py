@@ -125,7 +125,11 @@ class TimerHandle:
         self._owner.service.ticks_running -= 1
         self._ticking = False
         if result == DROPPED:
-            self.stop()  # the activation went away before the tick could run
+            if self.active and self._owner.activation.state is ActivationState.VALID:
+                # Refused by a full mailbox: try again a period later (a one-shot: in 1 s).
+                self._arm(self._period if self._period is not None else 1.0)
+            else:
+                self.stop()  # the activation went away before the tick could run
             return
         self.ticks += 1
         if isinstance(result, Exception):

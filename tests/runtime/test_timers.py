@@ -364,3 +364,25 @@ async def test_bad_timers_are_refused(cluster: Cluster, case: str) -> None:
 def test_timers_outside_an_activation_are_refused() -> None:
     with pytest.raises(InvalidScheduleError, match="outside the runtime"):
         Ticker().timers.every(1, Ticker().tick)
+
+
+async def test_a_tick_refused_by_a_full_mailbox_comes_again_next_period(
+    clock: ManualClock,
+) -> None:
+    LOG.clear()
+    GATE.clear()
+    async with Cluster.local(actors=[Ticker], silos=1, clock=clock, max_queued_calls=1) as c:
+        actor = c.get(Ticker, "overloaded")
+        await actor.start(1.0)
+        GATE["call"] = asyncio.Event()
+        holding = asyncio.ensure_future(actor.hold())
+        while "call-start" not in LOG:
+            await asyncio.sleep(0)
+        queued = asyncio.ensure_future(actor.touch())  # fills the mailbox (one call)
+        await step(c, clock, 1.0)  # the tick is refused: the mailbox is full
+        GATE["call"].set()
+        await holding
+        await queued
+        assert await actor.count() == 0
+        await step(c, clock, 1.0)
+        assert await actor.times() == [2.0]  # the timer lived on
