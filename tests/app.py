@@ -382,6 +382,12 @@ class Alarm(Actor[AlarmState], name="tests.Alarm"):
     async def ticks(self) -> list[float]:
         return list(self.state.ticks)
 
+    async def disarm(self) -> bool:
+        return await self.reminders.unregister("alarm")
+
+    async def armed(self) -> list[str]:
+        return [r.name for r in await self.reminders.list()]
+
     async def lateness(self) -> list[float]:
         """How late each tick arrived (never negative: a reminder is never early)."""
         return [d - t for t, d in zip(self.state.ticks, self.state.delivered, strict=True)]

@@ -60,6 +60,24 @@ def _check_schedule(first: float, ticks: list[float], killed_at: float | None) -
         assert all(Counter(ticks)[t] == 2 and t <= killed_at for t in repeated), repeated
 
 
+async def test_a_reminder_ticks_lists_and_stops_on_ray(ray_silos: Any, key: Any) -> None:
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        alarm = cluster.get(Alarm, key("basic"))
+        first = await alarm.arm(0.3)
+        ticks = await _until(alarm, lambda t: len(t) >= 3)
+        assert ticks[:3] == pytest.approx([first, first + 0.3, first + 0.6])
+        assert await alarm.armed() == ["alarm"]
+        assert await alarm.disarm() is True
+        stopped_at = len(await alarm.ticks())
+        assert await alarm.armed() == []
+        # Three periods of another alarm later, the first has not ticked again.
+        other = cluster.get(Alarm, key("other"))
+        await other.arm(0.3)
+        await _until(other, lambda t: len(t) >= 3)
+        assert len(await alarm.ticks()) == stopped_at
+        assert min(await alarm.lateness()) >= 0
+
+
 async def test_reminders_fire_on_from_a_survivor_when_their_node_dies(
     ray_silos: Any, key: Any
 ) -> None:
