@@ -61,7 +61,11 @@ class ConsistentHashRing:
             else:
                 ranges.append((low, point))
         if points and owners[0] == silo and points[-1] < 2**64 - 1:
-            ranges.append((points[-1], 2**64 - 1))  # past the last point: the first owns it
+            # Past the last point: the first point's owner has it.
+            if ranges and ranges[-1][1] == points[-1]:
+                ranges[-1] = (ranges[-1][0], 2**64 - 1)
+            else:
+                ranges.append((points[-1], 2**64 - 1))
         return ranges
 
     def __len__(self) -> int:

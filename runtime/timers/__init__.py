@@ -6,7 +6,6 @@ Plugs into the kernel as the ``TimeService`` extension; actors reach it as ``sel
 """
 
 from raygrain.runtime.timers._extension import TimeService
-from raygrain.runtime.timers._reminders import next_occurrence
 from raygrain.runtime.timers._settings import ReminderSettings
 
-__all__ = ["ReminderSettings", "TimeService", "next_occurrence"]
+__all__ = ["ReminderSettings", "TimeService"]
