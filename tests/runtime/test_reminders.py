@@ -6,6 +6,7 @@ bad input refused with InvalidScheduleError; a raising on_reminder is logged and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,3 +313,21 @@ async def test_a_store_without_a_reminder_table_is_a_clear_error(clock: ManualCl
         with pytest.raises(ConfigurationError, match="no reminder table|has none"):
             await device.register("poll", 1.0, 1.0)
         assert await device.activations() == 1  # timers and the actor itself work on
+
+
+async def test_reminders_tick_in_real_time(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'real.db'}"
+    fast = ReminderSettings(minimum_period=0.05)
+    async with Cluster.local(actors=[Device], storage=store, reminders=fast) as running:
+        device = running.get(Device, "real-time")
+        reminder = await device.register("poll", 0.05, 0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(ticks := await device.ticks("poll")) < 3:
+            assert loop.time() < deadline, ticks
+            await asyncio.sleep(0.01)
+        # On the schedule, in order (a tick late by more than a period on a busy machine
+        # coalesces the ones it missed, so occurrences may be skipped, never repeated).
+        occurrences = [(t - reminder.first_tick) / 0.05 for t in ticks]
+        assert occurrences == sorted(set(occurrences))
+        assert all(abs(n - round(n)) < 1e-6 and n >= 0 for n in occurrences), occurrences

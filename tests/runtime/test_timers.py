@@ -386,3 +386,26 @@ async def test_a_tick_refused_by_a_full_mailbox_comes_again_next_period(
         assert await actor.count() == 0
         await step(c, clock, 1.0)
         assert await actor.times() == [2.0]  # the timer lived on
+
+
+async def _until(probe: Any, enough: int, limit: float = 10.0) -> int:
+    """Poll (real time) until ``probe()`` reaches ``enough``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while (count := await probe()) < enough:
+        assert loop.time() < deadline, f"only {count} ticks after {limit} s"
+        await asyncio.sleep(0.01)
+    return count
+
+
+async def test_timers_tick_in_real_time() -> None:
+    async with Cluster.local(actors=[Ticker]) as running:
+        actor = running.get(Ticker, "real-time")
+        await actor.start(0.05)
+        await _until(actor.count, 3)
+        await actor.stop()
+        stopped = await actor.count()
+        once = running.get(Ticker, "real-time-once")
+        await once.start_once(0.05)
+        await _until(once.count, 1)  # (a later event: the stopped timer had time to tick)
+        assert await actor.count() == stopped
