@@ -73,7 +73,8 @@ def next_occurrence(record: ReminderRecord, after: float | None, now: float) -> 
     """The occurrence to fire next: the first one after ``after`` (the last delivered), or,
     when that is already past, the latest one due by ``now`` (the missed ones coalesced)."""
     first, period = record.first_tick, record.period
-    upcoming = first if after is None else after + period
+    # Always first + n * period with n whole, never a running sum (which drifts).
+    upcoming = first if after is None else first + (round((after - first) / period) + 1) * period
     if upcoming >= now:
         return upcoming
     return first + math.floor((now - first) / period) * period

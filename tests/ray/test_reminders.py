@@ -49,7 +49,7 @@ async def _until(ref: Any, predicate: Any, limit: float = 90.0) -> list[float]:
 def _check_schedule(first: float, ticks: list[float], killed_at: float | None) -> None:
     for tick in ticks:  # every tick is one occurrence of the original schedule
         occurrence = (tick - first) / PERIOD
-        assert abs(occurrence - round(occurrence)) < 1e-6, (first, tick)
+        assert abs(occurrence - round(occurrence)) < 1e-3, (first, tick)
     assert ticks == sorted(ticks), ticks
     repeated = [t for t, n in Counter(ticks).items() if n > 1]
     if killed_at is None:

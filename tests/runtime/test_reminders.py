@@ -330,4 +330,4 @@ async def test_reminders_tick_in_real_time(tmp_path: Path) -> None:
         # coalesces the ones it missed, so occurrences may be skipped, never repeated).
         occurrences = [(t - reminder.first_tick) / 0.05 for t in ticks]
         assert occurrences == sorted(set(occurrences))
-        assert all(abs(n - round(n)) < 1e-6 and n >= 0 for n in occurrences), occurrences
+        assert all(abs(n - round(n)) < 1e-3 and n >= 0 for n in occurrences), occurrences
