@@ -135,7 +135,7 @@ class Reminders:
                     await self._load_ranges(ring.ranges_of(silo.name))
                 if not self._reload:
                     return
-        except RaygrainError as exc:
+        except Exception as exc:  # (storage unreachable...): the next refresh tries again
             get_logger().error("reminders_load_failed", silo=silo.name, error=repr(exc))
         finally:
             self._loading = None
@@ -260,7 +260,7 @@ class Reminders:
                 batch, self._acks = self._acks, []
                 try:
                     await self.table.ack_reminders(batch)
-                except RaygrainError as exc:
+                except Exception as exc:
                     # Only a failover could repeat these ticks; keep going.
                     get_logger().warning(
                         "reminder_acks_failed", silo=self.service.silo.name, error=repr(exc)
