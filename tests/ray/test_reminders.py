@@ -1,12 +1,17 @@
 """Reminders on Ray: a node hosting actors with reminders is killed, and their reminders go on
 from the survivors on the original schedule, with no occurrence delivered twice except the one
-documented window (a tick delivered just before the kill whose ack was not stored yet)."""
+documented window (a tick delivered just before the kill whose ack was not stored yet); and a
+whole Ray cluster stops and a new one starts on the same store, and the reminder goes on."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,7 @@ from tests.conftest import RAY_SILO_OPTIONS
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PERIOD = 0.5
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 async def _silo_count(cluster: Cluster, count: int) -> None:
@@ -117,3 +123,75 @@ async def test_reminders_fire_on_from_a_survivor_when_their_node_dies(
             f" first post-kill occurrences {min(late) - killed_at:.2f}..{max(late) - killed_at:.2f}"
             " s after the kill"
         )
+
+
+_RESTART_SCRIPT = """
+import asyncio, sys, time
+from raygrain import Actor, ReminderSettings
+from raygrain.runtime import Cluster
+from alarms import Alarm
+
+async def main(server_storage, want):
+    async with Cluster.ray(
+        actors=[Alarm], server_storage=server_storage,
+        reminders=ReminderSettings(minimum_period=0.2),
+    ) as cluster:
+        alarm = cluster.get(Alarm, "restart")
+        if want == 3:
+            print("first", await alarm.arm(0.5))
+        deadline = time.monotonic() + 120
+        while len(ticks := await alarm.ticks()) < want:
+            assert time.monotonic() < deadline, ticks
+            await asyncio.sleep(0.1)
+        print("ticks", *ticks)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+_ALARMS = """
+from dataclasses import dataclass, field
+from raygrain import Actor
+
+@dataclass
+class Ticks:
+    ticks: list = field(default_factory=list)
+
+class Alarm(Actor[Ticks], name="restart.Alarm"):
+    async def arm(self, period):
+        return (await self.reminders.register("alarm", due=period, period=period)).first_tick
+
+    async def on_reminder(self, name, tick):
+        self.state.ticks.append(tick.scheduled)
+
+    async def ticks(self):
+        return list(self.state.ticks)
+"""
+
+
+def test_reminders_go_on_after_the_whole_ray_cluster_restarts(tmp_path: Path) -> None:
+    (tmp_path / "alarms.py").write_text(_ALARMS)
+    (tmp_path / "main.py").write_text(_RESTART_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+
+    def run(want: int) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "main.py", store, str(want)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip().splitlines()
+
+    first_run = run(3)
+    first = float(first_run[0].split()[1])
+    before = [float(t) for t in first_run[-1].split()[1:]]
+    after = [float(t) for t in run(len(before) + 2)[-1].split()[1:]]  # a new Ray, same store
+    assert after[: len(before)] == before
+    occurrences = [(t - first) / 0.5 for t in after]
+    assert occurrences == sorted(set(occurrences)), "an occurrence ticked twice"
+    assert all(abs(n - round(n)) < 1e-3 for n in occurrences), occurrences
