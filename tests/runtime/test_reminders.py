@@ -261,6 +261,8 @@ async def test_reminders_outside_an_activation_are_refused(cluster: Cluster) -> 
         await Device().reminders.register("r", due=1, period=1)
     with pytest.raises(InvalidScheduleError, match="stateless worker"):
         await cluster.get(Pool, 0).register()
+    with pytest.raises(InvalidScheduleError, match="from inside its turns"):
+        await cluster.get(Device, "from-a-client").reminders.register("r", due=1, period=1)
 
 
 def test_bad_settings_are_refused() -> None:
