@@ -13,6 +13,7 @@ from raygrain.runtime.wire._framing import ProtocolError, read_frame, write_fram
 from raygrain.runtime.wire._handshake import accept_handshake, offer_handshake
 from raygrain.runtime.wire._options import DEFAULT_MAX_FRAME_BYTES, WireOptions, new_secret
 from raygrain.runtime.wire._server import WireServer
+from raygrain.runtime.wire._tls import TLSFiles
 from raygrain.runtime.wire._transport import LinkState, Locate, WireTransport
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Locate",
     "PeerLog",
     "ProtocolError",
+    "TLSFiles",
     "WireOptions",
     "WireServer",
     "WireTransport",

@@ -129,21 +129,17 @@ def silo_directory(silo: SiloInThread) -> Directory:
 
 
 async def test_bad_peers_are_logged_once_a_minute_and_never_above_warning(
-    silo: SiloInThread, member: Client, capsys: pytest.CaptureFixture[str]
+    silo: SiloInThread, member: Client, log: pytest.CaptureFixture[str]
 ) -> None:
-    capsys.readouterr()
     configure_logging("debug")
-    try:
-        host, port = silo.address
-        for _ in range(3):
-            for connect in BAD_PEERS.values():
-                reader, writer = await connect(host, port)
-                await _dropped(reader)
-                writer.close()
-        assert await member.ref(BankAccount, "member").deposit(1) == 2
-    finally:
-        configure_logging()
-    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    host, port = silo.address
+    for _ in range(3):
+        for connect in BAD_PEERS.values():
+            reader, writer = await connect(host, port)
+            await _dropped(reader)
+            writer.close()
+    assert await member.ref(BankAccount, "member").deposit(1) == 2
+    records = [json.loads(line) for line in log.readouterr().err.splitlines() if line]
     about_peers = [
         r for r in records if r["event"] in ("wire_connection_refused", "wire_connection_dropped")
     ]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from raygrain.actors import MessageTooLargeError, SiloUnavailableError
-from raygrain.runtime.kernel import LocalTransport, configure_logging
+from raygrain.runtime.kernel import LocalTransport
 from raygrain.runtime.wire import LinkState, WireOptions
 from tests.app import BankAccount, Chain, Recorder
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
@@ -118,7 +118,7 @@ async def test_a_wrong_secret_gets_no_call_through(
 
 
 async def test_unreachable_direct_address_falls_back_and_says_so_once(
-    capsys: pytest.CaptureFixture[str],
+    log: pytest.CaptureFixture[str],
 ) -> None:
     """No direct address (or none that answers): calls go by the fallback transport."""
     from raygrain.runtime.kernel import (
@@ -147,7 +147,6 @@ async def test_unreachable_direct_address_falls_back_and_says_so_once(
     fallback.register_silo("silo-a", silo)
     silo.start()
     nowhere = Directory()  # publishes no address for silo-a
-    configure_logging("info")
     client = Client(nowhere, WireOptions(SECRET), ["silo-a"], fallback=fallback)
     fallback.register(client.caller.address, client.caller)
     try:
@@ -156,8 +155,7 @@ async def test_unreachable_direct_address_falls_back_and_says_so_once(
     finally:
         await client.aclose()
         await silo.aclose()
-        configure_logging()
-    logged = capsys.readouterr().err
+    logged = log.readouterr().err
     assert logged.count("wire_unreachable_using_ray") == 1
 
 
