@@ -127,8 +127,8 @@ class SiloHostImpl:
             return
         for dead in set(view.dead()) - before:
             self.silo.caller.fail_calls_to(dead)
-            if self.wire is not None:
-                self.wire.forget(dead)
+        if self.wire is not None:  # no redialling silos that died or left
+            self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
         # Activations whose owner changed move: deactivate them here, and their queued and
         # future calls are forwarded to the new owner by the ring check on delivery.
         ring = self.membership.ring

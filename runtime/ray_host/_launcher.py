@@ -25,6 +25,7 @@ from raygrain.runtime.kernel import (
     Caller,
     Membership,
     SiloOptions,
+    SiloStatus,
     get_logger,
     view_from_wire,
 )
@@ -386,11 +387,12 @@ class RayBackend:
                     self.wire.connect(name)
                 else:
                     self.ray_transport.ensure_polling(name)
-            for dead in set(self.membership.view.dead()) - dead_before:
+            view = self.membership.view
+            for dead in set(view.dead()) - dead_before:
                 if self.caller is not None:
                     self.caller.fail_calls_to(dead)
-                if self.wire is not None:
-                    self.wire.forget(dead)
+            if self.wire is not None:  # no redialling silos that died or left
+                self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
 
     async def _follow_view(self) -> None:
         while True:

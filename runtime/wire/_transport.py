@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from raygrain.actors import MessageTooLargeError, SiloUnavailableError, encode_error
 from raygrain.runtime.kernel import (
@@ -195,6 +195,12 @@ class WireTransport:
                         "delivered"
                     ),
                 )
+
+    def retain(self, destinations: Iterable[str]) -> None:
+        """Forget every link but those to ``destinations`` (the silos still in the view)."""
+        keep = set(destinations)
+        for destination in [d for d in self._links if d not in keep]:
+            self.forget(destination)
 
     def link_state(self, destination: str) -> LinkState | None:
         link = self._links.get(destination)
