@@ -177,24 +177,32 @@ class WireTransport:
             self._new_link(destination)
 
     def forget(self, destination: str) -> None:
-        """Close our link to ``destination`` (it left the membership) and stop redialling."""
+        """Close our link to ``destination`` (it left the membership) and stop redialling.
+
+        Calls already written to it are not failed here: a silo that left gracefully has
+        forwarded them, and their answers come from the new owners; for a dead silo the caller
+        fails them (``Caller.fail_calls_to``)."""
         link = self._links.pop(destination, None)
         if link is None:
             return
         if link.dials is not None:
             link.dials.cancel()
-        if link.connection is not None:
-            link.connection.close()
-        self._fail_in_flight(destination)
+        for call_id in [c for c, (d, _, _) in self._in_flight.items() if d == destination]:
+            del self._in_flight[call_id]
         for message in self._waiting.pop(destination, ()):
             if isinstance(message, Request):
-                self._fail(
-                    message,
-                    SiloUnavailableError(
-                        f"silo {destination} left; {message.target}.{message.method} was not "
-                        "delivered"
-                    ),
-                )
+                if self._fallback is not None:
+                    self._resend_by_fallback(destination, message)
+                else:
+                    self._fail(
+                        message,
+                        SiloUnavailableError(
+                            f"silo {destination} left; {message.target}.{message.method} "
+                            "was not delivered"
+                        ),
+                    )
+        if link.connection is not None:
+            link.connection.close()
 
     def retain(self, destinations: Iterable[str]) -> None:
         """Forget every link but those to ``destinations`` (the silos still in the view)."""
@@ -359,6 +367,13 @@ class WireTransport:
                     f"{request.method} was in flight; it may or may not have run"
                 ),
             )
+
+    def _resend_by_fallback(self, destination: str, request: Request) -> None:
+        assert self._fallback is not None
+        try:
+            self._fallback.send(destination, request)
+        except SiloUnavailableError as exc:
+            self._fail(request, exc)
 
     def _resend(self, destination: str, request: Request) -> None:
         """A request that was never written: send it again (it cannot have run)."""
