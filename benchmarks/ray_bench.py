@@ -270,7 +270,7 @@ async def _calls(
                 base.rate,
                 "calls/s",
                 baseline_name="raw Ray actor calls",
-                series="Ray" if side == "direct" else "Ray, Ray transport",
+                series=f"Ray, {side} transport",
                 transport=side,
                 concurrency=callers,
                 round_seconds=None if single else sizes.round_seconds,
