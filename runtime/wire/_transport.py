@@ -271,6 +271,8 @@ class WireTransport:
             self._enqueue(connection, message)
 
     def _dial_failed(self, link: _Link, exc: Exception) -> None:
+        if self._links.get(link.destination) is not link:
+            return  # forgotten meanwhile
         link.failures += 1
         link.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         delay = min(self.options.max_backoff, self.options.backoff * 2 ** (link.failures - 1))
@@ -347,6 +349,7 @@ class WireTransport:
         link = self._links.get(connection.peer)
         if link is not None and link.connection is connection:
             link.connection = None
+            link.state = LinkState.DOWN
             self._fail_in_flight(connection.peer)
             if not self.closed:
                 self._dial(link, 0.0)  # at once: the backoff is for dials that fail
@@ -377,6 +380,9 @@ class WireTransport:
 
     def _resend(self, destination: str, request: Request) -> None:
         """A request that was never written: send it again (it cannot have run)."""
+        if self.closed:
+            self._fail(request, SiloUnavailableError(f"{self.address} closed; not delivered"))
+            return
         try:
             self.send(destination, request)
         except SiloUnavailableError as exc:

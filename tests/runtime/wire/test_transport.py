@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from raygrain.actors import MessageTooLargeError, SiloUnavailableError
+from raygrain.actors import MessageTooLargeError, RaygrainError, SiloUnavailableError
 from raygrain.runtime.kernel import LocalTransport
 from raygrain.runtime.wire import LinkState, WireOptions
 from tests.app import BankAccount, Chain, Recorder
@@ -250,3 +250,15 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+async def test_closing_a_client_mid_calls_fails_them_and_stops_its_tasks(
+    directory: Directory, silo: SiloInThread
+) -> None:
+    client = Client(directory, WireOptions(SECRET), ["silo-a"])
+    calls = [asyncio.ensure_future(client.ref(Recorder, f"c{i}").sleep(5.0)) for i in range(20)]
+    await _until(lambda: silo.silo.calls_received >= 20)
+    await client.aclose()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, RaygrainError) for o in outcomes), outcomes
+    assert not client.transport._tasks
