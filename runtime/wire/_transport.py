@@ -23,9 +23,15 @@ import enum
 import random
 from collections.abc import Awaitable, Callable, Iterable
 
-from raygrain.actors import MessageTooLargeError, SiloUnavailableError, encode_error
+from raygrain.actors import (
+    MalformedMessageError,
+    MessageTooLargeError,
+    SiloUnavailableError,
+    encode_error,
+)
 from raygrain.runtime.kernel import (
     Endpoint,
+    Malformed,
     Request,
     Response,
     SiloEndpoint,
@@ -312,7 +318,7 @@ class WireTransport:
         self._connections.add(connection)
         try:
             while True:
-                self._receive(await connection.receive())
+                self._receive(connection, await connection.receive())
         except (asyncio.IncompleteReadError, OSError):
             pass  # closed, by the peer or by us
         except Exception as exc:  # an oversized frame, bad msgpack, a bad envelope
@@ -323,10 +329,13 @@ class WireTransport:
             connection.close()
             self._lost(connection)
 
-    def _receive(self, blob: bytes) -> None:
-        messages = unpack_batch(blob)  # all or nothing: a bad batch delivers none of it
-        for message in messages:
-            _check(message)
+    def _receive(self, connection: Connection, blob: bytes) -> None:
+        # A frame that is not a msgpack list raises (and the connection is dropped); a malformed
+        # message in a good batch is left out and answered, never affecting the others.
+        malformed: list[Malformed] = []
+        messages = unpack_batch(blob, malformed.append)
+        for bad in malformed:
+            self._answer_malformed(connection, bad)
         if self._local is None:
             raise ProtocolError("this endpoint is not bound")
         for message in messages:
@@ -337,6 +346,14 @@ class WireTransport:
             else:
                 self._in_flight.pop(message.call_id, None)
                 self._local.deliver_response(message)
+
+    def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
+        self.log.refused(
+            connection.remote, "wire_malformed_message", peer=connection.peer, reason=bad.reason
+        )
+        if bad.call_id is not None and bad.reply_to is not None:
+            error = encode_error(MalformedMessageError(bad.reason), self.address)
+            self.reply(bad.reply_to, Response(bad.call_id, False, error))
 
     def _lost(self, connection: Connection) -> None:
         """``connection`` ended: fail our calls written on it, keep what was not written."""
@@ -476,24 +493,3 @@ class WireTransport:
         self._links.clear()
         self._inbound.clear()
         self._waiting.clear()
-
-
-def _check(message: Request | Response) -> None:
-    """The fields a peer could get wrong in a well-formed batch, checked before any is used."""
-    if isinstance(message, Request):
-        ok = (
-            type(message.call_id) is int
-            and type(message.method) is str
-            and type(message.payload) is bytes
-            and type(message.reply_to) is str
-            and type(message.timeout) in (int, float)
-            and type(message.hops) is int
-        )
-    else:
-        ok = (
-            type(message.call_id) is int
-            and type(message.ok) is bool
-            and type(message.payload) is bytes
-        )
-    if not ok:
-        raise ProtocolError(f"a malformed envelope: {type(message).__name__}")

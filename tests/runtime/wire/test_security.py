@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from raygrain.runtime.kernel import configure_logging, pack
+from raygrain.actors import ActorId, MalformedMessageError, decode, decode_error, encode
+from raygrain.runtime.kernel import Request, Response, configure_logging, pack, unpack_batch
 from raygrain.runtime.wire import WireOptions, dial
 from tests.app import BankAccount
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
@@ -81,8 +82,8 @@ async def _bad_msgpack(host: str, port: int) -> Open:
     return await _member_sends(host, port, struct.pack(">I", 3) + b"\xc1\xc1\xc1")
 
 
-async def _bad_envelope(host: str, port: int) -> Open:
-    body = pack([[0, "not an id", "t", "k", "m", 1, "client-rogue", 1.0, (), 0, None, -1]])
+async def _not_a_batch(host: str, port: int) -> Open:
+    body = pack({"a": "map, not a list of messages"})
     return await _member_sends(host, port, struct.pack(">I", len(body)) + body)
 
 
@@ -93,7 +94,7 @@ BAD_PEERS: dict[str, Callable[[str, int], Awaitable[Open]]] = {
     "frame_of_4_gib_before_handshake": _huge_frame_before_handshake,
     "frame_of_4_gib_after_handshake": _huge_frame_after_handshake,
     "malformed_msgpack_after_handshake": _bad_msgpack,
-    "malformed_envelope_after_handshake": _bad_envelope,
+    "not_a_batch_after_handshake": _not_a_batch,
 }
 
 
@@ -147,3 +148,27 @@ async def test_bad_peers_are_logged_once_a_minute_and_never_above_warning(
     warnings = [r for r in about_peers if r["level"] == "warning"]
     assert len(warnings) == 1 and warnings[0]["remote"] == "127.0.0.1"
     assert not [r for r in records if r["level"] in ("error", "critical", "exception")]
+
+
+async def test_a_malformed_message_in_a_good_batch_is_answered_and_the_rest_delivered(
+    silo: SiloInThread,
+) -> None:
+    """A member's batch with one bad envelope: that one gets MalformedMessageError (it names
+    its caller), the good one its answer, and the connection stays."""
+    host, port = silo.address
+    connection = await dial(host, port, "client-rogue", "silo-a", WireOptions(SECRET))
+    good = Request(7, ActorId("test.Chain", "k"), "ping", encode([[], {}]), "client-rogue", 5.0)
+    bad = [0, 8, "test.Chain", "k", "ping", "payload is not bytes", "client-rogue", 5.0, (), 0]
+    connection.send(pack([good.to_wire(), [*bad, None, -1]]))
+    answers: dict[int, Response] = {}
+    async with asyncio.timeout(30):
+        while len(answers) < 2:
+            for message in unpack_batch(await connection.receive()):
+                assert isinstance(message, Response)
+                answers[message.call_id] = message
+    assert answers[7].ok and decode(answers[7].payload) == "pong from k"
+    assert not answers[8].ok
+    with pytest.raises(MalformedMessageError):
+        raise decode_error(answers[8].payload)
+    assert not connection.closed
+    connection.close()
