@@ -74,13 +74,3 @@ async def test_a_cancelled_storage_call_tells_its_queued_writes(when: str) -> No
             await flush
     assert [type(outcome) for outcome in told] == [StorageError]
     assert len(sent) == (1 if when == "while_it_waits" else 0)
-
-
-@pytest.mark.parametrize(
-    "joined", [(), (ActorId("t.A", "a"), ActorId("t.B", 2))], ids=["plain", "joined"]
-)
-def test_a_response_crosses_a_batch_unchanged(joined: tuple[ActorId, ...]) -> None:
-    response = Response(7, True, b"result", joined)
-    dropped: list[object] = []
-    assert unpack_batch(pack_batch([response]), dropped.append) == [response]
-    assert not dropped
