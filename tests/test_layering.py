@@ -122,10 +122,19 @@ ROOMS: dict[str, set[str]] = {
     "membership": {"kernel"},
     "transactions": {"kernel"},
     "timers": {"kernel"},
+    "wire": {"kernel"},
     "_capabilities": {"kernel", "transactions", "timers"},
-    "ray_host": {"kernel", "membership", "_capabilities"},
-    "cluster": {"kernel", "membership", "transactions", "timers", "ray_host", "_capabilities"},
-    "cli": {"kernel", "membership", "ray_host", "cluster"},
+    "ray_host": {"kernel", "membership", "wire", "_capabilities"},
+    "cluster": {
+        "kernel",
+        "membership",
+        "transactions",
+        "timers",
+        "wire",
+        "ray_host",
+        "_capabilities",
+    },
+    "cli": {"kernel", "membership", "wire", "ray_host", "cluster"},
 }
 RUNTIME = ROOT / "runtime"
 
