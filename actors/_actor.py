@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
-from raygrain.actors._errors import ConfigurationError
+from raygrain.actors._errors import ConfigurationError, InvalidScheduleError
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._options import (
     ActorOptions,
@@ -26,6 +26,7 @@ from raygrain.actors._options import (
     method_options,
 )
 from raygrain.actors._ref import RESERVED_NAMES, ActorRef
+from raygrain.actors._time import Reminders, ReminderTick, Timers
 
 __all__ = ["Actor", "ActorContext", "ActorMethod", "actor_methods", "actor_options"]
 
@@ -46,6 +47,10 @@ class ActorContext(Protocol):
     async def save(self) -> None: ...
 
     async def clear_state(self) -> None: ...
+
+    def service(self, name: str) -> Any:
+        """A capability's per-activation API (``"timers"``, ``"reminders"``, ...)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,16 @@ class Actor(Generic[StateT]):
         """Delete the stored state and reset ``self.state`` to its default."""
         await self._context.clear_state()
 
+    @property
+    def timers(self) -> Timers:
+        """This activation's timers: ``self.timers.every(60, self.poll)`` (see docs/timers.md)."""
+        return cast(Timers, _service(self, "timers"))
+
+    @property
+    def reminders(self) -> Reminders:
+        """This actor's durable reminders, delivered to ``on_reminder`` (see docs/timers.md)."""
+        return cast(Reminders, _service(self, "reminders"))
+
     # -- lifecycle hooks ---------------------------------------------------------------------
 
     async def on_activate(self) -> None:
@@ -139,6 +154,23 @@ class Actor(Generic[StateT]):
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
         """Called before the activation is dropped; its state is already durable."""
+
+    async def on_reminder(self, name: str, tick: ReminderTick) -> None:
+        """A reminder of this actor fired (a turn, like a call). Override to act on it."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} registered reminder {name!r} but does not override "
+            "on_reminder(name, tick)"
+        )
+
+
+def _service(actor: Actor[Any], name: str) -> Any:
+    context = getattr(actor, "_context", None)
+    if context is None:
+        raise InvalidScheduleError(
+            f"{type(actor).__qualname__}.{name}: only an activation of the actor has {name} "
+            "(this instance was built outside the runtime)"
+        )
+    return context.service(name)
 
 
 def actor_options(cls: type[Actor[Any]]) -> ActorOptions:
@@ -150,7 +182,7 @@ def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
 
 
 _BASE_NAMES = frozenset(dir(Actor))
-_HOOKS = frozenset({"on_activate", "on_deactivate"})
+_HOOKS = frozenset({"on_activate", "on_deactivate", "on_reminder"})
 
 
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:

@@ -15,6 +15,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
 
@@ -26,6 +27,7 @@ __all__ = [
     "ManualClock",
     "MembershipView",
     "MetricsSettings",
+    "ReminderSettings",
     "SiloStatus",
     "SystemClock",
     "TracingSettings",

@@ -30,3 +30,9 @@ def test_hello_greets_and_remembers(tmp_path: Path) -> None:
     db = str(tmp_path / "hello.db")
     assert "greeted 1 time(s)" in _run("samples.hello", db)
     assert "greeted 2 time(s)" in _run("samples.hello", db)  # state survived the process
+
+
+def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
+    out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
+    assert "alice's cart expired: OK" in out
+    assert "bob's cart expired after a restart: OK" in out

@@ -17,6 +17,7 @@ from raygrain.runtime.kernel._extensions import (
     TurnScope,
     turn_variable,
 )
+from raygrain.runtime.kernel._internal import DROPPED, InternalTurn, TurnOutcome, run_as_turn
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
     Malformed,
@@ -44,6 +45,7 @@ from raygrain.runtime.kernel._view import (
 )
 
 __all__ = [
+    "DROPPED",
     "Activation",
     "ActivationState",
     "ActorRegistry",
@@ -58,6 +60,7 @@ __all__ = [
     "Endpoint",
     "Extension",
     "Guard",
+    "InternalTurn",
     "LocalTransport",
     "Malformed",
     "ManualClock",
@@ -73,6 +76,7 @@ __all__ = [
     "SystemClock",
     "Ticket",
     "Transport",
+    "TurnOutcome",
     "TurnScope",
     "configure_logging",
     "current_chain",
@@ -82,6 +86,7 @@ __all__ = [
     "key_from_wire",
     "pack",
     "pack_batch",
+    "run_as_turn",
     "turn_variable",
     "unpack",
     "unpack_batch",

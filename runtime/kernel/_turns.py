@@ -119,7 +119,8 @@ class TurnRunner(Mailbox):
                         )
                     data = slot.changed(self.instance.state)
                     if data is not None:
-                        if self._queue_write(delivery, payload, data, started):
+                        # (A turn with a scope awaits its write: the scope hears how it went.)
+                        if scope is None and self._queue_write(delivery, payload, data, started):
                             ends_when_written = True
                             return
                         await slot.write(data)
@@ -138,7 +139,7 @@ class TurnRunner(Mailbox):
                 self.silo.reply(request, ok, payload, joined)
         finally:
             if not ends_when_written:
-                self._end_turn(options)
+                self._end_turn(options, delivery.keeps_alive)
                 for hook in observed:
                     hook(self, delivery, error, perf_counter() - started)
 
@@ -188,7 +189,7 @@ class TurnRunner(Mailbox):
             for hook in self.silo.on_turn_ended:
                 hook(self, delivery, error, perf_counter() - started)
 
-    def _end_turn(self, options: MethodOptions) -> None:
+    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
         # (or one that always interleaves) counts as interleaved, not as a reader.
         if self.options.reentrant or options.always_interleave:
@@ -197,7 +198,8 @@ class TurnRunner(Mailbox):
             self.readers -= 1
         else:
             self.exclusive = False
-        self.last_used = self.silo.clock.now()
+        if keeps_alive:
+            self.last_used = self.silo.clock.now()
         self.pump()
         if self._idle_waiter is not None or self.deactivate_requested:
             self._turn_ended()
