@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
-from raygrain.actors import DeactivationReason, decode
+from raygrain.actors import ActorMethod, DeactivationReason, decode
 from raygrain.runtime.kernel import (
     Activation,
     Delivery,
@@ -39,6 +39,8 @@ from raygrain.runtime.transactions import Transactions
 from raygrain.storage import StorageProvider
 
 __all__ = ["CallMetrics", "Metrics", "error_type"]
+
+_MAX_SERIES = 10_000  # cached method -> series entries (the series themselves stay)
 
 try:
     _VERSION = importlib.metadata.version("raygrain")
@@ -83,11 +85,12 @@ class CallMetrics:
 
 
 class _TurnSeries:
-    __slots__ = ("duration", "slow")
+    __slots__ = ("duration", "method", "slow")
 
-    def __init__(self, metrics: SiloMetrics, type_name: str, method: str) -> None:
-        self.duration = metrics.duration.histogram("callee", type_name, method)
-        self.slow = metrics.slow_turns.counter(type_name, method)
+    def __init__(self, metrics: SiloMetrics, type_name: str, method: ActorMethod) -> None:
+        self.method = method  # kept alive: its id keys the series (see Metrics.turn_ended)
+        self.duration = metrics.duration.histogram("callee", type_name, method.name)
+        self.slow = metrics.slow_turns.counter(type_name, method.name)
 
 
 class Metrics(Extension):
@@ -131,8 +134,8 @@ class Metrics(Extension):
     def turn_ended(
         self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
     ) -> None:
-        # By the method's identity: one lookup (every turn of the silo passes here). A class's
-        # ActorMethods live as long as the class, so an id is never reused for another.
+        # By the method's identity: one lookup (every turn of the silo passes here). The series
+        # holds the method, so its id is not reused while the entry exists.
         series = self._series.get(id(delivery.method))
         if series is None:
             series = self._series_of(activation, delivery)
@@ -148,7 +151,9 @@ class Metrics(Extension):
             ).inc()
 
     def _series_of(self, activation: Activation, delivery: Delivery) -> _TurnSeries:
-        series = _TurnSeries(self.metrics, activation.actor_id.type_name, delivery.method.name)
+        if len(self._series) >= _MAX_SERIES:  # (internal turns' methods come and go)
+            self._series.clear()
+        series = _TurnSeries(self.metrics, activation.actor_id.type_name, delivery.method)
         self._series[id(delivery.method)] = series
         return series
 
