@@ -92,6 +92,8 @@ class SiloHostImpl:
                 self.name, plane.options(), Locator(self._resolve), fallback=self.transport
             )
             self.wire.bind_silo(self.silo)
+            if self._metrics is not None:  # batch sizes on the direct wire too
+                self.wire.on_batch = self.transport.on_batch
             self.direct_address = await self.wire.listen(self._listen_host)
             self._plane.use(self.wire)
         view = view_from_wire(
