@@ -1,10 +1,19 @@
 """raygrain's programming model: what a user imports to write virtual actors.
 
 This package depends on nothing else in raygrain; the runtime reaches an actor through the
-``ActorContext`` it binds to each activation.
+``ActorRuntime`` it binds to each activation.
 """
 
-from raygrain.actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
+from raygrain.actors._actor import (
+    RESERVED,
+    Actor,
+    ActorContext,
+    ActorFactory,
+    ActorMethod,
+    ActorRuntime,
+    actor_methods,
+    actor_options,
+)
 from raygrain.actors._codec import (
     decode,
     decode_error,
@@ -51,14 +60,17 @@ from raygrain.actors._options import (
 from raygrain.actors._ref import ActorRef, Invoker, current_invoker
 
 __all__ = [
+    "RESERVED",
     "Actor",
     "ActorCallTimeout",
     "ActorContext",
+    "ActorFactory",
     "ActorId",
     "ActorKey",
     "ActorMethod",
     "ActorOptions",
     "ActorRef",
+    "ActorRuntime",
     "ClusterClosedError",
     "ConfigurationError",
     "DeactivationReason",

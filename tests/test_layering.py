@@ -46,8 +46,9 @@ def test_imports_flow_one_way(package: str) -> None:
 
 EXPORTS = {
     "actors": {
-        "Actor", "ActorCallTimeout", "ActorContext", "ActorId", "ActorKey", "ActorMethod",
-        "ActorOptions", "ActorRef", "ClusterClosedError", "ConfigurationError",
+        "RESERVED", "Actor", "ActorCallTimeout", "ActorContext", "ActorFactory", "ActorId",
+        "ActorKey", "ActorMethod", "ActorOptions", "ActorRef", "ActorRuntime", "ClusterClosedError",
+        "ConfigurationError",
         "DeactivationReason", "DeadlockError", "InconsistentStateError", "InvalidArgumentsError",
         "InvalidCallError", "Invoker", "MessageTooLargeError", "MethodOptions", "Persistence",
         "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",

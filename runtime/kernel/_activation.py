@@ -3,7 +3,7 @@
 Calls are delivered to the mailbox and run as turns, one at a time to completion unless the
 class is reentrant or the method interleaves; read-only turns may run together. A changing turn
 commits the state before its reply is sent, and rolls it back when the method raises. The
-activation is also the ``ActorContext`` its instance talks to.
+activation is also the ``ActorRuntime`` its instance talks to.
 """
 
 from __future__ import annotations
@@ -772,7 +772,7 @@ class Activation:
         else:
             self.instance.state = decode_state(newest, state_type, str(self.actor_id))
 
-    # -- ActorContext ------------------------------------------------------------------------
+    # -- ActorRuntime ------------------------------------------------------------------------
 
     def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef:
         type_name = actor_type if isinstance(actor_type, str) else actor_type.__actor_options__.name

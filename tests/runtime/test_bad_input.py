@@ -221,16 +221,22 @@ def test_bad_actor_class_definitions() -> None:
         class NoDefault(Actor[NeedsArgs]):
             pass
 
-    with pytest.raises(ConfigurationError, match="reserved by ActorRef"):
+    with pytest.raises(ConfigurationError, match="with_timeout: the name is reserved"):
 
         class Shadowing(Actor[None]):
-            async def key(self) -> None:  # type: ignore[override]
+            async def with_timeout(self) -> None:  # type: ignore[override]
                 pass
 
-    with pytest.raises(ConfigurationError, match="would replace Actor.get"):
+    with pytest.raises(ConfigurationError, match="context: the name is reserved"):
 
-        class Getter(Actor[None]):
-            async def get(self) -> int:  # type: ignore[override]
+        class Replacing(Actor[None]):
+            async def context(self) -> int:  # type: ignore[override]
+                return 1
+
+    with pytest.raises(ConfigurationError, match="timers: the name is reserved"):
+
+        class KeptForTime(Actor[None]):
+            async def timers(self) -> int:
                 return 1
 
     with pytest.raises(ConfigurationError, match="both @read_only and @transactional"):
