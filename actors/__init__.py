@@ -26,6 +26,7 @@ from raygrain.actors._codec import (
 from raygrain.actors._errors import (
     ActorCallTimeout,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     DeadlockError,
     InconsistentStateError,
@@ -72,6 +73,7 @@ __all__ = [
     "ActorRef",
     "ActorRuntime",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeactivationReason",
     "DeadlockError",

@@ -18,6 +18,7 @@ The tree::
     ├── DeadlockError               a call cycle through non-reentrant actors
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
+    ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── StorageError                a state provider failed
@@ -34,6 +35,7 @@ from typing import Any
 __all__ = [
     "ActorCallTimeout",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
@@ -96,6 +98,10 @@ class DeadlockError(RaygrainError):
 
 class ClusterClosedError(RaygrainError):
     """The cluster, client or silo handling the call has been closed."""
+
+
+class ClusterNotStartedError(RaygrainError):
+    """The cluster was used before it started (``async with`` or ``await cluster.start()``)."""
 
 
 class SiloUnavailableError(RaygrainError):

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import threading
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -297,7 +298,17 @@ class SqliteStorage:
                 failure.append(exc)
                 return sqlite3.connect(":memory:")
 
-        connection = await aiosqlite.Connection(connector, iter_chunk_size=64)
+        pending = aiosqlite.Connection(connector, iter_chunk_size=64)
+        # A store its owner forgot to close must not keep the process alive. The interpreter
+        # waits for every non-daemon thread before it finalizes anything, so aiosqlite's own
+        # finalizer (which would stop the thread) never runs and the process hangs after its
+        # last line. Once the event loop is gone nothing more reaches the thread, and what was
+        # committed is in the file already. (aiosqlite offers no option for it: the attribute
+        # is private, so this is guarded, and tests/storage/test_sqlite.py pins the behaviour.)
+        thread = getattr(pending, "_thread", None)
+        if isinstance(thread, threading.Thread):
+            thread.daemon = True
+        connection = await pending
         if failure:
             await _close_quietly(connection)
             raise self._open_error(failure[0]) from failure[0]

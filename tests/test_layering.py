@@ -48,7 +48,7 @@ EXPORTS = {
     "actors": {
         "RESERVED", "Actor", "ActorCallTimeout", "ActorContext", "ActorFactory", "ActorId",
         "ActorKey", "ActorMethod", "ActorOptions", "ActorRef", "ActorRuntime", "ClusterClosedError",
-        "ConfigurationError",
+        "ClusterNotStartedError", "ConfigurationError",
         "DeactivationReason", "DeadlockError", "InconsistentStateError", "InvalidArgumentsError",
         "InvalidCallError", "Invoker", "MessageTooLargeError", "MethodOptions", "Persistence",
         "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",
@@ -80,7 +80,8 @@ def test_the_top_level_package_reexports_the_user_api() -> None:
 
 TOP_LEVEL = {
     "Actor", "ActorCallTimeout", "ActorContext", "ActorId", "ActorKey", "ActorOptions",
-    "ActorRef", "Cluster", "ClusterClosedError", "ConfigurationError", "DeactivationReason",
+    "ActorRef", "Cluster", "ClusterClosedError", "ClusterNotStartedError", "ConfigurationError",
+    "DeactivationReason",
     "DeadlockError", "FailureDetection", "InconsistentStateError", "InvalidArgumentsError",
     "InvalidCallError", "ManualClock", "MemoryStorage", "MessageTooLargeError", "Persistence",
     "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",

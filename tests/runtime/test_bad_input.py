@@ -9,6 +9,7 @@ import pytest
 from raygrain.actors import (
     ActorRef,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     InvalidArgumentsError,
     MessageTooLargeError,
@@ -104,6 +105,21 @@ async def test_bad_call_is_a_typed_error_and_the_silo_keeps_serving(
     with pytest.raises(error, match=message.replace(".", r"\.").replace("(", r"\(")):
         await make_call(any_cluster)
     await _still_serving(any_cluster)
+
+
+async def test_a_cluster_used_before_it_started_says_to_start_it() -> None:
+    cluster = Cluster.local(actors=app.ALL_ACTORS)
+    with pytest.raises(ClusterNotStartedError, match=r"cluster.get\(Chain, ...\).*async with"):
+        cluster.get(Chain, "a")
+    with pytest.raises(ClusterNotStartedError, match="not started"):
+        cluster.ref("test.Chain", "a")
+    with pytest.raises(ClusterNotStartedError, match=r"cluster.transaction\(\)"):
+        async with cluster.transaction():
+            pass
+    async with cluster:
+        assert await cluster.get(Chain, "a").ping() == "pong from a"
+    with pytest.raises(ClusterClosedError, match="closed"):
+        cluster.get(Chain, "a")
 
 
 async def test_bad_key_type_is_refused_at_the_reference(cluster: Cluster) -> None:
