@@ -28,6 +28,7 @@ from raygrain.actors import (
     ConfigurationError,
     TransactionAbortedError,
 )
+from raygrain.runtime._capabilities import client_filters, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
@@ -92,6 +93,7 @@ class _LocalBackend:
                 self.membership,
                 clock,
                 options,
+                silo_extensions(),
             )
             for index in range(silos)
         ]
@@ -100,7 +102,14 @@ class _LocalBackend:
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"
-        caller = Caller(address, self.transport, self.membership, registry, self.options.calls)
+        caller = Caller(
+            address,
+            self.transport,
+            self.membership,
+            registry,
+            self.options.calls,
+            filters=client_filters(),
+        )
         self.transport.register(address, caller)
         return caller
 
@@ -389,5 +398,5 @@ def _silo_options(
         float(collection_period),
         float(deactivation_timeout),
         calls,
-        transactions,
+        (transactions,),
     )
