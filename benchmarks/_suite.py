@@ -320,7 +320,7 @@ def _lift_latencies(row: Row, details: dict[str, Any]) -> None:
 
 def _table(rows: list[Row]) -> Table:
     columns = [
-        Column("figure", min_width=40),  # long names wrap inside their column
+        Column("figure"),  # long names wrap inside their column
         Column("value", justify="right"),
         Column("baseline", justify="right"),
         Column("ratio", justify="right"),

@@ -98,7 +98,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 def _status_table(view_version: int, rows: list[dict[str, Any]]) -> Table:
     columns = [
-        Column("silo", overflow="ellipsis", max_width=40),
+        Column("silo", max_width=44),  # folds: the end of a silo's name tells two apart
         Column("status"),
         Column("node", overflow="ellipsis", max_width=14),
         Column("activations", justify="right"),
