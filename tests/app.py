@@ -9,7 +9,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from raygrain.actors import (
     Actor,
@@ -391,6 +391,11 @@ class Preferences(Actor[dict[str, int]], name="test.Preferences"):
     @read_only
     async def value(self) -> int:
         return sum(self.state.values())
+
+    @read_only
+    async def myself(self) -> ActorRef:
+        """A reference to this actor with a deadline (``Actor.with_timeout``)."""
+        return cast(ActorRef, self.with_timeout(3))
 
     async def copy_from(self, other: str, name: str) -> int | None:
         """Read a setting from another Preferences actor (its ``get``, via ``self.actors``)."""

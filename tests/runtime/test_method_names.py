@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from raygrain.actors import RESERVED, Actor, ConfigurationError, actor_methods
+from raygrain.actors import RESERVED, Actor, ActorRef, ConfigurationError, actor_methods
 from raygrain.runtime import Cluster
 from tests.app import Preferences
 
@@ -56,6 +56,8 @@ async def test_users_names_work_through_a_cluster(any_cluster: Cluster, key: Any
     assert await settings.key() == key("a")
     assert await settings.id() == f"test.Preferences/{key('a')}"
     assert await settings.with_timeout(5).get("height") == 4
+    myself = await settings.myself()  # Actor.with_timeout: a reference to the actor itself
+    assert isinstance(myself, ActorRef) and myself == settings
 
     other = any_cluster.get(Preferences, key("b"))
     assert await other.copy_from(key("a"), "width") == 3  # calls a's `get` via self.actors
