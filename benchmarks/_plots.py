@@ -77,13 +77,18 @@ def _throughput(plt: Any, rows: list[Row]) -> Any:
                 ha="right" if above else "left",
                 fontsize=8,
                 color=color,
+                bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none"},
             )
     unit = points[0]["unit"]
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.xaxis.set_major_formatter(_plain)
+    values = [r[side] for rows_ in series.values() for r in rows_ for side in ("value", "baseline")]
+    if max(values) / min(values) >= 10:  # a log axis only where the figures span decades
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(_minor_labels(ax.yaxis))
+    else:
+        ax.set_ylim(0, max(values) * 1.12)
     ax.yaxis.set_major_formatter(_plain)
-    ax.yaxis.set_minor_formatter(_plain_minor)
     ax.margins(x=0.12)
     ax.set_xlabel("concurrent callers (N callers over N actors)")
     ax.set_ylabel(f"{unit} (median round)")
@@ -123,7 +128,7 @@ def _latencies(plt: Any, rows: list[Row]) -> Any:
         ax.set_xlim(-0.4, len(keys) - 0.6)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(_plain)
-        ax.yaxis.set_minor_formatter(_plain_minor)
+        ax.yaxis.set_minor_formatter(_minor_labels(ax.yaxis))
         operation = _operation(row["unit"])
         ax.set_ylabel(f"ms per {operation}")
         title = f"ms per {operation}: {_context(row)}"
@@ -271,6 +276,19 @@ def _plain_minor(value: float, _position: int) -> str:
         return ""
     leading = round(value / 10 ** math.floor(math.log10(value)))
     return _plain(value, _position) if leading in (2, 3, 5) else ""
+
+
+def _minor_labels(axis: Any) -> Any:
+    """The minor-tick labeller for ``axis``: 2s, 3s and 5s, or every minor tick when the axis
+    spans less than a decade (it may then hold no 2, 3 or 5 at all, and no label)."""
+
+    def label(value: float, position: int) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if low > 0 and high / low < 4:
+            return _plain(value, position)
+        return _plain_minor(value, position)
+
+    return label
 
 
 def _finite(*values: Any) -> bool:

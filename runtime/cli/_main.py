@@ -1,4 +1,4 @@
-"""The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
+"""The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
 raygrain status --address auto
