@@ -166,13 +166,14 @@ def test_a_forgotten_store_does_not_keep_the_process_alive(tmp_path: Path) -> No
     for run in (1, 2):
         # The bound is only there to turn a hang into a failure; it is not a timing assertion.
         done = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "state.db")],
+            [sys.executable, "-W", "always::ResourceWarning", script, tmp_path / "state.db"],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines() == [str(run), "last line"]  # and the write was committed
+        assert "was opened and never closed" in done.stderr  # as the docs promise
 
 
 async def test_never_opened_storage_does_not_warn(db_path: Path) -> None:
