@@ -25,6 +25,7 @@ from raygrain.actors._codec import (
 )
 from raygrain.actors._errors import (
     ActorCallTimeout,
+    ActorOverloadedError,
     ClusterClosedError,
     ClusterNotStartedError,
     ConfigurationError,
@@ -32,6 +33,7 @@ from raygrain.actors._errors import (
     InconsistentStateError,
     InvalidArgumentsError,
     InvalidCallError,
+    MalformedMessageError,
     MessageTooLargeError,
     RaygrainError,
     RemoteActorError,
@@ -70,6 +72,7 @@ __all__ = [
     "ActorKey",
     "ActorMethod",
     "ActorOptions",
+    "ActorOverloadedError",
     "ActorRef",
     "ActorRuntime",
     "ClusterClosedError",
@@ -81,6 +84,7 @@ __all__ = [
     "InvalidArgumentsError",
     "InvalidCallError",
     "Invoker",
+    "MalformedMessageError",
     "MessageTooLargeError",
     "MethodOptions",
     "Persistence",
