@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
-from raygrain.actors._errors import ConfigurationError
+from raygrain.actors._errors import ConfigurationError, InvalidScheduleError
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._options import (
     ActorOptions,
@@ -31,6 +31,7 @@ from raygrain.actors._options import (
     method_options,
 )
 from raygrain.actors._ref import RESERVED_NAMES, ActorRef
+from raygrain.actors._time import Reminders, ReminderTick, Timers
 
 __all__ = [
     "RESERVED",
@@ -48,10 +49,19 @@ A = TypeVar("A", bound="Actor[Any]")
 
 
 # The names an actor class cannot give a method (besides underscore names): the base class's
-# attributes, the lifecycle hooks, the reference's own attributes (a method of that name could
-# not be called through a reference), and ``timers``/``reminders``, kept for the time room.
+# attributes (``timers``/``reminders`` are the time room's), the lifecycle hooks, and the
+# reference's own attributes (a method of that name could not be called through a reference).
 RESERVED = frozenset(
-    {"state", "context", "actors", "timers", "reminders", "on_activate", "on_deactivate"}
+    {
+        "state",
+        "context",
+        "actors",
+        "timers",
+        "reminders",
+        "on_activate",
+        "on_deactivate",
+        "on_reminder",
+    }
     | RESERVED_NAMES
 )
 
@@ -70,6 +80,10 @@ class ActorRuntime(Protocol):
     async def save(self) -> None: ...
 
     async def clear_state(self) -> None: ...
+
+    def service(self, name: str) -> Any:
+        """A capability's per-activation API (``"timers"``, ``"reminders"``, ...)."""
+        ...
 
 
 class ActorContext:
@@ -207,6 +221,16 @@ class Actor(Generic[StateT]):
             seconds
         )
 
+    @property
+    def timers(self) -> Timers:
+        """This activation's timers: ``self.timers.every(60, self.poll)`` (see docs/timers.md)."""
+        return cast(Timers, _service(self, "timers"))
+
+    @property
+    def reminders(self) -> Reminders:
+        """This actor's durable reminders, delivered to ``on_reminder`` (see docs/timers.md)."""
+        return cast(Reminders, _service(self, "reminders"))
+
     # -- lifecycle hooks ---------------------------------------------------------------------
 
     async def on_activate(self) -> None:
@@ -214,6 +238,23 @@ class Actor(Generic[StateT]):
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
         """Called before the activation is dropped; its state is already durable."""
+
+    async def on_reminder(self, name: str, tick: ReminderTick) -> None:
+        """A reminder of this actor fired (a turn, like a call). Override to act on it."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} registered reminder {name!r} but does not override "
+            "on_reminder(name, tick)"
+        )
+
+
+def _service(actor: Actor[Any], name: str) -> Any:
+    context = getattr(actor, "_context", None)
+    if context is None:
+        raise InvalidScheduleError(
+            f"{type(actor).__qualname__}.{name}: only an activation of the actor has {name} "
+            "(this instance was built outside the runtime)"
+        )
+    return context.service(name)
 
 
 def actor_options(cls: type[Actor[Any]]) -> ActorOptions:
@@ -224,7 +265,7 @@ def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
     return cls.__actor_methods__
 
 
-_HOOKS = frozenset({"on_activate", "on_deactivate"})
+_HOOKS = frozenset({"on_activate", "on_deactivate", "on_reminder"})
 
 
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:

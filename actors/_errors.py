@@ -13,7 +13,9 @@ The tree::
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
-    │   └── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
+    │   └── StaleReminderError      a reminder handle whose reminder was registered again
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
@@ -44,12 +46,14 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidScheduleError",
     "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
     "SerializationError",
     "SiloUnavailableError",
+    "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
@@ -90,6 +94,17 @@ class MessageTooLargeError(InvalidCallError):
 
 class MalformedMessageError(InvalidCallError):
     """A message received from a peer is not a valid envelope (wrong fields or types)."""
+
+
+class InvalidScheduleError(InvalidCallError):
+    """A timer or reminder cannot be set up as asked: a name that is not a non-empty string,
+    a negative due time, a period that is not positive or below the cluster's minimum, or a
+    call from outside an actor's activation."""
+
+
+class StaleReminderError(InvalidCallError):
+    """The reminder handle is out of date: the reminder was registered again (or removed)
+    since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
 
 
 class SerializationError(RaygrainError):

@@ -50,7 +50,16 @@ __all__ = ["available", "main", "ray_need"]
 Row = dict[str, Any]
 
 # Cheap and quiet scenarios first; those that start processes or a Ray session last.
-_ORDER = ("calls", "storage", "durable_writes", "transactions", "memory", "failover", "ray")
+_ORDER = (
+    "calls",
+    "storage",
+    "durable_writes",
+    "transactions",
+    "reminders",
+    "memory",
+    "failover",
+    "ray",
+)
 # Ray needs: "own" for a scenario that starts its own Ray cluster (in a child process), which
 # may also say so itself with ``NEEDS_RAY = "own"``; this set covers one that does not yet.
 _OWN_RAY = frozenset({"failover"})

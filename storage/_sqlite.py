@@ -36,7 +36,9 @@ from raygrain.actors import (
     StorageError,
     StorageSchemaError,
 )
+from raygrain.storage import _sqlite_reminders as reminders
 from raygrain.storage._provider import StateRecord, StateWrite, tell_written
+from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -279,6 +281,58 @@ class SqliteStorage:
                 if connection is not None:
                     await _close_quietly(connection)
 
+    # -- the reminder table (storage.ReminderTable; see _sqlite_reminders) ---------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        return await self._on_writer(
+            f"registering reminder {name!r} of {actor_id}",
+            lambda c: reminders.upsert(c, actor_id, name, first_tick, period),
+        )
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return await self._on_writer(
+            f"removing reminder {name!r} of {actor_id}",
+            lambda c: reminders.remove(c, actor_id, name, etag),
+        )
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        return await self._on_reader(
+            f"reading the reminders of {actor_id}", lambda c: reminders.select_of(c, actor_id)
+        )
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        return await self._on_reader(
+            "reading reminders by ring range", lambda c: reminders.select_in(c, ranges)
+        )
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        if acks:
+            await self._on_writer("recording reminder ticks", lambda c: reminders.ack(c, acks))
+
+    async def _on_writer(self, doing: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self.open()
+        if self._writer is None:  # dropped after a failed rollback: start afresh
+            self._writer = await self._connect_writer()
+        return await self._guarded(doing, self._writer, function)
+
+    async def _on_reader(self, doing: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self.open()
+        assert self._reader is not None
+        return await self._guarded(doing, self._reader, function)
+
+    async def _guarded(
+        self,
+        doing: str,
+        connection: aiosqlite.Connection,
+        function: Callable[[sqlite3.Connection], _T],
+    ) -> _T:
+        try:
+            return await _on_thread(connection, function)
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(doing, exc) from exc
+
     # -- opening -------------------------------------------------------------------------------
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -326,6 +380,7 @@ class SqliteStorage:
             await connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
+            await connection.executescript(reminders.REMINDER_SCHEMA)
         except BaseException as exc:
             await _close_quietly(connection)
             if isinstance(exc, sqlite3.Error):

@@ -405,6 +405,37 @@ class Preferences(Actor[dict[str, int]], name="test.Preferences"):
         return found
 
 
+@dataclass
+class AlarmState:
+    ticks: list[float] = field(default_factory=list)  # each tick's scheduled time
+    delivered: list[float] = field(default_factory=list)  # and when it arrived (time.time())
+
+
+class Alarm(Actor[AlarmState], name="tests.Alarm"):
+    """Records every reminder tick it receives (state, committed per tick)."""
+
+    async def arm(self, period: float) -> float:
+        reminder = await self.reminders.register("alarm", due=period, period=period)
+        return reminder.first_tick
+
+    async def on_reminder(self, name: str, tick: Any) -> None:
+        self.state.ticks.append(tick.scheduled)
+        self.state.delivered.append(time.time())
+
+    async def ticks(self) -> list[float]:
+        return list(self.state.ticks)
+
+    async def disarm(self) -> bool:
+        return await self.reminders.unregister("alarm")
+
+    async def armed(self) -> list[str]:
+        return [r.name for r in await self.reminders.list()]
+
+    async def lateness(self) -> list[float]:
+        """How late each tick arrived (never negative: a reminder is never early)."""
+        return [d - t for t, d in zip(self.state.ticks, self.state.delivered, strict=True)]
+
+
 ALL_ACTORS: list[type[Actor[Any]]] = [
     Vault,
     BankAccount,
@@ -416,4 +447,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Explicit,
     ContextUser,
     Preferences,
+    Alarm,
 ]

@@ -39,3 +39,9 @@ def test_the_readmes_ten_lines_run(tmp_path: Path) -> None:
     out = _run("samples.ten_lines", cwd=tmp_path)
     assert out == "alice has 100\n"
     assert _run("samples.ten_lines", cwd=tmp_path) == "alice has 200\n"  # state was kept
+
+
+def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
+    out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
+    assert "alice's cart expired: OK" in out
+    assert "bob's cart expired after a restart: OK" in out

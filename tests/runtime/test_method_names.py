@@ -36,11 +36,12 @@ def test_the_reserved_list_is_short_and_refused() -> None:
         "reminders",
         "on_activate",
         "on_deactivate",
+        "on_reminder",
         "actor_id",
         "with_timeout",
         "invoke",
     } == RESERVED
-    for name in sorted(RESERVED - {"on_activate", "on_deactivate"}):
+    for name in sorted(RESERVED - {"on_activate", "on_deactivate", "on_reminder"}):
         with pytest.raises(ConfigurationError, match=f"{name}: the name is reserved"):
             _actor_with_method(name)
 
