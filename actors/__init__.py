@@ -1,10 +1,19 @@
 """raygrain's programming model: what a user imports to write virtual actors.
 
 This package depends on nothing else in raygrain; the runtime reaches an actor through the
-``ActorContext`` it binds to each activation.
+``ActorRuntime`` it binds to each activation.
 """
 
-from raygrain.actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
+from raygrain.actors._actor import (
+    RESERVED,
+    Actor,
+    ActorContext,
+    ActorFactory,
+    ActorMethod,
+    ActorRuntime,
+    actor_methods,
+    actor_options,
+)
 from raygrain.actors._codec import (
     decode,
     decode_error,
@@ -18,6 +27,7 @@ from raygrain.actors._errors import (
     ActorCallTimeout,
     ActorOverloadedError,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     DeadlockError,
     InconsistentStateError,
@@ -56,16 +66,20 @@ from raygrain.actors._ref import ActorRef, Invoker, current_invoker
 from raygrain.actors._time import Reminder, Reminders, ReminderTick, Timer, Timers
 
 __all__ = [
+    "RESERVED",
     "Actor",
     "ActorCallTimeout",
     "ActorContext",
+    "ActorFactory",
     "ActorId",
     "ActorKey",
     "ActorMethod",
     "ActorOptions",
     "ActorOverloadedError",
     "ActorRef",
+    "ActorRuntime",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeactivationReason",
     "DeadlockError",

@@ -21,6 +21,7 @@ The tree::
     ├── DeadlockError               a call cycle through non-reentrant actors
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
+    ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
     ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
@@ -39,6 +40,7 @@ __all__ = [
     "ActorCallTimeout",
     "ActorOverloadedError",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
@@ -119,6 +121,10 @@ class DeadlockError(RaygrainError):
 
 class ClusterClosedError(RaygrainError):
     """The cluster, client or silo handling the call has been closed."""
+
+
+class ClusterNotStartedError(RaygrainError):
+    """The cluster was used before it started (``async with`` or ``await cluster.start()``)."""
 
 
 class SiloUnavailableError(RaygrainError):

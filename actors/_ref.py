@@ -33,8 +33,9 @@ class Invoker(Protocol):
 current_invoker: ContextVar[Invoker | None] = ContextVar("raygrain_current_invoker", default=None)
 
 
-# An actor method cannot use these names: the reference's own attributes would shadow it.
-RESERVED_NAMES = frozenset({"actor_id", "key", "with_timeout", "invoke"})
+# An actor method cannot use these names: the reference's own attributes would shadow it. (Kept
+# few on purpose: the key is ``ref.actor_id.key``, so a method may be called ``key``.)
+RESERVED_NAMES = frozenset({"actor_id", "with_timeout", "invoke"})
 # What only the actor itself uses (the base class's ``self.timers``/``self.reminders``): a
 # caller reaching for them through a reference gets a clear error, not a call to a method.
 _ACTOR_ONLY = frozenset({"timers", "reminders"})
@@ -51,10 +52,6 @@ class ActorRef:
         self.actor_id = actor_id
         self._invoker = invoker
         self._timeout = timeout
-
-    @property
-    def key(self) -> str | int:
-        return self.actor_id.key
 
     def with_timeout(self, seconds: float) -> ActorRef:
         """The same reference with a per-call deadline override for every call made through it."""

@@ -264,8 +264,11 @@ async def _call_later(reminders: int, seconds: float) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.reminders_bench",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run")
     arguments = parser.parse_args()
     print(json.dumps(asyncio.run(run(arguments.quick)), indent=2, default=str))
 

@@ -46,9 +46,9 @@ def test_imports_flow_one_way(package: str) -> None:
 
 EXPORTS = {
     "actors": {
-        "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId",
-        "ActorKey", "ActorMethod",
-        "ActorOptions", "ActorRef", "ClusterClosedError", "ConfigurationError",
+        "RESERVED", "Actor", "ActorCallTimeout", "ActorContext", "ActorFactory", "ActorId",
+        "ActorKey", "ActorMethod", "ActorOptions", "ActorOverloadedError", "ActorRef",
+        "ActorRuntime", "ClusterClosedError", "ClusterNotStartedError", "ConfigurationError",
         "DeactivationReason", "DeadlockError", "InconsistentStateError", "InvalidArgumentsError",
         "InvalidCallError", "InvalidScheduleError", "Invoker", "MalformedMessageError",
         "MessageTooLargeError", "MethodOptions", "Persistence", "RaygrainError", "Reminder",
@@ -83,8 +83,8 @@ def test_the_top_level_package_reexports_the_user_api() -> None:
 
 TOP_LEVEL = {
     "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId", "ActorKey",
-    "ActorOptions",
-    "ActorRef", "Cluster", "ClusterClosedError", "ConfigurationError", "DeactivationReason",
+    "ActorOptions", "ActorRef", "Cluster", "ClusterClosedError", "ClusterNotStartedError",
+    "ConfigurationError", "DeactivationReason",
     "DeadlockError", "FailureDetection", "InconsistentStateError", "InvalidArgumentsError",
     "InvalidCallError", "InvalidScheduleError", "ManualClock", "MalformedMessageError",
     "MemoryStorage", "MessageTooLargeError", "MetricsSettings", "Persistence", "RaygrainError",

@@ -1,4 +1,4 @@
-"""The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
+"""The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
             [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
@@ -16,9 +16,11 @@ import inspect
 import json
 import os
 import sys
+from importlib import metadata
 from typing import Any
 
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.runtime.cli._table import table_console
 
 __all__ = ["main"]
 
@@ -72,7 +74,6 @@ async def _up(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     import ray
-    from rich.console import Console
 
     from raygrain.runtime.cli._status import collect, render, watch
     from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE, ensure_ray
@@ -85,7 +86,7 @@ async def _status(args: argparse.Namespace) -> int:
         return 1
     if args.interval <= 0:
         raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")
-    console = Console()
+    console = table_console()
     figures = await watch(
         lambda: collect(controller, NAMESPACE), NAMESPACE, args.interval, args.watch, console
     )
@@ -106,8 +107,16 @@ async def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("raygrain")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raygrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start detached silos on a Ray cluster")
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
@@ -137,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     down = commands.add_parser("down", help="stop the silos gracefully")
     down.add_argument("--address", default="auto")
+    # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
 
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return int(suite.main(argv[1:]))
+        return int(suite.main(argv[1:], prog="raygrain bench"))
     args = _parser().parse_args(argv)
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:

@@ -13,9 +13,10 @@ import asyncio
 import time
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.table import Table
-from rich.text import Text
+
+from raygrain.runtime.cli._table import Column, render_table
 
 __all__ = ["collect", "rates", "render"]
 
@@ -95,41 +96,51 @@ def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def render(deployment: str, figures: dict[str, Any]) -> Group:
+COLUMNS = (
+    Column("silo", max_width=24),  # folds: the end of a silo's name tells two apart
+    Column("status", overflow="ellipsis", max_width=8),
+    Column("node", overflow="ellipsis", max_width=8),
+    Column("up", justify="right"),
+    Column("act.", justify="right"),
+    Column("calls/s", justify="right"),
+    Column("err/s", justify="right"),
+    Column("p99 ms", justify="right"),
+    Column("storage", max_width=10),
+    Column("types", max_width=22),  # "type, type / raygrain version"
+)
+
+
+def render(deployment: str, figures: dict[str, Any]) -> Table:
+    """The status table, at most 100 columns wide (see ``cli._table``)."""
     controller = figures["controller"]
     if controller["ok"]:
-        head = Text(
+        title = (
             f"deployment {deployment}: controller ok ({controller['answer_ms']:.0f} ms), "
             f"view version {controller['view_version']}, {len(figures['silos'])} silo(s)"
         )
     else:
-        head = Text(f"deployment {deployment}: controller unreachable ({controller['error']})")
-    table = Table(box=None, pad_edge=False)
-    for column in ("silo", "status", "node", "up", "act.", "calls/s", "err/s", "p99 ms"):
-        table.add_column(
-            column, justify="left" if column in {"silo", "status", "node"} else "right"
-        )
-    table.add_column("storage")
-    table.add_column("types / version")
+        title = f"deployment {deployment}: controller unreachable ({controller['error']})"
+    rows = []
     for silo in figures["silos"]:
         if "error" in silo:
-            table.add_row(silo["silo"], silo["status"], str(silo["node"])[:8], *["-"] * 5,
-                          "-", f"unreachable: {silo['error']}")  # fmt: skip
+            rows.append((silo["silo"], silo["status"], silo["node"], *[None] * 6,
+                         f"unreachable: {silo['error']}"))  # fmt: skip
             continue
-        types = ", ".join(silo.get("types", []))
-        table.add_row(
-            silo["silo"][-22:],
-            silo["status"],
-            str(silo["node"])[:8],
-            f"{silo.get('uptime_s', 0) / 60:.0f}m",
-            str(silo.get("activations", "-")),
-            _cell(silo.get("calls_per_s"), "{:.1f}"),
-            _cell(silo.get("errors_per_s"), "{:.1f}"),
-            _cell(silo.get("p99_ms"), "{:g}"),
-            silo.get("storage_health", silo.get("storage", "-")),
-            f"{types} / {silo.get('version', '?')}",
+        rows.append(
+            (
+                silo["silo"],
+                silo["status"],
+                silo["node"],
+                f"{silo.get('uptime_s', 0) / 60:.0f}m",
+                silo.get("activations"),
+                _cell(silo.get("calls_per_s"), "{:.1f}"),
+                _cell(silo.get("errors_per_s"), "{:.1f}"),
+                _cell(silo.get("p99_ms"), "{:g}"),
+                silo.get("storage_health", silo.get("storage")),
+                f"{', '.join(silo.get('types', []))} / {silo.get('version', '?')}",
+            )
         )
-    return Group(head, table)
+    return render_table(COLUMNS, rows, title=title)
 
 
 async def watch(

@@ -24,6 +24,7 @@ from raygrain.actors import (
     ActorKey,
     ActorRef,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     TransactionAbortedError,
 )
@@ -310,16 +311,23 @@ class Cluster:
 
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.get({getattr(actor_type, '__qualname__', actor_type)}, ...)")
         type_name = self._registry.type_name_of(actor_type)
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
 
     def ref(self, type_name: str, key: ActorKey) -> ActorRef:
         """An untyped reference by type name (for clients that do not import the classes)."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.ref({type_name!r}, ...)")
         return ActorRef(ActorId(type_name, key), self._caller)
+
+    def _check_running(self, what: str) -> None:
+        if self.closed:
+            raise ClusterClosedError(f"{what}: the cluster is closed")
+        if not self._started:
+            raise ClusterNotStartedError(
+                f"{what}: the cluster is not started; use it as "
+                "'async with Cluster.local(...) as cluster:' (or 'await cluster.start()' first)"
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionContext]:
@@ -339,8 +347,7 @@ class Cluster:
         if outer is not None:
             yield outer
             return
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running("cluster.transaction()")
         transaction = TransactionContext.new(start)
         token = current_transaction.set(transaction)
         try:

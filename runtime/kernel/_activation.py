@@ -4,7 +4,7 @@ An activation is three layers, each a class a reader can hold in their head: ``M
 delivered call may start when), ``TurnRunner`` (running a turn, committing or rolling back its
 state, replying) and this one: the lifecycle (load the state, build the instance, run
 ``on_activate``; later finish the running turns, run ``on_deactivate``, re-route what queued)
-and the ``ActorContext`` its instance talks to. The state itself lives in a ``StateSlot``.
+and the ``ActorRuntime`` its instance talks to. The state itself lives in a ``StateSlot``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class Activation(TurnRunner):
                 "deactivation_timeout", actor=str(self.actor_id), silo=self.silo.name
             )
 
-    # -- ActorContext ------------------------------------------------------------------------
+    # -- ActorRuntime ------------------------------------------------------------------------
 
     def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef:
         type_name = actor_type if isinstance(actor_type, str) else actor_type.__actor_options__.name

@@ -46,7 +46,7 @@ class Device(Actor[Seen], name="reminders.Device", idle_timeout=5):
 
     async def on_activate(self) -> None:
         self.state.activations += 1
-        await self.save()
+        await self.context.save()
 
     async def on_reminder(self, name: str, tick: ReminderTick) -> None:
         self.state.ticks.setdefault(name, []).append(tick.scheduled)

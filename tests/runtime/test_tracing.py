@@ -17,9 +17,9 @@ from tests.trace_sink import memory_exporter, span_record
 
 class Hop(Actor[None], name="tracing.Hop"):
     async def relay(self, key: str) -> str | None:
-        return await self.get(Hop, key).context()
+        return await self.actors.get(Hop, key).trace_context()
 
-    async def context(self) -> str | None:
+    async def trace_context(self) -> str | None:
         return current_traceparent.get()
 
     async def fail(self) -> None:
@@ -46,7 +46,7 @@ async def test_client_span_is_the_parent_of_a_turn_whose_call_parents_a_turn_on_
         with trace.get_tracer("test").start_as_current_span("client") as client:
             await cluster.get(Hop, first).relay(second)
     spans = {s["name"]: s for s in map(span_record, exporter.get_finished_spans())}
-    a, b = spans["tracing.Hop.relay"], spans["tracing.Hop.context"]
+    a, b = spans["tracing.Hop.relay"], spans["tracing.Hop.trace_context"]
     root = client.get_span_context()
     assert {a["trace_id"], b["trace_id"]} == {root.trace_id}
     assert a["parent_id"] == root.span_id
