@@ -52,19 +52,15 @@ class Leaver(Actor[None], name="test.edge.Leaver"):
 
     def __init__(self) -> None:
         self.token = os.urandom(8).hex()
-        self.go = asyncio.Event()
 
     async def token_of(self) -> str:
         return self.token
 
-    async def leave_when_released(self) -> str:
+    async def leave_after(self, latch: str) -> str:
+        """Ask to be deactivated, then wait for the ``Starter`` ``latch`` to be let finish."""
         self.deactivate_on_idle()
-        await self.go.wait()
+        await self.get(Starter, latch).long_method()
         return self.token
-
-    @always_interleave
-    async def release(self) -> None:
-        self.go.set()
 
 
 class StuckOnDeactivate(Actor[None], name="test.edge.StuckOnDeactivate"):

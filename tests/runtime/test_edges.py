@@ -62,14 +62,16 @@ async def test_a_call_queued_behind_deactivate_on_idle_goes_to_the_next_activati
     any_cluster: Cluster, key: Key
 ) -> None:
     actor = any_cluster.get(Leaver, key("leaver")).with_timeout(10)
+    latch = any_cluster.get(Starter, key("latch")).with_timeout(10)
     first = await actor.token_of()
-    # In this order: the leaving turn starts and waits; the next call queues behind it; the
-    # interleaving release lets the leaving turn end.
-    leaving = asyncio.ensure_future(actor.leave_when_released())
+    # In this order (tasks send in the order they were made): the leaving turn starts and
+    # waits on the latch; the next call queues behind it; the latch opens, and the leaving
+    # turn ends, with no other turn of the actor ending in between.
+    leaving = asyncio.ensure_future(actor.leave_after(key("latch")))
     queued = asyncio.ensure_future(actor.token_of())
-    released = asyncio.ensure_future(actor.release())
+    opened = asyncio.ensure_future(latch.let_finish())
     assert await leaving == first
-    await released
+    await opened
     assert await queued != first  # served after on_deactivate, by a fresh activation
 
 
