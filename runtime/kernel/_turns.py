@@ -112,7 +112,8 @@ class TurnRunner(Mailbox):
                         )
                     data = slot.changed(self.instance.state)
                     if data is not None:
-                        if self._queue_write(request, method, payload, data):
+                        # (A turn with a scope awaits its write: the scope hears how it went.)
+                        if scope is None and self._queue_write(request, method, payload, data):
                             ends_when_written = True
                             return
                         await slot.write(data)
@@ -142,7 +143,7 @@ class TurnRunner(Mailbox):
                 self.silo.reply(request, ok, payload, joined)
         finally:
             if not ends_when_written:
-                self._end_turn(options)
+                self._end_turn(options, delivery.keeps_alive)
 
     def _queue_write(
         self, request: Request, method: ActorMethod, payload: bytes, data: bytes
@@ -190,7 +191,7 @@ class TurnRunner(Mailbox):
         finally:
             self._end_turn(method.options)
 
-    def _end_turn(self, options: MethodOptions) -> None:
+    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
         # (or one that always interleaves) counts as interleaved, not as a reader.
         if self.options.reentrant or options.always_interleave:
@@ -199,7 +200,8 @@ class TurnRunner(Mailbox):
             self.readers -= 1
         else:
             self.exclusive = False
-        self.last_used = self.silo.clock.now()
+        if keeps_alive:
+            self.last_used = self.silo.clock.now()
         # The activation's own end first: a turn that asked to deactivate (deactivate_on_idle)
         # starts no queued call here; they go to the next activation.
         if self._idle_waiter is not None or self.deactivate_requested:
