@@ -58,8 +58,8 @@ class Leaver(Actor[None], name="test.edge.Leaver"):
 
     async def leave_after(self, latch: str) -> str:
         """Ask to be deactivated, then wait for the ``Starter`` ``latch`` to be let finish."""
-        self.deactivate_on_idle()
-        await self.get(Starter, latch).long_method()
+        self.context.deactivate_on_idle()
+        await self.actors.get(Starter, latch).long_method()
         return self.token
 
 
@@ -73,7 +73,7 @@ class StuckOnDeactivate(Actor[None], name="test.edge.StuckOnDeactivate"):
         return self.token
 
     async def leave(self) -> None:
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
         await asyncio.Event().wait()
@@ -137,7 +137,7 @@ class Typed(Actor[Account], name="test.edge.Typed"):
         return self.state.balance, self.token
 
     async def leave(self) -> None:
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
 
 class SlowVault(Actor[Account], name="test.edge.SlowVault"):
