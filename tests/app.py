@@ -21,6 +21,7 @@ from raygrain.actors import (
     read_only,
     transactional,
 )
+from tests import edge_app
 
 # Hooks the tests set to observe or steer actors in this process (local mode only).
 GATES: dict[str, asyncio.Event] = {}
@@ -448,4 +449,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     ContextUser,
     Preferences,
     Alarm,
+    *edge_app.EDGE_ACTORS,
 ]

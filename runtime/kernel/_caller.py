@@ -161,7 +161,7 @@ class Caller:
             current_chain.get(),
             view_version=membership.view.version,
         )
-        followups: list[Callable[[Response], None]] | None = None
+        followups: list[Callable[[Response | None], None]] | None = None
         for call_filter in self._filters:
             followup = call_filter.outgoing(request)
             if followup is not None:
@@ -180,12 +180,13 @@ class Caller:
                 if not self._answered_on_the_spot % _YIELD_EVERY:
                     await asyncio.sleep(0)
             response = await future
-        except RaygrainError as exc:
-            # No response came (a deadline, a silo lost): the filters still see the outcome.
-            if followups is not None or observers:
+        except BaseException as exc:
+            if followups is not None:  # (the call failed with no response: tell them so)
+                for followup in followups:
+                    followup(None)
+            if observers and isinstance(exc, RaygrainError):
+                # A deadline, a lost silo: the observers count it as a failed call.
                 failed = Response(call_id, False, encode_error(exc, f"{target}.{method}"))
-                for followup in followups or ():
-                    followup(failed)
                 for observe in observers:
                     observe(request, failed, perf_counter() - started)
             raise

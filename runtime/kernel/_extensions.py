@@ -120,10 +120,10 @@ class Guard(Protocol):
 class CallFilter(Protocol):
     """Sees every call a caller makes (keep it cheap: it runs on every call)."""
 
-    def outgoing(self, request: Request) -> Callable[[Response], None] | None:
+    def outgoing(self, request: Request) -> Callable[[Response | None], None] | None:
         """Stamp ``request`` before it is sent; return what to do with its response, if
-        anything (called when the response arrives, before the result is decoded; a call that
-        got no response, e.g. it timed out, passes a failed one carrying its error)."""
+        anything (called when the response arrives, before the result is decoded; with None
+        when the call ended without one: a timeout, a lost silo, a cancelled caller)."""
         ...
 
 
@@ -133,7 +133,7 @@ class CallObserver(Protocol):
 
     def call_ended(self, request: Request, response: Response, seconds: float) -> None:
         """``response`` arrived ``seconds`` after ``request`` was sent (a call that got no
-        response passes a failed one carrying its error)."""
+        response, e.g. it timed out, passes a failed one carrying its error)."""
         ...
 
 

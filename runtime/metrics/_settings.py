@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raygrain.actors import ConfigurationError
+
 __all__ = ["LATENCY_BOUNDS", "SIZE_BOUNDS", "MetricsSettings"]
 
 # Seconds: 100 us to 60 s, about three buckets per decade (a local call takes ~50 us, a turn
@@ -29,3 +31,24 @@ class MetricsSettings:
     slow_turn_seconds: float = 1.0
     max_label_values: int = 100
     export_period: float = 5.0
+
+    @classmethod
+    def chosen(cls, metrics: object, deployment: str) -> MetricsSettings:
+        """The settings a user's ``metrics=`` option (a bool or settings) stands for."""
+        if isinstance(metrics, MetricsSettings):
+            return metrics
+        if not isinstance(metrics, bool):
+            raise ConfigurationError(
+                f"metrics must be a bool or a MetricsSettings, got {type(metrics).__name__}"
+            )
+        return cls(enabled=metrics, deployment=deployment)
+
+    @staticmethod
+    def check_port(port: object, metrics: object) -> None:
+        """Refuse a ``metrics_port`` that is no port, or given with metrics off."""
+        if port is None:
+            return
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+            raise ConfigurationError(f"metrics_port must be a port number, got {port!r}")
+        if metrics is False:
+            raise ConfigurationError("metrics_port needs metrics on (metrics=False was given)")

@@ -37,7 +37,7 @@ def otel_available() -> bool:
 class TraceFilter:
     """Carries the caller's trace context on every call it makes."""
 
-    def outgoing(self, request: Request) -> Callable[[Response], None] | None:
+    def outgoing(self, request: Request) -> Callable[[Response | None], None] | None:
         if _otel is not None:
             own = _otel.traceparent_of_current()
             request.traceparent = own if own is not None else current_traceparent.get()
