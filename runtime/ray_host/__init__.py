@@ -1,32 +1,43 @@
-"""The Ray host: the launcher, the silo and controller actors, the Ray transport and the
-storage server.
+"""The Ray host: the launcher, the silo and controller actors, the Ray transport, the storage
+server, and silos that follow Ray's node list. Each deployment lives in its own Ray namespace.
 """
 
 from raygrain.runtime.ray_host._launcher import (
     CONTROLLER_NAME,
-    NAMESPACE,
+    DEFAULT_DEPLOYMENT,
+    STORAGE_NAME,
     RayBackend,
     RayLaunch,
     create_silo,
     ensure_ray,
     find_silos,
     launch,
+    list_deployments,
+    namespace_of,
     stop_everything,
+    unique_deployment_name,
 )
+from raygrain.runtime.ray_host._nodes import NodeFollower
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
-from raygrain.runtime.ray_host._transport import ClientMailbox
+from raygrain.runtime.ray_host._transport import ClientMailbox, RayTransport
 
 __all__ = [
     "CONTROLLER_NAME",
-    "NAMESPACE",
+    "DEFAULT_DEPLOYMENT",
+    "STORAGE_NAME",
     "ClientMailbox",
+    "NodeFollower",
     "RayBackend",
     "RayLaunch",
+    "RayTransport",
     "RemoteStorage",
     "StorageServerImpl",
     "create_silo",
     "ensure_ray",
     "find_silos",
     "launch",
+    "list_deployments",
+    "namespace_of",
     "stop_everything",
+    "unique_deployment_name",
 ]

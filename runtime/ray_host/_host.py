@@ -10,6 +10,7 @@ main loop is not mistaken for death.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason
@@ -47,10 +48,12 @@ class SiloHostImpl:
         options: SiloOptions,
         resolve: Any,
         controller: Any,
+        controller_gone: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
+        self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
         provider = open_storage(storage) if isinstance(storage, str) else storage
@@ -86,6 +89,9 @@ class SiloHostImpl:
                     self.membership.view.version, 10.0, self.name
                 )
             except Exception as exc:
+                if self._controller_gone(exc):
+                    await self.stop()
+                    return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
@@ -174,6 +180,8 @@ class SiloHostImpl:
             "view_version": self.membership.view.version,
             "batches_sent": self.transport.batches_sent,
             "messages_sent": self.transport.messages_sent,
+            "client_mailboxes": self.transport.mailboxes,
+            "answers_expired": self.transport.answers_expired,
         }
 
     async def leave(self) -> None:
