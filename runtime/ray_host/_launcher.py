@@ -199,6 +199,13 @@ class ControllerActor(ControllerImpl):
         await silo.start.remote()
         return name
 
+    async def _load(self) -> None:
+        await super()._load()
+        # A controller that Ray restarted is first called by its silos' long polls, never by
+        # start_silos: it takes up following the node list here.
+        if self.follower is not None:
+            self.follower.follow()
+
     async def start_silos(self) -> list[str]:
         """Start the silos every live node lacks, then keep following Ray's node list."""
         async with self._lock:
@@ -225,6 +232,9 @@ class ControllerActor(ControllerImpl):
     def node_id(self) -> str:
         """The Ray node this controller runs on."""
         return str(ray.get_runtime_context().get_node_id())
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def kill_silo(self, name: str) -> None:
         try:
