@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason
+from raygrain.runtime._capabilities import silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Membership,
@@ -65,6 +66,7 @@ class SiloHostImpl:
             self.membership,
             SystemClock(),
             options,
+            silo_extensions(),
         )
         self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None
