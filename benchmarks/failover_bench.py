@@ -43,7 +43,7 @@ _GIVE_UP_SECONDS = 90.0  # a failover that takes this long is a failure, not a f
 VICTIMS = (
     ("worker node 1", 0, False),
     ("worker node 2", 1, False),
-    ("node 1 + controller", 0, True),
+    ("worker node 1 + controller process", 0, True),
 )
 
 
