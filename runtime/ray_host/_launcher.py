@@ -83,12 +83,8 @@ def unique_deployment_name() -> str:
     return f"cluster-{uuid.uuid4().hex[:10]}"
 
 
-def _head_node_id() -> str:
-    """Ray's head node (it holds the GCS: when it dies, the whole Ray cluster is gone)."""
-    for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
-            return str(node["NodeID"])
-    return str(ray.get_runtime_context().get_node_id())
+# Every Ray head node carries this resource (Ray's documented way to schedule on the head).
+_ON_HEAD = {"node:__internal_head__": 0.001}
 
 
 @dataclass(frozen=True)
@@ -233,16 +229,18 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         ).remote(launch.server_storage)
         await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
         handles[STORAGE_NAME] = server
-    # Hard affinity to the head node: the controller then dies only with Ray's own GCS, never
-    # with a worker node (soft affinity let Ray place it on a worker, whose death cost 16 s:
-    # Ray's node-death timeout plus a restart, with that node's silos undetected meanwhile).
+    # On the head node, always: the controller then dies only with Ray's own GCS, never with a
+    # worker node (soft affinity to the launching node let Ray place it on a worker, whose
+    # death cost 16 s: Ray's node-death timeout plus a restart, with that node's silos
+    # undetected meanwhile). By the head's resource rather than its node id, so that with GCS
+    # fault tolerance a restarted controller follows a restarted head.
     controller = ControllerActor.options(  # type: ignore[attr-defined]
         name=CONTROLLER_NAME,
         namespace=namespace,
         get_if_exists=True,
         lifetime=lifetime,
         runtime_env=runtime_env,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=False),
+        resources=_ON_HEAD,
     ).remote(namespace, launch.detection, launch.storage, launch, options)
     handles[CONTROLLER_NAME] = controller
     names = await controller.start_silos.remote()
