@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import os
+import socket
 import sys
 import traceback
 from typing import Any
@@ -27,6 +28,7 @@ EXIT_OK = 0
 EXIT_NOT_RUNNING = 1  # status/down: no such deployment on that Ray
 EXIT_CONFIG = 2  # bad arguments or configuration
 EXIT_RAY_UNREACHABLE = 3  # cannot connect to Ray, or Ray refused our credentials
+_REACH_TIMEOUT = 5.0  # seconds to wait for Ray's port to accept a connection
 
 _EPILOG = """\
 deployments: every deployment has a name (--name, default "default"); its silos, controller and
@@ -53,12 +55,28 @@ def _connect(address: str | None, local_code: bool) -> None:
     """Connect to Ray, turning its connection and authentication failures into one line."""
     from raygrain.runtime.ray_host import ensure_ray
 
+    _check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto")
     try:
         ensure_ray(address, local_code=local_code)
     except RaygrainError:
         raise
     except Exception as exc:
         raise RayUnreachable(_describe_ray_failure(address, exc)) from exc
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at ``host:port``: Ray itself would retry for minutes,
+    printing a warning every few seconds. ("auto" is Ray's to resolve; it fails fast.)"""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise RayUnreachable(
+            f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
+            "it with 'ray start --head', or pass the right --address (or RAY_ADDRESS)"
+        ) from exc
 
 
 def _describe_ray_failure(address: str | None, exc: BaseException) -> str:

@@ -118,12 +118,28 @@ def test_cli_ray_failures_are_one_line_with_the_fix_and_exit_code_3(
         raise ConnectionError("Could not find any running Ray instance.\nmore\nlines")
 
     monkeypatch.setattr(ray_host, "ensure_ray", refuse)
-    assert main(["status", "--address", "10.0.0.1:6379"]) == 3
+    assert main(["status", "--address", "auto"]) == 3
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    assert main(["--debug", "down", "--address", "10.0.0.1:6379"]) == 3
+    assert main(["--debug", "down", "--address", "auto"]) == 3
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_cli_with_nothing_listening_at_the_address_fails_at_once_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from raygrain.runtime.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        assert main(["status", "--address", f"127.0.0.1:{port}"]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot connect to Ray at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_help_documents_exit_codes_and_deployment_names(
