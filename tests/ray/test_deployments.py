@@ -23,8 +23,12 @@ class Apples(Actor[int], name="test.deployments.Apples"):
 
     @read_only
     async def log_settings(self) -> list[Any]:
-        """What the silo hosting this actor was given: its env var and its logger's level."""
-        return [os.environ.get("RAYGRAIN_LOG_LEVEL"), logging.getLogger("raygrain").level]
+        """What the silo hosting this actor was given: its env vars and its logger's level."""
+        return [
+            os.environ.get("RAYGRAIN_LOG_LEVEL"),
+            logging.getLogger("raygrain").level,
+            os.environ.get("SHOP_MARK"),
+        ]
 
 
 class Pears(Actor[int], name="test.deployments.Pears"):
@@ -227,10 +231,14 @@ async def test_down_with_a_name_stops_only_that_deployment_and_status_lists_them
 
 
 @pytest.mark.ray
-async def test_the_log_level_reaches_the_silos(ray_silos: Any, tmp_path: Any) -> None:
+async def test_the_log_level_and_runtime_env_reach_the_silos(ray_silos: Any, tmp_path: Any) -> None:
     async with Cluster.ray(
-        actors=[Apples], storage=f"sqlite:///{tmp_path}/l.db", log_level="debug"
+        actors=[Apples],
+        storage=f"sqlite:///{tmp_path}/l.db",
+        log_level="debug",
+        runtime_env={"env_vars": {"SHOP_MARK": "from-runtime-env"}},
     ) as cluster:
-        env, level = await cluster.get(Apples, "log").log_settings()
+        env, level, mark = await cluster.get(Apples, "log").log_settings()
     assert env == "debug"
     assert level == logging.DEBUG
+    assert mark == "from-runtime-env"
