@@ -23,6 +23,7 @@ from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDi
 from raygrain.runtime.ray_host._host import SiloHostImpl
 from raygrain.runtime.ray_host._nodes import NodeFollower
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
+from raygrain.storage import open_storage
 
 if TYPE_CHECKING:
     from raygrain.runtime.ray_host._launcher import RayLaunch
@@ -67,8 +68,6 @@ class ControllerActor(ControllerImpl):
     ) -> None:
         # The view's truth lives in the state store; Ray restarts a crashed controller, which
         # then continues from the stored view.
-        from raygrain.storage import open_storage
-
         store: Any = _remote_storage(namespace) if storage is None else open_storage(storage)
         super().__init__(detection, store)
         self.namespace = namespace
