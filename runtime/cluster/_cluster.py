@@ -49,6 +49,7 @@ from raygrain.runtime.transactions import (
     current_transaction,
     encode_participants,
 )
+from raygrain.runtime.wire import TLSFiles
 from raygrain.storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
@@ -193,6 +194,8 @@ class Cluster:
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
         log_level: str | None = None,
+        transport: str = "direct",
+        tls: TLSFiles | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -205,8 +208,18 @@ class Cluster:
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
         open that file itself (one machine only). ``log_level``: the silos' (default:
-        ``RAYGRAIN_LOG_LEVEL``)."""
-        from raygrain.runtime.ray_host import RayBackend, RayLaunch, unique_deployment_name
+        ``RAYGRAIN_LOG_LEVEL``). ``transport``: ``"direct"`` (default) sends calls over the
+        silos' own authenticated connections, with Ray calls as the fallback; ``"ray"`` sends
+        every message as a Ray actor call. ``tls``: certificate files for the direct
+        connections (see docs/ray.md)."""
+        from raygrain.runtime.ray_host import (
+            DirectPlane,
+            RayBackend,
+            RayLaunch,
+            check_transport,
+            frame_cap,
+            unique_deployment_name,
+        )
 
         registry = ActorRegistry(actors)
         options = _silo_options(
@@ -218,6 +231,8 @@ class Cluster:
             transactions,
             max_queued_calls,
         )
+        if tls is not None and not isinstance(tls, TLSFiles):
+            raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
         launch = RayLaunch(
             tuple(actors),
             silos_per_node,
@@ -227,8 +242,11 @@ class Cluster:
             name=unique_deployment_name() if name is None else name,
             runtime_env=runtime_env,
             log_level=log_level,
+            transport=check_transport(transport),
+            plane=DirectPlane(tls=tls, max_frame_bytes=frame_cap(options.calls.max_message_bytes)),
         )
-        return cls(registry, RayBackend(address, launch, options, runtime_env=runtime_env))
+        backend = RayBackend(address, launch, options, runtime_env=runtime_env, transport=transport)
+        return cls(registry, backend)
 
     @classmethod
     def connect(
@@ -239,16 +257,21 @@ class Cluster:
         name: str = "default",
         default_timeout: float = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        transport: str = "direct",
     ) -> Cluster:
         """A client of the deployment ``name`` already running on Ray (``raygrain up
         --name``; default ``"default"``). It never stops anything. ``actors`` are optional:
-        they give typed ``get`` and per-method timeouts."""
+        they give typed ``get`` and per-method timeouts. ``transport``: ``"direct"``
+        (default; Ray calls when the silos offer no direct plane or cannot be dialled) or
+        ``"ray"``."""
         from raygrain.runtime.ray_host import RayBackend, namespace_of
 
         namespace_of(name)  # a bad name fails here
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(registry, RayBackend(address, None, options, deployment=name))
+        return cls(
+            registry, RayBackend(address, None, options, deployment=name, transport=transport)
+        )
 
     @property
     def name(self) -> str | None:

@@ -1,7 +1,14 @@
-"""The Ray host: the launcher, the silo and controller actors, the Ray transport, the storage
-server, and silos that follow Ray's node list. Each deployment lives in its own Ray namespace.
+"""The Ray host: the launcher, the silo and controller actors, the Ray transport, the direct
+plane's wiring (runtime.wire over Ray), the storage server, and silos that follow Ray's node
+list. Each deployment lives in its own Ray namespace.
 """
 
+from raygrain.runtime.ray_host._direct import (
+    TRANSPORTS,
+    DirectPlane,
+    check_transport,
+    frame_cap,
+)
 from raygrain.runtime.ray_host._launcher import (
     CONTROLLER_NAME,
     DEFAULT_DEPLOYMENT,
@@ -25,16 +32,20 @@ __all__ = [
     "CONTROLLER_NAME",
     "DEFAULT_DEPLOYMENT",
     "STORAGE_NAME",
+    "TRANSPORTS",
     "ClientMailbox",
+    "DirectPlane",
     "NodeFollower",
     "RayBackend",
     "RayLaunch",
     "RayTransport",
     "RemoteStorage",
     "StorageServerImpl",
+    "check_transport",
     "create_silo",
     "ensure_ray",
     "find_silos",
+    "frame_cap",
     "launch",
     "list_deployments",
     "namespace_of",

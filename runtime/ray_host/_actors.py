@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from raygrain.actors import Actor
 from raygrain.runtime.kernel import SiloOptions, SiloStatus, configure_logging, get_logger
 from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.ray_host._direct import DirectPlane
 from raygrain.runtime.ray_host._host import SiloHostImpl
 from raygrain.runtime.ray_host._nodes import NodeFollower
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
@@ -65,7 +66,11 @@ class ControllerActor(ControllerImpl):
         storage: str | None,
         launch: RayLaunch | None = None,
         options: SiloOptions | None = None,
+        plane: DirectPlane | None = None,
     ) -> None:
+        # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
+        # to ask for through Ray; a restarted controller gets the same from Ray.
+        self.plane = plane
         # The view's truth lives in the state store; Ray restarts a crashed controller, which
         # then continues from the stored view.
         store: Any = _remote_storage(namespace) if storage is None else open_storage(storage)
@@ -128,6 +133,9 @@ class ControllerActor(ControllerImpl):
         except (ray.exceptions.RayActorError, ValueError) as exc:
             raise SiloDied(type(exc).__name__) from None
 
+    def direct_plane(self) -> DirectPlane | None:
+        return self.plane
+
     def node_id(self) -> str:
         """The Ray node this controller runs on."""
         return str(ray.get_runtime_context().get_node_id())
@@ -178,6 +186,7 @@ class SiloActor:
             options,
             resolver(namespace),
             controller,
+            ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             controller_gone=self._controller_gone,
         )
 
@@ -204,6 +213,14 @@ class SiloActor:
 
     async def poll(self, client: str) -> bytes:
         return await self.host.poll(client)
+
+    def wire_address(self) -> tuple[str, int] | None:
+        """Where this silo listens for direct connections (None: it does not)."""
+        return self.host.direct_address
+
+    async def drop_connections(self) -> int:
+        """Test hook: close every direct connection of this silo at once (a network fault)."""
+        return self.host.wire.drop_connections() if self.host.wire is not None else 0
 
     async def forget_client(self, client: str) -> None:
         await self.host.forget_client(client)

@@ -32,6 +32,7 @@ from raygrain.runtime.kernel import (
     Caller,
     Membership,
     SiloOptions,
+    SiloStatus,
     get_logger,
     view_from_wire,
 )
@@ -47,7 +48,14 @@ from raygrain.runtime.ray_host._actors import (
     lookup,
     resolver,
 )
+from raygrain.runtime.ray_host._direct import (
+    DirectPlane,
+    Locator,
+    PlaneSwitch,
+    check_transport,
+)
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
+from raygrain.runtime.wire import WireTransport
 
 __all__ = [
     "CONTROLLER_NAME",
@@ -106,8 +114,11 @@ class RayLaunch:
     name: str = DEFAULT_DEPLOYMENT
     runtime_env: dict[str, Any] | None = None
     log_level: str | None = None
+    transport: str = "direct"  # "ray": silos listen nowhere, Ray calls carry every message
+    plane: DirectPlane = field(default_factory=DirectPlane)  # a fresh secret per launch
 
     def __post_init__(self) -> None:
+        check_transport(self.transport)
         namespace_of(self.name)  # a bad name fails here, before anything starts
         if not isinstance(self.silos_per_node, int) or self.silos_per_node < 1:
             raise ConfigurationError(
@@ -241,7 +252,14 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         lifetime=lifetime,
         runtime_env=runtime_env,
         resources=_ON_HEAD,
-    ).remote(namespace, launch.detection, launch.storage, launch, options)
+    ).remote(
+        namespace,
+        launch.detection,
+        launch.storage,
+        launch,
+        options,
+        launch.plane if launch.transport == "direct" else None,
+    )
     handles[CONTROLLER_NAME] = controller
     names = await controller.start_silos.remote()
     resolve = resolver(namespace)
@@ -263,6 +281,7 @@ class RayBackend:
         options: SiloOptions,
         deployment: str = DEFAULT_DEPLOYMENT,
         runtime_env: dict[str, Any] | None = None,
+        transport: str = "direct",
     ) -> None:
         self.address = address
         self.launch = launch
@@ -272,8 +291,11 @@ class RayBackend:
         self.runtime_env = runtime_env
         self.membership = Membership()
         self.client_address = f"{CLIENT_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.transport_choice = check_transport(transport)
         self._resolve = resolver(self.namespace)
-        self.transport = RayTransport(self.client_address, self._resolve)
+        self.ray_transport = RayTransport(self.client_address, self._resolve)
+        self.wire: WireTransport | None = None
+        self.transport = PlaneSwitch(self.ray_transport)
         self.handles: dict[str, Any] = {}
         self._follower: asyncio.Task[None] | None = None
         self._controller: Any = None
@@ -288,7 +310,7 @@ class RayBackend:
             self.options.calls,
             filters=client_filters(),
         )
-        self.transport.bind(caller)
+        self.ray_transport.bind(caller)
         self.caller = caller
         return caller
 
@@ -319,16 +341,45 @@ class RayBackend:
                 f"{', '.join(list_deployments()) or 'none'})"
             ) from None
         self._apply_view(await self._controller.get_view.remote())
+        if self.transport_choice == "direct":
+            await self._use_direct_plane()
         self._follower = asyncio.ensure_future(self._follow_view())
+
+    async def _use_direct_plane(self) -> None:
+        """Learn the deployment's direct plane from the controller (through Ray: the same trust
+        boundary as Ray) and switch to it; a deployment launched with transport="ray" has
+        none, and Ray carries on."""
+        plane = await self._controller.direct_plane.remote()
+        if plane is None:
+            get_logger().warning("direct_plane_unavailable_using_ray")
+            return
+        self.wire = WireTransport(
+            self.client_address,
+            plane.options(),
+            Locator(self._resolve),
+            fallback=self.ray_transport,
+        )
+        if self.caller is not None:
+            self.wire.bind(self.caller)
+        self.transport.use(self.wire)
+        for name in self.membership.view.active():
+            self.wire.connect(name)
 
     def _apply_view(self, blob: bytes) -> None:
         dead_before = set(self.membership.view.dead())
         if self.membership.update(view_from_wire(blob)):
             for name in self.membership.view.active():
-                self.transport.ensure_polling(name)
-            for dead in set(self.membership.view.dead()) - dead_before:
+                # Any silo may answer a call forwarded while in flight: be reachable from all.
+                if self.wire is not None:
+                    self.wire.connect(name)
+                else:
+                    self.ray_transport.ensure_polling(name)
+            view = self.membership.view
+            for dead in set(view.dead()) - dead_before:
                 if self.caller is not None:
                     self.caller.fail_calls_to(dead)
+            if self.wire is not None:  # no redialling silos that died or left
+                self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
 
     async def _follow_view(self) -> None:
         while True:
@@ -355,7 +406,9 @@ class RayBackend:
                     self._resolve(name).forget_client.remote(self.client_address)
                 except Exception:
                     pass
-        await self.transport.aclose()
+        if self.wire is not None:
+            await self.wire.aclose()
+        await self.ray_transport.aclose()
         try:
             # Only what this cluster started: a connected client (launch None) or a detached
             # deployment (raygrain up) leaves every silo running.
