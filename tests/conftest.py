@@ -50,9 +50,15 @@ def log(
 
     monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() configures afresh
     capsys.readouterr()
+
     # raygrain logs through the stdlib logger "raygrain"; under pytest the root logger has
     # pytest's handlers, so raygrain's own stderr fallback stays quiet: write to capsys here.
-    handler = logging.StreamHandler(sys.stderr)  # (capsys's stream by now)
+    class ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr  # capsys's stream while the test runs
+            super().emit(record)
+
+    handler = ToStderr()
     raygrain_logger = logging.getLogger("raygrain")
     raygrain_logger.addHandler(handler)
     request.addfinalizer(lambda: raygrain_logger.removeHandler(handler))

@@ -29,6 +29,7 @@ class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         if not logging.getLogger().handlers:
+            self.stream = sys.stderr  # whatever stderr is now (it may have been replaced)
             super().emit(record)
 
 
@@ -49,7 +50,7 @@ def configure_logging(level: str | int | None = None) -> None:
         )
         stdlib.setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
     if not any(isinstance(h, _FallbackHandler) for h in stdlib.handlers):
-        stdlib.addHandler(_FallbackHandler(sys.stderr))
+        stdlib.addHandler(_FallbackHandler())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if sys.stderr.isatty()
