@@ -114,7 +114,7 @@ async def _one_run(
                 except InconsistentStateError:  # fenced: a lingering old owner wrote first
                     failed += 1  # (not applied; the next call reactivates from storage)
                     return False
-                acked.setdefault(ref.key, set()).add(amount)
+                acked.setdefault(ref.actor_id.key, set()).add(amount)
                 return True
 
             async def worker() -> None:
@@ -165,7 +165,7 @@ async def _one_run(
             await asyncio.gather(*workers)
             stored = await asyncio.gather(*(r.amounts() for r in refs))
             lost = sum(
-                len(acked.get(r.key, set()) - set(amounts))
+                len(acked.get(r.actor_id.key, set()) - set(amounts))
                 for r, amounts in zip(refs, stored, strict=True)
             )
             duplicated = sum(len(a) - len(set(a)) for a in stored)

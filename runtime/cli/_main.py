@@ -1,4 +1,4 @@
-"""The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
+"""The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--name NAME] [--silos-per-node 1] [--storage URL]
             [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
@@ -18,9 +18,13 @@ import os
 import socket
 import sys
 import traceback
+from importlib import metadata
 from typing import Any
 
+from rich.table import Table
+
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.runtime.cli._table import Column, render_table, table_console
 
 __all__ = ["main"]
 
@@ -233,18 +237,35 @@ async def _deployment_status(args: argparse.Namespace, deployment: str) -> int:
             )
         )
         return EXIT_OK
-    print(
-        f"deployment {deployment!r}: membership view version {view.version}, {len(rows)} "
-        f"silo(s) on {len(live_nodes)} live node(s)"
-        + (f", {len(without_silo)} node(s) still without one" if without_silo else "")
+    title = (
+        f"deployment {deployment!r}: view version {view.version}, {len(rows)} silo(s) on "
+        f"{len(live_nodes)} live node(s)"
+        + (f", {len(without_silo)} still without one" if without_silo else "")
     )
-    print(f"{'silo':34} {'status':14} {'node':14} {'activations':>11} {'calls':>10}")
-    for row in rows:
-        print(
-            f"{row['silo']:34} {row['status']:14} {str(row.get('node_id', '?'))[:12]:14} "
-            f"{row.get('activations', '-'):>11} {row.get('calls_received', '-'):>10}"
-        )
+    table_console().print(_status_table(view.version, rows, title))
     return EXIT_OK
+
+
+def _status_table(view_version: int, rows: list[dict[str, Any]], title: str | None = None) -> Table:
+    columns = [
+        Column("silo", max_width=44),  # folds: the end of a silo's name tells two apart
+        Column("status"),
+        Column("node", overflow="ellipsis", max_width=14),
+        Column("activations", justify="right"),
+        Column("calls", justify="right"),
+    ]
+    cells = [
+        (
+            r["silo"],
+            r["status"],
+            r.get("node", r.get("node_id", "?")),
+            r.get("activations"),
+            r.get("calls_received"),
+        )
+        for r in rows
+    ]
+    title = title or f"membership view version {view_version}, {len(rows)} silo(s)"
+    return render_table(columns, cells, title=title)
 
 
 async def _down(args: argparse.Namespace) -> int:
@@ -263,6 +284,13 @@ async def _down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    try:
+        return metadata.version("raygrain")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raygrain",
@@ -270,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a detached deployment of silos on a Ray cluster")
@@ -306,6 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop one deployment's silos gracefully")
     down.add_argument("--address", default="auto")
     down.add_argument("--name", default="default", help="the deployment (default: default)")
+    # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
 
@@ -323,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return int(suite.main(argv[1:]))
+        return int(suite.main(argv[1:], prog="raygrain bench"))
     args = _parser().parse_args(argv)
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:
