@@ -209,7 +209,9 @@ class Cluster:
         cls,
         actors: Iterable[type[Actor[Any]]],
         *,
+        name: str | None = None,
         address: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
         silos_per_node: int = 1,
         storage: str | None = None,
         server_storage: str = "sqlite://raygrain-state.db",
@@ -221,25 +223,34 @@ class Cluster:
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        log_level: str | None = None,
         transport: str = "direct",
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
     ) -> Cluster:
-        """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
-        local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
+        """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
+        ``aclose()``.
+
+        ``name``: the deployment's name (its own Ray namespace; default: a unique one), so that
+        programs sharing a Ray never see or stop each other's silos. ``address``: None joins
+        ``RAY_ADDRESS`` when set and otherwise starts a local Ray; ``"auto"`` or
+        ``"ray://host:10001"`` (needs ``raygrain[client]``) joins one. ``runtime_env``: Ray's,
+        for the silos (``working_dir``, ``pip``, ``env_vars``...). ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
-        open that file itself (one machine only). ``transport``: ``"direct"`` (default) sends
-        calls over the silos' own authenticated connections, with Ray calls as the fallback;
-        ``"ray"`` sends every message as a Ray actor call. ``tls``: certificate files for the
-        direct connections (see docs/ray.md)."""
+        open that file itself (one machine only). ``log_level``: the silos' (default:
+        ``RAYGRAIN_LOG_LEVEL``). ``transport``: ``"direct"`` (default) sends calls over the
+        silos' own authenticated connections, with Ray calls as the fallback; ``"ray"`` sends
+        every message as a Ray actor call. ``tls``: certificate files for the direct
+        connections (see docs/ray.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
             RayLaunch,
             check_transport,
             frame_cap,
+            unique_deployment_name,
         )
 
         registry = ActorRegistry(actors)
@@ -262,35 +273,55 @@ class Cluster:
             storage,
             server_storage,
             detection=failure_detection or FailureDetection(),
+            name=unique_deployment_name() if name is None else name,
+            runtime_env=runtime_env,
+            log_level=log_level,
             transport=check_transport(transport),
             plane=DirectPlane(tls=tls, max_frame_bytes=frame_cap(options.calls.max_message_bytes)),
         )
-        return cls(registry, RayBackend(address, launch, options, transport))
+        backend = RayBackend(address, launch, options, runtime_env=runtime_env, transport=transport)
+        return cls(registry, backend)
 
     @classmethod
     def connect(
         cls,
-        address: str = "auto",
+        address: str | None = "auto",
         actors: Iterable[type[Actor[Any]]] = (),
         *,
+        name: str = "default",
         default_timeout: float = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
         transport: str = "direct",
     ) -> Cluster:
-        """A client of silos already running on Ray (started with ``raygrain up``).
-        ``actors`` are optional: they give typed ``get`` and per-method timeouts.
-        ``transport``: ``"direct"`` (default; Ray calls when the silos offer no direct
-        plane or cannot be dialled) or ``"ray"``."""
-        from raygrain.runtime.ray_host import RayBackend
+        """A client of the deployment ``name`` already running on Ray (``raygrain up
+        --name``; default ``"default"``). It never stops anything. ``actors`` are optional:
+        they give typed ``get`` and per-method timeouts. ``transport``: ``"direct"``
+        (default; Ray calls when the silos offer no direct plane or cannot be dialled) or
+        ``"ray"``."""
+        from raygrain.runtime.ray_host import RayBackend, namespace_of
 
+        namespace_of(name)  # a bad name fails here
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(registry, RayBackend(address, None, options, transport))
+        return cls(
+            registry, RayBackend(address, None, options, deployment=name, transport=transport)
+        )
+
+    @property
+    def name(self) -> str | None:
+        """The deployment's name on Ray (None in local mode)."""
+        return getattr(self._backend, "deployment", None)
 
     async def start(self) -> Cluster:
         if not self._started:
             self._started = True
-            await self._backend.start()
+            try:
+                await self._backend.start()
+            except BaseException:
+                # The backend has undone what it started; this cluster is closed, not leaked.
+                self.closed = True
+                self._caller.close()
+                raise
         return self
 
     async def __aenter__(self) -> Cluster:

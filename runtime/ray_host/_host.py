@@ -10,6 +10,7 @@ main loop is not mistaken for death.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason, MalformedMessageError
@@ -52,10 +53,12 @@ class SiloHostImpl:
         resolve: Any,
         controller: Any,
         listen_host: str = "127.0.0.1",
+        controller_gone: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
+        self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
         # Ray carries everything until start() opens the deployment's direct plane (if it
@@ -111,6 +114,9 @@ class SiloHostImpl:
                     self.membership.view.version, 10.0, self.name
                 )
             except Exception as exc:
+                if self._controller_gone(exc):
+                    await self.stop()
+                    return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
@@ -206,6 +212,8 @@ class SiloHostImpl:
             "view_version": self.membership.view.version,
             "batches_sent": self.transport.batches_sent,
             "messages_sent": self.transport.messages_sent,
+            "client_mailboxes": self.transport.mailboxes,
+            "answers_expired": self.transport.answers_expired,
             "direct_address": self.direct_address,
             "direct_batches_sent": self.wire.batches_sent if self.wire else 0,
             "direct_messages_sent": self.wire.messages_sent if self.wire else 0,
