@@ -1,7 +1,8 @@
 """State storage providers for raygrain actors.
 
 Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.db")`` turns a
-URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
+URL into a provider (SQLAlchemy's convention: that file is relative to the working directory);
+``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
 """
 
 from raygrain.storage._memory import MemoryStorage
@@ -13,7 +14,7 @@ from raygrain.storage._provider import (
     tell_written,
 )
 from raygrain.storage._sqlite import SqliteStorage
-from raygrain.storage._url import open_storage
+from raygrain.storage._url import absolute_storage_url, check_storage_url, open_storage
 
 __all__ = [
     "MemoryStorage",
@@ -22,6 +23,8 @@ __all__ = [
     "StateRecord",
     "StateWrite",
     "StorageProvider",
+    "absolute_storage_url",
+    "check_storage_url",
     "open_storage",
     "tell_written",
 ]

@@ -59,7 +59,8 @@ EXPORTS = {
     },
     "storage": {
         "MemoryStorage", "QueuedWrites", "SqliteStorage", "StateRecord", "StateWrite",
-        "StorageProvider", "open_storage", "tell_written",
+        "StorageProvider", "absolute_storage_url", "check_storage_url", "open_storage",
+        "tell_written",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, cwd: Path = ROOT) -> str:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -30,3 +35,10 @@ def test_hello_greets_and_remembers(tmp_path: Path) -> None:
     db = str(tmp_path / "hello.db")
     assert "greeted 1 time(s)" in _run("samples.hello", db)
     assert "greeted 2 time(s)" in _run("samples.hello", db)  # state survived the process
+
+
+def test_hello_keeps_its_state_in_the_working_directory(tmp_path: Path) -> None:
+    # sqlite:///hello.db is relative (SQLAlchemy's convention): not /hello.db.
+    assert "state in hello.db" in _run("samples.hello", cwd=tmp_path)
+    assert (tmp_path / "hello.db").is_file()
+    assert "greeted 2 time(s)" in _run("samples.hello", cwd=tmp_path)

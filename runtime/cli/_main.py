@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
     up.add_argument("--actors", action="append", required=True, help="module with actor classes")
     up.add_argument("--silos-per-node", type=int, default=1)
-    up.add_argument("--storage", default="sqlite://raygrain-state.db")
+    up.add_argument("--storage", default="sqlite:///raygrain-state.db")
     up.add_argument(
         "--direct",
         action="store_true",

@@ -147,7 +147,8 @@ class Cluster:
         transactions: TransactionSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
-        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
+        ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
+        default ``"memory://"``). A bad path fails here. Start it with ``async with``."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actors)
@@ -170,7 +171,7 @@ class Cluster:
         address: str | None = None,
         silos_per_node: int = 1,
         storage: str | None = None,
-        server_storage: str = "sqlite://raygrain-state.db",
+        server_storage: str = "sqlite:///raygrain-state.db",
         default_timeout: float = 30.0,
         default_idle_timeout: float = 15 * 60.0,
         collection_period: float = 60.0,

@@ -32,7 +32,7 @@ from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDi
 from raygrain.runtime.ray_host._host import SiloHostImpl
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
-from raygrain.storage import open_storage
+from raygrain.storage import absolute_storage_url, check_storage_url, open_storage
 
 __all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
 
@@ -40,7 +40,7 @@ NAMESPACE = "raygrain"
 CONTROLLER_NAME = "raygrain-controller"
 STORAGE_NAME = "raygrain-storage"
 SILO_PREFIX = "raygrain-silo-"
-DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where launched
+DEFAULT_STORAGE = "sqlite:///raygrain-state.db"  # relative: made absolute where launched
 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
@@ -159,14 +159,6 @@ def find_silos() -> list[str]:
     )
 
 
-def absolute_storage_url(spec: str) -> str:
-    """Make a relative ``sqlite://`` path absolute against this process's directory: Ray
-    workers run elsewhere, and would otherwise each resolve it against their own."""
-    if spec.startswith("sqlite://") and not spec.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.abspath(spec[len("sqlite://") :])
-    return spec
-
-
 @dataclass(frozen=True)
 class RayLaunch:
     """What to start on Ray: the actor types, silos per node, storage, and lifetime."""
@@ -179,8 +171,12 @@ class RayLaunch:
     detection: FailureDetection = field(default_factory=FailureDetection)
 
     def __post_init__(self) -> None:
+        # Checked here, where the cluster is launched: a bad path is one line now, not a
+        # failure in every silo at its first call.
+        check_storage_url(self.server_storage)
         object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
         if self.storage is not None:
+            check_storage_url(self.storage)
             object.__setattr__(self, "storage", absolute_storage_url(self.storage))
 
 
