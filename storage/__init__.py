@@ -2,10 +2,12 @@
 
 Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.db")`` turns a
 URL into a provider (SQLAlchemy's convention: that file is relative to the working directory);
-``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
+``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default;
+``PostgresStorage`` the store of a multi-node deployment.
 """
 
 from raygrain.storage._memory import MemoryStorage
+from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
     QueuedWrites,
     StateRecord,
@@ -18,6 +20,7 @@ from raygrain.storage._url import absolute_storage_url, check_storage_url, open_
 
 __all__ = [
     "MemoryStorage",
+    "PostgresStorage",
     "QueuedWrites",
     "SqliteStorage",
     "StateRecord",

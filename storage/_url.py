@@ -27,7 +27,7 @@ _EXAMPLES = (
     "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', "
     "'postgresql://user:password@host:5432/database' or 'python://package.module:factory'"
 )
-_POSTGRES_SCHEMES: tuple[str, ...] = ()
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 def open_storage(spec: str | StorageProvider) -> StorageProvider:
@@ -46,6 +46,13 @@ def open_storage(spec: str | StorageProvider) -> StorageProvider:
         assert path is not None
         _check_path(spec, path)
         return SqliteStorage(path, **_options(spec, parts, _SQLITE_OPTIONS))
+    if scheme in _POSTGRES_SCHEMES:
+        from raygrain.storage._postgres import POSTGRES_OPTIONS, PostgresStorage
+
+        options = _options(spec, parts, POSTGRES_OPTIONS, pass_through=True)
+        kept = [(k, v) for k, v in _query(parts) if k not in POSTGRES_OPTIONS]
+        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+        return PostgresStorage(dsn, **options)
     assert scheme == "python"
     return _from_factory(spec, spec[len("python://") :])
 

@@ -58,9 +58,9 @@ EXPORTS = {
         "one_way", "read_only", "register_type", "transactional",
     },
     "storage": {
-        "MemoryStorage", "QueuedWrites", "SqliteStorage", "StateRecord", "StateWrite",
-        "StorageProvider", "absolute_storage_url", "check_storage_url", "open_storage",
-        "tell_written",
+        "MemoryStorage", "PostgresStorage", "QueuedWrites", "SqliteStorage", "StateRecord",
+        "StateWrite", "StorageProvider", "absolute_storage_url", "check_storage_url",
+        "open_storage", "tell_written",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",

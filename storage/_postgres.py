@@ -1,0 +1,644 @@
+"""``PostgresStorage``: actor state in PostgreSQL through asyncpg, with group commit.
+
+The production store: on Ray every silo connects to the database itself. Writes are queued, and
+one committer task sends everything pending as one statement: the records travel as arrays
+(``unnest``), an ``UPDATE ... WHERE version = expected`` and an ``INSERT ... ON CONFLICT DO
+NOTHING`` apply those whose ETag matches, and ``RETURNING`` says which keys won, so a thousand
+concurrent turns of one silo cost one round trip and one commit (one fsync on the server). A
+batch holding an atomic group (``write_many``) runs in a transaction that is rolled back and
+retried without the group when the group only partly matched.
+
+Reads retry with backoff while the server is unreachable, up to ``read_timeout``; a write whose
+connection fails fails with ``StorageError`` (its outcome is unknown once it was sent), and the
+connection pool reconnects by itself when the server is back. The schema is created on first use
+and versioned (``raygrain_schema``); a database from a newer raygrain is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import time
+import urllib.parse
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from raygrain.actors import (
+    ActorId,
+    ConfigurationError,
+    InconsistentStateError,
+    StorageError,
+    StorageSchemaError,
+)
+from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
+from raygrain.storage._provider import StateRecord, StateWrite
+
+__all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
+
+# MIGRATIONS[n] takes the schema from version n to n + 1; each runs in the transaction that
+# records the new version, under an advisory lock, so silos starting together apply it once.
+# A capability that needs a table of its own (reminders, say) appends a step here.
+MIGRATIONS: list[str] = [
+    # ``version`` is the ETag: it grows by one on every write and a record is never deleted
+    # (``data`` NULL is a tombstone), so an ETag is never reused. ``id`` is
+    # ActorId.canonical(); ``type_name`` and ``actor_key`` are for humans browsing the table.
+    # fillfactor leaves room on each page so that an update can stay on its page (HOT).
+    """
+    CREATE TABLE {schema}.raygrain_state (
+        id        bytea PRIMARY KEY,
+        version   bigint NOT NULL,
+        type_name text NOT NULL,
+        actor_key text NOT NULL,
+        data      bytea
+    ) WITH (fillfactor = 80)
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Option name -> converter, as the storage URL's query string gives them.
+POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "pool_size": int,
+    "statement_timeout": float,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "max_batch": int,
+    "schema": str,
+}
+
+_SCHEMA_LOCK = 0x7267726E  # "rgrn": the advisory lock that serializes schema changes
+_CREATE_SCHEMA_TABLE = """
+CREATE TABLE IF NOT EXISTS {schema}.raygrain_schema (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version   integer NOT NULL
+)
+"""
+_SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
+_SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
+# One statement for a whole batch. Every CTE sees the same snapshot, so ``current`` holds the
+# versions as they were before the statement (what a loser is told it was refused against).
+# An UPDATE that waits for another session's lock re-checks ``version = expected`` against the
+# row that session committed, so two writers holding one ETag never both succeed.
+_APPLY = """
+WITH input AS (
+    SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])
+        AS i(id, expected, type_name, actor_key, data)
+), current AS (
+    SELECT s.id, s.version FROM {schema}.raygrain_state s WHERE s.id = ANY($1::bytea[])
+), updated AS (
+    UPDATE {schema}.raygrain_state s SET version = s.version + 1, data = i.data
+    FROM input i WHERE i.expected > 0 AND s.id = i.id AND s.version = i.expected
+    RETURNING s.id, s.version
+), inserted AS (
+    INSERT INTO {schema}.raygrain_state (id, version, type_name, actor_key, data)
+    SELECT i.id, 1, i.type_name, i.actor_key, i.data FROM input i WHERE i.expected = 0
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, version
+)
+SELECT id, version, true AS won FROM updated
+UNION ALL SELECT id, version, true FROM inserted
+UNION ALL SELECT id, version, false FROM current
+"""
+
+_MIN_SPLIT = 64
+_DEADLOCK_RETRIES = 5
+# Errors that mean "the server or the connection is not there (now)": worth retrying a read.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, query cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+)
+_RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *_UNREACHABLE)
+_SERVER_ERROR: tuple[type[BaseException], ...] = (*_UNREACHABLE, asyncpg.PostgresError)
+# The server refused the whole statement before committing anything: safe to run it again.
+_RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_Outcome = list[str] | InconsistentStateError
+
+
+class PostgresStorage:
+    """Actor state in a PostgreSQL database, with group commit.
+
+    ``dsn`` is a ``postgresql://user:password@host:port/database`` URL (asyncpg's and
+    libpq's form; options such as ``sslmode`` pass through). ``pool_size``: the most
+    connections this process opens (one is the committer's, the rest serve reads).
+    ``statement_timeout`` (seconds): the server cancels a statement running longer, and the
+    client gives up waiting a little after. ``connect_timeout``: per connection attempt.
+    ``read_timeout``: how long a read keeps retrying while the server is unreachable (the
+    default call deadline). ``max_batch``: the most records in one statement. ``schema``: the
+    PostgreSQL schema holding the tables (created if missing), to keep deployments apart on
+    one database. Connects on first use, or with ``await storage.open()`` / ``async with``.
+    """
+
+    _opened = False
+    _closed = False
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 10,
+        statement_timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        max_batch: int = 2000,
+        schema: str = "public",
+    ) -> None:
+        parts = urllib.parse.urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(
+                f"PostgresStorage needs a postgresql://user:password@host:port/database URL, "
+                f"got {_safe(dsn)!r}"
+            )
+        for name, value in (
+            ("pool_size", pool_size),
+            ("max_batch", max_batch),
+            ("statement_timeout", statement_timeout),
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+        ):
+            if not value > 0:
+                raise ConfigurationError(f"PostgresStorage {name} must be > 0, got {value!r}")
+        if not schema or "\x00" in schema:
+            raise ConfigurationError(f"PostgresStorage schema must be a name, got {schema!r}")
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self.statement_timeout = statement_timeout
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_batch = max_batch
+        self.schema = schema
+        self.commits = 0  # statements that committed a batch, for tests and metrics
+        self._where = _safe(dsn)
+        quoted = '"' + schema.replace('"', '""') + '"'
+        self._sql = {
+            name: sql.replace("{schema}", quoted)
+            for name, sql in (
+                ("read", _SELECT_RECORD),
+                ("versions", _SELECT_VERSIONS),
+                ("apply", _APPLY),
+                ("schema_table", _CREATE_SCHEMA_TABLE),
+            )
+        }
+        self._quoted_schema = quoted
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+        self._pending: deque[Pending] = deque()
+        self._committer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage({self._where!r}, schema={self.schema!r})"
+
+    async def __aenter__(self) -> PostgresStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if self._opened and not self._closed:
+            warnings.warn(
+                f"{self!r} was opened and never closed; use 'async with' or 'await aclose()'",
+                ResourceWarning,
+                stacklevel=2,
+            )
+
+    # -- the provider protocol -----------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and create or check the schema. Idempotent; other methods call it. Raises
+        ``StorageError`` when the server cannot be reached, ``StorageSchemaError`` when the
+        database holds a newer schema."""
+        self._check_not_closed()
+        if self._pool is not None:
+            return
+        async with self._open_lock:
+            self._check_not_closed()
+            if self._pool is not None:
+                return
+            # min_size=0: no connection is opened before it is needed, and one that the server
+            # dropped is replaced on the next acquire: the pool recovers from an outage by itself.
+            pool = asyncpg.create_pool(
+                self.dsn,
+                min_size=0,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                command_timeout=self._client_timeout,
+                max_inactive_connection_lifetime=60.0,
+                server_settings={
+                    "application_name": "raygrain",
+                    "statement_timeout": str(int(self.statement_timeout * 1000)),
+                },
+            )
+            try:
+                await pool
+                await self._ensure_schema(pool)
+            except BaseException as exc:
+                await _terminate(pool)
+                if isinstance(exc, StorageError):
+                    raise
+                if isinstance(exc, _SERVER_ERROR):
+                    raise StorageError(f"cannot open {self!r}: {_describe(exc)}") from exc
+                raise
+            self._pool = pool
+            self._opened = True
+
+    async def read(self, actor_id: ActorId) -> StateRecord:
+        row = await self._retrying(
+            f"reading {actor_id}",
+            lambda connection: connection.fetchrow(self._sql["read"], actor_id.canonical()),
+        )
+        if row is None:
+            return StateRecord(None, None)
+        data = row["data"]
+        return StateRecord(None if data is None else bytes(data), str(row["version"]))
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        return (await self._queue((StateWrite(actor_id, bytes(data), expected_etag),)))[0]
+
+    async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
+        return (await self._queue((StateWrite(actor_id, None, expected_etag),)))[0]
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        """Apply every write or none, in one transaction (batched with other writes). If the
+        caller is cancelled after its batch was sent, the writes may still commit."""
+        self._check_not_closed()
+        if not writes:
+            return []
+        ids = [w.actor_id for w in writes]
+        if len(set(ids)) != len(ids):
+            raise StorageError(f"write_many names a record more than once: {[str(i) for i in ids]}")
+        return await self._queue(
+            tuple(
+                StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
+                for w in writes
+            )
+        )
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``write`` without a coroutine (see ``storage.QueuedWrites``): ``done`` gets the new
+        ETag once the batch committed, or the error, on the event loop, exactly once."""
+        self._check_not_closed()
+        self._start_committer()  # first: if it fails (no running loop), nothing was queued
+        self._pending.append(QueuedWrite(actor_id, bytes(data), expected_etag, done))
+
+    async def aclose(self) -> None:
+        """Let queued writes finish, then close the connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._committer is not None:
+            await asyncio.wait({self._committer})
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), self.connect_timeout)
+                except _UNREACHABLE:
+                    pool.terminate()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @property
+    def _client_timeout(self) -> float:
+        # The server cancels at statement_timeout; the client waits a little longer for that
+        # answer, and past it takes the connection for lost (a partition, a frozen server).
+        return self.statement_timeout + 5.0
+
+    async def _ensure_schema(self, pool: asyncpg.Pool) -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            # Silos start together: one of them creates or upgrades, the others wait and see it.
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._quoted_schema}")
+            await connection.execute(self._sql["schema_table"])
+            version = await connection.fetchval(
+                f"SELECT version FROM {self._quoted_schema}.raygrain_schema"
+            )
+            version = 0 if version is None else int(version)
+            if version > SCHEMA_VERSION:
+                raise StorageSchemaError(
+                    f"{self!r} has state schema version {version}, newer than version "
+                    f"{SCHEMA_VERSION} that this raygrain supports; upgrade raygrain to use it"
+                )
+            for step in MIGRATIONS[version:]:
+                await connection.execute(step.replace("{schema}", self._quoted_schema))
+            if version < SCHEMA_VERSION:
+                await connection.execute(
+                    f"INSERT INTO {self._quoted_schema}.raygrain_schema (version) VALUES ($1)"
+                    " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
+                    SCHEMA_VERSION,
+                )
+
+    async def _retrying(self, doing: str, query: Callable[[asyncpg.Connection], Any]) -> Any:
+        """Run a read, retrying with backoff while the server is unreachable, for up to
+        ``read_timeout`` seconds (reads change nothing, so running one again is harmless)."""
+        deadline = time.monotonic() + self.read_timeout
+        delay = 0.05
+        while True:
+            self._check_not_closed()
+            try:
+                await self.open()
+                assert self._pool is not None
+                async with self._pool.acquire(timeout=self._client_timeout) as connection:
+                    return await query(connection)
+            except StorageSchemaError:
+                raise
+            except _RETRY_READ as exc:
+                if self._closed:
+                    raise StorageError(f"{self!r} was closed while {doing}") from exc
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"{self!r} unreachable for {self.read_timeout:g}s while {doing}: "
+                        f"{_describe(exc)}"
+                    ) from exc
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 1.0)
+            except asyncpg.PostgresError as exc:
+                raise StorageError(f"{self!r} failed {doing}: {_describe(exc)}") from exc
+
+    # -- group commit --------------------------------------------------------------------------
+
+    def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
+        self._check_not_closed()
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._pending.append(PendingWrite(group, result))
+        self._start_committer()
+        return result
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            loop = asyncio.get_running_loop()
+            # A context of its own: callbacks run in the committer and must not see the
+            # variables of whichever caller started it.
+            self._committer = contextvars.Context().run(loop.create_task, self._run_committer())
+
+    async def _run_committer(self) -> None:
+        try:
+            while self._pending:
+                batch = self._take_batch()
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._committer = None
+            while self._pending:  # only if this task was cancelled (the loop is closing)
+                self._pending.popleft().settle(StorageError(f"{self!r} stopped committing"))
+
+    def _take_batch(self) -> list[Pending]:
+        """The front of the queue, at most ``max_batch`` records (at least half the queue, so
+        that the next batch gathers while this one commits), each record at most once: a
+        write to a record already in the batch waits for the next one, keeping every record's
+        writes in queue order."""
+        batch: list[Pending] = []
+        deferred: list[Pending] = []
+        taken: set[ActorId] = set()
+        blocked: set[ActorId] = set()
+        size = 0
+        limit = min(self.max_batch, max(_MIN_SPLIT, (len(self._pending) + 1) // 2))
+        while self._pending and size < limit:
+            head = self._pending.popleft()
+            if head.dropped():
+                continue
+            ids = [w.actor_id for w in head.writes]
+            if batch and size + len(ids) > limit:
+                self._pending.appendleft(head)
+                break
+            if any(i in taken or i in blocked for i in ids):
+                deferred.append(head)
+                blocked.update(ids)
+                continue
+            batch.append(head)
+            taken.update(ids)
+            size += len(ids)
+        self._pending.extendleft(reversed(deferred))
+        return batch
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        try:
+            outcomes = await self._apply(batch)
+        except BaseException as exc:
+            error = exc if isinstance(exc, StorageError) else self._write_error(exc, len(batch))
+            for pending in batch:
+                pending.settle(type(error)(*error.args))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.settle(outcome)
+
+    def _write_error(self, exc: BaseException, size: int) -> StorageError:
+        if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+            exc, asyncpg.PostgresConnectionError
+        ):
+            # The server answered with an error: its transaction was rolled back.
+            return StorageError(
+                f"{self!r} refused a batch of {size} writes; nothing was written: {_describe(exc)}"
+            )
+        why = "the committer was cancelled" if isinstance(exc, asyncio.CancelledError) else None
+        return StorageError(
+            f"{self!r}: the connection failed during a batch of {size} writes, which may or "
+            f"may not have committed (outcome unknown): {why or _describe(exc)}"
+        )
+
+    async def _apply(self, batch: list[Pending]) -> list[_Outcome]:
+        """Commit what can be committed of ``batch``; the outcome of each entry, in order."""
+        try:
+            await self.open()
+        except StorageError as exc:
+            # Nothing was sent: these writes certainly did not happen.
+            raise StorageError(f"{exc} (nothing was written)") from exc
+        assert self._pool is not None
+        try:
+            connection = await self._pool.acquire(timeout=self._client_timeout)
+        except _SERVER_ERROR as exc:
+            raise StorageError(
+                f"{self!r} is unreachable; a batch of {len(batch)} writes was not written: "
+                f"{_describe(exc)}"
+            ) from exc
+        try:
+            for attempt in range(_DEADLOCK_RETRIES):
+                try:
+                    return await self._apply_on(connection, batch)
+                except _RETRY_BATCH:
+                    if attempt == _DEADLOCK_RETRIES - 1:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            await self._pool.release(connection)
+
+    async def _apply_on(
+        self, connection: asyncpg.Connection, batch: list[Pending]
+    ) -> list[_Outcome]:
+        atomic = any(len(p.writes) > 1 for p in batch)
+        outcomes: dict[int, _Outcome] = {}
+        live = list(range(len(batch)))
+        while live:
+            arrays = _arrays(batch[i] for i in live)
+            if not atomic:
+                rows = await connection.fetch(self._sql["apply"], *arrays)
+                decided, partial = _decide(batch, live, rows)
+                outcomes.update(decided)
+                break
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                rows = await connection.fetch(self._sql["apply"], *arrays)
+                decided, partial = _decide(batch, live, rows)
+                if partial:
+                    # A group matched in part: undo the statement, tell the group it was
+                    # refused, and run the rest again (their checks are made afresh).
+                    await transaction.rollback()
+                    for index in partial:
+                        outcomes[index] = decided[index]
+                    live = [i for i in live if i not in partial]
+                    continue
+                await transaction.commit()
+            except BaseException:
+                if not transaction.is_completed():
+                    try:
+                        await transaction.rollback()
+                    except _SERVER_ERROR:
+                        pass  # the connection is gone, and its transaction with it
+                raise
+            outcomes.update(decided)
+            break
+        await self._fill_stored_etags(connection, batch, outcomes)
+        self.commits += 1
+        return [outcomes[i] for i in range(len(batch))]
+
+    async def _fill_stored_etags(
+        self, connection: asyncpg.Connection, batch: list[Pending], outcomes: dict[int, _Outcome]
+    ) -> None:
+        """A writer refused because another session committed while its statement waited saw
+        its own expected version in the snapshot: tell it the version actually stored."""
+        unclear = [
+            (index, outcome)
+            for index, outcome in outcomes.items()
+            if isinstance(outcome, InconsistentStateError)
+            and outcome.stored_etag == outcome.expected_etag
+        ]
+        if not unclear:
+            return
+        ids = [
+            next(w.actor_id for w in batch[index].writes if str(w.actor_id) == outcome.what)
+            for index, outcome in unclear
+        ]
+        rows = await connection.fetch(self._sql["versions"], [i.canonical() for i in ids])
+        stored = {bytes(row["id"]): str(row["version"]) for row in rows}
+        for (index, outcome), actor_id in zip(unclear, ids, strict=True):
+            outcomes[index] = InconsistentStateError(
+                stored.get(actor_id.canonical()), outcome.expected_etag, outcome.what
+            )
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _check_not_closed(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self!r} is closed")
+
+
+def _arrays(entries: Any) -> tuple[list[bytes], list[int], list[str], list[str], list[Any]]:
+    ids: list[bytes] = []
+    expected: list[int] = []
+    type_names: list[str] = []
+    keys: list[str] = []
+    data: list[bytes | None] = []
+    for pending in entries:
+        for write in pending.writes:
+            ids.append(write.actor_id.canonical())
+            version = _version(write.expected_etag)
+            expected.append(version)
+            # The names are written with a new row only: an update keeps the row's own.
+            type_names.append("" if version else _printable(write.actor_id.type_name))
+            keys.append("" if version else _printable(repr(write.actor_id.key)))
+            data.append(write.data)
+    return ids, expected, type_names, keys, data
+
+
+def _version(etag: str | None) -> int:
+    """The version an ETag names (0: no record). An ETag this store never gave out (not a
+    positive integer) can match no record: -1 is refused by every row and every insert."""
+    if etag is None:
+        return 0
+    try:
+        version = int(etag)
+    except ValueError:
+        return -1
+    return version if version > 0 and str(version) == etag else -1
+
+
+def _decide(
+    batch: list[Pending], live: list[int], rows: list[Any]
+) -> tuple[dict[int, _Outcome], set[int]]:
+    """Each live entry's outcome from the statement's rows, and the atomic groups that only
+    partly matched (whose writes must be rolled back)."""
+    won: dict[bytes, int] = {}
+    current: dict[bytes, int] = {}
+    for row in rows:
+        (won if row["won"] else current)[bytes(row["id"])] = int(row["version"])
+    outcomes: dict[int, _Outcome] = {}
+    partial: set[int] = set()
+    for index in live:
+        writes = batch[index].writes
+        etags: list[str] = []
+        stale: InconsistentStateError | None = None
+        for write in writes:
+            key = write.actor_id.canonical()
+            version = won.get(key)
+            if version is not None:
+                etags.append(str(version))
+            elif stale is None:
+                stored = current.get(key)
+                stale = InconsistentStateError(
+                    None if stored is None else str(stored),
+                    write.expected_etag,
+                    str(write.actor_id),
+                )
+        if stale is None:
+            outcomes[index] = etags
+        else:
+            outcomes[index] = stale
+            if etags:
+                partial.add(index)
+    return outcomes, partial
+
+
+def _printable(text: str) -> str:
+    # PostgreSQL text holds neither NUL nor lone surrogates, which an ActorId may contain (its
+    # canonical bytes, the identity, keep them); these columns are only for reading.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _safe(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return urllib.parse.urlunsplit(parts._replace(query=""))
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}", query=""))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _terminate(pool: asyncpg.Pool) -> None:
+    try:
+        pool.terminate()
+    except Exception:
+        pass
