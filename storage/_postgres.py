@@ -458,7 +458,7 @@ class PostgresStorage:
             await self.open()
         except StorageError as exc:
             # Nothing was sent: these writes certainly did not happen.
-            raise StorageError(f"{exc} (nothing was written)") from exc
+            raise type(exc)(f"{exc} (nothing was written)") from exc
         assert self._pool is not None
         try:
             connection = await self._pool.acquire(timeout=self._client_timeout)

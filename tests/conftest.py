@@ -127,12 +127,16 @@ def _run_aside(coroutine: Any) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", "postgres", "ray"])
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
-    """The same test against an in-process cluster and against Ray silos on three nodes."""
-    if request.param == "local":
+    """The same test against an in-process cluster (in memory, and on a real PostgreSQL
+    server) and against Ray silos on three nodes."""
+    if request.param in ("local", "postgres"):
+        storage = (
+            "memory://" if request.param == "local" else request.getfixturevalue("postgres_url")
+        )
         async with Cluster.local(
-            actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
+            actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5, storage=storage
         ) as local:
             yield local
     else:
