@@ -36,7 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from raygrain.benchmarks._measure import now
+from raygrain.benchmarks._measure import ScenarioSkipped, now
 from raygrain.benchmarks._plots import write_plots
 
 __all__ = ["available", "main", "ray_need"]
@@ -44,12 +44,30 @@ __all__ = ["available", "main", "ray_need"]
 Row = dict[str, Any]
 
 # Cheap and quiet scenarios first; those that start processes or a Ray session last.
-_ORDER = ("calls", "storage", "durable_writes", "transactions", "memory", "failover", "ray")
+_ORDER = (
+    "calls",
+    "storage",
+    "durable_writes",
+    "transactions",
+    "postgres",
+    "memory",
+    "failover",
+    "ray",
+)
 # Ray needs: "own" for a scenario that starts its own Ray cluster (in a child process), which
 # may also say so itself with ``NEEDS_RAY = "own"``; this set covers one that does not yet.
 _OWN_RAY = frozenset({"failover"})
 _RAY_ORDER = {"": 0, "own": 1, "session": 2}
-_VERSIONS = ("raygrain", "ray", "msgpack", "aiosqlite", "structlog", "xxhash", "matplotlib")
+_VERSIONS = (
+    "raygrain",
+    "ray",
+    "msgpack",
+    "aiosqlite",
+    "asyncpg",
+    "structlog",
+    "xxhash",
+    "matplotlib",
+)
 
 
 def available() -> list[str]:
@@ -248,6 +266,8 @@ async def _scenario(
     try:
         result = await _call(module.run, size, address)
         outcome.rows, outcome.details = _rows_of(name, result)
+    except ScenarioSkipped as skipped:
+        outcome.status, outcome.error = "skipped", str(skipped)
     except Exception:
         outcome.status, outcome.error = "error", traceback.format_exc()
     outcome.seconds = now() - started
@@ -255,6 +275,8 @@ async def _scenario(
         print(
             f"{progress} {name}: {len(outcome.rows)} figures in {outcome.seconds:.1f} s", flush=True
         )
+    elif outcome.status == "skipped":
+        print(f"{progress} {name}: skipped ({outcome.error})", flush=True)
     else:
         print(
             f"{progress} {name}: FAILED after {outcome.seconds:.1f} s\n{outcome.error}", flush=True

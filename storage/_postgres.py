@@ -67,6 +67,7 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
     "connect_timeout": float,
     "read_timeout": float,
     "max_batch": int,
+    "pipelines": int,
     "schema": str,
 }
 
@@ -131,7 +132,9 @@ class PostgresStorage:
     ``statement_timeout`` (seconds): the server cancels a statement running longer, and the
     client gives up waiting a little after. ``connect_timeout``: per connection attempt.
     ``read_timeout``: how long a read keeps retrying while the server is unreachable (the
-    default call deadline). ``max_batch``: the most records in one statement. ``schema``: the
+    default call deadline). ``max_batch``: the most records in one statement; ``pipelines``: the
+    most batches in flight at once, each on its own connection (a batch gathers while others
+    commit; ``max_batch=1, pipelines=1`` is one commit per write). ``schema``: the
     PostgreSQL schema holding the tables (created if missing), to keep deployments apart on
     one database. Connects on first use, or with ``await storage.open()`` / ``async with``.
     """
@@ -148,6 +151,7 @@ class PostgresStorage:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         max_batch: int = 2000,
+        pipelines: int = 3,
         schema: str = "public",
     ) -> None:
         parts = urllib.parse.urlsplit(dsn)
@@ -159,6 +163,7 @@ class PostgresStorage:
         for name, value in (
             ("pool_size", pool_size),
             ("max_batch", max_batch),
+            ("pipelines", pipelines),
             ("statement_timeout", statement_timeout),
             ("connect_timeout", connect_timeout),
             ("read_timeout", read_timeout),
@@ -173,6 +178,7 @@ class PostgresStorage:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_batch = max_batch
+        self.pipelines = pipelines
         self.schema = schema
         self.commits = 0  # statements that committed a batch, for tests and metrics
         self._where = _safe(dsn)
@@ -190,7 +196,8 @@ class PostgresStorage:
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._pending: deque[Pending] = deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._committers: set[asyncio.Task[None]] = set()
+        self._in_flight: set[ActorId] = set()  # records of the batches being committed
 
     def __repr__(self) -> str:
         return f"PostgresStorage({self._where!r}, schema={self.schema!r})"
@@ -235,6 +242,10 @@ class PostgresStorage:
                 server_settings={
                     "application_name": "raygrain",
                     "statement_timeout": str(int(self.statement_timeout * 1000)),
+                    # asyncpg prepares every statement; after five runs PostgreSQL may switch a
+                    # prepared statement to a generic plan, which knows nothing of the arrays'
+                    # sizes and joined a batch to the table row by row (20x slower, measured).
+                    "plan_cache_mode": "force_custom_plan",
                 },
             )
             try:
@@ -300,8 +311,8 @@ class PostgresStorage:
         if self._closed:
             return
         self._closed = True
-        if self._committer is not None:
-            await asyncio.wait({self._committer})
+        while self._committers:
+            await asyncio.wait(set(self._committers))
         async with self._open_lock:
             pool, self._pool = self._pool, None
             if pool is not None:
@@ -379,28 +390,47 @@ class PostgresStorage:
         return result
 
     def _start_committer(self) -> None:
-        if self._committer is None:
-            loop = asyncio.get_running_loop()
+        if len(self._committers) < (self.pipelines if self._committers else 1):
+            loop = asyncio.get_running_loop()  # (before making a coroutine that would be lost)
             # A context of its own: callbacks run in the committer and must not see the
             # variables of whichever caller started it.
-            self._committer = contextvars.Context().run(loop.create_task, self._run_committer())
+            task = contextvars.Context().run(loop.create_task, self._run_committer())
+            self._committers.add(task)
 
     async def _run_committer(self) -> None:
+        cancelled = False
         try:
             while self._pending:
                 batch = self._take_batch()
-                if batch:
+                if not batch:
+                    break  # the rest waits for records in flight; their committers take it
+                if self._pending:
+                    self._start_committer()  # another batch can gather and go meanwhile
+                keys = {w.actor_id for pending in batch for w in pending.writes}
+                self._in_flight |= keys
+                try:
                     await self._commit(batch)
+                finally:
+                    self._in_flight -= keys
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            self._committer = None
-            while self._pending:  # only if this task was cancelled (the loop is closing)
-                self._pending.popleft().settle(StorageError(f"{self!r} stopped committing"))
+            self._committers.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            if self._pending and not self._committers:
+                if cancelled:  # the loop is closing: nobody will commit these
+                    while self._pending:
+                        error = StorageError(f"{self!r} stopped committing")
+                        self._pending.popleft().settle(error)
+                else:
+                    self._start_committer()
 
     def _take_batch(self) -> list[Pending]:
         """The front of the queue, at most ``max_batch`` records (at least half the queue, so
-        that the next batch gathers while this one commits), each record at most once: a
-        write to a record already in the batch waits for the next one, keeping every record's
-        writes in queue order."""
+        that the next batch gathers while this one commits), each record at most once and
+        none in a batch still being committed: such a write waits for a later batch, which
+        keeps every record's writes in queue order and batches in flight off each other's
+        row locks."""
         batch: list[Pending] = []
         deferred: list[Pending] = []
         taken: set[ActorId] = set()
@@ -415,7 +445,7 @@ class PostgresStorage:
             if batch and size + len(ids) > limit:
                 self._pending.appendleft(head)
                 break
-            if any(i in taken or i in blocked for i in ids):
+            if any(i in taken or i in blocked or i in self._in_flight for i in ids):
                 deferred.append(head)
                 blocked.update(ids)
                 continue

@@ -48,10 +48,12 @@ async def _up(args: argparse.Namespace) -> int:
     ensure_ray(args.address, local_code=True)
     if find_silos():
         raise ConfigurationError("raygrain silos are already running; 'raygrain down' first")
+    # A database every node reaches is used by every silo directly: no storage server.
+    direct = args.direct or args.storage.startswith(("postgresql:", "postgres:"))
     spec = RayLaunch(
         tuple(actor_types),
         args.silos_per_node,
-        args.storage if args.storage.startswith("sqlite:") and args.direct else None,
+        args.storage if direct else None,
         args.storage,
         detached=True,
     )
@@ -119,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--direct",
         action="store_true",
-        help="every silo opens the SQLite file itself (one machine) instead of a storage server",
+        help="every silo opens the SQLite file itself (one machine) instead of a storage server"
+        " (always so for a postgresql:// URL)",
     )
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")

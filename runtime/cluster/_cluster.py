@@ -183,8 +183,9 @@ class Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
-        ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
-        open that file itself (one machine only)."""
+        ``raygrain-state.db`` in the current directory); a ``postgresql://`` URL makes every
+        silo and the controller connect to that database directly (no storage server); a
+        ``sqlite:`` URL makes every silo open that file itself (one machine only)."""
         from raygrain.runtime.ray_host import RayBackend, RayLaunch
 
         registry = ActorRegistry(actors)
