@@ -80,16 +80,15 @@ CREATE TABLE IF NOT EXISTS {schema}.raygrain_schema (
 """
 _SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
 _SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
-# One statement for a whole batch. Every CTE sees the same snapshot, so ``current`` holds the
-# versions as they were before the statement (what a loser is told it was refused against).
-# An UPDATE that waits for another session's lock re-checks ``version = expected`` against the
-# row that session committed, so two writers holding one ETag never both succeed.
+# One statement for a whole batch; it returns the records that won their ETag check (a loser's
+# stored version is looked up afterwards: losers are rare, and sparing every batch that lookup
+# halves the rows it returns). An UPDATE that waits for another session's lock re-checks
+# ``version = expected`` against the row that session committed, so two writers holding one
+# ETag never both succeed.
 _APPLY = """
 WITH input AS (
     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])
         AS i(id, expected, type_name, actor_key, data)
-), current AS (
-    SELECT s.id, s.version FROM {schema}.raygrain_state s WHERE s.id = ANY($1::bytea[])
 ), updated AS (
     UPDATE {schema}.raygrain_state s SET version = s.version + 1, data = i.data
     FROM input i WHERE i.expected > 0 AND s.id = i.id AND s.version = i.expected
@@ -100,9 +99,7 @@ WITH input AS (
     ON CONFLICT (id) DO NOTHING
     RETURNING id, version
 )
-SELECT id, version, true AS won FROM updated
-UNION ALL SELECT id, version, true FROM inserted
-UNION ALL SELECT id, version, false FROM current
+SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
 """
 
 _MIN_SPLIT = 64
@@ -151,7 +148,7 @@ class PostgresStorage:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         max_batch: int = 2000,
-        pipelines: int = 3,
+        pipelines: int = 2,
         schema: str = "public",
     ) -> None:
         parts = urllib.parse.urlsplit(dsn)
@@ -513,25 +510,28 @@ class PostgresStorage:
     ) -> list[_Outcome]:
         atomic = any(len(p.writes) > 1 for p in batch)
         outcomes: dict[int, _Outcome] = {}
+        losers: dict[int, StateWrite | QueuedWrite] = {}  # entry -> its first write refused
         live = list(range(len(batch)))
         while live:
             arrays = _arrays(batch[i] for i in live)
             if not atomic:
                 rows = await connection.fetch(self._sql["apply"], *arrays)
-                decided, partial = _decide(batch, live, rows)
+                decided, partial, lost = _decide(batch, live, rows)
                 outcomes.update(decided)
+                losers.update(lost)
                 break
             transaction = connection.transaction()
             await transaction.start()
             try:
                 rows = await connection.fetch(self._sql["apply"], *arrays)
-                decided, partial = _decide(batch, live, rows)
+                decided, partial, lost = _decide(batch, live, rows)
                 if partial:
                     # A group matched in part: undo the statement, tell the group it was
                     # refused, and run the rest again (their checks are made afresh).
                     await transaction.rollback()
                     for index in partial:
                         outcomes[index] = decided[index]
+                        losers[index] = lost[index]
                     live = [i for i in live if i not in partial]
                     continue
                 await transaction.commit()
@@ -543,33 +543,30 @@ class PostgresStorage:
                         pass  # the connection is gone, and its transaction with it
                 raise
             outcomes.update(decided)
+            losers.update(lost)
             break
-        await self._fill_stored_etags(connection, batch, outcomes)
         self.commits += 1
+        if losers:
+            await self._tell_stored_etags(connection, outcomes, losers)
         return [outcomes[i] for i in range(len(batch))]
 
-    async def _fill_stored_etags(
-        self, connection: asyncpg.Connection, batch: list[Pending], outcomes: dict[int, _Outcome]
+    async def _tell_stored_etags(
+        self,
+        connection: asyncpg.Connection,
+        outcomes: dict[int, _Outcome],
+        losers: dict[int, StateWrite | QueuedWrite],
     ) -> None:
-        """A writer refused because another session committed while its statement waited saw
-        its own expected version in the snapshot: tell it the version actually stored."""
-        unclear = [
-            (index, outcome)
-            for index, outcome in outcomes.items()
-            if isinstance(outcome, InconsistentStateError)
-            and outcome.stored_etag == outcome.expected_etag
-        ]
-        if not unclear:
+        """Give each refused writer the ETag stored now. The batch is committed already: if
+        this lookup fails, the refusals stand with the stored ETag unknown (None)."""
+        ids = [write.actor_id.canonical() for write in losers.values()]
+        try:
+            rows = await connection.fetch(self._sql["versions"], ids)
+        except _SERVER_ERROR:
             return
-        ids = [
-            next(w.actor_id for w in batch[index].writes if str(w.actor_id) == outcome.what)
-            for index, outcome in unclear
-        ]
-        rows = await connection.fetch(self._sql["versions"], [i.canonical() for i in ids])
         stored = {bytes(row["id"]): str(row["version"]) for row in rows}
-        for (index, outcome), actor_id in zip(unclear, ids, strict=True):
+        for index, write in losers.items():
             outcomes[index] = InconsistentStateError(
-                stored.get(actor_id.canonical()), outcome.expected_etag, outcome.what
+                stored.get(write.actor_id.canonical()), write.expected_etag, str(write.actor_id)
             )
 
     # -- errors --------------------------------------------------------------------------------
@@ -611,38 +608,31 @@ def _version(etag: str | None) -> int:
 
 def _decide(
     batch: list[Pending], live: list[int], rows: list[Any]
-) -> tuple[dict[int, _Outcome], set[int]]:
-    """Each live entry's outcome from the statement's rows, and the atomic groups that only
-    partly matched (whose writes must be rolled back)."""
-    won: dict[bytes, int] = {}
-    current: dict[bytes, int] = {}
-    for row in rows:
-        (won if row["won"] else current)[bytes(row["id"])] = int(row["version"])
+) -> tuple[dict[int, _Outcome], set[int], dict[int, StateWrite | QueuedWrite]]:
+    """Each live entry's outcome from the winners the statement returned; the atomic groups
+    that only partly matched (whose writes must be rolled back); and each refused entry's first
+    refused write (whose stored ETag is then looked up)."""
+    won = {bytes(row["id"]): int(row["version"]) for row in rows}
     outcomes: dict[int, _Outcome] = {}
     partial: set[int] = set()
+    losers: dict[int, StateWrite | QueuedWrite] = {}
     for index in live:
-        writes = batch[index].writes
         etags: list[str] = []
-        stale: InconsistentStateError | None = None
-        for write in writes:
-            key = write.actor_id.canonical()
-            version = won.get(key)
+        refused: StateWrite | QueuedWrite | None = None
+        for write in batch[index].writes:
+            version = won.get(write.actor_id.canonical())
             if version is not None:
                 etags.append(str(version))
-            elif stale is None:
-                stored = current.get(key)
-                stale = InconsistentStateError(
-                    None if stored is None else str(stored),
-                    write.expected_etag,
-                    str(write.actor_id),
-                )
-        if stale is None:
+            elif refused is None:
+                refused = write
+        if refused is None:
             outcomes[index] = etags
-        else:
-            outcomes[index] = stale
-            if etags:
-                partial.add(index)
-    return outcomes, partial
+            continue
+        outcomes[index] = InconsistentStateError(None, refused.expected_etag, str(refused.actor_id))
+        losers[index] = refused
+        if etags:
+            partial.add(index)
+    return outcomes, partial, losers
 
 
 def _printable(text: str) -> str:
