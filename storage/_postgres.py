@@ -101,6 +101,26 @@ WITH input AS (
 )
 SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
 """
+# The same for a batch holding atomic groups ($6: each record's group, -1 for a lone write),
+# in one round trip too: a group that matched only in part aborts the whole statement, hence
+# its implicit transaction, with a division by zero (the one error plain SQL can raise; the
+# divisor is computed per row so that the planner cannot fold it). The committer then runs
+# the batch again in an explicit transaction and leaves the group out.
+_APPLY_ATOMIC = _APPLY.replace(
+    "$5::bytea[])\n        AS i(id, expected, type_name, actor_key, data)",
+    "$5::bytea[], $6::int[])\n        AS i(id, expected, type_name, actor_key, data, grp)",
+).replace(
+    "SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted",
+    """, won AS (
+    SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
+)
+SELECT id, version FROM won
+UNION ALL
+SELECT NULL, 1 / (g.grp - g.grp) FROM (
+    SELECT i.grp FROM input i LEFT JOIN won w ON w.id = i.id WHERE i.grp >= 0
+    GROUP BY i.grp HAVING count(w.id) > 0 AND count(w.id) < count(*)
+) g""",
+)
 
 _MIN_SPLIT = 64
 _DEADLOCK_RETRIES = 5
@@ -186,6 +206,7 @@ class PostgresStorage:
                 ("read", _SELECT_RECORD),
                 ("versions", _SELECT_VERSIONS),
                 ("apply", _APPLY),
+                ("apply_atomic", _APPLY_ATOMIC),
                 ("schema_table", _CREATE_SCHEMA_TABLE),
             )
         }
@@ -508,28 +529,45 @@ class PostgresStorage:
     async def _apply_on(
         self, connection: asyncpg.Connection, batch: list[Pending]
     ) -> list[_Outcome]:
-        atomic = any(len(p.writes) > 1 for p in batch)
+        everything = list(range(len(batch)))
         outcomes: dict[int, _Outcome] = {}
         losers: dict[int, StateWrite | QueuedWrite] = {}  # entry -> its first write refused
-        live = list(range(len(batch)))
+        atomic = any(len(p.writes) > 1 for p in batch)
+        try:
+            # One round trip, committed on its own; aborted if an atomic group matched in part.
+            sql = self._sql["apply_atomic" if atomic else "apply"]
+            rows = await connection.fetch(sql, *_arrays(batch, groups=atomic))
+        except asyncpg.exceptions.DivisionByZeroError:
+            await self._apply_in_transaction(connection, batch, everything, outcomes, losers)
+        else:
+            decided, _, lost = _decide(batch, everything, rows)
+            outcomes.update(decided)
+            losers.update(lost)
+        self.commits += 1
+        if losers:
+            await self._tell_stored_etags(connection, outcomes, losers)
+        return [outcomes[i] for i in everything]
+
+    async def _apply_in_transaction(
+        self,
+        connection: asyncpg.Connection,
+        batch: list[Pending],
+        live: list[int],
+        outcomes: dict[int, _Outcome],
+        losers: dict[int, StateWrite | QueuedWrite],
+    ) -> None:
+        """Commit the entries ``live`` of ``batch`` but the atomic groups that match only in
+        part: the statement runs in a transaction that is rolled back, and run again without
+        them, until every group left is whole."""
         while live:
-            arrays = _arrays(batch[i] for i in live)
-            if not atomic:
-                rows = await connection.fetch(self._sql["apply"], *arrays)
-                decided, partial, lost = _decide(batch, live, rows)
-                outcomes.update(decided)
-                losers.update(lost)
-                break
             transaction = connection.transaction()
             await transaction.start()
             try:
-                rows = await connection.fetch(self._sql["apply"], *arrays)
+                rows = await connection.fetch(self._sql["apply"], *_arrays(batch[i] for i in live))
                 decided, partial, lost = _decide(batch, live, rows)
                 if partial:
-                    # A group matched in part: undo the statement, tell the group it was
-                    # refused, and run the rest again (their checks are made afresh).
                     await transaction.rollback()
-                    for index in partial:
+                    for index in partial:  # refused; the others' checks are made afresh
                         outcomes[index] = decided[index]
                         losers[index] = lost[index]
                     live = [i for i in live if i not in partial]
@@ -544,11 +582,7 @@ class PostgresStorage:
                 raise
             outcomes.update(decided)
             losers.update(lost)
-            break
-        self.commits += 1
-        if losers:
-            await self._tell_stored_etags(connection, outcomes, losers)
-        return [outcomes[i] for i in range(len(batch))]
+            return
 
     async def _tell_stored_etags(
         self,
@@ -576,13 +610,18 @@ class PostgresStorage:
             raise StorageError(f"{self!r} is closed")
 
 
-def _arrays(entries: Any) -> tuple[list[bytes], list[int], list[str], list[str], list[Any]]:
+def _arrays(entries: Any, groups: bool = False) -> list[list[Any]]:
+    """The statement's arrays, one element per record; with ``groups``, a sixth: the index of
+    each record's atomic group, -1 for a lone write."""
     ids: list[bytes] = []
     expected: list[int] = []
     type_names: list[str] = []
     keys: list[str] = []
     data: list[bytes | None] = []
-    for pending in entries:
+    group: list[int] = []
+    for index, pending in enumerate(entries):
+        if groups:
+            group.extend([index if len(pending.writes) > 1 else -1] * len(pending.writes))
         for write in pending.writes:
             ids.append(write.actor_id.canonical())
             version = _version(write.expected_etag)
@@ -591,7 +630,11 @@ def _arrays(entries: Any) -> tuple[list[bytes], list[int], list[str], list[str],
             type_names.append("" if version else _printable(write.actor_id.type_name))
             keys.append("" if version else _printable(repr(write.actor_id.key)))
             data.append(write.data)
-    return ids, expected, type_names, keys, data
+    return (
+        [ids, expected, type_names, keys, data, group]
+        if groups
+        else [ids, expected, type_names, keys, data]
+    )
 
 
 def _version(etag: str | None) -> int:
