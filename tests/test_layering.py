@@ -105,3 +105,79 @@ def test_implementation_lives_in_private_modules(package: str) -> None:
     modules = [p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"]
     assert all(name.startswith("_") for name in modules), modules
     assert (ROOT / package / "py.typed").exists()
+
+
+# The runtime's rooms (runtime/<room>/) and which other rooms each may import. The kernel imports
+# none: capabilities plug into it through its extension surface (kernel/_extensions.py), and
+# runtime/_capabilities.py (the composition root) lists the capabilities every silo runs. A new
+# room is declared here, with the rooms it needs; the graph must stay free of cycles.
+ROOMS: dict[str, set[str]] = {
+    "kernel": set(),
+    "membership": {"kernel"},
+    "transactions": {"kernel"},
+    "_capabilities": {"kernel", "transactions"},
+    "ray_host": {"kernel", "membership", "_capabilities"},
+    "cluster": {"kernel", "membership", "transactions", "ray_host", "_capabilities"},
+    "cli": {"kernel", "membership", "ray_host", "cluster"},
+}
+RUNTIME = ROOT / "runtime"
+
+
+def _room_of(path: Path) -> str:
+    relative = path.relative_to(RUNTIME)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _rooms_imported(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["raygrain", "runtime"] and len(parts) > 2:
+                found.add(parts[2])
+    return found
+
+
+def test_every_room_of_the_runtime_is_declared() -> None:
+    rooms = {p.name for p in RUNTIME.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    modules = {p.stem for p in RUNTIME.glob("_*.py") if p.name != "__init__.py"}
+    undeclared = (rooms | modules) - set(ROOMS)
+    assert not undeclared, f"declare these rooms in ROOMS (tests/test_layering.py): {undeclared}"
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_rooms_import_only_the_rooms_they_build_on(room: str) -> None:
+    paths = sorted((RUNTIME / room).rglob("*.py")) if (RUNTIME / room).is_dir() else []
+    paths += [RUNTIME / f"{room}.py"] if (RUNTIME / f"{room}.py").exists() else []
+    assert paths, f"room {room} has no code"
+    for path in paths:
+        bad = _rooms_imported(path) - ROOMS[room] - {room}
+        assert not bad, f"{path.relative_to(ROOT)} (room {room}) imports rooms {sorted(bad)}"
+
+
+def test_the_rooms_form_no_cycle() -> None:
+    visiting: list[str] = []
+
+    def visit(room: str) -> None:
+        assert room not in visiting, f"import cycle between rooms: {[*visiting, room]}"
+        visiting.append(room)
+        for needed in ROOMS[room]:
+            visit(needed)
+        visiting.pop()
+
+    for room in ROOMS:
+        visit(room)
+
+
+def test_no_module_of_the_runtime_grows_past_500_lines() -> None:
+    big = {
+        str(p.relative_to(ROOT)): n
+        for p in RUNTIME.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not big, f"split these modules along their seams: {big}"

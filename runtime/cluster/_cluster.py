@@ -27,6 +27,7 @@ from raygrain.actors import (
     ConfigurationError,
     TransactionAbortedError,
 )
+from raygrain.runtime._capabilities import client_filters, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
@@ -91,6 +92,7 @@ class _LocalBackend:
                 self.membership,
                 clock,
                 options,
+                silo_extensions(),
             )
             for index in range(silos)
         ]
@@ -99,7 +101,14 @@ class _LocalBackend:
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"
-        caller = Caller(address, self.transport, self.membership, registry, self.options.calls)
+        caller = Caller(
+            address,
+            self.transport,
+            self.membership,
+            registry,
+            self.options.calls,
+            filters=client_filters(),
+        )
         self.transport.register(address, caller)
         return caller
 
@@ -384,5 +393,5 @@ def _silo_options(
         float(collection_period),
         float(deactivation_timeout),
         calls,
-        transactions,
+        (transactions,),
     )

@@ -7,6 +7,15 @@ It imports no other room of the runtime: capabilities plug in through its extens
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
 from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
 from raygrain.runtime.kernel._clock import Clock, ManualClock, SystemClock
+from raygrain.runtime.kernel._extensions import (
+    Admission,
+    CallFilter,
+    Extension,
+    Guard,
+    Ticket,
+    TurnScope,
+    turn_variable,
+)
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
     Request,
@@ -22,6 +31,7 @@ from raygrain.runtime.kernel._messages import (
 from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._ring import ConsistentHashRing
 from raygrain.runtime.kernel._silo import Silo, SiloOptions
+from raygrain.runtime.kernel._state import StateSlot
 from raygrain.runtime.kernel._transport import Endpoint, LocalTransport, SiloEndpoint, Transport
 from raygrain.runtime.kernel._view import (
     Membership,
@@ -35,12 +45,16 @@ __all__ = [
     "Activation",
     "ActivationState",
     "ActorRegistry",
+    "Admission",
+    "CallFilter",
     "CallSettings",
     "Caller",
     "Clock",
     "ConsistentHashRing",
     "Delivery",
     "Endpoint",
+    "Extension",
+    "Guard",
     "LocalTransport",
     "ManualClock",
     "Membership",
@@ -51,8 +65,11 @@ __all__ = [
     "SiloEndpoint",
     "SiloOptions",
     "SiloStatus",
+    "StateSlot",
     "SystemClock",
+    "Ticket",
     "Transport",
+    "TurnScope",
     "configure_logging",
     "current_chain",
     "get_logger",
@@ -61,6 +78,7 @@ __all__ = [
     "key_from_wire",
     "pack",
     "pack_batch",
+    "turn_variable",
     "unpack",
     "unpack_batch",
     "view_from_wire",

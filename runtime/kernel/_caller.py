@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,11 @@ from raygrain.actors import (
     decode_error,
     encode,
 )
+from raygrain.runtime.kernel._extensions import CallFilter
 from raygrain.runtime.kernel._messages import Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._transport import Transport
 from raygrain.runtime.kernel._view import Membership
-from raygrain.runtime.transactions import current_transaction
 
 __all__ = ["CallSettings", "Caller", "current_chain"]
 
@@ -84,6 +85,7 @@ class Caller:
         registry: ActorRegistry,
         settings: CallSettings,
         local_silo: str | None = None,
+        filters: tuple[CallFilter, ...] = (),
     ) -> None:
         self.address = address
         self._transport = transport
@@ -91,6 +93,7 @@ class Caller:
         self._registry = registry
         self._settings = settings
         self._local_silo = local_silo
+        self._filters = filters
         self._pending: dict[int, _PendingCall] = {}
         self._ids = itertools.count(1)
         self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
@@ -132,9 +135,11 @@ class Caller:
             current_chain.get(),
             view_version=membership.view.version,
         )
-        transaction = current_transaction.get()
-        if transaction is not None:
-            request.transaction = transaction.header()  # the silo decides if the call joins
+        followups: list[Callable[[Response], None]] | None = None
+        for call_filter in self._filters:
+            followup = call_filter.outgoing(request)
+            if followup is not None:
+                followups = [followup] if followups is None else [*followups, followup]
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
         future = self._dispatch(request, destination)
         try:
@@ -149,8 +154,9 @@ class Caller:
             response = await future
         finally:
             self._pending.pop(call_id, None)
-        if response.joined and transaction is not None:
-            transaction.participants.update(response.joined)
+        if followups is not None:
+            for followup in followups:
+                followup(response)
         return self.result_of(response)
 
     @property

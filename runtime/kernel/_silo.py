@@ -3,19 +3,16 @@
 A silo accepts requests for the actors the ring places on it (forwarding the rest), checks
 them (registered type, public method, arguments that bind), activates actors on first call,
 collects idle activations, and answers through its transport. The same class runs in-process
-and inside a Ray actor: only the transport given to it differs.
+and inside a Ray actor: only the transport given to it differs. Capabilities (transactions,
+timers, ...) join it as ``Extension``s (see ``_extensions``); the silo knows none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import decimal
-import threading
-from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeVar
 
 from raygrain.actors import (
     Actor,
@@ -25,112 +22,25 @@ from raygrain.actors import (
     RaygrainError,
     SerializationError,
     SiloUnavailableError,
-    TransactionAbortedError,
-    current_invoker,
     decode,
-    encode,
     encode_error,
 )
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
-from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
+from raygrain.runtime.kernel._caller import Caller, CallSettings
 from raygrain.runtime.kernel._clock import Clock
+from raygrain.runtime.kernel._extensions import Extension, SystemHandler, overrides
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry, check_arguments
+from raygrain.runtime.kernel._runners import TurnRunners, fresh_context
 from raygrain.runtime.kernel._transport import Transport
-from raygrain.runtime.kernel._view import Membership
-from raygrain.runtime.transactions import (
-    SYSTEM_METHODS,
-    TX_COMMIT,
-    TX_COORDINATE,
-    TX_PREPARE,
-    Coordinator,
-    TransactionSettings,
-    TxTicket,
-    current_transaction,
-    decode_participants,
-)
+from raygrain.runtime.kernel._view import Membership, MembershipView
 from raygrain.storage import QueuedWrites, StorageProvider
 
 __all__ = ["Silo", "SiloOptions"]
 
 _MAX_FORWARD_HOPS = 3
-_MAX_IDLE_RUNNERS = 4096
-# Turns started eagerly inside other eager turns (A calls B calls C ...), at most; deeper ones
-# go to a runner task, so that a long call chain cannot exhaust the Python stack.
-_MAX_EAGER_DEPTH = 8
-
-
-class _EagerDepth(threading.local):
-    value = 0
-
-
-_eager = _EagerDepth()
-
-
-class _Resumed:
-    """The rest of a turn that started eagerly and then had to wait: an awaitable a runner task
-    drives, each step inside the turn's own context (as if it had been a task from the start)."""
-
-    __slots__ = ("_pending", "_turn", "context", "throw_first")
-
-    def __init__(
-        self, turn: Coroutine[Any, Any, None], pending: Any, context: contextvars.Context
-    ) -> None:
-        self._turn = turn
-        self._pending = pending
-        self.context = context
-        self.throw_first: BaseException | None = None
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        turn, run, pending = self._turn, self.context.run, self._pending
-        if self.throw_first is not None:
-            try:
-                pending = run(turn.throw, self.throw_first)
-            except StopIteration:
-                return
-        while True:
-            try:
-                sent = yield pending
-            except GeneratorExit:
-                turn.close()
-                raise
-            except BaseException as exc:  # a cancellation: the turn decides what it means
-                try:
-                    pending = run(turn.throw, exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    pending = run(turn.send, sent)
-                except StopIteration:
-                    return
-
-
-# What a runner task is handed: a turn not started yet, or the rest of one started eagerly.
-_Turn: TypeAlias = "Coroutine[Any, Any, None] | _Resumed"
-
-
-# Every turn runs in a context that holds the runtime's own variables and nothing else when the
-# turn starts (see Silo.run_turn): a runner task's context, or one an eager turn takes.
-
-
-def _fresh_context() -> contextvars.Context:
-    context = contextvars.Context()
-    context.run(_set_runtime_variables)
-    return context
-
-
-def _set_runtime_variables() -> None:
-    current_chain.set(())
-    current_invoker.set(None)
-    current_transaction.set(None)
-    # The decimal module keeps its context in a context variable that it creates on first use:
-    # set it up front, or every turn doing Decimal arithmetic would leave a context unclean.
-    decimal.setcontext(decimal.Context())
-
-
-_RUNTIME_VARIABLES = 4  # how many _set_runtime_variables sets: a clean context holds no more
+S = TypeVar("S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +51,12 @@ class SiloOptions:
     collection_period: float = 60.0
     deactivation_timeout: float = 30.0  # how long deactivation waits for running turns
     calls: CallSettings = field(default_factory=CallSettings)
-    transactions: TransactionSettings = field(default_factory=TransactionSettings)
+    # Settings of the capabilities (e.g. a TransactionSettings), found by type: see setting().
+    capabilities: tuple[Any, ...] = ()
+
+    def setting(self, kind: type[S], default: S) -> S:
+        """The capability settings of type ``kind`` given here, else ``default``."""
+        return next((s for s in self.capabilities if isinstance(s, kind)), default)
 
 
 class Silo:
@@ -154,6 +69,7 @@ class Silo:
         membership: Membership,
         clock: Clock,
         options: SiloOptions = SiloOptions(),
+        extensions: Sequence[Extension] = (),
     ) -> None:
         self.name = name
         self.registry = registry
@@ -164,7 +80,11 @@ class Silo:
         self.membership = membership
         self.clock = clock
         self.options = options
-        self.caller = Caller(name, transport, membership, registry, options.calls, local_silo=name)
+        self.extensions = tuple(extensions)
+        filters = tuple(f for e in self.extensions if (f := e.call_filter()) is not None)
+        self.caller = Caller(
+            name, transport, membership, registry, options.calls, local_silo=name, filters=filters
+        )
         self.activations: dict[ActorId, Activation] = {}
         self._routes: dict[tuple[str, str], tuple[type[Actor[Any]], ActorMethod, bool]] = {}
         self.workers: dict[ActorId, list[Activation]] = {}
@@ -175,20 +95,45 @@ class Silo:
         self._collector: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._collected = asyncio.Event()
-        self._idle_runners: list[tuple[asyncio.Task[None], asyncio.Future[_Turn]]] = []
-        self._contexts: list[contextvars.Context] = []  # clean ones, for eager turns
+        self.runners = TurnRunners(self)
         # Set by a Ray silo host after a membership change: new activations of ring-placed
         # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
         self.activation_gate: asyncio.Future[None] | None = None
-        self.coordinator = Coordinator(self, storage, options.calls.default_timeout)
-        self.locked: set[Activation] = set()  # activations a transaction holds
-        self._lock_sweeper: asyncio.Task[None] | None = None
+        self._system: dict[str, SystemHandler] = {}
+        # The hooks the extensions implement, collected once (see _extensions.overrides).
+        self.on_activated = self._hooks("activated")
+        self.on_deactivating = self._hooks("deactivating")
+        self._on_accept = self._hooks("accept")
+        self._on_view = self._hooks("view_changed")
+        membership.subscribe(self._view_changed)
+        for extension in self.extensions:
+            extension.attach(self)
+
+    def _hooks(self, name: str) -> tuple[Any, ...]:
+        return tuple(getattr(e, name) for e in self.extensions if overrides(e, name))
+
+    def extension(self, kind: type[S]) -> S | None:
+        """The extension of type ``kind`` this silo runs, if any."""
+        return next((e for e in self.extensions if isinstance(e, kind)), None)
+
+    def register_system_method(self, name: str, handler: SystemHandler) -> None:
+        """Route requests for ``name`` (a runtime-to-runtime message, never a user method) to
+        ``handler(request, args)``, which must reply (``reply``/``reply_error``)."""
+        if not name.startswith("__"):
+            raise ValueError(f"system method names start with '__': {name!r}")
+        self._system[name] = handler
+
+    def _view_changed(self, view: MembershipView) -> None:
+        for hook in self._on_view:
+            hook(self, view)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._collector = self._loop.create_task(self._collect_periodically())
+        for extension in self.extensions:
+            extension.start(self)
 
     async def aclose(self) -> None:
         """Deactivate every activation (running turns finish first), then stop."""
@@ -197,11 +142,15 @@ class Silo:
         self.closed = True
         if self._collector is not None:
             self._collector.cancel()
-        if self._lock_sweeper is not None:
-            self._lock_sweeper.cancel()
         await self.deactivate_all(DeactivationReason.SHUTDOWN)
+        for extension in self.extensions:
+            try:
+                await extension.stop(self)
+            except Exception as exc:  # one capability failing to stop must not stop the rest
+                get_logger().error("extension_stop_failed", silo=self.name, error=repr(exc))
+        self.membership.unsubscribe(self._view_changed)
         self.caller.close()
-        self._idle_runners.clear()
+        self.runners.clear()
         # Whatever still runs now outlived the deactivation timeout: cancel it rather than let
         # one endless turn hold the shutdown hostage.
         for task in list(self._tasks):
@@ -226,7 +175,7 @@ class Silo:
                 f"{request.target}.{request.method}",
             )
             return
-        if request.method in SYSTEM_METHODS:
+        if request.method in self._system:
             self._deliver_system(request)
             return
         try:
@@ -252,16 +201,8 @@ class Silo:
             self.reply_error(request, exc, f"{request.target}.{request.method} on {self.name}")
             return
         delivery = Delivery(request, method, args, kwargs, self.loop_time() + request.timeout)
-        if method.options.transactional:
-            delivery.tx = (
-                TxTicket.started_here()
-                if request.transaction is None
-                else TxTicket.from_header(request.transaction, joins=True)
-            )
-        elif request.transaction is not None:
-            # Not a transactional method: it joins nothing, but it may run inside a
-            # transaction that already holds the actor (and then commits with it).
-            delivery.tx = TxTicket.from_header(request.transaction, joins=False)
+        for accept in self._on_accept:
+            accept(self, delivery)
         activation = self._worker_for(request.target, cls) if stateless else None
         if activation is None:
             activation = self.activations.get(request.target) or self._activate(request.target, cls)
@@ -327,7 +268,7 @@ class Silo:
             if not pool:
                 del self.workers[activation.actor_id]
 
-    # -- transactions ------------------------------------------------------------------------
+    # -- system messages ---------------------------------------------------------------------
 
     def _deliver_system(self, request: Request) -> None:
         try:
@@ -335,64 +276,14 @@ class Silo:
         except SerializationError as exc:
             self.reply_error(request, exc, f"{request.method} on {self.name}")
             return
-        where = f"{request.method} {request.target} on {self.name}"
-        if request.method == TX_COORDINATE:
-            # The client's transaction block ends: commit it from here (a silo has storage).
-            self.spawn(self._coordinate(request, str(args[0]), decode_participants(args[1])))
-            return
-        if request.view_version != self.membership.view.version and not self._owns(request):
-            return
-        try:
-            result = self.participant_message(request.target, request.method, args)
-        except RaygrainError as exc:
-            self.reply_error(request, exc, where)
-            return
-        self.reply(request, True, b"" if result is None else encode(result))
+        self._system[request.method](request, args)
 
-    def participant_message(self, target: ActorId, method: str, args: list[Any]) -> Any:
-        """Apply a prepare, commit or abort to ``target``'s activation here; the coordinator
-        calls this directly for the participants it hosts."""
-        activation = self.activations.get(target)
-        txid = str(args[0])
-        if method == TX_PREPARE:
-            if activation is None:
-                raise TransactionAbortedError(
-                    f"{target} is no longer active here: its changes in transaction {txid} are gone"
-                )
-            return list(activation.tx_prepare(txid))
-        if activation is not None:
-            if method == TX_COMMIT:
-                activation.tx_commit(txid, args[1])
-            else:
-                activation.tx_abort(txid, bool(args[1]))
-        return None
-
-    def lock_taken(self, activation: Activation) -> None:
-        self.locked.add(activation)
-        if self._lock_sweeper is None:
-            self._lock_sweeper = asyncio.get_running_loop().create_task(self.sweep_locks())
-
-    async def sweep_locks(self) -> None:
-        """End the transactions whose lease or decision timeout ran out. One sweep for all
-        locks rather than a timer per lock: timers cost more than the lock itself."""
-        settings = self.options.transactions
-        period = min(0.25, settings.lease / 4, settings.decision_timeout / 4)
-        while not self.closed:
-            await asyncio.sleep(period)
-            now = self.loop_time()
-            for activation in [a for a in self.locked if a.tx and a.tx.expires_at <= now]:
-                activation.tx_expired()
+    def owns(self, request: Request) -> bool:
+        """Whether this silo should handle ``request`` by the ring (else it was passed on)."""
+        return request.view_version == self.membership.view.version or self._owns(request)
 
     def hosts(self, actor_id: ActorId) -> bool:
         return not self.closed and self.membership.ring.owner(actor_id) == self.name
-
-    async def _coordinate(self, request: Request, txid: str, participants: list[ActorId]) -> None:
-        try:
-            await self.coordinator.commit(txid, participants)
-        except RaygrainError as exc:
-            self.reply_error(request, exc, f"commit of transaction {txid} on {self.name}")
-            return
-        self.reply(request, True, b"")
 
     # -- replying ----------------------------------------------------------------------------
 
@@ -442,115 +333,6 @@ class Silo:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def run_turn(self, turn: Coroutine[Any, Any, None], eager: bool = False) -> bool | None:
-        """Run a turn on a runner task: an idle one, or a new one.
-
-        Creating an asyncio task costs more than a whole in-process call (the task registry is
-        a WeakSet in Python code), so finished runners wait for the next turn instead of ending.
-        An ``eager`` turn starts on the spot, in the caller's stack but as its runner's task
-        (``asyncio.current_task()``, timeouts and cancellation all belong to the runner),
-        until it first has to wait; most in-process turns never do, so they answer before
-        ``deliver_request`` returns, saving a trip through the event loop. The runner drives
-        the rest. Each turn sets the runtime's context variables when it starts.
-
-        Context variables set in a turn are seen by no other turn, and none flow in from the
-        caller (they could not cross processes either): a turn runs in a clean context, a
-        runner's own or (eager) one kept from an earlier turn that left it clean, and a runner
-        whose turn set variables of its own retires (see ``_runner``).
-        Returns whether the turn is over (it started eagerly and never had to wait), or None
-        when it could not start eagerly (no idle runner, or nested too deep).
-        """
-        idle = self._idle_runner()
-        if not eager or idle is None or _eager.value >= _MAX_EAGER_DEPTH:
-            # (An eager start needs a runner that is already running: one not started yet
-            # would die of a cancellation the turn asks for before the runner first runs.)
-            waiter = idle[1] if idle is not None else self._new_runner()
-            waiter.set_result(turn)
-            return None if eager else False
-        runner, waiter = idle
-        loop = waiter.get_loop()
-        contexts = self._contexts
-        context = contexts.pop() if contexts else _fresh_context()
-        caller = asyncio.current_task(loop)
-        if caller is not None:
-            _leave_task(loop, caller)
-        _enter_task(loop, runner)
-        _eager.value += 1
-        try:
-            pending = context.run(turn.send, None)
-        except StopIteration:
-            self._idle_runners.append((runner, waiter))
-            self._recycle(context)
-            return True
-        except Exception as exc:  # a turn reports its own errors; this is a runtime bug
-            get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
-            self._idle_runners.append((runner, waiter))
-            return True
-        finally:
-            _eager.value -= 1
-            _leave_task(loop, runner)
-            if caller is not None:
-                _enter_task(loop, caller)
-        waiter.set_result(_Resumed(turn, pending, context))
-        return False
-
-    def _idle_runner(self) -> tuple[asyncio.Task[None], asyncio.Future[_Turn]] | None:
-        """An idle runner and the future it waits on for its next turn, if any. A runner whose
-        turn cancelled it (``asyncio.current_task().cancel()``) wakes up cancelled and ends:
-        its future is cancelled, and it is passed over here."""
-        idle = self._idle_runners
-        while idle:
-            runner, waiter = idle.pop()
-            if not waiter.done():
-                return runner, waiter
-        return None
-
-    def _recycle(self, context: contextvars.Context) -> None:
-        """Keep an eager turn's context for a later one if the turn left it clean (a fresh
-        context per turn costs an allocation, three variable sets and garbage collection)."""
-        if len(context) == _RUNTIME_VARIABLES and len(self._contexts) < _MAX_IDLE_RUNNERS:
-            self._contexts.append(context)
-
-    def _new_runner(self) -> asyncio.Future[_Turn]:
-        waiter: asyncio.Future[_Turn] = asyncio.get_running_loop().create_future()
-        # The task's context is a copy of a clean one, not of its creator's: nothing flows
-        # from the creator into the runner's turns.
-        self.spawn_clean(self._runner(waiter))
-        return waiter
-
-    async def _runner(self, waiter: asyncio.Future[_Turn]) -> None:
-        """Run the turns handed over by ``waiter`` until the silo closes, enough runners idle,
-        or a turn leaves the task's context unclean (then this runner ends, and the variables
-        the turn set end with it)."""
-        me = asyncio.current_task()
-        assert me is not None
-        while True:
-            try:
-                turn = await waiter
-            except asyncio.CancelledError as exc:
-                if not waiter.done() or waiter.cancelled():
-                    raise  # cancelled while idle: the silo is closing
-                # Cancelled after being handed a turn (one that set a very short timeout while
-                # it started eagerly): the cancellation is the turn's.
-                turn = waiter.result()
-                if isinstance(turn, _Resumed):
-                    turn.throw_first = exc
-            try:
-                await turn
-            except Exception as exc:  # a turn reports its own errors; this is a runtime bug
-                get_logger().error("turn_crashed", silo=self.name, error=repr(exc))
-            else:
-                if isinstance(turn, _Resumed):  # an eager turn's own context
-                    self._recycle(turn.context)
-            if (
-                self.closed
-                or len(self._idle_runners) >= _MAX_IDLE_RUNNERS
-                or len(contextvars.copy_context()) != _RUNTIME_VARIABLES
-            ):
-                return
-            waiter = me.get_loop().create_future()
-            self._idle_runners.append((me, waiter))
-
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coroutine`` as a task the silo keeps a reference to until it ends."""
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -562,7 +344,7 @@ class Silo:
         """``spawn``, in a clean context rather than a copy of the current one: for code that
         runs actor code (activation and deactivation hooks), which must see no variables of
         whichever caller or turn happened to trigger it."""
-        return _fresh_context().run(self.spawn, coroutine)
+        return fresh_context().run(self.spawn, coroutine)
 
     def loop_time(self) -> float:
         loop = self._loop or asyncio.get_running_loop()

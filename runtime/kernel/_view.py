@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -55,6 +56,15 @@ class Membership:
         self.view = MembershipView(0)
         self.ring = ConsistentHashRing((), virtual_nodes)
         self._changed = asyncio.Event()
+        self._listeners: list[Callable[[MembershipView], None]] = []
+
+    def subscribe(self, listener: Callable[[MembershipView], None]) -> None:
+        """Call ``listener(view)`` after every newer view is applied."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[MembershipView], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     def update(self, view: MembershipView) -> bool:
         if view.version <= self.view.version:
@@ -65,6 +75,8 @@ class Membership:
             self.ring = ConsistentHashRing(view.active(), self._virtual_nodes)
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in list(self._listeners):
+            listener(view)
         return True
 
     def set_status(self, name: str, status: SiloStatus) -> MembershipView:

@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason
+from raygrain.runtime._capabilities import silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Membership,
@@ -62,6 +63,7 @@ class SiloHostImpl:
             self.membership,
             SystemClock(),
             options,
+            silo_extensions(),
         )
         self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None

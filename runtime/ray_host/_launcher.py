@@ -20,6 +20,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import Actor, ConfigurationError
+from raygrain.runtime._capabilities import client_filters
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
@@ -289,7 +290,12 @@ class RayBackend:
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         caller = Caller(
-            self.client_address, self.transport, self.membership, registry, self.options.calls
+            self.client_address,
+            self.transport,
+            self.membership,
+            registry,
+            self.options.calls,
+            filters=client_filters(),
         )
         self.transport.bind(caller)
         self.caller = caller

@@ -293,13 +293,15 @@ async def test_decimal_arithmetic_in_turns_leaves_their_runners_in_service(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The decimal module creates a context variable on first use; a runner whose turn left a
-    # variable in its context retires (see Silo.run_turn), so without care every Decimal turn
+    # variable in its context retires (see TurnRunners.run), so without care every Decimal turn
     # would cost a new task.
-    from raygrain.runtime.kernel import Silo
+    from raygrain.runtime.kernel._runners import TurnRunners
 
     created = []
-    new_runner = Silo._new_runner
-    monkeypatch.setattr(Silo, "_new_runner", lambda self: created.append(1) or new_runner(self))
+    new_runner = TurnRunners._new_runner
+    monkeypatch.setattr(
+        TurnRunners, "_new_runner", lambda self: created.append(1) or new_runner(self)
+    )
     users = [cluster.get(ContextUser, f"dec{i}") for i in range(20)]
 
     async def burst() -> list[str]:

@@ -253,7 +253,7 @@ async def test_a_rollback_keeps_the_changes_of_a_write_under_way(tmp_path: Path)
         activation = silo.activations[actor.actor_id]
         with _write_lock(path):
             written = asyncio.ensure_future(actor.append("t"))
-            while not activation._writing:  # (white-box: t's write is under way)
+            while not activation.slot.writing:  # (white-box: t's write is under way)
                 await asyncio.sleep(0)
             with pytest.raises(RuntimeError, match="v failed"):
                 await actor.append_then_fail("v")

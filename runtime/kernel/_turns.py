@@ -1,0 +1,221 @@
+"""The turn: run one call's method on the instance, commit its state, reply.
+
+A changing turn commits the state before its reply is sent (acknowledged means durable), and
+rolls the state back when the method raises (raised means no trace). With a provider that
+queues writes (``storage.QueuedWrites``), a turn hands its write over and ends from the write's
+callback, with no task left waiting. A capability governing the call (its ticket) takes part
+through a ``TurnScope``: it may defer the commit to itself (a transaction) and act when the
+method returned or raised. ``TurnRunner`` sits between ``Mailbox`` and ``Activation``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raygrain.actors import (
+    Actor,
+    ActorId,
+    ActorMethod,
+    DeactivationReason,
+    InconsistentStateError,
+    MethodOptions,
+    Persistence,
+    SerializationError,
+    TurnRolledBackError,
+    current_invoker,
+    encode,
+    encode_error,
+)
+from raygrain.runtime.kernel._caller import current_chain
+from raygrain.runtime.kernel._extensions import turn_variables
+from raygrain.runtime.kernel._logging import get_logger
+from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
+from raygrain.runtime.kernel._messages import Request
+from raygrain.runtime.kernel._state import StateSlot
+
+__all__ = ["TurnRunner"]
+
+
+class TurnRunner(Mailbox):
+    __slots__ = ("_queued_turn", "instance", "last_used", "slot")
+
+    def __init__(self, silo: Any, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
+        super().__init__(silo, actor_id, cls)
+        self.instance: Actor[Any] | None = None
+        self.last_used = silo.clock.now()
+        state_type = cls.__actor_state_type__
+        # Only a stateful actor has a state slot (a stateless one has nothing to store).
+        self.slot = None if state_type is None else StateSlot(actor_id, state_type, silo.storage)
+        self._queued_turn: tuple[Request, ActorMethod, bytes] | None = None  # _queue_write
+
+    # Hooks of Activation: how a turn ends and what a failure does to the activation.
+    def _turn_ended(self) -> None:
+        raise NotImplementedError
+
+    def begin_deactivation(self, reason: DeactivationReason) -> Any:
+        raise NotImplementedError
+
+    def _start(self, delivery: Delivery, eager: bool = False) -> bool | None:
+        return self.silo.runners.run(self._run_turn(delivery), eager)
+
+    async def _run_turn(self, delivery: Delivery) -> None:
+        request = delivery.request
+        method = delivery.method
+        options = method.options
+        ticket = delivery.ticket
+        scope = ticket.begin(self, delivery) if ticket is not None else None  # type: ignore[arg-type]
+        slot = self.slot
+        per_turn = (
+            slot is not None
+            and not options.read_only
+            and (scope is None or not scope.defers_commit)
+            and self.options.persistence is Persistence.PER_TURN
+        )
+        ends_when_written = False
+        rollbacks = slot.rollbacks if slot is not None else 0
+        try:
+            if self.silo.loop_time() > delivery.expires_at:
+                return  # the caller has already timed out; running it now would be a surprise
+            self._enter_turn(request.chain)
+            if scope is not None:
+                scope.enter()
+            try:
+                result = await method.function(self.instance, *delivery.args, **delivery.kwargs)
+                payload = self._encode_result(method, result)
+                if per_turn:
+                    assert slot is not None and self.instance is not None
+                    # Encode only once no other write of this activation is under way: an
+                    # interleaved turn that took the slot meanwhile may have written a newer
+                    # state (with this turn's changes in it), which an older encoding would
+                    # then overwrite.
+                    while slot.writing:
+                        await slot.write_finished()
+                    if slot.rollbacks != rollbacks:
+                        raise TurnRolledBackError(
+                            f"{self._where(method)}: a turn interleaved with this one failed "
+                            "and rolled the shared state back while this one ran, so this "
+                            "turn's changes may or may not have been stored"
+                        )
+                    data = slot.changed(self.instance.state)
+                    if data is not None:
+                        if self._queue_write(request, method, payload, data):
+                            ends_when_written = True
+                            return
+                        await slot.write(data)
+                if scope is not None:
+                    await scope.succeeded()
+                ok = True
+            except Exception as exc:
+                # (A turn that a rollback already hit does not roll back again: that would
+                # only discard the changes of the turns that started after it.)
+                rolls_back = per_turn and not isinstance(exc, TurnRolledBackError)
+                ok, payload = False, self._fail_turn(method, exc, rolls_back)
+                if scope is not None:
+                    await scope.failed(exc)
+            if not options.one_way:
+                joined = scope.joined() if scope is not None else ()
+                self.silo.reply(request, ok, payload, joined)
+        finally:
+            if not ends_when_written:
+                self._end_turn(options)
+
+    def _queue_write(
+        self, request: Request, method: ActorMethod, payload: bytes, data: bytes
+    ) -> bool:
+        """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
+        the turn then ends in ``_written`` once the write committed, with no task left waiting
+        for it. False when the provider cannot (the turn then awaits its write as usual). The
+        write slot must be free, as the caller checked just before."""
+        queue_write = self.silo.queue_write
+        if queue_write is None:
+            return False
+        slot = self.slot
+        assert slot is not None
+        # Only one write of an activation is ever under way (``slot.writing``), so the turn that
+        # waits for it can wait here rather than in a closure per write; and it keeps only what
+        # its end needs (each object a waiting turn keeps alive costs garbage collection time).
+        slot.start_write(data)
+        self._queued_turn = (request, method, payload)
+        try:
+            queue_write(self.actor_id, data, slot.etag, self._written)
+        except BaseException:
+            self._queued_turn = None
+            slot.end_write()
+            raise
+        return True
+
+    def _written(self, outcome: str | Exception) -> None:
+        """The end of a turn whose write was queued: reply once the write committed, or roll
+        back and report the failure, then end the turn."""
+        slot = self.slot
+        assert self._queued_turn is not None and slot is not None and slot.in_flight is not None
+        (request, method, payload), self._queued_turn = self._queued_turn, None
+        try:
+            if isinstance(outcome, Exception):
+                slot.end_write()  # first: the rollback goes back past the failed write
+                ok, payload = False, self._fail_turn(method, outcome, True)
+            else:
+                slot.adopt(slot.in_flight, outcome)
+                ok = True
+                slot.end_write()
+            if not method.options.one_way:
+                self.silo.reply(request, ok, payload, ())
+        finally:
+            self._end_turn(method.options)
+
+    def _end_turn(self, options: MethodOptions) -> None:
+        # In the order enqueue and pump count turns in: a read-only method of a reentrant class
+        # (or one that always interleaves) counts as interleaved, not as a reader.
+        if self.options.reentrant or options.always_interleave:
+            self.interleaved -= 1
+        elif options.read_only:
+            self.readers -= 1
+        else:
+            self.exclusive = False
+        self.last_used = self.silo.clock.now()
+        self.pump()
+        self._turn_ended()
+
+    def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
+        if result is None:
+            return b""
+        try:
+            return encode(result)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"result of {self.actor_id.type_name}.{method.name}: {exc}"
+            ) from None
+
+    def _fail_turn(self, method: ActorMethod, exc: Exception, per_turn: bool) -> bytes:
+        """Undo the turn's changes to the state and encode ``exc`` for the caller."""
+        if per_turn:
+            self.rollback()
+        if isinstance(exc, InconsistentStateError):
+            # A newer write exists: this activation is a stale duplicate. Drop it rather than
+            # retry; the next call activates the actor afresh from storage.
+            get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
+            self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+        else:
+            get_logger().info(
+                "call_failed",
+                actor=str(self.actor_id),
+                method=method.name,
+                error=repr(exc),
+            )
+        return encode_error(exc, self._where(method))
+
+    def rollback(self) -> None:
+        """Put the instance's state back to the newest one stored or being written."""
+        if self.slot is not None and self.instance is not None:
+            self.instance.state = self.slot.rolled_back()
+
+    def _enter_turn(self, chain: tuple[ActorId, ...]) -> None:
+        # Runs inside the turn's own task, so these settings are private to the turn. (A set
+        # costs more than a get; a runner's turns mostly leave them as they were.)
+        current_chain.set((*chain, self.actor_id))
+        invoker = self.silo.caller
+        if current_invoker.get() is not invoker:
+            current_invoker.set(invoker)
+        for variable, default in turn_variables():  # a capability's scope sets its own after
+            if variable.get() is not default:
+                variable.set(default)

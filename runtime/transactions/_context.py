@@ -1,0 +1,96 @@
+"""A transaction as callers and turns see it: its id and age, the settings, the context
+variable a turn or client block runs in, and the names of the commit protocol's messages."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from raygrain.actors import ActorId
+from raygrain.runtime.kernel import turn_variable
+
+__all__ = [
+    "TX_ABORT",
+    "TX_COMMIT",
+    "TX_COORDINATE",
+    "TX_PREPARE",
+    "TransactionContext",
+    "TransactionSettings",
+    "current_transaction",
+    "decode_participants",
+    "encode_participants",
+    "new_txid",
+]
+
+# System messages of the commit protocol: delivered to the silo, never to a user method.
+TX_PREPARE = "__tx_prepare__"
+TX_COMMIT = "__tx_commit__"
+TX_ABORT = "__tx_abort__"
+TX_COORDINATE = "__tx_coordinate__"
+
+_ids = itertools.count(1)
+_process_tag = f"{os.getpid():x}.{os.urandom(3).hex()}"
+
+
+def new_txid() -> str:
+    """Unique across processes: this process's tag and a counter."""
+    return f"{_process_tag}.{next(_ids)}"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionSettings:
+    """How long locks and decisions may take; every duration is in seconds."""
+
+    lock_timeout: float = 5.0  # longest an older transaction's call waits for a lock
+    lease: float = 30.0  # longest a participant stays locked before its transaction prepares
+    decision_timeout: float = 10.0  # longest a prepared participant waits for the outcome
+    wound_after: float = 0.005  # grace before an older transaction aborts a younger holder
+
+
+@dataclass(slots=True)
+class TransactionContext:
+    """A running transaction as its caller sees it: who has joined so far."""
+
+    txid: str
+    start: float
+    participants: set[ActorId] = field(default_factory=set)
+    in_turn: bool = False  # a participant's turn, which holds that participant's lock
+
+    @classmethod
+    def new(cls, start: float | None = None) -> TransactionContext:
+        """A new transaction; ``start`` (its age, for wait-die) defaults to now."""
+        return cls(new_txid(), time.time() if start is None else start, set())
+
+    @classmethod
+    def joined(cls, txid: str, start: float, first: ActorId) -> TransactionContext:
+        """The transaction as a participant's turn sees it: it holds that participant."""
+        return cls(txid, start, {first}, in_turn=True)
+
+    def header(self) -> bytes:
+        """What a call made in this transaction carries: its id, its age, whether it holds
+        any lock yet, and whether it comes from a running turn (see ``TxTicket.dies``)."""
+        header = [self.txid, self.start, bool(self.participants), self.in_turn]
+        return msgpack.packb(header)  # type: ignore[no-any-return]
+
+
+# The transaction the current task (a client block or an actor's turn) runs in, if any. Every
+# turn starts outside any transaction; a participant's turn enters its own (see TxScope).
+current_transaction: ContextVar[TransactionContext | None] = ContextVar(
+    "raygrain_transaction", default=None
+)
+turn_variable(current_transaction, None)
+
+
+def encode_participants(participants: Iterable[ActorId]) -> list[list[Any]]:
+    return [[p.type_name, p.key] for p in participants]
+
+
+def decode_participants(items: Iterable[Any]) -> list[ActorId]:
+    return [ActorId(t, k) for t, k in items]

@@ -1,0 +1,350 @@
+"""The lock a transaction holds on an activation, and the ticket a transactional call carries.
+
+``TxTicket`` is the kernel ``Ticket`` of a call made inside a transaction: it decides the call's
+admission (lock the actor, join the holder's transaction, wait, or abort under wound-wait /
+wait-die) and gives its turn a ``TxScope`` (the turn runs in the transaction, its changes stay
+in memory until the commit). ``TxHold`` is the kernel ``Guard`` set on an activation while a
+transaction holds it: other calls are set aside until it ends. The commit protocol's phases
+(prepare, commit, abort) and the timeouts act on the hold here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from raygrain.actors import (
+    ActorId,
+    DeactivationReason,
+    SerializationError,
+    TransactionAbortedError,
+)
+from raygrain.runtime.kernel import Activation, Admission, Delivery, get_logger
+from raygrain.runtime.transactions._context import (
+    TransactionContext,
+    current_transaction,
+    new_txid,
+)
+
+if TYPE_CHECKING:
+    from raygrain.runtime.transactions._extension import Transactions
+
+__all__ = ["TxHold", "TxScope", "TxTicket"]
+
+_PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
+_REFUSED = "transactions.refused"  # Activation.extras: the last transaction that aborted there
+
+
+class TxHold:
+    """The transaction holding an activation's lock. Its changes live in the instance's state;
+    the state slot still holds the state from before it, to roll back to."""
+
+    __slots__ = ("blocked", "data", "expires_at", "prepared", "start", "txid")
+    owns_changes = True  # the transaction writes the changes when it commits (Guard)
+
+    def __init__(self, txid: str, start: float, expires_at: float) -> None:
+        self.txid = txid
+        self.start = start
+        self.expires_at = expires_at  # loop time: the lease, then the decision timeout
+        self.prepared = False
+        self.data: bytes | None = None  # the prepared new state (None: unchanged)
+        self.blocked: deque[Delivery] | None = None  # calls waiting for it to end
+
+    def admit(self, activation: Activation, delivery: Delivery) -> Admission:
+        """A call outside any transaction waits until the holder ends."""
+        self.set_aside(delivery)
+        return Admission.DIVERTED
+
+    def set_aside(self, delivery: Delivery) -> None:
+        if self.blocked is None:
+            self.blocked = deque()
+        self.blocked.append(delivery)
+
+    def drain(self, activation: Activation) -> list[Delivery]:
+        """The activation goes: its uncommitted changes go too; a prepare for the transaction
+        now finds no activation. Returns the calls set aside, to be routed again."""
+        _owner(activation).locked.discard(activation)
+        blocked, self.blocked = self.blocked, None
+        return list(blocked or ())
+
+
+@dataclass(frozen=True, slots=True)
+class TxTicket:
+    """What a delivered call knows of its transaction. ``joins``: the method is
+    ``@transactional`` (it locks the actor); ``coordinates``: it started the transaction
+    itself, so its turn commits it."""
+
+    txid: str
+    start: float
+    joins: bool
+    coordinates: bool = False
+    holds_locks: bool = False
+    in_turn: bool = False
+
+    @classmethod
+    def from_header(cls, header: bytes, joins: bool) -> TxTicket:
+        txid, start, holds_locks, in_turn = msgpack.unpackb(header)
+        return cls(str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn))
+
+    @classmethod
+    def started_here(cls) -> TxTicket:
+        return cls(new_txid(), time.time(), True, coordinates=True)
+
+    def wounds(self, holder: TxHold) -> bool:
+        """Wound-wait: take the lock from its holder (which aborts) rather than wait, when
+        waiting could close a cycle: this transaction is older than the holder and holds
+        locks itself, and the holder may still wait for others (a prepared one requests
+        nothing more). A transaction holding no lock yet waits: it closes no cycle."""
+        older = (self.start, self.txid) < (holder.start, holder.txid)
+        return older and self.holds_locks and not holder.prepared
+
+    def dies(self, holder: TxHold) -> bool:
+        """Abort rather than wait for an older holder when this call comes from a running
+        turn holding a lock: an older transaction could not take that lock until the turn
+        ends, and the turn would be waiting for it (wait-die, for calls made from turns)."""
+        younger = (self.start, self.txid) > (holder.start, holder.txid)
+        return younger and self.in_turn and self.holds_locks and not holder.prepared
+
+    # -- the kernel's Ticket ------------------------------------------------------------------
+
+    def admit(self, activation: Activation, delivery: Delivery) -> Admission:
+        """Whether the call may run now as far as transactions go (``RUN``), must wait for the
+        running turns (``WAIT``: it locks when its turn comes), or was set aside until the
+        holder ends, or refused (``DIVERTED``)."""
+        hold = _hold(activation)
+        if hold is None and not activation.is_idle_of_turns():
+            return Admission.WAIT
+        refused = activation.extras.get(_REFUSED) if activation.extras else None
+        if self.joins and self.txid == refused:
+            _refuse(activation, delivery, f"it already aborted at {activation.actor_id}")
+            return Admission.DIVERTED
+        if hold is None:
+            if self.joins:
+                _lock(activation, self)
+            return Admission.RUN
+        if self.txid == hold.txid:
+            if hold.prepared:
+                _refuse(
+                    activation, delivery, f"{activation.actor_id} was called after the commit began"
+                )
+                return Admission.DIVERTED
+            return Admission.RUN
+        if self.joins and self.dies(hold):
+            why = f"{activation.actor_id} is locked by older transaction {hold.txid}"
+            _refuse(activation, delivery, why)
+            return Admission.DIVERTED
+        hold.set_aside(delivery)
+        if self.joins:
+            loop = asyncio.get_running_loop()
+            settings = _owner(activation).settings
+            loop.call_later(settings.lock_timeout, _lock_wait_over, activation, delivery)
+            if self.wounds(hold):
+                # Wound-wait: an older transaction that holds locks takes the lock from a
+                # younger holder still at work (which aborts) rather than wait on it, so none
+                # deadlock. After a short grace: the younger one is often about to commit.
+                loop.call_later(settings.wound_after, _wound_for, activation, delivery, hold.txid)
+        return Admission.DIVERTED
+
+    def begin(self, activation: Activation, delivery: Delivery) -> TxScope | None:
+        """A scope for the turn when it runs inside the transaction holding the actor (a
+        transactional call, or a plain one made in that same transaction); else None (a
+        plain call of another transaction, on an actor nobody holds: an ordinary turn)."""
+        hold = _hold(activation)
+        if hold is None or hold.txid != self.txid:
+            return None
+        transaction = TransactionContext.joined(self.txid, self.start, activation.actor_id)
+        return TxScope(self, activation, transaction)
+
+
+class TxScope:
+    """A turn inside a transaction (the kernel's ``TurnScope``)."""
+
+    __slots__ = ("activation", "ticket", "transaction")
+    defers_commit = True  # its changes commit with the transaction
+
+    def __init__(
+        self, ticket: TxTicket, activation: Activation, transaction: TransactionContext
+    ) -> None:
+        self.ticket = ticket
+        self.activation = activation
+        self.transaction = transaction
+
+    def enter(self) -> None:
+        current_transaction.set(self.transaction)
+
+    async def succeeded(self) -> None:
+        if self.ticket.coordinates:
+            coordinator = _owner(self.activation).coordinator
+            await coordinator.commit(self.ticket.txid, self.transaction.participants)
+
+    async def failed(self, error: Exception) -> None:
+        # A transactional call that raises aborts its transaction here; the one that started
+        # it aborts every participant (others learn at prepare time).
+        doom(self.activation, self.ticket.txid)
+        if self.ticket.coordinates:
+            coordinator = _owner(self.activation).coordinator
+            await coordinator.abort(self.ticket.txid, self.transaction.participants)
+
+    def joined(self) -> tuple[ActorId, ...]:
+        return () if self.ticket.coordinates else tuple(self.transaction.participants)
+
+
+# -- the hold's life ---------------------------------------------------------------------------
+
+
+def _owner(activation: Activation) -> Transactions:
+    from raygrain.runtime.transactions._extension import Transactions
+
+    owner = activation.silo.extension(Transactions)
+    assert owner is not None, "a transactional call reached a silo without transactions"
+    return owner
+
+
+def _hold(activation: Activation) -> TxHold | None:
+    guard = activation.guard
+    return guard if isinstance(guard, TxHold) else None
+
+
+def _lock(activation: Activation, ticket: TxTicket) -> None:
+    owner = _owner(activation)
+    expires_at = activation.silo.loop_time() + owner.settings.lease
+    activation.guard = TxHold(ticket.txid, ticket.start, expires_at)
+    owner.lock_taken(activation)
+
+
+def _refuse(activation: Activation, delivery: Delivery, why: str) -> None:
+    txid = delivery.ticket.txid if isinstance(delivery.ticket, TxTicket) else "?"
+    activation.silo.reply_error(
+        delivery.request,
+        TransactionAbortedError(f"transaction {txid} aborted: {why}"),
+        f"{activation.actor_id}.{delivery.method.name} on {activation.silo.name}",
+    )
+
+
+def _lock_wait_over(activation: Activation, delivery: Delivery) -> None:
+    hold = _hold(activation)
+    blocked = hold.blocked if hold is not None else None
+    if blocked is None or delivery not in blocked:
+        return
+    blocked.remove(delivery)
+    holder = hold.txid if hold is not None else "another transaction"
+    lock_timeout = _owner(activation).settings.lock_timeout
+    _refuse(
+        activation,
+        delivery,
+        f"{activation.actor_id} stayed locked by {holder} over {lock_timeout:g} s",
+    )
+
+
+def _wound_for(activation: Activation, delivery: Delivery, txid: str) -> None:
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid or hold.prepared or not hold.blocked:
+        return  # the holder ended or is committing: the waiting call goes in soon anyway
+    if delivery not in hold.blocked:
+        return
+    if not activation.is_idle_of_turns():  # the holder's turn must end before it can abort here
+        wound_after = _owner(activation).settings.wound_after
+        asyncio.get_running_loop().call_later(wound_after, _wound_for, activation, delivery, txid)
+        return
+    get_logger().debug("transaction_wounded", actor=str(activation.actor_id), txid=txid)
+    doom(activation, txid)  # the oldest waiting transaction gets the lock next
+
+
+def release(activation: Activation) -> None:
+    """The hold ends: let the calls it set aside in, the oldest transaction first."""
+    hold = _hold(activation)
+    activation.guard = None
+    _owner(activation).locked.discard(activation)
+    blocked = hold.blocked if hold is not None else None
+    if not blocked:
+        activation.pump()
+        return
+    now = activation.silo.loop_time()
+    # The oldest waiting transaction first (it would wound a younger one anyway), then
+    # the plain calls in arrival order.
+    ordered = sorted(blocked, key=_age_of)
+    for delivery in ordered:
+        if delivery.expires_at > now:
+            activation.enqueue(delivery)
+    activation.pump()
+
+
+def _age_of(delivery: Delivery) -> float:
+    ticket = delivery.ticket
+    return ticket.start if isinstance(ticket, TxTicket) and ticket.joins else _PLAIN
+
+
+def doom(activation: Activation, txid: str) -> None:
+    """Abort ``txid`` here: roll its changes back and let the waiting calls in."""
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid:
+        return
+    activation.rollback()
+    if activation.extras is None:
+        activation.extras = {}
+    activation.extras[_REFUSED] = txid
+    release(activation)
+
+
+def expired(activation: Activation) -> None:
+    """The lease or the decision timeout ran out (see ``Transactions.sweep_locks``)."""
+    hold = _hold(activation)
+    if hold is None:
+        return
+    txid = hold.txid
+    get_logger().warning("transaction_lock_expired", actor=str(activation.actor_id), txid=txid)
+    prepared = hold.prepared
+    doom(activation, txid)
+    if prepared:
+        # The outcome is unknown here: reload from storage, which holds the decision.
+        activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+
+
+def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None]:
+    """Phase one: this participant's new state (None if unchanged) and its ETag."""
+    from raygrain.runtime.kernel import ActivationState
+
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid or activation.state is not ActivationState.VALID:
+        raise TransactionAbortedError(
+            f"{activation.actor_id} no longer holds transaction {txid} (it aborted there: an "
+            "error, an older transaction took the lock, the lock expired, or the actor "
+            "was deactivated)"
+        )
+    slot = activation.slot
+    if not hold.prepared:
+        data = None
+        if slot is not None and activation.instance is not None:
+            try:
+                data = slot.encode(activation.instance.state)
+            except SerializationError:
+                doom(activation, txid)
+                raise
+        hold.data = None if data == (slot.committed if slot else None) else data
+        hold.prepared = True
+        decision_timeout = _owner(activation).settings.decision_timeout
+        hold.expires_at = activation.silo.loop_time() + decision_timeout
+    return hold.data, slot.etag if slot is not None else None
+
+
+def commit(activation: Activation, txid: str, etag: str | None) -> None:
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid or not hold.prepared:
+        return
+    if hold.data is not None and etag is not None and activation.slot is not None:
+        activation.slot.adopt(hold.data, etag)
+    release(activation)
+
+
+def abort(activation: Activation, txid: str, reload: bool) -> None:
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid:
+        return
+    doom(activation, txid)
+    if reload:
+        activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
