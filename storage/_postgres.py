@@ -1,12 +1,11 @@
 """``PostgresStorage``: actor state in PostgreSQL through asyncpg, with group commit.
 
 The production store: on Ray every silo connects to the database itself. Writes are queued, and
-one committer task sends everything pending as one statement: the records travel as arrays
-(``unnest``), an ``UPDATE ... WHERE version = expected`` and an ``INSERT ... ON CONFLICT DO
-NOTHING`` apply those whose ETag matches, and ``RETURNING`` says which keys won, so a thousand
-concurrent turns of one silo cost one round trip and one commit (one fsync on the server). A
-batch holding an atomic group (``write_many``) runs in a transaction that is rolled back and
-retried without the group when the group only partly matched.
+a committer task sends a batch of them as one statement (storage/_postgres_sql.py): the records
+travel as arrays, only those whose ETag matches are applied, and ``RETURNING`` says which won,
+so a thousand concurrent turns of one silo cost a few round trips and commits, not a thousand.
+An atomic group (``write_many``) that matches only in part aborts its batch's statement, which
+then runs again in a transaction without it.
 
 Reads retry with backoff while the server is unreachable, up to ``read_timeout``; a write whose
 connection fails fails with ``StorageError`` (its outcome is unknown once it was sent), and the
@@ -36,29 +35,23 @@ from raygrain.actors import (
     StorageSchemaError,
 )
 from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
+from raygrain.storage._postgres_sql import (
+    APPLY,
+    APPLY_ATOMIC,
+    CREATE_SCHEMA_TABLE,
+    MIGRATIONS,
+    SCHEMA_LOCK,
+    SCHEMA_VERSION,
+    SELECT_RECORD,
+    SELECT_VERSIONS,
+    Outcome,
+    arrays,
+    decide,
+)
 from raygrain.storage._provider import StateRecord, StateWrite
 
 __all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
 
-# MIGRATIONS[n] takes the schema from version n to n + 1; each runs in the transaction that
-# records the new version, under an advisory lock, so silos starting together apply it once.
-# A capability that needs a table of its own (reminders, say) appends a step here.
-MIGRATIONS: list[str] = [
-    # ``version`` is the ETag: it grows by one on every write and a record is never deleted
-    # (``data`` NULL is a tombstone), so an ETag is never reused. ``id`` is
-    # ActorId.canonical(); ``type_name`` and ``actor_key`` are for humans browsing the table.
-    # fillfactor leaves room on each page so that an update can stay on its page (HOT).
-    """
-    CREATE TABLE {schema}.raygrain_state (
-        id        bytea PRIMARY KEY,
-        version   bigint NOT NULL,
-        type_name text NOT NULL,
-        actor_key text NOT NULL,
-        data      bytea
-    ) WITH (fillfactor = 80)
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 # Option name -> converter, as the storage URL's query string gives them.
 POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -70,57 +63,6 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
     "pipelines": int,
     "schema": str,
 }
-
-_SCHEMA_LOCK = 0x7267726E  # "rgrn": the advisory lock that serializes schema changes
-_CREATE_SCHEMA_TABLE = """
-CREATE TABLE IF NOT EXISTS {schema}.raygrain_schema (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    version   integer NOT NULL
-)
-"""
-_SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
-_SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
-# One statement for a whole batch; it returns the records that won their ETag check (a loser's
-# stored version is looked up afterwards: losers are rare, and sparing every batch that lookup
-# halves the rows it returns). An UPDATE that waits for another session's lock re-checks
-# ``version = expected`` against the row that session committed, so two writers holding one
-# ETag never both succeed.
-_APPLY = """
-WITH input AS (
-    SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])
-        AS i(id, expected, type_name, actor_key, data)
-), updated AS (
-    UPDATE {schema}.raygrain_state s SET version = s.version + 1, data = i.data
-    FROM input i WHERE i.expected > 0 AND s.id = i.id AND s.version = i.expected
-    RETURNING s.id, s.version
-), inserted AS (
-    INSERT INTO {schema}.raygrain_state (id, version, type_name, actor_key, data)
-    SELECT i.id, 1, i.type_name, i.actor_key, i.data FROM input i WHERE i.expected = 0
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, version
-)
-SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
-"""
-# The same for a batch holding atomic groups ($6: each record's group, -1 for a lone write),
-# in one round trip too: a group that matched only in part aborts the whole statement, hence
-# its implicit transaction, with a division by zero (the one error plain SQL can raise; the
-# divisor is computed per row so that the planner cannot fold it). The committer then runs
-# the batch again in an explicit transaction and leaves the group out.
-_APPLY_ATOMIC = _APPLY.replace(
-    "$5::bytea[])\n        AS i(id, expected, type_name, actor_key, data)",
-    "$5::bytea[], $6::int[])\n        AS i(id, expected, type_name, actor_key, data, grp)",
-).replace(
-    "SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted",
-    """, won AS (
-    SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
-)
-SELECT id, version FROM won
-UNION ALL
-SELECT NULL, 1 / (g.grp - g.grp) FROM (
-    SELECT i.grp FROM input i LEFT JOIN won w ON w.id = i.id WHERE i.grp >= 0
-    GROUP BY i.grp HAVING count(w.id) > 0 AND count(w.id) < count(*)
-) g""",
-)
 
 _MIN_SPLIT = 64
 _DEADLOCK_RETRIES = 5
@@ -137,7 +79,6 @@ _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *_UNREACHABLE)
 _SERVER_ERROR: tuple[type[BaseException], ...] = (*_UNREACHABLE, asyncpg.PostgresError)
 # The server refused the whole statement before committing anything: safe to run it again.
 _RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-_Outcome = list[str] | InconsistentStateError
 
 
 class PostgresStorage:
@@ -203,11 +144,11 @@ class PostgresStorage:
         self._sql = {
             name: sql.replace("{schema}", quoted)
             for name, sql in (
-                ("read", _SELECT_RECORD),
-                ("versions", _SELECT_VERSIONS),
-                ("apply", _APPLY),
-                ("apply_atomic", _APPLY_ATOMIC),
-                ("schema_table", _CREATE_SCHEMA_TABLE),
+                ("read", SELECT_RECORD),
+                ("versions", SELECT_VERSIONS),
+                ("apply", APPLY),
+                ("apply_atomic", APPLY_ATOMIC),
+                ("schema_table", CREATE_SCHEMA_TABLE),
             )
         }
         self._quoted_schema = quoted
@@ -350,7 +291,7 @@ class PostgresStorage:
     async def _ensure_schema(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as connection, connection.transaction():
             # Silos start together: one of them creates or upgrades, the others wait and see it.
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._quoted_schema}")
             await connection.execute(self._sql["schema_table"])
             version = await connection.fetchval(
@@ -500,7 +441,7 @@ class PostgresStorage:
             f"may not have committed (outcome unknown): {why or _describe(exc)}"
         )
 
-    async def _apply(self, batch: list[Pending]) -> list[_Outcome]:
+    async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit what can be committed of ``batch``; the outcome of each entry, in order."""
         try:
             await self.open()
@@ -528,19 +469,19 @@ class PostgresStorage:
 
     async def _apply_on(
         self, connection: asyncpg.Connection, batch: list[Pending]
-    ) -> list[_Outcome]:
+    ) -> list[Outcome]:
         everything = list(range(len(batch)))
-        outcomes: dict[int, _Outcome] = {}
+        outcomes: dict[int, Outcome] = {}
         losers: dict[int, StateWrite | QueuedWrite] = {}  # entry -> its first write refused
         atomic = any(len(p.writes) > 1 for p in batch)
         try:
             # One round trip, committed on its own; aborted if an atomic group matched in part.
             sql = self._sql["apply_atomic" if atomic else "apply"]
-            rows = await connection.fetch(sql, *_arrays(batch, groups=atomic))
+            rows = await connection.fetch(sql, *arrays(batch, groups=atomic))
         except asyncpg.exceptions.DivisionByZeroError:
             await self._apply_in_transaction(connection, batch, everything, outcomes, losers)
         else:
-            decided, _, lost = _decide(batch, everything, rows)
+            decided, _, lost = decide(batch, everything, rows)
             outcomes.update(decided)
             losers.update(lost)
         self.commits += 1
@@ -553,7 +494,7 @@ class PostgresStorage:
         connection: asyncpg.Connection,
         batch: list[Pending],
         live: list[int],
-        outcomes: dict[int, _Outcome],
+        outcomes: dict[int, Outcome],
         losers: dict[int, StateWrite | QueuedWrite],
     ) -> None:
         """Commit the entries ``live`` of ``batch`` but the atomic groups that match only in
@@ -563,8 +504,8 @@ class PostgresStorage:
             transaction = connection.transaction()
             await transaction.start()
             try:
-                rows = await connection.fetch(self._sql["apply"], *_arrays(batch[i] for i in live))
-                decided, partial, lost = _decide(batch, live, rows)
+                rows = await connection.fetch(self._sql["apply"], *arrays(batch[i] for i in live))
+                decided, partial, lost = decide(batch, live, rows)
                 if partial:
                     await transaction.rollback()
                     for index in partial:  # refused; the others' checks are made afresh
@@ -587,7 +528,7 @@ class PostgresStorage:
     async def _tell_stored_etags(
         self,
         connection: asyncpg.Connection,
-        outcomes: dict[int, _Outcome],
+        outcomes: dict[int, Outcome],
         losers: dict[int, StateWrite | QueuedWrite],
     ) -> None:
         """Give each refused writer the ETag stored now. The batch is committed already: if
@@ -608,80 +549,6 @@ class PostgresStorage:
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
-
-
-def _arrays(entries: Any, groups: bool = False) -> list[list[Any]]:
-    """The statement's arrays, one element per record; with ``groups``, a sixth: the index of
-    each record's atomic group, -1 for a lone write."""
-    ids: list[bytes] = []
-    expected: list[int] = []
-    type_names: list[str] = []
-    keys: list[str] = []
-    data: list[bytes | None] = []
-    group: list[int] = []
-    for index, pending in enumerate(entries):
-        if groups:
-            group.extend([index if len(pending.writes) > 1 else -1] * len(pending.writes))
-        for write in pending.writes:
-            ids.append(write.actor_id.canonical())
-            version = _version(write.expected_etag)
-            expected.append(version)
-            # The names are written with a new row only: an update keeps the row's own.
-            type_names.append("" if version else _printable(write.actor_id.type_name))
-            keys.append("" if version else _printable(repr(write.actor_id.key)))
-            data.append(write.data)
-    return (
-        [ids, expected, type_names, keys, data, group]
-        if groups
-        else [ids, expected, type_names, keys, data]
-    )
-
-
-def _version(etag: str | None) -> int:
-    """The version an ETag names (0: no record). An ETag this store never gave out (not a
-    positive integer) can match no record: -1 is refused by every row and every insert."""
-    if etag is None:
-        return 0
-    try:
-        version = int(etag)
-    except ValueError:
-        return -1
-    return version if version > 0 and str(version) == etag else -1
-
-
-def _decide(
-    batch: list[Pending], live: list[int], rows: list[Any]
-) -> tuple[dict[int, _Outcome], set[int], dict[int, StateWrite | QueuedWrite]]:
-    """Each live entry's outcome from the winners the statement returned; the atomic groups
-    that only partly matched (whose writes must be rolled back); and each refused entry's first
-    refused write (whose stored ETag is then looked up)."""
-    won = {bytes(row["id"]): int(row["version"]) for row in rows}
-    outcomes: dict[int, _Outcome] = {}
-    partial: set[int] = set()
-    losers: dict[int, StateWrite | QueuedWrite] = {}
-    for index in live:
-        etags: list[str] = []
-        refused: StateWrite | QueuedWrite | None = None
-        for write in batch[index].writes:
-            version = won.get(write.actor_id.canonical())
-            if version is not None:
-                etags.append(str(version))
-            elif refused is None:
-                refused = write
-        if refused is None:
-            outcomes[index] = etags
-            continue
-        outcomes[index] = InconsistentStateError(None, refused.expected_etag, str(refused.actor_id))
-        losers[index] = refused
-        if etags:
-            partial.add(index)
-    return outcomes, partial, losers
-
-
-def _printable(text: str) -> str:
-    # PostgreSQL text holds neither NUL nor lone surrogates, which an ActorId may contain (its
-    # canonical bytes, the identity, keep them); these columns are only for reading.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def _safe(dsn: str) -> str:
