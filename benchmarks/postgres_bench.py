@@ -7,7 +7,9 @@ in one statement), and with ``max_batch=1`` (one statement, one commit, per writ
 raw asyncpg: 1,000 concurrent writers doing ETag-guarded single-row upserts through a pool of
 10 connections, one autocommit statement each (what a provider without batching does). The
 sides take turns, several rounds each, one second of writing per round; each side's median
-round is reported.
+round is reported. The same actors on ``MemoryStorage`` are measured beside them too: the
+runtime's own ceiling on this machine at that moment, with no database at all (a gauge of how
+busy a shared machine was).
 
 Transactions: transfers between two accounts on different silos (``cluster.transact``), 100 in
 flight over many accounts (low contention), beside the same transfers as two independent calls.
@@ -38,7 +40,7 @@ from raygrain.benchmarks._postgres_server import ThrowawayPostgres, find_postgre
 from raygrain.benchmarks.durable_writes_bench import DurableAccount
 from raygrain.benchmarks.transactions_bench import TxAccount, _measure, _pairs
 from raygrain.runtime import Cluster
-from raygrain.storage import PostgresStorage
+from raygrain.storage import MemoryStorage, PostgresStorage
 
 __all__ = ["run"]
 
@@ -72,9 +74,11 @@ async def _server(dsn: str | None) -> AsyncIterator[str]:
 
 
 class _ActorSide:
-    """Rounds of durable actor writes on one ``PostgresStorage``."""
+    """Rounds of durable actor writes on one provider."""
 
-    def __init__(self, storage: PostgresStorage, writers: int, seconds: float) -> None:
+    def __init__(
+        self, storage: PostgresStorage | MemoryStorage, writers: int, seconds: float
+    ) -> None:
         self.storage, self.writers, self.seconds = storage, writers, seconds
         self.commits: list[int] = []
 
@@ -82,15 +86,19 @@ class _ActorSide:
         async with Cluster.local(actors=[DurableAccount], silos=2, storage=self.storage) as c:
             accounts = [c.get(DurableAccount, key) for key in range(self.writers)]
             await asyncio.gather(*(a.balance() for a in accounts))  # activate, untimed
-            before = self.storage.commits
+            before = _commits(self.storage)
             measured = await drive_for(
                 lambda target, _: accounts[target].deposit(1),
                 self.writers,
                 self.writers,
                 self.seconds,
             )
-            self.commits.append(self.storage.commits - before)
+            self.commits.append(_commits(self.storage) - before)
         return measured
+
+
+def _commits(storage: PostgresStorage | MemoryStorage) -> int:
+    return storage.commits if isinstance(storage, PostgresStorage) else storage.writes
 
 
 class _RawSide:
@@ -122,6 +130,7 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
         PostgresStorage(dsn, schema=schema) as group,
         PostgresStorage(dsn, schema=schema, max_batch=1) as naive,
         asyncpg.create_pool(dsn, min_size=RAW_POOL, max_size=RAW_POOL) as pool,
+        MemoryStorage() as memory,
     ):
         await pool.execute(
             f"CREATE TABLE {raw_table} (id bytea PRIMARY KEY, version bigint NOT NULL, data bytea)"
@@ -130,9 +139,11 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
             "group": _ActorSide(group, writers, seconds),
             "naive": _ActorSide(naive, writers, seconds),
             "raw": _RawSide(pool, raw_table, writers, seconds),
+            # The runtime's own ceiling on this machine at this moment: no database at all.
+            "memory": _ActorSide(memory, writers, seconds),
         }
         measured = await interleave({n: s.measure for n, s in sides.items()}, rounds)
-    g, n, r = measured["group"], measured["naive"], measured["raw"]
+    g, n, r, m = measured["group"], measured["naive"], measured["raw"], measured["memory"]
     group_side, naive_side = sides["group"], sides["naive"]
     assert isinstance(group_side, _ActorSide) and isinstance(naive_side, _ActorSide)
     common: dict[str, Any] = {
@@ -140,6 +151,7 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
         "rounds": g.rates,
         "statements_per_round": statistics.median(group_side.commits),
         "seconds_per_round": seconds,
+        "memory_storage_writes_per_s": m.rate,
     }
     meets = g.rate >= TARGET_WRITES_PER_S and g.rate >= TARGET_RATIO * n.rate
     return [
@@ -232,6 +244,11 @@ def _print(row: dict[str, Any]) -> None:
         + (
             f"; raw asyncpg upserts {row['raw_asyncpg_upserts_per_s']:,.0f} writes/s"
             if "raw_asyncpg_upserts_per_s" in row
+            else ""
+        )
+        + (
+            f"; no database (MemoryStorage) {row['memory_storage_writes_per_s']:,.0f} writes/s"
+            if "memory_storage_writes_per_s" in row
             else ""
         )
     )

@@ -214,8 +214,12 @@ class PostgresStorage:
                 await _terminate(pool)
                 if isinstance(exc, StorageError):
                     raise
-                if isinstance(exc, _SERVER_ERROR):
-                    raise StorageError(f"cannot open {self!r}: {_describe(exc)}") from exc
+                if isinstance(exc, _UNREACHABLE):  # may come back: a read retries
+                    raise StorageError(f"cannot reach {self!r}: {_describe(exc)}") from exc
+                if isinstance(exc, asyncpg.PostgresError):
+                    # The server answered, and said no (password, database, permissions):
+                    # retrying will not help.
+                    raise StorageSchemaError(f"cannot use {self!r}: {_describe(exc)}") from exc
                 raise
             self._pool = pool
             self._opened = True

@@ -239,6 +239,17 @@ async def test_an_unreachable_server_fails_reads_after_retrying_and_writes_at_on
         await store.aclose()
 
 
+async def test_a_server_that_refuses_us_fails_at_once_without_retrying(postgres_dsn: str) -> None:
+    parts = urllib.parse.urlsplit(postgres_dsn)
+    url = urllib.parse.urlunsplit(parts._replace(path="/no_such_database", query=""))
+    store = open_storage(f"{url}?read_timeout=600")  # a retry would outlive the test
+    try:
+        with pytest.raises(StorageSchemaError, match='cannot use .*"no_such_database" does not'):
+            await store.read(ALICE)
+    finally:
+        await store.aclose()
+
+
 @pytest.mark.slow
 async def test_a_server_stopped_mid_workload_loses_no_acknowledged_write(
     own_server: ThrowawayPostgres,
