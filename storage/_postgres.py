@@ -86,7 +86,7 @@ class PostgresStorage:
 
     ``dsn`` is a ``postgresql://user:password@host:port/database`` URL (asyncpg's and
     libpq's form; options such as ``sslmode`` pass through). ``pool_size``: the most
-    connections this process opens (one is the committer's, the rest serve reads).
+    connections this process opens (up to ``pipelines`` commit batches, the rest serve reads).
     ``statement_timeout`` (seconds): the server cancels a statement running longer, and the
     client gives up waiting a little after. ``connect_timeout``: per connection attempt.
     ``read_timeout``: how long a read keeps retrying while the server is unreachable (the
@@ -296,8 +296,15 @@ class PostgresStorage:
         async with pool.acquire() as connection, connection.transaction():
             # Silos start together: one of them creates or upgrades, the others wait and see it.
             await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {self._quoted_schema}")
-            await connection.execute(self._sql["schema_table"])
+            # DDL only when something is missing: an application's role may well lack the
+            # CREATE privilege on a schema that an administrator set up for it.
+            table = f"{self._quoted_schema}.raygrain_schema"
+            if await connection.fetchval("SELECT to_regclass($1)", table) is None:
+                if not await connection.fetchval(
+                    "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", self.schema
+                ):
+                    await connection.execute(f"CREATE SCHEMA {self._quoted_schema}")
+                await connection.execute(self._sql["schema_table"])
             version = await connection.fetchval(
                 f"SELECT version FROM {self._quoted_schema}.raygrain_schema"
             )

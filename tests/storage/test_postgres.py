@@ -148,6 +148,32 @@ async def test_a_newer_schema_is_refused(postgres_url: str, postgres_dsn: str) -
         await store.aclose()
 
 
+async def test_a_role_without_create_privileges_uses_a_schema_set_up_for_it(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    schema = _schema(postgres_url)
+    async with open_storage(postgres_url) as admin:  # type: ignore[attr-defined]
+        await admin.write(ALICE, b"set up", None)
+    role = f"app_{schema}"
+    await _sql(postgres_dsn, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(postgres_dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        await _sql(
+            postgres_dsn,
+            f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+        )
+        parts = urllib.parse.urlsplit(postgres_url)
+        as_app = urllib.parse.urlunsplit(
+            parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}")
+        )
+        async with open_storage(as_app) as app:  # type: ignore[attr-defined]
+            assert await app.read(ALICE) == StateRecord(b"set up", "1")
+            assert await app.write(ALICE, b"by the app", "1") == "2"
+    finally:
+        await _sql(postgres_dsn, f'DROP OWNED BY "{role}"')
+        await _sql(postgres_dsn, f'DROP ROLE "{role}"')
+
+
 # -- options -----------------------------------------------------------------------------------
 
 
