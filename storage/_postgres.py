@@ -109,7 +109,7 @@ class PostgresStorage:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         max_batch: int = 2000,
-        pipelines: int = 2,
+        pipelines: int = 1,
         schema: str = "public",
     ) -> None:
         parts = urllib.parse.urlsplit(dsn)

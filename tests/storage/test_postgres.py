@@ -102,6 +102,28 @@ async def test_writes_to_one_record_in_one_batch_apply_in_queue_order(
     assert await storage.read(ALICE) == StateRecord(None, "3")
 
 
+async def test_with_batches_in_flight_each_records_writes_still_apply_in_queue_order(
+    postgres_url: str,
+) -> None:
+    store = open_storage(f"{postgres_url}&pipelines=3")
+    assert isinstance(store, PostgresStorage) and store.pipelines == 3
+    async with store:
+        actors = [ActorId("Chain", i) for i in range(300)]
+        # Five writes per record issued at once, each naming the ETag the previous one leaves:
+        # only queue order, record by record, lets every one of them succeed.
+        results = await asyncio.gather(
+            *(
+                store.write(a, b"%d" % n, None if n == 0 else str(n))
+                for n in range(5)
+                for a in actors
+            ),
+            return_exceptions=True,
+        )
+        assert results == [str(n + 1) for n in range(5) for _ in actors]
+        assert store.commits >= 5  # a record's next write waits for a later batch
+        assert await store.read(actors[7]) == StateRecord(b"4", "5")
+
+
 async def test_an_etag_it_never_gave_out_matches_nothing(storage: PostgresStorage) -> None:
     await storage.write(ALICE, b"one", None)
     for foreign in ("01", "0", "-1", "abc", "1.0"):
