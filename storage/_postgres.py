@@ -203,7 +203,7 @@ class PostgresStorage:
                     "statement_timeout": str(int(self.statement_timeout * 1000)),
                     # asyncpg prepares every statement; after five runs PostgreSQL may switch a
                     # prepared statement to a generic plan, which knows nothing of the arrays'
-                    # sizes and joined a batch to the table row by row (20x slower, measured).
+                    # sizes, and batches took twice as long with it (measured: 60 ms against 30 ms).
                     "plan_cache_mode": "force_custom_plan",
                 },
             )
