@@ -36,6 +36,7 @@ from tests.app import Account, BankAccount
 
 ACCOUNTS = 300
 WORKERS = 20
+PHASE_TIMEOUT = 240.0  # seconds for a phase of the workload, on a busy machine
 RETRYABLE = (SiloUnavailableError, ActorCallTimeout, StorageError, InconsistentStateError)
 
 
@@ -70,9 +71,20 @@ class Workload:
     def acknowledged(self) -> int:
         return sum(len(amounts) for amounts in self.acked.values())
 
-    async def until(self, count: int) -> None:
-        while self.acknowledged() < count:
-            await asyncio.sleep(0.02)
+    async def until(self, count: int, phase: str) -> None:
+        """Wait for ``count`` acknowledged writes; fail naming ``phase`` if they never come."""
+
+        async def reached() -> None:
+            while self.acknowledged() < count:
+                await asyncio.sleep(0.02)
+
+        try:
+            await asyncio.wait_for(reached(), PHASE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise AssertionError(
+                f"{phase}: {self.acknowledged()} of {count} writes acknowledged after "
+                f"{PHASE_TIMEOUT:g}s ({self.failed} failed retryably)"
+            ) from None
 
 
 async def _live_silos(cluster: Cluster, count: int) -> None:
@@ -104,14 +116,15 @@ async def main(url: str) -> dict[str, Any]:
             work = Workload(cluster)
             await asyncio.gather(*(work.deposit(r) for r in work.refs))  # activate everything
             running = asyncio.ensure_future(work.run())
-            await work.until(work.acknowledged() + 300)
+            await work.until(work.acknowledged() + 300, "before the kill")
             killed_at = time.monotonic()
             # The launching side's silo dies, and a whole node with another silo.
             ray.kill(silos[on_head[0]], no_restart=True)
             nodes.remove_node(workers[0], allow_graceful=False)
-            await asyncio.wait_for(_live_silos(cluster, 1), 60)
+            await asyncio.wait_for(_live_silos(cluster, 1), PHASE_TIMEOUT)
             acknowledged_at_kill = work.acknowledged()
-            await work.until(acknowledged_at_kill + 300)  # the survivor serves everything
+            # The survivor serves everything:
+            await work.until(acknowledged_at_kill + 300, "after the kill")
             serving_again = time.monotonic() - killed_at
             work.stop.set()
             await running
