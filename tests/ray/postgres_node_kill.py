@@ -15,7 +15,7 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import ray
@@ -47,6 +47,7 @@ class Workload:
         self.refs = [cluster.get(BankAccount, f"pg-{i}") for i in range(ACCOUNTS)]
         self.acked: dict[str, set[int]] = defaultdict(set)
         self.failed = 0
+        self.errors: Counter[str] = Counter()
         self.next_amount = 1
         self.stop = asyncio.Event()
         self.rng = random.Random(7)
@@ -55,8 +56,9 @@ class Workload:
         amount, self.next_amount = self.next_amount, self.next_amount + 1
         try:
             await ref.with_timeout(10).deposit(amount)
-        except RETRYABLE:
+        except RETRYABLE as exc:
             self.failed += 1  # fate unknown: may or may not be applied, never half
+            self.errors[type(exc).__name__] += 1
             return False
         self.acked[str(ref.key)].add(amount)
         return True
@@ -83,7 +85,7 @@ class Workload:
         except asyncio.TimeoutError:
             raise AssertionError(
                 f"{phase}: {self.acknowledged()} of {count} writes acknowledged after "
-                f"{PHASE_TIMEOUT:g}s ({self.failed} failed retryably)"
+                f"{PHASE_TIMEOUT:g}s ({self.failed} failed retryably: {dict(self.errors)})"
             ) from None
 
 
