@@ -13,20 +13,25 @@ The tree::
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
-    │   └── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
+    │   └── StaleReminderError      a reminder handle whose reminder was registered again
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
+    ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
     ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
+    ├── TurnCancelledError          the method raised asyncio.CancelledError; rolled back
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
     │   └── StorageSchemaError      the store's file or schema is unusable (corrupt, newer version)
-    └── TransactionAbortedError     a multi-actor transaction aborted (reason given)
+    ├── TransactionAbortedError     a multi-actor transaction aborted; none of it was kept
+    └── TransactionInDoubtError     a transaction's commit outcome is unknown (not retryable)
 """
 
 from __future__ import annotations
@@ -37,21 +42,26 @@ __all__ = [
     "ActorCallTimeout",
     "ActorOverloadedError",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidScheduleError",
     "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
     "SerializationError",
     "SiloUnavailableError",
+    "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
     "TransactionAbortedError",
+    "TransactionInDoubtError",
+    "TurnCancelledError",
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
@@ -90,6 +100,17 @@ class MalformedMessageError(InvalidCallError):
     """A message received from a peer is not a valid envelope (wrong fields or types)."""
 
 
+class InvalidScheduleError(InvalidCallError):
+    """A timer or reminder cannot be set up as asked: a name that is not a non-empty string,
+    a negative due time, a period that is not positive or below the cluster's minimum, or a
+    call from outside an actor's activation."""
+
+
+class StaleReminderError(InvalidCallError):
+    """The reminder handle is out of date: the reminder was registered again (or removed)
+    since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
+
+
 class SerializationError(RaygrainError):
     """A value cannot be encoded or decoded by the raygrain codec."""
 
@@ -104,6 +125,10 @@ class DeadlockError(RaygrainError):
 
 class ClusterClosedError(RaygrainError):
     """The cluster, client or silo handling the call has been closed."""
+
+
+class ClusterNotStartedError(RaygrainError):
+    """The cluster was used before it started (``async with`` or ``await cluster.start()``)."""
 
 
 class SiloUnavailableError(RaygrainError):
@@ -125,8 +150,23 @@ class TurnRolledBackError(RaygrainError):
     unknown, so retry only if the method is idempotent."""
 
 
+class TurnCancelledError(RaygrainError):
+    """The actor method raised ``asyncio.CancelledError`` (or cancelled its own task) before
+    returning. The turn failed like any other: its state changes were rolled back. A callee's
+    cancellation never cancels the caller's task; it arrives as this error instead."""
+
+
 class TransactionAbortedError(RaygrainError):
     """A multi-actor transaction was aborted; no participant kept any of its changes."""
+
+
+class TransactionInDoubtError(RaygrainError):
+    """A transaction's commit outcome is unknown: its decision write failed in a way that may
+    or may not have stored it (a lost reply, a storage server that died mid-commit), and the
+    decision could not be read back either. Every participant reloads whatever storage holds;
+    the transaction is applied everywhere or nowhere, but raygrain cannot yet tell which.
+    Not retried by ``Cluster.transact``: read the participants' state to find out, and retry
+    only if the change is not there (or the body is idempotent)."""
 
 
 class RemoteActorError(RaygrainError):

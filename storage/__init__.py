@@ -15,6 +15,7 @@ from raygrain.storage._provider import (
     StorageProvider,
     tell_written,
 )
+from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
 from raygrain.storage._sqlite import SqliteStorage
 from raygrain.storage._url import absolute_storage_url, check_storage_url, open_storage
 
@@ -22,6 +23,9 @@ __all__ = [
     "MemoryStorage",
     "PostgresStorage",
     "QueuedWrites",
+    "ReminderAck",
+    "ReminderRecord",
+    "ReminderTable",
     "SqliteStorage",
     "StateRecord",
     "StateWrite",

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from raygrain.runtime import Cluster, ManualClock
+from raygrain.runtime import Cluster, ManualClock, ReminderSettings
+from raygrain.runtime.kernel import SiloOptions
 from tests import app
 
 
@@ -82,10 +83,31 @@ async def drop_postgres_schema(dsn: str, schema: str) -> None:
         await connection.close()
 
 
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """raygrain's log (from warning up) written to the captured stderr for this test, and put
+    back as it was after it; ``configure_logging(level)`` in the test changes the level."""
+    from raygrain.runtime.kernel import _logging
+
+    monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() binds to capsys
+    capsys.readouterr()
+    return capsys
+
+
 # -- Ray ----------------------------------------------------------------------------------------
 # One Ray session for the whole test run: a 3-node ray.cluster_utils.Cluster (one CPU each) with
 # one silo per node and a storage server on a temporary SQLite file. Tests connect a fresh
-# client each; keys are made unique per test because the store outlives a test.
+# client each; keys are made unique per test because the store outlives a test. The silos offer
+# both data planes (they listen for direct connections and take Ray calls), and each Ray test
+# runs once per client transport ("ray", "direct": the ray_transport fixture).
+
+RAY_TRANSPORTS = ["ray", "direct"]
+
+
+# Reminders with sub-second periods (the cluster default refuses periods under a minute).
+RAY_SILO_OPTIONS = SiloOptions(
+    deactivation_timeout=0.5, capabilities=(ReminderSettings(minimum_period=0.2),)
+)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +115,6 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster as RayTestCluster
 
-    from raygrain.runtime.kernel import SiloOptions
     from raygrain.runtime.ray_host import RayLaunch, ensure_ray, launch, stop_everything
 
     nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -104,7 +125,7 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         ensure_ray(nodes.address, local_code=True)
         db = tmp_path_factory.mktemp("ray-state") / "state.db"
         spec = RayLaunch(tuple(app.ALL_ACTORS), 1, None, f"sqlite:///{db}")
-        handles = _run_aside(launch(spec, SiloOptions(deactivation_timeout=0.5)))
+        handles = _run_aside(launch(spec, RAY_SILO_OPTIONS))
         head = ray.get_runtime_context().get_node_id()
         workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
         yield SimpleNamespace(
@@ -127,10 +148,16 @@ def _run_aside(coroutine: Any) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture(params=["local", "postgres", "ray"])
+@pytest.fixture(params=RAY_TRANSPORTS)
+def ray_transport(request: pytest.FixtureRequest) -> str:
+    """The transport a Ray test's clients use: each Ray test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["local", "postgres", *RAY_TRANSPORTS])
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
     """The same test against an in-process cluster (in memory, and on a real PostgreSQL
-    server) and against Ray silos on three nodes."""
+    server) and against Ray silos on three nodes, the client on either transport."""
     if request.param in ("local", "postgres"):
         storage = (
             "memory://" if request.param == "local" else request.getfixturevalue("postgres_url")
@@ -141,7 +168,9 @@ async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> Asy
             yield local
     else:
         silos = request.getfixturevalue("ray_silos")
-        async with Cluster.connect(silos.address, actors=app.ALL_ACTORS) as remote:
+        async with Cluster.connect(
+            silos.address, actors=app.ALL_ACTORS, transport=request.param
+        ) as remote:
             yield remote
 
 

@@ -11,12 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, cwd: Path = ROOT) -> str:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = dict(os.environ)  # samples/ is not installed: it runs from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -42,3 +40,15 @@ def test_hello_keeps_its_state_in_the_working_directory(tmp_path: Path) -> None:
     assert "state in hello.db" in _run("samples.hello", cwd=tmp_path)
     assert (tmp_path / "hello.db").is_file()
     assert "greeted 2 time(s)" in _run("samples.hello", cwd=tmp_path)
+
+
+def test_the_readmes_ten_lines_run(tmp_path: Path) -> None:
+    out = _run("samples.ten_lines", cwd=tmp_path)
+    assert out == "alice has 100\n"
+    assert _run("samples.ten_lines", cwd=tmp_path) == "alice has 200\n"  # state was kept
+
+
+def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
+    out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
+    assert "alice's cart expired: OK" in out
+    assert "bob's cart expired after a restart: OK" in out

@@ -1,6 +1,7 @@
-"""The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
+"""The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
+            [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
 raygrain status --address auto
 raygrain down --address auto
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
@@ -15,9 +16,13 @@ import inspect
 import json
 import os
 import sys
+from importlib import metadata
 from typing import Any
 
+from rich.table import Table
+
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.runtime.cli._table import Column, render_table, table_console
 
 __all__ = ["main"]
 
@@ -42,7 +47,8 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.kernel import SiloOptions
-    from raygrain.runtime.ray_host import RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime.wire import TLSFiles
 
     actor_types = _actor_classes(args.actors)
     ensure_ray(args.address, local_code=True)
@@ -50,12 +56,17 @@ async def _up(args: argparse.Namespace) -> int:
         raise ConfigurationError("raygrain silos are already running; 'raygrain down' first")
     # A database every node reaches is used by every silo directly: no storage server.
     direct = args.direct or args.storage.startswith(("postgresql:", "postgres:"))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     spec = RayLaunch(
         tuple(actor_types),
         args.silos_per_node,
         args.storage if direct else None,
         args.storage,
         detached=True,
+        transport=args.transport,
+        plane=DirectPlane(tls=tls),
     )
     handles = await launch(spec, SiloOptions())
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
@@ -90,14 +101,24 @@ async def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"view_version": view.version, "silos": rows}, indent=2))
         return 0
-    print(f"membership view version {view.version}, {len(rows)} silo(s)")
-    print(f"{'silo':34} {'status':14} {'node':14} {'activations':>11} {'calls':>10}")
-    for row in rows:
-        print(
-            f"{row['silo']:34} {row['status']:14} {str(row['node'])[:12]:14} "
-            f"{row.get('activations', '-'):>11} {row.get('calls_received', '-'):>10}"
-        )
+    table_console().print(_status_table(view.version, rows))
     return 0
+
+
+def _status_table(view_version: int, rows: list[dict[str, Any]]) -> Table:
+    columns = [
+        Column("silo", max_width=44),  # folds: the end of a silo's name tells two apart
+        Column("status"),
+        Column("node", overflow="ellipsis", max_width=14),
+        Column("activations", justify="right"),
+        Column("calls", justify="right"),
+    ]
+    cells = [
+        (r["silo"], r["status"], r["node"], r.get("activations"), r.get("calls_received"))
+        for r in rows
+    ]
+    title = f"membership view version {view_version}, {len(rows)} silo(s)"
+    return render_table(columns, cells, title=title)
 
 
 async def _down(args: argparse.Namespace) -> int:
@@ -110,8 +131,16 @@ async def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("raygrain")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raygrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start detached silos on a Ray cluster")
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
@@ -124,11 +153,21 @@ def _parser() -> argparse.ArgumentParser:
         help="every silo opens the SQLite file itself (one machine) instead of a storage server"
         " (always so for a postgresql:// URL)",
     )
+    up.add_argument(
+        "--transport",
+        choices=["direct", "ray"],
+        default="direct",
+        help="data plane: the silos' own connections (direct, default) or Ray actor calls",
+    )
+    up.add_argument("--tls-cert", default=None, help="certificate the silos present (PEM)")
+    up.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    up.add_argument("--tls-ca", default=None, help="CA file clients and silos trust")
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")
     status.add_argument("--json", action="store_true")
     down = commands.add_parser("down", help="stop the silos gracefully")
     down.add_argument("--address", default="auto")
+    # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
 
@@ -146,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return int(suite.main(argv[1:]))
+        return int(suite.main(argv[1:], prog="raygrain bench"))
     args = _parser().parse_args(argv)
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:

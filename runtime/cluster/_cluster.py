@@ -20,12 +20,16 @@ from typing import Any, Protocol, TypeVar, cast
 
 from raygrain.actors import (
     Actor,
+    ActorCallTimeout,
     ActorId,
     ActorKey,
     ActorRef,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
+    SiloUnavailableError,
     TransactionAbortedError,
+    TransactionInDoubtError,
 )
 from raygrain.runtime._capabilities import client_filters, silo_extensions
 from raygrain.runtime.kernel import (
@@ -41,6 +45,7 @@ from raygrain.runtime.kernel import (
     SystemClock,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
@@ -49,6 +54,7 @@ from raygrain.runtime.transactions import (
     current_transaction,
     encode_participants,
 )
+from raygrain.runtime.wire import TLSFiles
 from raygrain.storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
@@ -155,6 +161,7 @@ class Cluster:
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
@@ -170,6 +177,7 @@ class Cluster:
             deactivation_timeout,
             transactions,
             max_queued_calls,
+            reminders,
         )
         backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
         return cls(registry, backend)
@@ -191,14 +199,27 @@ class Cluster:
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        transport: str = "direct",
+        tls: TLSFiles | None = None,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``postgresql://`` URL makes every
         silo and the controller connect to that database directly (no storage server); a
-        ``sqlite:`` URL makes every silo open that file itself (one machine only)."""
-        from raygrain.runtime.ray_host import RayBackend, RayLaunch
+        ``sqlite:`` URL makes every silo open that file itself (one machine only).
+        ``transport``: ``"direct"`` (default) sends calls over the silos' own authenticated
+        connections, with Ray calls as the fallback;
+        ``"ray"`` sends every message as a Ray actor call. ``tls``: certificate files for the
+        direct connections (see docs/ray.md)."""
+        from raygrain.runtime.ray_host import (
+            DirectPlane,
+            RayBackend,
+            RayLaunch,
+            check_transport,
+            frame_cap,
+        )
 
         registry = ActorRegistry(actors)
         options = _silo_options(
@@ -209,15 +230,20 @@ class Cluster:
             deactivation_timeout,
             transactions,
             max_queued_calls,
+            reminders,
         )
+        if tls is not None and not isinstance(tls, TLSFiles):
+            raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
         launch = RayLaunch(
             tuple(actors),
             silos_per_node,
             storage,
             server_storage,
             detection=failure_detection or FailureDetection(),
+            transport=check_transport(transport),
+            plane=DirectPlane(tls=tls, max_frame_bytes=frame_cap(options.calls.max_message_bytes)),
         )
-        return cls(registry, RayBackend(address, launch, options))
+        return cls(registry, RayBackend(address, launch, options, transport))
 
     @classmethod
     def connect(
@@ -227,14 +253,17 @@ class Cluster:
         *,
         default_timeout: float = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        transport: str = "direct",
     ) -> Cluster:
         """A client of silos already running on Ray (started with ``raygrain up``).
-        ``actors`` are optional: they give typed ``get`` and per-method timeouts."""
+        ``actors`` are optional: they give typed ``get`` and per-method timeouts.
+        ``transport``: ``"direct"`` (default; Ray calls when the silos offer no direct
+        plane or cannot be dialled) or ``"ray"``."""
         from raygrain.runtime.ray_host import RayBackend
 
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(registry, RayBackend(address, None, options))
+        return cls(registry, RayBackend(address, None, options, transport))
 
     async def start(self) -> Cluster:
         if not self._started:
@@ -258,16 +287,23 @@ class Cluster:
 
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.get({getattr(actor_type, '__qualname__', actor_type)}, ...)")
         type_name = self._registry.type_name_of(actor_type)
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
 
     def ref(self, type_name: str, key: ActorKey) -> ActorRef:
         """An untyped reference by type name (for clients that do not import the classes)."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.ref({type_name!r}, ...)")
         return ActorRef(ActorId(type_name, key), self._caller)
+
+    def _check_running(self, what: str) -> None:
+        if self.closed:
+            raise ClusterClosedError(f"{what}: the cluster is closed")
+        if not self._started:
+            raise ClusterNotStartedError(
+                f"{what}: the cluster is not started; use it as "
+                "'async with Cluster.local(...) as cluster:' (or 'await cluster.start()' first)"
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionContext]:
@@ -287,24 +323,32 @@ class Cluster:
         if outer is not None:
             yield outer
             return
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running("cluster.transaction()")
         transaction = TransactionContext.new(start)
         token = current_transaction.set(transaction)
         try:
             yield transaction
         except BaseException:
             current_transaction.reset(token)
+            await transaction.end()  # calls still running join first, so all of it aborts
             await self._end_transaction(transaction, commit=False)
             raise
         current_transaction.reset(token)
+        # Calls made in the block and not awaited (a task it started) commit with it: wait
+        # for them; any made after this fails at once (see TransactionContext.end).
+        await transaction.end()
         await self._end_transaction(transaction, commit=True)
 
     async def transact(
         self, body: Callable[[], Awaitable[R]], *, retries: int = 3, backoff: float = 0.005
     ) -> R:
         """Run ``body()`` in a transaction, running it again (up to ``retries`` more times,
-        after a short random pause) when it aborts; the last abort is raised."""
+        after a short random pause) when it aborts; the last abort is raised.
+
+        Only a known abort is retried: a ``TransactionInDoubtError`` (the commit's outcome
+        could not be read back, see its docstring) is raised at once, since running the body
+        again could apply it twice. Before reporting a failed commit, the coordinator reads
+        the decision back from storage: a commit found stored counts as committed."""
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
         start = time.time()
@@ -327,12 +371,22 @@ class Cluster:
         timeout = self._caller.default_timeout
         if commit:
             # A silo coordinates: it has the storage that records the decision.
-            await self._caller.invoke_system(
-                participants[0],
-                TX_COORDINATE,
-                [transaction.txid, encode_participants(participants)],
-                timeout,
-            )
+            try:
+                await self._caller.invoke_system(
+                    participants[0],
+                    TX_COORDINATE,
+                    [transaction.txid, encode_participants(participants)],
+                    timeout,
+                )
+            except (TransactionAbortedError, TransactionInDoubtError):
+                raise
+            except (SiloUnavailableError, ActorCallTimeout, ClusterClosedError) as exc:
+                # The commit was asked for and no answer came: it may have been decided.
+                raise TransactionInDoubtError(
+                    f"transaction {transaction.txid}: the outcome of its commit is unknown: "
+                    f"the coordinating silo did not answer ({exc}); it is applied to every "
+                    "participant or to none"
+                ) from exc
             return
         await asyncio.gather(
             *(
@@ -376,6 +430,7 @@ def _silo_options(
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
     max_queued_calls: int = 10_000,
+    reminders: ReminderSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -394,6 +449,12 @@ def _silo_options(
         raise ConfigurationError(
             f"transactions must be a TransactionSettings, got {type(transactions).__name__}"
         )
+    if reminders is None:
+        reminders = ReminderSettings()
+    elif not isinstance(reminders, ReminderSettings):
+        raise ConfigurationError(
+            f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
+        )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -401,5 +462,5 @@ def _silo_options(
         deactivation_timeout=float(deactivation_timeout),
         max_queued_calls=max_queued_calls,
         calls=calls,
-        capabilities=(transactions,),
+        capabilities=(transactions, reminders),
     )

@@ -4,7 +4,7 @@ An activation is three layers, each a class a reader can hold in their head: ``M
 delivered call may start when), ``TurnRunner`` (running a turn, committing or rolling back its
 state, replying) and this one: the lifecycle (load the state, build the instance, run
 ``on_activate``; later finish the running turns, run ``on_deactivate``, re-route what queued)
-and the ``ActorContext`` its instance talks to. The state itself lives in a ``StateSlot``.
+and the ``ActorRuntime`` its instance talks to. The state itself lives in a ``StateSlot``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from raygrain.actors import (
     ActorId,
     ActorKey,
     ActorRef,
+    ConfigurationError,
     DeactivationReason,
     InvalidCallError,
 )
+from raygrain.runtime.kernel._internal import InternalTurn
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import ActivationState, Delivery
 from raygrain.runtime.kernel._turns import TurnRunner
@@ -31,21 +33,13 @@ __all__ = ["Activation", "ActivationState", "Delivery"]
 
 
 class Activation(TurnRunner):
-    __slots__ = (
-        "_activating",
-        "_deactivated",
-        "_idle_waiter",
-        "deactivate_requested",
-        "extras",
-    )
+    __slots__ = ("_activating", "_deactivated", "extras")
 
     def __init__(self, silo: Silo, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
         super().__init__(silo, actor_id, cls)
-        self.deactivate_requested = False
         # Per-activation state of the capabilities (timers, ...), by their own keys; created
         # on first use, since most activations never need it.
         self.extras: dict[str, Any] | None = None
-        self._idle_waiter: asyncio.Future[None] | None = None
         self._deactivated: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
 
@@ -75,15 +69,20 @@ class Activation(TurnRunner):
             self.silo.forget(self)
             failed, self.mailbox = self.mailbox or (), None
             for delivery in failed:
-                self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
+                if isinstance(delivery.ticket, InternalTurn):
+                    delivery.ticket.dropped()
+                else:
+                    self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
             return
         get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
         self._activating = None  # the finished task and its context are no longer needed
         self.state = ActivationState.VALID
         for hook in self.silo.on_activated:
             hook(self)
-        self._start_interleaving()
+        # The queued calls in arrival order, as they would have started on an active actor;
+        # then the interleaving ones still queued behind a turn (they never wait behind one).
         self.pump()
+        self._start_interleaving()
 
     async def deactivate(self, reason: DeactivationReason) -> None:
         """Finish running turns, run ``on_deactivate``, drop the activation and re-route any
@@ -112,14 +111,7 @@ class Activation(TurnRunner):
             await self._wait_idle()
             for hook in self.silo.on_deactivating:
                 hook(self, reason)
-            self._enter_turn(())
-            try:
-                assert self.instance is not None
-                await self.instance.on_deactivate(reason)
-            except Exception as exc:
-                get_logger().warning(
-                    "on_deactivate_failed", actor=str(self.actor_id), error=repr(exc)
-                )
+            await self._run_on_deactivate(reason)
         self.state = ActivationState.INVALID
         self.silo.forget(self)
         get_logger().debug("deactivated", actor=str(self.actor_id), reason=reason.value)
@@ -130,8 +122,40 @@ class Activation(TurnRunner):
         queued = [*(self.mailbox or ()), *set_aside]
         self.mailbox = None
         for delivery in queued:
-            self.silo.deliver_request(delivery.request)
+            if isinstance(delivery.ticket, InternalTurn):
+                delivery.ticket.dropped()  # the runtime's own turn: its capability decides
+            else:
+                self.silo.deliver_request(delivery.request)
         done.set_result(None)
+
+    async def _run_on_deactivate(self, reason: DeactivationReason) -> None:
+        """Run the instance's ``on_deactivate``, bounded by the deactivation timeout: a hook
+        that never returns must not keep the actor unreachable (calls queue meanwhile) or a
+        shutdown waiting. Past the bound the hook is cancelled and left behind."""
+        assert self.instance is not None
+        if type(self.instance).on_deactivate is Actor.on_deactivate:
+            return  # not overridden: nothing to run (and no task to make)
+        self._enter_turn(())
+        hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
+        try:
+            done, _ = await asyncio.wait((hook,), timeout=self.silo.options.deactivation_timeout)
+        except asyncio.CancelledError:
+            hook.cancel()
+            raise
+        if not done:
+            hook.cancel()
+            hook.add_done_callback(_retrieve)
+            get_logger().warning(
+                "on_deactivate_timeout",
+                actor=str(self.actor_id),
+                timeout=self.silo.options.deactivation_timeout,
+            )
+            return
+        error = hook.exception() if not hook.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            get_logger().warning(
+                "on_deactivate_failed", actor=str(self.actor_id), error=repr(error)
+            )
 
     def _turn_ended(self) -> None:
         if self._idle_waiter is not None and self.is_idle_of_turns():
@@ -154,7 +178,7 @@ class Activation(TurnRunner):
                 "deactivation_timeout", actor=str(self.actor_id), silo=self.silo.name
             )
 
-    # -- ActorContext ------------------------------------------------------------------------
+    # -- ActorRuntime ------------------------------------------------------------------------
 
     def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef:
         type_name = actor_type if isinstance(actor_type, str) else actor_type.__actor_options__.name
@@ -178,3 +202,16 @@ class Activation(TurnRunner):
                 "empty value instead, and the transaction commits it"
             )
         self.instance.state = await self.slot.clear()
+
+    def service(self, name: str) -> Any:
+        """A capability's API for this activation (``actor.timers``, ``actor.reminders``)."""
+        factory = self.silo.services.get(name)
+        if factory is None:
+            raise ConfigurationError(f"{self.actor_id}: this silo runs no {name!r} capability")
+        return factory(self)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # An abandoned on_deactivate: whatever it ends with was logged as a timeout already.
+    if not task.cancelled():
+        task.exception()

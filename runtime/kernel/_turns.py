@@ -10,6 +10,7 @@ method returned or raised. ``TurnRunner`` sits between ``Mailbox`` and ``Activat
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from raygrain.actors import (
@@ -21,13 +22,14 @@ from raygrain.actors import (
     MethodOptions,
     Persistence,
     SerializationError,
+    TurnCancelledError,
     TurnRolledBackError,
     current_invoker,
     encode,
     encode_error,
 )
 from raygrain.runtime.kernel._caller import current_chain
-from raygrain.runtime.kernel._extensions import turn_variables
+from raygrain.runtime.kernel._extensions import TURN_VARIABLES
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._messages import Request
@@ -37,7 +39,14 @@ __all__ = ["TurnRunner"]
 
 
 class TurnRunner(Mailbox):
-    __slots__ = ("_queued_turn", "instance", "last_used", "slot")
+    __slots__ = (
+        "_idle_waiter",
+        "_queued_turn",
+        "deactivate_requested",
+        "instance",
+        "last_used",
+        "slot",
+    )
 
     def __init__(self, silo: Any, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
         super().__init__(silo, actor_id, cls)
@@ -47,8 +56,13 @@ class TurnRunner(Mailbox):
         # Only a stateful actor has a state slot (a stateless one has nothing to store).
         self.slot = None if state_type is None else StateSlot(actor_id, state_type, silo.storage)
         self._queued_turn: tuple[Request, ActorMethod, bytes] | None = None  # _queue_write
+        # Read at every turn's end (see Activation._turn_ended): a waiter for the running
+        # turns to end, and whether the actor asked to be deactivated once idle.
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self.deactivate_requested = False
 
-    # Hooks of Activation: how a turn ends and what a failure does to the activation.
+    # Hooks of Activation: how a turn ends (called when someone waits for the turns to end or
+    # the actor asked to be deactivated) and what a failure does to the activation.
     def _turn_ended(self) -> None:
         raise NotImplementedError
 
@@ -98,7 +112,8 @@ class TurnRunner(Mailbox):
                         )
                     data = slot.changed(self.instance.state)
                     if data is not None:
-                        if self._queue_write(request, method, payload, data):
+                        # (A turn with a scope awaits its write: the scope hears how it went.)
+                        if scope is None and self._queue_write(request, method, payload, data):
                             ends_when_written = True
                             return
                         await slot.write(data)
@@ -112,12 +127,23 @@ class TurnRunner(Mailbox):
                 ok, payload = False, self._fail_turn(method, exc, rolls_back)
                 if scope is not None:
                     await scope.failed(exc)
+            except asyncio.CancelledError:
+                # The method raised CancelledError (or cancelled its own task). That is the
+                # turn's failure, not the caller's: the caller gets a typed error at once,
+                # and a turn started eagerly in the caller's stack must not cancel the caller.
+                error = TurnCancelledError(
+                    f"{self._where(method)} was cancelled (it raised asyncio.CancelledError) "
+                    "before returning; its changes were rolled back"
+                )
+                ok, payload = False, self._fail_turn(method, error, per_turn)
+                if scope is not None:
+                    await scope.failed(error)
             if not options.one_way:
                 joined = scope.joined() if scope is not None else ()
                 self.silo.reply(request, ok, payload, joined)
         finally:
             if not ends_when_written:
-                self._end_turn(options)
+                self._end_turn(options, delivery.keeps_alive)
 
     def _queue_write(
         self, request: Request, method: ActorMethod, payload: bytes, data: bytes
@@ -153,6 +179,8 @@ class TurnRunner(Mailbox):
         try:
             if isinstance(outcome, Exception):
                 slot.end_write()  # first: the rollback goes back past the failed write
+                if isinstance(outcome, InconsistentStateError):
+                    slot.fenced = True
                 ok, payload = False, self._fail_turn(method, outcome, True)
             else:
                 slot.adopt(slot.in_flight, outcome)
@@ -163,7 +191,7 @@ class TurnRunner(Mailbox):
         finally:
             self._end_turn(method.options)
 
-    def _end_turn(self, options: MethodOptions) -> None:
+    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
         # (or one that always interleaves) counts as interleaved, not as a reader.
         if self.options.reentrant or options.always_interleave:
@@ -172,9 +200,13 @@ class TurnRunner(Mailbox):
             self.readers -= 1
         else:
             self.exclusive = False
-        self.last_used = self.silo.clock.now()
+        if keeps_alive:
+            self.last_used = self.silo.clock.now()
+        # The activation's own end first: a turn that asked to deactivate (deactivate_on_idle)
+        # starts no queued call here; they go to the next activation.
+        if self._idle_waiter is not None or self.deactivate_requested:
+            self._turn_ended()
         self.pump()
-        self._turn_ended()
 
     def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
         if result is None:
@@ -190,9 +222,10 @@ class TurnRunner(Mailbox):
         """Undo the turn's changes to the state and encode ``exc`` for the caller."""
         if per_turn:
             self.rollback()
-        if isinstance(exc, InconsistentStateError):
+        if isinstance(exc, InconsistentStateError) and self.slot is not None and self.slot.fenced:
             # A newer write exists: this activation is a stale duplicate. Drop it rather than
-            # retry; the next call activates the actor afresh from storage.
+            # retry; the next call activates the actor afresh from storage. (Only when its own
+            # write was fenced: one raised by an actor it called is that actor's business.)
             get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
             self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
         else:
@@ -216,6 +249,6 @@ class TurnRunner(Mailbox):
         invoker = self.silo.caller
         if current_invoker.get() is not invoker:
             current_invoker.set(invoker)
-        for variable, default in turn_variables():  # a capability's scope sets its own after
+        for variable, default in TURN_VARIABLES:  # a capability's scope sets its own after
             if variable.get() is not default:
                 variable.set(default)

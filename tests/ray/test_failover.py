@@ -52,7 +52,7 @@ class Workload:
         except RETRYABLE:
             self.failed += 1  # fate unknown: may or may not be applied, never half
             return False
-        self.acked[str(ref.key)].add(amount)
+        self.acked[str(ref.actor_id.key)].add(amount)
         return True
 
     async def run(self, workers: int = 20) -> None:
@@ -73,10 +73,12 @@ class Workload:
         snapshots = await asyncio.gather(*(r.snapshot() for r in self.refs))
         for ref, state in zip(self.refs, snapshots, strict=True):
             history = state.history
-            assert len(history) == len(set(history)), f"{ref.key}: a write applied twice"
-            assert state.balance == sum(history), f"{ref.key}: a half-applied write"
-            missing = self.acked[str(ref.key)] - set(history)
-            assert not missing, f"{ref.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+            assert len(history) == len(set(history)), f"{ref.actor_id.key}: a write applied twice"
+            assert state.balance == sum(history), f"{ref.actor_id.key}: a half-applied write"
+            missing = self.acked[str(ref.actor_id.key)] - set(history)
+            assert not missing, (
+                f"{ref.actor_id.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+            )
 
 
 async def _silo_count(cluster: Cluster, count: int) -> None:
@@ -97,12 +99,14 @@ async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
 
 @pytest.mark.parametrize("writes_before_kill", [30, 600])  # the kill at different moments
 async def test_node_killed_mid_workload_every_actor_comes_back(
-    ray_silos: Any, key: Any, writes_before_kill: int
+    ray_silos: Any, ray_transport: str, key: Any, writes_before_kill: int
 ) -> None:
     node = ray_silos.nodes.add_node(num_cpus=1)
     ray_silos.nodes.wait_for_nodes()
     name, _ = await _start_extra_silo(node.node_id, 0)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await _silo_count(cluster, 4)
         work = Workload(cluster, key, accounts=2000)
         ring = cluster._caller._membership.ring
@@ -133,14 +137,16 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
             await ref.balance()
 
 
-async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
+async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str) -> None:
     import ray
 
     from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
 
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     deaths_before = len(await controller.death_log.remote())
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         version = cluster._caller._membership.view.version
         spins = await cluster.get(Chain, "busy").spin(3.0)  # 3 s holding the silo's loop
         assert spins > 0
@@ -148,11 +154,15 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
     assert len(await controller.death_log.remote()) == deaths_before
 
 
-async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key: Any) -> None:
+async def test_false_suspicion_loses_and_duplicates_nothing(
+    ray_silos: Any, ray_transport: str, key: Any
+) -> None:
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 2)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await _silo_count(cluster, 4)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
@@ -169,12 +179,14 @@ async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key:
 
 
 async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     import ray
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)
         work = Workload(cluster, key, accounts=1000)
@@ -202,18 +214,20 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
 
 
 async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     """Transfers between accounts spread over four silos, coordinated by the client and by
     silos; the silo hosting some participants (and coordinating some commits) is killed twice,
     mid-workload. Money is conserved and no transfer is half-applied."""
     import ray
 
-    from raygrain.actors import TransactionAbortedError
+    from raygrain.actors import TransactionAbortedError, TransactionInDoubtError
     from tests.app import InsufficientFunds, Vault
 
     worker_node = ray_silos.worker_node_ids[0]
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)
         vaults = [cluster.get(Vault, key(str(i))) for i in range(24)]
@@ -240,7 +254,12 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
                         await cluster.transact(block, retries=3)
                     else:
                         await vaults[src].with_timeout(10).transfer_to(key(str(dst)), transfer, 1)
-                except (*RETRYABLE, TransactionAbortedError, InsufficientFunds):
+                except (
+                    *RETRYABLE,
+                    TransactionAbortedError,
+                    TransactionInDoubtError,
+                    InsufficientFunds,
+                ):
                     failed += 1  # fate unknown or aborted: must be all or nothing either way
                     continue
                 acknowledged[transfer] = (src, dst)
@@ -272,14 +291,18 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     print(f"\n{len(acknowledged)} transfers acknowledged, {failed} failed or aborted, 2 kills")
 
 
-async def test_controller_restarted_by_ray_carries_on(ray_silos: Any, key: Any) -> None:
+async def test_controller_restarted_by_ray_carries_on(
+    ray_silos: Any, ray_transport: str, key: Any
+) -> None:
     import ray
 
     from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 6)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         while name not in membership.view.active():
             await asyncio.wait_for(membership.wait_for_view(membership.view.version + 1), 60)

@@ -29,8 +29,10 @@ async def _wait_for_silos(cluster: Cluster, count: int) -> None:
         await membership.wait_for_view(membership.view.version + 1)
 
 
-async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+async def test_actors_spread_over_every_node(ray_silos: Any, ray_transport: str, key: Any) -> None:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         pids = await asyncio.gather(*(cluster.get(Chain, key(str(i))).where() for i in range(60)))
         stats = await cluster.stats()
     # Every node of the session hosts some of the 60 (another test's extra silo may add more).
@@ -39,7 +41,7 @@ async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
 
 
 async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     import ray
 
@@ -50,7 +52,9 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
     name, extra = create_silo(worker_node, 1, launch, SiloOptions(deactivation_timeout=2.0))
     await extra.start.remote()
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await _wait_for_silos(cluster, 4)
         accounts = [cluster.get(BankAccount, key(f"acct{i}")) for i in range(200)]
         acknowledged: Counter[str] = Counter()
@@ -61,7 +65,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
             while not stop.is_set():
                 account = rng.choice(accounts)
                 await account.deposit(1)  # any exception fails the test: no call may be lost
-                acknowledged[str(account.key)] += 1
+                acknowledged[str(account.actor_id.key)] += 1
 
         workers = [asyncio.ensure_future(depositor()) for _ in range(20)]
         while sum(acknowledged.values()) < 400:
@@ -79,21 +83,28 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
         ray.kill(extra)
         balances = await asyncio.gather(*(a.balance() for a in accounts))
     assert hosted_before > 0 and hosted_after == 0
-    found = {str(a.key): b for a, b in zip(accounts, balances, strict=True) if b}
+    found = {str(a.actor_id.key): b for a, b in zip(accounts, balances, strict=True) if b}
     assert found == dict(acknowledged)
     assert "-1-" in name
 
 
-async def test_oversized_message_is_refused_with_the_configured_limit(ray_silos: Any) -> None:
+async def test_oversized_message_is_refused_with_the_configured_limit(
+    ray_silos: Any, ray_transport: str
+) -> None:
     async with Cluster.connect(
-        ray_silos.address, actors=app.ALL_ACTORS, max_message_bytes=64 * 1024
+        ray_silos.address,
+        transport=ray_transport,
+        actors=app.ALL_ACTORS,
+        max_message_bytes=64 * 1024,
     ) as cluster:
         with pytest.raises(MessageTooLargeError, match="65536-byte message limit"):
             await cluster.get(Chain, "big").echo(b"x" * 100_000)
         assert await cluster.get(Chain, "big").echo(b"x" * 1000) == b"x" * 1000
 
 
-async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: Any) -> None:
+async def test_client_with_different_actor_classes_gets_clear_errors(
+    ray_silos: Any, ray_transport: str
+) -> None:
     from raygrain.actors import Actor
 
     class Newer(Actor[None], name="test.Chain"):  # same name, a method the silos lack
@@ -104,7 +115,9 @@ async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: 
         async def ping(self) -> str:
             return "never runs"
 
-    async with Cluster.connect(ray_silos.address, actors=[Newer, Elsewhere]) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=[Newer, Elsewhere]
+    ) as cluster:
         with pytest.raises(UnknownMethodError, match="test.Chain.brand_new"):
             await cluster.get(Newer, "k").brand_new()
         with pytest.raises(UnknownActorTypeError, match="test.OnlyOnTheClient"):
