@@ -60,7 +60,7 @@ class Workload:
             self.failed += 1  # fate unknown: may or may not be applied, never half
             self.errors[type(exc).__name__] += 1
             return False
-        self.acked[str(ref.key)].add(amount)
+        self.acked[str(ref.actor_id.key)].add(amount)
         return True
 
     async def run(self) -> None:
@@ -132,11 +132,11 @@ async def main(url: str) -> dict[str, Any]:
             await running
             snapshots = await asyncio.gather(*(r.snapshot() for r in work.refs))
             for ref, state in zip(work.refs, snapshots, strict=True):
-                history = state.history
-                assert len(history) == len(set(history)), f"{ref.key}: a write applied twice"
-                assert state.balance == sum(history), f"{ref.key}: a half-applied write"
-                missing = work.acked[str(ref.key)] - set(history)
-                assert not missing, f"{ref.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+                key, history = ref.actor_id.key, state.history
+                assert len(history) == len(set(history)), f"{key}: a write applied twice"
+                assert state.balance == sum(history), f"{key}: a half-applied write"
+                missing = work.acked[str(key)] - set(history)
+                assert not missing, f"{key}: acknowledged writes lost: {sorted(missing)[:5]}"
     finally:
         ray.shutdown()
         nodes.shutdown()
@@ -144,9 +144,10 @@ async def main(url: str) -> dict[str, Any]:
     store = open_storage(url)
     try:
         for ref in work.refs:
-            record = await store.read(ActorId(BankAccount.__actor_options__.name, ref.key))
+            key = ref.actor_id.key
+            record = await store.read(ActorId(BankAccount.__actor_options__.name, key))
             stored = decode_state(record.data or b"", Account)
-            assert work.acked[str(ref.key)] <= set(stored.history), f"{ref.key} lost writes"
+            assert work.acked[str(key)] <= set(stored.history), f"{key} lost writes"
     finally:
         await store.aclose()
     return {
