@@ -21,6 +21,7 @@ __all__ = [
     "Latencies",
     "Measurement",
     "Rounds",
+    "ScenarioSkipped",
     "drive",
     "drive_for",
     "figure",
@@ -68,6 +69,12 @@ def figure(name: str, value: float, baseline: float, unit: str, **extra: Any) ->
 
 
 now = time.perf_counter
+
+
+class ScenarioSkipped(Exception):
+    """Raised by a scenario's ``run`` that cannot run here (what it needs is missing); the
+    suite reports it as skipped with this message instead of failing."""
+
 
 # One measured round: (operations per second, the latencies of its operations).
 Measurement = tuple[float, Latencies]

@@ -41,7 +41,7 @@ from typing import Any
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from raygrain.benchmarks._measure import now
+from raygrain.benchmarks._measure import ScenarioSkipped, now
 from raygrain.benchmarks._plots import write_plots
 from raygrain.runtime.cli import Column, render_table, table_console
 
@@ -55,6 +55,7 @@ _ORDER = (
     "storage",
     "durable_writes",
     "transactions",
+    "postgres",
     "reminders",
     "memory",
     "failover",
@@ -64,7 +65,16 @@ _ORDER = (
 # may also say so itself with ``NEEDS_RAY = "own"``; this set covers one that does not yet.
 _OWN_RAY = frozenset({"failover"})
 _RAY_ORDER = {"": 0, "own": 1, "session": 2}
-_VERSIONS = ("raygrain", "ray", "msgpack", "aiosqlite", "structlog", "xxhash", "matplotlib")
+_VERSIONS = (
+    "raygrain",
+    "ray",
+    "msgpack",
+    "aiosqlite",
+    "asyncpg",
+    "structlog",
+    "xxhash",
+    "matplotlib",
+)
 
 
 def available() -> list[str]:
@@ -277,6 +287,8 @@ async def _scenario(
         try:
             result = await _call(module.run, size, address)
             outcome.rows, outcome.details = _rows_of(name, result)
+        except ScenarioSkipped as skipped:
+            outcome.status, outcome.error = "skipped", str(skipped)
         except Exception:
             outcome.status, outcome.error = "error", traceback.format_exc()
     outcome.seconds = now() - started
@@ -284,6 +296,8 @@ async def _scenario(
         print(
             f"{progress} {name}: {len(outcome.rows)} figures in {outcome.seconds:.1f} s", flush=True
         )
+    elif outcome.status == "skipped":
+        print(f"{progress} {name}: skipped ({outcome.error})", flush=True)
     else:
         print(
             f"{progress} {name}: FAILED after {outcome.seconds:.1f} s\n{outcome.error}", flush=True

@@ -1,10 +1,13 @@
 """State storage providers for raygrain actors.
 
 Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.db")`` turns a
-URL into a provider; ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default.
+URL into a provider (SQLAlchemy's convention: that file is relative to the working directory);
+``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default;
+``PostgresStorage`` the store of a multi-node deployment.
 """
 
 from raygrain.storage._memory import MemoryStorage
+from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
     QueuedWrites,
     StateRecord,
@@ -14,10 +17,11 @@ from raygrain.storage._provider import (
 )
 from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
 from raygrain.storage._sqlite import SqliteStorage
-from raygrain.storage._url import open_storage
+from raygrain.storage._url import absolute_storage_url, check_storage_url, open_storage
 
 __all__ = [
     "MemoryStorage",
+    "PostgresStorage",
     "QueuedWrites",
     "ReminderAck",
     "ReminderRecord",
@@ -26,6 +30,8 @@ __all__ = [
     "StateRecord",
     "StateWrite",
     "StorageProvider",
+    "absolute_storage_url",
+    "check_storage_url",
     "open_storage",
     "tell_written",
 ]

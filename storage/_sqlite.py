@@ -24,7 +24,6 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
 
 import aiosqlite
@@ -37,7 +36,10 @@ from raygrain.actors import (
     StorageSchemaError,
 )
 from raygrain.storage import _sqlite_reminders as reminders
-from raygrain.storage._provider import StateRecord, StateWrite, tell_written
+from raygrain.storage._pending import Pending as _Pending
+from raygrain.storage._pending import PendingWrite as _PendingWrite
+from raygrain.storage._pending import QueuedWrite as _QueuedWrite
+from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
@@ -88,52 +90,6 @@ _MAX_KNOWN_VERSIONS = 200_000
 _Row = tuple[bytes, int, str, str, bytes | None]
 _T = TypeVar("_T")
 _Outcome = list[str] | InconsistentStateError
-
-
-@dataclass(slots=True)
-class _PendingWrite:
-    """One caller's write (or atomic ``write_many`` group) waiting for a batch to commit it,
-    the caller awaiting ``result``."""
-
-    writes: tuple[StateWrite, ...]
-    result: asyncio.Future[list[str]]
-
-    def dropped(self) -> bool:
-        """Whether its caller was cancelled (before the write started: it is dropped)."""
-        return self.result.done()
-
-    def settle(self, outcome: list[str] | Exception) -> None:
-        if self.result.done():
-            return  # a cancelled caller has nobody to tell
-        if isinstance(outcome, Exception):
-            self.result.set_exception(outcome)
-        else:
-            self.result.set_result(outcome)
-
-
-@dataclass(slots=True)
-class _QueuedWrite:
-    """A ``queue_write``: one write, and the callback that wants its ETag. A write in its own
-    right (its fields are a ``StateWrite``'s), so that a queued write is one object: thousands
-    wait at a time, and each object they keep alive costs garbage collection time."""
-
-    actor_id: ActorId
-    data: bytes
-    expected_etag: str | None
-    done: Callable[[str | Exception], object]
-
-    @property
-    def writes(self) -> tuple[_QueuedWrite]:
-        return (self,)
-
-    def dropped(self) -> bool:
-        return False
-
-    def settle(self, outcome: list[str] | Exception) -> None:
-        tell_written(self.done, outcome if isinstance(outcome, Exception) else outcome[0])
-
-
-_Pending = _PendingWrite | _QueuedWrite
 
 
 class SqliteStorage:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -40,6 +42,51 @@ async def cluster(clock: ManualClock) -> AsyncIterator[Cluster]:
         actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
     ) as running:
         yield running
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+# One server for the whole test run: the one RAYGRAIN_TEST_POSTGRES_DSN names, or else a
+# throwaway server (initdb + pg_ctl on a free port, as the postgres user when we are root),
+# removed at the end. Each test gets a schema of its own, dropped after it.
+
+POSTGRES_DSN_VARIABLE = "RAYGRAIN_TEST_POSTGRES_DSN"
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A DSN of a PostgreSQL server the tests may create schemas in."""
+    given = os.environ.get(POSTGRES_DSN_VARIABLE)
+    if given:
+        yield given
+        return
+    from raygrain.benchmarks._postgres_server import ThrowawayPostgres, find_postgres_bin
+
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin or on "
+            f"the PATH: install the 'postgresql' package, or set {POSTGRES_DSN_VARIABLE}"
+        )
+    with ThrowawayPostgres(bin_dir) as server:
+        yield server.dsn
+
+
+@pytest.fixture
+def postgres_url(postgres_dsn: str) -> Iterator[str]:
+    """A storage URL on the test server, in a fresh schema of its own."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_dsn}{'&' if '?' in postgres_dsn else '?'}schema={schema}"
+    _run_aside(drop_postgres_schema(postgres_dsn, schema))
+
+
+async def drop_postgres_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
 
 
 @pytest.fixture
@@ -138,13 +185,16 @@ def ray_transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["local", *RAY_TRANSPORTS])
+@pytest.fixture(params=["local", "postgres", *RAY_TRANSPORTS])
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
-    """The same test against an in-process cluster and against Ray silos on three nodes, the
-    client on either transport."""
-    if request.param == "local":
+    """The same test against an in-process cluster (in memory, and on a real PostgreSQL
+    server) and against Ray silos on three nodes, the client on either transport."""
+    if request.param in ("local", "postgres"):
+        storage = (
+            "memory://" if request.param == "local" else request.getfixturevalue("postgres_url")
+        )
         async with Cluster.local(
-            actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
+            actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5, storage=storage
         ) as local:
             yield local
     else:

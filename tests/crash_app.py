@@ -1,8 +1,9 @@
 """The child process of tests/storage/test_crash_durability.py: acknowledged writes until killed.
 
-    python -m tests.crash_app DB_PATH ACCOUNTS PAIRS
+    python -m tests.crash_app DB_PATH_OR_URL ACCOUNTS PAIRS
 
-Runs a two-silo local cluster on a SQLite file (fsync durability) and, concurrently:
+Runs a two-silo local cluster on a SQLite file (fsync durability), or on the store a URL names
+(``postgresql://...``), and, concurrently:
 - one writer per ``Depositor`` account, each depositing the next sequence number in a loop
   through the actor (a per-turn commit);
 - one writer per record pair, writing the next sequence number to both records of the pair in
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 
 from raygrain.actors import Actor, ActorId, decode, encode, read_only
 from raygrain.runtime import Cluster
-from raygrain.storage import SqliteStorage, StateWrite
+from raygrain.storage import SqliteStorage, StateWrite, StorageProvider, open_storage
 
 PAIR_TYPE = "crash.Pair"
 
@@ -72,7 +73,7 @@ async def deposit_forever(cluster: Cluster, key: int) -> None:
         acknowledge("d", key, seq)
 
 
-async def write_pair_forever(storage: SqliteStorage, pair: int) -> None:
+async def write_pair_forever(storage: StorageProvider, pair: int) -> None:
     first, second = pair_ids(pair)
     records = [await storage.read(first), await storage.read(second)]
     etags: list[str | None] = [record.etag for record in records]
@@ -88,8 +89,13 @@ async def write_pair_forever(storage: SqliteStorage, pair: int) -> None:
         acknowledge("p", pair, seq)
 
 
-async def main(path: str, accounts: int, pairs: int) -> None:
-    storage = SqliteStorage(path, durability="fsync")
+def open_store(where: str) -> StorageProvider:
+    """A storage URL's provider, or a SQLite file with fsync durability."""
+    return open_storage(where) if "://" in where else SqliteStorage(where, durability="fsync")
+
+
+async def main(where: str, accounts: int, pairs: int) -> None:
+    storage = open_store(where)
     async with Cluster.local(actors=[Depositor], silos=2, storage=storage) as cluster:
         # Runs until killed; a failure ends the process with its traceback on stderr.
         await asyncio.gather(

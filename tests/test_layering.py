@@ -62,9 +62,9 @@ EXPORTS = {
         "one_way", "read_only", "register_type", "transactional",
     },
     "storage": {
-        "MemoryStorage", "QueuedWrites", "ReminderAck", "ReminderRecord", "ReminderTable",
-        "SqliteStorage", "StateRecord", "StateWrite",
-        "StorageProvider", "open_storage", "tell_written",
+        "MemoryStorage", "PostgresStorage", "QueuedWrites", "ReminderAck", "ReminderRecord",
+        "ReminderTable", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
+        "absolute_storage_url", "check_storage_url", "open_storage", "tell_written",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",

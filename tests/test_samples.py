@@ -35,6 +35,13 @@ def test_hello_greets_and_remembers(tmp_path: Path) -> None:
     assert "greeted 2 time(s)" in _run("samples.hello", db)  # state survived the process
 
 
+def test_hello_keeps_its_state_in_the_working_directory(tmp_path: Path) -> None:
+    # sqlite:///hello.db is relative (SQLAlchemy's convention): not /hello.db.
+    assert "state in hello.db" in _run("samples.hello", cwd=tmp_path)
+    assert (tmp_path / "hello.db").is_file()
+    assert "greeted 2 time(s)" in _run("samples.hello", cwd=tmp_path)
+
+
 def test_the_readmes_ten_lines_run(tmp_path: Path) -> None:
     out = _run("samples.ten_lines", cwd=tmp_path)
     assert out == "alice has 100\n"

@@ -127,13 +127,15 @@ async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.wire import TLSFiles
 
     actor_types = _actor_classes(args.actors)
+    # A database every node reaches is used by every silo directly: no storage server.
+    direct = args.direct or args.storage.startswith(("postgresql:", "postgres:"))
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     spec = RayLaunch(
         tuple(actor_types),
         args.silos_per_node,
-        args.storage if args.storage.startswith("sqlite:") and args.direct else None,
+        args.storage if direct else None,
         args.storage,
         detached=True,
         name=args.name,
@@ -273,11 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--actors", action="append", required=True, help="module with actor classes")
     up.add_argument("--silos-per-node", type=int, default=1)
-    up.add_argument("--storage", default="sqlite://raygrain-state.db")
+    up.add_argument("--storage", default="sqlite:///raygrain-state.db")
     up.add_argument(
         "--direct",
         action="store_true",
-        help="every silo opens the SQLite file itself (one machine) instead of a storage server",
+        help="every silo opens the SQLite file itself (one machine) instead of a storage server"
+        " (always so for a postgresql:// URL)",
     )
     up.add_argument(
         "--transport",

@@ -181,7 +181,8 @@ class Cluster:
         metrics_port: int | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
-        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``.
+        ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
+        default ``"memory://"``). A bad path fails here. Start it with ``async with``.
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
         them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
         if not isinstance(silos, int) or silos < 1:
@@ -214,7 +215,7 @@ class Cluster:
         runtime_env: dict[str, Any] | None = None,
         silos_per_node: int = 1,
         storage: str | None = None,
-        server_storage: str = "sqlite://raygrain-state.db",
+        server_storage: str = "sqlite:///raygrain-state.db",
         default_timeout: float = 30.0,
         default_idle_timeout: float = 15 * 60.0,
         collection_period: float = 60.0,
@@ -238,12 +239,13 @@ class Cluster:
         ``"ray://host:10001"`` (needs ``raygrain[client]``) joins one. ``runtime_env``: Ray's,
         for the silos (``working_dir``, ``pip``, ``env_vars``...). ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
-        ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
-        open that file itself (one machine only). ``log_level``: the silos' (default:
-        ``RAYGRAIN_LOG_LEVEL``). ``transport``: ``"direct"`` (default) sends calls over the
-        silos' own authenticated connections, with Ray calls as the fallback; ``"ray"`` sends
-        every message as a Ray actor call. ``tls``: certificate files for the direct
-        connections (see docs/ray.md)."""
+        ``raygrain-state.db`` in the current directory); a ``postgresql://`` URL makes every
+        silo and the controller connect to that database directly (no storage server); a
+        ``sqlite:`` URL makes every silo open that file itself (one machine only).
+        ``log_level``: the silos' (default: ``RAYGRAIN_LOG_LEVEL``). ``transport``:
+        ``"direct"`` (default) sends calls over the silos' own authenticated connections, with
+        Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
+        certificate files for the direct connections (see docs/ray.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,

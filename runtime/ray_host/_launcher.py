@@ -56,6 +56,7 @@ from raygrain.runtime.ray_host._direct import (
 )
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.runtime.wire import WireTransport
+from raygrain.storage import absolute_storage_url, check_storage_url
 
 __all__ = [
     "CONTROLLER_NAME",
@@ -71,7 +72,7 @@ __all__ = [
 
 NAMESPACE_PREFIX = "raygrain-"
 DEFAULT_DEPLOYMENT = "default"
-DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where launched
+DEFAULT_STORAGE = "sqlite:///raygrain-state.db"  # relative: made absolute where launched
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _STOP_TIMEOUT = 30.0  # the longest a shutdown waits for one silo to close before killing it
 
@@ -128,8 +129,12 @@ class RayLaunch:
             raise ConfigurationError(
                 f"runtime_env must be a dict (Ray's runtime_env), got {self.runtime_env!r}"
             )
+        # Checked here, where the cluster is launched: a bad path is one line now, not a
+        # failure in every silo at its first call.
+        check_storage_url(self.server_storage)
         object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
         if self.storage is not None:
+            check_storage_url(self.storage)
             object.__setattr__(self, "storage", absolute_storage_url(self.storage))
         if self.log_level is None:
             object.__setattr__(self, "log_level", os.environ.get("RAYGRAIN_LOG_LEVEL"))
@@ -146,14 +151,6 @@ class RayLaunch:
             env_vars.setdefault("RAYGRAIN_LOG_LEVEL", self.log_level)
             env["env_vars"] = env_vars
         return env or None
-
-
-def absolute_storage_url(spec: str) -> str:
-    """Make a relative ``sqlite://`` path absolute against this process's directory: Ray
-    workers run elsewhere, and would otherwise each resolve it against their own."""
-    if spec.startswith("sqlite://") and not spec.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.abspath(spec[len("sqlite://") :])
-    return spec
 
 
 def _named_actors(namespace: str) -> list[str]:

@@ -209,7 +209,7 @@ def test_bad_cluster_settings() -> None:
     with pytest.raises(ConfigurationError, match="not an Actor subclass"):
         Cluster.local(actors=[int])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="unknown storage URL"):
-        Cluster.local(actors=[Chain], storage="postgres://nowhere")
+        Cluster.local(actors=[Chain], storage="mysql://nowhere")
 
 
 def test_two_classes_with_one_type_name_are_refused() -> None:

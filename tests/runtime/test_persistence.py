@@ -24,17 +24,22 @@ from raygrain.actors import (
     encode,
 )
 from raygrain.runtime import Cluster
-from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider
+from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider, open_storage
 from tests import app
 from tests.app import Account, BankAccount, Explicit
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def provider(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageProvider]:
     store: StorageProvider
-    store = MemoryStorage() if request.param == "memory" else SqliteStorage(str(tmp_path / "s.db"))
+    if request.param == "memory":
+        store = MemoryStorage()
+    elif request.param == "sqlite":
+        store = SqliteStorage(str(tmp_path / "s.db"))
+    else:  # a real server (tests/conftest.py), in a schema of this test's own
+        store = open_storage(request.getfixturevalue("postgres_url"))
     yield store
     await store.aclose()
 

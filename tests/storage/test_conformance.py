@@ -22,6 +22,7 @@ from raygrain.storage import (
     StateRecord,
     StateWrite,
     StorageProvider,
+    open_storage,
 )
 
 
@@ -38,10 +39,13 @@ class _RemoteToInProcessServer(RemoteStorage):
         await self.server.aclose()
 
 
-PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
-    "memory": lambda _: MemoryStorage(),
-    "sqlite": lambda tmp: SqliteStorage(tmp / "state.db"),
-    "remote": lambda tmp: _RemoteToInProcessServer(f"sqlite:///{tmp / 'state.db'}"),
+PROVIDERS: dict[str, Callable[[pytest.FixtureRequest, Path], StorageProvider]] = {
+    "memory": lambda _, __: MemoryStorage(),
+    "sqlite": lambda _, tmp: SqliteStorage(tmp / "state.db"),
+    "remote": lambda _, tmp: _RemoteToInProcessServer(f"sqlite:///{tmp / 'state.db'}"),
+    # A real server (tests/conftest.py: RAYGRAIN_TEST_POSTGRES_DSN or a throwaway one), in a
+    # schema of this test's own.
+    "postgres": lambda request, _: open_storage(request.getfixturevalue("postgres_url")),
 }
 
 ALICE = ActorId("Account", "alice")
@@ -53,7 +57,7 @@ CAROL = ActorId("Account", "carol")
 async def provider(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageProvider]:
-    storage = PROVIDERS[request.param](tmp_path)
+    storage = PROVIDERS[request.param](request, tmp_path)
     try:
         yield storage
     finally:

@@ -1,9 +1,10 @@
 """Acknowledged means durable, across real process crashes.
 
-A child process (tests/crash_app.py) runs a local cluster on a SQLite file and prints a line for
-every acknowledged write; this test SIGKILLs it at a random moment while writes are in flight,
-reopens the file and checks that every acknowledged write is there and that nothing is
-half-applied. Each round reuses the file, so the child carries on where the last one died.
+A child process (tests/crash_app.py) runs a local cluster on a SQLite file (or a PostgreSQL
+database) and prints a line for every acknowledged write; this test SIGKILLs it at a random moment
+while writes are in flight, reopens the store and checks that every acknowledged write is there
+and that nothing is half-applied. Each round reuses the store, so the child carries on where the
+last one died.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import pytest
 
 from raygrain.actors import ActorId, decode, decode_state
 from raygrain.runtime import Cluster
-from raygrain.storage import SqliteStorage
-from tests.crash_app import Depositor, Deposits, pair_ids
+from tests.crash_app import Depositor, Deposits, open_store, pair_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 24
@@ -69,15 +69,14 @@ class Child:
     stderr: Path
 
 
-async def _start_child(db: Path, ledger: Ledger) -> Child:
+async def _start_child(db: str, stderr: Path, ledger: Ledger) -> Child:
     # stderr goes to a file: a pipe nobody reads could fill up and stall the child.
-    stderr = db.with_name("child.stderr")
     with stderr.open("wb") as stderr_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "tests.crash_app",
-            str(db),
+            db,
             str(ACCOUNTS),
             str(PAIRS),
             cwd=ROOT,
@@ -122,11 +121,12 @@ async def _kill(child: Child) -> None:
     await child.reader
 
 
-async def _check_file(db: Path, ledger: Ledger, where: str) -> int:
-    """Check the file against the acknowledgements; return how many writes the last child
+async def _check_file(db: str, ledger: Ledger, where: str) -> int:
+    """Check the store against the acknowledgements; return how many writes the last child
     committed and never acknowledged."""
     unacknowledged = 0
-    async with SqliteStorage(db) as storage:
+    storage = open_store(db)
+    try:
         for key in range(ACCOUNTS):
             record = await storage.read(_account_id(key))
             state = Deposits() if record.data is None else decode_state(record.data, Deposits)
@@ -139,6 +139,8 @@ async def _check_file(db: Path, ledger: Ledger, where: str) -> int:
             seqs = [0 if r.data is None else int(decode(r.data)["seq"]) for r in records]
             assert seqs[0] == seqs[1], f"{where}: pair {pair} is half-written: {seqs}"
             unacknowledged += ledger.check(("p", pair), seqs[0], where)
+    finally:
+        await storage.aclose()
     return unacknowledged
 
 
@@ -146,9 +148,18 @@ def _account_id(key: int) -> ActorId:
     return ActorId(Depositor.__actor_options__.name, key)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the child keeps its state: a SQLite file, or a real PostgreSQL server's schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "crash.db")
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.mark.slow
-async def test_acknowledged_writes_survive_repeated_sigkill(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
+async def test_acknowledged_writes_survive_repeated_sigkill(store: str, tmp_path: Path) -> None:
+    db = store
+    stderr = tmp_path / "child.stderr"
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     ledger = Ledger()
@@ -158,7 +169,7 @@ async def test_acknowledged_writes_survive_repeated_sigkill(tmp_path: Path) -> N
         for round_number in range(1, ROUNDS + 1):
             where = f"round {round_number} (seed {seed})"
             before = ledger.count
-            child = await _start_child(db, ledger)
+            child = await _start_child(db, stderr, ledger)
             await _wait_for_first_ack(child, round_number)
             # The point of the test: die at an arbitrary moment while writes are in flight.
             await asyncio.sleep(rng.uniform(0.0, MAX_KILL_DELAY))
@@ -176,11 +187,15 @@ async def test_acknowledged_writes_survive_repeated_sigkill(tmp_path: Path) -> N
                 await child.reader
 
     # Finally the file through a fresh cluster: every account is readable and consistent.
-    async with Cluster.local(actors=[Depositor], silos=2, storage=f"sqlite:///{db}") as cluster:
-        for key in range(ACCOUNTS):
-            state = await cluster.get(Depositor, key).snapshot()
-            count = ledger.found[("d", key)]
-            assert state == Deposits(sum(range(1, count + 1)), list(range(1, count + 1)))
+    final = open_store(db)
+    try:
+        async with Cluster.local(actors=[Depositor], silos=2, storage=final) as cluster:
+            for key in range(ACCOUNTS):
+                state = await cluster.get(Depositor, key).snapshot()
+                count = ledger.found[("d", key)]
+                assert state == Deposits(sum(range(1, count + 1)), list(range(1, count + 1)))
+    finally:
+        await final.aclose()
     print(
         f"{ROUNDS} kills, {ledger.count} acknowledged writes, "
         f"{committed_unacknowledged} committed but unacknowledged when killed (seed {seed})"

@@ -25,7 +25,7 @@ from raygrain.actors import (
     StorageError,
     StorageSchemaError,
 )
-from raygrain.storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite, open_storage
+from raygrain.storage import SqliteStorage, StateRecord, StateWrite
 from raygrain.storage._sqlite import SCHEMA_VERSION
 
 ALICE = ActorId("Account", "alice")
@@ -536,49 +536,6 @@ async def test_opening_while_another_connection_holds_the_lock(db_path: Path) ->
             assert await storage.write(ALICE, b"x", etag) != etag
     finally:
         locker.close()
-
-
-# -- URLs ----------------------------------------------------------------------------------------
-
-
-async def test_open_storage_sqlite_url(db_path: Path) -> None:
-    storage = open_storage(f"sqlite://{db_path}")
-    assert isinstance(storage, SqliteStorage)
-    assert storage.path == str(db_path)
-    try:
-        await storage.write(ALICE, b"x", None)
-    finally:
-        await storage.aclose()
-    assert raw_records(db_path)[0][2] == b"x"
-
-
-async def test_open_storage_relative_sqlite_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    storage = open_storage("sqlite://sub.db")
-    assert isinstance(storage, SqliteStorage)
-    await storage.aclose()
-    assert storage.path == "sub.db"
-
-
-def test_open_storage_memory_url() -> None:
-    assert isinstance(open_storage("memory://"), MemoryStorage)
-
-
-def test_open_storage_passes_a_provider_through() -> None:
-    provider = MemoryStorage()
-    assert open_storage(provider) is provider
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["postgres://db/x", "sqlite://", "sqlite:///", "memory", "", "state.db"],
-    ids=["unknown_scheme", "sqlite_no_path", "sqlite_root", "memory_no_slashes", "empty", "bare"],
-)
-def test_open_storage_bad_url(url: str) -> None:
-    with pytest.raises(ConfigurationError):
-        open_storage(url)
 
 
 # -- benchmark smoke -----------------------------------------------------------------------------

@@ -1,0 +1,364 @@
+"""What PostgresStorage adds to the shared contract (tests/storage/test_conformance.py runs that
+against it): group commit, the versioned schema, options, split brain across two connection
+pools, and outages of a real server (stopped and started again mid-workload)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from raygrain.actors import (
+    ActorId,
+    ConfigurationError,
+    InconsistentStateError,
+    RaygrainError,
+    StorageError,
+    StorageSchemaError,
+    decode_state,
+)
+from raygrain.benchmarks._postgres_server import ThrowawayPostgres, _free_port, find_postgres_bin
+from raygrain.runtime import Cluster
+from raygrain.storage import PostgresStorage, StateRecord, StateWrite, open_storage
+from raygrain.storage._postgres import SCHEMA_VERSION
+from tests.app import Account, BankAccount
+from tests.crash_app import Depositor, Deposits
+
+ALICE = ActorId("Account", "alice")
+BOB = ActorId("Account", "bob")
+
+
+def _schema(url: str) -> str:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["schema"]
+
+
+@pytest.fixture
+async def storage(postgres_url: str) -> AsyncIterator[PostgresStorage]:
+    store = open_storage(postgres_url)
+    assert isinstance(store, PostgresStorage)
+    async with store:
+        yield store
+
+
+async def _sql(postgres_dsn: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(postgres_dsn)
+    try:
+        return list(await connection.fetch(statement, *args))
+    finally:
+        await connection.close()
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_leave_in_few_statements(storage: PostgresStorage) -> None:
+    actors = [ActorId("Account", i) for i in range(1000)]
+    etags = await asyncio.gather(*(storage.write(a, b"v1", None) for a in actors))
+    before = storage.commits
+    etags = await asyncio.gather(
+        *(storage.write(a, b"v2", e) for a, e in zip(actors, etags, strict=True))
+    )
+    assert set(etags) == {"2"}
+    # The committer takes half the queue at a time: 1,000 writes in about log2(1000) batches.
+    assert storage.commits - before <= 12
+    assert await storage.read(actors[500]) == StateRecord(b"v2", "2")
+
+
+async def test_a_group_that_partly_matches_leaves_the_rest_of_its_batch_committed(
+    storage: PostgresStorage,
+) -> None:
+    alice = await storage.write(ALICE, b"a1", None)
+    await storage.write(BOB, b"b1", None)
+    others = [ActorId("Account", f"o{i}") for i in range(50)]
+    before = storage.commits
+    # In one batch: a group whose second write is stale, beside single writes and a good group.
+    results = await asyncio.gather(
+        storage.write_many([StateWrite(ALICE, b"a2", alice), StateWrite(BOB, b"b2", None)]),
+        *(storage.write(o, b"x", None) for o in others),
+        storage.write_many(
+            [StateWrite(ActorId("G", 1), b"g", None), StateWrite(ActorId("G", 2), b"g", None)]
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], InconsistentStateError)
+    assert (results[0].stored_etag, results[0].expected_etag) == ("1", None)
+    assert results[1:] == ["1"] * 50 + [["1", "1"]]
+    assert storage.commits - before == 1  # one batch: rolled back, run again without the group
+    assert await storage.read(ALICE) == StateRecord(b"a1", alice)  # the group left no trace
+
+
+async def test_writes_to_one_record_in_one_batch_apply_in_queue_order(
+    storage: PostgresStorage,
+) -> None:
+    first = storage.write(ALICE, b"one", None)
+    second = storage.write(ALICE, b"two", "1")
+    third = storage.clear(ALICE, "2")
+    assert await asyncio.gather(first, second, third) == ["1", "2", "3"]
+    assert await storage.read(ALICE) == StateRecord(None, "3")
+
+
+async def test_with_batches_in_flight_each_records_writes_still_apply_in_queue_order(
+    postgres_url: str,
+) -> None:
+    store = open_storage(f"{postgres_url}&pipelines=3")
+    assert isinstance(store, PostgresStorage) and store.pipelines == 3
+    async with store:
+        actors = [ActorId("Chain", i) for i in range(300)]
+        # Five writes per record issued at once, each naming the ETag the previous one leaves:
+        # only queue order, record by record, lets every one of them succeed.
+        results = await asyncio.gather(
+            *(
+                store.write(a, b"%d" % n, None if n == 0 else str(n))
+                for n in range(5)
+                for a in actors
+            ),
+            return_exceptions=True,
+        )
+        assert results == [str(n + 1) for n in range(5) for _ in actors]
+        assert store.commits >= 5  # a record's next write waits for a later batch
+        assert await store.read(actors[7]) == StateRecord(b"4", "5")
+
+
+async def test_an_etag_it_never_gave_out_matches_nothing(storage: PostgresStorage) -> None:
+    await storage.write(ALICE, b"one", None)
+    for foreign in ("01", "0", "-1", "abc", "1.0"):
+        with pytest.raises(InconsistentStateError):
+            await storage.write(ALICE, b"x", foreign)
+    with pytest.raises(StorageError, match="names a record more than once"):
+        await storage.write_many([StateWrite(BOB, b"1", None), StateWrite(BOB, b"2", None)])
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+async def test_the_schema_is_created_on_first_use_and_versioned(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    schema = _schema(postgres_url)
+    stores = [open_storage(postgres_url) for _ in range(4)]
+    try:
+        # Silos starting together: one creates, the others wait for it and find it.
+        await asyncio.gather(*(s.write(ActorId("A", i), b"x", None) for i, s in enumerate(stores)))
+    finally:
+        await asyncio.gather(*(s.aclose() for s in stores))
+    rows = await _sql(postgres_dsn, f'SELECT version FROM "{schema}".raygrain_schema')
+    assert [r["version"] for r in rows] == [SCHEMA_VERSION]
+    rows = await _sql(
+        postgres_dsn, f'SELECT type_name, actor_key, version FROM "{schema}".raygrain_state'
+    )
+    assert sorted(tuple(r) for r in rows) == [("A", str(i), 1) for i in range(4)]
+
+
+async def test_a_newer_schema_is_refused(postgres_url: str, postgres_dsn: str) -> None:
+    async with open_storage(postgres_url) as store:  # type: ignore[attr-defined]
+        await store.write(ALICE, b"x", None)
+    schema = _schema(postgres_url)
+    await _sql(postgres_dsn, f'UPDATE "{schema}".raygrain_schema SET version = version + 1')
+    store = open_storage(postgres_url)
+    try:
+        message = f"schema version {SCHEMA_VERSION + 1}, newer than version {SCHEMA_VERSION}"
+        with pytest.raises(StorageSchemaError, match=message):
+            await store.read(ALICE)
+        with pytest.raises(StorageSchemaError, match="upgrade raygrain"):
+            await store.write(ALICE, b"y", "1")
+    finally:
+        await store.aclose()
+
+
+async def test_a_role_without_create_privileges_uses_a_schema_set_up_for_it(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    schema = _schema(postgres_url)
+    async with open_storage(postgres_url) as admin:  # type: ignore[attr-defined]
+        await admin.write(ALICE, b"set up", None)
+    role = f"app_{schema}"
+    await _sql(postgres_dsn, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(postgres_dsn, f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        await _sql(
+            postgres_dsn,
+            f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"',
+        )
+        parts = urllib.parse.urlsplit(postgres_url)
+        as_app = urllib.parse.urlunsplit(
+            parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}")
+        )
+        async with open_storage(as_app) as app:  # type: ignore[attr-defined]
+            assert await app.read(ALICE) == StateRecord(b"set up", "1")
+            assert await app.write(ALICE, b"by the app", "1") == "2"
+    finally:
+        await _sql(postgres_dsn, f'DROP OWNED BY "{role}"')
+        await _sql(postgres_dsn, f'DROP ROLE "{role}"')
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+async def test_url_options_reach_the_provider_and_the_server(postgres_url: str) -> None:
+    store = open_storage(f"{postgres_url}&pool_size=3&statement_timeout=1.5&max_batch=7")
+    assert isinstance(store, PostgresStorage)
+    assert (store.pool_size, store.statement_timeout, store.max_batch) == (3, 1.5, 7)
+    async with store:
+        assert store._pool is not None
+        async with store._pool.acquire() as connection:
+            assert await connection.fetchval("SHOW statement_timeout") == "1500ms"
+            assert await connection.fetchval("SHOW application_name") == "raygrain"
+        assert store._pool.get_max_size() == 3
+    assert "pool_size" not in store.dsn and "schema" not in store.dsn
+
+
+def test_the_password_stays_out_of_messages() -> None:
+    store = PostgresStorage("postgresql://app:s3cret@db.example:5432/state")
+    assert "s3cret" not in repr(store)
+    assert "app:***@db.example:5432" in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://h/db?pool_size=0", "pool_size must be > 0"),
+        ("postgresql://h/db?pool_size=many", "option pool_size='many' is not a valid value"),
+        ("postgresql://h/db?statement_timeout=-1", "statement_timeout must be > 0"),
+        ("postgres://h/db?read_timeout=0", "read_timeout must be > 0"),
+        ("postgresql://h/db?schema=", "schema must be a name"),
+    ],
+    ids=["pool-zero", "pool-text", "timeout-negative", "read-timeout-zero", "empty-schema"],
+)
+def test_bad_options_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        open_storage(url)
+
+
+# -- split brain -------------------------------------------------------------------------------
+
+
+async def test_two_silos_owning_one_actor_cannot_both_commit(postgres_url: str) -> None:
+    # Two clusters, each with its own connection pool (two machines with a stale view each):
+    # both activate the same account and both write from the same ETag.
+    async with (
+        open_storage(postgres_url) as store_a,  # type: ignore[attr-defined]
+        open_storage(postgres_url) as store_b,  # type: ignore[attr-defined]
+        Cluster.local(actors=[BankAccount], storage=store_a) as first,
+        Cluster.local(actors=[BankAccount], storage=store_b) as second,
+    ):
+        for round_number in range(20):
+            name = f"acct-{round_number}"
+            one, two = first.get(BankAccount, name), second.get(BankAccount, name)
+            assert await one.balance() == 0 and await two.balance() == 0  # both activated
+            results = await asyncio.gather(one.deposit(1), two.deposit(100), return_exceptions=True)
+            won = [r for r in results if isinstance(r, int)]
+            lost = [r for r in results if not isinstance(r, int)]
+            assert len(won) == 1 and len(lost) == 1, results
+            assert isinstance(lost[0], InconsistentStateError)
+            record = await store_a.read(ActorId(BankAccount.__actor_options__.name, name))
+            assert record.etag == "1"
+            assert decode_state(record.data or b"", Account).balance == won[0]
+            # The fenced duplicate was dropped: its next call sees the winner's state.
+            assert await (two if won[0] == 1 else one).balance() == won[0]
+
+
+# -- outages -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_server() -> Iterator[ThrowawayPostgres]:
+    """A server of this test's own, to stop and start (never the shared one)."""
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries: install the 'postgresql' package")
+    with ThrowawayPostgres(bin_dir) as server:
+        yield server
+
+
+async def test_an_unreachable_server_fails_reads_after_retrying_and_writes_at_once() -> None:
+    url = f"postgresql://nobody@127.0.0.1:{_free_port()}/db?read_timeout=0.5&connect_timeout=1"
+    store = open_storage(url)
+    try:
+        with pytest.raises(StorageError, match=r"unreachable for 0.5s while reading Account/alice"):
+            await store.read(ALICE)
+        with pytest.raises(StorageError, match="nothing was written"):
+            await store.write(ALICE, b"x", None)
+    finally:
+        await store.aclose()
+
+
+async def test_a_server_that_refuses_us_fails_at_once_without_retrying(postgres_dsn: str) -> None:
+    parts = urllib.parse.urlsplit(postgres_dsn)
+    url = urllib.parse.urlunsplit(parts._replace(path="/no_such_database", query=""))
+    store = open_storage(f"{url}?read_timeout=600")  # a retry would outlive the test
+    try:
+        with pytest.raises(StorageSchemaError, match='cannot use .*"no_such_database" does not'):
+            await store.read(ALICE)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.slow
+async def test_a_server_stopped_mid_workload_loses_no_acknowledged_write(
+    own_server: ThrowawayPostgres,
+) -> None:
+    server = own_server
+    url = f"{server.dsn}?read_timeout=2&connect_timeout=2"
+    writers = 40
+    acked: dict[int, int] = {}
+    errors: Counter[str] = Counter()
+    phase = {"name": "before"}
+    errors_during: Counter[str] = Counter()
+    after_restart: dict[int, asyncio.Event] = {k: asyncio.Event() for k in range(writers)}
+    some_errors = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def write_forever(cluster: Cluster, key: int) -> None:
+        account = cluster.get(Depositor, key)
+        seq: int | None = None
+        while not stop.is_set():
+            try:
+                if seq is None:
+                    seq = await account.last()
+                await account.deposit(seq + 1)
+                seq += 1
+                acked[key] = seq
+                if phase["name"] == "restarted":
+                    after_restart[key].set()
+            except RaygrainError as exc:
+                seq = None  # the write's fate may be unknown: ask the actor again
+                errors[type(exc).__name__] += 1
+                if phase["name"] == "down":
+                    errors_during[type(exc).__name__] += 1
+                    some_errors.set()
+                await asyncio.sleep(0.05)  # a client's retry pause, not an ordering device
+
+    async with Cluster.local(actors=[Depositor], silos=2, storage=url) as cluster:
+        tasks = [asyncio.create_task(write_forever(cluster, k)) for k in range(writers)]
+        try:
+            while len(acked) < writers:
+                await asyncio.sleep(0.01)
+            phase["name"] = "down"
+            await asyncio.to_thread(server.stop, "fast")
+            await asyncio.wait_for(some_errors.wait(), 60)
+            phase["name"] = "restarted"
+            restarted = time.monotonic()
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in after_restart.values())), 60)
+            recovered = time.monotonic() - restarted
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    # Typed errors only (anything else would have ended a writer with its traceback).
+    assert errors_during and set(errors_during) <= {
+        "StorageError",
+        "InconsistentStateError",
+        "ActorCallTimeout",
+    }, errors_during
+    async with open_storage(url) as store:  # type: ignore[attr-defined]
+        for key in range(writers):
+            record = await store.read(ActorId(Depositor.__actor_options__.name, key))
+            state = decode_state(record.data or b"", Deposits)
+            assert len(state.seqs) >= acked[key], f"account {key} lost acknowledged writes"
+            assert state.seqs == list(range(1, len(state.seqs) + 1))
+    print(f"errors during the outage: {dict(errors_during)}; all writers back in {recovered:.2f}s")
