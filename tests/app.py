@@ -153,6 +153,27 @@ class Recorder(Actor[Log], name="test.Recorder"):
     async def leave(self) -> None:
         self.deactivate_on_idle()
 
+    async def mark(self, tag: str) -> None:
+        """An exclusive turn that says when it starts."""
+        EVENTS.append(("mark", (self.key, tag)))
+
+    @read_only
+    async def read_wait(self, gate_name: str) -> str:
+        EVENTS.append(("read_wait", (self.key, gate_name)))
+        await gate(gate_name).wait()
+        return "released"
+
+    @always_interleave
+    async def interleaved_wait(self, gate_name: str) -> str:
+        EVENTS.append(("interleaved_wait", (self.key, gate_name)))
+        await gate(gate_name).wait()
+        return "released"
+
+    async def adopt(self, entries: list[str]) -> None:
+        """Keep the argument itself as the state's list (copy semantics: the caller's object
+        must not be the one kept)."""
+        self.state.entries = entries
+
 
 BARRIERS: dict[str, list[Any]] = {}
 
@@ -231,6 +252,39 @@ class Chain(Actor[None], name="test.Chain"):
     async def pass_ref(self, ref: ActorRef) -> ActorRef:
         return ref
 
+    async def make_bytes(self, size: int) -> bytes:
+        return b"x" * size
+
+    async def cycle(self, path: list[str]) -> Any:
+        """Call the first key of ``path`` with the rest: a -> b -> c -> a for [b, c, a]."""
+        if not path:
+            return "end"
+        return await self.get(Chain, path[0]).cycle(path[1:])
+
+    async def call_back_through(self, peer_key: str, method: str) -> Any:
+        """An exclusive turn: ask ``peer_key`` to call ``method`` of this actor."""
+        return await self.get(Chain, peer_key).call_method_of(self.key, method)
+
+    @read_only
+    async def read_back_through(self, peer_key: str, method: str) -> Any:
+        """A read-only turn: ask ``peer_key`` to call ``method`` of this actor."""
+        return await self.get(Chain, peer_key).call_method_of(self.key, method)
+
+    async def call_method_of(self, key: str, method: str) -> Any:
+        return await self.get(Chain, key).invoke(method, "called back")
+
+    @read_only
+    async def peek(self, tag: str) -> str:
+        return f"peeked: {tag}"
+
+    @always_interleave
+    async def interleaved_echo(self, tag: str) -> str:
+        return f"interleaved: {tag}"
+
+    @one_way
+    async def note(self, tag: str) -> None:
+        EVENTS.append(("note", (self.key, tag)))
+
 
 class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_workers=4):
     async def hold(self, gate_name: str) -> int:
@@ -239,6 +293,9 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
 
 
 class Ephemeral(Actor[Log], name="test.Ephemeral", idle_timeout=10.0):
+    async def on_activate(self) -> None:
+        EVENTS.append(("ephemeral-activate", self.key))
+
     async def touch(self) -> int:
         return id(self)
 
@@ -268,6 +325,44 @@ class Explicit(Actor[Account], name="test.Explicit", persistence="explicit"):
 
     async def wipe(self) -> None:
         await self.clear_state()
+
+    async def add_then_fail(self, amount: int) -> None:
+        self.state.balance += amount
+        raise RuntimeError("failed after changing state")
+
+    async def save_now(self) -> None:
+        await self.save()
+
+    async def leave(self) -> None:
+        self.deactivate_on_idle()
+
+
+class SlowLife(Actor[Log], name="test.SlowLife"):
+    """Activation and deactivation each wait for a gate named after the key, so a test can
+    send calls while the actor is activating or deactivating."""
+
+    async def on_activate(self) -> None:
+        EVENTS.append(("slow-activating", self.key))
+        await gate(f"activate-{self.key}").wait()
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        EVENTS.append(("slow-deactivating", (self.key, reason)))
+        await gate(f"deactivate-{self.key}").wait()
+
+    async def mark(self, tag: str) -> None:
+        EVENTS.append(("slow-mark", (self.key, tag)))
+        self.state.entries.append(tag)
+
+    @always_interleave
+    async def interleaved_mark(self, tag: str) -> None:
+        EVENTS.append(("slow-interleaved-mark", (self.key, tag)))
+
+    async def leave(self) -> None:
+        self.deactivate_on_idle()
+
+    @read_only
+    async def entries(self) -> list[str]:
+        return list(self.state.entries)
 
 
 class Unregistered(Actor[None], name="test.Unregistered"):
@@ -372,4 +467,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Ephemeral,
     Explicit,
     ContextUser,
+    SlowLife,
 ]

@@ -80,7 +80,7 @@ def _run_aside(coroutine: Any) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture(params=["local", "ray"])
+@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
     """The same test against an in-process cluster and against Ray silos on three nodes."""
     if request.param == "local":

@@ -377,8 +377,10 @@ def _silo_options(
         ("max_message_bytes", max_message_bytes),
         ("deactivation_timeout", deactivation_timeout),
     ):
-        if not isinstance(value, (int, float)) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+    if not isinstance(max_message_bytes, int):
+        raise ConfigurationError(f"max_message_bytes must be an int, got {max_message_bytes!r}")
     if transactions is None:
         transactions = TransactionSettings()
     elif not isinstance(transactions, TransactionSettings):

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 
-from raygrain.actors import ActorId
+from raygrain.actors import ActorId, ConfigurationError
 from raygrain.runtime.kernel import turn_variable
 
 __all__ = [
@@ -52,6 +52,15 @@ class TransactionSettings:
     lease: float = 30.0  # longest a participant stays locked before its transaction prepares
     decision_timeout: float = 10.0  # longest a prepared participant waits for the outcome
     wound_after: float = 0.005  # grace before an older transaction aborts a younger holder
+
+    def __post_init__(self) -> None:
+        for label in ("lock_timeout", "lease", "decision_timeout", "wound_after"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(
+                    f"TransactionSettings.{label} must be a positive number of seconds, "
+                    f"got {value!r}"
+                )
 
 
 @dataclass(slots=True)
