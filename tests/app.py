@@ -252,6 +252,16 @@ class Chain(Actor[None], name="test.Chain"):
     async def pass_ref(self, ref: ActorRef) -> ActorRef:
         return ref
 
+    async def mutate_after_call(self, recorder: ActorRef) -> Any:
+        """Change an argument after sending it and a result after getting it; return what the
+        recorder then holds."""
+        sent = ["x"]
+        await recorder.adopt(sent)
+        sent.append("changed after the call")
+        got = await recorder.entries()
+        got.append("changed after the reply")
+        return await recorder.entries()
+
     async def make_bytes(self, size: int) -> bytes:
         return b"x" * size
 
