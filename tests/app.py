@@ -64,6 +64,12 @@ class BankAccount(Actor[Account], name="test.BankAccount"):
             raise InsufficientFunds(amount, self.state.balance + amount)
         return self.state.balance
 
+    async def change_and_undo(self) -> int:
+        """A changing method that leaves the state as it found it."""
+        self.state.history.append(0)
+        self.state.history.pop()
+        return self.state.balance
+
     async def deposit_then_fail(self, amount: int) -> None:
         self.state.balance += amount
         raise RuntimeError("failed after changing state")

@@ -13,6 +13,7 @@ import inspect
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -25,6 +26,7 @@ from raygrain.actors import (
     StorageError,
 )
 from raygrain.runtime import Cluster
+from raygrain.runtime.ray_host import RemoteStorage, StorageServerImpl
 from tests.app import BankAccount, Chain
 
 T = TypeVar("T")
@@ -207,3 +209,19 @@ async def check_oversized_messages(cluster: Cluster, limit: int, key: str = "big
     with pytest.raises(MessageTooLargeError, match=f"{limit}-byte message limit"):
         await chain.make_bytes(limit + 1024)
     assert await chain.echo(b"x" * 100) == b"x" * 100
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+class RemoteToInProcessServer(RemoteStorage):
+    """``RemoteStorage`` (what silos on Ray use) talking to the storage server's body in this
+    process instead of through a Ray actor: the same batches and encoding, without Ray."""
+
+    def __init__(self, spec: str) -> None:
+        self.server = StorageServerImpl(spec)
+        super().__init__(SimpleNamespace(execute=SimpleNamespace(remote=self.server.execute)))
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.server.aclose()

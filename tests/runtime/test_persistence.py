@@ -27,14 +27,21 @@ from raygrain.runtime import Cluster
 from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider
 from tests import app
 from tests.app import Account, BankAccount, Explicit
+from tests.helpers import RemoteToInProcessServer, still_pending, wait_until
+
+PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
+    "memory": lambda _: MemoryStorage(),
+    "sqlite": lambda tmp: SqliteStorage(str(tmp / "s.db")),
+    # What silos on Ray use: RemoteStorage, with the storage server's body in this process.
+    "remote": lambda tmp: RemoteToInProcessServer(f"sqlite:///{tmp / 's.db'}"),
+}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=list(PROVIDERS))
 async def provider(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageProvider]:
-    store: StorageProvider
-    store = MemoryStorage() if request.param == "memory" else SqliteStorage(str(tmp_path / "s.db"))
+    store = PROVIDERS[request.param](tmp_path)
     yield store
     await store.aclose()
 
@@ -75,15 +82,17 @@ async def test_raise_leaves_no_trace_in_memory_or_on_disk(provider: StorageProvi
         assert await carol.snapshot() == Account(10, [10])
 
 
-async def test_read_only_and_unchanged_turns_do_not_write() -> None:
-    store = MemoryStorage()
-    async with _cluster(store) as cluster:
+async def test_read_only_and_unchanged_turns_do_not_write(provider: StorageProvider) -> None:
+    async with _cluster(provider) as cluster:
         dave = cluster.get(BankAccount, "dave")
         await dave.deposit(1)
-        writes = store.writes
+        etag = (await provider.read(dave.actor_id)).etag
         await dave.balance()
         await dave.snapshot()
-        assert store.writes == writes
+        assert await dave.change_and_undo() == 1  # a changing method that leaves it equal
+        assert (await provider.read(dave.actor_id)).etag == etag  # nothing written
+        assert await dave.deposit(1) == 2
+        assert (await provider.read(dave.actor_id)).etag != etag  # (a change is written)
 
 
 async def test_explicit_persistence_writes_only_on_save(provider: StorageProvider) -> None:
@@ -96,6 +105,48 @@ async def test_explicit_persistence_writes_only_on_save(provider: StorageProvide
         assert decode_state((await provider.read(eve.actor_id)).data or b"", Account).balance == 6
     async with _cluster(provider) as again:
         assert await again.get(Explicit, "eve").balance() == 6
+
+
+async def test_explicit_persistence_keeps_the_changes_of_a_raising_method(
+    provider: StorageProvider,
+) -> None:
+    # Not a transactional turn: a method that raises is not rolled back; nothing is written.
+    async with _cluster(provider) as cluster:
+        eve = cluster.get(Explicit, "raiser")
+        await eve.add_and_save(5)
+        with pytest.raises(RuntimeError, match="failed after changing state"):
+            await eve.add_then_fail(3)
+        assert await eve.balance() == 8
+        assert await _stored(provider, eve) == Account(5, [])
+        await eve.save_now()
+        assert await _stored(provider, eve) == Account(8, [])
+
+
+async def test_explicit_persistence_loses_unsaved_changes_on_deactivation(
+    provider: StorageProvider,
+) -> None:
+    async with _cluster(provider) as cluster:
+        eve = cluster.get(Explicit, "forgetful")
+        await eve.add_and_save(5)
+        assert await eve.add(3) == 8  # never saved
+        await eve.leave()
+        await wait_until(
+            lambda: not any(eve.actor_id in s.activations for s in cluster.silos),
+            "the activation to deactivate",
+        )
+        assert await eve.balance() == 5
+
+
+async def test_explicit_persistence_a_stale_save_is_fenced(provider: StorageProvider) -> None:
+    async with _cluster(provider) as first, _cluster(provider) as second:
+        one, two = first.get(Explicit, "stale"), second.get(Explicit, "stale")
+        await one.add_and_save(1)
+        assert await two.balance() == 1  # both activations hold the same etag
+        await one.add_and_save(10)
+        with pytest.raises(InconsistentStateError):
+            await two.add_and_save(100)  # saves on top of the state it loaded: stale
+        assert await _stored(provider, one) == Account(11, [])
+        assert await two.balance() == 11  # the fenced activation was dropped; reloaded
 
 
 async def test_clear_state_resets_and_leaves_a_tombstone(provider: StorageProvider) -> None:
@@ -215,13 +266,13 @@ async def test_a_turn_whose_changes_an_interleaved_failure_rolled_back_fails_too
         actor = cluster.get(app.Reentrant, "overlap")
         await actor.append("kept")
         hit = asyncio.ensure_future(actor.append_then_wait("b", "overlap-b"))
-        while await actor.entries() != ["kept", "b"]:
-            await asyncio.sleep(0)
+        await wait_until(lambda: "overlap-b" in app.GATES, "b to wait on its gate")
+        assert await actor.entries() == ["kept", "b"]
         with pytest.raises(RuntimeError, match="a failed"):
             await actor.append_then_fail("a")  # rolls the shared state back: b's change goes
         later = asyncio.ensure_future(actor.append_then_wait("c", "overlap-c"))
-        while await actor.entries() != ["kept", "c"]:
-            await asyncio.sleep(0)
+        await wait_until(lambda: "overlap-c" in app.GATES, "c to wait on its gate")
+        assert await actor.entries() == ["kept", "c"]
         app.gate("overlap-b").set()
         # Not acknowledged: its change was discarded. (It once returned 2, as if stored.)
         with pytest.raises(TurnRolledBackError, match="Reentrant/overlap.append_then_wait"):
@@ -248,8 +299,8 @@ async def test_a_rollback_keeps_the_changes_of_a_write_under_way(tmp_path: Path)
         activation = silo.activations[actor.actor_id]
         with _write_lock(path):
             written = asyncio.ensure_future(actor.append("t"))
-            while not activation.slot.writing:  # (white-box: t's write is under way)
-                await asyncio.sleep(0)
+            # (white-box: t's write is under way)
+            await wait_until(lambda: activation.slot.writing, "t's write to start")
             with pytest.raises(RuntimeError, match="v failed"):
                 await actor.append_then_fail("v")
             assert await actor.entries() == ["kept", "t"]
@@ -275,8 +326,7 @@ async def test_a_write_never_overwrites_a_newer_acknowledged_one(
             self.state.entries.append(tag)
 
         async def add_after_commit(self, tag: str, commits: int) -> None:
-            while store.commits < commits:
-                await asyncio.sleep(0)
+            await wait_until(lambda: store.commits >= commits, f"commit {commits}")
             for _ in range(passes):
                 await asyncio.sleep(0)
             self.state.entries.append(tag)
@@ -317,8 +367,12 @@ async def test_a_turn_holds_its_actor_until_its_write_commits(tmp_path: Path) ->
             balance = asyncio.ensure_future(account.balance())
             # Neither can finish while the write waits for the lock: the deposit is not
             # acknowledged, and the read must not run before the turn it queued behind ends.
-            done, _ = await asyncio.wait({deposit, balance}, timeout=0.3)
-            assert not done
+            activation = next(
+                s.activations[account.actor_id] for s in cluster.silos if s.activations
+            )
+            await wait_until(lambda: activation.slot.writing, "the deposit's write to start")
+            await wait_until(lambda: bool(activation.mailbox), "the read to queue behind it")
+            assert await still_pending(asyncio.gather(deposit, balance))
         assert await deposit == 11
         assert await balance == 11
         assert await _stored(store, account) == Account(11, [1, 10])

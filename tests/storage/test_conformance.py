@@ -9,12 +9,10 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from raygrain.actors import ActorId, InconsistentStateError, StorageError
-from raygrain.runtime.ray_host import RemoteStorage, StorageServerImpl
 from raygrain.storage import (
     MemoryStorage,
     QueuedWrites,
@@ -23,25 +21,12 @@ from raygrain.storage import (
     StateWrite,
     StorageProvider,
 )
-
-
-class _RemoteToInProcessServer(RemoteStorage):
-    """``RemoteStorage`` (what silos on Ray use) talking to the storage server's body in this
-    process instead of through a Ray actor: the same batches and encoding, without Ray."""
-
-    def __init__(self, spec: str) -> None:
-        self.server = StorageServerImpl(spec)
-        super().__init__(SimpleNamespace(execute=SimpleNamespace(remote=self.server.execute)))
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self.server.aclose()
-
+from tests.helpers import RemoteToInProcessServer
 
 PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
     "memory": lambda _: MemoryStorage(),
     "sqlite": lambda tmp: SqliteStorage(tmp / "state.db"),
-    "remote": lambda tmp: _RemoteToInProcessServer(f"sqlite:///{tmp / 'state.db'}"),
+    "remote": lambda tmp: RemoteToInProcessServer(f"sqlite:///{tmp / 'state.db'}"),
 }
 
 ALICE = ActorId("Account", "alice")
