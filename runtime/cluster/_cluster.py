@@ -195,6 +195,10 @@ class Cluster:
         open that file itself (one machine only)."""
         from raygrain.runtime.ray_host import RayBackend, RayLaunch
 
+        if isinstance(silos_per_node, bool) or not isinstance(silos_per_node, int):
+            raise ConfigurationError(f"silos_per_node must be an int >= 1, got {silos_per_node!r}")
+        if silos_per_node < 1:
+            raise ConfigurationError(f"silos_per_node must be an int >= 1, got {silos_per_node!r}")
         registry = ActorRegistry(actors)
         options = _silo_options(
             default_timeout,
