@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
-import importlib
 import sys
 import traceback
 import uuid
@@ -199,11 +198,16 @@ def decode_error(data: bytes) -> BaseException:
 
 
 def _importable_exception(module: str, qualname: str) -> type[BaseException] | None:
+    """The exception class ``module.qualname`` if this process has already imported
+    ``module``. Never imports: the names come from a peer, and importing a module a peer
+    names runs that module's code here (any installed module, with its side effects)."""
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        return None
     try:
-        obj: Any = importlib.import_module(module)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except Exception:
+    except AttributeError:
         return None
     return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 

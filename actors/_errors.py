@@ -12,13 +12,15 @@ The tree::
     │   ├── UnknownActorTypeError   type name not registered on the cluster
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
-    │   └── MessageTooLargeError    an encoded message exceeds the configured limit
+    │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
+    │   └── MalformedMessageError   a message on the wire is not a valid envelope
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
+    ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
@@ -33,12 +35,14 @@ from typing import Any
 
 __all__ = [
     "ActorCallTimeout",
+    "ActorOverloadedError",
     "ClusterClosedError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
@@ -82,6 +86,10 @@ class MessageTooLargeError(InvalidCallError):
     """An encoded message is larger than the configured limit."""
 
 
+class MalformedMessageError(InvalidCallError):
+    """A message received from a peer is not a valid envelope (wrong fields or types)."""
+
+
 class SerializationError(RaygrainError):
     """A value cannot be encoded or decoded by the raygrain codec."""
 
@@ -103,6 +111,11 @@ class SiloUnavailableError(RaygrainError):
 
     The call may or may not have run. It is safe to retry when the method is idempotent.
     """
+
+
+class ActorOverloadedError(RaygrainError):
+    """The actor has too many calls queued (``max_queued_calls``): this call was refused
+    before it ran. Retry after a pause; the actor is busy, not broken."""
 
 
 class TurnRolledBackError(RaygrainError):

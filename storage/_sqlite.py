@@ -173,6 +173,7 @@ class SqliteStorage:
         self.max_batch = max_batch
         self.commits = 0  # transactions committed by the group committer, for tests and metrics
         self._known = _KnownVersions()  # touched only on the writer's thread
+        self._file = _FileIdentity(self.path)  # touched only on the writer's thread
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
@@ -439,7 +440,7 @@ class SqliteStorage:
         writer = self._writer
         try:
             outcomes = await _on_thread(
-                writer, lambda connection: _commit(connection, batch, self._known)
+                writer, lambda connection: _commit(connection, batch, self._known, self._file)
             )
         except BaseException:
             await self._rollback(writer)
@@ -503,9 +504,13 @@ class _KnownVersions:
 
 
 def _commit(
-    connection: sqlite3.Connection, batch: list[_Pending], known: _KnownVersions
+    connection: sqlite3.Connection,
+    batch: list[_Pending],
+    known: _KnownVersions,
+    file: _FileIdentity,
 ) -> list[_Outcome]:
-    """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT."""
+    """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT, and
+    check that the commit went to the file at our path before anyone is told."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         known.check(connection)
@@ -524,11 +529,42 @@ def _commit(
             statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
             connection.execute(statement, [value for row in rows for value in row])
         connection.execute("COMMIT")
+        file.check()
     except BaseException:
         known.forget()  # the transaction is rolled back by the caller: nothing here holds
         raise
     versions.update(accepted)
     return outcomes
+
+
+class _FileIdentity:
+    """Which file (device and inode) the store and its write-ahead log are, as first seen.
+
+    SQLite keeps writing through its open descriptors after the database file (or its -wal) is
+    deleted, or after another file is renamed over it: every such commit would be acknowledged
+    and then be gone on reopen. So after each commit, before any writer is told, the path must
+    still name the same files (two stat calls per batch, not per write)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def check(self) -> None:
+        for name in (self.path, self.path + "-wal"):
+            try:
+                stat = os.stat(name)
+            except FileNotFoundError:
+                raise StorageError(
+                    f"SQLite state store {name!r} was deleted while open: the last commit "
+                    "went to a file that is no longer there, so it is not acknowledged; "
+                    "restore the file or restart on a new store"
+                ) from None
+            identity = (stat.st_dev, stat.st_ino)
+            if self._seen.setdefault(name, identity) != identity:
+                raise StorageError(
+                    f"SQLite state store {name!r} was replaced by another file while open: "
+                    "the last commit went to the old file, so it is not acknowledged"
+                )
 
 
 async def _on_thread(

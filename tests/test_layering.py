@@ -46,10 +46,12 @@ def test_imports_flow_one_way(package: str) -> None:
 
 EXPORTS = {
     "actors": {
-        "Actor", "ActorCallTimeout", "ActorContext", "ActorId", "ActorKey", "ActorMethod",
+        "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId",
+        "ActorKey", "ActorMethod",
         "ActorOptions", "ActorRef", "ClusterClosedError", "ConfigurationError",
         "DeactivationReason", "DeadlockError", "InconsistentStateError", "InvalidArgumentsError",
-        "InvalidCallError", "Invoker", "MessageTooLargeError", "MethodOptions", "Persistence",
+        "InvalidCallError", "Invoker", "MalformedMessageError", "MessageTooLargeError",
+        "MethodOptions", "Persistence",
         "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",
         "StateDecodeError", "StorageError", "StorageSchemaError", "TransactionAbortedError",
         "TurnRolledBackError", "UnknownActorTypeError", "UnknownMethodError", "actor_methods",
@@ -78,10 +80,12 @@ def test_the_top_level_package_reexports_the_user_api() -> None:
 
 
 TOP_LEVEL = {
-    "Actor", "ActorCallTimeout", "ActorContext", "ActorId", "ActorKey", "ActorOptions",
+    "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId", "ActorKey",
+    "ActorOptions",
     "ActorRef", "Cluster", "ClusterClosedError", "ConfigurationError", "DeactivationReason",
     "DeadlockError", "FailureDetection", "InconsistentStateError", "InvalidArgumentsError",
-    "InvalidCallError", "ManualClock", "MemoryStorage", "MessageTooLargeError", "Persistence",
+    "InvalidCallError", "ManualClock", "MalformedMessageError", "MemoryStorage",
+    "MessageTooLargeError", "Persistence",
     "RaygrainError", "RemoteActorError", "SerializationError", "SiloUnavailableError",
     "SqliteStorage", "StateDecodeError", "StorageError", "StorageProvider",
     "StorageSchemaError", "SystemClock", "TransactionAbortedError", "TransactionSettings",

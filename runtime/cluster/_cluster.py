@@ -154,6 +154,7 @@ class Cluster:
         max_message_bytes: int = 16 * 1024 * 1024,
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
+        max_queued_calls: int = 10_000,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
@@ -167,6 +168,7 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            max_queued_calls,
         )
         backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
         return cls(registry, backend)
@@ -187,6 +189,7 @@ class Cluster:
         deactivation_timeout: float = 30.0,
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
+        max_queued_calls: int = 10_000,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -207,6 +210,7 @@ class Cluster:
             max_message_bytes,
             deactivation_timeout,
             transactions,
+            max_queued_calls,
         )
         launch = RayLaunch(
             tuple(actors),
@@ -373,6 +377,7 @@ def _silo_options(
     max_message_bytes: int,
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
+    max_queued_calls: int = 10_000,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -385,6 +390,12 @@ def _silo_options(
             raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
     if not isinstance(max_message_bytes, int):
         raise ConfigurationError(f"max_message_bytes must be an int, got {max_message_bytes!r}")
+    if (
+        isinstance(max_queued_calls, bool)
+        or not isinstance(max_queued_calls, int)
+        or max_queued_calls < 1
+    ):
+        raise ConfigurationError(f"max_queued_calls must be an int >= 1, got {max_queued_calls!r}")
     if transactions is None:
         transactions = TransactionSettings()
     elif not isinstance(transactions, TransactionSettings):
@@ -393,9 +404,10 @@ def _silo_options(
         )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
-        float(default_idle_timeout),
-        float(collection_period),
-        float(deactivation_timeout),
-        calls,
-        (transactions,),
+        default_idle_timeout=float(default_idle_timeout),
+        collection_period=float(collection_period),
+        deactivation_timeout=float(deactivation_timeout),
+        max_queued_calls=max_queued_calls,
+        calls=calls,
+        capabilities=(transactions,),
     )

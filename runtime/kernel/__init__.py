@@ -18,6 +18,7 @@ from raygrain.runtime.kernel._extensions import (
 )
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
+    Malformed,
     Request,
     Response,
     id_from_wire,
@@ -56,6 +57,7 @@ __all__ = [
     "Extension",
     "Guard",
     "LocalTransport",
+    "Malformed",
     "ManualClock",
     "Membership",
     "MembershipView",

@@ -10,7 +10,8 @@ guarantee of "no later than", for which a tenth of a second's resolution is enou
 from __future__ import annotations
 
 import asyncio
-import itertools
+import os
+from array import array
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -47,6 +48,25 @@ class CallSettings:
     default_timeout: float = 30.0
     max_message_bytes: int = 16 * 1024 * 1024
     deadline_resolution: float = 0.05
+
+
+class CallIds:
+    """Call ids nobody else can guess: 63 random bits each, drawn from the OS in bulk.
+
+    A response is matched to its call by id alone, so a process that could predict ids (a
+    counter from 1) could answer other callers' calls. Drawing 8 bytes per call from the OS
+    costs a system call each; a pool of 4,096 costs one per 4,096 calls."""
+
+    __slots__ = ("_pool",)
+
+    def __init__(self) -> None:
+        self._pool = array("Q")
+
+    def __next__(self) -> int:
+        pool = self._pool
+        if not pool:
+            pool.frombytes(os.urandom(8 * 4096))
+        return pool.pop() >> 1  # 63 bits: a signed 64-bit integer on any wire
 
 
 # A caller whose calls keep being answered on the spot yields to the event loop once per this
@@ -95,7 +115,7 @@ class Caller:
         self._local_silo = local_silo
         self._filters = filters
         self._pending: dict[int, _PendingCall] = {}
-        self._ids = itertools.count(1)
+        self._ids = CallIds()
         self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._answered_on_the_spot = 0
@@ -124,6 +144,8 @@ class Caller:
                 f"the {self._settings.max_message_bytes}-byte message limit (max_message_bytes)"
             )
         call_id = next(self._ids)
+        while call_id in self._pending:  # (2**-63 per pending call: practically never)
+            call_id = next(self._ids)
         membership = self._membership
         request = Request(
             call_id,

@@ -14,8 +14,16 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from raygrain.actors import Actor, ActorId, ActorMethod, ActorOptions, DeadlockError
+from raygrain.actors import (
+    Actor,
+    ActorId,
+    ActorMethod,
+    ActorOptions,
+    ActorOverloadedError,
+    DeadlockError,
+)
 from raygrain.runtime.kernel._extensions import Admission, Guard, Ticket
+from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Request
 
 if TYPE_CHECKING:
@@ -202,9 +210,29 @@ class Mailbox:
             self._start(delivery)
 
     def _queue(self, delivery: Delivery) -> None:
-        if self.mailbox is None:
-            self.mailbox = deque()
-        self.mailbox.append(delivery)
+        mailbox = self.mailbox
+        if mailbox is None:
+            mailbox = self.mailbox = deque()
+        elif len(mailbox) >= self.silo.options.max_queued_calls:
+            # Orleans' hard limit on enqueued requests: beyond it a call is refused at once,
+            # so callers learn of the overload now (not at their deadline) and memory stays
+            # bounded. The caller may retry after a pause.
+            self._refuse_overloaded(delivery)
+            return
+        mailbox.append(delivery)
+
+    def _refuse_overloaded(self, delivery: Delivery) -> None:
+        limit = self.silo.options.max_queued_calls
+        error = ActorOverloadedError(
+            f"{self.actor_id} has {limit} calls queued (max_queued_calls): "
+            f"{delivery.method.name} was refused before it ran; retry after a pause"
+        )
+        if delivery.method.options.one_way:  # its caller was told "accepted" already
+            get_logger().warning(
+                "one_way_call_dropped", actor=str(self.actor_id), method=delivery.method.name
+            )
+            return
+        self.silo.reply_error(delivery.request, error, self._where(delivery.method))
 
     def queued(self) -> int:
         return len(self.mailbox) if self.mailbox else 0

@@ -7,15 +7,15 @@ from the ``actors`` codec by the time they are put in an envelope: that is the c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from raygrain.actors import ActorId, ActorKey
+from raygrain.actors import ActorId, ActorKey, MalformedMessageError
 
-__all__ = ["Request", "Response", "pack_batch", "unpack_batch"]
+__all__ = ["Malformed", "Request", "Response", "pack_batch", "unpack_batch"]
 
 
 @dataclass(slots=True)
@@ -112,29 +112,108 @@ def pack_batch(messages: Sequence[Request | Response]) -> bytes:
     return pack([m.to_wire() for m in messages])
 
 
-def unpack_batch(data: bytes) -> list[Request | Response]:
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A message of a batch that is not a valid envelope. ``call_id`` and ``reply_to`` are set
+    when they could be read, so the sender can be told (see ``unpack_batch``)."""
+
+    reason: str
+    call_id: int | None = None
+    reply_to: str | None = None
+
+
+def unpack_batch(
+    data: bytes, on_malformed: Callable[[Malformed], None] | None = None
+) -> list[Request | Response]:
+    """The messages of a batch. Each is checked on its own: a malformed one is left out and
+    handed to ``on_malformed`` (or logged by the caller's choice: dropped when None), and never
+    affects the others. A batch that is not a msgpack list at all raises
+    ``MalformedMessageError``."""
+    try:
+        items = unpack(data)
+    except Exception as exc:
+        raise MalformedMessageError(f"a message batch is not valid msgpack: {exc}") from None
+    if type(items) is not list:
+        raise MalformedMessageError(f"a message batch is a {type(items).__name__}, not a list")
     out: list[Request | Response] = []
-    for item in unpack(data):
-        if item[0] == 1:
-            joined = tuple(id_from_wire(t, k) for t, k in item[4]) if len(item) > 4 else ()
-            out.append(Response(item[1], item[2], item[3], joined))
-        else:
-            chain = tuple(id_from_wire(t, k) for t, k in item[8]) if item[8] else ()
-            out.append(
-                Request(
-                    item[1],
-                    id_from_wire(item[2], item[3]),
-                    item[4],
-                    item[5],
-                    item[6],
-                    item[7],
-                    chain,
-                    item[9],
-                    item[10],
-                    item[11],
-                )
-            )
+    for item in items:
+        try:
+            out.append(_from_wire(item))
+        except Exception as exc:  # whatever a malformed message makes the checks raise
+            if on_malformed is not None:
+                on_malformed(_malformed(item, exc))
     return out
+
+
+def _from_wire(item: Any) -> Request | Response:
+    if type(item) is not list or not item:
+        raise ValueError(f"a message is a {type(item).__name__}, not a non-empty list")
+    if item[0] == 1:
+        _expect(item, (5, 6), "response")
+        call_id, ok, payload = item[1], item[2], item[3]
+        _check("call id", call_id, int)
+        _check("ok", ok, bool)
+        _check("payload", payload, bytes)
+        joined = tuple(id_from_wire(*_pair(t)) for t in item[4]) if len(item) > 4 else ()
+        return Response(call_id, ok, payload, joined)
+    if item[0] != 0:
+        raise ValueError(f"unknown message kind {item[0]!r}")
+    _expect(item, (12,), "request")
+    (_, call_id, type_name, key, method, payload, reply_to, timeout, chain, hops) = item[:10]
+    transaction, view_version = item[10], item[11]
+    _check("call id", call_id, int)
+    _check("reply address", reply_to, str)
+    _check("type name", type_name, str)
+    _check("method", method, str)
+    _check("payload", payload, bytes)
+    if type(timeout) not in (int, float) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    _check("hops", hops, int)
+    _check("view version", view_version, int)
+    if transaction is not None:
+        _check("transaction header", transaction, bytes)
+    if type(chain) not in (list, tuple):
+        raise ValueError(f"call chain must be a list, got {type(chain).__name__}")
+    ids = tuple(id_from_wire(*_pair(link)) for link in chain)
+    return Request(
+        call_id,
+        id_from_wire(type_name, key),
+        method,
+        payload,
+        reply_to,
+        float(timeout),
+        ids,
+        hops,
+        transaction,
+        view_version,
+    )
+
+
+def _expect(item: list[Any], lengths: tuple[int, ...], kind: str) -> None:
+    if len(item) not in lengths:
+        raise ValueError(
+            f"a {kind} has {len(item)} fields, expected {' or '.join(map(str, lengths))}"
+        )
+
+
+def _check(what: str, value: Any, kind: type) -> None:
+    if type(value) is not kind:
+        raise ValueError(f"{what} must be {kind.__name__}, got {type(value).__name__}")
+
+
+def _pair(value: Any) -> tuple[Any, Any]:
+    if type(value) is not list or len(value) != 2:
+        raise ValueError(f"an actor id must be [type name, key], got {value!r:.80}")
+    return value[0], value[1]
+
+
+def _malformed(item: Any, exc: Exception) -> Malformed:
+    reason = f"malformed message: {exc}"
+    if type(item) is list and len(item) > 6 and item[0] == 0:
+        call_id, reply_to = item[1], item[6]
+        if type(call_id) is int and type(reply_to) is str:
+            return Malformed(reason, call_id, reply_to)
+    return Malformed(reason)
 
 
 # The ids of recent messages: building an ActorId hashes it (xxhash of its canonical bytes),

@@ -19,6 +19,7 @@ from raygrain.actors import (
     ActorId,
     ActorMethod,
     DeactivationReason,
+    MalformedMessageError,
     RaygrainError,
     SerializationError,
     SiloUnavailableError,
@@ -30,7 +31,7 @@ from raygrain.runtime.kernel._caller import Caller, CallSettings
 from raygrain.runtime.kernel._clock import Clock
 from raygrain.runtime.kernel._extensions import Extension, SystemHandler, overrides
 from raygrain.runtime.kernel._logging import get_logger
-from raygrain.runtime.kernel._messages import Request, Response
+from raygrain.runtime.kernel._messages import Malformed, Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry, check_arguments
 from raygrain.runtime.kernel._runners import TurnRunners, fresh_context
 from raygrain.runtime.kernel._transport import Transport
@@ -50,6 +51,8 @@ class SiloOptions:
     default_idle_timeout: float = 15 * 60.0
     collection_period: float = 60.0
     deactivation_timeout: float = 30.0  # how long deactivation waits for running turns
+    # Calls queued per activation, at most; more are refused with ActorOverloadedError.
+    max_queued_calls: int = 10_000
     calls: CallSettings = field(default_factory=CallSettings)
     # Settings of the capabilities (e.g. a TransactionSettings), found by type: see setting().
     capabilities: tuple[Any, ...] = ()
@@ -294,6 +297,15 @@ class Silo:
 
     def reply_error(self, request: Request, error: BaseException, where: str) -> None:
         self.reply(request, False, encode_error(error, where))
+
+    def reply_malformed(self, bad: Malformed) -> None:
+        """Answer a malformed message of a batch (see ``unpack_batch``) when it says who to
+        answer; otherwise it is only logged."""
+        get_logger().warning("malformed_message", silo=self.name, reason=bad.reason)
+        if bad.call_id is None or bad.reply_to is None:
+            return
+        error = encode_error(MalformedMessageError(bad.reason), f"silo {self.name}")
+        self.transport.reply(bad.reply_to, Response(bad.call_id, False, error))
 
     # -- idle collection ---------------------------------------------------------------------
 

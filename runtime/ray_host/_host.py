@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from raygrain.actors import Actor, DeactivationReason
+from raygrain.actors import Actor, DeactivationReason, MalformedMessageError
 from raygrain.runtime._capabilities import silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -149,7 +149,12 @@ class SiloHostImpl:
 
     async def receive_batch(self, blob: bytes) -> bytes:
         client, call_ids = "", set()
-        for message in unpack_batch(blob):
+        try:
+            messages = unpack_batch(blob, on_malformed=self.silo.reply_malformed)
+        except MalformedMessageError as exc:
+            get_logger().warning("malformed_batch", silo=self.name, reason=str(exc))
+            return b""
+        for message in messages:
             if isinstance(message, Request):
                 self.silo.deliver_request(message)
                 if is_client_address(message.reply_to):
