@@ -70,6 +70,11 @@ class BankAccount(Actor[Account], name="test.BankAccount"):
         self.state.history.pop()
         return self.state.balance
 
+    async def deposit_returning_object(self, amount: int) -> Any:
+        """Changes the state, then returns a value that cannot be encoded."""
+        self.state.balance += amount
+        return object()
+
     async def deposit_then_fail(self, amount: int) -> None:
         self.state.balance += amount
         raise RuntimeError("failed after changing state")
@@ -422,6 +427,12 @@ class Vault(Actor[Ledger], name="test.Vault"):
     @transactional
     async def hold_unserializable(self) -> None:
         self.state.applied.append(object())  # type: ignore[arg-type]
+
+    @transactional
+    async def add_returning_object(self, transfer: int, amount: int) -> Any:
+        """Changes the state, then returns a value that cannot be encoded."""
+        await self.add(transfer, amount)
+        return object()
 
     async def deposit(self, amount: int) -> int:
         """Not transactional: commits on its own, after any transaction holding the actor."""

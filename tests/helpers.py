@@ -73,6 +73,15 @@ async def still_pending(task: asyncio.Future[Any], passes: int = 50) -> bool:
     return not task.done()
 
 
+def activation_of(cluster: Cluster, actor: Any) -> Any:
+    """(White-box, in-process:) the activation of ``actor`` on whichever silo hosts it."""
+    hosts = [
+        s.activations[actor.actor_id] for s in cluster.silos if actor.actor_id in s.activations
+    ]
+    assert len(hosts) == 1, f"{actor.actor_id} is active on {len(hosts)} silos"
+    return hosts[0]
+
+
 async def wait_for_silos(cluster: Cluster, count: int, bound: float = 60.0) -> None:
     """Wait until the client's membership view holds ``count`` silos."""
     membership = cluster._caller._membership

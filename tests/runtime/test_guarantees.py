@@ -14,7 +14,7 @@ from raygrain.runtime import Cluster, ManualClock
 from raygrain.runtime.kernel import Response
 from tests import app
 from tests.app import BankAccount, Chain, ContextUser, Ephemeral, Recorder, Reentrant, Worker
-from tests.helpers import bounded, still_pending, wait_until
+from tests.helpers import activation_of, bounded, still_pending, wait_until
 
 Key = Callable[[str], str]
 
@@ -87,7 +87,7 @@ async def test_non_interleaving_call_waits_for_the_running_turn(cluster: Cluster
     waiting = asyncio.ensure_future(recorder.wait_for("g2"))
     await wait_until(lambda: "g2" in app.GATES, "the first turn to wait on its gate")
     queued = asyncio.ensure_future(recorder.mark("after"))
-    activation = next(s.activations[recorder.actor_id] for s in cluster.silos if s.activations)
+    activation = activation_of(cluster, recorder)
     await wait_until(lambda: bool(activation.mailbox), "the second call to reach the mailbox")
     # Delivered, and the first turn still holds the gate: the second must not have started.
     assert await still_pending(queued)

@@ -27,7 +27,7 @@ from raygrain.runtime import Cluster
 from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider
 from tests import app
 from tests.app import Account, BankAccount, Explicit
-from tests.helpers import RemoteToInProcessServer, still_pending, wait_until
+from tests.helpers import RemoteToInProcessServer, activation_of, still_pending, wait_until
 
 PROVIDERS: dict[str, Callable[[Path], StorageProvider]] = {
     "memory": lambda _: MemoryStorage(),
@@ -367,9 +367,7 @@ async def test_a_turn_holds_its_actor_until_its_write_commits(tmp_path: Path) ->
             balance = asyncio.ensure_future(account.balance())
             # Neither can finish while the write waits for the lock: the deposit is not
             # acknowledged, and the read must not run before the turn it queued behind ends.
-            activation = next(
-                s.activations[account.actor_id] for s in cluster.silos if s.activations
-            )
+            activation = activation_of(cluster, account)
             await wait_until(lambda: activation.slot.writing, "the deposit's write to start")
             await wait_until(lambda: bool(activation.mailbox), "the read to queue behind it")
             assert await still_pending(asyncio.gather(deposit, balance))
