@@ -6,6 +6,7 @@ Each test runs once per provider; a new provider joins by adding a case to ``PRO
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -46,7 +47,16 @@ async def provider(
 
 
 async def test_provider_satisfies_protocol(provider: StorageProvider) -> None:
+    # isinstance on a runtime-checkable protocol only sees names: compare each method's kind
+    # (coroutine or not) and its parameters with the protocol's.
     assert isinstance(provider, StorageProvider)
+    for name in ("read", "write", "clear", "write_many", "aclose"):
+        wanted = getattr(StorageProvider, name)
+        found = getattr(type(provider), name)
+        assert inspect.iscoroutinefunction(found), f"{name} must be async"
+        assert list(inspect.signature(found).parameters) == list(
+            inspect.signature(wanted).parameters
+        ), f"{type(provider).__name__}.{name}{inspect.signature(found)}"
 
 
 async def test_read_missing_record(provider: StorageProvider) -> None:
