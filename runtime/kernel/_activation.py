@@ -31,21 +31,13 @@ __all__ = ["Activation", "ActivationState", "Delivery"]
 
 
 class Activation(TurnRunner):
-    __slots__ = (
-        "_activating",
-        "_deactivated",
-        "_idle_waiter",
-        "deactivate_requested",
-        "extras",
-    )
+    __slots__ = ("_activating", "_deactivated", "extras")
 
     def __init__(self, silo: Silo, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
         super().__init__(silo, actor_id, cls)
-        self.deactivate_requested = False
         # Per-activation state of the capabilities (timers, ...), by their own keys; created
         # on first use, since most activations never need it.
         self.extras: dict[str, Any] | None = None
-        self._idle_waiter: asyncio.Future[None] | None = None
         self._deactivated: asyncio.Future[None] | None = None
         self._activating: asyncio.Future[None] | None = None
 

@@ -154,18 +154,18 @@ def overrides(extension: Extension, hook: str) -> bool:
     return getattr(type(extension), hook) is not getattr(Extension, hook)
 
 
-_TURN_VARIABLES: list[tuple[ContextVar[Any], Any]] = []
+TURN_VARIABLES: list[tuple[ContextVar[Any], Any]] = []  # see turn_variable
 
 
 def turn_variable(variable: ContextVar[Any], default: Any = None) -> None:
     """Have every turn start with ``variable`` set to ``default`` (a capability's per-turn
     context, e.g. the transaction a turn runs in). Call at import time of the capability."""
-    if all(v is not variable for v, _ in _TURN_VARIABLES):
-        _TURN_VARIABLES.append((variable, default))
+    if all(v is not variable for v, _ in TURN_VARIABLES):
+        TURN_VARIABLES.append((variable, default))
 
 
 def turn_variables() -> list[tuple[ContextVar[Any], Any]]:
-    return _TURN_VARIABLES
+    return TURN_VARIABLES
 
 
 SystemHandler = Callable[["Request", list[Any]], None]

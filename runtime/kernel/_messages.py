@@ -149,7 +149,7 @@ def _from_wire(item: Any) -> Request | Response:
     if type(item) is not list or not item:
         raise ValueError(f"a message is a {type(item).__name__}, not a non-empty list")
     if item[0] == 1:
-        _expect(item, (5, 6), "response")
+        _expect(item, (4, 5), "response")
         call_id, ok, payload = item[1], item[2], item[3]
         _check("call id", call_id, int)
         _check("ok", ok, bool)

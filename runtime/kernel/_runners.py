@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from raygrain.actors import current_invoker
 from raygrain.runtime.kernel._caller import current_chain
-from raygrain.runtime.kernel._extensions import turn_variables
+from raygrain.runtime.kernel._extensions import TURN_VARIABLES
 from raygrain.runtime.kernel._logging import get_logger
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _fresh_context() -> contextvars.Context:
 def _set_runtime_variables() -> None:
     current_chain.set(())
     current_invoker.set(None)
-    for variable, default in turn_variables():  # the capabilities' own (see turn_variable)
+    for variable, default in TURN_VARIABLES:  # the capabilities' own (see turn_variable)
         variable.set(default)
     # The decimal module keeps its context in a context variable that it creates on first use:
     # set it up front, or every turn doing Decimal arithmetic would leave a context unclean.
@@ -105,7 +105,7 @@ def _set_runtime_variables() -> None:
 def _is_clean(context: contextvars.Context) -> bool:
     """Whether ``context`` holds no more than _set_runtime_variables sets (the kernel's two,
     the capabilities' and decimal's)."""
-    return len(context) == 3 + len(turn_variables())
+    return len(context) == 3 + len(TURN_VARIABLES)
 
 
 def fresh_context() -> contextvars.Context:
@@ -189,7 +189,8 @@ class TurnRunners:
     def _recycle(self, context: contextvars.Context) -> None:
         """Keep an eager turn's context for a later one if the turn left it clean (a fresh
         context per turn costs an allocation, three variable sets and garbage collection)."""
-        if _is_clean(context) and len(self._contexts) < _MAX_IDLE_RUNNERS:
+        # (_is_clean, inlined: this runs once per turn)
+        if len(context) == 3 + len(TURN_VARIABLES) and len(self._contexts) < _MAX_IDLE_RUNNERS:
             self._contexts.append(context)
 
     def _new_runner(self) -> asyncio.Future[_Turn]:

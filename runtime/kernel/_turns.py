@@ -10,6 +10,7 @@ method returned or raised. ``TurnRunner`` sits between ``Mailbox`` and ``Activat
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from raygrain.actors import (
@@ -28,7 +29,7 @@ from raygrain.actors import (
     encode_error,
 )
 from raygrain.runtime.kernel._caller import current_chain
-from raygrain.runtime.kernel._extensions import turn_variables
+from raygrain.runtime.kernel._extensions import TURN_VARIABLES
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._messages import Request
@@ -38,7 +39,14 @@ __all__ = ["TurnRunner"]
 
 
 class TurnRunner(Mailbox):
-    __slots__ = ("_queued_turn", "instance", "last_used", "slot")
+    __slots__ = (
+        "_idle_waiter",
+        "_queued_turn",
+        "deactivate_requested",
+        "instance",
+        "last_used",
+        "slot",
+    )
 
     def __init__(self, silo: Any, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
         super().__init__(silo, actor_id, cls)
@@ -48,8 +56,13 @@ class TurnRunner(Mailbox):
         # Only a stateful actor has a state slot (a stateless one has nothing to store).
         self.slot = None if state_type is None else StateSlot(actor_id, state_type, silo.storage)
         self._queued_turn: tuple[Request, ActorMethod, bytes] | None = None  # _queue_write
+        # Read at every turn's end (see Activation._turn_ended): a waiter for the running
+        # turns to end, and whether the actor asked to be deactivated once idle.
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self.deactivate_requested = False
 
-    # Hooks of Activation: how a turn ends and what a failure does to the activation.
+    # Hooks of Activation: how a turn ends (called when someone waits for the turns to end or
+    # the actor asked to be deactivated) and what a failure does to the activation.
     def _turn_ended(self) -> None:
         raise NotImplementedError
 
@@ -175,7 +188,8 @@ class TurnRunner(Mailbox):
             self.exclusive = False
         self.last_used = self.silo.clock.now()
         self.pump()
-        self._turn_ended()
+        if self._idle_waiter is not None or self.deactivate_requested:
+            self._turn_ended()
 
     def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
         if result is None:
@@ -225,6 +239,6 @@ class TurnRunner(Mailbox):
         invoker = self.silo.caller
         if current_invoker.get() is not invoker:
             current_invoker.set(invoker)
-        for variable, default in turn_variables():  # a capability's scope sets its own after
+        for variable, default in TURN_VARIABLES:  # a capability's scope sets its own after
             if variable.get() is not default:
                 variable.set(default)

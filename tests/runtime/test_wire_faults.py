@@ -17,7 +17,7 @@ from raygrain.actors import (
     encode,
 )
 from raygrain.runtime import Cluster
-from raygrain.runtime.kernel import Malformed, Request, Response, pack, unpack_batch
+from raygrain.runtime.kernel import Malformed, Request, Response, pack, pack_batch, unpack_batch
 from tests import app
 from tests.app import GATES, Recorder, gate
 
@@ -140,3 +140,30 @@ async def test_a_full_queue_refuses_calls_at_once_and_serves_the_queued_ones() -
 async def test_max_queued_calls_must_be_a_positive_int(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="max_queued_calls must be an int >= 1"):
         Cluster.local(actors=app.ALL_ACTORS, max_queued_calls=bad)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Response(7, True, b"\x01"),
+        Response(8, False, b"err", (ActorId("test.Vault", "a"), ActorId("test.Vault", 2))),
+        Request(9, ActorId("test.Recorder", "k"), "record", b"", "probe", 2.5),
+        Request(
+            10,
+            ActorId("test.Recorder", 3),
+            "record",
+            b"x",
+            "probe",
+            1,
+            (ActorId("test.Chain", "c"),),
+            2,
+            b"tx",
+            4,
+        ),
+    ],
+    ids=["response", "response-joined", "request", "request-every-field"],
+)
+def test_every_valid_envelope_survives_the_checks(message: Request | Response) -> None:
+    refused: list[Malformed] = []
+    assert unpack_batch(pack_batch([message]), refused.append) == [message]
+    assert refused == []
