@@ -16,6 +16,7 @@ import pytest
 from raygrain.actors import (
     Actor,
     ActorId,
+    DeactivationReason,
     InconsistentStateError,
     StateDecodeError,
     StorageError,
@@ -178,6 +179,22 @@ async def test_split_brain_stale_duplicate_is_fenced_and_deactivated(
         # The stale activation was dropped; the next call reactivates from storage.
         assert await two.balance() == 11
         assert await two.deposit(100) == 111
+
+
+async def test_a_fenced_activation_is_deactivated_with_the_inconsistent_state_reason(
+    provider: StorageProvider,
+) -> None:
+    async with _cluster(provider) as first, _cluster(provider) as second:
+        one, two = first.get(app.Recorder, "fenced"), second.get(app.Recorder, "fenced")
+        await one.record("1")
+        assert await two.entries() == ["start 1", "end 1"]  # a second activation, etag 1
+        await one.record("2")
+        with pytest.raises(InconsistentStateError):
+            await two.record("3")
+        fenced = ("deactivate", ("fenced", DeactivationReason.INCONSISTENT_STATE))
+        await wait_until(lambda: fenced in app.EVENTS, "the fenced activation's on_deactivate")
+        assert app.EVENTS.count(fenced) == 1  # the other activation serves on
+        assert await one.entries() == ["start 1", "end 1", "start 2", "end 2"]
 
 
 async def test_state_schema_evolution_loads_old_records(provider: StorageProvider) -> None:
