@@ -1,0 +1,117 @@
+"""The ``raygrain`` command against a Ray cluster of its own: ``up`` starts long-running silos,
+``status`` shows them, clients come and go with ``Cluster.connect`` while the silos (and the
+actors' state) stay, and ``down`` stops them.
+
+Everything runs in child processes: a holder process keeps a one-node ``ray.cluster_utils``
+cluster up (the test session's Ray is another cluster) and takes it down when its stdin closes,
+so nothing outlives the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine
+
+_HOLD_RAY = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes it
+cluster.shutdown()
+"""
+
+_CLIENT = """
+import asyncio, sys
+from raygrain.runtime import Cluster
+from tests.app import BankAccount
+
+async def main():
+    async with Cluster.connect(sys.argv[1], actors=[BankAccount]) as cluster:
+        print(await cluster.get(BankAccount, "cli").deposit(int(sys.argv[2])))
+
+asyncio.run(main())
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+
+
+def _raygrain(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run("-c", "import sys; from raygrain.runtime.cli import main; sys.exit(main())", *args)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_RAY],
+        cwd=ROOT,
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray holder process did not start"
+        up = _raygrain(
+            "up", "--address", address, "--actors", "tests.app",
+            "--storage", f"sqlite:///{tmp_path / 'state.db'}",
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "started 1 silo(s) hosting" in up.stdout and "BankAccount" in up.stdout
+
+        status = _raygrain("status", "--address", address, "--json")
+        assert status.returncode == 0, status.stderr[-3000:]
+        silos = json.loads(status.stdout)["silos"]
+        assert [s["status"] for s in silos] == ["active"], silos
+
+        # Clients come and go; the silos, and the actor's activation and state, stay.
+        for amount, balance in ((5, 5), (7, 12)):
+            client = _run("-c", _CLIENT, address, str(amount))
+            assert client.returncode == 0, client.stderr[-3000:]
+            assert client.stdout.strip().splitlines()[-1] == str(balance)
+        status = _raygrain("status", "--address", address, "--json")
+        assert sum(s["activations"] for s in json.loads(status.stdout)["silos"]) >= 1
+
+        again = _raygrain("up", "--address", address, "--actors", "tests.app")
+        assert again.returncode == 2 and "already running" in again.stderr
+
+        down = _raygrain("down", "--address", address)
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert "stopped 1 silo(s)" in down.stdout
+        gone = _raygrain("status", "--address", address)
+        assert gone.returncode == 1 and "no raygrain cluster is running" in gone.stdout
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
