@@ -35,10 +35,25 @@ async def cluster(clock: ManualClock) -> AsyncIterator[Cluster]:
         yield running
 
 
+@pytest.fixture
+def log(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """raygrain's log (from warning up) written to the captured stderr for this test, and put
+    back as it was after it; ``configure_logging(level)`` in the test changes the level."""
+    from raygrain.runtime.kernel import _logging
+
+    monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() binds to capsys
+    capsys.readouterr()
+    return capsys
+
+
 # -- Ray ----------------------------------------------------------------------------------------
 # One Ray session for the whole test run: a 3-node ray.cluster_utils.Cluster (one CPU each) with
 # one silo per node and a storage server on a temporary SQLite file. Tests connect a fresh
-# client each; keys are made unique per test because the store outlives a test.
+# client each; keys are made unique per test because the store outlives a test. The silos offer
+# both data planes (they listen for direct connections and take Ray calls), and each Ray test
+# runs once per client transport ("ray", "direct": the ray_transport fixture).
+
+RAY_TRANSPORTS = ["ray", "direct"]
 
 
 @pytest.fixture(scope="session")
@@ -80,9 +95,16 @@ def _run_aside(coroutine: Any) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
-@pytest.fixture(params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+@pytest.fixture(params=RAY_TRANSPORTS)
+def ray_transport(request: pytest.FixtureRequest) -> str:
+    """The transport a Ray test's clients use: each Ray test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["local", *(pytest.param(t, marks=pytest.mark.ray) for t in RAY_TRANSPORTS)])
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
-    """The same test against an in-process cluster and against Ray silos on three nodes."""
+    """The same test against an in-process cluster and against Ray silos on three nodes, the
+    client on either transport."""
     if request.param == "local":
         async with Cluster.local(
             actors=app.ALL_ACTORS, silos=3, clock=clock, deactivation_timeout=0.5
@@ -90,7 +112,9 @@ async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> Asy
             yield local
     else:
         silos = request.getfixturevalue("ray_silos")
-        async with Cluster.connect(silos.address, actors=app.ALL_ACTORS) as remote:
+        async with Cluster.connect(
+            silos.address, actors=app.ALL_ACTORS, transport=request.param
+        ) as remote:
             yield remote
 
 

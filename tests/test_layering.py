@@ -118,10 +118,11 @@ ROOMS: dict[str, set[str]] = {
     "kernel": set(),
     "membership": {"kernel"},
     "transactions": {"kernel"},
+    "wire": {"kernel"},
     "_capabilities": {"kernel", "transactions"},
-    "ray_host": {"kernel", "membership", "_capabilities"},
-    "cluster": {"kernel", "membership", "transactions", "ray_host", "_capabilities"},
-    "cli": {"kernel", "membership", "ray_host", "cluster"},
+    "ray_host": {"kernel", "membership", "wire", "_capabilities"},
+    "cluster": {"kernel", "membership", "transactions", "wire", "ray_host", "_capabilities"},
+    "cli": {"kernel", "membership", "wire", "ray_host", "cluster"},
 }
 RUNTIME = ROOT / "runtime"
 

@@ -1,6 +1,7 @@
 """The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
+            [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
 raygrain status --address auto
 raygrain down --address auto
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
@@ -42,18 +43,24 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.kernel import SiloOptions
-    from raygrain.runtime.ray_host import RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime.wire import TLSFiles
 
     actor_types = _actor_classes(args.actors)
     ensure_ray(args.address, local_code=True)
     if find_silos():
         raise ConfigurationError("raygrain silos are already running; 'raygrain down' first")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     spec = RayLaunch(
         tuple(actor_types),
         args.silos_per_node,
         args.storage if args.storage.startswith("sqlite:") and args.direct else None,
         args.storage,
         detached=True,
+        transport=args.transport,
+        plane=DirectPlane(tls=tls),
     )
     handles = await launch(spec, SiloOptions())
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
@@ -121,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every silo opens the SQLite file itself (one machine) instead of a storage server",
     )
+    up.add_argument(
+        "--transport",
+        choices=["direct", "ray"],
+        default="direct",
+        help="data plane: the silos' own connections (direct, default) or Ray actor calls",
+    )
+    up.add_argument("--tls-cert", default=None, help="certificate the silos present (PEM)")
+    up.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    up.add_argument("--tls-ca", default=None, help="CA file clients and silos trust")
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")
     status.add_argument("--json", action="store_true")

@@ -49,6 +49,7 @@ from raygrain.runtime.transactions import (
     current_transaction,
     encode_participants,
 )
+from raygrain.runtime.wire import TLSFiles
 from raygrain.storage import StorageProvider, open_storage
 
 __all__ = ["Cluster"]
@@ -190,13 +191,24 @@ class Cluster:
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        transport: str = "direct",
+        tls: TLSFiles | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
-        open that file itself (one machine only)."""
-        from raygrain.runtime.ray_host import RayBackend, RayLaunch
+        open that file itself (one machine only). ``transport``: ``"direct"`` (default) sends
+        calls over the silos' own authenticated connections, with Ray calls as the fallback;
+        ``"ray"`` sends every message as a Ray actor call. ``tls``: certificate files for the
+        direct connections (see docs/ray.md)."""
+        from raygrain.runtime.ray_host import (
+            DirectPlane,
+            RayBackend,
+            RayLaunch,
+            check_transport,
+            frame_cap,
+        )
 
         if isinstance(silos_per_node, bool) or not isinstance(silos_per_node, int):
             raise ConfigurationError(f"silos_per_node must be an int >= 1, got {silos_per_node!r}")
@@ -212,14 +224,18 @@ class Cluster:
             transactions,
             max_queued_calls,
         )
+        if tls is not None and not isinstance(tls, TLSFiles):
+            raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
         launch = RayLaunch(
             tuple(actors),
             silos_per_node,
             storage,
             server_storage,
             detection=failure_detection or FailureDetection(),
+            transport=check_transport(transport),
+            plane=DirectPlane(tls=tls, max_frame_bytes=frame_cap(options.calls.max_message_bytes)),
         )
-        return cls(registry, RayBackend(address, launch, options))
+        return cls(registry, RayBackend(address, launch, options, transport))
 
     @classmethod
     def connect(
@@ -229,14 +245,17 @@ class Cluster:
         *,
         default_timeout: float = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
+        transport: str = "direct",
     ) -> Cluster:
         """A client of silos already running on Ray (started with ``raygrain up``).
-        ``actors`` are optional: they give typed ``get`` and per-method timeouts."""
+        ``actors`` are optional: they give typed ``get`` and per-method timeouts.
+        ``transport``: ``"direct"`` (default; Ray calls when the silos offer no direct
+        plane or cannot be dialled) or ``"ray"``."""
         from raygrain.runtime.ray_host import RayBackend
 
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(registry, RayBackend(address, None, options))
+        return cls(registry, RayBackend(address, None, options, transport))
 
     async def start(self) -> Cluster:
         if not self._started:

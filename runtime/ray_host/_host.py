@@ -28,7 +28,9 @@ from raygrain.runtime.kernel import (
     view_from_wire,
     view_to_wire,
 )
+from raygrain.runtime.ray_host._direct import DirectPlane, Locator, PlaneSwitch
 from raygrain.runtime.ray_host._transport import RayTransport, is_client_address
+from raygrain.runtime.wire import WireTransport
 from raygrain.storage import StorageProvider, open_storage
 
 _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
@@ -48,18 +50,26 @@ class SiloHostImpl:
         options: SiloOptions,
         resolve: Any,
         controller: Any,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
+        # Ray carries everything until start() opens the deployment's direct plane (if it
+        # has one), which then keeps Ray calls as its fallback.
+        self._plane = PlaneSwitch(self.transport)
+        self.wire: WireTransport | None = None
+        self._resolve = resolve
+        self._listen_host = listen_host
+        self.direct_address: tuple[str, int] | None = None
         provider = open_storage(storage) if isinstance(storage, str) else storage
         self.silo = Silo(
             name,
             ActorRegistry(actor_types),
             provider,
-            self.transport,
+            self._plane,
             self.membership,
             SystemClock(),
             options,
@@ -73,6 +83,14 @@ class SiloHostImpl:
 
     async def start(self) -> bytes:
         self.silo.start()
+        plane: DirectPlane | None = await self._controller.direct_plane.remote()
+        if plane is not None:
+            self.wire = WireTransport(
+                self.name, plane.options(), Locator(self._resolve), fallback=self.transport
+            )
+            self.wire.bind_silo(self.silo)
+            self.direct_address = await self.wire.listen(self._listen_host)
+            self._plane.use(self.wire)
         view = view_from_wire(
             await self._controller.set_status.remote(self.name, "active", self.node_id)
         )
@@ -111,6 +129,8 @@ class SiloHostImpl:
             return
         for dead in set(view.dead()) - before:
             self.silo.caller.fail_calls_to(dead)
+        if self.wire is not None:  # no redialling silos that died or left
+            self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
         # Activations whose owner changed move: deactivate them here, and their queued and
         # future calls are forwarded to the new owner by the ring check on delivery.
         ring = self.membership.ring
@@ -181,6 +201,10 @@ class SiloHostImpl:
             "view_version": self.membership.view.version,
             "batches_sent": self.transport.batches_sent,
             "messages_sent": self.transport.messages_sent,
+            "direct_address": self.direct_address,
+            "direct_batches_sent": self.wire.batches_sent if self.wire else 0,
+            "direct_messages_sent": self.wire.messages_sent if self.wire else 0,
+            "direct_refused": self.wire.refused if self.wire else 0,
         }
 
     async def leave(self) -> None:
@@ -198,5 +222,7 @@ class SiloHostImpl:
         for task in list(self._settling):
             task.cancel()
         await self.silo.aclose()
+        if self.wire is not None:
+            await self.wire.aclose()
         await self.transport.aclose()
         await self.silo.storage.aclose()

@@ -26,13 +26,21 @@ from raygrain.runtime.kernel import (
     Caller,
     Membership,
     SiloOptions,
+    SiloStatus,
     get_logger,
     view_from_wire,
 )
 from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.ray_host._direct import (
+    DirectPlane,
+    Locator,
+    PlaneSwitch,
+    check_transport,
+)
 from raygrain.runtime.ray_host._host import SiloHostImpl
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
+from raygrain.runtime.wire import WireTransport
 from raygrain.storage import open_storage
 
 __all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
@@ -46,7 +54,12 @@ DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where 
 
 @ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
 class ControllerActor(ControllerImpl):
-    def __init__(self, detection: FailureDetection, storage: str | None) -> None:
+    def __init__(
+        self, detection: FailureDetection, storage: str | None, plane: DirectPlane | None = None
+    ) -> None:
+        # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
+        # to ask for through Ray; a restarted controller gets the same from Ray.
+        self.plane = plane
         # The view's truth lives in the state store; Ray restarts a crashed controller, which
         # then continues from the stored view.
         store: Any = (
@@ -63,6 +76,9 @@ class ControllerActor(ControllerImpl):
             raise  # maybe only slow or restarting: a missed probe
         except (ray.exceptions.RayActorError, ValueError) as exc:
             raise SiloDied(type(exc).__name__) from None
+
+    def direct_plane(self) -> DirectPlane | None:
+        return self.plane
 
     def node_id(self) -> str:
         """The Ray node this controller runs on (restarted, it may be another one)."""
@@ -102,7 +118,14 @@ class SiloActor:
         )
         self.probe_delay = 0.0
         self.host = SiloHostImpl(
-            name, node_id, actor_types, provider, options, _resolve, controller
+            name,
+            node_id,
+            actor_types,
+            provider,
+            options,
+            _resolve,
+            controller,
+            ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
         )
 
     async def start(self) -> bytes:
@@ -113,6 +136,14 @@ class SiloActor:
 
     async def poll(self, client: str) -> bytes:
         return await self.host.poll(client)
+
+    def wire_address(self) -> tuple[str, int] | None:
+        """Where this silo listens for direct connections (None: it does not)."""
+        return self.host.direct_address
+
+    async def drop_connections(self) -> int:
+        """Test hook: close every direct connection of this silo at once (a network fault)."""
+        return self.host.wire.drop_connections() if self.host.wire is not None else 0
 
     async def forget_client(self, client: str) -> None:
         await self.host.forget_client(client)
@@ -178,8 +209,11 @@ class RayLaunch:
     server_storage: str = DEFAULT_STORAGE
     detached: bool = False
     detection: FailureDetection = field(default_factory=FailureDetection)
+    transport: str = "direct"  # "ray": silos listen nowhere, Ray calls carry every message
+    plane: DirectPlane = field(default_factory=DirectPlane)  # a fresh secret per launch
 
     def __post_init__(self) -> None:
+        check_transport(self.transport)
         object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
         if self.storage is not None:
             object.__setattr__(self, "storage", absolute_storage_url(self.storage))
@@ -239,7 +273,11 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         get_if_exists=True,
         lifetime=lifetime,
         scheduling_strategy=head,
-    ).remote(launch.detection, launch.storage)
+    ).remote(
+        launch.detection,
+        launch.storage,
+        launch.plane if launch.transport == "direct" else None,
+    )
     await controller.get_view.remote()
     handles[CONTROLLER_NAME] = controller
     names, starts = [], []
@@ -279,13 +317,17 @@ class RayBackend:
         address: str | None,
         launch: RayLaunch | None,
         options: SiloOptions,
+        transport: str = "direct",
     ) -> None:
         self.address = address
         self.launch = launch
         self.options = options
+        self.transport_choice = check_transport(transport)
         self.membership = Membership()
         self.client_address = f"{CLIENT_PREFIX}{uuid.uuid4().hex[:12]}"
-        self.transport = RayTransport(self.client_address, _resolve)
+        self.ray_transport = RayTransport(self.client_address, _resolve)
+        self.wire: WireTransport | None = None
+        self.transport = PlaneSwitch(self.ray_transport)
         self.handles: dict[str, Any] = {}
         self._started_ray = False
         self._follower: asyncio.Task[None] | None = None
@@ -301,7 +343,7 @@ class RayBackend:
             self.options.calls,
             filters=client_filters(),
         )
-        self.transport.bind(caller)
+        self.ray_transport.bind(caller)
         self.caller = caller
         return caller
 
@@ -318,16 +360,45 @@ class RayBackend:
                 "'raygrain up --address ...' or Cluster.ray(...)"
             ) from None
         self._apply_view(await self._controller.get_view.remote())
+        if self.transport_choice == "direct":
+            await self._use_direct_plane()
         self._follower = asyncio.ensure_future(self._follow_view())
+
+    async def _use_direct_plane(self) -> None:
+        """Learn the deployment's direct plane from the controller (through Ray: the same trust
+        boundary as Ray) and switch to it; a deployment launched with transport="ray" has
+        none, and Ray carries on."""
+        plane = await self._controller.direct_plane.remote()
+        if plane is None:
+            get_logger().warning("direct_plane_unavailable_using_ray")
+            return
+        self.wire = WireTransport(
+            self.client_address,
+            plane.options(),
+            Locator(_resolve),
+            fallback=self.ray_transport,
+        )
+        if self.caller is not None:
+            self.wire.bind(self.caller)
+        self.transport.use(self.wire)
+        for name in self.membership.view.active():
+            self.wire.connect(name)
 
     def _apply_view(self, blob: bytes) -> None:
         dead_before = set(self.membership.view.dead())
         if self.membership.update(view_from_wire(blob)):
             for name in self.membership.view.active():
-                self.transport.ensure_polling(name)
-            for dead in set(self.membership.view.dead()) - dead_before:
+                # Any silo may answer a call forwarded while in flight: be reachable from all.
+                if self.wire is not None:
+                    self.wire.connect(name)
+                else:
+                    self.ray_transport.ensure_polling(name)
+            view = self.membership.view
+            for dead in set(view.dead()) - dead_before:
                 if self.caller is not None:
                     self.caller.fail_calls_to(dead)
+            if self.wire is not None:  # no redialling silos that died or left
+                self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
 
     async def _follow_view(self) -> None:
         while True:
@@ -353,7 +424,9 @@ class RayBackend:
                 _resolve(name).forget_client.remote(self.client_address)
             except Exception:
                 pass
-        await self.transport.aclose()
+        if self.wire is not None:
+            await self.wire.aclose()
+        await self.ray_transport.aclose()
         if self.launch is not None and not self.launch.detached:
             await stop_everything()
         self.handles.clear()

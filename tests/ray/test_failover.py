@@ -41,12 +41,14 @@ async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
 
 @pytest.mark.parametrize("writes_before_kill", [30, 600])  # the kill at different moments
 async def test_node_killed_mid_workload_every_actor_comes_back(
-    ray_silos: Any, key: Any, writes_before_kill: int
+    ray_silos: Any, ray_transport: str, key: Any, writes_before_kill: int
 ) -> None:
     node = ray_silos.nodes.add_node(num_cpus=1)
     ray_silos.nodes.wait_for_nodes()
     name, _ = await _start_extra_silo(node.node_id, 0)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await wait_for_silos(cluster, 4)
         work = Workload(cluster, key, accounts=2000)
         ring = cluster._caller._membership.ring
@@ -80,7 +82,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
             await ref.balance()
 
 
-async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
+async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str) -> None:
     import ray
 
     from raygrain.runtime.membership import FailureDetection
@@ -89,7 +91,9 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
     detection = FailureDetection()  # what the session's controller runs with
     window = detection.missed_probes * (detection.probe_timeout + detection.probe_period)
     controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         busy = cluster.get(Chain, "busy")
         host = cluster._caller._membership.ring.owner(busy.actor_id)
         # Hold the silo's loop for well over the detection window: a probe answered on that
@@ -102,11 +106,15 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
     assert host not in [d["silo"] for d in deaths], deaths
 
 
-async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key: Any) -> None:
+async def test_false_suspicion_loses_and_duplicates_nothing(
+    ray_silos: Any, ray_transport: str, key: Any
+) -> None:
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 2)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await wait_for_silos(cluster, 4)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
@@ -133,13 +141,16 @@ async def _stopped(handle: Any) -> None:
 
 
 async def test_calls_in_flight_on_a_killed_silo_fail_with_the_retryable_error(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     import ray
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
-    name, extra = await _start_extra_silo(worker_node, 7)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    index = 7 if ray_transport == "ray" else 8  # (a silo name is never used twice)
+    name, extra = await _start_extra_silo(worker_node, index)
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await wait_until(
             lambda: name in cluster._caller._membership.view.active(), f"{name} to join", 60
         )
@@ -161,12 +172,14 @@ async def test_calls_in_flight_on_a_killed_silo_fail_with_the_retryable_error(
 
 
 async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     import ray
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)
         work = Workload(cluster, key, accounts=1000)
@@ -194,7 +207,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
 
 
 async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     """Transfers between accounts spread over four silos, coordinated by the client and by
     silos; the silo hosting some participants (and coordinating some commits) is killed twice,
@@ -205,7 +218,9 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     from tests.app import InsufficientFunds, Vault
 
     worker_node = ray_silos.worker_node_ids[0]
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)
         vaults = [cluster.get(Vault, key(str(i))) for i in range(24)]
@@ -258,14 +273,18 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     print(f"\n{len(acknowledged)} transfers acknowledged, {failed} failed or aborted, 2 kills")
 
 
-async def test_controller_restarted_by_ray_carries_on(ray_silos: Any, key: Any) -> None:
+async def test_controller_restarted_by_ray_carries_on(
+    ray_silos: Any, ray_transport: str, key: Any
+) -> None:
     import ray
 
     from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 6)
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         membership = cluster._caller._membership
         await wait_until(lambda: name in membership.view.active(), f"silo {name} to join", 60)
         work = Workload(cluster, key, accounts=300)

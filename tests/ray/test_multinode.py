@@ -24,8 +24,10 @@ from tests.helpers import check_oversized_messages, wait_for_silos, wait_until
 pytestmark = pytest.mark.ray
 
 
-async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+async def test_actors_spread_over_every_node(ray_silos: Any, ray_transport: str, key: Any) -> None:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         pids = await asyncio.gather(*(cluster.get(Chain, key(str(i))).where() for i in range(60)))
         stats = await cluster.stats()
     # Every node of the session hosts some of the 60 (another test's extra silo may add more).
@@ -34,7 +36,7 @@ async def test_actors_spread_over_every_node(ray_silos: Any, key: Any) -> None:
 
 
 async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
-    ray_silos: Any, key: Any
+    ray_silos: Any, ray_transport: str, key: Any
 ) -> None:
     import ray
 
@@ -45,7 +47,9 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
     name, extra = create_silo(worker_node, 1, launch, SiloOptions(deactivation_timeout=2.0))
     await extra.start.remote()
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
         await wait_for_silos(cluster, 4)
         accounts = [cluster.get(BankAccount, key(f"acct{i}")) for i in range(200)]
         acknowledged: Counter[str] = Counter()
@@ -79,15 +83,22 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     assert "-1-" in name
 
 
-async def test_oversized_message_is_refused_with_the_configured_limit(ray_silos: Any) -> None:
+async def test_oversized_message_is_refused_with_the_configured_limit(
+    ray_silos: Any, ray_transport: str
+) -> None:
     async with Cluster.connect(
-        ray_silos.address, actors=app.ALL_ACTORS, max_message_bytes=64 * 1024
+        ray_silos.address,
+        transport=ray_transport,
+        actors=app.ALL_ACTORS,
+        max_message_bytes=64 * 1024,
     ) as cluster:
         # (The silos keep the limit they were launched with: only arguments are checked here.)
         await check_oversized_messages(cluster, 64 * 1024, results=False)
 
 
-async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: Any) -> None:
+async def test_client_with_different_actor_classes_gets_clear_errors(
+    ray_silos: Any, ray_transport: str
+) -> None:
     from raygrain.actors import Actor
 
     class Newer(Actor[None], name="test.Chain"):  # same name, a method the silos lack
@@ -98,7 +109,9 @@ async def test_client_with_different_actor_classes_gets_clear_errors(ray_silos: 
         async def ping(self) -> str:
             return "never runs"
 
-    async with Cluster.connect(ray_silos.address, actors=[Newer, Elsewhere]) as cluster:
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=[Newer, Elsewhere]
+    ) as cluster:
         with pytest.raises(UnknownMethodError, match="test.Chain.brand_new"):
             await cluster.get(Newer, "k").brand_new()
         with pytest.raises(UnknownActorTypeError, match="test.OnlyOnTheClient"):

@@ -1,0 +1,32 @@
+"""Dialing a silo: connect (TLS if configured), then prove membership by the handshake."""
+
+from __future__ import annotations
+
+import asyncio
+
+from raygrain.runtime.wire._connection import Connection
+from raygrain.runtime.wire._handshake import offer_handshake
+from raygrain.runtime.wire._options import WireOptions
+
+__all__ = ["dial"]
+
+
+async def dial(host: str, port: int, name: str, peer: str, options: WireOptions) -> Connection:
+    """An authenticated connection to the silo ``peer`` at ``host:port``, as endpoint ``name``.
+    Raises ``OSError``/``TimeoutError``/``ProtocolError`` when it cannot be had."""
+    return await asyncio.wait_for(_dial(host, port, name, peer, options), options.connect_timeout)
+
+
+async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions) -> Connection:
+    reader, writer = await asyncio.open_connection(
+        host,
+        port,
+        ssl=options.client_ssl,
+        server_hostname=host if options.client_ssl is not None else None,
+    )
+    try:
+        await offer_handshake(reader, writer, options.secret, name)
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return Connection(reader, writer, peer, options.max_frame_bytes)

@@ -1,0 +1,76 @@
+"""One authenticated connection: whole frames out, whole frames in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from raygrain.runtime.kernel import get_logger
+from raygrain.runtime.wire._framing import read_frame, write_frame
+
+__all__ = ["Connection", "PeerLog"]
+
+
+class Connection:
+    """A connection to (or from) the endpoint ``peer``, past its handshake."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        max_frame_bytes: int,
+    ) -> None:
+        self.peer = peer
+        self.remote = remote_host(writer)
+        self._reader = reader
+        self._writer = writer
+        self._max_frame_bytes = max_frame_bytes
+        self.closed = False
+
+    def send(self, body: bytes) -> None:
+        write_frame(self._writer, body)
+
+    async def receive(self) -> bytes:
+        return await read_frame(self._reader, self._max_frame_bytes)
+
+    def close(self) -> None:
+        """Drop the connection at once (unsent bytes are discarded)."""
+        if not self.closed:
+            self.closed = True
+            self._writer.transport.abort()
+
+    def __repr__(self) -> str:
+        return f"Connection(peer={self.peer!r}, remote={self.remote!r})"
+
+
+def remote_host(writer: asyncio.StreamWriter) -> str:
+    peername = writer.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) and peername else str(peername)
+
+
+class PeerLog:
+    """Warnings about misbehaving peers, at most one per peer (remote host) per ``period``
+    seconds; the rest go to debug, counted. A peer that floods us with bad connections can
+    not flood the log too."""
+
+    def __init__(self, period: float = 60.0, max_peers: int = 10_000) -> None:
+        self.period = period
+        self._max_peers = max_peers
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def refused(self, remote: str, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(remote)
+        if last is not None and now - last < self.period:
+            self._suppressed[remote] = self._suppressed.get(remote, 0) + 1
+            get_logger().debug(event, remote=remote, **fields)
+            return
+        if len(self._last) >= self._max_peers:
+            self._last.clear()  # forgetting who warned only lets a warning through early
+            self._suppressed.clear()
+        self._last[remote] = now
+        suppressed = self._suppressed.pop(remote, 0)
+        get_logger().warning(event, remote=remote, suppressed_since_last=suppressed, **fields)

@@ -1,0 +1,57 @@
+"""What a wire endpoint needs: the deployment's secret, limits, timeouts, optional TLS."""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from dataclasses import dataclass
+
+from raygrain.actors import ConfigurationError
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "WireOptions", "new_secret"]
+
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+SECRET_BYTES = 32
+
+
+def new_secret() -> bytes:
+    """A fresh per-deployment secret (256 random bits)."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+@dataclass(frozen=True)
+class WireOptions:
+    """``secret``: shared by every member of the deployment (at least 16 bytes).
+    ``server_ssl``/``client_ssl``: TLS for the listening and the dialing side (None: plain TCP).
+    ``max_frame_bytes``: the largest frame accepted (and sent: larger batches are split).
+    Backoff: reconnection waits ``backoff`` seconds, doubling up to ``max_backoff``."""
+
+    secret: bytes
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    handshake_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    backoff: float = 0.05
+    max_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) < 16:
+            raise ConfigurationError("the wire secret must be at least 16 bytes")
+        if not isinstance(self.max_frame_bytes, int) or self.max_frame_bytes < 1024:
+            raise ConfigurationError(
+                f"max_frame_bytes must be an int >= 1024, got {self.max_frame_bytes!r}"
+            )
+        for label in ("server_ssl", "client_ssl"):
+            value = getattr(self, label)
+            if value is not None and not isinstance(value, ssl.SSLContext):
+                raise ConfigurationError(
+                    f"{label} must be an ssl.SSLContext or None, got {type(value).__name__}"
+                )
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"WireOptions(max_frame_bytes={self.max_frame_bytes}, tls={self.tls})"
+
+    @property
+    def tls(self) -> bool:
+        return self.server_ssl is not None or self.client_ssl is not None

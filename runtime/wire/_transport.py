@@ -1,0 +1,495 @@
+"""``WireTransport``: the kernel's ``Transport`` over direct, authenticated connections.
+
+Outbound, one link per destination silo: it dials the address that ``locate`` finds for the
+silo, and messages wait on it while it connects. Inbound, the connections that other endpoints
+opened to this one's server (silos listen; clients only dial). Every message for one connection
+produced in one event-loop iteration travels in one frame (a kernel ``pack_batch``), or several
+once ``MAX_BATCH_MESSAGES`` are waiting, so that the receiver works on one while the sender
+produces the next. A response goes back on a connection to its destination, our link to it or
+the one it opened to us: a client gets its answers on the connections it opened, no polling.
+
+Failures: when a connection breaks, the calls this endpoint wrote on it and has not seen
+answered fail with ``SiloUnavailableError`` (their fate is unknown), and messages not yet
+written wait for the reconnection, which starts at once. A silo that cannot be dialled: its
+messages go by the ``fallback`` transport (Ray) when there is one, logged once; without one,
+its calls fail with ``SiloUnavailableError`` saying they were not delivered. Failed dials are
+retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections.abc import Awaitable, Callable, Iterable
+
+from raygrain.actors import (
+    MalformedMessageError,
+    MessageTooLargeError,
+    SiloUnavailableError,
+    encode_error,
+)
+from raygrain.runtime.kernel import (
+    Endpoint,
+    Malformed,
+    Request,
+    Response,
+    SiloEndpoint,
+    Transport,
+    get_logger,
+    pack_batch,
+    unpack_batch,
+)
+from raygrain.runtime.wire._client import dial
+from raygrain.runtime.wire._connection import Connection, PeerLog
+from raygrain.runtime.wire._framing import ProtocolError
+from raygrain.runtime.wire._options import WireOptions
+from raygrain.runtime.wire._server import WireServer
+
+__all__ = ["MAX_BATCH_MESSAGES", "Locate", "WireTransport"]
+
+# Messages for one connection that leave at once, without waiting for the end of the loop
+# iteration (as RayTransport's batches).
+MAX_BATCH_MESSAGES = 250
+# Failed dials retried in the background before the link waits for the next message to try.
+_BACKGROUND_DIALS = 8
+# Calls tracked as written and unanswered, past which the stale ones (long past their
+# deadline: their silo never answered) are pruned.
+_PRUNE_AT = 100_000
+
+Locate = Callable[[str], Awaitable[tuple[str, int] | None]]
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"  # the last dial failed; the next waits for retry_at
+
+
+class _Link:
+    """Our connection to one destination silo, and what waits for it."""
+
+    __slots__ = ("connection", "destination", "dials", "error", "failures", "retry_at", "state")
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self.state = LinkState.DOWN
+        self.connection: Connection | None = None
+        self.dials: asyncio.Task[None] | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.error = ""
+
+
+class WireTransport:
+    """Transport of the endpoint ``address`` (a silo's name, or a client's id).
+
+    ``locate(silo)`` finds a silo's published ``(host, port)`` (None: it has none);
+    ``fallback`` carries messages for silos that cannot be dialled."""
+
+    def __init__(
+        self,
+        address: str,
+        options: WireOptions,
+        locate: Locate,
+        fallback: Transport | None = None,
+    ) -> None:
+        self.address = address
+        self.options = options
+        self._locate = locate
+        self._fallback = fallback
+        self._local: Endpoint | None = None
+        self._local_silo: SiloEndpoint | None = None
+        self._links: dict[str, _Link] = {}
+        self._inbound: dict[str, Connection] = {}  # the newest connection from each peer
+        self._connections: set[Connection] = set()  # every live one, both ways
+        self._outboxes: dict[Connection, list[Request | Response]] = {}
+        self._waiting: dict[str, list[Request | Response]] = {}  # for links still connecting
+        self._flush_scheduled = False
+        self._in_flight: dict[int, tuple[str, Request, float]] = {}  # our calls, written
+        self._fallen_back: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: WireServer | None = None
+        self.log = PeerLog()
+        self.closed = False
+        self.batches_sent = 0
+        self.messages_sent = 0
+
+    def bind(self, endpoint: Endpoint) -> None:
+        self._local = endpoint
+
+    def bind_silo(self, silo: SiloEndpoint) -> None:
+        self._local = self._local_silo = silo
+
+    async def listen(self, host: str, port: int = 0) -> tuple[str, int]:
+        """Accept connections from members on ``host`` (port 0: the OS chooses); returns the
+        address to publish."""
+        self._server = WireServer(self.options, self._serve, self.log)
+        return await self._server.start(host, port)
+
+    @property
+    def refused(self) -> int:
+        """Connections the server dropped before or during their handshake."""
+        return self._server.refused if self._server is not None else 0
+
+    # -- Transport ---------------------------------------------------------------------------
+
+    def send(self, destination: str, request: Request) -> None:
+        if destination == self.address and self._local_silo is not None:
+            self._local_silo.deliver_request(request)  # payloads are bytes: copy semantics hold
+            return
+        link = self._links.get(destination) or self._new_link(destination)
+        if link.state is LinkState.DOWN:
+            if link.dials is None and asyncio.get_running_loop().time() >= link.retry_at:
+                self._dial(link, 0.0)
+            if self._fallback is not None:
+                self._fallback.send(destination, request)
+                return
+            if link.state is LinkState.DOWN:
+                raise SiloUnavailableError(
+                    f"silo {destination} is not reachable ({link.error}); "
+                    f"{request.target}.{request.method} was not delivered"
+                )
+        if link.state is LinkState.UP:
+            assert link.connection is not None
+            self._enqueue(link.connection, request)
+        else:
+            self._wait_for(link, request)
+
+    def reply(self, destination: str, response: Response) -> None:
+        if destination == self.address and self._local is not None:
+            self._local.deliver_response(response)
+            return
+        link = self._links.get(destination)
+        if link is not None and link.state is LinkState.UP:
+            assert link.connection is not None
+            self._enqueue(link.connection, response)
+            return
+        inbound = self._inbound.get(destination)
+        if inbound is not None:
+            self._enqueue(inbound, response)
+        elif link is not None and link.state is LinkState.CONNECTING:
+            self._wait_for(link, response)
+        elif self._fallback is not None:
+            self._fallback.reply(destination, response)
+        # else: the caller is not connected to us (gone): the response is dropped
+
+    # -- links -------------------------------------------------------------------------------
+
+    def connect(self, destination: str) -> None:
+        """Dial ``destination`` now if no link to it exists (a client keeps one to every
+        silo, since any silo may answer a call that was forwarded while in flight)."""
+        if not self.closed and destination != self.address and destination not in self._links:
+            self._new_link(destination)
+
+    def forget(self, destination: str) -> None:
+        """Close our link to ``destination`` (it left the membership) and stop redialling.
+
+        Calls already written to it are not failed here: a silo that left gracefully has
+        forwarded them, and their answers come from the new owners; for a dead silo the caller
+        fails them (``Caller.fail_calls_to``)."""
+        link = self._links.pop(destination, None)
+        if link is None:
+            return
+        if link.dials is not None:
+            link.dials.cancel()
+        for call_id in [c for c, (d, _, _) in self._in_flight.items() if d == destination]:
+            del self._in_flight[call_id]
+        for message in self._waiting.pop(destination, ()):
+            if isinstance(message, Request):
+                if self._fallback is not None:
+                    self._resend_by_fallback(destination, message)
+                else:
+                    self._fail(
+                        message,
+                        SiloUnavailableError(
+                            f"silo {destination} left; {message.target}.{message.method} "
+                            "was not delivered"
+                        ),
+                    )
+        if link.connection is not None:
+            link.connection.close()
+
+    def retain(self, destinations: Iterable[str]) -> None:
+        """Forget every link but those to ``destinations`` (the silos still in the view)."""
+        keep = set(destinations)
+        for destination in [d for d in self._links if d not in keep]:
+            self.forget(destination)
+
+    def link_state(self, destination: str) -> LinkState | None:
+        link = self._links.get(destination)
+        return link.state if link is not None else None
+
+    def drop_connections(self) -> int:
+        """Close every connection at once, both ways (what a network fault does); links
+        redial by themselves. Returns how many were closed."""
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+        return len(connections)
+
+    def _new_link(self, destination: str) -> _Link:
+        link = self._links[destination] = _Link(destination)
+        self._dial(link, 0.0)
+        return link
+
+    def _wait_for(self, link: _Link, message: Request | Response) -> None:
+        waiting = self._waiting.get(link.destination)
+        if waiting is None:
+            waiting = self._waiting[link.destination] = []
+        waiting.append(message)
+
+    def _dial(self, link: _Link, delay: float) -> None:
+        if delay == 0.0:
+            link.state = LinkState.CONNECTING
+        task = asyncio.ensure_future(self._dial_once(link, delay))
+        link.dials = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dial_once(self, link: _Link, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+            link.state = LinkState.CONNECTING
+        try:
+            address = await self._locate(link.destination)
+            if address is None:
+                raise ConnectionRefusedError("it publishes no direct address")
+            connection = await dial(*address, self.address, link.destination, self.options)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            link.dials = None
+            self._dial_failed(link, exc)
+            return
+        link.dials = None
+        if self.closed or self._links.get(link.destination) is not link:
+            connection.close()
+            return
+        link.state = LinkState.UP
+        link.connection = connection
+        link.failures = 0
+        if link.destination in self._fallen_back:
+            self._fallen_back.discard(link.destination)
+            get_logger().info("wire_direct_restored", silo=link.destination)
+        self._adopt(connection)
+        for message in self._waiting.pop(link.destination, ()):
+            self._enqueue(connection, message)
+
+    def _dial_failed(self, link: _Link, exc: Exception) -> None:
+        if self._links.get(link.destination) is not link:
+            return  # forgotten meanwhile
+        link.failures += 1
+        link.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        delay = min(self.options.max_backoff, self.options.backoff * 2 ** (link.failures - 1))
+        delay *= random.uniform(0.5, 1.0)  # jitter: many clients do not redial in step
+        link.state = LinkState.DOWN
+        link.retry_at = asyncio.get_running_loop().time() + delay
+        waiting = self._waiting.pop(link.destination, [])
+        if self._fallback is not None and link.destination not in self._fallen_back:
+            self._fallen_back.add(link.destination)
+            get_logger().warning(
+                "wire_unreachable_using_ray", silo=link.destination, error=link.error
+            )
+        for message in waiting:
+            if isinstance(message, Request):
+                self._resend(link.destination, message)
+            elif self._fallback is not None:
+                self._fallback.reply(link.destination, message)
+        if not self.closed and link.failures < _BACKGROUND_DIALS:
+            self._dial(link, delay)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _serve(self, connection: Connection) -> None:
+        """(Server) an accepted, authenticated connection: read it until it ends."""
+        if self.closed:
+            connection.close()
+            return
+        self._inbound[connection.peer] = connection
+        await self._read(connection)
+
+    def _adopt(self, connection: Connection) -> None:
+        task = asyncio.ensure_future(self._read(connection))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, connection: Connection) -> None:
+        self._connections.add(connection)
+        try:
+            while True:
+                self._receive(connection, await connection.receive())
+        except (asyncio.IncompleteReadError, OSError):
+            pass  # closed, by the peer or by us
+        except Exception as exc:  # an oversized frame, bad msgpack, a bad envelope
+            self.log.refused(
+                connection.remote, "wire_connection_dropped", peer=connection.peer, reason=repr(exc)
+            )
+        finally:
+            connection.close()
+            self._lost(connection)
+
+    def _receive(self, connection: Connection, blob: bytes) -> None:
+        # A frame that is not a msgpack list raises (and the connection is dropped); a malformed
+        # message in a good batch is left out and answered, never affecting the others.
+        malformed: list[Malformed] = []
+        messages = unpack_batch(blob, malformed.append)
+        for bad in malformed:
+            self._answer_malformed(connection, bad)
+        if self._local is None:
+            raise ProtocolError("this endpoint is not bound")
+        for message in messages:
+            if isinstance(message, Request):
+                if self._local_silo is None:
+                    raise ProtocolError("a request sent to a client")
+                self._local_silo.deliver_request(message)
+            else:
+                self._in_flight.pop(message.call_id, None)
+                self._local.deliver_response(message)
+
+    def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
+        self.log.refused(
+            connection.remote, "wire_malformed_message", peer=connection.peer, reason=bad.reason
+        )
+        if bad.call_id is not None and bad.reply_to is not None:
+            error = encode_error(MalformedMessageError(bad.reason), self.address)
+            self.reply(bad.reply_to, Response(bad.call_id, False, error))
+
+    def _lost(self, connection: Connection) -> None:
+        """``connection`` ended: fail our calls written on it, keep what was not written."""
+        if connection not in self._connections and connection not in self._outboxes:
+            return  # already handled
+        self._connections.discard(connection)
+        unsent = self._outboxes.pop(connection, [])
+        if self._inbound.get(connection.peer) is connection:
+            del self._inbound[connection.peer]
+        link = self._links.get(connection.peer)
+        if link is not None and link.connection is connection:
+            link.connection = None
+            link.state = LinkState.DOWN
+            self._fail_in_flight(connection.peer)
+            if not self.closed:
+                self._dial(link, 0.0)  # at once: the backoff is for dials that fail
+        for message in unsent:
+            if isinstance(message, Request):
+                self._resend(connection.peer, message)
+            else:
+                self.reply(connection.peer, message)
+
+    def _fail_in_flight(self, destination: str) -> None:
+        lost = [cid for cid, (dest, _, _) in self._in_flight.items() if dest == destination]
+        for call_id in lost:
+            _, request, _ = self._in_flight.pop(call_id)
+            self._fail(
+                request,
+                SiloUnavailableError(
+                    f"the connection to silo {destination} broke while {request.target}."
+                    f"{request.method} was in flight; it may or may not have run"
+                ),
+            )
+
+    def _resend_by_fallback(self, destination: str, request: Request) -> None:
+        assert self._fallback is not None
+        try:
+            self._fallback.send(destination, request)
+        except SiloUnavailableError as exc:
+            self._fail(request, exc)
+
+    def _resend(self, destination: str, request: Request) -> None:
+        """A request that was never written: send it again (it cannot have run)."""
+        if self.closed:
+            self._fail(request, SiloUnavailableError(f"{self.address} closed; not delivered"))
+            return
+        try:
+            self.send(destination, request)
+        except SiloUnavailableError as exc:
+            self._fail(request, exc)
+
+    def _fail(self, request: Request, error: Exception) -> None:
+        response = Response(request.call_id, False, encode_error(error, self.address))
+        if request.reply_to == self.address:
+            if self._local is not None:
+                self._local.deliver_response(response)
+        else:
+            self.reply(request.reply_to, response)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _enqueue(self, connection: Connection, message: Request | Response) -> None:
+        outbox = self._outboxes.get(connection)
+        if outbox is None:
+            outbox = self._outboxes[connection] = []
+        outbox.append(message)
+        if len(outbox) >= MAX_BATCH_MESSAGES:
+            del self._outboxes[connection]
+            self._write(connection, outbox)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outboxes, self._outboxes = self._outboxes, {}
+        for connection, messages in outboxes.items():
+            self._write(connection, messages)
+
+    def _write(self, connection: Connection, messages: list[Request | Response]) -> None:
+        if connection.closed:
+            self._outboxes.setdefault(connection, []).extend(messages)
+            self._lost(connection)
+            return
+        blob = pack_batch(messages)
+        if len(blob) > self.options.max_frame_bytes:
+            if len(messages) > 1:
+                half = len(messages) // 2
+                self._write(connection, messages[:half])
+                self._write(connection, messages[half:])
+            else:
+                self._too_large(messages[0], len(blob))
+            return
+        mine = self.address
+        now = asyncio.get_running_loop().time()
+        for message in messages:
+            if type(message) is Request and message.reply_to == mine:
+                self._in_flight[message.call_id] = (connection.peer, message, now)
+        if len(self._in_flight) > _PRUNE_AT:
+            self._prune(now)
+        connection.send(blob)
+        self.batches_sent += 1
+        self.messages_sent += len(messages)
+
+    def _too_large(self, message: Request | Response, size: int) -> None:
+        error = MessageTooLargeError(
+            f"a message of {size} bytes is over the wire's {self.options.max_frame_bytes}-byte "
+            "frame limit (max_frame_bytes)"
+        )
+        if isinstance(message, Request):
+            self._fail(message, error)
+        else:
+            get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)
+
+    def _prune(self, now: float) -> None:
+        stale = [
+            cid
+            for cid, (_, request, sent) in self._in_flight.items()
+            if sent + request.timeout + 60.0 < now
+        ]
+        for call_id in stale:
+            del self._in_flight[call_id]
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._server is not None:
+            await self._server.aclose()
+        for link in self._links.values():
+            if link.dials is not None:
+                link.dials.cancel()
+        for connection in list(self._connections):
+            connection.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._links.clear()
+        self._inbound.clear()
+        self._waiting.clear()

@@ -1,0 +1,264 @@
+"""The direct transport between real sockets on 127.0.0.1: silos on loops of their own, clients
+on the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from raygrain.actors import MessageTooLargeError, RaygrainError, SiloUnavailableError
+from raygrain.runtime.kernel import LocalTransport
+from raygrain.runtime.wire import LinkState, WireOptions
+from tests.app import BankAccount, Chain, Recorder
+from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
+
+
+@pytest.fixture
+def directory() -> Directory:
+    return Directory()
+
+
+@pytest.fixture
+def silo(directory: Directory) -> Iterator[SiloInThread]:
+    running = SiloInThread("silo-a", directory, WireOptions(SECRET), ["silo-a"])
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def client(directory: Directory, silo: SiloInThread) -> AsyncIterator[Client]:
+    connected = Client(directory, WireOptions(SECRET), ["silo-a"])
+    yield connected
+    await connected.aclose()
+
+
+async def test_calls_and_their_answers_travel_on_the_connection(
+    client: Client, silo: SiloInThread
+) -> None:
+    account = client.ref(BankAccount, "alice")
+    assert await account.deposit(5) == 5
+    assert await account.deposit(7) == 12
+    results = await asyncio.gather(*(client.ref(Chain, f"k{i}").echo(i) for i in range(2000)))
+    assert results == list(range(2000))
+    # Batched: many calls to a frame, both ways.
+    assert client.transport.messages_sent >= 2002
+    assert client.transport.batches_sent < client.transport.messages_sent / 5
+    assert silo.transport.batches_sent < silo.transport.messages_sent / 5
+
+
+async def test_silos_call_each_other_and_answer_on_the_same_connections(
+    directory: Directory,
+) -> None:
+    names = ["silo-a", "silo-b"]
+    silos = [SiloInThread(name, directory, WireOptions(SECRET), names) for name in names]
+    client = Client(directory, WireOptions(SECRET), names)
+    try:
+        # Chain.relay calls another Chain: across silos for about half the pairs of keys.
+        answers = await asyncio.gather(
+            *(
+                client.ref(Chain, f"a{i}").relay(client.ref(Chain, f"b{i}"), "ping")
+                for i in range(200)
+            )
+        )
+        assert answers == [f"pong from b{i}" for i in range(200)]
+        assert all(s.transport.messages_sent > 0 for s in silos)
+    finally:
+        await client.aclose()
+        for running in silos:
+            running.stop()
+
+
+async def test_a_large_batch_is_split_into_frames_under_the_cap(directory: Directory) -> None:
+    options = WireOptions(SECRET, max_frame_bytes=64 * 1024)  # the deployment's, both sides
+    silo = SiloInThread("silo-a", directory, options, ["silo-a"])
+    client = Client(directory, options, ["silo-a"])
+    try:
+        payload = "x" * 1000
+        results = await asyncio.gather(
+            *(client.ref(Chain, f"k{i}").echo(payload) for i in range(500))
+        )
+        assert results == [payload] * 500
+        with pytest.raises(MessageTooLargeError, match="frame limit"):
+            await client.ref(Chain, "big").echo("y" * 100_000)
+        assert await client.ref(Chain, "after").echo(payload) == payload  # still connected
+    finally:
+        await client.aclose()
+        silo.stop()
+
+
+async def test_a_silo_that_cannot_be_reached_fails_calls_as_not_delivered(
+    directory: Directory,
+) -> None:
+    directory.addresses["silo-a"] = ("127.0.0.1", _closed_port())
+    client = Client(directory, WireOptions(SECRET, connect_timeout=2.0), ["silo-a"])
+    try:
+        with pytest.raises(SiloUnavailableError, match="not reachable|not delivered"):
+            await client.ref(Chain, "k").ping()
+        assert client.transport.link_state("silo-a") in (LinkState.DOWN, LinkState.CONNECTING)
+    finally:
+        await client.aclose()
+
+
+async def test_a_wrong_secret_gets_no_call_through(
+    directory: Directory, silo: SiloInThread
+) -> None:
+    intruder = Client(directory, WireOptions(b"w" * 32), ["silo-a"], name="client-intruder")
+    try:
+        with pytest.raises(SiloUnavailableError, match="not delivered"):
+            await intruder.ref(BankAccount, "victim").deposit(1)
+    finally:
+        await intruder.aclose()
+    assert silo.transport.refused >= 1
+    assert silo.silo.calls_received == 0
+
+
+async def test_unreachable_direct_address_falls_back_and_says_so_once(
+    log: pytest.CaptureFixture[str],
+) -> None:
+    """No direct address (or none that answers): calls go by the fallback transport."""
+    from raygrain.runtime.kernel import (
+        ActorRegistry,
+        Membership,
+        Silo,
+        SiloOptions,
+        SiloStatus,
+        SystemClock,
+    )
+    from raygrain.storage import MemoryStorage
+    from tests import app
+
+    fallback = LocalTransport()
+    membership = Membership()
+    membership.set_status("silo-a", SiloStatus.ACTIVE)
+    silo = Silo(
+        "silo-a",
+        ActorRegistry(app.ALL_ACTORS),
+        MemoryStorage(),
+        fallback,
+        membership,
+        SystemClock(),
+        SiloOptions(),
+    )
+    fallback.register_silo("silo-a", silo)
+    silo.start()
+    nowhere = Directory()  # publishes no address for silo-a
+    client = Client(nowhere, WireOptions(SECRET), ["silo-a"], fallback=fallback)
+    fallback.register(client.caller.address, client.caller)
+    try:
+        for amount in range(1, 6):
+            assert await client.ref(BankAccount, "fb").deposit(1) == amount
+    finally:
+        await client.aclose()
+        await silo.aclose()
+    logged = log.readouterr().err
+    assert logged.count("wire_unreachable_using_ray") == 1
+
+
+async def test_tls_connections_carry_calls_and_plain_ones_are_refused(
+    directory: Directory, tmp_path: Path
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    client_ssl = ssl.create_default_context(cafile=str(cert))
+    silo = SiloInThread("silo-a", directory, WireOptions(SECRET, server_ssl=server_ssl), ["silo-a"])
+    client = Client(directory, WireOptions(SECRET, client_ssl=client_ssl), ["silo-a"])
+    plain = Client(directory, WireOptions(SECRET), ["silo-a"], name="client-plain")
+    try:
+        assert await client.ref(BankAccount, "tls").deposit(3) == 3
+        with pytest.raises(SiloUnavailableError):
+            await plain.ref(BankAccount, "tls").deposit(3)
+        assert await client.ref(BankAccount, "tls").balance() == 3
+    finally:
+        await client.aclose()
+        await plain.aclose()
+        silo.stop()
+
+
+async def test_cut_connections_fail_or_complete_each_call_once_and_the_client_reconnects(
+    client: Client, silo: SiloInThread
+) -> None:
+    """A network fault mid-workload: the silo's sockets are closed under the calls."""
+    completed: list[str] = []
+    failed: list[str] = []
+    cut = asyncio.Event()
+    after_cut: list[str] = []
+    stop = asyncio.Event()
+
+    async def worker(index: int) -> None:
+        ref = client.ref(Recorder, f"w{index}")
+        serial = 0
+        while not stop.is_set():
+            tag = f"{index}-{serial}"
+            serial += 1
+            try:
+                await ref.record(tag)
+            except SiloUnavailableError:
+                failed.append(tag)
+                continue
+            (after_cut if cut.is_set() else completed).append(tag)
+
+    workers = [asyncio.ensure_future(worker(i)) for i in range(20)]
+    try:
+        await _until(lambda: len(completed) >= 300)
+        assert await silo.drop_connections() >= 1
+        cut.set()
+        # The client redials by itself; calls complete again without anyone's help.
+        await _until(lambda: len(after_cut) >= 300)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+    entries: list[str] = []
+    for index in range(20):
+        entries += await client.ref(Recorder, f"w{index}").entries()
+    started = [entry.removeprefix("start ") for entry in entries if entry.startswith("start ")]
+    assert len(started) == len(set(started)), "a call was applied twice"
+    assert set(completed + after_cut) <= set(started), "an acknowledged call is missing"
+    assert client.transport.link_state("silo-a") is LinkState.UP
+
+
+async def _until(condition: object, limit: float = 60.0) -> None:
+    """Wait for ``condition()`` (a guard against hanging, not a timing assertion)."""
+    assert callable(condition)
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_closing_a_client_mid_calls_fails_them_and_stops_its_tasks(
+    directory: Directory, silo: SiloInThread
+) -> None:
+    client = Client(directory, WireOptions(SECRET), ["silo-a"])
+    calls = [asyncio.ensure_future(client.ref(Recorder, f"c{i}").sleep(5.0)) for i in range(20)]
+    await _until(lambda: silo.silo.calls_received >= 20)
+    await client.aclose()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(o, RaygrainError) for o in outcomes), outcomes
+    assert not client.transport._tasks
