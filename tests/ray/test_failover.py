@@ -125,6 +125,7 @@ async def test_false_suspicion_loses_and_duplicates_nothing(
         work.stop.set()
         await running
         await work.verify()
+        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
         # Fencing: declared dead, it stops serving (it stops itself, and is killed).
         await bounded(_stopped(extra), f"silo {name}, declared dead, to stop", 60)
 
@@ -302,3 +303,4 @@ async def test_controller_restarted_by_ray_carries_on(
         work.stop.set()
         await running
         await work.verify()
+        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)

@@ -15,6 +15,8 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 from raygrain.actors import ActorId, decode_state, encode_state
 from raygrain.storage import SqliteStorage, StateWrite
 from tests.app import Ledger
@@ -61,6 +63,7 @@ async def _run_and_kill(db: Path, round_: int, rng: random.Random) -> list[tuple
     return acked
 
 
+@pytest.mark.slow
 async def test_killed_mid_commit_every_transfer_is_all_or_nothing(tmp_path: Path) -> None:
     db = tmp_path / "bank.db"
     storage = SqliteStorage(str(db))

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,6 +98,7 @@ def test_committed_transfers_are_serializable_and_aborted_ones_leave_no_trace(
     asyncio.run(_run(batch, retries, "memory://"))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(transfer, min_size=1, max_size=30), st.integers(0, 3))
 def test_on_sqlite_committed_transfers_are_serializable_and_aborted_ones_leave_no_trace(
