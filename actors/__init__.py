@@ -1,10 +1,19 @@
 """raygrain's programming model: what a user imports to write virtual actors.
 
 This package depends on nothing else in raygrain; the runtime reaches an actor through the
-``ActorContext`` it binds to each activation.
+``ActorRuntime`` it binds to each activation.
 """
 
-from raygrain.actors._actor import Actor, ActorContext, ActorMethod, actor_methods, actor_options
+from raygrain.actors._actor import (
+    RESERVED,
+    Actor,
+    ActorContext,
+    ActorFactory,
+    ActorMethod,
+    ActorRuntime,
+    actor_methods,
+    actor_options,
+)
 from raygrain.actors._codec import (
     decode,
     decode_error,
@@ -18,17 +27,20 @@ from raygrain.actors._errors import (
     ActorCallTimeout,
     ActorOverloadedError,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     DeadlockError,
     InconsistentStateError,
     InvalidArgumentsError,
     InvalidCallError,
+    InvalidScheduleError,
     MalformedMessageError,
     MessageTooLargeError,
     RaygrainError,
     RemoteActorError,
     SerializationError,
     SiloUnavailableError,
+    StaleReminderError,
     StateDecodeError,
     StorageError,
     StorageSchemaError,
@@ -51,36 +63,48 @@ from raygrain.actors._options import (
     transactional,
 )
 from raygrain.actors._ref import ActorRef, Invoker, current_invoker
+from raygrain.actors._time import Reminder, Reminders, ReminderTick, Timer, Timers
 
 __all__ = [
+    "RESERVED",
     "Actor",
     "ActorCallTimeout",
     "ActorContext",
+    "ActorFactory",
     "ActorId",
     "ActorKey",
     "ActorMethod",
     "ActorOptions",
     "ActorOverloadedError",
     "ActorRef",
+    "ActorRuntime",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeactivationReason",
     "DeadlockError",
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidScheduleError",
     "Invoker",
     "MalformedMessageError",
     "MessageTooLargeError",
     "MethodOptions",
     "Persistence",
     "RaygrainError",
+    "Reminder",
+    "ReminderTick",
+    "Reminders",
     "RemoteActorError",
     "SerializationError",
     "SiloUnavailableError",
+    "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
+    "Timer",
+    "Timers",
     "TransactionAbortedError",
     "TurnRolledBackError",
     "UnknownActorTypeError",

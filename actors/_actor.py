@@ -2,8 +2,13 @@
 
 A subclass is a plain Python class with async methods. Class keywords set its options, the
 generic parameter names its state type, and the runtime supplies everything else through an
-``ActorContext`` bound to the instance before ``__init__`` runs. This module never imports the
-runtime: the context is a protocol.
+``ActorRuntime`` bound to the instance before ``__init__`` runs. This module never imports the
+runtime: that binding is a protocol.
+
+The base class keeps its helpers off the method namespace, so that a user may name a method
+``get``, ``save``, ``key`` or ``id``: an actor reaches other actors through ``self.actors`` and
+its own identity and lifecycle through ``self.context``. Only the names in ``RESERVED`` (and
+underscore names) are taken.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
-from raygrain.actors._errors import ConfigurationError
+from raygrain.actors._errors import ConfigurationError, InvalidScheduleError
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._options import (
     ActorOptions,
@@ -27,15 +32,44 @@ from raygrain.actors._options import (
     positive_seconds,
 )
 from raygrain.actors._ref import RESERVED_NAMES, ActorRef
+from raygrain.actors._time import Reminders, ReminderTick, Timers
 
-__all__ = ["Actor", "ActorContext", "ActorMethod", "actor_methods", "actor_options"]
+__all__ = [
+    "RESERVED",
+    "Actor",
+    "ActorContext",
+    "ActorFactory",
+    "ActorMethod",
+    "ActorRuntime",
+    "actor_methods",
+    "actor_options",
+]
 
 StateT = TypeVar("StateT")
 A = TypeVar("A", bound="Actor[Any]")
 
 
-class ActorContext(Protocol):
-    """The runtime's side of an activation, as seen by the actor instance."""
+# The names an actor class cannot give a method (besides underscore names): the base class's
+# attributes (``timers``/``reminders`` are the time room's), the lifecycle hooks, and the
+# reference's own attributes (a method of that name could not be called through a reference).
+RESERVED = frozenset(
+    {
+        "state",
+        "context",
+        "actors",
+        "timers",
+        "reminders",
+        "on_activate",
+        "on_deactivate",
+        "on_reminder",
+    }
+    | RESERVED_NAMES
+)
+
+
+class ActorRuntime(Protocol):
+    """The runtime's side of an activation, bound to its actor instance (the silo's
+    ``Activation`` implements it)."""
 
     @property
     def actor_id(self) -> ActorId: ...
@@ -47,6 +81,63 @@ class ActorContext(Protocol):
     async def save(self) -> None: ...
 
     async def clear_state(self) -> None: ...
+
+    def service(self, name: str) -> Any:
+        """A capability's per-activation API (``"timers"``, ``"reminders"``, ...)."""
+        ...
+
+
+class ActorContext:
+    """An actor's own activation: ``self.context`` inside an actor. Its identity (``id``,
+    ``key``) and what it may ask of the runtime (``save``, ``clear_state``,
+    ``deactivate_on_idle``)."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: ActorRuntime) -> None:
+        self._runtime = runtime
+
+    @property
+    def id(self) -> ActorId:
+        """``(type name, key)`` of this actor."""
+        return self._runtime.actor_id
+
+    @property
+    def key(self) -> ActorKey:
+        return self._runtime.actor_id.key
+
+    def deactivate_on_idle(self) -> None:
+        """Deactivate this activation once the current turn ends (state is already durable)."""
+        self._runtime.deactivate_on_idle()
+
+    async def save(self) -> None:
+        """Write the state now. Needed only with ``persistence="explicit"``."""
+        await self._runtime.save()
+
+    async def clear_state(self) -> None:
+        """Delete the stored state and reset ``self.state`` to its default."""
+        await self._runtime.clear_state()
+
+    def __repr__(self) -> str:
+        return f"ActorContext({self._runtime.actor_id})"
+
+
+class ActorFactory:
+    """References to other actors (or this one), callable from this actor's turns:
+    ``self.actors`` inside an actor (Orleans' ``GrainFactory``)."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: ActorRuntime) -> None:
+        self._runtime = runtime
+
+    def get(self, actor_type: type[A], key: ActorKey) -> A:
+        """A reference to ``(actor_type, key)``, typed as the actor class."""
+        return cast(A, self._runtime.ref(actor_type, key))
+
+    def ref(self, type_name: str, key: ActorKey) -> ActorRef:
+        """An untyped reference by type name (call it with ``invoke``)."""
+        return self._runtime.ref(type_name, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +164,7 @@ class Actor(Generic[StateT]):
     __actor_state_type__: ClassVar[Any] = None
     __actor_methods__: ClassVar[dict[str, ActorMethod]]
 
-    _context: ActorContext
+    _context: ActorRuntime
     state: StateT
 
     def __init_subclass__(
@@ -125,28 +216,36 @@ class Actor(Generic[StateT]):
     # -- what an actor uses ------------------------------------------------------------------
 
     @property
-    def id(self) -> ActorId:
-        return self._context.actor_id
+    def context(self) -> ActorContext:
+        """This activation: ``self.context.key``, ``await self.context.save()``, ..."""
+        return ActorContext(self._context)
 
     @property
-    def key(self) -> ActorKey:
-        return self._context.actor_id.key
+    def actors(self) -> ActorFactory:
+        """References to actors: ``self.actors.get(Type, key)``."""
+        return ActorFactory(self._context)
 
-    def get(self, actor_type: type[A], key: ActorKey) -> A:
-        """A reference to another actor (or this one), callable from this actor's turns."""
-        return cast(A, self._context.ref(actor_type, key))
+    def with_timeout(self: A, seconds: float) -> A:
+        """A reference to this actor whose calls have a deadline of ``seconds``.
 
-    def deactivate_on_idle(self) -> None:
-        """Deactivate this activation once the current turn ends (state is already durable)."""
-        self._context.deactivate_on_idle()
+        A reference typed as its actor class (what ``cluster.get`` and ``self.actors.get``
+        return) is an ``ActorRef`` at run time, whose ``with_timeout`` this declares to type
+        checkers: ``await cluster.get(Counter, "a").with_timeout(2).get()`` type-checks.
+        """
+        runtime = self._context
+        return cast(A, runtime.ref(runtime.actor_id.type_name, runtime.actor_id.key)).with_timeout(
+            seconds
+        )
 
-    async def save(self) -> None:
-        """Write the state now. Needed only with ``persistence="explicit"``."""
-        await self._context.save()
+    @property
+    def timers(self) -> Timers:
+        """This activation's timers: ``self.timers.every(60, self.poll)`` (see docs/timers.md)."""
+        return cast(Timers, _service(self, "timers"))
 
-    async def clear_state(self) -> None:
-        """Delete the stored state and reset ``self.state`` to its default."""
-        await self._context.clear_state()
+    @property
+    def reminders(self) -> Reminders:
+        """This actor's durable reminders, delivered to ``on_reminder`` (see docs/timers.md)."""
+        return cast(Reminders, _service(self, "reminders"))
 
     # -- lifecycle hooks ---------------------------------------------------------------------
 
@@ -155,6 +254,23 @@ class Actor(Generic[StateT]):
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
         """Called before the activation is dropped; its state is already durable."""
+
+    async def on_reminder(self, name: str, tick: ReminderTick) -> None:
+        """A reminder of this actor fired (a turn, like a call). Override to act on it."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} registered reminder {name!r} but does not override "
+            "on_reminder(name, tick)"
+        )
+
+
+def _service(actor: Actor[Any], name: str) -> Any:
+    context = getattr(actor, "_context", None)
+    if context is None:
+        raise InvalidScheduleError(
+            f"{type(actor).__qualname__}.{name}: only an activation of the actor has {name} "
+            "(this instance was built outside the runtime)"
+        )
+    return context.service(name)
 
 
 def actor_options(cls: type[Actor[Any]]) -> ActorOptions:
@@ -165,8 +281,7 @@ def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
     return cls.__actor_methods__
 
 
-_BASE_NAMES = frozenset(dir(Actor))
-_HOOKS = frozenset({"on_activate", "on_deactivate"})
+_HOOKS = frozenset({"on_activate", "on_deactivate", "on_reminder"})
 
 
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:
@@ -175,20 +290,18 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
         if attr_name.startswith("_"):
             continue
         fn = inspect.getattr_static(cls, attr_name)
+        if attr_name in _HOOKS:
+            continue  # lifecycle hooks are not callable remotely
+        if attr_name in RESERVED:
+            if fn is inspect.getattr_static(Actor, attr_name, None):
+                continue
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{attr_name}: the name is reserved "
+                f"({', '.join(sorted(RESERVED))}, and names starting with '_'); "
+                "rename it"
+            )
         if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(fn):
             continue
-        if attr_name in RESERVED_NAMES:
-            raise ConfigurationError(
-                f"{cls.__qualname__}.{attr_name}: the name is reserved by ActorRef "
-                f"({', '.join(sorted(RESERVED_NAMES))}); rename the method"
-            )
-        if attr_name in _BASE_NAMES:
-            if attr_name not in _HOOKS and fn is not inspect.getattr_static(Actor, attr_name):
-                raise ConfigurationError(
-                    f"{cls.__qualname__}.{attr_name} would replace Actor.{attr_name}, which the "
-                    "runtime relies on; rename the method"
-                )
-            continue  # lifecycle hooks and helpers of the base class are not callable remotely
         options = method_options(fn)
         if options.read_only and options.transactional:
             raise ConfigurationError(

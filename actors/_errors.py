@@ -13,12 +13,15 @@ The tree::
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
     │   ├── InvalidArgumentsError   arguments do not bind to the method's signature
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
-    │   └── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── MalformedMessageError   a message on the wire is not a valid envelope
+    │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
+    │   └── StaleReminderError      a reminder handle whose reminder was registered again
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
     ├── RemoteActorError            the actor raised an exception not importable by the caller
     ├── ClusterClosedError          the cluster or client was closed
+    ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
     ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
@@ -37,17 +40,20 @@ __all__ = [
     "ActorCallTimeout",
     "ActorOverloadedError",
     "ClusterClosedError",
+    "ClusterNotStartedError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidScheduleError",
     "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
     "SerializationError",
     "SiloUnavailableError",
+    "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
@@ -90,6 +96,17 @@ class MalformedMessageError(InvalidCallError):
     """A message received from a peer is not a valid envelope (wrong fields or types)."""
 
 
+class InvalidScheduleError(InvalidCallError):
+    """A timer or reminder cannot be set up as asked: a name that is not a non-empty string,
+    a negative due time, a period that is not positive or below the cluster's minimum, or a
+    call from outside an actor's activation."""
+
+
+class StaleReminderError(InvalidCallError):
+    """The reminder handle is out of date: the reminder was registered again (or removed)
+    since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
+
+
 class SerializationError(RaygrainError):
     """A value cannot be encoded or decoded by the raygrain codec."""
 
@@ -104,6 +121,10 @@ class DeadlockError(RaygrainError):
 
 class ClusterClosedError(RaygrainError):
     """The cluster, client or silo handling the call has been closed."""
+
+
+class ClusterNotStartedError(RaygrainError):
+    """The cluster was used before it started (``async with`` or ``await cluster.start()``)."""
 
 
 class SiloUnavailableError(RaygrainError):

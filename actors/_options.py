@@ -36,7 +36,7 @@ class Persistence(enum.Enum):
     """When an actor's state is written to storage."""
 
     PER_TURN = "per_turn"  # after every call that changed it, before the reply (the default)
-    EXPLICIT = "explicit"  # only on ``await self.save()`` (Orleans' WriteStateAsync style)
+    EXPLICIT = "explicit"  # only on ``await self.context.save()`` (Orleans' WriteStateAsync style)
 
 
 class DeactivationReason(enum.Enum):

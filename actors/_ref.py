@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-from raygrain.actors._errors import ClusterClosedError, UnknownMethodError
+from raygrain.actors._errors import ClusterClosedError, InvalidScheduleError, UnknownMethodError
 from raygrain.actors._identity import ActorId
 from raygrain.actors._options import positive_seconds
 
@@ -34,8 +34,12 @@ class Invoker(Protocol):
 current_invoker: ContextVar[Invoker | None] = ContextVar("raygrain_current_invoker", default=None)
 
 
-# An actor method cannot use these names: the reference's own attributes would shadow it.
-RESERVED_NAMES = frozenset({"actor_id", "key", "with_timeout", "invoke"})
+# An actor method cannot use these names: the reference's own attributes would shadow it. (Kept
+# few on purpose: the key is ``ref.actor_id.key``, so a method may be called ``key``.)
+RESERVED_NAMES = frozenset({"actor_id", "with_timeout", "invoke"})
+# What only the actor itself uses (the base class's ``self.timers``/``self.reminders``): a
+# caller reaching for them through a reference gets a clear error, not a call to a method.
+_ACTOR_ONLY = frozenset({"timers", "reminders"})
 
 
 class ActorRef:
@@ -50,10 +54,6 @@ class ActorRef:
         self._invoker = invoker
         self._timeout = timeout
 
-    @property
-    def key(self) -> str | int:
-        return self.actor_id.key
-
     def with_timeout(self, seconds: float) -> ActorRef:
         """The same reference with a per-call deadline override for every call made through it."""
         seconds = positive_seconds(f"with_timeout of {self.actor_id}", seconds)
@@ -63,6 +63,11 @@ class ActorRef:
         if name.startswith("_"):
             # Keep private and dunder lookups (copy, pickle, repr helpers) from turning into calls.
             raise AttributeError(name)
+        if name in _ACTOR_ONLY:
+            raise InvalidScheduleError(
+                f"{self.actor_id}: {name} are the actor's own, used from inside its turns "
+                f"(self.{name}); call an actor method that sets them up instead"
+            )
         return _BoundMethod(self, name)
 
     def invoke(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:

@@ -11,7 +11,9 @@ tiny run for the test suite) and ``address=`` (the Ray cluster to use). A module
 that sets ``NEEDS_RAY = "own"`` starts its own Ray cluster and runs before that session. Both
 are skipped with ``--local``.
 
-The run prints a line as each scenario starts and ends, a table at the end, and writes
+The run prints a line as each scenario ends (in a terminal, a spinner with the time so far
+while it runs; elsewhere a line as it starts), a table at the end (rich, within 100 columns), and
+writes
 ``results.json`` (machine, versions, mode, every figure) and PNG plots into ``--out``.
 ``raygrain bench`` calls ``main(argv)``.
 """
@@ -36,15 +38,28 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
 from raygrain.benchmarks._measure import now
 from raygrain.benchmarks._plots import write_plots
+from raygrain.runtime.cli import Column, render_table, table_console
 
 __all__ = ["available", "main", "ray_need"]
 
 Row = dict[str, Any]
 
 # Cheap and quiet scenarios first; those that start processes or a Ray session last.
-_ORDER = ("calls", "storage", "durable_writes", "transactions", "memory", "failover", "ray")
+_ORDER = (
+    "calls",
+    "storage",
+    "durable_writes",
+    "transactions",
+    "reminders",
+    "memory",
+    "failover",
+    "ray",
+)
 # Ray needs: "own" for a scenario that starts its own Ray cluster (in a child process), which
 # may also say so itself with ``NEEDS_RAY = "own"``; this set covers one that does not yet.
 _OWN_RAY = frozenset({"failover"})
@@ -89,9 +104,10 @@ class _Outcome:
         return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the suite; 0 when every selected scenario ran, 1 when one failed, 2 on bad usage."""
-    arguments = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m raygrain.benchmarks") -> int:
+    """Run the suite; 0 when every selected scenario ran, 1 when one failed, 2 on bad usage.
+    ``prog`` is the command as the user typed it, for ``--help`` (``raygrain bench``)."""
+    arguments = _parser(prog).parse_args(argv)
     names = available()
     selected = names
     if arguments.only:
@@ -104,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(arguments, selected, sys.argv[1:] if argv is None else list(argv)))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m raygrain.benchmarks",
+        prog=prog,
         description="raygrain's benchmark suite: every figure beside its baseline, with plots.",
     )
     size = parser.add_mutually_exclusive_group()
@@ -151,8 +167,8 @@ async def _run(arguments: argparse.Namespace, selected: list[str], argv: list[st
         outcomes.update(await _ray_session(arguments.ray, in_session, modules, size, progress))
     ordered = [outcomes[n] for n in selected]
     rows = [row for outcome in ordered for row in outcome.rows]
-    print()
-    print(_table(rows))
+    print(flush=True)
+    table_console().print(_table(rows))
     plots = write_plots(rows, out_dir)
     results = {
         "suite": "raygrain benchmarks",
@@ -242,14 +258,27 @@ async def _ray_session(
 async def _scenario(
     name: str, module: ModuleType, size: str, address: str | None, progress: str
 ) -> _Outcome:
-    print(f"{progress} {name}: running...", flush=True)
     outcome = _Outcome(name)
     started = now()
-    try:
-        result = await _call(module.run, size, address)
-        outcome.rows, outcome.details = _rows_of(name, result)
-    except Exception:
-        outcome.status, outcome.error = "error", traceback.format_exc()
+    console = table_console()
+    # In a terminal a spinner with the time so far shows while the scenario runs; elsewhere
+    # (CI, a pipe) one line says it started.
+    if not console.is_terminal:
+        print(f"{progress} {name}: running...", flush=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn(f"{progress} {name}: running", markup=False),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as spinner:
+        spinner.add_task(name, total=None)
+        try:
+            result = await _call(module.run, size, address)
+            outcome.rows, outcome.details = _rows_of(name, result)
+        except Exception:
+            outcome.status, outcome.error = "error", traceback.format_exc()
     outcome.seconds = now() - started
     if outcome.status == "ok":
         print(
@@ -298,15 +327,22 @@ def _lift_latencies(row: Row, details: dict[str, Any]) -> None:
         row["baseline_latency"] = {k: sides[base[0]][k] for k in pick if k in sides[base[0]]}
 
 
-def _table(rows: list[Row]) -> str:
-    header = ("figure", "value", "baseline", "ratio", "unit", "target")
-    lines = [header]
+def _table(rows: list[Row]) -> Table:
+    columns = [
+        Column("figure"),  # long names wrap inside their column
+        Column("value", justify="right"),
+        Column("baseline", justify="right"),
+        Column("ratio", justify="right"),
+        Column("unit", max_width=14),
+        Column("target", max_width=22),
+    ]
+    cells = []
     for row in rows:
         target = ""
         if "target" in row:
             met = row.get("meets_target")
             target = f"{row['target']} {'ok' if met else 'MISSED' if met is not None else ''}"
-        lines.append(
+        cells.append(
             (
                 row["name"],
                 _number(row["value"]),
@@ -316,16 +352,7 @@ def _table(rows: list[Row]) -> str:
                 target.strip(),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    aligned = [
-        "  ".join(
-            cell.ljust(w) if i in (0, 4, 5) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in lines
-    ]
-    aligned.insert(1, "-" * len(aligned[0]))
-    return "\n".join(aligned)
+    return render_table(columns, cells)
 
 
 def _number(value: Any) -> str:

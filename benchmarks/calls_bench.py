@@ -14,8 +14,8 @@ suite plots them as throughput against concurrency.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +138,11 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
 
 
 if __name__ == "__main__":
-    for row in asyncio.run(run(quick="--quick" in sys.argv)):
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.calls_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    for row in asyncio.run(run(quick=parser.parse_args().quick)):
         print(
             f"{row['name']}: {row['value']:,.0f} vs {row['baseline']:,.0f} "
             f"({row['ratio']:.0%}); p50 {row['latency']['p50_ms']:.3f} ms, "

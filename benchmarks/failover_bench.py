@@ -13,6 +13,7 @@ its own process because it needs its own Ray cluster.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -99,7 +100,7 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
                 except InconsistentStateError:  # fenced: a lingering old owner wrote first
                     failed += 1  # (not applied; the next call reactivates from storage)
                     return False
-                acked.setdefault(ref.key, set()).add(amount)
+                acked.setdefault(ref.actor_id.key, set()).add(amount)
                 return True
 
             async def worker() -> None:
@@ -148,7 +149,7 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
             await asyncio.gather(*workers)
             stored = await asyncio.gather(*(r.amounts() for r in refs))
             lost = sum(
-                len(acked.get(r.key, set()) - set(amounts))
+                len(acked.get(r.actor_id.key, set()) - set(amounts))
                 for r, amounts in zip(refs, stored, strict=True)
             )
             duplicated = sum(len(a) - len(set(a)) for a in stored)
@@ -171,10 +172,18 @@ async def _one_run(accounts: int, seed: int) -> dict[str, Any]:
 
 
 def _main() -> None:
-    quick = "--quick" in sys.argv
-    runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1
-    results = [asyncio.run(_one_run(500 if quick else 3000, seed)) for seed in range(runs)]
-    if "--json" in sys.argv:
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.failover_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="500 accounts, not 3,000")
+    parser.add_argument(
+        "--runs", type=int, default=1, metavar="N", help="failovers in a row (N > 1: a soak)"
+    )
+    parser.add_argument("--json", action="store_true", help="one RESULT line of JSON (the suite)")
+    arguments = parser.parse_args()
+    accounts = 500 if arguments.quick else 3000
+    results = [asyncio.run(_one_run(accounts, seed)) for seed in range(arguments.runs)]
+    if arguments.json:
         print("RESULT " + json.dumps(results))
         return
     for result in results:

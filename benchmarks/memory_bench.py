@@ -284,7 +284,9 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.memory_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 activations, not 1,000,000")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()

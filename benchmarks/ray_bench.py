@@ -346,7 +346,9 @@ async def _latency_rows(result: dict[str, Rounds], sizes: _Sizes) -> list[dict[s
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.ray_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--address", default=None, help="join this Ray cluster")
     arguments = parser.parse_args()

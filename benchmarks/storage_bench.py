@@ -155,7 +155,9 @@ def _print(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.storage_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--dir", default=None, help="directory (file system) for the databases")
     arguments = parser.parse_args()

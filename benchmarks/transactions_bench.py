@@ -193,7 +193,9 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.transactions_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run")
     args = parser.parse_args()
     for row in asyncio.run(run(args.quick)):

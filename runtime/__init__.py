@@ -14,6 +14,7 @@ from raygrain.runtime.kernel import (
     configure_logging,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import TransactionSettings
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FailureDetection",
     "ManualClock",
     "MembershipView",
+    "ReminderSettings",
     "SiloStatus",
     "SystemClock",
     "TransactionSettings",

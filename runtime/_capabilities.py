@@ -8,6 +8,7 @@ A new capability adds itself here.
 from __future__ import annotations
 
 from raygrain.runtime.kernel import CallFilter, Extension
+from raygrain.runtime.timers import TimeService
 from raygrain.runtime.transactions import TransactionFilter, Transactions
 
 __all__ = ["client_filters", "silo_extensions"]
@@ -15,7 +16,7 @@ __all__ = ["client_filters", "silo_extensions"]
 
 def silo_extensions() -> list[Extension]:
     """A fresh set of the extensions one silo runs."""
-    return [Transactions()]
+    return [Transactions(), TimeService()]
 
 
 def client_filters() -> tuple[CallFilter, ...]:

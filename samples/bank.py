@@ -59,7 +59,7 @@ class BankAccount(Actor[Account], name="samples.BankAccount"):
         if amount <= 0:
             raise ValueError(f"withdrawal must be positive, got {amount}")
         if amount > self.state.balance:
-            raise InsufficientFunds(f"account {self.key}: cannot withdraw {amount}")
+            raise InsufficientFunds(f"account {self.context.key}: cannot withdraw {amount}")
         self.state.balance -= amount
         self.state.history = [*self.state.history[-9:], -amount]
         return self.state.balance
@@ -68,7 +68,7 @@ class BankAccount(Actor[Account], name="samples.BankAccount"):
     async def transfer_to(self, other: str, amount: int) -> None:
         """Both sides or neither: a transaction of its own when called outside one."""
         await self.withdraw(amount)
-        await self.get(BankAccount, other).deposit(amount)
+        await self.actors.get(BankAccount, other).deposit(amount)
 
     @read_only
     async def balance(self) -> int:

@@ -23,7 +23,7 @@ class Greetings:
 class Greeter(Actor[Greetings], name="samples.Greeter"):
     async def greet(self, greeting: str) -> str:
         self.state.count += 1  # durable before greet() returns
-        return f"{greeting}, {self.key}! (greeting number {self.state.count})"
+        return f"{greeting}, {self.context.key}! (greeting number {self.state.count})"
 
     @read_only
     async def count(self) -> int:

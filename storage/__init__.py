@@ -12,12 +12,16 @@ from raygrain.storage._provider import (
     StorageProvider,
     tell_written,
 )
+from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
 from raygrain.storage._sqlite import SqliteStorage
 from raygrain.storage._url import open_storage
 
 __all__ = [
     "MemoryStorage",
     "QueuedWrites",
+    "ReminderAck",
+    "ReminderRecord",
+    "ReminderTable",
     "SqliteStorage",
     "StateRecord",
     "StateWrite",

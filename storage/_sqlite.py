@@ -19,7 +19,9 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import threading
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +36,9 @@ from raygrain.actors import (
     StorageError,
     StorageSchemaError,
 )
+from raygrain.storage import _sqlite_reminders as reminders
 from raygrain.storage._provider import StateRecord, StateWrite, tell_written
+from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -142,9 +146,12 @@ class SqliteStorage:
     Opens on first use, or with ``await storage.open()`` / ``async with``.
     """
 
-    # Class-level so that __del__ works even when __init__ refused its arguments.
+    # Class-level so that every method works even when __init__ refused its arguments.
     _opened = False
     _closed = False
+    # Warns if the store is collected, or the interpreter exits, while it is open. (A finalizer
+    # rather than __del__: a store in a reference cycle is often still uncollected at exit.)
+    _unclosed: weakref.finalize[[str], SqliteStorage] | None = None
 
     def __init__(
         self,
@@ -190,16 +197,6 @@ class SqliteStorage:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def __del__(self) -> None:
-        if self._opened and not self._closed:
-            warnings.warn(
-                f"{self!r} was opened and never closed; use 'async with' or 'await aclose()'",
-                ResourceWarning,
-                stacklevel=2,
-            )
-            # No ``source=self``: a recorded warning would keep this object, and so its
-            # connections, alive; freed now, aiosqlite's own finalizers stop their threads.
-
     # -- the provider protocol -----------------------------------------------------------------
 
     async def open(self) -> None:
@@ -212,6 +209,7 @@ class SqliteStorage:
             if self._writer is None:
                 self._writer = await self._connect_writer()
                 self._opened = True  # from here on, a forgotten aclose() leaks a connection
+                self._unclosed = weakref.finalize(self, _warn_unclosed, repr(self))
             if self._reader is None:
                 self._reader = await self._connect_reader()
 
@@ -272,6 +270,8 @@ class SqliteStorage:
         if self._closed:
             return
         self._closed = True
+        if self._unclosed is not None:
+            self._unclosed.detach()
         if self._committer is not None:
             # wait, not await: the committer's own failure was already reported to its callers.
             await asyncio.wait({self._committer})
@@ -280,6 +280,58 @@ class SqliteStorage:
             for connection in (writer, reader):
                 if connection is not None:
                     await _close_quietly(connection)
+
+    # -- the reminder table (storage.ReminderTable; see _sqlite_reminders) ---------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        return await self._on_writer(
+            f"registering reminder {name!r} of {actor_id}",
+            lambda c: reminders.upsert(c, actor_id, name, first_tick, period),
+        )
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return await self._on_writer(
+            f"removing reminder {name!r} of {actor_id}",
+            lambda c: reminders.remove(c, actor_id, name, etag),
+        )
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        return await self._on_reader(
+            f"reading the reminders of {actor_id}", lambda c: reminders.select_of(c, actor_id)
+        )
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        return await self._on_reader(
+            "reading reminders by ring range", lambda c: reminders.select_in(c, ranges)
+        )
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        if acks:
+            await self._on_writer("recording reminder ticks", lambda c: reminders.ack(c, acks))
+
+    async def _on_writer(self, doing: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self.open()
+        if self._writer is None:  # dropped after a failed rollback: start afresh
+            self._writer = await self._connect_writer()
+        return await self._guarded(doing, self._writer, function)
+
+    async def _on_reader(self, doing: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        await self.open()
+        assert self._reader is not None
+        return await self._guarded(doing, self._reader, function)
+
+    async def _guarded(
+        self,
+        doing: str,
+        connection: aiosqlite.Connection,
+        function: Callable[[sqlite3.Connection], _T],
+    ) -> _T:
+        try:
+            return await _on_thread(connection, function)
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(doing, exc) from exc
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -298,7 +350,17 @@ class SqliteStorage:
                 failure.append(exc)
                 return sqlite3.connect(":memory:")
 
-        connection = await aiosqlite.Connection(connector, iter_chunk_size=64)
+        pending = aiosqlite.Connection(connector, iter_chunk_size=64)
+        # A store its owner forgot to close must not keep the process alive. The interpreter
+        # waits for every non-daemon thread before it finalizes anything, so aiosqlite's own
+        # finalizer (which would stop the thread) never runs and the process hangs after its
+        # last line. Once the event loop is gone nothing more reaches the thread, and what was
+        # committed is in the file already. (aiosqlite offers no option for it: the attribute
+        # is private, so this is guarded, and tests/storage/test_sqlite.py pins the behaviour.)
+        thread = getattr(pending, "_thread", None)
+        if isinstance(thread, threading.Thread):
+            thread.daemon = True
+        connection = await pending
         if failure:
             await _close_quietly(connection)
             raise self._open_error(failure[0]) from failure[0]
@@ -318,6 +380,7 @@ class SqliteStorage:
             await connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.durability]}")
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
+            await connection.executescript(reminders.REMINDER_SCHEMA)
         except BaseException as exc:
             await _close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
@@ -650,3 +713,13 @@ async def _close_quietly(connection: aiosqlite.Connection) -> None:
     # Nothing is left to lose: every write was committed or rolled back before closing.
     with contextlib.suppress(sqlite3.Error, ValueError):
         await connection.close()
+
+
+def _warn_unclosed(description: str) -> None:
+    # No reference to the store: a finalizer that held one would keep it, and its
+    # connections, alive. Freed, aiosqlite's own finalizers stop the connections' threads.
+    warnings.warn(
+        f"{description} was opened and never closed; use 'async with' or 'await aclose()'",
+        ResourceWarning,
+        stacklevel=2,
+    )

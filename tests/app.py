@@ -9,7 +9,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from raygrain.actors import (
     Actor,
@@ -100,10 +100,10 @@ class Recorder(Actor[Log], name="test.Recorder"):
 
     async def on_activate(self) -> None:
         type(self).activations += 1
-        EVENTS.append(("activate", self.key))
+        EVENTS.append(("activate", self.context.key))
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
-        EVENTS.append(("deactivate", (self.key, reason)))
+        EVENTS.append(("deactivate", (self.context.key, reason)))
 
     async def record(self, tag: str) -> int:
         self.state.entries.append(f"start {tag}")
@@ -124,7 +124,7 @@ class Recorder(Actor[Log], name="test.Recorder"):
     async def read_barrier(self, name: str, parties: int) -> int:
         # Returns only once `parties` read-only calls are inside this method at the same time.
         arrived = BARRIERS.setdefault(name, [])
-        arrived.append(self.key)
+        arrived.append(self.context.key)
         if len(arrived) >= parties:
             gate(f"barrier-{name}").set()
         await gate(f"barrier-{name}").wait()
@@ -159,24 +159,24 @@ class Recorder(Actor[Log], name="test.Recorder"):
     @one_way
     async def fire(self, tag: str) -> None:
         self.state.entries.append(f"fired {tag}")
-        gate(f"fired-{self.key}").set()
+        gate(f"fired-{self.context.key}").set()
 
     async def leave(self) -> None:
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
     async def mark(self, tag: str) -> None:
         """An exclusive turn that says when it starts."""
-        EVENTS.append(("mark", (self.key, tag)))
+        EVENTS.append(("mark", (self.context.key, tag)))
 
     @read_only
     async def read_wait(self, gate_name: str) -> str:
-        EVENTS.append(("read_wait", (self.key, gate_name)))
+        EVENTS.append(("read_wait", (self.context.key, gate_name)))
         await gate(gate_name).wait()
         return "released"
 
     @always_interleave
     async def interleaved_wait(self, gate_name: str) -> str:
-        EVENTS.append(("interleaved_wait", (self.key, gate_name)))
+        EVENTS.append(("interleaved_wait", (self.context.key, gate_name)))
         await gate(gate_name).wait()
         return "released"
 
@@ -198,7 +198,7 @@ class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
         gate(gate_name).set()
 
     async def call_back(self, other: ActorRef) -> str:
-        return str(await other.ping_back(self.get(Reentrant, self.key)))
+        return str(await other.ping_back(self.actors.get(Reentrant, self.context.key)))
 
     async def ping(self) -> str:
         return "pong"
@@ -232,16 +232,16 @@ class Chain(Actor[None], name="test.Chain"):
         return await caller.ping()
 
     async def ping(self) -> str:
-        return f"pong from {self.key}"
+        return f"pong from {self.context.key}"
 
     async def call_peer(self, peer_key: str) -> Any:
-        return await self.get(Chain, peer_key).call_peer_back(self.key)
+        return await self.actors.get(Chain, peer_key).call_peer_back(self.context.key)
 
     async def call_peer_back(self, peer_key: str) -> Any:
-        return await self.get(Chain, peer_key).ping()
+        return await self.actors.get(Chain, peer_key).ping()
 
     async def call_self(self) -> Any:
-        return await self.get(Chain, self.key).ping()
+        return await self.actors.get(Chain, self.context.key).ping()
 
     async def echo(self, value: Any) -> Any:
         return value
@@ -280,19 +280,19 @@ class Chain(Actor[None], name="test.Chain"):
         """Call the first key of ``path`` with the rest: a -> b -> c -> a for [b, c, a]."""
         if not path:
             return "end"
-        return await self.get(Chain, path[0]).cycle(path[1:])
+        return await self.actors.get(Chain, path[0]).cycle(path[1:])
 
     async def call_back_through(self, peer_key: str, method: str) -> Any:
         """An exclusive turn: ask ``peer_key`` to call ``method`` of this actor."""
-        return await self.get(Chain, peer_key).call_method_of(self.key, method)
+        return await self.actors.get(Chain, peer_key).call_method_of(self.context.key, method)
 
     @read_only
     async def read_back_through(self, peer_key: str, method: str) -> Any:
         """A read-only turn: ask ``peer_key`` to call ``method`` of this actor."""
-        return await self.get(Chain, peer_key).call_method_of(self.key, method)
+        return await self.actors.get(Chain, peer_key).call_method_of(self.context.key, method)
 
     async def call_method_of(self, key: str, method: str) -> Any:
-        return await self.get(Chain, key).invoke(method, "called back")
+        return await self.actors.get(Chain, key).invoke(method, "called back")
 
     @read_only
     async def peek(self, tag: str) -> str:
@@ -304,7 +304,7 @@ class Chain(Actor[None], name="test.Chain"):
 
     @one_way
     async def note(self, tag: str) -> None:
-        EVENTS.append(("note", (self.key, tag)))
+        EVENTS.append(("note", (self.context.key, tag)))
 
 
 class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_workers=4):
@@ -315,13 +315,13 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
 
 class Ephemeral(Actor[Log], name="test.Ephemeral", idle_timeout=10.0):
     async def on_activate(self) -> None:
-        EVENTS.append(("ephemeral-activate", self.key))
+        EVENTS.append(("ephemeral-activate", self.context.key))
 
     async def touch(self) -> int:
         return id(self)
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
-        EVENTS.append(("ephemeral-deactivate", (self.key, reason)))
+        EVENTS.append(("ephemeral-deactivate", (self.context.key, reason)))
 
 
 @dataclass
@@ -337,7 +337,7 @@ class Explicit(Actor[Account], name="test.Explicit", persistence="explicit"):
 
     async def add_and_save(self, amount: int) -> int:
         self.state.balance += amount
-        await self.save()
+        await self.context.save()
         return self.state.balance
 
     @read_only
@@ -345,17 +345,17 @@ class Explicit(Actor[Account], name="test.Explicit", persistence="explicit"):
         return self.state.balance
 
     async def wipe(self) -> None:
-        await self.clear_state()
+        await self.context.clear_state()
 
     async def add_then_fail(self, amount: int) -> None:
         self.state.balance += amount
         raise RuntimeError("failed after changing state")
 
     async def save_now(self) -> None:
-        await self.save()
+        await self.context.save()
 
     async def leave(self) -> None:
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
 
 class SlowLife(Actor[Log], name="test.SlowLife"):
@@ -363,23 +363,23 @@ class SlowLife(Actor[Log], name="test.SlowLife"):
     send calls while the actor is activating or deactivating."""
 
     async def on_activate(self) -> None:
-        EVENTS.append(("slow-activating", self.key))
-        await gate(f"activate-{self.key}").wait()
+        EVENTS.append(("slow-activating", self.context.key))
+        await gate(f"activate-{self.context.key}").wait()
 
     async def on_deactivate(self, reason: DeactivationReason) -> None:
-        EVENTS.append(("slow-deactivating", (self.key, reason)))
-        await gate(f"deactivate-{self.key}").wait()
+        EVENTS.append(("slow-deactivating", (self.context.key, reason)))
+        await gate(f"deactivate-{self.context.key}").wait()
 
     async def mark(self, tag: str) -> None:
-        EVENTS.append(("slow-mark", (self.key, tag)))
+        EVENTS.append(("slow-mark", (self.context.key, tag)))
         self.state.entries.append(tag)
 
     @always_interleave
     async def interleaved_mark(self, tag: str) -> None:
-        EVENTS.append(("slow-interleaved-mark", (self.key, tag)))
+        EVENTS.append(("slow-interleaved-mark", (self.context.key, tag)))
 
     async def leave(self) -> None:
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
     @read_only
     async def entries(self) -> list[str]:
@@ -413,7 +413,7 @@ class Vault(Actor[Ledger], name="test.Vault"):
         """Starts a transaction of its own (when called outside one): debit here, credit
         ``other``, both or neither."""
         await self.add(transfer, -amount)
-        await self.get(Vault, other).add(transfer, amount)
+        await self.actors.get(Vault, other).add(transfer, amount)
 
     @transactional
     async def add_then_fail(self, transfer: int, amount: int) -> None:
@@ -422,7 +422,7 @@ class Vault(Actor[Ledger], name="test.Vault"):
 
     @transactional
     async def wipe(self) -> None:
-        await self.clear_state()
+        await self.context.clear_state()
 
     @transactional
     async def hold_unserializable(self) -> None:
@@ -468,7 +468,7 @@ class ContextUser(Actor[None], name="test.ContextUser"):
     async def leave(self, value: str) -> None:
         """Set USER_VAR, then ask to be deactivated: on_deactivate must not see it."""
         USER_VAR.set(value)
-        self.deactivate_on_idle()
+        self.context.deactivate_on_idle()
 
     async def cancel_own_task(self) -> str:
         """Cancel the task running this turn, then return without waiting."""
@@ -484,6 +484,80 @@ class ContextUser(Actor[None], name="test.ContextUser"):
         return str(total)
 
 
+class Preferences(Actor[dict[str, int]], name="test.Preferences"):
+    """An actor whose methods take the names users reach for first (issue 13, part 5)."""
+
+    async def get(self, name: str) -> int | None:
+        return self.state.get(name)
+
+    async def save(self, name: str, value: int) -> None:
+        self.state[name] = value
+        await self.context.save()  # the context's save, beside the actor's own
+
+    async def key(self) -> str:
+        return str(self.context.key)
+
+    async def id(self) -> str:
+        return str(self.context.id)
+
+    @read_only
+    async def items(self) -> list[tuple[str, int]]:
+        return sorted(self.state.items())
+
+    async def update(self, values: dict[str, int]) -> None:
+        self.state.update(values)
+
+    async def delete(self, name: str) -> bool:
+        return self.state.pop(name, None) is not None
+
+    @read_only
+    async def value(self) -> int:
+        return sum(self.state.values())
+
+    @read_only
+    async def myself(self) -> ActorRef:
+        """A reference to this actor with a deadline (``Actor.with_timeout``)."""
+        return cast(ActorRef, self.with_timeout(3))
+
+    async def copy_from(self, other: str, name: str) -> int | None:
+        """Read a setting from another Preferences actor (its ``get``, via ``self.actors``)."""
+        found = await self.actors.get(Preferences, other).get(name)
+        if found is not None:
+            self.state[name] = found
+        return found
+
+
+@dataclass
+class AlarmState:
+    ticks: list[float] = field(default_factory=list)  # each tick's scheduled time
+    delivered: list[float] = field(default_factory=list)  # and when it arrived (time.time())
+
+
+class Alarm(Actor[AlarmState], name="tests.Alarm"):
+    """Records every reminder tick it receives (state, committed per tick)."""
+
+    async def arm(self, period: float) -> float:
+        reminder = await self.reminders.register("alarm", due=period, period=period)
+        return reminder.first_tick
+
+    async def on_reminder(self, name: str, tick: Any) -> None:
+        self.state.ticks.append(tick.scheduled)
+        self.state.delivered.append(time.time())
+
+    async def ticks(self) -> list[float]:
+        return list(self.state.ticks)
+
+    async def disarm(self) -> bool:
+        return await self.reminders.unregister("alarm")
+
+    async def armed(self) -> list[str]:
+        return [r.name for r in await self.reminders.list()]
+
+    async def lateness(self) -> list[float]:
+        """How late each tick arrived (never negative: a reminder is never early)."""
+        return [d - t for t, d in zip(self.state.ticks, self.state.delivered, strict=True)]
+
+
 ALL_ACTORS: list[type[Actor[Any]]] = [
     Vault,
     BankAccount,
@@ -494,5 +568,7 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Ephemeral,
     Explicit,
     ContextUser,
+    Preferences,
+    Alarm,
     SlowLife,
 ]

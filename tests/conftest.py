@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from raygrain.runtime import Cluster, ManualClock
+from raygrain.runtime import Cluster, ManualClock, ReminderSettings
+from raygrain.runtime.kernel import SiloOptions
 from tests import app
 
 
@@ -56,12 +57,17 @@ def log(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
 RAY_TRANSPORTS = ["ray", "direct"]
 
 
+# Reminders with sub-second periods (the cluster default refuses periods under a minute).
+RAY_SILO_OPTIONS = SiloOptions(
+    deactivation_timeout=0.5, capabilities=(ReminderSettings(minimum_period=0.2),)
+)
+
+
 @pytest.fixture(scope="session")
 def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster as RayTestCluster
 
-    from raygrain.runtime.kernel import SiloOptions
     from raygrain.runtime.ray_host import RayLaunch, ensure_ray, launch, stop_everything
 
     nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -72,7 +78,7 @@ def ray_silos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         ensure_ray(nodes.address, local_code=True)
         db = tmp_path_factory.mktemp("ray-state") / "state.db"
         spec = RayLaunch(tuple(app.ALL_ACTORS), 1, None, f"sqlite:///{db}")
-        handles = _run_aside(launch(spec, SiloOptions(deactivation_timeout=0.5)))
+        handles = _run_aside(launch(spec, RAY_SILO_OPTIONS))
         head = ray.get_runtime_context().get_node_id()
         workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
         yield SimpleNamespace(

@@ -38,7 +38,9 @@ class Deposits:
 class Depositor(Actor[Deposits], name="crash.Depositor"):
     async def deposit(self, seq: int) -> int:
         if seq != len(self.state.seqs) + 1:
-            raise ValueError(f"{self.key}: deposit {seq} out of order after {self.state.seqs[-1:]}")
+            raise ValueError(
+                f"{self.context.key}: deposit {seq} out of order after {self.state.seqs[-1:]}"
+            )
         self.state.seqs.append(seq)
         self.state.balance += seq
         return seq

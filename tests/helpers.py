@@ -147,7 +147,7 @@ class Workload:
         except RETRYABLE as error:
             self.failures[type(error).__name__] += 1  # fate unknown: never half
             return False
-        self.acked[str(ref.key)].add(amount)
+        self.acked[str(ref.actor_id.key)].add(amount)
         return True
 
     async def run(self, workers: int = 20) -> None:
@@ -177,10 +177,12 @@ class Workload:
         snapshots = await asyncio.gather(*(r.snapshot() for r in self.refs))
         for ref, state in zip(self.refs, snapshots, strict=True):
             history = state.history
-            assert len(history) == len(set(history)), f"{ref.key}: a write applied twice"
-            assert state.balance == sum(history), f"{ref.key}: a half-applied write"
-            missing = self.acked[str(ref.key)] - set(history)
-            assert not missing, f"{ref.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+            assert len(history) == len(set(history)), f"{ref.actor_id.key}: a write applied twice"
+            assert state.balance == sum(history), f"{ref.actor_id.key}: a half-applied write"
+            missing = self.acked[str(ref.actor_id.key)] - set(history)
+            assert not missing, (
+                f"{ref.actor_id.key}: acknowledged writes lost: {sorted(missing)[:5]}"
+            )
 
 
 # -- transfer invariants ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, cwd: Path = ROOT) -> str:
+    env = dict(os.environ)  # samples/ is not installed: it runs from a checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -30,3 +33,15 @@ def test_hello_greets_and_remembers(tmp_path: Path) -> None:
     db = str(tmp_path / "hello.db")
     assert "greeted 1 time(s)" in _run("samples.hello", db)
     assert "greeted 2 time(s)" in _run("samples.hello", db)  # state survived the process
+
+
+def test_the_readmes_ten_lines_run(tmp_path: Path) -> None:
+    out = _run("samples.ten_lines", cwd=tmp_path)
+    assert out == "alice has 100\n"
+    assert _run("samples.ten_lines", cwd=tmp_path) == "alice has 200\n"  # state was kept
+
+
+def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
+    out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
+    assert "alice's cart expired: OK" in out
+    assert "bob's cart expired after a restart: OK" in out

@@ -1,4 +1,4 @@
-"""The ``raygrain`` command: run silos on a Ray cluster, inspect them, stop them, benchmark.
+"""The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
             [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
@@ -16,9 +16,13 @@ import inspect
 import json
 import os
 import sys
+from importlib import metadata
 from typing import Any
 
+from rich.table import Table
+
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.runtime.cli._table import Column, render_table, table_console
 
 __all__ = ["main"]
 
@@ -95,14 +99,24 @@ async def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"view_version": view.version, "silos": rows}, indent=2))
         return 0
-    print(f"membership view version {view.version}, {len(rows)} silo(s)")
-    print(f"{'silo':34} {'status':14} {'node':14} {'activations':>11} {'calls':>10}")
-    for row in rows:
-        print(
-            f"{row['silo']:34} {row['status']:14} {str(row['node'])[:12]:14} "
-            f"{row.get('activations', '-'):>11} {row.get('calls_received', '-'):>10}"
-        )
+    table_console().print(_status_table(view.version, rows))
     return 0
+
+
+def _status_table(view_version: int, rows: list[dict[str, Any]]) -> Table:
+    columns = [
+        Column("silo", max_width=44),  # folds: the end of a silo's name tells two apart
+        Column("status"),
+        Column("node", overflow="ellipsis", max_width=14),
+        Column("activations", justify="right"),
+        Column("calls", justify="right"),
+    ]
+    cells = [
+        (r["silo"], r["status"], r["node"], r.get("activations"), r.get("calls_received"))
+        for r in rows
+    ]
+    title = f"membership view version {view_version}, {len(rows)} silo(s)"
+    return render_table(columns, cells, title=title)
 
 
 async def _down(args: argparse.Namespace) -> int:
@@ -115,8 +129,16 @@ async def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("raygrain")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raygrain", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start detached silos on a Ray cluster")
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
@@ -142,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     down = commands.add_parser("down", help="stop the silos gracefully")
     down.add_argument("--address", default="auto")
+    # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
 
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        return int(suite.main(argv[1:]))
+        return int(suite.main(argv[1:], prog="raygrain bench"))
     args = _parser().parse_args(argv)
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:

@@ -24,6 +24,7 @@ from raygrain.actors import (
     ActorKey,
     ActorRef,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     TransactionAbortedError,
 )
@@ -41,6 +42,7 @@ from raygrain.runtime.kernel import (
     SystemClock,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
@@ -156,6 +158,7 @@ class Cluster:
         deactivation_timeout: float = 30.0,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
@@ -170,6 +173,7 @@ class Cluster:
             deactivation_timeout,
             transactions,
             max_queued_calls,
+            reminders,
         )
         backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
         return cls(registry, backend)
@@ -193,6 +197,7 @@ class Cluster:
         max_queued_calls: int = 10_000,
         transport: str = "direct",
         tls: TLSFiles | None = None,
+        reminders: ReminderSettings | None = None,
     ) -> Cluster:
         """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
         local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
@@ -223,6 +228,7 @@ class Cluster:
             deactivation_timeout,
             transactions,
             max_queued_calls,
+            reminders,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
@@ -279,16 +285,23 @@ class Cluster:
 
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.get({getattr(actor_type, '__qualname__', actor_type)}, ...)")
         type_name = self._registry.type_name_of(actor_type)
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
 
     def ref(self, type_name: str, key: ActorKey) -> ActorRef:
         """An untyped reference by type name (for clients that do not import the classes)."""
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running(f"cluster.ref({type_name!r}, ...)")
         return ActorRef(ActorId(type_name, key), self._caller)
+
+    def _check_running(self, what: str) -> None:
+        if self.closed:
+            raise ClusterClosedError(f"{what}: the cluster is closed")
+        if not self._started:
+            raise ClusterNotStartedError(
+                f"{what}: the cluster is not started; use it as "
+                "'async with Cluster.local(...) as cluster:' (or 'await cluster.start()' first)"
+            )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionContext]:
@@ -308,8 +321,7 @@ class Cluster:
         if outer is not None:
             yield outer
             return
-        if self.closed:
-            raise ClusterClosedError("the cluster is closed")
+        self._check_running("cluster.transaction()")
         transaction = TransactionContext.new(start)
         token = current_transaction.set(transaction)
         try:
@@ -397,6 +409,7 @@ def _silo_options(
     deactivation_timeout: float,
     transactions: TransactionSettings | None = None,
     max_queued_calls: int = 10_000,
+    reminders: ReminderSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -421,6 +434,12 @@ def _silo_options(
         raise ConfigurationError(
             f"transactions must be a TransactionSettings, got {type(transactions).__name__}"
         )
+    if reminders is None:
+        reminders = ReminderSettings()
+    elif not isinstance(reminders, ReminderSettings):
+        raise ConfigurationError(
+            f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
+        )
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -428,5 +447,5 @@ def _silo_options(
         deactivation_timeout=float(deactivation_timeout),
         max_queued_calls=max_queued_calls,
         calls=calls,
-        capabilities=(transactions,),
+        capabilities=(transactions, reminders),
     )

@@ -16,6 +16,7 @@ from raygrain.runtime.kernel._extensions import (
     TurnScope,
     turn_variable,
 )
+from raygrain.runtime.kernel._internal import DROPPED, InternalTurn, TurnOutcome, run_as_turn
 from raygrain.runtime.kernel._logging import configure_logging, get_logger
 from raygrain.runtime.kernel._messages import (
     Malformed,
@@ -43,6 +44,7 @@ from raygrain.runtime.kernel._view import (
 )
 
 __all__ = [
+    "DROPPED",
     "Activation",
     "ActivationState",
     "ActorRegistry",
@@ -56,6 +58,7 @@ __all__ = [
     "Endpoint",
     "Extension",
     "Guard",
+    "InternalTurn",
     "LocalTransport",
     "Malformed",
     "ManualClock",
@@ -71,6 +74,7 @@ __all__ = [
     "SystemClock",
     "Ticket",
     "Transport",
+    "TurnOutcome",
     "TurnScope",
     "configure_logging",
     "current_chain",
@@ -80,6 +84,7 @@ __all__ = [
     "key_from_wire",
     "pack",
     "pack_batch",
+    "run_as_turn",
     "turn_variable",
     "unpack",
     "unpack_batch",

@@ -4,7 +4,7 @@ An activation is three layers, each a class a reader can hold in their head: ``M
 delivered call may start when), ``TurnRunner`` (running a turn, committing or rolling back its
 state, replying) and this one: the lifecycle (load the state, build the instance, run
 ``on_activate``; later finish the running turns, run ``on_deactivate``, re-route what queued)
-and the ``ActorContext`` its instance talks to. The state itself lives in a ``StateSlot``.
+and the ``ActorRuntime`` its instance talks to. The state itself lives in a ``StateSlot``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from raygrain.actors import (
     ActorId,
     ActorKey,
     ActorRef,
+    ConfigurationError,
     DeactivationReason,
     InvalidCallError,
 )
+from raygrain.runtime.kernel._internal import InternalTurn
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import ActivationState, Delivery
 from raygrain.runtime.kernel._turns import TurnRunner
@@ -67,7 +69,10 @@ class Activation(TurnRunner):
             self.silo.forget(self)
             failed, self.mailbox = self.mailbox or (), None
             for delivery in failed:
-                self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
+                if isinstance(delivery.ticket, InternalTurn):
+                    delivery.ticket.dropped()
+                else:
+                    self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
             return
         get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
         self._activating = None  # the finished task and its context are no longer needed
@@ -122,7 +127,10 @@ class Activation(TurnRunner):
         queued = [*(self.mailbox or ()), *set_aside]
         self.mailbox = None
         for delivery in queued:
-            self.silo.deliver_request(delivery.request)
+            if isinstance(delivery.ticket, InternalTurn):
+                delivery.ticket.dropped()  # the runtime's own turn: its capability decides
+            else:
+                self.silo.deliver_request(delivery.request)
         done.set_result(None)
 
     def _turn_ended(self) -> None:
@@ -146,7 +154,7 @@ class Activation(TurnRunner):
                 "deactivation_timeout", actor=str(self.actor_id), silo=self.silo.name
             )
 
-    # -- ActorContext ------------------------------------------------------------------------
+    # -- ActorRuntime ------------------------------------------------------------------------
 
     def ref(self, actor_type: type[Actor[Any]] | str, key: ActorKey) -> ActorRef:
         type_name = actor_type if isinstance(actor_type, str) else actor_type.__actor_options__.name
@@ -170,3 +178,10 @@ class Activation(TurnRunner):
                 "empty value instead, and the transaction commits it"
             )
         self.instance.state = await self.slot.clear()
+
+    def service(self, name: str) -> Any:
+        """A capability's API for this activation (``actor.timers``, ``actor.reminders``)."""
+        factory = self.silo.services.get(name)
+        if factory is None:
+            raise ConfigurationError(f"{self.actor_id}: this silo runs no {name!r} capability")
+        return factory(self)

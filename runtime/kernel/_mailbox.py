@@ -59,6 +59,7 @@ class Delivery:
     kwargs: dict[str, Any]
     expires_at: float
     ticket: Ticket | None = None  # set by a capability that governs this call
+    keeps_alive: bool = True  # whether the turn counts as use (idle collection)
 
 
 class Mailbox:
@@ -227,6 +228,11 @@ class Mailbox:
             f"{self.actor_id} has {limit} calls queued (max_queued_calls): "
             f"{delivery.method.name} was refused before it ran; retry after a pause"
         )
+        from raygrain.runtime.kernel._internal import InternalTurn  # (imports this module)
+
+        if isinstance(delivery.ticket, InternalTurn):
+            delivery.ticket.dropped()  # the runtime's own turn: its capability tries again
+            return
         if delivery.method.options.one_way:  # its caller was told "accepted" already
             get_logger().warning(
                 "one_way_call_dropped", actor=str(self.actor_id), method=delivery.method.name

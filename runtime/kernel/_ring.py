@@ -47,5 +47,26 @@ class ConsistentHashRing:
         index = bisect.bisect_left(self._points, value)
         return self._owners[index if index < len(self._points) else 0]
 
+    def ranges_of(self, silo: str) -> list[tuple[int, int]]:
+        """The hash ranges ``(low, high]`` whose actors ``silo`` owns, adjacent ones merged
+        (a range from the bottom of the ring starts at -1, so that 0 is in it)."""
+        ranges: list[tuple[int, int]] = []
+        points, owners = self._points, self._owners
+        for index, point in enumerate(points):
+            if owners[index] != silo:
+                continue
+            low = points[index - 1] if index else -1
+            if ranges and ranges[-1][1] == low:
+                ranges[-1] = (ranges[-1][0], point)
+            else:
+                ranges.append((low, point))
+        if points and owners[0] == silo and points[-1] < 2**64 - 1:
+            # Past the last point: the first point's owner has it.
+            if ranges and ranges[-1][1] == points[-1]:
+                ranges[-1] = (ranges[-1][0], 2**64 - 1)
+            else:
+                ranges.append((points[-1], 2**64 - 1))
+        return ranges
+
     def __len__(self) -> int:
         return len(self.silos)

@@ -10,7 +10,7 @@ timers, ...) join it as ``Extension``s (see ``_extensions``); the silo knows non
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -103,6 +103,8 @@ class Silo:
         # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
         self.activation_gate: asyncio.Future[None] | None = None
         self._system: dict[str, SystemHandler] = {}
+        # What capabilities offer an actor instance, by name (see Activation.service).
+        self.services: dict[str, Callable[[Activation], Any]] = {}
         # The hooks the extensions implement, collected once (see _extensions.overrides).
         self.on_activated = self._hooks("activated")
         self.on_deactivating = self._hooks("deactivating")
@@ -125,6 +127,11 @@ class Silo:
         if not name.startswith("__"):
             raise ValueError(f"system method names start with '__': {name!r}")
         self._system[name] = handler
+
+    def provide_service(self, name: str, factory: Callable[[Activation], Any]) -> None:
+        """Let actors reach a capability: ``Activation.service(name)`` returns
+        ``factory(activation)`` (e.g. ``actor.timers``)."""
+        self.services[name] = factory
 
     def _view_changed(self, view: MembershipView) -> None:
         for hook in self._on_view:
@@ -242,6 +249,12 @@ class Silo:
         except RaygrainError as exc:
             self.reply_error(request, exc, f"{request.target}.{request.method}")
         return False
+
+    def activation_of(self, actor_id: ActorId) -> Activation:
+        """The activation of a registered, ring-placed actor here, activating it if needed
+        (for a capability that acts on an actor without a call, e.g. a reminder)."""
+        cls = self.registry.resolve(actor_id.type_name)
+        return self.activations.get(actor_id) or self._activate(actor_id, cls)
 
     def _activate(self, actor_id: ActorId, cls: type[Actor[Any]]) -> Activation:
         activation = Activation(self, actor_id, cls)

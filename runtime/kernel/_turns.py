@@ -112,7 +112,8 @@ class TurnRunner(Mailbox):
                         )
                     data = slot.changed(self.instance.state)
                     if data is not None:
-                        if self._queue_write(request, method, payload, data):
+                        # (A turn with a scope awaits its write: the scope hears how it went.)
+                        if scope is None and self._queue_write(request, method, payload, data):
                             ends_when_written = True
                             return
                         await slot.write(data)
@@ -131,7 +132,7 @@ class TurnRunner(Mailbox):
                 self.silo.reply(request, ok, payload, joined)
         finally:
             if not ends_when_written:
-                self._end_turn(options)
+                self._end_turn(options, delivery.keeps_alive)
 
     def _queue_write(
         self, request: Request, method: ActorMethod, payload: bytes, data: bytes
@@ -177,7 +178,7 @@ class TurnRunner(Mailbox):
         finally:
             self._end_turn(method.options)
 
-    def _end_turn(self, options: MethodOptions) -> None:
+    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
         # (or one that always interleaves) counts as interleaved, not as a reader.
         if self.options.reentrant or options.always_interleave:
@@ -186,7 +187,8 @@ class TurnRunner(Mailbox):
             self.readers -= 1
         else:
             self.exclusive = False
-        self.last_used = self.silo.clock.now()
+        if keeps_alive:
+            self.last_used = self.silo.clock.now()
         self.pump()
         if self._idle_waiter is not None or self.deactivate_requested:
             self._turn_ended()

@@ -15,7 +15,16 @@ from typing import Any
 
 from raygrain.actors import ActorId, StorageError, decode_error, encode_error
 from raygrain.runtime.kernel import id_from_wire, id_to_wire, pack, unpack
-from raygrain.storage import StateRecord, StateWrite, StorageProvider, open_storage, tell_written
+from raygrain.storage import (
+    ReminderAck,
+    ReminderRecord,
+    ReminderTable,
+    StateRecord,
+    StateWrite,
+    StorageProvider,
+    open_storage,
+    tell_written,
+)
 
 __all__ = ["RemoteStorage", "StorageServerImpl"]
 
@@ -49,15 +58,54 @@ class StorageServerImpl:
             if kind == "write_many":
                 writes = [StateWrite(id_from_wire(t, k), d, e) for t, k, d, e in op[1]]
                 return [True, await self.provider.write_many(writes)]
+            if kind.startswith("reminders_"):
+                return [True, await self._reminders(kind, op)]
             raise StorageError(f"unknown storage operation {kind!r}")
         except Exception as exc:
             return [False, encode_error(exc, f"storage server ({self.spec})")]
+
+    async def _reminders(self, kind: str, op: list[Any]) -> Any:
+        table = self.provider
+        if not isinstance(table, ReminderTable):
+            raise StorageError(f"the storage server's provider ({self.spec}) has no reminder table")
+        if kind == "reminders_upsert":
+            record = await table.upsert_reminder(id_from_wire(op[1], op[2]), *op[3:6])
+            return _record_to_wire(record)
+        if kind == "reminders_remove":
+            return await table.remove_reminder(id_from_wire(op[1], op[2]), op[3], op[4])
+        if kind == "reminders_of":
+            return [_record_to_wire(r) for r in await table.reminders_of(id_from_wire(*op[1:3]))]
+        if kind == "reminders_in":
+            ranges = [(low, high) for low, high in op[1]]
+            return [_record_to_wire(r) for r in await table.reminders_in(ranges)]
+        if kind == "reminders_ack":
+            acks = [ReminderAck(id_from_wire(t, k), n, e, tick) for t, k, n, e, tick in op[1]]
+            await table.ack_reminders(acks)
+            return None
+        raise StorageError(f"unknown storage operation {kind!r}")
 
     async def aclose(self) -> None:
         await self.provider.aclose()
 
 
+def _record_to_wire(record: ReminderRecord) -> list[Any]:
+    return [
+        *id_to_wire(record.actor_id),
+        record.name,
+        record.first_tick,
+        record.period,
+        record.etag,
+        record.last_tick,
+    ]
+
+
+def _record_from_wire(row: list[Any]) -> ReminderRecord:
+    type_name, key, name, first_tick, period, etag, last_tick = row
+    return ReminderRecord(id_from_wire(type_name, key), name, first_tick, period, etag, last_tick)
+
+
 _READ_ATTEMPTS = 3
+_READS = frozenset({"read", "reminders_of", "reminders_in"})  # safe to send again
 
 
 # Who waits for an operation's result: a caller awaiting a future, or a ``queue_write`` callback.
@@ -89,6 +137,32 @@ class RemoteStorage:
     async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
         rows = [[*id_to_wire(w.actor_id), w.data, w.expected_etag] for w in writes]
         return [str(etag) for etag in await self._submit(["write_many", rows])]
+
+    # -- the reminder table (storage.ReminderTable) ----------------------------------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        row = await self._submit(
+            ["reminders_upsert", *id_to_wire(actor_id), name, first_tick, period]
+        )
+        return _record_from_wire(row)
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return bool(await self._submit(["reminders_remove", *id_to_wire(actor_id), name, etag]))
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        rows = await self._submit(["reminders_of", *id_to_wire(actor_id)])
+        return [_record_from_wire(row) for row in rows]
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        rows = await self._submit(["reminders_in", [list(r) for r in ranges]])
+        return [_record_from_wire(row) for row in rows]
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        rows = [[*id_to_wire(a.actor_id), a.name, a.etag, a.tick] for a in acks]
+        if rows:
+            await self._submit(["reminders_ack", rows])
 
     def queue_write(
         self,
@@ -160,7 +234,7 @@ class RemoteStorage:
             # (rolled back here; a write that did land fences this activation at its next one).
             loop = asyncio.get_running_loop()
             for op, sink, attempt in batch:
-                if op[0] == "read" and attempt < _READ_ATTEMPTS:
+                if op[0] in _READS and attempt < _READ_ATTEMPTS:
                     loop.call_later(0.1 * (attempt + 1), self._queue, op, sink, attempt + 1)
                     continue
                 _settle(
@@ -169,7 +243,7 @@ class RemoteStorage:
                         f"storage server unreachable: {type(exc).__name__}: {exc}"
                         + (
                             ""
-                            if op[0] == "read"
+                            if op[0] in _READS
                             else "; the write may or may not have been applied"
                         )
                     ),

@@ -34,6 +34,13 @@ EXPECTED = {
         "memory per idle activation (RSS)",
         "memory per idle activation beyond the state",
     },
+    "reminders": {
+        "reminder ticks/s, 200 reminders at 1 s, 2 silos",
+        "reminder tick lateness p99, 200 reminders",
+        "CPU per reminder tick, 200 reminders (all threads)",
+        "load 1000 reminders by ring range, 2 silos starting",
+        "memory per owned reminder, 1000 reminders (RSS)",
+    },
     "ray": {
         "Ray activations/s, first calls to new keys",
         "Ray calls/s, one caller",

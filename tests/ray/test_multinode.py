@@ -60,7 +60,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
             while not stop.is_set():
                 account = rng.choice(accounts)
                 await account.deposit(1)  # any exception fails the test: no call may be lost
-                acknowledged[str(account.key)] += 1
+                acknowledged[str(account.actor_id.key)] += 1
 
         workers = [asyncio.ensure_future(depositor()) for _ in range(20)]
         await wait_until(lambda: sum(acknowledged.values()) >= 400, "400 deposits", 120)
@@ -78,7 +78,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
         ray.kill(extra)
         balances = await asyncio.gather(*(a.balance() for a in accounts))
     assert hosted_before > 0 and hosted_after == 0
-    found = {str(a.key): b for a, b in zip(accounts, balances, strict=True) if b}
+    found = {str(a.actor_id.key): b for a, b in zip(accounts, balances, strict=True) if b}
     assert found == dict(acknowledged)
     assert "-1-" in name
 

@@ -10,6 +10,7 @@ import pytest
 from raygrain.actors import (
     ActorRef,
     ClusterClosedError,
+    ClusterNotStartedError,
     ConfigurationError,
     InvalidArgumentsError,
     MessageTooLargeError,
@@ -125,6 +126,21 @@ async def test_bad_call_is_a_typed_error_and_the_silo_keeps_serving(
     with pytest.raises(error, match=message.replace(".", r"\.").replace("(", r"\(")):
         await make_call(any_cluster)
     await _still_serving(any_cluster)
+
+
+async def test_a_cluster_used_before_it_started_says_to_start_it() -> None:
+    cluster = Cluster.local(actors=app.ALL_ACTORS)
+    with pytest.raises(ClusterNotStartedError, match=r"cluster.get\(Chain, ...\).*async with"):
+        cluster.get(Chain, "a")
+    with pytest.raises(ClusterNotStartedError, match="not started"):
+        cluster.ref("test.Chain", "a")
+    with pytest.raises(ClusterNotStartedError, match=r"cluster.transaction\(\)"):
+        async with cluster.transaction():
+            pass
+    async with cluster:
+        assert await cluster.get(Chain, "a").ping() == "pong from a"
+    with pytest.raises(ClusterClosedError, match="closed"):
+        cluster.get(Chain, "a")
 
 
 async def test_bad_key_type_is_refused_at_the_reference(cluster: Cluster) -> None:
@@ -314,16 +330,22 @@ def test_bad_actor_class_definitions() -> None:
         class NoDefault(Actor[NeedsArgs]):
             pass
 
-    with pytest.raises(ConfigurationError, match="reserved by ActorRef"):
+    with pytest.raises(ConfigurationError, match="with_timeout: the name is reserved"):
 
         class Shadowing(Actor[None]):
-            async def key(self) -> None:  # type: ignore[override]
+            async def with_timeout(self) -> None:  # type: ignore[override]
                 pass
 
-    with pytest.raises(ConfigurationError, match="would replace Actor.get"):
+    with pytest.raises(ConfigurationError, match="context: the name is reserved"):
 
-        class Getter(Actor[None]):
-            async def get(self) -> int:  # type: ignore[override]
+        class Replacing(Actor[None]):
+            async def context(self) -> int:  # type: ignore[override]
+                return 1
+
+    with pytest.raises(ConfigurationError, match="timers: the name is reserved"):
+
+        class KeptForTime(Actor[None]):
+            async def timers(self) -> int:
                 return 1
 
     with pytest.raises(ConfigurationError, match="both @read_only and @transactional"):

@@ -1,10 +1,9 @@
-"""The ``raygrain`` command against a Ray cluster of its own: ``up`` starts long-running silos,
-``status`` shows them, clients come and go with ``Cluster.connect`` while the silos (and the
-actors' state) stay, and ``down`` stops them.
-
-Everything runs in child processes: a holder process keeps a one-node ``ray.cluster_utils``
-cluster up (the test session's Ray is another cluster) and takes it down when its stdin closes,
-so nothing outlives the test.
+"""The ``raygrain`` command: its face (``--version``, a status table that fits 100 columns),
+and ``up``/``status``/``down`` against a Ray cluster of the test's own: ``up`` starts
+long-running silos, clients come and go with ``Cluster.connect`` while the silos (and the
+actors' state) stay, and ``down`` stops them. That last test runs everything in child
+processes: a holder process keeps a one-node ``ray.cluster_utils`` cluster up (the session's Ray
+is another cluster) and takes it down when its stdin closes, so nothing outlives the test.
 """
 
 from __future__ import annotations
@@ -16,6 +15,49 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import raygrain
+from raygrain.runtime.cli import MAX_WIDTH, table_console
+from raygrain.runtime.cli._main import _status_table
+
+MAIN = "import sys; from raygrain.runtime.cli import main; sys.exit(main())"
+
+
+def test_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"raygrain {raygrain.__version__}"
+
+
+def test_status_table_fits_100_columns_and_aligns() -> None:
+    rows = [
+        {
+            "silo": f"raygrain-silo-{'f' * 56}-{i}-ab12cd3{i}",
+            "status": "active",
+            "node": "f" * 56,  # a Ray node id
+            "activations": 10**i,
+            "calls_received": 123456789 * i,
+        }
+        for i in range(3)
+    ]
+    rows.append({"silo": "raygrain-silo-dead", "status": "dead", "node": "?", "error": "X"})
+    console = table_console()
+    with console.capture() as captured:
+        console.print(_status_table(7, rows))
+    lines = [line.rstrip() for line in captured.get().splitlines()]
+    assert lines[0] == "membership view version 7, 4 silo(s)"
+    assert lines[1].split() == ["silo", "status", "node", "activations", "calls"]
+    assert all(len(line) <= MAX_WIDTH for line in lines), max(map(len, lines))
+    body = lines[3:]
+    text = "\n".join(body)
+    for row in rows:
+        assert str(row["silo"])[-10:] in text  # a long name folds; its end stays
+    numbered = [line for line in body if " active " in line]
+    assert len(numbered) == 3 and len({len(line) for line in numbered}) == 1  # right-aligned
+    assert "dead" in text and body[-1].endswith("-")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine

@@ -59,3 +59,17 @@ def test_empty_ring_raises_lookup_error() -> None:
 
     with pytest.raises(LookupError):
         ConsistentHashRing([]).owner(KEYS[0])
+
+
+def test_ranges_of_a_silo_hold_exactly_the_hashes_it_owns() -> None:
+    import random
+
+    ring = ConsistentHashRing(["a", "b", "c"], virtual_nodes=64)
+    ranges = {silo: ring.ranges_of(silo) for silo in ring.silos}
+    rng = random.Random(3)
+    samples = [0, 1, 2**64 - 1, *ring._points[:5], *(rng.getrandbits(64) for _ in range(2000))]
+    for value in samples:
+        holders = [s for s, rs in ranges.items() if any(low < value <= high for low, high in rs)]
+        assert holders == [ring.owner_of_hash(value)], value
+    assert ConsistentHashRing([]).ranges_of("a") == []
+    assert ConsistentHashRing(["a"], virtual_nodes=4).ranges_of("a") == [(-1, 2**64 - 1)]

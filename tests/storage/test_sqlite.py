@@ -10,6 +10,8 @@ import gc
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,6 +149,46 @@ async def test_unclosed_storage_warns(db_path: Path) -> None:
     # aiosqlite's finalizers stopped the connections' threads; let them finish on this loop.
     for thread in connection_threads:
         await asyncio.to_thread(thread.join)
+
+
+FORGETS_TO_CLOSE = """
+import asyncio
+import sys
+
+from raygrain import Actor, Cluster, SqliteStorage
+
+
+class Counter(Actor[int]):
+    async def add(self) -> int:
+        self.state += 1
+        return self.state
+
+
+async def main() -> None:
+    store = SqliteStorage(sys.argv[1])  # opened by the cluster's first call, never closed
+    async with Cluster.local(actors=[Counter], storage=store) as cluster:
+        print(await cluster.get(Counter, "a").add())
+
+
+asyncio.run(main())
+print("last line")
+"""
+
+
+def test_a_forgotten_store_does_not_keep_the_process_alive(tmp_path: Path) -> None:
+    script = tmp_path / "forgets.py"
+    script.write_text(FORGETS_TO_CLOSE)
+    for run in (1, 2):
+        # The bound is only there to turn a hang into a failure; it is not a timing assertion.
+        done = subprocess.run(
+            [sys.executable, "-W", "always::ResourceWarning", script, tmp_path / "state.db"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [str(run), "last line"]  # and the write was committed
+        assert "was opened and never closed" in done.stderr  # as the docs promise
 
 
 async def test_never_opened_storage_does_not_warn(db_path: Path) -> None:
