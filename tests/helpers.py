@@ -143,7 +143,8 @@ class Workload:
         amount = self.next_amount
         self.next_amount += 1
         try:
-            await ref.with_timeout(10).deposit(amount)
+            # A deadline far beyond a healthy call on a loaded machine: a timeout is a hang.
+            await ref.with_timeout(60).deposit(amount)
         except RETRYABLE as error:
             self.failures[type(error).__name__] += 1  # fate unknown: never half
             return False
