@@ -9,6 +9,8 @@ and only from modules the process has already imported.
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import dataclasses
 import datetime as dt
 import decimal
@@ -165,20 +167,33 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
 
 
 def encode_error(exc: BaseException, where: str) -> bytes:
-    """Encode an exception raised at ``where`` (e.g. ``"Account/alice.deposit"``)."""
+    """Encode an exception raised at ``where`` (e.g. ``"Account/alice.deposit"``). An exception
+    group carries its message and its nested exceptions, each encoded the same way."""
     cls = type(exc)
     text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    fields: list[Any] = [cls.__module__, cls.__qualname__, b"", str(exc), where, text]
+    if _GROUP is not None and isinstance(exc, _GROUP):
+        fields[2] = encode([exc.message])
+        fields.append([encode_error(nested, where) for nested in exc.exceptions])
+        return encode(fields)
     try:
-        args_blob = encode(list(exc.args))
+        fields[2] = encode(list(exc.args))
     except SerializationError:
-        args_blob = encode([str(exc)])
-    return encode([cls.__module__, cls.__qualname__, args_blob, str(exc), where, text])
+        fields[2] = encode([str(exc)])
+    return encode(fields)
 
 
-def decode_error(data: bytes) -> BaseException:
+# Exception groups (Python 3.11+; absent on 3.10, where no exception is one).
+_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
+_EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
+# Exception groups nest; a peer's message must not make the decoder recurse without end.
+_MAX_GROUP_DEPTH = 32
+
+
+def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     """Rebuild a remote exception: the same type when the caller can import it, else
     ``RemoteActorError``. The remote traceback is attached as a note."""
-    module, qualname, args_blob, message, where, text = decode(data)
+    module, qualname, args_blob, message, where, text, *nested = decode(data)
     args = decode(args_blob)
     exc: BaseException | None = None
     if module == "raygrain.actors._errors":
@@ -187,14 +202,31 @@ def decode_error(data: bytes) -> BaseException:
         cls = _importable_exception(module, qualname)
         if cls is not None:
             try:
-                exc = cls(*args)
+                if nested and _GROUP is not None and issubclass(cls, _GROUP):
+                    exc = _rebuild_group(cls, args, nested[0], _depth)
+                else:
+                    exc = cls(*args)
             except Exception:
                 exc = None
+    if isinstance(exc, asyncio.CancelledError):
+        # A callee's cancellation must never cancel the caller's task (see TurnCancelledError).
+        exc = rebuild_error("TurnCancelledError", [f"{where} was cancelled: {message}"])
     if exc is None:
         exc = RemoteActorError(f"{module}.{qualname}", message, text)
     if text and hasattr(exc, "add_note"):
         exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")
     return exc
+
+
+def _rebuild_group(cls: Any, args: list[Any], nested: list[bytes], depth: int) -> Any:
+    if depth >= _MAX_GROUP_DEPTH or not nested:
+        return None
+    members = [decode_error(item, depth + 1) for item in nested]
+    # ExceptionGroup only holds Exceptions; a BaseException member (a peer's KeyboardInterrupt,
+    # say) makes it the base group, as BaseExceptionGroup itself would choose.
+    if cls is _EXCEPTION_GROUP and not all(isinstance(m, Exception) for m in members):
+        cls = _GROUP
+    return cls(str(args[0]) if args else "", members)
 
 
 def _importable_exception(module: str, qualname: str) -> type[BaseException] | None:

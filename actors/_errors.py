@@ -25,11 +25,13 @@ The tree::
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
     ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
+    ├── TurnCancelledError          the method raised asyncio.CancelledError; rolled back
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
     │   └── StorageSchemaError      the store's file or schema is unusable (corrupt, newer version)
-    └── TransactionAbortedError     a multi-actor transaction aborted (reason given)
+    ├── TransactionAbortedError     a multi-actor transaction aborted; none of it was kept
+    └── TransactionInDoubtError     a transaction's commit outcome is unknown (not retryable)
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ __all__ = [
     "StorageError",
     "StorageSchemaError",
     "TransactionAbortedError",
+    "TransactionInDoubtError",
+    "TurnCancelledError",
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
@@ -146,8 +150,23 @@ class TurnRolledBackError(RaygrainError):
     unknown, so retry only if the method is idempotent."""
 
 
+class TurnCancelledError(RaygrainError):
+    """The actor method raised ``asyncio.CancelledError`` (or cancelled its own task) before
+    returning. The turn failed like any other: its state changes were rolled back. A callee's
+    cancellation never cancels the caller's task; it arrives as this error instead."""
+
+
 class TransactionAbortedError(RaygrainError):
     """A multi-actor transaction was aborted; no participant kept any of its changes."""
+
+
+class TransactionInDoubtError(RaygrainError):
+    """A transaction's commit outcome is unknown: its decision write failed in a way that may
+    or may not have stored it (a lost reply, a storage server that died mid-commit), and the
+    decision could not be read back either. Every participant reloads whatever storage holds;
+    the transaction is applied everywhere or nowhere, but raygrain cannot yet tell which.
+    Not retried by ``Cluster.transact``: read the participants' state to find out, and retry
+    only if the change is not there (or the body is idempotent)."""
 
 
 class RemoteActorError(RaygrainError):

@@ -21,6 +21,7 @@ from raygrain.actors import (
     read_only,
     transactional,
 )
+from tests import edge_app
 
 # Hooks the tests set to observe or steer actors in this process (local mode only).
 GATES: dict[str, asyncio.Event] = {}
@@ -571,4 +572,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Preferences,
     Alarm,
     SlowLife,
+    *edge_app.EDGE_ACTORS,
 ]

@@ -20,13 +20,16 @@ from typing import Any, Protocol, TypeVar, cast
 
 from raygrain.actors import (
     Actor,
+    ActorCallTimeout,
     ActorId,
     ActorKey,
     ActorRef,
     ClusterClosedError,
     ClusterNotStartedError,
     ConfigurationError,
+    SiloUnavailableError,
     TransactionAbortedError,
+    TransactionInDoubtError,
 )
 from raygrain.runtime._capabilities import client_filters, silo_extensions
 from raygrain.runtime.kernel import (
@@ -328,16 +331,25 @@ class Cluster:
             yield transaction
         except BaseException:
             current_transaction.reset(token)
+            await transaction.end()  # calls still running join first, so all of it aborts
             await self._end_transaction(transaction, commit=False)
             raise
         current_transaction.reset(token)
+        # Calls made in the block and not awaited (a task it started) commit with it: wait
+        # for them; any made after this fails at once (see TransactionContext.end).
+        await transaction.end()
         await self._end_transaction(transaction, commit=True)
 
     async def transact(
         self, body: Callable[[], Awaitable[R]], *, retries: int = 3, backoff: float = 0.005
     ) -> R:
         """Run ``body()`` in a transaction, running it again (up to ``retries`` more times,
-        after a short random pause) when it aborts; the last abort is raised."""
+        after a short random pause) when it aborts; the last abort is raised.
+
+        Only a known abort is retried: a ``TransactionInDoubtError`` (the commit's outcome
+        could not be read back, see its docstring) is raised at once, since running the body
+        again could apply it twice. Before reporting a failed commit, the coordinator reads
+        the decision back from storage: a commit found stored counts as committed."""
         if not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
         start = time.time()
@@ -360,12 +372,22 @@ class Cluster:
         timeout = self._caller.default_timeout
         if commit:
             # A silo coordinates: it has the storage that records the decision.
-            await self._caller.invoke_system(
-                participants[0],
-                TX_COORDINATE,
-                [transaction.txid, encode_participants(participants)],
-                timeout,
-            )
+            try:
+                await self._caller.invoke_system(
+                    participants[0],
+                    TX_COORDINATE,
+                    [transaction.txid, encode_participants(participants)],
+                    timeout,
+                )
+            except (TransactionAbortedError, TransactionInDoubtError):
+                raise
+            except (SiloUnavailableError, ActorCallTimeout, ClusterClosedError) as exc:
+                # The commit was asked for and no answer came: it may have been decided.
+                raise TransactionInDoubtError(
+                    f"transaction {transaction.txid}: the outcome of its commit is unknown: "
+                    f"the coordinating silo did not answer ({exc}); it is applied to every "
+                    "participant or to none"
+                ) from exc
             return
         await asyncio.gather(
             *(

@@ -79,8 +79,10 @@ class Activation(TurnRunner):
         self.state = ActivationState.VALID
         for hook in self.silo.on_activated:
             hook(self)
-        self._start_interleaving()
+        # The queued calls in arrival order, as they would have started on an active actor;
+        # then the interleaving ones still queued behind a turn (they never wait behind one).
         self.pump()
+        self._start_interleaving()
 
     async def deactivate(self, reason: DeactivationReason) -> None:
         """Finish running turns, run ``on_deactivate``, drop the activation and re-route any
@@ -109,14 +111,7 @@ class Activation(TurnRunner):
             await self._wait_idle()
             for hook in self.silo.on_deactivating:
                 hook(self, reason)
-            self._enter_turn(())
-            try:
-                assert self.instance is not None
-                await self.instance.on_deactivate(reason)
-            except Exception as exc:
-                get_logger().warning(
-                    "on_deactivate_failed", actor=str(self.actor_id), error=repr(exc)
-                )
+            await self._run_on_deactivate(reason)
         self.state = ActivationState.INVALID
         self.silo.forget(self)
         get_logger().debug("deactivated", actor=str(self.actor_id), reason=reason.value)
@@ -132,6 +127,35 @@ class Activation(TurnRunner):
             else:
                 self.silo.deliver_request(delivery.request)
         done.set_result(None)
+
+    async def _run_on_deactivate(self, reason: DeactivationReason) -> None:
+        """Run the instance's ``on_deactivate``, bounded by the deactivation timeout: a hook
+        that never returns must not keep the actor unreachable (calls queue meanwhile) or a
+        shutdown waiting. Past the bound the hook is cancelled and left behind."""
+        assert self.instance is not None
+        if type(self.instance).on_deactivate is Actor.on_deactivate:
+            return  # not overridden: nothing to run (and no task to make)
+        self._enter_turn(())
+        hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
+        try:
+            done, _ = await asyncio.wait((hook,), timeout=self.silo.options.deactivation_timeout)
+        except asyncio.CancelledError:
+            hook.cancel()
+            raise
+        if not done:
+            hook.cancel()
+            hook.add_done_callback(_retrieve)
+            get_logger().warning(
+                "on_deactivate_timeout",
+                actor=str(self.actor_id),
+                timeout=self.silo.options.deactivation_timeout,
+            )
+            return
+        error = hook.exception() if not hook.cancelled() else asyncio.CancelledError()
+        if error is not None:
+            get_logger().warning(
+                "on_deactivate_failed", actor=str(self.actor_id), error=repr(error)
+            )
 
     def _turn_ended(self) -> None:
         if self._idle_waiter is not None and self.is_idle_of_turns():
@@ -185,3 +209,9 @@ class Activation(TurnRunner):
         if factory is None:
             raise ConfigurationError(f"{self.actor_id}: this silo runs no {name!r} capability")
         return factory(self)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # An abandoned on_deactivate: whatever it ends with was logged as a timeout already.
+    if not task.cancelled():
+        task.exception()

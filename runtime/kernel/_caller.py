@@ -157,7 +157,7 @@ class Caller:
             current_chain.get(),
             view_version=membership.view.version,
         )
-        followups: list[Callable[[Response], None]] | None = None
+        followups: list[Callable[[Response | None], None]] | None = None
         for call_filter in self._filters:
             followup = call_filter.outgoing(request)
             if followup is not None:
@@ -174,6 +174,11 @@ class Caller:
                 if not self._answered_on_the_spot % _YIELD_EVERY:
                     await asyncio.sleep(0)
             response = await future
+        except BaseException:
+            if followups is not None:  # (the call failed with no response: tell them so)
+                for followup in followups:
+                    followup(None)
+            raise
         finally:
             self._pending.pop(call_id, None)
         if followups is not None:

@@ -112,9 +112,10 @@ class Guard(Protocol):
 class CallFilter(Protocol):
     """Sees every call a caller makes (keep it cheap: it runs on every call)."""
 
-    def outgoing(self, request: Request) -> Callable[[Response], None] | None:
+    def outgoing(self, request: Request) -> Callable[[Response | None], None] | None:
         """Stamp ``request`` before it is sent; return what to do with its response, if
-        anything (called when the response arrives, before the result is decoded)."""
+        anything (called when the response arrives, before the result is decoded; with None
+        when the call ended without one: a timeout, a lost silo, a cancelled caller)."""
         ...
 
 

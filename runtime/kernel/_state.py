@@ -11,7 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from raygrain.actors import ActorId, SerializationError, decode_state, encode_state
+from raygrain.actors import (
+    ActorId,
+    InconsistentStateError,
+    SerializationError,
+    decode_state,
+    encode_state,
+)
 from raygrain.storage import StorageProvider
 
 __all__ = ["StateSlot"]
@@ -20,8 +26,10 @@ __all__ = ["StateSlot"]
 class StateSlot:
     __slots__ = (
         "actor_id",
+        "checked_type",
         "committed",
         "etag",
+        "fenced",
         "in_flight",
         "rollbacks",
         "state_type",
@@ -40,6 +48,10 @@ class StateSlot:
         self.in_flight: bytes | None = None  # the data of the write under way, if any
         self.rollbacks = 0  # how many times the state was rolled back (see TurnRunner)
         self.waiters: asyncio.Future[None] | None = None
+        # What a state must be an instance of to load back (decode_state checks the same);
+        # a declared type that is no class (a generic alias, say) is not checked.
+        self.checked_type: type = state_type if isinstance(state_type, type) else object
+        self.fenced = False  # a write of this slot hit an ETag conflict: a stale duplicate
 
     async def load(self) -> Any:
         """Read the stored state (a fresh one if none is stored)."""
@@ -53,6 +65,14 @@ class StateSlot:
         return decode_state(record.data, self.state_type, str(self.actor_id))
 
     def encode(self, state: Any) -> bytes:
+        if not isinstance(state, self.checked_type):
+            # Stored, it could never be loaded again (StateDecodeError on every activation):
+            # refuse it now, while the turn can still fail and roll back.
+            raise SerializationError(
+                f"state of {self.actor_id} must be a {self.checked_type.__qualname__}, the "
+                f"actor's declared state type, not a {type(state).__qualname__}: it could not "
+                "be loaded back"
+            )
         try:
             return encode_state(state)
         except SerializationError as exc:
@@ -77,6 +97,9 @@ class StateSlot:
         try:
             self.etag = await self.storage.write(self.actor_id, data, self.etag)
             self.committed = data
+        except InconsistentStateError:
+            self.fenced = True
+            raise
         finally:
             self.end_write()
 
@@ -86,7 +109,11 @@ class StateSlot:
             await self.write_finished()
         self.writing = True
         try:
-            self.etag = await self.storage.clear(self.actor_id, self.etag)
+            try:
+                self.etag = await self.storage.clear(self.actor_id, self.etag)
+            except InconsistentStateError:
+                self.fenced = True
+                raise
             state = self.state_type()
             self.committed = encode_state(state)
             return state

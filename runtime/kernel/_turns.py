@@ -23,6 +23,7 @@ from raygrain.actors import (
     MethodOptions,
     Persistence,
     SerializationError,
+    TurnCancelledError,
     TurnRolledBackError,
     current_invoker,
     encode,
@@ -127,6 +128,17 @@ class TurnRunner(Mailbox):
                 ok, payload = False, self._fail_turn(method, exc, rolls_back)
                 if scope is not None:
                     await scope.failed(exc)
+            except asyncio.CancelledError:
+                # The method raised CancelledError (or cancelled its own task). That is the
+                # turn's failure, not the caller's: the caller gets a typed error at once,
+                # and a turn started eagerly in the caller's stack must not cancel the caller.
+                error = TurnCancelledError(
+                    f"{self._where(method)} was cancelled (it raised asyncio.CancelledError) "
+                    "before returning; its changes were rolled back"
+                )
+                ok, payload = False, self._fail_turn(method, error, per_turn)
+                if scope is not None:
+                    await scope.failed(error)
             if not options.one_way:
                 joined = scope.joined() if scope is not None else ()
                 self.silo.reply(request, ok, payload, joined)
@@ -168,6 +180,8 @@ class TurnRunner(Mailbox):
         try:
             if isinstance(outcome, Exception):
                 slot.end_write()  # first: the rollback goes back past the failed write
+                if isinstance(outcome, InconsistentStateError):
+                    slot.fenced = True
                 ok, payload = False, self._fail_turn(method, outcome, True)
             else:
                 slot.adopt(slot.in_flight, outcome)
@@ -189,9 +203,11 @@ class TurnRunner(Mailbox):
             self.exclusive = False
         if keeps_alive:
             self.last_used = self.silo.clock.now()
-        self.pump()
+        # The activation's own end first: a turn that asked to deactivate (deactivate_on_idle)
+        # starts no queued call here; they go to the next activation.
         if self._idle_waiter is not None or self.deactivate_requested:
             self._turn_ended()
+        self.pump()
 
     def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
         if result is None:
@@ -215,9 +231,10 @@ class TurnRunner(Mailbox):
         """Undo the turn's changes to the state and encode ``exc`` for the caller."""
         if per_turn:
             self.rollback()
-        if isinstance(exc, InconsistentStateError):
+        if isinstance(exc, InconsistentStateError) and self.slot is not None and self.slot.fenced:
             # A newer write exists: this activation is a stale duplicate. Drop it rather than
-            # retry; the next call activates the actor afresh from storage.
+            # retry; the next call activates the actor afresh from storage. (Only when its own
+            # write was fenced: one raised by an actor it called is that actor's business.)
             get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
             self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
         else:

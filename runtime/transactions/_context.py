@@ -3,6 +3,7 @@ variable a turn or client block runs in, and the names of the commit protocol's 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from raygrain.actors import ActorId, ConfigurationError
+from raygrain.actors import ActorId, ConfigurationError, InvalidCallError
 from raygrain.runtime.kernel import turn_variable
 
 __all__ = [
@@ -46,12 +47,17 @@ def new_txid() -> str:
 
 @dataclass(frozen=True, slots=True)
 class TransactionSettings:
-    """How long locks and decisions may take; every duration is in seconds."""
+    """How long locks and decisions may take (every duration in seconds), and what a call to
+    a changing method that is not ``@transactional`` does inside a transaction: its change
+    commits on its own, whatever the transaction does, so by default the silo logs a warning
+    (``plain_change_in_transaction``, once per method); ``refuse_plain_changes`` makes such
+    a call fail with ``InvalidCallError`` instead, before it runs."""
 
     lock_timeout: float = 5.0  # longest an older transaction's call waits for a lock
     lease: float = 30.0  # longest a participant stays locked before its transaction prepares
     decision_timeout: float = 10.0  # longest a prepared participant waits for the outcome
     wound_after: float = 0.005  # grace before an older transaction aborts a younger holder
+    refuse_plain_changes: bool = False
 
     def __post_init__(self) -> None:
         for label in ("lock_timeout", "lease", "decision_timeout", "wound_after"):
@@ -61,6 +67,11 @@ class TransactionSettings:
                     f"TransactionSettings.{label} must be a positive number of seconds, "
                     f"got {value!r}"
                 )
+        if not isinstance(self.refuse_plain_changes, bool):
+            raise ConfigurationError(
+                "TransactionSettings.refuse_plain_changes must be a bool, "
+                f"got {self.refuse_plain_changes!r}"
+            )
 
 
 @dataclass(slots=True)
@@ -71,6 +82,37 @@ class TransactionContext:
     start: float
     participants: set[ActorId] = field(default_factory=set)
     in_turn: bool = False  # a participant's turn, which holds that participant's lock
+    # Calls made in the transaction that have not answered yet (a task the block or turn
+    # started and did not await, say): the commit waits for them, so none is acknowledged
+    # outside it. Once it ended, a call made in it fails at once.
+    running: int = 0
+    ended: bool = False
+    _settled: asyncio.Future[None] | None = None
+
+    def call_started(self) -> None:
+        if self.ended:
+            raise InvalidCallError(
+                f"transaction {self.txid} has ended (its block or turn is over): a call made "
+                "in it now could not be part of it; await the calls a transaction makes "
+                "before it ends"
+            )
+        self.running += 1
+
+    def call_ended(self, joined: Iterable[ActorId]) -> None:
+        self.participants.update(joined)
+        self.running -= 1
+        if not self.running and self._settled is not None:
+            self._settled.set_result(None)
+            self._settled = None
+
+    async def end(self) -> None:
+        """Wait for the calls made in the transaction that are still running (each bounded
+        by its deadline), then refuse any further one."""
+        while self.running:
+            if self._settled is None:
+                self._settled = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._settled)
+        self.ended = True
 
     @classmethod
     def new(cls, start: float | None = None) -> TransactionContext:

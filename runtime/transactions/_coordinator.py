@@ -11,12 +11,21 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from raygrain.actors import ActorId, TransactionAbortedError
-from raygrain.runtime.kernel import Silo
+from raygrain.actors import (
+    ActorId,
+    InconsistentStateError,
+    TransactionAbortedError,
+    TransactionInDoubtError,
+)
+from raygrain.runtime.kernel import Silo, get_logger
 from raygrain.runtime.transactions._context import TX_ABORT, TX_COMMIT, TX_PREPARE
 from raygrain.storage import StateWrite, StorageProvider
 
 __all__ = ["Coordinator"]
+
+# How often a failed decision write is read back before its outcome is declared unknown (each
+# time after fencing found the write landing meanwhile).
+_RESOLVE_TRIES = 3
 
 
 class Participants(Protocol):
@@ -37,7 +46,8 @@ class Coordinator:
     async def commit(self, txid: str, participants: Iterable[ActorId]) -> None:
         """Prepare every participant, write their states in one storage transaction, then
         tell them; raises ``TransactionAbortedError`` (after aborting them) if any step fails
-        before the write."""
+        before the write or the write was not stored, and ``TransactionInDoubtError`` when
+        whether it was stored cannot be known (see ``_resolve``)."""
         order = sorted(set(participants), key=str)
         prepared = await self._to_all(order, TX_PREPARE, txid)
         failed = [(p, r) for p, r in zip(order, prepared, strict=True) if isinstance(r, Exception)]
@@ -61,13 +71,27 @@ class Coordinator:
                 writes.append(StateWrite(participant, data, etag))
         try:
             etags = await write_many(writes) if writes else []
-        except Exception as exc:
-            # The outcome of a failed write is not always known (a lost connection): the
-            # participants reload from storage, which holds whatever was decided.
+        except InconsistentStateError as exc:
+            # Refused as a whole (a participant's ETag moved): nothing of it was stored.
             await self.abort(txid, order, reload=True)
             raise TransactionAbortedError(
-                f"transaction {txid} aborted: its commit write failed: {exc}"
+                f"transaction {txid} aborted: its commit write was refused: {exc}"
             ) from None
+        except Exception as exc:
+            # Any other failure (a lost reply, a store that died mid-commit) may have come
+            # after the write was stored: read the decision back before saying anything.
+            try:
+                resolved = await self._resolve(txid, writes, exc)
+            except TransactionInDoubtError:
+                await self.abort(txid, order, reload=True)  # all reload what storage holds
+                raise
+            if resolved is None:
+                await self.abort(txid, order, reload=True)
+                raise TransactionAbortedError(
+                    f"transaction {txid} aborted: its commit write failed ({exc}) and was "
+                    "found not stored"
+                ) from None
+            etags = resolved
         new_etags = {w.actor_id: etag for w, etag in zip(writes, etags, strict=True)}
         # Committed. Participants learn it without the caller waiting: until they do, they
         # stay locked, so nobody reads around the outcome; one that never hears of it reloads
@@ -76,6 +100,45 @@ class Coordinator:
             sent = self._send(participant, TX_COMMIT, txid, new_etags.get(participant))
             if isinstance(sent, asyncio.Future):
                 sent.add_done_callback(_retrieve)
+
+    async def _resolve(
+        self, txid: str, writes: list[StateWrite], failure: Exception
+    ) -> list[str] | None:
+        """The outcome of a decision write that failed with ``failure``, read from storage:
+        the new ETags if it was stored, None if it was not (and now never can be). Raises
+        ``TransactionInDoubtError`` (the participants told to reload) when storage cannot say.
+
+        The write is atomic, so the records show all of it or none of it. "None of it" is
+        only final once the write can no longer land (it may still be on its way to the
+        store): rewriting one participant's record as it is, with its current ETag, fences
+        it, since the delayed write expects the older ETag and would then be refused."""
+        try:
+            for _ in range(_RESOLVE_TRIES):
+                records = [await self._storage.read(w.actor_id) for w in writes]
+                if all(
+                    r.etag != w.expected_etag and r.data == w.data
+                    for r, w in zip(records, writes, strict=True)
+                ):
+                    get_logger().warning("transaction_commit_resolved", txid=txid, outcome="stored")
+                    return [str(r.etag) for r in records]  # (stored: none is None)
+                if not all(r.etag == w.expected_etag for r, w in zip(records, writes, strict=True)):
+                    break  # neither this write's outcome nor the state before it: unknown
+                first, record = writes[0], records[0]
+                try:
+                    await self._storage.write_many(
+                        [StateWrite(first.actor_id, record.data, record.etag)]
+                    )
+                except InconsistentStateError:
+                    continue  # the write (or another) landed meanwhile: look again
+                get_logger().warning("transaction_commit_resolved", txid=txid, outcome="absent")
+                return None
+        except Exception as exc:
+            get_logger().warning("transaction_resolve_failed", txid=txid, error=repr(exc))
+        raise TransactionInDoubtError(
+            f"transaction {txid}: the outcome of its commit is unknown: the decision write "
+            f"failed ({failure}) and storage could not tell whether it was stored; every "
+            "participant reloads what storage holds (all of the transaction or none of it)"
+        )
 
     async def abort(self, txid: str, participants: Iterable[ActorId], reload: bool = False) -> None:
         await self._to_all(participants, TX_ABORT, txid, reload)

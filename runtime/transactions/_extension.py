@@ -40,6 +40,7 @@ class Transactions(Extension):
     def __init__(self) -> None:
         self.settings = TransactionSettings()
         self.locked: set[Activation] = set()  # activations a transaction holds
+        self.warned: set[tuple[str, str]] = set()  # (type, method): plain changes logged
         self._sweeper: asyncio.Task[None] | None = None
         self._silo: Silo | None = None
         self.coordinator: Coordinator
@@ -153,14 +154,14 @@ class TransactionFilter:
     """A call made inside a transaction carries it (the silo decides if the call joins); the
     actors that joined during the call are added to the caller's transaction."""
 
-    def outgoing(self, request: Request) -> Callable[[Response], None] | None:
+    def outgoing(self, request: Request) -> Callable[[Response | None], None] | None:
         transaction = current_transaction.get()
         if transaction is None:
             return None
+        transaction.call_started()
         request.transaction = transaction.header()
-        return partial(_add_joined, transaction)
+        return partial(_call_ended, transaction)
 
 
-def _add_joined(transaction: TransactionContext, response: Response) -> None:
-    if response.joined:
-        transaction.participants.update(response.joined)
+def _call_ended(transaction: TransactionContext, response: Response | None) -> None:
+    transaction.call_ended(response.joined if response is not None else ())

@@ -21,6 +21,7 @@ import msgpack
 from raygrain.actors import (
     ActorId,
     DeactivationReason,
+    InvalidCallError,
     SerializationError,
     TransactionAbortedError,
 )
@@ -126,6 +127,8 @@ class TxTicket:
         if hold is None:
             if self.joins:
                 _lock(activation, self)
+            elif not delivery.method.options.read_only and not _plain_change(activation, delivery):
+                return Admission.DIVERTED
             return Admission.RUN
         if self.txid == hold.txid:
             if hold.prepared:
@@ -178,6 +181,9 @@ class TxScope:
         current_transaction.set(self.transaction)
 
     async def succeeded(self) -> None:
+        # Calls the turn made in the transaction and did not await join it before it is
+        # reported (or committed), or fail at once if made after.
+        await self.transaction.end()
         if self.ticket.coordinates:
             coordinator = _owner(self.activation).coordinator
             await coordinator.commit(self.ticket.txid, self.transaction.participants)
@@ -185,6 +191,7 @@ class TxScope:
     async def failed(self, error: Exception) -> None:
         # A transactional call that raises aborts its transaction here; the one that started
         # it aborts every participant (others learn at prepare time).
+        await self.transaction.end()
         doom(self.activation, self.ticket.txid)
         if self.ticket.coordinates:
             coordinator = _owner(self.activation).coordinator
@@ -215,6 +222,38 @@ def _lock(activation: Activation, ticket: TxTicket) -> None:
     expires_at = activation.silo.loop_time() + owner.settings.lease
     activation.guard = TxHold(ticket.txid, ticket.start, expires_at)
     owner.lock_taken(activation)
+
+
+def _plain_change(activation: Activation, delivery: Delivery) -> bool:
+    """A changing method that is not ``@transactional`` called in a transaction that does not
+    hold the actor: it commits on its own, whatever the transaction does. Warn (once per
+    method and silo), or refuse it (``refuse_plain_changes``); False if refused."""
+    owner = _owner(activation)
+    actor_id, method = activation.actor_id, delivery.method.name
+    txid = delivery.ticket.txid if isinstance(delivery.ticket, TxTicket) else "?"
+    if owner.settings.refuse_plain_changes:
+        activation.silo.reply_error(
+            delivery.request,
+            InvalidCallError(
+                f"{actor_id.type_name}.{method} is not @transactional but changes state: "
+                f"called in transaction {txid}, its change would commit on its own, whatever "
+                "the transaction does (refuse_plain_changes is set); make it @transactional "
+                "or call it outside the transaction"
+            ),
+            f"{actor_id}.{method} on {activation.silo.name}",
+        )
+        return False
+    if (actor_id.type_name, method) not in owner.warned:
+        owner.warned.add((actor_id.type_name, method))
+        get_logger().warning(
+            "plain_change_in_transaction",
+            actor=str(actor_id),
+            method=method,
+            txid=txid,
+            detail="not @transactional: its change commits on its own, even if the "
+            "transaction aborts (TransactionSettings.refuse_plain_changes refuses such calls)",
+        )
+    return True
 
 
 def _refuse(activation: Activation, delivery: Delivery, why: str) -> None:

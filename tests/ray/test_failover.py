@@ -216,7 +216,7 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     mid-workload. Money is conserved and no transfer is half-applied."""
     import ray
 
-    from raygrain.actors import TransactionAbortedError
+    from raygrain.actors import TransactionAbortedError, TransactionInDoubtError
     from tests.app import InsufficientFunds, Vault
 
     worker_node = ray_silos.worker_node_ids[0]
@@ -249,7 +249,12 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
                         await cluster.transact(block, retries=3)
                     else:
                         await vaults[src].with_timeout(10).transfer_to(key(str(dst)), transfer, 1)
-                except (*RETRYABLE, TransactionAbortedError, InsufficientFunds):
+                except (
+                    *RETRYABLE,
+                    TransactionAbortedError,
+                    TransactionInDoubtError,
+                    InsufficientFunds,
+                ):
                     failed += 1  # fate unknown or aborted: must be all or nothing either way
                     continue
                 acknowledged[transfer] = (src, dst)
@@ -308,5 +313,8 @@ async def test_controller_restarted_by_ray_carries_on(
         # calls on the silo killed later hang to their deadline instead of failing when it is
         # declared dead. Bounded here so it cannot grow; make it 0 once fixed.
         work.bound_failures(
-            SiloUnavailableError=400, StorageError=50, InconsistentStateError=50, ActorCallTimeout=10
+            SiloUnavailableError=400,
+            StorageError=50,
+            InconsistentStateError=50,
+            ActorCallTimeout=10,
         )
