@@ -172,23 +172,8 @@ async def run(
             shutdown_ray()
 
 
-def _refuse_live_raygrain() -> None:
-    # Closing the benchmark's cluster stops every raygrain silo on this Ray cluster: never do
-    # that to a deployment someone started with `raygrain up`.
-    live = [
-        entry["name"]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry.get("namespace") == "raygrain" and entry["name"].startswith("raygrain-")
-    ]
-    if live:
-        raise RuntimeError(
-            f"raygrain is already running on this Ray cluster ({', '.join(sorted(live))}); "
-            "the benchmark would stop it. Use another Ray cluster, or stop it first."
-        )
-
-
 async def _measure(sizes: _Sizes, address: str | None) -> list[dict[str, Any]]:
-    _refuse_live_raygrain()
+    # A deployment of its own (Cluster.ray names it uniquely): it cannot touch another one.
     setup_started = now()
     async with Cluster.ray(actors=[RayPing], address=address, storage="memory://") as cluster:
         setup_seconds = now() - setup_started

@@ -14,7 +14,9 @@ from raygrain.runtime.kernel import (
     configure_logging,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.metrics import MetricsSettings
 from raygrain.runtime.timers import ReminderSettings
+from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
 
 __all__ = [
@@ -24,9 +26,11 @@ __all__ = [
     "FailureDetection",
     "ManualClock",
     "MembershipView",
+    "MetricsSettings",
     "ReminderSettings",
     "SiloStatus",
     "SystemClock",
+    "TracingSettings",
     "TransactionSettings",
     "configure_logging",
 ]

@@ -179,6 +179,8 @@ class SqliteStorage:
         self.busy_timeout = busy_timeout
         self.max_batch = max_batch
         self.commits = 0  # transactions committed by the group committer, for tests and metrics
+        # Called with the number of records of every batch committed (metrics: group commit).
+        self.batch_observers: list[Callable[[int], object]] = []
         self._known = _KnownVersions()  # touched only on the writer's thread
         self._file = _FileIdentity(self.path)  # touched only on the writer's thread
         self._writer: aiosqlite.Connection | None = None
@@ -488,6 +490,10 @@ class SqliteStorage:
             if not isinstance(exc, Exception):
                 raise
             return
+        if self.batch_observers:
+            size = sum(len(pending.writes) for pending in batch)
+            for observe in self.batch_observers:
+                observe(size)
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)
 

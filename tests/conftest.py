@@ -10,9 +10,15 @@ from typing import Any
 
 import pytest
 
-from raygrain.runtime import Cluster, ManualClock, ReminderSettings
+from raygrain.runtime import (
+    Cluster,
+    ManualClock,
+    MetricsSettings,
+    ReminderSettings,
+    TracingSettings,
+)
 from raygrain.runtime.kernel import SiloOptions
-from tests import app
+from tests import app, trace_sink
 
 
 @pytest.fixture(autouse=True)
@@ -37,13 +43,32 @@ async def cluster(clock: ManualClock) -> AsyncIterator[Cluster]:
 
 
 @pytest.fixture
-def log(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+def log(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> Any:
     """raygrain's log (from warning up) written to the captured stderr for this test, and put
     back as it was after it; ``configure_logging(level)`` in the test changes the level."""
+    import logging
+    import sys
+
     from raygrain.runtime.kernel import _logging
 
-    monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() binds to capsys
+    monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() configures afresh
     capsys.readouterr()
+
+    # raygrain logs through the stdlib logger "raygrain"; under pytest the root logger has
+    # pytest's handlers, so raygrain's own stderr fallback stays quiet: write to capsys here.
+    class ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            self.stream = sys.stderr  # capsys's stream while the test runs
+            super().emit(record)
+
+    handler = ToStderr()
+    raygrain_logger = logging.getLogger("raygrain")
+    raygrain_logger.addHandler(handler)
+    request.addfinalizer(lambda: raygrain_logger.removeHandler(handler))
     return capsys
 
 
@@ -58,8 +83,14 @@ RAY_TRANSPORTS = ["ray", "direct"]
 
 
 # Reminders with sub-second periods (the cluster default refuses periods under a minute).
+# The silos push metrics every second, and hand their spans to the trace tests' sink.
 RAY_SILO_OPTIONS = SiloOptions(
-    deactivation_timeout=0.5, capabilities=(ReminderSettings(minimum_period=0.2),)
+    deactivation_timeout=0.5,
+    capabilities=(
+        ReminderSettings(minimum_period=0.2),
+        MetricsSettings(export_period=1.0),
+        TracingSettings(setup=trace_sink.SETUP),
+    ),
 )
 
 

@@ -1,9 +1,9 @@
 """The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
-raygrain up --address auto --actors my.module [--silos-per-node 1] [--storage URL]
+raygrain up --address auto --actors my.module [--name NAME] [--silos-per-node 1] [--storage URL]
             [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
-raygrain status --address auto
-raygrain down --address auto
+raygrain status --address auto [--name NAME] [--watch] [--json] [--interval SECONDS]
+raygrain down --address auto [--name NAME]
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
 """
 
@@ -15,16 +15,92 @@ import importlib
 import inspect
 import json
 import os
+import socket
 import sys
+import traceback
 from importlib import metadata
 from typing import Any
 
-from rich.table import Table
-
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
-from raygrain.runtime.cli._table import Column, render_table, table_console
+from raygrain.runtime.cli._table import table_console
 
 __all__ = ["main"]
+
+# Exit codes (listed in `raygrain --help`).
+EXIT_OK = 0
+EXIT_NOT_RUNNING = 1  # status/down: no such deployment on that Ray
+EXIT_CONFIG = 2  # bad arguments or configuration
+EXIT_RAY_UNREACHABLE = 3  # cannot connect to Ray, or Ray refused our credentials
+_REACH_TIMEOUT = 5.0  # seconds to wait for Ray's port to accept a connection
+
+_EPILOG = """\
+deployments: every deployment has a name (--name, default "default"); its silos, controller and
+storage live in the Ray namespace raygrain-NAME, and 'down --name' stops only that one.
+'status' without --name lists the deployments on that Ray.
+
+logging: RAYGRAIN_LOG_LEVEL (or 'up --log-level') sets the silos' level (default warning).
+
+exit codes:
+  0  success
+  1  no such deployment on that Ray (status, down)
+  2  bad arguments or configuration (e.g. an actor module that does not import)
+  3  cannot connect to Ray at the address, or Ray refused the connection's credentials
+     (Ray's token authentication: set RAY_AUTH_TOKEN, or RAY_AUTH_MODE=disabled on a
+     trusted machine)
+add --debug to any command to see the full traceback of an error."""
+
+
+class RayUnreachable(Exception):
+    """Ray could not be reached or refused us: the message is one line saying what to do."""
+
+
+def _connect(address: str | None, local_code: bool) -> None:
+    """Connect to Ray, turning its connection and authentication failures into one line."""
+    from raygrain.runtime.ray_host import ensure_ray
+
+    _check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto")
+    try:
+        ensure_ray(address, local_code=local_code)
+    except RaygrainError:
+        raise
+    except Exception as exc:
+        raise RayUnreachable(_describe_ray_failure(address, exc)) from exc
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once when nothing listens at ``host:port``: Ray itself would retry for minutes,
+    printing a warning every few seconds. ("auto" is Ray's to resolve; it fails fast.)"""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise RayUnreachable(
+            f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
+            "it with 'ray start --head', or pass the right --address (or RAY_ADDRESS)"
+        ) from exc
+
+
+def _describe_ray_failure(address: str | None, exc: BaseException) -> str:
+    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if (
+        "authenticationerror" in lowered
+        or "invalidauthtoken" in lowered
+        or ("auth" in lowered and "token" in lowered)
+    ):
+        return (
+            f"Ray at {where} refused the connection's credentials (token authentication): "
+            "make the cluster's token available (RAY_AUTH_TOKEN, or the file "
+            "~/.ray/auth_token), or on a trusted machine start Ray with RAY_AUTH_MODE=disabled"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot connect to Ray at {where} ({first[:200]}): start it with 'ray start --head', "
+        "or pass --address (or set RAY_ADDRESS)"
+    )
 
 
 def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
@@ -47,13 +123,10 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.kernel import SiloOptions
-    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, ensure_ray, find_silos, launch
+    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, find_silos, launch
     from raygrain.runtime.wire import TLSFiles
 
     actor_types = _actor_classes(args.actors)
-    ensure_ray(args.address, local_code=True)
-    if find_silos():
-        raise ConfigurationError("raygrain silos are already running; 'raygrain down' first")
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
@@ -63,70 +136,114 @@ async def _up(args: argparse.Namespace) -> int:
         args.storage if args.storage.startswith("sqlite:") and args.direct else None,
         args.storage,
         detached=True,
+        name=args.name,
+        log_level=args.log_level,
         transport=args.transport,
         plane=DirectPlane(tls=tls),
     )
+    _connect(args.address, local_code=True)
+    if find_silos(args.name):
+        raise ConfigurationError(
+            f"deployment {args.name!r} is already running: 'raygrain down --name {args.name}' "
+            "first, or choose another --name"
+        )
     handles = await launch(spec, SiloOptions())
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
-    print(f"started {len(silos)} silo(s) hosting {', '.join(c.__name__ for c in actor_types)}:")
+    print(
+        f"deployment {args.name!r}: started {len(silos)} silo(s) hosting "
+        f"{', '.join(c.__name__ for c in actor_types)}:"
+    )
     for name in silos:
         print(f"  {name}")
-    return 0
+    return EXIT_OK
 
 
 async def _status(args: argparse.Namespace) -> int:
+    from raygrain.runtime.ray_host import list_deployments
+
+    _connect(args.address, local_code=False)
+    if args.name is None:
+        return await _list_deployments(args, list_deployments())
+    return await _deployment_status(args, args.name)
+
+
+async def _list_deployments(args: argparse.Namespace, names: list[str]) -> int:
     import ray
 
     from raygrain.runtime.kernel import view_from_wire
-    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE, ensure_ray
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
 
-    ensure_ray(args.address, local_code=False)
-    try:
-        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        print("no raygrain cluster is running on this Ray cluster")
-        return 1
-    view = view_from_wire(await controller.get_view.remote())
-    nodes = await controller.silo_nodes.remote()
     rows = []
-    for name, status in sorted(view.silos):
+    for name in names:
         try:
-            handle = ray.get_actor(name, namespace=NAMESPACE)
-            stats = await asyncio.wait_for(handle.stats.remote(), 10)
-        except Exception as exc:  # an unreachable silo is part of the status, not a failure
-            stats = {"error": type(exc).__name__}
-        rows.append({"silo": name, "status": status.value, "node": nodes.get(name, "?"), **stats})
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of(name))
+            view = view_from_wire(await asyncio.wait_for(controller.get_view.remote(), 10))
+            rows.append({"name": name, "view_version": view.version, "silos": len(view.active())})
+        except Exception as exc:  # an unreachable controller is part of the status
+            rows.append({"name": name, "error": type(exc).__name__})
     if args.json:
-        print(json.dumps({"view_version": view.version, "silos": rows}, indent=2))
-        return 0
-    table_console().print(_status_table(view.version, rows))
-    return 0
+        print(json.dumps({"deployments": rows}, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no raygrain deployment is running on this Ray cluster")
+        return EXIT_NOT_RUNNING
+    print(f"{len(rows)} deployment(s); 'raygrain status --name NAME' for one's silos")
+    print(f"{'deployment':32} {'live silos':>10} {'view':>6}")
+    for row in rows:
+        print(
+            f"{row['name']:32} {row.get('silos', row.get('error', '-'))!s:>10} "
+            f"{row.get('view_version', '-')!s:>6}"
+        )
+    return EXIT_OK
 
 
-def _status_table(view_version: int, rows: list[dict[str, Any]]) -> Table:
-    columns = [
-        Column("silo", max_width=44),  # folds: the end of a silo's name tells two apart
-        Column("status"),
-        Column("node", overflow="ellipsis", max_width=14),
-        Column("activations", justify="right"),
-        Column("calls", justify="right"),
-    ]
-    cells = [
-        (r["silo"], r["status"], r["node"], r.get("activations"), r.get("calls_received"))
-        for r in rows
-    ]
-    title = f"membership view version {view_version}, {len(rows)} silo(s)"
-    return render_table(columns, cells, title=title)
+async def _deployment_status(args: argparse.Namespace, deployment: str) -> int:
+    import ray
+
+    from raygrain.runtime.cli._status import collect, render, watch
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
+
+    namespace = namespace_of(deployment)
+    try:
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+    except ValueError:
+        print(f"no raygrain deployment named {deployment!r} is running on this Ray cluster")
+        return EXIT_NOT_RUNNING
+    if args.interval <= 0:
+        raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")
+    console = table_console()
+    figures = await watch(
+        lambda: collect(controller, namespace), deployment, args.interval, args.watch, console
+    )
+    # Silos follow Ray's nodes (see NodeFollower): a live node with no active silo yet shows.
+    live_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}  # type: ignore[no-untyped-call]
+    covered = {s.get("node_id") for s in figures["silos"] if s.get("status") == "active"}
+    without_silo = sorted(live_nodes - covered)
+    figures["deployment"] = deployment
+    figures["nodes"] = {"alive": len(live_nodes), "without_silo": without_silo}
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return EXIT_OK
+    console.print(render(deployment, figures))
+    if without_silo:
+        console.print(f"{len(without_silo)} live node(s) still without a silo: {without_silo}")
+    return EXIT_OK
 
 
 async def _down(args: argparse.Namespace) -> int:
-    from raygrain.runtime.ray_host import ensure_ray, find_silos, stop_everything
+    from raygrain.runtime.ray_host import list_deployments, stop_everything
 
-    ensure_ray(args.address, local_code=False)
-    silos = find_silos()
-    await stop_everything()
-    print(f"stopped {len(silos)} silo(s); their state is durable in storage")
-    return 0
+    _connect(args.address, local_code=False)
+    if args.name not in list_deployments():
+        running = ", ".join(list_deployments()) or "none"
+        print(
+            f"no raygrain deployment named {args.name!r} on this Ray (running: {running})",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_RUNNING
+    silos = await stop_everything(args.name)
+    print(f"deployment {args.name!r}: stopped {len(silos)} silo(s); their state is durable")
+    return EXIT_OK
 
 
 def _version() -> str:
@@ -137,11 +254,23 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raygrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="raygrain",
+        description=__doc__.splitlines()[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start detached silos on a Ray cluster")
+    up = commands.add_parser("up", help="start a detached deployment of silos on a Ray cluster")
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
+    up.add_argument("--name", default="default", help="the deployment's name (default: default)")
+    up.add_argument(
+        "--log-level",
+        default=None,
+        help="the silos' log level (debug, info, warning...; default: RAYGRAIN_LOG_LEVEL)",
+    )
     up.add_argument("--actors", action="append", required=True, help="module with actor classes")
     up.add_argument("--silos-per-node", type=int, default=1)
     up.add_argument("--storage", default="sqlite://raygrain-state.db")
@@ -161,9 +290,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--tls-ca", default=None, help="CA file clients and silos trust")
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")
-    status.add_argument("--json", action="store_true")
-    down = commands.add_parser("down", help="stop the silos gracefully")
+    status.add_argument(
+        "--name", default=None, help="one deployment's silos (default: list the deployments)"
+    )
+    status.add_argument("--json", action="store_true", help="print the figures as JSON")
+    status.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
+    status.add_argument(
+        "--interval", type=float, default=2.0, help="seconds the rates are measured over"
+    )
+    down = commands.add_parser("down", help="stop one deployment's silos gracefully")
     down.add_argument("--address", default="auto")
+    down.add_argument("--name", default="default", help="the deployment (default: default)")
     # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
@@ -187,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:
         return asyncio.run(handler(args))
-    except RaygrainError as exc:
+    except (RaygrainError, RayUnreachable) as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"raygrain {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_RAY_UNREACHABLE if isinstance(exc, RayUnreachable) else EXIT_CONFIG
 
 
 if __name__ == "__main__":

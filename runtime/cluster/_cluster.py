@@ -31,7 +31,7 @@ from raygrain.actors import (
     TransactionAbortedError,
     TransactionInDoubtError,
 )
-from raygrain.runtime._capabilities import client_filters, silo_extensions
+from raygrain.runtime._capabilities import client_filters, metrics_registry, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
@@ -45,6 +45,7 @@ from raygrain.runtime.kernel import (
     SystemClock,
 )
 from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
@@ -83,6 +84,7 @@ class _LocalBackend:
         storage: StorageProvider | str,
         clock: Clock,
         options: SiloOptions,
+        metrics_port: int | None = None,
     ) -> None:
         self.owns_storage = isinstance(storage, str)
         self.storage = open_storage(storage)
@@ -98,27 +100,38 @@ class _LocalBackend:
                 self.membership,
                 clock,
                 options,
-                silo_extensions(),
+                silo_extensions(options),
             )
             for index in range(silos)
         ]
         for silo in self.silos:
             self.transport.register_silo(silo.name, silo)
+        self.registries: list[MetricRegistry] = [
+            r for silo in self.silos if (r := metrics_registry(silo)) is not None
+        ]
+        self.metrics_port = metrics_port
+        self.metrics: PrometheusExporter | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"
+        filters = client_filters(self.options)
         caller = Caller(
             address,
             self.transport,
             self.membership,
             registry,
             self.options.calls,
-            filters=client_filters(),
+            filters=filters,
         )
+        client_registry = metrics_registry(filters)
+        if client_registry is not None:
+            self.registries.append(client_registry)
         self.transport.register(address, caller)
         return caller
 
     async def start(self) -> None:
+        if self.registries:
+            self.metrics = PrometheusExporter(lambda: self.registries, self.metrics_port)
         for silo in self.silos:
             silo.start()
             self.membership.set_status(silo.name, SiloStatus.ACTIVE)
@@ -130,6 +143,8 @@ class _LocalBackend:
             await silo.aclose()
         if self.owns_storage:
             await self.storage.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def stats(self) -> list[dict[str, Any]]:
         return [silo.stats() for silo in self.silos]
@@ -162,9 +177,13 @@ class Cluster:
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
         reminders: ReminderSettings | None = None,
+        metrics: bool | MetricsSettings = True,
+        metrics_port: int | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
-        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``."""
+        ``"sqlite:///app.db"``; default ``"memory://"``). Start it with ``async with``.
+        ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
+        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actors)
@@ -177,8 +196,12 @@ class Cluster:
             transactions,
             max_queued_calls,
             reminders,
+            MetricsSettings.chosen(metrics, "local"),
         )
-        backend = _LocalBackend(registry, silos, storage, clock or SystemClock(), options)
+        MetricsSettings.check_port(metrics_port, metrics)
+        backend = _LocalBackend(
+            registry, silos, storage, clock or SystemClock(), options, metrics_port
+        )
         return cls(registry, backend)
 
     @classmethod
@@ -186,7 +209,9 @@ class Cluster:
         cls,
         actors: Iterable[type[Actor[Any]]],
         *,
+        name: str | None = None,
         address: str | None = None,
+        runtime_env: dict[str, Any] | None = None,
         silos_per_node: int = 1,
         storage: str | None = None,
         server_storage: str = "sqlite://raygrain-state.db",
@@ -198,24 +223,34 @@ class Cluster:
         failure_detection: FailureDetection | None = None,
         transactions: TransactionSettings | None = None,
         max_queued_calls: int = 10_000,
+        log_level: str | None = None,
         transport: str = "direct",
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
+        metrics: bool | MetricsSettings = True,
     ) -> Cluster:
-        """Silos as Ray actors, one per node (``silos_per_node``). ``address``: None starts a
-        local Ray; ``"auto"`` or ``"ray://host:port"`` joins one. ``storage``: None (default)
+        """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
+        ``aclose()``.
+
+        ``name``: the deployment's name (its own Ray namespace; default: a unique one), so that
+        programs sharing a Ray never see or stop each other's silos. ``address``: None joins
+        ``RAY_ADDRESS`` when set and otherwise starts a local Ray; ``"auto"`` or
+        ``"ray://host:10001"`` (needs ``raygrain[client]``) joins one. ``runtime_env``: Ray's,
+        for the silos (``working_dir``, ``pip``, ``env_vars``...). ``storage``: None (default)
         puts a storage server on this node in front of ``server_storage`` (default
         ``raygrain-state.db`` in the current directory); a ``sqlite:`` URL makes every silo
-        open that file itself (one machine only). ``transport``: ``"direct"`` (default) sends
-        calls over the silos' own authenticated connections, with Ray calls as the fallback;
-        ``"ray"`` sends every message as a Ray actor call. ``tls``: certificate files for the
-        direct connections (see docs/ray.md)."""
+        open that file itself (one machine only). ``log_level``: the silos' (default:
+        ``RAYGRAIN_LOG_LEVEL``). ``transport``: ``"direct"`` (default) sends calls over the
+        silos' own authenticated connections, with Ray calls as the fallback; ``"ray"`` sends
+        every message as a Ray actor call. ``tls``: certificate files for the direct
+        connections (see docs/ray.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
             RayLaunch,
             check_transport,
             frame_cap,
+            unique_deployment_name,
         )
 
         if isinstance(silos_per_node, bool) or not isinstance(silos_per_node, int):
@@ -232,6 +267,7 @@ class Cluster:
             transactions,
             max_queued_calls,
             reminders,
+            MetricsSettings.chosen(metrics, "default"),
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
@@ -241,35 +277,55 @@ class Cluster:
             storage,
             server_storage,
             detection=failure_detection or FailureDetection(),
+            name=unique_deployment_name() if name is None else name,
+            runtime_env=runtime_env,
+            log_level=log_level,
             transport=check_transport(transport),
             plane=DirectPlane(tls=tls, max_frame_bytes=frame_cap(options.calls.max_message_bytes)),
         )
-        return cls(registry, RayBackend(address, launch, options, transport))
+        backend = RayBackend(address, launch, options, runtime_env=runtime_env, transport=transport)
+        return cls(registry, backend)
 
     @classmethod
     def connect(
         cls,
-        address: str = "auto",
+        address: str | None = "auto",
         actors: Iterable[type[Actor[Any]]] = (),
         *,
+        name: str = "default",
         default_timeout: float = 30.0,
         max_message_bytes: int = 16 * 1024 * 1024,
         transport: str = "direct",
     ) -> Cluster:
-        """A client of silos already running on Ray (started with ``raygrain up``).
-        ``actors`` are optional: they give typed ``get`` and per-method timeouts.
-        ``transport``: ``"direct"`` (default; Ray calls when the silos offer no direct
-        plane or cannot be dialled) or ``"ray"``."""
-        from raygrain.runtime.ray_host import RayBackend
+        """A client of the deployment ``name`` already running on Ray (``raygrain up
+        --name``; default ``"default"``). It never stops anything. ``actors`` are optional:
+        they give typed ``get`` and per-method timeouts. ``transport``: ``"direct"``
+        (default; Ray calls when the silos offer no direct plane or cannot be dialled) or
+        ``"ray"``."""
+        from raygrain.runtime.ray_host import RayBackend, namespace_of
 
+        namespace_of(name)  # a bad name fails here
         registry = ActorRegistry(actors)
         options = _silo_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(registry, RayBackend(address, None, options, transport))
+        return cls(
+            registry, RayBackend(address, None, options, deployment=name, transport=transport)
+        )
+
+    @property
+    def name(self) -> str | None:
+        """The deployment's name on Ray (None in local mode)."""
+        return getattr(self._backend, "deployment", None)
 
     async def start(self) -> Cluster:
         if not self._started:
             self._started = True
-            await self._backend.start()
+            try:
+                await self._backend.start()
+            except BaseException:
+                # The backend has undone what it started; this cluster is closed, not leaked.
+                self.closed = True
+                self._caller.close()
+                raise
         return self
 
     async def __aenter__(self) -> Cluster:
@@ -403,6 +459,12 @@ class Cluster:
         return list(getattr(self._backend, "silos", []))
 
     @property
+    def metrics(self) -> PrometheusExporter | None:
+        """The in-process cluster's metrics (``value(name, **labels)``, ``text()``, ``port``);
+        None on Ray (see Ray's metrics endpoint) or with metrics off."""
+        return getattr(self._backend, "metrics", None)
+
+    @property
     def storage(self) -> StorageProvider | None:
         return getattr(self._backend, "storage", None)
 
@@ -432,6 +494,7 @@ def _silo_options(
     transactions: TransactionSettings | None = None,
     max_queued_calls: int = 10_000,
     reminders: ReminderSettings | None = None,
+    metrics: MetricsSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -469,5 +532,5 @@ def _silo_options(
         deactivation_timeout=float(deactivation_timeout),
         max_queued_calls=max_queued_calls,
         calls=calls,
-        capabilities=(transactions, reminders),
+        capabilities=(transactions, reminders, metrics or MetricsSettings()),
     )

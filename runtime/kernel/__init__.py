@@ -10,6 +10,7 @@ from raygrain.runtime.kernel._clock import Clock, ManualClock, SystemClock
 from raygrain.runtime.kernel._extensions import (
     Admission,
     CallFilter,
+    CallObserver,
     Extension,
     Guard,
     Ticket,
@@ -50,6 +51,7 @@ __all__ = [
     "ActorRegistry",
     "Admission",
     "CallFilter",
+    "CallObserver",
     "CallSettings",
     "Caller",
     "Clock",

@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from raygrain.actors import (
@@ -28,8 +29,9 @@ from raygrain.actors import (
     decode,
     decode_error,
     encode,
+    encode_error,
 )
-from raygrain.runtime.kernel._extensions import CallFilter
+from raygrain.runtime.kernel._extensions import CallFilter, CallObserver
 from raygrain.runtime.kernel._messages import Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._transport import Transport
@@ -105,7 +107,7 @@ class Caller:
         registry: ActorRegistry,
         settings: CallSettings,
         local_silo: str | None = None,
-        filters: tuple[CallFilter, ...] = (),
+        filters: tuple[CallFilter | CallObserver, ...] = (),
     ) -> None:
         self.address = address
         self._transport = transport
@@ -113,7 +115,9 @@ class Caller:
         self._registry = registry
         self._settings = settings
         self._local_silo = local_silo
-        self._filters = filters
+        self._filters = tuple(f for f in filters if hasattr(f, "outgoing"))
+        # Observers are timed once per call, by the caller, for all of them.
+        self._observers = tuple(f.call_ended for f in filters if hasattr(f, "call_ended"))
         self._pending: dict[int, _PendingCall] = {}
         self._ids = CallIds()
         self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
@@ -163,6 +167,8 @@ class Caller:
             if followup is not None:
                 followups = [followup] if followups is None else [*followups, followup]
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
+        observers = self._observers
+        started = perf_counter() if observers else 0.0
         future = self._dispatch(request, destination)
         try:
             if future.done():
@@ -174,16 +180,25 @@ class Caller:
                 if not self._answered_on_the_spot % _YIELD_EVERY:
                     await asyncio.sleep(0)
             response = await future
-        except BaseException:
+        except BaseException as exc:
             if followups is not None:  # (the call failed with no response: tell them so)
                 for followup in followups:
                     followup(None)
+            if observers and isinstance(exc, RaygrainError):
+                # A deadline, a lost silo: the observers count it as a failed call.
+                failed = Response(call_id, False, encode_error(exc, f"{target}.{method}"))
+                for observe in observers:
+                    observe(request, failed, perf_counter() - started)
             raise
         finally:
             self._pending.pop(call_id, None)
         if followups is not None:
             for followup in followups:
                 followup(response)
+        if observers:
+            seconds = perf_counter() - started
+            for observe in observers:
+                observe(request, response, seconds)
         return self.result_of(response)
 
     @property

@@ -14,6 +14,11 @@ What a silo offers a capability:
 - ``activated`` / ``deactivating``: an activation's lifecycle (its instance exists in between).
 - ``accept``: a request was decoded and checked; the extension may give the ``Delivery`` a
   ``ticket`` (a ``Ticket``), which then governs the call's admission and its turn.
+- ``turn_started`` / ``turn_ended``: every turn of every call, to observe it (metrics, traces):
+  the start runs inside the turn's task; the end gets the error (None: it succeeded) and how
+  long the turn took. Only silos with an extension overriding them read the time at all.
+- ``wrap_storage``: the silo's storage provider, to observe it (called as the silo is built).
+- ``stats``: figures the extension adds to ``Silo.stats()``.
 
 What a turn offers (through the delivery's ticket, and the activation's guard):
 - ``Ticket.admit`` / ``Guard.admit``: whether the call runs now, waits, or was diverted (set
@@ -24,7 +29,8 @@ What a turn offers (through the delivery's ticket, and the activation's guard):
   what happens when the method returned (``succeeded``) or raised (``failed``).
 
 What a caller offers (``CallFilter``): stamp an outgoing request and read its response, e.g. to
-carry a transaction or a trace context across the call.
+carry a transaction or a trace context across the call; and (``CallObserver``) every call's end
+with its duration, timed once by the caller for all observers (metrics).
 
 Context variables a capability keeps per turn are registered with ``turn_variable``: every
 turn starts with them at their defaults, like the kernel's own.
@@ -38,6 +44,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raygrain.actors import ActorId, DeactivationReason
+from raygrain.storage import StorageProvider
 
 if TYPE_CHECKING:
     from raygrain.runtime.kernel._activation import Activation, Delivery
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Admission",
     "CallFilter",
+    "CallObserver",
     "Extension",
     "Guard",
     "Ticket",
@@ -119,6 +127,16 @@ class CallFilter(Protocol):
         ...
 
 
+class CallObserver(Protocol):
+    """Sees every call a caller makes end, with how long it took (the caller reads the clock
+    once for all observers). A call filter may be one too; either goes in ``filters``."""
+
+    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
+        """``response`` arrived ``seconds`` after ``request`` was sent (a call that got no
+        response, e.g. it timed out, passes a failed one carrying its error)."""
+        ...
+
+
 class Extension:
     """A capability of the silo. Override the hooks you need; the others cost nothing."""
 
@@ -145,8 +163,28 @@ class Extension:
         """A request was checked and is about to be enqueued; set ``delivery.ticket`` to
         govern it."""
 
-    def call_filter(self) -> CallFilter | None:
-        """A filter for the calls the silo's actors make, if any."""
+    def turn_started(self, activation: Activation, delivery: Delivery) -> None:
+        """A turn starts (inside its task, before the method runs; context variables set here
+        are the turn's own)."""
+
+    def turn_ended(
+        self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
+    ) -> None:
+        """A turn that ``turn_started`` saw ended: replied to (or failed with ``error``) after
+        ``seconds``, its per-turn write included. Per-turn values kept in ``delivery.extras``
+        (under the capability's key) are there."""
+
+    def wrap_storage(self, storage: StorageProvider) -> StorageProvider:
+        """The provider the silo should use instead of ``storage`` (to observe it). Called
+        as the silo is built, before ``attach``."""
+        return storage
+
+    def stats(self, silo: Silo) -> dict[str, Any]:
+        """Figures to add to ``Silo.stats()``."""
+        return {}
+
+    def call_filter(self) -> CallFilter | CallObserver | None:
+        """A filter (or observer) for the calls the silo's actors make, if any."""
         return None
 
 

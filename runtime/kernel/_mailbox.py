@@ -60,6 +60,8 @@ class Delivery:
     expires_at: float
     ticket: Ticket | None = None  # set by a capability that governs this call
     keeps_alive: bool = True  # whether the turn counts as use (idle collection)
+    # Per-turn values of the capabilities observing turns (turn_started/turn_ended), by key.
+    extras: dict[str, Any] | None = None
 
 
 class Mailbox:

@@ -33,9 +33,11 @@ class Request:
     hops: int = 0
     transaction: bytes | None = None
     view_version: int = -1  # the sender's membership view; -1: unknown, always re-checked
+    # The W3C trace context (``traceparent``) of the caller's span, if the call is traced.
+    traceparent: str | None = None
 
     def to_wire(self) -> list[Any]:
-        return [
+        wire = [
             0,
             self.call_id,
             self.target.type_name,
@@ -49,6 +51,9 @@ class Request:
             self.transaction,
             self.view_version,
         ]
+        if self.traceparent is not None:  # optional and last: older messages still decode
+            wire.append(self.traceparent)
+        return wire
 
 
 @dataclass(slots=True)
@@ -158,9 +163,12 @@ def _from_wire(item: Any) -> Request | Response:
         return Response(call_id, ok, payload, joined)
     if item[0] != 0:
         raise ValueError(f"unknown message kind {item[0]!r}")
-    _expect(item, (12,), "request")
+    _expect(item, (12, 13), "request")  # 13: with a trace context
     (_, call_id, type_name, key, method, payload, reply_to, timeout, chain, hops) = item[:10]
     transaction, view_version = item[10], item[11]
+    traceparent = item[12] if len(item) > 12 else None
+    if traceparent is not None:
+        _check("traceparent", traceparent, str)
     _check("call id", call_id, int)
     _check("reply address", reply_to, str)
     _check("type name", type_name, str)
@@ -186,6 +194,7 @@ def _from_wire(item: Any) -> Request | Response:
         hops,
         transaction,
         view_version,
+        traceparent,
     )
 
 

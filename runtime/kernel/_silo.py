@@ -10,6 +10,7 @@ timers, ...) join it as ``Extension``s (see ``_extensions``); the silo knows non
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -76,6 +77,10 @@ class Silo:
     ) -> None:
         self.name = name
         self.registry = registry
+        self.extensions = tuple(extensions)
+        for extension in self.extensions:
+            if overrides(extension, "wrap_storage"):
+                storage = extension.wrap_storage(storage)
         self.storage = storage
         # A provider whose writes wait lets a changing turn end without a task waiting for it.
         self.queue_write = storage.queue_write if isinstance(storage, QueuedWrites) else None
@@ -83,7 +88,7 @@ class Silo:
         self.membership = membership
         self.clock = clock
         self.options = options
-        self.extensions = tuple(extensions)
+        self.started_at = time.time()
         filters = tuple(f for e in self.extensions if (f := e.call_filter()) is not None)
         self.caller = Caller(
             name, transport, membership, registry, options.calls, local_silo=name, filters=filters
@@ -110,6 +115,9 @@ class Silo:
         self.on_deactivating = self._hooks("deactivating")
         self._on_accept = self._hooks("accept")
         self._on_view = self._hooks("view_changed")
+        self.on_turn_started = self._hooks("turn_started")
+        self.on_turn_ended = self._hooks("turn_ended")
+        self._on_stats = self._hooks("stats")
         membership.subscribe(self._view_changed)
         for extension in self.extensions:
             extension.attach(self)
@@ -376,9 +384,14 @@ class Silo:
         return loop.time()
 
     def stats(self) -> dict[str, Any]:
-        return {
+        figures = {
             "silo": self.name,
             "activations": len(self.activations) + sum(len(p) for p in self.workers.values()),
             "calls_received": self.calls_received,
             "closed": self.closed,
+            "uptime_s": time.time() - self.started_at,
+            "types": self.registry.names(),
         }
+        for stats in self._on_stats:
+            figures.update(stats(self))
+        return figures

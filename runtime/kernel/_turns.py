@@ -11,6 +11,7 @@ method returned or raised. ``TurnRunner`` sits between ``Mailbox`` and ``Activat
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Any
 
 from raygrain.actors import (
@@ -33,7 +34,6 @@ from raygrain.runtime.kernel._caller import current_chain
 from raygrain.runtime.kernel._extensions import TURN_VARIABLES
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
-from raygrain.runtime.kernel._messages import Request
 from raygrain.runtime.kernel._state import StateSlot
 
 __all__ = ["TurnRunner"]
@@ -56,7 +56,7 @@ class TurnRunner(Mailbox):
         state_type = cls.__actor_state_type__
         # Only a stateful actor has a state slot (a stateless one has nothing to store).
         self.slot = None if state_type is None else StateSlot(actor_id, state_type, silo.storage)
-        self._queued_turn: tuple[Request, ActorMethod, bytes] | None = None  # _queue_write
+        self._queued_turn: tuple[Delivery, bytes, float] | None = None  # _queue_write
         # Read at every turn's end (see Activation._turn_ended): a waiter for the running
         # turns to end, and whether the actor asked to be deactivated once idle.
         self._idle_waiter: asyncio.Future[None] | None = None
@@ -88,10 +88,18 @@ class TurnRunner(Mailbox):
         )
         ends_when_written = False
         rollbacks = slot.rollbacks if slot is not None else 0
+        observed = self.silo.on_turn_ended  # an extension observing turns: time them
+        started = 0.0
+        error: Exception | None = None
         try:
             if self.silo.loop_time() > delivery.expires_at:
+                observed = ()
                 return  # the caller has already timed out; running it now would be a surprise
             self._enter_turn(request.chain)
+            for hook in self.silo.on_turn_started:
+                hook(self, delivery)
+            if observed:
+                started = perf_counter()
             if scope is not None:
                 scope.enter()
             try:
@@ -114,7 +122,7 @@ class TurnRunner(Mailbox):
                     data = slot.changed(self.instance.state)
                     if data is not None:
                         # (A turn with a scope awaits its write: the scope hears how it went.)
-                        if scope is None and self._queue_write(request, method, payload, data):
+                        if scope is None and self._queue_write(delivery, payload, data, started):
                             ends_when_written = True
                             return
                         await slot.write(data)
@@ -125,7 +133,7 @@ class TurnRunner(Mailbox):
                 # (A turn that a rollback already hit does not roll back again: that would
                 # only discard the changes of the turns that started after it.)
                 rolls_back = per_turn and not isinstance(exc, TurnRolledBackError)
-                ok, payload = False, self._fail_turn(method, exc, rolls_back)
+                ok, payload, error = False, self._fail_turn(method, exc, rolls_back), exc
                 if scope is not None:
                     await scope.failed(exc)
             except asyncio.CancelledError:
@@ -145,10 +153,10 @@ class TurnRunner(Mailbox):
         finally:
             if not ends_when_written:
                 self._end_turn(options, delivery.keeps_alive)
+                for hook in observed:
+                    hook(self, delivery, error, perf_counter() - started)
 
-    def _queue_write(
-        self, request: Request, method: ActorMethod, payload: bytes, data: bytes
-    ) -> bool:
+    def _queue_write(self, delivery: Delivery, payload: bytes, data: bytes, started: float) -> bool:
         """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
         the turn then ends in ``_written`` once the write committed, with no task left waiting
         for it. False when the provider cannot (the turn then awaits its write as usual). The
@@ -162,7 +170,7 @@ class TurnRunner(Mailbox):
         # waits for it can wait here rather than in a closure per write; and it keeps only what
         # its end needs (each object a waiting turn keeps alive costs garbage collection time).
         slot.start_write(data)
-        self._queued_turn = (request, method, payload)
+        self._queued_turn = (delivery, payload, started)
         try:
             queue_write(self.actor_id, data, slot.etag, self._written)
         except BaseException:
@@ -176,21 +184,25 @@ class TurnRunner(Mailbox):
         back and report the failure, then end the turn."""
         slot = self.slot
         assert self._queued_turn is not None and slot is not None and slot.in_flight is not None
-        (request, method, payload), self._queued_turn = self._queued_turn, None
+        (delivery, payload, started), self._queued_turn = self._queued_turn, None
+        method = delivery.method
+        error = None
         try:
             if isinstance(outcome, Exception):
                 slot.end_write()  # first: the rollback goes back past the failed write
                 if isinstance(outcome, InconsistentStateError):
                     slot.fenced = True
-                ok, payload = False, self._fail_turn(method, outcome, True)
+                ok, payload, error = False, self._fail_turn(method, outcome, True), outcome
             else:
                 slot.adopt(slot.in_flight, outcome)
                 ok = True
                 slot.end_write()
             if not method.options.one_way:
-                self.silo.reply(request, ok, payload, ())
+                self.silo.reply(delivery.request, ok, payload, ())
         finally:
             self._end_turn(method.options)
+            for hook in self.silo.on_turn_ended:
+                hook(self, delivery, error, perf_counter() - started)
 
     def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class

@@ -1,5 +1,6 @@
 """The Ray host: the launcher, the silo and controller actors, the Ray transport, the direct
-plane's wiring (runtime.wire over Ray) and the storage server.
+plane's wiring (runtime.wire over Ray), the storage server, and silos that follow Ray's node
+list. Each deployment lives in its own Ray namespace.
 """
 
 from raygrain.runtime.ray_host._direct import (
@@ -10,26 +11,34 @@ from raygrain.runtime.ray_host._direct import (
 )
 from raygrain.runtime.ray_host._launcher import (
     CONTROLLER_NAME,
-    NAMESPACE,
+    DEFAULT_DEPLOYMENT,
+    STORAGE_NAME,
     RayBackend,
     RayLaunch,
     create_silo,
     ensure_ray,
     find_silos,
     launch,
+    list_deployments,
+    namespace_of,
     stop_everything,
+    unique_deployment_name,
 )
+from raygrain.runtime.ray_host._nodes import NodeFollower
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
-from raygrain.runtime.ray_host._transport import ClientMailbox
+from raygrain.runtime.ray_host._transport import ClientMailbox, RayTransport
 
 __all__ = [
     "CONTROLLER_NAME",
-    "NAMESPACE",
+    "DEFAULT_DEPLOYMENT",
+    "STORAGE_NAME",
     "TRANSPORTS",
     "ClientMailbox",
     "DirectPlane",
+    "NodeFollower",
     "RayBackend",
     "RayLaunch",
+    "RayTransport",
     "RemoteStorage",
     "StorageServerImpl",
     "check_transport",
@@ -38,5 +47,8 @@ __all__ = [
     "find_silos",
     "frame_cap",
     "launch",
+    "list_deployments",
+    "namespace_of",
     "stop_everything",
+    "unique_deployment_name",
 ]

@@ -10,10 +10,11 @@ main loop is not mistaken for death.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason, MalformedMessageError
-from raygrain.runtime._capabilities import silo_extensions
+from raygrain.runtime._capabilities import export_to_ray, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Membership,
@@ -28,6 +29,7 @@ from raygrain.runtime.kernel import (
     view_from_wire,
     view_to_wire,
 )
+from raygrain.runtime.metrics import RayExporter
 from raygrain.runtime.ray_host._direct import DirectPlane, Locator, PlaneSwitch
 from raygrain.runtime.ray_host._transport import RayTransport, is_client_address
 from raygrain.runtime.wire import WireTransport
@@ -51,10 +53,12 @@ class SiloHostImpl:
         resolve: Any,
         controller: Any,
         listen_host: str = "127.0.0.1",
+        controller_gone: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
+        self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
         # Ray carries everything until start() opens the deployment's direct plane (if it
@@ -73,22 +77,26 @@ class SiloHostImpl:
             self.membership,
             SystemClock(),
             options,
-            silo_extensions(),
+            silo_extensions(options),
         )
         self.transport.bind_silo(self.silo)
         self._follower: asyncio.Task[None] | None = None
         self._applying = asyncio.Lock()
         self._settling: set[asyncio.Task[None]] = set()
         self.leaving = False
+        self._metrics: RayExporter | None = None
 
     async def start(self) -> bytes:
         self.silo.start()
+        self._metrics = export_to_ray(self.silo, self.transport)
         plane: DirectPlane | None = await self._controller.direct_plane.remote()
         if plane is not None:
             self.wire = WireTransport(
                 self.name, plane.options(), Locator(self._resolve), fallback=self.transport
             )
             self.wire.bind_silo(self.silo)
+            if self._metrics is not None:  # batch sizes on the direct wire too
+                self.wire.on_batch = self.transport.on_batch
             self.direct_address = await self.wire.listen(self._listen_host)
             self._plane.use(self.wire)
         view = view_from_wire(
@@ -106,6 +114,9 @@ class SiloHostImpl:
                     self.membership.view.version, 10.0, self.name
                 )
             except Exception as exc:
+                if self._controller_gone(exc):
+                    await self.stop()
+                    return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
@@ -201,6 +212,8 @@ class SiloHostImpl:
             "view_version": self.membership.view.version,
             "batches_sent": self.transport.batches_sent,
             "messages_sent": self.transport.messages_sent,
+            "client_mailboxes": self.transport.mailboxes,
+            "answers_expired": self.transport.answers_expired,
             "direct_address": self.direct_address,
             "direct_batches_sent": self.wire.batches_sent if self.wire else 0,
             "direct_messages_sent": self.wire.messages_sent if self.wire else 0,
@@ -222,6 +235,8 @@ class SiloHostImpl:
         for task in list(self._settling):
             task.cancel()
         await self.silo.aclose()
+        if self._metrics is not None:
+            await self._metrics.aclose()
         if self.wire is not None:
             await self.wire.aclose()
         await self.transport.aclose()

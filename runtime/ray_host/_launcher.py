@@ -1,16 +1,22 @@
-"""Launching and joining raygrain on Ray: named actors in the ``raygrain`` namespace.
+"""Launching and joining raygrain deployments on Ray.
 
-``RayBackend`` is what ``Cluster.ray`` and ``Cluster.connect`` run on: it starts (or joins) Ray,
-finds or creates the controller and the storage server on the driver's node, starts one silo
-per node (pinned with a node-affinity strategy), and gives the client a ``RayTransport`` and
-the controller's membership view. The ``raygrain`` CLI uses the same functions.
+Every deployment has a name; its controller, storage server and silos are named actors in the
+Ray namespace ``raygrain-<name>``, so two deployments on one Ray cannot see each other, and
+stopping one touches only its own actors. ``RayBackend`` is what ``Cluster.ray`` and
+``Cluster.connect`` run on: it starts (or joins) Ray, creates the storage server on the driver's
+node and the controller on Ray's head node (``Cluster.ray``), and gives the client a
+``RayTransport`` and the controller's membership view. The controller starts the silos and
+keeps ``silos_per_node`` of them on every live node (``NodeFollower``). The ``raygrain`` CLI
+uses the same functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
+import re
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -30,165 +36,116 @@ from raygrain.runtime.kernel import (
     get_logger,
     view_from_wire,
 )
-from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.membership import FailureDetection
+from raygrain.runtime.ray_host._actors import (
+    CONTROLLER_NAME,
+    SILO_PREFIX,
+    STORAGE_NAME,
+    ControllerActor,
+    StorageServerActor,
+    _handles,
+    create_silo,
+    lookup,
+    resolver,
+)
 from raygrain.runtime.ray_host._direct import (
     DirectPlane,
     Locator,
     PlaneSwitch,
     check_transport,
 )
-from raygrain.runtime.ray_host._host import SiloHostImpl
-from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.runtime.wire import WireTransport
-from raygrain.storage import open_storage
 
-__all__ = ["NAMESPACE", "RayBackend", "RayLaunch", "find_silos"]
+__all__ = [
+    "CONTROLLER_NAME",
+    "DEFAULT_DEPLOYMENT",
+    "STORAGE_NAME",
+    "RayBackend",
+    "RayLaunch",
+    "create_silo",
+    "find_silos",
+    "list_deployments",
+    "namespace_of",
+]
 
-NAMESPACE = "raygrain"
-CONTROLLER_NAME = "raygrain-controller"
-STORAGE_NAME = "raygrain-storage"
-SILO_PREFIX = "raygrain-silo-"
+NAMESPACE_PREFIX = "raygrain-"
+DEFAULT_DEPLOYMENT = "default"
 DEFAULT_STORAGE = "sqlite://raygrain-state.db"  # relative: made absolute where launched
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_STOP_TIMEOUT = 30.0  # the longest a shutdown waits for one silo to close before killing it
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
-class ControllerActor(ControllerImpl):
-    def __init__(
-        self, detection: FailureDetection, storage: str | None, plane: DirectPlane | None = None
-    ) -> None:
-        # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
-        # to ask for through Ray; a restarted controller gets the same from Ray.
-        self.plane = plane
-        # The view's truth lives in the state store; Ray restarts a crashed controller, which
-        # then continues from the stored view.
-        store: Any = (
-            RemoteStorage(ray.get_actor(STORAGE_NAME, namespace=NAMESPACE))
-            if storage is None
-            else open_storage(storage)
+def namespace_of(deployment: str) -> str:
+    """The Ray namespace holding the deployment ``deployment``'s actors."""
+    if not isinstance(deployment, str) or not _NAME.fullmatch(deployment):
+        raise ConfigurationError(
+            f"deployment name must be 1-63 letters, digits, '.', '_' or '-' (starting with a "
+            f"letter or digit), got {deployment!r}"
         )
-        super().__init__(detection, store)
-
-    async def probe_silo(self, name: str) -> None:
-        try:
-            await _resolve(name).probe.remote()
-        except ray.exceptions.ActorUnavailableError:
-            raise  # maybe only slow or restarting: a missed probe
-        except (ray.exceptions.RayActorError, ValueError) as exc:
-            raise SiloDied(type(exc).__name__) from None
-
-    def direct_plane(self) -> DirectPlane | None:
-        return self.plane
-
-    def node_id(self) -> str:
-        """The Ray node this controller runs on (restarted, it may be another one)."""
-        return str(ray.get_runtime_context().get_node_id())
-
-    def kill_silo(self, name: str) -> None:
-        try:
-            ray.kill(_resolve(name))
-        except Exception:
-            pass  # already gone
+    return NAMESPACE_PREFIX + deployment
 
 
-@ray.remote(num_cpus=0, max_concurrency=10_000)  # type: ignore[call-overload]
-class StorageServerActor(StorageServerImpl):
-    pass
+def unique_deployment_name() -> str:
+    """The name of a ``Cluster.ray()`` deployment that was given none: its own, always."""
+    return f"cluster-{uuid.uuid4().hex[:10]}"
 
 
-@ray.remote(  # type: ignore[call-overload]
-    num_cpus=0, max_concurrency=100_000, concurrency_groups={"probe": 1}
-)
-class SiloActor:
-    """A silo in a Ray actor. Storage is a spec string or ``None`` (the storage server)."""
-
-    def __init__(
-        self,
-        name: str,
-        node_id: str,
-        actor_types: list[type[Actor[Any]]],
-        storage: str | None,
-        options: SiloOptions,
-    ) -> None:
-        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-        provider: Any = (
-            RemoteStorage(ray.get_actor(STORAGE_NAME, namespace=NAMESPACE))
-            if storage is None
-            else storage
-        )
-        self.probe_delay = 0.0
-        self.host = SiloHostImpl(
-            name,
-            node_id,
-            actor_types,
-            provider,
-            options,
-            _resolve,
-            controller,
-            ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
-        )
-
-    async def start(self) -> bytes:
-        return await self.host.start()
-
-    async def receive_batch(self, blob: bytes) -> bytes:
-        return await self.host.receive_batch(blob)
-
-    async def poll(self, client: str) -> bytes:
-        return await self.host.poll(client)
-
-    def wire_address(self) -> tuple[str, int] | None:
-        """Where this silo listens for direct connections (None: it does not)."""
-        return self.host.direct_address
-
-    async def drop_connections(self) -> int:
-        """Test hook: close every direct connection of this silo at once (a network fault)."""
-        return self.host.wire.drop_connections() if self.host.wire is not None else 0
-
-    async def forget_client(self, client: str) -> None:
-        await self.host.forget_client(client)
-
-    async def stats(self) -> dict[str, Any]:
-        return await self.host.stats()
-
-    async def leave(self) -> None:
-        await self.host.leave()
-
-    async def stop(self) -> None:
-        await self.host.stop()
-
-    @ray.method(concurrency_group="probe")
-    async def probe(self) -> str:
-        # Answered on the probe group's own thread and loop: a CPU-bound turn on the main
-        # loop does not delay it, so a busy silo is not taken for a dead one.
-        if self.probe_delay:
-            await asyncio.sleep(self.probe_delay)
-        return self.host.name
-
-    @ray.method(concurrency_group="probe")
-    async def delay_probes(self, seconds: float) -> None:
-        """Test hook: answer probes late, to stage a false suspicion of a live silo."""
-        self.probe_delay = seconds
+# Every Ray head node carries this resource (Ray's documented way to schedule on the head).
+_ON_HEAD = {"node:__internal_head__": 0.001}
 
 
-_handles: dict[str, Any] = {}
+@dataclass(frozen=True)
+class RayLaunch:
+    """What to start on Ray: the actor types, silos per node, storage, lifetime, and the
+    deployment's name and environment.
 
+    ``runtime_env`` is Ray's (``working_dir``, ``pip``, ``env_vars``...), given to every actor
+    of the deployment; ``log_level`` (default: ``RAYGRAIN_LOG_LEVEL`` of this process) reaches
+    them as their ``RAYGRAIN_LOG_LEVEL``.
+    """
 
-def _resolve(name: str) -> Any:
-    handle = _handles.get(name)
-    if handle is None:
-        handle = _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
-    return handle
+    actor_types: tuple[type[Actor[Any]], ...]
+    silos_per_node: int = 1
+    storage: str | None = None  # None: the storage server in front of DEFAULT_STORAGE
+    server_storage: str = DEFAULT_STORAGE
+    detached: bool = False
+    detection: FailureDetection = field(default_factory=FailureDetection)
+    name: str = DEFAULT_DEPLOYMENT
+    runtime_env: dict[str, Any] | None = None
+    log_level: str | None = None
+    transport: str = "direct"  # "ray": silos listen nowhere, Ray calls carry every message
+    plane: DirectPlane = field(default_factory=DirectPlane)  # a fresh secret per launch
 
+    def __post_init__(self) -> None:
+        check_transport(self.transport)
+        namespace_of(self.name)  # a bad name fails here, before anything starts
+        if not isinstance(self.silos_per_node, int) or self.silos_per_node < 1:
+            raise ConfigurationError(
+                f"silos_per_node must be an int >= 1, got {self.silos_per_node!r}"
+            )
+        if self.runtime_env is not None and not isinstance(self.runtime_env, dict):
+            raise ConfigurationError(
+                f"runtime_env must be a dict (Ray's runtime_env), got {self.runtime_env!r}"
+            )
+        object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
+        if self.storage is not None:
+            object.__setattr__(self, "storage", absolute_storage_url(self.storage))
+        if self.log_level is None:
+            object.__setattr__(self, "log_level", os.environ.get("RAYGRAIN_LOG_LEVEL"))
 
-def find_silos() -> list[str]:
-    """Names of the raygrain silos alive in the connected Ray cluster."""
-    names = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(
-        entry["name"]
-        for entry in names
-        if entry.get("namespace") == NAMESPACE and entry["name"].startswith(SILO_PREFIX)
-    )
+    @property
+    def namespace(self) -> str:
+        return namespace_of(self.name)
+
+    def actor_runtime_env(self) -> dict[str, Any] | None:
+        """The runtime_env of the deployment's actors: the user's, plus the log level."""
+        env = dict(self.runtime_env or {})
+        if self.log_level:
+            env_vars = dict(env.get("env_vars") or {})
+            env_vars.setdefault("RAYGRAIN_LOG_LEVEL", self.log_level)
+            env["env_vars"] = env_vars
+        return env or None
 
 
 def absolute_storage_url(spec: str) -> str:
@@ -199,44 +156,61 @@ def absolute_storage_url(spec: str) -> str:
     return spec
 
 
-@dataclass(frozen=True)
-class RayLaunch:
-    """What to start on Ray: the actor types, silos per node, storage, and lifetime."""
-
-    actor_types: tuple[type[Actor[Any]], ...]
-    silos_per_node: int = 1
-    storage: str | None = None  # None: the storage server in front of DEFAULT_STORAGE
-    server_storage: str = DEFAULT_STORAGE
-    detached: bool = False
-    detection: FailureDetection = field(default_factory=FailureDetection)
-    transport: str = "direct"  # "ray": silos listen nowhere, Ray calls carry every message
-    plane: DirectPlane = field(default_factory=DirectPlane)  # a fresh secret per launch
-
-    def __post_init__(self) -> None:
-        check_transport(self.transport)
-        object.__setattr__(self, "server_storage", absolute_storage_url(self.server_storage))
-        if self.storage is not None:
-            object.__setattr__(self, "storage", absolute_storage_url(self.storage))
+def _named_actors(namespace: str) -> list[str]:
+    return [
+        entry["name"]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry.get("namespace") == namespace
+    ]
 
 
-def ensure_ray(address: str | None, local_code: bool | None = None) -> bool:
-    """Connect to Ray (start a local one when ``address`` is None); True if we started it.
+def find_silos(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
+    """Names of the deployment's silos alive in the connected Ray cluster."""
+    return sorted(n for n in _named_actors(namespace_of(deployment)) if n.startswith(SILO_PREFIX))
 
-    ``local_code`` (default: when starting a local Ray) lets workers import what this process
-    imports, by handing them its ``sys.path``: that is how actor classes from the user's own
-    modules reach the silos on one machine. On a remote cluster, ship code with Ray's
+
+def list_deployments() -> list[str]:
+    """Names of the raygrain deployments on the connected Ray cluster (those with a controller)."""
+    return sorted(
+        entry["namespace"][len(NAMESPACE_PREFIX) :]
+        for entry in ray.util.list_named_actors(all_namespaces=True)
+        if entry.get("namespace", "").startswith(NAMESPACE_PREFIX)
+        and entry["name"] == CONTROLLER_NAME
+    )
+
+
+def ensure_ray(
+    address: str | None,
+    local_code: bool | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> bool:
+    """Connect to Ray (start a local one when there is no address); True if we started it.
+
+    ``address`` None means ``RAY_ADDRESS`` when set (as ``ray.init()`` does), else a new local
+    Ray. ``local_code`` (default: when starting a local Ray) lets workers import what this
+    process imports, by handing them its ``sys.path``: that is how actor classes from the user's
+    own modules reach the silos on one machine. On a remote cluster, ship code with Ray's
     ``runtime_env`` (``working_dir`` or ``py_modules``) instead.
     """
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ConfigurationError(
+            f"{address} is a Ray Client address, which needs Ray's client extra: "
+            "pip install 'raygrain[client]' (or 'ray[client]')"
+        )
     if local_code is None:
         local_code = address is None
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+    env: dict[str, Any] = dict(runtime_env or {})
+    if local_code:
+        env_vars = dict(env.get("env_vars") or {})
+        env_vars.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
+        env["env_vars"] = env_vars
     ray.init(
         # "local" starts a fresh Ray even when another one runs on this machine.
         address=address or "local",
-        namespace=NAMESPACE,
-        runtime_env=env if local_code else None,
+        runtime_env=env or None,
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
@@ -244,92 +218,85 @@ def ensure_ray(address: str | None, local_code: bool | None = None) -> bool:
 
 
 async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
-    """Start the controller, the storage server and the silos; returns their handles by name.
+    """Start the deployment's storage server, controller and silos; their handles by name.
 
     Keep the handles: Ray destroys an actor that is not detached once no handle refers to it.
     """
-    if launch.silos_per_node < 1:
-        raise ConfigurationError("silos_per_node must be >= 1")
+    namespace = launch.namespace
     lifetime = "detached" if launch.detached else None
+    runtime_env = launch.actor_runtime_env()
     here = ray.get_runtime_context().get_node_id()
-    # Soft for the controller: Ray restarts it elsewhere if this node dies (it may also place it
-    # elsewhere to begin with). Hard for the storage server, which is not restarted: it stays
-    # with its file, on this node, and the node is the one place it can be lost with.
-    head = NodeAffinitySchedulingStrategy(here, soft=True)
     handles: dict[str, Any] = {}
     if launch.storage is None:
+        # Hard affinity: the server stays with its file, on this node; Ray restarts it there
+        # when its process dies, and the node is the one place it can be lost with.
         server = StorageServerActor.options(  # type: ignore[attr-defined]
             name=STORAGE_NAME,
-            namespace=NAMESPACE,
+            namespace=namespace,
             get_if_exists=True,
             lifetime=lifetime,
+            runtime_env=runtime_env,
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote(launch.server_storage)
         await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
         handles[STORAGE_NAME] = server
+    # On the head node, always: the controller then dies only with Ray's own GCS, never with a
+    # worker node (soft affinity to the launching node let Ray place it on a worker, whose
+    # death cost 16 s: Ray's node-death timeout plus a restart, with that node's silos
+    # undetected meanwhile). By the head's resource rather than its node id, so that with GCS
+    # fault tolerance a restarted controller follows a restarted head.
     controller = ControllerActor.options(  # type: ignore[attr-defined]
         name=CONTROLLER_NAME,
-        namespace=NAMESPACE,
+        namespace=namespace,
         get_if_exists=True,
         lifetime=lifetime,
-        scheduling_strategy=head,
+        runtime_env=runtime_env,
+        resources=_ON_HEAD,
     ).remote(
+        namespace,
         launch.detection,
         launch.storage,
+        launch,
+        options,
         launch.plane if launch.transport == "direct" else None,
     )
-    await controller.get_view.remote()
     handles[CONTROLLER_NAME] = controller
-    names, starts = [], []
-    for node in ray.nodes():  # type: ignore[no-untyped-call]
-        if not node.get("Alive"):
-            continue
-        for index in range(launch.silos_per_node):
-            name, silo = create_silo(node["NodeID"], index, launch, options)
-            names.append(name)
-            handles[name] = silo
-            starts.append(silo.start.remote())
-    await asyncio.gather(*starts)
-    get_logger().info("silos_started", silos=names)
+    names = await controller.start_silos.remote()
+    resolve = resolver(namespace)
+    handles.update({name: resolve(name) for name in names})
+    get_logger().info("silos_started", deployment=launch.name, silos=names)
     return handles
 
 
-def create_silo(
-    node_id: str, index: int, launch: RayLaunch, options: SiloOptions
-) -> tuple[str, Any]:
-    """Create (not yet start) silo number ``index`` pinned to the node ``node_id``."""
-    # A fresh suffix per incarnation: a name declared dead in the (stored) view never returns.
-    name = f"{SILO_PREFIX}{node_id[:12]}-{index}-{uuid.uuid4().hex[:6]}"
-    silo = SiloActor.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached" if launch.detached else None,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(name, node_id, list(launch.actor_types), launch.storage, options)
-    return name, silo
+_started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started
 
 
 class RayBackend:
-    """The client side of a Ray-hosted cluster, and the silos it launched (if any)."""
+    """The client side of a Ray-hosted deployment, and the deployment it launched (if any)."""
 
     def __init__(
         self,
         address: str | None,
         launch: RayLaunch | None,
         options: SiloOptions,
+        deployment: str = DEFAULT_DEPLOYMENT,
+        runtime_env: dict[str, Any] | None = None,
         transport: str = "direct",
     ) -> None:
         self.address = address
         self.launch = launch
         self.options = options
-        self.transport_choice = check_transport(transport)
+        self.deployment = launch.name if launch is not None else deployment
+        self.namespace = namespace_of(self.deployment)
+        self.runtime_env = runtime_env
         self.membership = Membership()
         self.client_address = f"{CLIENT_PREFIX}{uuid.uuid4().hex[:12]}"
-        self.ray_transport = RayTransport(self.client_address, _resolve)
+        self.transport_choice = check_transport(transport)
+        self._resolve = resolver(self.namespace)
+        self.ray_transport = RayTransport(self.client_address, self._resolve)
         self.wire: WireTransport | None = None
         self.transport = PlaneSwitch(self.ray_transport)
         self.handles: dict[str, Any] = {}
-        self._started_ray = False
         self._follower: asyncio.Task[None] | None = None
         self._controller: Any = None
         self.caller: Caller | None = None
@@ -341,23 +308,37 @@ class RayBackend:
             self.membership,
             registry,
             self.options.calls,
-            filters=client_filters(),
+            filters=client_filters(self.options, metrics=False),  # not exported from a driver
         )
         self.ray_transport.bind(caller)
         self.caller = caller
         return caller
 
     async def start(self) -> None:
-        self._started_ray = ensure_ray(self.address)
-        if self.launch is not None:
-            self.handles = await launch(self.launch, self.options)
-            _handles.update(self.handles)
+        if ensure_ray(self.address, runtime_env=self.runtime_env) or _started_ray_by:
+            _started_ray_by.add(self)  # this Ray is ours: the last of us to close shuts it down
         try:
-            self._controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
+        if self.launch is not None:
+            if find_silos(self.deployment):
+                raise ConfigurationError(
+                    f"a raygrain deployment named {self.deployment!r} is already running on "
+                    "this Ray: join it with Cluster.connect(name=...), or choose another name"
+                )
+            self.handles = await launch(self.launch, self.options)
+        try:
+            self._controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
         except ValueError:
             raise ConfigurationError(
-                f"no raygrain cluster on Ray at {self.address!r}: start one with "
-                "'raygrain up --address ...' or Cluster.ray(...)"
+                f"no raygrain deployment named {self.deployment!r} on Ray at "
+                f"{self.address or os.environ.get('RAY_ADDRESS') or 'this process'}: start one "
+                "with 'raygrain up --name ...' or Cluster.ray(name=...) (deployments running: "
+                f"{', '.join(list_deployments()) or 'none'})"
             ) from None
         self._apply_view(await self._controller.get_view.remote())
         if self.transport_choice == "direct":
@@ -375,7 +356,7 @@ class RayBackend:
         self.wire = WireTransport(
             self.client_address,
             plane.options(),
-            Locator(_resolve),
+            Locator(self._resolve),
             fallback=self.ray_transport,
         )
         if self.caller is not None:
@@ -414,48 +395,79 @@ class RayBackend:
     async def stats(self) -> list[dict[str, Any]]:
         """Figures of every live silo in the view (dead ones are listed in the view only)."""
         names = self.membership.view.active()
-        return list(await asyncio.gather(*(_resolve(n).stats.remote() for n in names)))
+        return list(await asyncio.gather(*(self._resolve(n).stats.remote() for n in names)))
 
     async def aclose(self) -> None:
         if self._follower is not None:
             self._follower.cancel()
-        for name in {n for n, _ in self.membership.view.silos}:
-            try:
-                _resolve(name).forget_client.remote(self.client_address)
-            except Exception:
-                pass
+        if ray.is_initialized():
+            for name in {n for n, _ in self.membership.view.silos}:
+                try:
+                    self._resolve(name).forget_client.remote(self.client_address)
+                except Exception:
+                    pass
         if self.wire is not None:
             await self.wire.aclose()
         await self.ray_transport.aclose()
-        if self.launch is not None and not self.launch.detached:
-            await stop_everything()
-        self.handles.clear()
-        if self._started_ray:
-            _handles.clear()
-            ray.shutdown()
-
-
-async def stop_everything() -> None:
-    """Stop every silo (their state is already durable), then the storage server and controller."""
-    names = find_silos()
-    silos = [_resolve(name) for name in names]
-    try:
-        controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-        await asyncio.gather(*(controller.remove.remote(n) for n in names))
-    except ValueError:
-        pass  # no controller: nothing to tidy in the view
-    await asyncio.gather(*(s.stop.remote() for s in silos), return_exceptions=True)
-    for handle in silos:
-        ray.kill(handle)
-    for name in (STORAGE_NAME, CONTROLLER_NAME):
         try:
-            handle = ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            continue
-        if name == STORAGE_NAME:
-            try:
-                await handle.aclose.remote()
-            except Exception:
-                pass
-        ray.kill(handle)
-    _handles.clear()
+            # Only what this cluster started: a connected client (launch None) or a detached
+            # deployment (raygrain up) leaves every silo running.
+            if self.launch is not None and not self.launch.detached and self.handles:
+                await stop_everything(self.deployment)
+        finally:
+            self.handles.clear()
+            if self in _started_ray_by:
+                _started_ray_by.discard(self)
+                if not _started_ray_by:
+                    _forget_handles()
+                    ray.shutdown()
+
+
+def _forget_handles(namespace: str | None = None) -> None:
+    for key in [k for k in _handles if namespace is None or k[0] == namespace]:
+        del _handles[key]
+
+
+async def stop_everything(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
+    """Stop the deployment ``deployment``: its silos (state is already durable), then its
+    storage server and controller. Whatever fails on the way (a dead storage server, an
+    unreachable controller), every actor of the deployment is stopped; returns the silos'
+    names."""
+    namespace = namespace_of(deployment)
+    names = find_silos(deployment)
+    controller = lookup(CONTROLLER_NAME, namespace)
+    if controller is not None:
+        # First, so that it starts no silo for the nodes the next steps empty.
+        await _quietly(controller.halt.remote(), "halt controller")
+        await _quietly(
+            asyncio.gather(*(controller.remove.remote(n) for n in names)), "tidy the view"
+        )
+    silos = [h for h in (lookup(n, namespace) for n in names) if h is not None]
+    await asyncio.gather(
+        *(_quietly(s.stop.remote(), "stop silo", _STOP_TIMEOUT) for s in silos),
+    )
+    for handle in silos:
+        _kill(handle)
+    server = lookup(STORAGE_NAME, namespace)
+    if server is not None:
+        await _quietly(server.aclose.remote(), "close storage server")
+        _kill(server)
+    if controller is not None:
+        _kill(controller)
+    _forget_handles(namespace)
+    return names
+
+
+def _kill(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception as exc:
+        get_logger().info("kill_failed", error=repr(exc))
+
+
+async def _quietly(work: Any, what: str, timeout: float = 10.0) -> None:
+    """Await ``work``; a failure is logged, not raised (shutdown goes on whatever fails)."""
+    try:
+        await asyncio.wait_for(work, timeout)
+    except Exception as exc:
+        get_logger().warning("shutdown_step_failed", step=what, error=repr(exc))

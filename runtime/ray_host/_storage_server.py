@@ -104,8 +104,14 @@ def _record_from_wire(row: list[Any]) -> ReminderRecord:
     return ReminderRecord(id_from_wire(type_name, key), name, first_tick, period, etag, last_tick)
 
 
-_READ_ATTEMPTS = 3
 _READS = frozenset({"read", "reminders_of", "reminders_in"})  # safe to send again
+
+# A read is tried again for about 10 s (0.1 s doubling, at most 1 s apart): long enough to ride
+# out Ray restarting the server's process (4-7.5 s measured on a 2-core machine), so an
+# activation waits for its state instead of failing. Writes are never retried here: their fate
+# is unknown once a call fails.
+_READ_ATTEMPTS = 13
+_READ_RETRY_MAX_DELAY = 1.0
 
 
 # Who waits for an operation's result: a caller awaiting a future, or a ``queue_write`` callback.
@@ -235,7 +241,8 @@ class RemoteStorage:
             loop = asyncio.get_running_loop()
             for op, sink, attempt in batch:
                 if op[0] in _READS and attempt < _READ_ATTEMPTS:
-                    loop.call_later(0.1 * (attempt + 1), self._queue, op, sink, attempt + 1)
+                    delay = min(0.1 * 2**attempt, _READ_RETRY_MAX_DELAY)
+                    loop.call_later(delay, self._queue, op, sink, attempt + 1)
                     continue
                 _settle(
                     sink,

@@ -14,6 +14,7 @@ to for its responses.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,11 @@ ANSWER_WAIT_SECONDS = 0.002  # how long a client's batch waits to carry its answ
 # Messages for one destination that go out at once, without waiting for the end of the loop
 # iteration (see RayTransport._enqueue).
 MAX_BATCH_MESSAGES = 250
+# Answers kept for a client that does not come for them: a live client's poll takes them within
+# milliseconds, so these bound only what a crashed client leaves behind.
+ANSWER_TTL_SECONDS = 60.0
+MAX_MAILBOX_BYTES = 64 * 1024 * 1024
+SWEEP_SECONDS = 5.0  # how often a silo drops expired answers and forgotten clients' mailboxes
 
 
 def is_client_address(address: str) -> bool:
@@ -48,17 +54,66 @@ class ClientMailbox:
     They leave by the client's long poll (``take``), or in the reply to the very batch that
     carried their calls (``take_answers``), which saves the client a Ray call per round trip.
     Calls whose batch is still waiting for its answers are reserved from the poll meanwhile.
+
+    A client that never polls again (it crashed, or its address was never a client's) must not
+    keep its answers here for ever: an answer older than ``ttl`` seconds is dropped, and so are
+    the oldest ones beyond ``max_bytes`` of payload (``expire``, with a log line).
     """
 
-    def __init__(self) -> None:
-        self.messages: list[Response] = []
+    def __init__(
+        self,
+        ttl: float = ANSWER_TTL_SECONDS,
+        max_bytes: int = MAX_MAILBOX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+        client: str = "",
+    ) -> None:
+        self.client = client
+        self._entries: list[tuple[float, Response]] = []  # (arrived at, response), oldest first
+        self._bytes = 0
         self._reserved: set[int] = set()
         self._waiters: list[asyncio.Future[None]] = []
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self.last_taken = clock()  # when the client last came for its answers
+        self.expired = 0
+
+    @property
+    def messages(self) -> list[Response]:
+        return [message for _, message in self._entries]
 
     def put(self, message: Response) -> None:
-        self.messages.append(message)
+        self._entries.append((self._clock(), message))
+        self._bytes += len(message.payload)
+        if self._bytes > self.max_bytes:
+            self.expire()
         if self._waiters:
             self._wake()
+
+    def expire(self) -> int:
+        """Drop the answers older than ``ttl`` and the oldest beyond ``max_bytes``; how many."""
+        horizon = self._clock() - self.ttl
+        dropped = 0
+        while self._entries and (self._entries[0][0] < horizon or self._bytes > self.max_bytes):
+            _, message = self._entries.pop(0)
+            self._bytes -= len(message.payload)
+            dropped += 1
+        if dropped:
+            self.expired += dropped
+            get_logger().warning(
+                "client_answers_expired",
+                client=self.client,
+                dropped=dropped,
+                waiting=len(self._entries),
+                reason="the client has not come for them",
+            )
+        return dropped
+
+    def idle(self) -> bool:
+        """Nothing waiting, and the client has not come for answers within ``ttl``."""
+        return (
+            not self._entries and not self._waiters and (self._clock() - self.last_taken > self.ttl)
+        )
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -81,11 +136,16 @@ class ClientMailbox:
 
     def _extract(self, call_ids: set[int], wanted: bool) -> list[Response]:
         """The responses whose call is (``wanted``) or is not in ``call_ids``; the rest stay."""
+        self.last_taken = self._clock()
         taken: list[Response] = []
-        kept: list[Response] = []
-        for message in self.messages:
-            (taken if (message.call_id in call_ids) is wanted else kept).append(message)
-        self.messages = kept
+        kept: list[tuple[float, Response]] = []
+        for entry in self._entries:
+            if (entry[1].call_id in call_ids) is wanted:
+                taken.append(entry[1])
+                self._bytes -= len(entry[1].payload)
+            else:
+                kept.append(entry)
+        self._entries = kept
         return taken
 
     async def take(self, timeout: float) -> list[Response]:
@@ -103,21 +163,33 @@ class ClientMailbox:
         self._reserved |= call_ids
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            while not call_ids <= {m.call_id for m in self.messages}:
+            while not call_ids <= {m.call_id for _, m in self._entries}:
                 if not await self._wait(deadline):
                     break
             return self._extract(call_ids, True)
         finally:
             self._reserved -= call_ids
-            if self.messages:
+            if self._entries:
                 self._wake()  # whatever stayed is the poll's
 
 
 class RayTransport:
     """Transport of the endpoint ``address`` (a silo's name, or a client's id)."""
 
-    def __init__(self, address: str, resolve: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        address: str,
+        resolve: Callable[[str], Any],
+        answer_ttl: float = ANSWER_TTL_SECONDS,
+        max_mailbox_bytes: int = MAX_MAILBOX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.address = address
+        self._answer_ttl = answer_ttl
+        self._max_mailbox_bytes = max_mailbox_bytes
+        self._clock = clock
+        self._sweeper: asyncio.Task[None] | None = None
+        self._expired_in_forgotten = 0
         self._resolve = resolve  # silo name -> Ray actor handle
         self._local: Endpoint | None = None
         self._local_silo: SiloEndpoint | None = None
@@ -129,6 +201,7 @@ class RayTransport:
         self.closed = False
         self.batches_sent = 0
         self.messages_sent = 0
+        self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -157,8 +230,37 @@ class RayTransport:
     def mailbox(self, client: str) -> ClientMailbox:
         box = self._mailboxes.get(client)
         if box is None:
-            box = self._mailboxes[client] = ClientMailbox()
+            box = self._mailboxes[client] = ClientMailbox(
+                self._answer_ttl, self._max_mailbox_bytes, self._clock, client
+            )
+            if self._sweeper is None and not self.closed:
+                self._sweeper = asyncio.ensure_future(self._sweep_forever())
         return box
+
+    def sweep_mailboxes(self) -> int:
+        """Drop expired answers, and the mailboxes of clients gone for longer than the answers'
+        lifetime; returns how many answers went."""
+        dropped = 0
+        for client, box in list(self._mailboxes.items()):
+            dropped += box.expire()
+            if box.idle():
+                del self._mailboxes[client]
+                self._expired_in_forgotten += box.expired
+        return dropped
+
+    async def _sweep_forever(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.sweep_mailboxes()
+
+    @property
+    def mailboxes(self) -> int:
+        return len(self._mailboxes)
+
+    @property
+    def answers_expired(self) -> int:
+        """Answers dropped because their client never came for them (a metric)."""
+        return self._expired_in_forgotten + sum(b.expired for b in self._mailboxes.values())
 
     async def poll(self, client: str) -> bytes:
         return pack_batch(await self.mailbox(client).take(POLL_SECONDS))
@@ -168,7 +270,9 @@ class RayTransport:
         return pack_batch(await self.mailbox(client).take_answers(call_ids, ANSWER_WAIT_SECONDS))
 
     def forget_client(self, client: str) -> None:
-        self._mailboxes.pop(client, None)
+        box = self._mailboxes.pop(client, None)
+        if box is not None:
+            self._expired_in_forgotten += box.expired
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -201,6 +305,8 @@ class RayTransport:
             return
         self.batches_sent += 1
         self.messages_sent += len(messages)
+        if self.on_batch is not None:
+            self.on_batch(len(messages))
         self.ensure_polling(destination)
         watcher = asyncio.ensure_future(self._watch(ref, destination, messages))
         self._watchers.add(watcher)
@@ -261,7 +367,8 @@ class RayTransport:
 
     async def aclose(self) -> None:
         self.closed = True
-        tasks = [*self._pollers.values(), *self._watchers]
+        sweeper = [self._sweeper] if self._sweeper is not None else []
+        tasks = [*self._pollers.values(), *self._watchers, *sweeper]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -33,7 +33,7 @@ from raygrain.runtime.transactions._context import (
     decode_participants,
     encode_participants,
 )
-from raygrain.runtime.transactions._coordinator import Coordinator
+from raygrain.runtime.transactions._coordinator import CommitObserver, Coordinator
 from raygrain.runtime.transactions._extension import TransactionFilter, Transactions
 from raygrain.runtime.transactions._locks import TxTicket
 
@@ -42,6 +42,7 @@ __all__ = [
     "TX_COMMIT",
     "TX_COORDINATE",
     "TX_PREPARE",
+    "CommitObserver",
     "Coordinator",
     "TransactionContext",
     "TransactionFilter",

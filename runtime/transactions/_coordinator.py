@@ -8,6 +8,7 @@ commit; one that never hears of it reloads from storage after its decision timeo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from raygrain.runtime.kernel import Silo, get_logger
 from raygrain.runtime.transactions._context import TX_ABORT, TX_COMMIT, TX_PREPARE
 from raygrain.storage import StateWrite, StorageProvider
 
-__all__ = ["Coordinator"]
+__all__ = ["CommitObserver", "Coordinator"]
 
 # How often a failed decision write is read back before its outcome is declared unknown (each
 # time after fencing found the write landing meanwhile).
@@ -30,6 +31,17 @@ _RESOLVE_TRIES = 3
 
 class Participants(Protocol):
     def participant_message(self, target: ActorId, method: str, args: list[Any]) -> Any: ...
+
+
+class CommitObserver(Protocol):
+    """Sees every commit a coordinator runs (metrics, traces)."""
+
+    def commit_ended(
+        self, txid: str, committed: bool, reason: str, phases: list[tuple[str, float, float]]
+    ) -> None:
+        """``reason``: why it aborted ("prepare_failed", "write_failed", ...; "" when it
+        committed); ``phases``: (name, start, end) in ``time.time()`` seconds, for "prepare"
+        and "write" as far as they ran (a failed one named by its reason)."""
 
 
 class Coordinator:
@@ -42,16 +54,42 @@ class Coordinator:
         self._participants = participants
         self._storage = storage
         self._timeout = timeout
+        self.observers: list[CommitObserver] = []
 
     async def commit(self, txid: str, participants: Iterable[ActorId]) -> None:
         """Prepare every participant, write their states in one storage transaction, then
         tell them; raises ``TransactionAbortedError`` (after aborting them) if any step fails
         before the write or the write was not stored, and ``TransactionInDoubtError`` when
         whether it was stored cannot be known (see ``_resolve``)."""
+        if not self.observers:
+            await self._commit(txid, participants, [])
+            return
+        phases: list[tuple[str, float, float]] = []
+        try:
+            await self._commit(txid, participants, phases)
+        except TransactionInDoubtError:
+            for observer in self.observers:
+                observer.commit_ended(txid, False, "in_doubt", phases)
+            raise
+        except TransactionAbortedError:
+            # The phase that did not finish names the reason (see _commit).
+            reason = phases[-1][0] if phases and phases[-1][0].endswith("_failed") else "error"
+            for observer in self.observers:
+                observer.commit_ended(txid, False, reason, phases)
+            raise
+        for observer in self.observers:
+            observer.commit_ended(txid, True, "", phases)
+
+    async def _commit(
+        self, txid: str, participants: Iterable[ActorId], phases: list[tuple[str, float, float]]
+    ) -> None:
         order = sorted(set(participants), key=str)
+        started = time.time()
         prepared = await self._to_all(order, TX_PREPARE, txid)
+        phases.append(("prepare", started, time.time()))
         failed = [(p, r) for p, r in zip(order, prepared, strict=True) if isinstance(r, Exception)]
         if failed:
+            phases.append(("prepare_failed", started, started))
             await self.abort(txid, order)
             who, why = failed[0]
             raise TransactionAbortedError(
@@ -59,6 +97,7 @@ class Coordinator:
             )
         write_many = getattr(self._storage, "write_many", None)
         if write_many is None:
+            phases.append(("no_atomic_write_failed", started, started))
             await self.abort(txid, order)
             raise TransactionAbortedError(
                 f"transaction {txid} aborted: the storage provider "
@@ -69,10 +108,12 @@ class Coordinator:
             data, etag = answer  # type: ignore[misc]  # every failure was handled above
             if data is not None:
                 writes.append(StateWrite(participant, data, etag))
+        started = time.time()
         try:
             etags = await write_many(writes) if writes else []
         except InconsistentStateError as exc:
             # Refused as a whole (a participant's ETag moved): nothing of it was stored.
+            phases.append(("write_failed", started, time.time()))
             await self.abort(txid, order, reload=True)
             raise TransactionAbortedError(
                 f"transaction {txid} aborted: its commit write was refused: {exc}"
@@ -86,12 +127,14 @@ class Coordinator:
                 await self.abort(txid, order, reload=True)  # all reload what storage holds
                 raise
             if resolved is None:
+                phases.append(("write_failed", started, time.time()))
                 await self.abort(txid, order, reload=True)
                 raise TransactionAbortedError(
                     f"transaction {txid} aborted: its commit write failed ({exc}) and was "
                     "found not stored"
                 ) from None
             etags = resolved
+        phases.append(("write", started, time.time()))
         new_etags = {w.actor_id: etag for w, etag in zip(writes, etags, strict=True)}
         # Committed. Participants learn it without the caller waiting: until they do, they
         # stay locked, so nobody reads around the outcome; one that never hears of it reloads

@@ -114,6 +114,7 @@ class WireTransport:
         self.closed = False
         self.batches_sent = 0
         self.messages_sent = 0
+        self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -457,6 +458,8 @@ class WireTransport:
         connection.send(blob)
         self.batches_sent += 1
         self.messages_sent += len(messages)
+        if self.on_batch is not None:
+            self.on_batch(len(messages))
 
     def _too_large(self, message: Request | Response, size: int) -> None:
         error = MessageTooLargeError(

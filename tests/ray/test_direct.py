@@ -45,7 +45,7 @@ async def test_cut_connections_mid_workload_fail_or_complete_calls_once_and_reco
     """Each silo closes every direct connection it has (the test's network fault)."""
     import ray
 
-    from raygrain.runtime.ray_host import NAMESPACE
+    from raygrain.runtime.ray_host import namespace_of
 
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         work = Workload(cluster, key, accounts=200)
@@ -53,7 +53,9 @@ async def test_cut_connections_mid_workload_fail_or_complete_calls_once_and_reco
         try:
             await work.until(300)
             view = cluster._caller._membership.view
-            silos = [ray.get_actor(name, namespace=NAMESPACE) for name in view.active()]
+            silos = [
+                ray.get_actor(name, namespace=namespace_of("default")) for name in view.active()
+            ]
             cut = await asyncio.gather(*(s.drop_connections.remote() for s in silos))
             assert sum(cut) >= len(silos)  # at least the client's connection to each
             before = work.acknowledged()

@@ -43,13 +43,15 @@ async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
 async def test_node_killed_mid_workload_every_actor_comes_back(
     ray_silos: Any, ray_transport: str, key: Any, writes_before_kill: int
 ) -> None:
-    node = ray_silos.nodes.add_node(num_cpus=1)
-    ray_silos.nodes.wait_for_nodes()
-    name, _ = await _start_extra_silo(node.node_id, 0)
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
-        await wait_for_silos(cluster, 4)
+        silos_before = len(cluster._caller._membership.ring)
+        node = ray_silos.nodes.add_node(num_cpus=1)
+        ray_silos.nodes.wait_for_nodes()
+        # The deployment follows Ray's node list: the new node gets its silo by itself.
+        await wait_for_silos(cluster, silos_before + 1)
+        name = next(n for n in cluster._caller._membership.view.active() if node.node_id[:12] in n)
         work = Workload(cluster, key, accounts=2000)
         ring = cluster._caller._membership.ring
         doomed = [r for r in work.refs if ring.owner(r.actor_id) == name]
@@ -61,7 +63,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         ray_silos.nodes.remove_node(node, allow_graceful=False)
         # The killed silo's process may still answer for a moment: a call counts as having
         # reached a new owner only once the view has dropped the dead one.
-        await wait_for_silos(cluster, 3)
+        await wait_for_silos(cluster, silos_before)
         # The first call that lands on a new owner (each try is a deposit that may fail).
         await wait_until(lambda: work.deposit(doomed[0]), "a call to reach a new owner", 60)
         back_after = time.monotonic() - killed_at
@@ -86,11 +88,11 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str
     import ray
 
     from raygrain.runtime.membership import FailureDetection
-    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
 
     detection = FailureDetection()  # what the session's controller runs with
     window = detection.missed_probes * (detection.probe_timeout + detection.probe_period)
-    controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of("default"))
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
@@ -285,7 +287,7 @@ async def test_controller_restarted_by_ray_carries_on(
 ) -> None:
     import ray
 
-    from raygrain.runtime.ray_host import CONTROLLER_NAME, NAMESPACE
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 6)
@@ -300,7 +302,9 @@ async def test_controller_restarted_by_ray_carries_on(
         version = membership.view.version
         # Ray starts the controller again with nothing in memory; the first calls it gets are
         # the long polls of silos and clients. It must go on from the stored view.
-        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=False)
+        ray.kill(
+            ray.get_actor(CONTROLLER_NAME, namespace=namespace_of("default")), no_restart=False
+        )
         await work.until(work.acknowledged() + 300)
         ray.kill(extra, no_restart=True)  # and a silo that dies after that is still detected
         await wait_for_death(cluster, name)

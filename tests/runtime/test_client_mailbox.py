@@ -63,3 +63,48 @@ async def test_the_poll_does_not_take_answers_a_batch_is_waiting_for() -> None:
     assert _ids(await box.take(timeout=1.0)) == [9]
     box.put(Response(2, True, b""))
     assert sorted(_ids(await bounded(batch, "the batch's answers"))) == [1, 2]
+
+
+# -- answers for clients that never come for them (issue 16, item 5) ---------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_answers_a_client_never_polls_for_expire_and_its_mailbox_goes() -> None:
+    from raygrain.runtime.ray_host import RayTransport
+
+    clock = _Clock()
+    transport = RayTransport("silo-a", lambda name: None, answer_ttl=60.0, clock=clock)
+    try:
+        for call_id in range(100):
+            transport.reply("client-crashed", Response(call_id, True, b"x" * 1000))
+        transport.reply("client-alive", Response(1, True, b""))
+        assert transport.sweep_mailboxes() == 0  # young answers stay
+        clock.now = 30.0
+        assert _ids(await transport.mailbox("client-alive").take(0.01)) == [1]
+        clock.now = 61.0
+        assert transport.sweep_mailboxes() == 100
+        assert transport.answers_expired == 100
+        clock.now = 122.0
+        transport.sweep_mailboxes()
+        # The crashed client's mailbox is gone; the live one, polled at 30 s, goes once idle
+        # for longer than the answers' lifetime too (it makes a new one when it polls again).
+        assert transport.mailboxes == 0
+        assert transport.answers_expired == 100
+    finally:
+        await transport.aclose()
+
+
+async def test_a_mailbox_keeps_at_most_max_bytes_dropping_the_oldest() -> None:
+    box = ClientMailbox(ttl=60.0, max_bytes=10_000, clock=_Clock())
+    for call_id in range(50):
+        box.put(Response(call_id, True, b"x" * 1000))
+    assert _ids(box.messages) == list(range(40, 50))
+    assert box.expired == 40
+    assert _ids(await box.take(timeout=0.01)) == list(range(40, 50))

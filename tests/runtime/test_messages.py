@@ -73,3 +73,15 @@ async def test_a_cancelled_storage_call_tells_its_queued_writes(when: str) -> No
             await flush
     assert [type(outcome) for outcome in told] == [StorageError]
     assert len(sent) == (1 if when == "while_it_waits" else 0)
+
+
+def test_responses_with_and_without_joined_actors_survive_a_batch_round_trip() -> None:
+    # A response has 4 fields, 5 with the actors that joined a transaction: both must pass the
+    # batch's checks (with (5, 6) every plain answer on Ray was dropped as malformed).
+    from raygrain.actors import ActorId
+    from raygrain.runtime.kernel import Response, pack_batch, unpack_batch
+
+    sent = [Response(5, True, b"x"), Response(6, False, b"y", (ActorId("t.A", "k"),))]
+    rejected: list[object] = []
+    assert unpack_batch(pack_batch(sent), on_malformed=rejected.append) == sent
+    assert rejected == []

@@ -1,0 +1,227 @@
+"""Metrics as a silo capability, through the kernel's extension surface.
+
+``Metrics`` (the extension) times every turn (``turn_ended``), counts activations and
+deactivations, wraps the silo's storage provider to time it, follows the membership view, and
+adds the figures ``raygrain status`` shows to ``Silo.stats()``. ``CallMetrics`` (a call filter)
+times the calls a caller makes, a silo's or a client's. Both record into a ``MetricRegistry``
+that an exporter reads; the hot path is a dictionary lookup and a bucket increment.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from bisect import bisect_left
+from collections import Counter
+from typing import Any
+
+from raygrain.actors import ActorMethod, DeactivationReason, decode
+from raygrain.runtime.kernel import (
+    Activation,
+    Delivery,
+    Extension,
+    MembershipView,
+    Request,
+    Response,
+    Silo,
+    SiloStatus,
+)
+from raygrain.runtime.metrics._catalog import CallerMetrics, SiloMetrics
+from raygrain.runtime.metrics._registry import (
+    CounterChild,
+    HistogramChild,
+    Labels,
+    MetricRegistry,
+)
+from raygrain.runtime.metrics._settings import MetricsSettings
+from raygrain.runtime.metrics._storage import ObservedStorage
+from raygrain.runtime.transactions import Transactions
+from raygrain.storage import StorageProvider
+
+__all__ = ["CallMetrics", "Metrics", "error_type"]
+
+_MAX_SERIES = 10_000  # cached method -> series entries (the series themselves stay)
+
+try:
+    _VERSION = importlib.metadata.version("raygrain")
+except importlib.metadata.PackageNotFoundError:  # running from a checkout, not installed
+    _VERSION = "unknown"
+
+
+def error_type(response: Response) -> str:
+    """The class name of the error a failed response carries (cheap: no rebuilding it)."""
+    try:
+        return str(decode(response.payload)[1]).rsplit(".", 1)[-1]
+    except Exception:
+        return "undecodable"
+
+
+class CallMetrics:
+    """Records each call a caller makes, timed from sending to its response (``side="caller"``).
+    A ``CallObserver``: the caller reads the clock; this only counts (kept lean: every call
+    of the process passes here)."""
+
+    def __init__(self, registry: MetricRegistry, metrics: CallerMetrics | None = None) -> None:
+        self.registry = registry
+        self.metrics = metrics or CallerMetrics(registry)
+        self._series: dict[str, dict[str, HistogramChild]] = {}
+
+    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
+        methods = self._series.get(request.target.type_name)
+        series = methods.get(request.method) if methods is not None else None
+        if series is None:
+            series = self._series_of(request.target.type_name, request.method)
+        series.counts[bisect_left(series.bounds, seconds)] += 1  # HistogramChild.observe
+        series.sum += seconds
+        if not response.ok:
+            self.metrics.errors.counter(
+                "caller", request.target.type_name, request.method, error_type(response)
+            ).inc()
+
+    def _series_of(self, type_name: str, method: str) -> HistogramChild:
+        series = self.metrics.duration.histogram("caller", type_name, method)
+        self._series.setdefault(type_name, {})[method] = series
+        return series
+
+
+class _TurnSeries:
+    __slots__ = ("duration", "method", "slow")
+
+    def __init__(self, metrics: SiloMetrics, type_name: str, method: ActorMethod) -> None:
+        self.method = method  # kept alive: its id keys the series (see Metrics.turn_ended)
+        self.duration = metrics.duration.histogram("callee", type_name, method.name)
+        self.slow = metrics.slow_turns.counter(type_name, method.name)
+
+
+class Metrics(Extension):
+    """A silo's metrics. ``registry`` holds them for an exporter to read."""
+
+    def __init__(self, settings: MetricsSettings) -> None:
+        self.settings = settings
+        self.registry = MetricRegistry(
+            {"deployment": settings.deployment}, settings.max_label_values
+        )
+        self._silo: Silo | None = None
+        self.metrics = SiloMetrics(self.registry, self._activations, self._mailboxes)
+        self._series: dict[int, _TurnSeries] = {}
+        self._slow = settings.slow_turn_seconds
+        self._dead: set[str] = set()
+        self.storage: ObservedStorage | None = None
+        self._filter = CallMetrics(self.registry, self.metrics)
+
+    # -- the extension surface ----------------------------------------------------------------
+
+    def wrap_storage(self, storage: StorageProvider) -> StorageProvider:
+        self.storage = ObservedStorage(storage, self.metrics.storage)
+        return self.storage
+
+    def attach(self, silo: Silo) -> None:
+        self._silo = silo
+        self.registry.constant_labels["silo"] = silo.name
+        transactions = silo.extension(Transactions)
+        if transactions is not None:
+            transactions.coordinator.observers.append(self)
+
+    def commit_ended(
+        self, txid: str, committed: bool, reason: str, phases: list[tuple[str, float, float]]
+    ) -> None:
+        outcome = "committed" if committed else "aborted"
+        self.metrics.transactions.counter(outcome, reason).inc()
+
+    def call_filter(self) -> CallMetrics:
+        return self._filter
+
+    def turn_ended(
+        self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
+    ) -> None:
+        # By the method's identity: one lookup (every turn of the silo passes here). The series
+        # holds the method, so its id is not reused while the entry exists.
+        series = self._series.get(id(delivery.method))
+        if series is None:
+            series = self._series_of(activation, delivery)
+        duration = series.duration
+        duration.counts[bisect_left(duration.bounds, seconds)] += 1  # HistogramChild.observe
+        duration.sum += seconds
+        if seconds > self._slow:
+            series.slow.value += 1
+        if error is not None:
+            name = type(error).__name__
+            self.metrics.errors.counter(
+                "callee", activation.actor_id.type_name, delivery.method.name, name
+            ).inc()
+
+    def _series_of(self, activation: Activation, delivery: Delivery) -> _TurnSeries:
+        if len(self._series) >= _MAX_SERIES:  # (internal turns' methods come and go)
+            self._series.clear()
+        series = _TurnSeries(self.metrics, activation.actor_id.type_name, delivery.method)
+        self._series[id(delivery.method)] = series
+        return series
+
+    def activated(self, activation: Activation) -> None:
+        type_name = activation.actor_id.type_name
+        self.metrics.activated.counter(type_name).inc()
+        # ``last_used`` still holds when the activation was created: no turn has run yet.
+        clock = activation.silo.clock
+        self.metrics.activation_duration.histogram(type_name).observe(
+            max(0.0, clock.now() - activation.last_used)
+        )
+
+    def deactivating(self, activation: Activation, reason: DeactivationReason) -> None:
+        self.metrics.deactivated.counter(activation.actor_id.type_name, reason.value).inc()
+
+    def view_changed(self, silo: Silo, view: MembershipView) -> None:
+        self.metrics.view_version.value = view.version
+        counts = Counter(status.value for _, status in view.silos)
+        for status in SiloStatus:
+            self.metrics.silos.counter(status.value).value = counts.get(status.value, 0)
+        dead = set(view.dead())
+        self.metrics.declared_dead.value += len(dead - self._dead)
+        self._dead = dead
+
+    def stats(self, silo: Silo) -> dict[str, Any]:
+        """Cumulative figures for ``raygrain status`` (which turns them into rates)."""
+        calls = errors = 0.0
+        merged = [0] * (len(self.metrics.duration.bounds) + 1)
+        for (side, _, _), child in self.metrics.duration.children.items():
+            if side == "callee" and isinstance(child, HistogramChild):
+                calls += child.count
+                merged = [a + b for a, b in zip(merged, child.counts, strict=True)]
+        for (side, *_), child in self.metrics.errors.children.items():
+            if side == "callee" and isinstance(child, CounterChild):
+                errors += child.value
+        storage = self.storage
+        return {
+            "version": _VERSION,
+            "time": time.time(),
+            "turns": calls,
+            "turn_errors": errors,
+            "turn_buckets": merged,
+            "turn_bounds": list(self.metrics.duration.bounds),
+            "storage": type(storage.inner).__name__ if storage is not None else "-",
+            "storage_errors": sum(
+                c.value
+                for c in self.metrics.storage.errors.children.values()
+                if isinstance(c, CounterChild)
+            ),
+            "storage_last_error": storage.last_error if storage is not None else None,
+        }
+
+    # -- gauges read at export ------------------------------------------------------------------
+
+    def _activations(self) -> dict[Labels, float]:
+        silo = self._silo
+        if silo is None:
+            return {}
+        counts = Counter(a.actor_id.type_name for a in silo.activations.values())
+        for actor_id, pool in silo.workers.items():
+            counts[actor_id.type_name] += len(pool)
+        return {(name,): float(n) for name, n in counts.items()}
+
+    def _mailboxes(self) -> dict[Labels, float]:
+        silo = self._silo
+        if silo is None:
+            return {}
+        queued: Counter[str] = Counter()
+        for activation in silo.activations.values():
+            queued[activation.actor_id.type_name] += activation.queued()
+        return {(name,): float(n) for name, n in queued.items()}

@@ -1,0 +1,175 @@
+"""Where the runtime's figures are kept between exports: plain Python, cheap to record into.
+
+A hot path (every call, every turn) records into a child found once by its labels and kept
+by the caller (a counter's ``value += 1``, a histogram's bucket by ``bisect``); exporters
+(``prometheus_client`` in-process, ``ray.util.metrics`` on Ray) read the registry when they
+are scraped or on a timer. Labels carry actor types, methods, reasons and error types, never
+actor keys; each label holds at most ``max_label_values`` distinct values, after which new
+ones are recorded as ``"other"`` (unbounded label sets have taken down metrics agents).
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "OVERFLOW",
+    "CounterChild",
+    "Family",
+    "HistogramChild",
+    "Kind",
+    "MetricRegistry",
+    "Sample",
+]
+
+OVERFLOW = "other"  # the value a label takes once it has max_label_values distinct ones
+
+Labels = tuple[str, ...]
+
+
+class Kind(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class CounterChild:
+    """One labelled series of a counter (or a gauge that is set, not read at export)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class HistogramChild:
+    """One labelled series of a histogram: the count per bucket (not cumulative) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound counts in that bound's bucket (le).
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What an exporter reads of one series: ``value`` (a counter or gauge), or a histogram's
+    per-bucket counts and sum."""
+
+    labels: dict[str, str]
+    value: float = 0.0
+    counts: tuple[int, ...] = ()
+    sum: float = 0.0
+
+
+class Family:
+    """One metric: its name, help, kind, label names, and its series by label values."""
+
+    def __init__(
+        self,
+        registry: MetricRegistry,
+        name: str,
+        help: str,
+        kind: Kind,
+        label_names: Sequence[str],
+        bounds: Sequence[float] = (),
+        read: Callable[[], dict[Labels, float]] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self.help = help
+        self.kind = kind
+        self.label_names = tuple(label_names)
+        self.bounds = tuple(bounds)
+        self.read = read  # a gauge computed when exported (e.g. activations per type)
+        # The series by their (capped) label values, and every label values a recorder asked
+        # for, capped or not, to the series that counts them.
+        self.children: dict[Labels, CounterChild | HistogramChild] = {}
+        self._lookup: dict[Labels, CounterChild | HistogramChild] = {}
+        self._seen: list[set[str]] = [set() for _ in self.label_names]
+
+    def counter(self, *values: str) -> CounterChild:
+        child = self._lookup.get(values) or self._child(values)
+        assert isinstance(child, CounterChild)
+        return child
+
+    def histogram(self, *values: str) -> HistogramChild:
+        child = self._lookup.get(values) or self._child(values)
+        assert isinstance(child, HistogramChild)
+        return child
+
+    def _child(self, values: Labels) -> CounterChild | HistogramChild:
+        if len(values) != len(self.label_names):
+            raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
+        limit = self.registry.max_label_values
+        capped = []
+        for seen, value in zip(self._seen, values, strict=True):
+            if value not in seen:
+                if len(seen) >= limit:
+                    value = OVERFLOW
+                seen.add(value)
+            capped.append(value)
+        key = tuple(capped)
+        child = self.children.get(key)
+        if child is None:
+            child = HistogramChild(self.bounds) if self.kind is Kind.HISTOGRAM else CounterChild()
+            self.children[key] = child
+        if len(self._lookup) < 100 * limit:  # the aliases of overflowing values are not kept
+            self._lookup[values] = child
+        return child
+
+    def samples(self) -> Iterator[Sample]:
+        constant = self.registry.constant_labels
+        names = self.label_names
+        if self.read is not None:
+            for values, value in self.read().items():
+                yield Sample({**constant, **dict(zip(names, values, strict=True))}, value)
+            return
+        for values, child in list(self.children.items()):
+            labels = {**constant, **dict(zip(names, values, strict=True))}
+            if isinstance(child, HistogramChild):
+                yield Sample(labels, counts=tuple(child.counts), sum=child.sum)
+            else:
+                yield Sample(labels, child.value)
+
+
+class MetricRegistry:
+    """The figures of one endpoint (a silo, or a client), with the labels every series of it
+    carries (``silo``, ``deployment``)."""
+
+    def __init__(self, constant_labels: dict[str, str], max_label_values: int = 100) -> None:
+        self.constant_labels = dict(constant_labels)
+        self.max_label_values = max_label_values
+        self.families: dict[str, Family] = {}
+
+    def add(
+        self,
+        name: str,
+        help: str,
+        kind: Kind,
+        label_names: Sequence[str] = (),
+        bounds: Sequence[float] = (),
+        read: Callable[[], dict[Labels, float]] | None = None,
+    ) -> Family:
+        if name in self.families:
+            raise ValueError(f"metric {name!r} is already registered")
+        family = Family(self, name, help, kind, label_names, bounds, read)
+        self.families[name] = family
+        return family

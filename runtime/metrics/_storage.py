@@ -1,0 +1,115 @@
+"""Storage latency and errors: a provider wrapped to time every operation.
+
+``ObservedStorage`` passes every call on to the provider it wraps and records how long it took
+and how it failed; a provider that queues writes (``QueuedWrites``) keeps doing so through it.
+A provider that commits in batches (``SqliteStorage.batch_observers``) reports each batch's
+size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from time import perf_counter
+from typing import Any
+
+from raygrain.actors import ActorId
+from raygrain.runtime.metrics._catalog import StorageMetrics
+from raygrain.runtime.metrics._registry import HistogramChild
+from raygrain.storage import QueuedWrites, StateRecord, StateWrite, StorageProvider
+
+__all__ = ["ObservedStorage"]
+
+
+class ObservedStorage:
+    """``inner`` with every operation timed (``raygrain_storage_operation_seconds``)."""
+
+    write_many: Callable[[Sequence[StateWrite]], Coroutine[Any, Any, list[str]]]
+
+    def __init__(self, inner: StorageProvider, metrics: StorageMetrics) -> None:
+        self.inner = inner
+        self._metrics = metrics
+        provider = type(inner).__name__
+        self._provider = provider
+        self._latency: dict[str, HistogramChild] = {
+            op: metrics.latency.histogram(provider, op)
+            for op in ("read", "write", "clear", "write_many")
+        }
+        self.last_error: str | None = None
+        if isinstance(inner, QueuedWrites):
+            self.queue_write = self._queue_write
+        # Only as atomic as the provider: one without write_many still has none through this.
+        if hasattr(inner, "write_many"):
+            self.write_many = self._write_many
+        observers = getattr(inner, "batch_observers", None)
+        # A provider shared by several silos (in-process) reports each batch to the first.
+        if isinstance(observers, list) and not observers:
+            observers.append(metrics.batch.histogram(provider).observe)
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        self.last_error = f"{operation}: {type(exc).__name__}"
+        self._metrics.errors.counter(self._provider, operation, type(exc).__name__).inc()
+
+    async def read(self, actor_id: ActorId) -> StateRecord:
+        started = perf_counter()
+        try:
+            return await self.inner.read(actor_id)
+        except Exception as exc:
+            self._failed("read", exc)
+            raise
+        finally:
+            self._latency["read"].observe(perf_counter() - started)
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        started = perf_counter()
+        try:
+            return await self.inner.write(actor_id, data, expected_etag)
+        except Exception as exc:
+            self._failed("write", exc)
+            raise
+        finally:
+            self._latency["write"].observe(perf_counter() - started)
+
+    async def clear(self, actor_id: ActorId, expected_etag: str | None) -> str:
+        started = perf_counter()
+        try:
+            return await self.inner.clear(actor_id, expected_etag)
+        except Exception as exc:
+            self._failed("clear", exc)
+            raise
+        finally:
+            self._latency["clear"].observe(perf_counter() - started)
+
+    async def _write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        started = perf_counter()
+        try:
+            return await self.inner.write_many(writes)
+        except Exception as exc:
+            self._failed("write_many", exc)
+            raise
+        finally:
+            self._latency["write_many"].observe(perf_counter() - started)
+
+    def _queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        started = perf_counter()
+        latency = self._latency["write"]
+
+        def written(outcome: str | Exception) -> object:
+            latency.observe(perf_counter() - started)
+            if isinstance(outcome, Exception):
+                self._failed("write", outcome)
+            return done(outcome)
+
+        self.inner.queue_write(actor_id, data, expected_etag, written)  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        # A provider's own extras (e.g. SqliteStorage.commits) stay reachable through it.
+        return getattr(self.inner, name)

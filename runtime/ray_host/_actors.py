@@ -1,0 +1,290 @@
+"""The Ray actors of a deployment: the controller, the storage server and the silos.
+
+Each wraps a host-agnostic body (``ControllerImpl``, ``StorageServerImpl``, ``SiloHostImpl``)
+and adds what only Ray knows: where actors live (node affinity), how a silo is found by name in
+its deployment's namespace, probed and killed, and Ray's node list, which the controller's
+``NodeFollower`` keeps silos on. ``_launcher`` starts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from raygrain.actors import Actor
+from raygrain.runtime.kernel import SiloOptions, SiloStatus, configure_logging, get_logger
+from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.ray_host._direct import DirectPlane
+from raygrain.runtime.ray_host._host import SiloHostImpl
+from raygrain.runtime.ray_host._nodes import NodeFollower
+from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
+from raygrain.storage import open_storage
+
+if TYPE_CHECKING:
+    from raygrain.runtime.ray_host._launcher import RayLaunch
+
+__all__ = [
+    "CONTROLLER_NAME",
+    "SILO_PREFIX",
+    "STORAGE_NAME",
+    "ControllerActor",
+    "SiloActor",
+    "StorageServerActor",
+    "create_silo",
+    "lookup",
+    "resolver",
+]
+
+CONTROLLER_NAME = "raygrain-controller"
+STORAGE_NAME = "raygrain-storage"
+SILO_PREFIX = "raygrain-silo-"
+
+
+async def _alive_node_ids() -> list[str]:
+    nodes = await asyncio.to_thread(ray.nodes)
+    return [str(n["NodeID"]) for n in nodes if n.get("Alive")]
+
+
+def _remote_storage(namespace: str) -> RemoteStorage:
+    # One handle for the server's whole life: Ray restarts it in place when its process dies
+    # (max_restarts), and the handle reaches the new incarnation.
+    return RemoteStorage(ray.get_actor(STORAGE_NAME, namespace=namespace))
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
+class ControllerActor(ControllerImpl):
+    def __init__(
+        self,
+        namespace: str,
+        detection: FailureDetection,
+        storage: str | None,
+        launch: RayLaunch | None = None,
+        options: SiloOptions | None = None,
+        plane: DirectPlane | None = None,
+    ) -> None:
+        # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
+        # to ask for through Ray; a restarted controller gets the same from Ray.
+        self.plane = plane
+        # The view's truth lives in the state store; Ray restarts a crashed controller, which
+        # then continues from the stored view.
+        store: Any = _remote_storage(namespace) if storage is None else open_storage(storage)
+        super().__init__(detection, store)
+        self.namespace = namespace
+        self._resolve = resolver(namespace)
+        self._launch = launch
+        self._options = options
+        self.follower: NodeFollower | None = None
+        if launch is not None and options is not None:
+            self.follower = NodeFollower(
+                launch.silos_per_node, _alive_node_ids, self.live_silos_on, self._start_silo
+            )
+
+    def live_silos_on(self, node_id: str) -> int:
+        prefix = f"{SILO_PREFIX}{node_id[:12]}-"
+        return sum(
+            1
+            for name, status in self.view.silos
+            if name.startswith(prefix) and status is not SiloStatus.DEAD
+        )
+
+    async def _start_silo(self, node_id: str, index: int) -> str:
+        assert self._launch is not None and self._options is not None
+        # Detached: a silo created by the controller would otherwise die with it (Ray's
+        # ownership), and a restarted controller must find its silos serving. Silos stop
+        # themselves once their controller is gone for good (see SiloActor).
+        name, silo = create_silo(node_id, index, self._launch, self._options, detached=True)
+        _handles[(self.namespace, name)] = silo
+        await silo.start.remote()
+        return name
+
+    async def _load(self) -> None:
+        await super()._load()
+        # A controller that Ray restarted is first called by its silos' long polls, never by
+        # start_silos: it takes up following the node list here.
+        if self.follower is not None:
+            self.follower.follow()
+
+    async def start_silos(self) -> list[str]:
+        """Start the silos every live node lacks, then keep following Ray's node list."""
+        async with self._lock:
+            await self._load()
+        if self.follower is None:
+            return []
+        names = await self.follower.fill()
+        self.follower.follow()
+        return names
+
+    async def halt(self) -> None:
+        """The deployment is going down: start no more silos."""
+        if self.follower is not None:
+            self.follower.halt()
+
+    async def probe_silo(self, name: str) -> None:
+        try:
+            await self._resolve(name).probe.remote()
+        except ray.exceptions.ActorUnavailableError:
+            raise  # maybe only slow or restarting: a missed probe
+        except (ray.exceptions.RayActorError, ValueError) as exc:
+            raise SiloDied(type(exc).__name__) from None
+
+    def direct_plane(self) -> DirectPlane | None:
+        return self.plane
+
+    def node_id(self) -> str:
+        """The Ray node this controller runs on."""
+        return str(ray.get_runtime_context().get_node_id())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def kill_silo(self, name: str) -> None:
+        try:
+            ray.kill(self._resolve(name))
+        except Exception:
+            pass  # already gone
+
+
+@ray.remote(num_cpus=0, max_concurrency=10_000, max_restarts=-1)  # type: ignore[call-overload]
+class StorageServerActor(StorageServerImpl):
+    """Restarted in place by Ray when its process dies (it is pinned to its file's node)."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_concurrency=100_000, concurrency_groups={"probe": 1}
+)
+class SiloActor:
+    """A silo in a Ray actor. Storage is a spec string or ``None`` (the storage server)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        node_id: str,
+        actor_types: list[type[Actor[Any]]],
+        storage: str | None,
+        options: SiloOptions,
+    ) -> None:
+        configure_logging()  # RAYGRAIN_LOG_LEVEL, as the deployment's runtime_env sets it
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+        provider: Any = _remote_storage(namespace) if storage is None else storage
+        self.namespace = namespace
+        self.probe_delay = 0.0
+        self.host = SiloHostImpl(
+            name,
+            node_id,
+            actor_types,
+            provider,
+            options,
+            resolver(namespace),
+            controller,
+            ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+            controller_gone=self._controller_gone,
+        )
+
+    def _controller_gone(self, error: BaseException) -> bool:
+        """True (and this silo's process ends soon) when the controller is gone for good.
+
+        Its owner ended (a ``Cluster.ray`` program that exited) or its deployment was taken
+        down: a silo without a controller would serve on unsupervised. A controller that Ray
+        is restarting still has its name, so only a failed lookup counts.
+        """
+        if not isinstance(error, ray.exceptions.RayActorError):
+            return False
+        if lookup(CONTROLLER_NAME, self.namespace) is not None:
+            return False
+        get_logger().warning("controller_gone_stopping", silo=self.host.name)
+        asyncio.get_running_loop().call_later(1.0, os._exit, 0)
+        return True
+
+    async def start(self) -> bytes:
+        return await self.host.start()
+
+    async def receive_batch(self, blob: bytes) -> bytes:
+        return await self.host.receive_batch(blob)
+
+    async def poll(self, client: str) -> bytes:
+        return await self.host.poll(client)
+
+    def wire_address(self) -> tuple[str, int] | None:
+        """Where this silo listens for direct connections (None: it does not)."""
+        return self.host.direct_address
+
+    async def drop_connections(self) -> int:
+        """Test hook: close every direct connection of this silo at once (a network fault)."""
+        return self.host.wire.drop_connections() if self.host.wire is not None else 0
+
+    async def forget_client(self, client: str) -> None:
+        await self.host.forget_client(client)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.host.stats()
+
+    async def leave(self) -> None:
+        await self.host.leave()
+
+    async def stop(self) -> None:
+        await self.host.stop()
+
+    @ray.method(concurrency_group="probe")
+    async def probe(self) -> str:
+        # Answered on the probe group's own thread and loop: a CPU-bound turn on the main
+        # loop does not delay it, so a busy silo is not taken for a dead one.
+        if self.probe_delay:
+            await asyncio.sleep(self.probe_delay)
+        return self.host.name
+
+    @ray.method(concurrency_group="probe")
+    async def delay_probes(self, seconds: float) -> None:
+        """Test hook: answer probes late, to stage a false suspicion of a live silo."""
+        self.probe_delay = seconds
+
+
+_handles: dict[tuple[str, str], Any] = {}  # (namespace, actor name) -> handle
+
+
+def resolver(namespace: str) -> Callable[[str], Any]:
+    """Silo name -> Ray actor handle, in the deployment's namespace (cached)."""
+
+    def resolve(name: str) -> Any:
+        handle = _handles.get((namespace, name))
+        if handle is None:
+            handle = _handles[(namespace, name)] = ray.get_actor(name, namespace=namespace)
+        return handle
+
+    return resolve
+
+
+def create_silo(
+    node_id: str,
+    index: int,
+    launch: RayLaunch,
+    options: SiloOptions,
+    detached: bool | None = None,
+) -> tuple[str, Any]:
+    """Create (not yet start) silo number ``index`` of ``launch``'s deployment on ``node_id``."""
+    # A fresh suffix per incarnation: a name declared dead in the (stored) view never returns.
+    name = f"{SILO_PREFIX}{node_id[:12]}-{index}-{uuid.uuid4().hex[:6]}"
+    silo = SiloActor.options(  # type: ignore[attr-defined]
+        name=name,
+        namespace=launch.namespace,
+        lifetime="detached" if (launch.detached if detached is None else detached) else None,
+        runtime_env=launch.actor_runtime_env(),
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(launch.namespace, name, node_id, list(launch.actor_types), launch.storage, options)
+    return name, silo
+
+
+def lookup(name: str, namespace: str) -> Any:
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None

@@ -1,0 +1,107 @@
+"""Silos follow Ray's node list: every live node keeps ``silos_per_node`` silos of a deployment.
+
+The controller runs a ``NodeFollower``: about once a second it lists Ray's live nodes and the
+silos of its deployment that are live or starting on each, and starts the missing ones. A node
+that joins (an autoscaler's, or one added by hand) gets its silos within a few seconds; a node
+whose silo died or was declared dead gets a new one. It never stops a silo: leaving is the
+silos' own business (graceful leave, or death detection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+from raygrain.runtime.kernel import get_logger
+
+__all__ = ["NodeFollower"]
+
+FOLLOW_PERIOD = 1.0  # seconds between two looks at Ray's node list
+_START_TIMEOUT = 60.0  # a silo that has not started by then is given up (its node went away?)
+
+
+class NodeFollower:
+    """Keeps ``per_node`` silos on every node that ``list_nodes`` reports alive.
+
+    ``live_silos_on(node_id)`` counts the deployment's silos on a node that are not dead;
+    ``start_silo(node_id, index)`` starts one and returns its name once it serves.
+    """
+
+    def __init__(
+        self,
+        per_node: int,
+        list_nodes: Callable[[], Awaitable[Iterable[str]]],
+        live_silos_on: Callable[[str], int],
+        start_silo: Callable[[str, int], Awaitable[str]],
+    ) -> None:
+        self.per_node = per_node
+        self._list_nodes = list_nodes
+        self._live_silos_on = live_silos_on
+        self._start_silo = start_silo
+        self._starting: dict[str, int] = {}  # node id -> silos being started there
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.Task[None] | None = None
+        self.halted = False
+
+    async def fill(self) -> list[str]:
+        """Start the silos missing on every live node now; returns the names started."""
+        nodes = list(await self._list_nodes())
+        started = await asyncio.gather(*(self._fill_node(n) for n in nodes))
+        return [name for names in started for name in names]
+
+    async def _fill_node(self, node_id: str) -> list[str]:
+        missing = self.per_node - self._live_silos_on(node_id) - self._starting.get(node_id, 0)
+        if missing <= 0 or self.halted:
+            return []
+        self._starting[node_id] = self._starting.get(node_id, 0) + missing
+        base = self._live_silos_on(node_id)
+        try:
+            results = await asyncio.gather(
+                *(
+                    asyncio.wait_for(self._start_silo(node_id, base + i), _START_TIMEOUT)
+                    for i in range(missing)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            self._starting[node_id] -= missing
+        names = [r for r in results if isinstance(r, str)]
+        for error in (r for r in results if isinstance(r, BaseException)):
+            get_logger().warning("silo_start_failed", node=node_id, error=repr(error))
+        if names:
+            get_logger().info("silos_started_on_node", node=node_id, silos=names)
+        return names
+
+    def follow(self) -> None:
+        """Keep following the node list in the background (until ``halt``)."""
+        if self._loop is None and not self.halted:
+            self._loop = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        while not self.halted:
+            await asyncio.sleep(FOLLOW_PERIOD)
+            try:
+                nodes = list(await self._list_nodes())
+            except Exception as exc:
+                get_logger().warning("node_list_failed", error=repr(exc))
+                continue
+            for node_id in nodes:
+                # Each node on its own: a slow start on one does not hold back the others.
+                if self._starting.get(node_id, 0) == 0 and not self.halted:
+                    task = asyncio.ensure_future(self._fill_quietly(node_id))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _fill_quietly(self, node_id: str) -> None:
+        try:
+            await self._fill_node(node_id)
+        except Exception as exc:
+            get_logger().warning("node_fill_failed", node=node_id, error=repr(exc))
+
+    def halt(self) -> None:
+        """Stop following (the deployment is going down: start nothing more)."""
+        self.halted = True
+        if self._loop is not None:
+            self._loop.cancel()
+        for task in list(self._tasks):
+            task.cancel()

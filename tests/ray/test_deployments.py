@@ -1,0 +1,244 @@
+"""Named deployments on one Ray: each has its own silos, controller and storage, serves only its
+own actor types, and stopping one (closing its cluster, or `raygrain down --name`) leaves the
+others serving. Also Ray's conventions: RAY_ADDRESS, ray:// without the client extra, the CLI's
+one-line errors and exit codes, and the log level reaching the silos."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import pytest
+
+from raygrain.actors import Actor, ConfigurationError, UnknownActorTypeError, read_only
+from raygrain.runtime import Cluster
+
+
+class Apples(Actor[int], name="test.deployments.Apples"):
+    async def add(self, n: int) -> int:
+        self.state = (self.state or 0) + n
+        return self.state
+
+    @read_only
+    async def log_settings(self) -> list[Any]:
+        """What the silo hosting this actor was given: its env vars and its logger's level."""
+        return [
+            os.environ.get("RAYGRAIN_LOG_LEVEL"),
+            logging.getLogger("raygrain").level,
+            os.environ.get("SHOP_MARK"),
+        ]
+
+
+class Pears(Actor[int], name="test.deployments.Pears"):
+    async def add(self, n: int) -> int:
+        self.state = (self.state or 0) + n
+        return self.state
+
+
+# -- without Ray ---------------------------------------------------------------------------------
+
+
+def test_a_cluster_without_a_name_gets_a_unique_one_and_connect_defaults_to_default() -> None:
+    first = Cluster.ray(actors=[Apples])
+    second = Cluster.ray(actors=[Apples])
+    assert first.name and second.name and first.name != second.name
+    assert Cluster.ray(actors=[Apples], name="shop").name == "shop"
+    assert Cluster.connect(actors=[Apples]).name == "default"
+
+
+@pytest.mark.parametrize("name", ["", "has space", "-leading", "a/b", "x" * 64], ids=repr)
+def test_a_bad_deployment_name_is_refused_before_anything_starts(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="deployment name"):
+        Cluster.ray(actors=[Apples], name=name)
+    with pytest.raises(ConfigurationError, match="deployment name"):
+        Cluster.connect(actors=[Apples], name=name)
+
+
+def test_log_level_and_runtime_env_reach_every_actor_of_the_deployment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from raygrain.runtime.ray_host import RayLaunch
+
+    monkeypatch.setenv("RAYGRAIN_LOG_LEVEL", "info")
+    env = RayLaunch((Apples,), runtime_env={"env_vars": {"A": "1"}}).actor_runtime_env()
+    assert env == {"env_vars": {"A": "1", "RAYGRAIN_LOG_LEVEL": "info"}}
+    explicit = RayLaunch((Apples,), log_level="debug").actor_runtime_env()
+    assert explicit == {"env_vars": {"RAYGRAIN_LOG_LEVEL": "debug"}}
+
+
+def test_no_address_means_ray_address_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from raygrain.runtime.ray_host import ensure_ray
+
+    seen: list[Any] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.append(kwargs["address"]))
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    assert ensure_ray(None) is False  # joined, not started
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert ensure_ray(None) is True
+    assert seen == ["10.1.2.3:6379", "local"]
+
+
+def test_a_ray_client_address_without_the_client_extra_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    import ray
+
+    from raygrain.runtime.ray_host import ensure_ray
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n: None if n == "grpc" else real_find_spec(n)
+    )
+    with pytest.raises(ConfigurationError, match=r"raygrain\[client\]"):
+        ensure_ray("ray://head:10001")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ("auth", "RAY_AUTH_MODE"),
+        ("connection", "ray start --head"),
+    ],
+)
+def test_cli_ray_failures_are_one_line_with_the_fix_and_exit_code_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: str, expected: str
+) -> None:
+    import ray.exceptions
+
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import main
+
+    def refuse(*args: Any, **kwargs: Any) -> bool:
+        if error == "auth":
+            raise ray.exceptions.AuthenticationError("InvalidAuthToken: token mismatch")
+        raise ConnectionError("Could not find any running Ray instance.\nmore\nlines")
+
+    monkeypatch.setattr(ray_host, "ensure_ray", refuse)
+    assert main(["status", "--address", "auto"]) == 3
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["--debug", "down", "--address", "auto"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_cli_with_nothing_listening_at_the_address_fails_at_once_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    from raygrain.runtime.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        assert main(["status", "--address", f"127.0.0.1:{port}"]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot connect to Ray at 127.0.0.1:{port}" in err and "ray start --head" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_help_documents_exit_codes_and_deployment_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from raygrain.runtime.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes" in text and "RAY_AUTH_MODE" in text and "--name" in text
+
+
+# -- on Ray --------------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+async def test_two_deployments_serve_their_own_types_and_closing_one_leaves_the_other(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    from raygrain.runtime.ray_host import find_silos
+
+    default_silos = find_silos("default")
+    apples = Cluster.ray(actors=[Apples], name="iso-apples", storage=f"sqlite:///{tmp_path}/a.db")
+    pears = Cluster.ray(actors=[Pears], name="iso-pears", storage=f"sqlite:///{tmp_path}/p.db")
+    async with apples, pears:
+        assert await apples.get(Apples, "k").add(2) == 2
+        assert await pears.get(Pears, "k").add(5) == 5
+        # Each deployment's silos host only its own types: no joining the other's silos.
+        with pytest.raises(UnknownActorTypeError):
+            await apples.ref("test.deployments.Pears", "k").add(1)
+        with pytest.raises(UnknownActorTypeError):
+            await pears.ref("test.deployments.Apples", "k").add(1)
+        # A client of a deployment stops nothing when it closes.
+        async with Cluster.connect(ray_silos.address, actors=[Pears], name="iso-pears") as c:
+            assert await c.get(Pears, "k").add(1) == 6
+        assert await pears.get(Pears, "k").add(1) == 7
+        await apples.aclose()
+        assert find_silos("iso-apples") == []
+        assert await pears.get(Pears, "k").add(1) == 8
+        assert find_silos("iso-pears")
+    assert find_silos("iso-pears") == []
+    assert find_silos("default") == default_silos  # the session's deployment was not touched
+
+
+@pytest.mark.ray
+async def test_a_second_launch_under_a_running_name_is_refused(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match="already running"):
+        async with Cluster.ray(actors=[Apples], name="default", storage="memory://"):
+            pass
+    async with Cluster.connect(ray_silos.address, name="default") as session:
+        assert await session.stats()  # the session's deployment still serves
+
+
+@pytest.mark.ray
+async def test_down_with_a_name_stops_only_that_deployment_and_status_lists_them(
+    ray_silos: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raygrain.runtime.cli import main
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import RayLaunch, find_silos, launch, stop_everything
+
+    for name, kind in (("cli-a", Apples), ("cli-b", Pears)):
+        spec = RayLaunch(
+            (kind,), storage=f"sqlite:///{tmp_path}/{name}.db", detached=True, name=name
+        )
+        await launch(spec, SiloOptions())
+    try:
+        assert await asyncio.to_thread(main, ["status", "--address", ray_silos.address]) == 0
+        listing = capsys.readouterr().out
+        assert "cli-a" in listing and "cli-b" in listing and "default" in listing
+        down = ["down", "--address", ray_silos.address, "--name", "cli-a"]
+        assert await asyncio.to_thread(main, down) == 0
+        assert find_silos("cli-a") == []
+        assert await asyncio.to_thread(main, down) == 1  # nothing of that name any more
+        async with Cluster.connect(ray_silos.address, actors=[Pears], name="cli-b") as b:
+            assert await b.get(Pears, "k").add(3) == 3
+        async with Cluster.connect(ray_silos.address, actors=[Apples], name="default") as c:
+            assert await c.stats()
+    finally:
+        await stop_everything("cli-a")
+        await stop_everything("cli-b")
+
+
+@pytest.mark.ray
+async def test_the_log_level_and_runtime_env_reach_the_silos(ray_silos: Any, tmp_path: Any) -> None:
+    async with Cluster.ray(
+        actors=[Apples],
+        storage=f"sqlite:///{tmp_path}/l.db",
+        log_level="debug",
+        runtime_env={"env_vars": {"SHOP_MARK": "from-runtime-env"}},
+    ) as cluster:
+        env, level, mark = await cluster.get(Apples, "log").log_settings()
+    assert env == "debug"
+    assert level == logging.DEBUG
+    assert mark == "from-runtime-env"

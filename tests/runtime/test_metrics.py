@@ -1,0 +1,214 @@
+"""Metrics on an in-process cluster: a workload, then the Prometheus endpoint scraped over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from raygrain.actors import (
+    Actor,
+    ActorCallTimeout,
+    ConfigurationError,
+    DeactivationReason,
+    TransactionAbortedError,
+    call_timeout,
+)
+from raygrain.runtime import Cluster
+from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
+from tests.app import Vault
+
+
+class Rejected(Exception):
+    pass
+
+
+@dataclass
+class Tally:
+    count: int = 0
+
+
+class Meter(Actor[Tally], name="metrics.Meter"):
+    async def add(self, amount: int) -> int:
+        self.state.count += amount
+        return self.state.count
+
+    async def fail(self, kind: str) -> None:
+        raise (ValueError if kind == "value" else Rejected)(kind)
+
+    @call_timeout(0.2)
+    async def stall(self, name: str) -> None:
+        await STALLS.setdefault(name, asyncio.Event()).wait()
+
+
+STALLS: dict[str, asyncio.Event] = {}
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of the endpoint, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def test_a_workload_moves_the_scraped_counters_and_histograms_by_its_size(
+    tmp_path: Path,
+) -> None:
+    async with Cluster.local(
+        actors=[Meter], silos=2, storage=f"sqlite:///{tmp_path / 'state.db'}", metrics_port=0
+    ) as cluster:
+        assert cluster.metrics is not None and cluster.metrics.port
+        meters = [cluster.get(Meter, f"m{i}") for i in range(10)]
+        await asyncio.gather(*(m.add(1) for m in meters for _ in range(10)))  # 100 writes
+        for kind in ("value", "value", "value", "rejected"):
+            with pytest.raises((ValueError, Rejected)):
+                await meters[0].fail(kind)
+        with pytest.raises(ActorCallTimeout):
+            await meters[1].stall("t1")
+        STALLS["t1"].set()
+
+        samples = await asyncio.to_thread(scrape, cluster.metrics.port)
+
+    meter = {"type": "metrics.Meter"}
+    for side in ("caller", "callee"):
+        add = {**meter, "side": side, "method": "add"}
+        assert total(samples, "raygrain_calls_total", **add) == 100
+        assert total(samples, "raygrain_call_duration_seconds_count", **add) == 100
+        assert total(samples, "raygrain_call_duration_seconds_bucket", **add, le="+Inf") == 100
+        assert total(samples, "raygrain_call_duration_seconds_sum", **add) > 0
+        failing = {**meter, "side": side, "method": "fail"}
+        assert total(samples, "raygrain_call_errors_total", **failing, error="ValueError") == 3
+        assert total(samples, "raygrain_call_errors_total", **failing, error="Rejected") == 1
+        assert total(samples, "raygrain_call_errors_total", **add) == 0
+    # A timeout is the caller's error; the turn itself ended well (after the caller left).
+    stall = {**meter, "method": "stall"}
+    assert total(samples, "raygrain_call_errors_total", **stall, error="ActorCallTimeout") == 1
+    # Cumulative buckets never go down, and each silo is a series of its own.
+    buckets = sorted(
+        (float(dict(ls)["le"]), v)
+        for (n, ls), v in samples.items()
+        if n == "raygrain_call_duration_seconds_bucket"
+        and {("side", "callee"), ("method", "add"), ("silo", "silo-0")} <= ls
+    )
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)
+    assert {dict(ls)["silo"] for (n, ls) in samples if n == "raygrain_calls_total"} >= {
+        "silo-0",
+        "silo-1",
+        "client",
+    }
+    assert total(samples, "raygrain_activations", **meter) == 10
+    assert total(samples, "raygrain_activations_total", **meter) == 10
+    assert total(samples, "raygrain_activation_duration_seconds_count", **meter) == 10
+    # Storage: 10 reads (activations), 100 queued writes, in batches of 100 records in all.
+    storage = {"provider": "SqliteStorage"}
+    assert (
+        total(samples, "raygrain_storage_operation_seconds_count", **storage, operation="read")
+        == 10
+    )
+    assert (
+        total(samples, "raygrain_storage_operation_seconds_count", **storage, operation="write")
+        == 100
+    )
+    assert total(samples, "raygrain_storage_errors_total") == 0
+    assert total(samples, "raygrain_storage_batch_size_sum", **storage) == 100
+    assert 1 <= total(samples, "raygrain_storage_batch_size_count", **storage) <= 100
+    assert total(samples, "raygrain_membership_silos", status="active") == 2 * 2  # per silo
+
+
+async def test_deactivations_are_counted_by_reason() -> None:
+    async with Cluster.local(actors=[Meter], silos=1) as cluster:
+        await cluster.get(Meter, "d").add(1)
+        silo = cluster.silos[0]
+        await silo.activations[next(iter(silo.activations))].deactivate(
+            DeactivationReason.REQUESTED
+        )
+        assert cluster.metrics is not None
+        assert (
+            cluster.metrics.value(
+                "raygrain_deactivations_total", type="metrics.Meter", reason="requested"
+            )
+            == 1
+        )
+        assert cluster.metrics.value("raygrain_activations", type="metrics.Meter") == 0
+
+
+async def test_metrics_off_records_nothing_and_refuses_a_port() -> None:
+    async with Cluster.local(actors=[Meter], silos=1, metrics=False) as cluster:
+        await cluster.get(Meter, "x").add(1)
+        assert cluster.metrics is None
+    with pytest.raises(ConfigurationError, match="metrics_port"):
+        Cluster.local(actors=[Meter], metrics=False, metrics_port=0)
+    with pytest.raises(ConfigurationError, match="metrics_port"):
+        Cluster.local(actors=[Meter], metrics_port=-1)
+
+
+async def test_transactions_are_counted_by_outcome_and_reason() -> None:
+    async with Cluster.local(actors=[Vault], silos=2) as cluster:
+        a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
+        async with cluster.transaction():
+            await a.add(1, 10)
+            await b.add(1, 10)
+        with pytest.raises(TransactionAbortedError, match="could not prepare"):
+            async with cluster.transaction():
+                await a.add(2, 10)
+                with pytest.raises(RuntimeError):
+                    await b.add_then_fail(2, 10)
+        assert cluster.metrics is not None
+        value = cluster.metrics.value
+        assert value("raygrain_transactions_total", outcome="committed") == 1
+        assert value("raygrain_transactions_total", outcome="aborted", reason="prepare_failed") == 1
+        assert value("raygrain_transactions_total") == 2
+
+
+def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
+    registry = MetricRegistry({"silo": "s"}, max_label_values=3)
+    family = registry.add("raygrain_test_total", "test", Kind.COUNTER, ("method",))
+    for i in range(10):
+        family.counter(f"m{i}").inc()
+    values = {sample.labels["method"]: sample.value for sample in family.samples()}
+    assert values == {"m0": 1, "m1": 1, "m2": 1, OVERFLOW: 7}
+
+
+def test_settings_are_a_value_object() -> None:
+    assert MetricsSettings().enabled and MetricsSettings(enabled=False) != MetricsSettings()
+
+
+def _metric_names() -> set[str]:
+    from raygrain.runtime.metrics import Metrics
+
+    return set(Metrics(MetricsSettings()).registry.families)
+
+
+def test_the_docs_table_lists_every_metric_and_only_those() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"^\| `(raygrain_\w+)` \|", text, re.MULTILINE))
+    assert documented == _metric_names()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    path = Path(__file__).parents[2] / "docs" / "grafana" / "raygrain.json"
+    dashboard = json.loads(path.read_text())
+    queried = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(raygrain_\w+)", target["expr"])
+    }
+    assert queried and queried <= _metric_names()
