@@ -81,7 +81,7 @@ from raygrain.runtime import Cluster
 from tests.app import BankAccount
 
 async def main():
-    async with Cluster.connect(sys.argv[1], actors=[BankAccount]) as cluster:
+    async with Cluster.connect(sys.argv[1], actors=[BankAccount], name="cli") as cluster:
         print(await cluster.get(BankAccount, "cli").deposit(int(sys.argv[2])))
 
 asyncio.run(main())
@@ -126,33 +126,35 @@ def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -
         address = holder.stdout.readline().strip()
         assert address, "the Ray holder process did not start"
         up = _raygrain(
-            "up", "--address", address, "--actors", "tests.app",
+            "up", "--address", address, "--actors", "tests.app", "--name", "cli",
             "--storage", f"sqlite:///{tmp_path / 'state.db'}",
         )  # fmt: skip
         assert up.returncode == 0, up.stderr[-3000:]
-        assert "started 1 silo(s) hosting" in up.stdout and "BankAccount" in up.stdout
+        assert "deployment 'cli': started 1 silo(s) hosting" in up.stdout, up.stdout
+        assert "BankAccount" in up.stdout
 
-        status = _raygrain("status", "--address", address, "--json")
+        listed = _raygrain("status", "--address", address, "--json")
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        assert [d["name"] for d in json.loads(listed.stdout)["deployments"]] == ["cli"]
+        status = _raygrain("status", "--address", address, "--name", "cli", "--json")
         assert status.returncode == 0, status.stderr[-3000:]
         silos = json.loads(status.stdout)["silos"]
         assert [s["status"] for s in silos] == ["active"], silos
 
-        # Clients come and go; the silos, and the actor's activation and state, stay.
+        # Clients come and go; the silos, and the actor's state, stay.
         for amount, balance in ((5, 5), (7, 12)):
             client = _run("-c", _CLIENT, address, str(amount))
             assert client.returncode == 0, client.stderr[-3000:]
             assert client.stdout.strip().splitlines()[-1] == str(balance)
-        status = _raygrain("status", "--address", address, "--json")
-        assert sum(s["activations"] for s in json.loads(status.stdout)["silos"]) >= 1
 
-        again = _raygrain("up", "--address", address, "--actors", "tests.app")
-        assert again.returncode == 2 and "already running" in again.stderr
+        again = _raygrain("up", "--address", address, "--actors", "tests.app", "--name", "cli")
+        assert again.returncode != 0 and "already running" in again.stderr
 
-        down = _raygrain("down", "--address", address)
+        down = _raygrain("down", "--address", address, "--name", "cli")
         assert down.returncode == 0, down.stderr[-3000:]
-        assert "stopped 1 silo(s)" in down.stdout
-        gone = _raygrain("status", "--address", address)
-        assert gone.returncode == 1 and "no raygrain cluster is running" in gone.stdout
+        assert "deployment 'cli': stopped 1 silo(s)" in down.stdout
+        gone = _raygrain("status", "--address", address, "--name", "cli")
+        assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stdout
     finally:
         holder.stdin.close()
         try:
