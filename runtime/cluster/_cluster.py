@@ -253,10 +253,6 @@ class Cluster:
             unique_deployment_name,
         )
 
-        if isinstance(silos_per_node, bool) or not isinstance(silos_per_node, int):
-            raise ConfigurationError(f"silos_per_node must be an int >= 1, got {silos_per_node!r}")
-        if silos_per_node < 1:
-            raise ConfigurationError(f"silos_per_node must be an int >= 1, got {silos_per_node!r}")
         registry = ActorRegistry(actors)
         options = _silo_options(
             default_timeout,
@@ -505,13 +501,7 @@ def _silo_options(
     ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
-    if not isinstance(max_message_bytes, int):
-        raise ConfigurationError(f"max_message_bytes must be an int, got {max_message_bytes!r}")
-    if (
-        isinstance(max_queued_calls, bool)
-        or not isinstance(max_queued_calls, int)
-        or max_queued_calls < 1
-    ):
+    if not isinstance(max_queued_calls, int) or max_queued_calls < 1:
         raise ConfigurationError(f"max_queued_calls must be an int >= 1, got {max_queued_calls!r}")
     if transactions is None:
         transactions = TransactionSettings()

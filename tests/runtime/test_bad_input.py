@@ -280,12 +280,10 @@ NAN = float("nan")
         (lambda: Cluster.local([Chain], default_idle_timeout=-1), "default_idle_timeout"),
         (lambda: Cluster.local([Chain], collection_period=True), "collection_period .* True"),
         (lambda: Cluster.local([Chain], max_message_bytes=0), "max_message_bytes must be"),
-        (lambda: Cluster.local([Chain], max_message_bytes=1.5), "max_message_bytes must be an int"),
         (lambda: Cluster.local([Chain], deactivation_timeout="1"), "deactivation_timeout"),
         (lambda: Cluster.local([Chain], silos=1.5), "silos must be a positive int"),
         (lambda: Cluster.local([Chain], storage="nowhere"), "storage URL"),
         (lambda: Cluster.connect("auto", [Chain], default_timeout=-1), "default_timeout"),
-        (lambda: Cluster.ray([Chain], silos_per_node=0), "silos_per_node must be an int >= 1"),
         # capability settings
         (lambda: TransactionSettings(lock_timeout=0), "TransactionSettings.lock_timeout"),
         (lambda: TransactionSettings(lease=-1), "TransactionSettings.lease"),
