@@ -29,6 +29,7 @@ from raygrain.actors._options import (
     MethodOptions,
     Persistence,
     method_options,
+    positive_seconds,
 )
 from raygrain.actors._ref import RESERVED_NAMES, ActorRef
 from raygrain.actors._time import Reminders, ReminderTick, Timers
@@ -180,10 +181,25 @@ class Actor(Generic[StateT]):
         super().__init_subclass__(**kwargs)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"{cls.__qualname__}: name= must be a non-empty string")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ConfigurationError(f"{cls.__qualname__}: idle_timeout must be positive")
-        if max_local_workers < 1:
-            raise ConfigurationError(f"{cls.__qualname__}: max_local_workers must be >= 1")
+        if idle_timeout is not None:
+            idle_timeout = positive_seconds(f"{cls.__qualname__}: idle_timeout", idle_timeout)
+        if not isinstance(max_local_workers, int) or max_local_workers < 1:
+            raise ConfigurationError(
+                f"{cls.__qualname__}: max_local_workers must be an int >= 1, "
+                f"got {max_local_workers!r}"
+            )
+        for flag, value in (("reentrant", reentrant), ("stateless_worker", stateless_worker)):
+            if not isinstance(value, bool):
+                raise ConfigurationError(
+                    f"{cls.__qualname__}: {flag} must be a bool, got {value!r}"
+                )
+        try:
+            persistence = Persistence(persistence)
+        except ValueError:
+            choices = ", ".join(repr(p.value) for p in Persistence)
+            raise ConfigurationError(
+                f"{cls.__qualname__}: persistence must be one of {choices}, got {persistence!r}"
+            ) from None
         inherited = cls.__dict__.get("__actor_options__") or getattr(cls, "__actor_options__", None)
         base_state = getattr(cls, "__actor_state_type__", None)
         cls.__actor_options__ = ActorOptions(
@@ -192,7 +208,7 @@ class Actor(Generic[StateT]):
             stateless_worker=stateless_worker,
             max_local_workers=max_local_workers,
             idle_timeout=idle_timeout,
-            persistence=Persistence(persistence),
+            persistence=persistence,
         )
         cls.__actor_state_type__ = _state_type_of(cls, base_state)
         cls.__actor_methods__ = _collect_methods(cls)

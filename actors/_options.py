@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from raygrain.actors._errors import ConfigurationError
+
 __all__ = [
     "ActorOptions",
     "DeactivationReason",
@@ -20,6 +22,7 @@ __all__ = [
     "always_interleave",
     "call_timeout",
     "one_way",
+    "positive_seconds",
     "read_only",
     "transactional",
 ]
@@ -103,10 +106,17 @@ def transactional(fn: F) -> F:
     return _with_option(fn, transactional=True)
 
 
+def positive_seconds(label: str, seconds: object) -> float:
+    """``seconds`` as a float if it is a positive number (NaN is not; a bool is not a number
+    here), else a ConfigurationError naming ``label`` and the value."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ConfigurationError(f"{label} must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
+
+
 def call_timeout(seconds: float) -> Callable[[F], F]:
     """Override the cluster's default call deadline for this method."""
-    if seconds <= 0:
-        raise ValueError(f"call_timeout must be positive, got {seconds!r}")
+    seconds = positive_seconds("call_timeout", seconds)
 
     def decorate(fn: F) -> F:
         return _with_option(fn, timeout=float(seconds))

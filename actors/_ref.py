@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from raygrain.actors._errors import ClusterClosedError, InvalidScheduleError, UnknownMethodError
 from raygrain.actors._identity import ActorId
+from raygrain.actors._options import positive_seconds
 
 __all__ = ["RESERVED_NAMES", "ActorRef", "Invoker", "current_invoker"]
 
@@ -55,9 +56,8 @@ class ActorRef:
 
     def with_timeout(self, seconds: float) -> ActorRef:
         """The same reference with a per-call deadline override for every call made through it."""
-        if seconds <= 0:
-            raise ValueError(f"timeout must be positive, got {seconds!r}")
-        return ActorRef(self.actor_id, self._invoker, float(seconds))
+        seconds = positive_seconds(f"with_timeout of {self.actor_id}", seconds)
+        return ActorRef(self.actor_id, self._invoker, seconds)
 
     def __getattr__(self, name: str) -> _BoundMethod:
         if name.startswith("_"):

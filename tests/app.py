@@ -65,6 +65,17 @@ class BankAccount(Actor[Account], name="test.BankAccount"):
             raise InsufficientFunds(amount, self.state.balance + amount)
         return self.state.balance
 
+    async def change_and_undo(self) -> int:
+        """A changing method that leaves the state as it found it."""
+        self.state.history.append(0)
+        self.state.history.pop()
+        return self.state.balance
+
+    async def deposit_returning_object(self, amount: int) -> Any:
+        """Changes the state, then returns a value that cannot be encoded."""
+        self.state.balance += amount
+        return object()
+
     async def deposit_then_fail(self, amount: int) -> None:
         self.state.balance += amount
         raise RuntimeError("failed after changing state")
@@ -154,6 +165,27 @@ class Recorder(Actor[Log], name="test.Recorder"):
     async def leave(self) -> None:
         self.context.deactivate_on_idle()
 
+    async def mark(self, tag: str) -> None:
+        """An exclusive turn that says when it starts."""
+        EVENTS.append(("mark", (self.context.key, tag)))
+
+    @read_only
+    async def read_wait(self, gate_name: str) -> str:
+        EVENTS.append(("read_wait", (self.context.key, gate_name)))
+        await gate(gate_name).wait()
+        return "released"
+
+    @always_interleave
+    async def interleaved_wait(self, gate_name: str) -> str:
+        EVENTS.append(("interleaved_wait", (self.context.key, gate_name)))
+        await gate(gate_name).wait()
+        return "released"
+
+    async def adopt(self, entries: list[str]) -> None:
+        """Keep the argument itself as the state's list (copy semantics: the caller's object
+        must not be the one kept)."""
+        self.state.entries = entries
+
 
 BARRIERS: dict[str, list[Any]] = {}
 
@@ -232,6 +264,49 @@ class Chain(Actor[None], name="test.Chain"):
     async def pass_ref(self, ref: ActorRef) -> ActorRef:
         return ref
 
+    async def mutate_after_call(self, recorder: ActorRef) -> Any:
+        """Change an argument after sending it and a result after getting it; return what the
+        recorder then holds."""
+        sent = ["x"]
+        await recorder.adopt(sent)
+        sent.append("changed after the call")
+        got = await recorder.entries()
+        got.append("changed after the reply")
+        return await recorder.entries()
+
+    async def make_bytes(self, size: int) -> bytes:
+        return b"x" * size
+
+    async def cycle(self, path: list[str]) -> Any:
+        """Call the first key of ``path`` with the rest: a -> b -> c -> a for [b, c, a]."""
+        if not path:
+            return "end"
+        return await self.actors.get(Chain, path[0]).cycle(path[1:])
+
+    async def call_back_through(self, peer_key: str, method: str) -> Any:
+        """An exclusive turn: ask ``peer_key`` to call ``method`` of this actor."""
+        return await self.actors.get(Chain, peer_key).call_method_of(self.context.key, method)
+
+    @read_only
+    async def read_back_through(self, peer_key: str, method: str) -> Any:
+        """A read-only turn: ask ``peer_key`` to call ``method`` of this actor."""
+        return await self.actors.get(Chain, peer_key).call_method_of(self.context.key, method)
+
+    async def call_method_of(self, key: str, method: str) -> Any:
+        return await self.actors.get(Chain, key).invoke(method, "called back")
+
+    @read_only
+    async def peek(self, tag: str) -> str:
+        return f"peeked: {tag}"
+
+    @always_interleave
+    async def interleaved_echo(self, tag: str) -> str:
+        return f"interleaved: {tag}"
+
+    @one_way
+    async def note(self, tag: str) -> None:
+        EVENTS.append(("note", (self.context.key, tag)))
+
 
 class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_workers=4):
     async def hold(self, gate_name: str) -> int:
@@ -240,6 +315,9 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
 
 
 class Ephemeral(Actor[Log], name="test.Ephemeral", idle_timeout=10.0):
+    async def on_activate(self) -> None:
+        EVENTS.append(("ephemeral-activate", self.context.key))
+
     async def touch(self) -> int:
         return id(self)
 
@@ -269,6 +347,44 @@ class Explicit(Actor[Account], name="test.Explicit", persistence="explicit"):
 
     async def wipe(self) -> None:
         await self.context.clear_state()
+
+    async def add_then_fail(self, amount: int) -> None:
+        self.state.balance += amount
+        raise RuntimeError("failed after changing state")
+
+    async def save_now(self) -> None:
+        await self.context.save()
+
+    async def leave(self) -> None:
+        self.context.deactivate_on_idle()
+
+
+class SlowLife(Actor[Log], name="test.SlowLife"):
+    """Activation and deactivation each wait for a gate named after the key, so a test can
+    send calls while the actor is activating or deactivating."""
+
+    async def on_activate(self) -> None:
+        EVENTS.append(("slow-activating", self.context.key))
+        await gate(f"activate-{self.context.key}").wait()
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        EVENTS.append(("slow-deactivating", (self.context.key, reason)))
+        await gate(f"deactivate-{self.context.key}").wait()
+
+    async def mark(self, tag: str) -> None:
+        EVENTS.append(("slow-mark", (self.context.key, tag)))
+        self.state.entries.append(tag)
+
+    @always_interleave
+    async def interleaved_mark(self, tag: str) -> None:
+        EVENTS.append(("slow-interleaved-mark", (self.context.key, tag)))
+
+    async def leave(self) -> None:
+        self.context.deactivate_on_idle()
+
+    @read_only
+    async def entries(self) -> list[str]:
+        return list(self.state.entries)
 
 
 class Unregistered(Actor[None], name="test.Unregistered"):
@@ -312,6 +428,12 @@ class Vault(Actor[Ledger], name="test.Vault"):
     @transactional
     async def hold_unserializable(self) -> None:
         self.state.applied.append(object())  # type: ignore[arg-type]
+
+    @transactional
+    async def add_returning_object(self, transfer: int, amount: int) -> Any:
+        """Changes the state, then returns a value that cannot be encoded."""
+        await self.add(transfer, amount)
+        return object()
 
     async def deposit(self, amount: int) -> int:
         """Not transactional: commits on its own, after any transaction holding the actor."""
@@ -449,5 +571,6 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     ContextUser,
     Preferences,
     Alarm,
+    SlowLife,
     *edge_app.EDGE_ACTORS,
 ]

@@ -185,7 +185,9 @@ def ray_transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["local", "postgres", *RAY_TRANSPORTS])
+@pytest.fixture(
+    params=["local", "postgres", *(pytest.param(t, marks=pytest.mark.ray) for t in RAY_TRANSPORTS)]
+)
 async def any_cluster(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[Cluster]:
     """The same test against an in-process cluster (in memory, and on a real PostgreSQL
     server) and against Ray silos on three nodes, the client on either transport."""

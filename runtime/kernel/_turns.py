@@ -20,6 +20,7 @@ from raygrain.actors import (
     ActorMethod,
     DeactivationReason,
     InconsistentStateError,
+    MessageTooLargeError,
     MethodOptions,
     Persistence,
     SerializationError,
@@ -224,11 +225,19 @@ class TurnRunner(Mailbox):
         if result is None:
             return b""
         try:
-            return encode(result)
+            payload = encode(result)
         except SerializationError as exc:
             raise SerializationError(
                 f"result of {self.actor_id.type_name}.{method.name}: {exc}"
             ) from None
+        limit = self.silo.options.calls.max_message_bytes
+        if len(payload) > limit:
+            # Refused like an oversized argument; the turn fails, so its changes roll back.
+            raise MessageTooLargeError(
+                f"result of {self.actor_id.type_name}.{method.name} encodes to {len(payload)} "
+                f"bytes, over the {limit}-byte message limit (max_message_bytes)"
+            )
+        return payload
 
     def _fail_turn(self, method: ActorMethod, exc: Exception, per_turn: bool) -> bytes:
         """Undo the turn's changes to the state and encode ``exc`` for the caller."""

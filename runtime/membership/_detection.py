@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raygrain.actors import ConfigurationError
+
 __all__ = ["FailureDetection"]
 
 
@@ -21,3 +23,16 @@ class FailureDetection:
     probe_period: float = 0.5
     probe_timeout: float = 1.0
     missed_probes: int = 2
+
+    def __post_init__(self) -> None:
+        for label in ("probe_period", "probe_timeout"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(
+                    f"FailureDetection.{label} must be a positive number of seconds, got {value!r}"
+                )
+        missed = self.missed_probes
+        if isinstance(missed, bool) or not isinstance(missed, int) or missed < 1:
+            raise ConfigurationError(
+                f"FailureDetection.missed_probes must be an int >= 1, got {self.missed_probes!r}"
+            )

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from raygrain.actors import ActorId, InvalidCallError
+from raygrain.actors import ActorId, ConfigurationError, InvalidCallError
 from raygrain.runtime.kernel import turn_variable
 
 __all__ = [
@@ -58,6 +58,20 @@ class TransactionSettings:
     decision_timeout: float = 10.0  # longest a prepared participant waits for the outcome
     wound_after: float = 0.005  # grace before an older transaction aborts a younger holder
     refuse_plain_changes: bool = False
+
+    def __post_init__(self) -> None:
+        for label in ("lock_timeout", "lease", "decision_timeout", "wound_after"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(
+                    f"TransactionSettings.{label} must be a positive number of seconds, "
+                    f"got {value!r}"
+                )
+        if not isinstance(self.refuse_plain_changes, bool):
+            raise ConfigurationError(
+                "TransactionSettings.refuse_plain_changes must be a bool, "
+                f"got {self.refuse_plain_changes!r}"
+            )
 
 
 @dataclass(slots=True)

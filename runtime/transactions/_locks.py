@@ -337,11 +337,12 @@ def expired(activation: Activation) -> None:
         return
     txid = hold.txid
     get_logger().warning("transaction_lock_expired", actor=str(activation.actor_id), txid=txid)
-    prepared = hold.prepared
-    doom(activation, txid)
-    if prepared:
-        # The outcome is unknown here: reload from storage, which holds the decision.
+    if hold.prepared:
+        # The outcome is unknown here: reload from storage, which holds the decision. Begin
+        # the deactivation first, so the calls the hold set aside queue for the next
+        # activation instead of running on the rolled-back state (and being fenced).
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+    doom(activation, txid)
 
 
 def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None]:
@@ -384,6 +385,6 @@ def abort(activation: Activation, txid: str, reload: bool) -> None:
     hold = _hold(activation)
     if hold is None or hold.txid != txid:
         return
-    doom(activation, txid)
-    if reload:
+    if reload:  # (first: see expired)
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+    doom(activation, txid)

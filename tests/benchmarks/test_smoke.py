@@ -124,6 +124,18 @@ def test_ray_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> No
     assert results["mode"]["ray"].startswith("local")
 
 
+# Its own 3-node Ray cluster, a workload, a node killed: about a minute on a quiet machine.
+@pytest.mark.ray
+@pytest.mark.slow
+def test_failover_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
+    results = _run_suite(tmp_path, "--only", "failover")
+    _check_figures(results, ["failover"])
+    rows = {row["name"]: row for row in results["figures"]}
+    detection = rows["failover: seconds from node kill to detection"]
+    assert detection["lost_acknowledged_writes"] == 0
+    assert "timeline" in rows["failover: seconds from node kill to full service"]
+
+
 def test_both_result_shapes_become_rows() -> None:
     rows, details = _suite._rows_of("listed", [{"name": "a", "value": 2.0, "baseline": 1.0}])
     assert rows == [{"scenario": "listed", "name": "a", "value": 2.0, "baseline": 1.0}]

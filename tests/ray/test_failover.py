@@ -8,83 +8,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
 
-from raygrain.actors import (
-    ActorCallTimeout,
-    InconsistentStateError,
-    SiloUnavailableError,
-    StorageError,
-)
+from raygrain.actors import SiloUnavailableError
 from raygrain.runtime import Cluster
 from tests import app
-from tests.app import BankAccount, Chain
+from tests.app import Chain
+from tests.helpers import (
+    RETRYABLE,
+    Workload,
+    bounded,
+    check_transfers,
+    wait_for_death,
+    wait_for_silos,
+    wait_until,
+)
 
 pytestmark = pytest.mark.ray
-
-# Fate unknown: the call may or may not have been applied (never half). A StorageError comes
-# from a write whose storage server was unreachable for a moment while a node went away.
-# An InconsistentStateError is a write fenced off because a lingering old owner wrote first:
-# not applied, and the next call reactivates from storage.
-RETRYABLE = (SiloUnavailableError, ActorCallTimeout, StorageError, InconsistentStateError)
-
-
-class Workload:
-    """Deposits with unique amounts, so that every acknowledged write can be found again and a
-    write applied twice or half would show."""
-
-    def __init__(self, cluster: Cluster, key: Any, accounts: int) -> None:
-        self.refs = [cluster.get(BankAccount, key(f"a{i}")) for i in range(accounts)]
-        self.acked: dict[str, set[int]] = defaultdict(set)
-        self.failed = 0
-        self.next_amount = 1
-        self.stop = asyncio.Event()
-        self.rng = random.Random(11)
-
-    async def deposit(self, ref: Any) -> bool:
-        amount = self.next_amount
-        self.next_amount += 1
-        try:
-            await ref.with_timeout(10).deposit(amount)
-        except RETRYABLE:
-            self.failed += 1  # fate unknown: may or may not be applied, never half
-            return False
-        self.acked[str(ref.actor_id.key)].add(amount)
-        return True
-
-    async def run(self, workers: int = 20) -> None:
-        async def worker() -> None:
-            while not self.stop.is_set():
-                await self.deposit(self.rng.choice(self.refs))
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-
-    def acknowledged(self) -> int:
-        return sum(len(v) for v in self.acked.values())
-
-    async def until(self, count: int) -> None:
-        while self.acknowledged() < count:
-            await asyncio.sleep(0.01)
-
-    async def verify(self) -> None:
-        snapshots = await asyncio.gather(*(r.snapshot() for r in self.refs))
-        for ref, state in zip(self.refs, snapshots, strict=True):
-            history = state.history
-            assert len(history) == len(set(history)), f"{ref.actor_id.key}: a write applied twice"
-            assert state.balance == sum(history), f"{ref.actor_id.key}: a half-applied write"
-            missing = self.acked[str(ref.actor_id.key)] - set(history)
-            assert not missing, (
-                f"{ref.actor_id.key}: acknowledged writes lost: {sorted(missing)[:5]}"
-            )
-
-
-async def _silo_count(cluster: Cluster, count: int) -> None:
-    membership = cluster._caller._membership
-    while len(membership.ring) != count:
-        await membership.wait_for_view(membership.view.version + 1)
 
 
 async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
@@ -108,7 +50,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         node = ray_silos.nodes.add_node(num_cpus=1)
         ray_silos.nodes.wait_for_nodes()
         # The deployment follows Ray's node list: the new node gets its silo by itself.
-        await asyncio.wait_for(_silo_count(cluster, silos_before + 1), 60)
+        await wait_for_silos(cluster, silos_before + 1)
         name = next(n for n in cluster._caller._membership.view.active() if node.node_id[:12] in n)
         work = Workload(cluster, key, accounts=2000)
         ring = cluster._caller._membership.ring
@@ -121,19 +63,22 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         ray_silos.nodes.remove_node(node, allow_graceful=False)
         # The killed silo's process may still answer for a moment: a call counts as having
         # reached a new owner only once the view has dropped the dead one.
-        await asyncio.wait_for(_silo_count(cluster, silos_before), 60)
-        while not await work.deposit(doomed[0]):  # the first call that lands on a new owner
-            await asyncio.sleep(0.05)
+        await wait_for_silos(cluster, silos_before)
+        # The first call that lands on a new owner (each try is a deposit that may fail).
+        await wait_until(lambda: work.deposit(doomed[0]), "a call to reach a new owner", 60)
         back_after = time.monotonic() - killed_at
         await work.until(work.acknowledged() + 300)
         work.stop.set()
         await running
         print(
             f"\nnode kill: first successful call on a reactivated actor {back_after:.2f} s "
-            f"after the kill; {work.failed} calls failed retryably; "
+            f"after the kill; failures {dict(work.failures)}; "
             f"{work.acknowledged()} writes acknowledged"
         )
         assert name in cluster._caller._membership.view.dead()
+        # Calls in flight on the dead silo fail quickly with the retryable error, when it is
+        # declared dead: none may hang to its deadline (an ActorCallTimeout).
+        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
         await work.verify()
         for ref in doomed[:50]:  # every actor of the dead silo is reachable again
             await ref.balance()
@@ -142,18 +87,25 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
 async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str) -> None:
     import ray
 
+    from raygrain.runtime.membership import FailureDetection
     from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
 
+    detection = FailureDetection()  # what the session's controller runs with
+    window = detection.missed_probes * (detection.probe_timeout + detection.probe_period)
     controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of("default"))
-    deaths_before = len(await controller.death_log.remote())
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
-        version = cluster._caller._membership.view.version
-        spins = await cluster.get(Chain, "busy").spin(3.0)  # 3 s holding the silo's loop
+        busy = cluster.get(Chain, "busy")
+        host = cluster._caller._membership.ring.owner(busy.actor_id)
+        # Hold the silo's loop for well over the detection window: a probe answered on that
+        # loop would miss enough times in a row to declare the silo dead.
+        spins = await busy.with_timeout(120).spin(3 * window)
         assert spins > 0
-        assert cluster._caller._membership.view.version == version
-    assert len(await controller.death_log.remote()) == deaths_before
+        assert host in cluster._caller._membership.view.active()
+        assert await busy.ping() == "pong from busy"  # the same silo serves on
+    deaths = await controller.death_log.remote()
+    assert host not in [d["silo"] for d in deaths], deaths
 
 
 async def test_false_suspicion_loses_and_duplicates_nothing(
@@ -165,19 +117,62 @@ async def test_false_suspicion_loses_and_duplicates_nothing(
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
-        await _silo_count(cluster, 4)
+        await wait_for_silos(cluster, 4)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
         await work.until(300)
         await extra.delay_probes.remote(5.0)  # alive, but looks dead to the controller
-        while name not in cluster._caller._membership.view.dead():
-            await cluster._caller._membership.wait_for_view(
-                cluster._caller._membership.view.version + 1
-            )
+        await wait_for_death(cluster, name)
         await work.until(work.acknowledged() + 300)
         work.stop.set()
         await running
         await work.verify()
+        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
+        # Fencing: declared dead, it stops serving (it stops itself, and is killed).
+        await bounded(_stopped(extra), f"silo {name}, declared dead, to stop", 60)
+
+
+async def _stopped(handle: Any) -> None:
+    import ray
+
+    while True:
+        try:
+            await handle.stats.remote()
+        except ray.exceptions.RayActorError:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def test_calls_in_flight_on_a_killed_silo_fail_with_the_retryable_error(
+    ray_silos: Any, ray_transport: str, key: Any
+) -> None:
+    import ray
+
+    worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
+    index = 7 if ray_transport == "ray" else 8  # (a silo name is never used twice)
+    name, extra = await _start_extra_silo(worker_node, index)
+    async with Cluster.connect(
+        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+    ) as cluster:
+        await wait_until(
+            lambda: name in cluster._caller._membership.view.active(), f"{name} to join", 60
+        )
+        ring = cluster._caller._membership.ring
+        refs = (cluster.get(app.Recorder, key(f"in-flight{i}")) for i in range(10_000))
+        doomed = [ref for ref in refs if ring.owner(ref.actor_id) == name][:5]
+        # Calls that would run for an hour, with an hour's deadline, on the silo that dies.
+        calls = [asyncio.ensure_future(ref.with_timeout(3600).sleep(3600)) for ref in doomed]
+        await wait_until(
+            lambda: len(cluster._caller._pending) >= len(doomed), "the calls to be sent"
+        )
+        ray.kill(extra, no_restart=True)
+        outcomes = await bounded(
+            asyncio.gather(*calls, return_exceptions=True), "the in-flight calls to fail", 60
+        )
+        assert all(isinstance(o, SiloUnavailableError) for o in outcomes), outcomes
+        await wait_for_death(cluster, name)
+        reactivated = [await ref.with_timeout(60).entries() for ref in doomed[:2]]
+        assert reactivated == [[], []]  # on the silos that remain
 
 
 async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
@@ -197,7 +192,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
         await work.until(300)
         _, extra = await _start_extra_silo(worker_node, 3)
         try:
-            await _silo_count(cluster, silos_before + 1)
+            await wait_for_silos(cluster, silos_before + 1)
             await work.until(work.acknowledged() + 500)
             work.stop.set()
             await running
@@ -210,7 +205,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
             work.stop.set()
             await asyncio.gather(running, return_exceptions=True)
             await extra.leave.remote()  # the session's later tests expect its three silos
-            await _silo_count(cluster, silos_before)
+            await wait_for_silos(cluster, silos_before)
             await extra.stop.remote()
             ray.kill(extra)
 
@@ -267,29 +262,23 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
                 acknowledged[transfer] = (src, dst)
 
         async def until(count: int) -> None:
-            while len(acknowledged) < count:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(acknowledged) >= count, f"{count} transfers", 120)
 
         workers = [asyncio.ensure_future(worker(w)) for w in range(10)]
         try:
             for round_ in range(2):
                 name, extra = await _start_extra_silo(worker_node, 4 + round_)
-                await _silo_count(cluster, silos_before + 1)
+                await wait_for_silos(cluster, silos_before + 1)
                 await until(len(acknowledged) + 100)
                 ray.kill(extra, no_restart=True)  # the silo's process dies mid-commit
-                while name not in membership.view.dead():
-                    await membership.wait_for_view(membership.view.version + 1)
+                await wait_for_death(cluster, name)
                 await until(len(acknowledged) + 100)  # and service goes on
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
-        await asyncio.sleep(1.0)  # let locks of commits cut short expire or resolve
+        # (A read waits for the locks of commits cut short to expire or resolve.)
         ledgers = await asyncio.gather(*(v.with_timeout(30).ledger() for v in vaults))
-    assert sum(x.balance for x in ledgers) == 1000 * len(vaults), "money changed"
-    seen = Counter(t for x in ledgers for t in x.applied)
-    assert not [t for t, count in seen.items() if count != 2], "a transfer applied on one side"
-    for transfer, (src, dst) in acknowledged.items():
-        assert transfer in ledgers[src].applied and transfer in ledgers[dst].applied
+    check_transfers(ledgers, 1000, acknowledged, "after two silo kills")
     print(f"\n{len(acknowledged)} transfers acknowledged, {failed} failed or aborted, 2 kills")
 
 
@@ -306,8 +295,7 @@ async def test_controller_restarted_by_ray_carries_on(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
         membership = cluster._caller._membership
-        while name not in membership.view.active():
-            await asyncio.wait_for(membership.wait_for_view(membership.view.version + 1), 60)
+        await wait_until(lambda: name in membership.view.active(), f"silo {name} to join", 60)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
         await work.until(300)
@@ -319,10 +307,18 @@ async def test_controller_restarted_by_ray_carries_on(
         )
         await work.until(work.acknowledged() + 300)
         ray.kill(extra, no_restart=True)  # and a silo that dies after that is still detected
-        while name not in membership.view.dead():
-            await asyncio.wait_for(membership.wait_for_view(membership.view.version + 1), 60)
+        await wait_for_death(cluster, name)
         assert membership.view.version > version
         await work.until(work.acknowledged() + 300)
         work.stop.set()
         await running
         await work.verify()
+        # Known defect (found by this bound, 12:38 UTC): after the controller's restart, a few
+        # calls on the silo killed later hang to their deadline instead of failing when it is
+        # declared dead. Bounded here so it cannot grow; make it 0 once fixed.
+        work.bound_failures(
+            SiloUnavailableError=400,
+            StorageError=50,
+            InconsistentStateError=50,
+            ActorCallTimeout=10,
+        )

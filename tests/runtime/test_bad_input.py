@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,10 +19,12 @@ from raygrain.actors import (
     SerializationError,
     UnknownActorTypeError,
     UnknownMethodError,
+    call_timeout,
 )
-from raygrain.runtime import Cluster
+from raygrain.runtime import Cluster, FailureDetection, TransactionSettings
 from tests import app
 from tests.app import BankAccount, Chain, InsufficientFunds, Unregistered
+from tests.helpers import check_oversized_messages
 
 
 async def _still_serving(cluster: Cluster) -> None:
@@ -97,6 +100,24 @@ async def _still_serving(cluster: Cluster) -> None:
             "result of test.Chain.return_unserializable",
             id="unserializable-result",
         ),
+        pytest.param(
+            lambda c: c.get(app.Recorder, "k").fire(),
+            InvalidArgumentsError,
+            "test.Recorder.fire: missing a required argument: 'tag'",
+            id="one-way-too-few-args",
+        ),
+        pytest.param(
+            lambda c: c.get(app.Recorder, "k").fire("a", "b"),
+            InvalidArgumentsError,
+            "too many positional arguments",
+            id="one-way-too-many-args",
+        ),
+        pytest.param(
+            lambda c: c.get(app.Recorder, "k").fire(object()),
+            SerializationError,
+            "arguments of test.Recorder.fire",
+            id="one-way-unserializable-argument",
+        ),
     ],
 )
 async def test_bad_call_is_a_typed_error_and_the_silo_keeps_serving(
@@ -167,11 +188,12 @@ async def test_exception_not_importable_by_the_caller_is_remote_actor_error(
             await local.get(Raiser, "r").boom()
 
 
-async def test_huge_argument_over_the_limit_is_refused_before_sending() -> None:
+async def test_oversized_arguments_and_results_are_refused() -> None:
     async with Cluster.local(actors=[Chain], max_message_bytes=1024) as cluster:
-        with pytest.raises(MessageTooLargeError, match="over the 1024-byte message limit"):
-            await cluster.get(Chain, "k").echo(b"x" * 4096)
-        assert await cluster.get(Chain, "k").echo(b"x" * 100) == b"x" * 100
+        await check_oversized_messages(cluster, 1024)
+        with pytest.raises(MessageTooLargeError, match="result of test.Chain.make_bytes"):
+            await cluster.get(Chain, "k").make_bytes(4096)
+        await _still_serving(cluster)
 
 
 async def test_large_payload_within_the_limit_round_trips(any_cluster: Cluster) -> None:
@@ -210,6 +232,75 @@ def test_bad_cluster_settings() -> None:
         Cluster.local(actors=[int])  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="unknown storage URL"):
         Cluster.local(actors=[Chain], storage="mysql://nowhere")
+
+
+def _class_with(**options: Any) -> Any:
+    from raygrain.actors import Actor
+
+    class Configured(Actor[None], **options):
+        async def ping(self) -> str:
+            return "pong"
+
+    return Configured
+
+
+def _ref() -> ActorRef:
+    return ActorRef(cluster_free_id())
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # per reference and per method
+        (lambda: _ref().with_timeout(0), "with_timeout of test.Chain/free must be a positive"),
+        (lambda: _ref().with_timeout(-1), "got -1"),
+        (lambda: _ref().with_timeout(NAN), "got nan"),
+        (lambda: _ref().with_timeout("5"), "got '5'"),
+        (lambda: _ref().with_timeout(True), "got True"),
+        (lambda: call_timeout(0), "call_timeout must be a positive number of seconds, got 0"),
+        (lambda: call_timeout(NAN), "call_timeout .* got nan"),
+        # class options
+        (lambda: _class_with(name=""), "name= must be a non-empty string"),
+        (lambda: _class_with(idle_timeout=0), "idle_timeout must be a positive"),
+        (lambda: _class_with(idle_timeout="10"), "idle_timeout .* got '10'"),
+        (lambda: _class_with(max_local_workers=0), "max_local_workers must be an int >= 1"),
+        (lambda: _class_with(max_local_workers=2.5), "max_local_workers .* got 2.5"),
+        (lambda: _class_with(persistence="sometimes"), "persistence must be one of"),
+        (lambda: _class_with(reentrant="yes"), "reentrant must be a bool, got 'yes'"),
+        (lambda: _class_with(stateless_worker=1), "stateless_worker must be a bool, got 1"),
+        # cluster settings
+        (
+            lambda: Cluster.local([Chain], default_timeout=0),
+            "default_timeout must be a positive number, got 0",
+        ),
+        (lambda: Cluster.local([Chain], default_timeout=NAN), "default_timeout .* got nan"),
+        (lambda: Cluster.local([Chain], default_idle_timeout=-1), "default_idle_timeout"),
+        (lambda: Cluster.local([Chain], collection_period=True), "collection_period .* True"),
+        (lambda: Cluster.local([Chain], max_message_bytes=0), "max_message_bytes must be"),
+        (lambda: Cluster.local([Chain], deactivation_timeout="1"), "deactivation_timeout"),
+        (lambda: Cluster.local([Chain], silos=1.5), "silos must be a positive int"),
+        (lambda: Cluster.local([Chain], storage="nowhere"), "storage URL"),
+        (lambda: Cluster.connect("auto", [Chain], default_timeout=-1), "default_timeout"),
+        # capability settings
+        (lambda: TransactionSettings(lock_timeout=0), "TransactionSettings.lock_timeout"),
+        (lambda: TransactionSettings(lease=-1), "TransactionSettings.lease"),
+        (lambda: TransactionSettings(decision_timeout=NAN), "TransactionSettings.decision"),
+        (lambda: TransactionSettings(wound_after="x"), "TransactionSettings.wound_after"),
+        (lambda: FailureDetection(probe_period=0), "FailureDetection.probe_period"),
+        (lambda: FailureDetection(probe_timeout=-1), "FailureDetection.probe_timeout"),
+        (lambda: FailureDetection(missed_probes=0), "FailureDetection.missed_probes"),
+        (lambda: FailureDetection(missed_probes=1.5), "FailureDetection.missed_probes"),
+    ],
+    ids=lambda value: value[:40] if isinstance(value, str) else "_",
+)
+def test_every_option_is_validated_with_a_configuration_error(
+    make: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        make()
 
 
 def test_two_classes_with_one_type_name_are_refused() -> None:

@@ -1,9 +1,20 @@
-"""The ``raygrain`` command's face: ``--version``, and a status table that fits 100 columns."""
+"""The ``raygrain`` command: its face (``--version``, a status table that fits 100 columns),
+and ``up``/``status``/``down`` against a Ray cluster of the test's own: ``up`` starts
+long-running silos, clients come and go with ``Cluster.connect`` while the silos (and the
+actors' state) stay, and ``down`` stops them. That last test runs everything in child
+processes: a holder process keeps a one-node ``ray.cluster_utils`` cluster up (the session's Ray
+is another cluster) and takes it down when its stdin closes, so nothing outlives the test.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import raygrain
 from raygrain.runtime.cli import MAX_WIDTH, table_console
@@ -50,3 +61,105 @@ def test_status_table_fits_100_columns_and_aligns() -> None:
     for silo in silos:
         assert str(silo["silo"])[-10:] in squeezed  # a long name folds; its end stays
     assert "dead" in squeezed and "unreachable:" in squeezed
+
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine
+
+_HOLD_RAY = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes it
+cluster.shutdown()
+"""
+
+_CLIENT = """
+import asyncio, sys
+from raygrain.runtime import Cluster
+from tests.app import BankAccount
+
+async def main():
+    async with Cluster.connect(sys.argv[1], actors=[BankAccount], name="cli") as cluster:
+        print(await cluster.get(BankAccount, "cli").deposit(int(sys.argv[2])))
+
+asyncio.run(main())
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+
+
+def _raygrain(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run("-c", "import sys; from raygrain.runtime.cli import main; sys.exit(main())", *args)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_RAY],
+        cwd=ROOT,
+        env=_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray holder process did not start"
+        up = _raygrain(
+            "up", "--address", address, "--actors", "tests.app", "--name", "cli",
+            "--storage", f"sqlite:///{tmp_path / 'state.db'}",
+        )  # fmt: skip
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "deployment 'cli': started 1 silo(s) hosting" in up.stdout, up.stdout
+        assert "BankAccount" in up.stdout
+
+        listed = _raygrain("status", "--address", address, "--json")
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        assert [d["name"] for d in json.loads(listed.stdout)["deployments"]] == ["cli"]
+        status = _raygrain("status", "--address", address, "--name", "cli", "--json")
+        assert status.returncode == 0, status.stderr[-3000:]
+        silos = json.loads(status.stdout)["silos"]
+        assert [s["status"] for s in silos] == ["active"], silos
+
+        # Clients come and go; the silos, and the actor's state, stay.
+        for amount, balance in ((5, 5), (7, 12)):
+            client = _run("-c", _CLIENT, address, str(amount))
+            assert client.returncode == 0, client.stderr[-3000:]
+            assert client.stdout.strip().splitlines()[-1] == str(balance)
+
+        again = _raygrain("up", "--address", address, "--actors", "tests.app", "--name", "cli")
+        assert again.returncode != 0 and "already running" in again.stderr
+
+        down = _raygrain("down", "--address", address, "--name", "cli")
+        assert down.returncode == 0, down.stderr[-3000:]
+        assert "deployment 'cli': stopped 1 silo(s)" in down.stdout
+        gone = _raygrain("status", "--address", address, "--name", "cli")
+        assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stdout
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()

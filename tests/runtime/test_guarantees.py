@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import zlib
 from collections.abc import Callable
 
@@ -12,8 +11,10 @@ import pytest
 
 from raygrain.actors import ActorCallTimeout, DeactivationReason, DeadlockError
 from raygrain.runtime import Cluster, ManualClock
+from raygrain.runtime.kernel import Response
 from tests import app
 from tests.app import BankAccount, Chain, ContextUser, Ephemeral, Recorder, Reentrant, Worker
+from tests.helpers import activation_of, bounded, still_pending, wait_until
 
 Key = Callable[[str], str]
 
@@ -84,10 +85,16 @@ async def test_always_interleave_runs_during_a_blocked_turn(cluster: Cluster) ->
 async def test_non_interleaving_call_waits_for_the_running_turn(cluster: Cluster) -> None:
     recorder = cluster.get(Recorder, "blocked")
     waiting = asyncio.ensure_future(recorder.wait_for("g2"))
-    queued = asyncio.ensure_future(recorder.record("after"))
+    await wait_until(lambda: "g2" in app.GATES, "the first turn to wait on its gate")
+    queued = asyncio.ensure_future(recorder.mark("after"))
+    activation = activation_of(cluster, recorder)
+    await wait_until(lambda: bool(activation.mailbox), "the second call to reach the mailbox")
+    # Delivered, and the first turn still holds the gate: the second must not have started.
+    assert await still_pending(queued)
+    assert ("mark", ("blocked", "after")) not in app.EVENTS
     await recorder.release("g2")
-    await asyncio.wait_for(asyncio.gather(waiting, queued), 5)
-    assert await recorder.entries() == ["start after", "end after"]
+    await bounded(asyncio.gather(waiting, queued), "both turns to end")
+    assert ("mark", ("blocked", "after")) in app.EVENTS
 
 
 async def test_reentrant_class_interleaves_every_call(cluster: Cluster) -> None:
@@ -107,11 +114,11 @@ async def test_read_only_calls_run_together(cluster: Cluster) -> None:
 
 
 async def test_deadlock_a_b_a_is_detected_immediately(any_cluster: Cluster, key: Key) -> None:
+    # With an hour's deadline, a DeadlockError (not an ActorCallTimeout, not a hang) shows that
+    # the cycle was refused when it formed rather than left to its deadline.
     a = any_cluster.get(Chain, key("a"))
-    started = time.monotonic()
     with pytest.raises(DeadlockError, match="deadlock") as info:
-        await a.call_peer(key("b"))  # a -> b -> a
-    assert time.monotonic() - started < 1.0  # not a timing benchmark: a hang would take 30 s
+        await bounded(a.with_timeout(3600).call_peer(key("b")), "a -> b -> a")
     assert f"test.Chain/{key('a')}" in str(info.value)
     assert await a.ping() == f"pong from {key('a')}"  # and a keeps serving
 
@@ -158,12 +165,37 @@ async def test_cluster_default_timeout_applies() -> None:
         assert isinstance(ActorCallTimeout("x"), TimeoutError)
 
 
-async def test_late_result_is_dropped_and_actor_keeps_serving(cluster: Cluster) -> None:
+async def test_late_result_is_dropped_and_actor_keeps_serving(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caller = cluster._caller
+    late: list[tuple[int, bool]] = []  # (call id, whether its caller still waited)
+    deliver = caller.deliver_response
+
+    def watch(response: Response) -> None:
+        late.append((response.call_id, response.call_id in caller._pending))
+        deliver(response)
+
+    monkeypatch.setattr(caller, "deliver_response", watch)
     recorder = cluster.get(Recorder, "late")
+    assert await recorder.entries() == []  # active: the next turn starts at once
+    late.clear()
     with pytest.raises(ActorCallTimeout):
-        await recorder.with_timeout(0.1).wait_for("late-gate")
-    await recorder.release("late-gate")
+        await recorder.with_timeout(0.5).wait_for("late-gate")
+    assert "late-gate" in app.GATES  # the turn ran (a call expired while queued would not)
+    # Another call is waiting when the late reply comes: the reply must not answer it.
+    other = asyncio.ensure_future(cluster.get(Recorder, "other").wait_for("other-gate"))
+    await wait_until(lambda: "other-gate" in app.GATES, "the other call's turn")
+    assert late == []  # nothing answered yet: both turns wait on their gates
+    assert await recorder.release("late-gate") is None  # its own answer, not the late one
+    await wait_until(lambda: len(late) >= 2, "the timed-out turn's late reply")
+    # The release's reply was awaited; the late one came for a call nobody waits for any more.
+    assert sorted(waited for _, waited in late) == [False, True]
+    assert await still_pending(other), f"the late reply answered another call: {other.result()!r}"
+    app.gate("other-gate").set()
+    assert await bounded(other, "the other call") == "released"
     assert await recorder.entries() == []
+    assert await recorder.wait_for("late-gate") == "released"  # and the actor serves on
 
 
 async def test_one_way_returns_before_the_turn_runs(cluster: Cluster) -> None:
@@ -188,10 +220,25 @@ async def test_stateless_worker_runs_several_activations(cluster: Cluster) -> No
     worker = cluster.get(Worker, 0)
     calls = [asyncio.ensure_future(worker.hold("w")) for _ in range(4)]
     # Each call blocks until released, so four concurrent calls need four activations.
-    while sum(len(p) for s in cluster.silos for p in s.workers.values()) < 4:
-        await asyncio.sleep(0)
+    await wait_until(
+        lambda: sum(len(p) for s in cluster.silos for p in s.workers.values()) == 4,
+        "four worker activations",
+    )
     app.gate("w").set()
     assert len(set(await asyncio.gather(*calls))) == 4
+
+
+async def test_stateless_worker_activations_are_capped_per_silo(cluster: Cluster) -> None:
+    # max_local_workers=4: the fifth and sixth calls wait for a free activation, not a new one.
+    worker = cluster.get(Worker, 1)
+    calls = [asyncio.ensure_future(worker.hold("cap")) for _ in range(6)]
+    pools = lambda: sum(len(p) for s in cluster.silos for p in s.workers.values())  # noqa: E731
+    await wait_until(lambda: pools() == 4, "four worker activations")
+    assert await still_pending(asyncio.gather(*calls, return_exceptions=True))
+    assert pools() == 4 and not any(c.done() for c in calls)
+    app.gate("cap").set()
+    ids = await bounded(asyncio.gather(*calls), "the six calls")
+    assert len(set(ids)) == 4
 
 
 async def test_idle_activation_is_collected_by_the_fake_clock(
@@ -204,7 +251,10 @@ async def test_idle_activation_is_collected_by_the_fake_clock(
     clock.advance(11)
     assert await cluster.collect_idle() == 1
     assert ("ephemeral-deactivate", ("e", DeactivationReason.IDLE)) in app.EVENTS
-    assert await eph.touch() != first or Recorder.activations == 0  # a fresh activation
+    assert not any(eph.actor_id in s.activations for s in cluster.silos)
+    assert first  # (the first activation answered)
+    await eph.touch()
+    assert app.EVENTS.count(("ephemeral-activate", "e")) == 2  # the next call activated anew
 
 
 async def test_a_read_only_call_of_a_reentrant_actor_leaves_it_idle(
@@ -238,8 +288,10 @@ async def test_deactivate_on_idle_and_reactivation(cluster: Cluster) -> None:
     recorder = cluster.get(Recorder, "leaver")
     await recorder.record("1")
     await recorder.leave()
-    while any(recorder.actor_id in s.activations for s in cluster.silos):
-        await asyncio.sleep(0)
+    await wait_until(
+        lambda: not any(recorder.actor_id in s.activations for s in cluster.silos),
+        "the activation that asked to leave to be gone",
+    )
     assert ("deactivate", ("leaver", DeactivationReason.REQUESTED)) in app.EVENTS
     assert await recorder.entries() == ["start 1", "end 1"]  # state survived
     assert Recorder.activations == 2
@@ -280,10 +332,9 @@ async def test_deactivation_hooks_do_not_see_the_turn_that_asked_for_them(cluste
     app.EVENTS.clear()
     user = cluster.get(ContextUser, "leaver")
     await user.leave("the leaving turn's")
-    for _ in range(100):
-        if ("context-user-deactivate", "unset") in app.EVENTS:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(
+        lambda: any(e[0] == "context-user-deactivate" for e in app.EVENTS), "on_deactivate"
+    )
     assert [e for e in app.EVENTS if e[0] == "context-user-deactivate"] == [
         ("context-user-deactivate", "unset")
     ]

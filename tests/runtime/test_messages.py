@@ -11,6 +11,7 @@ import pytest
 from raygrain.actors import ActorId, StorageError
 from raygrain.runtime.kernel import Request, Response, key_from_wire, pack_batch, unpack_batch
 from raygrain.runtime.ray_host import RemoteStorage
+from tests.helpers import wait_until
 
 KEYS: list[str | int] = [
     0,
@@ -63,11 +64,9 @@ async def test_a_cancelled_storage_call_tells_its_queued_writes(when: str) -> No
     storage = RemoteStorage(SimpleNamespace(execute=SimpleNamespace(remote=execute)))
     told: list[Any] = []
     storage.queue_write(ActorId("T", 1), b"x", None, told.append)
-    while not storage._flushes:  # (white-box: the flush task exists)
-        await asyncio.sleep(0)
+    await wait_until(lambda: bool(storage._flushes), "the flush task")  # (white-box)
     if when == "while_it_waits":
-        while not sent:
-            await asyncio.sleep(0)
+        await wait_until(lambda: bool(sent), "the flush to send")
     for flush in list(storage._flushes):
         flush.cancel()
         with pytest.raises(asyncio.CancelledError):

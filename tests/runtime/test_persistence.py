@@ -16,6 +16,7 @@ import pytest
 from raygrain.actors import (
     Actor,
     ActorId,
+    DeactivationReason,
     InconsistentStateError,
     StateDecodeError,
     StorageError,
@@ -27,19 +28,23 @@ from raygrain.runtime import Cluster
 from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider, open_storage
 from tests import app
 from tests.app import Account, BankAccount, Explicit
+from tests.helpers import RemoteToInProcessServer, activation_of, still_pending, wait_until
+
+PROVIDERS: dict[str, Callable[[pytest.FixtureRequest, Path], StorageProvider]] = {
+    "memory": lambda _, __: MemoryStorage(),
+    "sqlite": lambda _, tmp: SqliteStorage(str(tmp / "s.db")),
+    # What silos on Ray use: RemoteStorage, with the storage server's body in this process.
+    "remote": lambda _, tmp: RemoteToInProcessServer(f"sqlite:///{tmp / 's.db'}"),
+    # A real server (tests/conftest.py), in a schema of this test's own.
+    "postgres": lambda request, _: open_storage(request.getfixturevalue("postgres_url")),
+}
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=list(PROVIDERS))
 async def provider(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StorageProvider]:
-    store: StorageProvider
-    if request.param == "memory":
-        store = MemoryStorage()
-    elif request.param == "sqlite":
-        store = SqliteStorage(str(tmp_path / "s.db"))
-    else:  # a real server (tests/conftest.py), in a schema of this test's own
-        store = open_storage(request.getfixturevalue("postgres_url"))
+    store = PROVIDERS[request.param](request, tmp_path)
     yield store
     await store.aclose()
 
@@ -80,15 +85,17 @@ async def test_raise_leaves_no_trace_in_memory_or_on_disk(provider: StorageProvi
         assert await carol.snapshot() == Account(10, [10])
 
 
-async def test_read_only_and_unchanged_turns_do_not_write() -> None:
-    store = MemoryStorage()
-    async with _cluster(store) as cluster:
+async def test_read_only_and_unchanged_turns_do_not_write(provider: StorageProvider) -> None:
+    async with _cluster(provider) as cluster:
         dave = cluster.get(BankAccount, "dave")
         await dave.deposit(1)
-        writes = store.writes
+        etag = (await provider.read(dave.actor_id)).etag
         await dave.balance()
         await dave.snapshot()
-        assert store.writes == writes
+        assert await dave.change_and_undo() == 1  # a changing method that leaves it equal
+        assert (await provider.read(dave.actor_id)).etag == etag  # nothing written
+        assert await dave.deposit(1) == 2
+        assert (await provider.read(dave.actor_id)).etag != etag  # (a change is written)
 
 
 async def test_explicit_persistence_writes_only_on_save(provider: StorageProvider) -> None:
@@ -101,6 +108,48 @@ async def test_explicit_persistence_writes_only_on_save(provider: StorageProvide
         assert decode_state((await provider.read(eve.actor_id)).data or b"", Account).balance == 6
     async with _cluster(provider) as again:
         assert await again.get(Explicit, "eve").balance() == 6
+
+
+async def test_explicit_persistence_keeps_the_changes_of_a_raising_method(
+    provider: StorageProvider,
+) -> None:
+    # Not a transactional turn: a method that raises is not rolled back; nothing is written.
+    async with _cluster(provider) as cluster:
+        eve = cluster.get(Explicit, "raiser")
+        await eve.add_and_save(5)
+        with pytest.raises(RuntimeError, match="failed after changing state"):
+            await eve.add_then_fail(3)
+        assert await eve.balance() == 8
+        assert await _stored(provider, eve) == Account(5, [])
+        await eve.save_now()
+        assert await _stored(provider, eve) == Account(8, [])
+
+
+async def test_explicit_persistence_loses_unsaved_changes_on_deactivation(
+    provider: StorageProvider,
+) -> None:
+    async with _cluster(provider) as cluster:
+        eve = cluster.get(Explicit, "forgetful")
+        await eve.add_and_save(5)
+        assert await eve.add(3) == 8  # never saved
+        await eve.leave()
+        await wait_until(
+            lambda: not any(eve.actor_id in s.activations for s in cluster.silos),
+            "the activation to deactivate",
+        )
+        assert await eve.balance() == 5
+
+
+async def test_explicit_persistence_a_stale_save_is_fenced(provider: StorageProvider) -> None:
+    async with _cluster(provider) as first, _cluster(provider) as second:
+        one, two = first.get(Explicit, "stale"), second.get(Explicit, "stale")
+        await one.add_and_save(1)
+        assert await two.balance() == 1  # both activations hold the same etag
+        await one.add_and_save(10)
+        with pytest.raises(InconsistentStateError):
+            await two.add_and_save(100)  # saves on top of the state it loaded: stale
+        assert await _stored(provider, one) == Account(11, [])
+        assert await two.balance() == 11  # the fenced activation was dropped; reloaded
 
 
 async def test_clear_state_resets_and_leaves_a_tombstone(provider: StorageProvider) -> None:
@@ -132,6 +181,22 @@ async def test_split_brain_stale_duplicate_is_fenced_and_deactivated(
         # The stale activation was dropped; the next call reactivates from storage.
         assert await two.balance() == 11
         assert await two.deposit(100) == 111
+
+
+async def test_a_fenced_activation_is_deactivated_with_the_inconsistent_state_reason(
+    provider: StorageProvider,
+) -> None:
+    async with _cluster(provider) as first, _cluster(provider) as second:
+        one, two = first.get(app.Recorder, "fenced"), second.get(app.Recorder, "fenced")
+        await one.record("1")
+        assert await two.entries() == ["start 1", "end 1"]  # a second activation, etag 1
+        await one.record("2")
+        with pytest.raises(InconsistentStateError):
+            await two.record("3")
+        fenced = ("deactivate", ("fenced", DeactivationReason.INCONSISTENT_STATE))
+        await wait_until(lambda: fenced in app.EVENTS, "the fenced activation's on_deactivate")
+        assert app.EVENTS.count(fenced) == 1  # the other activation serves on
+        assert await one.entries() == ["start 1", "end 1", "start 2", "end 2"]
 
 
 async def test_state_schema_evolution_loads_old_records(provider: StorageProvider) -> None:
@@ -220,13 +285,13 @@ async def test_a_turn_whose_changes_an_interleaved_failure_rolled_back_fails_too
         actor = cluster.get(app.Reentrant, "overlap")
         await actor.append("kept")
         hit = asyncio.ensure_future(actor.append_then_wait("b", "overlap-b"))
-        while await actor.entries() != ["kept", "b"]:
-            await asyncio.sleep(0)
+        await wait_until(lambda: "overlap-b" in app.GATES, "b to wait on its gate")
+        assert await actor.entries() == ["kept", "b"]
         with pytest.raises(RuntimeError, match="a failed"):
             await actor.append_then_fail("a")  # rolls the shared state back: b's change goes
         later = asyncio.ensure_future(actor.append_then_wait("c", "overlap-c"))
-        while await actor.entries() != ["kept", "c"]:
-            await asyncio.sleep(0)
+        await wait_until(lambda: "overlap-c" in app.GATES, "c to wait on its gate")
+        assert await actor.entries() == ["kept", "c"]
         app.gate("overlap-b").set()
         # Not acknowledged: its change was discarded. (It once returned 2, as if stored.)
         with pytest.raises(TurnRolledBackError, match="Reentrant/overlap.append_then_wait"):
@@ -253,8 +318,8 @@ async def test_a_rollback_keeps_the_changes_of_a_write_under_way(tmp_path: Path)
         activation = silo.activations[actor.actor_id]
         with _write_lock(path):
             written = asyncio.ensure_future(actor.append("t"))
-            while not activation.slot.writing:  # (white-box: t's write is under way)
-                await asyncio.sleep(0)
+            # (white-box: t's write is under way)
+            await wait_until(lambda: activation.slot.writing, "t's write to start")
             with pytest.raises(RuntimeError, match="v failed"):
                 await actor.append_then_fail("v")
             assert await actor.entries() == ["kept", "t"]
@@ -280,8 +345,7 @@ async def test_a_write_never_overwrites_a_newer_acknowledged_one(
             self.state.entries.append(tag)
 
         async def add_after_commit(self, tag: str, commits: int) -> None:
-            while store.commits < commits:
-                await asyncio.sleep(0)
+            await wait_until(lambda: store.commits >= commits, f"commit {commits}")
             for _ in range(passes):
                 await asyncio.sleep(0)
             self.state.entries.append(tag)
@@ -322,8 +386,10 @@ async def test_a_turn_holds_its_actor_until_its_write_commits(tmp_path: Path) ->
             balance = asyncio.ensure_future(account.balance())
             # Neither can finish while the write waits for the lock: the deposit is not
             # acknowledged, and the read must not run before the turn it queued behind ends.
-            done, _ = await asyncio.wait({deposit, balance}, timeout=0.3)
-            assert not done
+            activation = activation_of(cluster, account)
+            await wait_until(lambda: activation.slot.writing, "the deposit's write to start")
+            await wait_until(lambda: bool(activation.mailbox), "the read to queue behind it")
+            assert await still_pending(asyncio.gather(deposit, balance))
         assert await deposit == 11
         assert await balance == 11
         assert await _stored(store, account) == Account(11, [1, 10])

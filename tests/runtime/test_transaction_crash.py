@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import random
 import sys
-from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from raygrain.actors import ActorId, decode_state, encode_state
 from raygrain.storage import SqliteStorage, StateWrite
 from tests.app import Ledger
+from tests.helpers import check_transfers
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 12
@@ -61,6 +63,7 @@ async def _run_and_kill(db: Path, round_: int, rng: random.Random) -> list[tuple
     return acked
 
 
+@pytest.mark.slow
 async def test_killed_mid_commit_every_transfer_is_all_or_nothing(tmp_path: Path) -> None:
     db = tmp_path / "bank.db"
     storage = SqliteStorage(str(db))
@@ -68,8 +71,10 @@ async def test_killed_mid_commit_every_transfer_is_all_or_nothing(tmp_path: Path
         [StateWrite(_vault(i), encode_state(Ledger(START, [])), None) for i in range(ACCOUNTS)]
     )
     await storage.aclose()
-    rng = random.Random(5)
+    seed = random.randrange(2**32)  # a new seed per run, named in every failure message
+    rng = random.Random(seed)
     acknowledged: dict[int, tuple[int, int, int]] = {}
+    committed_unacknowledged = 0
     for round_ in range(1, ROUNDS + 1):
         for transfer, src, dst, amount in await _run_and_kill(db, round_, rng):
             acknowledged[transfer] = (src, dst, amount)
@@ -79,16 +84,17 @@ async def test_killed_mid_commit_every_transfer_is_all_or_nothing(tmp_path: Path
         finally:
             await storage.aclose()
         ledgers = [decode_state(r.data, Ledger, "vault") for r in records if r.data]
-        where = f"after kill {round_}"
-        assert len(ledgers) == ACCOUNTS
-        assert sum(x.balance for x in ledgers) == START * ACCOUNTS, f"{where}: money changed"
-        seen = Counter(t for x in ledgers for t in x.applied)
-        halves = sorted(t for t, n in seen.items() if n != 2)
-        assert not halves, f"{where}: transfers applied on one side only: {halves[:5]}"
-        for transfer, (src, dst, _) in acknowledged.items():
-            assert transfer in ledgers[src].applied and transfer in ledgers[dst].applied, (
-                f"{where}: acknowledged transfer {transfer} lost"
-            )
-        assert all(x.balance >= 0 for x in ledgers), f"{where}: an account overdrawn"
-    print(f"\n{ROUNDS} kills, {len(acknowledged)} acknowledged transfers, all intact")
+        where = f"after kill {round_} (seed {seed})"
+        assert len(ledgers) == ACCOUNTS, where
+        check_transfers(ledgers, START, acknowledged, where)
+        applied = {t for x in ledgers for t in x.applied}
+        # Committed in this round's file but never acknowledged: the kill fell in between.
+        committed_unacknowledged += sum(
+            1 for t in applied - set(acknowledged) if t // 10**6 // 100 == round_
+        )
+    print(
+        f"\n{ROUNDS} kills, {len(acknowledged)} acknowledged transfers, all intact; "
+        f"{committed_unacknowledged} committed but unacknowledged when killed (seed {seed})"
+    )
     assert len(acknowledged) >= ROUNDS  # every round committed something before its kill
+    assert committed_unacknowledged > 0, f"no kill landed between commit and reply (seed {seed})"

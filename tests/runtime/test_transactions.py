@@ -4,6 +4,7 @@ and lease timeouts, and bad input. Each runs on an in-process cluster and on Ray
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,13 +13,16 @@ from raygrain.actors import (
     Actor,
     ConfigurationError,
     InvalidCallError,
+    SerializationError,
     TransactionAbortedError,
+    decode_state,
     transactional,
 )
 from raygrain.runtime import Cluster, TransactionSettings
 from raygrain.storage import MemoryStorage
 from tests import app
 from tests.app import InsufficientFunds, Vault
+from tests.helpers import activation_of, bounded, still_pending, wait_until
 
 
 async def _ledgers(cluster: Cluster, *refs: Any) -> list[tuple[int, list[int]]]:
@@ -105,18 +109,101 @@ async def test_calls_nest_into_one_transaction(any_cluster: Cluster, key: Any) -
     assert await _ledgers(any_cluster, a, b, c) == [(90, [1]), (10, [1]), (1, [1])]
 
 
-async def test_a_plain_call_waits_for_the_transaction_holding_the_actor(
-    any_cluster: Cluster, key: Any
-) -> None:
-    a = any_cluster.get(Vault, key("a"))
-    async with any_cluster.transaction():
+def _set_aside(cluster: Cluster, actor: Any) -> Callable[[], bool]:
+    """(White-box, in-process:) whether a call is set aside on ``actor``'s transaction lock."""
+
+    def check() -> bool:
+        return bool(getattr(activation_of(cluster, actor).guard, "blocked", None))
+
+    return check
+
+
+async def test_a_plain_call_waits_for_the_transaction_holding_the_actor(cluster: Cluster) -> None:
+    a = cluster.get(Vault, "a")
+    async with cluster.transaction():
         await a.add(1, 10)
         outside = asyncio.ensure_future(_outside_transaction(a.deposit(5)))
-        await asyncio.sleep(0.2)
-        assert not outside.done(), "a plain call must not see or change locked state"
+        await wait_until(_set_aside(cluster, a), "the plain call to reach the locked actor")
+        assert await still_pending(outside), "a plain call must not see or change locked state"
         assert await a.ledger() == app.Ledger(10, [1])  # the transaction sees its own change
     assert await outside == 15  # ran after the commit, on the committed state
     assert await a.ledger() == app.Ledger(15, [1])
+
+
+async def test_an_outside_read_only_call_never_sees_uncommitted_state(cluster: Cluster) -> None:
+    a = cluster.get(Vault, "a")
+    await a.deposit(5)
+    with pytest.raises(KeyError):
+        async with cluster.transaction():
+            await a.add(1, 10)  # uncommitted, and about to abort
+            reading = asyncio.ensure_future(_outside_transaction(a.ledger()))
+            await wait_until(_set_aside(cluster, a), "the read to reach the locked actor")
+            assert await still_pending(reading)
+            raise KeyError("abort")
+    assert await reading == app.Ledger(5, [])  # the committed state; the change never was
+
+
+async def test_a_younger_transaction_gives_up_after_the_lock_timeout_naming_the_holder() -> None:
+    from raygrain.runtime.transactions import TransactionContext, current_transaction
+
+    settings = TransactionSettings(lock_timeout=0.3)
+    async with Cluster.local(actors=[Vault], transactions=settings) as cluster:
+        a = cluster.get(Vault, "a")
+        older = TransactionContext.new()
+        current_transaction.set(older)
+        await a.add(1, 1)  # the older one holds a and never ends (its lease is 30 s)
+        current_transaction.set(TransactionContext.new())  # younger: it waits, then gives up
+        with pytest.raises(TransactionAbortedError, match=f"locked by {older.txid} over 0.3 s"):
+            await bounded(a.add(2, 2), "the younger transaction's lock wait to end")
+        current_transaction.set(older)
+        await cluster._end_transaction(older, commit=False)
+        current_transaction.set(None)
+        assert await a.ledger() == app.Ledger(0, [])
+
+
+async def test_a_participant_that_never_hears_the_decision_reloads_it_from_storage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The commit is written, but the message telling the participant is lost: once its
+    # decision timeout runs out it reloads from storage, which holds the outcome.
+    from raygrain.runtime.transactions import TX_COMMIT, Coordinator
+
+    send = Coordinator._send
+    monkeypatch.setattr(
+        Coordinator,
+        "_send",
+        lambda self, target, method, *args: (
+            None if method == TX_COMMIT else send(self, target, method, *args)
+        ),
+    )
+    settings = TransactionSettings(decision_timeout=0.3)
+    async with Cluster.local(actors=[Vault], silos=1, transactions=settings) as cluster:
+        a = cluster.get(Vault, "a")
+        async with cluster.transaction():
+            await a.add(1, 10)
+        assert await _stored_ledger(cluster, a) == app.Ledger(10, [1])  # committed
+        # Still locked (prepared, undecided): a plain call waits for the reload, then runs
+        # on the committed state.
+        assert await bounded(a.deposit(1), "the reload after the decision timeout") == 11
+        assert await a.ledger() == app.Ledger(11, [1])
+
+
+async def _stored_ledger(cluster: Cluster, actor: Any) -> app.Ledger | None:
+    assert cluster.storage is not None
+    record = await cluster.storage.read(actor.actor_id)
+    return None if record.data is None else decode_state(record.data, app.Ledger)
+
+
+async def test_a_result_that_cannot_be_encoded_rolls_the_turn_back(cluster: Cluster) -> None:
+    vault = cluster.get(Vault, "unencodable")
+    with pytest.raises(SerializationError, match="result of test.Vault.add_returning_object"):
+        await vault.add_returning_object(1, 10)  # its own transaction
+    assert await vault.ledger() == app.Ledger(0, [])
+    account = cluster.get(app.BankAccount, "unencodable")
+    with pytest.raises(SerializationError, match="result of test.BankAccount.deposit_return"):
+        await account.deposit_returning_object(10)  # a plain turn
+    assert await account.balance() == 0
+    assert await account.deposit(1) == 1
 
 
 async def _outside_transaction(call: Any) -> Any:
@@ -127,9 +214,10 @@ async def _outside_transaction(call: Any) -> Any:
 
 
 async def test_wound_wait_the_older_transaction_commits_and_the_younger_aborts(
-    any_cluster: Cluster, key: Any
+    cluster: Cluster,
 ) -> None:
-    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    any_cluster = cluster
+    a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
     older_has_a, younger_has_b, younger_asked_a = (asyncio.Event() for _ in range(3))
 
     async def older() -> None:
@@ -146,7 +234,7 @@ async def test_wound_wait_the_older_transaction_commits_and_the_younger_aborts(
             await b.add(2, 2)
             younger_has_b.set()
             asking = asyncio.ensure_future(a.add(2, 2))  # waits for the older one
-            await asyncio.sleep(0.3)
+            await wait_until(_set_aside(cluster, a), "the younger one's call to wait on a")
             younger_asked_a.set()
             await asking
 

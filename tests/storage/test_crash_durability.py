@@ -160,7 +160,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def test_acknowledged_writes_survive_repeated_sigkill(store: str, tmp_path: Path) -> None:
     db = store
     stderr = tmp_path / "child.stderr"
-    seed = random.randrange(2**32)
+    seed = random.randrange(2**32)  # a new seed per run, named in every failure message
     rng = random.Random(seed)
     ledger = Ledger()
     committed_unacknowledged = 0
@@ -200,3 +200,6 @@ async def test_acknowledged_writes_survive_repeated_sigkill(store: str, tmp_path
         f"{ROUNDS} kills, {ledger.count} acknowledged writes, "
         f"{committed_unacknowledged} committed but unacknowledged when killed (seed {seed})"
     )
+    # The run proved something only if some kill fell between a commit and its reply (the
+    # moment an fsync-less or reply-before-commit build would lose a write).
+    assert committed_unacknowledged > 0, f"no kill landed between commit and reply (seed {seed})"

@@ -27,6 +27,7 @@ from raygrain.actors import (
 )
 from raygrain.storage import SqliteStorage, StateRecord, StateWrite
 from raygrain.storage._sqlite import SCHEMA_VERSION
+from tests.helpers import wait_until
 
 ALICE = ActorId("Account", "alice")
 BOB = ActorId("Account", "bob")
@@ -75,9 +76,17 @@ async def test_data_survives_close_and_reopen(db_path: Path, durability: str) ->
         assert await storage.write(ALICE, b"again", alice) != alice
 
 
-async def test_pragmas_are_wal_and_match_durability(db_path: Path) -> None:
-    async with SqliteStorage(db_path, durability="normal") as storage:
+@pytest.mark.parametrize(("durability", "synchronous"), [("fsync", 2), ("normal", 1)])
+async def test_pragmas_are_wal_and_match_durability(
+    db_path: Path, durability: str, synchronous: int
+) -> None:
+    async with SqliteStorage(db_path, durability=durability) as storage:  # type: ignore[arg-type]
         await storage.write(ALICE, b"x", None)
+        # synchronous is a setting of each connection: ask the one that commits (2 is FULL).
+        assert storage._writer is not None
+        assert list(await storage._writer.execute_fetchall("PRAGMA synchronous")) == [
+            (synchronous,)
+        ]
         connection = sqlite3.connect(db_path)
         try:
             assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -107,12 +116,18 @@ async def test_opens_lazily_on_first_use(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"durability": "sometimes"}, {"max_batch": 0}, {"busy_timeout": -1.0}],
+    ("options", "message"),
+    [
+        ({"durability": "sometimes"}, "durability must be 'fsync' or 'normal', got 'sometimes'"),
+        ({"max_batch": 0}, "max_batch must be >= 1, got 0"),
+        ({"busy_timeout": -1.0}, "busy_timeout"),
+    ],
     ids=["durability", "max_batch", "busy_timeout"],
 )
-def test_bad_options_are_configuration_errors(db_path: Path, options: dict[str, object]) -> None:
-    with pytest.raises(ConfigurationError):
+def test_bad_options_are_configuration_errors(
+    db_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
         SqliteStorage(db_path, **options)  # type: ignore[arg-type]
 
 
@@ -192,13 +207,34 @@ async def test_open_after_close_raises(db_path: Path) -> None:
 # -- group commit --------------------------------------------------------------------------------
 
 
-async def test_concurrent_writes_share_transactions(storage: SqliteStorage) -> None:
-    actors = [ActorId("Counter", i) for i in range(500)]
-    etags = await asyncio.gather(*(storage.write(a, str(a.key).encode(), None) for a in actors))
-    assert etags == ["1"] * 500
-    assert storage.commits <= 10  # one writer per transaction would be 500
-    for actor in actors[::50]:
-        assert await storage.read(actor) == StateRecord(str(actor.key).encode(), "1")
+async def test_overlapping_writes_share_transactions(db_path: Path) -> None:
+    # Deterministic overlap: the first write's commit waits for another connection's lock
+    # while the other 499 arrive, so all of them are queued when it ends.
+    async with SqliteStorage(db_path, busy_timeout=30.0) as storage:
+        await storage.write(BOB, b"opened", None)
+        actors = [ActorId("Counter", i) for i in range(500)]
+        locker = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            first = asyncio.ensure_future(storage.write(actors[0], b"0", None))
+            await wait_until(
+                lambda: storage._committer is not None and not storage._pending,
+                "the first write's commit to start",
+            )
+            rest = [
+                asyncio.ensure_future(storage.write(a, str(a.key).encode(), None))
+                for a in actors[1:]
+            ]
+            await wait_until(lambda: len(storage._pending) == 499, "the other writes to queue")
+            before = storage.commits
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        assert await asyncio.gather(first, *rest) == ["1"] * 500
+        # The blocked commit, then the 499 in a few transactions (one per write would be 499).
+        assert storage.commits - before <= 6, storage.commits - before
+        for actor in actors[1::50]:
+            assert await storage.read(actor) == StateRecord(str(actor.key).encode(), "1")
 
 
 async def test_max_batch_caps_a_transaction(db_path: Path) -> None:
@@ -315,7 +351,7 @@ async def test_failed_commit_fails_the_whole_batch_and_applies_nothing(
 
 async def test_cancelled_caller_before_its_batch_is_dropped(storage: SqliteStorage) -> None:
     task = asyncio.create_task(storage.write(ALICE, b"never", None))
-    await asyncio.sleep(0)  # the write is queued; the committer has not run yet
+    await wait_until(lambda: bool(storage._pending), "the write to be queued")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -329,7 +365,7 @@ async def test_aclose_lets_queued_writes_commit(db_path: Path) -> None:
     writes = [asyncio.create_task(storage.write(ActorId("C", i), b"x", None)) for i in range(50)]
     queued: list[str | Exception] = []
     storage.queue_write(ActorId("Q", 1), b"q", None, queued.append)
-    await asyncio.sleep(0)  # queued
+    await asyncio.sleep(0)  # (one pass: the writing tasks queue their writes)
     await storage.aclose()
     assert [await w for w in writes] == ["1"] * 50
     assert queued == ["1"]

@@ -1,0 +1,158 @@
+"""The in-process backend of ``Cluster.local`` (silos in this process over an in-process
+transport), the protocol every backend implements, and the checks of the cluster options."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from raygrain.actors import ConfigurationError
+from raygrain.runtime._capabilities import client_filters, metrics_registry, silo_extensions
+from raygrain.runtime.kernel import (
+    ActorRegistry,
+    Caller,
+    CallSettings,
+    Clock,
+    LocalTransport,
+    Membership,
+    Silo,
+    SiloOptions,
+    SiloStatus,
+)
+from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
+from raygrain.runtime.timers import ReminderSettings
+from raygrain.runtime.transactions import TransactionSettings
+from raygrain.storage import StorageProvider, open_storage
+
+__all__ = ["Backend", "LocalBackend", "backend_options"]
+
+
+class Backend(Protocol):
+    def make_caller(self, registry: ActorRegistry) -> Caller: ...
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def stats(self) -> list[dict[str, Any]]: ...
+
+
+class LocalBackend:
+    """Silos in this process, over an in-process transport."""
+
+    def __init__(
+        self,
+        registry: ActorRegistry,
+        silos: int,
+        storage: StorageProvider | str,
+        clock: Clock,
+        options: SiloOptions,
+        metrics_port: int | None = None,
+    ) -> None:
+        self.owns_storage = isinstance(storage, str)
+        self.storage = open_storage(storage)
+        self.transport = LocalTransport()
+        self.membership = Membership()
+        self.options = options
+        self.silos = [
+            Silo(
+                f"silo-{index}",
+                registry,
+                self.storage,
+                self.transport,
+                self.membership,
+                clock,
+                options,
+                silo_extensions(options),
+            )
+            for index in range(silos)
+        ]
+        for silo in self.silos:
+            self.transport.register_silo(silo.name, silo)
+        self.registries: list[MetricRegistry] = [
+            r for silo in self.silos if (r := metrics_registry(silo)) is not None
+        ]
+        self.metrics_port = metrics_port
+        self.metrics: PrometheusExporter | None = None
+
+    def make_caller(self, registry: ActorRegistry) -> Caller:
+        address = f"client-{uuid.uuid4().hex[:8]}"
+        filters = client_filters(self.options)
+        caller = Caller(
+            address,
+            self.transport,
+            self.membership,
+            registry,
+            self.options.calls,
+            filters=filters,
+        )
+        client_registry = metrics_registry(filters)
+        if client_registry is not None:
+            self.registries.append(client_registry)
+        self.transport.register(address, caller)
+        return caller
+
+    async def start(self) -> None:
+        if self.registries:
+            self.metrics = PrometheusExporter(lambda: self.registries, self.metrics_port)
+        for silo in self.silos:
+            silo.start()
+            self.membership.set_status(silo.name, SiloStatus.ACTIVE)
+
+    async def aclose(self) -> None:
+        for silo in self.silos:
+            self.membership.set_status(silo.name, SiloStatus.SHUTTING_DOWN)
+        for silo in self.silos:
+            await silo.aclose()
+        if self.owns_storage:
+            await self.storage.aclose()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    async def stats(self) -> list[dict[str, Any]]:
+        return [silo.stats() for silo in self.silos]
+
+
+def backend_options(
+    default_timeout: float,
+    default_idle_timeout: float,
+    collection_period: float,
+    max_message_bytes: int,
+    deactivation_timeout: float,
+    transactions: TransactionSettings | None = None,
+    max_queued_calls: int = 10_000,
+    reminders: ReminderSettings | None = None,
+    metrics: MetricsSettings | None = None,
+) -> SiloOptions:
+    for label, value in (
+        ("default_timeout", default_timeout),
+        ("default_idle_timeout", default_idle_timeout),
+        ("collection_period", collection_period),
+        ("max_message_bytes", max_message_bytes),
+        ("deactivation_timeout", deactivation_timeout),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigurationError(f"{label} must be a positive number, got {value!r}")
+    if not isinstance(max_queued_calls, int) or max_queued_calls < 1:
+        raise ConfigurationError(f"max_queued_calls must be an int >= 1, got {max_queued_calls!r}")
+    if transactions is None:
+        transactions = TransactionSettings()
+    elif not isinstance(transactions, TransactionSettings):
+        raise ConfigurationError(
+            f"transactions must be a TransactionSettings, got {type(transactions).__name__}"
+        )
+    if reminders is None:
+        reminders = ReminderSettings()
+    elif not isinstance(reminders, ReminderSettings):
+        raise ConfigurationError(
+            f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
+        )
+    calls = CallSettings(float(default_timeout), int(max_message_bytes))
+    return SiloOptions(
+        default_idle_timeout=float(default_idle_timeout),
+        collection_period=float(collection_period),
+        deactivation_timeout=float(deactivation_timeout),
+        max_queued_calls=max_queued_calls,
+        calls=calls,
+        capabilities=(transactions, reminders, metrics or MetricsSettings()),
+    )
