@@ -255,7 +255,9 @@ def _print(row: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.postgres_bench", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--dsn", default=None, help=f"a server to use (default: ${DSN_VARIABLE})")
     arguments = parser.parse_args()

@@ -179,7 +179,9 @@ async def _measure(sizes: _Sizes, address: str | None) -> list[dict[str, Any]]:
         setup_seconds = now() - setup_started
         # Warm the client's route to the silo before anything is timed.
         await cluster.get(RayPing, -1).ping(0)
-        async with Cluster.connect(address or "auto", [RayPing], transport="ray") as over_ray:
+        async with Cluster.connect(
+            address or "auto", [RayPing], name=cluster.name or "", transport="ray"
+        ) as over_ray:
             await over_ray.get(RayPing, -1).ping(0)
             return await _measure_with(cluster, over_ray, sizes, setup_seconds)
 

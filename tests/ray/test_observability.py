@@ -133,7 +133,8 @@ def test_raygrain_status_reports_each_silos_rates_as_json(
 ) -> None:
     from raygrain.runtime.cli import main
 
-    assert main(["status", "--address", ray_silos.address, "--json", "--interval", "0.5"]) == 0
+    status = ["status", "--address", ray_silos.address, "--name", "default", "--json"]
+    assert main([*status, "--interval", "0.5"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["controller"]["ok"] and figures["controller"]["view_version"] >= 1
     silos = figures["silos"]
