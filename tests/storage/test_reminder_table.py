@@ -18,9 +18,13 @@ ALICE = ActorId("Device", "alice")
 BOB = ActorId("Device", 7)
 
 
-@pytest.fixture(params=list(PROVIDERS), ids=list(PROVIDERS))
+# PostgreSQL has no reminder table yet (issue 18 stays open for it).
+WITH_REMINDERS = [name for name in PROVIDERS if name != "postgres"]
+
+
+@pytest.fixture(params=WITH_REMINDERS, ids=WITH_REMINDERS)
 async def table(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReminderTable]:
-    storage = PROVIDERS[request.param](tmp_path)
+    storage = PROVIDERS[request.param](request, tmp_path)
     assert isinstance(storage, ReminderTable)
     try:
         yield storage
