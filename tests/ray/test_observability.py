@@ -137,8 +137,9 @@ def test_raygrain_status_reports_each_silos_rates_as_json(
     assert main([*status, "--interval", "0.5"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["controller"]["ok"] and figures["controller"]["view_version"] >= 1
-    silos = figures["silos"]
+    # (An earlier test may have left a dead silo of a node it removed in the view.)
+    silos = [s for s in figures["silos"] if s["status"] == "active"]
     assert len(silos) == 3 and {s["node"] for s in silos} == set(ray_silos.node_ids)
     for silo in silos:
-        assert silo["status"] == "active" and silo["calls_per_s"] >= 0
+        assert silo["calls_per_s"] >= 0
         assert silo["storage_health"] == "ok" and "test.Chain" in silo["types"]
