@@ -47,6 +47,7 @@ class Transactions(Extension):
 
     def attach(self, silo: Silo) -> None:
         self._silo = silo
+        silo.provide_service(_locks.SERVICE, lambda _: self)
         self.settings = silo.options.setting(TransactionSettings, TransactionSettings())
         self.coordinator = Coordinator(silo, self, silo.storage, silo.options.calls.default_timeout)
         for name in (TX_PREPARE, TX_COMMIT, TX_ABORT):

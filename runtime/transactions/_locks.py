@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TxHold", "TxScope", "TxTicket"]
 
+SERVICE = "transactions"  # the name Transactions offers itself under (Silo.provide_service)
 _PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
 _REFUSED = "transactions.refused"  # Activation.extras: the last transaction that aborted there
 
@@ -205,10 +206,9 @@ class TxScope:
 
 
 def _owner(activation: Activation) -> Transactions:
-    from raygrain.runtime.transactions._extension import Transactions
-
-    owner = activation.silo.extension(Transactions)
-    assert owner is not None, "a transactional call reached a silo without transactions"
+    # The extension offers itself as a silo service (see Transactions.attach): reaching it
+    # through the silo keeps this module from importing the extension's at run time.
+    owner: Transactions = activation.service(SERVICE)
     return owner
 
 
