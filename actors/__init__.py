@@ -34,6 +34,7 @@ from raygrain.actors._errors import (
     InvalidArgumentsError,
     InvalidCallError,
     InvalidScheduleError,
+    InvalidStreamError,
     MalformedMessageError,
     MessageTooLargeError,
     RaygrainError,
@@ -52,6 +53,7 @@ from raygrain.actors._errors import (
     UnknownMethodError,
 )
 from raygrain.actors._identity import ActorId, ActorKey
+from raygrain.actors._observers import ObserverSet
 from raygrain.actors._options import (
     ActorOptions,
     DeactivationReason,
@@ -65,6 +67,17 @@ from raygrain.actors._options import (
     transactional,
 )
 from raygrain.actors._ref import ActorRef, Invoker, current_invoker
+from raygrain.actors._streams import (
+    DeadLetter,
+    ObserverRef,
+    Stream,
+    StreamEvent,
+    StreamId,
+    Streams,
+    Subscription,
+    implicit_namespaces,
+    implicit_subscription,
+)
 from raygrain.actors._time import Reminder, Reminders, ReminderTick, Timer, Timers
 
 __all__ = [
@@ -84,15 +97,19 @@ __all__ = [
     "ClusterNotStartedError",
     "ConfigurationError",
     "DeactivationReason",
+    "DeadLetter",
     "DeadlockError",
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
     "InvalidScheduleError",
+    "InvalidStreamError",
     "Invoker",
     "MalformedMessageError",
     "MessageTooLargeError",
     "MethodOptions",
+    "ObserverRef",
+    "ObserverSet",
     "Persistence",
     "RaygrainError",
     "Reminder",
@@ -105,6 +122,11 @@ __all__ = [
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
+    "Stream",
+    "StreamEvent",
+    "StreamId",
+    "Streams",
+    "Subscription",
     "Timer",
     "Timers",
     "TransactionAbortedError",
@@ -124,6 +146,8 @@ __all__ = [
     "encode",
     "encode_error",
     "encode_state",
+    "implicit_namespaces",
+    "implicit_subscription",
     "method_options",
     "one_way",
     "read_only",

@@ -32,6 +32,7 @@ from raygrain.actors._options import (
     positive_seconds,
 )
 from raygrain.actors._ref import RESERVED_NAMES, ActorRef
+from raygrain.actors._streams import StreamEvent, Streams
 from raygrain.actors._time import Reminders, ReminderTick, Timers
 
 __all__ = [
@@ -62,6 +63,8 @@ RESERVED = frozenset(
         "on_activate",
         "on_deactivate",
         "on_reminder",
+        "streams",
+        "on_stream_event",
     }
     | RESERVED_NAMES
 )
@@ -247,6 +250,12 @@ class Actor(Generic[StateT]):
         """This actor's durable reminders, delivered to ``on_reminder`` (see docs/timers.md)."""
         return cast(Reminders, _service(self, "reminders"))
 
+    @property
+    def streams(self) -> Streams:
+        """Streams and observers of this actor: ``self.streams.get(ns, key).publish(x)``,
+        ``await self.streams.subscribe(stream_id)`` (see docs/streams.md)."""
+        return cast(Streams, _service(self, "streams"))
+
     # -- lifecycle hooks ---------------------------------------------------------------------
 
     async def on_activate(self) -> None:
@@ -260,6 +269,14 @@ class Actor(Generic[StateT]):
         raise NotImplementedError(
             f"{type(self).__qualname__} registered reminder {name!r} but does not override "
             "on_reminder(name, tick)"
+        )
+
+    async def on_stream_event(self, event: StreamEvent) -> None:
+        """An event of a stream this actor consumes (a turn, like a call): its state changes
+        commit with the stream position in one write. Override to consume streams."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} consumes stream {event.stream} but does not override "
+            "on_stream_event(event)"
         )
 
 
@@ -281,7 +298,7 @@ def actor_methods(cls: type[Actor[Any]]) -> dict[str, ActorMethod]:
     return cls.__actor_methods__
 
 
-_HOOKS = frozenset({"on_activate", "on_deactivate", "on_reminder"})
+_HOOKS = frozenset({"on_activate", "on_deactivate", "on_reminder", "on_stream_event"})
 
 
 def _collect_methods(cls: type) -> dict[str, ActorMethod]:

@@ -15,7 +15,8 @@ The tree::
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
     │   ├── MalformedMessageError   a message on the wire is not a valid envelope
     │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
-    │   └── StaleReminderError      a reminder handle whose reminder was registered again
+    │   ├── StaleReminderError      a reminder handle whose reminder was registered again
+    │   └── InvalidStreamError      a bad stream id or namespace, an unknown subscription
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidArgumentsError",
     "InvalidCallError",
     "InvalidScheduleError",
+    "InvalidStreamError",
     "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
@@ -109,6 +111,12 @@ class InvalidScheduleError(InvalidCallError):
 class StaleReminderError(InvalidCallError):
     """The reminder handle is out of date: the reminder was registered again (or removed)
     since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
+
+
+class InvalidStreamError(InvalidCallError):
+    """A stream operation cannot run as asked: a stream id or namespace that is not a
+    non-empty string and a str/int key, an unknown subscription or dead letter, a position
+    that is not an int >= 0, or a durable stream on a provider without an event log."""
 
 
 class SerializationError(RaygrainError):

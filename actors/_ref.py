@@ -39,7 +39,7 @@ current_invoker: ContextVar[Invoker | None] = ContextVar("raygrain_current_invok
 RESERVED_NAMES = frozenset({"actor_id", "with_timeout", "invoke"})
 # What only the actor itself uses (the base class's ``self.timers``/``self.reminders``): a
 # caller reaching for them through a reference gets a clear error, not a call to a method.
-_ACTOR_ONLY = frozenset({"timers", "reminders"})
+_ACTOR_ONLY = frozenset({"timers", "reminders", "streams"})
 
 
 class ActorRef:

@@ -15,6 +15,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.streams import ClusterStreams, StreamRef, StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
@@ -22,6 +23,7 @@ from raygrain.runtime.transactions import TransactionSettings
 __all__ = [
     "Clock",
     "Cluster",
+    "ClusterStreams",
     "ConsistentHashRing",
     "FailureDetection",
     "ManualClock",
@@ -29,6 +31,8 @@ __all__ = [
     "MetricsSettings",
     "ReminderSettings",
     "SiloStatus",
+    "StreamRef",
+    "StreamSettings",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",

@@ -17,6 +17,7 @@ from raygrain.runtime.metrics import (
     MetricsSettings,
     RayExporter,
 )
+from raygrain.runtime.streams import StreamService
 from raygrain.runtime.timers import TimeService
 from raygrain.runtime.tracing import TraceFilter, Tracing, TracingSettings
 from raygrain.runtime.transactions import TransactionFilter, Transactions
@@ -27,7 +28,7 @@ __all__ = ["client_filters", "export_to_ray", "metrics_registry", "silo_extensio
 def silo_extensions(options: SiloOptions | None = None) -> list[Extension]:
     """A fresh set of the extensions one silo runs (metrics unless they are switched off)."""
     options = options or SiloOptions()
-    extensions: list[Extension] = [Transactions(), TimeService()]
+    extensions: list[Extension] = [Transactions(), TimeService(), StreamService()]
     settings = options.setting(MetricsSettings, MetricsSettings())
     if settings.enabled:
         extensions.append(Metrics(settings))

@@ -60,6 +60,10 @@ EXPORTS = {
         "actor_options", "always_interleave", "call_timeout", "current_invoker", "decode",
         "decode_error", "decode_state", "encode", "encode_error", "encode_state", "method_options",
         "one_way", "read_only", "register_type", "transactional",
+        # streams and observers
+        "DeadLetter", "InvalidStreamError", "ObserverRef", "ObserverSet", "Stream",
+        "StreamEvent", "StreamId", "Streams", "Subscription", "implicit_namespaces",
+        "implicit_subscription",
     },
     "storage": {
         "MemoryStorage", "PostgresStorage", "QueuedWrites", "ReminderAck", "ReminderRecord",
@@ -70,6 +74,7 @@ EXPORTS = {
         "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
         "MembershipView", "MetricsSettings", "ReminderSettings", "SiloStatus",
         "SystemClock", "TracingSettings", "TransactionSettings", "configure_logging",
+        "ClusterStreams", "StreamRef", "StreamSettings",
     },
 }  # fmt: skip
 
@@ -98,6 +103,8 @@ TOP_LEVEL = {
     "TurnRolledBackError", "UnknownActorTypeError", "UnknownMethodError", "__version__",
     "always_interleave", "call_timeout", "configure_logging", "one_way", "open_storage",
     "read_only", "register_type", "transactional",
+    "DeadLetter", "InvalidStreamError", "ObserverRef", "ObserverSet", "StreamEvent", "StreamId",
+    "StreamSettings", "Subscription", "implicit_subscription",
 }  # fmt: skip
 
 
@@ -125,16 +132,18 @@ ROOMS: dict[str, set[str]] = {
     "membership": {"kernel"},
     "transactions": {"kernel"},
     "timers": {"kernel"},
+    "streams": {"kernel"},
     "wire": {"kernel"},
     "metrics": {"kernel", "transactions"},
     "tracing": {"kernel", "transactions"},
-    "_capabilities": {"kernel", "transactions", "timers", "metrics", "tracing"},
+    "_capabilities": {"kernel", "transactions", "timers", "streams", "metrics", "tracing"},
     "ray_host": {"kernel", "membership", "wire", "metrics", "_capabilities"},
     "cluster": {
         "kernel",
         "membership",
         "transactions",
         "timers",
+        "streams",
         "wire",
         "metrics",
         "ray_host",

@@ -39,6 +39,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings, PrometheusExporter
+from raygrain.runtime.streams import ClusterStreams, StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
@@ -67,6 +68,7 @@ class Cluster:
         self._caller = backend.make_caller(registry)
         self._started = False
         self.closed = False
+        self._streams: ClusterStreams | None = None
 
     @classmethod
     def local(
@@ -86,6 +88,7 @@ class Cluster:
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
         metrics_port: int | None = None,
+        streams: StreamSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
@@ -105,6 +108,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "local"),
+            streams or StreamSettings(),
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -136,6 +140,7 @@ class Cluster:
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
+        streams: StreamSettings | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -173,6 +178,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "default"),
+            streams or StreamSettings(),
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
@@ -252,6 +258,17 @@ class Cluster:
         self._check_running(f"cluster.get({getattr(actor_type, '__qualname__', actor_type)}, ...)")
         type_name = self._registry.type_name_of(actor_type)
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
+
+    @property
+    def streams(self) -> ClusterStreams:
+        """Streams from this client: ``cluster.streams.get(ns, key).publish(x)``, dead
+        letters, observers (see docs/streams.md)."""
+        self._check_running("cluster.streams")
+        if self._streams is None:
+            options = getattr(self._backend, "options", None)
+            settings = options.setting(StreamSettings, None) if options is not None else None
+            self._streams = ClusterStreams(self._caller, settings)
+        return self._streams
 
     def ref(self, type_name: str, key: ActorKey) -> ActorRef:
         """An untyped reference by type name (for clients that do not import the classes)."""

@@ -20,6 +20,7 @@ from raygrain.runtime.kernel import (
     SiloStatus,
 )
 from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
+from raygrain.runtime.streams import StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import TransactionSettings
 from raygrain.storage import StorageProvider, open_storage
@@ -123,6 +124,7 @@ def backend_options(
     max_queued_calls: int = 10_000,
     reminders: ReminderSettings | None = None,
     metrics: MetricsSettings | None = None,
+    streams: StreamSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -147,6 +149,8 @@ def backend_options(
         raise ConfigurationError(
             f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
         )
+    if streams is not None and not isinstance(streams, StreamSettings):
+        raise ConfigurationError(f"streams must be a StreamSettings, got {type(streams).__name__}")
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -154,5 +158,11 @@ def backend_options(
         deactivation_timeout=float(deactivation_timeout),
         max_queued_calls=max_queued_calls,
         calls=calls,
-        capabilities=(transactions, reminders, metrics or MetricsSettings()),
+        # (A client of a running deployment knows none of its stream settings: no entry.)
+        capabilities=(
+            transactions,
+            reminders,
+            metrics or MetricsSettings(),
+            *(() if streams is None else (streams,)),
+        ),
     )

@@ -124,6 +124,9 @@ class Caller:
         self._sweeper: asyncio.Task[None] | None = None
         self._answered_on_the_spot = 0
         self.closed = False
+        # Observers' notifications (streams): a response with a negative call id is a push
+        # to an observer of this endpoint, handed to this hook; None drops them.
+        self.on_notice: Callable[[Response], None] | None = None
 
     async def invoke(
         self,
@@ -205,6 +208,10 @@ class Caller:
     def default_timeout(self) -> float:
         return self._settings.default_timeout
 
+    @property
+    def max_message_bytes(self) -> int:
+        return self._settings.max_message_bytes
+
     async def invoke_system(
         self, target: ActorId, method: str, args: list[Any], timeout: float
     ) -> Any:
@@ -260,8 +267,16 @@ class Caller:
 
     def deliver_response(self, response: Response) -> None:
         pending = self._pending.pop(response.call_id, None)
-        if pending is not None and not pending.future.done():
-            pending.future.set_result(response)
+        if pending is not None:
+            if not pending.future.done():
+                pending.future.set_result(response)
+        elif response.call_id < 0 and self.on_notice is not None:
+            self.on_notice(response)
+
+    def notify(self, address: str, notice: bytes) -> None:
+        """Push ``notice`` to an observer at the endpoint ``address`` (no reply; dropped if
+        the endpoint is gone)."""
+        self._transport.reply(address, Response(-1, True, notice))
 
     def fail_all(self, error: RaygrainError) -> None:
         """Fail every pending call with ``error`` (the endpoint is closing)."""

@@ -1,0 +1,397 @@
+"""The consuming side: one activation's stream subscriptions, delivered as turns of the actor.
+
+Each (stream, subscription) an activation consumes has a ``Cursor``: the events held for it
+(at most ``max_in_flight``), the highest position known to exist (``head``), and whether a
+delivery turn is queued. A delivery turn takes up to ``max_batch`` events and calls
+``on_stream_event`` for each. On a durable stream the turn's state change and the new
+position are written in one atomic write (``write_many``: the actor's state record and the
+activation's positions record), so each event's effect lands exactly once even though
+delivery is at least once: an event at or below the committed position is skipped. Events the
+cursor does not hold (evicted by back-pressure, or published while the actor was inactive)
+are read back from the log. A turn that raises is retried one event at a time; an event that
+fails ``max_attempts`` times goes to the dead letters and its position is passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from raygrain.actors import (
+    ActorMethod,
+    InconsistentStateError,
+    MethodOptions,
+    SiloUnavailableError,
+    StreamEvent,
+    StreamId,
+    decode,
+    encode,
+)
+from raygrain.runtime.kernel import (
+    DROPPED,
+    Activation,
+    ActivationState,
+    Delivery,
+    InternalTurn,
+    Request,
+    TurnOutcome,
+    get_logger,
+    run_as_turn,
+)
+from raygrain.runtime.streams._log import positions_id, require_log
+from raygrain.storage import StateWrite
+
+if TYPE_CHECKING:
+    from raygrain.runtime.streams._extension import StreamService
+
+__all__ = ["Consumer", "Cursor", "Held"]
+
+EXTRAS_KEY = "streams"
+IMPLICIT = "implicit"
+Held = tuple[int, bytes, str]  # (position, encoded data, event id)
+Waiter = Callable[[Exception | None], None]
+
+
+class Consumer:
+    """The stream side of one activation (kept in ``Activation.extras``)."""
+
+    __slots__ = ("activation", "cursors", "etag", "observers", "positions", "service")
+
+    def __init__(self, activation: Activation, service: StreamService) -> None:
+        self.activation = activation
+        self.service = service
+        self.cursors: dict[str, Cursor] = {}
+        self.positions: dict[str, int] | None = None  # committed; None until loaded
+        self.etag: str | None = None
+        self.observers: list[str] = []  # observer ids this activation registered
+
+    @classmethod
+    def of(cls, activation: Activation, service: StreamService) -> Consumer:
+        extras = activation.extras
+        if extras is None:
+            extras = activation.extras = {}
+        found = extras.get(EXTRAS_KEY)
+        if found is None:
+            found = extras[EXTRAS_KEY] = cls(activation, service)
+        return found
+
+    def cursor(self, stream: StreamId, subscription: str, start: int) -> Cursor:
+        key = f"{stream.log_name()}|{subscription}"
+        found = self.cursors.get(key)
+        if found is None:
+            durable = not self.service.settings.is_fast(stream.namespace)
+            found = self.cursors[key] = Cursor(self, key, stream, subscription, start, durable)
+        return found
+
+    async def load(self) -> None:
+        """Read the committed positions (inside a turn: nothing else writes them meanwhile)."""
+        if self.positions is None:
+            record = await self.service.storage.read(positions_id(self.activation.actor_id))
+            self.etag = record.etag
+            self.positions = dict(decode(record.data)) if record.data else {}
+
+    async def commit(self, key: str, position: int) -> None:
+        """Write the turn's state change and ``key``'s new position in one atomic write."""
+        assert self.positions is not None
+        activation = self.activation
+        slot = activation.slot
+        positions = {**self.positions, key: position}
+        writes = [StateWrite(positions_id(activation.actor_id), encode(positions), self.etag)]
+        data = None
+        if slot is not None and activation.instance is not None:
+            while slot.writing:  # one write of an activation at a time (see StateSlot)
+                await slot.write_finished()
+            data = slot.changed(activation.instance.state)
+        if slot is not None and data is not None:
+            writes.insert(0, StateWrite(activation.actor_id, data, slot.etag))
+            slot.start_write(data)
+        try:
+            etags = await self.service.storage.write_many(writes)
+        except InconsistentStateError:
+            if slot is not None:
+                slot.fenced = True  # a newer activation wrote: this one is a stale duplicate
+            raise
+        finally:
+            if slot is not None and data is not None:
+                slot.end_write()
+        if slot is not None and data is not None:
+            slot.adopt(data, etags[0])
+        self.positions, self.etag = positions, etags[-1]
+
+    async def rewind(self, stream: StreamId, subscription: str, position: int) -> None:
+        await self.load()
+        cursor = self.cursor(stream, subscription, 0)
+        assert self.positions is not None
+        previous = self.positions.get(cursor.key, cursor.start)
+        await self.commit(cursor.key, position)
+        cursor.held.clear()
+        cursor.head = max(cursor.head, previous)
+        cursor.schedule()
+
+    def dropped(self) -> None:
+        """The activation went away: its cursors stop; the service re-routes their work."""
+        for cursor in self.cursors.values():
+            cursor.fail_waiters(
+                SiloUnavailableError(f"{self.activation.actor_id} deactivated while catching up")
+            )
+            if cursor.durable and (cursor.held or cursor.scheduled):
+                self.service.redeliver(self.activation.actor_id, cursor)
+        self.cursors.clear()
+
+
+class Cursor:
+    """One subscription of one activation: what it holds, what exists, what is queued."""
+
+    __slots__ = (
+        "attempts",
+        "consumer",
+        "durable",
+        "head",
+        "held",
+        "key",
+        "last_error",
+        "retry",
+        "scheduled",
+        "start",
+        "stream",
+        "subscription",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        key: str,
+        stream: StreamId,
+        subscription: str,
+        start: int,
+        durable: bool,
+    ) -> None:
+        self.consumer = consumer
+        self.key = key
+        self.stream = stream
+        self.subscription = subscription
+        self.start = start  # the position of an explicit subscription when it was made
+        self.durable = durable
+        self.head = 0
+        self.held: deque[Held] = deque()
+        self.scheduled = False
+        self.attempts = 0  # failed deliveries of the first held event
+        self.last_error = ""  # the last one's error, for the dead letter
+        self.retry: asyncio.TimerHandle | None = None
+        self.waiters: list[tuple[int, Waiter]] = []
+
+    @property
+    def position(self) -> int | None:
+        positions = self.consumer.positions
+        return None if positions is None else positions.get(self.key, self.start)
+
+    def offer(self, head: int, events: list[Held]) -> None:
+        """Events published (``head``: the highest position now known to exist)."""
+        limit = self.consumer.service.settings.max_in_flight
+        held = self.held
+        if self.durable:
+            self.head = max(self.head, head)
+            for event in events:
+                last = held[-1][0] if held else self.position
+                # Hold only what follows on; anything else is read back from the log.
+                if last is not None and event[0] == last + 1 and len(held) < limit:
+                    held.append(event)
+        else:
+            for event in events:
+                if len(held) >= limit:
+                    self.consumer.service.fast_dropped += 1  # fast streams may lose events
+                    continue
+                held.append(event)
+        self.schedule()
+
+    def wait_for(self, head: int, waiter: Waiter) -> None:
+        """Call ``waiter(None)`` once everything up to ``head`` is consumed."""
+        self.head = max(self.head, head)
+        position = self.position
+        if position is not None and position >= head:
+            waiter(None)
+            return
+        self.waiters.append((head, waiter))
+        self.schedule()
+
+    def fail_waiters(self, error: Exception) -> None:
+        waiters, self.waiters = self.waiters, []
+        for _, waiter in waiters:
+            waiter(error)
+
+    def _tell_waiters(self) -> None:
+        position = self.position
+        if position is None or not self.waiters:
+            return
+        done = [w for w in self.waiters if w[0] <= position]
+        self.waiters = [w for w in self.waiters if w[0] > position]
+        for _, waiter in done:
+            waiter(None)
+
+    def pending(self) -> bool:
+        if not self.durable:
+            return bool(self.held)
+        position = self.position
+        return position is None or self.head > position or bool(self.held)
+
+    def schedule(self) -> None:
+        activation = self.consumer.activation
+        if self.scheduled or self.retry is not None or not self.pending():
+            return
+        if activation.state not in (ActivationState.ACTIVATING, ActivationState.VALID):
+            return
+        self.scheduled = True
+        name = f"stream {self.stream}"
+        if self.durable:
+            ticket = DurableTurn(self)
+            activation.enqueue(ticket.delivery(activation, name))
+        else:
+            run_as_turn(activation, name, self._deliver_fast, self._fast_ended)
+
+    # -- durable ---------------------------------------------------------------------------
+
+    async def _deliver(self, ticket: DurableTurn) -> None:
+        consumer = self.consumer
+        service = consumer.service
+        await consumer.load()
+        position = self.position
+        assert position is not None
+        held = self.held
+        while held and held[0][0] <= position:
+            held.popleft()  # consumed already (a redelivery)
+        if not held and self.head > position:
+            log = require_log(service.storage, self.stream)
+            limit = min(service.settings.max_batch, service.settings.max_in_flight)
+            stored = await log.read_stream(self.stream.log_name(), position + 1, limit)
+            held.extend((e.version, e.data, e.event_id) for e in stored)
+            if stored:
+                self.head = max(self.head, stored[-1].version)
+        if not held:
+            return
+        if self.attempts >= service.settings.max_attempts:
+            first = held[0]
+            await service.dead_letters.add(consumer.activation.actor_id, self, first)
+            ticket.staged = first[0]
+            return
+        count = 1 if self.attempts else min(len(held), service.settings.max_batch)
+        instance = consumer.activation.instance
+        assert instance is not None
+        for index in range(count):
+            version, data, event_id = held[index]
+            event = StreamEvent(self.stream, decode(data), version, self.subscription, event_id)
+            await instance.on_stream_event(event)
+        ticket.staged = held[count - 1][0]
+
+    def _durable_ended(self, ticket: DurableTurn, outcome: TurnOutcome) -> None:
+        self.scheduled = False
+        if outcome == DROPPED:
+            return  # the activation went away (Consumer.dropped re-routes)
+        if isinstance(outcome, Exception):
+            self.attempts += 1
+            self.last_error = repr(outcome)
+            self._retry_later(outcome)
+            return
+        if ticket.staged is not None:
+            while self.held and self.held[0][0] <= ticket.staged:
+                self.held.popleft()
+            self.attempts = 0
+        self._tell_waiters()
+        self.schedule()
+
+    # -- fast ------------------------------------------------------------------------------
+
+    async def _deliver_fast(self) -> None:
+        service = self.consumer.service
+        held = self.held
+        if self.attempts >= service.settings.max_attempts:
+            first = held.popleft()
+            service.spawn_dead_letter(self.consumer.activation.actor_id, self, first)
+            return
+        count = 1 if self.attempts else min(len(held), service.settings.max_batch)
+        instance = self.consumer.activation.instance
+        assert instance is not None
+        for index in range(count):
+            _, data, event_id = held[index]
+            event = StreamEvent(self.stream, decode(data), 0, self.subscription, event_id)
+            await instance.on_stream_event(event)
+        for _ in range(count):
+            held.popleft()
+
+    def _fast_ended(self, outcome: TurnOutcome) -> None:
+        self.scheduled = False
+        if outcome == DROPPED:
+            return  # fast events of a vanished activation are lost, as documented
+        if isinstance(outcome, Exception):
+            self.attempts += 1
+            self.last_error = repr(outcome)
+            self._retry_later(outcome)
+            return
+        self.attempts = 0
+        self.schedule()
+
+    def _retry_later(self, error: Exception) -> None:
+        get_logger().warning(
+            "stream_event_failed",
+            actor=str(self.consumer.activation.actor_id),
+            stream=str(self.stream),
+            attempt=self.attempts,
+            error=repr(error),
+        )
+        delay = self.consumer.service.settings.retry_delay
+        self.retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.retry = None
+        self.schedule()
+
+
+class DurableTurn(InternalTurn):
+    """The ticket and scope of a durable delivery turn: it defers the per-turn commit and
+    writes the state with the position itself (``Consumer.commit``)."""
+
+    __slots__ = ("cursor", "staged")
+
+    defers_commit = True
+
+    def __init__(self, cursor: Cursor) -> None:
+        super().__init__(lambda outcome: cursor._durable_ended(self, outcome))
+        self.cursor = cursor
+        self.staged: int | None = None  # the position this turn consumed up to
+
+    def delivery(self, activation: Activation, name: str) -> Delivery:
+        request = Request(0, activation.actor_id, name, b"", "", math.inf)
+        turn = partial(self.cursor._deliver, self)
+        return Delivery(request, _method(name), [turn], {}, math.inf, self, True)
+
+    async def succeeded(self) -> None:
+        if self.staged is not None:
+            await self.cursor.consumer.commit(self.cursor.key, self.staged)
+        self._end(None)
+
+    async def failed(self, error: Exception) -> None:
+        self.cursor.consumer.activation.rollback()
+        self._end(error)
+
+
+async def _call(instance: Any, function: Callable[[], Awaitable[None]]) -> None:
+    await function()
+
+
+_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter("function", inspect.Parameter.POSITIONAL_ONLY),
+    ]
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _method(name: str) -> ActorMethod:
+    return ActorMethod(name, _call, MethodOptions(one_way=True), _SIGNATURE, 1)
