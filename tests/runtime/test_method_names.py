@@ -37,11 +37,14 @@ def test_the_reserved_list_is_short_and_refused() -> None:
         "on_activate",
         "on_deactivate",
         "on_reminder",
+        "streams",
+        "on_stream_event",
         "actor_id",
         "with_timeout",
         "invoke",
     } == RESERVED
-    for name in sorted(RESERVED - {"on_activate", "on_deactivate", "on_reminder"}):
+    hooks = {"on_activate", "on_deactivate", "on_reminder", "on_stream_event"}
+    for name in sorted(RESERVED - hooks):
         with pytest.raises(ConfigurationError, match=f"{name}: the name is reserved"):
             _actor_with_method(name)
 

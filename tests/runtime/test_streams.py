@@ -1,0 +1,220 @@
+"""Streams on an in-process cluster, ported from Orleans' stream tests (StreamingTests,
+SubscriptionMultiplicityTests, the rewind and faulty-consumer cases) plus fast streams,
+back-pressure and bad input. Observers are in test_observers.py; crashes in
+test_stream_crash.py; node death in tests/ray/test_streams_failover.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from raygrain import (
+    ConfigurationError,
+    InvalidStreamError,
+    SerializationError,
+    StreamId,
+    StreamSettings,
+    implicit_subscription,
+)
+from raygrain.actors import Actor
+from raygrain.runtime import Cluster
+from raygrain.runtime.streams import StreamService
+from tests import app
+from tests.helpers import wait_until
+from tests.stream_app import Flaky, Gauge, OrderAuditor, OrderConsumer, Subscriber
+
+SETTINGS = StreamSettings(fast=frozenset({"telemetry"}), retry_delay=0.0, sweep_period=0.2)
+
+
+@pytest.fixture
+async def streams() -> AsyncIterator[Cluster]:
+    async with Cluster.local(
+        actors=app.ALL_ACTORS, silos=3, deactivation_timeout=0.5, streams=SETTINGS
+    ) as running:
+        yield running
+
+
+async def _seen(cluster: Cluster, cls: Any, key: str, count: int) -> list[list[Any]]:
+    ref = cluster.get(cls, key)
+
+    async def enough() -> bool:
+        return len(await ref.seen()) >= count
+
+    await wait_until(enough, f"{cls.__name__} {key} to consume {count} events")
+    return await ref.seen()  # type: ignore[no-any-return]
+
+
+async def test_produced_equals_consumed_in_order_per_stream(streams: Cluster) -> None:
+    keys = [f"s{i}" for i in range(5)]
+    published: dict[str, list[int]] = {k: [] for k in keys}
+    for n in range(40):
+        for key in keys:
+            position = await streams.streams.get("orders", key).publish(n)
+            published[key].append(position)  # type: ignore[arg-type]
+    batch = await streams.streams.get("orders", "s0").publish_many([100, 101, 102])
+    assert batch == 43
+    for key in keys:
+        assert published[key] == list(range(1, 41))  # positions: the stream's versions
+        expected = list(range(40)) + ([100, 101, 102] if key == "s0" else [])
+        for cls in (OrderConsumer, OrderAuditor):  # two implicit consumer types: each once
+            seen = await _seen(streams, cls, key, len(expected))
+            assert [s[3] for s in seen] == expected
+            assert [s[2] for s in seen] == list(range(1, len(expected) + 1))
+            assert {s[0] for s in seen} == {"implicit"}
+            applied = await streams.get(cls, key).applied()
+            assert set(applied.values()) == {1}
+
+
+async def test_two_explicit_subscriptions_deliver_twice_implicit_once(streams: Cluster) -> None:
+    subscriber = streams.get(Subscriber, "twice")
+    first = await subscriber.subscribe("orders", "multi")
+    second = await subscriber.subscribe("orders", "multi")
+    assert first != second
+    assert sorted(await subscriber.subscription_ids("orders", "multi")) == sorted([first, second])
+    for n in range(10):
+        await streams.streams.get("orders", "multi").publish(n)
+    seen = await _seen(streams, Subscriber, "twice", 20)
+    assert sorted(s[0] for s in seen) == sorted([first] * 10 + [second] * 10)
+    for sub in (first, second):
+        assert [s[3] for s in seen if s[0] == sub] == list(range(10))
+    implicit = await _seen(streams, OrderConsumer, "multi", 10)
+    assert [s[3] for s in implicit] == list(range(10))
+    # Unsubscribing one leaves one: the next events arrive once more each, not twice.
+    assert await subscriber.unsubscribe("orders", "multi", first) is True
+    assert await subscriber.unsubscribe("orders", "multi", first) is False
+    for n in range(10, 15):
+        await streams.streams.get("orders", "multi").publish(n)
+    await _seen(streams, OrderConsumer, "multi", 15)  # delivered everywhere by now
+    seen = await _seen(streams, Subscriber, "twice", 25)
+    assert [s[3] for s in seen if s[0] == second] == list(range(15))
+    assert [s[3] for s in seen if s[0] == first] == list(range(10))
+    assert len(await streams.get(Subscriber, "twice").seen()) == 25
+
+
+async def test_a_subscription_starts_at_the_next_event(streams: Cluster) -> None:
+    for n in range(3):
+        await streams.streams.get("feed", "late").publish(f"before {n}")
+    subscriber = streams.get(Subscriber, "late")
+    sub = await subscriber.subscribe("feed", "late")
+    await streams.streams.get("feed", "late").publish("after")
+    seen = await _seen(streams, Subscriber, "late", 1)
+    assert seen == [[sub, "late", 4, "after"]]
+
+
+async def test_a_consumer_resumes_after_deactivation_from_its_position(streams: Cluster) -> None:
+    stream = streams.streams.get("orders", "resume")
+    for n in range(10):
+        await stream.publish(n)
+    await _seen(streams, OrderConsumer, "resume", 10)
+    consumer = streams.get(OrderConsumer, "resume")
+    await consumer.leave()
+
+    def inactive() -> bool:
+        return all(consumer.actor_id not in s.activations for s in streams.silos)
+
+    await wait_until(inactive, "the consumer to deactivate")
+    for n in range(10, 20):
+        await stream.publish(n)
+    seen = await _seen(streams, OrderConsumer, "resume", 20)
+    assert [s[3] for s in seen] == list(range(20))  # none twice, none missed
+    assert set((await consumer.applied()).values()) == {1}
+
+
+async def test_a_consumer_rewinds_and_consumes_again(streams: Cluster) -> None:
+    stream = streams.streams.get("orders", "again")
+    for n in range(5):
+        await stream.publish(n)
+    consumer = streams.get(OrderConsumer, "again")
+    await _seen(streams, OrderConsumer, "again", 5)
+    await consumer.rewind_implicit("orders", 2)
+    seen = await _seen(streams, OrderConsumer, "again", 8)
+    assert [s[2] for s in seen] == [1, 2, 3, 4, 5, 3, 4, 5]
+    with pytest.raises(InvalidStreamError, match="int >= 0"):
+        await consumer.rewind_implicit("orders", -1)
+    with pytest.raises(InvalidStreamError, match="only durable ones rewind"):
+        await streams.get(Gauge, "again").rewind_implicit("telemetry", 0)
+
+
+async def test_a_raising_consumer_is_retried_then_dead_lettered_then_replayed(
+    streams: Cluster,
+) -> None:
+    stream = streams.streams.get("flaky", "f1")
+    for data in ["a", "poison", "b"]:
+        await stream.publish(data)
+    flaky = streams.get(Flaky, "f1")
+    seen = await _seen(streams, Flaky, "f1", 2)
+    # The poison event's effect was rolled back each time; the events after it go on.
+    assert [s[3] for s in seen] == ["a", "b"]
+    letters = await streams.streams.dead_letters("flaky")
+    assert len(letters) == 1
+    letter = letters[0]
+    assert (letter.stream, letter.position, letter.data) == (StreamId("flaky", "f1"), 2, "poison")
+    assert letter.consumer == flaky.actor_id and letter.attempts == SETTINGS.max_attempts
+    assert "cannot digest event 2" in letter.error and not letter.replayed
+    with pytest.raises(ValueError, match="cannot digest"):
+        await streams.streams.replay(letter)  # still sick: the error comes back
+    await flaky.heal()
+    await streams.streams.replay(letter)
+    seen = await flaky.seen()
+    assert [s[3] for s in seen] == ["a", "b", "poison"]
+    assert [letter.replayed for letter in await streams.streams.dead_letters()] == [True]
+    assert await streams.streams.dead_letters("orders") == []
+
+
+async def test_fast_streams_keep_each_producers_order(streams: Cluster) -> None:
+    for n in range(200):
+        assert await streams.streams.get("telemetry", "t").publish(n) is None
+    seen = await _seen(streams, Gauge, "t", 200)
+    assert [s[3] for s in seen] == list(range(200))
+    assert {s[2] for s in seen} == {0}  # fast events have no position
+
+
+async def test_back_pressure_bounds_what_a_consumer_holds() -> None:
+    settings = StreamSettings(
+        fast=frozenset({"telemetry"}), max_in_flight=4, max_batch=2, sweep_period=0.2
+    )
+    async with Cluster.local(actors=app.ALL_ACTORS, silos=1, streams=settings) as cluster:
+        # Durable: whatever does not fit stays in the log and is read back; nothing is lost.
+        await cluster.streams.get("orders", "bp").publish_many(list(range(100)))
+        seen = await _seen(cluster, OrderConsumer, "bp", 100)
+        assert [s[3] for s in seen] == list(range(100))
+        # Fast: one publish of 100 events reaches a consumer that holds 4: the rest is dropped.
+        await cluster.streams.get("telemetry", "bp").publish_many(list(range(100)))
+        service = cluster.silos[0].extension(StreamService)
+        assert service is not None
+        await wait_until(lambda: service.fast_dropped == 96, "the fast overflow to be dropped")
+        seen = await _seen(cluster, Gauge, "bp", 4)
+        assert [s[3] for s in seen] == [0, 1, 2, 3]
+
+
+async def test_bad_stream_input_is_refused_clearly(streams: Cluster) -> None:
+    with pytest.raises(InvalidStreamError, match="non-empty string"):
+        StreamId("", "k")
+    with pytest.raises(InvalidStreamError, match="reserved"):
+        StreamId("$dead-letters", "k")
+    with pytest.raises(InvalidStreamError, match="str or int"):
+        StreamId("orders", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(SerializationError, match="event for stream orders/'x'"):
+        await streams.streams.get("orders", "x").publish(object())
+    with pytest.raises(InvalidStreamError, match="non-empty list"):
+        await streams.streams.get("orders", "x").publish_many([])
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        StreamSettings(max_attempts=0)
+    with pytest.raises(ConfigurationError, match="set of namespace names"):
+        StreamSettings(fast="telemetry")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="streams must be a StreamSettings"):
+        Cluster.local(actors=[], streams={"fast": ["x"]})  # type: ignore[arg-type]
+    with pytest.raises(InvalidStreamError, match="at least one namespace"):
+        implicit_subscription()
+
+
+async def test_a_stateless_worker_cannot_consume() -> None:
+    @implicit_subscription("orders")
+    class Pool(Actor[None], name="test.streams.Pool", stateless_worker=True):
+        async def ping(self) -> None:
+            pass
+
+    with pytest.raises(InvalidStreamError, match="stateless worker cannot consume"):
+        Cluster.local(actors=[Pool])
