@@ -44,7 +44,9 @@ async def main(db: str, streams: int, starts: list[int], total: int, finish: boo
         actors=[OrderConsumer, OrderAuditor], silos=2, storage=storage, streams=SETTINGS
     ) as cluster:
         keys = [f"k{i}" for i in range(streams)]
-        await asyncio.gather(*(publish(cluster, k, s, total) for k, s in zip(keys, starts)))
+        await asyncio.gather(
+            *(publish(cluster, k, s, total) for k, s in zip(keys, starts, strict=True))
+        )
         if finish:  # (bounded: a consumer that never catches up fails the run)
             await asyncio.wait_for(asyncio.gather(*(consumed(cluster, k, total) for k in keys)), 30)
             sys.stdout.write("done\n")

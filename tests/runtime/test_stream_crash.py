@@ -118,5 +118,6 @@ async def test_killed_mid_stream_every_acknowledged_event_is_consumed_once(
         assert not missing, f"{type_name} {key}: acknowledged but never consumed: {missing}"
         assert len(tally.seen) == TOTAL
     print(
-        f"\n{KILLS} kills, {len(acknowledged)} acknowledged events, each consumed once (seed {seed})"
+        f"\n{KILLS} kills, {len(acknowledged)} acknowledged events, "
+        f"each consumed once (seed {seed})"
     )
