@@ -52,3 +52,10 @@ def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
     out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
     assert "alice's cart expired: OK" in out
     assert "bob's cart expired after a restart: OK" in out
+
+
+def test_chat_pushes_to_clients_and_keeps_the_history(tmp_path: Path) -> None:
+    out = _run("samples.chat", "--db", str(tmp_path / "chat.db"), "--messages", "6")
+    assert "alice received 7 messages in order: OK" in out
+    assert "bob received 7 messages in order: OK" in out
+    assert "dave joined late and read the history: OK" in out
