@@ -61,13 +61,22 @@ Waiter = Callable[[Exception | None], None]
 class Consumer:
     """The stream side of one activation (kept in ``Activation.extras``)."""
 
-    __slots__ = ("activation", "cursors", "etag", "observers", "positions", "service")
+    __slots__ = (
+        "activation",
+        "cursors",
+        "etag",
+        "observers",
+        "positions",
+        "positions_id",
+        "service",
+    )
 
     def __init__(self, activation: Activation, service: StreamService) -> None:
         self.activation = activation
         self.service = service
         self.cursors: dict[str, Cursor] = {}
         self.positions: dict[str, int] | None = None  # committed; None until loaded
+        self.positions_id = positions_id(activation.actor_id)  # where they are stored
         self.etag: str | None = None
         self.observers: list[str] = []  # observer ids this activation registered
 
@@ -92,7 +101,7 @@ class Consumer:
     async def load(self) -> None:
         """Read the committed positions (inside a turn: nothing else writes them meanwhile)."""
         if self.positions is None:
-            record = await self.service.storage.read(positions_id(self.activation.actor_id))
+            record = await self.service.storage.read(self.positions_id)
             self.etag = record.etag
             self.positions = dict(decode(record.data)) if record.data else {}
 
@@ -102,7 +111,7 @@ class Consumer:
         activation = self.activation
         slot = activation.slot
         positions = {**self.positions, key: position}
-        writes = [StateWrite(positions_id(activation.actor_id), encode(positions), self.etag)]
+        writes = [StateWrite(self.positions_id, encode(positions), self.etag)]
         data = None
         if slot is not None and activation.instance is not None:
             while slot.writing:  # one write of an activation at a time (see StateSlot)

@@ -38,6 +38,7 @@ from raygrain.runtime.kernel import (
     Silo,
     TurnOutcome,
     get_logger,
+    id_from_wire,
     run_as_turn,
 )
 from raygrain.runtime.streams._api import ActorStreams
@@ -206,11 +207,13 @@ class StreamService(Extension):
         events: list[tuple[int, bytes, str]],
         consumers: list[list[Any]],
         hops: int,
+        placed: bool = False,
     ) -> None:
-        """Offer events to consumers the ring places here (others are passed on)."""
+        """Offer events to consumers the ring places here (others are passed on; ``placed``:
+        this silo's own ring placed them here just now)."""
         for wire in consumers:
-            consumer = ActorId(wire[0], wire[1])
-            if hops < _MAX_HOPS and not self.silo.hosts(consumer):
+            consumer = id_from_wire(wire[0], wire[1])
+            if not placed and hops < _MAX_HOPS and not self.silo.hosts(consumer):
                 args = [*_wire(stream), head, [list(e) for e in events], [wire], hops + 1]
                 self.send(consumer, "__stream_deliver__", args)
                 continue

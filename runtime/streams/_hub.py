@@ -17,7 +17,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import ActorId, StreamId, decode, encode
-from raygrain.runtime.kernel import get_logger
+from raygrain.runtime.kernel import get_logger, id_from_wire
 from raygrain.runtime.streams._log import new_event, record_id, require_log
 
 if TYPE_CHECKING:
@@ -36,13 +36,15 @@ def hub_id(stream: StreamId) -> ActorId:
 
 
 class _Hub:
-    __slots__ = ("etag", "head", "ready", "subscriptions")
+    __slots__ = ("by_silo", "etag", "head", "ready", "subscriptions", "writing")
 
     def __init__(self) -> None:
+        self.writing = asyncio.Lock()  # subscription changes, one at a time (one ETag chain)
         self.subscriptions: list[WireConsumer] = []  # [sub id, type, key, start]
         self.etag: str | None = None
         self.head: int | None = None  # the stream's last version, once known
         self.ready: asyncio.Future[None] | None = None
+        self.by_silo: dict[str, list[WireConsumer]] | None = None
 
 
 class Hubs:
@@ -84,7 +86,7 @@ class Hubs:
         hub = await self._hub(stream)
         if self.service.settings.is_fast(stream.namespace):
             events = [(0, data, event_id or uuid.uuid4().hex) for data, event_id in items]
-            self.fan_out(stream, 0, events, self.consumers(stream, hub))
+            self.fan_out(stream, 0, events, self._by_silo(stream, hub))
             return None
         log = require_log(self.service.storage, stream)
         await self.service.sweeper.know(stream.namespace)
@@ -96,7 +98,7 @@ class Hubs:
         # publisher's own ids may have been there already: the consumers read the log then.
         first = last - len(new) + 1
         events = [(first + i, e.data, e.event_id) for i, e in enumerate(new)] if fresh else []
-        self.fan_out(stream, last, events, self.consumers(stream, hub))
+        self.fan_out(stream, last, events, self._by_silo(stream, hub))
         return last
 
     def consumers(self, stream: StreamId, hub: _Hub) -> list[WireConsumer]:
@@ -105,24 +107,29 @@ class Hubs:
         found.extend([s[1], s[2], s[0], s[3]] for s in hub.subscriptions)
         return found
 
+    def _by_silo(self, stream: StreamId, hub: _Hub) -> dict[str, list[WireConsumer]]:
+        """The consumers grouped by the silo hosting them (kept until the subscriptions or
+        the view change: the hubs are cleared on every view change)."""
+        if hub.by_silo is None:
+            ring = self.service.silo.membership.ring
+            by_silo: dict[str, list[WireConsumer]] = defaultdict(list)
+            for consumer in self.consumers(stream, hub):
+                by_silo[ring.owner(id_from_wire(consumer[0], consumer[1]))].append(consumer)
+            hub.by_silo = dict(by_silo)
+        return hub.by_silo
+
     def fan_out(
         self,
         stream: StreamId,
         head: int,
         events: list[tuple[int, bytes, str]],
-        consumers: list[WireConsumer],
+        by_silo: dict[str, list[WireConsumer]],
     ) -> None:
-        if not consumers:
-            return
         silo = self.service.silo
-        ring = silo.membership.ring
-        by_silo: dict[str, list[WireConsumer]] = defaultdict(list)
-        for consumer in consumers:
-            by_silo[ring.owner(ActorId(consumer[0], consumer[1]))].append(consumer)
         wire_events = [list(e) for e in events]
         for destination, group in by_silo.items():
             if destination == silo.name:
-                self.service.deliver(stream, head, events, group, 0)
+                self.service.deliver(stream, head, events, group, 0, placed=True)
             else:
                 target = ActorId(group[0][0], group[0][1])
                 args = [stream.namespace, stream.key, head, wire_events, group, 0]
@@ -136,19 +143,21 @@ class Hubs:
         if not self.service.settings.is_fast(stream.namespace):
             start = await self._head(stream, hub)
         entry = [uuid.uuid4().hex, consumer.type_name, consumer.key, start]
-        await self._write(stream, hub, [*hub.subscriptions, entry])
+        async with hub.writing:
+            await self._write(stream, hub, [*hub.subscriptions, entry])
         return [entry[0], start]
 
     async def unsubscribe(self, stream: StreamId, subscription: str, consumer: ActorId) -> bool:
         hub = await self._hub(stream)
-        kept = [
-            s
-            for s in hub.subscriptions
-            if not (s[0] == subscription and ActorId(s[1], s[2]) == consumer)
-        ]
-        if len(kept) == len(hub.subscriptions):
-            return False
-        await self._write(stream, hub, kept)
+        async with hub.writing:
+            kept = [
+                s
+                for s in hub.subscriptions
+                if not (s[0] == subscription and ActorId(s[1], s[2]) == consumer)
+            ]
+            if len(kept) == len(hub.subscriptions):
+                return False
+            await self._write(stream, hub, kept)
         return True
 
     async def subscriptions(self, stream: StreamId) -> list[list[Any]]:
@@ -162,6 +171,7 @@ class Hubs:
             self._hubs.pop(stream.log_name(), None)  # reload: another owner may have written
             raise
         hub.subscriptions = subscriptions
+        hub.by_silo = None
 
     async def _head(self, stream: StreamId, hub: _Hub) -> int:
         """The stream's last version (read from the log once per hub)."""
