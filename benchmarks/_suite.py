@@ -57,6 +57,7 @@ _ORDER = (
     "transactions",
     "postgres",
     "reminders",
+    "streams",
     "memory",
     "failover",
     "ray",

@@ -48,6 +48,13 @@ EXPECTED = {
         "load 1000 reminders by ring range, 2 silos starting",
         "memory per owned reminder, 1000 reminders (RSS)",
     },
+    "streams": {
+        "fast stream deliveries/s, 10 streams x 3 consumers",
+        "durable stream deliveries/s, 10 streams x 3 consumers",
+        "durable stream events published/s, 10 publishers",
+        "durable stream delivery latency p50, 30 consumers",
+        "durable stream delivery latency p99, 30 consumers",
+    },
     "ray": {
         "Ray activations/s, first calls to new keys",
         "Ray calls/s, one caller",
