@@ -35,6 +35,7 @@ from raygrain.actors import (
     StorageSchemaError,
 )
 from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
+from raygrain.storage._postgres_events import PostgresEventLog
 from raygrain.storage._postgres_sql import (
     APPLY,
     APPLY_ATOMIC,
@@ -81,7 +82,7 @@ _SERVER_ERROR: tuple[type[BaseException], ...] = (*_UNREACHABLE, asyncpg.Postgre
 _RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
-class PostgresStorage:
+class PostgresStorage(PostgresEventLog):
     """Actor state in a PostgreSQL database, with group commit.
 
     ``dsn`` is a ``postgresql://user:password@host:port/database`` URL (asyncpg's and

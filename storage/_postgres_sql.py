@@ -10,6 +10,7 @@ from typing import Any
 
 from raygrain.actors import InconsistentStateError
 from raygrain.storage._pending import Pending, QueuedWrite
+from raygrain.storage._postgres_events import EVENT_TABLES
 from raygrain.storage._provider import StateWrite
 
 __all__ = [
@@ -45,6 +46,7 @@ MIGRATIONS: list[str] = [
         data      bytea
     ) WITH (fillfactor = 80)
     """,
+    EVENT_TABLES,  # the event log (storage/_postgres_events.py)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

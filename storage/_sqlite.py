@@ -41,6 +41,7 @@ from raygrain.storage._pending import PendingWrite as _PendingWrite
 from raygrain.storage._pending import QueuedWrite as _QueuedWrite
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
+from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -92,7 +93,7 @@ _T = TypeVar("_T")
 _Outcome = list[str] | InconsistentStateError
 
 
-class SqliteStorage:
+class SqliteStorage(SqliteEventLog):
     """Actor state in one SQLite file (WAL), with group commit.
 
     ``durability="fsync"`` (default) fsyncs every commit: an acknowledged write survives power
@@ -233,6 +234,7 @@ class SqliteStorage:
         if self._committer is not None:
             # wait, not await: the committer's own failure was already reported to its callers.
             await asyncio.wait({self._committer})
+        await self._drain_appends()
         async with self._open_lock:
             writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
             for connection in (writer, reader):
@@ -339,6 +341,7 @@ class SqliteStorage:
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
             await connection.executescript(reminders.REMINDER_SCHEMA)
+            await connection.executescript(EVENT_SCHEMA)
         except BaseException as exc:
             await _close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
