@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 
 from raygrain.actors import StorageSchemaError
+from raygrain.storage._postgres_events import EVENT_TABLES
 
 __all__ = ["MIGRATIONS", "SCHEMA_LOCK", "SCHEMA_VERSION", "ensure_schema"]
 
@@ -29,6 +30,7 @@ MIGRATIONS: list[str] = [
         data      bytea
     ) WITH (fillfactor = 80)
     """,
+    EVENT_TABLES,  # the event log (storage/_postgres_events.py)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -38,6 +38,7 @@ from raygrain.storage._pending import Pending, WriteQueue, copied, start_committ
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 from raygrain.storage._sqlite_batch import FileIdentity, KnownVersions, Outcome, commit
+from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -71,7 +72,7 @@ _SELECT_RECORD = "SELECT version, data FROM raygrain_state WHERE id = ?"
 _T = TypeVar("_T")
 
 
-class SqliteStorage(WriteQueue):
+class SqliteStorage(SqliteEventLog, WriteQueue):
     """Actor state in one SQLite file (WAL), with group commit.
 
     ``durability="fsync"`` (default) fsyncs every commit: an acknowledged write survives power
@@ -192,6 +193,7 @@ class SqliteStorage(WriteQueue):
         if self._committer is not None:
             # wait, not await: the committer's own failure was already reported to its callers.
             await asyncio.wait({self._committer})
+        await self._drain_appends()
         async with self._open_lock:
             writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
             for connection in (writer, reader):
@@ -298,6 +300,7 @@ class SqliteStorage(WriteQueue):
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
             await connection.executescript(reminders.REMINDER_SCHEMA)
+            await connection.executescript(EVENT_SCHEMA)
         except BaseException as exc:
             await _close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
