@@ -33,6 +33,7 @@ from raygrain.actors._errors import (
     InconsistentStateError,
     InvalidArgumentsError,
     InvalidCallError,
+    InvalidEventError,
     InvalidScheduleError,
     InvalidStreamError,
     MalformedMessageError,
@@ -51,6 +52,7 @@ from raygrain.actors._errors import (
     TurnRolledBackError,
     UnknownActorTypeError,
     UnknownMethodError,
+    WrongExpectedVersionError,
 )
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._observers import ObserverSet
@@ -102,6 +104,7 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidEventError",
     "InvalidScheduleError",
     "InvalidStreamError",
     "Invoker",
@@ -135,6 +138,7 @@ __all__ = [
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "WrongExpectedVersionError",
     "actor_methods",
     "actor_options",
     "always_interleave",

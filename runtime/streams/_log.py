@@ -9,12 +9,10 @@ can carry can be an event.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raygrain.actors import ActorId, InvalidStreamError, StreamId
-
-if TYPE_CHECKING:
-    from raygrain.storage import EventLog, NewEvent
+from raygrain.storage import EventLog, NewEvent
 
 __all__ = [
     "DEAD_LETTERS",
@@ -47,8 +45,6 @@ def require_log(storage: Any, stream: StreamId) -> EventLog:
 
 
 def new_event(kind: str, data: bytes, event_id: str) -> NewEvent:
-    from raygrain.storage import NewEvent
-
     return NewEvent(kind, data, event_id)
 
 
