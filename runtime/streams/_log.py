@@ -30,7 +30,7 @@ DEAD_LETTERS = "$dead-letters"
 def event_log(storage: Any) -> EventLog | None:
     """The provider's event log, if it has one (a wrapped provider passes it through)."""
     needed = ("append", "read_stream", "read_category")
-    return storage if all(callable(getattr(storage, n, None)) for n in needed) else None  # type: ignore[no-any-return]
+    return storage if all(callable(getattr(storage, n, None)) for n in needed) else None
 
 
 def require_log(storage: Any, stream: StreamId) -> EventLog:

@@ -55,10 +55,14 @@ async def _run(db: Path, starts: list[int], acks_before_kill: int | None) -> lis
             acked.append((key.decode(), int(n)))
             if acks_before_kill is not None and len(acked) >= acks_before_kill:
                 break
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()  # a hang (or a failed read): do not leave the child behind
+        raise
     finally:
-        if acks_before_kill is not None or child.returncode is None:
+        if acks_before_kill is not None:
             with contextlib.suppress(ProcessLookupError):
-                child.kill()  # SIGKILL: mid-publish, mid-turn, mid-commit (or a hang)
+                child.kill()  # SIGKILL: mid-publish, mid-turn, mid-commit
         rest, errors = await child.communicate()
     acked += [(k.decode(), int(n)) for k, n in (line.split()[1:] for line in rest.splitlines())]
     if acks_before_kill is None:
