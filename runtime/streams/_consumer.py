@@ -149,7 +149,10 @@ class Consumer:
             cursor.fail_waiters(
                 SiloUnavailableError(f"{self.activation.actor_id} deactivated while catching up")
             )
-            if cursor.durable and (cursor.held or cursor.scheduled):
+            if cursor.retry is not None:
+                cursor.retry.cancel()
+                cursor.retry = None
+            if cursor.durable and (cursor.scheduled or cursor.pending()):
                 self.service.redeliver(self.activation.actor_id, cursor)
         self.cursors.clear()
 
@@ -159,8 +162,10 @@ class Cursor:
 
     __slots__ = (
         "attempts",
+        "before_failure",
         "consumer",
         "durable",
+        "failed_at",
         "head",
         "held",
         "key",
@@ -193,6 +198,8 @@ class Cursor:
         self.scheduled = False
         self.attempts = 0  # failed deliveries of the first held event
         self.last_error = ""  # the last one's error, for the dead letter
+        self.failed_at: int | None = None  # the index of the event being handled, if any
+        self.before_failure: int | None = None  # events to take before a failed one
         self.retry: asyncio.TimerHandle | None = None
         self.waiters: list[tuple[int, Waiter]] = []
 
@@ -289,23 +296,42 @@ class Cursor:
             await service.dead_letters.add(consumer.activation.actor_id, self, first)
             ticket.staged = first[0]
             return
-        count = 1 if self.attempts else min(len(held), service.settings.max_batch)
+        count = self._count()
         instance = consumer.activation.instance
         assert instance is not None
         for index in range(count):
             version, data, event_id = held[index]
             event = StreamEvent(self.stream, decode(data), version, self.subscription, event_id)
+            self.failed_at = index  # (until it returns: an error now is the consumer's)
             await instance.on_stream_event(event)
+        self.failed_at = None
         ticket.staged = held[count - 1][0]
+
+    def _count(self) -> int:
+        """How many held events the next turn takes: the ones before an event that failed
+        in a batch (they commit), one while retrying, else a batch."""
+        count, self.before_failure = self.before_failure, None
+        if count is None:
+            count = 1 if self.attempts else self.consumer.service.settings.max_batch
+        return min(count, len(self.held))
+
+    def _failed(self, error: Exception) -> None:
+        """A delivery turn raised: the consumer (counts as an attempt on the event it failed
+        on) or the runtime (storage, say: retried, never dead-lettered for it)."""
+        failed_at, self.failed_at = self.failed_at, None
+        if failed_at is not None and failed_at > 0:
+            self.before_failure = failed_at  # commit the events before it first
+        elif failed_at == 0:
+            self.attempts += 1
+            self.last_error = repr(error)
+        self._retry_later(error)
 
     def _durable_ended(self, ticket: DurableTurn, outcome: TurnOutcome) -> None:
         self.scheduled = False
         if outcome == DROPPED:
             return  # the activation went away (Consumer.dropped re-routes)
         if isinstance(outcome, Exception):
-            self.attempts += 1
-            self.last_error = repr(outcome)
-            self._retry_later(outcome)
+            self._failed(outcome)
             return
         if ticket.staged is not None:
             while self.held and self.held[0][0] <= ticket.staged:
@@ -323,13 +349,15 @@ class Cursor:
             first = held.popleft()
             service.spawn_dead_letter(self.consumer.activation.actor_id, self, first)
             return
-        count = 1 if self.attempts else min(len(held), service.settings.max_batch)
+        count = self._count()
         instance = self.consumer.activation.instance
         assert instance is not None
         for index in range(count):
             _, data, event_id = held[index]
             event = StreamEvent(self.stream, decode(data), 0, self.subscription, event_id)
+            self.failed_at = index
             await instance.on_stream_event(event)
+        self.failed_at = None
         for _ in range(count):
             held.popleft()
 
@@ -338,9 +366,7 @@ class Cursor:
         if outcome == DROPPED:
             return  # fast events of a vanished activation are lost, as documented
         if isinstance(outcome, Exception):
-            self.attempts += 1
-            self.last_error = repr(outcome)
-            self._retry_later(outcome)
+            self._failed(outcome)
             return
         self.attempts = 0
         self.schedule()
