@@ -5,7 +5,7 @@ test_stream_crash.py; node death in tests/ray/test_streams_failover.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +13,9 @@ import pytest
 from raygrain import (
     ConfigurationError,
     InvalidStreamError,
+    MemoryStorage,
     SerializationError,
+    StorageError,
     StreamId,
     StreamSettings,
     implicit_subscription,
@@ -21,6 +23,7 @@ from raygrain import (
 from raygrain.actors import Actor
 from raygrain.runtime import Cluster
 from raygrain.runtime.streams import StreamService
+from raygrain.storage import StateWrite
 from tests import app
 from tests.helpers import wait_until
 from tests.stream_app import Flaky, Gauge, OrderAuditor, OrderConsumer, Subscriber
@@ -218,3 +221,35 @@ async def test_a_stateless_worker_cannot_consume() -> None:
 
     with pytest.raises(InvalidStreamError, match="stateless worker cannot consume"):
         Cluster.local(actors=[Pool])
+
+
+class FlakyStore(MemoryStorage):
+    """Memory storage whose atomic writes fail while ``failures`` is above zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StorageError("the disk is having a moment")
+        return await super().write_many(writes)
+
+
+async def test_a_storage_failure_is_retried_and_never_dead_letters_an_event() -> None:
+    store = FlakyStore()
+    async with Cluster.local(
+        actors=app.ALL_ACTORS, silos=1, storage=store, streams=SETTINGS
+    ) as cluster:
+        stream = cluster.streams.get("orders", "disk")
+        await stream.publish("first")
+        await _seen(cluster, OrderConsumer, "disk", 1)
+        await _seen(cluster, OrderAuditor, "disk", 1)
+        store.failures = 3 * SETTINGS.max_attempts  # the consumers' next commits fail
+        await stream.publish("kept")
+        for cls in (OrderConsumer, OrderAuditor):
+            seen = await _seen(cluster, cls, "disk", 2)
+            assert [s[3] for s in seen] == ["first", "kept"]
+        assert store.failures == 0  # the failures happened, and were not the event's fault
+        assert await cluster.streams.dead_letters() == []
