@@ -253,3 +253,21 @@ async def test_a_storage_failure_is_retried_and_never_dead_letters_an_event() ->
             assert [s[3] for s in seen] == ["first", "kept"]
         assert store.failures == 0  # the failures happened, and were not the event's fault
         assert await cluster.streams.dead_letters() == []
+
+
+async def test_durable_streams_on_postgresql(postgres_url: str) -> None:
+    async with Cluster.local(
+        actors=app.ALL_ACTORS, silos=2, storage=postgres_url, streams=SETTINGS
+    ) as cluster:
+        subscriber = cluster.get(Subscriber, "pg")
+        sub = await subscriber.subscribe("orders", "pg")
+        await cluster.streams.get("orders", "pg").publish_many(list(range(20)))
+        for data in ["a", "poison", "b"]:
+            await cluster.streams.get("flaky", "pg").publish(data)
+        implicit = await _seen(cluster, OrderConsumer, "pg", 20)
+        assert [s[3] for s in implicit] == list(range(20))
+        explicit = await _seen(cluster, Subscriber, "pg", 20)
+        assert [(s[0], s[3]) for s in explicit] == [(sub, n) for n in range(20)]
+        await _seen(cluster, Flaky, "pg", 2)
+        letters = await cluster.streams.dead_letters("flaky")
+        assert [(letter.data, letter.position) for letter in letters] == [("poison", 2)]
