@@ -134,11 +134,17 @@ class Consumer:
         self.positions, self.etag = positions, etags[-1]
 
     async def rewind(self, stream: StreamId, subscription: str, position: int) -> None:
+        """Set ``subscription``'s position (its own write: the calling turn's state changes
+        commit as usual, with the turn) and consume again from there."""
         await self.load()
         cursor = self.cursor(stream, subscription, 0)
         assert self.positions is not None
         previous = self.positions.get(cursor.key, cursor.start)
-        await self.commit(cursor.key, position)
+        positions = {**self.positions, cursor.key: position}
+        self.etag = await self.service.storage.write(
+            self.positions_id, encode(positions), self.etag
+        )
+        self.positions = positions
         cursor.held.clear()
         cursor.head = max(cursor.head, previous)
         cursor.schedule()
