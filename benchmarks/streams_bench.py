@@ -5,7 +5,10 @@ Two in-process silos on a SQLite store (the embedded default, fsync). Each of ``
 streams has ``PER_STREAM`` consumers (explicit subscriptions, each a stateful actor that counts
 what it got: every delivery is a state change, committed like any turn). One publisher per
 stream publishes ``EVENTS`` events, each carrying its publish time; a consumer records the
-end-to-end delay when it applies an event. A run ends when every delivery was applied.
+end-to-end delay when it applies an event. A run ends when every delivery was applied. The
+throughput runs publish as fast as they go (their latencies are queueing at saturation); the
+latency figures come from a run at a steady pace well below it (one event per stream every
+``pace`` seconds: a quarter of the measured throughput), beside plain calls at that pace.
 
 - plain calls (the baseline): per event, the publisher calls each of the stream's consumers
   and waits for the calls (what an application without streams does);
@@ -38,6 +41,8 @@ from raygrain.storage import SqliteStorage
 __all__ = ["run"]
 
 SETTINGS = StreamSettings(fast=frozenset({"bench.fast"}), max_batch=64)
+MAX_PACE = 3.0  # seconds between one publisher's events in the latency phase, at most
+PACED_EVENTS = 5
 
 
 @dataclass
@@ -101,6 +106,15 @@ async def run(quick: bool = False, smoke: bool = False) -> dict[str, Any]:
             plain = await _plain(sinks, events)
             fast = await _streams(cluster, "bench.fast", streams, per_stream, events)
             durable = await _streams(cluster, "bench.durable", streams, per_stream, events)
+            # Latency at a steady pace well below saturation: a quarter of the slower side's
+            # throughput, one event per stream every `pace` seconds.
+            slower = min(plain["delivered_per_s"], durable["delivered_per_s"])
+            pace = min(MAX_PACE, streams * per_stream / (0.25 * slower))
+            paced_events = 2 if smoke else PACED_EVENTS
+            paced_plain = await _plain(sinks, paced_events, pace)
+            paced = await _streams(
+                cluster, "bench.durable", streams, per_stream, paced_events, pace
+            )
         await storage.aclose()
     consumers = streams * per_stream
     where = f"{streams} streams x {per_stream} consumers ({consumers}), 2 silos, SQLite"
@@ -110,6 +124,8 @@ async def run(quick: bool = False, smoke: bool = False) -> dict[str, Any]:
         "plain_calls": plain,
         "fast": fast,
         "durable": durable,
+        "paced_plain_calls": paced_plain,
+        "paced_durable": paced,
         "figures": [
             figure(
                 f"fast stream deliveries/s, {streams} streams x {per_stream} consumers",
@@ -145,6 +161,15 @@ async def run(quick: bool = False, smoke: bool = False) -> dict[str, Any]:
                 deliveries_per_core_s=1e6 / durable["cpu_us_per_delivery"],
             ),
             figure(
+                f"CPU per fast stream delivery, {consumers} consumers (all threads)",
+                fast["cpu_us_per_delivery"],
+                plain["cpu_us_per_delivery"],
+                "us",
+                baseline_name="CPU per plain-call delivery",
+                lower_is_better=True,
+                deliveries_per_core_s=1e6 / fast["cpu_us_per_delivery"],
+            ),
+            figure(
                 f"durable stream events published/s, {streams} publishers",
                 durable["published_per_s"],
                 plain["published_per_s"],
@@ -153,18 +178,28 @@ async def run(quick: bool = False, smoke: bool = False) -> dict[str, Any]:
             ),
             figure(
                 f"durable stream delivery latency p50, {consumers} consumers",
-                durable["latency"]["p50_ms"],
-                plain["latency"]["p50_ms"],
+                paced["latency"]["p50_ms"],
+                paced_plain["latency"]["p50_ms"],
                 "ms",
-                baseline_name=baseline_name,
+                baseline_name=f"{baseline_name}, same pace",
                 lower_is_better=True,
+                pace=f"one event per stream every {pace:.2f} s",
             ),
             figure(
                 f"durable stream delivery latency p99, {consumers} consumers",
-                durable["latency"]["p99_ms"],
-                plain["latency"]["p99_ms"],
+                paced["latency"]["p99_ms"],
+                paced_plain["latency"]["p99_ms"],
                 "ms",
-                baseline_name=baseline_name,
+                baseline_name=f"{baseline_name}, same pace",
+                lower_is_better=True,
+                pace=f"one event per stream every {pace:.2f} s",
+            ),
+            figure(
+                f"durable stream delivery latency p50 at saturation, {consumers} consumers",
+                durable["latency"]["p50_ms"],
+                plain["latency"]["p50_ms"],
+                "ms",
+                baseline_name=f"{baseline_name}, as fast as it goes",
                 lower_is_better=True,
             ),
         ],
@@ -184,7 +219,7 @@ def _result(
     }
 
 
-async def _plain(sinks: list[list[Any]], events: int) -> dict[str, Any]:
+async def _plain(sinks: list[list[Any]], events: int, pace: float = 0.0) -> dict[str, Any]:
     global SEEN
     expected = sum(len(row) for row in sinks) * events
     SEEN = _Seen(expected)
@@ -193,6 +228,8 @@ async def _plain(sinks: list[list[Any]], events: int) -> dict[str, Any]:
         for _ in range(events):
             sent = time.perf_counter()
             await asyncio.gather(*(sink.receive(sent) for sink in row))
+            if pace:
+                await asyncio.sleep(max(0.0, pace - (time.perf_counter() - sent)))
 
     began, cpu = now(), time.process_time()
     await asyncio.gather(*(publisher(row) for row in sinks))
@@ -203,7 +240,7 @@ async def _plain(sinks: list[list[Any]], events: int) -> dict[str, Any]:
 
 
 async def _streams(
-    cluster: Cluster, namespace: str, streams: int, per_stream: int, events: int
+    cluster: Cluster, namespace: str, streams: int, per_stream: int, events: int, pace: float = 0.0
 ) -> dict[str, Any]:
     global SEEN
     expected = streams * per_stream * events
@@ -212,8 +249,11 @@ async def _streams(
     async def publisher(key: int) -> None:
         stream = cluster.streams.get(namespace, key)
         for n in range(events):
-            await stream.publish(time.perf_counter())
-            if n % 8 == 7:
+            sent = time.perf_counter()
+            await stream.publish(sent)
+            if pace:
+                await asyncio.sleep(max(0.0, pace - (time.perf_counter() - sent)))
+            elif n % 8 == 7:
                 await asyncio.sleep(0)  # (a fast publish never waits: let the loop run)
 
     began, cpu = now(), time.process_time()

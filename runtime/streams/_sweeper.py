@@ -64,11 +64,11 @@ class Sweeper:
     async def sweep(self) -> None:
         """One round over the namespaces this silo owns."""
         silo = self.service.silo
-        if event_log(self.service.storage) is None:
-            return
+        if event_log(self.service.storage) is None or not len(silo.membership.ring):
+            return  # (no log; or the cluster is shutting down: no silo owns anything)
         record = await self.service.storage.read(_NAMESPACES)
         for namespace in decode(record.data) if record.data else []:
-            if silo.hosts(record_id("sweep", namespace)):
+            if len(silo.membership.ring) and silo.hosts(record_id("sweep", namespace)):
                 await self._sweep(namespace)
         self.sweeps += 1
 

@@ -53,8 +53,10 @@ EXPECTED = {
         "durable stream deliveries/s, 10 streams x 3 consumers",
         "durable stream events published/s, 10 publishers",
         "CPU per durable stream delivery, 30 consumers (all threads)",
+        "CPU per fast stream delivery, 30 consumers (all threads)",
         "durable stream delivery latency p50, 30 consumers",
         "durable stream delivery latency p99, 30 consumers",
+        "durable stream delivery latency p50 at saturation, 30 consumers",
     },
     "ray": {
         "Ray activations/s, first calls to new keys",
