@@ -288,13 +288,21 @@ class Cursor:
         held = self.held
         while held and held[0][0] <= position:
             held.popleft()  # consumed already (a redelivery)
-        if not held and self.head > position:
+        if (not held or held[0][0] != position + 1) and self.head > position:
+            held.clear()  # (never skip a position: what does not follow on is read again)
             log = require_log(service.storage, self.stream)
             limit = min(service.settings.max_batch, service.settings.max_in_flight)
             stored = await log.read_stream(self.stream.log_name(), position + 1, limit)
-            held.extend((e.version, e.data, e.event_id) for e in stored)
-            if stored:
-                self.head = max(self.head, stored[-1].version)
+            fresh = [(e.version, e.data, e.event_id) for e in stored]
+            # Events offered while the read was under way follow on only after it.
+            last = fresh[-1][0] if fresh else position
+            for offered in held:
+                if offered[0] == last + 1:
+                    fresh.append(offered)
+                    last += 1
+            held.clear()
+            held.extend(fresh)
+            self.head = max(self.head, last)
         if not held:
             return
         if self.attempts >= service.settings.max_attempts:
