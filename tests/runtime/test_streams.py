@@ -6,6 +6,7 @@ test_stream_crash.py; node death in tests/ray/test_streams_failover.py."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -271,3 +272,17 @@ async def test_durable_streams_on_postgresql(postgres_url: str) -> None:
         await _seen(cluster, Flaky, "pg", 2)
         letters = await cluster.streams.dead_letters("flaky")
         assert [(letter.data, letter.position) for letter in letters] == [("poison", 2)]
+
+
+async def test_explicit_subscriptions_and_positions_survive_a_full_restart(
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite:///{tmp_path / 'streams.db'}"
+    async with Cluster.local(actors=app.ALL_ACTORS, storage=store, streams=SETTINGS) as first:
+        sub = await first.get(Subscriber, "kept").subscribe("feed", "restart")
+        await first.streams.get("feed", "restart").publish_many(["a", "b"])
+        await _seen(first, Subscriber, "kept", 2)
+    async with Cluster.local(actors=app.ALL_ACTORS, storage=store, streams=SETTINGS) as second:
+        await second.streams.get("feed", "restart").publish("c")
+        seen = await _seen(second, Subscriber, "kept", 3)
+        assert [(s[0], s[2], s[3]) for s in seen] == [(sub, 1, "a"), (sub, 2, "b"), (sub, 3, "c")]
