@@ -29,4 +29,4 @@ async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions
     except BaseException:
         writer.transport.abort()
         raise
-    return Connection(reader, writer, peer, options.max_frame_bytes)
+    return Connection(reader, writer, peer, options.max_frame_bytes, outbound=True)

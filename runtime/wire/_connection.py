@@ -13,7 +13,8 @@ __all__ = ["Connection", "PeerLog"]
 
 
 class Connection:
-    """A connection to (or from) the endpoint ``peer``, past its handshake."""
+    """A connection to (``outbound``: we dialled) or from the endpoint ``peer``, past its
+    handshake."""
 
     def __init__(
         self,
@@ -21,8 +22,10 @@ class Connection:
         writer: asyncio.StreamWriter,
         peer: str,
         max_frame_bytes: int,
+        outbound: bool = False,
     ) -> None:
         self.peer = peer
+        self.outbound = outbound
         self.remote = remote_host(writer)
         self._reader = reader
         self._writer = writer

@@ -43,6 +43,7 @@ from raygrain.runtime.kernel import (
 from raygrain.runtime.wire._client import dial
 from raygrain.runtime.wire._connection import Connection, PeerLog
 from raygrain.runtime.wire._framing import ProtocolError
+from raygrain.runtime.wire._in_flight import InFlight
 from raygrain.runtime.wire._options import WireOptions
 from raygrain.runtime.wire._server import WireServer
 
@@ -53,9 +54,6 @@ __all__ = ["MAX_BATCH_MESSAGES", "Locate", "WireTransport"]
 MAX_BATCH_MESSAGES = 250
 # Failed dials retried in the background before the link waits for the next message to try.
 _BACKGROUND_DIALS = 8
-# Calls tracked as written and unanswered, past which the stale ones (long past their
-# deadline: their silo never answered) are pruned.
-_PRUNE_AT = 100_000
 
 Locate = Callable[[str], Awaitable[tuple[str, int] | None]]
 
@@ -106,7 +104,7 @@ class WireTransport:
         self._outboxes: dict[Connection, list[Request | Response]] = {}
         self._waiting: dict[str, list[Request | Response]] = {}  # for links still connecting
         self._flush_scheduled = False
-        self._in_flight: dict[int, tuple[str, Request, float]] = {}  # our calls, written
+        self._in_flight = InFlight(address)  # calls written on our links, unanswered
         self._fallen_back: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: WireServer | None = None
@@ -194,8 +192,7 @@ class WireTransport:
             return
         if link.dials is not None:
             link.dials.cancel()
-        for call_id in [c for c, (d, _, _) in self._in_flight.items() if d == destination]:
-            del self._in_flight[call_id]
+        self._in_flight.forget(destination)
         for message in self._waiting.pop(destination, ()):
             if isinstance(message, Request):
                 if self._fallback is not None:
@@ -345,7 +342,7 @@ class WireTransport:
                     raise ProtocolError("a request sent to a client")
                 self._local_silo.deliver_request(message)
             else:
-                self._in_flight.pop(message.call_id, None)
+                self._in_flight.answered(message.call_id)
                 self._local.deliver_response(message)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
@@ -378,16 +375,14 @@ class WireTransport:
                 self.reply(connection.peer, message)
 
     def _fail_in_flight(self, destination: str) -> None:
-        lost = [cid for cid, (dest, _, _) in self._in_flight.items() if dest == destination]
-        for call_id in lost:
-            _, request, _ = self._in_flight.pop(call_id)
-            self._fail(
-                request,
-                SiloUnavailableError(
-                    f"the connection to silo {destination} broke while {request.target}."
-                    f"{request.method} was in flight; it may or may not have run"
-                ),
+        now = asyncio.get_running_loop().time()
+        for call in self._in_flight.lost(destination, now):
+            forwarded = f" (forwarded by {self.address})" if call.forwarded else ""
+            error = SiloUnavailableError(
+                f"the connection to silo {destination} broke while {call.target}.{call.method}"
+                f"{forwarded} was in flight; it may or may not have run"
             )
+            self._fail_call(call.call_id, call.reply_to, error)
 
     def _resend_by_fallback(self, destination: str, request: Request) -> None:
         assert self._fallback is not None
@@ -407,12 +402,15 @@ class WireTransport:
             self._fail(request, exc)
 
     def _fail(self, request: Request, error: Exception) -> None:
-        response = Response(request.call_id, False, encode_error(error, self.address))
-        if request.reply_to == self.address:
+        self._fail_call(request.call_id, request.reply_to, error)
+
+    def _fail_call(self, call_id: int, reply_to: str, error: Exception) -> None:
+        response = Response(call_id, False, encode_error(error, self.address))
+        if reply_to == self.address:
             if self._local is not None:
                 self._local.deliver_response(response)
         else:
-            self.reply(request.reply_to, response)
+            self.reply(reply_to, response)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -448,13 +446,8 @@ class WireTransport:
             else:
                 self._too_large(messages[0], len(blob))
             return
-        mine = self.address
-        now = asyncio.get_running_loop().time()
-        for message in messages:
-            if type(message) is Request and message.reply_to == mine:
-                self._in_flight[message.call_id] = (connection.peer, message, now)
-        if len(self._in_flight) > _PRUNE_AT:
-            self._prune(now)
+        if connection.outbound:
+            self._in_flight.written(connection.peer, messages, asyncio.get_running_loop().time())
         connection.send(blob)
         self.batches_sent += 1
         self.messages_sent += len(messages)
@@ -470,15 +463,6 @@ class WireTransport:
             self._fail(message, error)
         else:
             get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)
-
-    def _prune(self, now: float) -> None:
-        stale = [
-            cid
-            for cid, (_, request, sent) in self._in_flight.items()
-            if sent + request.timeout + 60.0 < now
-        ]
-        for call_id in stale:
-            del self._in_flight[call_id]
 
     async def aclose(self) -> None:
         self.closed = True
