@@ -72,7 +72,15 @@ class WireServer:
             reason = "no handshake in time" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
             self._log.refused(remote_host(writer), "wire_connection_refused", reason=reason)
             return
-        await self._serve(Connection(reader, writer, peer, self._options.max_frame_bytes))
+        options = self._options
+        connection = Connection(
+            reader,
+            writer,
+            peer,
+            options.max_frame_bytes,
+            write_buffer_bytes=options.write_buffer_bytes,
+        )
+        await self._serve(connection)
 
     async def aclose(self) -> None:
         if self._server is not None:

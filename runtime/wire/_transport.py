@@ -2,15 +2,15 @@
 
 Outbound, one link per destination silo: it dials the address that ``locate`` finds for the
 silo, and messages wait on it while it connects. Inbound, the connections that other endpoints
-opened to this one's server (silos listen; clients only dial). Every message for one connection
-produced in one event-loop iteration travels in one frame (a kernel ``pack_batch``), or several
-once ``MAX_BATCH_MESSAGES`` are waiting, so that the receiver works on one while the sender
-produces the next. A response goes back on a connection to its destination, our link to it or
-the one it opened to us: a client gets its answers on the connections it opened, no polling.
+opened to this one's server (silos listen; clients only dial). Messages are written in batches
+per connection, with backpressure (``Outboxes``). A response goes back on a connection to its
+destination, our link to it or the one it opened to us: a client gets its answers on the
+connections it opened, no polling.
 
 Failures: when a connection breaks, the calls this endpoint wrote on it and has not seen
 answered fail with ``SiloUnavailableError`` (their fate is unknown), and messages not yet
-written wait for the reconnection, which starts at once. A silo that cannot be dialled: its
+written wait for the reconnection, which starts at once (``InFlight`` keeps the book, calls
+forwarded for others included). A silo that cannot be dialled: its
 messages go by the ``fallback`` transport (Ray) when there is one, logged once; without one,
 its calls fail with ``SiloUnavailableError`` saying they were not delivered. Failed dials are
 retried with exponential backoff.
@@ -21,14 +21,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
-from raygrain.actors import (
-    MalformedMessageError,
-    MessageTooLargeError,
-    SiloUnavailableError,
-    encode_error,
-)
+from raygrain.actors import MalformedMessageError, SiloUnavailableError, encode_error
 from raygrain.runtime.kernel import (
     Endpoint,
     Malformed,
@@ -37,7 +33,6 @@ from raygrain.runtime.kernel import (
     SiloEndpoint,
     Transport,
     get_logger,
-    pack_batch,
     unpack_batch,
 )
 from raygrain.runtime.wire._client import dial
@@ -45,13 +40,11 @@ from raygrain.runtime.wire._connection import Connection, PeerLog
 from raygrain.runtime.wire._framing import ProtocolError
 from raygrain.runtime.wire._in_flight import InFlight
 from raygrain.runtime.wire._options import WireOptions
+from raygrain.runtime.wire._outbox import MAX_BATCH_MESSAGES, Outboxes
 from raygrain.runtime.wire._server import WireServer
 
 __all__ = ["MAX_BATCH_MESSAGES", "Locate", "WireTransport"]
 
-# Messages for one connection that leave at once, without waiting for the end of the loop
-# iteration (as RayTransport's batches).
-MAX_BATCH_MESSAGES = 250
 # Failed dials retried in the background before the link waits for the next message to try.
 _BACKGROUND_DIALS = 8
 
@@ -101,18 +94,16 @@ class WireTransport:
         self._links: dict[str, _Link] = {}
         self._inbound: dict[str, Connection] = {}  # the newest connection from each peer
         self._connections: set[Connection] = set()  # every live one, both ways
-        self._outboxes: dict[Connection, list[Request | Response]] = {}
         self._waiting: dict[str, list[Request | Response]] = {}  # for links still connecting
-        self._flush_scheduled = False
         self._in_flight = InFlight(address)  # calls written on our links, unanswered
         self._fallen_back: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: WireServer | None = None
         self.log = PeerLog()
         self.closed = False
-        self.batches_sent = 0
-        self.messages_sent = 0
-        self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
+        self._outboxes = Outboxes(
+            options, self._in_flight, self.log, self._lost, self._fail, self._spawn
+        )
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -125,6 +116,23 @@ class WireTransport:
         address to publish."""
         self._server = WireServer(self.options, self._serve, self.log)
         return await self._server.start(host, port)
+
+    @property
+    def batches_sent(self) -> int:
+        return self._outboxes.batches_sent
+
+    @property
+    def messages_sent(self) -> int:
+        return self._outboxes.messages_sent
+
+    @property
+    def on_batch(self) -> Callable[[int], object] | None:
+        """Told each batch's size as it is written (metrics)."""
+        return self._outboxes.on_batch
+
+    @on_batch.setter
+    def on_batch(self, observe: Callable[[int], object] | None) -> None:
+        self._outboxes.on_batch = observe
 
     @property
     def refused(self) -> int:
@@ -151,7 +159,7 @@ class WireTransport:
                 )
         if link.state is LinkState.UP:
             assert link.connection is not None
-            self._enqueue(link.connection, request)
+            self._outboxes.enqueue(link.connection, request)
         else:
             self._wait_for(link, request)
 
@@ -162,11 +170,11 @@ class WireTransport:
         link = self._links.get(destination)
         if link is not None and link.state is LinkState.UP:
             assert link.connection is not None
-            self._enqueue(link.connection, response)
+            self._outboxes.enqueue(link.connection, response)
             return
         inbound = self._inbound.get(destination)
         if inbound is not None:
-            self._enqueue(inbound, response)
+            self._outboxes.enqueue(inbound, response)
         elif link is not None and link.state is LinkState.CONNECTING:
             self._wait_for(link, response)
         elif self._fallback is not None:
@@ -272,7 +280,7 @@ class WireTransport:
             get_logger().info("wire_direct_restored", silo=link.destination)
         self._adopt(connection)
         for message in self._waiting.pop(link.destination, ()):
-            self._enqueue(connection, message)
+            self._outboxes.enqueue(connection, message)
 
     def _dial_failed(self, link: _Link, exc: Exception) -> None:
         if self._links.get(link.destination) is not link:
@@ -308,7 +316,10 @@ class WireTransport:
         await self._read(connection)
 
     def _adopt(self, connection: Connection) -> None:
-        task = asyncio.ensure_future(self._read(connection))
+        self._spawn(self._read(connection))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -355,10 +366,10 @@ class WireTransport:
 
     def _lost(self, connection: Connection) -> None:
         """``connection`` ended: fail our calls written on it, keep what was not written."""
-        if connection not in self._connections and connection not in self._outboxes:
+        if connection not in self._connections and not self._outboxes.holds(connection):
             return  # already handled
         self._connections.discard(connection)
-        unsent = self._outboxes.pop(connection, [])
+        unsent = self._outboxes.take(connection)
         if self._inbound.get(connection.peer) is connection:
             del self._inbound[connection.peer]
         link = self._links.get(connection.peer)
@@ -411,58 +422,6 @@ class WireTransport:
                 self._local.deliver_response(response)
         else:
             self.reply(reply_to, response)
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def _enqueue(self, connection: Connection, message: Request | Response) -> None:
-        outbox = self._outboxes.get(connection)
-        if outbox is None:
-            outbox = self._outboxes[connection] = []
-        outbox.append(message)
-        if len(outbox) >= MAX_BATCH_MESSAGES:
-            del self._outboxes[connection]
-            self._write(connection, outbox)
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        outboxes, self._outboxes = self._outboxes, {}
-        for connection, messages in outboxes.items():
-            self._write(connection, messages)
-
-    def _write(self, connection: Connection, messages: list[Request | Response]) -> None:
-        if connection.closed:
-            self._outboxes.setdefault(connection, []).extend(messages)
-            self._lost(connection)
-            return
-        blob = pack_batch(messages)
-        if len(blob) > self.options.max_frame_bytes:
-            if len(messages) > 1:
-                half = len(messages) // 2
-                self._write(connection, messages[:half])
-                self._write(connection, messages[half:])
-            else:
-                self._too_large(messages[0], len(blob))
-            return
-        if connection.outbound:
-            self._in_flight.written(connection.peer, messages, asyncio.get_running_loop().time())
-        connection.send(blob)
-        self.batches_sent += 1
-        self.messages_sent += len(messages)
-        if self.on_batch is not None:
-            self.on_batch(len(messages))
-
-    def _too_large(self, message: Request | Response, size: int) -> None:
-        error = MessageTooLargeError(
-            f"a message of {size} bytes is over the wire's {self.options.max_frame_bytes}-byte "
-            "frame limit (max_frame_bytes)"
-        )
-        if isinstance(message, Request):
-            self._fail(message, error)
-        else:
-            get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -4,14 +4,42 @@ connection under forwarded calls, and peers that do not read what is written to 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from typing import Any
 
 import pytest
 
-from raygrain.actors import ActorCallTimeout, ActorId, SiloUnavailableError
-from raygrain.runtime.kernel import Membership, SiloStatus
-from raygrain.runtime.wire import WireOptions
-from tests.app import Recorder
+from raygrain.actors import (
+    ActorCallTimeout,
+    ActorId,
+    ActorOverloadedError,
+    SiloUnavailableError,
+    encode,
+)
+from raygrain.runtime.kernel import (
+    Membership,
+    Request,
+    Response,
+    SiloStatus,
+    pack_batch,
+    unpack_batch,
+)
+from raygrain.runtime.wire import (
+    WireOptions,
+    accept_handshake,
+    offer_handshake,
+    read_frame,
+    write_frame,
+)
+from tests.app import Chain, Recorder
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
+
+# Small limits, so that a few MiB show the bound: the socket's buffer, a frame, the backlog.
+TIGHT = WireOptions(
+    SECRET, write_buffer_bytes=64 * 1024, max_frame_bytes=256 * 1024, max_backlog_bytes=1 << 20
+)
+HELD_AT_MOST = TIGHT.write_buffer_bytes + TIGHT.max_frame_bytes + TIGHT.backlog_limit
+PAYLOAD = "x" * 60_000
 
 
 def _key_owned_by(silo: str, silos: list[str]) -> str:
@@ -53,6 +81,87 @@ async def test_a_forwarded_call_fails_at_once_when_the_silo_to_silo_connection_b
         await client.aclose()
         silo_a.stop()
         silo_b.stop()
+
+
+async def test_a_silo_that_does_not_read_holds_its_callers_memory_bounded() -> None:
+    """A silo that stops reading (a stuck process, a slow network): its caller writes while the
+    socket takes it, then holds what follows in a bounded backlog, and past it refuses calls
+    with ``ActorOverloadedError`` (not sent) instead of buffering without bound. When the silo
+    reads again, every call that was not refused is delivered and answered."""
+    reading = asyncio.Event()
+    received: list[int] = []
+
+    async def stuck_silo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_handshake(reader, writer, SECRET)
+        await reading.wait()
+        while True:
+            requests = unpack_batch(await read_frame(reader, TIGHT.max_frame_bytes))
+            received.extend(r.call_id for r in requests)
+            answers = [Response(r.call_id, True, encode("ok")) for r in requests]
+            write_frame(writer, pack_batch(answers))  # type: ignore[arg-type]
+
+    server = await asyncio.start_server(stuck_silo, "127.0.0.1", 0)
+    directory = Directory()
+    directory.addresses["silo-a"] = ("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = Client(directory, TIGHT, ["silo-a"])
+    calls: list[asyncio.Future[Any]] = []
+    held = 0
+    try:
+        for index in itertools.count():
+            calls.append(asyncio.ensure_future(client.ref(Chain, f"k{index}").echo(PAYLOAD)))
+            await asyncio.sleep(0)
+            link = client.transport._links["silo-a"]  # (white-box: what the writer holds)
+            if link.connection is not None:
+                held = max(held, link.connection.buffered_bytes())
+            if calls[-1].done() or index == 5000:
+                break
+        with pytest.raises(ActorOverloadedError, match="not reading fast enough.*was not sent"):
+            await calls[-1]
+        assert held <= HELD_AT_MOST
+        reading.set()
+        sent = calls[:-1]
+        outcomes = await asyncio.gather(*sent, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, ActorOverloadedError)]
+        assert outcomes.count("ok") == len(received) == len(sent) - len(refused)
+    finally:
+        for call in calls:
+            call.cancel()
+        await client.aclose()
+        server.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_is_cut_off(log: Any) -> None:
+    """A client that sends calls and never reads the answers: the silo keeps its backlog of
+    answers bounded and closes the connection once past it; it goes on serving others."""
+    directory = Directory()
+    silo = SiloInThread("silo-a", directory, TIGHT, ["silo-a"])
+    count = 512  # 30 MiB of answers: more than the sockets' buffers and the backlog
+    try:
+        reader, writer = await asyncio.open_connection(*silo.address)
+        await offer_handshake(reader, writer, SECRET, "client-slow")
+        payload = encode([[PAYLOAD], {}])
+        requests = [
+            Request(i, ActorId("test.Chain", f"s{i}"), "echo", payload, "client-slow", 30.0)
+            for i in range(count)
+        ]
+        answered = 0
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            for start in range(0, count, 4):  # (cut off while still writing, as like as not)
+                write_frame(writer, pack_batch(requests[start : start + 4]))  # type: ignore[arg-type]
+                await writer.drain()
+            async with asyncio.timeout(60):  # (a guard: an answer that never comes)
+                while True:
+                    answered += len(unpack_batch(await read_frame(reader, 1 << 30)))
+        assert answered < count
+        writer.close()
+        client = Client(directory, WireOptions(SECRET), ["silo-a"])
+        try:
+            assert await client.ref(Chain, "other").echo("still serving") == "still serving"
+        finally:
+            await client.aclose()
+    finally:
+        silo.stop()
+    assert log.readouterr().err.count("wire_peer_not_reading") == 1
 
 
 async def _close_link(silo: SiloInThread, destination: str) -> None:
