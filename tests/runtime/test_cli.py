@@ -163,3 +163,20 @@ def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -
             holder.kill()
             holder.wait()
         holder.stdout.close()
+
+
+def test_up_spells_storage_and_transport_apart_and_the_old_spelling_still_works() -> None:
+    helped = subprocess.run(
+        [sys.executable, "-c", MAIN, "up", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "--no-storage-server" in helped and "--transport {direct,ray}" in helped
+    assert "deprecated spelling of --no-storage-server" in helped
+    # Refused later (no such module), so nothing reaches Ray; the old flag is named first.
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN, "up", "--actors", "no_such_module_here", "--direct"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--direct is deprecated, use --no-storage-server" in done.stderr
