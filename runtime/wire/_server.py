@@ -49,8 +49,14 @@ class WireServer:
 
     async def start(self, host: str, port: int = 0) -> tuple[str, int]:
         """Listen on ``host`` (port 0: one the OS chooses); returns the address to publish."""
+        options = self._options
         self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=self._options.server_ssl
+            self._accept,
+            host,
+            port,
+            ssl=options.server_ssl,
+            # (asyncio's default is 60 s: a dialer that says nothing is dropped as soon without TLS)
+            ssl_handshake_timeout=options.handshake_timeout if options.server_ssl else None,
         )
         bound = self._server.sockets[0].getsockname()
         self.address = (host, int(bound[1]))
