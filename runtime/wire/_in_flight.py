@@ -50,6 +50,9 @@ class InFlight:
         self._own: dict[int, tuple[str, Request, float]] = {}  # call id: (link, request, deadline)
         # link: (deadline, call id, caller, target, method), oldest first
         self._forwarded: dict[str, deque[tuple[float, int, str, ActorId, str]]] = {}
+        # answered(call_id, None): the call's answer arrived (for every answer: a bound method
+        # of the dict, not a method of ours that calls it)
+        self.answered = self._own.pop
 
     def written(self, destination: str, messages: list[Request | Response], now: float) -> None:
         """``messages`` were written on the link to ``destination``."""
@@ -63,9 +66,6 @@ class InFlight:
                     self._forwarding(destination, message, now)
         if len(own) > _PRUNE_AT:
             self._prune(now)
-
-    def answered(self, call_id: int) -> None:
-        self._own.pop(call_id, None)
 
     def lost(self, destination: str, now: float) -> list[LostCall]:
         """The link to ``destination`` broke: the calls written on it that may still be

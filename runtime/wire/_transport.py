@@ -345,16 +345,18 @@ class WireTransport:
         messages = unpack_batch(blob, malformed.append)
         for bad in malformed:
             self._answer_malformed(connection, bad)
-        if self._local is None:
+        local, silo = self._local, self._local_silo
+        if local is None:
             raise ProtocolError("this endpoint is not bound")
+        answered = self._in_flight.answered
         for message in messages:
             if isinstance(message, Request):
-                if self._local_silo is None:
+                if silo is None:
                     raise ProtocolError("a request sent to a client")
-                self._local_silo.deliver_request(message)
+                silo.deliver_request(message)
             else:
-                self._in_flight.answered(message.call_id)
-                self._local.deliver_response(message)
+                answered(message.call_id, None)
+                local.deliver_response(message)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(
