@@ -61,6 +61,7 @@ class Outboxes:
         self._flush_scheduled = False
         self.batches_sent = 0
         self.messages_sent = 0
+        self.cut_off = 0  # connections closed because the peer did not read its answers
         self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
 
     def enqueue(self, connection: Connection, message: Message) -> None:
@@ -130,6 +131,7 @@ class Outboxes:
                 peer=connection.peer,
                 backlog_bytes=connection.backlog_bytes,
             )
+            self.cut_off += 1
             assert connection.backlog is not None
             connection.backlog.extend(refused)  # re-routed with the rest as the connection ends
             connection.close()

@@ -46,6 +46,7 @@ class WireServer:
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0  # connections dropped before or during the handshake
+        self._handshaking: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int = 0) -> tuple[str, int]:
         """Listen on ``host`` (port 0: one the OS chooses); returns the address to publish."""
@@ -63,6 +64,7 @@ class WireServer:
         return self.address
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._handshaking.add(writer)
         try:
             peer = await asyncio.wait_for(
                 accept_handshake(reader, writer, self._options.secret),
@@ -78,6 +80,8 @@ class WireServer:
             reason = "no handshake in time" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
             self._log.refused(remote_host(writer), "wire_connection_refused", reason=reason)
             return
+        finally:
+            self._handshaking.discard(writer)
         options = self._options
         connection = Connection(
             reader,
@@ -90,5 +94,7 @@ class WireServer:
 
     async def aclose(self) -> None:
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # (stops listening; connections already accepted stay open)
             self._server = None
+        for writer in self._handshaking:  # the authenticated ones are the transport's to close
+            writer.transport.abort()

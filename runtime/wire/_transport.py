@@ -135,6 +135,11 @@ class WireTransport:
         self._outboxes.on_batch = observe
 
     @property
+    def cut_off(self) -> int:
+        """Connections closed because their peer did not read its answers (backpressure)."""
+        return self._outboxes.cut_off
+
+    @property
     def refused(self) -> int:
         """Connections the server dropped before or during their handshake."""
         return self._server.refused if self._server is not None else 0
@@ -167,14 +172,17 @@ class WireTransport:
         if destination == self.address and self._local is not None:
             self._local.deliver_response(response)
             return
+        # On the connection the call came on, when it came on one (the peer dialled us): that
+        # is where the caller's book has it, so if this connection breaks, the caller knows
+        # the answer may be lost. On our own link to the peer, it could be lost unnoticed.
+        inbound = self._inbound.get(destination)
+        if inbound is not None:
+            self._outboxes.enqueue(inbound, response)
+            return
         link = self._links.get(destination)
         if link is not None and link.state is LinkState.UP:
             assert link.connection is not None
             self._outboxes.enqueue(link.connection, response)
-            return
-        inbound = self._inbound.get(destination)
-        if inbound is not None:
-            self._outboxes.enqueue(inbound, response)
         elif link is not None and link.state is LinkState.CONNECTING:
             self._wait_for(link, response)
         elif self._fallback is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from raygrain.runtime.wire import (
     read_frame,
     write_frame,
 )
-from tests.app import Chain, Recorder
+from tests.app import GATES, Chain, Recorder
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
 
 # Small limits, so that a few MiB show the bound: the socket's buffer, a frame, the backlog.
@@ -42,15 +43,19 @@ HELD_AT_MOST = TIGHT.write_buffer_bytes + TIGHT.max_frame_bytes + TIGHT.backlog_
 PAYLOAD = "x" * 60_000
 
 
-def _key_owned_by(silo: str, silos: list[str]) -> str:
+def _keys_owned_by(
+    silo: str, silos: list[str], type_name: str = "test.Recorder", count: int = 1
+) -> list[str]:
     membership = Membership()
     for name in silos:
         membership.set_status(name, SiloStatus.ACTIVE)
-    return next(
-        key
-        for key in (f"k{i}" for i in range(1000))
-        if membership.ring.owner(ActorId("test.Recorder", key)) == silo
-    )
+    keys = (f"k{i}" for i in itertools.count())
+    owned = (key for key in keys if membership.ring.owner(ActorId(type_name, key)) == silo)
+    return list(itertools.islice(owned, count))
+
+
+def _key_owned_by(silo: str, silos: list[str], type_name: str = "test.Recorder") -> str:
+    return _keys_owned_by(silo, silos, type_name)[0]
 
 
 async def test_a_forwarded_call_fails_at_once_when_the_silo_to_silo_connection_breaks() -> None:
@@ -162,6 +167,50 @@ async def test_a_client_that_does_not_read_its_answers_is_cut_off(log: Any) -> N
     finally:
         silo.stop()
     assert log.readouterr().err.count("wire_peer_not_reading") == 1
+
+
+async def test_a_silo_that_stops_reading_its_answers_sees_its_calls_fail_not_hang() -> None:
+    """silo-a's actors call an actor on silo-b for large answers, and silo-a stops reading
+    (its loop is blocked) while silo-b answers. silo-b keeps its backlog bounded and cuts the
+    connection the answers are on. That is the connection silo-a's calls came on, so silo-a
+    sees it break and fails them at once (or they completed): none waits for its deadline.
+    (Were the answers on silo-b's own link to silo-a, the cut would lose them unnoticed.)"""
+    names = ["silo-a", "silo-b"]
+    directory = Directory()
+    silo_a, silo_b = (SiloInThread(name, directory, TIGHT, names) for name in names)
+    client = Client(directory, TIGHT, names)
+    on_a = _keys_owned_by("silo-a", names, "test.Chain", count=40)
+    holder = client.ref(Chain, _key_owned_by("silo-b", names, "test.Chain"))
+    gate_keeper = client.ref(Recorder, _key_owned_by("silo-b", names))
+    unblock = threading.Event()
+    try:
+        # silo-b gets a link of its own to silo-a (it calls an actor there).
+        assert await holder.relay(client.ref(Chain, on_a[0]), "ping") == f"pong from {on_a[0]}"
+        # The holder on silo-b is busy until the gate opens; the calls for large answers
+        # queue behind it.
+        busy = asyncio.ensure_future(holder.relay(gate_keeper, "wait_for", "answers-held"))
+        await _until(lambda: "answers-held" in GATES)
+        calls = [
+            asyncio.ensure_future(client.ref(Chain, key).relay(holder, "make_bytes", 200_000))
+            for key in on_a
+        ]
+        await _until(lambda: silo_b.silo.calls_received >= 3 + len(on_a))
+        blocked = threading.Event()
+        silo_a.loop.call_soon_threadsafe(lambda: (blocked.set(), unblock.wait(60)))
+        assert await asyncio.to_thread(blocked.wait, 30)  # silo-a reads nothing from now on
+        await gate_keeper.release("answers-held")  # silo-b answers 40 x 200 kB to silo-a
+        await _until(lambda: silo_b.transport.cut_off >= 1, limit=30)
+        unblock.set()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        await busy
+    finally:
+        unblock.set()
+        await client.aclose()
+        silo_a.stop()
+        silo_b.stop()
+    timeouts = [o for o in outcomes if isinstance(o, ActorCallTimeout)]
+    assert not timeouts, f"{len(timeouts)} of {len(calls)} calls waited for their deadline"
+    assert all(isinstance(o, (bytes, SiloUnavailableError)) for o in outcomes), outcomes
 
 
 async def _close_link(silo: SiloInThread, destination: str) -> None:
