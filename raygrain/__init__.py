@@ -60,16 +60,28 @@ from raygrain.actors import (
 )
 from raygrain.runtime import (
     Cluster,
+    EventSourcedActor,
     FailureDetection,
     ManualClock,
     MetricsSettings,
+    Projection,
+    ReadResult,
     ReminderSettings,
+    Rows,
+    Session,
     SystemClock,
     TracingSettings,
     TransactionSettings,
+    Written,
     configure_logging,
 )
-from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider, open_storage
+from raygrain.storage import (
+    MemoryStorage,
+    SqliteStorage,
+    StorageProvider,
+    StoredEvent,
+    open_storage,
+)
 
 try:
     __version__ = version("raygrain")
@@ -91,6 +103,7 @@ __all__ = [
     "ConfigurationError",
     "DeactivationReason",
     "DeadlockError",
+    "EventSourcedActor",
     "FailureDetection",
     "InconsistentStateError",
     "InvalidArgumentsError",
@@ -103,12 +116,16 @@ __all__ = [
     "MessageTooLargeError",
     "MetricsSettings",
     "Persistence",
+    "Projection",
     "RaygrainError",
+    "ReadResult",
     "Reminder",
     "ReminderSettings",
     "ReminderTick",
     "RemoteActorError",
+    "Rows",
     "SerializationError",
+    "Session",
     "SiloUnavailableError",
     "SqliteStorage",
     "StaleReminderError",
@@ -116,6 +133,7 @@ __all__ = [
     "StorageError",
     "StorageProvider",
     "StorageSchemaError",
+    "StoredEvent",
     "SystemClock",
     "Timer",
     "TracingSettings",
@@ -126,6 +144,7 @@ __all__ = [
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "Written",
     "WrongExpectedVersionError",
     "__version__",
     "always_interleave",

@@ -4,6 +4,14 @@
 """
 
 from raygrain.runtime.cluster import Cluster
+from raygrain.runtime.events import (
+    EventSourcedActor,
+    Projection,
+    ReadResult,
+    Rows,
+    Session,
+    Written,
+)
 from raygrain.runtime.kernel import (
     Clock,
     ConsistentHashRing,
@@ -23,14 +31,20 @@ __all__ = [
     "Clock",
     "Cluster",
     "ConsistentHashRing",
+    "EventSourcedActor",
     "FailureDetection",
     "ManualClock",
     "MembershipView",
     "MetricsSettings",
+    "Projection",
+    "ReadResult",
     "ReminderSettings",
+    "Rows",
+    "Session",
     "SiloStatus",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",
+    "Written",
     "configure_logging",
 ]

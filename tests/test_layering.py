@@ -70,9 +70,10 @@ EXPORTS = {
         "absolute_storage_url", "check_storage_url", "open_storage", "tell_written",
     },
     "runtime": {
-        "Clock", "Cluster", "ConsistentHashRing", "FailureDetection", "ManualClock",
-        "MembershipView", "MetricsSettings", "ReminderSettings", "SiloStatus",
-        "SystemClock", "TracingSettings", "TransactionSettings", "configure_logging",
+        "Clock", "Cluster", "ConsistentHashRing", "EventSourcedActor", "FailureDetection",
+        "ManualClock", "MembershipView", "MetricsSettings", "Projection", "ReadResult",
+        "ReminderSettings", "Rows", "Session", "SiloStatus", "SystemClock", "TracingSettings",
+        "TransactionSettings", "Written", "configure_logging",
     },
 }  # fmt: skip
 
@@ -88,7 +89,8 @@ def test_the_top_level_package_reexports_the_user_api() -> None:
 TOP_LEVEL = {
     "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId", "ActorKey",
     "ActorOptions", "ActorRef", "Cluster", "ClusterClosedError", "ClusterNotStartedError",
-    "ConfigurationError", "DeactivationReason",
+    "ConfigurationError", "DeactivationReason", "EventSourcedActor", "Projection", "ReadResult",
+    "Rows", "Session", "StoredEvent", "Written",
     "DeadlockError", "FailureDetection", "InconsistentStateError", "InvalidArgumentsError",
     "InvalidCallError", "InvalidEventError", "InvalidScheduleError", "ManualClock",
     "MalformedMessageError",
@@ -130,10 +132,11 @@ ROOMS: dict[str, set[str]] = {
     "membership": {"kernel"},
     "transactions": {"kernel"},
     "timers": {"kernel"},
+    "events": {"kernel"},
     "wire": {"kernel"},
     "metrics": {"kernel", "transactions"},
     "tracing": {"kernel", "transactions"},
-    "_capabilities": {"kernel", "transactions", "timers", "metrics", "tracing"},
+    "_capabilities": {"kernel", "transactions", "timers", "events", "metrics", "tracing"},
     "ray_host": {"kernel", "membership", "wire", "metrics", "_capabilities"},
     "cluster": {
         "kernel",
