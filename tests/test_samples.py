@@ -52,3 +52,9 @@ def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
     out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
     assert "alice's cart expired: OK" in out
     assert "bob's cart expired after a restart: OK" in out
+
+
+def test_orders_keeps_two_read_models_and_shows_each_consistency_level(tmp_path: Path) -> None:
+    out = _run("samples.orders", "--orders", "60", "--db", str(tmp_path / "orders.db"))
+    assert "read-your-writes: ana's open orders include 'mine': True" in out
+    assert "read models agree with the write model: OK" in out
