@@ -61,6 +61,7 @@ class EventsService(Extension):
     def __init__(self) -> None:
         self.silo: Silo
         self.runners: dict[str, ProjectionRunner] = {}  # projection type name -> runner here
+        self._log: EventLog | None = None
 
     @property
     def storage(self) -> StorageProvider:
@@ -68,12 +69,16 @@ class EventsService(Extension):
 
     @property
     def log(self) -> EventLog:
+        if self._log is not None:
+            return self._log
         storage = self.silo.storage
+        # (Checked once: isinstance on a runtime protocol looks up every method by name.)
         if not isinstance(storage, EventLog):
             raise ConfigurationError(
                 f"event sourcing needs a storage provider with an event log; "
                 f"{type(storage).__name__} has none (use memory, sqlite or postgresql)"
             )
+        self._log = storage
         return storage
 
     def attach(self, silo: Silo) -> None:
