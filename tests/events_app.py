@@ -102,3 +102,26 @@ class Totals(Projection, name="es.Totals", sources=[Account]):
 
 
 ES_ACTORS = [Account, Balances, Totals]
+
+
+class _Counts(Projection):
+    """Counts each stream's events (the Ray test's read model)."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        rows.put(stored.stream, await rows.get(stored.stream, 0) + 1)
+
+
+# Projections are placed on the ring by type name: among sixteen, a few land on any one silo,
+# so the Ray test can pick those hosted on the node it kills. (Module-level names: Ray imports
+# them by reference.)
+RAY_PROJECTIONS: list[type[Projection]] = []
+for _index in range(16):
+    _projection = type(
+        f"Counts{_index}",
+        (_Counts,),
+        {"__module__": __name__},
+        name=f"es.Counts{_index}",
+        sources=[Account],
+    )
+    globals()[_projection.__name__] = _projection
+    RAY_PROJECTIONS.append(_projection)
