@@ -39,7 +39,7 @@ from raygrain.storage._events import (
 if TYPE_CHECKING:
     import aiosqlite
 
-    from raygrain.storage._sqlite import _FileIdentity
+    from raygrain.storage._sqlite_batch import FileIdentity as _FileIdentity
 
 __all__ = ["EVENT_SCHEMA", "SqliteEventLog"]
 
