@@ -36,6 +36,9 @@ WalletEvent = Deposited | Withdrawn | Renamed
 
 
 class Account(EventSourcedActor[Wallet, WalletEvent], name="es.Account", snapshot_every=5):
+    async def on_activate(self) -> None:
+        self.balance_at_activation = self.state.balance  # the state is loaded by now
+
     def apply(self, state: Wallet, event: WalletEvent) -> Wallet:
         if isinstance(event, Deposited):
             return Wallet(state.balance + event.amount, [*state.history, event.amount])
@@ -70,6 +73,10 @@ class Account(EventSourcedActor[Wallet, WalletEvent], name="es.Account", snapsho
 
     async def leave(self) -> None:
         self.context.deactivate_on_idle()
+
+    @read_only
+    async def activated_with(self) -> int:
+        return self.balance_at_activation
 
 
 # Tests hold a projection's handler on a gate to make it lag behind on purpose.

@@ -131,6 +131,8 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             hook = name in ("on_activate", "on_deactivate", "on_reminder")
             if not name.startswith("_") and not hook and inspect.iscoroutinefunction(member):
                 setattr(cls, name, _journaled(member))
+        if "on_activate" in cls.__dict__:  # the state is loaded before the user's hook runs
+            cls.on_activate = _loading_first(cls.__dict__["on_activate"])  # type: ignore[method-assign]
         super().__init_subclass__(**kwargs)
         for base in getattr(cls, "__orig_bases__", ()):
             if typing.get_origin(base) is EventSourcedActor:
@@ -141,6 +143,12 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                     raise ConfigurationError(f"{cls.__qualname__}: bad state type {state_type!r}")
                 cls.__es_state_type__ = state_type
                 cls.__es_events__ = EventTypes(cls.__qualname__, event_type)
+
+    async def on_activate(self) -> None:
+        """Loads the state (the newest snapshot and the events after it); a subclass's own
+        ``on_activate`` runs after that, seeing the loaded state."""
+        if not self._journal().loaded:
+            await self._load()
 
     # -- what a subclass writes ----------------------------------------------------------------
 
@@ -295,6 +303,16 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             # A snapshot only shortens replays: the events are stored, so the turn stands.
             journal.snapshot_etags[slot] = (await self._storage().read(record)).etag
             get_logger().warning("snapshot_failed", actor=str(self.context.id), error=repr(exc))
+
+
+def _loading_first(hook: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(hook)
+    async def on_activate(self: EventSourcedActor[Any, Any]) -> None:
+        if not self._journal().loaded:
+            await self._load()
+        await hook(self)
+
+    return on_activate
 
 
 def _journaled(method: Callable[..., Any]) -> Callable[..., Any]:

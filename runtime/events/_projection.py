@@ -193,17 +193,19 @@ class ProjectionRunner:
     # -- progress ------------------------------------------------------------------------------
 
     def _reached(self, token: Token) -> bool:
-        return all(self.positions.get(c, p) >= p for c, p in token.items())
+        return self._loaded.is_set() and all(
+            self.positions.get(c, p) >= p for c, p in token.items()
+        )
 
     async def caught_up(self, token: Token, timeout: float) -> None:
         token = {c: p for c, p in token.items() if c in self.positions}  # others: not ours
-        await self._loaded.wait()
-        if self._reached(token):
+        if self._loaded.is_set() and self._reached(token):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((token, waiter))
         self._wake.set()  # look at the feed now rather than at the next poll
         try:
+            # (Released by the loop once the offsets are loaded and have reached the token.)
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except asyncio.TimeoutError:
             raise ActorCallTimeout(

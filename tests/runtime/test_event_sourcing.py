@@ -144,6 +144,7 @@ async def test_a_stale_duplicate_activation_is_fenced(storage: MemoryStorage) ->
         ]
         # The stale activation went away; the next call folds the log again.
         assert await old.snapshot() == [3, [1, 2], 2]
+        assert await old.activated_with() == 3  # on_activate saw the loaded state
 
 
 async def test_old_event_shapes_are_upcast(storage: MemoryStorage) -> None:
