@@ -21,10 +21,13 @@ from raygrain.storage import (
     StoredEvent,
     open_storage,
 )
+from tests.helpers import RemoteToInProcessServer
 
 PROVIDERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": lambda _, __: MemoryStorage(),
     "sqlite": lambda _, tmp: SqliteStorage(tmp / "state.db"),
+    # The storage server's client (what silos on Ray use), to its body in this process.
+    "remote": lambda _, tmp: RemoteToInProcessServer(f"sqlite:///{tmp / 'state.db'}"),
     "postgres": lambda request, _: open_storage(request.getfixturevalue("postgres_url")),
 }
 
