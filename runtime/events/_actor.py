@@ -76,9 +76,18 @@ def snapshot_id(stream: str, slot: int) -> ActorId:
 class _Journal:
     """An activation's event-sourcing bookkeeping (``EventSourcedActor._journal``)."""
 
-    __slots__ = ("loaded", "pending", "snapshot_etags", "snapshot_version", "version", "written")
+    __slots__ = (
+        "handle",
+        "loaded",
+        "pending",
+        "snapshot_etags",
+        "snapshot_version",
+        "version",
+        "written",
+    )
 
     def __init__(self) -> None:
+        self.handle: Any = None  # the activation's service("events")
         self.loaded = False
         self.version = 0
         self.pending: list[NewEvent] = []
@@ -235,7 +244,10 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             return self._es
 
     def _service(self) -> Any:
-        return self._context.service("events")
+        journal = self._journal()
+        if journal.handle is None:
+            journal.handle = self._context.service("events")
+        return journal.handle
 
     def _log(self) -> EventLog:
         return cast(EventLog, self._service().log)

@@ -77,7 +77,7 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
 
     __projection_sources__: ClassVar[tuple[str, ...]] = ()
     __projection_events__: ClassVar[dict[str, type[EventSourcedActor[Any, Any]]]] = {}
-    batch_size: ClassVar[int] = 500
+    batch_size: ClassVar[int] = 2000
     poll_interval: ClassVar[float] = 0.05  # seconds between polls of an idle feed
 
     def __init_subclass__(cls, *, sources: Any = None, **kwargs: Any) -> None:
@@ -244,7 +244,7 @@ class ProjectionRunner:
                 raise
             except InconsistentStateError:
                 # Another owner committed: start again from what is stored.
-                get_logger().warning("projection_fenced", projection=self.name)
+                get_logger().info("projection_fenced", projection=self.name)
                 self._forget()
             except Exception as exc:
                 # A handler that raises (or a storage failure) stops the projection at that
