@@ -134,7 +134,7 @@ ROOMS: dict[str, set[str]] = {
     "timers": {"kernel"},
     "events": {"kernel"},
     "wire": {"kernel"},
-    "metrics": {"kernel", "transactions"},
+    "metrics": {"kernel", "transactions", "events"},
     "tracing": {"kernel", "transactions"},
     "_capabilities": {"kernel", "transactions", "timers", "events", "metrics", "tracing"},
     "ray_host": {"kernel", "membership", "wire", "metrics", "_capabilities"},

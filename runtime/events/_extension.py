@@ -94,6 +94,13 @@ class EventsService(Extension):
     def activated(self, activation: Activation) -> None:
         instance = activation.instance
         if isinstance(instance, Projection):
+            try:
+                owned = self.silo.hosts(activation.actor_id)
+            except LookupError:
+                owned = False
+            if not owned:  # the view moved on while it activated: its owner runs it
+                activation.begin_deactivation(DeactivationReason.HANDOVER)
+                return
             runner = ProjectionRunner(self, instance, activation.actor_id.type_name)
             if activation.extras is None:
                 activation.extras = {}
@@ -124,11 +131,20 @@ class EventsService(Extension):
         }
 
     def _claim(self) -> None:
-        """Activate the projections this silo owns (an activation elsewhere, left over from an
-        older view, is deactivated by its own silo; the offsets' ETags fence it meanwhile)."""
+        """Activate the projections this silo owns, and hand over those it no longer owns (an
+        activation elsewhere, left over from an older view, is handed over by its own silo;
+        the offsets' ETags fence it meanwhile)."""
         silo = self.silo
         if silo.closed:
             return
+        for name in list(self.runners):
+            activation = silo.activations.get(ActorId(name, PROJECTION_KEY))
+            try:
+                owned = silo.hosts(ActorId(name, PROJECTION_KEY))
+            except LookupError:
+                owned = False
+            if activation is not None and not owned:
+                activation.begin_deactivation(DeactivationReason.HANDOVER)
         for name in silo.registry.names():
             cls = silo.registry.resolve(name)
             if not issubclass(cls, Projection):

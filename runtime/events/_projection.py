@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from raygrain.actors import (
@@ -45,6 +46,7 @@ OFFSET_TYPE = "raygrain.projection"
 _DELETED = object()
 _MAX_CACHED = 100_000
 _RETRY_DELAY = 0.5
+_HEADS_PERIOD = 1.0  # seconds between readings of the heads, for the lag metric
 
 
 class Rows:
@@ -164,6 +166,8 @@ class ProjectionRunner:
         self.sources = type(instance).__projection_sources__
         self.positions: Token = dict.fromkeys(self.sources, 0)
         self.applied = 0  # events applied since this activation started
+        self.heads: Token = {}  # each source category's head, as last read (every second)
+        self._heads_read_at = -1.0
         self.last_error: str | None = None
         self._offset_etag: str | None = None
         self._cache: dict[ActorKey, tuple[bytes | None, str | None]] = {}
@@ -220,6 +224,16 @@ class ProjectionRunner:
         log = self.service.log
         return {c: max(0, await log.head(c) - p) for c, p in self.positions.items()}
 
+    def lag_events(self) -> dict[str, int]:
+        """The lag as of the last reading of the heads (the metric; no I/O)."""
+        return {c: max(0, self.heads.get(c, p) - p) for c, p in self.positions.items()}
+
+    async def _read_heads(self) -> None:
+        now = time.monotonic()
+        if now - self._heads_read_at >= _HEADS_PERIOD:
+            self._heads_read_at = now
+            self.heads = {c: await self.service.log.head(c) for c in self.sources}
+
     async def committed(self, key: ActorKey, default: Any) -> Any:
         cached = self._cache.get(key)
         if cached is None:
@@ -234,6 +248,7 @@ class ProjectionRunner:
             try:
                 if not self._loaded.is_set():
                     await self._load_offsets()
+                await self._read_heads()
                 if not await self._step():
                     self._wake.clear()
                     try:

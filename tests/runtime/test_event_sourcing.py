@@ -211,6 +211,11 @@ async def test_two_read_models_follow_the_log(storage: MemoryStorage) -> None:
         result = await totals.read("deposits", last)
         assert result.value == 13 and result.positions[CATEGORY] >= last.position
         assert await balances.lag() == {CATEGORY: 0}
+        # The same as metrics (the silo running the projection reports it).
+        position = cluster.metrics.value(
+            "raygrain_projection_position", projection="es.Balances", category=CATEGORY
+        )
+        assert position == token[CATEGORY]
 
 
 async def test_read_your_writes_waits_for_the_token(storage: MemoryStorage) -> None:
