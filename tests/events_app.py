@@ -63,6 +63,10 @@ class Account(EventSourcedActor[Wallet, WalletEvent], name="es.Account", snapsho
         self.raise_event(Deposited(amount))
         return self.version
 
+    async def deposit_then_unstorable(self, amount: int) -> None:
+        self.raise_event(Deposited(amount))
+        self.raise_event(Renamed(label=object()))  # type: ignore[arg-type]  # not encodable
+
     @read_only
     async def balance(self) -> int:
         return self.state.balance

@@ -208,20 +208,23 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         category = self.context.id.type_name
         log = self._log()
         appended = None
-        for attempt in range(_APPEND_TRIES):
-            try:
-                appended = await log.append(stream, category, journal.version, events)
-                break
-            except WrongExpectedVersionError:
-                # Another activation appended: this one is stale. Rebuild before any next call,
-                # and go away once this turn ends.
-                journal.loaded = False
-                self.context.deactivate_on_idle()
-                raise
-            except StorageError:
-                if attempt + 1 == _APPEND_TRIES:
-                    journal.loaded = False  # the outcome is unknown: reload before going on
+        try:
+            for attempt in range(_APPEND_TRIES):
+                try:
+                    appended = await log.append(stream, category, journal.version, events)
+                    break
+                except WrongExpectedVersionError:
+                    # Another activation appended: this one is stale. Go away once this turn
+                    # ends (a call before that folds the log again).
+                    self.context.deactivate_on_idle()
                     raise
+                except StorageError:
+                    if attempt + 1 == _APPEND_TRIES:
+                        raise  # the outcome is unknown
+        except BaseException:
+            # self.state holds events the log may not: fold the log again before going on.
+            journal.loaded = False
+            raise
         assert appended is not None
         journal.version = appended.version
         journal.written = Written(stream, appended.version, category, appended.position)
@@ -313,8 +316,11 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             journal.snapshot_version = journal.version
         except (InconsistentStateError, StorageError) as exc:
             # A snapshot only shortens replays: the events are stored, so the turn stands.
-            journal.snapshot_etags[slot] = (await self._storage().read(record)).etag
             get_logger().warning("snapshot_failed", actor=str(self.context.id), error=repr(exc))
+            try:
+                journal.snapshot_etags[slot] = (await self._storage().read(record)).etag
+            except StorageError:
+                journal.snapshot_etags.pop(slot, None)  # the next snapshot of it fails alike
 
 
 def _loading_first(hook: Callable[..., Any]) -> Callable[..., Any]:

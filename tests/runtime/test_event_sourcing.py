@@ -18,6 +18,7 @@ from raygrain import (
     ConfigurationError,
     EventSourcedActor,
     MemoryStorage,
+    SerializationError,
     Session,
     Written,
     WrongExpectedVersionError,
@@ -115,6 +116,18 @@ async def test_a_turn_that_raises_appends_nothing(storage: MemoryStorage) -> Non
         await account.deposit(10)
         with pytest.raises(ValueError, match="insufficient"):
             await account.withdraw(11)  # raised after applying its event
+        assert await account.snapshot() == [10, [10], 1]
+        assert len(await storage.read_stream("es.Account/a")) == 1
+
+
+async def test_a_turn_whose_events_cannot_be_stored_leaves_no_trace(
+    storage: MemoryStorage,
+) -> None:
+    async with cluster_on(storage) as cluster:
+        account = cluster.get(Account, "a")
+        await account.deposit(10)
+        with pytest.raises(SerializationError):
+            await account.deposit_then_unstorable(5)  # applied, then refused at the append
         assert await account.snapshot() == [10, [10], 1]
         assert len(await storage.read_stream("es.Account/a")) == 1
 
