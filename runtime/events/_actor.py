@@ -77,17 +77,21 @@ class _Journal:
     """An activation's event-sourcing bookkeeping (``EventSourcedActor._journal``)."""
 
     __slots__ = (
+        "category",
         "handle",
         "loaded",
         "pending",
         "snapshot_etags",
         "snapshot_version",
+        "stream",
         "version",
         "written",
     )
 
     def __init__(self) -> None:
         self.handle: Any = None  # the activation's service("events")
+        self.stream = ""  # set on the first load
+        self.category = ""
         self.loaded = False
         self.version = 0
         self.pending: list[NewEvent] = []
@@ -204,8 +208,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         if not journal.pending:
             return None
         events, journal.pending = journal.pending, []
-        stream = stream_of(self.context.id)
-        category = self.context.id.type_name
+        stream, category = journal.stream, journal.category
         log = self._log()
         appended = None
         try:
@@ -260,7 +263,9 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
 
     async def _load(self) -> None:
         journal = self._journal()
-        stream = stream_of(self.context.id)
+        actor_id = self._context.actor_id
+        journal.stream = stream = stream_of(actor_id)
+        journal.category = actor_id.type_name
         state, version = await self._read_snapshot(stream)
         journal.snapshot_version = version
         log = self._log()
