@@ -26,7 +26,7 @@ from raygrain.actors import (
     ActorKey,
     ConfigurationError,
     InconsistentStateError,
-    InvalidCallError,
+    SiloUnavailableError,
     always_interleave,
     decode,
     encode,
@@ -186,8 +186,12 @@ class ProjectionRunner:
             self._task.cancel()
         for _, waiter in self._waiters:
             if not waiter.done():
+                # A read: safe to retry, and the retry reaches the projection's new home.
                 waiter.set_exception(
-                    InvalidCallError(f"projection {self.name} was deactivated while waiting")
+                    SiloUnavailableError(
+                        f"projection {self.name} was deactivated (moved) while a read waited "
+                        "for it; retry the read"
+                    )
                 )
         self._waiters.clear()
 
