@@ -54,6 +54,7 @@ _ORDER = (
     "calls",
     "storage",
     "durable_writes",
+    "events",
     "transactions",
     "postgres",
     "reminders",

@@ -68,17 +68,29 @@ from raygrain.actors import (
 )
 from raygrain.runtime import (
     Cluster,
+    EventSourcedActor,
     FailureDetection,
     ManualClock,
     MetricsSettings,
+    Projection,
+    ReadResult,
     ReminderSettings,
+    Rows,
+    Session,
     StreamSettings,
     SystemClock,
     TracingSettings,
     TransactionSettings,
+    Written,
     configure_logging,
 )
-from raygrain.storage import MemoryStorage, SqliteStorage, StorageProvider, open_storage
+from raygrain.storage import (
+    MemoryStorage,
+    SqliteStorage,
+    StorageProvider,
+    StoredEvent,
+    open_storage,
+)
 
 try:
     __version__ = version("raygrain")
@@ -101,6 +113,7 @@ __all__ = [
     "DeactivationReason",
     "DeadLetter",
     "DeadlockError",
+    "EventSourcedActor",
     "FailureDetection",
     "InconsistentStateError",
     "InvalidArgumentsError",
@@ -116,12 +129,16 @@ __all__ = [
     "ObserverRef",
     "ObserverSet",
     "Persistence",
+    "Projection",
     "RaygrainError",
+    "ReadResult",
     "Reminder",
     "ReminderSettings",
     "ReminderTick",
     "RemoteActorError",
+    "Rows",
     "SerializationError",
+    "Session",
     "SiloUnavailableError",
     "SqliteStorage",
     "StaleReminderError",
@@ -129,6 +146,7 @@ __all__ = [
     "StorageError",
     "StorageProvider",
     "StorageSchemaError",
+    "StoredEvent",
     "StreamEvent",
     "StreamId",
     "StreamSettings",
@@ -143,6 +161,7 @@ __all__ = [
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "Written",
     "WrongExpectedVersionError",
     "__version__",
     "always_interleave",

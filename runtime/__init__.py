@@ -4,6 +4,14 @@
 """
 
 from raygrain.runtime.cluster import Cluster
+from raygrain.runtime.events import (
+    EventSourcedActor,
+    Projection,
+    ReadResult,
+    Rows,
+    Session,
+    Written,
+)
 from raygrain.runtime.kernel import (
     Clock,
     ConsistentHashRing,
@@ -25,16 +33,22 @@ __all__ = [
     "Cluster",
     "ClusterStreams",
     "ConsistentHashRing",
+    "EventSourcedActor",
     "FailureDetection",
     "ManualClock",
     "MembershipView",
     "MetricsSettings",
+    "Projection",
+    "ReadResult",
     "ReminderSettings",
+    "Rows",
+    "Session",
     "SiloStatus",
     "StreamRef",
     "StreamSettings",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",
+    "Written",
     "configure_logging",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raygrain.runtime.events import EventsService
 from raygrain.runtime.kernel import CallFilter, CallObserver, Extension, Silo, SiloOptions
 from raygrain.runtime.metrics import (
     CallMetrics,
@@ -28,7 +29,7 @@ __all__ = ["client_filters", "export_to_ray", "metrics_registry", "silo_extensio
 def silo_extensions(options: SiloOptions | None = None) -> list[Extension]:
     """A fresh set of the extensions one silo runs (metrics unless they are switched off)."""
     options = options or SiloOptions()
-    extensions: list[Extension] = [Transactions(), TimeService(), StreamService()]
+    extensions: list[Extension] = [Transactions(), TimeService(), EventsService(), StreamService()]
     settings = options.setting(MetricsSettings, MetricsSettings())
     if settings.enabled:
         extensions.append(Metrics(settings))

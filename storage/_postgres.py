@@ -226,6 +226,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._closed = True
         while self._committers:
             await asyncio.wait(set(self._committers))
+        await self._drain_appends()
         async with self._open_lock:
             pool, self._pool = self._pool, None
             if pool is not None:

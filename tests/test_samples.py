@@ -59,3 +59,9 @@ def test_chat_pushes_to_clients_and_keeps_the_history(tmp_path: Path) -> None:
     assert "alice received 7 messages in order: OK" in out
     assert "bob received 7 messages in order: OK" in out
     assert "dave joined late and read the history: OK" in out
+
+
+def test_orders_keeps_two_read_models_and_shows_each_consistency_level(tmp_path: Path) -> None:
+    out = _run("samples.orders", "--orders", "60", "--db", str(tmp_path / "orders.db"))
+    assert "read-your-writes: ana's open orders include 'mine': True" in out
+    assert "read models agree with the write model: OK" in out
