@@ -100,7 +100,7 @@ class StreamService(Extension):
             "__stream_dead_letters__": self._on_dead_letters,
         }
         for name, handler in handlers.items():
-            silo.register_system_method(name, handler)
+            silo.register_system_method(name, self._guarded(handler))
 
     def start(self, silo: Silo) -> None:
         self._task = silo.spawn(self.sweeper.run())
@@ -155,6 +155,23 @@ class StreamService(Extension):
         self.silo.spawn(self.dead_letters.add(consumer, cursor, held))
 
     # -- the hub's messages ----------------------------------------------------------------
+
+    def _guarded(
+        self, handler: Callable[[Request, list[Any]], None]
+    ) -> Callable[[Request, list[Any]], None]:
+        """A system message that is malformed (a forged one, a peer of another version) is
+        answered with its error; it never reaches the silo's own loop."""
+
+        def guarded(request: Request, args: list[Any]) -> None:
+            try:
+                handler(request, args)
+            except Exception as exc:
+                get_logger().warning(
+                    "stream_message_refused", method=request.method, error=repr(exc)
+                )
+                self.silo.reply_error(request, exc, f"{request.method} on {self.silo.name}")
+
+        return guarded
 
     def _serve(self, request: Request, work: Coroutine[Any, Any, Any], hub: bool = True) -> None:
         if hub and not self.silo.owns(request):
@@ -217,7 +234,10 @@ class StreamService(Extension):
                 args = [*_wire(stream), head, [list(e) for e in events], [wire], hops + 1]
                 self.send(consumer, "__stream_deliver__", args)
                 continue
-            cursor = self._cursor(consumer, stream, wire[2], wire[3])
+            try:
+                cursor = self._cursor(consumer, stream, wire[2], wire[3])
+            except RaygrainError:
+                continue  # (logged) e.g. a subscription of a type this cluster no longer has
             if cursor is None:
                 args = [*_wire(stream), head, [], [wire], hops]
                 self._later(consumer, "__stream_deliver__", args)

@@ -21,8 +21,9 @@ from raygrain import (
     StreamSettings,
     implicit_subscription,
 )
-from raygrain.actors import Actor
+from raygrain.actors import Actor, ActorId, decode_error, encode
 from raygrain.runtime import Cluster
+from raygrain.runtime.kernel import Request, Response
 from raygrain.runtime.streams import StreamService
 from raygrain.storage import StateWrite
 from tests import app
@@ -286,3 +287,37 @@ async def test_explicit_subscriptions_and_positions_survive_a_full_restart(
         await second.streams.get("feed", "restart").publish("c")
         seen = await _seen(second, Subscriber, "kept", 3)
         assert [(s[0], s[2], s[3]) for s in seen] == [(sub, 1, "a"), (sub, 2, "b"), (sub, 3, "c")]
+
+
+async def test_forged_stream_messages_get_errors_and_the_silo_serves_on(streams: Cluster) -> None:
+    hub = ActorId("$streams.hub", "x")
+    forged = [
+        (hub, "__stream_publish__", ["", "k", []], InvalidStreamError),  # a bad namespace
+        (hub, "__stream_subscribe__", ["orders"], IndexError),  # too few fields
+        (hub, "__stream_replay__", [encode(1)], InvalidStreamError),  # not a dead letter
+        (hub, "__stream_sync__", 5, TypeError),  # not a list at all
+    ]
+    silo = streams.silos[0]
+    answers: list[Response] = []
+    transport = silo.transport
+    original = transport.reply
+    transport.reply = lambda _, response: answers.append(response)  # type: ignore[method-assign]
+    try:
+        for call_id, (target, method, args, _) in enumerate(forged, 1):
+            # As a transport hands the silo a message off the wire: it must not raise.
+            silo.deliver_request(Request(call_id, target, method, encode(args), "peer", 5.0))
+    finally:
+        transport.reply = original  # type: ignore[method-assign]
+    by_call = {a.call_id: a for a in answers}
+    for call_id, (_, method, _, error) in enumerate(forged, 1):
+        assert not by_call[call_id].ok, method
+        assert isinstance(decode_error(by_call[call_id].payload), error), method
+    consumer = ActorId("test.NoSuchType", "k")
+    await streams._caller.invoke_system(  # an unknown consumer is skipped (and logged)
+        consumer,
+        "__stream_deliver__",
+        ["orders", "k", 1, [], [["test.NoSuchType", "k", "implicit", 0]], 0],
+        5,
+    )
+    assert await streams.streams.get("orders", "after").publish("fine") == 1
+    assert [s[3] for s in await _seen(streams, OrderConsumer, "after", 1)] == ["fine"]
