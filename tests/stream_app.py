@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from raygrain.actors import Actor, StreamEvent, StreamId, Subscription, implicit_subscription
+from raygrain.actors import (
+    Actor,
+    ObserverRef,
+    ObserverSet,
+    StreamEvent,
+    StreamId,
+    Subscription,
+    implicit_subscription,
+)
 
 
 @dataclass
@@ -87,10 +95,24 @@ class Subscriber(_Consumer, name="test.streams.Subscriber"):
         return await self.streams.get(namespace, key).publish(data)
 
 
+class Announcer(Actor[None], name="test.streams.Announcer"):
+    """Pushes what it is told to the observers that joined."""
+
+    def __init__(self) -> None:
+        self.listeners = ObserverSet(expiry=60)
+
+    async def join(self, listener: ObserverRef) -> None:
+        self.listeners.subscribe(listener)
+
+    async def announce(self, text: str) -> int:
+        return self.listeners.notify("heard", self.context.key, text)
+
+
 STREAM_ACTORS: list[type[Actor[Any]]] = [
     OrderConsumer,
     OrderAuditor,
     Gauge,
     Flaky,
     Subscriber,
+    Announcer,
 ]

@@ -4,7 +4,8 @@ A node is added to the session's three; streams are chosen whose consumers the r
 its silo. A publisher keeps publishing to them (each event with its own id, retried until
 acknowledged: a retry after an unknown outcome appends nothing) while the node is killed. The
 consumers come back on the survivors from their committed positions, and each consumer's state
-ends up equal to a fold of its stream's log: every number once, in position order.
+ends up equal to a fold of its stream's log: every number once, in position order. And a
+client's observer gets an actor's pushes across the direct data plane.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from raygrain.actors import ActorId
 from raygrain.runtime import Cluster
 from tests import app
 from tests.helpers import RETRYABLE, wait_for_silos, wait_until
-from tests.stream_app import OrderConsumer
+from tests.stream_app import Announcer, OrderConsumer
 
 pytestmark = pytest.mark.ray
 
@@ -102,6 +103,22 @@ async def test_consumers_resume_on_survivors_and_fold_the_log(ray_silos: Any, ke
             f"events, consumers caught up {back_after:.2f} s after the kill; "
             f"{publisher.retries} publishes retried"
         )
+
+
+async def test_a_client_observer_on_ray_gets_pushes(ray_silos: Any, key: Any) -> None:
+    heard: list[tuple[str, str]] = []
+
+    class Ear:
+        def heard(self, who: str, text: str) -> None:
+            heard.append((who, text))
+
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        announcer = cluster.get(Announcer, key("town-crier"))
+        await announcer.join(cluster.streams.observer(Ear()))
+        for n in range(5):
+            assert await announcer.announce(f"news {n}") == 1
+        await wait_until(lambda: len(heard) == 5, "5 pushes to reach the client", 60)
+        assert heard == [(key("town-crier"), f"news {n}") for n in range(5)]
 
 
 async def _consumed(cluster: Cluster, key: str, count: int) -> bool:
