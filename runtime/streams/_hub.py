@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["HUB", "Hubs", "hub_id"]
 
 HUB = "$streams.hub"
+MAX_HUBS = 100_000  # the streams whose hub state a silo keeps in memory, at most
 _PAGE = 1_000
 # A consumer on the wire: [type name, key, subscription, start position].
 WireConsumer = list[Any]
@@ -58,10 +59,20 @@ class Hubs:
     def clear(self) -> None:
         self._hubs.clear()
 
+    def _forget_oldest(self) -> None:
+        """Keep the cache bounded: drop the oldest hub that is idle (a dropped hub reloads
+        its subscriptions on its stream's next message)."""
+        for name, hub in self._hubs.items():
+            if hub.ready is None and not hub.writing.locked():
+                del self._hubs[name]
+                return
+
     async def _hub(self, stream: StreamId) -> _Hub:
         name = stream.log_name()
         hub = self._hubs.get(name)
         if hub is None:
+            if len(self._hubs) >= MAX_HUBS:
+                self._forget_oldest()
             hub = self._hubs[name] = _Hub()
             hub.ready = asyncio.get_running_loop().create_future()
             try:

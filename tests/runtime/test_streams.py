@@ -321,3 +321,17 @@ async def test_forged_stream_messages_get_errors_and_the_silo_serves_on(streams:
     )
     assert await streams.streams.get("orders", "after").publish("fine") == 1
     assert [s[3] for s in await _seen(streams, OrderConsumer, "after", 1)] == ["fine"]
+
+
+async def test_a_silo_keeps_a_bounded_number_of_hubs(
+    streams: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raygrain.runtime.streams import _hub
+
+    monkeypatch.setattr(_hub, "MAX_HUBS", 2)
+    for n in range(6):
+        await streams.streams.get("orders", f"bounded-{n}").publish(n)
+    for n in range(6):
+        assert [s[3] for s in await _seen(streams, OrderConsumer, f"bounded-{n}", 1)] == [n]
+    services = [silo.extension(StreamService) for silo in streams.silos]
+    assert all(s is not None and len(s.hubs._hubs) <= 2 for s in services)
