@@ -15,6 +15,15 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.sagas import (
+    Retry,
+    Saga,
+    SagaPhase,
+    SagaSettings,
+    SagaStatus,
+    StepContext,
+    step,
+)
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
@@ -28,9 +37,16 @@ __all__ = [
     "MembershipView",
     "MetricsSettings",
     "ReminderSettings",
+    "Retry",
+    "Saga",
+    "SagaPhase",
+    "SagaSettings",
+    "SagaStatus",
     "SiloStatus",
+    "StepContext",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",
     "configure_logging",
+    "step",
 ]

@@ -30,6 +30,7 @@ from raygrain.actors import (
     TransactionAbortedError,
     TransactionInDoubtError,
 )
+from raygrain.runtime._capabilities import actor_types
 from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_options
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -39,6 +40,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings, PrometheusExporter
+from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
@@ -86,6 +88,7 @@ class Cluster:
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
         metrics_port: int | None = None,
+        sagas: SagaSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
@@ -94,7 +97,7 @@ class Cluster:
         them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
-        registry = ActorRegistry(actors)
+        registry = ActorRegistry(actor_types(actors))
         options = backend_options(
             default_timeout,
             default_idle_timeout,
@@ -105,6 +108,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "local"),
+            sagas,
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -136,6 +140,7 @@ class Cluster:
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
+        sagas: SagaSettings | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -162,6 +167,7 @@ class Cluster:
             unique_deployment_name,
         )
 
+        actors = actor_types(actors)
         registry = ActorRegistry(actors)
         options = backend_options(
             default_timeout,
@@ -173,6 +179,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "default"),
+            sagas,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")

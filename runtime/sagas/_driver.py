@@ -1,0 +1,317 @@
+"""The driver of one saga activation: runs its steps forward, or its compensations backward,
+one turn of the saga actor at a time.
+
+Each advance is an internal turn (``run_as_turn``): it runs the current stage's steps (in
+parallel within a stage), records their outcomes in the saga's state, and the turn commits
+that state before the next advance starts. So the progress is durable after every step, and
+a crash at any point resumes from the last committed step: a step whose turn did not commit
+runs again, with the same idempotency key. Between advances other calls (``status``,
+``abort``) get their turns; a backoff wait is a schedule entry, never a sleeping turn.
+
+A step that failed with an unknown outcome (a lost silo, a timeout, or a turn cut short by a
+crash) is "in doubt": if the saga then compensates, the step's compensation runs too, with
+``result=None``, since the step may have acted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from raygrain.actors import decode, encode
+from raygrain.runtime.kernel import (
+    DROPPED,
+    Activation,
+    ActivationState,
+    TurnOutcome,
+    get_logger,
+    run_as_turn,
+    turn_variable,
+)
+from raygrain.runtime.sagas._definition import Step
+from raygrain.runtime.sagas._record import LIVE, SagaPhase, SagaRecord, StepContext
+
+if TYPE_CHECKING:
+    from raygrain.runtime.sagas._extension import SagaService
+    from raygrain.runtime.sagas._saga import Saga
+
+__all__ = ["EXTRAS_KEY", "SagaDriver", "current_step", "stop_forward", "to_compensate"]
+
+EXTRAS_KEY = "saga"
+current_step: ContextVar[StepContext | None] = ContextVar("raygrain_saga_step", default=None)
+turn_variable(current_step, None)
+
+_SERVING = (ActivationState.ACTIVATING, ActivationState.VALID)
+_RUNNING = SagaPhase.RUNNING.value
+_COMPENSATING = SagaPhase.COMPENSATING.value
+_NOT_STARTED = SagaPhase.NOT_STARTED.value
+_Outcome = tuple[bool, bytes, BaseException | None]
+
+
+class SagaDriver:
+    """Drives one saga activation (kept in ``Activation.extras``)."""
+
+    __slots__ = ("activation", "busy", "ended", "entry", "resumed", "rng", "service")
+
+    def __init__(self, activation: Activation, service: SagaService) -> None:
+        self.activation = activation
+        self.service = service
+        self.busy = False  # an advance is queued or running
+        self.entry: Any = None  # the next advance, after a backoff
+        self.resumed = False  # activated with a stage under way: its steps are in doubt
+        self.ended = asyncio.Event()  # set once the saga's end is committed
+        self.rng = random.Random()
+
+    @classmethod
+    def of(cls, activation: Activation, service: SagaService) -> SagaDriver:
+        extras = activation.extras
+        if extras is None:
+            extras = activation.extras = {}
+        found = extras.get(EXTRAS_KEY)
+        if found is None:
+            found = extras[EXTRAS_KEY] = cls(activation, service)
+        return found
+
+    @property
+    def saga(self) -> Saga[Any]:
+        return self.activation.instance  # type: ignore[return-value]
+
+    @property
+    def gone(self) -> bool:
+        return self.activation.state not in _SERVING
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Advance the saga now if it has something to do, or arm its next attempt."""
+        if self.busy or self.gone or self.activation.instance is None:
+            return
+        record: SagaRecord = self.saga.state
+        phase = record.phase
+        if phase == _NOT_STARTED:
+            return
+        if phase not in LIVE:
+            self.ended.set()  # (kick runs after a commit, or on a state loaded from storage)
+            if record.reported == phase:
+                return  # finished and recorded in the index: nothing left to do
+        else:
+            due = self._due(record)
+            if due is not None and due > self.service.now():
+                self._arm(due)
+                return
+        self._disarm()
+        self.busy = True
+        run_as_turn(self.activation, "saga", self._advance, self._advanced, keep_alive=True)
+
+    @staticmethod
+    def _due(record: SagaRecord) -> float | None:
+        due = record.wait_until
+        if due is not None and record.phase == _RUNNING and record.deadline is not None:
+            due = min(due, record.deadline)
+        return due
+
+    def _arm(self, when: float) -> None:
+        self._disarm()
+        self.entry = self.service.time.schedule.at(when, self.kick)
+
+    def _disarm(self) -> None:
+        if self.entry is not None:
+            self.entry.cancel()
+            self.entry = None
+
+    def stop(self) -> None:
+        """The activation is going away (its successor resumes the saga)."""
+        self._disarm()
+
+    def _advanced(self, outcome: TurnOutcome) -> None:
+        self.busy = False
+        if outcome == DROPPED:
+            return  # the activation went away first; the next one resumes
+        if isinstance(outcome, Exception):
+            # The turn's commit failed (or the index could not be told of the end): its
+            # changes were rolled back, so the same advance runs again after a pause.
+            get_logger().warning(
+                "saga_advance_failed", saga=str(self.activation.actor_id), error=repr(outcome)
+            )
+            if not self.gone:
+                self._arm(self.service.now() + self.service.settings.retry_delay)
+            return
+        self.kick()
+
+    # -- one advance (a turn of the saga) ---------------------------------------------------------
+
+    async def _advance(self) -> None:
+        saga = self.saga
+        record: SagaRecord = saga.state
+        if record.reported != record.phase:
+            await self._report(saga, record)
+        now = self.service.now()
+        phase = record.phase  # (the saga is reentrant: an abort may have come meanwhile)
+        if phase == _RUNNING:
+            await self._forward(saga, record, now)
+        elif phase == _COMPENSATING:
+            await self._backward(saga, record, now)
+
+    async def _report(self, saga: Saga[Any], record: SagaRecord) -> None:
+        # After the phase change committed (this is a later turn): the index may lag behind a
+        # saga, or think it live when it has ended, but never miss a live one.
+        phase = record.phase
+        try:
+            await self.service.index_of(saga.context.id).record(saga.context.key, phase)
+        except Exception as exc:
+            if phase not in LIVE:
+                raise  # retried: a finished saga must leave the index's live set
+            get_logger().warning("saga_index_failed", saga=str(saga.context.id), error=repr(exc))
+            return
+        record.reported = phase
+
+    async def _forward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
+        cls = type(saga)
+        stages = cls.__saga_stages__
+        if record.deadline is not None and now >= record.deadline:
+            stop_forward(record, f"timed out after {record.timeout:g} s")
+            return
+        if record.wait_until is not None and now < record.wait_until:
+            return
+        record.wait_until = None
+        if record.stage >= len(stages):
+            _finish(record, SagaPhase.COMPLETED, now)
+            return
+        pending = [s for s in stages[record.stage] if s.name not in record.results]
+        if self.resumed:
+            # Activated again with this stage under way: its last attempt may have acted
+            # before the process died without committing what it learned.
+            self.resumed = False
+            record.in_doubt.extend(s.name for s in pending if s.name not in record.in_doubt)
+        outcomes = await asyncio.gather(*(self._run(saga, record, s, False) for s in pending))
+        waits: list[float] = []
+        final = ""
+        for found, (ok, value, error) in zip(pending, outcomes, strict=True):
+            if ok:
+                record.results[found.name] = value
+                record.attempts.pop(found.name, None)
+                continue
+            assert error is not None
+            retry = found.retry or cls.retry_policy
+            failed = record.attempts[found.name] = record.attempts.get(found.name, 0) + 1
+            record.error = f"step {found.name!r}, attempt {failed}: {_describe(error)}"
+            terminal = retry.is_terminal(error)
+            if not terminal and found.name not in record.in_doubt:
+                record.in_doubt.append(found.name)
+            if terminal or retry.exhausted(failed):
+                final = final or f"step {found.name!r} failed after {failed} attempt(s): " + (
+                    _describe(error)
+                )
+            waits.append(retry.delay(failed, self.rng))
+        if record.phase != _RUNNING:
+            return  # aborted while the steps ran: what they did is recorded, to be undone
+        if final:
+            stop_forward(record, final)
+        elif waits:
+            record.wait_until = now + max(waits)
+        else:
+            record.stage += 1
+            if record.stage >= len(stages):
+                _finish(record, SagaPhase.COMPLETED, now)
+
+    async def _backward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
+        cls = type(saga)
+        if record.wait_until is not None and now < record.wait_until:
+            return
+        record.wait_until = None
+        todo = to_compensate(cls.__saga_stages__, record)
+        outcomes = await asyncio.gather(*(self._run(saga, record, s, True) for s in todo))
+        waits: list[float] = []
+        stuck = False
+        for found, (ok, _, error) in zip(todo, outcomes, strict=True):
+            key = f"undo {found.name}"
+            if ok:
+                record.compensated.append(found.name)
+                record.attempts.pop(key, None)
+                continue
+            assert error is not None
+            retry = found.compensation_retry or cls.compensation_policy
+            failed = record.attempts[key] = record.attempts.get(key, 0) + 1
+            record.error = f"compensation of {found.name!r}, attempt {failed}: {_describe(error)}"
+            if retry.is_terminal(error) or retry.exhausted(failed):
+                stuck = True
+            else:
+                waits.append(retry.delay(failed, self.rng))
+        if stuck:
+            _finish(record, SagaPhase.STUCK, now)
+        elif waits:
+            record.wait_until = now + max(waits)
+        elif not to_compensate(cls.__saga_stages__, record):
+            _finish(record, SagaPhase.COMPENSATED, now)
+
+    async def _run(
+        self, saga: Saga[Any], record: SagaRecord, found: Step, compensating: bool
+    ) -> _Outcome:
+        """One attempt of a step or of its compensation (in a task of its own, so that its
+        ``current_step`` is its own)."""
+        key = f"undo {found.name}" if compensating else found.name
+        result = None
+        if compensating and found.name in record.results:
+            result = _decoded(record.results[found.name])
+        saga_id = saga.context.id
+        current_step.set(
+            StepContext(
+                saga_id.key,
+                found.name,
+                f"{saga_id.type_name}/{saga_id.key}/{found.name}",
+                record.attempts.get(key, 0) + 1,
+                compensating,
+                result,
+            )
+        )
+        try:
+            data = _decoded(record.input)
+            if compensating:
+                assert found.compensation is not None
+                await found.compensation(saga, data, result)
+                return True, b"", None
+            return True, encode(await found.function(saga, data)), None
+        except Exception as exc:
+            return False, b"", exc
+
+
+def to_compensate(stages: tuple[tuple[Step, ...], ...], record: SagaRecord) -> list[Step]:
+    """The compensations to run next: those of the newest stage with a step that completed (or
+    may have acted) and is not compensated yet."""
+    touched = set(record.results) | set(record.in_doubt)
+    done = set(record.compensated)
+    for stage in reversed(stages[: record.stage + 1]):
+        todo = [
+            s
+            for s in stage
+            if s.compensation is not None and s.name in touched and s.name not in done
+        ]
+        if todo:
+            return todo
+    return []
+
+
+def stop_forward(record: SagaRecord, reason: str) -> None:
+    """Stop going forward: compensate from here (a step failed, an abort, a timeout)."""
+    record.phase = _COMPENSATING
+    record.reason = reason
+    record.attempts.clear()
+    record.wait_until = None
+
+
+def _finish(record: SagaRecord, phase: SagaPhase, now: float) -> None:
+    record.phase = phase.value
+    record.ended = now
+    record.wait_until = None
+    if phase is not SagaPhase.STUCK:
+        record.attempts.clear()
+
+
+def _decoded(data: bytes) -> Any:
+    return decode(data) if data else None
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
