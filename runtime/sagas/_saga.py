@@ -268,7 +268,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         current: builtins.list[str] = []
         if record.phase == SagaPhase.RUNNING.value and record.stage < len(stages):
             current = [s.name for s in stages[record.stage] if s.name not in record.results]
-        elif record.phase == SagaPhase.COMPENSATING.value:
+        elif record.phase in (SagaPhase.COMPENSATING.value, SagaPhase.STUCK.value):
             current = [s.name for s in to_compensate(stages, record)]
         return SagaStatus(
             saga=self.context.key,
@@ -279,7 +279,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             attempts=max(record.attempts.values(), default=0),
             error=record.error,
             reason=record.reason,
-            started_at=record.started or None,
+            started_at=None if record.phase == SagaPhase.NOT_STARTED.value else record.started,
             ended_at=record.ended,
             next_attempt_at=record.wait_until,
         )
