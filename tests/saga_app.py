@@ -66,7 +66,7 @@ class Plan:
     flaky: dict[str, int] = field(default_factory=dict)  # step -> retryable failures first
     lose_reply: str = ""  # this step's first attempt acts, then its outcome looks unknown
     gate: str = ""  # this step waits for GATES[saga id] (local tests)
-    delay: float = 0.0  # each step takes this long (a workload that is still running)
+    delay: float = 0.0  # each step works this long after acting (a workload still running)
     broken_undo: str = ""  # this compensation fails while BROKEN_COMPENSATIONS holds it
 
 
@@ -108,8 +108,6 @@ class Trip(Saga[Plan], name="sagatest.Trip"):
     async def _do(self, plan: Plan, name: str) -> str:
         saga = str(self.context.key)
         ATTEMPTS[f"{saga}/{name}"] += 1
-        if plan.delay:
-            await asyncio.sleep(plan.delay)
         if plan.gate == name:
             await GATES.setdefault(saga, asyncio.Event()).wait()
         if plan.fail == name:
@@ -117,6 +115,8 @@ class Trip(Saga[Plan], name="sagatest.Trip"):
         if self.current_step.attempt <= plan.flaky.get(name, 0):
             raise ConnectionError(f"{name}: flaky, attempt {self.current_step.attempt}")
         booked = await self._ledger().apply(self.idempotency_key, name, f"{name} for {saga}")
+        if plan.delay:  # (work after the effect: a crash here leaves the step applied, unrecorded)
+            await asyncio.sleep(plan.delay)
         if plan.lose_reply == name and self.current_step.attempt == 1:
             raise SiloUnavailableError(f"{name}: the reply was lost (the call did run)")
         return str(booked)
