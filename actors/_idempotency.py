@@ -83,10 +83,22 @@ def idempotent(fn: F | None = None, /, *, key: str = "key") -> F | Callable[[F],
                 f"{method.__qualname__}: @idempotent dedupes by the argument {key!r}, which the "
                 "method does not take (name it, or pass key='...')"
             )
+        parameter = signature.parameters[key]
+        # Where the key is among the positional arguments (after self), when it can be one.
+        position = (
+            list(signature.parameters).index(key) - 1
+            if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            else None
+        )
 
         @functools.wraps(method)
         async def once(self: Any, *args: Any, **kwargs: Any) -> Any:
-            value = signature.bind(self, *args, **kwargs).arguments[key]
+            if key in kwargs:
+                value = kwargs[key]
+            elif position is not None and 0 <= position < len(args):
+                value = args[position]
+            else:  # (a default, or a key given some other way: let the signature say)
+                value = signature.bind(self, *args, **kwargs).arguments.get(key)
             if not isinstance(value, str) or not value:
                 raise InvalidArgumentsError(
                     f"{method.__qualname__}: the idempotency key {key!r} must be a non-empty "

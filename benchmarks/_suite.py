@@ -55,6 +55,7 @@ _ORDER = (
     "storage",
     "durable_writes",
     "transactions",
+    "sagas",
     "postgres",
     "reminders",
     "memory",

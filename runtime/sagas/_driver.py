@@ -53,7 +53,17 @@ _Outcome = tuple[bool, bytes, BaseException | None]
 class SagaDriver:
     """Drives one saga activation (kept in ``Activation.extras``)."""
 
-    __slots__ = ("activation", "busy", "ended", "entry", "resumed", "rng", "service")
+    __slots__ = (
+        "activation",
+        "busy",
+        "ended",
+        "entry",
+        "reported",
+        "reporting",
+        "resumed",
+        "rng",
+        "service",
+    )
 
     def __init__(self, activation: Activation, service: SagaService) -> None:
         self.activation = activation
@@ -62,6 +72,8 @@ class SagaDriver:
         self.entry: Any = None  # the next advance, after a backoff
         self.resumed = False  # activated with a stage under way: its steps are in doubt
         self.ended = asyncio.Event()  # set once the saga's end is committed
+        self.reported = ""  # the phase the saga index holds, as far as this activation knows
+        self.reporting = False
         self.rng = random.Random()
 
     @classmethod
@@ -85,25 +97,44 @@ class SagaDriver:
     # -- scheduling -----------------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Advance the saga now if it has something to do, or arm its next attempt."""
-        if self.busy or self.gone or self.activation.instance is None:
+        """Record the saga's phase in the index if it has not been, and advance the saga now
+        if it has something to do (or arm its next attempt). A live saga advances only once
+        the index holds it live, so that a crash never leaves a saga nobody wakes."""
+        if self.gone or self.activation.instance is None:
             return
         record: SagaRecord = self.saga.state
         phase = record.phase
         if phase == _NOT_STARTED:
             return
+        if phase != self.reported and not self.reporting:
+            self.reporting = True
+            self.service.silo.spawn(self._report(phase))
         if phase not in LIVE:
             self.ended.set()  # (kick runs after a commit, or on a state loaded from storage)
-            if record.reported == phase:
-                return  # finished and recorded in the index: nothing left to do
-        else:
-            due = self._due(record)
-            if due is not None and due > self.service.now():
-                self._arm(due)
-                return
+            return
+        if self.busy or self.reported not in LIVE:
+            return  # (the end of the advance, or of the report, kicks again)
+        due = self._due(record)
+        if due is not None and due > self.service.now():
+            self._arm(due)
+            return
         self._disarm()
         self.busy = True
         run_as_turn(self.activation, "saga", self._advance, self._advanced, keep_alive=True)
+
+    async def _report(self, phase: str) -> None:
+        try:
+            await self.service.record(self.activation.actor_id, phase)
+            self.reported = phase
+        except Exception as exc:
+            get_logger().warning(
+                "saga_index_failed", saga=str(self.activation.actor_id), error=repr(exc)
+            )
+            self.service.time.schedule.after(self.service.settings.retry_delay, self.kick)
+            return
+        finally:
+            self.reporting = False
+        self.kick()
 
     @staticmethod
     def _due(record: SagaRecord) -> float | None:
@@ -145,27 +176,11 @@ class SagaDriver:
     async def _advance(self) -> None:
         saga = self.saga
         record: SagaRecord = saga.state
-        if record.reported != record.phase:
-            await self._report(saga, record)
         now = self.service.now()
-        phase = record.phase  # (the saga is reentrant: an abort may have come meanwhile)
-        if phase == _RUNNING:
+        if record.phase == _RUNNING:
             await self._forward(saga, record, now)
-        elif phase == _COMPENSATING:
+        elif record.phase == _COMPENSATING:
             await self._backward(saga, record, now)
-
-    async def _report(self, saga: Saga[Any], record: SagaRecord) -> None:
-        # After the phase change committed (this is a later turn): the index may lag behind a
-        # saga, or think it live when it has ended, but never miss a live one.
-        phase = record.phase
-        try:
-            await self.service.index_of(saga.context.id).record(saga.context.key, phase)
-        except Exception as exc:
-            if phase not in LIVE:
-                raise  # retried: a finished saga must leave the index's live set
-            get_logger().warning("saga_index_failed", saga=str(saga.context.id), error=repr(exc))
-            return
-        record.reported = phase
 
     async def _forward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
         cls = type(saga)
@@ -185,7 +200,7 @@ class SagaDriver:
             # before the process died without committing what it learned.
             self.resumed = False
             record.in_doubt.extend(s.name for s in pending if s.name not in record.in_doubt)
-        outcomes = await asyncio.gather(*(self._run(saga, record, s, False) for s in pending))
+        outcomes = await self._attempt(saga, record, pending, False)
         waits: list[float] = []
         final = ""
         for found, (ok, value, error) in zip(pending, outcomes, strict=True):
@@ -222,7 +237,7 @@ class SagaDriver:
             return
         record.wait_until = None
         todo = to_compensate(cls.__saga_stages__, record)
-        outcomes = await asyncio.gather(*(self._run(saga, record, s, True) for s in todo))
+        outcomes = await self._attempt(saga, record, todo, True)
         waits: list[float] = []
         stuck = False
         for found, (ok, _, error) in zip(todo, outcomes, strict=True):
@@ -245,6 +260,13 @@ class SagaDriver:
             record.wait_until = now + max(waits)
         elif not to_compensate(cls.__saga_stages__, record):
             _finish(record, SagaPhase.COMPENSATED, now)
+
+    async def _attempt(
+        self, saga: Saga[Any], record: SagaRecord, steps: list[Step], compensating: bool
+    ) -> list[_Outcome]:
+        if len(steps) == 1:  # (in the turn's own task: its current_step is the turn's)
+            return [await self._run(saga, record, steps[0], compensating)]
+        return await asyncio.gather(*(self._run(saga, record, s, compensating) for s in steps))
 
     async def _run(
         self, saga: Saga[Any], record: SagaRecord, found: Step, compensating: bool

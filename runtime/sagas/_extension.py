@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
-from raygrain.actors import ActorId, ActorRef, ConfigurationError, DeactivationReason
+from raygrain.actors import ActorId, ConfigurationError, DeactivationReason
 from raygrain.runtime.kernel import Activation, Extension, Silo
 from raygrain.runtime.sagas._driver import EXTRAS_KEY, SagaDriver
-from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.runtime.sagas._index import IndexWriter
 from raygrain.runtime.sagas._record import SagaPhase
 from raygrain.runtime.sagas._saga import Saga
 from raygrain.runtime.timers import TimeService
@@ -66,6 +67,7 @@ class SagaService(Extension):
         self.settings = SagaSettings()
         self.silo: Silo
         self.time: TimeService
+        self.index: IndexWriter
 
     def attach(self, silo: Silo) -> None:
         time = silo.extension(TimeService)
@@ -73,6 +75,7 @@ class SagaService(Extension):
             raise ConfigurationError("sagas need the time capability (TimeService) on the silo")
         self.silo = silo
         self.time = time
+        self.index = IndexWriter(silo)
         self.settings = silo.options.setting(SagaSettings, SagaSettings())
         silo.provide_service("saga", lambda a: SagaDriver.of(a, self))
         silo.provide_service("sagas", lambda a: self)
@@ -81,7 +84,11 @@ class SagaService(Extension):
         saga = activation.instance
         if isinstance(saga, Saga):
             driver = SagaDriver.of(activation, self)
-            driver.resumed = saga.state.phase == SagaPhase.RUNNING.value
+            running = saga.state.phase == SagaPhase.RUNNING.value
+            driver.resumed = running
+            # The index holds a running saga already (it was recorded before its start
+            # committed); any other phase is recorded again, in case it never was.
+            driver.reported = saga.state.phase if running else ""
             driver.kick()
 
     def deactivating(self, activation: Activation, reason: DeactivationReason) -> None:
@@ -95,7 +102,6 @@ class SagaService(Extension):
     def wake_period(self) -> float:
         return max(self.settings.wake_period, self.time.settings.minimum_period)
 
-    def index_of(self, saga: ActorId) -> ActorRef:
-        """The index shard that lists ``saga``."""
-        shard = shard_key(saga.type_name, shard_of(saga.key))
-        return ActorRef(ActorId(INDEX_TYPE, shard), self.silo.caller)
+    def record(self, saga: ActorId, phase: str) -> asyncio.Future[None]:
+        """Record ``saga`` in ``phase`` in the saga index (batched with this silo's others)."""
+        return self.index.record(saga, phase)

@@ -49,7 +49,6 @@ class SagaRecord:
     deadline: float | None = None
     wait_until: float | None = None  # the next attempt, after a backoff
     ended: float | None = None
-    reported: str = ""  # the phase last recorded in the saga index
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,12 +134,6 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
                 f"got {timeout!r}"
             )
         driver = self._driver()
-        # Recorded as live in the index before the start commits: the index wakes every live
-        # saga after a restart, so it may hold one that never started, but never miss one.
-        await driver.service.index_of(self.context.id).record(self.context.key, "running")
-        started = self._started(data)  # (a start call interleaved with this one)
-        if started is not None:
-            return started
         now = driver.service.now()
         record = self.state
         record.phase = SagaPhase.RUNNING.value
@@ -147,9 +141,16 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         record.started = now
         record.timeout = None if timeout is None else float(timeout)
         record.deadline = None if timeout is None else now + float(timeout)
-        record.reported = record.phase
-        await self.context.save()  # durable before the first step runs
-        driver.kick()
+        # Stored, and recorded as live in the saga index (which wakes every live saga after a
+        # restart), before the first step runs and before the caller hears of it.
+        driver.reported = ""
+        try:
+            await asyncio.gather(
+                self.context.save(), driver.service.record(self.context.id, record.phase)
+            )
+            driver.reported = record.phase
+        finally:
+            driver.kick()  # (if the index failed, the driver records it before going on)
         return self._status()
 
     def _started(self, data: bytes) -> SagaStatus | None:
@@ -234,8 +235,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         failover): activating the saga resumes it."""
         if self.state.phase == SagaPhase.NOT_STARTED.value:
             # Its start never committed: the index holds it live for nothing.
-            service = self._driver().service
-            await service.index_of(self.context.id).record(self.context.key, self.state.phase)
+            await self._driver().service.record(self.context.id, self.state.phase)
             return
         self._driver().kick()
 

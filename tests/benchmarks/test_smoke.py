@@ -37,6 +37,10 @@ EXPECTED = {
         "durable actor writes/s on PostgreSQL vs raw asyncpg upserts, 100 writers",
         "transactional transfers/s on PostgreSQL, low contention (100,000 accounts, 100 in flight)",
     },
+    "sagas": {
+        "sagas completed/s, 3 steps, 100 in flight, 2 silos, SQLite",
+        "CPU per saga, 3 steps (this process, all threads)",
+    },
     "memory": {
         "memory per idle activation (RSS)",
         "memory per idle activation beyond the state",
