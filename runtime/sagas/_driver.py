@@ -127,9 +127,12 @@ class SagaDriver:
             await self.service.record(self.activation.actor_id, phase)
             self.reported = phase
         except Exception as exc:
-            get_logger().warning(
-                "saga_index_failed", saga=str(self.activation.actor_id), error=repr(exc)
-            )
+            if self.gone or self.service.silo.closed:
+                return  # (going away: the next activation records it)
+            if not isinstance(exc, LookupError):  # (an empty ring: the cluster is stopping)
+                get_logger().warning(
+                    "saga_index_failed", saga=str(self.activation.actor_id), error=repr(exc)
+                )
             self.service.time.schedule.after(self.service.settings.retry_delay, self.kick)
             return
         finally:
