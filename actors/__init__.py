@@ -33,6 +33,7 @@ from raygrain.actors._errors import (
     InconsistentStateError,
     InvalidArgumentsError,
     InvalidCallError,
+    InvalidEventError,
     InvalidScheduleError,
     MalformedMessageError,
     MessageTooLargeError,
@@ -55,6 +56,7 @@ from raygrain.actors._errors import (
     UnknownActorTypeError,
     UnknownMethodError,
     UnknownSagaError,
+    WrongExpectedVersionError,
 )
 from raygrain.actors._idempotency import IdempotencyKeys, idempotent
 from raygrain.actors._identity import ActorId, ActorKey
@@ -95,6 +97,7 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidEventError",
     "InvalidScheduleError",
     "Invoker",
     "MalformedMessageError",
@@ -125,6 +128,7 @@ __all__ = [
     "UnknownActorTypeError",
     "UnknownMethodError",
     "UnknownSagaError",
+    "WrongExpectedVersionError",
     "actor_methods",
     "actor_options",
     "always_interleave",

@@ -12,6 +12,7 @@ from raygrain.actors import (
     RaygrainError,
     RemoteActorError,
     SagaFailedError,
+    WrongExpectedVersionError,
     decode_error,
     encode_error,
 )
@@ -23,6 +24,8 @@ def _instances() -> list[RaygrainError]:
     for name, cls in sorted(error_types().items()):
         if cls is InconsistentStateError:
             made.append(cls("3", "2", "test.Bank/alice"))
+        elif cls is WrongExpectedVersionError:
+            made.append(cls("orders/o-1", 3, 4))
         elif cls is RemoteActorError:
             made.append(cls("pkg.Boom", "it broke", "Traceback ..."))
         elif cls is SagaFailedError:
