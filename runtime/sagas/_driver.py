@@ -20,7 +20,7 @@ import random
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from raygrain.actors import decode, encode
+from raygrain.actors import DeactivationReason, decode, encode
 from raygrain.runtime.kernel import (
     DROPPED,
     Activation,
@@ -58,6 +58,7 @@ class SagaDriver:
         "busy",
         "ended",
         "entry",
+        "finished",
         "reported",
         "reporting",
         "resumed",
@@ -74,6 +75,7 @@ class SagaDriver:
         self.ended = asyncio.Event()  # set once the saga's end is committed
         self.reported = ""  # the phase the saga index holds, as far as this activation knows
         self.reporting = False
+        self.finished = False  # the saga ended in this activation
         self.rng = random.Random()
 
     @classmethod
@@ -111,6 +113,11 @@ class SagaDriver:
             self.service.silo.spawn(self._report(phase))
         if phase not in LIVE:
             self.ended.set()  # (kick runs after a commit, or on a state loaded from storage)
+            if self.finished and self.reported == phase and not self.busy:
+                # It ended here and the index knows: free its memory now rather than after
+                # the idle timeout (a later call activates it from storage).
+                self.finished = False
+                self.activation.begin_deactivation(DeactivationReason.REQUESTED)
             return
         if self.busy or self.reported not in LIVE:
             return  # (the end of the advance, or of the report, kicks again)
@@ -161,6 +168,8 @@ class SagaDriver:
 
     def _advanced(self, outcome: TurnOutcome) -> None:
         self.busy = False
+        if self.activation.instance is not None:
+            self.finished = self.saga.state.phase not in LIVE
         if outcome == DROPPED:
             return  # the activation went away first; the next one resumes
         if isinstance(outcome, Exception):
