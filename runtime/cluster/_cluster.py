@@ -94,7 +94,8 @@ class Cluster:
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
         default ``"memory://"``). A bad path fails here. Start it with ``async with``.
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
-        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
+        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port).
+        ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actor_types(actors))
@@ -157,7 +158,8 @@ class Cluster:
         ``log_level``: the silos' (default: ``RAYGRAIN_LOG_LEVEL``). ``transport``:
         ``"direct"`` (default) sends calls over the silos' own authenticated connections, with
         Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
-        certificate files for the direct connections (see docs/ray.md)."""
+        certificate files for the direct connections (see docs/ray.md). ``sagas``: the saga
+        settings (``SagaSettings``; see docs/sagas.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,

@@ -155,14 +155,27 @@ async def test_a_step_out_of_attempts_is_compensated_too_since_it_may_have_acted
     sagas: Cluster,
 ) -> None:
     trip = sagas.get(Trip, "gave-up")
-    await trip.start(Plan(flaky={"pay": 99}))  # Trip allows 5 attempts, no backoff
-    with pytest.raises(SagaFailedError, match="step 'pay' failed after 5 attempt"):
+    await trip.start(Plan(flaky={"hotel": 99}))  # Trip allows 5 attempts, no backoff
+    with pytest.raises(SagaFailedError, match="step 'hotel' failed after 5 attempt"):
         await trip.result()
-    assert ATTEMPTS["gave-up/pay"] == 5
+    assert ATTEMPTS["gave-up/hotel"] == 5
+    # A retryable error does not say the step did nothing: its compensation runs too (with
+    # result None), beside the car's, then the flight's.
+    assert ATTEMPTS["gave-up/undo hotel"] == 1 and ATTEMPTS["gave-up/undo car"] == 1
     books = await _books(sagas, "gave-up")
     assert books.booked == {} and books.events[-1] == "undo flight"
-    # pay has no compensation; the retryable errors of the others never happened.
-    assert books.events.count("undo hotel") == books.events.count("undo car") == 1
+    assert ATTEMPTS["gave-up/pay"] == 0
+
+
+async def test_a_step_that_failed_terminally_on_every_attempt_is_not_compensated(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "refused")
+    await trip.start(Plan(fail="car"))
+    with pytest.raises(SagaFailedError):
+        await trip.result()
+    assert ATTEMPTS["refused/undo car"] == 0  # raised means no trace
+    assert ATTEMPTS["refused/undo hotel"] == 1 and ATTEMPTS["refused/undo flight"] == 1
 
 
 async def test_a_step_whose_outcome_was_unknown_is_retried_with_its_key_and_acts_once(
@@ -336,6 +349,8 @@ def test_bad_definitions_are_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="wake_period must be a positive number"):
         SagaSettings(wake_period=0)
+    with pytest.raises(ConfigurationError, match="sagas must be a SagaSettings, got int"):
+        Cluster.local(actors=saga_app.ACTORS, sagas=3)  # type: ignore[arg-type]
 
 
 async def test_bad_calls_get_typed_errors_and_the_saga_goes_on(sagas: Cluster) -> None:
