@@ -8,6 +8,7 @@ is a callable actor method: the decorators turn them into descriptors the saga r
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -107,7 +108,7 @@ class Step:
     def __init__(
         self, function: StepFunction, retry: Retry | None = None, group: str | None = None
     ) -> None:
-        if not callable(function):
+        if not inspect.iscoroutinefunction(function):
             raise ConfigurationError(f"@step decorates an async method, got {function!r}")
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigurationError(f"@step(retry=...) takes a Retry, got {retry!r}")
@@ -134,7 +135,7 @@ class Step:
         it may or may not have acted)."""
 
         def decorate(undo: StepFunction) -> Compensation:
-            if not callable(undo):
+            if not inspect.iscoroutinefunction(undo):
                 raise ConfigurationError(f"{self}: compensate decorates an async method")
             if retry is not None and not isinstance(retry, Retry):
                 raise ConfigurationError(f"{self}: compensate(retry=...) takes a Retry")

@@ -47,7 +47,8 @@ _SERVING = (ActivationState.ACTIVATING, ActivationState.VALID)
 _RUNNING = SagaPhase.RUNNING.value
 _COMPENSATING = SagaPhase.COMPENSATING.value
 _NOT_STARTED = SagaPhase.NOT_STARTED.value
-_Outcome = tuple[bool, bytes, BaseException | None]
+# (succeeded, the encoded result, the error, whether it certainly ran to its end)
+_Outcome = tuple[bool, bytes, BaseException | None, bool]
 
 
 class SagaDriver:
@@ -215,7 +216,7 @@ class SagaDriver:
         outcomes = await self._attempt(saga, record, pending, False)
         waits: list[float] = []
         final = ""
-        for found, (ok, value, error) in zip(pending, outcomes, strict=True):
+        for found, (ok, value, error, acted) in zip(pending, outcomes, strict=True):
             if ok:
                 record.results[found.name] = value
                 record.attempts.pop(found.name, None)
@@ -225,7 +226,7 @@ class SagaDriver:
             failed = record.attempts[found.name] = record.attempts.get(found.name, 0) + 1
             record.error = f"step {found.name!r}, attempt {failed}: {_describe(error)}"
             terminal = retry.is_terminal(error)
-            if not terminal and found.name not in record.in_doubt:
+            if (acted or not terminal) and found.name not in record.in_doubt:
                 record.in_doubt.append(found.name)
             if terminal or retry.exhausted(failed):
                 final = final or f"step {found.name!r} failed after {failed} attempt(s): " + (
@@ -252,7 +253,7 @@ class SagaDriver:
         outcomes = await self._attempt(saga, record, todo, True)
         waits: list[float] = []
         stuck = False
-        for found, (ok, _, error) in zip(todo, outcomes, strict=True):
+        for found, (ok, _, error, _) in zip(todo, outcomes, strict=True):
             key = f"undo {found.name}"
             if ok:
                 record.compensated.append(found.name)
@@ -305,10 +306,14 @@ class SagaDriver:
             if compensating:
                 assert found.compensation is not None
                 await found.compensation(saga, data, result)
-                return True, b"", None
-            return True, encode(await found.function(saga, data)), None
+                return True, b"", None, True
+            result = await found.function(saga, data)
         except Exception as exc:
-            return False, b"", exc
+            return False, b"", exc, False
+        try:
+            return True, encode(result), None, True
+        except Exception as exc:  # (it acted, but what it returned cannot be stored)
+            return False, b"", exc, True
 
 
 def to_compensate(stages: tuple[tuple[Step, ...], ...], record: SagaRecord) -> list[Step]:

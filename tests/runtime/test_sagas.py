@@ -178,6 +178,26 @@ async def test_a_step_that_failed_terminally_on_every_attempt_is_not_compensated
     assert ATTEMPTS["refused/undo hotel"] == 1 and ATTEMPTS["refused/undo flight"] == 1
 
 
+class Unstorable(Saga[str], name="sagatest.Unstorable"):
+    @step
+    async def book(self, who: str) -> object:
+        await self.actors.get(Ledger, who).apply(self.idempotency_key, "book", who)
+        return object()  # it acted, but what it returns cannot be stored
+
+    @book.compensate
+    async def unbook(self, who: str, result: object) -> None:
+        await self.actors.get(Ledger, who).undo(self.idempotency_key, "book")
+
+
+async def test_a_step_that_acted_but_returned_what_cannot_be_stored_is_compensated() -> None:
+    async with Cluster.local(actors=[Ledger, Unstorable]) as cluster:
+        saga = cluster.get(Unstorable, "u")
+        await saga.start("u")
+        with pytest.raises(SagaFailedError, match="SerializationError"):
+            await saga.result()
+        assert (await _books(cluster, "u")).events == ["do book", "undo book"]
+
+
 async def test_a_step_whose_outcome_was_unknown_is_retried_with_its_key_and_acts_once(
     sagas: Cluster,
 ) -> None:
@@ -335,6 +355,12 @@ def test_bad_definitions_are_refused() -> None:
         class Clash(Saga[int], name="sagatest.Clash"):
             @step
             async def status(self, value: int) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="@step decorates an async method"):
+
+        class NotAsync(Saga[int], name="sagatest.NotAsync"):
+            @step  # type: ignore[arg-type]
+            def plain(self, value: int) -> None: ...
 
     with pytest.raises(ConfigurationError, match="max_attempts must be an int >= 1"):
         Retry(max_attempts=0)
