@@ -107,14 +107,14 @@ class SagaDriver:
             return
         record: SagaRecord = self.saga.state
         phase = record.phase
-        if phase == _NOT_STARTED:
-            return
+        if phase == _NOT_STARTED or (self.busy and phase not in LIVE):
+            return  # (an end not committed yet: the advance's end kicks again)
         if phase != self.reported and not self.reporting:
             self.reporting = True
             self.service.silo.spawn(self._report(phase))
         if phase not in LIVE:
             self.ended.set()  # (kick runs after a commit, or on a state loaded from storage)
-            if self.finished and self.reported == phase and not self.busy:
+            if self.finished and self.reported == phase:
                 # It ended here and the index knows: free its memory now rather than after
                 # the idle timeout (a later call activates it from storage).
                 self.finished = False
