@@ -40,12 +40,14 @@ async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, ke
         elsewhere = [k for k in candidates if k not in on_doomed]
         sagas = on_doomed[:DOOMED] + elsewhere[:OTHERS]
         assert len(sagas) == DOOMED + OTHERS, "the new silo must own some sagas"
-        plan = Plan(delay=0.5)  # each step works half a second after acting
+        plan = Plan(delay=0.8)  # each step works for a while after acting
         await asyncio.gather(*(cluster.get(Trip, k).start(plan) for k in sagas))
+        running: list[bool] = []
 
         async def doomed_under_way() -> bool:
             statuses = [await cluster.get(Trip, k).status() for k in sagas[:DOOMED]]
-            return all(s.completed and s.phase is SagaPhase.RUNNING for s in statuses)
+            running[:] = [s.phase is SagaPhase.RUNNING for s in statuses]
+            return all(s.completed for s in statuses) and sum(running) >= DOOMED // 2
 
         await wait_until(doomed_under_way, "the doomed sagas to complete a step", 60)
         ray_silos.nodes.remove_node(node, allow_graceful=False)
@@ -65,3 +67,4 @@ async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, ke
             books = await cluster.get(Ledger, saga).books()
             assert sorted(books.booked) == sorted(STEPS), (saga, books)
             assert all(books.events.count(f"do {s}") == 1 for s in STEPS), (saga, books.events)
+        print(f"\n{sum(running)} of {DOOMED} sagas on the killed node were running when it died")
