@@ -192,7 +192,8 @@ def stages_of(cls: type, reserved: frozenset[str]) -> tuple[tuple[Step, ...], ..
                 if name in reserved:
                     raise ConfigurationError(
                         f"{cls.__qualname__}.{name}: a step cannot be named after a saga "
-                        f"operation ({', '.join(sorted(reserved))}); rename it"
+                        f"operation or an attribute of every actor "
+                        f"({', '.join(sorted(reserved))}); rename it"
                     )
                 steps.pop(name, None)
                 steps[name] = value

@@ -26,6 +26,7 @@ import math
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from raygrain.actors import (
+    RESERVED,
     Actor,
     ActorCallTimeout,
     ActorKey,
@@ -55,6 +56,7 @@ I = TypeVar("I")  # noqa: E741  # the saga's input
 _OPERATIONS = frozenset(
     {"start", "status", "result", "abort", "resume", "wake", "list_sagas", "results"}
     | {"current_step", "idempotency_key", "retry_policy", "compensation_policy", "timeout"}
+    | RESERVED
 )
 _RESULT_POLL = 0.25  # how often a result() waiter checks that its activation still serves
 
