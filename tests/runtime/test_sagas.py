@@ -356,7 +356,7 @@ async def _async_noop(self: object, value: int) -> None:
 
 def test_bad_definitions_are_refused() -> None:
     for taken in ("status", "state"):
-        with pytest.raises(ConfigurationError, match="cannot be named after a saga operation"):
+        with pytest.raises(ConfigurationError, match="named after a saga operation|is reserved"):
             types.new_class(
                 "Clash",
                 (Saga[int],),
