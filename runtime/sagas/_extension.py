@@ -31,11 +31,12 @@ class SagaSettings:
     """Given to a cluster as ``sagas=SagaSettings(...)``. ``wake_period``: how often the saga
     index wakes the live sagas (at least the reminders' ``minimum_period``): after a crash or
     a restart a saga resumes within it. ``keep_finished``: how many ended sagas each of the 16
-    index shards of a saga type lists (the oldest are dropped from the list, not from storage).
+    index shards of a saga type lists (the oldest are dropped from the list, not from storage;
+    a shard stores its whole list on every change, so a long list costs every start and end).
     ``retry_delay``: how soon an advance whose commit failed is tried again."""
 
     wake_period: float = 60.0
-    keep_finished: int = 10_000
+    keep_finished: int = 1_000
     retry_delay: float = 1.0
 
     def __post_init__(self) -> None:
