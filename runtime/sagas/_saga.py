@@ -163,6 +163,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             raise SagaConflictError(
                 f"saga {self.context.id} was already started with another input"
             )
+        self._driver().kick()  # (in case the first start failed half-way)
         return self._status()
 
     @read_only
