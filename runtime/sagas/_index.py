@@ -4,9 +4,9 @@ Two jobs. ``list_sagas`` reads it (list by phase). And it wakes the live sagas: 
 a live saga holds a durable reminder, and on every tick sends ``wake`` (one-way) to each saga
 it holds as running or compensating. After a crash, a failover or a full restart the reminder
 fires on the shard's new owner, the saga is activated wherever the ring places it, and its
-activation resumes it. A saga records itself as running before its start commits and as ended
-only after its end committed, so the index may wake a saga that has nothing to do (it tells
-the index so), but never misses one that has.
+activation resumes it. A saga is recorded as running before its first step runs (and before
+its start is acknowledged), and as ended only after its end committed, so the index may wake a
+saga that has nothing to do (it tells the index so), but never misses one that has.
 
 A silo's sagas send their records through one ``IndexWriter``, which batches them per shard
 (one call in flight per shard, the records that came meanwhile in the next): a shard commits
