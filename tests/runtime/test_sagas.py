@@ -16,6 +16,7 @@ import pytest
 
 from raygrain import (
     ActorCallTimeout,
+    ActorId,
     Cluster,
     ConfigurationError,
     InvalidArgumentsError,
@@ -33,9 +34,12 @@ from raygrain import (
     UnknownSagaError,
     step,
 )
+from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.storage import ReminderTable
 from tests import saga_app
 from tests.helpers import wait_until
 from tests.runtime.time_helpers import settle
+from tests.runtime.time_helpers import step as step_clock
 from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, Ledger, Plan, Trip
 
 
@@ -404,3 +408,30 @@ async def test_bad_calls_get_typed_errors_and_the_saga_goes_on(sagas: Cluster) -
         with pytest.raises(ConfigurationError, match="has no steps"):
             await cluster.get(Empty, 1).start(1)
     assert asyncio.get_running_loop()  # (the silo survived every error above)
+
+
+async def test_the_index_forgets_a_saga_that_never_started_and_keeps_the_newest_ended(
+    clock: ManualClock,
+) -> None:
+    settings = {
+        "reminders": ReminderSettings(minimum_period=1.0),
+        "sagas": SagaSettings(wake_period=1.0, keep_finished=2),
+    }
+    async with Cluster.local(actors=saga_app.ACTORS, clock=clock, **settings) as cluster:  # type: ignore[arg-type]
+        shard = shard_key("sagatest.Trip", shard_of("ghost"))
+        index = cluster.ref(INDEX_TYPE, shard)
+        # A start that was recorded in the index but never committed: the index holds it live.
+        await index.record([("ghost", "running")])
+        storage = cluster.storage
+        assert isinstance(storage, ReminderTable)
+        assert [r.name for r in await storage.reminders_of(ActorId(INDEX_TYPE, shard))]
+        await step_clock(cluster, clock, 1.0)  # the index's tick wakes it; it is not started
+
+        async def forgotten() -> bool:
+            return await index.entries() == []
+
+        await wait_until(forgotten, "the index to forget the saga that never started")
+        await step_clock(cluster, clock, 1.0)  # nothing live: the index stops its reminder
+        assert await storage.reminders_of(ActorId(INDEX_TYPE, shard)) == []
+        await index.record([(f"s{n}", "completed") for n in range(4)])
+        assert await index.entries() == [("s2", "completed"), ("s3", "completed")]
