@@ -174,7 +174,7 @@ class SagaDriver:
         if outcome == DROPPED:
             return  # the activation went away first; the next one resumes
         if isinstance(outcome, Exception):
-            # The turn's commit failed (or the index could not be told of the end): its
+            # The turn's commit failed (or a rollback of an interleaved turn hit it): its
             # changes were rolled back, so the same advance runs again after a pause.
             get_logger().warning(
                 "saga_advance_failed", saga=str(self.activation.actor_id), error=repr(outcome)
