@@ -21,8 +21,8 @@ import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -36,8 +36,10 @@ from raygrain.storage._postgres_errors import (
     describe,
     safe,
 )
+from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
 from raygrain.storage._provider import StateRecord, StateWrite
+from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
 
@@ -54,6 +56,7 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _DEADLOCK_RETRIES = 5
+_T = TypeVar("_T")
 _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
 
@@ -117,6 +120,7 @@ class PostgresStorage(WriteQueue):
         self.commits = 0  # statements that committed a batch, for tests and metrics
         self._where = safe(dsn)
         self._sql = Statements.in_schema(quote(schema))
+        self._reminders = ReminderStatements(quote(schema))
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._pending: deque[Pending] = deque()
@@ -232,6 +236,38 @@ class PostgresStorage(WriteQueue):
                 except UNREACHABLE:
                     pool.terminate()
 
+    # -- the reminder table (storage.ReminderTable; see _postgres_reminders) -------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        return await self._once(
+            f"registering reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.upsert(c, actor_id, name, first_tick, period),
+        )
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return await self._once(
+            f"removing reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.remove(c, actor_id, name, etag),
+        )
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            f"reading the reminders of {actor_id}", lambda c: self._reminders.of(c, actor_id)
+        )
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            "reading reminders by ring range", lambda c: self._reminders.in_ranges(c, ranges)
+        )
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        # Retried like a read: an ack only ever moves a tick forward, so a second run of one
+        # that did commit changes nothing.
+        if acks:
+            await self._retrying("recording reminder ticks", lambda c: self._reminders.ack(c, acks))
+
     # -- connections ---------------------------------------------------------------------------
 
     @property
@@ -266,6 +302,39 @@ class PostgresStorage(WriteQueue):
                 delay = min(delay * 2, 1.0)
             except asyncpg.PostgresError as exc:
                 raise StorageError(f"{self!r} failed {doing}: {describe(exc)}") from exc
+
+    async def _once(self, doing: str, query: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """Run a write once: once it was sent, a failed connection leaves its outcome unknown,
+        and running it again could undo what a later call did."""
+        try:
+            await self.open()
+        except StorageError as exc:
+            raise type(exc)(f"{exc} ({doing}: nothing was written)") from exc
+        assert self._pool is not None
+        try:
+            connection = await self._pool.acquire(timeout=self._client_timeout)
+        except SERVER_ERROR as exc:
+            raise StorageError(
+                f"{self!r} is unreachable; nothing was written {doing}: {describe(exc)}"
+            ) from exc
+        try:
+            return await query(connection)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise self._unknown(doing, exc) from exc
+            raise StorageError(
+                f"{self!r} refused {doing}; nothing was written: {describe(exc)}"
+            ) from exc
+        except UNREACHABLE as exc:
+            raise self._unknown(doing, exc) from exc
+        finally:
+            await self._pool.release(connection)
+
+    def _unknown(self, doing: str, exc: BaseException) -> StorageError:
+        return StorageError(
+            f"{self!r}: the connection failed {doing}, which may or may not have taken effect "
+            f"(outcome unknown): {describe(exc)}"
+        )
 
     # -- group commit --------------------------------------------------------------------------
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncpg
 
 from raygrain.actors import StorageSchemaError
+from raygrain.storage._postgres_reminders import REMINDER_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_LOCK", "SCHEMA_VERSION", "ensure_schema"]
 
 # MIGRATIONS[n] takes the schema from version n to n + 1; each runs in the transaction that
 # records the new version, under an advisory lock, so silos starting together apply it once.
-# A capability that needs a table of its own (reminders, say) appends a step here.
+# A capability that needs a table of its own appends a step here.
 MIGRATIONS: list[str] = [
     # ``version`` is the ETag: it grows by one on every write and a record is never deleted
     # (``data`` NULL is a tombstone), so an ETag is never reused. ``id`` is
@@ -29,6 +30,8 @@ MIGRATIONS: list[str] = [
         data      bytea
     ) WITH (fillfactor = 80)
     """,
+    # 2: the reminder table (storage/_postgres_reminders.py).
+    REMINDER_MIGRATION,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
