@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from raygrain.actors import ActorId, ConfigurationError, StorageError, StorageSchemaError
-from raygrain.storage._pending import Pending, WriteQueue, copied, start_committer
+from raygrain.storage._pending import Pending, QueuedWrite, WriteQueue, copied, start_committer
 from raygrain.storage._postgres_batch import Outcome, Statements, apply_batch
 from raygrain.storage._postgres_errors import (
     RETRY_BATCH,
@@ -167,6 +167,7 @@ class PostgresStorage(WriteQueue):
                 timeout=self.connect_timeout,
                 command_timeout=self._client_timeout,
                 max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
                 server_settings={
                     "application_name": "raygrain",
                     "statement_timeout": str(int(self.statement_timeout * 1000)),
@@ -346,12 +347,11 @@ class PostgresStorage(WriteQueue):
         cancelled = False
         try:
             while self._pending:
-                batch = self._take_batch()
+                batch, keys = self._take_batch()
                 if not batch:
                     break  # the rest waits for records in flight; their committers take it
                 if self._pending:
                     self._start_committer()  # another batch can gather and go meanwhile
-                keys = {w.actor_id for pending in batch for w in pending.writes}
                 self._in_flight |= keys
                 try:
                     await self._commit(batch)
@@ -370,35 +370,52 @@ class PostgresStorage(WriteQueue):
                 else:
                     self._start_committer()
 
-    def _take_batch(self) -> list[Pending]:
+    def _take_batch(self) -> tuple[list[Pending], set[ActorId]]:
         """The front of the queue, at most ``max_batch`` records (at least half the queue, so
         that the next batch gathers while this one commits), each record at most once and
         none in a batch still being committed: such a write waits for a later batch, which
         keeps every record's writes in queue order and batches in flight off each other's
-        row locks."""
+        row locks. Returns the batch and its records."""
         batch: list[Pending] = []
         deferred: list[Pending] = []
-        taken: set[ActorId] = set()
-        blocked: set[ActorId] = set()
+        taken: set[ActorId] = set()  # the batch's records
+        closed: set[ActorId] = set()  # records this batch can take no write of (taken too)
+        if self._in_flight:
+            closed.update(self._in_flight)
+        pending = self._pending
         size = 0
         limit = self._batch_limit(self.max_batch)
-        while self._pending and size < limit:
-            head = self._pending.popleft()
+        while pending and size < limit:
+            head = pending.popleft()
+            if type(head) is QueuedWrite:  # the common case, made cheap: one write
+                key = head.actor_id
+                if key in closed:
+                    deferred.append(head)
+                    continue
+                if batch and size + 1 > limit:
+                    pending.appendleft(head)
+                    break
+                batch.append(head)
+                taken.add(key)
+                closed.add(key)
+                size += 1
+                continue
             if head.dropped():
                 continue
             ids = [w.actor_id for w in head.writes]
             if batch and size + len(ids) > limit:
-                self._pending.appendleft(head)
+                pending.appendleft(head)
                 break
-            if any(i in taken or i in blocked or i in self._in_flight for i in ids):
+            if any(i in closed for i in ids):
                 deferred.append(head)
-                blocked.update(ids)
+                closed.update(ids)
                 continue
             batch.append(head)
             taken.update(ids)
+            closed.update(ids)
             size += len(ids)
-        self._pending.extendleft(reversed(deferred))
-        return batch
+        pending.extendleft(reversed(deferred))
+        return batch, taken
 
     async def _commit(self, batch: list[Pending]) -> None:
         try:
@@ -460,6 +477,14 @@ class PostgresStorage(WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """How a connection is reset on its way back to the pool: not at all. asyncpg's default
+    sends a reset query (advisory unlock, close cursors, unlisten, reset settings): a second
+    round trip for every batch and every read, behind the server's queue. This store leaves
+    none of that on a session (its advisory lock is a transaction's; it sets nothing, listens
+    to nothing, opens no cursor), and asyncpg still rolls back a transaction left open."""
 
 
 async def _terminate(pool: asyncpg.Pool) -> None:
