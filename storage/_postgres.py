@@ -36,6 +36,7 @@ from raygrain.storage._postgres_errors import (
     describe,
     safe,
 )
+from raygrain.storage._postgres_events import PostgresEventLog
 from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
 from raygrain.storage._provider import StateRecord, StateWrite
@@ -60,7 +61,7 @@ _T = TypeVar("_T")
 _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
 
-class PostgresStorage(WriteQueue):
+class PostgresStorage(PostgresEventLog, WriteQueue):
     """Actor state in a PostgreSQL database, with group commit.
 
     ``dsn`` is a ``postgresql://user:password@host:port/database`` URL (asyncpg's and
@@ -119,8 +120,9 @@ class PostgresStorage(WriteQueue):
         self.schema = schema
         self.commits = 0  # statements that committed a batch, for tests and metrics
         self._where = safe(dsn)
-        self._sql = Statements.in_schema(quote(schema))
-        self._reminders = ReminderStatements(quote(schema))
+        self._quoted_schema = quote(schema)
+        self._sql = Statements.in_schema(self._quoted_schema)
+        self._reminders = ReminderStatements(self._quoted_schema)
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._pending: deque[Pending] = deque()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 
 from raygrain.actors import StorageSchemaError
+from raygrain.storage._postgres_events import EVENT_TABLES
 from raygrain.storage._postgres_reminders import REMINDER_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_LOCK", "SCHEMA_VERSION", "ensure_schema"]
@@ -30,8 +31,8 @@ MIGRATIONS: list[str] = [
         data      bytea
     ) WITH (fillfactor = 80)
     """,
-    # 2: the reminder table (storage/_postgres_reminders.py).
-    REMINDER_MIGRATION,
+    EVENT_TABLES,  # 2: the event log (storage/_postgres_events.py)
+    REMINDER_MIGRATION,  # 3: the reminder table (storage/_postgres_reminders.py)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
