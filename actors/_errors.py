@@ -24,7 +24,7 @@ The tree::
     ├── ClusterClosedError          the cluster or client was closed
     ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
-    ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
+    ├── ActorOverloadedError        the actor's queue (or its connection) is full; did not run
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── TurnCancelledError          the method raised asyncio.CancelledError; rolled back
     ├── StorageError                a state provider failed
@@ -150,8 +150,9 @@ class SiloUnavailableError(RaygrainError):
 
 
 class ActorOverloadedError(RaygrainError):
-    """The actor has too many calls queued (``max_queued_calls``): this call was refused
-    before it ran. Retry after a pause; the actor is busy, not broken."""
+    """The actor has too many calls queued (``max_queued_calls``), or its silo is not reading
+    what is written to it fast enough (the direct plane's backlog is full): this call was
+    refused before it ran. Retry after a pause; the actor is busy, not broken."""
 
 
 class TurnRolledBackError(RaygrainError):
