@@ -23,6 +23,15 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.sagas import (
+    Retry,
+    Saga,
+    SagaPhase,
+    SagaSettings,
+    SagaStatus,
+    StepContext,
+    step,
+)
 from raygrain.runtime.streams import ClusterStreams, StreamRef, StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
@@ -41,9 +50,15 @@ __all__ = [
     "Projection",
     "ReadResult",
     "ReminderSettings",
+    "Retry",
     "Rows",
+    "Saga",
+    "SagaPhase",
+    "SagaSettings",
+    "SagaStatus",
     "Session",
     "SiloStatus",
+    "StepContext",
     "StreamRef",
     "StreamSettings",
     "SystemClock",
@@ -51,4 +66,5 @@ __all__ = [
     "TransactionSettings",
     "Written",
     "configure_logging",
+    "step",
 ]

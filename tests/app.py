@@ -21,7 +21,7 @@ from raygrain.actors import (
     read_only,
     transactional,
 )
-from tests import edge_app, stream_app
+from tests import edge_app, saga_app, stream_app
 
 # Hooks the tests set to observe or steer actors in this process (local mode only).
 GATES: dict[str, asyncio.Event] = {}
@@ -573,5 +573,6 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Alarm,
     SlowLife,
     *edge_app.EDGE_ACTORS,
+    *saga_app.ACTORS,
     *stream_app.STREAM_ACTORS,
 ]

@@ -30,6 +30,7 @@ from raygrain.actors import (
     TransactionAbortedError,
     TransactionInDoubtError,
 )
+from raygrain.runtime._capabilities import actor_types
 from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_options
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -39,6 +40,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings, PrometheusExporter
+from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.streams import ClusterStreams, StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
@@ -88,16 +90,18 @@ class Cluster:
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
         metrics_port: int | None = None,
+        sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
         default ``"memory://"``). A bad path fails here. Start it with ``async with``.
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
-        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
+        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port).
+        ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
-        registry = ActorRegistry(actors)
+        registry = ActorRegistry(actor_types(actors))
         options = backend_options(
             default_timeout,
             default_idle_timeout,
@@ -108,6 +112,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "local"),
+            sagas,
             streams or StreamSettings(),
         )
         MetricsSettings.check_port(metrics_port, metrics)
@@ -140,6 +145,7 @@ class Cluster:
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
+        sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
@@ -157,7 +163,8 @@ class Cluster:
         ``log_level``: the silos' (default: ``RAYGRAIN_LOG_LEVEL``). ``transport``:
         ``"direct"`` (default) sends calls over the silos' own authenticated connections, with
         Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
-        certificate files for the direct connections (see docs/ray.md)."""
+        certificate files for the direct connections (see docs/ray.md). ``sagas``: the saga
+        settings (``SagaSettings``; see docs/sagas.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
@@ -167,6 +174,7 @@ class Cluster:
             unique_deployment_name,
         )
 
+        actors = actor_types(actors)
         registry = ActorRegistry(actors)
         options = backend_options(
             default_timeout,
@@ -178,6 +186,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "default"),
+            sagas,
             streams or StreamSettings(),
         )
         if tls is not None and not isinstance(tls, TLSFiles):

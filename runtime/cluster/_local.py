@@ -20,6 +20,7 @@ from raygrain.runtime.kernel import (
     SiloStatus,
 )
 from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
+from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.streams import StreamSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import TransactionSettings
@@ -124,6 +125,7 @@ def backend_options(
     max_queued_calls: int = 10_000,
     reminders: ReminderSettings | None = None,
     metrics: MetricsSettings | None = None,
+    sagas: SagaSettings | None = None,
     streams: StreamSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
@@ -149,6 +151,10 @@ def backend_options(
         raise ConfigurationError(
             f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
         )
+    if sagas is None:
+        sagas = SagaSettings()
+    elif not isinstance(sagas, SagaSettings):
+        raise ConfigurationError(f"sagas must be a SagaSettings, got {type(sagas).__name__}")
     if streams is not None and not isinstance(streams, StreamSettings):
         raise ConfigurationError(f"streams must be a StreamSettings, got {type(streams).__name__}")
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
@@ -163,6 +169,7 @@ def backend_options(
             transactions,
             reminders,
             metrics or MetricsSettings(),
+            sagas,
             *(() if streams is None else (streams,)),
         ),
     )
