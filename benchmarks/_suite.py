@@ -56,6 +56,7 @@ _ORDER = (
     "durable_writes",
     "events",
     "transactions",
+    "sagas",
     "postgres",
     "reminders",
     "memory",

@@ -23,6 +23,15 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.sagas import (
+    Retry,
+    Saga,
+    SagaPhase,
+    SagaSettings,
+    SagaStatus,
+    StepContext,
+    step,
+)
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
@@ -39,12 +48,19 @@ __all__ = [
     "Projection",
     "ReadResult",
     "ReminderSettings",
+    "Retry",
     "Rows",
+    "Saga",
+    "SagaPhase",
+    "SagaSettings",
+    "SagaStatus",
     "Session",
     "SiloStatus",
+    "StepContext",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",
     "Written",
     "configure_logging",
+    "step",
 ]

@@ -45,7 +45,7 @@ from raygrain.storage._events import (
 
 __all__ = ["EVENT_TABLES", "PostgresEventLog"]
 
-# A migration step (storage/_postgres_sql.py: MIGRATIONS).
+# A migration step (storage/_postgres_schema.py: MIGRATIONS).
 EVENT_TABLES = """
 CREATE TABLE {schema}.raygrain_events (
     category    text NOT NULL,
