@@ -78,10 +78,10 @@ EXPORTS = {
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "EventSourcedActor", "FailureDetection",
         "ManualClock", "MembershipView", "MetricsSettings", "Projection", "ReadResult",
-        "ReminderSettings", "Rows", "Session", "SiloStatus", "SystemClock", "TracingSettings",
-        "TransactionSettings", "Written", "configure_logging",
+        "ReminderSettings", "Retry", "Rows", "Saga", "SagaPhase", "SagaSettings", "SagaStatus",
+        "Session", "SiloStatus", "StepContext", "SystemClock", "TracingSettings",
+        "TransactionSettings", "Written", "configure_logging", "step",
         "ClusterStreams", "StreamRef", "StreamSettings",
-        "Retry", "Saga", "SagaPhase", "SagaSettings", "SagaStatus", "StepContext", "step",
     },
 }  # fmt: skip
 
@@ -100,9 +100,8 @@ TOP_LEVEL = {
     "ConfigurationError", "DeactivationReason", "EventSourcedActor", "Projection", "ReadResult",
     "Rows", "Session", "StoredEvent", "Written",
     "DeadlockError", "FailureDetection", "IdempotencyKeys", "InconsistentStateError",
-    "InvalidArgumentsError",
-    "InvalidCallError", "InvalidEventError", "InvalidScheduleError", "ManualClock",
-    "MalformedMessageError",
+    "InvalidArgumentsError", "InvalidCallError", "InvalidEventError", "InvalidScheduleError",
+    "ManualClock", "MalformedMessageError",
     "MemoryStorage", "MessageTooLargeError", "MetricsSettings", "Persistence", "RaygrainError",
     "Reminder",
     "ReminderSettings", "ReminderTick", "RemoteActorError", "Retry", "Saga",
