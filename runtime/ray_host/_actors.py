@@ -208,8 +208,8 @@ class SiloActor:
     async def start(self) -> bytes:
         return await self.host.start()
 
-    async def receive_batch(self, blob: bytes) -> bytes:
-        return await self.host.receive_batch(blob)
+    async def receive_batch(self, blob: bytes, sender: str) -> bytes:
+        return await self.host.receive_batch(blob, sender)
 
     async def poll(self, client: str) -> bytes:
         return await self.host.poll(client)

@@ -178,7 +178,9 @@ class SiloHostImpl:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def receive_batch(self, blob: bytes) -> bytes:
+    async def receive_batch(self, blob: bytes, sender: str) -> bytes:
+        """A batch from ``sender`` (a silo's name or a client's address): its responses are
+        taken only for calls this silo sent to ``sender``."""
         client, call_ids = "", set()
         try:
             messages = unpack_batch(blob, on_malformed=self.silo.reply_malformed)
@@ -192,7 +194,7 @@ class SiloHostImpl:
                     client = message.reply_to
                     call_ids.add(message.call_id)
             else:
-                self.silo.deliver_response(message)
+                self.silo.deliver_response(message, sender)
         if not client:
             return b""
         # A client's batch carries its answers back when they are quick, which spares the

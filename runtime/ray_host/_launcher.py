@@ -366,7 +366,8 @@ class RayBackend:
         dead_before = set(self.membership.view.dead())
         if self.membership.update(view_from_wire(blob)):
             for name in self.membership.view.active():
-                # Any silo may answer a call forwarded while in flight: be reachable from all.
+                # Ready before the first call to each (a call is answered by the silo it
+                # was sent to, forwarded ones too: that silo relays the new owner's answer).
                 if self.wire is not None:
                     self.wire.connect(name)
                 else:

@@ -219,7 +219,7 @@ class RayTransport:
 
     def reply(self, destination: str, response: Response) -> None:
         if destination == self.address and self._local is not None:
-            self._local.deliver_response(response)
+            self._local.deliver_response(response, self.address)
         elif is_client_address(destination):
             self.mailbox(destination).put(response)  # Responses only: clients get no calls
         else:
@@ -299,7 +299,8 @@ class RayTransport:
     def _send_batch(self, destination: str, messages: list[Request | Response]) -> None:
         try:
             handle = self._resolve(destination)
-            ref = handle.receive_batch.remote(pack_batch(messages))
+            # Named, so that the silo takes responses in it only for calls it sent to us.
+            ref = handle.receive_batch.remote(pack_batch(messages), self.address)
         except Exception as exc:
             self._undeliverable(destination, messages, exc)
             return
@@ -321,7 +322,7 @@ class RayTransport:
         if blob and self._local is not None:  # answers that came back with the batch
             for message in unpack_batch(blob):
                 if isinstance(message, Response):
-                    self._local.deliver_response(message)
+                    self._local.deliver_response(message, destination)
 
     def _undeliverable(
         self, destination: str, messages: list[Request | Response], exc: BaseException
@@ -338,15 +339,16 @@ class RayTransport:
                     f"silo {destination} became unreachable while {message.target}."
                     f"{message.method} was in flight: {type(exc).__name__}"
                 )
+                # (On the silo's behalf: a silo's requests, forwarded ones too, are its own calls.)
                 self._local.deliver_response(
-                    Response(message.call_id, False, encode_error(error, destination))
+                    Response(message.call_id, False, encode_error(error, destination)), destination
                 )
 
     # -- client side of polling ---------------------------------------------------------------
 
     def ensure_polling(self, silo: str) -> None:
-        """(Client only) keep a long poll open on ``silo``: any silo may answer our calls,
-        since a call can be forwarded to the actor's new owner while in flight."""
+        """(Client only) keep a long poll open on ``silo`` for the answers to the calls we
+        sent it (a call it forwarded included: it relays the new owner's answer)."""
         if is_client_address(self.address) and not self.closed and silo not in self._pollers:
             self._pollers[silo] = asyncio.ensure_future(self._poll_forever(silo))
 
@@ -363,7 +365,7 @@ class RayTransport:
             assert self._local is not None
             for message in unpack_batch(blob):
                 if isinstance(message, Response):
-                    self._local.deliver_response(message)
+                    self._local.deliver_response(message, silo)
 
     async def aclose(self) -> None:
         self.closed = True

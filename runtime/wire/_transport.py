@@ -159,7 +159,7 @@ class WireTransport:
 
     def reply(self, destination: str, response: Response) -> None:
         if destination == self.address and self._local is not None:
-            self._local.deliver_response(response)
+            self._local.deliver_response(response, self.address)
             return
         link = self._links.get(destination)
         if link is not None and link.state is LinkState.UP:
@@ -179,7 +179,7 @@ class WireTransport:
 
     def connect(self, destination: str) -> None:
         """Dial ``destination`` now if no link to it exists (a client keeps one to every
-        silo, since any silo may answer a call that was forwarded while in flight)."""
+        silo in the view, so that no call waits for a dial)."""
         if not self.closed and destination != self.address and destination not in self._links:
             self._new_link(destination)
 
@@ -203,6 +203,7 @@ class WireTransport:
                 else:
                     self._fail(
                         message,
+                        destination,
                         SiloUnavailableError(
                             f"silo {destination} left; {message.target}.{message.method} "
                             "was not delivered"
@@ -346,7 +347,9 @@ class WireTransport:
                 self._local_silo.deliver_request(message)
             else:
                 self._in_flight.pop(message.call_id, None)
-                self._local.deliver_response(message)
+                # The peer authenticated itself in the handshake: the caller checks that this
+                # is the silo the call went to.
+                self._local.deliver_response(message, connection.peer)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(
@@ -383,6 +386,7 @@ class WireTransport:
             _, request, _ = self._in_flight.pop(call_id)
             self._fail(
                 request,
+                destination,
                 SiloUnavailableError(
                     f"the connection to silo {destination} broke while {request.target}."
                     f"{request.method} was in flight; it may or may not have run"
@@ -394,23 +398,25 @@ class WireTransport:
         try:
             self._fallback.send(destination, request)
         except SiloUnavailableError as exc:
-            self._fail(request, exc)
+            self._fail(request, destination, exc)
 
     def _resend(self, destination: str, request: Request) -> None:
         """A request that was never written: send it again (it cannot have run)."""
         if self.closed:
-            self._fail(request, SiloUnavailableError(f"{self.address} closed; not delivered"))
+            error = SiloUnavailableError(f"{self.address} closed; not delivered")
+            self._fail(request, destination, error)
             return
         try:
             self.send(destination, request)
         except SiloUnavailableError as exc:
-            self._fail(request, exc)
+            self._fail(request, destination, exc)
 
-    def _fail(self, request: Request, error: Exception) -> None:
+    def _fail(self, request: Request, destination: str, error: Exception) -> None:
+        """Answer ``request``, which was for ``destination``, with ``error`` on its behalf."""
         response = Response(request.call_id, False, encode_error(error, self.address))
         if request.reply_to == self.address:
             if self._local is not None:
-                self._local.deliver_response(response)
+                self._local.deliver_response(response, destination)
         else:
             self.reply(request.reply_to, response)
 
@@ -446,7 +452,7 @@ class WireTransport:
                 self._write(connection, messages[:half])
                 self._write(connection, messages[half:])
             else:
-                self._too_large(messages[0], len(blob))
+                self._too_large(messages[0], connection.peer, len(blob))
             return
         mine = self.address
         now = asyncio.get_running_loop().time()
@@ -461,13 +467,13 @@ class WireTransport:
         if self.on_batch is not None:
             self.on_batch(len(messages))
 
-    def _too_large(self, message: Request | Response, size: int) -> None:
+    def _too_large(self, message: Request | Response, destination: str, size: int) -> None:
         error = MessageTooLargeError(
             f"a message of {size} bytes is over the wire's {self.options.max_frame_bytes}-byte "
             "frame limit (max_frame_bytes)"
         )
         if isinstance(message, Request):
-            self._fail(message, error)
+            self._fail(message, destination, error)
         else:
             get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)
 
