@@ -312,7 +312,6 @@ async def test_controller_restarted_by_ray_carries_on(
         await work.until(work.acknowledged() + 300)
         work.stop.set()
         await running
-        print("\nFAILURES", dict(work.failures))
         await work.verify()
         # No call may hang to its deadline (an ActorCallTimeout): calls that a silo forwarded
         # to the silo killed here used to, while views differed (tests/runtime/test_forwarding).
