@@ -2,7 +2,8 @@
 
 Host-agnostic: the Ray host wraps ``ControllerImpl`` in a Ray actor and supplies how a silo is
 probed and stopped. The view is stored (compare-and-swap) in the cluster's state store, so a
-restarted controller continues from it.
+restarted controller continues from it, and a standby controller can lead from it while the
+controller is down (``take_over``), then hand back (``step_down``, ``resume``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class ControllerImpl:
         self._missed: dict[str, int] = {}  # probes missed in a row, per silo
         self._applied: dict[str, int] = {}  # the newest view each silo has finished applying
         self._progress = asyncio.Event()  # set when a silo applies a view, or the view changes
+        # Whether this controller probes silos and changes the view; a standby does not until
+        # it takes over.
+        self.leading = True
 
     # Overridden by the Ray actor: how to probe and how to stop a silo.
     async def probe_silo(self, name: str) -> None:
@@ -68,9 +72,42 @@ class ControllerImpl:
         self._etag = record.etag
         if record.data is not None:
             self.view = view_from_wire(record.data)
-            for name in self.view.active():
-                self._watchers.setdefault(name, asyncio.ensure_future(self._watch(name)))
+            if self.leading:
+                for name in self.view.active():
+                    if name not in self._watchers:
+                        self._watchers[name] = asyncio.ensure_future(self._watch(name))
         self._loaded = True
+
+    async def take_over(self) -> None:
+        """(A standby) lead from the stored view: probe its silos and change the view."""
+        async with self._lock:
+            self.leading = True
+            self._loaded = False
+            await self._load()
+            get_logger().warning("controller_standby_leading", view=self.view.version)
+            self._wake_long_polls()
+
+    async def step_down(self) -> None:
+        """(A standby) stop leading: the controller is back."""
+        async with self._lock:
+            self.leading = False
+            for watcher in self._watchers.values():
+                watcher.cancel()
+            self._watchers.clear()
+            self._missed.clear()
+            self._wake_long_polls()  # so that they go back to the controller
+
+    async def resume(self) -> None:
+        """Read the stored view again (a standby changed it meanwhile) and lead from it."""
+        async with self._lock:
+            self._loaded = False
+            await self._load()
+            self._wake_long_polls()
+
+    def _wake_long_polls(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._signal_progress()
 
     async def _publish(self, view: MembershipView) -> bytes:
         blob = view_to_wire(view)
@@ -79,9 +116,7 @@ class ControllerImpl:
             # controller writing behind our back makes this fail instead of forking the view.
             self._etag = await self._store.write(MEMBERSHIP_RECORD, blob, self._etag)
         self.view = view
-        self._changed.set()
-        self._changed = asyncio.Event()
-        self._signal_progress()
+        self._wake_long_polls()
         return blob
 
     def _signal_progress(self) -> None:
@@ -101,7 +136,7 @@ class ControllerImpl:
             self.kill_silo(name)
             return view_to_wire(self.view)
         blob = await self._publish(self.view.with_status(name, SiloStatus(status)))
-        if SiloStatus(status) is SiloStatus.ACTIVE and name not in self._watchers:
+        if SiloStatus(status) is SiloStatus.ACTIVE and self.leading and name not in self._watchers:
             self._watchers[name] = asyncio.ensure_future(self._watch(name))
         return blob
 
@@ -134,7 +169,10 @@ class ControllerImpl:
 
     async def _watch(self, name: str) -> None:
         detection = self.detection
-        while self.view.status_of(name) in (SiloStatus.ACTIVE, SiloStatus.SHUTTING_DOWN):
+        while self.leading and self.view.status_of(name) in (
+            SiloStatus.ACTIVE,
+            SiloStatus.SHUTTING_DOWN,
+        ):
             try:
                 await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
                 self._missed[name] = 0

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROLLER_NAME",
     "SILO_PREFIX",
+    "STANDBY_NAME",
     "STORAGE_NAME",
     "ControllerActor",
     "SiloActor",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 CONTROLLER_NAME = "raygrain-controller"
+STANDBY_NAME = "raygrain-controller-standby"
 STORAGE_NAME = "raygrain-storage"
 SILO_PREFIX = "raygrain-silo-"
 
@@ -67,6 +69,7 @@ class ControllerActor(ControllerImpl):
         launch: RayLaunch | None = None,
         options: SiloOptions | None = None,
         plane: DirectPlane | None = None,
+        standby: bool = False,
     ) -> None:
         # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
         # to ask for through Ray; a restarted controller gets the same from Ray.
@@ -80,7 +83,11 @@ class ControllerActor(ControllerImpl):
         self._launch = launch
         self._options = options
         self.follower: NodeFollower | None = None
-        if launch is not None and options is not None:
+        # A standby leads only while the controller does not answer (see _guard).
+        self.standby = standby
+        self.leading = not standby
+        self._guarding: asyncio.Task[None] | None = None
+        if launch is not None and options is not None and not standby:
             self.follower = NodeFollower(
                 launch.silos_per_node, _alive_node_ids, self.live_silos_on, self._start_silo
             )
@@ -109,6 +116,45 @@ class ControllerActor(ControllerImpl):
         # start_silos: it takes up following the node list here.
         if self.follower is not None:
             self.follower.follow()
+        if self.standby and self._guarding is None:
+            self._guarding = asyncio.ensure_future(self._guard())
+
+    async def _guard(self) -> None:
+        """(The standby) probe the controller as it probes silos; lead while it misses them.
+
+        Both run on Ray's head node, in processes of their own: when the controller's process
+        dies, Ray restarts it in place, which takes seconds (a new worker process); meanwhile
+        the standby probes the silos and publishes the views, through the same stored record
+        (compare-and-swap), and silos and clients follow it. Once the controller answers again,
+        the standby stops and the controller reads the stored view again.
+        """
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
+        detection = self.detection
+        missed = 0
+        while True:
+            try:
+                await asyncio.wait_for(controller.pid.remote(), detection.probe_timeout)
+                missed = 0
+                if self.leading:
+                    await self.step_down()
+                    await controller.resume.remote()
+                    get_logger().warning("controller_back_standby_stepped_down")
+            except Exception as exc:
+                missed += 1
+                if missed >= detection.missed_probes and not self.leading:
+                    get_logger().warning("controller_unreachable", error=repr(exc))
+                    try:
+                        await self.take_over()
+                    except Exception as failure:  # the store away: try again on the next miss
+                        get_logger().warning("standby_take_over_failed", error=repr(failure))
+                        self.leading = False
+            await asyncio.sleep(detection.probe_period)
+
+    async def guard(self) -> bool:
+        """(The standby) make sure it watches the controller; True if it leads now."""
+        async with self._lock:
+            await self._load()
+        return self.leading
 
     async def start_silos(self) -> list[str]:
         """Start the silos every live node lacks, then keep following Ray's node list."""
@@ -188,6 +234,7 @@ class SiloActor:
             controller,
             ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             controller_gone=self._controller_gone,
+            standby=lookup(STANDBY_NAME, namespace),
         )
 
     def _controller_gone(self, error: BaseException) -> bool:
@@ -195,12 +242,14 @@ class SiloActor:
 
         Its owner ended (a ``Cluster.ray`` program that exited) or its deployment was taken
         down: a silo without a controller would serve on unsupervised. A controller that Ray
-        is restarting still has its name, so only a failed lookup counts.
+        is restarting still has its name, so only a failed lookup counts, of the controller
+        and of its standby (which leads while the controller is away).
         """
         if not isinstance(error, ray.exceptions.RayActorError):
             return False
-        if lookup(CONTROLLER_NAME, self.namespace) is not None:
-            return False
+        for name in (CONTROLLER_NAME, STANDBY_NAME):
+            if lookup(name, self.namespace) is not None:
+                return False
         get_logger().warning("controller_gone_stopping", silo=self.host.name)
         asyncio.get_running_loop().call_later(1.0, os._exit, 0)
         return True

@@ -37,7 +37,22 @@ from raygrain.storage import StorageProvider, open_storage
 
 _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
 
-__all__ = ["SiloHostImpl"]
+__all__ = ["SiloHostImpl", "follow_standby"]
+
+
+async def follow_standby(standby: Any, version: int, silo: str = "") -> bytes | None:
+    """One long poll on the standby controller, for a follower whose poll on the controller
+    failed (it is down, and Ray restarting it takes seconds); None after a pause when there is
+    no standby or it failed too. The standby answers, when it stops leading, at once, so that
+    the follower returns to the controller."""
+    if standby is not None:
+        try:
+            blob: bytes = await standby.wait_view.remote(version, 10.0, silo)
+            return blob
+        except Exception as exc:
+            get_logger().info("standby_follow_failed", silo=silo, error=repr(exc))
+    await asyncio.sleep(0.5)
+    return None
 
 
 class SiloHostImpl:
@@ -54,10 +69,12 @@ class SiloHostImpl:
         controller: Any,
         listen_host: str = "127.0.0.1",
         controller_gone: Callable[[BaseException], bool] = lambda error: False,
+        standby: Any = None,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
+        self._standby = standby  # the standby controller, followed while the controller is down
         self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
@@ -118,8 +135,9 @@ class SiloHostImpl:
                     await self.stop()
                     return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
+                blob = await follow_standby(self._standby, self.membership.view.version, self.name)
+                if blob is None:
+                    continue
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:

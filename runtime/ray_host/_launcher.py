@@ -40,6 +40,7 @@ from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.ray_host._actors import (
     CONTROLLER_NAME,
     SILO_PREFIX,
+    STANDBY_NAME,
     STORAGE_NAME,
     ControllerActor,
     StorageServerActor,
@@ -54,6 +55,7 @@ from raygrain.runtime.ray_host._direct import (
     PlaneSwitch,
     check_transport,
 )
+from raygrain.runtime.ray_host._host import follow_standby
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.runtime.wire import WireTransport
 from raygrain.storage import absolute_storage_url, check_storage_url
@@ -61,6 +63,7 @@ from raygrain.storage import absolute_storage_url, check_storage_url
 __all__ = [
     "CONTROLLER_NAME",
     "DEFAULT_DEPLOYMENT",
+    "STANDBY_NAME",
     "STORAGE_NAME",
     "RayBackend",
     "RayLaunch",
@@ -258,6 +261,27 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
         launch.plane if launch.transport == "direct" else None,
     )
     handles[CONTROLLER_NAME] = controller
+    # A standby beside it, in a process of its own on the head node too: it probes the
+    # controller and leads while Ray restarts a controller whose process died (seconds), so
+    # that a silo dying meanwhile is still declared dead within the detection bound.
+    standby = ControllerActor.options(  # type: ignore[attr-defined]
+        name=STANDBY_NAME,
+        namespace=namespace,
+        get_if_exists=True,
+        lifetime=lifetime,
+        runtime_env=runtime_env,
+        resources=_ON_HEAD,
+    ).remote(
+        namespace,
+        launch.detection,
+        launch.storage,
+        None,
+        None,
+        launch.plane if launch.transport == "direct" else None,
+        True,
+    )
+    handles[STANDBY_NAME] = standby
+    await standby.guard.remote()
     names = await controller.start_silos.remote()
     resolve = resolver(namespace)
     handles.update({name: resolve(name) for name in names})
@@ -296,6 +320,7 @@ class RayBackend:
         self.handles: dict[str, Any] = {}
         self._follower: asyncio.Task[None] | None = None
         self._controller: Any = None
+        self._standby: Any = None
         self.caller: Caller | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
@@ -337,6 +362,7 @@ class RayBackend:
                 "with 'raygrain up --name ...' or Cluster.ray(name=...) (deployments running: "
                 f"{', '.join(list_deployments()) or 'none'})"
             ) from None
+        self._standby = lookup(STANDBY_NAME, self.namespace)
         self._apply_view(await self._controller.get_view.remote())
         if self.transport_choice == "direct":
             await self._use_direct_plane()
@@ -388,7 +414,9 @@ class RayBackend:
                 raise
             except Exception as exc:
                 get_logger().warning("client_view_follow_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
+                blob = await follow_standby(self._standby, self.membership.view.version)
+                if blob is not None:
+                    self._apply_view(blob)
 
     async def stats(self) -> list[dict[str, Any]]:
         """Figures of every live silo in the view (dead ones are listed in the view only)."""
@@ -450,6 +478,9 @@ async def stop_everything(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
     if server is not None:
         await _quietly(server.aclose.remote(), "close storage server")
         _kill(server)
+    standby = lookup(STANDBY_NAME, namespace)
+    if standby is not None:
+        _kill(standby)
     if controller is not None:
         _kill(controller)
     _forget_handles(namespace)
