@@ -66,8 +66,10 @@ class ClientMailbox:
         max_bytes: int = MAX_MAILBOX_BYTES,
         clock: Callable[[], float] = time.monotonic,
         client: str = "",
+        on_expired: Callable[[int], object] | None = None,
     ) -> None:
         self.client = client
+        self._on_expired = on_expired  # told how many answers expired (a metric)
         self._entries: list[tuple[float, Response]] = []  # (arrived at, response), oldest first
         self._bytes = 0
         self._reserved: set[int] = set()
@@ -100,6 +102,8 @@ class ClientMailbox:
             dropped += 1
         if dropped:
             self.expired += dropped
+            if self._on_expired is not None:
+                self._on_expired(dropped)
             get_logger().warning(
                 "client_answers_expired",
                 client=self.client,
@@ -202,6 +206,8 @@ class RayTransport:
         self.batches_sent = 0
         self.messages_sent = 0
         self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
+        # How many answers expired unpolled, each time some do (metrics).
+        self.on_answers_expired: Callable[[int], object] | None = None
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -231,11 +237,15 @@ class RayTransport:
         box = self._mailboxes.get(client)
         if box is None:
             box = self._mailboxes[client] = ClientMailbox(
-                self._answer_ttl, self._max_mailbox_bytes, self._clock, client
+                self._answer_ttl, self._max_mailbox_bytes, self._clock, client, self._expired
             )
             if self._sweeper is None and not self.closed:
                 self._sweeper = asyncio.ensure_future(self._sweep_forever())
         return box
+
+    def _expired(self, count: int) -> None:
+        if self.on_answers_expired is not None:
+            self.on_answers_expired(count)
 
     def sweep_mailboxes(self) -> int:
         """Drop expired answers, and the mailboxes of clients gone for longer than the answers'
