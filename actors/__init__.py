@@ -33,6 +33,7 @@ from raygrain.actors._errors import (
     InconsistentStateError,
     InvalidArgumentsError,
     InvalidCallError,
+    InvalidEventError,
     InvalidScheduleError,
     MalformedMessageError,
     MessageTooLargeError,
@@ -50,6 +51,7 @@ from raygrain.actors._errors import (
     TurnRolledBackError,
     UnknownActorTypeError,
     UnknownMethodError,
+    WrongExpectedVersionError,
 )
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._options import (
@@ -88,6 +90,7 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidEventError",
     "InvalidScheduleError",
     "Invoker",
     "MalformedMessageError",
@@ -113,6 +116,7 @@ __all__ = [
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "WrongExpectedVersionError",
     "actor_methods",
     "actor_options",
     "always_interleave",

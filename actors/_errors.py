@@ -15,7 +15,8 @@ The tree::
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
     │   ├── MalformedMessageError   a message on the wire is not a valid envelope
     │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
-    │   └── StaleReminderError      a reminder handle whose reminder was registered again
+    │   ├── StaleReminderError      a reminder handle whose reminder was registered again
+    │   └── InvalidEventError       an event or an append to the event log is malformed
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
@@ -28,6 +29,7 @@ The tree::
     ├── TurnCancelledError          the method raised asyncio.CancelledError; rolled back
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
+    │   ├── WrongExpectedVersionError  an event stream is not at the version an append expected
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
     │   └── StorageSchemaError      the store's file or schema is unusable (corrupt, newer version)
     ├── TransactionAbortedError     a multi-actor transaction aborted; none of it was kept
@@ -48,6 +50,7 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidEventError",
     "InvalidScheduleError",
     "MalformedMessageError",
     "MessageTooLargeError",
@@ -65,6 +68,7 @@ __all__ = [
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "WrongExpectedVersionError",
 ]
 
 
@@ -109,6 +113,13 @@ class InvalidScheduleError(InvalidCallError):
 class StaleReminderError(InvalidCallError):
     """The reminder handle is out of date: the reminder was registered again (or removed)
     since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
+
+
+class InvalidEventError(InvalidCallError):
+    """An event or an append cannot be stored as given: an empty stream, category or type
+    name, a negative expected version, an event id used twice in one append, a stream that
+    belongs to another category, or an append that repeats only some of a stream's stored
+    events. Nothing was appended."""
 
 
 class SerializationError(RaygrainError):
@@ -216,6 +227,24 @@ class InconsistentStateError(StorageError):
         target = f" for {self.what}" if self.what else ""
         return (
             f"ETag mismatch{target}: stored {self.stored_etag!r}, expected {self.expected_etag!r}"
+        )
+
+
+class WrongExpectedVersionError(StorageError):
+    """An append to an event stream expected another version than the stream's: another writer
+    (typically a stale duplicate activation) appended first. Nothing was appended.
+    ``actual_version`` is the stream's version, ``expected_version`` what the writer believed."""
+
+    def __init__(self, stream: str, expected_version: int, actual_version: int) -> None:
+        super().__init__(stream, expected_version, actual_version)
+        self.stream = stream
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+    def __str__(self) -> str:
+        return (
+            f"event stream {self.stream!r} is at version {self.actual_version}, "
+            f"the append expected version {self.expected_version}"
         )
 
 

@@ -11,6 +11,7 @@ from raygrain.actors import (
     InconsistentStateError,
     RaygrainError,
     RemoteActorError,
+    WrongExpectedVersionError,
     decode_error,
     encode_error,
 )
@@ -22,6 +23,8 @@ def _instances() -> list[RaygrainError]:
     for name, cls in sorted(error_types().items()):
         if cls is InconsistentStateError:
             made.append(cls("3", "2", "test.Bank/alice"))
+        elif cls is WrongExpectedVersionError:
+            made.append(cls("orders/o-1", 3, 4))
         elif cls is RemoteActorError:
             made.append(cls("pkg.Boom", "it broke", "Traceback ..."))
         else:

@@ -1,68 +1,34 @@
-"""The SQL of ``PostgresStorage``: the schema and its migrations, and the one statement that
-applies a batch of conditional writes (with the arrays it takes and the reading of its answer).
+"""The group commit of ``PostgresStorage``: the one statement that applies a batch of
+conditional writes (the arrays it takes, the reading of its answer), and running it on a
+connection, atomic groups and refused writers included.
 
-Kept apart from the provider (storage/_postgres.py), which owns connections, queueing and errors.
+Kept apart from the provider (storage/_postgres.py), which owns the pool, the queue and errors.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import asyncpg
 
 from raygrain.actors import InconsistentStateError
 from raygrain.storage._pending import Pending, QueuedWrite
+from raygrain.storage._postgres_errors import SERVER_ERROR
 from raygrain.storage._provider import StateWrite
 
-__all__ = [
-    "APPLY",
-    "APPLY_ATOMIC",
-    "CREATE_SCHEMA_TABLE",
-    "MIGRATIONS",
-    "SCHEMA_LOCK",
-    "SCHEMA_VERSION",
-    "SELECT_RECORD",
-    "SELECT_VERSIONS",
-    "Outcome",
-    "arrays",
-    "decide",
-]
+__all__ = ["Outcome", "Statements", "apply_batch"]
 
 Outcome = list[str] | InconsistentStateError
 
-# MIGRATIONS[n] takes the schema from version n to n + 1; each runs in the transaction that
-# records the new version, under an advisory lock, so silos starting together apply it once.
-# A capability that needs a table of its own (reminders, say) appends a step here.
-MIGRATIONS: list[str] = [
-    # ``version`` is the ETag: it grows by one on every write and a record is never deleted
-    # (``data`` NULL is a tombstone), so an ETag is never reused. ``id`` is
-    # ActorId.canonical(); ``type_name`` and ``actor_key`` are for humans browsing the table.
-    # fillfactor leaves room on each page so that an update can stay on its page (HOT).
-    """
-    CREATE TABLE {schema}.raygrain_state (
-        id        bytea PRIMARY KEY,
-        version   bigint NOT NULL,
-        type_name text NOT NULL,
-        actor_key text NOT NULL,
-        data      bytea
-    ) WITH (fillfactor = 80)
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-SCHEMA_LOCK = 0x7267726E  # "rgrn": the advisory lock that serializes schema changes
-CREATE_SCHEMA_TABLE = """
-CREATE TABLE IF NOT EXISTS {schema}.raygrain_schema (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    version   integer NOT NULL
-)
-"""
-SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
-SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
+_SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
+_SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
 # One statement for a whole batch; it returns the records that won their ETag check (a loser's
 # stored version is looked up afterwards: losers are rare, and sparing every batch that lookup
 # halves the rows it returns). An UPDATE that waits for another session's lock re-checks
 # ``version = expected`` against the row that session committed, so two writers holding one
 # ETag never both succeed.
-APPLY = """
+_APPLY = """
 WITH input AS (
     SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])
         AS i(id, expected, type_name, actor_key, data)
@@ -83,7 +49,7 @@ SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
 # its implicit transaction, with a division by zero (the one error plain SQL can raise; the
 # divisor is computed per row so that the planner cannot fold it). The committer then runs
 # the batch again in an explicit transaction and leaves the group out.
-APPLY_ATOMIC = APPLY.replace(
+_APPLY_ATOMIC = _APPLY.replace(
     "$5::bytea[])\n        AS i(id, expected, type_name, actor_key, data)",
     "$5::bytea[], $6::int[])\n        AS i(id, expected, type_name, actor_key, data, grp)",
 ).replace(
@@ -100,7 +66,107 @@ SELECT NULL, 1 / (g.grp - g.grp) FROM (
 )
 
 
-def arrays(entries: Any, groups: bool = False) -> list[list[Any]]:
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The provider's statements, in its PostgreSQL schema."""
+
+    read: str
+    versions: str
+    apply: str
+    apply_atomic: str
+
+    @classmethod
+    def in_schema(cls, quoted: str) -> Statements:
+        """The statements on the tables of schema ``quoted`` (a quoted identifier)."""
+        return cls(
+            *(
+                sql.replace("{schema}", quoted)
+                for sql in (_SELECT_RECORD, _SELECT_VERSIONS, _APPLY, _APPLY_ATOMIC)
+            )
+        )
+
+
+async def apply_batch(
+    connection: asyncpg.Connection, sql: Statements, batch: list[Pending]
+) -> list[Outcome]:
+    """Commit what can be committed of ``batch``; the outcome of each entry, in order."""
+    everything = list(range(len(batch)))
+    outcomes: dict[int, Outcome] = {}
+    losers: dict[int, StateWrite | QueuedWrite] = {}  # entry -> its first write refused
+    atomic = any(len(p.writes) > 1 for p in batch)
+    try:
+        # One round trip, committed on its own; aborted if an atomic group matched in part.
+        statement = sql.apply_atomic if atomic else sql.apply
+        rows = await connection.fetch(statement, *_arrays(batch, groups=atomic))
+    except asyncpg.exceptions.DivisionByZeroError:
+        await _apply_in_transaction(connection, sql, batch, everything, outcomes, losers)
+    else:
+        decided, _, lost = _decide(batch, everything, rows)
+        outcomes.update(decided)
+        losers.update(lost)
+    if losers:
+        await _tell_stored_etags(connection, sql, outcomes, losers)
+    return [outcomes[i] for i in everything]
+
+
+async def _apply_in_transaction(
+    connection: asyncpg.Connection,
+    sql: Statements,
+    batch: list[Pending],
+    live: list[int],
+    outcomes: dict[int, Outcome],
+    losers: dict[int, StateWrite | QueuedWrite],
+) -> None:
+    """Commit the entries ``live`` of ``batch`` but the atomic groups that match only in
+    part: the statement runs in a transaction that is rolled back, and run again without
+    them, until every group left is whole."""
+    while live:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            rows = await connection.fetch(sql.apply, *_arrays(batch[i] for i in live))
+            decided, partial, lost = _decide(batch, live, rows)
+            if partial:
+                await transaction.rollback()
+                for index in partial:  # refused; the others' checks are made afresh
+                    outcomes[index] = decided[index]
+                    losers[index] = lost[index]
+                live = [i for i in live if i not in partial]
+                continue
+            await transaction.commit()
+        except BaseException:
+            if not transaction.is_completed():
+                try:
+                    await transaction.rollback()
+                except SERVER_ERROR:
+                    pass  # the connection is gone, and its transaction with it
+            raise
+        outcomes.update(decided)
+        losers.update(lost)
+        return
+
+
+async def _tell_stored_etags(
+    connection: asyncpg.Connection,
+    sql: Statements,
+    outcomes: dict[int, Outcome],
+    losers: dict[int, StateWrite | QueuedWrite],
+) -> None:
+    """Give each refused writer the ETag stored now. The batch is committed already: if
+    this lookup fails, the refusals stand with the stored ETag unknown (None)."""
+    ids = [write.actor_id.canonical() for write in losers.values()]
+    try:
+        rows = await connection.fetch(sql.versions, ids)
+    except SERVER_ERROR:
+        return
+    stored = {bytes(row["id"]): str(row["version"]) for row in rows}
+    for index, write in losers.items():
+        outcomes[index] = InconsistentStateError(
+            stored.get(write.actor_id.canonical()), write.expected_etag, str(write.actor_id)
+        )
+
+
+def _arrays(entries: Any, groups: bool = False) -> list[list[Any]]:
     """The statement's arrays, one element per record; with ``groups``, a sixth: the index of
     each record's atomic group, -1 for a lone write."""
     ids: list[bytes] = []
@@ -139,7 +205,7 @@ def _version(etag: str | None) -> int:
     return version if version > 0 and str(version) == etag else -1
 
 
-def decide(
+def _decide(
     batch: list[Pending], live: list[int], rows: list[Any]
 ) -> tuple[dict[int, Outcome], set[int], dict[int, StateWrite | QueuedWrite]]:
     """Each live entry's outcome from the winners the statement returned; the atomic groups
