@@ -244,49 +244,35 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     # worker node (soft affinity to the launching node let Ray place it on a worker, whose
     # death cost 16 s: Ray's node-death timeout plus a restart, with that node's silos
     # undetected meanwhile). By the head's resource rather than its node id, so that with GCS
-    # fault tolerance a restarted controller follows a restarted head.
-    controller = ControllerActor.options(  # type: ignore[attr-defined]
-        name=CONTROLLER_NAME,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime=lifetime,
-        runtime_env=runtime_env,
-        resources=_ON_HEAD,
-    ).remote(
-        namespace,
-        launch.detection,
-        launch.storage,
-        launch,
-        options,
-        launch.plane if launch.transport == "direct" else None,
-    )
-    handles[CONTROLLER_NAME] = controller
-    # A standby beside it, in a process of its own on the head node too: it probes the
-    # controller and leads while Ray restarts a controller whose process died (seconds), so
-    # that a silo dying meanwhile is still declared dead within the detection bound.
-    standby = ControllerActor.options(  # type: ignore[attr-defined]
-        name=STANDBY_NAME,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime=lifetime,
-        runtime_env=runtime_env,
-        resources=_ON_HEAD,
-    ).remote(
-        namespace,
-        launch.detection,
-        launch.storage,
-        None,
-        None,
-        launch.plane if launch.transport == "direct" else None,
-        True,
-    )
-    handles[STANDBY_NAME] = standby
+    # fault tolerance a restarted controller follows a restarted head. The standby beside it,
+    # in a process of its own, leads while Ray restarts a controller whose process died.
+    controller = handles[CONTROLLER_NAME] = _controller(launch, options, standby=False)
+    standby = handles[STANDBY_NAME] = _controller(launch, None, standby=True)
     await standby.guard.remote()
     names = await controller.start_silos.remote()
     resolve = resolver(namespace)
     handles.update({name: resolve(name) for name in names})
     get_logger().info("silos_started", deployment=launch.name, silos=names)
     return handles
+
+
+def _controller(launch: RayLaunch, options: SiloOptions | None, standby: bool) -> Any:
+    return ControllerActor.options(  # type: ignore[attr-defined]
+        name=STANDBY_NAME if standby else CONTROLLER_NAME,
+        namespace=launch.namespace,
+        get_if_exists=True,
+        lifetime="detached" if launch.detached else None,
+        runtime_env=launch.actor_runtime_env(),
+        resources=_ON_HEAD,
+    ).remote(
+        launch.namespace,
+        launch.detection,
+        launch.storage,
+        None if standby else launch,
+        options,
+        launch.plane if launch.transport == "direct" else None,
+        standby,
+    )
 
 
 _started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started

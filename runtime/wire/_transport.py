@@ -201,14 +201,9 @@ class WireTransport:
                 if self._fallback is not None:
                     self._resend_by_fallback(destination, message)
                 else:
-                    self._fail(
-                        message,
-                        destination,
-                        SiloUnavailableError(
-                            f"silo {destination} left; {message.target}.{message.method} "
-                            "was not delivered"
-                        ),
-                    )
+                    what = f"{message.target}.{message.method}"
+                    error = SiloUnavailableError(f"silo {destination} left; {what} not delivered")
+                    self._fail(message, destination, error)
         if link.connection is not None:
             link.connection.close()
 
@@ -347,8 +342,7 @@ class WireTransport:
                 self._local_silo.deliver_request(message)
             else:
                 self._in_flight.pop(message.call_id, None)
-                # The peer authenticated itself in the handshake: the caller checks that this
-                # is the silo the call went to.
+                # (The peer proved its name in the handshake: the caller checks it.)
                 self._local.deliver_response(message, connection.peer)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
@@ -412,7 +406,6 @@ class WireTransport:
             self._fail(request, destination, exc)
 
     def _fail(self, request: Request, destination: str, error: Exception) -> None:
-        """Answer ``request``, which was for ``destination``, with ``error`` on its behalf."""
         response = Response(request.call_id, False, encode_error(error, self.address))
         if request.reply_to == self.address:
             if self._local is not None:
