@@ -52,8 +52,8 @@ class ControllerImpl:
         self._missed: dict[str, int] = {}  # probes missed in a row, per silo
         self._applied: dict[str, int] = {}  # the newest view each silo has finished applying
         self._progress = asyncio.Event()  # set when a silo applies a view, or the view changes
-        # Whether this controller probes silos and changes the view; a standby does not until
-        # it takes over.
+        # Whether this controller changes the view; a standby probes the silos all along (so
+        # that it knows at once which ones died) but declares nothing until it takes over.
         self.leading = True
 
     # Overridden by the Ray actor: how to probe and how to stop a silo.
@@ -71,12 +71,16 @@ class ControllerImpl:
         record = await self._store.read(MEMBERSHIP_RECORD)
         self._etag = record.etag
         if record.data is not None:
-            self.view = view_from_wire(record.data)
-            if self.leading:
-                for name in self.view.active():
-                    if name not in self._watchers:
-                        self._watchers[name] = asyncio.ensure_future(self._watch(name))
+            self.follow(view_from_wire(record.data))
         self._loaded = True
+
+    def follow(self, view: MembershipView) -> None:
+        """Take ``view`` as the current one and probe its active silos (a standby follows the
+        controller's view so)."""
+        self.view = view
+        for name in view.active():
+            if name not in self._watchers:
+                self._watchers[name] = asyncio.ensure_future(self._watch(name))
 
     async def take_over(self) -> None:
         """(A standby) lead from the stored view: probe its silos and change the view."""
@@ -91,10 +95,6 @@ class ControllerImpl:
         """(A standby) stop leading: the controller is back."""
         async with self._lock:
             self.leading = False
-            for watcher in self._watchers.values():
-                watcher.cancel()
-            self._watchers.clear()
-            self._missed.clear()
             self._wake_long_polls()  # so that they go back to the controller
 
     async def resume(self) -> None:
@@ -136,7 +136,7 @@ class ControllerImpl:
             self.kill_silo(name)
             return view_to_wire(self.view)
         blob = await self._publish(self.view.with_status(name, SiloStatus(status)))
-        if SiloStatus(status) is SiloStatus.ACTIVE and self.leading and name not in self._watchers:
+        if SiloStatus(status) is SiloStatus.ACTIVE and name not in self._watchers:
             self._watchers[name] = asyncio.ensure_future(self._watch(name))
         return blob
 
@@ -169,19 +169,23 @@ class ControllerImpl:
 
     async def _watch(self, name: str) -> None:
         detection = self.detection
-        while self.leading and self.view.status_of(name) in (
-            SiloStatus.ACTIVE,
-            SiloStatus.SHUTTING_DOWN,
-        ):
+        while self.view.status_of(name) in (SiloStatus.ACTIVE, SiloStatus.SHUTTING_DOWN):
             try:
                 await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
                 self._missed[name] = 0
             except SiloDied as exc:
-                if await self._try_to_declare_dead(name, f"Ray reports it dead: {exc}"):
+                self._missed[name] = detection.missed_probes  # (a standby remembers it)
+                if self.leading and await self._try_to_declare_dead(
+                    name, f"Ray reports it dead: {exc}"
+                ):
                     return
             except Exception as exc:  # a timeout, or Ray unsure: a missed probe
                 missed = self._missed[name] = self._missed.get(name, 0) + 1
-                if missed >= detection.missed_probes and not self._most_are_suspected():
+                if (
+                    self.leading
+                    and missed >= detection.missed_probes
+                    and not self._most_are_suspected()
+                ):
                     reason = f"{missed} probes missed ({type(exc).__name__})"
                     if await self._try_to_declare_dead(name, reason):
                         return

@@ -18,7 +18,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import Actor
-from raygrain.runtime.kernel import SiloOptions, SiloStatus, configure_logging, get_logger
+from raygrain.runtime.kernel import (
+    SiloOptions,
+    SiloStatus,
+    configure_logging,
+    get_logger,
+    view_from_wire,
+)
 from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
 from raygrain.runtime.ray_host._direct import DirectPlane
 from raygrain.runtime.ray_host._host import SiloHostImpl
@@ -120,27 +126,34 @@ class ControllerActor(ControllerImpl):
             self._guarding = asyncio.ensure_future(self._guard())
 
     async def _guard(self) -> None:
-        """(The standby) probe the controller as it probes silos; lead while it misses them.
+        """(The standby) follow the controller's view, probing its silos as the controller
+        does; lead when the controller is down.
 
         Both run on Ray's head node, in processes of their own: when the controller's process
         dies, Ray restarts it in place, which takes seconds (a new worker process); meanwhile
-        the standby probes the silos and publishes the views, through the same stored record
-        (compare-and-swap), and silos and clients follow it. Once the controller answers again,
-        the standby stops and the controller reads the stored view again.
+        the standby declares dead silos and publishes the views, through the same stored record
+        (compare-and-swap), and silos and clients follow it. It has probed the silos all along,
+        so a silo that died with the controller is declared dead as soon as it would have been.
+        Once the controller answers again, the standby stops and the controller reads the
+        stored view again.
         """
         controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
         detection = self.detection
         missed = 0
         while True:
             try:
-                await asyncio.wait_for(controller.pid.remote(), detection.probe_timeout)
+                blob = await asyncio.wait_for(controller.get_view.remote(), detection.probe_timeout)
                 missed = 0
                 if self.leading:
                     await self.step_down()
                     await controller.resume.remote()
                     get_logger().warning("controller_back_standby_stepped_down")
+                else:
+                    self.follow(view_from_wire(blob))
             except Exception as exc:
-                missed += 1
+                # Ray's word that the process died (it is restarting) counts at once; a probe
+                # that times out counts as a miss.
+                missed = detection.missed_probes if _died(exc) else missed + 1
                 if missed >= detection.missed_probes and not self.leading:
                     get_logger().warning("controller_unreachable", error=repr(exc))
                     try:
@@ -295,6 +308,10 @@ class SiloActor:
     async def delay_probes(self, seconds: float) -> None:
         """Test hook: answer probes late, to stage a false suspicion of a live silo."""
         self.probe_delay = seconds
+
+
+def _died(error: BaseException) -> bool:
+    return isinstance(error, ray.exceptions.RayActorError)
 
 
 _handles: dict[tuple[str, str], Any] = {}  # (namespace, actor name) -> handle
