@@ -215,8 +215,9 @@ class ControllerImpl:
         return False
 
     async def get_view(self) -> bytes:
-        async with self._lock:
-            await self._load()
+        if not self._loaded:  # (once loaded, never behind a view change that holds the lock)
+            async with self._lock:
+                await self._load()
         return view_to_wire(self.view)
 
     async def wait_view(self, known_version: int, timeout: float, silo: str = "") -> bytes:
