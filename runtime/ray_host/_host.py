@@ -75,6 +75,7 @@ class SiloHostImpl:
         self.node_id = node_id
         self._controller = controller
         self._standby = standby  # the standby controller, followed while the controller is down
+        self._leader: Any = controller  # the one whose view we follow now (for settling)
         self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
@@ -135,9 +136,12 @@ class SiloHostImpl:
                     await self.stop()
                     return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
+                self._leader = self._standby or self._controller
                 blob = await follow_standby(self._standby, self.membership.view.version, self.name)
                 if blob is None:
                     continue
+            else:
+                self._leader = self._controller
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:
@@ -186,7 +190,8 @@ class SiloHostImpl:
 
         async def settle() -> None:
             try:
-                await self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)
+                # (The standby while it leads: a restarting controller would answer late.)
+                await self._leader.wait_settled.remote(version, _SETTLE_TIMEOUT)
             except Exception as exc:
                 get_logger().warning("view_settle_failed", silo=self.name, error=repr(exc))
             finally:
