@@ -40,6 +40,16 @@ _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' h
 __all__ = ["SiloHostImpl", "follow_standby"]
 
 
+def _moves_off_live_silos(active_before: set[str], view: MembershipView) -> bool:
+    """Whether ``view`` moves actors away from a silo that still runs (one joined, or one is
+    leaving), from a view whose active silos were ``active_before``: only then is there a
+    previous owner to wait for. When silos only died, no live silo's actors move, and the dead
+    ones' actors have no previous owner left to hand them over (a silo declared dead while
+    alive stops serving; a late write of its is fenced by the ETag)."""
+    after = set(view.active())
+    return bool(after - active_before) or bool(active_before - after - set(view.dead()))
+
+
 async def follow_standby(standby: Any, version: int, silo: str = "") -> bytes | None:
     """One long poll on the standby controller, for a follower whose poll on the controller
     failed (it is down, and Ray restarting it takes seconds); None after a pause when there is
@@ -75,7 +85,6 @@ class SiloHostImpl:
         self.node_id = node_id
         self._controller = controller
         self._standby = standby  # the standby controller, followed while the controller is down
-        self._leader: Any = controller  # the one whose view we follow now (for settling)
         self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
@@ -136,12 +145,9 @@ class SiloHostImpl:
                     await self.stop()
                     return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
-                self._leader = self._standby or self._controller
                 blob = await follow_standby(self._standby, self.membership.view.version, self.name)
                 if blob is None:
                     continue
-            else:
-                self._leader = self._controller
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:
@@ -152,6 +158,7 @@ class SiloHostImpl:
     async def _apply_view(self, view: MembershipView) -> None:
         before = set(self.membership.view.dead())
         ring_before = self.membership.ring
+        active_before = set(self.membership.view.active())
         if not self.membership.update(view):
             return
         if view.status_of(self.name) is SiloStatus.DEAD:
@@ -172,7 +179,7 @@ class SiloHostImpl:
             for a in list(self.silo.activations.values())
             if len(ring) and ring.owner(a.actor_id) != self.name
         ]
-        if self.membership.ring is not ring_before:
+        if self.membership.ring is not ring_before and _moves_off_live_silos(active_before, view):
             self._hold_activations_until_settled(view.version)
         await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))
 
@@ -190,8 +197,7 @@ class SiloHostImpl:
 
         async def settle() -> None:
             try:
-                # (The standby while it leads: a restarting controller would answer late.)
-                await self._leader.wait_settled.remote(version, _SETTLE_TIMEOUT)
+                await self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)
             except Exception as exc:
                 get_logger().warning("view_settle_failed", silo=self.name, error=repr(exc))
             finally:
