@@ -21,13 +21,13 @@ import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
 from raygrain.actors import ActorId, ConfigurationError, StorageError, StorageSchemaError
-from raygrain.storage._pending import Pending, WriteQueue, copied, start_committer
+from raygrain.storage._pending import Pending, QueuedWrite, WriteQueue, copied, start_committer
 from raygrain.storage._postgres_batch import Outcome, Statements, apply_batch
 from raygrain.storage._postgres_errors import (
     RETRY_BATCH,
@@ -37,8 +37,10 @@ from raygrain.storage._postgres_errors import (
     safe,
 )
 from raygrain.storage._postgres_events import PostgresEventLog
+from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
 from raygrain.storage._provider import StateRecord, StateWrite
+from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
 
@@ -55,6 +57,7 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _DEADLOCK_RETRIES = 5
+_T = TypeVar("_T")
 _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
 
@@ -119,6 +122,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._where = safe(dsn)
         self._quoted_schema = quote(schema)
         self._sql = Statements.in_schema(self._quoted_schema)
+        self._reminders = ReminderStatements(self._quoted_schema)
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._pending: deque[Pending] = deque()
@@ -165,6 +169,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 timeout=self.connect_timeout,
                 command_timeout=self._client_timeout,
                 max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
                 server_settings={
                     "application_name": "raygrain",
                     "statement_timeout": str(int(self.statement_timeout * 1000)),
@@ -226,6 +231,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._closed = True
         while self._committers:
             await asyncio.wait(set(self._committers))
+        await self._drain_appends()
         async with self._open_lock:
             pool, self._pool = self._pool, None
             if pool is not None:
@@ -233,6 +239,38 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                     await asyncio.wait_for(pool.close(), self.connect_timeout)
                 except UNREACHABLE:
                     pool.terminate()
+
+    # -- the reminder table (storage.ReminderTable; see _postgres_reminders) -------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        return await self._once(
+            f"registering reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.upsert(c, actor_id, name, first_tick, period),
+        )
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return await self._once(
+            f"removing reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.remove(c, actor_id, name, etag),
+        )
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            f"reading the reminders of {actor_id}", lambda c: self._reminders.of(c, actor_id)
+        )
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            "reading reminders by ring range", lambda c: self._reminders.in_ranges(c, ranges)
+        )
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        # Retried like a read: an ack only ever moves a tick forward, so a second run of one
+        # that did commit changes nothing.
+        if acks:
+            await self._retrying("recording reminder ticks", lambda c: self._reminders.ack(c, acks))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -269,6 +307,39 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             except asyncpg.PostgresError as exc:
                 raise StorageError(f"{self!r} failed {doing}: {describe(exc)}") from exc
 
+    async def _once(self, doing: str, query: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """Run a write once: once it was sent, a failed connection leaves its outcome unknown,
+        and running it again could undo what a later call did."""
+        try:
+            await self.open()
+        except StorageError as exc:
+            raise type(exc)(f"{exc} ({doing}: nothing was written)") from exc
+        assert self._pool is not None
+        try:
+            connection = await self._pool.acquire(timeout=self._client_timeout)
+        except SERVER_ERROR as exc:
+            raise StorageError(
+                f"{self!r} is unreachable; nothing was written {doing}: {describe(exc)}"
+            ) from exc
+        try:
+            return await query(connection)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise self._unknown(doing, exc) from exc
+            raise StorageError(
+                f"{self!r} refused {doing}; nothing was written: {describe(exc)}"
+            ) from exc
+        except UNREACHABLE as exc:
+            raise self._unknown(doing, exc) from exc
+        finally:
+            await self._pool.release(connection)
+
+    def _unknown(self, doing: str, exc: BaseException) -> StorageError:
+        return StorageError(
+            f"{self!r}: the connection failed {doing}, which may or may not have taken effect "
+            f"(outcome unknown): {describe(exc)}"
+        )
+
     # -- group commit --------------------------------------------------------------------------
 
     def _start_committer(self) -> None:
@@ -279,12 +350,11 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         cancelled = False
         try:
             while self._pending:
-                batch = self._take_batch()
+                batch, keys = self._take_batch()
                 if not batch:
                     break  # the rest waits for records in flight; their committers take it
                 if self._pending:
                     self._start_committer()  # another batch can gather and go meanwhile
-                keys = {w.actor_id for pending in batch for w in pending.writes}
                 self._in_flight |= keys
                 try:
                     await self._commit(batch)
@@ -303,35 +373,52 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 else:
                     self._start_committer()
 
-    def _take_batch(self) -> list[Pending]:
+    def _take_batch(self) -> tuple[list[Pending], set[ActorId]]:
         """The front of the queue, at most ``max_batch`` records (at least half the queue, so
         that the next batch gathers while this one commits), each record at most once and
         none in a batch still being committed: such a write waits for a later batch, which
         keeps every record's writes in queue order and batches in flight off each other's
-        row locks."""
+        row locks. Returns the batch and its records."""
         batch: list[Pending] = []
         deferred: list[Pending] = []
-        taken: set[ActorId] = set()
-        blocked: set[ActorId] = set()
+        taken: set[ActorId] = set()  # the batch's records
+        closed: set[ActorId] = set()  # records this batch can take no write of (taken too)
+        if self._in_flight:
+            closed.update(self._in_flight)
+        pending = self._pending
         size = 0
         limit = self._batch_limit(self.max_batch)
-        while self._pending and size < limit:
-            head = self._pending.popleft()
+        while pending and size < limit:
+            head = pending.popleft()
+            if type(head) is QueuedWrite:  # the common case, made cheap: one write
+                key = head.actor_id
+                if key in closed:
+                    deferred.append(head)
+                    continue
+                if batch and size + 1 > limit:
+                    pending.appendleft(head)
+                    break
+                batch.append(head)
+                taken.add(key)
+                closed.add(key)
+                size += 1
+                continue
             if head.dropped():
                 continue
             ids = [w.actor_id for w in head.writes]
             if batch and size + len(ids) > limit:
-                self._pending.appendleft(head)
+                pending.appendleft(head)
                 break
-            if any(i in taken or i in blocked or i in self._in_flight for i in ids):
+            if any(i in closed for i in ids):
                 deferred.append(head)
-                blocked.update(ids)
+                closed.update(ids)
                 continue
             batch.append(head)
             taken.update(ids)
+            closed.update(ids)
             size += len(ids)
-        self._pending.extendleft(reversed(deferred))
-        return batch
+        pending.extendleft(reversed(deferred))
+        return batch, taken
 
     async def _commit(self, batch: list[Pending]) -> None:
         try:
@@ -393,6 +480,14 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """How a connection is reset on its way back to the pool: not at all. asyncpg's default
+    sends a reset query (advisory unlock, close cursors, unlisten, reset settings): a second
+    round trip for every batch and every read, behind the server's queue. This store leaves
+    none of that on a session (its advisory lock is a transaction's; it sets nothing, listens
+    to nothing, opens no cursor), and asyncpg still rolls back a transaction left open."""
 
 
 async def _terminate(pool: asyncpg.Pool) -> None:

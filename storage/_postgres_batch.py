@@ -23,9 +23,10 @@ Outcome = list[str] | InconsistentStateError
 
 _SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
 _SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
-# One statement for a whole batch; it returns the records that won their ETag check (a loser's
-# stored version is looked up afterwards: losers are rare, and sparing every batch that lookup
-# halves the rows it returns). An UPDATE that waits for another session's lock re-checks
+# One statement for a whole batch; it returns the records that lost their ETag check, usually
+# none: a winner's new version is its expected one plus one (a record appears at most once in a
+# batch), so the answer need not carry a row per write. (A loser's stored version is looked up
+# afterwards: losers are rare.) An UPDATE that waits for another session's lock re-checks
 # ``version = expected`` against the row that session committed, so two writers holding one
 # ETag never both succeed.
 _APPLY = """
@@ -35,34 +36,33 @@ WITH input AS (
 ), updated AS (
     UPDATE {schema}.raygrain_state s SET version = s.version + 1, data = i.data
     FROM input i WHERE i.expected > 0 AND s.id = i.id AND s.version = i.expected
-    RETURNING s.id, s.version
+    RETURNING s.id
 ), inserted AS (
     INSERT INTO {schema}.raygrain_state (id, version, type_name, actor_key, data)
     SELECT i.id, 1, i.type_name, i.actor_key, i.data FROM input i WHERE i.expected = 0
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, version
+    RETURNING id
+), won AS (
+    SELECT id FROM updated UNION ALL SELECT id FROM inserted
 )
-SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
+SELECT i.id FROM input i WHERE NOT EXISTS (SELECT FROM won w WHERE w.id = i.id)
 """
 # The same for a batch holding atomic groups ($6: each record's group, -1 for a lone write),
 # in one round trip too: a group that matched only in part aborts the whole statement, hence
 # its implicit transaction, with a division by zero (the one error plain SQL can raise; the
 # divisor is computed per row so that the planner cannot fold it). The committer then runs
 # the batch again in an explicit transaction and leaves the group out.
-_APPLY_ATOMIC = _APPLY.replace(
-    "$5::bytea[])\n        AS i(id, expected, type_name, actor_key, data)",
-    "$5::bytea[], $6::int[])\n        AS i(id, expected, type_name, actor_key, data, grp)",
-).replace(
-    "SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted",
-    """, won AS (
-    SELECT id, version FROM updated UNION ALL SELECT id, version FROM inserted
-)
-SELECT id, version FROM won
-UNION ALL
-SELECT NULL, 1 / (g.grp - g.grp) FROM (
+_APPLY_ATOMIC = (
+    _APPLY.replace(
+        "$5::bytea[])\n        AS i(id, expected, type_name, actor_key, data)",
+        "$5::bytea[], $6::int[])\n        AS i(id, expected, type_name, actor_key, data, grp)",
+    )
+    + """UNION ALL
+SELECT CASE WHEN 1 / (g.grp - g.grp) = 0 THEN NULL::bytea END FROM (
     SELECT i.grp FROM input i LEFT JOIN won w ON w.id = i.id WHERE i.grp >= 0
     GROUP BY i.grp HAVING count(w.id) > 0 AND count(w.id) < count(*)
-) g""",
+) g
+"""
 )
 
 
@@ -208,10 +208,10 @@ def _version(etag: str | None) -> int:
 def _decide(
     batch: list[Pending], live: list[int], rows: list[Any]
 ) -> tuple[dict[int, Outcome], set[int], dict[int, StateWrite | QueuedWrite]]:
-    """Each live entry's outcome from the winners the statement returned; the atomic groups
+    """Each live entry's outcome from the losers the statement returned; the atomic groups
     that only partly matched (whose writes must be rolled back); and each refused entry's first
     refused write (whose stored ETag is then looked up)."""
-    won = {bytes(row["id"]): int(row["version"]) for row in rows}
+    lost = {bytes(row[0]) for row in rows}
     outcomes: dict[int, Outcome] = {}
     partial: set[int] = set()
     losers: dict[int, StateWrite | QueuedWrite] = {}
@@ -219,9 +219,8 @@ def _decide(
         etags: list[str] = []
         refused: StateWrite | QueuedWrite | None = None
         for write in batch[index].writes:
-            version = won.get(write.actor_id.canonical())
-            if version is not None:
-                etags.append(str(version))
+            if not lost or write.actor_id.canonical() not in lost:
+                etags.append(str(_version(write.expected_etag) + 1))  # (0: a new record)
             elif refused is None:
                 refused = write
         if refused is None:

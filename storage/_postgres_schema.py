@@ -10,12 +10,13 @@ import asyncpg
 
 from raygrain.actors import StorageSchemaError
 from raygrain.storage._postgres_events import EVENT_TABLES
+from raygrain.storage._postgres_reminders import REMINDER_MIGRATION
 
 __all__ = ["MIGRATIONS", "SCHEMA_LOCK", "SCHEMA_VERSION", "ensure_schema"]
 
 # MIGRATIONS[n] takes the schema from version n to n + 1; each runs in the transaction that
 # records the new version, under an advisory lock, so silos starting together apply it once.
-# A capability that needs a table of its own (reminders, say) appends a step here.
+# A capability that needs a table of its own appends a step here.
 MIGRATIONS: list[str] = [
     # ``version`` is the ETag: it grows by one on every write and a record is never deleted
     # (``data`` NULL is a tombstone), so an ETag is never reused. ``id`` is
@@ -30,7 +31,8 @@ MIGRATIONS: list[str] = [
         data      bytea
     ) WITH (fillfactor = 80)
     """,
-    EVENT_TABLES,  # the event log (storage/_postgres_events.py)
+    EVENT_TABLES,  # 2: the event log (storage/_postgres_events.py)
+    REMINDER_MIGRATION,  # 3: the reminder table (storage/_postgres_reminders.py)
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

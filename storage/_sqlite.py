@@ -15,15 +15,14 @@ application's database is refused at open and left untouched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import aiosqlite
 
@@ -38,6 +37,7 @@ from raygrain.storage._pending import Pending, WriteQueue, copied, start_committ
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 from raygrain.storage._sqlite_batch import FileIdentity, KnownVersions, Outcome, commit
+from raygrain.storage._sqlite_connection import close_quietly, on_thread, reason
 from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
@@ -48,9 +48,6 @@ APPLICATION_ID = 0x7267726E
 
 Durability = Literal["fsync", "normal"]
 _SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "normal": "NORMAL"}
-
-# SQLite primary result codes (sqlite3 only exports them as constants from Python 3.11 on).
-_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
 
 # ``version`` comes before ``data`` so that reading it never touches a large value's overflow
 # pages; ``data`` NULL is a tombstone. ``type_name`` and ``actor_key`` are only for humans
@@ -198,7 +195,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
             for connection in (writer, reader):
                 if connection is not None:
-                    await _close_quietly(connection)
+                    await close_quietly(connection)
 
     # -- the reminder table (storage.ReminderTable; see _sqlite_reminders) ---------------------
 
@@ -248,7 +245,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         function: Callable[[sqlite3.Connection], _T],
     ) -> _T:
         try:
-            return await _on_thread(connection, function)
+            return await on_thread(connection, function)
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(doing, exc) from exc
 
@@ -281,7 +278,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             thread.daemon = True
         connection = await pending
         if failure:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             raise self._open_error(failure[0]) from failure[0]
         return connection
 
@@ -302,7 +299,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             await connection.executescript(reminders.REMINDER_SCHEMA)
             await connection.executescript(EVENT_SCHEMA)
         except BaseException as exc:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
                 raise self._open_error(exc) from exc
             raise
@@ -313,7 +310,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         try:
             await connection.execute("PRAGMA query_only = ON")
         except BaseException as exc:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
                 raise self._open_error(exc) from exc
             raise
@@ -343,8 +340,8 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             )
 
     def _open_error(self, exc: sqlite3.Error) -> StorageSchemaError:
-        reason = "it is a directory" if os.path.isdir(self.path) else _reason(exc, self)
-        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {reason}")
+        why = "it is a directory" if os.path.isdir(self.path) else reason(exc, self.busy_timeout)
+        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {why}")
 
     # -- group commit --------------------------------------------------------------------------
 
@@ -416,7 +413,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             self._writer = await self._connect_writer()
         writer = self._writer
         try:
-            outcomes = await _on_thread(
+            outcomes = await on_thread(
                 writer, lambda connection: commit(connection, batch, self._known, self._file)
             )
         except BaseException:
@@ -432,7 +429,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             # The connection's transaction state is unknown: drop it, the next batch reconnects.
             if self._writer is writer:
                 self._writer = None
-            await _close_quietly(writer)
+            await close_quietly(writer)
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -445,52 +442,11 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             return type(exc)(*exc.args)
         if isinstance(exc, sqlite3.Error):
             return StorageError(
-                f"SQLite state store {self.path!r} failed {doing}: {_reason(exc, self)}"
+                f"SQLite state store {self.path!r} failed {doing}: {reason(exc, self.busy_timeout)}"
             )
         if isinstance(exc, ValueError) and self._closed:
             return StorageError(f"{self!r} was closed while {doing}")
         return StorageError(f"SQLite state store {self.path!r} failed {doing}: {exc!r}")
-
-
-async def _on_thread(
-    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    """Run ``function`` with ``connection``'s sqlite3 connection on its own thread.
-
-    (``_execute`` is how every aiosqlite method reaches that thread; it has no public name.)
-    """
-    execute = cast(Callable[[Callable[[], _T]], Awaitable[_T]], connection._execute)
-    return await execute(lambda: function(connection._conn))
-
-
-def _reason(exc: sqlite3.Error, storage: SqliteStorage) -> str:
-    """What went wrong, in words a user can act on."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = None if code is None else code & 0xFF
-    if primary in (_BUSY, _LOCKED) or "locked" in str(exc):
-        return (
-            f"the database is locked by another connection "
-            f"(waited busy_timeout={storage.busy_timeout:g}s) [{exc}]"
-        )
-    if primary == _NOTADB:
-        return f"not a SQLite database (corrupt, or another kind of file) [{exc}]"
-    if primary == _CORRUPT:
-        return f"the database file is corrupt [{exc}]"
-    if primary == _CANTOPEN:
-        return f"cannot open the file: does its directory exist and is it writable? [{exc}]"
-    if primary == _READONLY:
-        return f"the file or its directory is read-only [{exc}]"
-    if primary == _FULL:
-        return f"the disk is full [{exc}]"
-    if primary == _IOERR:
-        return f"disk I/O error [{exc}]"
-    return str(exc)
-
-
-async def _close_quietly(connection: aiosqlite.Connection) -> None:
-    # Nothing is left to lose: every write was committed or rolled back before closing.
-    with contextlib.suppress(sqlite3.Error, ValueError):
-        await connection.close()
 
 
 def _warn_unclosed(description: str) -> None:

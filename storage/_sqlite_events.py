@@ -72,6 +72,7 @@ _INSERT = (
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 60  # 8 parameters a row, under SQLite's old limit of 999
 _MAX_BATCH = 2000  # events in one transaction
+_MAX_KNOWN_STREAMS = 200_000
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class SqliteEventLog:
 
     _appends: deque[_PendingAppend] | None = None
     _append_committer: asyncio.Task[None] | None = None
+    _known_tails: _KnownTails | None = None
 
     if TYPE_CHECKING:  # provided by SqliteStorage
         _reader: aiosqlite.Connection | None
@@ -199,7 +201,12 @@ class SqliteEventLog:
             if self._writer is None:  # dropped after a failed rollback: start afresh
                 self._writer = await self._connect_writer()
             file = self._file
-            outcomes = await self._guarded(doing, self._writer, lambda c: _apply(c, batch, file))
+            if self._known_tails is None:
+                self._known_tails = _KnownTails()
+            known = self._known_tails
+            outcomes = await self._guarded(
+                doing, self._writer, lambda c: _apply(c, batch, file, known)
+            )
         except BaseException as exc:
             error = exc if isinstance(exc, StorageError) else self._error(doing, exc)
             for pending in batch:
@@ -229,14 +236,60 @@ def _stored(row: Any) -> StoredEvent:
     )
 
 
+class _KnownTails:
+    """Each stream's (category, version) and each category's head as the writer connection
+    left them, valid while no other connection has committed since (``PRAGMA data_version``,
+    as ``SqliteStorage``'s known versions): spares a batch its per-append SELECTs, each a trip
+    into SQLite on which the writer thread lets go of the GIL."""
+
+    __slots__ = ("connection", "data_version", "heads", "tails")
+
+    def __init__(self) -> None:
+        self.connection: sqlite3.Connection | None = None
+        self.data_version = -1
+        self.tails: dict[str, tuple[str, int]] = {}
+        self.heads: dict[str, int] = {}
+
+    def check(self, connection: sqlite3.Connection) -> None:
+        (data_version,) = connection.execute("PRAGMA data_version").fetchone()
+        stale = connection is not self.connection or data_version != self.data_version
+        if stale or len(self.tails) > _MAX_KNOWN_STREAMS:
+            self.forget()
+        self.connection, self.data_version = connection, data_version
+
+    def forget(self) -> None:
+        self.connection = None
+        self.tails.clear()
+        self.heads.clear()
+
+
 def _apply(
-    connection: sqlite3.Connection, batch: list[_PendingAppend], file: _FileIdentity
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    file: _FileIdentity,
+    known: _KnownTails,
 ) -> list[Appended | Exception]:
     """On the writer's thread: one transaction for the whole batch, and the check that it
-    went to the file at the store's path before anyone is told."""
+    went to the file at the store's path before anyone is told. An event id stored earlier
+    in a stream, which only the insert finds (the unique index refuses it), sends the batch
+    again with every append's ids looked up first."""
+    try:
+        return _apply_once(connection, batch, file, known, look_up_ids=False)
+    except sqlite3.IntegrityError:
+        return _apply_once(connection, batch, file, known, look_up_ids=True)
+
+
+def _apply_once(
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    file: _FileIdentity,
+    known: _KnownTails,
+    look_up_ids: bool,
+) -> list[Appended | Exception]:
     connection.execute("BEGIN IMMEDIATE")
     try:
-        outcomes, rows, heads = _decide(connection, batch)
+        known.check(connection)
+        outcomes, rows, heads, tails = _decide(connection, batch, known, look_up_ids)
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start : start + _ROWS_PER_INSERT]
             connection.execute(
@@ -251,63 +304,85 @@ def _apply(
         connection.execute("COMMIT")
         file.check()
     except BaseException:
+        known.forget()
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+    known.tails.update(tails)
+    known.heads.update(heads)
+    (known.data_version,) = connection.execute("PRAGMA data_version").fetchone()
     return outcomes
 
 
+def _load_tails(connection: sqlite3.Connection, streams: list[str], known: _KnownTails) -> None:
+    """Put the (category, version) of ``streams`` into ``known`` (version 0: no events)."""
+    for start in range(0, len(streams), 400):
+        chunk = streams[start : start + 400]
+        found = connection.execute(
+            "SELECT stream, category, max(version) FROM raygrain_events"
+            f" WHERE stream IN ({', '.join('?' * len(chunk))}) GROUP BY stream",
+            chunk,
+        ).fetchall()
+        for stream in chunk:
+            known.tails.setdefault(stream, ("", 0))
+        for stream, category, version in found:
+            known.tails[stream] = (category, int(version))
+
+
 def _decide(
-    connection: sqlite3.Connection, batch: list[_PendingAppend]
-) -> tuple[list[Appended | Exception], list[tuple[Any, ...]], dict[str, int]]:
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    known: _KnownTails,
+    look_up_ids: bool,
+) -> tuple[
+    list[Appended | Exception], list[tuple[Any, ...]], dict[str, int], dict[str, tuple[str, int]]
+]:
     """Check each append in queue order against the file and the batch's earlier appends, as if
     they committed one by one, and collect the rows of those that pass."""
     outcomes: list[Appended | Exception] = []
     rows: list[tuple[Any, ...]] = []
     heads: dict[str, int] = {}
-    tails: dict[str, tuple[str, int]] = {}  # stream -> (category, version), this batch's
+    tails: dict[str, tuple[str, int]] = {}  # this batch's, on top of known.tails
     batch_ids: dict[tuple[str, str], tuple[int, int]] = {}
+    _load_tails(connection, [a.stream for a in batch if a.stream not in known.tails], known)
     now = time.time()
     for append in batch:
         stream, category = append.stream, append.category
+        stored_category, version = tails.get(stream) or known.tails[stream]
         ids = [event_id for _, _, event_id in append.events]
-        found = {i: batch_ids[(stream, i)] for i in ids if (stream, i) in batch_ids}
-        marks = ", ".join("?" * len(ids))
-        found.update(
-            (event_id, (version, position))
-            for event_id, version, position in connection.execute(
-                "SELECT event_id, version, position FROM raygrain_events"
-                f" WHERE stream = ? AND event_id IN ({marks})",
-                (stream, *ids),
+        # The ids need looking up only when the stream is not where the append expected it
+        # (a retry whose first attempt was stored moved it on) or no version was expected.
+        if look_up_ids or append.expected_version != version:
+            found = {i: batch_ids[(stream, i)] for i in ids if (stream, i) in batch_ids}
+            found.update(
+                (event_id, (v, p))
+                for event_id, v, p in connection.execute(
+                    "SELECT event_id, version, position FROM raygrain_events"
+                    f" WHERE stream = ? AND event_id IN ({', '.join('?' * len(ids))})",
+                    (stream, *ids),
+                )
             )
-        )
-        try:
-            earlier = repeated(stream, ids, found)
-        except InvalidEventError as exc:
-            outcomes.append(exc)
-            continue
-        if earlier is not None:
-            outcomes.append(earlier)
-            continue
-        if stream not in tails:
-            tail = connection.execute(
-                "SELECT category, version FROM raygrain_events WHERE stream = ?"
-                " ORDER BY version DESC LIMIT 1",
-                (stream,),
-            ).fetchone()
-            tails[stream] = (category, 0) if tail is None else (tail[0], int(tail[1]))
-        stored_category, version = tails[stream]
-        if stored_category != category:
+            try:
+                earlier = repeated(stream, ids, found)
+            except InvalidEventError as exc:
+                outcomes.append(exc)
+                continue
+            if earlier is not None:
+                outcomes.append(earlier)
+                continue
+        if version and stored_category != category:
             outcomes.append(other_category(stream, category, stored_category))
             continue
         if append.expected_version is not None and append.expected_version != version:
             outcomes.append(wrong_version(stream, append.expected_version, version))
             continue
         if category not in heads:
-            head = connection.execute(
-                "SELECT head FROM raygrain_event_heads WHERE category = ?", (category,)
-            ).fetchone()
-            heads[category] = 0 if head is None else int(head[0])
+            if category not in known.heads:
+                head = connection.execute(
+                    "SELECT head FROM raygrain_event_heads WHERE category = ?", (category,)
+                ).fetchone()
+                known.heads[category] = 0 if head is None else int(head[0])
+            heads[category] = known.heads[category]
         position = heads[category]
         for type_, data, event_id in append.events:
             version += 1
@@ -317,4 +392,4 @@ def _decide(
         tails[stream] = (category, version)
         heads[category] = position
         outcomes.append(Appended(version, position))
-    return outcomes, rows, heads
+    return outcomes, rows, heads, tails

@@ -11,6 +11,7 @@ from raygrain.actors import (
     InconsistentStateError,
     RaygrainError,
     RemoteActorError,
+    SagaFailedError,
     WrongExpectedVersionError,
     decode_error,
     encode_error,
@@ -27,6 +28,8 @@ def _instances() -> list[RaygrainError]:
             made.append(cls("orders/o-1", 3, 4))
         elif cls is RemoteActorError:
             made.append(cls("pkg.Boom", "it broke", "Traceback ..."))
+        elif cls is SagaFailedError:
+            made.append(cls("trip-1", "compensated", "step 'pay' failed"))
         else:
             made.append(cls(f"{name} happened"))
     return made
