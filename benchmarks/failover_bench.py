@@ -3,15 +3,17 @@
 A 3-node ``ray.cluster_utils`` cluster (one CPU each) runs one silo per node; a workload of
 acknowledged deposits runs over a few thousand accounts; a worker node is removed without
 grace. Every node that can die without Ray itself is a victim, each in a cluster of its own:
-each worker node. (The controller lives on Ray's head node, pinned there, so the controller's
-node is the head node, whose death is the whole Ray cluster's; the benchmark asserts that no
-victim hosts the controller.) Reported, typical case (median over victims) beside worst case:
-raygrain's detection time (the dead silo leaves the view) and the time to full service (every
-actor that lived on the dead silo answers again, from storage, on a new owner), with the calls
-that failed retryably and acknowledged writes lost (must be 0), beside Ray's own time to mark
-the node dead, measured in the same runs. A double fault is reported beside them: a worker
-node dying while the controller's process is killed (Ray restarts the controller in place).
-The scenario runs in its own process because it needs its own Ray cluster.
+each worker node. The controller and its standby live on Ray's head node, pinned there, so the
+controller's node is the head node, whose death is the whole Ray cluster's (the benchmark
+asserts that no victim hosts the controller); what can die there alone is the controller's
+process, so the controller's victim is a worker node dying together with the controller's
+process (the standby leads while Ray restarts the controller in place). Reported over all
+victims, the controller's included, typical case (median) beside worst case: raygrain's
+detection time (the dead silo leaves the view) and the time to full service (every actor that
+lived on the dead silo answers again, from storage, on a new owner), with the calls that failed
+retryably and acknowledged writes lost (must be 0), beside Ray's own time to mark the node dead,
+measured in the same runs. The scenario runs in its own process because it needs its own Ray
+cluster.
 
     python -m raygrain.benchmarks.failover_bench [--quick] [--runs N]    (N > 1: a soak)
 """
@@ -218,19 +220,21 @@ def _main() -> None:
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Over the node victims: typical (median) and worst case of each time; the double fault
-    (a node and the controller's process) apart; the totals over all."""
+    """Over every victim, the controller's included: typical (median) and worst case of each
+    time, the worker nodes alone and the double fault (a node and the controller's process)
+    beside them; the totals over all."""
     nodes = [r for r in results if not r["controller_process_killed"]]
     double = [r for r in results if r["controller_process_killed"]]
     summary: dict[str, Any] = {}
     for key in ("detection_s", "full_service_s", "ray_detection_s"):
-        values = [r[key] for r in nodes]
+        values = [r[key] for r in results]
         summary[key] = {
             "typical": statistics.median(values),
             "worst": max(values),
+            "worker_nodes_worst": max(r[key] for r in nodes),
             "node_and_controller": max((r[key] for r in double), default=None),
         }
-    summary["worst_victim"] = max(nodes, key=lambda r: r["full_service_s"])["victim"]
+    summary["worst_victim"] = max(results, key=lambda r: r["full_service_s"])["victim"]
     summary["lost"] = sum(r["lost"] for r in results)
     summary["failed_calls"] = sum(r["failed_calls"] for r in results)
     return summary
@@ -251,8 +255,7 @@ async def run(quick: bool = False) -> list[dict[str, Any]]:
         raise RuntimeError(f"failover run failed: {done.stderr[max(first, 0) :][:3000]}")
     results = json.loads(line[len("RESULT ") :])
     summary = summarize(results)
-    nodes = [r for r in results if not r["controller_process_killed"]]
-    worst = max(nodes, key=lambda r: r["full_service_s"])
+    worst = max(results, key=lambda r: r["full_service_s"])
     double = next(r for r in results if r["controller_process_killed"])
     service, detection, ray_s = (
         summary["full_service_s"],
@@ -263,7 +266,7 @@ async def run(quick: bool = False) -> list[dict[str, Any]]:
     details = [{k: v for k, v in r.items() if k != "timeline"} for r in results]
     return [
         figure(
-            "failover: seconds from node kill to full service (typical over nodes)",
+            "failover: seconds from node kill to full service (typical over victims)",
             service["typical"],
             ray_s["typical"],
             "s",
@@ -285,7 +288,7 @@ async def run(quick: bool = False) -> list[dict[str, Any]]:
             timeline=worst["timeline"],
         ),
         figure(
-            "failover: seconds from node kill to detection (worst over nodes)",
+            "failover: seconds from node kill to detection (worst over victims)",
             detection["worst"],
             ray_s["worst"],
             "s",
@@ -298,10 +301,14 @@ async def run(quick: bool = False) -> list[dict[str, Any]]:
         figure(
             "failover: seconds to full service, node and controller process killed at once",
             double["full_service_s"],
-            double["ray_detection_s"],
+            service["worker_nodes_worst"],
             "s",
-            baseline_name="Ray's own time to mark the node dead",
+            baseline_name="the worst worker node killed alone",
             lower_is_better=True,
+            target=f"<= {TARGET_SECONDS} s",
+            meets_target=double["full_service_s"] <= TARGET_SECONDS,
+            detection_s=double["detection_s"],
+            ray_detection_s=double["ray_detection_s"],
             lost_acknowledged_writes=double["lost"],
         ),
     ]

@@ -93,6 +93,7 @@ def export_to_ray(silo: Silo, transport: Any) -> RayExporter | None:
     if metrics is None:
         return None
     transport.on_batch = metrics.metrics.wire_batch.observe
+    transport.on_answers_expired = metrics.metrics.answers_expired.inc
     exporter = RayExporter(metrics.registry, metrics.settings.export_period)
     exporter.start()
     return exporter

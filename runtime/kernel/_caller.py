@@ -14,7 +14,7 @@ import os
 from array import array
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any
 
@@ -32,6 +32,7 @@ from raygrain.actors import (
     encode_error,
 )
 from raygrain.runtime.kernel._extensions import CallFilter, CallObserver
+from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._transport import Transport
@@ -123,6 +124,7 @@ class Caller:
         self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._answered_on_the_spot = 0
+        self.responses_refused = 0  # answers from a silo their call was not sent to
         self.closed = False
         # Observers' notifications (streams): a response with a negative call id is a push
         # to an observer of this endpoint, handed to this hook; None drops them.
@@ -265,18 +267,73 @@ class Caller:
             return decode(response.payload, self) if response.payload else None
         raise decode_error(response.payload)
 
-    def deliver_response(self, response: Response) -> None:
-        pending = self._pending.pop(response.call_id, None)
-        if pending is not None:
-            if not pending.future.done():
-                pending.future.set_result(response)
-        elif response.call_id < 0 and self.on_notice is not None:
-            self.on_notice(response)
+    def deliver_response(self, response: Response, sender: str | None = None) -> None:
+        """Complete the call ``response`` answers, if it came from the silo the call was sent to.
+
+        ``sender`` is the silo it came from, as the transport knows it (the peer of an
+        authenticated connection, the silo polled or called over Ray); None only for delivery
+        inside one process (``LocalTransport``). A silo answers only the calls sent to it: a
+        call it forwards is its own call to the new owner, whose answer it relays (``relay``).
+        """
+        pending = self._pending.get(response.call_id)
+        if pending is None:
+            if response.call_id < 0 and self.on_notice is not None:
+                self.on_notice(response)  # a push to an observer of this endpoint
+            return
+        if sender is not None and sender != pending.destination:
+            self.responses_refused += 1
+            if self.responses_refused & (self.responses_refused - 1) == 0:  # 1, 2, 4, 8...
+                get_logger().warning(
+                    "response_from_wrong_silo",
+                    endpoint=self.address,
+                    call=f"{pending.target}.{pending.method}",
+                    sent_to=pending.destination,
+                    came_from=sender,
+                    refused=self.responses_refused,
+                )
+            return
+        del self._pending[response.call_id]
+        if not pending.future.done():
+            pending.future.set_result(response)
 
     def notify(self, address: str, notice: bytes) -> None:
         """Push ``notice`` to an observer at the endpoint ``address`` (no reply; dropped if
         the endpoint is gone)."""
         self._transport.reply(address, Response(-1, True, notice))
+
+    def relay(self, request: Request, destination: str) -> None:
+        """Pass on ``request``, a call this silo received for an actor that ``destination``
+        owns, as a call of this silo's own, and answer its caller with the outcome.
+
+        The caller then hears only from the silo it sent the call to, and when ``destination``
+        dies or cannot be reached, this silo's deadlines and death notices fail the call
+        (``SiloUnavailableError``: it may or may not have run) and the caller learns it now
+        rather than at its deadline. Raises what ``Transport.send`` raises.
+        """
+        relayed = replace(request, call_id=next(self._ids), reply_to=self.address)
+        future = self._dispatch(relayed, destination)
+        where = f"{request.target}.{request.method}"
+
+        def answer(done: asyncio.Future[Response]) -> None:
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                outcome = done.result()
+                response = Response(request.call_id, outcome.ok, outcome.payload, outcome.joined)
+            else:
+                if isinstance(error, ClusterClosedError):  # this silo stopped meanwhile
+                    error = SiloUnavailableError(
+                        f"silo {self.address} stopped while {where}, forwarded to {destination}, "
+                        "was in flight; it may or may not have run"
+                    )
+                response = Response(request.call_id, False, encode_error(error, where))
+            try:
+                self._transport.reply(request.reply_to, response)
+            except Exception as exc:  # (the transport closing): the caller's deadline tells it
+                get_logger().info("relay_failed", call=where, error=repr(exc))
+
+        future.add_done_callback(answer)
 
     def fail_all(self, error: RaygrainError) -> None:
         """Fail every pending call with ``error`` (the endpoint is closing)."""

@@ -240,8 +240,8 @@ class Silo:
         self._routes[(type_name, method_name)] = route
         return route
 
-    def deliver_response(self, response: Response) -> None:
-        self.caller.deliver_response(response)
+    def deliver_response(self, response: Response, sender: str | None = None) -> None:
+        self.caller.deliver_response(response, sender)
 
     def _owns(self, request: Request) -> bool:
         owner = self.membership.ring.owner(request.target)
@@ -253,7 +253,7 @@ class Silo:
             return True
         request.hops += 1
         try:
-            self.transport.send(owner, request)
+            self.caller.relay(request, owner)
         except RaygrainError as exc:
             self.reply_error(request, exc, f"{request.target}.{request.method}")
         return False

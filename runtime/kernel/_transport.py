@@ -19,7 +19,10 @@ class Endpoint(Protocol):
     """Something that receives envelopes: a silo (requests and responses) or a client
     (responses only)."""
 
-    def deliver_response(self, response: Response) -> None: ...
+    def deliver_response(self, response: Response, sender: str | None = None) -> None:
+        """``sender``: the silo the response came from, as the transport knows it (None: from
+        within this process, which ``LocalTransport`` does not tell apart)."""
+        ...
 
 
 class SiloEndpoint(Endpoint, Protocol):

@@ -2,7 +2,8 @@
 
 Host-agnostic: the Ray host wraps ``ControllerImpl`` in a Ray actor and supplies how a silo is
 probed and stopped. The view is stored (compare-and-swap) in the cluster's state store, so a
-restarted controller continues from it.
+restarted controller continues from it, and a standby controller can lead from it while the
+controller is down (``take_over``), then hand back (``step_down``, ``resume``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class ControllerImpl:
         self._missed: dict[str, int] = {}  # probes missed in a row, per silo
         self._applied: dict[str, int] = {}  # the newest view each silo has finished applying
         self._progress = asyncio.Event()  # set when a silo applies a view, or the view changes
+        # Whether this controller changes the view; a standby probes the silos all along (so
+        # that it knows at once which ones died) but declares nothing until it takes over.
+        self.leading = True
 
     # Overridden by the Ray actor: how to probe and how to stop a silo.
     async def probe_silo(self, name: str) -> None:
@@ -67,10 +71,43 @@ class ControllerImpl:
         record = await self._store.read(MEMBERSHIP_RECORD)
         self._etag = record.etag
         if record.data is not None:
-            self.view = view_from_wire(record.data)
-            for name in self.view.active():
-                self._watchers.setdefault(name, asyncio.ensure_future(self._watch(name)))
+            self.follow(view_from_wire(record.data))
         self._loaded = True
+
+    def follow(self, view: MembershipView) -> None:
+        """Take ``view`` as the current one and probe its active silos (a standby follows the
+        controller's view so)."""
+        self.view = view
+        for name in view.active():
+            if name not in self._watchers:
+                self._watchers[name] = asyncio.ensure_future(self._watch(name))
+
+    async def take_over(self) -> None:
+        """(A standby) lead from the stored view: probe its silos and change the view."""
+        async with self._lock:
+            self.leading = True
+            self._loaded = False
+            await self._load()
+            get_logger().warning("controller_standby_leading", view=self.view.version)
+            self._wake_long_polls()
+
+    async def step_down(self) -> None:
+        """(A standby) stop leading: the controller is back."""
+        async with self._lock:
+            self.leading = False
+            self._wake_long_polls()  # so that they go back to the controller
+
+    async def resume(self) -> None:
+        """Read the stored view again (a standby changed it meanwhile) and lead from it."""
+        async with self._lock:
+            self._loaded = False
+            await self._load()
+            self._wake_long_polls()
+
+    def _wake_long_polls(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._signal_progress()
 
     async def _publish(self, view: MembershipView) -> bytes:
         blob = view_to_wire(view)
@@ -79,9 +116,7 @@ class ControllerImpl:
             # controller writing behind our back makes this fail instead of forking the view.
             self._etag = await self._store.write(MEMBERSHIP_RECORD, blob, self._etag)
         self.view = view
-        self._changed.set()
-        self._changed = asyncio.Event()
-        self._signal_progress()
+        self._wake_long_polls()
         return blob
 
     def _signal_progress(self) -> None:
@@ -139,11 +174,18 @@ class ControllerImpl:
                 await asyncio.wait_for(self.probe_silo(name), detection.probe_timeout)
                 self._missed[name] = 0
             except SiloDied as exc:
-                if await self._try_to_declare_dead(name, f"Ray reports it dead: {exc}"):
+                self._missed[name] = detection.missed_probes  # (a standby remembers it)
+                if self.leading and await self._try_to_declare_dead(
+                    name, f"Ray reports it dead: {exc}"
+                ):
                     return
             except Exception as exc:  # a timeout, or Ray unsure: a missed probe
                 missed = self._missed[name] = self._missed.get(name, 0) + 1
-                if missed >= detection.missed_probes and not self._most_are_suspected():
+                if (
+                    self.leading
+                    and missed >= detection.missed_probes
+                    and not self._most_are_suspected()
+                ):
                     reason = f"{missed} probes missed ({type(exc).__name__})"
                     if await self._try_to_declare_dead(name, reason):
                         return
@@ -173,8 +215,9 @@ class ControllerImpl:
         return False
 
     async def get_view(self) -> bytes:
-        async with self._lock:
-            await self._load()
+        if not self._loaded:  # (once loaded, never behind a view change that holds the lock)
+            async with self._lock:
+                await self._load()
         return view_to_wire(self.view)
 
     async def wait_view(self, known_version: int, timeout: float, silo: str = "") -> bytes:

@@ -174,6 +174,11 @@ class SiloMetrics(CallerMetrics):
             "Silos this silo saw declared dead",
             Kind.COUNTER,
         ).counter()
+        self.answers_expired = add(
+            "raygrain_client_answers_expired_total",
+            "Answers dropped unpolled: their client never came for them (Ray transport)",
+            Kind.COUNTER,
+        ).counter()
         self.wire_batch = add(
             "raygrain_wire_batch_messages",
             "Messages per batch sent over the transport (Ray)",

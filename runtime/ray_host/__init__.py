@@ -12,6 +12,7 @@ from raygrain.runtime.ray_host._direct import (
 from raygrain.runtime.ray_host._launcher import (
     CONTROLLER_NAME,
     DEFAULT_DEPLOYMENT,
+    STANDBY_NAME,
     STORAGE_NAME,
     RayBackend,
     RayLaunch,
@@ -31,6 +32,7 @@ from raygrain.runtime.ray_host._transport import ClientMailbox, RayTransport
 __all__ = [
     "CONTROLLER_NAME",
     "DEFAULT_DEPLOYMENT",
+    "STANDBY_NAME",
     "STORAGE_NAME",
     "TRANSPORTS",
     "ClientMailbox",

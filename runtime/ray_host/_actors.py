@@ -18,7 +18,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import Actor
-from raygrain.runtime.kernel import SiloOptions, SiloStatus, configure_logging, get_logger
+from raygrain.runtime.kernel import (
+    SiloOptions,
+    SiloStatus,
+    configure_logging,
+    get_logger,
+    view_from_wire,
+)
 from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
 from raygrain.runtime.ray_host._direct import DirectPlane
 from raygrain.runtime.ray_host._host import SiloHostImpl
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROLLER_NAME",
     "SILO_PREFIX",
+    "STANDBY_NAME",
     "STORAGE_NAME",
     "ControllerActor",
     "SiloActor",
@@ -42,6 +49,7 @@ __all__ = [
 ]
 
 CONTROLLER_NAME = "raygrain-controller"
+STANDBY_NAME = "raygrain-controller-standby"
 STORAGE_NAME = "raygrain-storage"
 SILO_PREFIX = "raygrain-silo-"
 
@@ -67,6 +75,7 @@ class ControllerActor(ControllerImpl):
         launch: RayLaunch | None = None,
         options: SiloOptions | None = None,
         plane: DirectPlane | None = None,
+        standby: bool = False,
     ) -> None:
         # The deployment's direct plane (None: Ray calls only), kept here for silos and clients
         # to ask for through Ray; a restarted controller gets the same from Ray.
@@ -80,7 +89,11 @@ class ControllerActor(ControllerImpl):
         self._launch = launch
         self._options = options
         self.follower: NodeFollower | None = None
-        if launch is not None and options is not None:
+        # A standby leads only while the controller does not answer (see _guard).
+        self.standby = standby
+        self.leading = not standby
+        self._guarding: asyncio.Task[None] | None = None
+        if launch is not None and options is not None and not standby:
             self.follower = NodeFollower(
                 launch.silos_per_node, _alive_node_ids, self.live_silos_on, self._start_silo
             )
@@ -109,6 +122,52 @@ class ControllerActor(ControllerImpl):
         # start_silos: it takes up following the node list here.
         if self.follower is not None:
             self.follower.follow()
+        if self.standby and self._guarding is None:
+            self._guarding = asyncio.ensure_future(self._guard())
+
+    async def _guard(self) -> None:
+        """(The standby) follow the controller's view, probing its silos as the controller
+        does; lead when the controller is down.
+
+        Both run on Ray's head node, in processes of their own: when the controller's process
+        dies, Ray restarts it in place, which takes seconds (a new worker process); meanwhile
+        the standby declares dead silos and publishes the views, through the same stored record
+        (compare-and-swap), and silos and clients follow it. It has probed the silos all along,
+        so a silo that died with the controller is declared dead as soon as it would have been.
+        Once the controller answers again, the standby stops and the controller reads the
+        stored view again.
+        """
+        controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
+        detection = self.detection
+        missed = 0
+        while True:
+            try:
+                blob = await asyncio.wait_for(controller.get_view.remote(), detection.probe_timeout)
+                missed = 0
+                if self.leading:
+                    await self.step_down()
+                    await controller.resume.remote()
+                    get_logger().warning("controller_back_standby_stepped_down")
+                else:
+                    self.follow(view_from_wire(blob))
+            except Exception as exc:
+                # Ray's word that the process died (it is restarting) counts at once; a probe
+                # that times out counts as a miss.
+                missed = detection.missed_probes if _died(exc) else missed + 1
+                if missed >= detection.missed_probes and not self.leading:
+                    get_logger().warning("controller_unreachable", error=repr(exc))
+                    try:
+                        await self.take_over()
+                    except Exception as failure:  # the store away: try again on the next miss
+                        get_logger().warning("standby_take_over_failed", error=repr(failure))
+                        self.leading = False
+            await asyncio.sleep(detection.probe_period)
+
+    async def guard(self) -> bool:
+        """(The standby) make sure it watches the controller; True if it leads now."""
+        async with self._lock:
+            await self._load()
+        return self.leading
 
     async def start_silos(self) -> list[str]:
         """Start the silos every live node lacks, then keep following Ray's node list."""
@@ -188,6 +247,7 @@ class SiloActor:
             controller,
             ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
             controller_gone=self._controller_gone,
+            standby=lookup(STANDBY_NAME, namespace),
         )
 
     def _controller_gone(self, error: BaseException) -> bool:
@@ -195,12 +255,14 @@ class SiloActor:
 
         Its owner ended (a ``Cluster.ray`` program that exited) or its deployment was taken
         down: a silo without a controller would serve on unsupervised. A controller that Ray
-        is restarting still has its name, so only a failed lookup counts.
+        is restarting still has its name, so only a failed lookup counts, of the controller
+        and of its standby (which leads while the controller is away).
         """
         if not isinstance(error, ray.exceptions.RayActorError):
             return False
-        if lookup(CONTROLLER_NAME, self.namespace) is not None:
-            return False
+        for name in (CONTROLLER_NAME, STANDBY_NAME):
+            if lookup(name, self.namespace) is not None:
+                return False
         get_logger().warning("controller_gone_stopping", silo=self.host.name)
         asyncio.get_running_loop().call_later(1.0, os._exit, 0)
         return True
@@ -208,8 +270,8 @@ class SiloActor:
     async def start(self) -> bytes:
         return await self.host.start()
 
-    async def receive_batch(self, blob: bytes) -> bytes:
-        return await self.host.receive_batch(blob)
+    async def receive_batch(self, blob: bytes, sender: str) -> bytes:
+        return await self.host.receive_batch(blob, sender)
 
     async def poll(self, client: str) -> bytes:
         return await self.host.poll(client)
@@ -246,6 +308,10 @@ class SiloActor:
     async def delay_probes(self, seconds: float) -> None:
         """Test hook: answer probes late, to stage a false suspicion of a live silo."""
         self.probe_delay = seconds
+
+
+def _died(error: BaseException) -> bool:
+    return isinstance(error, ray.exceptions.RayActorError)
 
 
 _handles: dict[tuple[str, str], Any] = {}  # (namespace, actor name) -> handle

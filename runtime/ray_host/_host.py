@@ -38,7 +38,32 @@ from raygrain.storage import StorageProvider, open_storage
 
 _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
 
-__all__ = ["SiloHostImpl"]
+__all__ = ["SiloHostImpl", "follow_standby"]
+
+
+def _moves_off_live_silos(active_before: set[str], view: MembershipView) -> bool:
+    """Whether ``view`` moves actors away from a silo that still runs (one joined, or one is
+    leaving), from a view whose active silos were ``active_before``: only then is there a
+    previous owner to wait for. When silos only died, no live silo's actors move, and the dead
+    ones' actors have no previous owner left to hand them over (a silo declared dead while
+    alive stops serving; a late write of its is fenced by the ETag)."""
+    after = set(view.active())
+    return bool(after - active_before) or bool(active_before - after - set(view.dead()))
+
+
+async def follow_standby(standby: Any, version: int, silo: str = "") -> bytes | None:
+    """One long poll on the standby controller, for a follower whose poll on the controller
+    failed (it is down, and Ray restarting it takes seconds); None after a pause when there is
+    no standby or it failed too. The standby answers, when it stops leading, at once, so that
+    the follower returns to the controller."""
+    if standby is not None:
+        try:
+            blob: bytes = await standby.wait_view.remote(version, 10.0, silo)
+            return blob
+        except Exception as exc:
+            get_logger().info("standby_follow_failed", silo=silo, error=repr(exc))
+    await asyncio.sleep(0.5)
+    return None
 
 
 class SiloHostImpl:
@@ -55,10 +80,12 @@ class SiloHostImpl:
         controller: Any,
         listen_host: str = "127.0.0.1",
         controller_gone: Callable[[BaseException], bool] = lambda error: False,
+        standby: Any = None,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self._controller = controller
+        self._standby = standby  # the standby controller, followed while the controller is down
         self._controller_gone = controller_gone
         self.membership = Membership()
         self.transport = RayTransport(name, resolve)
@@ -119,8 +146,9 @@ class SiloHostImpl:
                     await self.stop()
                     return
                 get_logger().warning("view_follow_failed", silo=self.name, error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
+                blob = await follow_standby(self._standby, self.membership.view.version, self.name)
+                if blob is None:
+                    continue
             await self.apply_view(view_from_wire(blob))
 
     async def apply_view(self, view: MembershipView) -> None:
@@ -131,6 +159,7 @@ class SiloHostImpl:
     async def _apply_view(self, view: MembershipView) -> None:
         before = set(self.membership.view.dead())
         ring_before = self.membership.ring
+        active_before = set(self.membership.view.active())
         if not self.membership.update(view):
             return
         if view.status_of(self.name) is SiloStatus.DEAD:
@@ -151,7 +180,7 @@ class SiloHostImpl:
             for a in list(self.silo.activations.values())
             if len(ring) and ring.owner(a.actor_id) != self.name
         ]
-        if self.membership.ring is not ring_before:
+        if self.membership.ring is not ring_before and _moves_off_live_silos(active_before, view):
             self._hold_activations_until_settled(view.version)
         await asyncio.gather(*(a.deactivate(DeactivationReason.HANDOVER) for a in moving))
 
@@ -179,7 +208,9 @@ class SiloHostImpl:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def receive_batch(self, blob: bytes) -> bytes:
+    async def receive_batch(self, blob: bytes, sender: str) -> bytes:
+        """A batch from ``sender`` (a silo's name or a client's address): its responses are
+        taken only for calls this silo sent to ``sender``."""
         client, call_ids = "", set()
         try:
             messages = unpack_batch(blob, on_malformed=self.silo.reply_malformed)
@@ -193,7 +224,7 @@ class SiloHostImpl:
                     client = message.reply_to
                     call_ids.add(message.call_id)
             else:
-                self.silo.deliver_response(message)
+                self.silo.deliver_response(message, sender)
         if not client:
             return b""
         # A client's batch carries its answers back when they are quick, which spares the

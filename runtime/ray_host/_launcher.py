@@ -40,6 +40,7 @@ from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.ray_host._actors import (
     CONTROLLER_NAME,
     SILO_PREFIX,
+    STANDBY_NAME,
     STORAGE_NAME,
     ControllerActor,
     StorageServerActor,
@@ -54,6 +55,7 @@ from raygrain.runtime.ray_host._direct import (
     PlaneSwitch,
     check_transport,
 )
+from raygrain.runtime.ray_host._host import follow_standby
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.runtime.wire import WireTransport
 from raygrain.storage import absolute_storage_url, check_storage_url
@@ -61,6 +63,7 @@ from raygrain.storage import absolute_storage_url, check_storage_url
 __all__ = [
     "CONTROLLER_NAME",
     "DEFAULT_DEPLOYMENT",
+    "STANDBY_NAME",
     "STORAGE_NAME",
     "RayBackend",
     "RayLaunch",
@@ -241,28 +244,35 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     # worker node (soft affinity to the launching node let Ray place it on a worker, whose
     # death cost 16 s: Ray's node-death timeout plus a restart, with that node's silos
     # undetected meanwhile). By the head's resource rather than its node id, so that with GCS
-    # fault tolerance a restarted controller follows a restarted head.
-    controller = ControllerActor.options(  # type: ignore[attr-defined]
-        name=CONTROLLER_NAME,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime=lifetime,
-        runtime_env=runtime_env,
-        resources=_ON_HEAD,
-    ).remote(
-        namespace,
-        launch.detection,
-        launch.storage,
-        launch,
-        options,
-        launch.plane if launch.transport == "direct" else None,
-    )
-    handles[CONTROLLER_NAME] = controller
+    # fault tolerance a restarted controller follows a restarted head. The standby beside it,
+    # in a process of its own, leads while Ray restarts a controller whose process died.
+    controller = handles[CONTROLLER_NAME] = _controller(launch, options, standby=False)
+    standby = handles[STANDBY_NAME] = _controller(launch, None, standby=True)
+    await standby.guard.remote()
     names = await controller.start_silos.remote()
     resolve = resolver(namespace)
     handles.update({name: resolve(name) for name in names})
     get_logger().info("silos_started", deployment=launch.name, silos=names)
     return handles
+
+
+def _controller(launch: RayLaunch, options: SiloOptions | None, standby: bool) -> Any:
+    return ControllerActor.options(  # type: ignore[attr-defined]
+        name=STANDBY_NAME if standby else CONTROLLER_NAME,
+        namespace=launch.namespace,
+        get_if_exists=True,
+        lifetime="detached" if launch.detached else None,
+        runtime_env=launch.actor_runtime_env(),
+        resources=_ON_HEAD,
+    ).remote(
+        launch.namespace,
+        launch.detection,
+        launch.storage,
+        None if standby else launch,
+        options,
+        launch.plane if launch.transport == "direct" else None,
+        standby,
+    )
 
 
 _started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started
@@ -296,6 +306,7 @@ class RayBackend:
         self.handles: dict[str, Any] = {}
         self._follower: asyncio.Task[None] | None = None
         self._controller: Any = None
+        self._standby: Any = None
         self.caller: Caller | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
@@ -337,6 +348,7 @@ class RayBackend:
                 "with 'raygrain up --name ...' or Cluster.ray(name=...) (deployments running: "
                 f"{', '.join(list_deployments()) or 'none'})"
             ) from None
+        self._standby = lookup(STANDBY_NAME, self.namespace)
         self._apply_view(await self._controller.get_view.remote())
         if self.transport_choice == "direct":
             await self._use_direct_plane()
@@ -366,7 +378,8 @@ class RayBackend:
         dead_before = set(self.membership.view.dead())
         if self.membership.update(view_from_wire(blob)):
             for name in self.membership.view.active():
-                # Any silo may answer a call forwarded while in flight: be reachable from all.
+                # Ready before the first call to each (a call is answered by the silo it
+                # was sent to, forwarded ones too: that silo relays the new owner's answer).
                 if self.wire is not None:
                     self.wire.connect(name)
                 else:
@@ -387,7 +400,9 @@ class RayBackend:
                 raise
             except Exception as exc:
                 get_logger().warning("client_view_follow_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
+                blob = await follow_standby(self._standby, self.membership.view.version)
+                if blob is not None:
+                    self._apply_view(blob)
 
     async def stats(self) -> list[dict[str, Any]]:
         """Figures of every live silo in the view (dead ones are listed in the view only)."""
@@ -449,6 +464,9 @@ async def stop_everything(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
     if server is not None:
         await _quietly(server.aclose.remote(), "close storage server")
         _kill(server)
+    standby = lookup(STANDBY_NAME, namespace)
+    if standby is not None:
+        _kill(standby)
     if controller is not None:
         _kill(controller)
     _forget_handles(namespace)

@@ -66,8 +66,10 @@ class ClientMailbox:
         max_bytes: int = MAX_MAILBOX_BYTES,
         clock: Callable[[], float] = time.monotonic,
         client: str = "",
+        on_expired: Callable[[int], object] | None = None,
     ) -> None:
         self.client = client
+        self._on_expired = on_expired  # told how many answers expired (a metric)
         self._entries: list[tuple[float, Response]] = []  # (arrived at, response), oldest first
         self._bytes = 0
         self._reserved: set[int] = set()
@@ -100,6 +102,8 @@ class ClientMailbox:
             dropped += 1
         if dropped:
             self.expired += dropped
+            if self._on_expired is not None:
+                self._on_expired(dropped)
             get_logger().warning(
                 "client_answers_expired",
                 client=self.client,
@@ -202,6 +206,8 @@ class RayTransport:
         self.batches_sent = 0
         self.messages_sent = 0
         self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
+        # How many answers expired unpolled, each time some do (metrics).
+        self.on_answers_expired: Callable[[int], object] | None = None
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -219,7 +225,7 @@ class RayTransport:
 
     def reply(self, destination: str, response: Response) -> None:
         if destination == self.address and self._local is not None:
-            self._local.deliver_response(response)
+            self._local.deliver_response(response, self.address)
         elif is_client_address(destination):
             self.mailbox(destination).put(response)  # Responses only: clients get no calls
         else:
@@ -231,11 +237,15 @@ class RayTransport:
         box = self._mailboxes.get(client)
         if box is None:
             box = self._mailboxes[client] = ClientMailbox(
-                self._answer_ttl, self._max_mailbox_bytes, self._clock, client
+                self._answer_ttl, self._max_mailbox_bytes, self._clock, client, self._expired
             )
             if self._sweeper is None and not self.closed:
                 self._sweeper = asyncio.ensure_future(self._sweep_forever())
         return box
+
+    def _expired(self, count: int) -> None:
+        if self.on_answers_expired is not None:
+            self.on_answers_expired(count)
 
     def sweep_mailboxes(self) -> int:
         """Drop expired answers, and the mailboxes of clients gone for longer than the answers'
@@ -299,7 +309,8 @@ class RayTransport:
     def _send_batch(self, destination: str, messages: list[Request | Response]) -> None:
         try:
             handle = self._resolve(destination)
-            ref = handle.receive_batch.remote(pack_batch(messages))
+            # Named, so that the silo takes responses in it only for calls it sent to us.
+            ref = handle.receive_batch.remote(pack_batch(messages), self.address)
         except Exception as exc:
             self._undeliverable(destination, messages, exc)
             return
@@ -321,7 +332,7 @@ class RayTransport:
         if blob and self._local is not None:  # answers that came back with the batch
             for message in unpack_batch(blob):
                 if isinstance(message, Response):
-                    self._local.deliver_response(message)
+                    self._local.deliver_response(message, destination)
 
     def _undeliverable(
         self, destination: str, messages: list[Request | Response], exc: BaseException
@@ -341,15 +352,15 @@ class RayTransport:
                 )
                 failed = Response(message.call_id, False, encode_error(error, destination))
                 if message.reply_to == self.address:
-                    self._local.deliver_response(failed)
+                    self._local.deliver_response(failed, destination)  # (on the silo's behalf)
                 else:
                     self.reply(message.reply_to, failed)
 
     # -- client side of polling ---------------------------------------------------------------
 
     def ensure_polling(self, silo: str) -> None:
-        """(Client only) keep a long poll open on ``silo``: any silo may answer our calls,
-        since a call can be forwarded to the actor's new owner while in flight."""
+        """(Client only) keep a long poll open on ``silo`` for the answers to the calls we
+        sent it (a call it forwarded included: it relays the new owner's answer)."""
         if is_client_address(self.address) and not self.closed and silo not in self._pollers:
             self._pollers[silo] = asyncio.ensure_future(self._poll_forever(silo))
 
@@ -366,7 +377,7 @@ class RayTransport:
             assert self._local is not None
             for message in unpack_batch(blob):
                 if isinstance(message, Response):
-                    self._local.deliver_response(message)
+                    self._local.deliver_response(message, silo)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -170,7 +170,7 @@ class WireTransport:
 
     def reply(self, destination: str, response: Response) -> None:
         if destination == self.address and self._local is not None:
-            self._local.deliver_response(response)
+            self._local.deliver_response(response, self.address)
             return
         # On the connection the call came on, when it came on one (the peer dialled us): that
         # is where the caller's book has it, so if this connection breaks, the caller knows
@@ -193,7 +193,7 @@ class WireTransport:
 
     def connect(self, destination: str) -> None:
         """Dial ``destination`` now if no link to it exists (a client keeps one to every
-        silo, since any silo may answer a call that was forwarded while in flight)."""
+        silo in the view, so that no call waits for a dial)."""
         if not self.closed and destination != self.address and destination not in self._links:
             self._new_link(destination)
 
@@ -364,7 +364,8 @@ class WireTransport:
                 silo.deliver_request(message)
             else:
                 answered(message.call_id, None)
-                local.deliver_response(message)
+                # (The peer proved its name in the handshake: the caller checks it.)
+                local.deliver_response(message, connection.peer)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(
@@ -426,6 +427,7 @@ class WireTransport:
         self._fail_call(request.call_id, request.reply_to, error)
 
     def _fail_call(self, call_id: int, reply_to: str, error: Exception) -> None:
+        # (Delivered as from this process: the call is answered here, on the silo's behalf.)
         response = Response(call_id, False, encode_error(error, self.address))
         if reply_to == self.address:
             if self._local is not None:

@@ -148,7 +148,7 @@ def test_failover_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) 
     results = _run_suite(tmp_path, "--only", "failover")
     _check_figures(results, ["failover"])
     rows = {row["name"]: row for row in results["figures"]}
-    detection = rows["failover: seconds from node kill to detection (worst over nodes)"]
+    detection = rows["failover: seconds from node kill to detection (worst over victims)"]
     assert detection["lost_acknowledged_writes"] == 0
     worst = [name for name in rows if name.startswith("failover: seconds from node kill to full")]
     assert any("timeline" in rows[name] for name in worst), worst

@@ -100,8 +100,8 @@ async def test_shutdown_stops_everything_even_with_the_storage_server_gone_for_g
 async def test_controller_lives_on_the_head_node_even_when_launched_from_a_worker(
     ray_silos: Any, tmp_path: Any
 ) -> None:
-    """A worker node's death must never take the controller with it (detection would wait
-    for Ray's node-death timeout and a restart: 16 s instead of 3)."""
+    """A worker node's death must never take the controller (or its standby) with it
+    (detection would wait for Ray's node-death timeout and a restart: 16 s instead of 3)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -109,21 +109,22 @@ async def test_controller_lives_on_the_head_node_even_when_launched_from_a_worke
 
     @ray.remote(num_cpus=0)
     class Launcher:
-        async def launch(self, db: str) -> str:
+        async def launch(self, db: str) -> list[str]:
             from raygrain.runtime.kernel import SiloOptions
-            from raygrain.runtime.ray_host import CONTROLLER_NAME, RayLaunch, launch
+            from raygrain.runtime.ray_host import CONTROLLER_NAME, STANDBY_NAME, RayLaunch, launch
 
             spec = RayLaunch((app.Chain,), storage=db, detached=True, name="from-worker")
             handles = await launch(spec, SiloOptions())
-            return str(await handles[CONTROLLER_NAME].node_id.remote())
+            names = (CONTROLLER_NAME, STANDBY_NAME)
+            return [str(await handles[name].node_id.remote()) for name in names]
 
     worker = ray_silos.worker_node_ids[0]
     launcher = Launcher.options(  # type: ignore[attr-defined]
         scheduling_strategy=NodeAffinitySchedulingStrategy(worker, soft=False)
     ).remote()
     try:
-        controller_node = await launcher.launch.remote(f"sqlite:///{tmp_path}/w.db")
-        assert controller_node == ray_silos.node_ids[0]  # the head node, not the launcher's
+        nodes = await launcher.launch.remote(f"sqlite:///{tmp_path}/w.db")
+        assert nodes == [ray_silos.node_ids[0]] * 2  # the head node, not the launcher's
     finally:
         ray.kill(launcher)
         await stop_everything("from-worker")

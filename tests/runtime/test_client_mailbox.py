@@ -81,6 +81,8 @@ async def test_answers_a_client_never_polls_for_expire_and_its_mailbox_goes() ->
 
     clock = _Clock()
     transport = RayTransport("silo-a", lambda name: None, answer_ttl=60.0, clock=clock)
+    counted: list[int] = []  # what the metric raygrain_client_answers_expired_total is told
+    transport.on_answers_expired = counted.append
     try:
         for call_id in range(100):
             transport.reply("client-crashed", Response(call_id, True, b"x" * 1000))
@@ -90,7 +92,7 @@ async def test_answers_a_client_never_polls_for_expire_and_its_mailbox_goes() ->
         assert _ids(await transport.mailbox("client-alive").take(0.01)) == [1]
         clock.now = 61.0
         assert transport.sweep_mailboxes() == 100
-        assert transport.answers_expired == 100
+        assert transport.answers_expired == 100 and sum(counted) == 100
         clock.now = 122.0
         transport.sweep_mailboxes()
         # The crashed client's mailbox is gone; the live one, polled at 30 s, goes once idle
