@@ -17,7 +17,7 @@ class _Endpoint:
     def __init__(self) -> None:
         self.responses: list[Response] = []
 
-    def deliver_response(self, response: Response) -> None:
+    def deliver_response(self, response: Response, sender: str | None = None) -> None:
         self.responses.append(response)
 
 
