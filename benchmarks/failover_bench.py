@@ -15,7 +15,7 @@ retryably and acknowledged writes lost (must be 0), beside Ray's own time to mar
 measured in the same runs. The scenario runs in its own process because it needs its own Ray
 cluster.
 
-    python -m raygrain.benchmarks.failover_bench [--quick] [--runs N]    (N > 1: a soak)
+    python -m raygrain.benchmarks.failover_bench [--quick | --smoke] [--runs N]    (N > 1: a soak)
 """
 
 from __future__ import annotations
@@ -197,6 +197,11 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m raygrain.benchmarks.failover_bench", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="500 accounts instead of 3000")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="only checks that it works: 200 accounts, one worker node and the double fault",
+    )
     parser.add_argument("--runs", type=int, default=1, help="rounds over every victim (a soak)")
     parser.add_argument("--json", action="store_true", help="one RESULT line of JSON")
     return parser.parse_args(argv)
@@ -205,11 +210,11 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
 def _main() -> None:
     args = _parse()
     results = []
+    victims = [VICTIMS[0], VICTIMS[-1]] if args.smoke else VICTIMS
+    accounts = 200 if args.smoke else 500 if args.quick else 3000
     for seed in range(args.runs):
-        for label, index, with_controller in VICTIMS:
-            result = asyncio.run(
-                _one_run(500 if args.quick else 3000, seed, index, with_controller)
-            )
+        for label, index, with_controller in victims:
+            result = asyncio.run(_one_run(accounts, seed, index, with_controller))
             results.append({"victim": label, **result})
     if args.json:
         print("RESULT " + json.dumps(results))
@@ -240,10 +245,12 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-async def run(quick: bool = False) -> list[dict[str, Any]]:
+async def run(quick: bool = False, smoke: bool = False) -> list[dict[str, Any]]:
     """Run the failovers in a child process (they need their own Ray clusters)."""
     args = [sys.executable, "-m", "raygrain.benchmarks.failover_bench", "--json"]
-    if quick:
+    if smoke:
+        args.append("--smoke")
+    elif quick:
         args.append("--quick")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     done = await asyncio.to_thread(
