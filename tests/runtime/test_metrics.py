@@ -22,6 +22,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime import Cluster
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
+from raygrain.runtime.metrics._registry import FLUSH_AT
 from tests.app import Vault
 
 
@@ -184,6 +185,28 @@ def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
         family.counter(f"m{i}").inc()
     values = {sample.labels["method"]: sample.value for sample in family.samples()}
     assert values == {"m0": 1, "m1": 1, "m2": 1, OVERFLOW: 7}
+
+
+def test_a_histogram_counts_its_pending_values_into_le_buckets_when_read() -> None:
+    registry = MetricRegistry({"silo": "s"})
+    family = registry.add("raygrain_test_seconds", "test", Kind.HISTOGRAM, (), (1.0, 2.0))
+    child = family.histogram()
+    for value in (0.5, 1.0, 1.5, 2.0, 3.0, 3.0):  # a value equal to a bound is in its bucket
+        child.observe(value)
+    assert child.snapshot() == ((2, 2, 2), 11.0)
+    child.observe(0.1)  # recorded after a read: counted by the next
+    assert (child.counts, child.sum, child.count) == ([3, 2, 2], 11.1, 7)
+    [sample] = registry.families["raygrain_test_seconds"].samples()
+    assert (sample.counts, sample.sum) == ((3, 2, 2), 11.1)
+
+
+def test_a_histogram_counts_its_pending_values_once_enough_wait() -> None:
+    child = MetricRegistry({}).add("raygrain_t", "t", Kind.HISTOGRAM, (), (1.0,)).histogram()
+    for _ in range(FLUSH_AT):
+        child.observe(2.0)
+    assert len(child.pending) == FLUSH_AT  # not yet: a batch is counted once it is full
+    child.observe(0.5)
+    assert child.pending == [] and child.snapshot() == ((1, FLUSH_AT), 2.0 * FLUSH_AT + 0.5)
 
 
 def test_settings_are_a_value_object() -> None:
