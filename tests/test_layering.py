@@ -126,7 +126,7 @@ ROOMS: dict[str, set[str]] = {
     "transactions": {"kernel"},
     "timers": {"kernel"},
     "wire": {"kernel"},
-    "metrics": {"kernel", "transactions"},
+    "metrics": {"kernel", "transactions", "timers"},
     "tracing": {"kernel", "transactions"},
     "_capabilities": {"kernel", "transactions", "timers", "metrics", "tracing"},
     "ray_host": {"kernel", "membership", "wire", "metrics", "_capabilities"},

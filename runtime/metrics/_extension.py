@@ -36,6 +36,7 @@ from raygrain.runtime.metrics._registry import (
 )
 from raygrain.runtime.metrics._settings import MetricsSettings
 from raygrain.runtime.metrics._storage import ObservedStorage
+from raygrain.runtime.timers import TimeService
 from raygrain.runtime.transactions import Transactions
 from raygrain.storage import StorageProvider
 
@@ -124,6 +125,12 @@ class Metrics(Extension):
         transactions = silo.extension(Transactions)
         if transactions is not None:
             transactions.coordinator.observers.append(self)
+        time_service = silo.extension(TimeService)
+        if time_service is not None:
+            time_service.lateness_observers.append(self.reminder_late)
+
+    def reminder_late(self, type_name: str, seconds: float) -> None:
+        self.metrics.reminder_lateness.histogram(type_name).observe(max(0.0, seconds))
 
     def commit_ended(
         self, txid: str, committed: bool, reason: str, phases: list[tuple[str, float, float]]

@@ -217,8 +217,14 @@ class Reminders:
         owned.firing = True
         self.service.ticks_running += 1
 
+        service = self.service
+
         async def deliver() -> None:
             assert activation.instance is not None
+            if service.lateness_observers:
+                late = service.now() - tick.scheduled
+                for observe in service.lateness_observers:
+                    observe(record.actor_id.type_name, late)
             await activation.instance.on_reminder(record.name, tick)
 
         run_as_turn(activation, f"reminder {record.name}", deliver, partial(self._ticked, owned))

@@ -17,13 +17,15 @@ from raygrain.actors import (
     ActorCallTimeout,
     ConfigurationError,
     DeactivationReason,
+    ReminderTick,
     TransactionAbortedError,
     call_timeout,
 )
-from raygrain.runtime import Cluster
+from raygrain.runtime import Cluster, ManualClock, ReminderSettings
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
 from raygrain.runtime.metrics._registry import FLUSH_AT
 from tests.app import Vault
+from tests.runtime.time_helpers import step
 
 
 class Rejected(Exception):
@@ -176,6 +178,34 @@ async def test_transactions_are_counted_by_outcome_and_reason() -> None:
         assert value("raygrain_transactions_total", outcome="committed") == 1
         assert value("raygrain_transactions_total", outcome="aborted", reason="prepare_failed") == 1
         assert value("raygrain_transactions_total") == 2
+
+
+class Sleeper(Actor[None], name="metrics.Sleeper"):
+    async def wake_every(self, period: float) -> None:
+        await self.reminders.register("wake", due=period, period=period)
+
+    async def on_reminder(self, name: str, tick: ReminderTick) -> None:
+        pass
+
+
+async def test_reminder_lateness_is_recorded_as_each_tick_starts() -> None:
+    clock = ManualClock()
+    async with Cluster.local(
+        actors=[Sleeper], silos=2, clock=clock, reminders=ReminderSettings(minimum_period=0.5)
+    ) as cluster:
+        assert cluster.metrics is not None
+        value = cluster.metrics.value
+        await cluster.get(Sleeper, "s").wake_every(1.0)  # first tick at t=1, then 2, 3, ...
+        await step(cluster, clock, 1.0)  # on time
+        await step(cluster, clock, 1.75)  # t=2.75: the tick of t=2, 0.75 s late
+        await step(cluster, clock, 0.5)  # t=3.25: the tick of t=3, 0.25 s late
+        late = "raygrain_reminder_lateness_seconds"
+        assert value(f"{late}_count", type="metrics.Sleeper") == 3
+        assert value(f"{late}_sum", type="metrics.Sleeper") == 1.0
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.0001") == 1
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.25") == 2
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.5") == 2
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="1.0") == 3
 
 
 def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
