@@ -15,7 +15,8 @@ The tree::
     │   ├── MessageTooLargeError    an encoded message exceeds the configured limit
     │   ├── MalformedMessageError   a message on the wire is not a valid envelope
     │   ├── InvalidScheduleError    a timer or reminder with a bad name, due time or period
-    │   └── StaleReminderError      a reminder handle whose reminder was registered again
+    │   ├── StaleReminderError      a reminder handle whose reminder was registered again
+    │   └── InvalidEventError       an event or an append to the event log is malformed
     ├── SerializationError          a value cannot cross the copy boundary
     ├── ActorCallTimeout            the call's deadline expired (also a TimeoutError)
     ├── DeadlockError               a call cycle through non-reentrant actors
@@ -23,15 +24,21 @@ The tree::
     ├── ClusterClosedError          the cluster or client was closed
     ├── ClusterNotStartedError      the cluster was used before ``async with`` started it
     ├── SiloUnavailableError        the silo died or left; the call's fate is unknown (retryable)
-    ├── ActorOverloadedError        the actor's queue is full; the call did not run (retryable)
+    ├── ActorOverloadedError        the actor's queue (or its connection) is full; did not run
     ├── TurnRolledBackError         an interleaved turn's rollback hit this turn; fate unknown
     ├── TurnCancelledError          the method raised asyncio.CancelledError; rolled back
     ├── StorageError                a state provider failed
     │   ├── InconsistentStateError  ETag mismatch: a stale writer was fenced
+    │   ├── WrongExpectedVersionError  an event stream is not at the version an append expected
     │   ├── StateDecodeError        a stored record cannot be decoded into the state type
     │   └── StorageSchemaError      the store's file or schema is unusable (corrupt, newer version)
     ├── TransactionAbortedError     a multi-actor transaction aborted; none of it was kept
-    └── TransactionInDoubtError     a transaction's commit outcome is unknown (not retryable)
+    ├── TransactionInDoubtError     a transaction's commit outcome is unknown (not retryable)
+    ├── TerminalError               raised by a saga step: do not retry, compensate
+    └── SagaError                   a saga cannot do what was asked
+        ├── SagaFailedError         the saga ended without completing (compensated or stuck)
+        ├── SagaConflictError       started again under its id with a different input
+        └── UnknownSagaError        no saga was started under this id
 """
 
 from __future__ import annotations
@@ -48,23 +55,30 @@ __all__ = [
     "InconsistentStateError",
     "InvalidArgumentsError",
     "InvalidCallError",
+    "InvalidEventError",
     "InvalidScheduleError",
     "MalformedMessageError",
     "MessageTooLargeError",
     "RaygrainError",
     "RemoteActorError",
+    "SagaConflictError",
+    "SagaError",
+    "SagaFailedError",
     "SerializationError",
     "SiloUnavailableError",
     "StaleReminderError",
     "StateDecodeError",
     "StorageError",
     "StorageSchemaError",
+    "TerminalError",
     "TransactionAbortedError",
     "TransactionInDoubtError",
     "TurnCancelledError",
     "TurnRolledBackError",
     "UnknownActorTypeError",
     "UnknownMethodError",
+    "UnknownSagaError",
+    "WrongExpectedVersionError",
 ]
 
 
@@ -111,6 +125,13 @@ class StaleReminderError(InvalidCallError):
     since the handle was obtained. Get a fresh one with ``self.reminders.get(name)``."""
 
 
+class InvalidEventError(InvalidCallError):
+    """An event or an append cannot be stored as given: an empty stream, category or type
+    name, a negative expected version, an event id used twice in one append, a stream that
+    belongs to another category, or an append that repeats only some of a stream's stored
+    events. Nothing was appended."""
+
+
 class SerializationError(RaygrainError):
     """A value cannot be encoded or decoded by the raygrain codec."""
 
@@ -139,8 +160,9 @@ class SiloUnavailableError(RaygrainError):
 
 
 class ActorOverloadedError(RaygrainError):
-    """The actor has too many calls queued (``max_queued_calls``): this call was refused
-    before it ran. Retry after a pause; the actor is busy, not broken."""
+    """The actor has too many calls queued (``max_queued_calls``), or its silo is not reading
+    what is written to it fast enough (the direct plane's backlog is full): this call was
+    refused before it ran. Retry after a pause; the actor is busy, not broken."""
 
 
 class TurnRolledBackError(RaygrainError):
@@ -167,6 +189,40 @@ class TransactionInDoubtError(RaygrainError):
     the transaction is applied everywhere or nowhere, but raygrain cannot yet tell which.
     Not retried by ``Cluster.transact``: read the participants' state to find out, and retry
     only if the change is not there (or the body is idempotent)."""
+
+
+class TerminalError(RaygrainError):
+    """Raise it in a saga step (or compensation) to fail for good: the step is not retried,
+    and the saga compensates what it did (a compensation that raises it leaves the saga
+    stuck for an operator). Any other error is retried under the step's ``Retry``."""
+
+
+class SagaError(RaygrainError):
+    """A saga cannot do what was asked of it."""
+
+
+class SagaFailedError(SagaError):
+    """The saga ended without completing: ``phase`` is ``"compensated"`` (every completed
+    step was undone) or ``"stuck"`` (a compensation failed for good: an operator must look),
+    ``reason`` says why it stopped (the step that failed and its error, an abort, a timeout)."""
+
+    def __init__(self, saga: str, phase: str, reason: str) -> None:
+        super().__init__(saga, phase, reason)
+        self.saga = saga
+        self.phase = phase
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"saga {self.saga} ended {self.phase}: {self.reason}"
+
+
+class SagaConflictError(SagaError, InvalidCallError):
+    """A saga was started again under its id with a different input (starting with the same
+    input is idempotent: it returns the running saga's status)."""
+
+
+class UnknownSagaError(SagaError, InvalidCallError):
+    """No saga was started under this id (``result``, ``abort`` and ``retry`` need one)."""
 
 
 class RemoteActorError(RaygrainError):
@@ -216,6 +272,24 @@ class InconsistentStateError(StorageError):
         target = f" for {self.what}" if self.what else ""
         return (
             f"ETag mismatch{target}: stored {self.stored_etag!r}, expected {self.expected_etag!r}"
+        )
+
+
+class WrongExpectedVersionError(StorageError):
+    """An append to an event stream expected another version than the stream's: another writer
+    (typically a stale duplicate activation) appended first. Nothing was appended.
+    ``actual_version`` is the stream's version, ``expected_version`` what the writer believed."""
+
+    def __init__(self, stream: str, expected_version: int, actual_version: int) -> None:
+        super().__init__(stream, expected_version, actual_version)
+        self.stream = stream
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+    def __str__(self) -> str:
+        return (
+            f"event stream {self.stream!r} is at version {self.actual_version}, "
+            f"the append expected version {self.expected_version}"
         )
 
 

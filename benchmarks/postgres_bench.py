@@ -9,10 +9,14 @@ raw asyncpg: 1,000 concurrent writers doing ETag-guarded single-row upserts thro
 sides take turns, several rounds each, one second of writing per round; each side's median
 round is reported. The same actors on ``MemoryStorage`` are measured beside them too: the
 runtime's own ceiling on this machine at that moment, with no database at all (a gauge of how
-busy a shared machine was).
+busy a shared machine was), and on ``SqliteStorage`` (fsync durability, a file in a temporary
+directory), the embedded store's figure in the same run. Each actor side also reports this
+process's CPU time per write (all its threads; the PostgreSQL server's own CPU is not in it),
+which a busy machine disturbs far less than the rates.
 
 Transactions: transfers between two accounts on different silos (``cluster.transact``), 100 in
-flight over many accounts (low contention), beside the same transfers as two independent calls.
+flight over many accounts (low contention), beside the same transfers as two independent calls,
+and beside the same transactions on SQLite.
 
 The server: ``--dsn`` (or ``RAYGRAIN_BENCH_POSTGRES_DSN``), else a throwaway server started for
 the run (``initdb`` + ``pg_ctl`` from ``/usr/lib/postgresql/*/bin``, fsync on, as the tests
@@ -29,8 +33,11 @@ import asyncio
 import contextlib
 import os
 import statistics
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,9 +45,9 @@ import asyncpg
 from raygrain.benchmarks._measure import Measurement, ScenarioSkipped, drive_for, figure, interleave
 from raygrain.benchmarks._postgres_server import ThrowawayPostgres, find_postgres_bin
 from raygrain.benchmarks.durable_writes_bench import DurableAccount
-from raygrain.benchmarks.transactions_bench import TxAccount, _measure, _pairs
+from raygrain.benchmarks.transactions_bench import Side, TxAccount, _measure, _pairs
 from raygrain.runtime import Cluster
-from raygrain.storage import MemoryStorage, PostgresStorage
+from raygrain.storage import MemoryStorage, PostgresStorage, SqliteStorage
 
 __all__ = ["run"]
 
@@ -73,32 +80,36 @@ async def _server(dsn: str | None) -> AsyncIterator[str]:
         await asyncio.to_thread(server.remove)
 
 
+Store = PostgresStorage | SqliteStorage | MemoryStorage
+
+
 class _ActorSide:
     """Rounds of durable actor writes on one provider."""
 
-    def __init__(
-        self, storage: PostgresStorage | MemoryStorage, writers: int, seconds: float
-    ) -> None:
+    def __init__(self, storage: Store, writers: int, seconds: float) -> None:
         self.storage, self.writers, self.seconds = storage, writers, seconds
         self.commits: list[int] = []
+        self.cpu_us_per_write: list[float] = []
 
     async def measure(self) -> Measurement:
         async with Cluster.local(actors=[DurableAccount], silos=2, storage=self.storage) as c:
             accounts = [c.get(DurableAccount, key) for key in range(self.writers)]
             await asyncio.gather(*(a.balance() for a in accounts))  # activate, untimed
-            before = _commits(self.storage)
+            before, cpu, started = _commits(self.storage), time.process_time(), time.perf_counter()
             measured = await drive_for(
                 lambda target, _: accounts[target].deposit(1),
                 self.writers,
                 self.writers,
                 self.seconds,
             )
+            writes = measured[0] * (time.perf_counter() - started)
+            self.cpu_us_per_write.append((time.process_time() - cpu) / writes * 1e6)
             self.commits.append(_commits(self.storage) - before)
         return measured
 
 
-def _commits(storage: PostgresStorage | MemoryStorage) -> int:
-    return storage.commits if isinstance(storage, PostgresStorage) else storage.writes
+def _commits(storage: Store) -> int:
+    return storage.writes if isinstance(storage, MemoryStorage) else storage.commits
 
 
 class _RawSide:
@@ -124,13 +135,16 @@ class _RawSide:
         return await drive_for(self.write, self.writers, self.writers, self.seconds)
 
 
-async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: int) -> list[Any]:
+async def _writes(
+    dsn: str, schema: str, directory: Path, writers: int, seconds: float, rounds: int
+) -> list[Any]:
     raw_table = f'"{schema}".raw_upserts'
     async with (
         PostgresStorage(dsn, schema=schema) as group,
         PostgresStorage(dsn, schema=schema, max_batch=1) as naive,
         asyncpg.create_pool(dsn, min_size=RAW_POOL, max_size=RAW_POOL) as pool,
         MemoryStorage() as memory,
+        SqliteStorage(directory / "writes.db") as sqlite,
     ):
         await pool.execute(
             f"CREATE TABLE {raw_table} (id bytea PRIMARY KEY, version bigint NOT NULL, data bytea)"
@@ -141,9 +155,16 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
             "raw": _RawSide(pool, raw_table, writers, seconds),
             # The runtime's own ceiling on this machine at this moment: no database at all.
             "memory": _ActorSide(memory, writers, seconds),
+            "sqlite": _ActorSide(sqlite, writers, seconds),
         }
         measured = await interleave({n: s.measure for n, s in sides.items()}, rounds)
     g, n, r, m = measured["group"], measured["naive"], measured["raw"], measured["memory"]
+    q = measured["sqlite"]
+    cpu = {
+        name: statistics.median(side.cpu_us_per_write)
+        for name, side in sides.items()
+        if isinstance(side, _ActorSide)
+    }
     group_side, naive_side = sides["group"], sides["naive"]
     assert isinstance(group_side, _ActorSide) and isinstance(naive_side, _ActorSide)
     common: dict[str, Any] = {
@@ -152,6 +173,8 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
         "statements_per_round": statistics.median(group_side.commits),
         "seconds_per_round": seconds,
         "memory_storage_writes_per_s": m.rate,
+        "cpu_us_per_write": cpu["group"],
+        "memory_storage_cpu_us_per_write": cpu["memory"],
     }
     meets = g.rate >= TARGET_WRITES_PER_S and g.rate >= TARGET_RATIO * n.rate
     return [
@@ -179,10 +202,23 @@ async def _writes(dsn: str, schema: str, writers: int, seconds: float, rounds: i
             baseline_rounds=r.rates,
             **common,
         ),
+        figure(
+            f"durable actor writes/s on PostgreSQL vs SQLite, {writers} writers",
+            g.rate,
+            q.rate,
+            "writes/s",
+            baseline_name="the same actors on SqliteStorage (fsync), group commit",
+            baseline_latency=q.median_latencies().percentiles_ms(),
+            baseline_rounds=q.rates,
+            baseline_cpu_us_per_write=cpu["sqlite"],
+            **common,
+        ),
     ]
 
 
-async def _transactions(dsn: str, schema: str, accounts: int, transfers: int) -> dict[str, Any]:
+async def _transactions(
+    dsn: str, schema: str, directory: Path, accounts: int, transfers: int
+) -> list[dict[str, Any]]:
     async with (
         PostgresStorage(dsn, schema=schema) as store,
         Cluster.local(actors=[TxAccount], silos=2, storage=store) as cluster,
@@ -190,9 +226,29 @@ async def _transactions(dsn: str, schema: str, accounts: int, transfers: int) ->
         pairs = _pairs(cluster, accounts, transfers, 1)
         with_tx = await _measure(cluster, pairs, True, 100)
         plain = await _measure(cluster, _pairs(cluster, accounts, transfers, 2), False, 100)
+    async with (
+        SqliteStorage(directory / "transfers.db") as sqlite,
+        Cluster.local(actors=[TxAccount], silos=2, storage=sqlite) as cluster,
+    ):
+        on_sqlite = await _measure(cluster, _pairs(cluster, accounts, transfers, 1), True, 100)
+    low_contention = f"low contention ({accounts:,} accounts, 100 in flight)"
+    return [
+        _transfers(low_contention, transfers, with_tx, plain),
+        figure(
+            f"transactional transfers/s on PostgreSQL vs SQLite, {low_contention}",
+            with_tx.transfers_per_s,
+            on_sqlite.transfers_per_s,
+            "transfers/s",
+            baseline_name="the same transactions on SqliteStorage (fsync)",
+            latency=with_tx.latencies.percentiles_ms(),
+            baseline_latency=on_sqlite.latencies.percentiles_ms(),
+        ),
+    ]
+
+
+def _transfers(low_contention: str, transfers: int, with_tx: Side, plain: Side) -> dict[str, Any]:
     return figure(
-        f"transactional transfers/s on PostgreSQL, low contention ({accounts:,} accounts, "
-        "100 in flight)",
+        f"transactional transfers/s on PostgreSQL, {low_contention}",
         with_tx.transfers_per_s,
         plain.transfers_per_s,
         "transfers/s",
@@ -215,8 +271,10 @@ async def run(quick: bool = False, *, smoke: bool = False, dsn: str | None = Non
     async with _server(dsn) as server_dsn:
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         try:
-            rows = await _writes(server_dsn, schema, writers, seconds, rounds)
-            rows.append(await _transactions(server_dsn, f"{schema}_tx", 100_000, transfers))
+            with tempfile.TemporaryDirectory(prefix="raygrain-pg-bench-") as directory:
+                files = Path(directory)
+                rows = await _writes(server_dsn, schema, files, writers, seconds, rounds)
+                rows += await _transactions(server_dsn, f"{schema}_tx", files, 100_000, transfers)
         finally:
             connection = await asyncpg.connect(server_dsn)
             try:
@@ -249,6 +307,18 @@ def _print(row: dict[str, Any]) -> None:
         + (
             f"; no database (MemoryStorage) {row['memory_storage_writes_per_s']:,.0f} writes/s"
             if "memory_storage_writes_per_s" in row
+            else ""
+        )
+        + (
+            f"\n  CPU of this process per write: {row['cpu_us_per_write']:.0f} us"
+            f" (MemoryStorage {row['memory_storage_cpu_us_per_write']:.0f} us"
+            + (
+                f", SQLite {row['baseline_cpu_us_per_write']:.0f} us"
+                if "baseline_cpu_us_per_write" in row
+                else ""
+            )
+            + ")"
+            if "cpu_us_per_write" in row
             else ""
         )
     )

@@ -4,6 +4,14 @@
 """
 
 from raygrain.runtime.cluster import Cluster
+from raygrain.runtime.events import (
+    EventSourcedActor,
+    Projection,
+    ReadResult,
+    Rows,
+    Session,
+    Written,
+)
 from raygrain.runtime.kernel import (
     Clock,
     ConsistentHashRing,
@@ -15,6 +23,15 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings
+from raygrain.runtime.sagas import (
+    Retry,
+    Saga,
+    SagaPhase,
+    SagaSettings,
+    SagaStatus,
+    StepContext,
+    step,
+)
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
@@ -23,14 +40,27 @@ __all__ = [
     "Clock",
     "Cluster",
     "ConsistentHashRing",
+    "EventSourcedActor",
     "FailureDetection",
     "ManualClock",
     "MembershipView",
     "MetricsSettings",
+    "Projection",
+    "ReadResult",
     "ReminderSettings",
+    "Retry",
+    "Rows",
+    "Saga",
+    "SagaPhase",
+    "SagaSettings",
+    "SagaStatus",
+    "Session",
     "SiloStatus",
+    "StepContext",
     "SystemClock",
     "TracingSettings",
     "TransactionSettings",
+    "Written",
     "configure_logging",
+    "step",
 ]

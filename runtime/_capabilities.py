@@ -7,8 +7,11 @@ A new capability adds itself here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from raygrain.actors import Actor
+from raygrain.runtime.events import EventsService
 from raygrain.runtime.kernel import CallFilter, CallObserver, Extension, Silo, SiloOptions
 from raygrain.runtime.metrics import (
     CallMetrics,
@@ -17,22 +20,44 @@ from raygrain.runtime.metrics import (
     MetricsSettings,
     RayExporter,
 )
+from raygrain.runtime.sagas import Saga, SagaIndex, SagaService
 from raygrain.runtime.timers import TimeService
 from raygrain.runtime.tracing import TraceFilter, Tracing, TracingSettings
 from raygrain.runtime.transactions import TransactionFilter, Transactions
 
-__all__ = ["client_filters", "export_to_ray", "metrics_registry", "silo_extensions"]
+__all__ = [
+    "actor_types",
+    "client_filters",
+    "export_to_ray",
+    "metrics_registry",
+    "silo_extensions",
+]
 
 
 def silo_extensions(options: SiloOptions | None = None) -> list[Extension]:
     """A fresh set of the extensions one silo runs (metrics unless they are switched off)."""
     options = options or SiloOptions()
-    extensions: list[Extension] = [Transactions(), TimeService()]
+    extensions: list[Extension] = [
+        Transactions(),
+        TimeService(),
+        EventsService(),
+        SagaService(),
+    ]
     settings = options.setting(MetricsSettings, MetricsSettings())
     if settings.enabled:
         extensions.append(Metrics(settings))
     extensions.append(Tracing(options.setting(TracingSettings, TracingSettings())))
     return extensions
+
+
+def actor_types(actors: Iterable[type[Actor[Any]]]) -> list[type[Actor[Any]]]:
+    """The user's actor types, plus the actors of the capabilities they use (the saga index,
+    when a saga is among them)."""
+    found = list(actors)
+    sagas = any(isinstance(cls, type) and issubclass(cls, Saga) for cls in found)
+    if sagas and SagaIndex not in found:
+        found.append(SagaIndex)
+    return found
 
 
 def client_filters(

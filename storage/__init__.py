@@ -3,9 +3,11 @@
 Depends only on ``actors`` (for ids and errors). ``open_storage("sqlite:///app.db")`` turns a
 URL into a provider (SQLAlchemy's convention: that file is relative to the working directory);
 ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default;
-``PostgresStorage`` the store of a multi-node deployment.
+``PostgresStorage`` the store of a multi-node deployment. Each also keeps the event log
+(``EventLog``: append-only streams with expected versions, and per-category feeds).
 """
 
+from raygrain.storage._events import Appended, EventLog, NewEvent, StoredEvent
 from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
@@ -20,7 +22,10 @@ from raygrain.storage._sqlite import SqliteStorage
 from raygrain.storage._url import absolute_storage_url, check_storage_url, open_storage
 
 __all__ = [
+    "Appended",
+    "EventLog",
     "MemoryStorage",
+    "NewEvent",
     "PostgresStorage",
     "QueuedWrites",
     "ReminderAck",
@@ -30,6 +35,7 @@ __all__ = [
     "StateRecord",
     "StateWrite",
     "StorageProvider",
+    "StoredEvent",
     "absolute_storage_url",
     "check_storage_url",
     "open_storage",

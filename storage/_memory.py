@@ -6,18 +6,21 @@ import asyncio
 from collections.abc import Sequence
 
 from raygrain.actors import ActorId, InconsistentStateError, StorageError
+from raygrain.storage._events import MemoryEventLog
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import MemoryReminders
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryReminders):
-    """Keeps records (and reminders) in process memory. ``latency`` (seconds) is awaited on
-    every operation, to make interleavings and timeouts observable in tests."""
+class MemoryStorage(MemoryReminders, MemoryEventLog):
+    """Keeps records (and reminders, and the event log) in process memory. ``latency``
+    (seconds) is awaited on every operation, to make interleavings and timeouts observable in
+    tests."""
 
     def __init__(self, latency: float = 0.0) -> None:
         super().__init__()
+        MemoryEventLog.__init__(self)
         self.latency = latency
         self._records: dict[ActorId, tuple[bytes | None, int]] = {}
         self._closed = False

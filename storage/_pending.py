@@ -1,16 +1,31 @@
-"""The queue entries of a group-committing provider (SQLite, PostgreSQL): a caller's write or
-atomic group waiting on a future, or a ``queue_write`` waiting with a callback."""
+"""The write queue of a group-committing provider (SQLite, PostgreSQL): its entries (a caller's
+write or atomic group waiting on a future, or a ``queue_write`` waiting with a callback) and the
+``WriteQueue`` base that puts them on the queue, which each provider's committer then drains."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextvars
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from raygrain.actors import ActorId
 from raygrain.storage._provider import StateWrite, tell_written
 
-__all__ = ["Pending", "PendingWrite", "QueuedWrite"]
+__all__ = [
+    "MIN_SPLIT",
+    "Pending",
+    "PendingWrite",
+    "QueuedWrite",
+    "WriteQueue",
+    "copied",
+    "start_committer",
+]
+
+# A batch takes at least this many records when there are (or half the queue, if more).
+MIN_SPLIT = 64
 
 
 @dataclass(slots=True)
@@ -57,3 +72,62 @@ class QueuedWrite:
 
 
 Pending = PendingWrite | QueuedWrite
+
+
+class WriteQueue:
+    """The queueing half of a group-committing provider. ``queue_write`` and ``_queue`` (which
+    ``write``, ``clear`` and ``write_many`` await) put entries on ``_pending``; the provider's
+    ``_start_committer`` makes sure a committer task drains it, and ``_check_not_closed`` refuses
+    a closed store."""
+
+    _pending: deque[Pending]
+
+    def _check_not_closed(self) -> None:
+        raise NotImplementedError
+
+    def _start_committer(self) -> None:
+        raise NotImplementedError
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``write`` without a coroutine (see ``storage.QueuedWrites``): queue the write for
+        the next batch; ``done`` gets the new ETag once the batch committed, or the error
+        (``InconsistentStateError``, ``StorageError``), on the event loop, exactly once."""
+        self._check_not_closed()
+        self._start_committer()  # first: if it fails (no running loop), nothing was queued
+        self._pending.append(QueuedWrite(actor_id, bytes(data), expected_etag, done))
+
+    def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
+        self._check_not_closed()
+        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._pending.append(PendingWrite(group, result))
+        self._start_committer()
+        return result
+
+    def _batch_limit(self, max_batch: int) -> int:
+        """How many records the next batch takes: the front half of the queue (at least
+        ``MIN_SPLIT``, at most ``max_batch``), so that the next batch gathers while this one
+        commits, keeping the pipeline full instead of alternating between an idle event loop
+        and an idle database."""
+        return min(max_batch, max(MIN_SPLIT, (len(self._pending) + 1) // 2))
+
+
+def copied(writes: Iterable[StateWrite]) -> tuple[StateWrite, ...]:
+    """The writes with their data copied now: a caller may reuse a bytearray while its write
+    waits in the queue."""
+    return tuple(
+        StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
+        for w in writes
+    )
+
+
+def start_committer(run: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+    """A committer task running ``run()``, in a context of its own: ``queue_write`` callbacks
+    run in the committer, and must not see the variables of whichever caller started it."""
+    loop = asyncio.get_running_loop()  # (before making a coroutine that would be lost)
+    return contextvars.Context().run(loop.create_task, run())

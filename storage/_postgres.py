@@ -1,7 +1,7 @@
 """``PostgresStorage``: actor state in PostgreSQL through asyncpg, with group commit.
 
 The production store: on Ray every silo connects to the database itself. Writes are queued, and
-a committer task sends a batch of them as one statement (storage/_postgres_sql.py): the records
+a committer task sends a batch of them as one statement (storage/_postgres_batch.py): the records
 travel as arrays, only those whose ETag matches are applied, and ``RETURNING`` says which won,
 so a thousand concurrent turns of one silo cost a few round trips and commits, not a thousand.
 An atomic group (``write_many``) that matches only in part aborts its batch's statement, which
@@ -16,39 +16,31 @@ and versioned (``raygrain_schema``); a database from a newer raygrain is refused
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 import time
 import urllib.parse
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
-from raygrain.actors import (
-    ActorId,
-    ConfigurationError,
-    InconsistentStateError,
-    StorageError,
-    StorageSchemaError,
+from raygrain.actors import ActorId, ConfigurationError, StorageError, StorageSchemaError
+from raygrain.storage._pending import Pending, QueuedWrite, WriteQueue, copied, start_committer
+from raygrain.storage._postgres_batch import Outcome, Statements, apply_batch
+from raygrain.storage._postgres_errors import (
+    RETRY_BATCH,
+    SERVER_ERROR,
+    UNREACHABLE,
+    describe,
+    safe,
 )
-from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
-from raygrain.storage._postgres_sql import (
-    APPLY,
-    APPLY_ATOMIC,
-    CREATE_SCHEMA_TABLE,
-    MIGRATIONS,
-    SCHEMA_LOCK,
-    SCHEMA_VERSION,
-    SELECT_RECORD,
-    SELECT_VERSIONS,
-    Outcome,
-    arrays,
-    decide,
-)
+from raygrain.storage._postgres_events import PostgresEventLog
+from raygrain.storage._postgres_reminders import ReminderStatements
+from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
 from raygrain.storage._provider import StateRecord, StateWrite
+from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
 
@@ -64,24 +56,12 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
     "schema": str,
 }
 
-_MIN_SPLIT = 64
 _DEADLOCK_RETRIES = 5
-# Errors that mean "the server or the connection is not there (now)": worth retrying a read.
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, query cancelled
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
-)
-_RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *_UNREACHABLE)
-_SERVER_ERROR: tuple[type[BaseException], ...] = (*_UNREACHABLE, asyncpg.PostgresError)
-# The server refused the whole statement before committing anything: safe to run it again.
-_RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_T = TypeVar("_T")
+_RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
 
-class PostgresStorage:
+class PostgresStorage(PostgresEventLog, WriteQueue):
     """Actor state in a PostgreSQL database, with group commit.
 
     ``dsn`` is a ``postgresql://user:password@host:port/database`` URL (asyncpg's and
@@ -116,7 +96,7 @@ class PostgresStorage:
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(
                 f"PostgresStorage needs a postgresql://user:password@host:port/database URL, "
-                f"got {_safe(dsn)!r}"
+                f"got {safe(dsn)!r}"
             )
         for name, value in (
             ("pool_size", pool_size),
@@ -139,19 +119,10 @@ class PostgresStorage:
         self.pipelines = pipelines
         self.schema = schema
         self.commits = 0  # statements that committed a batch, for tests and metrics
-        self._where = _safe(dsn)
-        quoted = '"' + schema.replace('"', '""') + '"'
-        self._sql = {
-            name: sql.replace("{schema}", quoted)
-            for name, sql in (
-                ("read", SELECT_RECORD),
-                ("versions", SELECT_VERSIONS),
-                ("apply", APPLY),
-                ("apply_atomic", APPLY_ATOMIC),
-                ("schema_table", CREATE_SCHEMA_TABLE),
-            )
-        }
-        self._quoted_schema = quoted
+        self._where = safe(dsn)
+        self._quoted_schema = quote(schema)
+        self._sql = Statements.in_schema(self._quoted_schema)
+        self._reminders = ReminderStatements(self._quoted_schema)
         self._pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
         self._pending: deque[Pending] = deque()
@@ -198,6 +169,7 @@ class PostgresStorage:
                 timeout=self.connect_timeout,
                 command_timeout=self._client_timeout,
                 max_inactive_connection_lifetime=60.0,
+                reset=_keep_session,
                 server_settings={
                     "application_name": "raygrain",
                     "statement_timeout": str(int(self.statement_timeout * 1000)),
@@ -209,17 +181,18 @@ class PostgresStorage:
             )
             try:
                 await pool
-                await self._ensure_schema(pool)
+                async with pool.acquire() as connection:
+                    await ensure_schema(connection, self.schema, repr(self))
             except BaseException as exc:
                 await _terminate(pool)
                 if isinstance(exc, StorageError):
                     raise
-                if isinstance(exc, _UNREACHABLE):  # may come back: a read retries
-                    raise StorageError(f"cannot reach {self!r}: {_describe(exc)}") from exc
+                if isinstance(exc, UNREACHABLE):  # may come back: a read retries
+                    raise StorageError(f"cannot reach {self!r}: {describe(exc)}") from exc
                 if isinstance(exc, asyncpg.PostgresError):
                     # The server answered, and said no (password, database, permissions):
                     # retrying will not help.
-                    raise StorageSchemaError(f"cannot use {self!r}: {_describe(exc)}") from exc
+                    raise StorageSchemaError(f"cannot use {self!r}: {describe(exc)}") from exc
                 raise
             self._pool = pool
             self._opened = True
@@ -227,7 +200,7 @@ class PostgresStorage:
     async def read(self, actor_id: ActorId) -> StateRecord:
         row = await self._retrying(
             f"reading {actor_id}",
-            lambda connection: connection.fetchrow(self._sql["read"], actor_id.canonical()),
+            lambda connection: connection.fetchrow(self._sql.read, actor_id.canonical()),
         )
         if row is None:
             return StateRecord(None, None)
@@ -249,25 +222,7 @@ class PostgresStorage:
         ids = [w.actor_id for w in writes]
         if len(set(ids)) != len(ids):
             raise StorageError(f"write_many names a record more than once: {[str(i) for i in ids]}")
-        return await self._queue(
-            tuple(
-                StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
-                for w in writes
-            )
-        )
-
-    def queue_write(
-        self,
-        actor_id: ActorId,
-        data: bytes,
-        expected_etag: str | None,
-        done: Callable[[str | Exception], object],
-    ) -> None:
-        """``write`` without a coroutine (see ``storage.QueuedWrites``): ``done`` gets the new
-        ETag once the batch committed, or the error, on the event loop, exactly once."""
-        self._check_not_closed()
-        self._start_committer()  # first: if it fails (no running loop), nothing was queued
-        self._pending.append(QueuedWrite(actor_id, bytes(data), expected_etag, done))
+        return await self._queue(copied(writes))
 
     async def aclose(self) -> None:
         """Let queued writes finish, then close the connections. Idempotent."""
@@ -276,13 +231,46 @@ class PostgresStorage:
         self._closed = True
         while self._committers:
             await asyncio.wait(set(self._committers))
+        await self._drain_appends()
         async with self._open_lock:
             pool, self._pool = self._pool, None
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), self.connect_timeout)
-                except _UNREACHABLE:
+                except UNREACHABLE:
                     pool.terminate()
+
+    # -- the reminder table (storage.ReminderTable; see _postgres_reminders) -------------------
+
+    async def upsert_reminder(
+        self, actor_id: ActorId, name: str, first_tick: float, period: float
+    ) -> ReminderRecord:
+        return await self._once(
+            f"registering reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.upsert(c, actor_id, name, first_tick, period),
+        )
+
+    async def remove_reminder(self, actor_id: ActorId, name: str, etag: str | None) -> bool:
+        return await self._once(
+            f"removing reminder {name!r} of {actor_id}",
+            lambda c: self._reminders.remove(c, actor_id, name, etag),
+        )
+
+    async def reminders_of(self, actor_id: ActorId) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            f"reading the reminders of {actor_id}", lambda c: self._reminders.of(c, actor_id)
+        )
+
+    async def reminders_in(self, ranges: Sequence[tuple[int, int]]) -> list[ReminderRecord]:
+        return await self._retrying(  # type: ignore[no-any-return]
+            "reading reminders by ring range", lambda c: self._reminders.in_ranges(c, ranges)
+        )
+
+    async def ack_reminders(self, acks: Sequence[ReminderAck]) -> None:
+        # Retried like a read: an ack only ever moves a tick forward, so a second run of one
+        # that did commit changes nothing.
+        if acks:
+            await self._retrying("recording reminder ticks", lambda c: self._reminders.ack(c, acks))
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -291,37 +279,6 @@ class PostgresStorage:
         # The server cancels at statement_timeout; the client waits a little longer for that
         # answer, and past it takes the connection for lost (a partition, a frozen server).
         return self.statement_timeout + 5.0
-
-    async def _ensure_schema(self, pool: asyncpg.Pool) -> None:
-        async with pool.acquire() as connection, connection.transaction():
-            # Silos start together: one of them creates or upgrades, the others wait and see it.
-            await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            # DDL only when something is missing: an application's role may well lack the
-            # CREATE privilege on a schema that an administrator set up for it.
-            table = f"{self._quoted_schema}.raygrain_schema"
-            if await connection.fetchval("SELECT to_regclass($1)", table) is None:
-                if not await connection.fetchval(
-                    "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", self.schema
-                ):
-                    await connection.execute(f"CREATE SCHEMA {self._quoted_schema}")
-                await connection.execute(self._sql["schema_table"])
-            version = await connection.fetchval(
-                f"SELECT version FROM {self._quoted_schema}.raygrain_schema"
-            )
-            version = 0 if version is None else int(version)
-            if version > SCHEMA_VERSION:
-                raise StorageSchemaError(
-                    f"{self!r} has state schema version {version}, newer than version "
-                    f"{SCHEMA_VERSION} that this raygrain supports; upgrade raygrain to use it"
-                )
-            for step in MIGRATIONS[version:]:
-                await connection.execute(step.replace("{schema}", self._quoted_schema))
-            if version < SCHEMA_VERSION:
-                await connection.execute(
-                    f"INSERT INTO {self._quoted_schema}.raygrain_schema (version) VALUES ($1)"
-                    " ON CONFLICT (singleton) DO UPDATE SET version = excluded.version",
-                    SCHEMA_VERSION,
-                )
 
     async def _retrying(self, doing: str, query: Callable[[asyncpg.Connection], Any]) -> Any:
         """Run a read, retrying with backoff while the server is unreachable, for up to
@@ -343,40 +300,61 @@ class PostgresStorage:
                 if time.monotonic() + delay > deadline:
                     raise StorageError(
                         f"{self!r} unreachable for {self.read_timeout:g}s while {doing}: "
-                        f"{_describe(exc)}"
+                        f"{describe(exc)}"
                     ) from exc
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 1.0)
             except asyncpg.PostgresError as exc:
-                raise StorageError(f"{self!r} failed {doing}: {_describe(exc)}") from exc
+                raise StorageError(f"{self!r} failed {doing}: {describe(exc)}") from exc
+
+    async def _once(self, doing: str, query: Callable[[asyncpg.Connection], Awaitable[_T]]) -> _T:
+        """Run a write once: once it was sent, a failed connection leaves its outcome unknown,
+        and running it again could undo what a later call did."""
+        try:
+            await self.open()
+        except StorageError as exc:
+            raise type(exc)(f"{exc} ({doing}: nothing was written)") from exc
+        assert self._pool is not None
+        try:
+            connection = await self._pool.acquire(timeout=self._client_timeout)
+        except SERVER_ERROR as exc:
+            raise StorageError(
+                f"{self!r} is unreachable; nothing was written {doing}: {describe(exc)}"
+            ) from exc
+        try:
+            return await query(connection)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.PostgresConnectionError):
+                raise self._unknown(doing, exc) from exc
+            raise StorageError(
+                f"{self!r} refused {doing}; nothing was written: {describe(exc)}"
+            ) from exc
+        except UNREACHABLE as exc:
+            raise self._unknown(doing, exc) from exc
+        finally:
+            await self._pool.release(connection)
+
+    def _unknown(self, doing: str, exc: BaseException) -> StorageError:
+        return StorageError(
+            f"{self!r}: the connection failed {doing}, which may or may not have taken effect "
+            f"(outcome unknown): {describe(exc)}"
+        )
 
     # -- group commit --------------------------------------------------------------------------
 
-    def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
-        self._check_not_closed()
-        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._pending.append(PendingWrite(group, result))
-        self._start_committer()
-        return result
-
     def _start_committer(self) -> None:
         if len(self._committers) < (self.pipelines if self._committers else 1):
-            loop = asyncio.get_running_loop()  # (before making a coroutine that would be lost)
-            # A context of its own: callbacks run in the committer and must not see the
-            # variables of whichever caller started it.
-            task = contextvars.Context().run(loop.create_task, self._run_committer())
-            self._committers.add(task)
+            self._committers.add(start_committer(self._run_committer))
 
     async def _run_committer(self) -> None:
         cancelled = False
         try:
             while self._pending:
-                batch = self._take_batch()
+                batch, keys = self._take_batch()
                 if not batch:
                     break  # the rest waits for records in flight; their committers take it
                 if self._pending:
                     self._start_committer()  # another batch can gather and go meanwhile
-                keys = {w.actor_id for pending in batch for w in pending.writes}
                 self._in_flight |= keys
                 try:
                     await self._commit(batch)
@@ -395,35 +373,52 @@ class PostgresStorage:
                 else:
                     self._start_committer()
 
-    def _take_batch(self) -> list[Pending]:
+    def _take_batch(self) -> tuple[list[Pending], set[ActorId]]:
         """The front of the queue, at most ``max_batch`` records (at least half the queue, so
         that the next batch gathers while this one commits), each record at most once and
         none in a batch still being committed: such a write waits for a later batch, which
         keeps every record's writes in queue order and batches in flight off each other's
-        row locks."""
+        row locks. Returns the batch and its records."""
         batch: list[Pending] = []
         deferred: list[Pending] = []
-        taken: set[ActorId] = set()
-        blocked: set[ActorId] = set()
+        taken: set[ActorId] = set()  # the batch's records
+        closed: set[ActorId] = set()  # records this batch can take no write of (taken too)
+        if self._in_flight:
+            closed.update(self._in_flight)
+        pending = self._pending
         size = 0
-        limit = min(self.max_batch, max(_MIN_SPLIT, (len(self._pending) + 1) // 2))
-        while self._pending and size < limit:
-            head = self._pending.popleft()
+        limit = self._batch_limit(self.max_batch)
+        while pending and size < limit:
+            head = pending.popleft()
+            if type(head) is QueuedWrite:  # the common case, made cheap: one write
+                key = head.actor_id
+                if key in closed:
+                    deferred.append(head)
+                    continue
+                if batch and size + 1 > limit:
+                    pending.appendleft(head)
+                    break
+                batch.append(head)
+                taken.add(key)
+                closed.add(key)
+                size += 1
+                continue
             if head.dropped():
                 continue
             ids = [w.actor_id for w in head.writes]
             if batch and size + len(ids) > limit:
-                self._pending.appendleft(head)
+                pending.appendleft(head)
                 break
-            if any(i in taken or i in blocked or i in self._in_flight for i in ids):
+            if any(i in closed for i in ids):
                 deferred.append(head)
-                blocked.update(ids)
+                closed.update(ids)
                 continue
             batch.append(head)
             taken.update(ids)
+            closed.update(ids)
             size += len(ids)
-        self._pending.extendleft(reversed(deferred))
-        return batch
+        pending.extendleft(reversed(deferred))
+        return batch, taken
 
     async def _commit(self, batch: list[Pending]) -> None:
         try:
@@ -444,12 +439,12 @@ class PostgresStorage:
         ):
             # The server answered with an error: its transaction was rolled back.
             return StorageError(
-                f"{self!r} refused a batch of {size} writes; nothing was written: {_describe(exc)}"
+                f"{self!r} refused a batch of {size} writes; nothing was written: {describe(exc)}"
             )
         why = "the committer was cancelled" if isinstance(exc, asyncio.CancelledError) else None
         return StorageError(
             f"{self!r}: the connection failed during a batch of {size} writes, which may or "
-            f"may not have committed (outcome unknown): {why or _describe(exc)}"
+            f"may not have committed (outcome unknown): {why or describe(exc)}"
         )
 
     async def _apply(self, batch: list[Pending]) -> list[Outcome]:
@@ -462,98 +457,23 @@ class PostgresStorage:
         assert self._pool is not None
         try:
             connection = await self._pool.acquire(timeout=self._client_timeout)
-        except _SERVER_ERROR as exc:
+        except SERVER_ERROR as exc:
             raise StorageError(
                 f"{self!r} is unreachable; a batch of {len(batch)} writes was not written: "
-                f"{_describe(exc)}"
+                f"{describe(exc)}"
             ) from exc
         try:
             for attempt in range(_DEADLOCK_RETRIES):
                 try:
-                    return await self._apply_on(connection, batch)
-                except _RETRY_BATCH:
+                    outcomes = await apply_batch(connection, self._sql, batch)
+                    self.commits += 1
+                    return outcomes
+                except RETRY_BATCH:
                     if attempt == _DEADLOCK_RETRIES - 1:
                         raise
             raise AssertionError("unreachable")
         finally:
             await self._pool.release(connection)
-
-    async def _apply_on(
-        self, connection: asyncpg.Connection, batch: list[Pending]
-    ) -> list[Outcome]:
-        everything = list(range(len(batch)))
-        outcomes: dict[int, Outcome] = {}
-        losers: dict[int, StateWrite | QueuedWrite] = {}  # entry -> its first write refused
-        atomic = any(len(p.writes) > 1 for p in batch)
-        try:
-            # One round trip, committed on its own; aborted if an atomic group matched in part.
-            sql = self._sql["apply_atomic" if atomic else "apply"]
-            rows = await connection.fetch(sql, *arrays(batch, groups=atomic))
-        except asyncpg.exceptions.DivisionByZeroError:
-            await self._apply_in_transaction(connection, batch, everything, outcomes, losers)
-        else:
-            decided, _, lost = decide(batch, everything, rows)
-            outcomes.update(decided)
-            losers.update(lost)
-        self.commits += 1
-        if losers:
-            await self._tell_stored_etags(connection, outcomes, losers)
-        return [outcomes[i] for i in everything]
-
-    async def _apply_in_transaction(
-        self,
-        connection: asyncpg.Connection,
-        batch: list[Pending],
-        live: list[int],
-        outcomes: dict[int, Outcome],
-        losers: dict[int, StateWrite | QueuedWrite],
-    ) -> None:
-        """Commit the entries ``live`` of ``batch`` but the atomic groups that match only in
-        part: the statement runs in a transaction that is rolled back, and run again without
-        them, until every group left is whole."""
-        while live:
-            transaction = connection.transaction()
-            await transaction.start()
-            try:
-                rows = await connection.fetch(self._sql["apply"], *arrays(batch[i] for i in live))
-                decided, partial, lost = decide(batch, live, rows)
-                if partial:
-                    await transaction.rollback()
-                    for index in partial:  # refused; the others' checks are made afresh
-                        outcomes[index] = decided[index]
-                        losers[index] = lost[index]
-                    live = [i for i in live if i not in partial]
-                    continue
-                await transaction.commit()
-            except BaseException:
-                if not transaction.is_completed():
-                    try:
-                        await transaction.rollback()
-                    except _SERVER_ERROR:
-                        pass  # the connection is gone, and its transaction with it
-                raise
-            outcomes.update(decided)
-            losers.update(lost)
-            return
-
-    async def _tell_stored_etags(
-        self,
-        connection: asyncpg.Connection,
-        outcomes: dict[int, Outcome],
-        losers: dict[int, StateWrite | QueuedWrite],
-    ) -> None:
-        """Give each refused writer the ETag stored now. The batch is committed already: if
-        this lookup fails, the refusals stand with the stored ETag unknown (None)."""
-        ids = [write.actor_id.canonical() for write in losers.values()]
-        try:
-            rows = await connection.fetch(self._sql["versions"], ids)
-        except _SERVER_ERROR:
-            return
-        stored = {bytes(row["id"]): str(row["version"]) for row in rows}
-        for index, write in losers.items():
-            outcomes[index] = InconsistentStateError(
-                stored.get(write.actor_id.canonical()), write.expected_etag, str(write.actor_id)
-            )
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -562,20 +482,12 @@ class PostgresStorage:
             raise StorageError(f"{self!r} is closed")
 
 
-def _safe(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urllib.parse.urlsplit(dsn)
-    if parts.password is None:
-        return urllib.parse.urlunsplit(parts._replace(query=""))
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}", query=""))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """How a connection is reset on its way back to the pool: not at all. asyncpg's default
+    sends a reset query (advisory unlock, close cursors, unlisten, reset settings): a second
+    round trip for every batch and every read, behind the server's queue. This store leaves
+    none of that on a session (its advisory lock is a transaction's; it sets nothing, listens
+    to nothing, opens no cursor), and asyncpg still rolls back a transaction left open."""
 
 
 async def _terminate(pool: asyncpg.Pool) -> None:

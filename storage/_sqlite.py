@@ -15,32 +15,30 @@ application's database is refused at open and left untouched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import os
 import sqlite3
 import threading
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Literal, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 import aiosqlite
 
 from raygrain.actors import (
     ActorId,
     ConfigurationError,
-    InconsistentStateError,
     StorageError,
     StorageSchemaError,
 )
 from raygrain.storage import _sqlite_reminders as reminders
-from raygrain.storage._pending import Pending as _Pending
-from raygrain.storage._pending import PendingWrite as _PendingWrite
-from raygrain.storage._pending import QueuedWrite as _QueuedWrite
+from raygrain.storage._pending import Pending, WriteQueue, copied, start_committer
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
+from raygrain.storage._sqlite_batch import FileIdentity, KnownVersions, Outcome, commit
+from raygrain.storage._sqlite_connection import close_quietly, on_thread, reason
+from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
 
@@ -50,12 +48,6 @@ APPLICATION_ID = 0x7267726E
 
 Durability = Literal["fsync", "normal"]
 _SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "normal": "NORMAL"}
-
-# SQLite's default limit on host parameters is 999 on old builds; stay well under it.
-_MAX_PARAMS = 500
-
-# SQLite primary result codes (sqlite3 only exports them as constants from Python 3.11 on).
-_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
 
 # ``version`` comes before ``data`` so that reading it never touches a large value's overflow
 # pages; ``data`` NULL is a tombstone. ``type_name`` and ``actor_key`` are only for humans
@@ -74,25 +66,10 @@ PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 _SELECT_RECORD = "SELECT version, data FROM raygrain_state WHERE id = ?"
-_SELECT_VERSIONS = "SELECT id, version FROM raygrain_state WHERE id IN ({})"
-# Many rows per statement: each statement is one trip into SQLite, and the writer thread lets go
-# of the GIL on every trip (executemany makes one per row), which under load costs the event loop
-# a thread switch each time.
-_UPSERT = (
-    "INSERT INTO raygrain_state (id, version, type_name, actor_key, data) VALUES {}"
-    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, data = excluded.data"
-)
-_ROW_PARAMS = "(?, ?, ?, ?, ?)"
-_ROWS_PER_UPSERT = _MAX_PARAMS // 5
-
-_MIN_SPLIT = 64
-_MAX_KNOWN_VERSIONS = 200_000
-_Row = tuple[bytes, int, str, str, bytes | None]
 _T = TypeVar("_T")
-_Outcome = list[str] | InconsistentStateError
 
 
-class SqliteStorage:
+class SqliteStorage(SqliteEventLog, WriteQueue):
     """Actor state in one SQLite file (WAL), with group commit.
 
     ``durability="fsync"`` (default) fsyncs every commit: an acknowledged write survives power
@@ -137,12 +114,12 @@ class SqliteStorage:
         self.commits = 0  # transactions committed by the group committer, for tests and metrics
         # Called with the number of records of every batch committed (metrics: group commit).
         self.batch_observers: list[Callable[[int], object]] = []
-        self._known = _KnownVersions()  # touched only on the writer's thread
-        self._file = _FileIdentity(self.path)  # touched only on the writer's thread
+        self._known = KnownVersions()  # touched only on the writer's thread
+        self._file = FileIdentity(self.path)  # touched only on the writer's thread
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Pending] = deque()
         self._committer: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -200,27 +177,7 @@ class SqliteStorage:
         await self.open()
         if not writes:
             return []
-        # Copy the data now: the caller may reuse a bytearray while the write waits in the queue.
-        return await self._queue(
-            tuple(
-                StateWrite(w.actor_id, None if w.data is None else bytes(w.data), w.expected_etag)
-                for w in writes
-            )
-        )
-
-    def queue_write(
-        self,
-        actor_id: ActorId,
-        data: bytes,
-        expected_etag: str | None,
-        done: Callable[[str | Exception], object],
-    ) -> None:
-        """``write`` without a coroutine (see ``storage.QueuedWrites``): queue the write for
-        the next batch; ``done`` gets the new ETag once the batch committed, or the error
-        (``InconsistentStateError``, ``StorageError``), on the event loop, exactly once."""
-        self._check_not_closed()
-        self._start_committer()  # first: if it fails (no running loop), nothing was queued
-        self._pending.append(_QueuedWrite(actor_id, bytes(data), expected_etag, done))
+        return await self._queue(copied(writes))
 
     async def aclose(self) -> None:
         """Let queued writes commit, then close the file. Idempotent. (Writes queued on a store
@@ -233,11 +190,12 @@ class SqliteStorage:
         if self._committer is not None:
             # wait, not await: the committer's own failure was already reported to its callers.
             await asyncio.wait({self._committer})
+        await self._drain_appends()
         async with self._open_lock:
             writer, reader, self._writer, self._reader = self._writer, self._reader, None, None
             for connection in (writer, reader):
                 if connection is not None:
-                    await _close_quietly(connection)
+                    await close_quietly(connection)
 
     # -- the reminder table (storage.ReminderTable; see _sqlite_reminders) ---------------------
 
@@ -287,7 +245,7 @@ class SqliteStorage:
         function: Callable[[sqlite3.Connection], _T],
     ) -> _T:
         try:
-            return await _on_thread(connection, function)
+            return await on_thread(connection, function)
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(doing, exc) from exc
 
@@ -320,7 +278,7 @@ class SqliteStorage:
             thread.daemon = True
         connection = await pending
         if failure:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             raise self._open_error(failure[0]) from failure[0]
         return connection
 
@@ -339,8 +297,9 @@ class SqliteStorage:
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
             await connection.executescript(reminders.REMINDER_SCHEMA)
+            await connection.executescript(EVENT_SCHEMA)
         except BaseException as exc:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
                 raise self._open_error(exc) from exc
             raise
@@ -351,7 +310,7 @@ class SqliteStorage:
         try:
             await connection.execute("PRAGMA query_only = ON")
         except BaseException as exc:
-            await _close_quietly(connection)
+            await close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
                 raise self._open_error(exc) from exc
             raise
@@ -381,8 +340,8 @@ class SqliteStorage:
             )
 
     def _open_error(self, exc: sqlite3.Error) -> StorageSchemaError:
-        reason = "it is a directory" if os.path.isdir(self.path) else _reason(exc, self)
-        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {reason}")
+        why = "it is a directory" if os.path.isdir(self.path) else reason(exc, self.busy_timeout)
+        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {why}")
 
     # -- group commit --------------------------------------------------------------------------
 
@@ -403,24 +362,14 @@ class SqliteStorage:
             while self._pending:
                 self._pending.popleft().settle(StorageError(f"{self!r} stopped committing"))
 
-    def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
-        self._check_not_closed()
-        result: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingWrite(group, result))
-        self._start_committer()
-        return result
-
     def _start_committer(self) -> None:
         if self._committer is None:
-            loop = asyncio.get_running_loop()  # (before making a coroutine that would be lost)
-            # In a context of its own: ``queue_write`` callbacks run in the committer, and must
-            # not see the variables of whichever caller happened to start it.
-            self._committer = contextvars.Context().run(loop.create_task, self._run_committer())
+            self._committer = start_committer(self._run_committer)
 
-    def _take_batch(self) -> list[_Pending]:
-        batch: list[_Pending] = []
+    def _take_batch(self) -> list[Pending]:
+        batch: list[Pending] = []
         size = 0
-        limit = min(self.max_batch, max(_MIN_SPLIT, (len(self._pending) + 1) // 2))
+        limit = self._batch_limit(self.max_batch)
         while self._pending:
             head = self._pending[0]
             # A group larger than max_batch still goes, alone: it must be one transaction.
@@ -433,7 +382,7 @@ class SqliteStorage:
             size += len(head.writes)
         return batch
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         if not batch:
             return
         try:
@@ -453,7 +402,7 @@ class SqliteStorage:
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)
 
-    async def _apply(self, batch: list[_Pending]) -> list[_Outcome]:
+    async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit ``batch`` in one transaction, in one trip to the writer's thread.
 
         A trip back from the thread waits behind whatever the event loop is doing, and under
@@ -464,8 +413,8 @@ class SqliteStorage:
             self._writer = await self._connect_writer()
         writer = self._writer
         try:
-            outcomes = await _on_thread(
-                writer, lambda connection: _commit(connection, batch, self._known, self._file)
+            outcomes = await on_thread(
+                writer, lambda connection: commit(connection, batch, self._known, self._file)
             )
         except BaseException:
             await self._rollback(writer)
@@ -480,7 +429,7 @@ class SqliteStorage:
             # The connection's transaction state is unknown: drop it, the next batch reconnects.
             if self._writer is writer:
                 self._writer = None
-            await _close_quietly(writer)
+            await close_quietly(writer)
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -493,188 +442,11 @@ class SqliteStorage:
             return type(exc)(*exc.args)
         if isinstance(exc, sqlite3.Error):
             return StorageError(
-                f"SQLite state store {self.path!r} failed {doing}: {_reason(exc, self)}"
+                f"SQLite state store {self.path!r} failed {doing}: {reason(exc, self.busy_timeout)}"
             )
         if isinstance(exc, ValueError) and self._closed:
             return StorageError(f"{self!r} was closed while {doing}")
         return StorageError(f"SQLite state store {self.path!r} failed {doing}: {exc!r}")
-
-
-class _KnownVersions:
-    """The stored version of each key, as the writer connection left them: valid while no other
-    connection (another process, another ``SqliteStorage`` on the file) has committed since,
-    which ``PRAGMA data_version`` tells inside the batch's write transaction. Spares the
-    per-batch ``SELECT`` of versions, whose every row is a trip into SQLite on which the writer
-    thread lets go of the GIL, and has to wait for the busy event loop to get it back."""
-
-    __slots__ = ("connection", "data_version", "versions")
-
-    def __init__(self) -> None:
-        self.connection: sqlite3.Connection | None = None
-        self.data_version = -1
-        self.versions: dict[bytes, int] = {}  # 0: known to be absent
-
-    def check(self, connection: sqlite3.Connection) -> None:
-        """Forget everything unless only ``connection`` has written since the last batch."""
-        (data_version,) = connection.execute("PRAGMA data_version").fetchone()
-        if connection is not self.connection or data_version != self.data_version:
-            self.versions.clear()
-            self.connection, self.data_version = connection, data_version
-        elif len(self.versions) > _MAX_KNOWN_VERSIONS:
-            self.versions.clear()
-
-    def forget(self) -> None:
-        self.connection = None
-        self.versions.clear()
-
-
-def _commit(
-    connection: sqlite3.Connection,
-    batch: list[_Pending],
-    known: _KnownVersions,
-    file: _FileIdentity,
-) -> list[_Outcome]:
-    """On the writer's thread: BEGIN, read the stored versions, decide, write, COMMIT, and
-    check that the commit went to the file at our path before anyone is told."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        known.check(connection)
-        versions = known.versions
-        keys = [write.actor_id.canonical() for pending in batch for write in pending.writes]
-        unknown = [key for key in dict.fromkeys(keys) if key not in versions]
-        for start in range(0, len(unknown), _MAX_PARAMS):
-            chunk = unknown[start : start + _MAX_PARAMS]
-            versions.update(dict.fromkeys(chunk, 0))
-            query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
-            found = connection.execute(query, chunk)
-            versions.update((bytes(key), int(version)) for key, version in found)
-        outcomes, to_write, accepted = _decide(batch, versions)
-        for start in range(0, len(to_write), _ROWS_PER_UPSERT):
-            rows = to_write[start : start + _ROWS_PER_UPSERT]
-            statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
-            connection.execute(statement, [value for row in rows for value in row])
-        connection.execute("COMMIT")
-        file.check()
-    except BaseException:
-        known.forget()  # the transaction is rolled back by the caller: nothing here holds
-        raise
-    versions.update(accepted)
-    return outcomes
-
-
-class _FileIdentity:
-    """Which file (device and inode) the store and its write-ahead log are, as first seen.
-
-    SQLite keeps writing through its open descriptors after the database file (or its -wal) is
-    deleted, or after another file is renamed over it: every such commit would be acknowledged
-    and then be gone on reopen. So after each commit, before any writer is told, the path must
-    still name the same files (two stat calls per batch, not per write)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._seen: dict[str, tuple[int, int]] = {}
-
-    def check(self) -> None:
-        for name in (self.path, self.path + "-wal"):
-            try:
-                stat = os.stat(name)
-            except FileNotFoundError:
-                raise StorageError(
-                    f"SQLite state store {name!r} was deleted while open: the last commit "
-                    "went to a file that is no longer there, so it is not acknowledged; "
-                    "restore the file or restart on a new store"
-                ) from None
-            identity = (stat.st_dev, stat.st_ino)
-            if self._seen.setdefault(name, identity) != identity:
-                raise StorageError(
-                    f"SQLite state store {name!r} was replaced by another file while open: "
-                    "the last commit went to the old file, so it is not acknowledged"
-                )
-
-
-async def _on_thread(
-    connection: aiosqlite.Connection, function: Callable[[sqlite3.Connection], _T]
-) -> _T:
-    """Run ``function`` with ``connection``'s sqlite3 connection on its own thread.
-
-    (``_execute`` is how every aiosqlite method reaches that thread; it has no public name.)
-    """
-    execute = cast(Callable[[Callable[[], _T]], Awaitable[_T]], connection._execute)
-    return await execute(lambda: function(connection._conn))
-
-
-def _decide(
-    batch: Iterable[_Pending], versions: dict[bytes, int]
-) -> tuple[list[_Outcome], list[_Row], dict[bytes, int]]:
-    """Check each caller's ETags in queue order and collect the rows of those that pass, and the
-    versions they leave (``versions``: every key's stored version, 0 for none).
-
-    A caller is checked against what the earlier writes of the same batch left, exactly as if
-    they had committed one by one; a group is all or nothing.
-    """
-    outcomes: list[_Outcome] = []
-    rows: list[_Row] = []
-    accepted: dict[bytes, int] = {}  # on top of versions (every value >= 1)
-    for pending in batch:
-        stale = None
-        for write in pending.writes:
-            version = accepted.get(key := write.actor_id.canonical()) or versions[key]
-            stored_etag = str(version) if version else None
-            if stored_etag != write.expected_etag:
-                stale = InconsistentStateError(
-                    stored_etag, write.expected_etag, str(write.actor_id)
-                )
-                break
-        if stale is not None:
-            outcomes.append(stale)
-            continue
-        etags = []
-        for write in pending.writes:
-            old = accepted.get(key := write.actor_id.canonical()) or versions[key]
-            accepted[key] = old + 1
-            # The names are written with a new row only: an update keeps the row's own.
-            type_name = "" if old else _printable(write.actor_id.type_name)
-            rows.append(
-                (key, old + 1, type_name, "" if old else repr(write.actor_id.key), write.data)
-            )
-            etags.append(str(old + 1))
-        outcomes.append(etags)
-    return outcomes, rows, accepted
-
-
-def _printable(text: str) -> str:
-    # Lone surrogates are valid in an ActorId (its canonical form keeps them) but not in TEXT.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _reason(exc: sqlite3.Error, storage: SqliteStorage) -> str:
-    """What went wrong, in words a user can act on."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = None if code is None else code & 0xFF
-    if primary in (_BUSY, _LOCKED) or "locked" in str(exc):
-        return (
-            f"the database is locked by another connection "
-            f"(waited busy_timeout={storage.busy_timeout:g}s) [{exc}]"
-        )
-    if primary == _NOTADB:
-        return f"not a SQLite database (corrupt, or another kind of file) [{exc}]"
-    if primary == _CORRUPT:
-        return f"the database file is corrupt [{exc}]"
-    if primary == _CANTOPEN:
-        return f"cannot open the file: does its directory exist and is it writable? [{exc}]"
-    if primary == _READONLY:
-        return f"the file or its directory is read-only [{exc}]"
-    if primary == _FULL:
-        return f"the disk is full [{exc}]"
-    if primary == _IOERR:
-        return f"disk I/O error [{exc}]"
-    return str(exc)
-
-
-async def _close_quietly(connection: aiosqlite.Connection) -> None:
-    # Nothing is left to lose: every write was committed or rolled back before closing.
-    with contextlib.suppress(sqlite3.Error, ValueError):
-        await connection.close()
 
 
 def _warn_unclosed(description: str) -> None:

@@ -21,7 +21,7 @@ from raygrain.actors import (
     read_only,
     transactional,
 )
-from tests import edge_app
+from tests import edge_app, saga_app
 
 # Hooks the tests set to observe or steer actors in this process (local mode only).
 GATES: dict[str, asyncio.Event] = {}
@@ -573,4 +573,5 @@ ALL_ACTORS: list[type[Actor[Any]]] = [
     Alarm,
     SlowLife,
     *edge_app.EDGE_ACTORS,
+    *saga_app.ACTORS,
 ]

@@ -17,6 +17,7 @@ from raygrain.runtime import (
     ManualClock,
     MetricsSettings,
     ReminderSettings,
+    SagaSettings,
     TracingSettings,
 )
 from raygrain.runtime.kernel import SiloOptions
@@ -129,12 +130,14 @@ def log(
 RAY_TRANSPORTS = ["ray", "direct"]
 
 
-# Reminders with sub-second periods (the cluster default refuses periods under a minute).
+# Reminders with sub-second periods (the cluster default refuses periods under a minute), and
+# the saga index waking live sagas every half second.
 # The silos push metrics every second, and hand their spans to the trace tests' sink.
 RAY_SILO_OPTIONS = SiloOptions(
     deactivation_timeout=0.5,
     capabilities=(
         ReminderSettings(minimum_period=0.2),
+        SagaSettings(wake_period=0.5),
         MetricsSettings(export_period=1.0),
         TracingSettings(setup=trace_sink.SETUP),
     ),

@@ -52,3 +52,16 @@ def test_cart_expires_by_reminder_even_after_a_restart(tmp_path: Path) -> None:
     out = _run("samples.cart", "--db", str(tmp_path / "cart.db"), "--ttl", "0.5")
     assert "alice's cart expired: OK" in out
     assert "bob's cart expired after a restart: OK" in out
+
+
+def test_orders_keeps_two_read_models_and_shows_each_consistency_level(tmp_path: Path) -> None:
+    out = _run("samples.orders", "--orders", "60", "--db", str(tmp_path / "orders.db"))
+    assert "read-your-writes: ana's open orders include 'mine': True" in out
+    assert "read models agree with the write model: OK" in out
+
+
+def test_trip_sagas_book_everything_or_nothing(tmp_path: Path) -> None:
+    out = _run("samples.trip", "--trips", "40", "--seed", "3", "--db", str(tmp_path / "trip.db"))
+    assert "no orphan bookings: OK" in out
+    assert "every completed trip holds one flight, room, car and charge: OK" in out
+    assert " completed " in out and " compensated " in out  # both outcomes happened

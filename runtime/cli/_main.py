@@ -1,7 +1,8 @@
 """The raygrain command: run silos on a Ray cluster, inspect them, stop them, benchmark.
 
 raygrain up --address auto --actors my.module [--name NAME] [--silos-per-node 1] [--storage URL]
-            [--transport direct|ray] [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
+            [--no-storage-server] [--transport direct|ray]
+            [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
 raygrain status --address auto [--name NAME] [--watch] [--json] [--interval SECONDS]
 raygrain down --address auto [--name NAME]
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
@@ -126,9 +127,15 @@ async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.ray_host import DirectPlane, RayLaunch, find_silos, launch
     from raygrain.runtime.wire import TLSFiles
 
+    if args.deprecated_direct:
+        print(
+            "raygrain up: --direct is deprecated, use --no-storage-server (the data plane is "
+            "chosen with --transport)",
+            file=sys.stderr,
+        )
     actor_types = _actor_classes(args.actors)
     # A database every node reaches is used by every silo directly: no storage server.
-    direct = args.direct or args.storage.startswith(("postgresql:", "postgres:"))
+    direct = args.no_storage_server or args.storage.startswith(("postgresql:", "postgres:"))
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
@@ -277,16 +284,23 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--silos-per-node", type=int, default=1)
     up.add_argument("--storage", default="sqlite:///raygrain-state.db")
     up.add_argument(
+        "--no-storage-server",
+        action="store_true",
+        help="every silo opens --storage itself (SQLite: one machine only) instead of reaching"
+        " it through a storage server (always so for a postgresql:// URL)",
+    )
+    up.add_argument(
         "--direct",
         action="store_true",
-        help="every silo opens the SQLite file itself (one machine) instead of a storage server"
-        " (always so for a postgresql:// URL)",
+        dest="deprecated_direct",
+        help="deprecated spelling of --no-storage-server (it is not about --transport)",
     )
     up.add_argument(
         "--transport",
         choices=["direct", "ray"],
         default="direct",
-        help="data plane: the silos' own connections (direct, default) or Ray actor calls",
+        help="data plane for calls: the silos' own connections (direct, the default) or Ray"
+        " actor calls",
     )
     up.add_argument("--tls-cert", default=None, help="certificate the silos present (PEM)")
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")
@@ -324,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(suite.main(argv[1:], prog="raygrain bench"))
     args = _parser().parse_args(argv)
+    if args.command == "up":
+        args.no_storage_server = args.no_storage_server or args.deprecated_direct
     handler = {"up": _up, "status": _status, "down": _down}[args.command]
     try:
         return asyncio.run(handler(args))

@@ -30,6 +30,7 @@ from raygrain.actors import (
     TransactionAbortedError,
     TransactionInDoubtError,
 )
+from raygrain.runtime._capabilities import actor_types
 from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_options
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -39,6 +40,7 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.membership import FailureDetection
 from raygrain.runtime.metrics import MetricsSettings, PrometheusExporter
+from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
@@ -86,15 +88,17 @@ class Cluster:
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
         metrics_port: int | None = None,
+        sagas: SagaSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
         default ``"memory://"``). A bad path fails here. Start it with ``async with``.
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
-        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port)."""
+        them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port).
+        ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
-        registry = ActorRegistry(actors)
+        registry = ActorRegistry(actor_types(actors))
         options = backend_options(
             default_timeout,
             default_idle_timeout,
@@ -105,6 +109,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "local"),
+            sagas,
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -136,6 +141,7 @@ class Cluster:
         tls: TLSFiles | None = None,
         reminders: ReminderSettings | None = None,
         metrics: bool | MetricsSettings = True,
+        sagas: SagaSettings | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -152,7 +158,8 @@ class Cluster:
         ``log_level``: the silos' (default: ``RAYGRAIN_LOG_LEVEL``). ``transport``:
         ``"direct"`` (default) sends calls over the silos' own authenticated connections, with
         Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
-        certificate files for the direct connections (see docs/ray.md)."""
+        certificate files for the direct connections (see docs/ray.md). ``sagas``: the saga
+        settings (``SagaSettings``; see docs/sagas.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
@@ -162,6 +169,7 @@ class Cluster:
             unique_deployment_name,
         )
 
+        actors = actor_types(actors)
         registry = ActorRegistry(actors)
         options = backend_options(
             default_timeout,
@@ -173,6 +181,7 @@ class Cluster:
             max_queued_calls,
             reminders,
             MetricsSettings.chosen(metrics, "default"),
+            sagas,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")

@@ -20,6 +20,7 @@ from raygrain.runtime.kernel import (
     SiloStatus,
 )
 from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
+from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.timers import ReminderSettings
 from raygrain.runtime.transactions import TransactionSettings
 from raygrain.storage import StorageProvider, open_storage
@@ -123,6 +124,7 @@ def backend_options(
     max_queued_calls: int = 10_000,
     reminders: ReminderSettings | None = None,
     metrics: MetricsSettings | None = None,
+    sagas: SagaSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -147,6 +149,10 @@ def backend_options(
         raise ConfigurationError(
             f"reminders must be a ReminderSettings, got {type(reminders).__name__}"
         )
+    if sagas is None:
+        sagas = SagaSettings()
+    elif not isinstance(sagas, SagaSettings):
+        raise ConfigurationError(f"sagas must be a SagaSettings, got {type(sagas).__name__}")
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -154,5 +160,5 @@ def backend_options(
         deactivation_timeout=float(deactivation_timeout),
         max_queued_calls=max_queued_calls,
         calls=calls,
-        capabilities=(transactions, reminders, metrics or MetricsSettings()),
+        capabilities=(transactions, reminders, metrics or MetricsSettings(), sagas),
     )

@@ -93,6 +93,7 @@ class SiloMetrics(CallerMetrics):
         registry: MetricRegistry,
         activations: Callable[[], dict[Labels, float]],
         mailboxes: Callable[[], dict[Labels, float]],
+        projections: Callable[[str], dict[Labels, float]] = lambda _: {},
     ) -> None:
         super().__init__(registry)
         add = registry.add
@@ -109,6 +110,21 @@ class SiloMetrics(CallerMetrics):
             Kind.GAUGE,
             ("type",),
             read=activations,
+        )
+        add(
+            "raygrain_projection_position",
+            "The last feed position a projection running here applied, by source category",
+            Kind.GAUGE,
+            ("projection", "category"),
+            read=lambda: projections("position"),
+        )
+        add(
+            "raygrain_projection_lag_events",
+            "Events of a source category a projection running here has not applied yet "
+            "(the category's head, read every second, minus its position)",
+            Kind.GAUGE,
+            ("projection", "category"),
+            read=lambda: projections("lag"),
         )
         add(
             "raygrain_mailbox_length",

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from raygrain.actors import ActorMethod, DeactivationReason, decode
+from raygrain.runtime.events import EventsService
 from raygrain.runtime.kernel import (
     Activation,
     Delivery,
@@ -106,7 +107,9 @@ class Metrics(Extension):
             {"deployment": settings.deployment}, settings.max_label_values
         )
         self._silo: Silo | None = None
-        self.metrics = SiloMetrics(self.registry, self._activations, self._mailboxes)
+        self.metrics = SiloMetrics(
+            self.registry, self._activations, self._mailboxes, self._projections
+        )
         self._series: dict[int, _TurnSeries] = {}
         self._slow = settings.slow_turn_seconds
         self._dead: set[str] = set()
@@ -228,6 +231,17 @@ class Metrics(Extension):
         for actor_id, pool in silo.workers.items():
             counts[actor_id.type_name] += len(pool)
         return {(name,): float(n) for name, n in counts.items()}
+
+    def _projections(self, figure: str) -> dict[Labels, float]:
+        events = self._silo.extension(EventsService) if self._silo is not None else None
+        if events is None:
+            return {}
+        found: dict[Labels, float] = {}
+        for name, runner in events.runners.items():
+            values = runner.positions if figure == "position" else runner.lag_events()
+            for category, value in values.items():
+                found[(name, category)] = float(value)
+        return found
 
     def _mailboxes(self) -> dict[Labels, float]:
         silo = self._silo

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import Actor, DeactivationReason, MalformedMessageError
+from raygrain.runtime._capabilities import actor_types as with_capability_actors
 from raygrain.runtime._capabilities import export_to_ray, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -71,7 +72,7 @@ class SiloHostImpl:
         provider = open_storage(storage) if isinstance(storage, str) else storage
         self.silo = Silo(
             name,
-            ActorRegistry(actor_types),
+            ActorRegistry(with_capability_actors(actor_types)),
             provider,
             self._plane,
             self.membership,

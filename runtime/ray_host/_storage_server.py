@@ -13,15 +13,19 @@ import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from raygrain.actors import ActorId, StorageError, decode_error, encode_error
+from raygrain.actors import ActorId, StorageError, decode, decode_error, encode, encode_error
 from raygrain.runtime.kernel import id_from_wire, id_to_wire, pack, unpack
 from raygrain.storage import (
+    Appended,
+    EventLog,
+    NewEvent,
     ReminderAck,
     ReminderRecord,
     ReminderTable,
     StateRecord,
     StateWrite,
     StorageProvider,
+    StoredEvent,
     open_storage,
     tell_written,
 )
@@ -60,6 +64,8 @@ class StorageServerImpl:
                 return [True, await self.provider.write_many(writes)]
             if kind.startswith("reminders_"):
                 return [True, await self._reminders(kind, op)]
+            if kind.startswith("events_"):
+                return [True, await self._events(kind, op)]
             raise StorageError(f"unknown storage operation {kind!r}")
         except Exception as exc:
             return [False, encode_error(exc, f"storage server ({self.spec})")]
@@ -84,8 +90,46 @@ class StorageServerImpl:
             return None
         raise StorageError(f"unknown storage operation {kind!r}")
 
+    async def _events(self, kind: str, op: list[Any]) -> Any:
+        log = self.provider
+        if not isinstance(log, EventLog):
+            raise StorageError(f"the storage server's provider ({self.spec}) has no event log")
+        if kind == "events_append":
+            events = [NewEvent(t, decode(data), i) for t, data, i in op[4]]
+            appended = await log.append(op[1], op[2], op[3], events)
+            return [appended.version, appended.position]
+        if kind == "events_stream":
+            return [_event_to_wire(e) for e in await log.read_stream(op[1], op[2], op[3])]
+        if kind == "events_category":
+            return [_event_to_wire(e) for e in await log.read_category(op[1], op[2], op[3])]
+        if kind == "events_head":
+            return await log.head(op[1])
+        raise StorageError(f"unknown storage operation {kind!r}")
+
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+# Event data crosses as the raygrain codec's bytes (the storage server decodes it to store it,
+# so a value of a class the server cannot import fails there with SerializationError).
+def _event_to_wire(event: StoredEvent) -> list[Any]:
+    return [
+        event.stream,
+        event.category,
+        event.version,
+        event.position,
+        event.type,
+        encode(event.data),
+        event.event_id,
+        event.recorded_at,
+    ]
+
+
+def _event_from_wire(row: list[Any]) -> StoredEvent:
+    stream, category, version, position, type_, data, event_id, recorded_at = row
+    return StoredEvent(
+        stream, category, version, position, type_, decode(data), event_id, recorded_at
+    )
 
 
 def _record_to_wire(record: ReminderRecord) -> list[Any]:
@@ -104,7 +148,11 @@ def _record_from_wire(row: list[Any]) -> ReminderRecord:
     return ReminderRecord(id_from_wire(type_name, key), name, first_tick, period, etag, last_tick)
 
 
-_READS = frozenset({"read", "reminders_of", "reminders_in"})  # safe to send again
+# Safe to send again. (An append is too, being idempotent on its event ids, but its caller
+# retries it, and knows the outcome was unknown.)
+_READS = frozenset(
+    {"read", "reminders_of", "reminders_in", "events_stream", "events_category", "events_head"}
+)
 
 # A read is tried again for about 10 s (0.1 s doubling, at most 1 s apart): long enough to ride
 # out Ray restarting the server's process (4-7.5 s measured on a 2-core machine), so an
@@ -169,6 +217,32 @@ class RemoteStorage:
         rows = [[*id_to_wire(a.actor_id), a.name, a.etag, a.tick] for a in acks]
         if rows:
             await self._submit(["reminders_ack", rows])
+
+    # -- the event log (storage.EventLog) ---------------------------------------------------------
+
+    async def append(
+        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> Appended:
+        rows = [[e.type, encode(e.data), e.event_id] for e in events]
+        version, position = await self._submit(
+            ["events_append", stream, category, expected_version, rows]
+        )
+        return Appended(int(version), int(position))
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        rows = await self._submit(["events_stream", stream, from_version, limit])
+        return [_event_from_wire(row) for row in rows]
+
+    async def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        rows = await self._submit(["events_category", category, after_position, limit])
+        return [_event_from_wire(row) for row in rows]
+
+    async def head(self, category: str) -> int:
+        return int(await self._submit(["events_head", category]))
 
     def queue_write(
         self,

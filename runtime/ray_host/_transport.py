@@ -329,6 +329,7 @@ class RayTransport:
         # The batch may or may not have reached the silo before it failed: the calls' fate is
         # unknown, so each caller gets a retryable SiloUnavailableError now instead of waiting
         # for its deadline.
+        # A call this silo forwarded for someone else is told to its caller, who waits for it.
         get_logger().info("batch_undeliverable", destination=destination, error=repr(exc))
         if self._local is None:
             return
@@ -338,9 +339,11 @@ class RayTransport:
                     f"silo {destination} became unreachable while {message.target}."
                     f"{message.method} was in flight: {type(exc).__name__}"
                 )
-                self._local.deliver_response(
-                    Response(message.call_id, False, encode_error(error, destination))
-                )
+                failed = Response(message.call_id, False, encode_error(error, destination))
+                if message.reply_to == self.address:
+                    self._local.deliver_response(failed)
+                else:
+                    self.reply(message.reply_to, failed)
 
     # -- client side of polling ---------------------------------------------------------------
 

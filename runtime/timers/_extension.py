@@ -66,6 +66,8 @@ class TimeService(Extension):
         for task in self._tasks:
             task.cancel()
         self.reminders.drop_all()
+        # (The silo cancels its tasks after this: acks still on their way would be lost.)
+        await self.reminders.flush_acks(silo.options.deactivation_timeout)
 
     def view_changed(self, silo: Silo, view: MembershipView) -> None:
         self.reminders.reload()
@@ -76,9 +78,15 @@ class TimeService(Extension):
             timers.stop_all()
 
     def quiet(self) -> bool:
-        """Nothing due that has not fired, and no tick queued or running (tests wait for it
-        after advancing a ``ManualClock``)."""
-        return not self.ticks_running and not self.schedule.due() and not self.reminders.loading
+        """Nothing due that has not fired, no tick queued or running, and no ack on its way to
+        storage (tests wait for it after advancing a ``ManualClock``)."""
+        reminders = self.reminders
+        return (
+            not self.ticks_running
+            and not self.schedule.due()
+            and not reminders.loading
+            and not reminders.acking
+        )
 
     async def _refresh(self) -> None:
         while True:

@@ -97,7 +97,7 @@ class Reminders:
         self.owned: dict[_Key, _Owned] = {}
         self.delivered = 0  # ticks delivered (returned or raised), for tests and benchmarks
         self._acks: list[ReminderAck] = []
-        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None  # the task storing acks, if any
         self._loading: asyncio.Task[None] | None = None
         self._reload = False
         self._fresh: set[str] = set()  # etags adopted while a load may be running
@@ -105,6 +105,17 @@ class Reminders:
     @property
     def loading(self) -> bool:
         return self._loading is not None
+
+    @property
+    def acking(self) -> bool:
+        """Whether delivered ticks are still on their way to storage."""
+        return self._flusher is not None
+
+    async def flush_acks(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for the acks on their way to be stored: a silo that
+        leaves must not take them along, or the next owner delivers those ticks again."""
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher}, timeout=timeout)
 
     @property
     def table(self) -> ReminderTable:
@@ -263,9 +274,8 @@ class Reminders:
 
     def _ack(self, ack: ReminderAck) -> None:
         self._acks.append(ack)
-        if not self._flushing:
-            self._flushing = True
-            self.service.silo.spawn(self._flush_acks())
+        if self._flusher is None:
+            self._flusher = self.service.silo.spawn(self._flush_acks())
 
     async def _flush_acks(self) -> None:
         try:
@@ -279,7 +289,7 @@ class Reminders:
                         "reminder_acks_failed", silo=self.service.silo.name, error=repr(exc)
                     )
         finally:
-            self._flushing = False
+            self._flusher = None
 
 
 class ActorReminders:

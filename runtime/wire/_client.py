@@ -29,4 +29,11 @@ async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions
     except BaseException:
         writer.transport.abort()
         raise
-    return Connection(reader, writer, peer, options.max_frame_bytes)
+    return Connection(
+        reader,
+        writer,
+        peer,
+        options.max_frame_bytes,
+        outbound=True,
+        write_buffer_bytes=options.write_buffer_bytes,
+    )

@@ -6,14 +6,18 @@ import asyncio
 import time
 from typing import Any
 
-from raygrain.runtime.kernel import get_logger
+from raygrain.runtime.kernel import Request, Response, get_logger
 from raygrain.runtime.wire._framing import read_frame, write_frame
 
 __all__ = ["Connection", "PeerLog"]
 
+# What a message's envelope adds to its payload, roughly, when counting a backlog's bytes.
+_ENVELOPE_BYTES = 64
+
 
 class Connection:
-    """A connection to (or from) the endpoint ``peer``, past its handshake."""
+    """A connection to (``outbound``: we dialled) or from the endpoint ``peer``, past its
+    handshake."""
 
     def __init__(
         self,
@@ -21,16 +25,59 @@ class Connection:
         writer: asyncio.StreamWriter,
         peer: str,
         max_frame_bytes: int,
+        outbound: bool = False,
+        write_buffer_bytes: int = 1024 * 1024,
     ) -> None:
         self.peer = peer
+        self.outbound = outbound
         self.remote = remote_host(writer)
         self._reader = reader
         self._writer = writer
         self._max_frame_bytes = max_frame_bytes
+        self._write_buffer_bytes = write_buffer_bytes
+        # drain() waits until the buffer is back under a quarter of this
+        writer.transport.set_write_buffer_limits(high=write_buffer_bytes)
         self.closed = False
+        # Messages waiting for the peer to read what was written (None: not congested).
+        self.backlog: list[Request | Response] | None = None
+        self.backlog_bytes = 0
 
     def send(self, body: bytes) -> None:
         write_frame(self._writer, body)
+
+    def congested(self) -> bool:
+        """More than ``write_buffer_bytes`` written and not yet taken by the peer's socket."""
+        return self._writer.transport.get_write_buffer_size() > self._write_buffer_bytes
+
+    def buffered_bytes(self) -> int:
+        """What this side holds for the peer: unwritten bytes and the backlog."""
+        return self._writer.transport.get_write_buffer_size() + self.backlog_bytes
+
+    async def drained(self) -> None:
+        """Wait until the peer has read most of what was written."""
+        await self._writer.drain()
+
+    def hold(self, messages: list[Request | Response], limit: int) -> list[Request | Response]:
+        """Keep ``messages`` in the backlog, up to ``limit`` bytes in all (but at least one
+        message); returns those that did not fit, from the first that did not."""
+        backlog = self.backlog
+        assert backlog is not None
+        size = self.backlog_bytes
+        for index, message in enumerate(messages):
+            grown = size + len(message.payload) + _ENVELOPE_BYTES
+            if grown > limit and backlog:
+                self.backlog_bytes = size
+                return messages[index:]
+            backlog.append(message)
+            size = grown
+        self.backlog_bytes = size
+        return []
+
+    def take_backlog(self) -> list[Request | Response]:
+        backlog = self.backlog or []
+        self.backlog = None
+        self.backlog_bytes = 0
+        return backlog
 
     async def receive(self) -> bytes:
         return await read_frame(self._reader, self._max_frame_bytes)

@@ -11,6 +11,7 @@ from raygrain.actors import ConfigurationError
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "WireOptions", "new_secret"]
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+DEFAULT_WRITE_BUFFER_BYTES = 1024 * 1024
 SECRET_BYTES = 32
 
 
@@ -24,7 +25,10 @@ class WireOptions:
     """``secret``: shared by every member of the deployment (at least 16 bytes).
     ``server_ssl``/``client_ssl``: TLS for the listening and the dialing side (None: plain TCP).
     ``max_frame_bytes``: the largest frame accepted (and sent: larger batches are split).
-    Backoff: reconnection waits ``backoff`` seconds, doubling up to ``max_backoff``."""
+    Backoff: reconnection waits ``backoff`` seconds, doubling up to ``max_backoff``.
+    Backpressure: once more than ``write_buffer_bytes`` written on a connection wait for its
+    peer to read them, further messages wait in the connection's backlog, up to
+    ``max_backlog_bytes`` (None: ``max_frame_bytes``; the backlog always takes one message)."""
 
     secret: bytes
     server_ssl: ssl.SSLContext | None = None
@@ -34,6 +38,8 @@ class WireOptions:
     connect_timeout: float = 5.0
     backoff: float = 0.05
     max_backoff: float = 5.0
+    write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES
+    max_backlog_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < 16:
@@ -42,6 +48,13 @@ class WireOptions:
             raise ConfigurationError(
                 f"max_frame_bytes must be an int >= 1024, got {self.max_frame_bytes!r}"
             )
+        sizes = (
+            ("write_buffer_bytes", self.write_buffer_bytes),
+            ("max_backlog_bytes", self.backlog_limit),
+        )
+        for label, value in sizes:
+            if type(value) is not int or value < 1024:
+                raise ConfigurationError(f"{label} must be an int >= 1024, got {value!r}")
         for label in ("server_ssl", "client_ssl"):
             value = getattr(self, label)
             if value is not None and not isinstance(value, ssl.SSLContext):
@@ -51,6 +64,12 @@ class WireOptions:
 
     def __repr__(self) -> str:  # never print the secret
         return f"WireOptions(max_frame_bytes={self.max_frame_bytes}, tls={self.tls})"
+
+    @property
+    def backlog_limit(self) -> int:
+        if self.max_backlog_bytes is None:
+            return self.max_frame_bytes
+        return self.max_backlog_bytes
 
     @property
     def tls(self) -> bool:

@@ -46,17 +46,25 @@ class WireServer:
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0  # connections dropped before or during the handshake
+        self._handshaking: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int = 0) -> tuple[str, int]:
         """Listen on ``host`` (port 0: one the OS chooses); returns the address to publish."""
+        options = self._options
         self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=self._options.server_ssl
+            self._accept,
+            host,
+            port,
+            ssl=options.server_ssl,
+            # (asyncio's default is 60 s: a dialer that says nothing is dropped as soon without TLS)
+            ssl_handshake_timeout=options.handshake_timeout if options.server_ssl else None,
         )
         bound = self._server.sockets[0].getsockname()
         self.address = (host, int(bound[1]))
         return self.address
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._handshaking.add(writer)
         try:
             peer = await asyncio.wait_for(
                 accept_handshake(reader, writer, self._options.secret),
@@ -72,9 +80,21 @@ class WireServer:
             reason = "no handshake in time" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
             self._log.refused(remote_host(writer), "wire_connection_refused", reason=reason)
             return
-        await self._serve(Connection(reader, writer, peer, self._options.max_frame_bytes))
+        finally:
+            self._handshaking.discard(writer)
+        options = self._options
+        connection = Connection(
+            reader,
+            writer,
+            peer,
+            options.max_frame_bytes,
+            write_buffer_bytes=options.write_buffer_bytes,
+        )
+        await self._serve(connection)
 
     async def aclose(self) -> None:
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # (stops listening; connections already accepted stay open)
             self._server = None
+        for writer in self._handshaking:  # the authenticated ones are the transport's to close
+            writer.transport.abort()

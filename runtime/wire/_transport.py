@@ -2,15 +2,15 @@
 
 Outbound, one link per destination silo: it dials the address that ``locate`` finds for the
 silo, and messages wait on it while it connects. Inbound, the connections that other endpoints
-opened to this one's server (silos listen; clients only dial). Every message for one connection
-produced in one event-loop iteration travels in one frame (a kernel ``pack_batch``), or several
-once ``MAX_BATCH_MESSAGES`` are waiting, so that the receiver works on one while the sender
-produces the next. A response goes back on a connection to its destination, our link to it or
-the one it opened to us: a client gets its answers on the connections it opened, no polling.
+opened to this one's server (silos listen; clients only dial). Messages are written in batches
+per connection, with backpressure (``Outboxes``). A response goes back on a connection to its
+destination, our link to it or the one it opened to us: a client gets its answers on the
+connections it opened, no polling.
 
 Failures: when a connection breaks, the calls this endpoint wrote on it and has not seen
 answered fail with ``SiloUnavailableError`` (their fate is unknown), and messages not yet
-written wait for the reconnection, which starts at once. A silo that cannot be dialled: its
+written wait for the reconnection, which starts at once (``InFlight`` keeps the book, calls
+forwarded for others included). A silo that cannot be dialled: its
 messages go by the ``fallback`` transport (Ray) when there is one, logged once; without one,
 its calls fail with ``SiloUnavailableError`` saying they were not delivered. Failed dials are
 retried with exponential backoff.
@@ -21,14 +21,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
 
-from raygrain.actors import (
-    MalformedMessageError,
-    MessageTooLargeError,
-    SiloUnavailableError,
-    encode_error,
-)
+from raygrain.actors import MalformedMessageError, SiloUnavailableError, encode_error
 from raygrain.runtime.kernel import (
     Endpoint,
     Malformed,
@@ -37,25 +33,20 @@ from raygrain.runtime.kernel import (
     SiloEndpoint,
     Transport,
     get_logger,
-    pack_batch,
     unpack_batch,
 )
 from raygrain.runtime.wire._client import dial
 from raygrain.runtime.wire._connection import Connection, PeerLog
 from raygrain.runtime.wire._framing import ProtocolError
+from raygrain.runtime.wire._in_flight import InFlight
 from raygrain.runtime.wire._options import WireOptions
+from raygrain.runtime.wire._outbox import MAX_BATCH_MESSAGES, Outboxes
 from raygrain.runtime.wire._server import WireServer
 
 __all__ = ["MAX_BATCH_MESSAGES", "Locate", "WireTransport"]
 
-# Messages for one connection that leave at once, without waiting for the end of the loop
-# iteration (as RayTransport's batches).
-MAX_BATCH_MESSAGES = 250
 # Failed dials retried in the background before the link waits for the next message to try.
 _BACKGROUND_DIALS = 8
-# Calls tracked as written and unanswered, past which the stale ones (long past their
-# deadline: their silo never answered) are pruned.
-_PRUNE_AT = 100_000
 
 Locate = Callable[[str], Awaitable[tuple[str, int] | None]]
 
@@ -103,18 +94,16 @@ class WireTransport:
         self._links: dict[str, _Link] = {}
         self._inbound: dict[str, Connection] = {}  # the newest connection from each peer
         self._connections: set[Connection] = set()  # every live one, both ways
-        self._outboxes: dict[Connection, list[Request | Response]] = {}
         self._waiting: dict[str, list[Request | Response]] = {}  # for links still connecting
-        self._flush_scheduled = False
-        self._in_flight: dict[int, tuple[str, Request, float]] = {}  # our calls, written
+        self._in_flight = InFlight(address)  # calls written on our links, unanswered
         self._fallen_back: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: WireServer | None = None
         self.log = PeerLog()
         self.closed = False
-        self.batches_sent = 0
-        self.messages_sent = 0
-        self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
+        self._outboxes = Outboxes(
+            options, self._in_flight, self.log, self._lost, self._fail, self._spawn
+        )
 
     def bind(self, endpoint: Endpoint) -> None:
         self._local = endpoint
@@ -127,6 +116,28 @@ class WireTransport:
         address to publish."""
         self._server = WireServer(self.options, self._serve, self.log)
         return await self._server.start(host, port)
+
+    @property
+    def batches_sent(self) -> int:
+        return self._outboxes.batches_sent
+
+    @property
+    def messages_sent(self) -> int:
+        return self._outboxes.messages_sent
+
+    @property
+    def on_batch(self) -> Callable[[int], object] | None:
+        """Told each batch's size as it is written (metrics)."""
+        return self._outboxes.on_batch
+
+    @on_batch.setter
+    def on_batch(self, observe: Callable[[int], object] | None) -> None:
+        self._outboxes.on_batch = observe
+
+    @property
+    def cut_off(self) -> int:
+        """Connections closed because their peer did not read its answers (backpressure)."""
+        return self._outboxes.cut_off
 
     @property
     def refused(self) -> int:
@@ -153,7 +164,7 @@ class WireTransport:
                 )
         if link.state is LinkState.UP:
             assert link.connection is not None
-            self._enqueue(link.connection, request)
+            self._outboxes.enqueue(link.connection, request)
         else:
             self._wait_for(link, request)
 
@@ -161,14 +172,17 @@ class WireTransport:
         if destination == self.address and self._local is not None:
             self._local.deliver_response(response)
             return
+        # On the connection the call came on, when it came on one (the peer dialled us): that
+        # is where the caller's book has it, so if this connection breaks, the caller knows
+        # the answer may be lost. On our own link to the peer, it could be lost unnoticed.
+        inbound = self._inbound.get(destination)
+        if inbound is not None:
+            self._outboxes.enqueue(inbound, response)
+            return
         link = self._links.get(destination)
         if link is not None and link.state is LinkState.UP:
             assert link.connection is not None
-            self._enqueue(link.connection, response)
-            return
-        inbound = self._inbound.get(destination)
-        if inbound is not None:
-            self._enqueue(inbound, response)
+            self._outboxes.enqueue(link.connection, response)
         elif link is not None and link.state is LinkState.CONNECTING:
             self._wait_for(link, response)
         elif self._fallback is not None:
@@ -194,8 +208,7 @@ class WireTransport:
             return
         if link.dials is not None:
             link.dials.cancel()
-        for call_id in [c for c, (d, _, _) in self._in_flight.items() if d == destination]:
-            del self._in_flight[call_id]
+        self._in_flight.forget(destination)
         for message in self._waiting.pop(destination, ()):
             if isinstance(message, Request):
                 if self._fallback is not None:
@@ -275,7 +288,7 @@ class WireTransport:
             get_logger().info("wire_direct_restored", silo=link.destination)
         self._adopt(connection)
         for message in self._waiting.pop(link.destination, ()):
-            self._enqueue(connection, message)
+            self._outboxes.enqueue(connection, message)
 
     def _dial_failed(self, link: _Link, exc: Exception) -> None:
         if self._links.get(link.destination) is not link:
@@ -311,7 +324,10 @@ class WireTransport:
         await self._read(connection)
 
     def _adopt(self, connection: Connection) -> None:
-        task = asyncio.ensure_future(self._read(connection))
+        self._spawn(self._read(connection))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -337,16 +353,18 @@ class WireTransport:
         messages = unpack_batch(blob, malformed.append)
         for bad in malformed:
             self._answer_malformed(connection, bad)
-        if self._local is None:
+        local, silo = self._local, self._local_silo
+        if local is None:
             raise ProtocolError("this endpoint is not bound")
+        answered = self._in_flight.answered
         for message in messages:
             if isinstance(message, Request):
-                if self._local_silo is None:
+                if silo is None:
                     raise ProtocolError("a request sent to a client")
-                self._local_silo.deliver_request(message)
+                silo.deliver_request(message)
             else:
-                self._in_flight.pop(message.call_id, None)
-                self._local.deliver_response(message)
+                answered(message.call_id, None)
+                local.deliver_response(message)
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(
@@ -358,10 +376,10 @@ class WireTransport:
 
     def _lost(self, connection: Connection) -> None:
         """``connection`` ended: fail our calls written on it, keep what was not written."""
-        if connection not in self._connections and connection not in self._outboxes:
+        if connection not in self._connections and not self._outboxes.holds(connection):
             return  # already handled
         self._connections.discard(connection)
-        unsent = self._outboxes.pop(connection, [])
+        unsent = self._outboxes.take(connection)
         if self._inbound.get(connection.peer) is connection:
             del self._inbound[connection.peer]
         link = self._links.get(connection.peer)
@@ -378,16 +396,14 @@ class WireTransport:
                 self.reply(connection.peer, message)
 
     def _fail_in_flight(self, destination: str) -> None:
-        lost = [cid for cid, (dest, _, _) in self._in_flight.items() if dest == destination]
-        for call_id in lost:
-            _, request, _ = self._in_flight.pop(call_id)
-            self._fail(
-                request,
-                SiloUnavailableError(
-                    f"the connection to silo {destination} broke while {request.target}."
-                    f"{request.method} was in flight; it may or may not have run"
-                ),
+        now = asyncio.get_running_loop().time()
+        for call in self._in_flight.lost(destination, now):
+            forwarded = f" (forwarded by {self.address})" if call.forwarded else ""
+            error = SiloUnavailableError(
+                f"the connection to silo {destination} broke while {call.target}.{call.method}"
+                f"{forwarded} was in flight; it may or may not have run"
             )
+            self._fail_call(call.call_id, call.reply_to, error)
 
     def _resend_by_fallback(self, destination: str, request: Request) -> None:
         assert self._fallback is not None
@@ -407,78 +423,15 @@ class WireTransport:
             self._fail(request, exc)
 
     def _fail(self, request: Request, error: Exception) -> None:
-        response = Response(request.call_id, False, encode_error(error, self.address))
-        if request.reply_to == self.address:
+        self._fail_call(request.call_id, request.reply_to, error)
+
+    def _fail_call(self, call_id: int, reply_to: str, error: Exception) -> None:
+        response = Response(call_id, False, encode_error(error, self.address))
+        if reply_to == self.address:
             if self._local is not None:
                 self._local.deliver_response(response)
         else:
-            self.reply(request.reply_to, response)
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def _enqueue(self, connection: Connection, message: Request | Response) -> None:
-        outbox = self._outboxes.get(connection)
-        if outbox is None:
-            outbox = self._outboxes[connection] = []
-        outbox.append(message)
-        if len(outbox) >= MAX_BATCH_MESSAGES:
-            del self._outboxes[connection]
-            self._write(connection, outbox)
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        outboxes, self._outboxes = self._outboxes, {}
-        for connection, messages in outboxes.items():
-            self._write(connection, messages)
-
-    def _write(self, connection: Connection, messages: list[Request | Response]) -> None:
-        if connection.closed:
-            self._outboxes.setdefault(connection, []).extend(messages)
-            self._lost(connection)
-            return
-        blob = pack_batch(messages)
-        if len(blob) > self.options.max_frame_bytes:
-            if len(messages) > 1:
-                half = len(messages) // 2
-                self._write(connection, messages[:half])
-                self._write(connection, messages[half:])
-            else:
-                self._too_large(messages[0], len(blob))
-            return
-        mine = self.address
-        now = asyncio.get_running_loop().time()
-        for message in messages:
-            if type(message) is Request and message.reply_to == mine:
-                self._in_flight[message.call_id] = (connection.peer, message, now)
-        if len(self._in_flight) > _PRUNE_AT:
-            self._prune(now)
-        connection.send(blob)
-        self.batches_sent += 1
-        self.messages_sent += len(messages)
-        if self.on_batch is not None:
-            self.on_batch(len(messages))
-
-    def _too_large(self, message: Request | Response, size: int) -> None:
-        error = MessageTooLargeError(
-            f"a message of {size} bytes is over the wire's {self.options.max_frame_bytes}-byte "
-            "frame limit (max_frame_bytes)"
-        )
-        if isinstance(message, Request):
-            self._fail(message, error)
-        else:
-            get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)
-
-    def _prune(self, now: float) -> None:
-        stale = [
-            cid
-            for cid, (_, request, sent) in self._in_flight.items()
-            if sent + request.timeout + 60.0 < now
-        ]
-        for call_id in stale:
-            del self._in_flight[call_id]
+            self.reply(reply_to, response)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -11,6 +11,8 @@ from raygrain.actors import (
     InconsistentStateError,
     RaygrainError,
     RemoteActorError,
+    SagaFailedError,
+    WrongExpectedVersionError,
     decode_error,
     encode_error,
 )
@@ -22,8 +24,12 @@ def _instances() -> list[RaygrainError]:
     for name, cls in sorted(error_types().items()):
         if cls is InconsistentStateError:
             made.append(cls("3", "2", "test.Bank/alice"))
+        elif cls is WrongExpectedVersionError:
+            made.append(cls("orders/o-1", 3, 4))
         elif cls is RemoteActorError:
             made.append(cls("pkg.Boom", "it broke", "Traceback ..."))
+        elif cls is SagaFailedError:
+            made.append(cls("trip-1", "compensated", "step 'pay' failed"))
         else:
             made.append(cls(f"{name} happened"))
     return made

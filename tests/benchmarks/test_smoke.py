@@ -35,7 +35,14 @@ EXPECTED = {
     "postgres": {
         "durable actor writes/s on PostgreSQL, 100 writers",
         "durable actor writes/s on PostgreSQL vs raw asyncpg upserts, 100 writers",
+        "durable actor writes/s on PostgreSQL vs SQLite, 100 writers",
         "transactional transfers/s on PostgreSQL, low contention (100,000 accounts, 100 in flight)",
+        "transactional transfers/s on PostgreSQL vs SQLite, low contention (100,000 accounts, "
+        "100 in flight)",
+    },
+    "sagas": {
+        "sagas completed/s, 3 steps, 100 in flight, 2 silos, SQLite",
+        "CPU per saga, 3 steps (this process, all threads)",
     },
     "memory": {
         "memory per idle activation (RSS)",

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime import Cluster
-from raygrain.runtime.wire import LinkState
+from raygrain.runtime.wire import LinkState, ProtocolError, TLSFiles, offer_handshake
 from tests import app
-from tests.app import BankAccount
+from tests.app import BankAccount, Chain
 from tests.ray.test_failover import Workload
 
 
@@ -92,3 +95,74 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.ray
+async def test_a_deployment_with_tls_carries_calls_over_tls_only(
+    ray_silos: Any, tmp_path: Path
+) -> None:
+    """A deployment of its own on the session's Ray, launched with TLS files: its client and
+    its silos (to each other) call over TLS, and a plain TCP dialer gets nowhere."""
+    import ray
+
+    node_ip = ray.util.get_node_ip_address()
+    cert, key = _self_signed(tmp_path, [node_ip, "127.0.0.1"])
+    tls = TLSFiles(str(cert), str(key), str(cert))
+    async with Cluster.ray(
+        address=ray_silos.address,
+        actors=app.ALL_ACTORS,
+        name="tls-test",
+        storage=f"sqlite:///{tmp_path}/tls.db",
+        tls=tls,
+    ) as cluster:
+        refs = [cluster.get(Chain, f"a{i}") for i in range(30)]
+        # Chain.relay calls another Chain, on another silo for most pairs of keys.
+        answers = await asyncio.gather(
+            *(r.relay(cluster.get(Chain, f"b{i}"), "ping") for i, r in enumerate(refs))
+        )
+        assert answers == [f"pong from b{i}" for i in range(30)]
+        backend: Any = cluster._backend
+        assert backend.wire is not None and backend.wire.options.tls
+        assert backend.wire.messages_sent >= 30
+        assert backend.ray_transport.messages_sent == 0  # nothing went by Ray
+        stats = await cluster.stats()
+        # The 30 answers to the client, and the relays between silos (2 messages each; with 3
+        # silos, all 30 pairs on one silo each is a 3**-30 chance).
+        assert sum(s["direct_messages_sent"] for s in stats) > 30
+        host, port = stats[0]["direct_address"]
+        # Plain TCP (with the right secret): the silo waits for TLS and drops the dialer, within
+        # the handshake timeout if it says nothing (5 s), at once if it speaks plain bytes.
+        for speaks in (False, True):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                if speaks:
+                    writer.write(b"RGW1" + bytes(200))
+                with pytest.raises((ProtocolError, asyncio.IncompleteReadError, ConnectionError)):
+                    await asyncio.wait_for(
+                        offer_handshake(reader, writer, backend.wire.options.secret, "plain"), 30
+                    )
+            finally:
+                writer.close()
+        context = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection(  # TLS, right secret: a member
+            host, port, ssl=context, server_hostname=host
+        )
+        try:
+            await offer_handshake(reader, writer, backend.wire.options.secret, "tls-member")
+        finally:
+            writer.close()
+
+
+def _self_signed(directory: Path, ips: list[str]) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    names = ",".join(f"IP:{ip}" for ip in dict.fromkeys(ips))
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", f"/CN={ips[0]}", "-addext", f"subjectAltName={names}",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -1,6 +1,9 @@
 """Node death, busy silos, false suspicion and joins on a ray.cluster_utils cluster.
 
 Each test adds its own node or silo to the session's three, so the session's silos survive.
+The tests of the data path run on both client transports; those of membership alone (a busy
+silo, a false suspicion, a join) run on the default one, since the client's transport plays no
+part in what they check.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
             await ref.balance()
 
 
-async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str) -> None:
+async def test_busy_silo_is_not_declared_dead(ray_silos: Any) -> None:
     import ray
 
     from raygrain.runtime.membership import FailureDetection
@@ -93,9 +96,7 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str
     detection = FailureDetection()  # what the session's controller runs with
     window = detection.missed_probes * (detection.probe_timeout + detection.probe_period)
     controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of("default"))
-    async with Cluster.connect(
-        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
-    ) as cluster:
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         busy = cluster.get(Chain, "busy")
         host = cluster._caller._membership.ring.owner(busy.actor_id)
         # Hold the silo's loop for well over the detection window: a probe answered on that
@@ -108,15 +109,11 @@ async def test_busy_silo_is_not_declared_dead(ray_silos: Any, ray_transport: str
     assert host not in [d["silo"] for d in deaths], deaths
 
 
-async def test_false_suspicion_loses_and_duplicates_nothing(
-    ray_silos: Any, ray_transport: str, key: Any
-) -> None:
+async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key: Any) -> None:
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 2)
-    async with Cluster.connect(
-        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
-    ) as cluster:
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         await wait_for_silos(cluster, 4)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
@@ -176,14 +173,12 @@ async def test_calls_in_flight_on_a_killed_silo_fail_with_the_retryable_error(
 
 
 async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
-    ray_silos: Any, ray_transport: str, key: Any
+    ray_silos: Any, key: Any
 ) -> None:
     import ray
 
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
-    async with Cluster.connect(
-        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
-    ) as cluster:
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         membership = cluster._caller._membership
         silos_before = len(membership.ring)
         work = Workload(cluster, key, accounts=1000)

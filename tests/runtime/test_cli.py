@@ -163,3 +163,19 @@ def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -
             holder.kill()
             holder.wait()
         holder.stdout.close()
+
+
+def test_up_spells_storage_and_transport_apart_and_the_old_spelling_still_works(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from raygrain.runtime.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["up", "--help"])
+    assert done.value.code == 0
+    helped = " ".join(capsys.readouterr().out.split())  # (argparse wraps to the terminal)
+    assert "--no-storage-server" in helped and "--transport {direct,ray}" in helped
+    assert "deprecated spelling of --no-storage-server" in helped
+    # Refused later (no such module), so nothing reaches Ray; the old flag is named first.
+    assert main(["up", "--actors", "no_such_module_here", "--direct"]) == 2
+    assert "--direct is deprecated, use --no-storage-server" in capsys.readouterr().err

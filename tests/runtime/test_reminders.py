@@ -1,7 +1,8 @@
 """Reminders, ported from Orleans' ReminderTests_Base (basic, list operations, stop by a stale
 reference, several reminders on one actor) with exact tick counts on a ManualClock; a reminder
-activates its actor; the reminders of a silo that leaves go on from the survivor; a restart from
-the same SQLite file goes on from the last delivered tick (missed ones coalesced into one);
+activates its actor; the reminders of a silo that leaves go on from the survivor (in memory and on
+PostgreSQL); a restart from the same SQLite file or PostgreSQL database goes on from the last
+delivered tick (missed ones coalesced into one);
 bad input refused with InvalidScheduleError; a raising on_reminder is logged and retried."""
 
 from __future__ import annotations
@@ -212,9 +213,21 @@ async def test_a_raising_reminder_is_logged_and_comes_again_next_period(
     assert await cluster.get(Device, "bystander").activations() == 1  # the silo serves on
 
 
+@pytest.fixture(params=["memory", "postgres"])
+async def any_store_cluster(
+    request: pytest.FixtureRequest, clock: ManualClock
+) -> AsyncIterator[Cluster]:
+    store = "memory://" if request.param == "memory" else request.getfixturevalue("postgres_url")
+    async with Cluster.local(
+        actors=[Device], silos=2, clock=clock, storage=store, reminders=SETTINGS
+    ) as running:
+        yield running
+
+
 async def test_the_reminders_of_a_leaving_silo_go_on_from_the_survivor(
-    cluster: Cluster, clock: ManualClock
+    any_store_cluster: Cluster, clock: ManualClock
 ) -> None:
+    cluster = any_store_cluster
     devices = [cluster.get(Device, f"moving-{i}") for i in range(20)]
     for device in devices:
         await device.register("poll", 1.0, 1.0)
@@ -272,8 +285,15 @@ def test_bad_settings_are_refused() -> None:
         Cluster.local(actors=[Device], reminders="fast")  # type: ignore[arg-type]
 
 
-async def test_reminders_survive_a_full_restart(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'state.db'}"
+@pytest.mark.parametrize("provider", ["sqlite", "postgres"])
+async def test_reminders_survive_a_full_restart(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    store = (
+        f"sqlite:///{tmp_path / 'state.db'}"
+        if provider == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     clock = ManualClock()
     async with Cluster.local(
         actors=[Device], storage=store, clock=clock, reminders=SETTINGS

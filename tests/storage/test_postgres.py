@@ -170,6 +170,24 @@ async def test_a_newer_schema_is_refused(postgres_url: str, postgres_dsn: str) -
         await store.aclose()
 
 
+async def test_a_database_of_schema_version_1_gains_the_later_tables_and_keeps_its_state(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    async with open_storage(postgres_url) as store:  # type: ignore[attr-defined]
+        await store.write(ALICE, b"from version 1", None)
+    schema = _schema(postgres_url)
+    # What a database written by the raygrain before the event log and reminders looks like.
+    for table in ("raygrain_reminders", "raygrain_events", "raygrain_event_heads"):
+        await _sql(postgres_dsn, f'DROP TABLE "{schema}".{table}')
+    await _sql(postgres_dsn, f'UPDATE "{schema}".raygrain_schema SET version = 1')
+    async with open_storage(postgres_url) as store:  # type: ignore[attr-defined]
+        assert await store.read(ALICE) == StateRecord(b"from version 1", "1")
+        record = await store.upsert_reminder(ALICE, "poll", 1.0, 60.0)
+        assert await store.reminders_of(ALICE) == [record]
+    rows = await _sql(postgres_dsn, f'SELECT version FROM "{schema}".raygrain_schema')
+    assert [r["version"] for r in rows] == [SCHEMA_VERSION] == [3]
+
+
 async def test_a_role_without_create_privileges_uses_a_schema_set_up_for_it(
     postgres_url: str, postgres_dsn: str
 ) -> None:

@@ -1,7 +1,8 @@
 """The reminder table every provider with reminders keeps (storage/_reminders.py): register,
 replace (new ETag), remove by name or by a handle's ETag (stale refused), find by actor and by
 ring range, acks that never go backwards nor touch a replaced registration; and it survives
-reopening the store."""
+reopening the store. Every provider that keeps a reminder table runs them (memory, SQLite,
+PostgreSQL on the throwaway server)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,15 @@ from pathlib import Path
 import pytest
 
 from raygrain.actors import ActorId, StaleReminderError
-from raygrain.storage import ReminderAck, ReminderTable, SqliteStorage
+from raygrain.storage import ReminderAck, ReminderRecord, ReminderTable
 from tests.storage.test_conformance import PROVIDERS
 
 ALICE = ActorId("Device", "alice")
 BOB = ActorId("Device", 7)
+DURABLE = [name for name in PROVIDERS if name != "memory"]
 
 
-# PostgreSQL has no reminder table yet (issue 18 stays open for it).
-WITH_REMINDERS = [name for name in PROVIDERS if name != "postgres"]
-
-
-@pytest.fixture(params=WITH_REMINDERS, ids=WITH_REMINDERS)
+@pytest.fixture(params=list(PROVIDERS), ids=list(PROVIDERS))
 async def table(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReminderTable]:
     storage = PROVIDERS[request.param](request, tmp_path)
     assert isinstance(storage, ReminderTable)
@@ -93,10 +91,42 @@ async def test_acks_move_forward_only_and_only_for_the_same_registration(
     assert await table.reminders_of(BOB) == []
 
 
-async def test_sqlite_reminders_survive_reopening(tmp_path: Path) -> None:
-    async with SqliteStorage(tmp_path / "r.db") as storage:
+async def test_names_and_keys_come_back_exactly(table: ReminderTable) -> None:
+    # A Python string may hold what a database's text type cannot (PostgreSQL: NUL).
+    odd = ActorId("Device\x00kind", "key\x00with nul")
+    record = await table.upsert_reminder(odd, "name\x00nul", 1.0, 2.0)
+    assert await table.reminders_of(odd) == [record]
+    [found] = await table.reminders_in([(odd.stable_hash() - 1, odd.stable_hash())])
+    assert (found.actor_id, found.name) == (odd, "name\x00nul")
+    await table.ack_reminders([ReminderAck(odd, "name\x00nul", record.etag, 3.0)])
+    assert [r.last_tick for r in await table.reminders_of(odd)] == [3.0]
+    assert await table.remove_reminder(odd, "name\x00nul", record.etag) is True
+
+
+async def test_several_acks_of_one_reminder_in_one_call_keep_the_latest(
+    table: ReminderTable,
+) -> None:
+    record = await table.upsert_reminder(BOB, "poll", 0.0, 1.0)
+    acks = [ReminderAck(BOB, "poll", record.etag, tick) for tick in (4.0, 6.0, 5.0)]
+    await table.ack_reminders(acks)
+    assert [r.last_tick for r in await table.reminders_of(BOB)] == [6.0]
+
+
+@pytest.mark.parametrize("provider", DURABLE)
+async def test_reminders_survive_reopening(
+    request: pytest.FixtureRequest, tmp_path: Path, provider: str
+) -> None:
+    storage = PROVIDERS[provider](request, tmp_path)
+    assert isinstance(storage, ReminderTable)
+    try:
         record = await storage.upsert_reminder(BOB, "poll", 1.0, 2.0)
         await storage.ack_reminders([ReminderAck(BOB, "poll", record.etag, 5.0)])
-    async with SqliteStorage(tmp_path / "r.db") as storage:
+    finally:
+        await storage.aclose()  # type: ignore[attr-defined]
+    storage = PROVIDERS[provider](request, tmp_path)
+    assert isinstance(storage, ReminderTable)
+    try:
         [found] = await storage.reminders_of(BOB)
-    assert found == record.__class__(BOB, "poll", 1.0, 2.0, record.etag, 5.0)
+    finally:
+        await storage.aclose()  # type: ignore[attr-defined]
+    assert found == ReminderRecord(BOB, "poll", 1.0, 2.0, record.etag, 5.0)

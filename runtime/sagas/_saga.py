@@ -1,0 +1,298 @@
+"""``Saga``: the base class of a durable saga. A saga instance is a virtual actor keyed by its
+saga id; its state is its progress (``SagaRecord``), committed after every step.
+
+    class BookTrip(Saga[Trip], name="trip.BookTrip"):
+        @step
+        async def flight(self, trip: Trip) -> str:
+            return await self.actors.get(Airline, trip.airline).book(self.idempotency_key, trip.who)
+
+        @flight.compensate
+        async def cancel_flight(self, trip: Trip, booking: str | None) -> None:
+            await self.actors.get(Airline, trip.airline).cancel(self.idempotency_key)
+
+    status = await cluster.get(BookTrip, "trip-42").start(trip)
+    results = await cluster.get(BookTrip, "trip-42").result()
+
+Operations (the saga actor's methods): ``start`` (idempotent on the saga id), ``status``,
+``result``, ``abort``, ``resume`` (a stuck saga), and ``list_sagas`` (a class method: the
+sagas of a type, by phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import math
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from raygrain.actors import (
+    RESERVED,
+    Actor,
+    ActorCallTimeout,
+    ActorKey,
+    ActorRef,
+    ConfigurationError,
+    InvalidArgumentsError,
+    InvalidCallError,
+    SagaConflictError,
+    SagaFailedError,
+    SiloUnavailableError,
+    UnknownSagaError,
+    always_interleave,
+    decode,
+    encode,
+    one_way,
+    read_only,
+)
+from raygrain.runtime.sagas._definition import Retry, Step, stages_of
+from raygrain.runtime.sagas._driver import SagaDriver, current_step, stop_forward, to_compensate
+from raygrain.runtime.sagas._index import INDEX_SHARDS, INDEX_TYPE, shard_key
+from raygrain.runtime.sagas._record import LIVE, SagaPhase, SagaRecord, SagaStatus, StepContext
+
+__all__ = ["Saga"]
+
+I = TypeVar("I")  # noqa: E741  # the saga's input
+
+_OPERATIONS = frozenset(
+    {"start", "status", "result", "abort", "resume", "wake", "list_sagas", "results"}
+    | {"current_step", "idempotency_key", "retry_policy", "compensation_policy", "timeout"}
+    | RESERVED
+)
+_RESULT_POLL = 0.25  # how often a result() waiter checks that its activation still serves
+
+
+class _References(Protocol):
+    """What ``list_sagas`` needs: ``Cluster`` or an actor's ``self.actors``."""
+
+    def ref(self, type_name: str, key: ActorKey) -> ActorRef: ...
+
+
+class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
+    """Base class of durable sagas; ``I`` is the input type. Steps are methods decorated with
+    ``@step`` (see ``raygrain.step``), run in definition order, each committed before the next
+    starts. Class attributes: ``retry_policy`` (steps' default ``Retry``: 10 attempts, 1 s
+    doubling to 100 s), ``compensation_policy`` (compensations': 20 attempts, then the saga
+    is stuck), ``timeout`` (seconds, None: none; ``start`` may override it).
+
+    A saga actor is reentrant: its calls (``status``, ``abort``, a waiting ``result``) run
+    beside the turn that runs its steps, never queued behind it."""
+
+    retry_policy: ClassVar[Retry] = Retry()
+    compensation_policy: ClassVar[Retry] = Retry(max_attempts=20)
+    timeout: ClassVar[float | None] = None
+    __saga_stages__: ClassVar[tuple[tuple[Step, ...], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__saga_stages__ = stages_of(cls, _OPERATIONS)
+        for label in ("retry_policy", "compensation_policy"):
+            if not isinstance(getattr(cls, label), Retry):
+                raise ConfigurationError(f"{cls.__qualname__}.{label} must be a Retry")
+        if cls.timeout is not None:
+            _check_timeout(f"{cls.__qualname__}.timeout", cls.timeout)
+
+    # -- inside a step ---------------------------------------------------------------------------
+
+    @property
+    def current_step(self) -> StepContext:
+        """The running step (or compensation): its name, idempotency key and attempt."""
+        found = current_step.get()
+        if found is None:
+            raise InvalidCallError(
+                f"{type(self).__qualname__}.current_step is only known inside a step or a "
+                "compensation"
+            )
+        return found
+
+    @property
+    def idempotency_key(self) -> str:
+        """The running step's idempotency key: ``<saga type>/<saga id>/<step>``, the same for
+        each of its attempts and for its compensation. Pass it to what the step calls."""
+        return self.current_step.key
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """The results of the steps completed so far, by step name."""
+        return {name: decode(data) if data else None for name, data in self.state.results.items()}
+
+    # -- operations --------------------------------------------------------------------------------
+
+    async def start(self, input: I, timeout: float | None = None) -> SagaStatus:
+        """Start the saga with ``input`` (idempotent: starting it again with the same input
+        returns its status; with another input raises ``SagaConflictError``). ``timeout``:
+        seconds before it gives up and compensates (default: the class's ``timeout``)."""
+        data = encode(input)
+        started = self._started(data)
+        if started is not None:
+            return started
+        cls = type(self)
+        if not cls.__saga_stages__:
+            raise ConfigurationError(f"{cls.__qualname__} has no steps; add methods with @step")
+        if timeout is None:
+            timeout = cls.timeout
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InvalidArgumentsError(
+                f"{self.context.id}.start: timeout must be a positive number of seconds, "
+                f"got {timeout!r}"
+            )
+        driver = self._driver()
+        now = driver.service.now()
+        record = self.state
+        record.phase = SagaPhase.RUNNING.value
+        record.input = data
+        record.started = now
+        record.timeout = None if timeout is None else float(timeout)
+        record.deadline = None if timeout is None else now + float(timeout)
+        # Stored, and recorded as live in the saga index (which wakes every live saga after a
+        # restart), before the first step runs and before the caller hears of it.
+        driver.reported = ""
+        try:
+            await asyncio.gather(
+                self.context.save(), driver.service.record(self.context.id, record.phase)
+            )
+            driver.reported = record.phase
+        finally:
+            driver.kick()  # (if the index failed, the driver records it before going on)
+        return self._status()
+
+    def _started(self, data: bytes) -> SagaStatus | None:
+        record = self.state
+        if record.phase == SagaPhase.NOT_STARTED.value:
+            return None
+        if record.input != data:
+            raise SagaConflictError(
+                f"saga {self.context.id} was already started with another input"
+            )
+        self._driver().kick()  # (in case the first start failed half-way)
+        return self._status()
+
+    @read_only
+    async def status(self) -> SagaStatus:
+        return self._status()
+
+    @read_only
+    @always_interleave
+    async def result(self, wait: float = 25.0) -> dict[str, Any]:
+        """The results of every step, by name, once the saga completed: waits up to ``wait``
+        seconds for it (raising ``ActorCallTimeout`` if it is still running then; the call's
+        own deadline, 30 s by default, must be longer). A saga that ended otherwise raises
+        ``SagaFailedError``."""
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise InvalidArgumentsError(f"result: wait must be seconds >= 0, got {wait!r}")
+        driver = self._driver()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(float(wait), 1e9)
+        while True:
+            record = self.state
+            if record.phase == SagaPhase.NOT_STARTED.value:
+                raise UnknownSagaError(f"no saga was started as {self.context.id}")
+            if driver.ended.is_set() and record.phase not in LIVE:
+                if record.phase == SagaPhase.COMPLETED.value:
+                    return self.results
+                raise SagaFailedError(
+                    str(self.context.key), record.phase, record.reason or record.error
+                )
+            if driver.gone:
+                raise SiloUnavailableError(
+                    f"{self.context.id}: the saga moved while result() waited; call it again"
+                )
+            left = end - loop.time()
+            if left <= 0:
+                raise ActorCallTimeout(
+                    f"saga {self.context.id} is still {record.phase} after {wait:g} s "
+                    "(result(wait=...) waits longer)"
+                )
+            try:
+                await asyncio.wait_for(driver.ended.wait(), min(left, _RESULT_POLL))
+            except TimeoutError:
+                pass
+
+    async def abort(self, reason: str = "aborted") -> SagaStatus:
+        """Stop going forward and compensate the completed steps, newest first. A saga that
+        has already ended stays as it is."""
+        record = self.state
+        if record.phase == SagaPhase.NOT_STARTED.value:
+            raise UnknownSagaError(f"no saga was started as {self.context.id}")
+        if record.phase == SagaPhase.RUNNING.value:
+            stop_forward(record, f"aborted: {reason}")
+            self._driver().kick()
+        return self._status()
+
+    async def resume(self) -> SagaStatus:
+        """Retry the compensations of a stuck saga (after an operator fixed their cause)."""
+        record = self.state
+        if record.phase == SagaPhase.NOT_STARTED.value:
+            raise UnknownSagaError(f"no saga was started as {self.context.id}")
+        if record.phase == SagaPhase.STUCK.value:
+            record.phase = SagaPhase.COMPENSATING.value
+            record.attempts.clear()
+            record.ended = None
+            driver = self._driver()
+            driver.ended.clear()
+            driver.kick()
+        return self._status()
+
+    @one_way
+    async def wake(self) -> None:
+        """Sent by the saga index to the sagas it holds as live (after a restart or a
+        failover): activating the saga resumes it."""
+        if self.state.phase == SagaPhase.NOT_STARTED.value:
+            # Its start never committed: the index holds it live for nothing.
+            await self._driver().service.record(self.context.id, self.state.phase)
+            return
+        self._driver().kick()
+
+    @classmethod
+    async def list_sagas(
+        cls, cluster: _References, phase: SagaPhase | None = None
+    ) -> dict[ActorKey, SagaPhase]:
+        """The sagas of this type (``cluster``: a ``Cluster`` or an actor's ``self.actors``),
+        by id, with their phase as the saga index last recorded it (it may lag a step behind:
+        ``status()`` is exact); only those in ``phase`` if given."""
+        type_name = cls.__actor_options__.name
+        shards = await asyncio.gather(
+            *(
+                cluster.ref(INDEX_TYPE, shard_key(type_name, n)).entries(
+                    None if phase is None else phase.value
+                )
+                for n in range(INDEX_SHARDS)
+            )
+        )
+        return {key: SagaPhase(found) for shard in shards for key, found in shard}
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _driver(self) -> SagaDriver:
+        return self._context.service("saga")  # type: ignore[no-any-return]
+
+    def _status(self) -> SagaStatus:
+        record = self.state
+        stages = type(self).__saga_stages__
+        current: builtins.list[str] = []
+        if record.phase == SagaPhase.RUNNING.value and record.stage < len(stages):
+            current = [s.name for s in stages[record.stage] if s.name not in record.results]
+        elif record.phase in (SagaPhase.COMPENSATING.value, SagaPhase.STUCK.value):
+            current = [s.name for s in to_compensate(stages, record)]
+        return SagaStatus(
+            saga=self.context.key,
+            phase=SagaPhase(record.phase),
+            current=tuple(current),
+            completed=tuple(record.results),
+            compensated=tuple(record.compensated),
+            attempts=max(record.attempts.values(), default=0),
+            error=record.error,
+            reason=record.reason,
+            started_at=None if record.phase == SagaPhase.NOT_STARTED.value else record.started,
+            ended_at=record.ended,
+            next_attempt_at=record.wait_until,
+        )
+
+
+def _check_timeout(label: str, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        raise ConfigurationError(f"{label} must be a positive number of seconds, got {value!r}")

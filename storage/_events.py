@@ -1,0 +1,254 @@
+"""The event log: append-only streams of events, grouped in categories, stored by the provider.
+
+One log serves event-sourced actors (a stream per actor, a category per actor type), their
+projections (which read a category's feed in position order) and durable streams. A stream's
+events have versions 1, 2, 3, ... with (stream, version) unique; an append names the version it
+expects the stream to be at, so a stale writer (a duplicate activation) cannot append. Each
+category numbers its events 1, 2, 3, ... in commit order (its *position*): once a reader has seen
+position p, no event at or below p appears later, so a feed reader that remembers the last
+position it saw never misses one.
+
+A projection commits its read model together with its offset through the provider's atomic
+``StorageProvider.write_many``: the offset is a record like any other, and its ETag fences a
+projection owner that lost its place.
+
+``MemoryEventLog`` is the implementation in process memory (``MemoryStorage`` uses it); the
+SQLite and PostgreSQL ones live beside their providers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from raygrain.actors import InvalidEventError, WrongExpectedVersionError, decode, encode
+
+__all__ = [
+    "Appended",
+    "EventLog",
+    "MemoryEventLog",
+    "NewEvent",
+    "StoredEvent",
+    "check_append",
+    "check_category_read",
+    "check_stream_read",
+    "encoded_events",
+    "repeated",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. ``type`` is its stable type name; ``data`` any value the raygrain
+    codec encodes (dataclasses, dicts, lists, ...); ``event_id`` a unique id (a uuid) that
+    makes a retried append idempotent."""
+
+    type: str
+    data: Any
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: its ``version`` in its stream, its ``position`` in its category,
+    and when it was recorded (seconds since the epoch, the appending process's clock)."""
+
+    stream: str
+    category: str
+    version: int
+    position: int
+    type: str
+    data: Any
+    event_id: str
+    recorded_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What an append produced: the stream's version after it (its last event's) and that
+    event's position in the category (the token a read-your-writes query waits for)."""
+
+    version: int
+    position: int
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """Where events live. Every provider passes tests/storage/test_event_log.py."""
+
+    async def append(
+        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> Appended:
+        """Append ``events`` atomically if ``stream`` is at ``expected_version`` (0: no events
+        yet; None: any version). Raises ``WrongExpectedVersionError`` otherwise, and nothing is
+        appended. Idempotent: when every event id is already stored in ``stream`` (a retry
+        after an unknown outcome), returns what that earlier append produced."""
+        ...
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """The events of ``stream`` from version ``from_version`` on, in version order."""
+        ...
+
+    async def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``category`` after ``after_position``, in position order."""
+        ...
+
+    async def head(self, category: str) -> int:
+        """The latest position of ``category`` (0: no events)."""
+        ...
+
+
+# -- checks every implementation makes before touching anything --------------------------------
+
+
+def check_append(
+    stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+) -> None:
+    if not isinstance(stream, str) or not stream:
+        raise InvalidEventError(f"an event stream needs a non-empty name, got {stream!r}")
+    if not isinstance(category, str) or not category:
+        raise InvalidEventError(f"stream {stream!r}: a category needs a name, got {category!r}")
+    if expected_version is not None and (
+        not isinstance(expected_version, int) or expected_version < 0
+    ):
+        raise InvalidEventError(
+            f"stream {stream!r}: expected_version must be an int >= 0 or None, "
+            f"got {expected_version!r}"
+        )
+    if not events:
+        raise InvalidEventError(f"stream {stream!r}: an append needs at least one event")
+    ids = set()
+    for event in events:
+        if not isinstance(event, NewEvent):
+            raise InvalidEventError(f"stream {stream!r}: expected a NewEvent, got {event!r}")
+        if not isinstance(event.type, str) or not event.type:
+            raise InvalidEventError(f"stream {stream!r}: an event needs a type name")
+        if not isinstance(event.event_id, str) or not event.event_id:
+            raise InvalidEventError(f"stream {stream!r}: an event needs a non-empty event_id")
+        if event.event_id in ids:
+            raise InvalidEventError(
+                f"stream {stream!r}: event id {event.event_id!r} appears twice in one append"
+            )
+        ids.add(event.event_id)
+
+
+def check_stream_read(stream: str, from_version: int, limit: int | None) -> None:
+    if not isinstance(from_version, int) or from_version < 1:
+        raise InvalidEventError(f"stream {stream!r}: from_version must be >= 1")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise InvalidEventError(f"stream {stream!r}: limit must be >= 0 or None")
+
+
+def check_category_read(category: str, after_position: int, limit: int) -> None:
+    if not isinstance(after_position, int) or after_position < 0:
+        raise InvalidEventError(f"category {category!r}: after_position must be >= 0")
+    if not isinstance(limit, int) or limit < 1:
+        raise InvalidEventError(f"category {category!r}: limit must be >= 1")
+
+
+def encoded_events(events: Sequence[NewEvent]) -> list[tuple[str, bytes, str]]:
+    """(type, encoded data, event id) of each event; a value the codec refuses raises
+    ``SerializationError`` here, in the caller, before anything is queued."""
+    return [(e.type, encode(e.data), e.event_id) for e in events]
+
+
+def repeated(stream: str, ids: Sequence[str], found: dict[str, tuple[int, int]]) -> Appended | None:
+    """The outcome of an append whose ids are already stored (``found``: id -> (version,
+    position) of those stored in ``stream``): None if none is, the earlier append's result if
+    all are, ``InvalidEventError`` if only some are."""
+    if not found:
+        return None
+    if len(found) != len(ids):
+        raise InvalidEventError(
+            f"stream {stream!r}: {len(found)} of this append's {len(ids)} event ids are "
+            "already stored; an append is repeated whole or not at all"
+        )
+    version, position = found[ids[-1]]
+    return Appended(version, position)
+
+
+def wrong_version(stream: str, expected: int, actual: int) -> WrongExpectedVersionError:
+    return WrongExpectedVersionError(stream, expected, actual)
+
+
+def other_category(stream: str, category: str, stored: str) -> InvalidEventError:
+    return InvalidEventError(f"stream {stream!r} belongs to category {stored!r}, not {category!r}")
+
+
+class MemoryEventLog:
+    """The event log in process memory (``MemoryStorage`` uses it). Events are encoded and
+    decoded on the way in and out, as a real store would, so that a stored event never shares
+    objects with its caller."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, list[tuple[int, str, bytes, str, float]]] = {}
+        self._stream_category: dict[str, str] = {}
+        self._categories: dict[str, list[tuple[str, int]]] = {}  # position - 1 -> (stream, v)
+        self._ids: dict[str, dict[str, int]] = {}  # stream -> event id -> version
+
+    async def _pause(self) -> None:
+        """Every operation passes here first (``MemoryStorage``: closed check, latency)."""
+
+    async def append(
+        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> Appended:
+        check_append(stream, category, expected_version, events)
+        encoded = encoded_events(events)
+        await self._pause()
+        # From here to the end no await: the append is atomic.
+        stored_category = self._stream_category.get(stream)
+        if stored_category is not None and stored_category != category:
+            raise other_category(stream, category, stored_category)
+        rows = self._streams.get(stream, [])
+        ids = [event_id for _, _, event_id in encoded]
+        known = self._ids.get(stream, {})
+        found = {i: (known[i], rows[known[i] - 1][0]) for i in ids if i in known}
+        earlier = repeated(stream, ids, found)
+        if earlier is not None:
+            return earlier
+        if expected_version is not None and expected_version != len(rows):
+            raise wrong_version(stream, expected_version, len(rows))
+        feed = self._categories.setdefault(category, [])
+        self._stream_category[stream] = category
+        rows = self._streams.setdefault(stream, rows)
+        known = self._ids.setdefault(stream, known)
+        now = time.time()
+        for type_, data, event_id in encoded:
+            feed.append((stream, len(rows) + 1))
+            known[event_id] = len(rows) + 1
+            rows.append((len(feed), type_, data, event_id, now))
+        return Appended(len(rows), len(feed))
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        check_stream_read(stream, from_version, limit)
+        await self._pause()
+        rows = self._streams.get(stream, [])
+        end = len(rows) if limit is None else min(len(rows), from_version - 1 + limit)
+        return [self._event(stream, version) for version in range(from_version, end + 1)]
+
+    async def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        check_category_read(category, after_position, limit)
+        await self._pause()
+        feed = self._categories.get(category, [])
+        return [self._event(*entry) for entry in feed[after_position : after_position + limit]]
+
+    async def head(self, category: str) -> int:
+        await self._pause()
+        return len(self._categories.get(category, []))
+
+    def _event(self, stream: str, version: int) -> StoredEvent:
+        position, type_, data, event_id, recorded_at = self._streams[stream][version - 1]
+        category = self._stream_category[stream]
+        return StoredEvent(
+            stream, category, version, position, type_, decode(data), event_id, recorded_at
+        )

@@ -1,0 +1,40 @@
+"""How ``PostgresStorage`` sorts asyncpg's errors (unreachable and worth retrying, refused by
+the server, safe to run again) and words them for messages."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+
+import asyncpg
+
+__all__ = ["RETRY_BATCH", "SERVER_ERROR", "UNREACHABLE", "describe", "safe"]
+
+# Errors that mean "the server or the connection is not there (now)": worth retrying a read.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, query cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+)
+SERVER_ERROR: tuple[type[BaseException], ...] = (*UNREACHABLE, asyncpg.PostgresError)
+# The server refused the whole statement before committing anything: safe to run it again.
+RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+
+
+def safe(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return urllib.parse.urlunsplit(parts._replace(query=""))
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}", query=""))
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

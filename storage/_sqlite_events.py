@@ -1,0 +1,395 @@
+"""The event log of ``SqliteStorage`` (storage/_events.py), with group commit of its own.
+
+Appends are queued, and one committer task applies everything pending in one transaction on
+the store's writer connection (whose thread also runs the state's group commits, so the two
+never write at once): each append is checked on its own (idempotency, category, expected
+version) against what the file and the earlier appends of the batch left, and a refused one
+fails alone. A category's positions come from its row in ``raygrain_event_heads``, and there is
+one writer, so positions are handed out in commit order: a feed reader never sees a position
+appear below one it has already read. Reads go through the reader connection (WAL: committed
+data only). The tables are created on open (``CREATE TABLE IF NOT EXISTS``), like the
+reminders', so a state file from before the event log gains them without a schema change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from raygrain.actors import InvalidEventError, StorageError, decode
+from raygrain.storage._events import (
+    Appended,
+    NewEvent,
+    StoredEvent,
+    check_append,
+    check_category_read,
+    check_stream_read,
+    encoded_events,
+    other_category,
+    repeated,
+    wrong_version,
+)
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+    from raygrain.storage._sqlite_batch import FileIdentity as _FileIdentity
+
+__all__ = ["EVENT_SCHEMA", "SqliteEventLog"]
+
+_T = TypeVar("_T")
+
+EVENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS raygrain_events (
+    category    TEXT NOT NULL,
+    position    INTEGER NOT NULL,
+    stream      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    type        TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_feed ON raygrain_events (category, position);
+CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_stream ON raygrain_events (stream, version);
+CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_ids ON raygrain_events (stream, event_id);
+CREATE TABLE IF NOT EXISTS raygrain_event_heads (
+    category TEXT PRIMARY KEY,
+    head     INTEGER NOT NULL
+);
+"""
+_COLUMNS = "stream, category, version, position, type, data, event_id, recorded_at"
+_INSERT = (
+    "INSERT INTO raygrain_events (category, position, stream, version, type, event_id,"
+    " recorded_at, data) VALUES {}"
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_ROWS_PER_INSERT = 60  # 8 parameters a row, under SQLite's old limit of 999
+_MAX_BATCH = 2000  # events in one transaction
+_MAX_KNOWN_STREAMS = 200_000
+
+
+@dataclass(slots=True)
+class _PendingAppend:
+    stream: str
+    category: str
+    expected_version: int | None
+    events: list[tuple[str, bytes, str]]  # (type, data, event id)
+    result: asyncio.Future[Appended]
+
+
+class SqliteEventLog:
+    """The ``EventLog`` methods of ``SqliteStorage`` (a base class of it)."""
+
+    _appends: deque[_PendingAppend] | None = None
+    _append_committer: asyncio.Task[None] | None = None
+    _known_tails: _KnownTails | None = None
+
+    if TYPE_CHECKING:  # provided by SqliteStorage
+        _reader: aiosqlite.Connection | None
+        _writer: aiosqlite.Connection | None
+        _file: _FileIdentity
+
+        async def open(self) -> None: ...
+        def _check_not_closed(self) -> None: ...
+        async def _connect_writer(self) -> aiosqlite.Connection: ...
+        def _error(self, doing: str, exc: BaseException) -> StorageError: ...
+        async def _on_reader(
+            self, doing: str, function: Callable[[sqlite3.Connection], _T]
+        ) -> _T: ...
+        async def _guarded(
+            self,
+            doing: str,
+            connection: aiosqlite.Connection,
+            function: Callable[[sqlite3.Connection], _T],
+        ) -> _T: ...
+
+    async def append(
+        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> Appended:
+        """Queue the append for the next batch; return once the batch committed. If the caller
+        is cancelled after its batch started, the append may still commit (retry it: the
+        event ids make the retry return that append's result)."""
+        check_append(stream, category, expected_version, events)
+        encoded = encoded_events(events)
+        self._check_not_closed()
+        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        if self._appends is None:
+            self._appends = deque()
+        self._appends.append(_PendingAppend(stream, category, expected_version, encoded, result))
+        if self._append_committer is None:
+            # In a context of its own, like the state's committer: callers' variables stay theirs.
+            self._append_committer = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._commit_appends()
+            )
+        return await result
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, limit: int | None = None
+    ) -> list[StoredEvent]:
+        check_stream_read(stream, from_version, limit)
+        query = (
+            f"SELECT {_COLUMNS} FROM raygrain_events WHERE stream = ? AND version >= ?"
+            " ORDER BY version LIMIT ?"
+        )
+        rows = await self._on_reader(
+            f"reading event stream {stream!r}",
+            lambda c: c.execute(
+                query, (stream, from_version, -1 if limit is None else limit)
+            ).fetchall(),
+        )
+        return [_stored(row) for row in rows]
+
+    async def read_category(
+        self, category: str, after_position: int = 0, limit: int = 1000
+    ) -> list[StoredEvent]:
+        check_category_read(category, after_position, limit)
+        query = (
+            f"SELECT {_COLUMNS} FROM raygrain_events WHERE category = ? AND position > ?"
+            " ORDER BY position LIMIT ?"
+        )
+        rows = await self._on_reader(
+            f"reading event category {category!r}",
+            lambda c: c.execute(query, (category, after_position, limit)).fetchall(),
+        )
+        return [_stored(row) for row in rows]
+
+    async def head(self, category: str) -> int:
+        rows = await self._on_reader(
+            f"reading the head of event category {category!r}",
+            lambda c: c.execute(
+                "SELECT head FROM raygrain_event_heads WHERE category = ?", (category,)
+            ).fetchall(),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def _drain_appends(self) -> None:
+        """Let queued appends commit (``aclose`` calls it before closing the connections)."""
+        if self._append_committer is not None:
+            await asyncio.wait({self._append_committer})
+
+    async def _commit_appends(self) -> None:
+        queue = self._appends
+        assert queue is not None
+        try:
+            while queue:
+                batch: list[_PendingAppend] = []
+                size = 0
+                while queue and (not batch or size + len(queue[0].events) <= _MAX_BATCH):
+                    pending = queue.popleft()
+                    if not pending.result.done():  # a caller cancelled before it started
+                        batch.append(pending)
+                        size += len(pending.events)
+                if batch:
+                    await self._commit_batch(batch)
+        finally:
+            self._append_committer = None
+            while queue:
+                _settle(queue.popleft(), StorageError(f"{self!r} stopped committing events"))
+
+    async def _commit_batch(self, batch: list[_PendingAppend]) -> None:
+        doing = f"appending a batch of {len(batch)} event appends"
+        try:
+            if self._reader is None:  # append does not open the file
+                await self.open()
+            if self._writer is None:  # dropped after a failed rollback: start afresh
+                self._writer = await self._connect_writer()
+            file = self._file
+            if self._known_tails is None:
+                self._known_tails = _KnownTails()
+            known = self._known_tails
+            outcomes = await self._guarded(
+                doing, self._writer, lambda c: _apply(c, batch, file, known)
+            )
+        except BaseException as exc:
+            error = exc if isinstance(exc, StorageError) else self._error(doing, exc)
+            for pending in batch:
+                # The outcome is unknown if the commit itself failed: a retry with the same
+                # event ids tells.
+                _settle(pending, StorageError(*error.args))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            _settle(pending, outcome)
+
+
+def _settle(pending: _PendingAppend, outcome: Appended | Exception) -> None:
+    if pending.result.done():
+        return
+    if isinstance(outcome, Exception):
+        pending.result.set_exception(outcome)
+    else:
+        pending.result.set_result(outcome)
+
+
+def _stored(row: Any) -> StoredEvent:
+    stream, category, version, position, type_, data, event_id, recorded_at = row
+    return StoredEvent(
+        stream, category, version, position, type_, decode(bytes(data)), event_id, recorded_at
+    )
+
+
+class _KnownTails:
+    """Each stream's (category, version) and each category's head as the writer connection
+    left them, valid while no other connection has committed since (``PRAGMA data_version``,
+    as ``SqliteStorage``'s known versions): spares a batch its per-append SELECTs, each a trip
+    into SQLite on which the writer thread lets go of the GIL."""
+
+    __slots__ = ("connection", "data_version", "heads", "tails")
+
+    def __init__(self) -> None:
+        self.connection: sqlite3.Connection | None = None
+        self.data_version = -1
+        self.tails: dict[str, tuple[str, int]] = {}
+        self.heads: dict[str, int] = {}
+
+    def check(self, connection: sqlite3.Connection) -> None:
+        (data_version,) = connection.execute("PRAGMA data_version").fetchone()
+        stale = connection is not self.connection or data_version != self.data_version
+        if stale or len(self.tails) > _MAX_KNOWN_STREAMS:
+            self.forget()
+        self.connection, self.data_version = connection, data_version
+
+    def forget(self) -> None:
+        self.connection = None
+        self.tails.clear()
+        self.heads.clear()
+
+
+def _apply(
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    file: _FileIdentity,
+    known: _KnownTails,
+) -> list[Appended | Exception]:
+    """On the writer's thread: one transaction for the whole batch, and the check that it
+    went to the file at the store's path before anyone is told. An event id stored earlier
+    in a stream, which only the insert finds (the unique index refuses it), sends the batch
+    again with every append's ids looked up first."""
+    try:
+        return _apply_once(connection, batch, file, known, look_up_ids=False)
+    except sqlite3.IntegrityError:
+        return _apply_once(connection, batch, file, known, look_up_ids=True)
+
+
+def _apply_once(
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    file: _FileIdentity,
+    known: _KnownTails,
+    look_up_ids: bool,
+) -> list[Appended | Exception]:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        known.check(connection)
+        outcomes, rows, heads, tails = _decide(connection, batch, known, look_up_ids)
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            connection.execute(
+                _INSERT.format(", ".join([_ROW] * len(chunk))),
+                [value for row in chunk for value in row],
+            )
+        connection.executemany(
+            "INSERT INTO raygrain_event_heads (category, head) VALUES (?, ?)"
+            " ON CONFLICT (category) DO UPDATE SET head = excluded.head",
+            list(heads.items()),
+        )
+        connection.execute("COMMIT")
+        file.check()
+    except BaseException:
+        known.forget()
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    known.tails.update(tails)
+    known.heads.update(heads)
+    (known.data_version,) = connection.execute("PRAGMA data_version").fetchone()
+    return outcomes
+
+
+def _load_tails(connection: sqlite3.Connection, streams: list[str], known: _KnownTails) -> None:
+    """Put the (category, version) of ``streams`` into ``known`` (version 0: no events)."""
+    for start in range(0, len(streams), 400):
+        chunk = streams[start : start + 400]
+        found = connection.execute(
+            "SELECT stream, category, max(version) FROM raygrain_events"
+            f" WHERE stream IN ({', '.join('?' * len(chunk))}) GROUP BY stream",
+            chunk,
+        ).fetchall()
+        for stream in chunk:
+            known.tails.setdefault(stream, ("", 0))
+        for stream, category, version in found:
+            known.tails[stream] = (category, int(version))
+
+
+def _decide(
+    connection: sqlite3.Connection,
+    batch: list[_PendingAppend],
+    known: _KnownTails,
+    look_up_ids: bool,
+) -> tuple[
+    list[Appended | Exception], list[tuple[Any, ...]], dict[str, int], dict[str, tuple[str, int]]
+]:
+    """Check each append in queue order against the file and the batch's earlier appends, as if
+    they committed one by one, and collect the rows of those that pass."""
+    outcomes: list[Appended | Exception] = []
+    rows: list[tuple[Any, ...]] = []
+    heads: dict[str, int] = {}
+    tails: dict[str, tuple[str, int]] = {}  # this batch's, on top of known.tails
+    batch_ids: dict[tuple[str, str], tuple[int, int]] = {}
+    _load_tails(connection, [a.stream for a in batch if a.stream not in known.tails], known)
+    now = time.time()
+    for append in batch:
+        stream, category = append.stream, append.category
+        stored_category, version = tails.get(stream) or known.tails[stream]
+        ids = [event_id for _, _, event_id in append.events]
+        # The ids need looking up only when the stream is not where the append expected it
+        # (a retry whose first attempt was stored moved it on) or no version was expected.
+        if look_up_ids or append.expected_version != version:
+            found = {i: batch_ids[(stream, i)] for i in ids if (stream, i) in batch_ids}
+            found.update(
+                (event_id, (v, p))
+                for event_id, v, p in connection.execute(
+                    "SELECT event_id, version, position FROM raygrain_events"
+                    f" WHERE stream = ? AND event_id IN ({', '.join('?' * len(ids))})",
+                    (stream, *ids),
+                )
+            )
+            try:
+                earlier = repeated(stream, ids, found)
+            except InvalidEventError as exc:
+                outcomes.append(exc)
+                continue
+            if earlier is not None:
+                outcomes.append(earlier)
+                continue
+        if version and stored_category != category:
+            outcomes.append(other_category(stream, category, stored_category))
+            continue
+        if append.expected_version is not None and append.expected_version != version:
+            outcomes.append(wrong_version(stream, append.expected_version, version))
+            continue
+        if category not in heads:
+            if category not in known.heads:
+                head = connection.execute(
+                    "SELECT head FROM raygrain_event_heads WHERE category = ?", (category,)
+                ).fetchone()
+                known.heads[category] = 0 if head is None else int(head[0])
+            heads[category] = known.heads[category]
+        position = heads[category]
+        for type_, data, event_id in append.events:
+            version += 1
+            position += 1
+            rows.append((category, position, stream, version, type_, event_id, now, data))
+            batch_ids[(stream, event_id)] = (version, position)
+        tails[stream] = (category, version)
+        heads[category] = position
+        outcomes.append(Appended(version, position))
+    return outcomes, rows, heads, tails

@@ -1,0 +1,138 @@
+"""Event-sourced actors and projections the event-sourcing tests share (and the crash test's
+subprocess imports)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from raygrain import EventSourcedActor, Projection, Rows, StoredEvent, Written, read_only
+
+
+@dataclass
+class Wallet:
+    balance: int = 0
+    history: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Deposited:
+    amount: int
+
+
+@dataclass
+class Withdrawn:
+    amount: int
+
+
+@dataclass
+class Renamed:
+    __event_name__ = "Renamed"
+    label: str = ""
+
+
+WalletEvent = Deposited | Withdrawn | Renamed
+
+
+class Account(EventSourcedActor[Wallet, WalletEvent], name="es.Account", snapshot_every=5):
+    async def on_activate(self) -> None:
+        self.balance_at_activation = self.state.balance  # the state is loaded by now
+
+    def apply(self, state: Wallet, event: WalletEvent) -> Wallet:
+        if isinstance(event, Deposited):
+            return Wallet(state.balance + event.amount, [*state.history, event.amount])
+        if isinstance(event, Withdrawn):
+            return Wallet(state.balance - event.amount, [*state.history, -event.amount])
+        return state
+
+    async def deposit(self, amount: int) -> Written | None:
+        if amount <= 0:
+            raise ValueError("amount must be positive")
+        self.raise_event(Deposited(amount))
+        return await self.confirm_events()
+
+    async def withdraw(self, amount: int) -> int:
+        self.raise_event(Withdrawn(amount))
+        if self.state.balance < 0:
+            raise ValueError("insufficient funds")  # raised: nothing appended
+        return self.state.balance
+
+    async def deposit_twice(self, amount: int) -> int:
+        self.raise_event(Deposited(amount))
+        self.raise_event(Deposited(amount))
+        return self.version
+
+    async def deposit_then_unstorable(self, amount: int) -> None:
+        self.raise_event(Deposited(amount))
+        self.raise_event(Renamed(label=object()))  # type: ignore[arg-type]  # not encodable
+
+    @read_only
+    async def balance(self) -> int:
+        return self.state.balance
+
+    @read_only
+    async def snapshot(self) -> list[Any]:
+        return [self.state.balance, self.state.history, self.version]
+
+    async def leave(self) -> None:
+        self.context.deactivate_on_idle()
+
+    @read_only
+    async def activated_with(self) -> int:
+        return self.balance_at_activation
+
+
+# Tests hold a projection's handler on a gate to make it lag behind on purpose.
+GATES: dict[str, asyncio.Event] = {}
+
+
+class Balances(Projection, name="es.Balances", sources=[Account]):
+    """A read model: each account's balance and event count."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        gate = GATES.get("Balances")
+        if gate is not None:
+            await gate.wait()
+        key = stored.stream.split("/", 1)[1]
+        row = await rows.get(key, {"balance": 0, "events": 0})
+        sign = -1 if isinstance(event, Withdrawn) else 1
+        amount = getattr(event, "amount", 0)
+        rows.put(key, {"balance": row["balance"] + sign * amount, "events": row["events"] + 1})
+
+
+class Totals(Projection, name="es.Totals", sources=[Account]):
+    """A second read model of the same feed: the sum of all deposits."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        gate = GATES.get("Totals")
+        if gate is not None:
+            await gate.wait()
+        if isinstance(event, Deposited):
+            rows.put("deposits", await rows.get("deposits", 0) + event.amount)
+
+
+ES_ACTORS = [Account, Balances, Totals]
+
+
+class _Counts(Projection):
+    """Counts each stream's events (the Ray test's read model)."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        rows.put(stored.stream, await rows.get(stored.stream, 0) + 1)
+
+
+# Projections are placed on the ring by type name: among sixteen, a few land on any one silo,
+# so the Ray test can pick those hosted on the node it kills. (Module-level names: Ray imports
+# them by reference.)
+RAY_PROJECTIONS: list[type[Projection]] = []
+for _index in range(16):
+    _projection = type(
+        f"Counts{_index}",
+        (_Counts,),
+        {"__module__": __name__},
+        name=f"es.Counts{_index}",
+        sources=[Account],
+    )
+    globals()[_projection.__name__] = _projection
+    RAY_PROJECTIONS.append(_projection)

@@ -1,0 +1,314 @@
+"""Event-sourced actors, projections and the consistency levels of queries, on in-process
+clusters (runtime/events/)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from raygrain import (
+    ActorCallTimeout,
+    ActorId,
+    Cluster,
+    ConfigurationError,
+    EventSourcedActor,
+    MemoryStorage,
+    SerializationError,
+    Session,
+    Written,
+    WrongExpectedVersionError,
+)
+from raygrain.runtime.events import stream_of
+from raygrain.runtime.events._actor import snapshot_id
+from raygrain.storage import NewEvent
+from tests import events_app
+from tests.events_app import ES_ACTORS, Account, Balances, Deposited, Totals, Wallet
+
+CATEGORY = Account.__actor_options__.name
+
+
+@pytest.fixture(autouse=True)
+def _open_gates() -> None:
+    events_app.GATES.clear()
+
+
+@pytest.fixture
+async def storage() -> AsyncIterator[MemoryStorage]:
+    async with MemoryStorage() as store:
+        yield store
+
+
+def cluster_on(storage: Any, silos: int = 2) -> Cluster:
+    return Cluster.local(actors=ES_ACTORS, silos=silos, storage=storage)
+
+
+# -- the write model ---------------------------------------------------------------------------
+
+COMMANDS = st.lists(
+    st.one_of(
+        st.tuples(st.just("deposit"), st.integers(1, 50)),
+        st.tuples(st.just("withdraw"), st.integers(1, 80)),
+        st.tuples(st.just("deposit_twice"), st.integers(1, 20)),
+        st.tuples(st.just("leave"), st.just(0)),
+    ),
+    max_size=25,
+)
+
+
+def model(commands: list[tuple[str, int]]) -> list[Any]:
+    balance, history = 0, []
+    for name, amount in commands:
+        if name == "deposit":
+            balance, history = balance + amount, [*history, amount]
+        elif name == "deposit_twice":
+            balance, history = balance + 2 * amount, [*history, amount, amount]
+        elif name == "withdraw" and balance >= amount:
+            balance, history = balance - amount, [*history, -amount]
+    return [balance, history, len(history)]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands=COMMANDS)
+async def test_state_is_the_same_live_after_deactivation_snapshot_and_crash(
+    commands: list[tuple[str, int]],
+) -> None:
+    # Account snapshots every 5 events, keeping 3: long sequences replay from a snapshot.
+    expected = model(commands)
+    async with MemoryStorage() as storage:
+        async with cluster_on(storage) as cluster:
+            account = cluster.get(Account, "a")
+            for name, amount in commands:
+                if name == "withdraw":
+                    try:
+                        await account.withdraw(amount)
+                    except ValueError:
+                        pass  # raised: nothing appended
+                elif name == "leave":
+                    await account.leave()  # deactivates: the next call replays
+                else:
+                    await getattr(account, name)(amount)
+            assert await account.snapshot() == expected, "live"
+            await account.leave()
+            assert await account.snapshot() == expected, "after deactivation"
+            # Without any snapshot: the plain fold of the whole log.
+            for slot in range(3):
+                record = await storage.read(snapshot_id("es.Account/a", slot))
+                if record.etag is not None:
+                    await storage.clear(snapshot_id("es.Account/a", slot), record.etag)
+            await account.leave()
+            assert await account.snapshot() == expected, "replayed from the log alone"
+        # A crash: nothing of the old silos remains but what storage holds.
+        async with cluster_on(storage) as restarted:
+            assert await restarted.get(Account, "a").snapshot() == expected, "after a crash"
+        assert [e.version for e in await storage.read_stream("es.Account/a")] == list(
+            range(1, expected[2] + 1)
+        )
+
+
+async def test_a_turn_that_raises_appends_nothing(storage: MemoryStorage) -> None:
+    async with cluster_on(storage) as cluster:
+        account = cluster.get(Account, "a")
+        await account.deposit(10)
+        with pytest.raises(ValueError, match="insufficient"):
+            await account.withdraw(11)  # raised after applying its event
+        assert await account.snapshot() == [10, [10], 1]
+        assert len(await storage.read_stream("es.Account/a")) == 1
+
+
+async def test_a_turn_whose_events_cannot_be_stored_leaves_no_trace(
+    storage: MemoryStorage,
+) -> None:
+    async with cluster_on(storage) as cluster:
+        account = cluster.get(Account, "a")
+        await account.deposit(10)
+        with pytest.raises(SerializationError):
+            await account.deposit_then_unstorable(5)  # applied, then refused at the append
+        assert await account.snapshot() == [10, [10], 1]
+        assert len(await storage.read_stream("es.Account/a")) == 1
+
+
+async def test_the_reply_comes_after_the_append_with_its_token(storage: MemoryStorage) -> None:
+    async with cluster_on(storage) as cluster:
+        written = await cluster.get(Account, "a").deposit(3)
+        assert written == Written("es.Account/a", 1, CATEGORY, 1)
+        stored = await storage.read_stream("es.Account/a")
+        assert [(e.type, e.data) for e in stored] == [("Deposited", {"amount": 3})]
+        assert await cluster.get(Account, "a").deposit_twice(1) == 3
+
+
+async def test_a_stale_duplicate_activation_is_fenced(storage: MemoryStorage) -> None:
+    # Two clusters on one store: two activations of the same actor, as during a view change.
+    async with cluster_on(storage, 1) as first, cluster_on(storage, 1) as second:
+        old, new = first.get(Account, "a"), second.get(Account, "a")
+        await old.deposit(1)
+        assert await new.snapshot() == [1, [1], 1]
+        await new.deposit(2)
+        with pytest.raises(WrongExpectedVersionError) as caught:
+            await old.deposit(100)  # its version is 1; the stream is at 2
+        assert (caught.value.expected_version, caught.value.actual_version) == (1, 2)
+        assert [e.data for e in await storage.read_stream("es.Account/a")] == [
+            {"amount": 1},
+            {"amount": 2},
+        ]
+        # The stale activation went away; the next call folds the log again.
+        assert await old.snapshot() == [3, [1, 2], 2]
+        assert await old.activated_with() == 3  # on_activate saw the loaded state
+
+
+async def test_old_event_shapes_are_upcast(storage: MemoryStorage) -> None:
+    class Upcasting(Account, name="es.Upcasting"):
+        @classmethod
+        def upcast(cls, type_name: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+            if type_name == "MoneyIn":  # version 1 of Deposited
+                return "Deposited", {"amount": data["cents"] // 100}
+            return type_name, data
+
+    await storage.append(
+        "es.Upcasting/a", "es.Upcasting", 0, [NewEvent("MoneyIn", {"cents": 700}, "e1")]
+    )
+    async with Cluster.local(actors=[Upcasting], storage=storage) as cluster:
+        assert await cluster.get(Upcasting, "a").snapshot() == [7, [7], 1]
+
+
+async def test_snapshots_rotate_through_the_kept_slots(storage: MemoryStorage) -> None:
+    async with cluster_on(storage) as cluster:
+        account = cluster.get(Account, "a")
+        for _ in range(20):  # every 5 events: versions 5, 10, 15, 20 into slots 1, 2, 0, 1
+            await account.deposit(1)
+    stream = stream_of(ActorId(CATEGORY, "a"))
+    kept = [await storage.read(snapshot_id(stream, slot)) for slot in range(3)]
+    assert all(record.data is not None for record in kept)
+    # The newest unreadable: activation falls back to an older one and replays the rest.
+    newest = snapshot_id(stream, 1)
+    await storage.write(newest, b"not a snapshot", kept[1].etag)
+    async with cluster_on(storage) as cluster:
+        assert await cluster.get(Account, "a").snapshot() == [20, [1] * 20, 20]
+
+
+def test_bad_declarations_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="dataclasses"):
+
+        class NotDataclass(EventSourcedActor[Wallet, int]):
+            pass
+
+    with pytest.raises(ConfigurationError, match="snapshots_kept"):
+
+        class NoSlots(EventSourcedActor[Wallet, Deposited], snapshots_kept=0):
+            pass
+
+    with pytest.raises(ConfigurationError, match="one turn at a time"):
+
+        class Reentrant(EventSourcedActor[Wallet, Deposited], reentrant=True):
+            pass
+
+
+# -- projections and consistency ---------------------------------------------------------------
+
+
+async def test_two_read_models_follow_the_log(storage: MemoryStorage) -> None:
+    async with cluster_on(storage) as cluster:
+        last = None
+        for key, amount in [("a", 5), ("b", 7), ("a", 1)]:
+            last = await cluster.get(Account, key).deposit(amount)
+        await cluster.get(Account, "b").withdraw(2)
+        assert last is not None
+        balances, totals = Balances.of(cluster), Totals.of(cluster)
+        token = {CATEGORY: await storage.head(CATEGORY)}
+        assert (await balances.read("a", token)).value == {"balance": 6, "events": 2}
+        assert (await balances.read("b", token)).value == {"balance": 5, "events": 2}
+        result = await totals.read("deposits", last)
+        assert result.value == 13 and result.positions[CATEGORY] >= last.position
+        assert await balances.lag() == {CATEGORY: 0}
+        # The same as metrics (the silo running the projection reports it).
+        position = cluster.metrics.value(
+            "raygrain_projection_position", projection="es.Balances", category=CATEGORY
+        )
+        assert position == token[CATEGORY]
+
+
+async def test_read_your_writes_waits_for_the_token(storage: MemoryStorage) -> None:
+    async with cluster_on(storage) as cluster:
+        balances = Balances.of(cluster)
+        await cluster.get(Account, "a").deposit(1)
+        await balances.read("a", {CATEGORY: 1})
+        events_app.GATES["Balances"] = gate = asyncio.Event()  # the projection now lags
+        written = await cluster.get(Account, "a").deposit(10)
+        eventual = await balances.read("a")
+        assert eventual.value == {"balance": 1, "events": 1}  # eventual: as it is
+        query = asyncio.create_task(balances.read("a", written))
+        # Ignoring the token, the query would answer now, with the old row.
+        done, _ = await asyncio.wait({query}, timeout=0.3)
+        assert not done, f"read-your-writes answered before its write was applied: {query}"
+        gate.set()
+        assert (await query).value == {"balance": 11, "events": 2}
+        with pytest.raises(ActorCallTimeout):
+            events_app.GATES["Balances"] = asyncio.Event()
+            late = await cluster.get(Account, "a").deposit(1)
+            await balances.read("a", late, 0.2)
+
+
+async def test_monotonic_reads_never_go_back(storage: MemoryStorage) -> None:
+    # Two read models of one feed, one lagging: a session that saw the fresh one must not be
+    # shown the older state of the other.
+    async with cluster_on(storage) as cluster:
+        balances, totals = Balances.of(cluster), Totals.of(cluster)
+        first = await cluster.get(Account, "a").deposit(1)
+        await balances.read("a", first)
+        events_app.GATES["Balances"] = gate = asyncio.Event()  # Balances stops at 1
+        written = await cluster.get(Account, "a").deposit(5)  # not through the session
+        await totals.read("deposits", written)  # Totals has it
+        session = Session()
+        seen = await session.read(totals, "deposits")
+        assert seen.value == 6 and session.token[CATEGORY] >= written.position
+        query = asyncio.create_task(session.read(balances, "a"))
+        # Ignoring the session's token, Balances would answer now, from before the deposit.
+        done, _ = await asyncio.wait({query}, timeout=0.3)
+        assert not done, "the session read an older state than it had already seen"
+        gate.set()
+        assert (await query).value == {"balance": 6, "events": 2}
+
+
+async def test_offsets_commit_with_the_read_model(storage: MemoryStorage) -> None:
+    # Restarting the cluster resumes each projection from its committed offset: nothing is
+    # applied twice (the counts would show it) and nothing is missed.
+    async with cluster_on(storage) as cluster:
+        for amount in range(1, 6):
+            await cluster.get(Account, "a").deposit(amount)
+        assert (await Balances.of(cluster).read("a", {CATEGORY: 5})).value["events"] == 5
+    async with cluster_on(storage) as cluster:
+        written = await cluster.get(Account, "a").deposit(100)
+        assert (await Balances.of(cluster).read("a", written)).value == {
+            "balance": 115,
+            "events": 6,
+        }
+        assert (await Totals.of(cluster).read("deposits", written)).value == 115
+
+
+async def test_a_fenced_projection_owner_takes_the_committed_offsets(
+    storage: MemoryStorage,
+) -> None:
+    # Two clusters on one store each run the projections: two owners at once. Every event
+    # still counts once in the read model.
+    async with cluster_on(storage, 1) as first, cluster_on(storage, 1) as second:
+        for index in range(30):
+            await first.get(Account, f"k{index % 3}").deposit(1)
+        token = {CATEGORY: 30}
+        for cluster in (first, second):
+            counts = [
+                (await Balances.of(cluster).read(f"k{k}", token)).value["events"] for k in range(3)
+            ]
+            assert counts == [10, 10, 10]
+            assert (await Totals.of(cluster).read("deposits", token)).value == 30
+
+
+async def test_sqlite_store(tmp_path: Any) -> None:
+    async with cluster_on(f"sqlite:///{tmp_path / 'es.db'}") as cluster:
+        written = await cluster.get(Account, "a").deposit(4)
+        await cluster.get(Account, "a").deposit_twice(3)
+        assert await cluster.get(Account, "a").snapshot() == [10, [4, 3, 3], 3]
+        assert (await Balances.of(cluster).read("a", written)).value["balance"] >= 4

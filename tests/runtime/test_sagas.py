@@ -1,0 +1,437 @@
+"""Durable sagas on an in-process cluster: steps, compensation in reverse order, retries with
+backoff, idempotency, abort, timeout, stuck compensations, listing, restart.
+
+Every outcome is checked on the participants' state (``tests.saga_app.Ledger``), not only on
+what the saga reports. Backoffs and timeouts run on a ManualClock, so nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from raygrain import (
+    ActorCallTimeout,
+    ActorId,
+    Cluster,
+    ConfigurationError,
+    InvalidArgumentsError,
+    InvalidCallError,
+    ManualClock,
+    ReminderSettings,
+    Retry,
+    Saga,
+    SagaConflictError,
+    SagaFailedError,
+    SagaPhase,
+    SagaSettings,
+    SagaStatus,
+    SqliteStorage,
+    UnknownSagaError,
+    step,
+)
+from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.storage import ReminderTable
+from tests import saga_app
+from tests.helpers import wait_until
+from tests.runtime.time_helpers import settle
+from tests.runtime.time_helpers import step as step_clock
+from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, Ledger, Plan, Trip
+
+
+@pytest.fixture(autouse=True)
+def _reset_hooks() -> None:
+    GATES.clear()
+    ATTEMPTS.clear()
+    BROKEN_COMPENSATIONS.clear()
+
+
+@pytest.fixture
+async def sagas(clock: ManualClock) -> AsyncIterator[Cluster]:
+    async with Cluster.local(
+        actors=saga_app.ACTORS, silos=2, clock=clock, deactivation_timeout=0.5
+    ) as running:
+        yield running
+
+
+async def _books(cluster: Cluster, saga: str) -> saga_app.Books:
+    return await cluster.get(Ledger, saga).books()
+
+
+async def _until(saga: Trip, check: Callable[[SagaStatus], bool], what: str) -> SagaStatus:
+    """Wait (yielding, never sleeping on time) until the saga's status passes ``check``."""
+    found: list[SagaStatus] = []
+
+    async def ready() -> bool:
+        found[:] = [await saga.status()]
+        return check(found[0])
+
+    await wait_until(ready, f"{saga}: {what}", 10)
+    return found[0]
+
+
+async def test_every_step_succeeds(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "ok")
+    status = await trip.start(Plan())
+    assert status.phase is SagaPhase.RUNNING
+    results = await trip.result()
+    assert results == {s: f"{s}:{s} for ok" for s in ("flight", "hotel", "car", "pay")}
+    books = await _books(sagas, "ok")
+    assert sorted(books.booked) == ["car", "flight", "hotel", "pay"]
+    assert books.events[0] == "do flight" and books.events[-1] == "do pay"
+    assert sorted(books.events[1:3]) == ["do car", "do hotel"]  # the parallel stage
+    status = await trip.status()
+    assert status.phase is SagaPhase.COMPLETED and status.finished
+    assert status.completed == ("flight", "hotel", "car", "pay") and status.compensated == ()
+
+
+async def test_a_terminal_failure_compensates_exactly_the_completed_steps_newest_first(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "declined")
+    await trip.start(Plan(fail="pay"))
+    with pytest.raises(SagaFailedError) as failed:
+        await trip.result()
+    assert failed.value.phase == "compensated"
+    assert "step 'pay' failed after 1 attempt(s): TerminalError: pay refused" in str(failed.value)
+    books = await _books(sagas, "declined")
+    assert books.booked == {}
+    # Forward in order, then undone newest first: the parallel stage, then the flight.
+    assert books.events[0] == "do flight" and sorted(books.events[1:3]) == ["do car", "do hotel"]
+    assert sorted(books.events[3:5]) == ["undo car", "undo hotel"]
+    assert books.events[5:] == ["undo flight"]
+    status = await trip.status()
+    assert status.phase is SagaPhase.COMPENSATED
+    assert set(status.compensated) == {"flight", "hotel", "car"}
+    assert ATTEMPTS["declined/pay"] == 1  # a terminal error is not retried
+
+
+async def test_a_failure_in_the_first_stage_compensates_nothing_else(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "no-seat")
+    await trip.start(Plan(fail="flight"))
+    with pytest.raises(SagaFailedError):
+        await trip.result()
+    assert (await _books(sagas, "no-seat")).events == []
+    assert not [k for k in ATTEMPTS if k.startswith("no-seat/undo")]
+
+
+async def test_a_retryable_failure_succeeds_on_retry_after_a_growing_backoff(
+    clock: ManualClock,
+) -> None:
+    class Backoff(Trip, name="sagatest.Backoff"):
+        retry_policy = Retry(first_delay=1.0, multiplier=2.0, max_delay=100.0, jitter=0.2)
+
+    async with Cluster.local(actors=[Ledger, Backoff], clock=clock) as cluster:
+        trip = cluster.get(Backoff, "flaky")
+        await trip.start(Plan(flaky={"hotel": 2}))
+        first = await _until(trip, lambda s: s.attempts == 1, "a first failure")
+        assert first.current == ("hotel",) and first.completed == ("flight", "car")
+        assert first.next_attempt_at is not None
+        assert 0.8 <= first.next_attempt_at - clock.now() <= 1.0  # 1 s, less up to 20% jitter
+        assert "ConnectionError: hotel: flaky, attempt 1" in first.error
+        clock.advance(1.0)
+        await settle(cluster)
+        second = await _until(trip, lambda s: s.attempts == 2, "a second failure")
+        assert second.next_attempt_at is not None
+        assert 1.6 <= second.next_attempt_at - clock.now() <= 2.0  # doubled
+        clock.advance(2.0)
+        await settle(cluster)
+        results = await trip.result()
+        assert results["hotel"] == "hotel:hotel for flaky"
+        books = await _books(cluster, "flaky")
+        assert books.events.count("do hotel") == 1 and len(books.booked) == 4
+        assert ATTEMPTS["flaky/hotel"] == 3
+
+
+async def test_backoff_is_capped_and_attempts_are_limited() -> None:
+    policy = Retry(first_delay=1.0, multiplier=2.0, max_delay=100.0, jitter=0.0, max_attempts=3)
+    assert [policy.delay(n) for n in (1, 2, 3, 7, 8, 50)] == [1, 2, 4, 64, 100, 100]
+    assert not policy.exhausted(2) and policy.exhausted(3)
+    jittered = Retry(jitter=0.5)
+    assert all(50 <= jittered.delay(20) <= 100 for _ in range(100))
+    assert Retry(max_attempts=None).exhausted(10**6) is False
+
+
+async def test_a_step_out_of_attempts_is_compensated_too_since_it_may_have_acted(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "gave-up")
+    await trip.start(Plan(flaky={"hotel": 99}))  # Trip allows 5 attempts, no backoff
+    with pytest.raises(SagaFailedError, match="step 'hotel' failed after 5 attempt"):
+        await trip.result()
+    assert ATTEMPTS["gave-up/hotel"] == 5
+    # A retryable error does not say the step did nothing: its compensation runs too (with
+    # result None), beside the car's, then the flight's.
+    assert ATTEMPTS["gave-up/undo hotel"] == 1 and ATTEMPTS["gave-up/undo car"] == 1
+    books = await _books(sagas, "gave-up")
+    assert books.booked == {} and books.events[-1] == "undo flight"
+    assert ATTEMPTS["gave-up/pay"] == 0
+
+
+async def test_a_step_that_failed_terminally_on_every_attempt_is_not_compensated(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "refused")
+    await trip.start(Plan(fail="car"))
+    with pytest.raises(SagaFailedError):
+        await trip.result()
+    assert ATTEMPTS["refused/undo car"] == 0  # raised means no trace
+    assert ATTEMPTS["refused/undo hotel"] == 1 and ATTEMPTS["refused/undo flight"] == 1
+
+
+class Unstorable(Saga[str], name="sagatest.Unstorable"):
+    @step
+    async def book(self, who: str) -> object:
+        await self.actors.get(Ledger, who).apply(self.idempotency_key, "book", who)
+        return object()  # it acted, but what it returns cannot be stored
+
+    @book.compensate
+    async def unbook(self, who: str, result: object) -> None:
+        await self.actors.get(Ledger, who).undo(self.idempotency_key, "book")
+
+
+async def test_a_step_that_acted_but_returned_what_cannot_be_stored_is_compensated() -> None:
+    async with Cluster.local(actors=[Ledger, Unstorable]) as cluster:
+        saga = cluster.get(Unstorable, "u")
+        await saga.start("u")
+        with pytest.raises(SagaFailedError, match="SerializationError"):
+            await saga.result()
+        assert (await _books(cluster, "u")).events == ["do book", "undo book"]
+
+
+async def test_a_step_whose_outcome_was_unknown_is_retried_with_its_key_and_acts_once(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "lost-reply")
+    await trip.start(Plan(lose_reply="hotel"))
+    results = await trip.result()
+    assert results["hotel"] == "hotel:hotel for lost-reply"  # the first application's result
+    assert ATTEMPTS["lost-reply/hotel"] == 2  # the step ran twice...
+    books = await _books(sagas, "lost-reply")
+    assert books.events.count("do hotel") == 1  # ...and acted once
+    assert "sagatest.Trip/lost-reply/hotel" in books.applied
+
+
+async def test_abort_stops_and_compensates_what_was_done_including_the_running_step(
+    sagas: Cluster,
+) -> None:
+    trip = sagas.get(Trip, "aborted")
+    await trip.start(Plan(gate="hotel"))
+    await wait_until(lambda: ATTEMPTS["aborted/hotel"] == 1, "the hotel step to start")
+    status = await trip.abort("customer cancelled")  # runs beside the step (reentrant)
+    assert status.phase is SagaPhase.COMPENSATING
+    GATES["aborted"].set()  # the step finishes: what it did is recorded, then undone
+    with pytest.raises(SagaFailedError, match="aborted: customer cancelled"):
+        await trip.result()
+    books = await _books(sagas, "aborted")
+    assert books.booked == {} and "do hotel" in books.events  # the hotel was booked, then undone
+    assert books.events[-1] == "undo flight"
+    assert ATTEMPTS["aborted/pay"] == 0
+    again = await trip.abort()  # an ended saga stays as it is
+    assert again.phase is SagaPhase.COMPENSATED
+
+
+async def test_abort_of_a_completed_saga_changes_nothing(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "done")
+    await trip.start(Plan())
+    await trip.result()
+    assert (await trip.abort()).phase is SagaPhase.COMPLETED
+    assert len((await _books(sagas, "done")).booked) == 4
+
+
+async def test_a_saga_past_its_timeout_is_compensated(clock: ManualClock) -> None:
+    class Slow(Trip, name="sagatest.Slow"):
+        retry_policy = Retry(first_delay=30.0, jitter=0.0, max_attempts=None)
+
+    async with Cluster.local(actors=[Ledger, Slow], clock=clock) as cluster:
+        trip = cluster.get(Slow, "late")
+        await trip.start(Plan(flaky={"pay": 99}), timeout=10)
+        waiting = await _until(trip, lambda s: s.attempts == 1, "pay's first failure")
+        assert waiting.next_attempt_at == pytest.approx(clock.now() + 30.0)
+        clock.advance(10.0)  # the deadline comes before the next attempt
+        await settle(cluster)
+        with pytest.raises(SagaFailedError, match="timed out after 10 s"):
+            await trip.result()
+        assert (await _books(cluster, "late")).booked == {}
+        assert ATTEMPTS["late/pay"] == 1
+
+
+async def test_start_is_idempotent_on_the_saga_id(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "twice")
+    await trip.start(Plan())
+    await trip.start(Plan())  # the same input: the same saga
+    await trip.result()
+    assert (await trip.start(Plan())).phase is SagaPhase.COMPLETED
+    assert ATTEMPTS["twice/flight"] == 1
+    with pytest.raises(SagaConflictError, match="already started with another input"):
+        await trip.start(Plan(fail="pay"))
+
+
+async def test_a_saga_never_started_is_unknown(sagas: Cluster) -> None:
+    ghost = sagas.get(Trip, "ghost")
+    assert (await ghost.status()).phase is SagaPhase.NOT_STARTED
+    for call in (ghost.result(), ghost.abort(), ghost.resume()):
+        with pytest.raises(UnknownSagaError):
+            await call
+
+
+async def test_a_compensation_that_keeps_failing_leaves_the_saga_stuck_until_resumed(
+    sagas: Cluster,
+) -> None:
+    BROKEN_COMPENSATIONS.add("stuck")
+    trip = sagas.get(Trip, "stuck")
+    await trip.start(Plan(fail="pay", broken_undo="flight"))
+    with pytest.raises(SagaFailedError) as failed:
+        await trip.result()
+    assert failed.value.phase == "stuck"
+    status = await trip.status()
+    assert status.phase is SagaPhase.STUCK and status.current == ("flight",)
+    assert "compensation of 'flight', attempt 3: RuntimeError" in status.error
+    assert await Trip.list_sagas(sagas, SagaPhase.STUCK) == {"stuck": SagaPhase.STUCK}
+    assert (await _books(sagas, "stuck")).booked == {"flight": "flight for stuck"}
+    BROKEN_COMPENSATIONS.clear()  # the operator fixed the cause
+    assert (await trip.resume()).phase is SagaPhase.COMPENSATING
+    with pytest.raises(SagaFailedError, match="compensated"):
+        await trip.result()
+    assert (await _books(sagas, "stuck")).booked == {}
+
+
+async def test_sagas_are_listed_by_phase(sagas: Cluster) -> None:
+    await sagas.get(Trip, "a").start(Plan())
+    await sagas.get(Trip, "b").start(Plan(fail="car"))
+    await sagas.get(Trip, 7).start(Plan(gate="flight"))  # an int id
+    await sagas.get(Trip, "a").result()
+    with pytest.raises(SagaFailedError):
+        await sagas.get(Trip, "b").result()
+
+    async def listed() -> bool:
+        return await Trip.list_sagas(sagas) == {
+            "a": SagaPhase.COMPLETED,
+            "b": SagaPhase.COMPENSATED,
+            7: SagaPhase.RUNNING,
+        }
+
+    await wait_until(listed, "the index to record the ends")
+    assert await Trip.list_sagas(sagas, SagaPhase.RUNNING) == {7: SagaPhase.RUNNING}
+    GATES["7"].set()
+    await sagas.get(Trip, 7).result()
+
+
+async def test_result_waits_only_as_long_as_asked(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "waiting")
+    await trip.start(Plan(gate="flight"))
+    with pytest.raises(ActorCallTimeout, match="still running after 0 s"):
+        await trip.result(wait=0)
+    assert (await trip.status()).current == ("flight",)  # not blocked by the running step
+    GATES["waiting"].set()
+    await trip.result()
+
+
+async def test_a_saga_resumes_after_a_restart_woken_by_its_index(tmp_path: Path) -> None:
+    db = str(tmp_path / "sagas.db")
+    fast = {
+        "reminders": ReminderSettings(minimum_period=0.05),
+        "sagas": SagaSettings(wake_period=0.1),
+    }
+    async with Cluster.local(
+        actors=saga_app.ACTORS, storage=SqliteStorage(db), deactivation_timeout=0.2, **fast
+    ) as first:
+        await first.get(Trip, "restart").start(Plan(gate="hotel"))
+        await wait_until(lambda: ATTEMPTS["restart/hotel"] == 1, "the hotel step to start")
+        # The cluster closes with the saga mid-stage (its hotel step never returns).
+    GATES["restart"].set()
+    async with Cluster.local(actors=saga_app.ACTORS, storage=SqliteStorage(db), **fast) as second:
+        # Nobody calls the saga: the index's reminder wakes it on the new cluster.
+        async def ended() -> bool:
+            return await Trip.list_sagas(second) == {"restart": SagaPhase.COMPLETED}
+
+        await wait_until(ended, "the saga to finish after the restart")
+        books = await _books(second, "restart")
+        assert all(books.events.count(f"do {s}") == 1 for s in saga_app.STEPS)
+
+
+async def _async_noop(self: object, value: int) -> None:
+    pass
+
+
+def test_bad_definitions_are_refused() -> None:
+    for taken in ("status", "state"):
+        with pytest.raises(ConfigurationError, match="named after a saga operation|is reserved"):
+            types.new_class(
+                "Clash",
+                (Saga[int],),
+                {"name": "sagatest.Clash"},
+                lambda body: body.update({taken: step(_async_noop)}),  # noqa: B023
+            )
+
+    with pytest.raises(ConfigurationError, match="@step decorates an async method"):
+
+        class NotAsync(Saga[int], name="sagatest.NotAsync"):
+            @step  # type: ignore[arg-type]
+            def plain(self, value: int) -> None: ...
+
+    with pytest.raises(ConfigurationError, match="max_attempts must be an int >= 1"):
+        Retry(max_attempts=0)
+    with pytest.raises(ConfigurationError, match="jitter must be between 0 and 1"):
+        Retry(jitter=2)
+    with pytest.raises(ConfigurationError, match="terminal must be a tuple of exception types"):
+        Retry(terminal=(int,))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="retry_policy must be a Retry"):
+
+        class BadPolicy(Saga[int], name="sagatest.BadPolicy"):
+            retry_policy = 3  # type: ignore[assignment]
+
+    with pytest.raises(ConfigurationError, match="wake_period must be a positive number"):
+        SagaSettings(wake_period=0)
+    with pytest.raises(ConfigurationError, match="sagas must be a SagaSettings, got int"):
+        Cluster.local(actors=saga_app.ACTORS, sagas=3)  # type: ignore[arg-type]
+
+
+async def test_bad_calls_get_typed_errors_and_the_saga_goes_on(sagas: Cluster) -> None:
+    class Empty(Saga[int], name="sagatest.Empty"):
+        pass
+
+    trip = sagas.get(Trip, "bad")
+    with pytest.raises(InvalidArgumentsError, match="timeout must be a positive number"):
+        await trip.start(Plan(), timeout=-1)
+    with pytest.raises(InvalidArgumentsError, match="wait must be seconds >= 0"):
+        await trip.result(wait=-1)
+    await trip.start(Plan())
+    assert (await trip.result())["pay"] == "pay:pay for bad"
+    with pytest.raises(InvalidCallError, match="only known inside a step"):
+        _ = Trip.__new__(Trip).current_step
+    async with Cluster.local(actors=[Empty]) as cluster:
+        with pytest.raises(ConfigurationError, match="has no steps"):
+            await cluster.get(Empty, 1).start(1)
+    assert asyncio.get_running_loop()  # (the silo survived every error above)
+
+
+async def test_the_index_forgets_a_saga_that_never_started_and_keeps_the_newest_ended(
+    clock: ManualClock,
+) -> None:
+    settings = {
+        "reminders": ReminderSettings(minimum_period=1.0),
+        "sagas": SagaSettings(wake_period=1.0, keep_finished=2),
+    }
+    async with Cluster.local(actors=saga_app.ACTORS, clock=clock, **settings) as cluster:  # type: ignore[arg-type]
+        shard = shard_key("sagatest.Trip", shard_of("ghost"))
+        index = cluster.ref(INDEX_TYPE, shard)
+        # A start that was recorded in the index but never committed: the index holds it live.
+        await index.record([("ghost", "running")])
+        storage = cluster.storage
+        assert isinstance(storage, ReminderTable)
+        assert [r.name for r in await storage.reminders_of(ActorId(INDEX_TYPE, shard))]
+        await step_clock(cluster, clock, 1.0)  # the index's tick wakes it; it is not started
+
+        async def forgotten() -> bool:
+            return await index.entries() == []
+
+        await wait_until(forgotten, "the index to forget the saga that never started")
+        await step_clock(cluster, clock, 1.0)  # nothing live: the index stops its reminder
+        assert await storage.reminders_of(ActorId(INDEX_TYPE, shard)) == []
+        await index.record([(f"s{n}", "completed") for n in range(4)])
+        assert await index.entries() == [("s2", "completed"), ("s3", "completed")]
