@@ -3,7 +3,9 @@
 The baseline is the least a turn-based actor needs: one queue and one worker task per object,
 a future per call, no runtime. raygrain adds placement, the copy boundary (msgpack both ways),
 deadlines and turn scheduling on top, so the ratio says what those cost. The same cluster with
-metrics off runs beside them (``metrics_on_vs_off``: what recording metrics costs; target >= 95%).
+metrics off runs beside them (``metrics_on_vs_off``: what recording metrics costs; target >= 95%),
+with the CPU time per call of each (``metrics_cpu_overhead``: the same cost, read from CPU time,
+which a shared machine's load disturbs far less than calls/s).
 
 The machine running this is usually shared, so the two sides are measured in interleaved rounds
 (baseline, raygrain, baseline, raygrain, ...) and each reports its median round. Every
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +75,19 @@ def _sizes(quick: bool, smoke: bool) -> _Sizes:
     return _Sizes(calls_per_round=30_000, rounds=5)
 
 
+# CPU time per call of each round, by metrics on (True) or off (False): the in-process cluster
+# runs on this thread, so its CPU time is what a call costs, whatever else the machine runs.
+_CPU: dict[bool, list[float]] = {True: [], False: []}
+
+
 async def _raygrain(callers: int, actors: int, calls: int, metrics: bool = True) -> Measurement:
     async with Cluster.local(actors=[Ping], silos=2, metrics=metrics) as cluster:
         refs = [cluster.get(Ping, k) for k in range(actors)]
         await asyncio.gather(*(r.ping(0) for r in refs))  # activate outside the timing
-        return await drive(lambda t, v: refs[t].ping(v), callers, actors, calls)
+        cpu = time.thread_time()
+        measured = await drive(lambda t, v: refs[t].ping(v), callers, actors, calls)
+        _CPU[metrics].append((time.thread_time() - cpu) / (callers * calls) * 1e6)
+        return measured
 
 
 async def _bare(callers: int, actors: int, calls: int) -> Measurement:
@@ -110,6 +122,8 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
     results = []
     for callers in sizes.levels:
         calls = max(1, sizes.calls_per_round // callers)
+        _CPU[True].clear()
+        _CPU[False].clear()
         measured = await interleave(
             {
                 "baseline": lambda c=callers, n=calls: _bare(c, c, n),
@@ -120,6 +134,7 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
         )
         base, ours = measured["baseline"], measured["raygrain"]
         unmetered = measured["no_metrics"]
+        cpu_on, cpu_off = statistics.median(_CPU[True]), statistics.median(_CPU[False])
         results.append(
             figure(
                 f"in-process calls/s, {_label(callers)}",
@@ -139,6 +154,11 @@ async def run(quick: bool = False, *, smoke: bool = False) -> list[dict[str, Any
                 metrics_off_rate=unmetered.rate,
                 metrics_off_rounds=unmetered.rates,
                 metrics_on_vs_off=ours.rate / unmetered.rate,
+                # CPU per call (this thread's), on and off: the overhead a loaded machine's
+                # noise does not drown (each the median of its rounds).
+                cpu_us_per_call=cpu_on,
+                metrics_off_cpu_us_per_call=cpu_off,
+                metrics_cpu_overhead=cpu_on / cpu_off - 1.0,
             )
         )
     return results
@@ -154,5 +174,7 @@ if __name__ == "__main__":
             f"{row['name']}: {row['value']:,.0f} vs {row['baseline']:,.0f} "
             f"({row['ratio']:.0%}); p50 {row['latency']['p50_ms']:.3f} ms, "
             f"p99 {row['latency']['p99_ms']:.3f} ms; metrics off {row['metrics_off_rate']:,.0f} "
-            f"(on/off {row['metrics_on_vs_off']:.1%})"
+            f"(on/off {row['metrics_on_vs_off']:.1%}); CPU/call {row['cpu_us_per_call']:.1f} us "
+            f"on, {row['metrics_off_cpu_us_per_call']:.1f} us off "
+            f"({row['metrics_cpu_overhead']:+.1%})"
         )

@@ -149,7 +149,7 @@ ROOMS: dict[str, set[str]] = {
     "events": {"kernel"},
     "sagas": {"kernel", "timers"},
     "wire": {"kernel"},
-    "metrics": {"kernel", "transactions", "events"},
+    "metrics": {"kernel", "transactions", "timers", "events"},
     "tracing": {"kernel", "transactions"},
     "_capabilities": {
         "kernel",

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from time import perf_counter
+from time import monotonic
 from typing import Any
 
 from raygrain.actors import (
@@ -173,8 +173,9 @@ class Caller:
                 followups = [followup] if followups is None else [*followups, followup]
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
         observers = self._observers
-        started = perf_counter() if observers else 0.0
-        future = self._dispatch(request, destination)
+        # One clock read for the deadline and the observers' timing alike.
+        started = monotonic()
+        future = self._dispatch(request, destination, started)
         try:
             if future.done():
                 # Answered on the spot (an in-process turn that never had to wait, or a
@@ -193,7 +194,7 @@ class Caller:
                 # A deadline, a lost silo: the observers count it as a failed call.
                 failed = Response(call_id, False, encode_error(exc, f"{target}.{method}"))
                 for observe in observers:
-                    observe(request, failed, perf_counter() - started)
+                    observe(request, failed, monotonic() - started)
             raise
         finally:
             self._pending.pop(call_id, None)
@@ -201,7 +202,7 @@ class Caller:
             for followup in followups:
                 followup(response)
         if observers:
-            seconds = perf_counter() - started
+            seconds = monotonic() - started
             for observe in observers:
                 observe(request, response, seconds)
         return self.result_of(response)
@@ -239,14 +240,17 @@ class Caller:
         )
         return self._dispatch(request, membership.ring.owner(target))
 
-    def _dispatch(self, request: Request, destination: str) -> asyncio.Future[Response]:
+    def _dispatch(
+        self, request: Request, destination: str, now: float | None = None
+    ) -> asyncio.Future[Response]:
         """Register ``request`` as pending (its deadline swept) and send it; the future
-        completes with its response. The caller pops the pending entry when done waiting."""
+        completes with its response. The caller pops the pending entry when done waiting.
+        ``now``: the time already read, on the loop's clock (asyncio's is ``time.monotonic``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
         self._pending[request.call_id] = _PendingCall(
             future,
-            loop.time() + request.timeout,
+            (loop.time() if now is None else now) + request.timeout,
             request.target,
             request.method,
             request.timeout,

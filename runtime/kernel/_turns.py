@@ -11,7 +11,7 @@ method returned or raised. ``TurnRunner`` sits between ``Mailbox`` and ``Activat
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+from time import monotonic
 from typing import Any
 
 from raygrain.actors import (
@@ -89,17 +89,16 @@ class TurnRunner(Mailbox):
         ends_when_written = False
         rollbacks = slot.rollbacks if slot is not None else 0
         observed = self.silo.on_turn_ended  # an extension observing turns: time them
-        started = 0.0
         error: Exception | None = None
         try:
-            if self.silo.loop_time() > delivery.expires_at:
+            # (Also the start of the turn's timing: asyncio's loop clock is time.monotonic.)
+            started = self.silo.loop_time()
+            if started > delivery.expires_at:
                 observed = ()
                 return  # the caller has already timed out; running it now would be a surprise
             self._enter_turn(request.chain)
             for hook in self.silo.on_turn_started:
                 hook(self, delivery)
-            if observed:
-                started = perf_counter()
             if scope is not None:
                 scope.enter()
             try:
@@ -152,9 +151,11 @@ class TurnRunner(Mailbox):
                 self.silo.reply(request, ok, payload, joined)
         finally:
             if not ends_when_written:
-                self._end_turn(options, delivery.keeps_alive)
-                for hook in observed:
-                    hook(self, delivery, error, perf_counter() - started)
+                ended = self._end_turn(options, delivery.keeps_alive)
+                if observed:
+                    seconds = (ended if ended is not None else monotonic()) - started
+                    for hook in observed:
+                        hook(self, delivery, error, seconds)
 
     def _queue_write(self, delivery: Delivery, payload: bytes, data: bytes, started: float) -> bool:
         """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
@@ -200,11 +201,15 @@ class TurnRunner(Mailbox):
             if not method.options.one_way:
                 self.silo.reply(delivery.request, ok, payload, ())
         finally:
-            self._end_turn(method.options)
-            for hook in self.silo.on_turn_ended:
-                hook(self, delivery, error, perf_counter() - started)
+            ended = self._end_turn(method.options)
+            if self.silo.on_turn_ended:
+                seconds = (ended if ended is not None else monotonic()) - started
+                for hook in self.silo.on_turn_ended:
+                    hook(self, delivery, error, seconds)
 
-    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> None:
+    def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> float | None:
+        """End the turn's admission; the time it read at the end, when that was
+        ``time.monotonic`` (the clock turns are timed by), else None."""
         # In the order enqueue and pump count turns in: a read-only method of a reentrant class
         # (or one that always interleaves) counts as interleaved, not as a reader.
         if self.options.reentrant or options.always_interleave:
@@ -213,13 +218,17 @@ class TurnRunner(Mailbox):
             self.readers -= 1
         else:
             self.exclusive = False
+        ended = None
         if keeps_alive:
-            self.last_used = self.silo.clock.now()
+            self.last_used = now = self.silo.clock.now()
+            if self.silo.clock_is_monotonic:
+                ended = now
         # The activation's own end first: a turn that asked to deactivate (deactivate_on_idle)
         # starts no queued call here; they go to the next activation.
         if self._idle_waiter is not None or self.deactivate_requested:
             self._turn_ended()
         self.pump()
+        return ended
 
     def _encode_result(self, method: ActorMethod, result: Any) -> bytes:
         if result is None:

@@ -152,6 +152,14 @@ class SiloMetrics(CallerMetrics):
             ("type",),
             LATENCY_BOUNDS,
         )
+        self.reminder_lateness = add(
+            "raygrain_reminder_lateness_seconds",
+            "How late reminder ticks start: from the tick's scheduled time to its turn's start, "
+            "by actor type",
+            Kind.HISTOGRAM,
+            ("type",),
+            LATENCY_BOUNDS,
+        )
         self.transactions = add(
             "raygrain_transactions_total",
             "Transactions this silo coordinated, by outcome (committed, aborted) and reason",

@@ -45,6 +45,9 @@ class TimeService(Extension):
         self.schedule: Schedule
         self.now: Callable[[], float]
         self.reminders = Reminders(self)
+        # Told, as each reminder tick's turn starts, the actor's type and how late the tick is
+        # (seconds after its scheduled time, on the schedule's time scale): metrics.
+        self.lateness_observers: list[Callable[[str, float], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def attach(self, silo: Silo) -> None:

@@ -54,7 +54,7 @@ class _Owned:
     """A reminder this silo fires: its record, the next occurrence, its schedule entry. It is
     its own schedule callback (no closure per tick: 100,000 reminders re-arm all the time)."""
 
-    __slots__ = ("entry", "firing", "next", "owner", "record", "removed")
+    __slots__ = ("entry", "firing", "next", "owned_in_view", "owner", "record", "removed", "turn")
 
     def __init__(self, owner: Reminders, record: ReminderRecord, next_tick: float) -> None:
         self.owner = owner
@@ -63,6 +63,10 @@ class _Owned:
         self.entry: Entry | None = None
         self.firing = False
         self.removed = False
+        self.turn = f"reminder {record.name}"  # the turn's name (the metrics' method label)
+        # The membership view version in which this silo last found it owns the actor: a tick
+        # in the same view skips hashing the actor onto the ring again.
+        self.owned_in_view = -1
 
     def __call__(self) -> None:
         self.owner._fire(self)
@@ -210,9 +214,12 @@ class Reminders:
             return
         record = owned.record
         silo = self.service.silo
-        if not self.owns(record.actor_id):
-            self.forget(record.actor_id, record.name)
-            return
+        view = silo.membership.view.version
+        if owned.owned_in_view != view or silo.closed:
+            if not self.owns(record.actor_id):
+                self.forget(record.actor_id, record.name)
+                return
+            owned.owned_in_view = view
         try:
             activation = silo.activation_of(record.actor_id)
         except RaygrainError as exc:  # e.g. its type is not registered on this cluster
@@ -228,11 +235,17 @@ class Reminders:
         owned.firing = True
         self.service.ticks_running += 1
 
+        service = self.service
+
         async def deliver() -> None:
             assert activation.instance is not None
+            if service.lateness_observers:
+                late = service.now() - tick.scheduled
+                for observe in service.lateness_observers:
+                    observe(record.actor_id.type_name, late)
             await activation.instance.on_reminder(record.name, tick)
 
-        run_as_turn(activation, f"reminder {record.name}", deliver, partial(self._ticked, owned))
+        run_as_turn(activation, owned.turn, deliver, partial(self._ticked, owned))
 
     def _ticked(self, owned: _Owned, result: TurnOutcome) -> None:
         self.service.ticks_running -= 1

@@ -17,12 +17,15 @@ from raygrain.actors import (
     ActorCallTimeout,
     ConfigurationError,
     DeactivationReason,
+    ReminderTick,
     TransactionAbortedError,
     call_timeout,
 )
-from raygrain.runtime import Cluster
+from raygrain.runtime import Cluster, ManualClock, ReminderSettings
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
+from raygrain.runtime.metrics._registry import FLUSH_AT
 from tests.app import Vault
+from tests.runtime.time_helpers import step
 
 
 class Rejected(Exception):
@@ -177,6 +180,34 @@ async def test_transactions_are_counted_by_outcome_and_reason() -> None:
         assert value("raygrain_transactions_total") == 2
 
 
+class Sleeper(Actor[None], name="metrics.Sleeper"):
+    async def wake_every(self, period: float) -> None:
+        await self.reminders.register("wake", due=period, period=period)
+
+    async def on_reminder(self, name: str, tick: ReminderTick) -> None:
+        pass
+
+
+async def test_reminder_lateness_is_recorded_as_each_tick_starts() -> None:
+    clock = ManualClock()
+    async with Cluster.local(
+        actors=[Sleeper], silos=2, clock=clock, reminders=ReminderSettings(minimum_period=0.5)
+    ) as cluster:
+        assert cluster.metrics is not None
+        value = cluster.metrics.value
+        await cluster.get(Sleeper, "s").wake_every(1.0)  # first tick at t=1, then 2, 3, ...
+        await step(cluster, clock, 1.0)  # on time
+        await step(cluster, clock, 1.75)  # t=2.75: the tick of t=2, 0.75 s late
+        await step(cluster, clock, 0.5)  # t=3.25: the tick of t=3, 0.25 s late
+        late = "raygrain_reminder_lateness_seconds"
+        assert value(f"{late}_count", type="metrics.Sleeper") == 3
+        assert value(f"{late}_sum", type="metrics.Sleeper") == 1.0
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.0001") == 1
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.25") == 2
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.5") == 2
+        assert value(f"{late}_bucket", type="metrics.Sleeper", le="1.0") == 3
+
+
 def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
     registry = MetricRegistry({"silo": "s"}, max_label_values=3)
     family = registry.add("raygrain_test_total", "test", Kind.COUNTER, ("method",))
@@ -184,6 +215,28 @@ def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
         family.counter(f"m{i}").inc()
     values = {sample.labels["method"]: sample.value for sample in family.samples()}
     assert values == {"m0": 1, "m1": 1, "m2": 1, OVERFLOW: 7}
+
+
+def test_a_histogram_counts_its_pending_values_into_le_buckets_when_read() -> None:
+    registry = MetricRegistry({"silo": "s"})
+    family = registry.add("raygrain_test_seconds", "test", Kind.HISTOGRAM, (), (1.0, 2.0))
+    child = family.histogram()
+    for value in (0.5, 1.0, 1.5, 2.0, 3.0, 3.0):  # a value equal to a bound is in its bucket
+        child.observe(value)
+    assert child.snapshot() == ((2, 2, 2), 11.0)
+    child.observe(0.1)  # recorded after a read: counted by the next
+    assert (child.counts, child.sum, child.count) == ([3, 2, 2], 11.1, 7)
+    [sample] = registry.families["raygrain_test_seconds"].samples()
+    assert (sample.counts, sample.sum) == ((3, 2, 2), 11.1)
+
+
+def test_a_histogram_counts_its_pending_values_once_enough_wait() -> None:
+    child = MetricRegistry({}).add("raygrain_t", "t", Kind.HISTOGRAM, (), (1.0,)).histogram()
+    for _ in range(FLUSH_AT):
+        child.observe(2.0)
+    assert len(child.pending) == FLUSH_AT  # not yet: a batch is counted once it is full
+    child.observe(0.5)
+    assert child.pending == [] and child.snapshot() == ((1, FLUSH_AT), 2.0 * FLUSH_AT + 0.5)
 
 
 def test_settings_are_a_value_object() -> None:
