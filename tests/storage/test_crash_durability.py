@@ -121,6 +121,29 @@ async def _kill(child: Child) -> None:
     await child.reader
 
 
+async def _until_the_servers_sessions_of_the_dead_are_gone(db: str) -> None:
+    """(PostgreSQL) A statement the killed child had sent runs on in its server session and may
+    still commit (a committed, unacknowledged write: allowed); wait until those sessions end, so
+    that the check reads the store as the dead child left it, not half-way through."""
+    if not db.startswith("postgresql:"):
+        return
+    import asyncpg
+
+    connection = await asyncpg.connect(db.split("?", 1)[0])
+    try:
+        for _ in range(600):
+            others = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if others == 0:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{others} server sessions of the killed child lived on for 30 s")
+    finally:
+        await connection.close()
+
+
 async def _check_file(db: str, ledger: Ledger, where: str) -> int:
     """Check the store against the acknowledgements; return how many writes the last child
     committed and never acknowledged."""
@@ -175,6 +198,7 @@ async def test_acknowledged_writes_survive_repeated_sigkill(store: str, tmp_path
             await asyncio.sleep(rng.uniform(0.0, MAX_KILL_DELAY))
             await _kill(child)
             child = None
+            await _until_the_servers_sessions_of_the_dead_are_gone(db)
             assert ledger.count > before, f"{where}: no write acknowledged"
             committed_unacknowledged += await _check_file(db, ledger, where)
     finally:
