@@ -265,7 +265,9 @@ async def _streams(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="python -m raygrain.benchmarks.streams_bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run")
     options = parser.parse_args()
     print(json.dumps(asyncio.run(run(options.quick)), indent=2, default=str))

@@ -4,6 +4,7 @@ log axis, legends off the data, colour by better or worse than the baseline)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +15,65 @@ import pytest
 from raygrain.benchmarks import _plots, _suite
 from raygrain.runtime.cli import MAX_WIDTH, table_console
 
-RAYGRAIN = [
-    sys.executable,
-    "-c",
-    "import sys; from raygrain.runtime.cli import main; sys.exit(main())",
-]
+# Each command as a user types it, beside the module it runs as ``__main__`` (None: the
+# ``raygrain`` console script) and the ``usage:`` line its help must start with.
 COMMANDS = [
-    [sys.executable, "-m", "raygrain.benchmarks"],
-    [*RAYGRAIN, "bench"],
-    *([sys.executable, "-m", f"raygrain.benchmarks.{name}_bench"] for name in _suite.available()),
+    ("raygrain.benchmarks", "python -m raygrain.benchmarks"),
+    ("bench", "raygrain bench"),
+    *(
+        (f"raygrain.benchmarks.{name}_bench", f"python -m raygrain.benchmarks.{name}_bench")
+        for name in _suite.available()
+    ),
 ]
 
+# One child process runs every ``--help`` in turn (a process each cost CI a second or more of
+# importing per command): each as ``__main__`` with its own argv, its output captured apart.
+_DRIVER = """
+import contextlib, io, json, runpy, sys
+results = {}
+for name in sys.argv[1:]:
+    out, err, code = io.StringIO(), io.StringIO(), None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if name == "bench":
+                from raygrain.runtime.cli import main
+                sys.argv = ["raygrain", "bench", "--help"]
+                code = main()
+            else:
+                sys.argv = [name, "--help"]
+                runpy.run_module(name, run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code
+    results[name] = {"code": code or 0, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print("RESULTS " + json.dumps(results))
+"""
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
-def test_help_prints_help_and_does_nothing_else(command: list[str], tmp_path: Path) -> None:
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    where = tmp_path_factory.mktemp("help")
     done = subprocess.run(
-        [*command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _DRIVER, *(name for name, _ in COMMANDS)],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    module = command[2]
-    expected = "raygrain bench" if command[-1] == "bench" else f"python -m {module}"
-    assert done.stdout.startswith(f"usage: {expected} "), done.stdout
-    assert done.stderr == ""  # no Ray started, no scenario ran
-    assert not list(tmp_path.iterdir())  # and nothing was written
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULTS "))
+    return json.loads(line[len("RESULTS ") :]), where
+
+
+@pytest.mark.parametrize(("name", "usage"), COMMANDS, ids=[name for name, _ in COMMANDS])
+def test_help_prints_help_and_does_nothing_else(
+    helps: tuple[dict[str, Any], Path], name: str, usage: str
+) -> None:
+    results, where = helps
+    done = results[name]
+    assert done["code"] == 0, done["stderr"]
+    assert done["stdout"].startswith(f"usage: {usage} "), done["stdout"]
+    assert done["stderr"] == ""  # no Ray started, no scenario ran
+    assert not list(where.iterdir())  # and nothing was written
 
 
 def _rows() -> list[dict[str, Any]]:
