@@ -46,7 +46,14 @@ async def collect(controller: Any, namespace: str) -> dict[str, Any]:
     names = sorted(view.silos)
     stats = await asyncio.gather(*(_silo_stats(ray, namespace, n) for n, _ in names))
     silos = [
-        {"silo": name, "status": status.value, "node": nodes.get(name, "?"), **figures}
+        {
+            "silo": name,
+            "status": status.value,
+            # The controller's map, else the silo's own word (a controller that Ray restarted
+            # knows its silos from the stored view, but not their nodes).
+            "node": nodes.get(name) or figures.get("node_id", "?"),
+            **figures,
+        }
         for (name, status), figures in zip(names, stats, strict=True)
     ]
     return {
