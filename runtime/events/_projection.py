@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from raygrain.actors import (
     Actor,
@@ -33,13 +33,24 @@ from raygrain.actors import (
 )
 from raygrain.runtime.events._actor import EventSourcedActor
 from raygrain.runtime.events._consistency import ReadResult, Token, Written, as_token
-from raygrain.runtime.kernel import get_logger
-from raygrain.storage import StateWrite, StoredEvent
-
-if TYPE_CHECKING:
-    from raygrain.runtime.events._extension import EventsService
+from raygrain.runtime.kernel import Silo, get_logger
+from raygrain.storage import EventLog, StateWrite, StorageProvider, StoredEvent
 
 __all__ = ["PROJECTION_KEY", "Projection", "ProjectionRunner", "Rows"]
+
+
+class _Service(Protocol):
+    """What a runner needs of the silo's events service (runtime/events/_extension.py), named
+    here so that the runner does not import the service that imports it."""
+
+    silo: Silo
+
+    @property
+    def log(self) -> EventLog: ...
+
+    @property
+    def storage(self) -> StorageProvider: ...
+
 
 PROJECTION_KEY = "main"
 OFFSET_TYPE = "raygrain.projection"
@@ -159,7 +170,7 @@ def row_id(projection: str, key: ActorKey) -> ActorId:
 class ProjectionRunner:
     """The catch-up loop of one projection activation, and the waiters on its progress."""
 
-    def __init__(self, service: EventsService, instance: Projection, name: str) -> None:
+    def __init__(self, service: _Service, instance: Projection, name: str) -> None:
         self.service = service
         self.instance = instance
         self.name = name
