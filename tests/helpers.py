@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -63,6 +64,17 @@ async def bounded(awaitable: Awaitable[T], what: str, bound: float = BOUND) -> T
         task.cancel()
         pytest.fail(f"gave up after {bound} s waiting for {what}")
     return task.result()
+
+
+def json_document(printed: str) -> Any:
+    """The JSON document a command printed, from captured stdout that Ray's log monitor may
+    share (it prints worker log lines, "(ControllerActor pid=...) ...", to the driver's
+    stdout): the document starts on a line of its own with ``{``."""
+    lines = printed.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("{")), None)
+    assert start is not None, f"no JSON document in {printed!r}"
+    document, _ = json.JSONDecoder().raw_decode("".join(lines[start:]))
+    return document
 
 
 async def still_pending(task: asyncio.Future[Any], passes: int = 50) -> bool:

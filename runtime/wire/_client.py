@@ -14,7 +14,20 @@ __all__ = ["dial"]
 async def dial(host: str, port: int, name: str, peer: str, options: WireOptions) -> Connection:
     """An authenticated connection to the silo ``peer`` at ``host:port``, as endpoint ``name``.
     Raises ``OSError``/``TimeoutError``/``ProtocolError`` when it cannot be had."""
-    return await asyncio.wait_for(_dial(host, port, name, peer, options), options.connect_timeout)
+    dialing = asyncio.ensure_future(_dial(host, port, name, peer, options))
+    try:
+        # (shielded: Python 3.11's wait_for can drop a result that lands as it is cancelled,
+        # which would leak an open connection; the dial is closed below instead)
+        return await asyncio.wait_for(asyncio.shield(dialing), options.connect_timeout)
+    except BaseException:
+        dialing.cancel()
+        dialing.add_done_callback(_close_if_connected)
+        raise
+
+
+def _close_if_connected(dialing: asyncio.Future[Connection]) -> None:
+    if not dialing.cancelled() and dialing.exception() is None:
+        dialing.result().close()
 
 
 async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions) -> Connection:

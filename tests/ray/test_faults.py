@@ -6,7 +6,6 @@ removes a node of its own), so the session's deployment is left as it was."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from raygrain.runtime import Cluster
 from tests import app
+from tests.helpers import json_document
 from tests.ray.test_failover import Workload
 
 pytestmark = pytest.mark.ray
@@ -153,7 +153,7 @@ async def test_a_node_that_joins_gets_its_silo_and_status_shows_it(
             assert len([n for n in membership.view.active() if prefix in n]) == 1  # per node: 1
             status = ["status", "--address", ray_silos.address, "--name", "default", "--json"]
             assert await asyncio.to_thread(main, status) == 0
-            shown = json.loads(capsys.readouterr().out)
+            shown = json_document(capsys.readouterr().out)
             row = next(r for r in shown["silos"] if r["silo"] == name)
             assert row["node_id"] == node.node_id and row["status"] == "active"
             assert node.node_id not in shown["nodes"]["without_silo"]

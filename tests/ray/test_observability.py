@@ -4,7 +4,6 @@ a trace from a client span through actor turns on two silo processes."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raygrain.actors import SerializationError
 from raygrain.runtime import Cluster
 from tests import app
+from tests.helpers import json_document
 from tests.trace_sink import SINK_NAME, SINK_NAMESPACE, SpanSink, memory_exporter
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -135,7 +135,7 @@ def test_raygrain_status_reports_each_silos_rates_as_json(
 
     status = ["status", "--address", ray_silos.address, "--name", "default", "--json"]
     assert main([*status, "--interval", "0.5"]) == 0
-    figures = json.loads(capsys.readouterr().out)
+    figures = json_document(capsys.readouterr().out)
     assert figures["controller"]["ok"] and figures["controller"]["view_version"] >= 1
     # (An earlier test may have left a dead silo of a node it removed in the view.)
     silos = [s for s in figures["silos"] if s["status"] == "active"]

@@ -20,18 +20,12 @@ from raygrain.actors import ActorCallTimeout, SiloUnavailableError, StorageError
 from raygrain.runtime import Cluster
 from tests import app
 from tests.app import Alarm
-from tests.conftest import RAY_SILO_OPTIONS
+from tests.helpers import bounded, wait_for_silos
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PERIOD = 0.5
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-async def _silo_count(cluster: Cluster, count: int) -> None:
-    membership = cluster._caller._membership
-    while len(membership.ring) != count:
-        await membership.wait_for_view(membership.view.version + 1)
 
 
 async def _ticks(ref: Any) -> list[float]:
@@ -87,28 +81,39 @@ async def test_a_reminder_ticks_lists_and_stops_on_ray(ray_silos: Any, key: Any)
 async def test_reminders_fire_on_from_a_survivor_when_their_node_dies(
     ray_silos: Any, key: Any
 ) -> None:
-    from raygrain.runtime.ray_host import RayLaunch, create_silo
-
-    node = ray_silos.nodes.add_node(num_cpus=1)
-    ray_silos.nodes.wait_for_nodes()
-    launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
-    name, handle = create_silo(node.node_id, 0, launch, RAY_SILO_OPTIONS)
-    await handle.start.remote()
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
-        await _silo_count(cluster, 4)
-        ring = cluster._caller._membership.ring
-        refs = [cluster.get(Alarm, key(f"alarm-{i}")) for i in range(200)]
-        doomed = [r for r in refs if ring.owner(r.actor_id) == name][:10]
-        others = [r for r in refs if ring.owner(r.actor_id) != name][:10]
-        assert doomed, "some alarms must live on the silo that dies"
-        alarms = doomed + others
-        firsts = await asyncio.gather(*(r.arm(PERIOD) for r in alarms))
-        await asyncio.gather(*(_until(r, lambda t: len(t) >= 3) for r in doomed))
-        killed_at = time.time()
-        ray_silos.nodes.remove_node(node, allow_graceful=False)
-        await asyncio.wait_for(_silo_count(cluster, 3), 60)
-        resumed = await asyncio.gather(
-            *(_until(r, lambda t: bool(t) and t[-1] > killed_at + PERIOD) for r in doomed)
+        membership = cluster._caller._membership
+        silos_before = len(membership.ring)
+        node = ray_silos.nodes.add_node(num_cpus=1)
+        try:
+            ray_silos.nodes.wait_for_nodes()
+            # The deployment follows Ray's node list: the new node gets its silo by itself.
+            await wait_for_silos(cluster, silos_before + 1)
+            name = next(n for n in membership.view.active() if node.node_id[:12] in n)
+            ring = membership.ring
+            refs = [cluster.get(Alarm, key(f"alarm-{i}")) for i in range(200)]
+            doomed = [r for r in refs if ring.owner(r.actor_id) == name][:10]
+            others = [r for r in refs if ring.owner(r.actor_id) != name][:10]
+            assert doomed, "some alarms must live on the silo that dies"
+            alarms = doomed + others
+            firsts = await bounded(
+                asyncio.gather(*(r.arm(PERIOD) for r in alarms)), "the alarms to be armed"
+            )
+            await bounded(
+                asyncio.gather(*(_until(r, lambda t: len(t) >= 3) for r in doomed)),
+                "three ticks of every alarm on the silo that will die",
+                120,
+            )
+        finally:
+            killed_at = time.time()
+            ray_silos.nodes.remove_node(node, allow_graceful=False)
+        await wait_for_silos(cluster, silos_before)
+        resumed = await bounded(
+            asyncio.gather(
+                *(_until(r, lambda t: bool(t) and t[-1] > killed_at + PERIOD) for r in doomed)
+            ),
+            "the dead silo's alarms to tick again on a survivor",
+            120,
         )
         back_after = time.time() - killed_at
         for index, ref in enumerate(alarms):

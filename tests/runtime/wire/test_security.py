@@ -111,8 +111,10 @@ async def test_a_bad_peer_is_dropped_and_the_silo_serves_the_others(
 ) -> None:
     host, port = silo.address
     reader, writer = await BAD_PEERS[bad](host, port)
-    await _dropped(reader)
-    writer.close()
+    try:
+        await _dropped(reader)
+    finally:
+        writer.close()
     # The member's connection was never touched, and new members still get in.
     assert await member.ref(BankAccount, "member").deposit(1) == 2
     newcomer = Client(silo_directory(silo), WireOptions(SECRET), ["silo-a"], name="client-new")
@@ -137,7 +139,10 @@ async def test_bad_peers_are_logged_once_a_minute_and_never_above_warning(
     for _ in range(3):
         for connect in BAD_PEERS.values():
             reader, writer = await connect(host, port)
-            await _dropped(reader)
+            try:
+                await _dropped(reader)
+            finally:
+                writer.close()
             writer.close()
     assert await member.ref(BankAccount, "member").deposit(1) == 2
     records = [json.loads(line) for line in log.readouterr().err.splitlines() if line]
