@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import SimpleNamespace
@@ -143,6 +144,7 @@ class Workload:
         self.refs = [cluster.get(BankAccount, key(f"a{i}")) for i in range(accounts)]
         self.acked: dict[str, set[int]] = defaultdict(set)
         self.failures: Counter[str] = Counter()
+        self.failed_at: list[tuple[float, str]] = []  # (time.monotonic(), error type)
         self.next_amount = 1
         self.stop = asyncio.Event()
         self.rng = random.Random(seed)
@@ -159,6 +161,7 @@ class Workload:
             await ref.with_timeout(60).deposit(amount)
         except RETRYABLE as error:
             self.failures[type(error).__name__] += 1  # fate unknown: never half
+            self.failed_at.append((time.monotonic(), type(error).__name__))
             return False
         self.acked[str(ref.actor_id.key)].add(amount)
         return True

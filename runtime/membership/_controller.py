@@ -25,11 +25,15 @@ from raygrain.storage import StorageProvider
 
 MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")
 
-__all__ = ["MEMBERSHIP_RECORD", "ControllerImpl", "SiloDied"]
+__all__ = ["MEMBERSHIP_RECORD", "ControllerImpl", "NotLeading", "SiloDied"]
 
 
 class SiloDied(Exception):
     """Raised by a probe when the silo is known to be dead (not merely slow)."""
+
+
+class NotLeading(Exception):
+    """Raised by a standby asked to change the view while the controller leads: ask it."""
 
 
 class ControllerImpl:
@@ -124,6 +128,10 @@ class ControllerImpl:
         self._progress = asyncio.Event()
 
     async def set_status(self, name: str, status: str, node_id: str = "") -> bytes:
+        """Set silo ``name``'s status (a silo joins with "active"). A standby does so only
+        while it leads (a silo that joins while Ray restarts the controller asks it)."""
+        if not self.leading:
+            raise NotLeading(f"this standby does not lead: ask the controller ({name} {status})")
         async with self._lock:
             return await self._set_status(name, status, node_id)
 

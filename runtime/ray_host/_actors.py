@@ -95,16 +95,34 @@ class ControllerActor(ControllerImpl):
         self._guarding: asyncio.Task[None] | None = None
         if launch is not None and options is not None and not standby:
             self.follower = NodeFollower(
-                launch.silos_per_node, _alive_node_ids, self.live_silos_on, self._start_silo
+                launch.silos_per_node,
+                _alive_node_ids,
+                self.live_silos_on,
+                self._start_silo,
+                joining_on=self.joining_silos_on,
             )
 
     def live_silos_on(self, node_id: str) -> int:
-        prefix = f"{SILO_PREFIX}{node_id[:12]}-"
+        prefix = _silo_prefix(node_id)
         return sum(
             1
             for name, status in self.view.silos
             if name.startswith(prefix) and status is not SiloStatus.DEAD
         )
+
+    async def joining_silos_on(self, node_id: str) -> list[str]:
+        """The deployment's silos that Ray has on ``node_id`` but the view does not hold yet:
+        being started (by hand, or by this controller's previous incarnation)."""
+        prefix = _silo_prefix(node_id)
+        in_view = {name for name, _ in self.view.silos}
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        return [
+            entry["name"]
+            for entry in named
+            if entry.get("namespace") == self.namespace
+            and entry["name"].startswith(prefix)
+            and entry["name"] not in in_view
+        ]
 
     async def _start_silo(self, node_id: str, index: int) -> str:
         assert self._launch is not None and self._options is not None
@@ -113,7 +131,14 @@ class ControllerActor(ControllerImpl):
         # themselves once their controller is gone for good (see SiloActor).
         name, silo = create_silo(node_id, index, self._launch, self._options, detached=True)
         _handles[(self.namespace, name)] = silo
-        await silo.start.remote()
+        try:
+            await silo.start.remote()
+        except BaseException:
+            # (Its start failed or timed out: a silo left half-started would count as joining
+            # its node, and live on as a detached process serving nothing.)
+            _handles.pop((self.namespace, name), None)
+            ray.kill(silo, no_restart=True)
+            raise
         return name
 
     async def _load(self) -> None:
@@ -310,6 +335,10 @@ class SiloActor:
         self.probe_delay = seconds
 
 
+def _silo_prefix(node_id: str) -> str:
+    return f"{SILO_PREFIX}{node_id[:12]}-"
+
+
 def _died(error: BaseException) -> bool:
     return isinstance(error, ray.exceptions.RayActorError)
 
@@ -338,7 +367,7 @@ def create_silo(
 ) -> tuple[str, Any]:
     """Create (not yet start) silo number ``index`` of ``launch``'s deployment on ``node_id``."""
     # A fresh suffix per incarnation: a name declared dead in the (stored) view never returns.
-    name = f"{SILO_PREFIX}{node_id[:12]}-{index}-{uuid.uuid4().hex[:6]}"
+    name = f"{_silo_prefix(node_id)}{index}-{uuid.uuid4().hex[:6]}"
     silo = SiloActor.options(  # type: ignore[attr-defined]
         name=name,
         namespace=launch.namespace,

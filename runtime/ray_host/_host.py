@@ -37,6 +37,8 @@ from raygrain.runtime.wire import WireTransport
 from raygrain.storage import StorageProvider, open_storage
 
 _SETTLE_TIMEOUT = 5.0  # the longest new activations wait for the other silos' handover
+_LEADER_PATIENCE = 2.0  # a joining silo asks the standby once the controller is this late
+_JOIN_TIMEOUT = 60.0  # the longest a silo tries to join (the node follower's start timeout)
 
 __all__ = ["SiloHostImpl", "follow_standby"]
 
@@ -64,6 +66,10 @@ async def follow_standby(standby: Any, version: int, silo: str = "") -> bytes | 
             get_logger().info("standby_follow_failed", silo=silo, error=repr(exc))
     await asyncio.sleep(0.5)
     return None
+
+
+async def _answer(call: Any) -> Any:
+    return await call
 
 
 class SiloHostImpl:
@@ -117,7 +123,7 @@ class SiloHostImpl:
     async def start(self) -> bytes:
         self.silo.start()
         self._metrics = export_to_ray(self.silo, self.transport)
-        plane: DirectPlane | None = await self._controller.direct_plane.remote()
+        plane: DirectPlane | None = await self._from_leader("direct_plane")
         if plane is not None:
             self.wire = WireTransport(
                 self.name, plane.options(), Locator(self._resolve), fallback=self.transport
@@ -127,13 +133,46 @@ class SiloHostImpl:
                 self.wire.on_batch = self.transport.on_batch
             self.direct_address = await self.wire.listen(self._listen_host)
             self._plane.use(self.wire)
-        view = view_from_wire(
-            await self._controller.set_status.remote(self.name, "active", self.node_id)
-        )
+        joined = await self._from_leader("set_status", self.name, "active", self.node_id)
+        view = view_from_wire(joined)
         self.membership.update(view)
         self._hold_activations_until_settled(view.version)
         self._follower = asyncio.ensure_future(self._follow_view())
         return view_to_wire(view)
+
+    async def _from_leader(self, method: str, *args: Any) -> Any:
+        """``method(*args)`` of whichever controller leads, for a silo that joins.
+
+        The controller's, as a rule. While it does not answer (Ray restarting its process
+        fails calls at once; a stalled one answers late), the standby's, which leads meanwhile
+        and refuses (``NotLeading``) when it does not: a silo joining then no longer waits for
+        the controller to come back. A call the controller answers late (a second "active")
+        changes nothing.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _JOIN_TIMEOUT
+        asked = asyncio.ensure_future(_answer(getattr(self._controller, method).remote(*args)))
+        while True:
+            done, _ = await asyncio.wait({asked}, timeout=_LEADER_PATIENCE)
+            if done and asked.exception() is None:
+                return asked.result()
+            failure = asked.exception() if done else None
+            if self._standby is not None:
+                try:
+                    call = getattr(self._standby, method).remote(*args)
+                    answer = await asyncio.wait_for(_answer(call), _LEADER_PATIENCE * 5)
+                    asked.cancel()
+                    return answer
+                except Exception as exc:  # it does not lead (or is away too)
+                    get_logger().info("join_standby_refused", silo=self.name, error=repr(exc))
+            if loop.time() > deadline:
+                asked.cancel()
+                raise failure or TimeoutError(f"no controller answered {method} in time")
+            if done:  # the controller refused at once (restarting): ask it again
+                await asyncio.sleep(0.2)
+                asked = asyncio.ensure_future(
+                    _answer(getattr(self._controller, method).remote(*args))
+                )
 
     async def _follow_view(self) -> None:
         while not self.silo.closed:
@@ -198,7 +237,11 @@ class SiloHostImpl:
 
         async def settle() -> None:
             try:
-                await self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)
+                # Bounded here too: a controller that Ray is restarting answers only once back.
+                await asyncio.wait_for(
+                    _answer(self._controller.wait_settled.remote(version, _SETTLE_TIMEOUT)),
+                    _SETTLE_TIMEOUT + 1.0,
+                )
             except Exception as exc:
                 get_logger().warning("view_settle_failed", silo=self.name, error=repr(exc))
             finally:

@@ -5,11 +5,17 @@ silos of its deployment that are live or starting on each, and starts the missin
 that joins (an autoscaler's, or one added by hand) gets its silos within a few seconds; a node
 whose silo died or was declared dead gets a new one. It never stops a silo: leaving is the
 silos' own business (graceful leave, or death detection).
+
+A silo that exists on a node but has not joined the view yet (one being started by hand with
+``create_silo``, or by a controller that died before the silo joined) counts towards the node's
+``silos_per_node`` for up to the start timeout: starting another beside it would leave the
+node with one silo too many, for good (the follower never stops one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from raygrain.runtime.kernel import get_logger
@@ -24,7 +30,9 @@ class NodeFollower:
     """Keeps ``per_node`` silos on every node that ``list_nodes`` reports alive.
 
     ``live_silos_on(node_id)`` counts the deployment's silos on a node that are not dead;
-    ``start_silo(node_id, index)`` starts one and returns its name once it serves.
+    ``start_silo(node_id, index)`` starts one and returns its name once it serves;
+    ``joining_on(node_id)`` (asked only when a node seems to lack silos) names the silos that
+    exist on the node but are not in the view yet.
     """
 
     def __init__(
@@ -33,11 +41,17 @@ class NodeFollower:
         list_nodes: Callable[[], Awaitable[Iterable[str]]],
         live_silos_on: Callable[[str], int],
         start_silo: Callable[[str, int], Awaitable[str]],
+        joining_on: Callable[[str], Awaitable[Iterable[str]]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_node = per_node
         self._list_nodes = list_nodes
         self._live_silos_on = live_silos_on
         self._start_silo = start_silo
+        self._joining_on = joining_on
+        self._clock = clock
+        # node id -> {silo name: when first seen joining}
+        self._joining_since: dict[str, dict[str, float]] = {}
         self._starting: dict[str, int] = {}  # node id -> silos being started there
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -49,8 +63,27 @@ class NodeFollower:
         started = await asyncio.gather(*(self._fill_node(n) for n in nodes))
         return [name for names in started for name in names]
 
+    def _lacking(self, node_id: str) -> int:
+        return self.per_node - self._live_silos_on(node_id) - self._starting.get(node_id, 0)
+
+    async def _joining(self, node_id: str) -> int:
+        """How many silos on ``node_id`` are on their way into the view (seen for less than
+        the start timeout: one that never joins stops counting)."""
+        if self._joining_on is None:
+            return 0
+        names = set(await self._joining_on(node_id))
+        now = self._clock()
+        seen = self._joining_since.setdefault(node_id, {})
+        for name in [n for n in seen if n not in names]:
+            del seen[name]  # joined, or gone
+        return sum(1 for name in names if now - seen.setdefault(name, now) < _START_TIMEOUT)
+
     async def _fill_node(self, node_id: str) -> list[str]:
-        missing = self.per_node - self._live_silos_on(node_id) - self._starting.get(node_id, 0)
+        if self._lacking(node_id) <= 0 or self.halted:
+            return []
+        joining = await self._joining(node_id)
+        # (Counted again after the await: the view may have changed, or a fill begun.)
+        missing = self._lacking(node_id) - joining
         if missing <= 0 or self.halted:
             return []
         self._starting[node_id] = self._starting.get(node_id, 0) + missing

@@ -15,7 +15,7 @@ import pytest
 
 from raygrain.runtime import Cluster
 from tests import app
-from tests.helpers import json_document
+from tests.helpers import bounded, json_document, wait_for_death
 from tests.ray.test_failover import Workload
 
 pytestmark = pytest.mark.ray
@@ -164,6 +164,34 @@ async def test_a_node_that_joins_gets_its_silo_and_status_shows_it(
         await asyncio.wait_for(_until_dead(cluster, name), 60)
 
 
+async def test_a_silo_made_by_hand_counts_as_joining_its_node_until_it_joins(
+    ray_silos: Any,
+) -> None:
+    """What the controller's follower asks Ray before it starts a silo: the deployment's silos
+    on a node that are not in the view yet. A silo made by hand with ``create_silo`` is named
+    there from its creation, so the follower starts no twin beside it (tests/ray/
+    test_reminders.py's node-kill test made one so, and its node got two silos)."""
+    import ray
+
+    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, RayLaunch, create_silo, namespace_of
+
+    controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of("default"))
+    worker = ray_silos.worker_node_ids[1]
+    launch = RayLaunch(tuple(app.ALL_ACTORS), 1, None)
+    name, silo = create_silo(worker, 7, launch, SiloOptions(deactivation_timeout=2.0))
+    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+        try:
+            joining = await bounded(controller.joining_silos_on.remote(worker), "the controller")
+            assert joining == [name], f"{name} not seen joining its node: {joining}"
+            await bounded(silo.start.remote(), f"silo {name} to start", 60)
+            joined = await bounded(controller.joining_silos_on.remote(worker), "the controller")
+            assert joined == [], f"{name} has joined the view, yet is counted joining: {joined}"
+        finally:
+            ray.kill(silo, no_restart=True)
+        await wait_for_death(cluster, name)  # the session's deployment as it was
+
+
 # -- the node follower alone (no Ray) ------------------------------------------------------------
 
 
@@ -193,3 +221,37 @@ async def test_node_follower_keeps_silos_per_node_on_every_live_node(per_node: i
     follower.halt()
     nodes.append("n4")
     assert await follower.fill() == []  # halted: the deployment is going down
+
+
+async def test_node_follower_counts_silos_that_are_joining() -> None:
+    """A silo that exists on a node but has not joined the view yet (created by hand with
+    ``create_silo``, or by a controller that died before it joined) counts towards the node's
+    ``silos_per_node``: the follower started a second silo beside it, and the node held two
+    (the reminders node-kill test then waited forever for a ring of four). One that has not
+    joined after the start timeout stops counting, so a silo that never starts does not leave
+    its node without one for good."""
+    from raygrain.runtime.ray_host import NodeFollower
+
+    now = [0.0]
+    joining = {"n1": ["silo-n1-by-hand"]}
+    started: list[str] = []
+
+    async def list_nodes() -> list[str]:
+        return ["n1"]
+
+    async def start(node: str, index: int) -> str:
+        started.append(node)
+        return f"silo-{node}-{index}"
+
+    async def joining_on(node: str) -> list[str]:
+        return joining.get(node, [])
+
+    follower = NodeFollower(
+        1, list_nodes, lambda n: 0, start, joining_on=joining_on, clock=lambda: now[0]
+    )
+    assert await follower.fill() == []  # the node's silo is on its way: nothing started
+    now[0] += 30
+    assert await follower.fill() == []
+    now[0] += 31  # past the start timeout: given up on, the node gets a silo of ours
+    assert await follower.fill() == ["silo-n1-0"]
+    assert started == ["n1"]
