@@ -61,6 +61,10 @@ class SagaStatus:
     current: tuple[str, ...] = ()  # the steps running (or being compensated) now
     completed: tuple[str, ...] = ()
     compensated: tuple[str, ...] = ()
+    # Steps whose outcome is unknown (a crash cut their attempt short, or it failed with an
+    # error that does not say it did nothing) and that have not completed since: they may have
+    # acted, so they are retried with their key and, if the saga compensates, compensated.
+    in_doubt: tuple[str, ...] = ()
     attempts: int = 0  # failed attempts of the current steps
     error: str = ""
     reason: str = ""

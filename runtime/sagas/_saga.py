@@ -279,6 +279,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             current=tuple(current),
             completed=tuple(record.results),
             compensated=tuple(record.compensated),
+            in_doubt=tuple(s for s in record.in_doubt if s not in record.results),
             attempts=max(record.attempts.values(), default=0),
             error=record.error,
             reason=record.reason,

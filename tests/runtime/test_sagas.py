@@ -40,7 +40,7 @@ from tests import saga_app
 from tests.helpers import wait_until
 from tests.runtime.time_helpers import settle
 from tests.runtime.time_helpers import step as step_clock
-from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, Ledger, Plan, Trip
+from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, REFUSED, Ledger, Plan, Trip
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,7 @@ def _reset_hooks() -> None:
     GATES.clear()
     ATTEMPTS.clear()
     BROKEN_COMPENSATIONS.clear()
+    REFUSED.clear()
 
 
 @pytest.fixture
@@ -352,6 +353,45 @@ async def test_a_saga_resumes_after_a_restart_woken_by_its_index(tmp_path: Path)
         await wait_until(ended, "the saga to finish after the restart")
         books = await _books(second, "restart")
         assert all(books.events.count(f"do {s}") == 1 for s in saga_app.STEPS)
+
+
+async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_they_may_have_acted(
+    tmp_path: Path,
+) -> None:
+    """The process dies while a stage runs, after its hotel step acted but before the stage's
+    progress committed. On the next activation the stage's steps are in doubt: retried with
+    their keys, and compensated if the saga then fails, even when the retry says it did
+    nothing (a terminal refusal). Without the marking the hotel booking would be orphaned."""
+    db = str(tmp_path / "sagas.db")
+    fast = {
+        "reminders": ReminderSettings(minimum_period=0.05),
+        "sagas": SagaSettings(wake_period=0.1),
+    }
+    async with Cluster.local(
+        actors=saga_app.ACTORS, storage=SqliteStorage(db), deactivation_timeout=0.2, **fast
+    ) as first:
+        await first.get(Trip, "cut").start(Plan(gate_after="hotel"))
+
+        async def hotel_booked() -> bool:
+            return "do hotel" in (await _books(first, "cut")).events
+
+        await wait_until(hotel_booked, "the hotel step to act")
+        assert (await first.get(Trip, "cut").status()).in_doubt == ()
+        # The cluster closes with the hotel step still running: the stage never commits.
+    REFUSED.add("cut/hotel")  # its retry refuses at once: "raised means no trace" of the retry
+    async with Cluster.local(actors=saga_app.ACTORS, storage=SqliteStorage(db), **fast) as second:
+        trip = second.get(Trip, "cut")
+        with pytest.raises(SagaFailedError, match="step 'hotel' failed after 1 attempt"):
+            await trip.result()
+        books = await _books(second, "cut")
+        assert books.booked == {}  # no orphan: the hotel the first attempt booked was undone
+        status = await trip.status()
+        assert status.phase is SagaPhase.COMPENSATED
+        assert status.in_doubt == ("hotel",)  # reported: it may have acted
+        assert set(status.compensated) == {"flight", "hotel", "car"}
+        assert all(books.events.count(f"do {s}") == 1 for s in ("flight", "hotel", "car"))
+        assert ATTEMPTS["cut/undo hotel"] == 1 and ATTEMPTS["cut/hotel"] == 2
+        assert ATTEMPTS["cut/car"] == 2  # retried with its key: the ledger did not book twice
 
 
 async def _async_noop(self: object, value: int) -> None:
