@@ -39,7 +39,14 @@ if TYPE_CHECKING:
     from raygrain.runtime.sagas._extension import SagaService
     from raygrain.runtime.sagas._saga import Saga
 
-__all__ = ["EXTRAS_KEY", "SagaDriver", "current_step", "stop_forward", "to_compensate"]
+__all__ = [
+    "EXTRAS_KEY",
+    "SagaDriver",
+    "changed_definition",
+    "current_step",
+    "stop_forward",
+    "to_compensate",
+]
 
 EXTRAS_KEY = "saga"
 current_step: ContextVar[StepContext | None] = ContextVar("raygrain_saga_step", default=None)
@@ -49,6 +56,7 @@ _SERVING = (ActivationState.ACTIVATING, ActivationState.VALID)
 _RUNNING = SagaPhase.RUNNING.value
 _COMPENSATING = SagaPhase.COMPENSATING.value
 _NOT_STARTED = SagaPhase.NOT_STARTED.value
+_PARKED = SagaPhase.PARKED.value
 # (succeeded, the encoded result, the error, whether it certainly ran to its end)
 _Outcome = tuple[bool, bytes, BaseException | None, bool]
 # Jitter for the backoffs of every saga (one generator: seeding one per saga cost ~40 us).
@@ -111,6 +119,18 @@ class SagaDriver:
         phase = record.phase
         if phase == _NOT_STARTED or (self.busy and phase not in LIVE):
             return  # (an end not committed yet: the advance's end kicks again)
+        if phase in LIVE and changed_definition(type(self.saga), record):
+            # Never run against the wrong steps: parked (listed so, and woken every period
+            # by the index) until code of its version serves it.
+            if self.reported != _PARKED and not self.reporting:
+                get_logger().warning(
+                    "saga_parked",
+                    saga=str(self.activation.actor_id),
+                    why=changed_definition(type(self.saga), record),
+                )
+                self.reporting = True
+                self.service.silo.spawn(self._report(_PARKED))
+            return
         if phase != self.reported and not self.reporting:
             self.reporting = True
             self.service.silo.spawn(self._report(phase))
@@ -347,6 +367,17 @@ def to_compensate(stages: tuple[tuple[Step, ...], ...], record: SagaRecord) -> l
         if todo:
             return todo
     return []
+
+
+def changed_definition(cls: type[Saga[Any]], record: SagaRecord) -> str:
+    """Why ``record``'s progress cannot be run by ``cls`` (it started under another version
+    of the saga, or other steps), or "" if it can."""
+    if not record.steps or (record.version == cls.version and record.steps == cls.__saga_steps__):
+        return ""
+    return (
+        f"it started as version {record.version} with the steps {record.steps}; this code "
+        f"is version {cls.version} with the steps {cls.__saga_steps__ or '(none)'}"
+    )
 
 
 def stop_forward(record: SagaRecord, reason: str) -> None:

@@ -4,7 +4,8 @@ Two jobs. ``list_sagas`` reads it (list by phase). And it wakes the live sagas: 
 a live saga holds a durable reminder, and on every tick sends ``wake`` (one-way) to each saga
 it holds as running or compensating. After a crash, a failover or a full restart the reminder
 fires on the shard's new owner, the saga is activated wherever the ring places it, and its
-activation resumes it. A saga is recorded as running before its first step runs (and before
+activation resumes it. Parked sagas (their progress is another definition's) are woken too:
+their code may have come back. A saga is recorded as running before its first step runs (and before
 its start is acknowledged), and as ended only after its end committed, so the index may wake a
 saga that has nothing to do (it tells the index so), but never misses one that has.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from raygrain.actors import Actor, ActorId, ActorKey, ActorRef, ReminderTick, read_only
 from raygrain.runtime.kernel import Silo, get_logger
-from raygrain.runtime.sagas._record import LIVE, SagaPhase
+from raygrain.runtime.sagas._record import LIVE, WOKEN, SagaPhase
 
 __all__ = [
     "END_LINGER",
@@ -55,7 +56,7 @@ def shard_of(saga: ActorKey) -> int:
 
 @dataclass
 class SagaIndexState:
-    live: dict[Any, str] = field(default_factory=dict)  # saga id -> running | compensating
+    live: dict[Any, str] = field(default_factory=dict)  # saga id -> running | ... | parked
     finished: dict[Any, str] = field(default_factory=dict)  # oldest first, bounded
     reminded: bool = False
 
@@ -68,7 +69,7 @@ class SagaIndex(Actor[SagaIndexState], name=INDEX_TYPE):
         state = self.state
         for saga, phase in entries:
             state.finished.pop(saga, None)
-            if phase in LIVE:
+            if phase in WOKEN:
                 state.live[saga] = phase
                 continue
             state.live.pop(saga, None)
