@@ -201,6 +201,9 @@ class SagaDriver:
             get_logger().warning(
                 "saga_advance_failed", saga=str(self.activation.actor_id), error=repr(outcome)
             )
+            # What the stage's steps did was rolled back from the record, not from the world:
+            # they are in doubt, as after a crash.
+            self.resumed = True
             if not self.gone:
                 self._arm(self.service.now() + self.service.settings.retry_delay)
             return

@@ -22,6 +22,7 @@ from raygrain import (
     InvalidArgumentsError,
     InvalidCallError,
     ManualClock,
+    MemoryStorage,
     ReminderSettings,
     Retry,
     Saga,
@@ -31,10 +32,13 @@ from raygrain import (
     SagaSettings,
     SagaStatus,
     SqliteStorage,
+    StorageError,
     UnknownSagaError,
     step,
 )
+from raygrain.actors import decode_state
 from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.runtime.sagas._record import SagaRecord
 from raygrain.storage import ReminderTable
 from tests import saga_app
 from tests.helpers import wait_until
@@ -396,6 +400,43 @@ async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_th
         assert all(books.events.count(f"do {s}") == 1 for s in ("flight", "hotel", "car"))
         assert ATTEMPTS["cut/undo hotel"] == 1 and ATTEMPTS["cut/hotel"] == 2
         assert ATTEMPTS["cut/car"] == 2  # retried with its key: the ledger did not book twice
+
+
+class _FailingWrite(MemoryStorage):
+    """Fails the first write of ``saga``'s progress past the hotel+car stage (and from then
+    on its hotel step refuses)."""
+
+    def __init__(self, saga: ActorId) -> None:
+        super().__init__()
+        self.saga, self.failed = saga, False
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        past_the_stay = actor_id == self.saga and (
+            decode_state(data, SagaRecord, str(actor_id)).stage == 2
+        )
+        if past_the_stay and not self.failed:
+            self.failed = True
+            REFUSED.add(f"{actor_id.key}/hotel")
+            raise StorageError("the disk is full (injected)")
+        return await super().write(actor_id, data, expected_etag)
+
+
+async def test_a_stage_whose_progress_failed_to_commit_leaves_its_steps_in_doubt() -> None:
+    """The write after the hotel+car stage fails: the record rolls back to before the stage,
+    not the world (the hotel is booked). The stage runs again with its steps in doubt, so
+    when the hotel's retry refuses terminally, the booking is still compensated."""
+    storage = _FailingWrite(ActorId("sagatest.Trip", "disk"))
+    async with Cluster.local(
+        actors=saga_app.ACTORS, storage=storage, sagas=SagaSettings(retry_delay=0.05)
+    ) as cluster:
+        trip = cluster.get(Trip, "disk")
+        await trip.start(Plan())
+        with pytest.raises(SagaFailedError, match="step 'hotel' failed"):
+            await trip.result()
+        books = await _books(cluster, "disk")
+        assert books.booked == {}  # the hotel its first attempt booked was undone
+        assert books.events.count("do hotel") == 1 and "undo hotel" in books.events
+        assert storage.failed and (await trip.status()).in_doubt == ("hotel",)
 
 
 async def _async_noop(self: object, value: int) -> None:
