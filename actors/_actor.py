@@ -151,9 +151,12 @@ class ActorMethod:
     function: Callable[..., Any]
     options: MethodOptions
     signature: inspect.Signature
-    # The exact positional argument count when the signature is that simple (no defaults,
-    # no keyword-only, no *args/**kwargs): checking a call is then a length comparison.
+    # The most positional arguments when the signature is that simple (positional-or-keyword
+    # parameters only: no keyword-only, no *args/**kwargs), and how many of the last ones
+    # have a default: checking a call given only positional arguments is then a length
+    # comparison.
     arity: int | None = None
+    optional: int = 0
 
 
 class Actor(Generic[StateT]):
@@ -327,18 +330,18 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
             )
         signature = inspect.signature(fn)
         methods[attr_name] = ActorMethod(
-            attr_name, fn, options, signature, _simple_arity(signature)
+            attr_name, fn, options, signature, *_simple_arity(signature)
         )
     return methods
 
 
-def _simple_arity(signature: inspect.Signature) -> int | None:
+def _simple_arity(signature: inspect.Signature) -> tuple[int | None, int]:
+    """(the most positional arguments, how many of them have a default), or (None, 0) when
+    the signature is not that simple."""
     params = list(signature.parameters.values())[1:]  # drop self
-    simple = all(
-        p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
-        for p in params
-    )
-    return len(params) if simple else None
+    if not all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return None, 0
+    return len(params), sum(p.default is not inspect.Parameter.empty for p in params)
 
 
 def _default_type_name(cls: type) -> str:

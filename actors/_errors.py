@@ -39,6 +39,7 @@ The tree::
     └── SagaError                   a saga cannot do what was asked
         ├── SagaFailedError         the saga ended without completing (compensated or stuck)
         ├── SagaConflictError       started again under its id with a different input
+        ├── SagaVersionError        its progress belongs to another definition: it is parked
         └── UnknownSagaError        no saga was started under this id
 """
 
@@ -66,6 +67,7 @@ __all__ = [
     "SagaConflictError",
     "SagaError",
     "SagaFailedError",
+    "SagaVersionError",
     "SerializationError",
     "SiloUnavailableError",
     "StaleReminderError",
@@ -227,6 +229,12 @@ class SagaFailedError(SagaError):
 class SagaConflictError(SagaError, InvalidCallError):
     """A saga was started again under its id with a different input (starting with the same
     input is idempotent: it returns the running saga's status)."""
+
+
+class SagaVersionError(SagaError):
+    """The saga's stored progress was made by another definition of its class (another
+    ``version``, or other steps): it is parked, never run against the wrong steps, until code
+    of its own version serves it again (see docs/sagas.md, "Changing a saga")."""
 
 
 class UnknownSagaError(SagaError, InvalidCallError):

@@ -29,6 +29,7 @@ from raygrain import (
 GATES: dict[str, asyncio.Event] = {}
 ATTEMPTS: Counter[str] = Counter()
 BROKEN_COMPENSATIONS: set[str] = set()
+REFUSED: set[str] = set()  # "<saga id>/<step>": the step refuses (terminally) while listed
 STEPS = ("flight", "hotel", "car", "pay")
 
 
@@ -66,6 +67,7 @@ class Plan:
     flaky: dict[str, int] = field(default_factory=dict)  # step -> retryable failures first
     lose_reply: str = ""  # this step's first attempt acts, then its outcome looks unknown
     gate: str = ""  # this step waits for GATES[saga id] (local tests)
+    gate_after: str = ""  # this step acts, then waits for GATES[saga id] (local tests)
     delay: float = 0.0  # each step works this long after acting (a workload still running)
     broken_undo: str = ""  # this compensation fails while BROKEN_COMPENSATIONS holds it
 
@@ -110,11 +112,13 @@ class Trip(Saga[Plan], name="sagatest.Trip"):
         ATTEMPTS[f"{saga}/{name}"] += 1
         if plan.gate == name:
             await GATES.setdefault(saga, asyncio.Event()).wait()
-        if plan.fail == name:
+        if plan.fail == name or f"{saga}/{name}" in REFUSED:
             raise TerminalError(f"{name} refused")
         if self.current_step.attempt <= plan.flaky.get(name, 0):
             raise ConnectionError(f"{name}: flaky, attempt {self.current_step.attempt}")
         booked = await self._ledger().apply(self.idempotency_key, name, f"{name} for {saga}")
+        if plan.gate_after == name:
+            await GATES.setdefault(saga, asyncio.Event()).wait()
         if plan.delay:  # (work after the effect: a crash here leaves the step applied, unrecorded)
             await asyncio.sleep(plan.delay)
         if plan.lose_reply == name and self.current_step.attempt == 1:

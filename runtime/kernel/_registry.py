@@ -82,7 +82,8 @@ def check_arguments(
     type_name: str, method: ActorMethod, args: list[Any], kwargs: dict[str, Any]
 ) -> None:
     """Raise ``InvalidArgumentsError`` when the arguments do not bind to the method."""
-    if method.arity is not None and not kwargs and len(args) == method.arity:
+    arity = method.arity
+    if arity is not None and not kwargs and arity - method.optional <= len(args) <= arity:
         return
     try:
         method.signature.bind(None, *args, **kwargs)

@@ -2,11 +2,13 @@
 one turn of the saga actor at a time.
 
 Each advance is an internal turn (``run_as_turn``): it runs the current stage's steps (in
-parallel within a stage), records their outcomes in the saga's state, and the turn commits
-that state before the next advance starts. So the progress is durable after every step, and
-a crash at any point resumes from the last committed step: a step whose turn did not commit
-runs again, with the same idempotency key. Between advances other calls (``status``,
-``abort``) get their turns; a backoff wait is a schedule entry, never a sleeping turn.
+parallel within a stage), records their outcomes in the saga's state, and writes that state
+before the next stage starts (an advance runs stages while there is one to run now: the last
+one's write is the turn's commit). So the progress is durable after every step, and a crash
+at any point resumes from the last committed stage: a step whose progress did not commit
+runs again, with the same idempotency key. Other calls (``status``, ``abort``) run beside an
+advance (the saga actor is reentrant); a backoff wait is a schedule entry, never a sleeping
+turn.
 
 A step that failed with an unknown outcome (a lost silo, a timeout, or a turn cut short by a
 crash) is "in doubt": if the saga then compensates, the step's compensation runs too, with
@@ -37,7 +39,14 @@ if TYPE_CHECKING:
     from raygrain.runtime.sagas._extension import SagaService
     from raygrain.runtime.sagas._saga import Saga
 
-__all__ = ["EXTRAS_KEY", "SagaDriver", "current_step", "stop_forward", "to_compensate"]
+__all__ = [
+    "EXTRAS_KEY",
+    "SagaDriver",
+    "changed_definition",
+    "current_step",
+    "stop_forward",
+    "to_compensate",
+]
 
 EXTRAS_KEY = "saga"
 current_step: ContextVar[StepContext | None] = ContextVar("raygrain_saga_step", default=None)
@@ -47,8 +56,11 @@ _SERVING = (ActivationState.ACTIVATING, ActivationState.VALID)
 _RUNNING = SagaPhase.RUNNING.value
 _COMPENSATING = SagaPhase.COMPENSATING.value
 _NOT_STARTED = SagaPhase.NOT_STARTED.value
+_PARKED = SagaPhase.PARKED.value
 # (succeeded, the encoded result, the error, whether it certainly ran to its end)
 _Outcome = tuple[bool, bytes, BaseException | None, bool]
+# Jitter for the backoffs of every saga (one generator: seeding one per saga cost ~40 us).
+_JITTER = random.Random()
 
 
 class SagaDriver:
@@ -63,7 +75,6 @@ class SagaDriver:
         "reported",
         "reporting",
         "resumed",
-        "rng",
         "service",
     )
 
@@ -77,7 +88,6 @@ class SagaDriver:
         self.reported = ""  # the phase the saga index holds, as far as this activation knows
         self.reporting = False
         self.finished = False  # the saga ended in this activation
-        self.rng = random.Random()
 
     @classmethod
     def of(cls, activation: Activation, service: SagaService) -> SagaDriver:
@@ -109,6 +119,18 @@ class SagaDriver:
         phase = record.phase
         if phase == _NOT_STARTED or (self.busy and phase not in LIVE):
             return  # (an end not committed yet: the advance's end kicks again)
+        if phase in LIVE and changed_definition(type(self.saga), record):
+            # Never run against the wrong steps: parked (listed so, and woken every period
+            # by the index) until code of its version serves it.
+            if self.reported != _PARKED and not self.reporting:
+                get_logger().warning(
+                    "saga_parked",
+                    saga=str(self.activation.actor_id),
+                    why=changed_definition(type(self.saga), record),
+                )
+                self.reporting = True
+                self.service.silo.spawn(self._report(_PARKED))
+            return
         if phase != self.reported and not self.reporting:
             self.reporting = True
             self.service.silo.spawn(self._report(phase))
@@ -179,6 +201,9 @@ class SagaDriver:
             get_logger().warning(
                 "saga_advance_failed", saga=str(self.activation.actor_id), error=repr(outcome)
             )
+            # What the stage's steps did was rolled back from the record, not from the world:
+            # they are in doubt, as after a crash.
+            self.resumed = True
             if not self.gone:
                 self._arm(self.service.now() + self.service.settings.retry_delay)
             return
@@ -187,13 +212,28 @@ class SagaDriver:
     # -- one advance (a turn of the saga) ---------------------------------------------------------
 
     async def _advance(self) -> None:
+        """Run stages (forward, or compensations backward) while there is one to run now,
+        writing the saga's progress after each before the next starts; the turn's own commit
+        writes the last. One turn for several stages: a turn per stage cost the same writes
+        and a turn's dispatch more."""
         saga = self.saga
         record: SagaRecord = saga.state
-        now = self.service.now()
-        if record.phase == _RUNNING:
-            await self._forward(saga, record, now)
-        elif record.phase == _COMPENSATING:
-            await self._backward(saga, record, now)
+        while True:
+            progress = (record.phase, record.stage, len(record.compensated))
+            if record.phase == _RUNNING:
+                await self._forward(saga, record, self.service.now())
+            elif record.phase == _COMPENSATING:
+                await self._backward(saga, record, self.service.now())
+            if (
+                record.phase not in LIVE  # ended: the turn's commit, then the index hears
+                or record.wait_until is not None  # a backoff: kick arms the next attempt
+                or progress == (record.phase, record.stage, len(record.compensated))
+                or self.gone
+            ):
+                return
+            # Durable before the next stage starts (an error here fails the turn: it rolls
+            # back to what is stored, and the stage runs again after retry_delay).
+            await saga.context.save()
 
     async def _forward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
         cls = type(saga)
@@ -232,7 +272,7 @@ class SagaDriver:
                 final = final or f"step {found.name!r} failed after {failed} attempt(s): " + (
                     _describe(error)
                 )
-            waits.append(retry.delay(failed, self.rng))
+            waits.append(retry.delay(failed, _JITTER))
         if record.phase != _RUNNING:
             return  # aborted while the steps ran: what they did is recorded, to be undone
         if final:
@@ -266,7 +306,7 @@ class SagaDriver:
             if retry.is_terminal(error) or retry.exhausted(failed):
                 stuck = True
             else:
-                waits.append(retry.delay(failed, self.rng))
+                waits.append(retry.delay(failed, _JITTER))
         if stuck:
             _finish(record, SagaPhase.STUCK, now)
         elif waits:
@@ -330,6 +370,17 @@ def to_compensate(stages: tuple[tuple[Step, ...], ...], record: SagaRecord) -> l
         if todo:
             return todo
     return []
+
+
+def changed_definition(cls: type[Saga[Any]], record: SagaRecord) -> str:
+    """Why ``record``'s progress cannot be run by ``cls`` (it started under another version
+    of the saga, or other steps), or "" if it can."""
+    if not record.steps or (record.version == cls.version and record.steps == cls.__saga_steps__):
+        return ""
+    return (
+        f"it started as version {record.version} with the steps {record.steps}; this code "
+        f"is version {cls.version} with the steps {cls.__saga_steps__ or '(none)'}"
+    )
 
 
 def stop_forward(record: SagaRecord, reason: str) -> None:

@@ -85,11 +85,10 @@ class SagaService(Extension):
         saga = activation.instance
         if isinstance(saga, Saga):
             driver = SagaDriver.of(activation, self)
-            running = saga.state.phase == SagaPhase.RUNNING.value
-            driver.resumed = running
-            # The index holds a running saga already (it was recorded before its start
-            # committed); any other phase is recorded again, in case it never was.
-            driver.reported = saga.state.phase if running else ""
+            driver.resumed = saga.state.phase == SagaPhase.RUNNING.value
+            # Its phase is recorded in the index again before it goes on: the index may hold
+            # it in another (an end never recorded, or parked while its code was away).
+            driver.reported = ""
             driver.kick()
 
     def deactivating(self, activation: Activation, reason: DeactivationReason) -> None:

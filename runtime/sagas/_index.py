@@ -4,13 +4,18 @@ Two jobs. ``list_sagas`` reads it (list by phase). And it wakes the live sagas: 
 a live saga holds a durable reminder, and on every tick sends ``wake`` (one-way) to each saga
 it holds as running or compensating. After a crash, a failover or a full restart the reminder
 fires on the shard's new owner, the saga is activated wherever the ring places it, and its
-activation resumes it. A saga is recorded as running before its first step runs (and before
+activation resumes it. Parked sagas (their progress is another definition's) are woken too:
+their code may have come back. A saga is recorded as running before its first step runs (and before
 its start is acknowledged), and as ended only after its end committed, so the index may wake a
 saga that has nothing to do (it tells the index so), but never misses one that has.
 
 A silo's sagas send their records through one ``IndexWriter``, which batches them per shard
 (one call in flight per shard, the records that came meanwhile in the next): a shard commits
-a batch in one turn, as a store commits a group of writes in one transaction.
+a batch in one turn, as a store commits a group of writes in one transaction. A saga's start
+is on its critical path and goes at once; its end is not (the saga's result does not wait for
+it, and a crash before it is stored costs only a needless wake), so an end waits up to
+``END_LINGER`` for company: usually the next start's batch takes it along. A shard writes its
+whole list at each batch, so fewer batches are most of what the index costs a saga.
 """
 
 from __future__ import annotations
@@ -22,13 +27,22 @@ from typing import Any
 
 from raygrain.actors import Actor, ActorId, ActorKey, ActorRef, ReminderTick, read_only
 from raygrain.runtime.kernel import Silo, get_logger
-from raygrain.runtime.sagas._record import LIVE, SagaPhase
+from raygrain.runtime.sagas._record import LIVE, WOKEN, SagaPhase
 
-__all__ = ["INDEX_SHARDS", "INDEX_TYPE", "IndexWriter", "SagaIndex", "shard_key", "shard_of"]
+__all__ = [
+    "END_LINGER",
+    "INDEX_SHARDS",
+    "INDEX_TYPE",
+    "IndexWriter",
+    "SagaIndex",
+    "shard_key",
+    "shard_of",
+]
 
 INDEX_TYPE = "raygrain.SagaIndex"
 INDEX_SHARDS = 16
 _REMINDER = "wake-sagas"
+END_LINGER = 0.1  # seconds a record of an ended saga may wait to share a batch (real time)
 
 
 def shard_key(type_name: str, shard: int) -> str:
@@ -42,7 +56,7 @@ def shard_of(saga: ActorKey) -> int:
 
 @dataclass
 class SagaIndexState:
-    live: dict[Any, str] = field(default_factory=dict)  # saga id -> running | compensating
+    live: dict[Any, str] = field(default_factory=dict)  # saga id -> running | ... | parked
     finished: dict[Any, str] = field(default_factory=dict)  # oldest first, bounded
     reminded: bool = False
 
@@ -55,7 +69,7 @@ class SagaIndex(Actor[SagaIndexState], name=INDEX_TYPE):
         state = self.state
         for saga, phase in entries:
             state.finished.pop(saga, None)
-            if phase in LIVE:
+            if phase in WOKEN:
                 state.live[saga] = phase
                 continue
             state.live.pop(saga, None)
@@ -105,16 +119,30 @@ class IndexWriter:
         self._silo = silo
         self._pending: dict[str, list[tuple[ActorKey, str, asyncio.Future[None]]]] = {}
         self._sending: set[str] = set()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
 
     def record(self, saga: ActorId, phase: str) -> asyncio.Future[None]:
-        """Record ``saga`` in ``phase``; the future completes once the shard committed it."""
+        """Record ``saga`` in ``phase``; the future completes once the shard committed it. A
+        live phase is sent at once; another may wait up to ``END_LINGER`` for company."""
         shard = shard_key(saga.type_name, shard_of(saga.key))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
         self._pending.setdefault(shard, []).append((saga.key, phase, done))
-        if shard not in self._sending:
+        if shard in self._sending:
+            return done  # (the sender takes it with the next batch)
+        if phase in LIVE:
+            self._start(shard)
+        elif shard not in self._lingering:
+            self._lingering[shard] = loop.call_later(END_LINGER, self._start, shard)
+        return done
+
+    def _start(self, shard: str) -> None:
+        lingering = self._lingering.pop(shard, None)
+        if lingering is not None:
+            lingering.cancel()
+        if shard not in self._sending and shard in self._pending:
             self._sending.add(shard)
             self._silo.spawn(self._send(shard))
-        return done
 
     async def _send(self, shard: str) -> None:
         index = ActorRef(ActorId(INDEX_TYPE, shard), self._silo.caller)

@@ -13,7 +13,7 @@ from typing import Any
 
 from raygrain.actors import ActorKey
 
-__all__ = ["LIVE", "SagaPhase", "SagaRecord", "SagaStatus", "StepContext"]
+__all__ = ["LIVE", "WOKEN", "SagaPhase", "SagaRecord", "SagaStatus", "StepContext"]
 
 
 class SagaPhase(enum.Enum):
@@ -26,9 +26,14 @@ class SagaPhase(enum.Enum):
     COMPLETED = "completed"  # every step succeeded
     COMPENSATED = "compensated"  # it failed, was aborted or timed out; everything was undone
     STUCK = "stuck"  # a compensation failed for good: an operator must look
+    # Running or compensating, but its progress was made by another definition of its class
+    # (another ``version``, or other steps): not run until code of its version serves it.
+    PARKED = "parked"
 
 
 LIVE = frozenset({SagaPhase.RUNNING.value, SagaPhase.COMPENSATING.value})
+# The phases the saga index wakes every period (a parked saga: in case its code came back).
+WOKEN = LIVE | {SagaPhase.PARKED.value}
 
 
 @dataclass
@@ -37,6 +42,10 @@ class SagaRecord:
 
     phase: str = SagaPhase.NOT_STARTED.value
     input: bytes = b""
+    # The definition it started under: its class's ``version`` and its steps by stage
+    # (``"a | b+c | d"``); "" for a saga stored before sagas recorded it (taken as it is).
+    version: int = 0
+    steps: str = ""
     stage: int = 0  # the next stage to run forward
     results: dict[str, bytes] = field(default_factory=dict)  # completed steps
     in_doubt: list[str] = field(default_factory=list)  # attempted, effect unknown
@@ -61,6 +70,10 @@ class SagaStatus:
     current: tuple[str, ...] = ()  # the steps running (or being compensated) now
     completed: tuple[str, ...] = ()
     compensated: tuple[str, ...] = ()
+    # Steps whose outcome is unknown (a crash cut their attempt short, or it failed with an
+    # error that does not say it did nothing) and that have not completed since: they may have
+    # acted, so they are retried with their key and, if the saga compensates, compensated.
+    in_doubt: tuple[str, ...] = ()
     attempts: int = 0  # failed attempts of the current steps
     error: str = ""
     reason: str = ""

@@ -36,6 +36,7 @@ from raygrain.actors import (
     InvalidCallError,
     SagaConflictError,
     SagaFailedError,
+    SagaVersionError,
     SiloUnavailableError,
     UnknownSagaError,
     always_interleave,
@@ -45,7 +46,13 @@ from raygrain.actors import (
     read_only,
 )
 from raygrain.runtime.sagas._definition import Retry, Step, stages_of
-from raygrain.runtime.sagas._driver import SagaDriver, current_step, stop_forward, to_compensate
+from raygrain.runtime.sagas._driver import (
+    SagaDriver,
+    changed_definition,
+    current_step,
+    stop_forward,
+    to_compensate,
+)
 from raygrain.runtime.sagas._index import INDEX_SHARDS, INDEX_TYPE, shard_key
 from raygrain.runtime.sagas._record import LIVE, SagaPhase, SagaRecord, SagaStatus, StepContext
 
@@ -56,6 +63,7 @@ I = TypeVar("I")  # noqa: E741  # the saga's input
 _OPERATIONS = frozenset(
     {"start", "status", "result", "abort", "resume", "wake", "list_sagas", "results"}
     | {"current_step", "idempotency_key", "retry_policy", "compensation_policy", "timeout"}
+    | {"version"}
     | RESERVED
 )
 _RESULT_POLL = 0.25  # how often a result() waiter checks that its activation still serves
@@ -72,7 +80,10 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
     ``@step`` (see ``raygrain.step``), run in definition order, each committed before the next
     starts. Class attributes: ``retry_policy`` (steps' default ``Retry``: 10 attempts, 1 s
     doubling to 100 s), ``compensation_policy`` (compensations': 20 attempts, then the saga
-    is stuck), ``timeout`` (seconds, None: none; ``start`` may override it).
+    is stuck), ``timeout`` (seconds, None: none; ``start`` may override it), ``version`` (an
+    int, 1 by default: raise it when a change would make the progress of sagas already
+    started mean something else; each saga runs only under the version and steps it started
+    with, and is parked otherwise: see docs/sagas.md, "Changing a saga").
 
     A saga actor is reentrant: its calls (``status``, ``abort``, a waiting ``result``) run
     beside the turn that runs its steps, never queued behind it."""
@@ -80,11 +91,20 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
     retry_policy: ClassVar[Retry] = Retry()
     compensation_policy: ClassVar[Retry] = Retry(max_attempts=20)
     timeout: ClassVar[float | None] = None
+    version: ClassVar[int] = 1
     __saga_stages__: ClassVar[tuple[tuple[Step, ...], ...]] = ()
+    __saga_steps__: ClassVar[str] = ""  # the stages by name, stored with each saga
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.__saga_stages__ = stages_of(cls, _OPERATIONS)
+        cls.__saga_steps__ = " | ".join(
+            "+".join(s.name for s in stage) for stage in cls.__saga_stages__
+        )
+        if isinstance(cls.version, bool) or not isinstance(cls.version, int) or cls.version < 1:
+            raise ConfigurationError(
+                f"{cls.__qualname__}.version must be an int >= 1, got {cls.version!r}"
+            )
         for label in ("retry_policy", "compensation_policy"):
             if not isinstance(getattr(cls, label), Retry):
                 raise ConfigurationError(f"{cls.__qualname__}.{label} must be a Retry")
@@ -140,6 +160,8 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         record = self.state
         record.phase = SagaPhase.RUNNING.value
         record.input = data
+        record.version = cls.version
+        record.steps = cls.__saga_steps__
         record.started = now
         record.timeout = None if timeout is None else float(timeout)
         record.deadline = None if timeout is None else now + float(timeout)
@@ -186,6 +208,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             record = self.state
             if record.phase == SagaPhase.NOT_STARTED.value:
                 raise UnknownSagaError(f"no saga was started as {self.context.id}")
+            self._check_definition()
             if driver.ended.is_set() and record.phase not in LIVE:
                 if record.phase == SagaPhase.COMPLETED.value:
                     return self.results
@@ -213,6 +236,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         record = self.state
         if record.phase == SagaPhase.NOT_STARTED.value:
             raise UnknownSagaError(f"no saga was started as {self.context.id}")
+        self._check_definition()  # (its compensations are another definition's)
         if record.phase == SagaPhase.RUNNING.value:
             stop_forward(record, f"aborted: {reason}")
             self._driver().kick()
@@ -224,6 +248,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         if record.phase == SagaPhase.NOT_STARTED.value:
             raise UnknownSagaError(f"no saga was started as {self.context.id}")
         if record.phase == SagaPhase.STUCK.value:
+            self._check_definition(stuck=True)
             record.phase = SagaPhase.COMPENSATING.value
             record.attempts.clear()
             record.ended = None
@@ -265,22 +290,37 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
     def _driver(self) -> SagaDriver:
         return self._context.service("saga")  # type: ignore[no-any-return]
 
+    def _check_definition(self, stuck: bool = False) -> None:
+        record = self.state
+        if record.phase in LIVE or stuck:
+            why = changed_definition(type(self), record)
+            if why:
+                raise SagaVersionError(
+                    f"saga {self.context.id} is parked: {why}. It runs again when code of "
+                    "its version serves it (keep that class registered until its sagas "
+                    "end; give a new definition a new name)"
+                )
+
     def _status(self) -> SagaStatus:
         record = self.state
         stages = type(self).__saga_stages__
         current: builtins.list[str] = []
-        if record.phase == SagaPhase.RUNNING.value and record.stage < len(stages):
+        parked = record.phase in LIVE and changed_definition(type(self), record)
+        if parked:
+            pass  # (its current steps are another definition's)
+        elif record.phase == SagaPhase.RUNNING.value and record.stage < len(stages):
             current = [s.name for s in stages[record.stage] if s.name not in record.results]
         elif record.phase in (SagaPhase.COMPENSATING.value, SagaPhase.STUCK.value):
             current = [s.name for s in to_compensate(stages, record)]
         return SagaStatus(
             saga=self.context.key,
-            phase=SagaPhase(record.phase),
+            phase=SagaPhase.PARKED if parked else SagaPhase(record.phase),
             current=tuple(current),
             completed=tuple(record.results),
             compensated=tuple(record.compensated),
+            in_doubt=tuple(s for s in record.in_doubt if s not in record.results),
             attempts=max(record.attempts.values(), default=0),
-            error=record.error,
+            error=f"parked: {parked}" if parked else record.error,
             reason=record.reason,
             started_at=None if record.phase == SagaPhase.NOT_STARTED.value else record.started,
             ended_at=record.ended,

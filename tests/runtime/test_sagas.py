@@ -22,6 +22,7 @@ from raygrain import (
     InvalidArgumentsError,
     InvalidCallError,
     ManualClock,
+    MemoryStorage,
     ReminderSettings,
     Retry,
     Saga,
@@ -31,16 +32,19 @@ from raygrain import (
     SagaSettings,
     SagaStatus,
     SqliteStorage,
+    StorageError,
     UnknownSagaError,
     step,
 )
+from raygrain.actors import decode_state
 from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.runtime.sagas._record import SagaRecord
 from raygrain.storage import ReminderTable
 from tests import saga_app
 from tests.helpers import wait_until
 from tests.runtime.time_helpers import settle
 from tests.runtime.time_helpers import step as step_clock
-from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, Ledger, Plan, Trip
+from tests.saga_app import ATTEMPTS, BROKEN_COMPENSATIONS, GATES, REFUSED, Ledger, Plan, Trip
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +52,7 @@ def _reset_hooks() -> None:
     GATES.clear()
     ATTEMPTS.clear()
     BROKEN_COMPENSATIONS.clear()
+    REFUSED.clear()
 
 
 @pytest.fixture
@@ -291,7 +296,11 @@ async def test_a_compensation_that_keeps_failing_leaves_the_saga_stuck_until_res
     status = await trip.status()
     assert status.phase is SagaPhase.STUCK and status.current == ("flight",)
     assert "compensation of 'flight', attempt 3: RuntimeError" in status.error
-    assert await Trip.list_sagas(sagas, SagaPhase.STUCK) == {"stuck": SagaPhase.STUCK}
+
+    async def listed_stuck() -> bool:  # (the index hears of an end a moment after it)
+        return await Trip.list_sagas(sagas, SagaPhase.STUCK) == {"stuck": SagaPhase.STUCK}
+
+    await wait_until(listed_stuck, "the index to list the saga as stuck")
     assert (await _books(sagas, "stuck")).booked == {"flight": "flight for stuck"}
     BROKEN_COMPENSATIONS.clear()  # the operator fixed the cause
     assert (await trip.resume()).phase is SagaPhase.COMPENSATING
@@ -352,6 +361,82 @@ async def test_a_saga_resumes_after_a_restart_woken_by_its_index(tmp_path: Path)
         await wait_until(ended, "the saga to finish after the restart")
         books = await _books(second, "restart")
         assert all(books.events.count(f"do {s}") == 1 for s in saga_app.STEPS)
+
+
+async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_they_may_have_acted(
+    tmp_path: Path,
+) -> None:
+    """The process dies while a stage runs, after its hotel step acted but before the stage's
+    progress committed. On the next activation the stage's steps are in doubt: retried with
+    their keys, and compensated if the saga then fails, even when the retry says it did
+    nothing (a terminal refusal). Without the marking the hotel booking would be orphaned."""
+    db = str(tmp_path / "sagas.db")
+    fast = {
+        "reminders": ReminderSettings(minimum_period=0.05),
+        "sagas": SagaSettings(wake_period=0.1),
+    }
+    async with Cluster.local(
+        actors=saga_app.ACTORS, storage=SqliteStorage(db), deactivation_timeout=0.2, **fast
+    ) as first:
+        await first.get(Trip, "cut").start(Plan(gate_after="hotel"))
+
+        async def hotel_booked() -> bool:
+            return "do hotel" in (await _books(first, "cut")).events
+
+        await wait_until(hotel_booked, "the hotel step to act")
+        assert (await first.get(Trip, "cut").status()).in_doubt == ()
+        # The cluster closes with the hotel step still running: the stage never commits.
+    REFUSED.add("cut/hotel")  # its retry refuses at once: "raised means no trace" of the retry
+    async with Cluster.local(actors=saga_app.ACTORS, storage=SqliteStorage(db), **fast) as second:
+        trip = second.get(Trip, "cut")
+        with pytest.raises(SagaFailedError, match="step 'hotel' failed after 1 attempt"):
+            await trip.result()
+        books = await _books(second, "cut")
+        assert books.booked == {}  # no orphan: the hotel the first attempt booked was undone
+        status = await trip.status()
+        assert status.phase is SagaPhase.COMPENSATED
+        assert status.in_doubt == ("hotel",)  # reported: it may have acted
+        assert set(status.compensated) == {"flight", "hotel", "car"}
+        assert all(books.events.count(f"do {s}") == 1 for s in ("flight", "hotel", "car"))
+        assert ATTEMPTS["cut/undo hotel"] == 1 and ATTEMPTS["cut/hotel"] == 2
+        assert ATTEMPTS["cut/car"] == 2  # retried with its key: the ledger did not book twice
+
+
+class _FailingWrite(MemoryStorage):
+    """Fails the first write of ``saga``'s progress past the hotel+car stage (and from then
+    on its hotel step refuses)."""
+
+    def __init__(self, saga: ActorId) -> None:
+        super().__init__()
+        self.saga, self.failed = saga, False
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        past_the_stay = actor_id == self.saga and (
+            decode_state(data, SagaRecord, str(actor_id)).stage == 2
+        )
+        if past_the_stay and not self.failed:
+            self.failed = True
+            REFUSED.add(f"{actor_id.key}/hotel")
+            raise StorageError("the disk is full (injected)")
+        return await super().write(actor_id, data, expected_etag)
+
+
+async def test_a_stage_whose_progress_failed_to_commit_leaves_its_steps_in_doubt() -> None:
+    """The write after the hotel+car stage fails: the record rolls back to before the stage,
+    not the world (the hotel is booked). The stage runs again with its steps in doubt, so
+    when the hotel's retry refuses terminally, the booking is still compensated."""
+    storage = _FailingWrite(ActorId("sagatest.Trip", "disk"))
+    async with Cluster.local(
+        actors=saga_app.ACTORS, storage=storage, sagas=SagaSettings(retry_delay=0.05)
+    ) as cluster:
+        trip = cluster.get(Trip, "disk")
+        await trip.start(Plan())
+        with pytest.raises(SagaFailedError, match="step 'hotel' failed"):
+            await trip.result()
+        books = await _books(cluster, "disk")
+        assert books.booked == {}  # the hotel its first attempt booked was undone
+        assert books.events.count("do hotel") == 1 and "undo hotel" in books.events
+        assert storage.failed and (await trip.status()).in_doubt == ("hotel",)
 
 
 async def _async_noop(self: object, value: int) -> None:
