@@ -81,7 +81,6 @@ _YIELD_EVERY = 8
 # A pending call: (future, deadline, destination, request). A tuple rather than an object: one
 # is made for every call, and a class's __init__ costs a Python call each time.
 _PendingCall = tuple[asyncio.Future[Response], float, str, Request]
-_FUTURE, _DEADLINE, _DESTINATION, _REQUEST = 0, 1, 2, 3
 
 
 class Caller:
@@ -282,21 +281,20 @@ class Caller:
             if response.call_id < 0 and self.on_notice is not None:
                 self.on_notice(response)  # a push to an observer of this endpoint
             return
-        if sender is not None and sender != pending[_DESTINATION]:
+        future, _, destination, request = pending
+        if sender is not None and sender != destination:
             self.responses_refused += 1
             if self.responses_refused & (self.responses_refused - 1) == 0:  # 1, 2, 4, 8...
-                request = pending[_REQUEST]
                 get_logger().warning(
                     "response_from_wrong_silo",
                     endpoint=self.address,
                     call=f"{request.target}.{request.method}",
-                    sent_to=pending[_DESTINATION],
+                    sent_to=destination,
                     came_from=sender,
                     refused=self.responses_refused,
                 )
             return
         del self._pending[response.call_id]
-        future = pending[_FUTURE]
         if not future.done():
             future.set_result(response)
 
@@ -350,7 +348,7 @@ class Caller:
         """Fail the calls sent to ``silo``, which was declared dead: whether each ran is unknown,
         so the caller gets a retryable ``SiloUnavailableError`` now rather than at its deadline.
         Returns how many were failed."""
-        doomed = [cid for cid, call in self._pending.items() if call[_DESTINATION] == silo]
+        doomed = [cid for cid, call in self._pending.items() if call[2] == silo]
         for call_id in doomed:
             future, _, _, request = self._pending.pop(call_id)
             if not future.done():
@@ -388,7 +386,7 @@ class Caller:
         while not self.closed:
             await asyncio.sleep(self._settings.deadline_resolution)
             now = loop.time()
-            expired = [cid for cid, call in self._pending.items() if call[_DEADLINE] <= now]
+            expired = [cid for cid, call in self._pending.items() if call[1] <= now]
             for call_id in expired:
                 future, _, _, request = self._pending.pop(call_id)
                 if not future.done():

@@ -117,7 +117,7 @@ def unpack(data: bytes) -> Any:
 
 
 def pack_batch(messages: Sequence[Request | Response]) -> bytes:
-    wire = []
+    wire: list[list[Any]] = []
     append = wire.append
     for message in messages:
         if type(message) is Response and not message.joined:  # (most answers: inlined)

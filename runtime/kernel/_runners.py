@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import decimal
 import threading
-from asyncio.tasks import _current_tasks, _enter_task, _leave_task
+from asyncio.tasks import _current_tasks, _enter_task, _leave_task  # type: ignore[attr-defined]
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
