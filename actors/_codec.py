@@ -37,6 +37,7 @@ __all__ = [
     "decode",
     "decode_error",
     "decode_state",
+    "decoder",
     "encode",
     "encode_error",
     "encode_state",
@@ -109,6 +110,32 @@ def decode(data: bytes, invoker: Invoker | None = None) -> Any:
     finally:
         if token is not None:
             _decode_invoker.reset(token)
+
+
+def decoder(invoker: Invoker) -> Callable[[bytes], Any]:
+    """``decode`` with ``invoker`` bound for good: what a caller decodes its results with.
+
+    ``decode`` sets the invoker for every value; this one only when the value holds an
+    extension type (an ``ActorRef`` or a registered type may need it), which most results do
+    not: no context variable set and reset per call."""
+    unpackb = msgpack.unpackb
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        token = _decode_invoker.set(invoker)
+        try:
+            return _ext_hook(code, data)
+        finally:
+            _decode_invoker.reset(token)
+
+    def decode_for_invoker(data: bytes) -> Any:
+        try:
+            return unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(f"cannot decode message: {exc}") from None
+
+    return decode_for_invoker
 
 
 _packer = msgpack.Packer(default=lambda v: _default(v), strict_types=True, use_bin_type=True)

@@ -62,7 +62,8 @@ EXPORTS = {
         "TransactionInDoubtError", "TurnCancelledError",
         "TurnRolledBackError", "UnknownActorTypeError", "UnknownMethodError", "UnknownSagaError",
         "WrongExpectedVersionError", "actor_methods", "actor_options", "always_interleave",
-        "call_timeout", "current_invoker", "decode", "decode_error", "decode_state", "encode",
+        "call_timeout", "current_invoker", "decode", "decode_error", "decode_state", "decoder",
+        "encode",
         "encode_error", "encode_state", "idempotent", "method_options",
         "one_way", "read_only", "register_type", "transactional",
         # streams and observers

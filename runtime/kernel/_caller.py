@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from array import array
+from asyncio import Future, get_running_loop
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -26,8 +27,8 @@ from raygrain.actors import (
     RaygrainError,
     SerializationError,
     SiloUnavailableError,
-    decode,
     decode_error,
+    decoder,
     encode,
     encode_error,
 )
@@ -77,24 +78,9 @@ class CallIds:
 _YIELD_EVERY = 8
 
 
-class _PendingCall:
-    __slots__ = ("deadline", "destination", "future", "method", "target", "timeout")
-
-    def __init__(
-        self,
-        future: asyncio.Future[Response],
-        deadline: float,
-        target: ActorId,
-        method: str,
-        timeout: float,
-        destination: str,
-    ) -> None:
-        self.future = future
-        self.deadline = deadline
-        self.target = target
-        self.method = method
-        self.timeout = timeout
-        self.destination = destination
+# A pending call: (future, deadline, destination, request). A tuple rather than an object: one
+# is made for every call, and a class's __init__ costs a Python call each time.
+_PendingCall = tuple[asyncio.Future[Response], float, str, Request]
 
 
 class Caller:
@@ -129,6 +115,9 @@ class Caller:
         # Observers' notifications (streams): a response with a negative call id is a push
         # to an observer of this endpoint, handed to this hook; None drops them.
         self.on_notice: Callable[[Response], None] | None = None
+        # Results decode with this caller bound (for the ActorRefs in them), set only when a
+        # result holds an extension type.
+        self._decode = decoder(self)
 
     async def invoke(
         self,
@@ -173,9 +162,21 @@ class Caller:
                 followups = [followup] if followups is None else [*followups, followup]
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
         observers = self._observers
-        # One clock read for the deadline and the observers' timing alike.
+        # One clock read for the deadline and the observers' timing alike (asyncio's loop
+        # clock is time.monotonic).
         started = monotonic()
-        future = self._dispatch(request, destination, started)
+        # (_dispatch, inlined: every call passes here)
+        loop = get_running_loop()
+        future: asyncio.Future[Response] = Future(loop=loop)
+        pending = self._pending
+        pending[call_id] = (future, started + timeout, destination, request)
+        if self._sweeper is None:
+            self._sweeper = loop.create_task(self._sweep_deadlines())
+        try:
+            self._transport.send(destination, request)
+        except BaseException:
+            pending.pop(call_id, None)
+            raise
         try:
             if future.done():
                 # Answered on the spot (an in-process turn that never had to wait, or a
@@ -197,7 +198,7 @@ class Caller:
                     observe(request, failed, monotonic() - started)
             raise
         finally:
-            self._pending.pop(call_id, None)
+            pending.pop(call_id, None)
         if followups is not None:
             for followup in followups:
                 followup(response)
@@ -205,7 +206,9 @@ class Caller:
             seconds = monotonic() - started
             for observe in observers:
                 observe(request, response, seconds)
-        return self.result_of(response)
+        if response.ok:  # (result_of, inlined)
+            return self._decode(response.payload) if response.payload else None
+        raise decode_error(response.payload)
 
     @property
     def default_timeout(self) -> float:
@@ -248,14 +251,8 @@ class Caller:
         ``now``: the time already read, on the loop's clock (asyncio's is ``time.monotonic``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Response] = loop.create_future()
-        self._pending[request.call_id] = _PendingCall(
-            future,
-            (loop.time() if now is None else now) + request.timeout,
-            request.target,
-            request.method,
-            request.timeout,
-            destination,
-        )
+        deadline = (loop.time() if now is None else now) + request.timeout
+        self._pending[request.call_id] = (future, deadline, destination, request)
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
@@ -268,7 +265,7 @@ class Caller:
     def result_of(self, response: Response) -> Any:
         """The decoded result of ``response``, or its error raised."""
         if response.ok:
-            return decode(response.payload, self) if response.payload else None
+            return self._decode(response.payload) if response.payload else None
         raise decode_error(response.payload)
 
     def deliver_response(self, response: Response, sender: str | None = None) -> None:
@@ -284,21 +281,22 @@ class Caller:
             if response.call_id < 0 and self.on_notice is not None:
                 self.on_notice(response)  # a push to an observer of this endpoint
             return
-        if sender is not None and sender != pending.destination:
+        future, _, destination, request = pending
+        if sender is not None and sender != destination:
             self.responses_refused += 1
             if self.responses_refused & (self.responses_refused - 1) == 0:  # 1, 2, 4, 8...
                 get_logger().warning(
                     "response_from_wrong_silo",
                     endpoint=self.address,
-                    call=f"{pending.target}.{pending.method}",
-                    sent_to=pending.destination,
+                    call=f"{request.target}.{request.method}",
+                    sent_to=destination,
                     came_from=sender,
                     refused=self.responses_refused,
                 )
             return
         del self._pending[response.call_id]
-        if not pending.future.done():
-            pending.future.set_result(response)
+        if not future.done():
+            future.set_result(response)
 
     def notify(self, address: str, notice: bytes) -> None:
         """Push ``notice`` to an observer at the endpoint ``address`` (no reply; dropped if
@@ -342,22 +340,22 @@ class Caller:
     def fail_all(self, error: RaygrainError) -> None:
         """Fail every pending call with ``error`` (the endpoint is closing)."""
         pending, self._pending = self._pending, {}
-        for call in pending.values():
-            if not call.future.done():
-                call.future.set_exception(error)
+        for future, _, _, _ in pending.values():
+            if not future.done():
+                future.set_exception(error)
 
     def fail_calls_to(self, silo: str) -> int:
         """Fail the calls sent to ``silo``, which was declared dead: whether each ran is unknown,
         so the caller gets a retryable ``SiloUnavailableError`` now rather than at its deadline.
         Returns how many were failed."""
-        doomed = [cid for cid, call in self._pending.items() if call.destination == silo]
+        doomed = [cid for cid, call in self._pending.items() if call[2] == silo]
         for call_id in doomed:
-            call = self._pending.pop(call_id)
-            if not call.future.done():
-                call.future.set_exception(
+            future, _, _, request = self._pending.pop(call_id)
+            if not future.done():
+                future.set_exception(
                     SiloUnavailableError(
-                        f"silo {silo} died while {call.target}.{call.method} was in flight; "
-                        "it may or may not have run"
+                        f"silo {silo} died while {request.target}.{request.method} was in "
+                        "flight; it may or may not have run"
                     )
                 )
         return len(doomed)
@@ -388,13 +386,13 @@ class Caller:
         while not self.closed:
             await asyncio.sleep(self._settings.deadline_resolution)
             now = loop.time()
-            expired = [cid for cid, call in self._pending.items() if call.deadline <= now]
+            expired = [cid for cid, call in self._pending.items() if call[1] <= now]
             for call_id in expired:
-                call = self._pending.pop(call_id)
-                if not call.future.done():
-                    call.future.set_exception(
+                future, _, _, request = self._pending.pop(call_id)
+                if not future.done():
+                    future.set_exception(
                         ActorCallTimeout(
-                            f"{call.target}.{call.method} did not complete within "
-                            f"{call.timeout:g} s"
+                            f"{request.target}.{request.method} did not complete within "
+                            f"{request.timeout:g} s"
                         )
                     )

@@ -37,11 +37,14 @@ class Request:
     traceparent: str | None = None
 
     def to_wire(self) -> list[Any]:
+        target = self.target
+        key = target.key
         wire = [
             0,
             self.call_id,
-            self.target.type_name,
-            wire_key(self.target.key),
+            target.type_name,
+            # (wire_key, inlined: every request passes here)
+            key if type(key) is str or (type(key) is int and key in _WIRE_INTS) else wire_key(key),
             self.method,
             self.payload,
             self.reply_to,
@@ -114,7 +117,14 @@ def unpack(data: bytes) -> Any:
 
 
 def pack_batch(messages: Sequence[Request | Response]) -> bytes:
-    return pack([m.to_wire() for m in messages])
+    wire: list[list[Any]] = []
+    append = wire.append
+    for message in messages:
+        if type(message) is Response and not message.joined:  # (most answers: inlined)
+            append([1, message.call_id, message.ok, message.payload])
+        else:
+            append(message.to_wire())
+    return pack(wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,13 @@ def unpack_batch(
         raise MalformedMessageError(f"a message batch is a {type(items).__name__}, not a list")
     out: list[Request | Response] = []
     for item in items:
+        # The usual answer ([1, call id, ok, payload], well typed) without a call; anything
+        # else goes through _from_wire's checks.
+        if type(item) is list and len(item) == 4 and item[0] == 1:
+            call_id, ok, payload = item[1], item[2], item[3]
+            if type(call_id) is int and type(ok) is bool and type(payload) is bytes:
+                out.append(Response(call_id, ok, payload))
+                continue
         try:
             out.append(_from_wire(item))
         except Exception as exc:  # whatever a malformed message makes the checks raise

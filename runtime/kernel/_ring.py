@@ -25,7 +25,7 @@ DEFAULT_VIRTUAL_NODES = 2048
 class ConsistentHashRing:
     """An immutable ring over a set of silo names."""
 
-    __slots__ = ("_owners", "_points", "silos")
+    __slots__ = ("_only", "_owners", "_points", "silos")
 
     def __init__(self, silos: Iterable[str], virtual_nodes: int = DEFAULT_VIRTUAL_NODES) -> None:
         self.silos = tuple(sorted(set(silos)))
@@ -36,10 +36,18 @@ class ConsistentHashRing:
         )
         self._points = [point for point, _ in points]
         self._owners = [silo for _, silo in points]
+        # A ring of one silo places everything there (every call asks: no hash, no bisect).
+        self._only = self.silos[0] if len(self.silos) == 1 and self._points else None
 
     def owner(self, actor_id: ActorId) -> str:
         """The silo that hosts ``actor_id``; raises LookupError on an empty ring."""
-        return self.owner_of_hash(actor_id.stable_hash())
+        if self._only is not None:
+            return self._only
+        points = self._points
+        if not points:
+            raise LookupError("the placement ring has no silos")
+        index = bisect.bisect_left(points, actor_id._hash)  # (stable_hash(), one call less)
+        return self._owners[index if index < len(points) else 0]
 
     def owner_of_hash(self, value: int) -> str:
         if not self._points:

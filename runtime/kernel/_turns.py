@@ -41,6 +41,7 @@ __all__ = ["TurnRunner"]
 
 class TurnRunner(Mailbox):
     __slots__ = (
+        "_alone",
         "_idle_waiter",
         "_queued_turn",
         "deactivate_requested",
@@ -61,6 +62,7 @@ class TurnRunner(Mailbox):
         # turns to end, and whether the actor asked to be deactivated once idle.
         self._idle_waiter: asyncio.Future[None] | None = None
         self.deactivate_requested = False
+        self._alone = (actor_id,)  # the call chain of a turn called from outside any turn
 
     # Hooks of Activation: how a turn ends (called when someone waits for the turns to end or
     # the actor asked to be deactivated) and what a failure does to the activation.
@@ -275,7 +277,12 @@ class TurnRunner(Mailbox):
     def _enter_turn(self, chain: tuple[ActorId, ...]) -> None:
         # Runs inside the turn's own task, so these settings are private to the turn. (A set
         # costs more than a get; a runner's turns mostly leave them as they were.)
-        current_chain.set((*chain, self.actor_id))
+        if chain:
+            current_chain.set((*chain, self.actor_id))
+        else:  # (most calls come from outside any turn: this actor alone, one tuple kept)
+            alone = self._alone
+            if current_chain.get() is not alone:
+                current_chain.set(alone)
         invoker = self.silo.caller
         if current_invoker.get() is not invoker:
             current_invoker.set(invoker)
