@@ -321,9 +321,13 @@ class WireTransport:
             connection.close()
             return
         self._inbound[connection.peer] = connection
+        self._connections.add(connection)
         await self._read(connection)
 
     def _adopt(self, connection: Connection) -> None:
+        # (Counted at once, not when its reader first runs: an aclose in between cancels the
+        # reader before it starts, and must still find the connection to close it.)
+        self._connections.add(connection)
         self._spawn(self._read(connection))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -332,7 +336,6 @@ class WireTransport:
         task.add_done_callback(self._tasks.discard)
 
     async def _read(self, connection: Connection) -> None:
-        self._connections.add(connection)
         try:
             while True:
                 self._receive(connection, await connection.receive())
