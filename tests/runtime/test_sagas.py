@@ -11,6 +11,7 @@ import asyncio
 import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -340,20 +341,26 @@ async def test_result_waits_only_as_long_as_asked(sagas: Cluster) -> None:
     await trip.result()
 
 
+def _on_file(db: str, **options: Any) -> Cluster:
+    """A cluster on the SQLite file ``db`` whose saga index wakes live sagas fast (what a
+    restart test needs: nobody calls the saga on the new cluster)."""
+    return Cluster.local(
+        actors=saga_app.ACTORS,
+        storage=SqliteStorage(db),
+        reminders=ReminderSettings(minimum_period=0.05),
+        sagas=SagaSettings(wake_period=0.1),
+        **options,
+    )
+
+
 async def test_a_saga_resumes_after_a_restart_woken_by_its_index(tmp_path: Path) -> None:
     db = str(tmp_path / "sagas.db")
-    fast = {
-        "reminders": ReminderSettings(minimum_period=0.05),
-        "sagas": SagaSettings(wake_period=0.1),
-    }
-    async with Cluster.local(
-        actors=saga_app.ACTORS, storage=SqliteStorage(db), deactivation_timeout=0.2, **fast
-    ) as first:
+    async with _on_file(db, deactivation_timeout=0.2) as first:
         await first.get(Trip, "restart").start(Plan(gate="hotel"))
         await wait_until(lambda: ATTEMPTS["restart/hotel"] == 1, "the hotel step to start")
         # The cluster closes with the saga mid-stage (its hotel step never returns).
     GATES["restart"].set()
-    async with Cluster.local(actors=saga_app.ACTORS, storage=SqliteStorage(db), **fast) as second:
+    async with _on_file(db) as second:
         # Nobody calls the saga: the index's reminder wakes it on the new cluster.
         async def ended() -> bool:
             return await Trip.list_sagas(second) == {"restart": SagaPhase.COMPLETED}
@@ -371,13 +378,7 @@ async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_th
     their keys, and compensated if the saga then fails, even when the retry says it did
     nothing (a terminal refusal). Without the marking the hotel booking would be orphaned."""
     db = str(tmp_path / "sagas.db")
-    fast = {
-        "reminders": ReminderSettings(minimum_period=0.05),
-        "sagas": SagaSettings(wake_period=0.1),
-    }
-    async with Cluster.local(
-        actors=saga_app.ACTORS, storage=SqliteStorage(db), deactivation_timeout=0.2, **fast
-    ) as first:
+    async with _on_file(db, deactivation_timeout=0.2) as first:
         await first.get(Trip, "cut").start(Plan(gate_after="hotel"))
 
         async def hotel_booked() -> bool:
@@ -387,7 +388,7 @@ async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_th
         assert (await first.get(Trip, "cut").status()).in_doubt == ()
         # The cluster closes with the hotel step still running: the stage never commits.
     REFUSED.add("cut/hotel")  # its retry refuses at once: "raised means no trace" of the retry
-    async with Cluster.local(actors=saga_app.ACTORS, storage=SqliteStorage(db), **fast) as second:
+    async with _on_file(db) as second:
         trip = second.get(Trip, "cut")
         with pytest.raises(SagaFailedError, match="step 'hotel' failed after 1 attempt"):
             await trip.result()
