@@ -9,19 +9,17 @@ from raygrain.runtime.ray_host._direct import (
     check_transport,
     frame_cap,
 )
+from raygrain.runtime.ray_host._launch import DEFAULT_DEPLOYMENT, RayLaunch, namespace_of
 from raygrain.runtime.ray_host._launcher import (
     CONTROLLER_NAME,
-    DEFAULT_DEPLOYMENT,
     STANDBY_NAME,
     STORAGE_NAME,
     RayBackend,
-    RayLaunch,
     create_silo,
     ensure_ray,
     find_silos,
     launch,
     list_deployments,
-    namespace_of,
     stop_everything,
     unique_deployment_name,
 )

@@ -33,7 +33,7 @@ from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServ
 from raygrain.storage import open_storage
 
 if TYPE_CHECKING:
-    from raygrain.runtime.ray_host._launcher import RayLaunch
+    from raygrain.runtime.ray_host._launch import RayLaunch
 
 __all__ = [
     "CONTROLLER_NAME",
