@@ -83,7 +83,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         assert name in cluster._caller._membership.view.dead()
         # Calls in flight on the dead silo fail quickly with the retryable error, when it is
         # declared dead: none may hang to its deadline (an ActorCallTimeout).
-        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
+        work.bound_failures(since=killed_at)
         await work.verify()
         for ref in doomed[:50]:  # every actor of the dead silo is reachable again
             await ref.balance()
@@ -120,13 +120,14 @@ async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key:
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
         await work.until(300)
+        suspected_from = time.monotonic()
         await extra.delay_probes.remote(5.0)  # alive, but looks dead to the controller
         await wait_for_death(cluster, name)
         await work.until(work.acknowledged() + 300)
         work.stop.set()
         await running
         await work.verify()
-        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
+        work.bound_failures(since=suspected_from)
         # Fencing: declared dead, it stops serving (it stops itself, and is killed).
         await bounded(_stopped(extra), f"silo {name}, declared dead, to stop", 60)
 
@@ -327,9 +328,7 @@ async def test_controller_restarted_by_ray_carries_on(
             # No call may hang to its deadline (an ActorCallTimeout): calls that a silo
             # forwarded to the silo killed here used to, while views differed
             # (tests/runtime/test_forwarding).
-            work.bound_failures(
-                SiloUnavailableError=400, StorageError=50, InconsistentStateError=50
-            )
+            work.bound_failures(since=controller_killed)
     finally:
         ray.kill(extra, no_restart=True)  # (again: the session's later tests must not see it)
 
@@ -417,6 +416,7 @@ async def test_standby_controller_declares_a_silo_dead_while_the_controller_is_a
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
         await work.until(200)
+        killed_at = time.monotonic()
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=namespace), no_restart=True)
         ray.kill(ray.get_actor(victim, namespace=namespace), no_restart=True)
         await wait_for_death(cluster, victim)
@@ -426,4 +426,4 @@ async def test_standby_controller_declares_a_silo_dead_while_the_controller_is_a
         work.stop.set()
         await running
         await work.verify()
-        work.bound_failures(SiloUnavailableError=400, StorageError=50, InconsistentStateError=50)
+        work.bound_failures(since=killed_at)
