@@ -15,6 +15,7 @@ application's database is refused at open and left untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -276,7 +277,17 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         thread = getattr(pending, "_thread", None)
         if isinstance(thread, threading.Thread):
             thread.daemon = True
-        connection = await pending
+        opening = asyncio.ensure_future(pending)
+        try:
+            connection = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # aiosqlite's thread goes on opening the file and then calls back into this loop,
+            # which may be closed by then (asyncio.run closes it right after cancelling a
+            # silo's background tasks, one of which may be opening the store): let the opening
+            # end and close what it opened before giving in.
+            with contextlib.suppress(Exception):
+                await close_quietly(await opening)
+            raise
         if failure:
             await close_quietly(connection)
             raise self._open_error(failure[0]) from failure[0]

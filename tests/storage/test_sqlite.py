@@ -204,6 +204,45 @@ async def test_open_after_close_raises(db_path: Path) -> None:
         await storage.open()
 
 
+def test_an_open_cancelled_midway_leaves_no_thread_calling_into_a_closed_loop(
+    db_path: Path,
+) -> None:
+    """A silo's background task (the reminders' first load) may be opening the store when the
+    silo stops and cancels it, and asyncio.run closes its loop right after. aiosqlite's thread
+    went on opening the file and then called back into the closed loop ("Event loop is closed"
+    tracebacks from its threads at the end of a user's script): the open must end, and close
+    what it opened, before its cancellation returns."""
+
+    def connection_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+    async def cancel_midway(storage: SqliteStorage) -> None:
+        opening = asyncio.ensure_future(storage.open())
+        for _ in range(100):  # until the open waits for aiosqlite's thread to connect
+            await asyncio.sleep(0)
+            if connection_threads() - before:
+                break
+        assert connection_threads() - before, "the open did not reach aiosqlite's thread"
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    before = connection_threads()
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(cancel_midway(SqliteStorage(db_path)))
+        loop.close()  # as asyncio.run does once its tasks are done
+        for thread in connection_threads() - before:
+            thread.join(10)
+    finally:
+        threading.excepthook = previous
+    assert not errors, errors
+    assert not connection_threads() - before, "a connection's thread is still running"
+
+
 # -- group commit --------------------------------------------------------------------------------
 
 
