@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import (
+    Actor,
     ActorId,
     ActorKey,
     DeadLetter,
@@ -113,6 +114,9 @@ class ActorStreams:
             raise InvalidStreamError(
                 f"{self.activation.actor_id}: a stateless worker cannot subscribe to streams"
             )
+        check_consumes(
+            type(self.activation.instance), str(self.activation.actor_id), f"stream {stream}"
+        )
         return stream
 
     async def subscribe(self, stream: StreamId) -> Subscription:
@@ -209,3 +213,14 @@ class ClusterStreams:
 
     def delete_observer(self, observer: ObserverRef) -> bool:
         return self._observers.remove(observer)
+
+
+def check_consumes(cls: type, who: str, what: str) -> None:
+    """A consumer must have its own ``on_stream_event``: every event to one without it would
+    fail its attempts and end in the dead letters, so it is refused when it subscribes (and,
+    for an implicit subscription, when the cluster starts)."""
+    if getattr(cls, "on_stream_event", Actor.on_stream_event) is Actor.on_stream_event:
+        raise InvalidStreamError(
+            f"{who} cannot consume {what}: its class {cls.__qualname__} has no "
+            "'async def on_stream_event(self, event)' of its own"
+        )

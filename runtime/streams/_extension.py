@@ -41,7 +41,7 @@ from raygrain.runtime.kernel import (
     id_from_wire,
     run_as_turn,
 )
-from raygrain.runtime.streams._api import ActorStreams
+from raygrain.runtime.streams._api import ActorStreams, check_consumes
 from raygrain.runtime.streams._consumer import EXTRAS_KEY, Consumer, Cursor
 from raygrain.runtime.streams._dead_letters import DeadLetters
 from raygrain.runtime.streams._hub import Hubs, hub_id
@@ -85,6 +85,7 @@ class StreamService(Extension):
                         f"{name}: a stateless worker cannot consume streams (it has many "
                         "activations and no state to keep a position in)"
                     )
+                check_consumes(cls, name, f"the streams of namespace {namespace!r} (implicitly)")
                 implicit.setdefault(namespace, []).append(name)
         self.implicit = {n: tuple(names) for n, names in implicit.items()}
         silo.provide_service("streams", lambda a: ActorStreams(a, self))

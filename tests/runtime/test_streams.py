@@ -225,6 +225,27 @@ async def test_a_stateless_worker_cannot_consume() -> None:
         Cluster.local(actors=[Pool])
 
 
+async def test_a_consumer_without_on_stream_event_is_refused() -> None:
+    """Every event to it would fail its attempts and end in the dead letters: refused when the
+    cluster starts (implicit) or when it subscribes (explicit)."""
+
+    @implicit_subscription("orders")
+    class Deaf(Actor[None], name="test.streams.Deaf"):
+        async def ping(self) -> None:
+            pass
+
+    with pytest.raises(InvalidStreamError, match="Deaf has no 'async def on_stream_event"):
+        Cluster.local(actors=[Deaf])
+
+    class Joiner(Actor[None], name="test.streams.Joiner"):
+        async def join(self, key: str) -> None:
+            await self.streams.subscribe(StreamId("rooms", key))
+
+    async with Cluster.local(actors=[Joiner], silos=1) as cluster:
+        with pytest.raises(InvalidStreamError, match="cannot consume stream rooms/'lobby'"):
+            await cluster.get(Joiner, "j").join("lobby")
+
+
 class FlakyStore(MemoryStorage):
     """Memory storage whose atomic writes fail while ``failures`` is above zero."""
 
