@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from raygrain.actors import (
+    Actor,
     ActorId,
     ConfigurationError,
     InvalidScheduleError,
@@ -319,6 +320,13 @@ class ActorReminders:
     async def register(self, name: str, *, due: float, period: float) -> Reminder:
         actor, table = self._check("registered")
         name = check_name(f"{actor}: reminder name", name)
+        cls = type(self._activation.instance)
+        if getattr(cls, "on_reminder", Actor.on_reminder) is Actor.on_reminder:
+            # Every tick would fail (Orleans refuses a grain that is not IRemindable too).
+            raise InvalidScheduleError(
+                f"{actor}: reminder {name!r} registered by {cls.__qualname__}, which has no "
+                "'async def on_reminder(self, name, tick)' of its own"
+            )
         due = check_delay(f"{actor}: reminder {name!r} due", due, positive=False)
         period = check_delay(f"{actor}: reminder {name!r} period", period, positive=True)
         minimum = self._service.settings.minimum_period

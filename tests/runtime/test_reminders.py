@@ -112,6 +112,14 @@ class Pool(Actor[None], name="reminders.Pool", stateless_worker=True):
         await self.reminders.register("r", due=1, period=1)
 
 
+class Deaf(Actor[None], name="reminders.Deaf"):  # no on_reminder of its own
+    async def register(self) -> None:
+        await self.reminders.register("r", due=1, period=1)
+
+    async def names(self) -> list[str]:
+        return [r.name for r in await self.reminders.list()]
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
@@ -120,7 +128,7 @@ def clock() -> ManualClock:
 @pytest.fixture
 async def cluster(clock: ManualClock) -> AsyncIterator[Cluster]:
     async with Cluster.local(
-        actors=[Device, Pool], silos=2, clock=clock, reminders=SETTINGS
+        actors=[Device, Pool, Deaf], silos=2, clock=clock, reminders=SETTINGS
     ) as running:
         yield running
 
@@ -276,6 +284,14 @@ async def test_reminders_outside_an_activation_are_refused(cluster: Cluster) -> 
         await cluster.get(Pool, 0).register()
     with pytest.raises(InvalidScheduleError, match="from inside its turns"):
         await cluster.get(Device, "from-a-client").reminders.register("r", due=1, period=1)
+
+
+async def test_an_actor_without_on_reminder_cannot_register_one(cluster: Cluster) -> None:
+    """Every tick would fail (Orleans refuses a grain that is not IRemindable too)."""
+    deaf = cluster.get(Deaf, "deaf")
+    with pytest.raises(InvalidScheduleError, match="has no 'async def on_reminder"):
+        await deaf.register()
+    assert await deaf.names() == []
 
 
 def test_bad_settings_are_refused() -> None:
