@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from raygrain.actors import InvalidCallError
+
 __all__ = ["ReadResult", "Session", "Token", "Written", "as_token", "merge"]
 
 Token = dict[str, int]
@@ -55,7 +57,15 @@ def as_token(after: Written | Mapping[str, int] | None) -> Token:
         return {}
     if isinstance(after, Written):
         return after.token()
-    return {str(k): int(v) for k, v in after.items()}
+    if not isinstance(after, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+        for k, v in after.items()
+    ):
+        raise InvalidCallError(
+            "a read's `after` is a Written token (what a command returned) or a "
+            f"mapping of category -> position; got {type(after).__name__} {after!r:.80}"
+        )
+    return dict(after)
 
 
 class _Readable(Protocol):

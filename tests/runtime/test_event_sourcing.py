@@ -17,6 +17,7 @@ from raygrain import (
     Cluster,
     ConfigurationError,
     EventSourcedActor,
+    InvalidCallError,
     MemoryStorage,
     SerializationError,
     Session,
@@ -250,6 +251,18 @@ async def test_read_your_writes_waits_for_the_token(storage: MemoryStorage) -> N
             events_app.GATES["Balances"] = asyncio.Event()
             late = await cluster.get(Account, "a").deposit(1)
             await balances.read("a", late, 0.2)
+
+
+@pytest.mark.parametrize("after", ["garbage", {"cat": "1"}, {"cat": True}, 7, [1]])
+async def test_a_read_with_a_token_that_is_not_one_is_refused(
+    storage: MemoryStorage, after: Any
+) -> None:
+    async with cluster_on(storage) as cluster:
+        balances = Balances.of(cluster)
+        await cluster.get(Account, "a").deposit(1)
+        with pytest.raises(InvalidCallError, match="a read's `after` is a Written token"):
+            await balances.read("a", after)
+        assert (await balances.read("a", {CATEGORY: 1})).value == {"balance": 1, "events": 1}
 
 
 async def test_monotonic_reads_never_go_back(storage: MemoryStorage) -> None:
