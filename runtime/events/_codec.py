@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from raygrain.actors import ConfigurationError, StateDecodeError
+from raygrain.actors import ConfigurationError, InvalidEventError, StateDecodeError
 from raygrain.storage import NewEvent, StoredEvent
 
 __all__ = ["EventTypes", "Upcaster", "event_name"]
@@ -82,7 +82,7 @@ class EventTypes:
         names = self.fields.get(type(event))
         if names is None:
             expected = ", ".join(sorted(c.__name__ for c in self.fields))
-            raise TypeError(
+            raise InvalidEventError(
                 f"{self.owner}: {type(event).__name__} is not one of its event types ({expected})"
             )
         data = {name: getattr(event, name) for name in names}

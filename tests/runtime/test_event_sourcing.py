@@ -18,6 +18,7 @@ from raygrain import (
     ConfigurationError,
     EventSourcedActor,
     InvalidCallError,
+    InvalidEventError,
     MemoryStorage,
     SerializationError,
     Session,
@@ -129,6 +130,10 @@ async def test_a_turn_whose_events_cannot_be_stored_leaves_no_trace(
         await account.deposit(10)
         with pytest.raises(SerializationError):
             await account.deposit_then_unstorable(5)  # applied, then refused at the append
+        assert await account.snapshot() == [10, [10], 1]
+        assert len(await storage.read_stream("es.Account/a")) == 1
+        with pytest.raises(InvalidEventError, match="str is not one of its event types"):
+            await account.deposit_then_foreign(5)
         assert await account.snapshot() == [10, [10], 1]
         assert len(await storage.read_stream("es.Account/a")) == 1
 
