@@ -2,7 +2,8 @@
 
 Two scenarios, each with N callers over N actors (each caller calls its own actor, closed loop):
 
-- ``inproc``: ``Cluster.local`` (2 silos, metrics on), as ``calls_bench`` runs it.
+- ``inproc``: ``Cluster.local`` (2 silos, metrics on unless ``--no-metrics``), as
+  ``calls_bench`` runs it.
 - ``wire``: a client and a silo over the direct plane (``WireTransport``, loopback TCP), built as
   the Ray host builds them (the silo with every capability's extension, the client with the
   client filters), without Ray. ``--split`` puts the silo in a child process and reports the CPU
@@ -51,10 +52,10 @@ async def _drive(refs: list[Any], calls: int) -> float:
     return time.perf_counter() - started
 
 
-async def _inproc(callers: int, calls: int, profile: str | None) -> None:
+async def _inproc(callers: int, calls: int, profile: str | None, metrics: bool = True) -> None:
     from raygrain.runtime import Cluster
 
-    async with Cluster.local(actors=[Ping], silos=2) as cluster:
+    async with Cluster.local(actors=[Ping], silos=2, metrics=metrics) as cluster:
         refs = [cluster.get(Ping, k) for k in range(callers)]
         await asyncio.gather(*(r.ping(0) for r in refs))
         await _drive(refs, 2)  # warm every path
@@ -222,10 +223,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--split", action="store_true", help="the silo in a child process")
     parser.add_argument("--profile", help="write a cProfile of the timed part here")
+    parser.add_argument("--no-metrics", action="store_true", help="inproc: metrics off")
     args = parser.parse_args()
     os.environ.setdefault("RAYGRAIN_LOG_LEVEL", "WARNING")
     if args.scenario == "inproc":
-        run = _inproc(args.callers, args.calls, args.profile)
+        run = _inproc(args.callers, args.calls, args.profile, not args.no_metrics)
     elif args.split:
         run = _wire_split(args.callers, args.calls, args.profile)
     else:

@@ -305,9 +305,16 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         record = self.state
         stages = type(self).__saga_stages__
         current: builtins.list[str] = []
-        parked = record.phase in LIVE and changed_definition(type(self), record)
-        if parked:
-            pass  # (its current steps are another definition's)
+        stuck = record.phase == SagaPhase.STUCK.value
+        changed = (record.phase in LIVE or stuck) and changed_definition(type(self), record)
+        parked = changed if not stuck else ""
+        error = record.error
+        if changed:
+            # Its current steps are another definition's. A stuck saga stays STUCK (it is not
+            # running: nothing parks it), and says why resume() would refuse.
+            error = (
+                f"parked: {changed}" if parked else f"{error}; its definition changed: {changed}"
+            )
         elif record.phase == SagaPhase.RUNNING.value and record.stage < len(stages):
             current = [s.name for s in stages[record.stage] if s.name not in record.results]
         elif record.phase in (SagaPhase.COMPENSATING.value, SagaPhase.STUCK.value):
@@ -320,7 +327,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             compensated=tuple(record.compensated),
             in_doubt=tuple(s for s in record.in_doubt if s not in record.results),
             attempts=max(record.attempts.values(), default=0),
-            error=f"parked: {parked}" if parked else record.error,
+            error=error,
             reason=record.reason,
             started_at=None if record.phase == SagaPhase.NOT_STARTED.value else record.started,
             ended_at=record.ended,

@@ -28,6 +28,7 @@ from raygrain import (
     SagaSettings,
     SagaVersionError,
     SqliteStorage,
+    TerminalError,
     step,
 )
 from tests.helpers import wait_until
@@ -153,6 +154,57 @@ async def test_a_saga_in_flight_is_parked_under_changed_code_and_resumes_under_i
         assert books.events == ["do reserve", "do charge"]
         status = await fourth.get(Version1, "old").status()
         assert status.phase is SagaPhase.COMPLETED and status.error == ""
+
+
+class StuckVersion1(Saga[str], name="sagatest.Stuck"):
+    """Reserve, whose compensation refuses for good, then a charge that fails for good: the
+    saga ends STUCK."""
+
+    @step
+    async def reserve(self, who: str) -> str:
+        return await _book(self, who, "reserve")
+
+    @reserve.compensate
+    async def release(self, who: str, booked: str | None) -> None:
+        raise TerminalError("the hotel's system refuses cancellations today")
+
+    @step
+    async def charge(self, who: str) -> str:
+        raise TerminalError("card declined")
+
+
+class StuckVersion2(StuckVersion1, name="sagatest.Stuck"):
+    version = 2
+
+
+async def test_a_stuck_saga_under_changed_code_still_shows_stuck(tmp_path: Path) -> None:
+    db = str(tmp_path / "sagas.db")
+    async with _cluster(db, StuckVersion1) as first:
+        saga = first.get(StuckVersion1, "s")
+        await saga.start("s")
+
+        async def stuck() -> bool:
+            return (await saga.status()).phase is SagaPhase.STUCK
+
+        await wait_until(stuck, "the saga to be stuck")
+
+        async def listed() -> bool:
+            found = await StuckVersion1.list_sagas(first, SagaPhase.STUCK)
+            return found == {"s": SagaPhase.STUCK}
+
+        await wait_until(listed, "the index to list the saga as stuck")
+
+    async with _cluster(db, StuckVersion2) as second:
+        saga2 = second.get(StuckVersion2, "s")
+        status = await saga2.status()
+        assert status.phase is SagaPhase.STUCK and status.finished
+        assert status.current == ()  # (the steps to compensate are version 1's)
+        assert "refuses cancellations" in status.error
+        assert "its definition changed: it started as version 1" in status.error
+        with pytest.raises(SagaVersionError, match="is parked"):
+            await saga2.resume()
+        listed = await StuckVersion2.list_sagas(second, SagaPhase.STUCK)
+        assert listed == {"s": SagaPhase.STUCK}
 
 
 async def _async_noop(self: object, value: str) -> None:
