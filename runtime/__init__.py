@@ -10,6 +10,8 @@ from raygrain.runtime.events import (
     ReadResult,
     Rows,
     Session,
+    Sql,
+    SqlProjection,
     Written,
 )
 from raygrain.runtime.kernel import (
@@ -58,6 +60,8 @@ __all__ = [
     "SagaStatus",
     "Session",
     "SiloStatus",
+    "Sql",
+    "SqlProjection",
     "StepContext",
     "StreamRef",
     "StreamSettings",

@@ -12,6 +12,7 @@ from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
     QueuedWrites,
+    SqlTransactions,
     StateRecord,
     StateWrite,
     StorageProvider,
@@ -31,6 +32,7 @@ __all__ = [
     "ReminderAck",
     "ReminderRecord",
     "ReminderTable",
+    "SqlTransactions",
     "SqliteStorage",
     "StateRecord",
     "StateWrite",

@@ -28,7 +28,12 @@ import asyncpg
 
 from raygrain.actors import ActorId, ConfigurationError, StorageError, StorageSchemaError
 from raygrain.storage._pending import Pending, QueuedWrite, WriteQueue, copied, start_committer
-from raygrain.storage._postgres_batch import Outcome, Statements, apply_batch
+from raygrain.storage._postgres_batch import (
+    Outcome,
+    Statements,
+    apply_batch,
+    apply_with_statements,
+)
 from raygrain.storage._postgres_errors import (
     RETRY_BATCH,
     SERVER_ERROR,
@@ -223,6 +228,20 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         if len(set(ids)) != len(ids):
             raise StorageError(f"write_many names a record more than once: {[str(i) for i in ids]}")
         return await self._queue(copied(writes))
+
+    # -- a caller's own SQL in a commit (storage.SqlTransactions) ------------------------------
+
+    sql_dialect = "postgresql"
+
+    async def commit_sql(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+    ) -> list[str]:
+        self._check_not_closed()
+        writes = copied(writes)
+        return await self._once(
+            f"running {len(statements)} SQL statements with {len(writes)} writes",
+            lambda c: apply_with_statements(c, self._sql, statements, writes),
+        )
 
     async def aclose(self) -> None:
         """Let queued writes finish, then close the connections. Idempotent."""

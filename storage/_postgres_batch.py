@@ -7,17 +7,19 @@ Kept apart from the provider (storage/_postgres.py), which owns the pool, the qu
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from raygrain.actors import InconsistentStateError
-from raygrain.storage._pending import Pending, QueuedWrite
+from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
 from raygrain.storage._postgres_errors import SERVER_ERROR
 from raygrain.storage._provider import StateWrite
 
-__all__ = ["Outcome", "Statements", "apply_batch"]
+__all__ = ["Outcome", "Statements", "apply_batch", "apply_with_statements"]
 
 Outcome = list[str] | InconsistentStateError
 
@@ -107,6 +109,35 @@ async def apply_batch(
     if losers:
         await _tell_stored_etags(connection, sql, outcomes, losers)
     return [outcomes[i] for i in everything]
+
+
+async def apply_with_statements(
+    connection: asyncpg.Connection,
+    sql: Statements,
+    statements: Sequence[tuple[str, Sequence[Any]]],
+    writes: Sequence[StateWrite],
+) -> list[str]:
+    """One transaction holding ``writes`` (checked first: a stale ETag raises
+    ``InconsistentStateError``) and ``statements`` (a caller's own SQL, on its own tables), all
+    or nothing; the new ETags."""
+    group = PendingWrite(tuple(writes), asyncio.get_running_loop().create_future())
+    try:
+        async with connection.transaction():
+            if writes:
+                lost = await connection.fetch(sql.apply_atomic, *_arrays([group], groups=True))
+                if lost:
+                    raise _Stale
+            for statement, parameters in statements:
+                await connection.execute(statement, *parameters)
+    except (_Stale, asyncpg.exceptions.DivisionByZeroError):
+        # (A group matched in part aborts the statement: the same refusal.)
+        first = writes[0]
+        raise InconsistentStateError(None, first.expected_etag, str(first.actor_id)) from None
+    return [str(_version(write.expected_etag) + 1) for write in writes]
+
+
+class _Stale(Exception):
+    """The writes lost their ETag check (rolls the transaction back)."""
 
 
 async def _apply_in_transaction(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from raygrain.actors import ActorId
 
@@ -78,6 +78,25 @@ class QueuedWrites(Protocol):
         """``write`` without awaiting: ``done`` gets the new ETag once the write is committed,
         or the error (``InconsistentStateError``, ``StorageError``), exactly once, on the event
         loop and never before this returns."""
+        ...
+
+
+@runtime_checkable
+class SqlTransactions(Protocol):
+    """Optional, for a provider on a SQL database: it runs a caller's own statements (on the
+    caller's own tables in the same database) in the transaction that commits some records,
+    all or nothing. ``SqlProjection`` commits its read-model rows this way, with its offsets.
+    ``sql_dialect`` names the statements' dialect (``"sqlite"``: ``?`` parameters;
+    ``"postgresql"``: ``$1``)."""
+
+    sql_dialect: str
+
+    async def commit_sql(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+    ) -> list[str]:
+        """Run ``statements`` in order and apply ``writes`` in one transaction; the writes'
+        new ETags. A stale ETag raises ``InconsistentStateError`` and a failing statement
+        ``StorageError``, and then nothing of it was committed."""
         ...
 
 

@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -34,10 +34,22 @@ from raygrain.actors import (
     StorageSchemaError,
 )
 from raygrain.storage import _sqlite_reminders as reminders
-from raygrain.storage._pending import Pending, WriteQueue, copied, start_committer
+from raygrain.storage._pending import (
+    Pending,
+    PendingWrite,
+    WriteQueue,
+    copied,
+    start_committer,
+)
 from raygrain.storage._provider import StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
-from raygrain.storage._sqlite_batch import FileIdentity, KnownVersions, Outcome, commit
+from raygrain.storage._sqlite_batch import (
+    FileIdentity,
+    KnownVersions,
+    Outcome,
+    commit,
+    commit_with_statements,
+)
 from raygrain.storage._sqlite_connection import close_quietly, on_thread, reason
 from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
@@ -197,6 +209,20 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             for connection in (writer, reader):
                 if connection is not None:
                     await close_quietly(connection)
+
+    # -- a caller's own SQL in a commit (storage.SqlTransactions) ------------------------------
+
+    sql_dialect = "sqlite"
+
+    async def commit_sql(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+    ) -> list[str]:
+        await self.open()
+        group = PendingWrite(copied(writes), asyncio.get_running_loop().create_future())
+        return await self._on_writer(
+            f"running {len(statements)} SQL statements with {len(writes)} writes",
+            lambda c: commit_with_statements(c, statements, group, self._known, self._file),
+        )
 
     # -- the reminder table (storage.ReminderTable; see _sqlite_reminders) ---------------------
 

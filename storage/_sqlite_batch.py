@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from raygrain.actors import InconsistentStateError, StorageError
 from raygrain.storage._pending import Pending
 
-__all__ = ["MAX_PARAMS", "FileIdentity", "KnownVersions", "Outcome", "commit"]
+__all__ = [
+    "MAX_PARAMS",
+    "FileIdentity",
+    "KnownVersions",
+    "Outcome",
+    "commit",
+    "commit_with_statements",
+]
 
 # SQLite's default limit on host parameters is 999 on old builds; stay well under it.
 MAX_PARAMS = 500
@@ -74,21 +82,9 @@ def commit(
     check that the commit went to the file at our path before anyone is told."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        known.check(connection)
-        versions = known.versions
-        keys = [write.actor_id.canonical() for pending in batch for write in pending.writes]
-        unknown = [key for key in dict.fromkeys(keys) if key not in versions]
-        for start in range(0, len(unknown), MAX_PARAMS):
-            chunk = unknown[start : start + MAX_PARAMS]
-            versions.update(dict.fromkeys(chunk, 0))
-            query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
-            found = connection.execute(query, chunk)
-            versions.update((bytes(key), int(version)) for key, version in found)
+        versions = _versions(connection, batch, known)
         outcomes, to_write, accepted = _decide(batch, versions)
-        for start in range(0, len(to_write), _ROWS_PER_UPSERT):
-            rows = to_write[start : start + _ROWS_PER_UPSERT]
-            statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
-            connection.execute(statement, [value for row in rows for value in row])
+        _upsert(connection, to_write)
         connection.execute("COMMIT")
         file.check()
     except BaseException:
@@ -96,6 +92,61 @@ def commit(
         raise
     versions.update(accepted)
     return outcomes
+
+
+def commit_with_statements(
+    connection: sqlite3.Connection,
+    statements: Sequence[tuple[str, Sequence[Any]]],
+    group: Pending,
+    known: KnownVersions,
+    file: FileIdentity,
+) -> list[str]:
+    """On the writer's thread: one transaction holding ``statements`` (a caller's own SQL, on
+    its own tables) and ``group``'s writes, all or nothing: a stale ETag raises
+    ``InconsistentStateError`` and a failing statement its ``sqlite3.Error``, and either rolls
+    everything back here, on the thread, before another job can use the connection."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        versions = _versions(connection, (group,), known)
+        outcomes, to_write, accepted = _decide((group,), versions)
+        if isinstance(outcomes[0], InconsistentStateError):
+            raise outcomes[0]
+        for statement, parameters in statements:
+            connection.execute(statement, parameters)
+        _upsert(connection, to_write)
+        connection.execute("COMMIT")
+        file.check()
+    except BaseException:
+        known.forget()
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+    versions.update(accepted)
+    return outcomes[0]
+
+
+def _versions(
+    connection: sqlite3.Connection, batch: Iterable[Pending], known: KnownVersions
+) -> dict[bytes, int]:
+    """The stored version of every key ``batch`` writes (0: none), inside the transaction."""
+    known.check(connection)
+    versions = known.versions
+    keys = [write.actor_id.canonical() for pending in batch for write in pending.writes]
+    unknown = [key for key in dict.fromkeys(keys) if key not in versions]
+    for start in range(0, len(unknown), MAX_PARAMS):
+        chunk = unknown[start : start + MAX_PARAMS]
+        versions.update(dict.fromkeys(chunk, 0))
+        query = _SELECT_VERSIONS.format(", ".join("?" * len(chunk)))
+        found = connection.execute(query, chunk)
+        versions.update((bytes(key), int(version)) for key, version in found)
+    return versions
+
+
+def _upsert(connection: sqlite3.Connection, to_write: list[_Row]) -> None:
+    for start in range(0, len(to_write), _ROWS_PER_UPSERT):
+        rows = to_write[start : start + _ROWS_PER_UPSERT]
+        statement = _UPSERT.format(", ".join([_ROW_PARAMS] * len(rows)))
+        connection.execute(statement, [value for row in rows for value in row])
 
 
 class FileIdentity:

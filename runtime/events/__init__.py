@@ -5,7 +5,13 @@ level of each query. Plugs into the kernel as the ``EventsService`` extension.
 from raygrain.runtime.events._actor import EventSourcedActor, key_of_stream, stream_of
 from raygrain.runtime.events._consistency import ReadResult, Session, Written
 from raygrain.runtime.events._extension import EventsService
-from raygrain.runtime.events._projection import PROJECTION_KEY, Projection, Rows
+from raygrain.runtime.events._projection import (
+    PROJECTION_KEY,
+    Projection,
+    Rows,
+    Sql,
+    SqlProjection,
+)
 
 __all__ = [
     "PROJECTION_KEY",
@@ -15,6 +21,8 @@ __all__ = [
     "ReadResult",
     "Rows",
     "Session",
+    "Sql",
+    "SqlProjection",
     "Written",
     "key_of_stream",
     "stream_of",

@@ -18,9 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from raygrain.actors import ActorId, ConfigurationError, DeactivationReason
-from raygrain.runtime.events._projection import PROJECTION_KEY, Projection, ProjectionRunner
+from raygrain.runtime.events._projection import (
+    PROJECTION_KEY,
+    Projection,
+    ProjectionRunner,
+    SqlProjection,
+)
 from raygrain.runtime.kernel import Activation, Extension, MembershipView, Silo, get_logger
-from raygrain.storage import EventLog, StorageProvider
+from raygrain.storage import EventLog, SqlTransactions, StorageProvider
 
 __all__ = ["EventsService"]
 
@@ -83,6 +88,15 @@ class EventsService(Extension):
 
     def attach(self, silo: Silo) -> None:
         self.silo = silo
+        for name in silo.registry.names():
+            cls = silo.registry.resolve(name)
+            if issubclass(cls, SqlProjection) and not isinstance(silo.storage, SqlTransactions):
+                inner = getattr(silo.storage, "inner", silo.storage)
+                raise ConfigurationError(
+                    f"{name} keeps its read model in SQL tables, which needs the cluster's "
+                    f"state in a SQL database (storage='sqlite:///...' or 'postgresql://...'); "
+                    f"this cluster stores it in {type(inner).__name__}"
+                )
         silo.provide_service("events", lambda activation: EventsHandle(self, activation))
 
     def start(self, silo: Silo) -> None:

@@ -34,9 +34,9 @@ from raygrain.actors import (
 from raygrain.runtime.events._actor import EventSourcedActor
 from raygrain.runtime.events._consistency import ReadResult, Token, Written, as_token
 from raygrain.runtime.kernel import Silo, get_logger
-from raygrain.storage import EventLog, StateWrite, StorageProvider, StoredEvent
+from raygrain.storage import EventLog, SqlTransactions, StateWrite, StorageProvider, StoredEvent
 
-__all__ = ["PROJECTION_KEY", "Projection", "ProjectionRunner", "Rows"]
+__all__ = ["PROJECTION_KEY", "Projection", "ProjectionRunner", "Rows", "Sql", "SqlProjection"]
 
 
 class _Service(Protocol):
@@ -150,9 +150,15 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
         """How many events of each source category are not applied yet (head - position)."""
         return await self._runner().lag()
 
-    async def caught_up(self, after: Written | dict[str, int] | None, timeout: float) -> None:
-        """Wait until the read model has applied ``after`` (for a query method of a subclass)."""
-        await self._runner().caught_up(as_token(after), timeout)
+    @always_interleave
+    async def caught_up(
+        self, after: Written | dict[str, int] | None, timeout: float = 10.0
+    ) -> dict[str, int]:
+        """Wait until the read model has applied ``after`` (a command's ``Written`` token or a
+        session's positions), up to ``timeout`` seconds; the positions applied by then."""
+        runner = self._runner()
+        await runner.caught_up(as_token(after), timeout)
+        return dict(runner.positions)
 
     async def row(self, key: ActorKey) -> Any:
         """The committed row ``key`` (for a query method of a subclass; None if absent)."""
@@ -161,6 +167,49 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
     def _runner(self) -> ProjectionRunner:
         runner: ProjectionRunner = self._context.service("events").runner()
         return runner
+
+
+class Sql:
+    """The statements one batch of events makes on the user's own tables: ``sql.execute(
+    statement, *parameters)`` records one; they run in order, in the transaction that commits
+    the batch's offsets, when the whole batch has been handled (so nothing is read back
+    within it: write ``UPDATE t SET n = n + ?`` rather than a read and a write). Parameters
+    are in the store's dialect, ``sql.dialect``: ``"sqlite"`` (``?``) or ``"postgresql"``
+    (``$1``)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, statement: str, *parameters: Any) -> None:
+        if not isinstance(statement, str) or not statement.strip():
+            raise ConfigurationError(f"a SQL statement is a non-empty str, got {statement!r}")
+        self.statements.append((statement, parameters))
+
+
+class SqlProjection(Projection):
+    """A projection whose read model is the user's own tables, in the database the cluster
+    stores its state in (``SqliteStorage`` or ``PostgresStorage``): ``async def when(self,
+    event, stored, sql)`` records statements with ``sql.execute(...)``, and they commit in one
+    transaction with the projection's offsets, so each event's effect lands exactly once.
+    ``setup(sql)`` runs once per activation before the first batch (``CREATE TABLE IF NOT
+    EXISTS ...``). Query the tables with your own connection; ``caught_up(after)`` waits for a
+    command's ``Written`` token first (read-your-writes)."""
+
+    def setup(self, sql: Sql) -> None:
+        """Statements to run before the first batch (each activation): create the tables."""
+
+    async def when(self, event: Any, stored: StoredEvent, sql: Sql) -> None:  # type: ignore[override]
+        raise NotImplementedError(f"{type(self).__qualname__} must implement when()")
+
+    @always_interleave
+    async def read(
+        self, key: ActorKey, after: Written | dict[str, int] | None = None, timeout: float = 10.0
+    ) -> ReadResult:
+        raise ConfigurationError(
+            f"{type(self).__qualname__} keeps its read model in its own tables: query them "
+            "with your own connection (after caught_up(written) for read-your-writes)"
+        )
 
 
 def row_id(projection: str, key: ActorKey) -> ActorId:
@@ -185,6 +234,7 @@ class ProjectionRunner:
         self._waiters: list[tuple[Token, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._loaded = asyncio.Event()
+        self._set_up = False  # SqlProjection.setup ran (once per activation)
         self._task: asyncio.Task[None] | None = None
         if not self.sources:
             raise ConfigurationError(f"projection {name}: declare its sources= (class keyword)")
@@ -308,6 +358,9 @@ class ProjectionRunner:
         return progressed
 
     async def _apply(self, category: str, batch: list[StoredEvent]) -> None:
+        if isinstance(self.instance, SqlProjection):
+            await self._apply_sql(self.instance, category, batch)
+            return
         rows = Rows(self)
         source = type(self.instance).__projection_events__.get(category)
         for stored in batch:
@@ -330,6 +383,41 @@ class ProjectionRunner:
             self._cache.clear()
         for key, write, etag in zip(keys, writes[1:], etags[1:], strict=True):
             self._cache[key] = (write.data, etag)
+        self.positions = positions
+        self.applied += len(batch)
+        self.last_error = None
+        self._release()
+
+    def _sql_store(self) -> SqlTransactions:
+        storage = self.service.storage
+        if not isinstance(storage, SqlTransactions):
+            raise ConfigurationError(
+                f"projection {self.name} keeps its read model in SQL tables, which needs a "
+                f"store on a SQL database (sqlite:/// or postgresql://); this cluster's is "
+                f"{type(getattr(storage, 'inner', storage)).__name__}"
+            )
+        return storage
+
+    async def _apply_sql(
+        self, instance: SqlProjection, category: str, batch: list[StoredEvent]
+    ) -> None:
+        store = self._sql_store()
+        if not self._set_up:
+            setup = Sql(store.sql_dialect)
+            instance.setup(setup)
+            if setup.statements:
+                await store.commit_sql(setup.statements, [])
+            self._set_up = True
+        sql = Sql(store.sql_dialect)
+        source = type(instance).__projection_events__.get(category)
+        for stored in batch:
+            event = source.__es_events__.build(stored, source.upcast) if source else stored.data
+            handled = instance.when(event, stored, sql)
+            if inspect.isawaitable(handled):
+                await handled
+        positions = {**self.positions, category: batch[-1].position}
+        offsets = StateWrite(ActorId(OFFSET_TYPE, self.name), encode(positions), self._offset_etag)
+        (self._offset_etag,) = await store.commit_sql(sql.statements, [offsets])
         self.positions = positions
         self.applied += len(batch)
         self.last_error = None
