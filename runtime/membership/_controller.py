@@ -101,12 +101,21 @@ class ControllerImpl:
             self.leading = False
             self._wake_long_polls()  # so that they go back to the controller
 
-    async def resume(self) -> None:
-        """Read the stored view again (a standby changed it meanwhile) and lead from it."""
+    async def resume(self, missed: dict[str, int] | None = None) -> None:
+        """Read the stored view again (a standby changed it meanwhile) and lead from it.
+        ``missed``: the probes the standby saw missed in a row, per silo, so that a silo that
+        died with this controller's process is declared as soon as it would have been rather
+        than after a whole new round of probes (a restarted controller has none)."""
         async with self._lock:
             self._loaded = False
+            for name, count in (missed or {}).items():
+                self._missed[name] = max(self._missed.get(name, 0), int(count))
             await self._load()
             self._wake_long_polls()
+
+    def missed_probes(self) -> dict[str, int]:
+        """The probes missed in a row, per silo with at least one (handed on by a standby)."""
+        return {name: count for name, count in self._missed.items() if count > 0}
 
     def _wake_long_polls(self) -> None:
         self._changed.set()

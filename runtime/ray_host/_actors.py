@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psutil  # type: ignore[import-untyped]
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -165,17 +166,25 @@ class ControllerActor(ControllerImpl):
         controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
         detection = self.detection
         missed = 0
+        process: psutil.Process | None = None  # the controller's, once known (same node)
         while True:
             try:
-                blob = await asyncio.wait_for(controller.get_view.remote(), detection.probe_timeout)
+                blob = await _answer_unless_gone(
+                    controller.get_view.remote(), process, detection.probe_timeout
+                )
                 missed = 0
                 if self.leading:
                     await self.step_down()
-                    await controller.resume.remote()
+                    await controller.resume.remote(self.missed_probes())
                     get_logger().warning("controller_back_standby_stepped_down")
+                    process = None  # Ray restarted it: another process
                 else:
                     self.follow(view_from_wire(blob))
+                if process is None:
+                    process = await self._process_of(controller)
             except Exception as exc:
+                if isinstance(exc, _ControllerGone):
+                    process = None
                 # Ray's word that the process died (it is restarting) counts at once; a probe
                 # that times out counts as a miss.
                 missed = detection.missed_probes if _died(exc) else missed + 1
@@ -187,6 +196,18 @@ class ControllerActor(ControllerImpl):
                         get_logger().warning("standby_take_over_failed", error=repr(failure))
                         self.leading = False
             await asyncio.sleep(detection.probe_period)
+
+    async def _process_of(self, controller: Any) -> psutil.Process | None:
+        """The controller's process, if it runs on this node (it does: both are pinned to the
+        head node), so that its death is seen at once: a call to a killed actor that Ray
+        restarts waits for the restart rather than fail, and Ray's own notice takes seconds."""
+        try:
+            node, pid = await asyncio.gather(controller.node_id.remote(), controller.pid.remote())
+            if node != ray.get_runtime_context().get_node_id():
+                return None
+            return psutil.Process(pid)
+        except Exception:
+            return None  # asked again after the next answer
 
     async def guard(self) -> bool:
         """(The standby) make sure it watches the controller; True if it leads now."""
@@ -340,7 +361,41 @@ def _silo_prefix(node_id: str) -> str:
 
 
 def _died(error: BaseException) -> bool:
-    return isinstance(error, ray.exceptions.RayActorError)
+    return isinstance(error, (ray.exceptions.RayActorError, _ControllerGone))
+
+
+class _ControllerGone(Exception):
+    """The controller's process is no longer running (seen on its node)."""
+
+
+def _running(process: psutil.Process) -> bool:
+    try:  # (is_running also tells a reused pid from the process it was)
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+async def _answer_unless_gone(
+    call: Any, process: psutil.Process | None, timeout: float, every: float = 0.05
+) -> Any:
+    """``call``'s answer within ``timeout`` seconds; ``_ControllerGone`` as soon as
+    ``process`` (if known) stops running, ``TimeoutError`` after ``timeout``."""
+    answer = asyncio.ensure_future(call)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise asyncio.TimeoutError()
+            done, _ = await asyncio.wait({answer}, timeout=min(every, left))
+            if done:
+                return answer.result()
+            if process is not None and not _running(process):
+                raise _ControllerGone(f"process {process.pid} is gone")
+    finally:
+        if not answer.done():
+            answer.cancel()
 
 
 _handles: dict[tuple[str, str], Any] = {}  # (namespace, actor name) -> handle

@@ -70,3 +70,68 @@ async def test_a_silo_is_declared_dead_once_the_store_takes_the_view_again() -> 
     assert store.failures == 0
     for watcher in controller._watchers.values():
         watcher.cancel()
+
+
+class _Silent(_Controller):
+    """Probes of the silos not in ``alive`` go unanswered (a killed node: timeouts, not Ray's
+    word), and are counted."""
+
+    def __init__(self, store: MemoryStorage, alive: set[str]) -> None:
+        super().__init__(store, alive)
+        self.probes: dict[str, int] = {}
+
+    async def probe_silo(self, name: str) -> None:
+        self.probes[name] = self.probes.get(name, 0) + 1
+        if name not in self.alive:
+            await asyncio.sleep(60)
+
+
+async def test_a_controller_back_from_a_restart_goes_on_from_the_standbys_missed_probes() -> None:
+    """A node and the controller's process die together: the standby leads and counts the
+    silo's missed probes, then Ray restarts the controller and the standby hands back. The
+    restarted controller used to start counting from zero (a whole detection window late); the
+    standby's counts now come with the hand-back, and one more miss declares the silo."""
+    detection = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=3)
+    store = MemoryStorage()
+    first = _Controller(store, {"silo-a", "silo-b"})
+    await first.set_status("silo-a", "active")
+    await first.set_status("silo-b", "active")
+    version = first.view.version
+    restarted = _Silent(store, {"silo-a"})
+    restarted.detection = detection
+    await restarted.resume({"silo-b": 2})  # what the standby saw missed
+    view = view_from_wire(await asyncio.wait_for(restarted.wait_view(version, 5.0), 5.0))
+    assert view.status_of("silo-b") is SiloStatus.DEAD
+    assert restarted.probes["silo-b"] == 1, restarted.probes
+    assert first.missed_probes() == {}
+    for watcher in [*first._watchers.values(), *restarted._watchers.values()]:
+        watcher.cancel()
+
+
+async def test_the_standby_sees_the_controllers_process_die_without_waiting_for_ray() -> None:
+    """A call to a killed actor that Ray restarts waits for the restart (seconds) instead of
+    failing; the standby, on the controller's node, watches the process itself."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from raygrain.runtime.ray_host._actors import _answer_unless_gone, _ControllerGone
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        probe = asyncio.ensure_future(_answer_unless_gone(never, psutil.Process(child.pid), 120))
+        await asyncio.sleep(0.2)
+        assert not probe.done()  # alive and silent: still waiting
+        child.kill()
+        child.wait()
+        try:
+            await asyncio.wait_for(probe, 30)
+            raise AssertionError("the probe answered")
+        except _ControllerGone:
+            pass
+        assert never.cancelled()  # the call is not left waiting
+    finally:
+        child.kill()
+        child.wait()
