@@ -178,7 +178,7 @@ ROOMS: dict[str, set[str]] = {
         "ray_host",
         "_capabilities",
     },
-    "cli": {"kernel", "membership", "wire", "ray_host", "cluster"},
+    "cli": {"kernel", "membership", "wire", "ray_host", "cluster", "sagas"},
 }
 RUNTIME = ROOT / "runtime"
 

@@ -5,6 +5,8 @@ raygrain up --address auto --actors my.module [--name NAME] [--silos-per-node 1]
             [--tls-cert FILE --tls-key FILE [--tls-ca FILE]]
 raygrain status --address auto [--name NAME] [--watch] [--json] [--interval SECONDS]
 raygrain down --address auto [--name NAME]
+raygrain sagas --type NAME [--address auto] [--name NAME] [--phase stuck|parked|attention|all]
+               [--resume ID ... | --abort ID ...] [--json]
 raygrain bench [--quick] [--only NAME] [--local] [--ray ADDRESS] [--out DIR]
 """
 
@@ -23,6 +25,7 @@ from importlib import metadata
 from typing import Any
 
 from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.runtime.cli._sagas import add_parser as add_sagas_parser
 from raygrain.runtime.cli._table import table_console
 
 __all__ = ["main"]
@@ -43,7 +46,7 @@ logging: RAYGRAIN_LOG_LEVEL (or 'up --log-level') sets the silos' level (default
 
 exit codes:
   0  success
-  1  no such deployment on that Ray (status, down)
+  1  no such deployment on that Ray (status, down, sagas), or a saga refused (sagas)
   2  bad arguments or configuration (e.g. an actor module that does not import)
   3  cannot connect to Ray at the address, or Ray refused the connection's credentials
      (Ray's token authentication: set RAY_AUTH_TOKEN, or RAY_AUTH_MODE=disabled on a
@@ -255,6 +258,21 @@ async def _down(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _sagas(args: argparse.Namespace) -> int:
+    from raygrain.runtime.cli._sagas import run
+    from raygrain.runtime.cluster import Cluster
+    from raygrain.runtime.ray_host import list_deployments
+
+    _connect(args.address, local_code=False)
+    if args.name not in list_deployments():
+        print(f"no raygrain deployment named {args.name!r} on this Ray", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    async with Cluster.connect(args.address, name=args.name) as cluster:
+        code, text = await run(cluster, args)
+    print(text)
+    return code
+
+
 def _version() -> str:
     try:
         return metadata.version("raygrain")
@@ -318,6 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     down = commands.add_parser("down", help="stop one deployment's silos gracefully")
     down.add_argument("--address", default="auto")
     down.add_argument("--name", default="default", help="the deployment (default: default)")
+    add_sagas_parser(commands)
     # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser
@@ -340,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
         args.no_storage_server = args.no_storage_server or args.deprecated_direct
-    handler = {"up": _up, "status": _status, "down": _down}[args.command]
+    handler = {"up": _up, "status": _status, "down": _down, "sagas": _sagas}[args.command]
     try:
         return asyncio.run(handler(args))
     except (RaygrainError, RayUnreachable) as exc:

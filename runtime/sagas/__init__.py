@@ -9,10 +9,12 @@ actors list the sagas of a type and wake the live ones. See docs/sagas.md.
 from raygrain.runtime.sagas._definition import Retry, Step, step
 from raygrain.runtime.sagas._extension import SagaService, SagaSettings
 from raygrain.runtime.sagas._index import SagaIndex
+from raygrain.runtime.sagas._operator import ATTENTION, abort_saga, resume_saga, saga_statuses
 from raygrain.runtime.sagas._record import SagaPhase, SagaStatus, StepContext
 from raygrain.runtime.sagas._saga import Saga
 
 __all__ = [
+    "ATTENTION",
     "Retry",
     "Saga",
     "SagaIndex",
@@ -22,5 +24,8 @@ __all__ = [
     "SagaStatus",
     "Step",
     "StepContext",
+    "abort_saga",
+    "resume_saga",
+    "saga_statuses",
     "step",
 ]

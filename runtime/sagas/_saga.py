@@ -54,6 +54,7 @@ from raygrain.runtime.sagas._driver import (
     to_compensate,
 )
 from raygrain.runtime.sagas._index import INDEX_SHARDS, INDEX_TYPE, shard_key
+from raygrain.runtime.sagas._operator import saga_statuses
 from raygrain.runtime.sagas._record import LIVE, SagaPhase, SagaRecord, SagaStatus, StepContext
 
 __all__ = ["Saga"]
@@ -62,6 +63,7 @@ I = TypeVar("I")  # noqa: E741  # the saga's input
 
 _OPERATIONS = frozenset(
     {"start", "status", "result", "abort", "resume", "wake", "list_sagas", "results"}
+    | {"attention"}
     | {"current_step", "idempotency_key", "retry_policy", "compensation_policy", "timeout"}
     | {"version"}
     | RESERVED
@@ -243,11 +245,18 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         return self._status()
 
     async def resume(self) -> SagaStatus:
-        """Retry the compensations of a stuck saga (after an operator fixed their cause)."""
+        """Retry the compensations of a stuck saga (after an operator fixed their cause); try
+        a parked saga (after code of its version was deployed) or one backing off between
+        attempts now rather than at its next wake. Raises ``SagaVersionError`` while the code
+        serving it is not of its version. An ended saga stays as it is."""
         record = self.state
         if record.phase == SagaPhase.NOT_STARTED.value:
             raise UnknownSagaError(f"no saga was started as {self.context.id}")
-        if record.phase == SagaPhase.STUCK.value:
+        if record.phase in LIVE:
+            self._check_definition()
+            record.wait_until = None
+            self._driver().kick()
+        elif record.phase == SagaPhase.STUCK.value:
             self._check_definition(stuck=True)
             record.phase = SagaPhase.COMPENSATING.value
             record.attempts.clear()
@@ -284,6 +293,12 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             )
         )
         return {key: SagaPhase(found) for shard in shards for key, found in shard}
+
+    @classmethod
+    async def attention(cls, cluster: _References) -> builtins.list[SagaStatus]:
+        """The sagas of this type that wait for an operator (STUCK or PARKED), with their
+        exact status, by id: see ``resume`` and ``abort`` (and ``raygrain sagas``)."""
+        return await saga_statuses(cluster, cls.__actor_options__.name)
 
     # -- internals -------------------------------------------------------------------------------
 
