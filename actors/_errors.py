@@ -223,7 +223,14 @@ class SagaFailedError(SagaError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"saga {self.saga} ended {self.phase}: {self.reason}"
+        if self.phase == "stuck":
+            return (
+                f"saga {self.saga} did not complete and is stuck (a compensation failed for "
+                f"good; fix its cause, then resume() it): {self.reason}"
+            )
+        if self.phase == "compensated":
+            return f"saga {self.saga} did not complete; its steps were compensated: {self.reason}"
+        return f"saga {self.saga} did not complete ({self.phase}): {self.reason}"
 
 
 class SagaConflictError(SagaError, InvalidCallError):

@@ -224,8 +224,9 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             left = end - loop.time()
             if left <= 0:
                 raise ActorCallTimeout(
-                    f"saga {self.context.id} is still {record.phase} after {wait:g} s "
-                    "(result(wait=...) waits longer)"
+                    f"saga {self.context.id} is still {record.phase} after {wait:g} s: it has "
+                    "no result yet (result(wait=SECONDS) waits longer; status() shows its "
+                    "progress)"
                 )
             try:
                 await asyncio.wait_for(driver.ended.wait(), min(left, _RESULT_POLL))

@@ -103,7 +103,10 @@ async def test_a_terminal_failure_compensates_exactly_the_completed_steps_newest
     with pytest.raises(SagaFailedError) as failed:
         await trip.result()
     assert failed.value.phase == "compensated"
-    assert "step 'pay' failed after 1 attempt(s): TerminalError: pay refused" in str(failed.value)
+    assert str(failed.value).startswith(
+        "saga declined did not complete; its steps were compensated: step 'pay' failed after "
+        "1 attempt(s): TerminalError: pay refused"
+    )
     books = await _books(sagas, "declined")
     assert books.booked == {}
     # Forward in order, then undone newest first: the parallel stage, then the flight.
@@ -294,6 +297,10 @@ async def test_a_compensation_that_keeps_failing_leaves_the_saga_stuck_until_res
     with pytest.raises(SagaFailedError) as failed:
         await trip.result()
     assert failed.value.phase == "stuck"
+    assert str(failed.value).startswith(
+        "saga stuck did not complete and is stuck (a compensation failed for good; fix its "
+        "cause, then resume() it): "
+    )
     status = await trip.status()
     assert status.phase is SagaPhase.STUCK and status.current == ("flight",)
     assert "compensation of 'flight', attempt 3: RuntimeError" in status.error
@@ -334,7 +341,7 @@ async def test_sagas_are_listed_by_phase(sagas: Cluster) -> None:
 async def test_result_waits_only_as_long_as_asked(sagas: Cluster) -> None:
     trip = sagas.get(Trip, "waiting")
     await trip.start(Plan(gate="flight"))
-    with pytest.raises(ActorCallTimeout, match="still running after 0 s"):
+    with pytest.raises(ActorCallTimeout, match="still running after 0 s: it has no result yet"):
         await trip.result(wait=0)
     assert (await trip.status()).current == ("flight",)  # not blocked by the running step
     GATES["waiting"].set()
