@@ -199,3 +199,10 @@ def test_the_command_checks_its_arguments() -> None:
         _parser().parse_args(["sagas", "--type", "x", "--resume", "a", "--abort", "b"])
     with pytest.raises(SystemExit):
         _parser().parse_args(["sagas"])  # --type is required
+
+
+def test_the_command_says_when_ray_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
+    from raygrain.runtime.cli import main
+
+    assert main(["sagas", "--address", "127.0.0.1:1", "--type", "optest.Order"]) == 3
+    assert "raygrain sagas: cannot connect to Ray at 127.0.0.1:1" in capsys.readouterr().err
