@@ -212,9 +212,10 @@ class SagaError(RaygrainError):
 
 
 class SagaFailedError(SagaError):
-    """The saga ended without completing: ``phase`` is ``"compensated"`` (every completed
-    step was undone) or ``"stuck"`` (a compensation failed for good: an operator must look),
-    ``reason`` says why it stopped (the step that failed and its error, an abort, a timeout)."""
+    """The saga ended without completing: ``saga`` names it (``type/id``), ``phase`` is
+    ``"compensated"`` (every completed step was undone) or ``"stuck"`` (a compensation failed
+    for good: an operator must look), ``reason`` says why it stopped (the step that failed
+    and its error, an abort, a timeout) and, when stuck, the error of that compensation."""
 
     def __init__(self, saga: str, phase: str, reason: str) -> None:
         super().__init__(saga, phase, reason)

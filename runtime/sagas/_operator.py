@@ -16,7 +16,13 @@ import asyncio
 from collections.abc import Iterable
 from typing import Protocol
 
-from raygrain.actors import ActorKey, ActorRef, InvalidArgumentsError
+from raygrain.actors import (
+    ActorKey,
+    ActorRef,
+    InvalidArgumentsError,
+    RaygrainError,
+    UnknownActorTypeError,
+)
 from raygrain.runtime.sagas._index import INDEX_SHARDS, INDEX_TYPE, shard_key
 from raygrain.runtime.sagas._record import SagaPhase, SagaStatus
 
@@ -27,6 +33,8 @@ ATTENTION: tuple[SagaPhase, ...] = (SagaPhase.STUCK, SagaPhase.PARKED)
 # The index records a parked saga as such, but only once it was activated under the changed
 # code: a saga it still holds as running or compensating may be parked too (status() says).
 _MAYBE_PARKED = (SagaPhase.RUNNING, SagaPhase.COMPENSATING)
+# The id asked for its status to tell a saga type from a typo (never started: stores nothing).
+_PROBE = "raygrain.saga-type-probe"
 
 
 class _References(Protocol):
@@ -50,17 +58,40 @@ async def saga_statuses(
     asked = set(wanted)
     if SagaPhase.PARKED in wanted:
         asked.update(_MAYBE_PARKED)
-    shards = await asyncio.gather(
-        *(
-            cluster.ref(INDEX_TYPE, shard_key(type_name, n)).entries(None)
-            for n in range(INDEX_SHARDS)
+    try:
+        shards = await asyncio.gather(
+            *(
+                cluster.ref(INDEX_TYPE, shard_key(type_name, n)).entries(None)
+                for n in range(INDEX_SHARDS)
+            )
         )
-    )
+    except UnknownActorTypeError:
+        raise InvalidArgumentsError(
+            f"saga_statuses: this cluster has no saga type (asked for {type_name!r})"
+        ) from None
     candidates = sorted(
         {key for shard in shards for key, phase in shard if SagaPhase(phase) in asked}, key=repr
     )
+    if not candidates:
+        await _check_saga_type(cluster, type_name)
     found = await asyncio.gather(*(cluster.ref(type_name, key).status() for key in candidates))
     return [status for status in found if status.phase in wanted]
+
+
+async def _check_saga_type(cluster: _References, type_name: str) -> None:
+    """An index that lists nothing says nothing of a misspelt type name: ask the type itself
+    (the status of an id never started, which stores nothing) so that a typo is an error,
+    not an empty list an operator reads as "all is well"."""
+    try:
+        probe = await cluster.ref(type_name, _PROBE).status()
+    except UnknownActorTypeError as exc:
+        raise InvalidArgumentsError(f"saga_statuses: {exc}") from None
+    except RaygrainError as exc:
+        raise InvalidArgumentsError(
+            f"saga_statuses: {type_name!r} is not a saga type ({type(exc).__name__})"
+        ) from None
+    if not isinstance(probe, SagaStatus):
+        raise InvalidArgumentsError(f"saga_statuses: {type_name!r} is not a saga type")
 
 
 async def resume_saga(cluster: _References, type_name: str, saga: ActorKey) -> SagaStatus:

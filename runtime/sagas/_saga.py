@@ -214,9 +214,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             if driver.ended.is_set() and record.phase not in LIVE:
                 if record.phase == SagaPhase.COMPLETED.value:
                     return self.results
-                raise SagaFailedError(
-                    str(self.context.key), record.phase, record.reason or record.error
-                )
+                raise SagaFailedError(str(self.context.id), record.phase, self._why_failed())
             if driver.gone:
                 raise SiloUnavailableError(
                     f"{self.context.id}: the saga moved while result() waited; call it again"
@@ -224,7 +222,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             left = end - loop.time()
             if left <= 0:
                 raise ActorCallTimeout(
-                    f"saga {self.context.id} is still {record.phase} after {wait:g} s: it has "
+                    f"saga {self.context.id} is still {self._doing()} after {wait:g} s: it has "
                     "no result yet (result(wait=SECONDS) waits longer; status() shows its "
                     "progress)"
                 )
@@ -305,6 +303,26 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
 
     def _driver(self) -> SagaDriver:
         return self._context.service("saga")  # type: ignore[no-any-return]
+
+    def _doing(self) -> str:
+        """What a live saga is doing, for a message: its phase (RUNNING or COMPENSATING) and
+        the steps at hand."""
+        status = self._status()
+        steps = ", ".join(repr(name) for name in status.current)
+        if not steps:
+            return status.phase.value
+        if status.phase is SagaPhase.COMPENSATING:
+            return f"compensating (undoing {steps})"
+        return f"running (at {'step' if len(status.current) == 1 else 'steps'} {steps})"
+
+    def _why_failed(self) -> str:
+        """Why an ended saga did not complete: why it stopped and, if it is stuck, the error
+        of the compensation that failed for good (the cause an operator must fix)."""
+        record = self.state
+        if record.phase == SagaPhase.STUCK.value and record.error:
+            stopped = f"it stopped because {record.reason}; " if record.reason else ""
+            return f"{stopped}then a compensation failed for good: {record.error}"
+        return record.reason or record.error or "no reason recorded"
 
     def _check_definition(self, stuck: bool = False) -> None:
         record = self.state

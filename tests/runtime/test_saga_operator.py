@@ -13,6 +13,7 @@ import pytest
 
 from raygrain import (
     Cluster,
+    InvalidArgumentsError,
     ReminderSettings,
     Retry,
     Saga,
@@ -206,3 +207,19 @@ def test_the_command_says_when_ray_is_not_there(capsys: pytest.CaptureFixture[st
 
     assert main(["sagas", "--address", "127.0.0.1:1", "--type", "optest.Order"]) == 3
     assert "raygrain sagas: cannot connect to Ray at 127.0.0.1:1" in capsys.readouterr().err
+
+
+async def test_a_misspelt_type_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
+    db = str(tmp_path / "sagas.db")
+    async with _cluster(db, Refunds) as cluster:
+        with pytest.raises(InvalidArgumentsError, match="unknown actor type 'optest.Refund'"):
+            await _cli(cluster, "--type", "optest.Refund")
+        with pytest.raises(InvalidArgumentsError, match="'sagatest.Ledger' is not a saga type"):
+            await saga_statuses(cluster, "sagatest.Ledger")
+        assert await _cli(cluster, "--type", "optest.Refunds") == (
+            0,
+            "no attention saga of type optest.Refunds",
+        )
+    async with Cluster.local(actors=[Ledger], storage=SqliteStorage(db)) as no_sagas:
+        with pytest.raises(InvalidArgumentsError, match="this cluster has no saga type"):
+            await saga_statuses(no_sagas, "optest.Refunds")

@@ -102,10 +102,10 @@ async def test_a_terminal_failure_compensates_exactly_the_completed_steps_newest
     await trip.start(Plan(fail="pay"))
     with pytest.raises(SagaFailedError) as failed:
         await trip.result()
-    assert failed.value.phase == "compensated"
-    assert str(failed.value).startswith(
-        "saga declined did not complete; its steps were compensated: step 'pay' failed after "
-        "1 attempt(s): TerminalError: pay refused"
+    assert failed.value.phase == "compensated" and failed.value.saga == "sagatest.Trip/declined"
+    assert str(failed.value) == (
+        "saga sagatest.Trip/declined did not complete; its steps were compensated: step 'pay' "
+        "failed after 1 attempt(s): TerminalError: pay refused"
     )
     books = await _books(sagas, "declined")
     assert books.booked == {}
@@ -233,6 +233,12 @@ async def test_abort_stops_and_compensates_what_was_done_including_the_running_s
     await wait_until(lambda: ATTEMPTS["aborted/hotel"] == 1, "the hotel step to start")
     status = await trip.abort("customer cancelled")  # runs beside the step (reentrant)
     assert status.phase is SagaPhase.COMPENSATING
+    with pytest.raises(ActorCallTimeout) as waited:
+        await trip.result(wait=0)
+    undoing = ", ".join(repr(name) for name in status.current)
+    assert str(waited.value).startswith(
+        f"saga sagatest.Trip/aborted is still compensating (undoing {undoing}) after 0 s: "
+    )
     GATES["aborted"].set()  # the step finishes: what it did is recorded, then undone
     with pytest.raises(SagaFailedError, match="aborted: customer cancelled"):
         await trip.result()
@@ -297,9 +303,14 @@ async def test_a_compensation_that_keeps_failing_leaves_the_saga_stuck_until_res
     with pytest.raises(SagaFailedError) as failed:
         await trip.result()
     assert failed.value.phase == "stuck"
-    assert str(failed.value).startswith(
-        "saga stuck did not complete and is stuck (a compensation failed for good; fix its "
-        "cause, then resume() it): "
+    said = str(failed.value)  # the saga, why it stopped, and the cause to fix
+    assert said.startswith(
+        "saga sagatest.Trip/stuck did not complete and is stuck (a compensation failed for "
+        "good; fix its cause, then resume() it): it stopped because step 'pay' failed"
+    )
+    assert said.endswith(
+        "then a compensation failed for good: compensation of 'flight', attempt 3: "
+        "RuntimeError: cannot cancel the flight right now"
     )
     status = await trip.status()
     assert status.phase is SagaPhase.STUCK and status.current == ("flight",)
@@ -341,8 +352,12 @@ async def test_sagas_are_listed_by_phase(sagas: Cluster) -> None:
 async def test_result_waits_only_as_long_as_asked(sagas: Cluster) -> None:
     trip = sagas.get(Trip, "waiting")
     await trip.start(Plan(gate="flight"))
-    with pytest.raises(ActorCallTimeout, match="still running after 0 s: it has no result yet"):
+    with pytest.raises(ActorCallTimeout) as waited:
         await trip.result(wait=0)
+    assert str(waited.value) == (
+        "saga sagatest.Trip/waiting is still running (at step 'flight') after 0 s: it has no "
+        "result yet (result(wait=SECONDS) waits longer; status() shows its progress)"
+    )
     assert (await trip.status()).current == ("flight",)  # not blocked by the running step
     GATES["waiting"].set()
     await trip.result()
