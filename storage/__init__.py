@@ -12,6 +12,7 @@ from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
     QueuedWrites,
+    SqlStep,
     SqlTransactions,
     StateRecord,
     StateWrite,
@@ -32,6 +33,7 @@ __all__ = [
     "ReminderAck",
     "ReminderRecord",
     "ReminderTable",
+    "SqlStep",
     "SqlTransactions",
     "SqliteStorage",
     "StateRecord",

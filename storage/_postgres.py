@@ -44,7 +44,7 @@ from raygrain.storage._postgres_errors import (
 from raygrain.storage._postgres_events import PostgresEventLog
 from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
-from raygrain.storage._provider import StateRecord, StateWrite
+from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
 __all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
@@ -234,7 +234,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     sql_dialect = "postgresql"
 
     async def commit_sql(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+        self, statements: Sequence[SqlStep], writes: Sequence[StateWrite]
     ) -> list[str]:
         self._check_not_closed()
         writes = copied(writes)

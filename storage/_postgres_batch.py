@@ -8,6 +8,7 @@ Kept apart from the provider (storage/_postgres.py), which owns the pool, the qu
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import asyncpg
 from raygrain.actors import InconsistentStateError
 from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
 from raygrain.storage._postgres_errors import SERVER_ERROR
-from raygrain.storage._provider import StateWrite
+from raygrain.storage._provider import SqlStep, StateWrite
 
 __all__ = ["Outcome", "Statements", "apply_batch", "apply_with_statements"]
 
@@ -114,7 +115,7 @@ async def apply_batch(
 async def apply_with_statements(
     connection: asyncpg.Connection,
     sql: Statements,
-    statements: Sequence[tuple[str, Sequence[Any]]],
+    statements: Sequence[SqlStep],
     writes: Sequence[StateWrite],
 ) -> list[str]:
     """One transaction holding ``writes`` (checked first: a stale ETag raises
@@ -127,8 +128,14 @@ async def apply_with_statements(
                 lost = await connection.fetch(sql.apply_atomic, *_arrays([group], groups=True))
                 if lost:
                     raise _Stale
-            for statement, parameters in statements:
-                await connection.execute(statement, *parameters)
+            for step in statements:
+                if callable(step):
+                    done = step(connection)
+                    if inspect.isawaitable(done):
+                        await done
+                else:
+                    statement, parameters = step
+                    await connection.execute(statement, *parameters)
     except (_Stale, asyncpg.exceptions.DivisionByZeroError):
         # (A group matched in part aborts the statement: the same refusal.)
         first = writes[0]

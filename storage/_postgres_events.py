@@ -21,23 +21,18 @@ what was stored, if anything.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from raygrain.actors import InvalidEventError, StorageError, decode
+from raygrain.storage._event_appends import AppendQueue, PendingAppend, settle
 from raygrain.storage._events import (
     Appended,
-    NewEvent,
     StoredEvent,
-    check_append,
     check_category_read,
     check_stream_read,
-    encoded_events,
     other_category,
     repeated,
     wrong_version,
@@ -105,25 +100,12 @@ _READ_CATEGORY = (
 _HEAD = "SELECT head FROM {schema}.raygrain_event_heads WHERE category = $1"
 
 
-_MAX_BATCH = 2000  # events in one transaction
 _RETRIES = 5  # a batch the server refused whole (deadlock, serialization) is sent again
 _RETRY_WHOLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
-@dataclass(slots=True)
-class _PendingAppend:
-    stream: str
-    category: str
-    expected_version: int | None
-    events: list[tuple[str, bytes, str]]  # (type, data, event id)
-    result: asyncio.Future[Appended]
-
-
-class PostgresEventLog:
+class PostgresEventLog(AppendQueue):
     """The ``EventLog`` methods of ``PostgresStorage`` (a base class of it)."""
-
-    _appends: deque[_PendingAppend] | None = None
-    _append_committer: asyncio.Task[None] | None = None
 
     if TYPE_CHECKING:  # provided by PostgresStorage
         _pool: asyncpg.Pool | None
@@ -140,59 +122,17 @@ class PostgresEventLog:
     def _event_sql(self, sql: str) -> str:
         return sql.replace("{schema}", self._quoted_schema)
 
-    async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
-    ) -> Appended:
-        """Queue the append for the next batch; return once the batch committed."""
-        check_append(stream, category, expected_version, events)
-        encoded = encoded_events(events)
-        self._check_not_closed()
-        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        if self._appends is None:
-            self._appends = deque()
-        self._appends.append(_PendingAppend(stream, category, expected_version, encoded, result))
-        if self._append_committer is None:
-            # In a context of its own, like the state's committer: callers' variables stay theirs.
-            self._append_committer = contextvars.Context().run(
-                asyncio.get_running_loop().create_task, self._commit_appends()
-            )
-        return await result
-
-    async def _drain_appends(self) -> None:
-        """Let queued appends commit (``aclose`` calls it before closing the pool)."""
-        if self._append_committer is not None:
-            await asyncio.wait({self._append_committer})
-
-    async def _commit_appends(self) -> None:
-        queue = self._appends
-        assert queue is not None
-        try:
-            while queue:
-                batch: list[_PendingAppend] = []
-                size = 0
-                while queue and (not batch or size + len(queue[0].events) <= _MAX_BATCH):
-                    pending = queue.popleft()
-                    if not pending.result.done():  # a caller cancelled before it started
-                        batch.append(pending)
-                        size += len(pending.events)
-                if batch:
-                    await self._commit_batch(batch)
-        finally:
-            self._append_committer = None
-            while queue:
-                _settle(queue.popleft(), StorageError(f"{self!r} stopped committing events"))
-
-    async def _commit_batch(self, batch: list[_PendingAppend]) -> None:
+    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:
             outcomes = await self._apply_batch(batch)
         except StorageError as exc:
             for pending in batch:
-                _settle(pending, StorageError(*exc.args))
+                settle(pending, StorageError(*exc.args))
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
-            _settle(pending, outcome)
+            settle(pending, outcome)
 
-    async def _apply_batch(self, batch: list[_PendingAppend]) -> list[Appended | Exception]:
+    async def _apply_batch(self, batch: list[PendingAppend]) -> list[Appended | Exception]:
         size = f"a batch of {len(batch)} event appends"
         try:
             if self._pool is None:  # (still there while aclose lets queued appends commit)
@@ -234,7 +174,7 @@ class PostgresEventLog:
     async def _decide_and_insert(
         self,
         connection: asyncpg.Connection,
-        batch: list[_PendingAppend],
+        batch: list[PendingAppend],
         categories: list[str],
         look_up_all: bool,
     ) -> list[Appended | Exception]:
@@ -305,17 +245,8 @@ class PostgresEventLog:
         return 0 if head is None else int(head)
 
 
-def _settle(pending: _PendingAppend, outcome: Appended | Exception) -> None:
-    if pending.result.done():
-        return
-    if isinstance(outcome, Exception):
-        pending.result.set_exception(outcome)
-    else:
-        pending.result.set_result(outcome)
-
-
 def _decide(
-    batch: list[_PendingAppend],
+    batch: list[PendingAppend],
     heads: dict[str, int],
     tails: dict[str, tuple[str, int]],
     stored: dict[tuple[str, str], tuple[int, int]],

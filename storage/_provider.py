@@ -15,7 +15,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from raygrain.actors import ActorId
 
-__all__ = ["QueuedWrites", "StateRecord", "StateWrite", "StorageProvider", "tell_written"]
+__all__ = [
+    "QueuedWrites",
+    "SqlStep",
+    "StateRecord",
+    "StateWrite",
+    "StorageProvider",
+    "tell_written",
+]
+
+# One step of ``SqlTransactions.commit_sql``: a statement with its parameters, or a function
+# given the store's own connection inside the transaction (SQLite: a ``sqlite3.Connection``,
+# called on the writer's thread; PostgreSQL: an ``asyncpg.Connection``, its result awaited).
+SqlStep = tuple[str, Sequence[Any]] | Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +104,12 @@ class SqlTransactions(Protocol):
     sql_dialect: str
 
     async def commit_sql(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+        self, statements: Sequence[SqlStep], writes: Sequence[StateWrite]
     ) -> list[str]:
         """Run ``statements`` in order and apply ``writes`` in one transaction; the writes'
-        new ETags. A stale ETag raises ``InconsistentStateError`` and a failing statement
+        new ETags. A step that is a function is called with the store's connection, inside
+        that transaction (see ``SqlStep``); what it raises rolls everything back and is
+        raised here. A stale ETag raises ``InconsistentStateError`` and a failing statement
         ``StorageError``, and then nothing of it was committed."""
         ...
 

@@ -23,7 +23,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import aiosqlite
 
@@ -41,7 +41,7 @@ from raygrain.storage._pending import (
     copied,
     start_committer,
 )
-from raygrain.storage._provider import StateRecord, StateWrite
+from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 from raygrain.storage._sqlite_batch import (
     FileIdentity,
@@ -215,7 +215,7 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
     sql_dialect = "sqlite"
 
     async def commit_sql(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], writes: Sequence[StateWrite]
+        self, statements: Sequence[SqlStep], writes: Sequence[StateWrite]
     ) -> list[str]:
         await self.open()
         group = PendingWrite(copied(writes), asyncio.get_running_loop().create_future())

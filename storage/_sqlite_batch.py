@@ -8,13 +8,14 @@ the errors; everything here runs on the writer's thread.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from raygrain.actors import InconsistentStateError, StorageError
+from raygrain.actors import ConfigurationError, InconsistentStateError, StorageError
 from raygrain.storage._pending import Pending
+from raygrain.storage._provider import SqlStep
 
 __all__ = [
     "MAX_PARAMS",
@@ -96,23 +97,34 @@ def commit(
 
 def commit_with_statements(
     connection: sqlite3.Connection,
-    statements: Sequence[tuple[str, Sequence[Any]]],
+    statements: Sequence[SqlStep],
     group: Pending,
     known: KnownVersions,
     file: FileIdentity,
 ) -> list[str]:
     """On the writer's thread: one transaction holding ``statements`` (a caller's own SQL, on
-    its own tables) and ``group``'s writes, all or nothing: a stale ETag raises
-    ``InconsistentStateError`` and a failing statement its ``sqlite3.Error``, and either rolls
-    everything back here, on the thread, before another job can use the connection."""
+    its own tables, or functions given ``connection``) and ``group``'s writes, all or
+    nothing: a stale ETag raises ``InconsistentStateError``, a failing statement its
+    ``sqlite3.Error`` and a function what it raised, and each rolls everything back here, on
+    the thread, before another job can use the connection."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         versions = _versions(connection, (group,), known)
         outcomes, to_write, accepted = _decide((group,), versions)
         if isinstance(outcomes[0], InconsistentStateError):
             raise outcomes[0]
-        for statement, parameters in statements:
-            connection.execute(statement, parameters)
+        for step in statements:
+            if callable(step):
+                done = step(connection)
+                if inspect.isawaitable(done):
+                    if inspect.iscoroutine(done):
+                        done.close()
+                    raise ConfigurationError(
+                        f"{step!r} returned an awaitable: on SQLite a function given the "
+                        "connection is a plain function, called on the writer's thread"
+                    )
+            else:
+                connection.execute(*step)
         _upsert(connection, to_write)
         connection.execute("COMMIT")
         file.check()

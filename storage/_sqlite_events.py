@@ -13,24 +13,18 @@ reminders', so a state file from before the event log gains them without a schem
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import sqlite3
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from raygrain.actors import InvalidEventError, StorageError, decode
+from raygrain.storage._event_appends import AppendQueue, PendingAppend, settle
 from raygrain.storage._events import (
     Appended,
-    NewEvent,
     StoredEvent,
-    check_append,
     check_category_read,
     check_stream_read,
-    encoded_events,
     other_category,
     repeated,
     wrong_version,
@@ -71,24 +65,12 @@ _INSERT = (
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _ROWS_PER_INSERT = 60  # 8 parameters a row, under SQLite's old limit of 999
-_MAX_BATCH = 2000  # events in one transaction
 _MAX_KNOWN_STREAMS = 200_000
 
 
-@dataclass(slots=True)
-class _PendingAppend:
-    stream: str
-    category: str
-    expected_version: int | None
-    events: list[tuple[str, bytes, str]]  # (type, data, event id)
-    result: asyncio.Future[Appended]
-
-
-class SqliteEventLog:
+class SqliteEventLog(AppendQueue):
     """The ``EventLog`` methods of ``SqliteStorage`` (a base class of it)."""
 
-    _appends: deque[_PendingAppend] | None = None
-    _append_committer: asyncio.Task[None] | None = None
     _known_tails: _KnownTails | None = None
 
     if TYPE_CHECKING:  # provided by SqliteStorage
@@ -109,26 +91,6 @@ class SqliteEventLog:
             connection: aiosqlite.Connection,
             function: Callable[[sqlite3.Connection], _T],
         ) -> _T: ...
-
-    async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
-    ) -> Appended:
-        """Queue the append for the next batch; return once the batch committed. If the caller
-        is cancelled after its batch started, the append may still commit (retry it: the
-        event ids make the retry return that append's result)."""
-        check_append(stream, category, expected_version, events)
-        encoded = encoded_events(events)
-        self._check_not_closed()
-        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        if self._appends is None:
-            self._appends = deque()
-        self._appends.append(_PendingAppend(stream, category, expected_version, encoded, result))
-        if self._append_committer is None:
-            # In a context of its own, like the state's committer: callers' variables stay theirs.
-            self._append_committer = contextvars.Context().run(
-                asyncio.get_running_loop().create_task, self._commit_appends()
-            )
-        return await result
 
     async def read_stream(
         self, stream: str, from_version: int = 1, limit: int | None = None
@@ -169,31 +131,7 @@ class SqliteEventLog:
         )
         return int(rows[0][0]) if rows else 0
 
-    async def _drain_appends(self) -> None:
-        """Let queued appends commit (``aclose`` calls it before closing the connections)."""
-        if self._append_committer is not None:
-            await asyncio.wait({self._append_committer})
-
-    async def _commit_appends(self) -> None:
-        queue = self._appends
-        assert queue is not None
-        try:
-            while queue:
-                batch: list[_PendingAppend] = []
-                size = 0
-                while queue and (not batch or size + len(queue[0].events) <= _MAX_BATCH):
-                    pending = queue.popleft()
-                    if not pending.result.done():  # a caller cancelled before it started
-                        batch.append(pending)
-                        size += len(pending.events)
-                if batch:
-                    await self._commit_batch(batch)
-        finally:
-            self._append_committer = None
-            while queue:
-                _settle(queue.popleft(), StorageError(f"{self!r} stopped committing events"))
-
-    async def _commit_batch(self, batch: list[_PendingAppend]) -> None:
+    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         doing = f"appending a batch of {len(batch)} event appends"
         try:
             if self._reader is None:  # append does not open the file
@@ -212,21 +150,12 @@ class SqliteEventLog:
             for pending in batch:
                 # The outcome is unknown if the commit itself failed: a retry with the same
                 # event ids tells.
-                _settle(pending, StorageError(*error.args))
+                settle(pending, StorageError(*error.args))
             if not isinstance(exc, Exception):
                 raise
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
-            _settle(pending, outcome)
-
-
-def _settle(pending: _PendingAppend, outcome: Appended | Exception) -> None:
-    if pending.result.done():
-        return
-    if isinstance(outcome, Exception):
-        pending.result.set_exception(outcome)
-    else:
-        pending.result.set_result(outcome)
+            settle(pending, outcome)
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -265,7 +194,7 @@ class _KnownTails:
 
 def _apply(
     connection: sqlite3.Connection,
-    batch: list[_PendingAppend],
+    batch: list[PendingAppend],
     file: _FileIdentity,
     known: _KnownTails,
 ) -> list[Appended | Exception]:
@@ -281,7 +210,7 @@ def _apply(
 
 def _apply_once(
     connection: sqlite3.Connection,
-    batch: list[_PendingAppend],
+    batch: list[PendingAppend],
     file: _FileIdentity,
     known: _KnownTails,
     look_up_ids: bool,
@@ -331,7 +260,7 @@ def _load_tails(connection: sqlite3.Connection, streams: list[str], known: _Know
 
 def _decide(
     connection: sqlite3.Connection,
-    batch: list[_PendingAppend],
+    batch: list[PendingAppend],
     known: _KnownTails,
     look_up_ids: bool,
 ) -> tuple[

@@ -4,10 +4,20 @@ subprocess imports)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from raygrain import EventSourcedActor, Projection, Rows, StoredEvent, Written, read_only
+from raygrain import (
+    EventSourcedActor,
+    Projection,
+    Rows,
+    Sql,
+    SqlProjection,
+    StoredEvent,
+    Written,
+    read_only,
+)
 
 
 @dataclass
@@ -117,6 +127,38 @@ class Totals(Projection, name="es.Totals", sources=[Account]):
 
 
 ES_ACTORS = [Account, Balances, Totals]
+
+
+class Ledger(SqlProjection, name="es.Ledger", sources=[Account]):
+    """A read model in a table of its own on the SQLite file (the crash test's): each event
+    reads the account's row through the store's connection and writes it back, inside the
+    transaction that commits the offsets. An event applied twice would show in ``events``."""
+
+    def setup(self, sql: Sql) -> None:
+        sql.execute(
+            "CREATE TABLE IF NOT EXISTS ledger (account TEXT PRIMARY KEY, "
+            "balance INTEGER NOT NULL, events INTEGER NOT NULL)"
+        )
+
+    async def when(self, event: Any, stored: StoredEvent, sql: Sql) -> None:
+        key = stored.stream.split("/", 1)[1]
+        sign = -1 if isinstance(event, Withdrawn) else 1
+        amount = sign * getattr(event, "amount", 0)
+
+        def post(connection: sqlite3.Connection) -> None:
+            row = connection.execute(
+                "SELECT balance, events FROM ledger WHERE account = ?", (key,)
+            ).fetchone()
+            balance, events = row or (0, 0)
+            connection.execute(
+                "INSERT OR REPLACE INTO ledger (account, balance, events) VALUES (?, ?, ?)",
+                (key, balance + amount, events + 1),
+            )
+
+        sql.run(post)
+
+
+CRASH_ACTORS = [*ES_ACTORS, Ledger]  # on a SQLite file (Ledger needs a SQL store)
 
 
 class _Counts(Projection):

@@ -1,7 +1,9 @@
 """Event sourcing across real process crashes: a child process (tests/es_crash_app.py) deposits
 through event-sourced actors while its projections run, and is SIGKILLed at a random moment,
 again and again on the same SQLite file. No acknowledged event may be lost, and the read models,
-once caught up, must equal a fold of the whole log: no event applied twice, none skipped.
+once caught up, must equal a fold of the whole log: no event applied twice, none skipped; that
+holds too for ``Ledger``, whose read model is a table of its own on the file, written through
+the store's connection in the transaction that commits its offsets.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 import sys
 from pathlib import Path
 
 from raygrain.runtime import Cluster
 from raygrain.storage import SqliteStorage
-from tests.events_app import ES_ACTORS, Account, Balances, Totals
+from tests.events_app import CRASH_ACTORS, Account, Balances, Ledger, Totals
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 10
@@ -84,7 +87,7 @@ async def test_acknowledged_events_survive_sigkill_and_projections_apply_each_on
             assert len(stream) >= acked.get(key, 0), f"seed {seed}: account {key} lost events"
         head = await storage.head(CATEGORY)
         assert head == sum(versions.values())
-        async with Cluster.local(actors=ES_ACTORS, silos=2, storage=storage) as cluster:
+        async with Cluster.local(actors=CRASH_ACTORS, silos=2, storage=storage) as cluster:
             token = {CATEGORY: head}
             for key in range(ACCOUNTS):
                 assert await cluster.get(Account, f"k{key}").balance() == versions[key]
@@ -93,3 +96,11 @@ async def test_acknowledged_events_survive_sigkill_and_projections_apply_each_on
                 assert (row or {"balance": 0, "events": 0}) == expected, f"seed {seed}: k{key}"
             total = (await Totals.of(cluster).read("deposits", token)).value
             assert total == head, f"seed {seed}: the deposits read model counted {total}"
+            # The read model in the user's own table, written through the store's connection
+            # in the transaction of its offsets: each event in it exactly once.
+            await Ledger.of(cluster).caught_up(token)
+            with sqlite3.connect(db) as connection:
+                found = connection.execute("SELECT account, balance, events FROM ledger")
+                ledger = {account: (balance, events) for account, balance, events in found}
+            expected_ledger = {f"k{k}": (v, v) for k, v in versions.items() if v}
+            assert ledger == expected_ledger, f"seed {seed}: the ledger table"

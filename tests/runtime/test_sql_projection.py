@@ -55,6 +55,56 @@ class BalanceTable(SqlProjection, sources=[Account], name="sqltest.BalanceTable"
             )
 
 
+RAISE_IN_TRANSACTION: dict[int, int] = {}  # feed position -> raises left there
+
+
+class ConnectionTable(SqlProjection, sources=[Account], name="sqltest.ConnectionTable"):
+    """The same table, written through the store's own connection (``sql.run``): each event
+    reads its account's row and writes it back, inside the transaction of the offsets."""
+
+    def setup(self, sql: Sql) -> None:
+        BalanceTable.setup(self, sql)  # type: ignore[arg-type]
+
+    async def when(self, event: Any, stored: StoredEvent, sql: Sql) -> None:
+        if not isinstance(event, Deposited):
+            return
+        table, account, position = TABLE["name"], stored.stream.rsplit("/", 1)[-1], stored.position
+
+        def fail_here() -> None:
+            # Raised inside the transaction, after the batch's earlier events were written.
+            if RAISE_IN_TRANSACTION.get(position, 0) > 0:
+                RAISE_IN_TRANSACTION[position] -= 1
+                raise RuntimeError(f"the transaction fails at position {position}")
+
+        def on_sqlite(connection: sqlite3.Connection) -> None:
+            row = connection.execute(
+                f"SELECT balance, events FROM {table} WHERE account = ?", (account,)
+            ).fetchone()
+            balance, events = row or (0, 0)
+            fail_here()
+            connection.execute(
+                f"INSERT OR REPLACE INTO {table} (account, balance, events) VALUES (?, ?, ?)",
+                (account, balance + event.amount, events + 1),
+            )
+
+        async def on_postgres(connection: Any) -> None:
+            row = await connection.fetchrow(
+                f"SELECT balance, events FROM {table} WHERE account = $1", account
+            )
+            balance, events = (row["balance"], row["events"]) if row else (0, 0)
+            fail_here()
+            await connection.execute(
+                f"INSERT INTO {table} (account, balance, events) VALUES ($1, $2, $3) "
+                "ON CONFLICT (account) DO UPDATE SET balance = excluded.balance, "
+                "events = excluded.events",
+                account,
+                balance + event.amount,
+                events + 1,
+            )
+
+        sql.run(on_sqlite if sql.dialect == "sqlite" else on_postgres)
+
+
 Rows = dict[str, tuple[int, int]]
 
 
@@ -64,6 +114,7 @@ def store(
 ) -> tuple[str, Callable[[], Awaitable[Rows]]]:
     """A storage URL, and a reader of the user's table through a connection of the test's own."""
     FAIL_AT.clear()
+    RAISE_IN_TRANSACTION.clear()
     if request.param == "sqlite":
         path = tmp_path / "state.db"
         TABLE["name"] = "balances"
@@ -116,6 +167,42 @@ async def test_a_failed_batch_leaves_nothing_and_each_event_lands_once(
         written = await again.get(Account, "b").deposit(1000)
         await BalanceTable.of(again).caught_up(written)
         assert await rows() == {"a": (125, 6), "b": (1030, 6)}
+
+
+async def test_a_handler_on_the_stores_connection_applies_each_event_once(
+    store: tuple[str, Callable[[], Awaitable[Rows]]],
+) -> None:
+    url, rows = store
+    async with Cluster.local(actors=[Account], storage=url) as writers:
+        for amount in range(1, 11):
+            await writers.get(Account, "a" if amount % 2 else "b").deposit(amount)
+    # One batch of ten; the transaction fails at the eighth event, twice, after seven events
+    # were written through the connection: none of them may stay, nor land twice after.
+    RAISE_IN_TRANSACTION[8] = 2
+    async with Cluster.local(actors=[Account, ConnectionTable], storage=url) as cluster:
+        table = ConnectionTable.of(cluster)
+        await table.caught_up({"es.Account": 10}, 30)
+        assert RAISE_IN_TRANSACTION[8] == 0  # it did fail, twice
+        assert await rows() == {"a": (25, 5), "b": (30, 5)}
+        written = await cluster.get(Account, "a").deposit(100)
+        await table.caught_up(written)
+        assert (await rows())["a"] == (125, 6)
+    async with Cluster.local(actors=[Account, ConnectionTable], storage=url) as again:
+        written = await again.get(Account, "b").deposit(1000)
+        await ConnectionTable.of(again).caught_up(written)
+        assert await rows() == {"a": (125, 6), "b": (1030, 6)}
+
+
+async def test_sql_run_refuses_what_it_cannot_call() -> None:
+    with pytest.raises(ConfigurationError, match="function of the connection"):
+        Sql("sqlite").run("SELECT 1")  # type: ignore[arg-type]
+
+    async def coroutine(connection: Any) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="plain def, not async def"):
+        Sql("sqlite").run(coroutine)
+    Sql("postgresql").run(coroutine)  # asyncpg's connection is awaited
 
 
 async def test_a_store_without_sql_is_refused_when_the_cluster_starts() -> None:

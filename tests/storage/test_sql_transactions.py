@@ -83,3 +83,32 @@ async def test_a_failing_statement_commits_no_write(store: Any) -> None:
     # The store serves on: the next transaction goes through.
     await store.commit_sql([_insert(store, 5)], [StateWrite(KEY, b"offset", None)])
     assert [r[0] for r in await _rows(store)] == [5]
+
+
+async def test_a_function_step_reads_and_writes_inside_the_transaction(store: Any) -> None:
+    seen: list[Any] = []
+
+    def on_sqlite(connection: Any) -> None:
+        seen.append(connection.execute(f"SELECT sum(n) FROM {store.table}").fetchone()[0])
+        connection.execute(f"INSERT INTO {store.table} (n) VALUES (?)", (seen[-1] * 10,))
+
+    async def on_postgres(connection: Any) -> None:
+        seen.append(await connection.fetchval(f"SELECT sum(n) FROM {store.table}"))
+        await connection.execute(f"INSERT INTO {store.table} (n) VALUES ($1)", seen[-1] * 10)
+
+    function = on_sqlite if store.sql_dialect == "sqlite" else on_postgres
+    await store.commit_sql([_insert(store, 6), function], [StateWrite(KEY, b"offset", None)])
+    assert seen == [6]  # the statement before it, uncommitted yet, is visible to it
+    assert sorted(r[0] for r in await _rows(store)) == [6, 60]
+
+
+async def test_a_function_that_raises_commits_nothing(store: Any) -> None:
+    def fails(connection: Any) -> None:
+        raise LookupError("the caller's own failure")
+
+    with pytest.raises(LookupError, match="the caller's own failure"):
+        await store.commit_sql([_insert(store, 7), fails], [StateWrite(KEY, b"offset", None)])
+    assert (await store.read(KEY)).data is None
+    assert await _rows(store) == []
+    await store.commit_sql([_insert(store, 8)], [StateWrite(KEY, b"offset", None)])
+    assert [r[0] for r in await _rows(store)] == [8]

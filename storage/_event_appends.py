@@ -1,0 +1,101 @@
+"""The append queue the SQL event logs share (storage/_sqlite_events.py, _postgres_events.py).
+
+``append`` checks and encodes the events in the caller, queues them and waits; one committer
+task per store takes everything pending (up to ``MAX_BATCH`` events) and hands it to the log's
+``_commit_batch``, which settles each append's future with its own outcome. A caller cancelled
+before its batch started is left out; one cancelled after may still have committed (a retry
+with the same event ids returns that append's result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from raygrain.actors import StorageError
+from raygrain.storage._events import Appended, NewEvent, check_append, encoded_events
+
+__all__ = ["MAX_BATCH", "AppendQueue", "PendingAppend", "settle"]
+
+MAX_BATCH = 2000  # events in one transaction
+
+
+@dataclass(slots=True)
+class PendingAppend:
+    stream: str
+    category: str
+    expected_version: int | None
+    events: list[tuple[str, bytes, str]]  # (type, data, event id)
+    result: asyncio.Future[Appended]
+
+
+def settle(pending: PendingAppend, outcome: Appended | Exception) -> None:
+    if pending.result.done():
+        return
+    if isinstance(outcome, Exception):
+        pending.result.set_exception(outcome)
+    else:
+        pending.result.set_result(outcome)
+
+
+class AppendQueue:
+    """``append`` and its committer; a subclass provides ``_commit_batch`` and
+    ``_check_not_closed``."""
+
+    _appends: deque[PendingAppend] | None = None
+    _append_committer: asyncio.Task[None] | None = None
+
+    if TYPE_CHECKING:  # provided by the log and its store
+
+        def _check_not_closed(self) -> None: ...
+
+        async def _commit_batch(self, batch: list[PendingAppend]) -> None:
+            """Commit ``batch`` and settle each of its appends (``settle``)."""
+
+    async def append(
+        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+    ) -> Appended:
+        """Queue the append for the next batch; return once the batch committed. If the caller
+        is cancelled after its batch started, the append may still commit (retry it: the
+        event ids make the retry return that append's result)."""
+        check_append(stream, category, expected_version, events)
+        encoded = encoded_events(events)
+        self._check_not_closed()
+        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        if self._appends is None:
+            self._appends = deque()
+        self._appends.append(PendingAppend(stream, category, expected_version, encoded, result))
+        if self._append_committer is None:
+            # In a context of its own, like the state's committer: callers' variables stay theirs.
+            self._append_committer = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._commit_appends()
+            )
+        return await result
+
+    async def _drain_appends(self) -> None:
+        """Let queued appends commit (``aclose`` calls it before closing the connections)."""
+        if self._append_committer is not None:
+            await asyncio.wait({self._append_committer})
+
+    async def _commit_appends(self) -> None:
+        queue = self._appends
+        assert queue is not None
+        try:
+            while queue:
+                batch: list[PendingAppend] = []
+                size = 0
+                while queue and (not batch or size + len(queue[0].events) <= MAX_BATCH):
+                    pending = queue.popleft()
+                    if not pending.result.done():  # a caller cancelled before it started
+                        batch.append(pending)
+                        size += len(pending.events)
+                if batch:
+                    await self._commit_batch(batch)
+        finally:
+            self._append_committer = None
+            while queue:
+                settle(queue.popleft(), StorageError(f"{self!r} stopped committing events"))
