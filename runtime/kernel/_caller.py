@@ -173,11 +173,9 @@ class Caller:
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
+            # (Inside the try: a send that raises ends the call as a failure too, so the
+            # filters' followups and the observers hear of every call they saw start.)
             self._transport.send(destination, request)
-        except BaseException:
-            pending.pop(call_id, None)
-            raise
-        try:
             if future.done():
                 # Answered on the spot (an in-process turn that never had to wait, or a
                 # refusal): awaiting a done future does not yield, so a caller calling in a
