@@ -44,7 +44,9 @@ class Request:
             self.call_id,
             target.type_name,
             # (wire_key, inlined: every request passes here)
-            key if type(key) is str or (type(key) is int and key in _WIRE_INTS) else wire_key(key),
+            key
+            if type(key) is str or (type(key) is int and _MIN_WIRE_INT <= key <= _MAX_WIRE_INT)
+            else wire_key(key),
             self.method,
             self.payload,
             self.reply_to,
@@ -80,13 +82,17 @@ class Response:
 # whole batch: strings travel with "surrogatepass" (lone surrogates are valid in an ActorId, as
 # in its canonical form), and an int key beyond 64 bits as its text (see wire_key).
 _UNICODE_ERRORS = "surrogatepass"
-_WIRE_INTS = range(-(2**63), 2**64)  # what msgpack carries as an integer
+# What msgpack carries as an integer. (Compared, not ``in range(...)``: a range tests only an
+# exact int in constant time; an int subclass, an IntEnum key, it scans, 2**64 values.)
+_MIN_WIRE_INT, _MAX_WIRE_INT = -(2**63), 2**64 - 1
 
 
 def wire_key(key: ActorKey) -> Any:
-    """An actor key as msgpack can carry it: itself, or an int too large as ``[its text]``."""
-    if isinstance(key, int) and key not in _WIRE_INTS:
-        return [str(key)]
+    """An actor key as msgpack can carry it: itself, or an int too large as ``[its text]``
+    (an int subclass, an IntEnum, as the plain int it is equal to)."""
+    if isinstance(key, int):
+        key = int(key)
+        return key if _MIN_WIRE_INT <= key <= _MAX_WIRE_INT else [str(key)]
     return key
 
 
