@@ -13,7 +13,7 @@ import asyncio
 import os
 from array import array
 from asyncio import Future, get_running_loop
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from time import monotonic
@@ -173,11 +173,9 @@ class Caller:
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep_deadlines())
         try:
+            # (Inside the try: a send that raises ends the call as a failure too, so the
+            # filters' followups and the observers hear of every call they saw start.)
             self._transport.send(destination, request)
-        except BaseException:
-            pending.pop(call_id, None)
-            raise
-        try:
             if future.done():
                 # Answered on the spot (an in-process turn that never had to wait, or a
                 # refusal): awaiting a done future does not yield, so a caller calling in a
@@ -344,17 +342,24 @@ class Caller:
             if not future.done():
                 future.set_exception(error)
 
-    def fail_calls_to(self, silo: str) -> int:
-        """Fail the calls sent to ``silo``, which was declared dead: whether each ran is unknown,
-        so the caller gets a retryable ``SiloUnavailableError`` now rather than at its deadline.
+    def fail_calls_to(
+        self, silo: str, cause: str | None = None, sparing: Container[int] = ()
+    ) -> int:
+        """Fail the calls sent to ``silo``, which was declared dead (or, ``cause``, the
+        connection they were written on broke): whether each ran is unknown, so the caller gets
+        a retryable ``SiloUnavailableError`` now rather than at its deadline. The calls in
+        ``sparing`` (ids of calls never written, which will be sent again) are left pending.
         Returns how many were failed."""
-        doomed = [cid for cid, call in self._pending.items() if call[2] == silo]
+        cause = cause or f"silo {silo} died"
+        doomed = [
+            cid for cid, call in self._pending.items() if call[2] == silo and cid not in sparing
+        ]
         for call_id in doomed:
             future, _, _, request = self._pending.pop(call_id)
             if not future.done():
                 future.set_exception(
                     SiloUnavailableError(
-                        f"silo {silo} died while {request.target}.{request.method} was in "
+                        f"{cause} while {request.target}.{request.method} was in "
                         "flight; it may or may not have run"
                     )
                 )

@@ -44,7 +44,9 @@ class Request:
             self.call_id,
             target.type_name,
             # (wire_key, inlined: every request passes here)
-            key if type(key) is str or (type(key) is int and key in _WIRE_INTS) else wire_key(key),
+            key
+            if type(key) is str or (type(key) is int and _MIN_WIRE_INT <= key <= _MAX_WIRE_INT)
+            else wire_key(key),
             self.method,
             self.payload,
             self.reply_to,
@@ -80,13 +82,17 @@ class Response:
 # whole batch: strings travel with "surrogatepass" (lone surrogates are valid in an ActorId, as
 # in its canonical form), and an int key beyond 64 bits as its text (see wire_key).
 _UNICODE_ERRORS = "surrogatepass"
-_WIRE_INTS = range(-(2**63), 2**64)  # what msgpack carries as an integer
+# What msgpack carries as an integer. (Compared, not ``in range(...)``: a range tests only an
+# exact int in constant time; an int subclass, an IntEnum key, it scans, 2**64 values.)
+_MIN_WIRE_INT, _MAX_WIRE_INT = -(2**63), 2**64 - 1
 
 
 def wire_key(key: ActorKey) -> Any:
-    """An actor key as msgpack can carry it: itself, or an int too large as ``[its text]``."""
-    if isinstance(key, int) and key not in _WIRE_INTS:
-        return [str(key)]
+    """An actor key as msgpack can carry it: itself, or an int too large as ``[its text]``
+    (an int subclass, an IntEnum, as the plain int it is equal to)."""
+    if isinstance(key, int):
+        key = int(key)
+        return key if _MIN_WIRE_INT <= key <= _MAX_WIRE_INT else [str(key)]
     return key
 
 
@@ -151,20 +157,55 @@ def unpack_batch(
     if type(items) is not list:
         raise MalformedMessageError(f"a message batch is a {type(items).__name__}, not a list")
     out: list[Request | Response] = []
+    append = out.append
+    known = _KNOWN_IDS
     for item in items:
-        # The usual answer ([1, call id, ok, payload], well typed) without a call; anything
-        # else goes through _from_wire's checks.
-        if type(item) is list and len(item) == 4 and item[0] == 1:
-            call_id, ok, payload = item[1], item[2], item[3]
-            if type(call_id) is int and type(ok) is bool and type(payload) is bytes:
-                out.append(Response(call_id, ok, payload))
-                continue
+        # The usual answer ([1, call id, ok, payload], well typed) and the usual request (from
+        # outside any turn and transaction, untraced, its key a string), checked here without
+        # a call; anything else goes through _from_wire's checks.
+        if type(item) is list:
+            size = len(item)
+            if size == 4 and item[0] == 1:
+                call_id, ok, payload = item[1], item[2], item[3]
+                if type(call_id) is int and type(ok) is bool and type(payload) is bytes:
+                    append(Response(call_id, ok, payload))
+                    continue
+            elif size == 12 and item[0] == 0:
+                (_, call_id, type_name, key, method, payload, reply_to, timeout, chain, hops,
+                 transaction, view_version) = item  # fmt: skip
+                key_type = type(key)
+                if (
+                    type(type_name) is str
+                    and (key_type is str or key_type is int)
+                    and type(call_id) is int
+                    and type(method) is str
+                    and type(payload) is bytes
+                    and type(reply_to) is str
+                    and type(timeout) is float
+                    and 0.0 < timeout < _INFINITY
+                    and chain == []
+                    and type(hops) is int
+                    and transaction is None
+                    and type(view_version) is int
+                ):
+                    target = known.get((type_name, key, key_type))  # (see id_from_wire)
+                    if target is not None:
+                        append(
+                            Request(
+                                call_id, target, method, payload, reply_to, timeout, (), hops,
+                                None, view_version,
+                            )
+                        )  # fmt: skip
+                        continue
         try:
             out.append(_from_wire(item))
         except Exception as exc:  # whatever a malformed message makes the checks raise
             if on_malformed is not None:
                 on_malformed(_malformed(item, exc))
     return out
+
+
+_INFINITY = float("inf")
 
 
 def _from_wire(item: Any) -> Request | Response:

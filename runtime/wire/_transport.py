@@ -9,11 +9,11 @@ connections it opened, no polling.
 
 Failures: when a connection breaks, the calls this endpoint wrote on it and has not seen
 answered fail with ``SiloUnavailableError`` (their fate is unknown), and messages not yet
-written wait for the reconnection, which starts at once (``InFlight`` keeps the book, calls
-forwarded for others included). A silo that cannot be dialled: its
-messages go by the ``fallback`` transport (Ray) when there is one, logged once; without one,
-its calls fail with ``SiloUnavailableError`` saying they were not delivered. Failed dials are
-retried with exponential backoff.
+written wait for the reconnection, which starts at once (the endpoint's caller knows its own
+calls in flight; ``InFlight`` keeps the book of those forwarded for others). A silo that cannot
+be dialled: its messages go by the ``fallback`` transport (Ray) when there is one, logged once;
+without one, its calls fail with ``SiloUnavailableError`` saying they were not delivered.
+Failed dials are retried with exponential backoff.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from typing import Any
 
 from raygrain.actors import MalformedMessageError, SiloUnavailableError, encode_error
 from raygrain.runtime.kernel import (
+    Caller,
     Endpoint,
     Malformed,
     Request,
     Response,
+    Silo,
     SiloEndpoint,
     Transport,
     get_logger,
@@ -91,11 +93,12 @@ class WireTransport:
         self._fallback = fallback
         self._local: Endpoint | None = None
         self._local_silo: SiloEndpoint | None = None
+        self._caller: Caller | None = None  # the endpoint's own calls, pending
         self._links: dict[str, _Link] = {}
         self._inbound: dict[str, Connection] = {}  # the newest connection from each peer
         self._connections: set[Connection] = set()  # every live one, both ways
         self._waiting: dict[str, list[Request | Response]] = {}  # for links still connecting
-        self._in_flight = InFlight(address)  # calls written on our links, unanswered
+        self._in_flight = InFlight(address)  # calls forwarded on our links
         self._fallen_back: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: WireServer | None = None
@@ -105,11 +108,12 @@ class WireTransport:
             options, self._in_flight, self.log, self._lost, self._fail, self._spawn
         )
 
-    def bind(self, endpoint: Endpoint) -> None:
-        self._local = endpoint
+    def bind(self, caller: Caller) -> None:
+        self._local = self._caller = caller
 
-    def bind_silo(self, silo: SiloEndpoint) -> None:
+    def bind_silo(self, silo: Silo) -> None:
         self._local = self._local_silo = silo
+        self._caller = silo.caller
 
     async def listen(self, host: str, port: int = 0) -> tuple[str, int]:
         """Accept connections from members on ``host`` (port 0: the OS chooses); returns the
@@ -359,16 +363,15 @@ class WireTransport:
         local, silo = self._local, self._local_silo
         if local is None:
             raise ProtocolError("this endpoint is not bound")
-        answered = self._in_flight.answered
+        peer = connection.peer
         for message in messages:
-            if isinstance(message, Request):
+            if type(message) is Request:  # (cheaper than isinstance, for every message)
                 if silo is None:
                     raise ProtocolError("a request sent to a client")
                 silo.deliver_request(message)
             else:
-                answered(message.call_id, None)
                 # (The peer proved its name in the handshake: the caller checks it.)
-                local.deliver_response(message, connection.peer)
+                local.deliver_response(message, peer)  # type: ignore[arg-type]
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(
@@ -390,7 +393,7 @@ class WireTransport:
         if link is not None and link.connection is connection:
             link.connection = None
             link.state = LinkState.DOWN
-            self._fail_in_flight(connection.peer)
+            self._fail_in_flight(connection.peer, unsent)
             if not self.closed:
                 self._dial(link, 0.0)  # at once: the backoff is for dials that fail
         for message in unsent:
@@ -399,13 +402,19 @@ class WireTransport:
             else:
                 self.reply(connection.peer, message)
 
-    def _fail_in_flight(self, destination: str) -> None:
+    def _fail_in_flight(self, destination: str, unsent: list[Request | Response]) -> None:
+        """Fail the calls written on the broken link to ``destination``: our own, in our
+        caller's table (those in ``unsent`` were not written: they are sent again), and those
+        we forwarded for others."""
+        cause = f"the connection to silo {destination} broke"
+        if self._caller is not None:
+            spared = {m.call_id for m in unsent if type(m) is Request}
+            self._caller.fail_calls_to(destination, cause, spared)
         now = asyncio.get_running_loop().time()
         for call in self._in_flight.lost(destination, now):
-            forwarded = f" (forwarded by {self.address})" if call.forwarded else ""
             error = SiloUnavailableError(
-                f"the connection to silo {destination} broke while {call.target}.{call.method}"
-                f"{forwarded} was in flight; it may or may not have run"
+                f"{cause} while {call.target}.{call.method} (forwarded by {self.address}) was "
+                "in flight; it may or may not have run"
             )
             self._fail_call(call.call_id, call.reply_to, error)
 

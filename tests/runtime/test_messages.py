@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from types import SimpleNamespace
 from typing import Any
 
@@ -43,6 +44,22 @@ def test_every_valid_key_crosses_a_batch_unchanged(key: str | int) -> None:
         (got_response.joined[0], target),
     ]:
         assert got == sent and type(got.key) is type(sent.key)
+
+
+class Shelf(enum.IntEnum):
+    LOW = 3
+    HIGH = 2**70
+
+
+@pytest.mark.parametrize("key", list(Shelf), ids=["small", "beyond_64_bits"])
+def test_an_int_enum_key_crosses_as_the_int_it_equals(key: Shelf) -> None:
+    # (A range's membership test scans for an int subclass: this key used to hang the send.)
+    target = ActorId("T", key)
+    request = Request(1, target, "m", b"", "client", 1.0, chain=(target,))
+    [got] = unpack_batch(pack_batch([request]))
+    assert isinstance(got, Request)
+    assert got.target == target == ActorId("T", int(key)) and type(got.target.key) is int
+    assert got.chain == (target,)
 
 
 @pytest.mark.parametrize("text", [" 12", "1_000", "١٢", "-", "01", "--1", "-0", ""])

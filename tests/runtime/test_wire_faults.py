@@ -75,6 +75,22 @@ def test_every_kind_of_garbage_is_refused_on_its_own(item: Any) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "bad"),
+    [(5, "text"), (7, float("nan")), (7, -1.0), (8, [["x"]]), (9, "0"), (10, "tx"), (11, None)],
+    ids=["payload", "nan-timeout", "negative-timeout", "chain", "hops", "transaction", "view"],
+)
+def test_a_bad_field_is_refused_for_an_actor_seen_before(field: int, bad: Any) -> None:
+    # (An actor seen before takes the batch's quick path: its checks must be the same.)
+    good = _request(1, "seen")
+    assert [m.call_id for m in unpack_batch(pack([good]))] == [1]
+    item = _request(2, "seen")
+    item[field] = bad
+    refused: list[Malformed] = []
+    assert [m.call_id for m in unpack_batch(pack([item, good]), refused.append)] == [1]
+    assert [(m.call_id, m.reply_to) for m in refused] == [(2, "probe")]
+
+
+@pytest.mark.parametrize(
     "blob", [b"\xc1", pack({"a": 1}), b""], ids=["not-msgpack", "map", "empty"]
 )
 def test_a_batch_that_is_not_a_list_of_messages_is_a_typed_error(blob: bytes) -> None:

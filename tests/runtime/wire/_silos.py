@@ -12,6 +12,8 @@ from raygrain.actors import ActorId, ActorRef
 from raygrain.runtime.kernel import (
     ActorRegistry,
     Caller,
+    CallFilter,
+    CallObserver,
     CallSettings,
     Membership,
     Silo,
@@ -107,13 +109,19 @@ class Client:
         silos: list[str],
         name: str = "client-1",
         fallback: Transport | None = None,
+        filters: tuple[CallFilter | CallObserver, ...] = (),
     ) -> None:
         membership = Membership()
         for silo in silos:
             membership.set_status(silo, SiloStatus.ACTIVE)
         self.transport = WireTransport(name, options, directory.locate, fallback)
         self.caller = Caller(
-            name, self.transport, membership, ActorRegistry(app.ALL_ACTORS), CallSettings(10.0)
+            name,
+            self.transport,
+            membership,
+            ActorRegistry(app.ALL_ACTORS),
+            CallSettings(10.0),
+            filters=filters,
         )
         self.transport.bind(self.caller)
 

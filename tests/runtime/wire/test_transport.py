@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from raygrain.actors import MessageTooLargeError, RaygrainError, SiloUnavailableError
+from raygrain.runtime._capabilities import client_filters
 from raygrain.runtime.kernel import LocalTransport
+from raygrain.runtime.metrics import CallMetrics
+from raygrain.runtime.transactions import TransactionContext, current_transaction
 from raygrain.runtime.wire import LinkState, WireOptions
 from tests.app import BankAccount, Chain, Recorder
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
@@ -100,6 +103,41 @@ async def test_a_silo_that_cannot_be_reached_fails_calls_as_not_delivered(
         with pytest.raises(SiloUnavailableError, match="not reachable|not delivered"):
             await client.ref(Chain, "k").ping()
         assert client.transport.link_state("silo-a") in (LinkState.DOWN, LinkState.CONNECTING)
+    finally:
+        await client.aclose()
+
+
+async def test_a_send_that_raises_ends_the_call_for_its_filters_and_observers(
+    directory: Directory,
+) -> None:
+    # A link that is down (its dial failed, the next one 60 s away) makes send itself raise;
+    # the call had started for the metrics and the transaction, which must see it end.
+    directory.addresses["silo-a"] = ("127.0.0.1", _closed_port())
+    filters = client_filters()
+    client = Client(
+        directory,
+        WireOptions(SECRET, connect_timeout=2.0, backoff=60.0, max_backoff=60.0),
+        ["silo-a"],
+        filters=filters,
+    )
+    metrics = next(f for f in filters if isinstance(f, CallMetrics)).metrics
+    name = Chain.__actor_options__.name
+    try:
+        with pytest.raises(SiloUnavailableError):  # (failed by the dial, not by send)
+            await client.ref(Chain, "k").ping()
+        assert client.transport.link_state("silo-a") is LinkState.DOWN
+        transaction = TransactionContext.new()
+        token = current_transaction.set(transaction)
+        try:
+            with pytest.raises(SiloUnavailableError, match="is not reachable"):
+                await client.ref(Chain, "k").ping()
+        finally:
+            current_transaction.reset(token)
+        assert transaction.running == 0
+        await asyncio.wait_for(transaction.end(), 5.0)  # (it waited forever before)
+        failed = metrics.errors.counter("caller", name, "ping", "SiloUnavailableError")
+        assert failed.value == 2
+        assert metrics.duration.histogram("caller", name, "ping").count == 2
     finally:
         await client.aclose()
 
