@@ -8,13 +8,17 @@ from raygrain.runtime.kernel._activation import Activation, ActivationState, Del
 from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
 from raygrain.runtime.kernel._clock import Clock, ManualClock, SystemClock
 from raygrain.runtime.kernel._extensions import (
+    FLUSH_TIMINGS_AT,
     Admission,
     CallFilter,
     CallObserver,
+    CallTimings,
     Extension,
     Guard,
     Ticket,
+    Timings,
     TurnScope,
+    TurnTimings,
     turn_variable,
 )
 from raygrain.runtime.kernel._internal import DROPPED, InternalTurn, TurnOutcome, run_as_turn
@@ -46,6 +50,7 @@ from raygrain.runtime.kernel._view import (
 
 __all__ = [
     "DROPPED",
+    "FLUSH_TIMINGS_AT",
     "Activation",
     "ActivationState",
     "ActorRegistry",
@@ -53,6 +58,7 @@ __all__ = [
     "CallFilter",
     "CallObserver",
     "CallSettings",
+    "CallTimings",
     "Caller",
     "Clock",
     "ConsistentHashRing",
@@ -75,9 +81,11 @@ __all__ = [
     "StateSlot",
     "SystemClock",
     "Ticket",
+    "Timings",
     "Transport",
     "TurnOutcome",
     "TurnScope",
+    "TurnTimings",
     "configure_logging",
     "current_chain",
     "get_logger",

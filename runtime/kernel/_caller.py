@@ -32,7 +32,12 @@ from raygrain.actors import (
     encode,
     encode_error,
 )
-from raygrain.runtime.kernel._extensions import CallFilter, CallObserver
+from raygrain.runtime.kernel._extensions import (
+    FLUSH_TIMINGS_AT,
+    CallFilter,
+    CallObserver,
+    CallTimings,
+)
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry
@@ -78,6 +83,9 @@ class CallIds:
 _YIELD_EVERY = 8
 
 
+# What a caller keeps per actor type and method (see Caller._learn).
+_Facts = tuple[float | None, bool, tuple[CallTimings, ...]]
+
 # A pending call: (future, deadline, destination, request). A tuple rather than an object: one
 # is made for every call, and a class's __init__ costs a Python call each time.
 _PendingCall = tuple[asyncio.Future[Response], float, str, Request]
@@ -104,10 +112,12 @@ class Caller:
         self._local_silo = local_silo
         self._filters = tuple(f for f in filters if hasattr(f, "outgoing"))
         # Observers are timed once per call, by the caller, for all of them.
-        self._observers = tuple(f.call_ended for f in filters if hasattr(f, "call_ended"))
+        self._observers = tuple(f for f in filters if hasattr(f, "call_timings"))
         self._pending: dict[int, _PendingCall] = {}
         self._ids = CallIds()
-        self._facts: dict[tuple[str, str], tuple[float | None, bool]] = {}
+        # Per actor type and method: its timeout, whether it is a stateless worker, and the
+        # observers' timings of its calls (found once: every call reads them).
+        self._facts: dict[tuple[str, str], _Facts] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._answered_on_the_spot = 0
         self.responses_refused = 0  # answers from a silo their call was not sent to
@@ -161,7 +171,7 @@ class Caller:
             if followup is not None:
                 followups = [followup] if followups is None else [*followups, followup]
         destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
-        observers = self._observers
+        timings = facts[2]
         # One clock read for the deadline and the observers' timing alike (asyncio's loop
         # clock is time.monotonic).
         started = monotonic()
@@ -189,21 +199,27 @@ class Caller:
             if followups is not None:  # (the call failed with no response: tell them so)
                 for followup in followups:
                     followup(None)
-            if observers and isinstance(exc, RaygrainError):
+            if timings and isinstance(exc, RaygrainError):
                 # A deadline, a lost silo: the observers count it as a failed call.
                 failed = Response(call_id, False, encode_error(exc, f"{target}.{method}"))
-                for observe in observers:
-                    observe(request, failed, monotonic() - started)
+                _record(timings, monotonic() - started, failed)
             raise
         finally:
             pending.pop(call_id, None)
         if followups is not None:
             for followup in followups:
                 followup(response)
-        if observers:
+        if timings:
+            # (_record, inlined: every call passes here)
             seconds = monotonic() - started
-            for observe in observers:
-                observe(request, response, seconds)
+            for timing in timings:
+                durations = timing.pending
+                durations.append(seconds)
+                if len(durations) > FLUSH_TIMINGS_AT:
+                    timing.flush()
+            if not response.ok:
+                for timing in timings:
+                    timing.failed(response)
         if response.ok:  # (result_of, inlined)
             return self._decode(response.payload) if response.payload else None
         raise decode_error(response.payload)
@@ -371,17 +387,19 @@ class Caller:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    def _learn(self, target: ActorId, method: str) -> tuple[float | None, bool]:
+    def _learn(self, target: ActorId, method: str) -> _Facts:
         # A caller that knows the class uses its per-method timeout and stateless-worker option;
         # one that does not (a thin client) still works: the silo is authoritative.
+        timings = tuple(o.call_timings(target.type_name, method) for o in self._observers)
         try:
             cls = self._registry.resolve(target.type_name)
         except RaygrainError:
-            return (None, False)
+            return (None, False, timings)
         found = cls.__actor_methods__.get(method)
         facts = (
             found.options.timeout if found is not None else None,
             cls.__actor_options__.stateless_worker,
+            timings,
         )
         self._facts[(target.type_name, method)] = facts
         return facts
@@ -401,3 +419,14 @@ class Caller:
                             f"{request.timeout:g} s"
                         )
                     )
+
+
+def _record(timings: tuple[CallTimings, ...], seconds: float, response: Response) -> None:
+    """Give the observers' timings one call's duration (and its failure, if it failed)."""
+    for timing in timings:
+        pending = timing.pending
+        pending.append(seconds)
+        if len(pending) > FLUSH_TIMINGS_AT:
+            timing.flush()
+        if not response.ok:
+            timing.failed(response)

@@ -14,9 +14,12 @@ What a silo offers a capability:
 - ``activated`` / ``deactivating``: an activation's lifecycle (its instance exists in between).
 - ``accept``: a request was decoded and checked; the extension may give the ``Delivery`` a
   ``ticket`` (a ``Ticket``), which then governs the call's admission and its turn.
-- ``turn_started`` / ``turn_ended``: every turn of every call, to observe it (metrics, traces):
-  the start runs inside the turn's task; the end gets the error (None: it succeeded) and how
-  long the turn took. Only silos with an extension overriding them read the time at all.
+- ``turn_started`` / ``turn_ended``: every turn of every call, to observe it (traces): the
+  start runs inside the turn's task; the end gets the error (None: it succeeded) and how long
+  the turn took. Only silos with an extension overriding them read the time at all.
+- ``turn_timings``: where the durations of one actor type and method's turns go (metrics), a
+  ``TurnTimings`` asked for once per type and method and kept by the silo: each turn's
+  duration is then a list append, with no call per turn (see ``Timings``).
 - ``wrap_storage``: the silo's storage provider, to observe it (called as the silo is built).
 - ``stats``: figures the extension adds to ``Silo.stats()``.
 
@@ -29,8 +32,8 @@ What a turn offers (through the delivery's ticket, and the activation's guard):
   what happens when the method returned (``succeeded``) or raised (``failed``).
 
 What a caller offers (``CallFilter``): stamp an outgoing request and read its response, e.g. to
-carry a transaction or a trace context across the call; and (``CallObserver``) every call's end
-with its duration, timed once by the caller for all observers (metrics).
+carry a transaction or a trace context across the call; and (``CallObserver``) every call's
+duration, into a ``CallTimings`` per actor type and method that the caller asks for once.
 
 Context variables a capability keeps per turn are registered with ``turn_variable``: every
 turn starts with them at their defaults, like the kernel's own.
@@ -53,13 +56,17 @@ if TYPE_CHECKING:
     from raygrain.runtime.kernel._view import MembershipView
 
 __all__ = [
+    "FLUSH_TIMINGS_AT",
     "Admission",
     "CallFilter",
     "CallObserver",
+    "CallTimings",
     "Extension",
     "Guard",
     "Ticket",
+    "Timings",
     "TurnScope",
+    "TurnTimings",
     "turn_variable",
     "turn_variables",
 ]
@@ -127,13 +134,46 @@ class CallFilter(Protocol):
         ...
 
 
-class CallObserver(Protocol):
-    """Sees every call a caller makes end, with how long it took (the caller reads the clock
-    once for all observers). A call filter may be one too; either goes in ``filters``."""
+# A ``Timings`` holding more pending durations than this is flushed.
+FLUSH_TIMINGS_AT = 1023
 
-    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
-        """``response`` arrived ``seconds`` after ``request`` was sent (a call that got no
-        response, e.g. it timed out, passes a failed one carrying its error)."""
+
+class Timings(Protocol):
+    """Where an observer takes the durations of one actor type and method's calls or turns.
+
+    The kernel appends each duration (seconds) to ``pending`` and calls ``flush`` once it
+    holds more than ``FLUSH_TIMINGS_AT``: a list append per call rather than a call into the
+    observer (every call passes here, and on CPython 3.11 a call site that reaches several
+    observers' functions costs several times a plain call). The observer may read and empty
+    ``pending`` at any time, but must never replace the list."""
+
+    pending: list[float]
+
+    def flush(self) -> None: ...
+
+
+class TurnTimings(Timings, Protocol):
+    """A silo's turns of one actor type and method (``Extension.turn_timings``)."""
+
+    def failed(self, error: Exception) -> None:
+        """A turn failed with ``error`` (its duration is in ``pending`` too)."""
+
+
+class CallTimings(Timings, Protocol):
+    """A caller's calls to one actor type and method (``CallObserver.call_timings``)."""
+
+    def failed(self, response: Response) -> None:
+        """A call failed: ``response`` carries its error (a call that got no response, e.g. it
+        timed out, passes a failed one made by the caller). Its duration is in ``pending``."""
+
+
+class CallObserver(Protocol):
+    """Sees every call a caller makes end, with how long it took, timed from sending to its
+    response (the caller reads the clock once for all observers). A call filter may be one
+    too; either goes in ``filters``."""
+
+    def call_timings(self, type_name: str, method: str) -> CallTimings:
+        """Where the calls to ``type_name.method`` go (asked once per pair, then kept)."""
         ...
 
 
@@ -173,6 +213,11 @@ class Extension:
         """A turn that ``turn_started`` saw ended: replied to (or failed with ``error``) after
         ``seconds``, its per-turn write included. Per-turn values kept in ``delivery.extras``
         (under the capability's key) are there."""
+
+    def turn_timings(self, type_name: str, method: str) -> TurnTimings | None:
+        """Where the durations of ``type_name.method``'s turns go, if this extension times
+        turns (asked once per type and method, then kept by the silo)."""
+        return None
 
     def wrap_storage(self, storage: StorageProvider) -> StorageProvider:
         """The provider the silo should use instead of ``storage`` (to observe it). Called

@@ -22,7 +22,7 @@ from raygrain.actors import (
     ActorOverloadedError,
     DeadlockError,
 )
-from raygrain.runtime.kernel._extensions import Admission, Guard, Ticket
+from raygrain.runtime.kernel._extensions import Admission, Guard, Ticket, TurnTimings
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Request
 
@@ -62,6 +62,9 @@ class Delivery:
     keeps_alive: bool = True  # whether the turn counts as use (idle collection)
     # Per-turn values of the capabilities observing turns (turn_started/turn_ended), by key.
     extras: dict[str, Any] | None = None
+    # The extensions' timings of this type and method's turns (Extension.turn_timings); None:
+    # not looked up yet (the turn asks the silo).
+    timings: tuple[TurnTimings, ...] | None = None
 
 
 class Mailbox:

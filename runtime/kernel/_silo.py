@@ -30,7 +30,12 @@ from raygrain.actors import (
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
 from raygrain.runtime.kernel._caller import Caller, CallSettings
 from raygrain.runtime.kernel._clock import Clock, SystemClock
-from raygrain.runtime.kernel._extensions import Extension, SystemHandler, overrides
+from raygrain.runtime.kernel._extensions import (
+    Extension,
+    SystemHandler,
+    TurnTimings,
+    overrides,
+)
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Malformed, Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry, check_arguments
@@ -42,6 +47,11 @@ from raygrain.storage import QueuedWrites, StorageProvider
 __all__ = ["Silo", "SiloOptions"]
 
 _MAX_FORWARD_HOPS = 3
+_MAX_INTERNAL_TIMINGS = 10_000  # internal turns' timings kept (their names come and go)
+
+# How a silo delivers a user method: the class, the method, whether it is a stateless worker,
+# the extensions' timings of its turns (found once per type and method: every call reads it).
+_Route = tuple[type[Actor[Any]], ActorMethod, bool, tuple[TurnTimings, ...]]
 S = TypeVar("S")
 
 
@@ -97,7 +107,9 @@ class Silo:
             name, transport, membership, registry, options.calls, local_silo=name, filters=filters
         )
         self.activations: dict[ActorId, Activation] = {}
-        self._routes: dict[tuple[str, str], tuple[type[Actor[Any]], ActorMethod, bool]] = {}
+        self._routes: dict[tuple[str, str], _Route] = {}
+        # Internal turns' timings (timers, reminders, streams), by type and name.
+        self._internal_timings: dict[tuple[str, str], tuple[TurnTimings, ...]] = {}
         self.workers: dict[ActorId, list[Activation]] = {}
         self.calls_received = 0
         self.collections = 0
@@ -124,6 +136,7 @@ class Silo:
         self.on_turn_started = self._hooks("turn_started")
         self.on_turn_ended = self._hooks("turn_ended")
         self._on_stats = self._hooks("stats")
+        self._on_timings = self._hooks("turn_timings")
         membership.subscribe(self._view_changed)
         for extension in self.extensions:
             extension.attach(self)
@@ -213,7 +226,7 @@ class Silo:
             except RaygrainError as exc:
                 self.reply_error(request, exc, f"{target}.{request.method} on {self.name}")
                 return
-        cls, method, stateless = route
+        cls, method, stateless, timings = route
         # A sender that routed with our view already picked us; otherwise check the ring.
         if (
             request.view_version != self.membership.view.version
@@ -233,7 +246,9 @@ class Silo:
             except RaygrainError as exc:
                 self.reply_error(request, exc, f"{target}.{request.method} on {self.name}")
                 return
-        delivery = Delivery(request, method, args, kwargs, self.loop_time() + request.timeout)
+        # (Positional: a keyword argument would cost this call its fast path on CPython 3.11.)
+        expires_at = self.loop_time() + request.timeout
+        delivery = Delivery(request, method, args, kwargs, expires_at, None, True, None, timings)
         for accept in self._on_accept:
             accept(self, delivery)
         if stateless:
@@ -247,14 +262,27 @@ class Silo:
             request.chain = ()
         activation.enqueue(delivery)
 
-    def _learn_route(
-        self, type_name: str, method_name: str
-    ) -> tuple[type[Actor[Any]], ActorMethod, bool]:
+    def _learn_route(self, type_name: str, method_name: str) -> _Route:
         cls = self.registry.resolve(type_name)
         method = self.registry.method(cls, method_name)
-        route = (cls, method, cls.__actor_options__.stateless_worker)
+        timings = self._timings_of(type_name, method_name)
+        route = (cls, method, cls.__actor_options__.stateless_worker, timings)
         self._routes[(type_name, method_name)] = route
         return route
+
+    def turn_timings(self, type_name: str, method: str) -> tuple[TurnTimings, ...]:
+        """The extensions' timings of an internal turn (a timer's, a stream's: deliveries the
+        silo did not route); a user method's come with its route."""
+        key = (type_name, method)
+        found = self._internal_timings.get(key)
+        if found is None:
+            if len(self._internal_timings) >= _MAX_INTERNAL_TIMINGS:  # (names come and go)
+                self._internal_timings.clear()
+            found = self._internal_timings[key] = self._timings_of(type_name, method)
+        return found
+
+    def _timings_of(self, type_name: str, method: str) -> tuple[TurnTimings, ...]:
+        return tuple(t for hook in self._on_timings if (t := hook(type_name, method)) is not None)
 
     def deliver_response(self, response: Response, sender: str | None = None) -> None:
         self.caller.deliver_response(response, sender)

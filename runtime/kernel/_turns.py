@@ -31,7 +31,7 @@ from raygrain.actors import (
     encode_error,
 )
 from raygrain.runtime.kernel._caller import current_chain
-from raygrain.runtime.kernel._extensions import TURN_VARIABLES
+from raygrain.runtime.kernel._extensions import FLUSH_TIMINGS_AT, TURN_VARIABLES, TurnTimings
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._state import StateSlot
@@ -91,12 +91,17 @@ class TurnRunner(Mailbox):
         ends_when_written = False
         rollbacks = slot.rollbacks if slot is not None else 0
         observed = self.silo.on_turn_ended  # an extension observing turns: time them
+        timings = delivery.timings
+        if timings is None:  # (an internal turn: the silo did not route it)
+            timings = delivery.timings = self.silo.turn_timings(
+                self.actor_id.type_name, method.name
+            )
         error: Exception | None = None
         try:
             # (Also the start of the turn's timing: asyncio's loop clock is time.monotonic.)
             started = self.silo.loop_time()
             if started > delivery.expires_at:
-                observed = ()
+                observed = timings = ()
                 return  # the caller has already timed out; running it now would be a surprise
             self._enter_turn(request.chain)
             for hook in self.silo.on_turn_started:
@@ -154,10 +159,18 @@ class TurnRunner(Mailbox):
         finally:
             if not ends_when_written:
                 ended = self._end_turn(options, delivery.keeps_alive)
-                if observed:
+                if observed or timings:
                     seconds = (ended if ended is not None else monotonic()) - started
                     for hook in observed:
                         hook(self, delivery, error, seconds)
+                    # (_record, inlined: every turn passes here)
+                    for timing in timings:
+                        pending = timing.pending
+                        pending.append(seconds)
+                        if len(pending) > FLUSH_TIMINGS_AT:
+                            timing.flush()
+                        if error is not None:
+                            timing.failed(error)
 
     def _queue_write(self, delivery: Delivery, payload: bytes, data: bytes, started: float) -> bool:
         """Hand the turn's write to a provider that queues writes (``storage.QueuedWrites``):
@@ -204,10 +217,12 @@ class TurnRunner(Mailbox):
                 self.silo.reply(delivery.request, ok, payload, ())
         finally:
             ended = self._end_turn(method.options)
-            if self.silo.on_turn_ended:
+            timings = delivery.timings or ()
+            if self.silo.on_turn_ended or timings:
                 seconds = (ended if ended is not None else monotonic()) - started
                 for hook in self.silo.on_turn_ended:
                     hook(self, delivery, error, seconds)
+                _record(timings, seconds, error)
 
     def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> float | None:
         """End the turn's admission; the time it read at the end, when that was
@@ -289,3 +304,14 @@ class TurnRunner(Mailbox):
         for variable, default in TURN_VARIABLES:  # a capability's scope sets its own after
             if variable.get() is not default:
                 variable.set(default)
+
+
+def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception | None) -> None:
+    """Give the extensions' timings one turn's duration (and its error, if it failed)."""
+    for timing in timings:
+        pending = timing.pending
+        pending.append(seconds)
+        if len(pending) > FLUSH_TIMINGS_AT:
+            timing.flush()
+        if error is not None:
+            timing.failed(error)

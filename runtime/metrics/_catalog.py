@@ -17,7 +17,7 @@ from raygrain.runtime.metrics._registry import (
 )
 from raygrain.runtime.metrics._settings import LATENCY_BOUNDS, SIZE_BOUNDS
 
-__all__ = ["CallerMetrics", "SiloMetrics", "StorageMetrics", "calls_of"]
+__all__ = ["CallerMetrics", "SiloMetrics", "StorageMetrics", "calls_of", "slow_turns_of"]
 
 
 def calls_of(duration: Family) -> Callable[[], dict[Labels, float]]:
@@ -27,6 +27,17 @@ def calls_of(duration: Family) -> Callable[[], dict[Labels, float]]:
         values: float(c.count)
         for values, c in duration.children.items()
         if isinstance(c, HistogramChild)
+    }
+
+
+def slow_turns_of(duration: Family) -> Callable[[], dict[Labels, float]]:
+    """The slow turns per series of the turns' (callee) duration histogram, whose children
+    count the values above the threshold as they count them into buckets (see
+    ``HistogramChild.threshold``)."""
+    return lambda: {
+        (type_name, method): float(c.above)
+        for (side, type_name, method), c in list(duration.children.items())
+        if side == "callee" and isinstance(c, HistogramChild) and c.threshold is not None
     }
 
 
@@ -103,6 +114,7 @@ class SiloMetrics(CallerMetrics):
             "Turns that took longer than the slow-turn threshold (MetricsSettings)",
             Kind.COUNTER,
             ("type", "method"),
+            read=slow_turns_of(self.duration),
         )
         add(
             "raygrain_activations",

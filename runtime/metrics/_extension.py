@@ -1,11 +1,13 @@
 """Metrics as a silo capability, through the kernel's extension surface.
 
-``Metrics`` (the extension) times every turn (``turn_ended``), counts activations and
-deactivations, wraps the silo's storage provider to time it, follows the membership view, and
-adds the figures ``raygrain status`` shows to ``Silo.stats()``. ``CallMetrics`` (a call filter)
-times the calls a caller makes, a silo's or a client's. Both record into a ``MetricRegistry``
-that an exporter reads; the hot path is a dictionary lookup and a list append (the
-histogram counts its pending values into buckets in batches).
+``Metrics`` (the extension) takes every turn's duration (``turn_timings``), counts activations
+and deactivations, wraps the silo's storage provider to time it, follows the membership view,
+and adds the figures ``raygrain status`` shows to ``Silo.stats()``. ``CallMetrics`` (a call
+observer) takes the durations of the calls a caller makes, a silo's or a client's. Both record
+into a ``MetricRegistry`` that an exporter reads. The hot path is the kernel's: it finds a
+``_Series`` once per actor type and method and appends each duration to its histogram's
+pending list, with no call into this room per call (the histogram counts its pending values
+into buckets in batches, and the turns above the slow-turn threshold with them).
 """
 
 from __future__ import annotations
@@ -15,21 +17,18 @@ import time
 from collections import Counter
 from typing import Any
 
-from raygrain.actors import ActorMethod, DeactivationReason, decode
+from raygrain.actors import DeactivationReason, decode
 from raygrain.runtime.events import EventsService
 from raygrain.runtime.kernel import (
     Activation,
-    Delivery,
     Extension,
     MembershipView,
-    Request,
     Response,
     Silo,
     SiloStatus,
 )
 from raygrain.runtime.metrics._catalog import CallerMetrics, SiloMetrics
 from raygrain.runtime.metrics._registry import (
-    FLUSH_AT,
     CounterChild,
     HistogramChild,
     Labels,
@@ -42,8 +41,6 @@ from raygrain.runtime.transactions import Transactions
 from raygrain.storage import StorageProvider
 
 __all__ = ["CallMetrics", "Metrics", "error_type"]
-
-_MAX_SERIES = 10_000  # cached method -> series entries (the series themselves stay)
 
 try:
     _VERSION = importlib.metadata.version("raygrain")
@@ -61,41 +58,35 @@ def error_type(response: Response) -> str:
 
 class CallMetrics:
     """Records each call a caller makes, timed from sending to its response (``side="caller"``).
-    A ``CallObserver``: the caller reads the clock; this only counts (kept lean: every call
-    of the process passes here)."""
+    A ``CallObserver``: the caller reads the clock and appends each call's duration to the
+    series of its type and method (``call_timings``); this only counts failures."""
 
     def __init__(self, registry: MetricRegistry, metrics: CallerMetrics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics or CallerMetrics(registry)
-        self._series: dict[str, dict[str, HistogramChild]] = {}
 
-    def call_ended(self, request: Request, response: Response, seconds: float) -> None:
-        methods = self._series.get(request.target.type_name)
-        series = methods.get(request.method) if methods is not None else None
-        if series is None:
-            series = self._series_of(request.target.type_name, request.method)
-        pending = series.pending  # HistogramChild.observe, inlined
-        pending.append(seconds)
-        if len(pending) > FLUSH_AT:
-            series.flush()
-        if not response.ok:
-            self.metrics.errors.counter(
-                "caller", request.target.type_name, request.method, error_type(response)
-            ).inc()
-
-    def _series_of(self, type_name: str, method: str) -> HistogramChild:
-        series = self.metrics.duration.histogram("caller", type_name, method)
-        self._series.setdefault(type_name, {})[method] = series
-        return series
+    def call_timings(self, type_name: str, method: str) -> _Series:
+        return _Series(self.metrics, "caller", type_name, method)
 
 
-class _TurnSeries:
-    __slots__ = ("duration", "method", "slow")
+class _Series:
+    """One actor type and method's calls or turns: the kernel appends their durations to
+    ``pending``, which is the duration histogram's own list (its readers count them)."""
 
-    def __init__(self, metrics: SiloMetrics, type_name: str, method: ActorMethod) -> None:
-        self.method = method  # kept alive: its id keys the series (see Metrics.turn_ended)
-        self.duration = metrics.duration.histogram("callee", type_name, method.name)
-        self.slow = metrics.slow_turns.counter(type_name, method.name)
+    __slots__ = ("duration", "errors", "labels", "pending")
+
+    def __init__(self, metrics: CallerMetrics, side: str, type_name: str, method: str) -> None:
+        self.duration = metrics.duration.histogram(side, type_name, method)
+        self.pending = self.duration.pending
+        self.errors = metrics.errors
+        self.labels = (side, type_name, method)
+
+    def flush(self) -> None:
+        self.duration.flush()
+
+    def failed(self, error: Exception | Response) -> None:
+        name = error_type(error) if isinstance(error, Response) else type(error).__name__
+        self.errors.counter(*self.labels, name).inc()
 
 
 class Metrics(Extension):
@@ -110,7 +101,6 @@ class Metrics(Extension):
         self.metrics = SiloMetrics(
             self.registry, self._activations, self._mailboxes, self._projections
         )
-        self._series: dict[int, _TurnSeries] = {}
         self._slow = settings.slow_turn_seconds
         self._dead: set[str] = set()
         self.storage: ObservedStorage | None = None
@@ -144,32 +134,9 @@ class Metrics(Extension):
     def call_filter(self) -> CallMetrics:
         return self._filter
 
-    def turn_ended(
-        self, activation: Activation, delivery: Delivery, error: Exception | None, seconds: float
-    ) -> None:
-        # By the method's identity: one lookup (every turn of the silo passes here). The series
-        # holds the method, so its id is not reused while the entry exists.
-        series = self._series.get(id(delivery.method))
-        if series is None:
-            series = self._series_of(activation, delivery)
-        duration = series.duration
-        pending = duration.pending  # HistogramChild.observe, inlined
-        pending.append(seconds)
-        if len(pending) > FLUSH_AT:
-            duration.flush()
-        if seconds > self._slow:
-            series.slow.value += 1
-        if error is not None:
-            name = type(error).__name__
-            self.metrics.errors.counter(
-                "callee", activation.actor_id.type_name, delivery.method.name, name
-            ).inc()
-
-    def _series_of(self, activation: Activation, delivery: Delivery) -> _TurnSeries:
-        if len(self._series) >= _MAX_SERIES:  # (internal turns' methods come and go)
-            self._series.clear()
-        series = _TurnSeries(self.metrics, activation.actor_id.type_name, delivery.method)
-        self._series[id(delivery.method)] = series
+    def turn_timings(self, type_name: str, method: str) -> _Series:
+        series = _Series(self.metrics, "callee", type_name, method)
+        series.duration.threshold = self._slow  # slow turns: counted as the values are
         return series
 
     def activated(self, activation: Activation) -> None:

@@ -64,7 +64,7 @@ class HistogramChild:
     and never replaces it.
     """
 
-    __slots__ = ("_counts", "_lock", "_sum", "bounds", "pending")
+    __slots__ = ("_above", "_counts", "_lock", "_sum", "bounds", "pending", "threshold")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
@@ -72,6 +72,10 @@ class HistogramChild:
         self._sum = 0.0
         self._lock = threading.Lock()
         self.pending: list[float] = []
+        # Values above ``threshold`` are also counted (slow turns), as they are counted into
+        # the buckets: the hot path only appends.
+        self.threshold: float | None = None
+        self._above = 0
 
     def observe(self, value: float) -> None:
         pending = self.pending
@@ -105,6 +109,8 @@ class HistogramChild:
                 below = upto
             counts[-1] += taken - below
             self._sum += sum(values)
+            if self.threshold is not None:
+                self._above += taken - bisect_right(values, self.threshold)
 
     @property
     def counts(self) -> list[int]:
@@ -119,6 +125,12 @@ class HistogramChild:
     @property
     def count(self) -> int:
         return sum(self.counts)
+
+    @property
+    def above(self) -> int:
+        """How many values recorded since ``threshold`` was set are above it."""
+        self.flush()
+        return self._above
 
 
 @dataclass(frozen=True, slots=True)

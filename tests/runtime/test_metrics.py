@@ -45,6 +45,9 @@ class Meter(Actor[Tally], name="metrics.Meter"):
     async def fail(self, kind: str) -> None:
         raise (ValueError if kind == "value" else Rejected)(kind)
 
+    async def dawdle(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
     @call_timeout(0.2)
     async def stall(self, name: str) -> None:
         await STALLS.setdefault(name, asyncio.Event()).wait()
@@ -206,6 +209,24 @@ async def test_reminder_lateness_is_recorded_as_each_tick_starts() -> None:
         assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.25") == 2
         assert value(f"{late}_bucket", type="metrics.Sleeper", le="0.5") == 2
         assert value(f"{late}_bucket", type="metrics.Sleeper", le="1.0") == 3
+
+
+async def test_turns_longer_than_the_threshold_count_as_slow() -> None:
+    settings = MetricsSettings(slow_turn_seconds=0.05)
+    async with Cluster.local(actors=[Meter], silos=1, metrics=settings) as cluster:
+        meter = cluster.get(Meter, "slow")
+        for _ in range(3):
+            await meter.dawdle(0.06)  # (a sleep of 0.06 s lasts at least that long)
+        for _ in range(FLUSH_AT + 5):  # more than a batch: counted as the batch is counted
+            await meter.dawdle(0.0)
+        metrics = cluster.metrics
+        assert metrics is not None
+        labels = {"type": "metrics.Meter", "method": "dawdle"}
+        slow = metrics.value("raygrain_slow_turns_total", **labels)
+        turns = metrics.value("raygrain_call_duration_seconds_count", side="callee", **labels)
+    assert turns == FLUSH_AT + 8
+    # Every dawdle(0.06) is slow; a dawdle(0.0) may be too only on a machine stalling 50 ms.
+    assert 3 <= slow < turns
 
 
 def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
