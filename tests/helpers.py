@@ -78,6 +78,28 @@ def json_document(printed: str) -> Any:
     return document
 
 
+def without_ray_lines(captured: str) -> str:
+    """``captured`` without the worker log lines Ray's log monitor prints into the driver's
+    output ("(SiloActor pid=...) ...", often in colour), which may arrive at any moment."""
+    return "".join(
+        line
+        for line in captured.splitlines(keepends=True)
+        if not line.lstrip("\x1b[0123456789;m").startswith("(")
+    )
+
+
+def own_log_records(captured: str) -> list[dict[str, Any]]:
+    """This process's log records (JSON lines) from captured stderr, which Ray's log monitor
+    may share: it prints worker log lines, "(SiloActor pid=...) {...}", to the driver's
+    stderr at any moment, from the Ray tests before this one too."""
+    return [json.loads(line) for line in captured.splitlines() if line.startswith("{")]
+
+
+def own_log_count(captured: str, event: str) -> int:
+    """How many of this process's log records are ``event``."""
+    return sum(1 for record in own_log_records(captured) if record.get("event") == event)
+
+
 async def still_pending(task: asyncio.Future[Any], passes: int = 50) -> bool:
     """Let the loop run ``passes`` times; True if ``task`` has still not finished (used after
     the event that should hold it up has been proved to have happened)."""

@@ -33,6 +33,7 @@ from raygrain.runtime.wire import (
     write_frame,
 )
 from tests.app import GATES, Chain, Recorder
+from tests.helpers import own_log_count
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
 
 # Small limits, so that a few MiB show the bound: the socket's buffer, a frame, the backlog.
@@ -166,7 +167,7 @@ async def test_a_client_that_does_not_read_its_answers_is_cut_off(log: Any) -> N
             await client.aclose()
     finally:
         silo.stop()
-    assert log.readouterr().err.count("wire_peer_not_reading") == 1
+    assert own_log_count(log.readouterr().err, "wire_peer_not_reading") == 1
 
 
 async def test_a_silo_that_stops_reading_its_answers_sees_its_calls_fail_not_hang() -> None:

@@ -4,7 +4,6 @@ serving everyone else, and says so at most once per peer per minute, at warning.
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -14,6 +13,7 @@ from raygrain.actors import ActorId, MalformedMessageError, decode, decode_error
 from raygrain.runtime.kernel import Request, Response, configure_logging, pack, unpack_batch
 from raygrain.runtime.wire import WireOptions, dial
 from tests.app import BankAccount
+from tests.helpers import own_log_records
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
 
 Open = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -145,7 +145,7 @@ async def test_bad_peers_are_logged_once_a_minute_and_never_above_warning(
                 writer.close()
             writer.close()
     assert await member.ref(BankAccount, "member").deposit(1) == 2
-    records = [json.loads(line) for line in log.readouterr().err.splitlines() if line]
+    records = own_log_records(log.readouterr().err)
     about_peers = [
         r for r in records if r["event"] in ("wire_connection_refused", "wire_connection_dropped")
     ]

@@ -18,6 +18,7 @@ from raygrain.runtime.metrics import CallMetrics
 from raygrain.runtime.transactions import TransactionContext, current_transaction
 from raygrain.runtime.wire import LinkState, WireOptions
 from tests.app import BankAccount, Chain, Recorder
+from tests.helpers import own_log_count
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
 
 
@@ -193,8 +194,7 @@ async def test_unreachable_direct_address_falls_back_and_says_so_once(
     finally:
         await client.aclose()
         await silo.aclose()
-    logged = log.readouterr().err
-    assert logged.count("wire_unreachable_using_ray") == 1
+    assert own_log_count(log.readouterr().err, "wire_unreachable_using_ray") == 1
 
 
 async def test_tls_connections_carry_calls_and_plain_ones_are_refused(
