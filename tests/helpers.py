@@ -9,12 +9,13 @@ a timing assertion: a healthy run never comes near it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime import Cluster
 from raygrain.runtime.ray_host import RemoteStorage, StorageServerImpl
+from tests import app
 from tests.app import BankAccount, Chain
 
 T = TypeVar("T")
@@ -145,6 +147,64 @@ async def wait_for_death(cluster: Cluster, name: str, bound: float = 60.0) -> No
         await asyncio.wait_for(declared(), bound)
     except TimeoutError:
         pytest.fail(f"silo {name} was not declared dead within {bound} s")
+
+
+async def wait_for_active(cluster: Cluster, name: str, bound: float = 60.0) -> None:
+    """Wait until the client's view holds silo ``name`` as active."""
+    membership = cluster._caller._membership
+
+    async def joined() -> None:
+        while name not in membership.view.active():
+            await membership.wait_for_view(membership.view.version + 1)
+
+    await bounded(joined(), f"silo {name} to join", bound)
+
+
+async def silo_on(cluster: Cluster, node_id: str, bound: float = 60.0) -> str:
+    """The name of the deployment's silo on Ray node ``node_id``, once the client's view
+    holds it as active."""
+    membership = cluster._caller._membership
+
+    async def joined() -> str:
+        while True:
+            names = [n for n in membership.view.active() if node_id[:12] in n]
+            if names:
+                return names[0]
+            await membership.wait_for_view(membership.view.version + 1)
+
+    return await bounded(joined(), f"a silo on the node {node_id[:12]} to join", bound)
+
+
+async def no_silo_on(cluster: Cluster, node_id: str, bound: float = 60.0) -> None:
+    """Wait until the client's view holds no active silo on Ray node ``node_id``."""
+    membership = cluster._caller._membership
+
+    async def gone() -> None:
+        while any(node_id[:12] in n for n in membership.view.active()):
+            await membership.wait_for_view(membership.view.version + 1)
+
+    await bounded(gone(), f"the silos on the node {node_id[:12]} to leave the view", bound)
+
+
+@contextlib.asynccontextmanager
+async def extra_node(ray_silos: Any, cluster: Cluster) -> AsyncIterator[tuple[Any, str]]:
+    """A Ray node added to the session's cluster for one test, and the name of ``cluster``'s
+    silo on it (the deployment follows Ray's node list: the node gets its silo by itself).
+
+    Tests wait for that silo by name, never for a count of silos: a count taken while a node
+    killed by an earlier test was still in the view waited for a ring size that never came.
+    On the way out the node is removed (unless the test killed it) and the session's default
+    deployment has dropped its silo: the next test finds the silos the session started with.
+    """
+    node = ray_silos.nodes.add_node(num_cpus=1)
+    try:
+        ray_silos.nodes.wait_for_nodes()
+        yield node, await silo_on(cluster, node.node_id)
+    finally:
+        if node in ray_silos.nodes.worker_nodes:  # (remove_node drops a node it removed)
+            ray_silos.nodes.remove_node(node, allow_graceful=False)
+        async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as default:
+            await no_silo_on(default, node.node_id)
 
 
 # -- the deposit workload -----------------------------------------------------------------------

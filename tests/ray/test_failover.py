@@ -24,6 +24,8 @@ from tests.helpers import (
     Workload,
     bounded,
     check_transfers,
+    extra_node,
+    wait_for_active,
     wait_for_death,
     wait_for_silos,
     wait_until,
@@ -48,15 +50,12 @@ async def _start_extra_silo(node_id: str, index: int) -> tuple[str, Any]:
 async def test_node_killed_mid_workload_every_actor_comes_back(
     ray_silos: Any, ray_transport: str, key: Any, writes_before_kill: int
 ) -> None:
-    async with Cluster.connect(
-        ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
-    ) as cluster:
-        silos_before = len(cluster._caller._membership.ring)
-        node = ray_silos.nodes.add_node(num_cpus=1)
-        ray_silos.nodes.wait_for_nodes()
-        # The deployment follows Ray's node list: the new node gets its silo by itself.
-        await wait_for_silos(cluster, silos_before + 1)
-        name = next(n for n in cluster._caller._membership.view.active() if node.node_id[:12] in n)
+    async with (
+        Cluster.connect(
+            ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
+        ) as cluster,
+        extra_node(ray_silos, cluster) as (node, name),
+    ):
         work = Workload(cluster, key, accounts=2000)
         ring = cluster._caller._membership.ring
         doomed = [r for r in work.refs if ring.owner(r.actor_id) == name]
@@ -68,7 +67,7 @@ async def test_node_killed_mid_workload_every_actor_comes_back(
         ray_silos.nodes.remove_node(node, allow_graceful=False)
         # The killed silo's process may still answer for a moment: a call counts as having
         # reached a new owner only once the view has dropped the dead one.
-        await wait_for_silos(cluster, silos_before)
+        await wait_for_death(cluster, name)
         # The first call that lands on a new owner (each try is a deposit that may fail).
         await wait_until(lambda: work.deposit(doomed[0]), "a call to reach a new owner", 60)
         back_after = time.monotonic() - killed_at
@@ -116,7 +115,7 @@ async def test_false_suspicion_loses_and_duplicates_nothing(ray_silos: Any, key:
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     name, extra = await _start_extra_silo(worker_node, 2)
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
-        await wait_for_silos(cluster, 4)
+        await wait_for_active(cluster, name)
         work = Workload(cluster, key, accounts=300)
         running = asyncio.ensure_future(work.run())
         await work.until(300)
@@ -183,14 +182,13 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
     worker_node = ray_silos.worker_node_ids[0]  # a node of the session's, never killed
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         membership = cluster._caller._membership
-        silos_before = len(membership.ring)
         work = Workload(cluster, key, accounts=1000)
         owners_before = {r.actor_id: membership.ring.owner(r.actor_id) for r in work.refs}
         running = asyncio.ensure_future(work.run())
         await work.until(300)
-        _, extra = await _start_extra_silo(worker_node, 3)
+        name, extra = await _start_extra_silo(worker_node, 3)
         try:
-            await wait_for_silos(cluster, silos_before + 1)
+            await wait_for_active(cluster, name)
             await work.until(work.acknowledged() + 500)
             work.stop.set()
             await running
@@ -203,7 +201,7 @@ async def test_join_mid_workload_moves_about_a_quarter_and_loses_no_call(
             work.stop.set()
             await asyncio.gather(running, return_exceptions=True)
             await extra.leave.remote()  # the session's later tests expect its three silos
-            await wait_for_silos(cluster, silos_before)
+            await wait_until(lambda: name not in membership.view.active(), f"{name} to leave")
             await extra.stop.remote()
             ray.kill(extra)
 
@@ -223,8 +221,6 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
-        membership = cluster._caller._membership
-        silos_before = len(membership.ring)
         vaults = [cluster.get(Vault, key(str(i))) for i in range(24)]
         await asyncio.gather(*(v.deposit(1000) for v in vaults))
         acknowledged: dict[int, tuple[int, int]] = {}
@@ -266,7 +262,7 @@ async def test_silo_killed_during_transfers_every_transfer_is_all_or_nothing(
         try:
             for round_ in range(2):
                 name, extra = await _start_extra_silo(worker_node, 4 + round_)
-                await wait_for_silos(cluster, silos_before + 1)
+                await wait_for_active(cluster, name)
                 await until(len(acknowledged) + 100)
                 ray.kill(extra, no_restart=True)  # the silo's process dies mid-commit
                 await wait_for_death(cluster, name)

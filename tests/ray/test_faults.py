@@ -15,7 +15,7 @@ import pytest
 
 from raygrain.runtime import Cluster
 from tests import app
-from tests.helpers import bounded, json_document, wait_for_death
+from tests.helpers import bounded, extra_node, json_document, wait_for_death
 from tests.ray.test_failover import Workload
 
 pytestmark = pytest.mark.ray
@@ -29,12 +29,6 @@ def _actors_in(namespace: str) -> list[str]:
         for e in ray.util.list_named_actors(all_namespaces=True)
         if e.get("namespace") == namespace
     ]
-
-
-async def _until_dead(cluster: Cluster, name: str) -> None:
-    membership = cluster._caller._membership
-    while name not in membership.view.dead():
-        await membership.wait_for_view(membership.view.version + 1)
 
 
 async def test_storage_server_killed_writes_resume_and_silo_deaths_are_still_detected(
@@ -69,7 +63,7 @@ async def test_storage_server_killed_writes_resume_and_silo_deaths_are_still_det
             # declared dead (and its node gets a new silo).
             victim = cluster._caller._membership.view.active()[0]
             ray.kill(ray.get_actor(victim, namespace=namespace), no_restart=True)
-            await asyncio.wait_for(_until_dead(cluster, victim), 60)
+            await wait_for_death(cluster, victim)
             await asyncio.wait_for(work.until(work.acknowledged() + 300), 60)
         finally:
             work.stop.set()
@@ -135,33 +129,20 @@ async def test_a_node_that_joins_gets_its_silo_and_status_shows_it(
 ) -> None:
     from raygrain.runtime.cli import main
 
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with (
+        Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster,
+        extra_node(ray_silos, cluster) as (node, name),
+    ):
         membership = cluster._caller._membership
-        node = ray_silos.nodes.add_node(num_cpus=1)
-        try:
-            ray_silos.nodes.wait_for_nodes()
-            prefix = node.node_id[:12]
-
-            async def silo_on_new_node() -> str:
-                while True:
-                    found = [n for n in membership.view.active() if prefix in n]
-                    if found:
-                        return found[0]
-                    await membership.wait_for_view(membership.view.version + 1)
-
-            name = await asyncio.wait_for(silo_on_new_node(), 60)
-            assert len([n for n in membership.view.active() if prefix in n]) == 1  # per node: 1
-            status = ["status", "--address", ray_silos.address, "--name", "default", "--json"]
-            assert await asyncio.to_thread(main, status) == 0
-            shown = json_document(capsys.readouterr().out)
-            row = next(r for r in shown["silos"] if r["silo"] == name)
-            assert row["node_id"] == node.node_id and row["status"] == "active"
-            assert node.node_id not in shown["nodes"]["without_silo"]
-            await cluster.get(app.Chain, "on-any-node").ping()
-        finally:
-            ray_silos.nodes.remove_node(node, allow_graceful=False)
-        # Leave the session as it was: the node's silo is declared dead and leaves the ring.
-        await asyncio.wait_for(_until_dead(cluster, name), 60)
+        prefix = node.node_id[:12]
+        assert len([n for n in membership.view.active() if prefix in n]) == 1  # per node: 1
+        status = ["status", "--address", ray_silos.address, "--name", "default", "--json"]
+        assert await asyncio.to_thread(main, status) == 0
+        shown = json_document(capsys.readouterr().out)
+        row = next(r for r in shown["silos"] if r["silo"] == name)
+        assert row["node_id"] == node.node_id and row["status"] == "active"
+        assert node.node_id not in shown["nodes"]["without_silo"]
+        await cluster.get(app.Chain, "on-any-node").ping()
 
 
 async def test_a_silo_made_by_hand_counts_as_joining_its_node_until_it_joins(

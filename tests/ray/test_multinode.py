@@ -19,7 +19,7 @@ from raygrain.actors import UnknownActorTypeError, UnknownMethodError
 from raygrain.runtime import Cluster
 from tests import app
 from tests.app import BankAccount, Chain
-from tests.helpers import check_oversized_messages, wait_for_silos, wait_until
+from tests.helpers import check_oversized_messages, wait_for_active, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -50,7 +50,7 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
     async with Cluster.connect(
         ray_silos.address, transport=ray_transport, actors=app.ALL_ACTORS
     ) as cluster:
-        await wait_for_silos(cluster, 4)
+        await wait_for_active(cluster, name)
         accounts = [cluster.get(BankAccount, key(f"acct{i}")) for i in range(200)]
         acknowledged: Counter[str] = Counter()
         rng = random.Random(7)
@@ -73,7 +73,8 @@ async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(
         hosted_after = (await extra.stats.remote())["activations"]
         stop.set()
         await asyncio.gather(*workers)
-        await wait_for_silos(cluster, 3)
+        membership = cluster._caller._membership
+        await wait_until(lambda: name not in membership.view.active(), f"{name} to leave")
         await extra.stop.remote()
         ray.kill(extra)
         balances = await asyncio.gather(*(a.balance() for a in accounts))

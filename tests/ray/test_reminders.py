@@ -20,26 +20,12 @@ from raygrain.actors import ActorCallTimeout, SiloUnavailableError, StorageError
 from raygrain.runtime import Cluster
 from tests import app
 from tests.app import Alarm
-from tests.helpers import bounded, wait_for_death
+from tests.helpers import extra_node, wait_for_death
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PERIOD = 0.5
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-async def _silo_on(cluster: Cluster, node_id: str, bound: float = 60.0) -> str:
-    """The name of the deployment's silo on ``node_id`` once the client's view holds it."""
-    membership = cluster._caller._membership
-
-    async def joined() -> str:
-        while True:
-            names = [n for n in membership.view.active() if node_id[:12] in n]
-            if names:
-                return names[0]
-            await membership.wait_for_view(membership.view.version + 1)
-
-    return await bounded(joined(), f"a silo on the new node {node_id[:12]} to join", bound)
 
 
 async def _ticks(ref: Any, bound: float = 60.0) -> list[float]:
@@ -98,39 +84,29 @@ async def test_a_reminder_ticks_lists_and_stops_on_ray(ray_silos: Any, key: Any)
 async def test_reminders_fire_on_from_a_survivor_when_their_node_dies(
     ray_silos: Any, key: Any
 ) -> None:
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
-        node = ray_silos.nodes.add_node(num_cpus=1)
-        removed = False
-        try:
-            ray_silos.nodes.wait_for_nodes()
-            # The deployment follows Ray's node list: the new node gets its silo by itself.
-            # (This test made one by hand before silos followed the nodes; the follower then
-            # started a second beside it, and the wait for a ring of four hung when the
-            # client's view went from three silos to five.)
-            name = await _silo_on(cluster, node.node_id)
-            ring = cluster._caller._membership.ring
-            refs = [cluster.get(Alarm, key(f"alarm-{i}")) for i in range(200)]
-            doomed = [r for r in refs if ring.owner(r.actor_id) == name][:10]
-            others = [r for r in refs if ring.owner(r.actor_id) != name][:10]
-            assert doomed, "some alarms must live on the silo that dies"
-            alarms = doomed + others
-            firsts = await asyncio.gather(*(r.arm(PERIOD) for r in alarms))
-            await asyncio.gather(*(_until(r, lambda t: len(t) >= 3) for r in doomed))
-            killed_at = time.time()
-            ray_silos.nodes.remove_node(node, allow_graceful=False)
-            removed = True
-            await wait_for_death(cluster, name)
-            resumed = await asyncio.gather(
-                *(_until(r, lambda t: bool(t) and t[-1] > killed_at + PERIOD) for r in doomed)
-            )
-            back_after = time.time() - killed_at
-            for index, ref in enumerate(alarms):
-                dies = index < len(doomed)
-                _check_schedule(firsts[index], await _ticks(ref), killed_at if dies else None)
-                assert min(await ref.lateness()) >= 0, "a tick arrived before its time"
-        finally:
-            if not removed:  # the session's later tests must not find this node's silo
-                ray_silos.nodes.remove_node(node, allow_graceful=False)
+    async with (
+        Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster,
+        extra_node(ray_silos, cluster) as (node, name),
+    ):
+        ring = cluster._caller._membership.ring
+        refs = [cluster.get(Alarm, key(f"alarm-{i}")) for i in range(200)]
+        doomed = [r for r in refs if ring.owner(r.actor_id) == name][:10]
+        others = [r for r in refs if ring.owner(r.actor_id) != name][:10]
+        assert doomed, "some alarms must live on the silo that dies"
+        alarms = doomed + others
+        firsts = await asyncio.gather(*(r.arm(PERIOD) for r in alarms))
+        await asyncio.gather(*(_until(r, lambda t: len(t) >= 3) for r in doomed))
+        killed_at = time.time()
+        ray_silos.nodes.remove_node(node, allow_graceful=False)
+        await wait_for_death(cluster, name)
+        resumed = await asyncio.gather(
+            *(_until(r, lambda t: bool(t) and t[-1] > killed_at + PERIOD) for r in doomed)
+        )
+        back_after = time.time() - killed_at
+        for index, ref in enumerate(alarms):
+            dies = index < len(doomed)
+            _check_schedule(firsts[index], await _ticks(ref), killed_at if dies else None)
+            assert min(await ref.lateness()) >= 0, "a tick arrived before its time"
         late = [
             next(t for t in ticks if t > killed_at) for ticks in resumed
         ]  # the first tick each doomed alarm got after the kill

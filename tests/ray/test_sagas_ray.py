@@ -15,7 +15,7 @@ import pytest
 
 from raygrain import ActorId, Cluster, SagaPhase
 from tests import app
-from tests.helpers import wait_for_silos, wait_until
+from tests.helpers import extra_node, wait_for_death, wait_until
 from tests.saga_app import STEPS, Ledger, Plan, Trip
 
 pytestmark = pytest.mark.ray
@@ -25,13 +25,11 @@ OTHERS = 6
 
 
 async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, key: Any) -> None:
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with (
+        Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster,
+        extra_node(ray_silos, cluster) as (node, name),
+    ):
         membership = cluster._caller._membership
-        silos_before = len(membership.ring)
-        node = ray_silos.nodes.add_node(num_cpus=1)
-        ray_silos.nodes.wait_for_nodes()
-        await wait_for_silos(cluster, silos_before + 1)
-        name = next(n for n in membership.view.active() if node.node_id[:12] in n)
         ring = membership.ring
         candidates = [key(f"trip-{n}") for n in range(400)]
         on_doomed = [
@@ -51,7 +49,7 @@ async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, ke
 
         await wait_until(doomed_under_way, "the doomed sagas to complete a step", 60)
         ray_silos.nodes.remove_node(node, allow_graceful=False)
-        await wait_for_silos(cluster, silos_before)
+        await wait_for_death(cluster, name)
 
         async def all_completed() -> bool:
             try:

@@ -19,7 +19,7 @@ import pytest
 from raygrain.actors import ActorId
 from raygrain.runtime import Cluster
 from tests import app
-from tests.helpers import RETRYABLE, wait_for_silos, wait_until
+from tests.helpers import RETRYABLE, extra_node, wait_for_death, wait_until
 from tests.stream_app import Announcer, OrderConsumer
 
 pytestmark = pytest.mark.ray
@@ -57,13 +57,11 @@ class Publisher:
 
 
 async def test_consumers_resume_on_survivors_and_fold_the_log(ray_silos: Any, key: Any) -> None:
-    async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
+    async with (
+        Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster,
+        extra_node(ray_silos, cluster) as (node, name),
+    ):
         membership = cluster._caller._membership
-        before = len(membership.ring)
-        node = ray_silos.nodes.add_node(num_cpus=1)
-        ray_silos.nodes.wait_for_nodes()
-        await wait_for_silos(cluster, before + 1)
-        name = next(n for n in membership.view.active() if node.node_id[:12] in n)
         candidates = (key(f"stream-{i}") for i in range(10_000))
         keys = [
             k
@@ -80,7 +78,7 @@ async def test_consumers_resume_on_survivors_and_fold_the_log(ray_silos: Any, ke
             )
         killed_at = time.monotonic()
         ray_silos.nodes.remove_node(node, allow_graceful=False)
-        await wait_for_silos(cluster, before)
+        await wait_for_death(cluster, name)
         await publisher.until(sum(publisher.acked.values()) + 40)
         publisher.stop.set()
         await running
