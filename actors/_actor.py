@@ -89,6 +89,12 @@ class ActorRuntime(Protocol):
         """A capability's per-activation API (``"timers"``, ``"reminders"``, ...)."""
         ...
 
+    def end_turn_with(self, ending: Any) -> None:
+        """(For a capability's method wrapper, as the last thing before the method that the
+        runtime called returns:) finish the turn with ``ending`` (a kernel ``TurnEnding``)
+        after the method returned; the reply waits for it."""
+        ...
+
 
 class ActorContext:
     """An actor's own activation: ``self.context`` inside an actor. Its identity (``id``,

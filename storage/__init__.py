@@ -7,7 +7,7 @@ URL into a provider (SQLAlchemy's convention: that file is relative to the worki
 (``EventLog``: append-only streams with expected versions, and per-category feeds).
 """
 
-from raygrain.storage._events import Appended, EventLog, NewEvent, StoredEvent
+from raygrain.storage._events import Appended, EventLog, NewEvent, QueuedAppends, StoredEvent
 from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
@@ -29,6 +29,7 @@ __all__ = [
     "MemoryStorage",
     "NewEvent",
     "PostgresStorage",
+    "QueuedAppends",
     "QueuedWrites",
     "ReminderAck",
     "ReminderRecord",

@@ -2,9 +2,10 @@
 
 ``append`` checks and encodes the events in the caller, queues them and waits; one committer
 task per store takes everything pending (up to ``MAX_BATCH`` events) and hands it to the log's
-``_commit_batch``, which settles each append's future with its own outcome. A caller cancelled
-before its batch started is left out; one cancelled after may still have committed (a retry
-with the same event ids returns that append's result).
+``_commit_batch``, which settles each append with its own outcome. A caller cancelled before
+its batch started is left out; one cancelled after may still have committed (a retry with the
+same event ids returns that append's result). ``queue_append`` (``QueuedAppends``) queues the
+same way with a callback instead of a waiting caller.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,16 +31,34 @@ class PendingAppend:
     category: str
     expected_version: int | None
     events: list[tuple[str, bytes, str]]  # (type, data, event id)
-    result: asyncio.Future[Appended]
+    # The waiting caller's future (``append``), or the callback of ``queue_append``.
+    result: asyncio.Future[Appended] | Callable[[Appended | Exception], object]
+
+    def abandoned(self) -> bool:
+        """Whether its waiting caller was cancelled, or it was settled already."""
+        result = self.result
+        return isinstance(result, asyncio.Future) and result.done()
 
 
 def settle(pending: PendingAppend, outcome: Appended | Exception) -> None:
-    if pending.result.done():
-        return
-    if isinstance(outcome, Exception):
-        pending.result.set_exception(outcome)
-    else:
-        pending.result.set_result(outcome)
+    result = pending.result
+    if not isinstance(result, asyncio.Future):
+        pending.result = _told  # exactly once
+        try:
+            result(outcome)
+        except Exception as exc:  # the caller's bug: the rest of the batch is still told
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a queued append's callback failed", "exception": exc}
+            )
+    elif not result.done():
+        if isinstance(outcome, Exception):
+            result.set_exception(outcome)
+        else:
+            result.set_result(outcome)
+
+
+def _told(outcome: Appended | Exception) -> None:
+    """What a callback-settled append holds once told (a second settle does nothing)."""
 
 
 class AppendQueue:
@@ -62,10 +81,33 @@ class AppendQueue:
         """Queue the append for the next batch; return once the batch committed. If the caller
         is cancelled after its batch started, the append may still commit (retry it: the
         event ids make the retry return that append's result)."""
+        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._queue_append(stream, category, expected_version, events, result)
+        return await result
+
+    def queue_append(
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent],
+        done: Callable[[Appended | Exception], object],
+    ) -> None:
+        """``append`` with a callback (``QueuedAppends``): bad input raises here; ``done``
+        gets the outcome once the batch committed."""
+        self._queue_append(stream, category, expected_version, events, done)
+
+    def _queue_append(
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent],
+        result: asyncio.Future[Appended] | Callable[[Appended | Exception], object],
+    ) -> None:
         check_append(stream, category, expected_version, events)
         encoded = encoded_events(events)
         self._check_not_closed()
-        result: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
         if self._appends is None:
             self._appends = deque()
         self._appends.append(PendingAppend(stream, category, expected_version, encoded, result))
@@ -74,7 +116,6 @@ class AppendQueue:
             self._append_committer = contextvars.Context().run(
                 asyncio.get_running_loop().create_task, self._commit_appends()
             )
-        return await result
 
     async def _drain_appends(self) -> None:
         """Let queued appends commit (``aclose`` calls it before closing the connections)."""
@@ -90,7 +131,7 @@ class AppendQueue:
                 size = 0
                 while queue and (not batch or size + len(queue[0].events) <= MAX_BATCH):
                     pending = queue.popleft()
-                    if not pending.result.done():  # a caller cancelled before it started
+                    if not pending.abandoned():  # a caller cancelled before it started
                         batch.append(pending)
                         size += len(pending.events)
                 if batch:

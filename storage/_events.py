@@ -19,7 +19,7 @@ SQLite and PostgreSQL ones live beside their providers.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,6 +30,7 @@ __all__ = [
     "EventLog",
     "MemoryEventLog",
     "NewEvent",
+    "QueuedAppends",
     "StoredEvent",
     "check_append",
     "check_category_read",
@@ -101,6 +102,28 @@ class EventLog(Protocol):
 
     async def head(self, category: str) -> int:
         """The latest position of ``category`` (0: no events)."""
+        ...
+
+
+@runtime_checkable
+class QueuedAppends(Protocol):
+    """Optional, for a log whose appends wait (group commit): it takes an append with a
+    callback instead of a coroutine. An event-sourced actor then ends its turn from that
+    callback rather than keeping the turn suspended in ``append`` until the commit (the same
+    as ``QueuedWrites`` for state)."""
+
+    def queue_append(
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent],
+        done: Callable[[Appended | Exception], object],
+    ) -> None:
+        """``append`` without awaiting. Bad input (``InvalidEventError``, a value the codec
+        refuses) raises here, and nothing is queued; otherwise ``done`` gets what ``append``
+        would return or raise, exactly once, on the event loop and never before this
+        returns."""
         ...
 
 

@@ -77,6 +77,10 @@ class Account(EventSourcedActor[Wallet, WalletEvent], name="es.Account", snapsho
         self.raise_event(Deposited(amount))
         self.raise_event(Renamed(label=object()))  # type: ignore[arg-type]  # not encodable
 
+    async def deposit_returning_unsendable(self, amount: int) -> object:
+        self.raise_event(Deposited(amount))
+        return object()  # the result cannot be sent: the turn fails, nothing is appended
+
     async def deposit_then_foreign(self, amount: int) -> None:
         self.raise_event(Deposited(amount))
         self.raise_event("a string is none of its event types")  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ code; the kernel sees a stateless actor (``Actor[None]``) and writes nothing per
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
@@ -40,6 +41,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime.events._codec import EventTypes
 from raygrain.runtime.events._consistency import Written
+from raygrain.runtime.events._ending import APPEND_TRIES, QueueAppend, journaled
 from raygrain.runtime.kernel import get_logger
 from raygrain.storage import EventLog, NewEvent, StorageProvider
 
@@ -49,7 +51,6 @@ S = TypeVar("S")
 E = TypeVar("E")
 
 _PAGE = 1000  # events read per page while replaying
-_APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in all
 SNAPSHOT_TYPE = "raygrain.events.snapshot"
 
 
@@ -81,6 +82,7 @@ class _Journal:
         "handle",
         "loaded",
         "pending",
+        "queue_append",
         "snapshot_etags",
         "snapshot_version",
         "stream",
@@ -98,6 +100,8 @@ class _Journal:
         self.snapshot_version = 0
         self.snapshot_etags: dict[int, str | None] = {}
         self.written: Written | None = None
+        # The log's queue_append (storage.QueuedAppends), None if it has none; looked up once.
+        self.queue_append: QueueAppend | bool | None = False
 
 
 class EventSourcedActor(Actor[None], Generic[S, E]):
@@ -143,10 +147,16 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         for name, member in list(cls.__dict__.items()):
             hook = name in ("on_activate", "on_deactivate", "on_reminder")
             if not name.startswith("_") and not hook and inspect.iscoroutinefunction(member):
-                setattr(cls, name, _journaled(member))
+                setattr(cls, name, journaled(member))
         if "on_activate" in cls.__dict__:  # the state is loaded before the user's hook runs
             cls.on_activate = _loading_first(cls.__dict__["on_activate"])  # type: ignore[method-assign]
         super().__init_subclass__(**kwargs)
+        for name, method in cls.__actor_methods__.items():
+            # What the runtime calls: the turn ends once its events are appended (see _ending).
+            turn = getattr(method.function, "__es_turn__", None)
+            options = method.options
+            if turn is not None and not (options.read_only or options.always_interleave):
+                cls.__actor_methods__[name] = dataclasses.replace(method, function=turn)
         for base in getattr(cls, "__orig_bases__", ()):
             if typing.get_origin(base) is EventSourcedActor:
                 state_type, event_type = typing.get_args(base)
@@ -212,7 +222,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         log = self._log()
         appended = None
         try:
-            for attempt in range(_APPEND_TRIES):
+            for attempt in range(APPEND_TRIES):
                 try:
                     appended = await log.append(stream, category, journal.version, events)
                     break
@@ -222,7 +232,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                     self.context.deactivate_on_idle()
                     raise
                 except StorageError:
-                    if attempt + 1 == _APPEND_TRIES:
+                    if attempt + 1 == APPEND_TRIES:
                         raise  # the outcome is unknown
         except BaseException:
             # self.state holds events the log may not: fold the log again before going on.
@@ -254,6 +264,20 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         if journal.handle is None:
             journal.handle = self._context.service("events")
         return journal.handle
+
+    def _queued_appends(self) -> QueueAppend | None:
+        journal = self._journal()
+        queue = journal.queue_append
+        if queue is False:
+            queue = journal.queue_append = getattr(self._log(), "queue_append", None)
+        return cast("QueueAppend | None", queue)
+
+    def _snapshot_due(self) -> bool:
+        """Whether appending the pending events makes a snapshot due (see _maybe_snapshot)."""
+        journal = self._journal()
+        every = self.__es_snapshot_every__
+        after = journal.version + len(journal.pending)
+        return bool(every) and after // every != journal.snapshot_version // every
 
     def _log(self) -> EventLog:
         return cast(EventLog, self._service().log)
@@ -336,27 +360,3 @@ def _loading_first(hook: Callable[..., Any]) -> Callable[..., Any]:
         await hook(self)
 
     return on_activate
-
-
-def _journaled(method: Callable[..., Any]) -> Callable[..., Any]:
-    """``method`` with the event-sourcing turn around it: load, run, append, or forget."""
-
-    @functools.wraps(method)
-    async def journaled(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        journal = self._journal()
-        if not journal.loaded:
-            await self._load()
-        try:
-            result = await method(self, *args, **kwargs)
-            if journal.pending:
-                await self.confirm_events()
-        except BaseException:
-            if journal.pending:
-                # The events were applied to self.state already: fold the log again before
-                # the next call rather than trust an undo.
-                journal.pending = []
-                journal.loaded = False
-            raise
-        return result
-
-    return journaled

@@ -27,6 +27,7 @@ from raygrain.runtime.kernel._mailbox import ActivationState, Delivery
 from raygrain.runtime.kernel._turns import TurnRunner
 
 if TYPE_CHECKING:
+    from raygrain.runtime.kernel._extensions import TurnEnding
     from raygrain.runtime.kernel._silo import Silo
 
 __all__ = ["Activation", "ActivationState", "Delivery"]
@@ -186,6 +187,12 @@ class Activation(TurnRunner):
 
     def deactivate_on_idle(self) -> None:
         self.deactivate_requested = True
+
+    def end_turn_with(self, ending: TurnEnding) -> None:
+        """Finish the turn whose method is returning with ``ending`` (see ``TurnEnding``).
+        Taken by the turn as soon as the method returns: a capability's wrapper of the method
+        the runtime called hands it over as its last step, and nothing runs in between."""
+        self.turn_ending = ending
 
     async def save(self) -> None:
         if self.guard is not None and self.guard.owns_changes:

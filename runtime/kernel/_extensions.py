@@ -65,6 +65,7 @@ __all__ = [
     "Guard",
     "Ticket",
     "Timings",
+    "TurnEnding",
     "TurnScope",
     "TurnTimings",
     "turn_variable",
@@ -99,6 +100,28 @@ class TurnScope(Protocol):
 
     def joined(self) -> tuple[ActorId, ...]:
         """Actors to report to the caller in the response (``Response.joined``)."""
+
+
+class TurnEnding(Protocol):
+    """Work a turn's method hands over to finish the turn after it returned
+    (``Activation.end_turn_with``): an event-sourced actor's append. The caller's reply waits
+    for it, and no other turn of the activation starts before it is done."""
+
+    # True: ``start`` can do it with no task waiting (a queued append); False: the turn
+    # awaits ``finish``.
+    deferrable: bool
+
+    def start(self, done: Callable[[Exception | None], None]) -> None:
+        """Begin; call ``done`` exactly once, on the event loop, with None (the turn succeeded)
+        or the error that fails it. Must not raise."""
+
+    async def finish(self) -> None:
+        """The same, awaited inside the turn (not ``deferrable``, or a turn with a
+        ``TurnScope``); raising fails it."""
+
+    def abandon(self) -> None:
+        """The turn failed after its method returned (its result could not be sent): do
+        none of it."""
 
 
 class Ticket(Protocol):

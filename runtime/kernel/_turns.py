@@ -31,7 +31,12 @@ from raygrain.actors import (
     encode_error,
 )
 from raygrain.runtime.kernel._caller import current_chain
-from raygrain.runtime.kernel._extensions import FLUSH_TIMINGS_AT, TURN_VARIABLES, TurnTimings
+from raygrain.runtime.kernel._extensions import (
+    FLUSH_TIMINGS_AT,
+    TURN_VARIABLES,
+    TurnEnding,
+    TurnTimings,
+)
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._state import StateSlot
@@ -48,6 +53,7 @@ class TurnRunner(Mailbox):
         "instance",
         "last_used",
         "slot",
+        "turn_ending",
     )
 
     def __init__(self, silo: Any, actor_id: ActorId, cls: type[Actor[Any]]) -> None:
@@ -58,6 +64,8 @@ class TurnRunner(Mailbox):
         # Only a stateful actor has a state slot (a stateless one has nothing to store).
         self.slot = None if state_type is None else StateSlot(actor_id, state_type, silo.storage)
         self._queued_turn: tuple[Delivery, bytes, float] | None = None  # _queue_write
+        # Handed over by the method that just returned (end_turn_with), taken at once.
+        self.turn_ending: TurnEnding | None = None
         # Read at every turn's end (see Activation._turn_ended): a waiter for the running
         # turns to end, and whether the actor asked to be deactivated once idle.
         self._idle_waiter: asyncio.Future[None] | None = None
@@ -110,7 +118,16 @@ class TurnRunner(Mailbox):
                 scope.enter()
             try:
                 result = await method.function(self.instance, *delivery.args, **delivery.kwargs)
-                payload = self._encode_result(method, result)
+                ending = self.turn_ending
+                if ending is not None:
+                    self.turn_ending = None
+                    payload = self._encode_ending(method, result, ending)
+                    if ending.deferrable and scope is None and not per_turn:
+                        ends_when_written = self._end_later(delivery, payload, started, ending)
+                        return
+                    await ending.finish()
+                else:
+                    payload = self._encode_result(method, result)
                 if per_turn:
                     assert slot is not None and self.instance is not None
                     # Encode only once no other write of this activation is under way: an
@@ -216,13 +233,56 @@ class TurnRunner(Mailbox):
             if not method.options.one_way:
                 self.silo.reply(delivery.request, ok, payload, ())
         finally:
-            ended = self._end_turn(method.options)
-            timings = delivery.timings or ()
-            if self.silo.on_turn_ended or timings:
-                seconds = (ended if ended is not None else monotonic()) - started
-                for hook in self.silo.on_turn_ended:
-                    hook(self, delivery, error, seconds)
-                _record(timings, seconds, error)
+            self._end_queued_turn(delivery, started, error)
+
+    def _encode_ending(self, method: ActorMethod, result: Any, ending: TurnEnding) -> bytes:
+        """The result's encoding; if it cannot be encoded the turn fails, and its ending is
+        abandoned (the turn's work is not done)."""
+        try:
+            return self._encode_result(method, result)
+        except BaseException:
+            ending.abandon()
+            raise
+
+    def _end_later(
+        self, delivery: Delivery, payload: bytes, started: float, ending: TurnEnding
+    ) -> bool:
+        """Start ``ending``; the turn ends in ``_ended`` when it is done, with no task left
+        waiting for it (True). False if it could not start: the turn then ends as usual."""
+        self._queued_turn = (delivery, payload, started)
+        try:
+            ending.start(self._ended)
+        except BaseException as exc:  # (a TurnEnding must not raise: a capability's bug)
+            get_logger().error("turn_ending_failed", actor=str(self.actor_id), error=repr(exc))
+            if self._queued_turn is None:
+                return True  # it reported an outcome before raising: the turn has ended
+            self._queued_turn = None
+            raise
+        return True
+
+    def _ended(self, error: Exception | None) -> None:
+        """The end of a turn handed to a ``TurnEnding``: reply, then end the turn."""
+        if self._queued_turn is None:
+            return  # told twice (a capability's bug): the turn ended the first time
+        (delivery, payload, started), self._queued_turn = self._queued_turn, None
+        method = delivery.method
+        try:
+            ok = error is None
+            if error is not None:
+                payload = self._fail_turn(method, error, False)
+            if not method.options.one_way:
+                self.silo.reply(delivery.request, ok, payload, ())
+        finally:
+            self._end_queued_turn(delivery, started, error)
+
+    def _end_queued_turn(self, delivery: Delivery, started: float, error: Exception | None) -> None:
+        ended = self._end_turn(delivery.method.options)
+        timings = delivery.timings or ()
+        if self.silo.on_turn_ended or timings:
+            seconds = (ended if ended is not None else monotonic()) - started
+            for hook in self.silo.on_turn_ended:
+                hook(self, delivery, error, seconds)
+            _record(timings, seconds, error)
 
     def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> float | None:
         """End the turn's admission; the time it read at the end, when that was

@@ -4,6 +4,7 @@ clusters (runtime/events/)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +23,14 @@ from raygrain import (
     MemoryStorage,
     SerializationError,
     Session,
+    StorageError,
     Written,
     WrongExpectedVersionError,
 )
 from raygrain.runtime.events import stream_of
 from raygrain.runtime.events._actor import snapshot_id
-from raygrain.storage import NewEvent
+from raygrain.storage import NewEvent, SqliteStorage
+from raygrain.storage._event_appends import settle
 from tests import events_app
 from tests.events_app import ES_ACTORS, Account, Balances, Deposited, Totals, Wallet
 
@@ -39,9 +42,13 @@ def _open_gates() -> None:
     events_app.GATES.clear()
 
 
-@pytest.fixture
-async def storage() -> AsyncIterator[MemoryStorage]:
-    async with MemoryStorage() as store:
+@pytest.fixture(params=["memory", "sqlite"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+    """Each test on both kinds of log: one whose appends are awaited in the turn (memory),
+    and one that queues them, the turn ending from the append's callback (SQLite: see
+    runtime/events/_ending.py)."""
+    store = MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "es.db")
+    async with store:
         yield store
 
 
@@ -136,6 +143,65 @@ async def test_a_turn_whose_events_cannot_be_stored_leaves_no_trace(
             await account.deposit_then_foreign(5)
         assert await account.snapshot() == [10, [10], 1]
         assert len(await storage.read_stream("es.Account/a")) == 1
+
+
+async def test_a_turn_whose_result_cannot_be_sent_appends_nothing(storage: Any) -> None:
+    async with cluster_on(storage) as cluster:
+        account = cluster.get(Account, "a")
+        await account.deposit_twice(1)
+        with pytest.raises(SerializationError, match="deposit_returning_unsendable"):
+            await account.deposit_returning_unsendable(5)
+        assert await account.snapshot() == [2, [1, 1], 2]
+        assert len(await storage.read_stream("es.Account/a")) == 2
+        assert await account.deposit_twice(2) == 4  # and the actor goes on
+
+
+class LosingReplies(SqliteStorage):
+    """A store whose first ``lost`` append batches are reported as failed (``StorageError``,
+    the outcome unknown), half of them after committing (the reply lost), half before."""
+
+    def __init__(self, path: Any, lost: int) -> None:
+        super().__init__(path)
+        self.lost = lost
+        self.batches = 0
+
+    async def _commit_batch(self, batch: list[Any]) -> None:
+        self.batches += 1
+        if self.batches > self.lost:
+            return await super()._commit_batch(batch)
+        if self.batches % 2:  # committed, but nobody hears of it
+            told = [dataclasses.replace(pending, result=lambda outcome: None) for pending in batch]
+            await super()._commit_batch(told)
+        for pending in batch:
+            settle(pending, StorageError("the reply was lost"))
+        return None
+
+
+@pytest.mark.parametrize("lost", [1, 2])
+async def test_an_append_whose_outcome_is_unknown_is_retried_and_stored_once(
+    tmp_path: Any, lost: int
+) -> None:
+    store = LosingReplies(tmp_path / "es.db", lost)
+    async with store, cluster_on(store) as cluster:
+        assert await cluster.get(Account, "a").deposit_twice(3) == 2
+        assert store.batches == lost + 1
+        assert [e.version for e in await store.read_stream("es.Account/a")] == [1, 2]
+        assert await cluster.get(Account, "a").snapshot() == [6, [3, 3], 2]
+
+
+async def test_an_append_failing_every_try_fails_the_turn_and_the_state_follows_the_log(
+    tmp_path: Any,
+) -> None:
+    store = LosingReplies(tmp_path / "es.db", 3)  # every try's reply is lost
+    async with store, cluster_on(store) as cluster:
+        account = cluster.get(Account, "a")
+        with pytest.raises(StorageError, match="the reply was lost"):
+            await account.deposit_twice(3)  # the outcome is unknown: reported as such
+        # The first try did commit: the actor folds the log again rather than guess.
+        stored = len(await store.read_stream("es.Account/a"))
+        assert stored == 2
+        assert await account.snapshot() == [6, [3, 3], 2]
+        assert await account.deposit_twice(1) == 4
 
 
 async def test_the_reply_comes_after_the_append_with_its_token(storage: MemoryStorage) -> None:

@@ -17,11 +17,12 @@ from raygrain.storage import (
     EventLog,
     MemoryStorage,
     NewEvent,
+    QueuedAppends,
     SqliteStorage,
     StoredEvent,
     open_storage,
 )
-from tests.helpers import RemoteToInProcessServer
+from tests.helpers import RemoteToInProcessServer, wait_until
 
 PROVIDERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "memory": lambda _, __: MemoryStorage(),
@@ -233,3 +234,28 @@ async def test_sqlite_appends_queued_at_close_commit(tmp_path: Path) -> None:
         await storage.append("late", "A", 0, [event()])
     async with SqliteStorage(tmp_path / "state.db") as reopened:
         assert await reopened.head("A") == 5
+
+
+async def test_a_queued_append_tells_its_outcome_once_after_returning(log: Any) -> None:
+    if not isinstance(log, QueuedAppends):
+        pytest.skip(f"{type(log).__name__} does not queue appends (QueuedAppends is optional)")
+    told: list[tuple[str, Appended | Exception]] = []
+    for name, expected in (("first", 0), ("second", 1), ("stale", 0)):
+        log.queue_append("s", "A", expected, [event()], lambda o, n=name: told.append((n, o)))
+        assert [n for n, _ in told] != [name], "told before queue_append returned"
+    # A value the codec refuses, and a malformed append: raised at the call, nothing queued.
+    with pytest.raises(Exception, match="object"):
+        log.queue_append("s", "A", None, [NewEvent("T", object(), "x")], told.append)
+    with pytest.raises(InvalidEventError, match="at least one event"):
+        log.queue_append("s", "A", None, [], told.append)
+    await wait_until(lambda: len(told) == 3, "the three queued appends to be told")
+    outcomes = dict(told)
+    assert (outcomes["first"], outcomes["second"]) == (Appended(1, 1), Appended(2, 2))
+    assert isinstance(outcomes["stale"], WrongExpectedVersionError)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert len(told) == 3, "an outcome was told twice"
+    assert [e.version for e in await log.read_stream("s")] == [1, 2]
+    await log.aclose()
+    with pytest.raises(StorageError, match="closed"):
+        log.queue_append("s", "A", 2, [event()], told.append)

@@ -1,0 +1,155 @@
+"""The end of an event-sourced turn: its events appended after its method returned.
+
+A method the runtime calls (``ActorMethod.function``) runs as ``journaled_turn``: when it
+returns with events raised, it hands the kernel a ``TurnAppend`` (``end_turn_with``). The
+kernel encodes the method's result first (a result that cannot be sent fails the turn, and
+nothing is appended), then ends the turn from the append's callback once the batch holding it
+committed (``storage.QueuedAppends``): no task stays suspended in ``append`` until the commit,
+as a state write's turn ends from ``queue_write``'s callback. Nothing changes for the caller:
+the reply still goes only after the append is durable, a turn whose append fails fails, and
+no other turn of the activation starts before it ends.
+
+The turn awaits its append instead (``finish``) when the log has no ``queue_append`` (memory,
+the Ray storage server), when a snapshot falls due (writing one is awaited), and in a
+transaction. A method called directly (``journaled``) appends before it returns.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from raygrain.actors import StorageError, WrongExpectedVersionError
+from raygrain.runtime.events._consistency import Written
+from raygrain.storage import Appended, NewEvent
+
+if TYPE_CHECKING:
+    from raygrain.runtime.events._actor import EventSourcedActor
+
+__all__ = ["APPEND_TRIES", "TurnAppend", "journaled", "journaled_turn"]
+
+APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in all
+
+QueueAppend = Callable[..., None]  # storage.QueuedAppends.queue_append
+
+
+def journaled(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` with the event-sourcing turn around it: load, run, append, or forget (what
+    a direct call runs; ``__es_turn__`` is what the runtime calls, see ``journaled_turn``)."""
+
+    @functools.wraps(method)
+    async def journaled(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        journal = self._journal()
+        if not journal.loaded:
+            await self._load()
+        result = await _run(self, method, args, kwargs)
+        if journal.pending:
+            await self.confirm_events()
+        return result
+
+    journaled.__es_turn__ = journaled_turn(method)  # type: ignore[attr-defined]
+    return journaled
+
+
+def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``journaled`` as the runtime calls it: the append ends the turn once it committed."""
+
+    @functools.wraps(method)
+    async def turn(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        journal = self._journal()
+        if not journal.loaded:
+            await self._load()
+        result = await _run(self, method, args, kwargs)
+        if journal.pending:
+            # (The last step: the runtime takes it as soon as this returns.)
+            self._context.end_turn_with(TurnAppend(self, self._queued_appends()))
+        return result
+
+    return turn
+
+
+async def _run(
+    actor: EventSourcedActor[Any, Any],
+    method: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    try:
+        return await method(actor, *args, **kwargs)
+    except BaseException:
+        journal = actor._journal()
+        if journal.pending:
+            # The events were applied to the state already: fold the log again before the
+            # next call rather than trust an undo.
+            journal.pending = []
+            journal.loaded = False
+        raise
+
+
+class TurnAppend:
+    """A turn's events, appended after its method returned (a kernel ``TurnEnding``)."""
+
+    __slots__ = ("_actor", "_done", "_events", "_queue", "_tries", "deferrable")
+
+    def __init__(self, actor: EventSourcedActor[Any, Any], queue: QueueAppend | None) -> None:
+        self._actor = actor
+        # Without a queue (the log has none), or with a snapshot to write after the append,
+        # the turn awaits it (finish).
+        self.deferrable = queue is not None and not actor._snapshot_due()
+        self._queue = queue
+        self._events: list[NewEvent] = []
+        self._done: Callable[[Exception | None], None] | None = None
+        self._tries = 0
+
+    def start(self, done: Callable[[Exception | None], None]) -> None:
+        journal = self._actor._journal()
+        self._events, journal.pending = journal.pending, []
+        self._done = done
+        self._append()
+
+    def _append(self) -> None:
+        journal = self._actor._journal()
+        self._tries += 1
+        assert self._queue is not None
+        try:
+            self._queue(
+                journal.stream, journal.category, journal.version, self._events, self._appended
+            )
+        except Exception as exc:  # refused before anything was queued (a closed store)
+            self._failed(exc)
+
+    def _appended(self, outcome: Appended | Exception) -> None:
+        actor = self._actor
+        journal = actor._journal()
+        if isinstance(outcome, Exception):
+            if isinstance(outcome, WrongExpectedVersionError):
+                # Another activation appended: this one is stale. It goes away once this
+                # turn ends (a call before that folds the log again).
+                actor.context.deactivate_on_idle()
+            elif isinstance(outcome, StorageError) and self._tries < APPEND_TRIES:
+                self._append()  # the outcome is unknown: the same event ids again
+                return
+            self._failed(outcome)
+            return
+        journal.version = outcome.version
+        journal.written = Written(
+            journal.stream, outcome.version, journal.category, outcome.position
+        )
+        actor._service().appended(journal.category, outcome.position)
+        assert self._done is not None
+        self._done(None)
+
+    def _failed(self, error: Exception) -> None:
+        # The state holds events the log may not: fold the log again before going on.
+        self._actor._journal().loaded = False
+        assert self._done is not None
+        self._done(error)
+
+    async def finish(self) -> None:
+        await self._actor.confirm_events()
+
+    def abandon(self) -> None:
+        journal = self._actor._journal()
+        journal.pending = []
+        journal.loaded = False
