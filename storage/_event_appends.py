@@ -1,8 +1,9 @@
 """The append queue the SQL event logs share (storage/_sqlite_events.py, _postgres_events.py).
 
 ``append`` checks and encodes the events in the caller, queues them and waits; one committer
-task per store takes everything pending (up to ``MAX_BATCH`` events) and hands it to the log's
-``_commit_batch``, which settles each append with its own outcome. A caller cancelled before
+task per store takes the front half of what is pending (at least ``MIN_SPLIT`` appends, at most
+``MAX_BATCH`` events: the rest gathers while it commits, as the state's group commit does, see
+storage/_pending.py) and hands it to the log's ``_commit_batch``, which settles each append with its own outcome. A caller cancelled before
 its batch started is left out; one cancelled after may still have committed (a retry with the
 same event ids returns that append's result). ``queue_append`` (``QueuedAppends``) queues the
 same way with a callback instead of a waiting caller.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from raygrain.actors import StorageError
 from raygrain.storage._events import Appended, NewEvent, check_append, encoded_events
+from raygrain.storage._pending import MIN_SPLIT
 
 __all__ = ["MAX_BATCH", "AppendQueue", "PendingAppend", "settle"]
 
@@ -129,7 +131,11 @@ class AppendQueue:
             while queue:
                 batch: list[PendingAppend] = []
                 size = 0
-                while queue and (not batch or size + len(queue[0].events) <= MAX_BATCH):
+                # The front half: the next batch's callers queue while this one commits,
+                # instead of the event loop and the database taking turns being idle (with
+                # 1,000 writers in one batch, appends ran at 0.6x the state's writes).
+                limit = min(MAX_BATCH, max(MIN_SPLIT, (len(queue) + 1) // 2))
+                while queue and (not batch or size + len(queue[0].events) <= limit):
                     pending = queue.popleft()
                     if not pending.abandoned():  # a caller cancelled before it started
                         batch.append(pending)
