@@ -3,10 +3,11 @@
 ``append`` checks and encodes the events in the caller, queues them and waits; one committer
 task per store takes the front half of what is pending (at least ``MIN_SPLIT`` appends, at most
 ``MAX_BATCH`` events: the rest gathers while it commits, as the state's group commit does, see
-storage/_pending.py) and hands it to the log's ``_commit_batch``, which settles each append with its own outcome. A caller cancelled before
-its batch started is left out; one cancelled after may still have committed (a retry with the
-same event ids returns that append's result). ``queue_append`` (``QueuedAppends``) queues the
-same way with a callback instead of a waiting caller.
+storage/_pending.py) and hands it to the log's ``_commit_batch``, which settles each append with
+its own outcome. A caller cancelled before its batch started is left out; one cancelled after
+may still have committed (a retry with the same event ids returns that append's result).
+``queue_append`` (``QueuedAppends``) queues the same way with a callback instead of a waiting
+caller.
 """
 
 from __future__ import annotations

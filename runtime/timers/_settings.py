@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from raygrain.actors import ConfigurationError, InvalidScheduleError
 
-__all__ = ["ReminderSettings", "check_delay", "check_name"]
+__all__ = ["MAX_NAME_LENGTH", "MAX_SECONDS", "ReminderSettings", "check_delay", "check_name"]
+
+# A timer's or reminder's due time and period, at most: ten years. Longer ones are a unit
+# mistake (milliseconds for seconds), and far-future times lose the precision a schedule's
+# arithmetic needs (first + n * period, in floats).
+MAX_SECONDS = 10 * 365 * 86_400.0
+# A name, at most (in characters): a reminder's is stored, listed and logged with each tick.
+MAX_NAME_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +52,19 @@ def check_delay(what: str, value: object, *, positive: bool) -> float:
         raise InvalidScheduleError(f"{what} must be positive, got {value!r}")
     if seconds < 0:
         raise InvalidScheduleError(f"{what} must not be negative, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise InvalidScheduleError(
+            f"{what} must be at most {MAX_SECONDS:,.0f} s (ten years), got {value!r}"
+        )
     return seconds
 
 
 def check_name(what: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidScheduleError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidScheduleError(
+            f"{what} must be at most {MAX_NAME_LENGTH} characters, got {len(value):,} "
+            f"({value[:40]!r}...)"
+        )
     return value

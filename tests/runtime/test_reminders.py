@@ -93,6 +93,12 @@ class Device(Actor[Seen], name="reminders.Device", idle_timeout=5):
             await reminders.register("", due=1, period=1)
         elif case == "period not a number":
             await reminders.register("r", due=1, period="1")  # type: ignore[arg-type]
+        elif case == "period of a thousand years":
+            await reminders.register("r", due=1, period=1000 * 365 * 86_400)
+        elif case == "due in 1e300 s":
+            await reminders.register("r", due=1e300, period=60)
+        elif case == "name of a megabyte":
+            await reminders.register("r" * 1_000_000, due=1, period=60)
 
     @read_only
     async def ticks(self, name: str) -> list[float]:
@@ -260,6 +266,9 @@ async def test_the_reminders_of_a_leaving_silo_go_on_from_the_survivor(
         "name not a string",
         "empty name",
         "period not a number",
+        "period of a thousand years",
+        "due in 1e300 s",
+        "name of a megabyte",
     ],
 )
 async def test_bad_reminders_are_refused(cluster: Cluster, case: str) -> None:

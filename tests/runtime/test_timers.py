@@ -131,6 +131,8 @@ class Ticker(Actor[Ticks], name="timers.Ticker"):
             self.timers.every(1, self.tick, name=42)  # type: ignore[arg-type]
         elif case == "callback not callable":
             self.timers.after(1, "tick")  # type: ignore[arg-type]
+        elif case == "delay of a thousand years":
+            self.timers.after(1000 * 365 * 86_400, self.tick)
         elif case == "change a cancelled timer":
             timer = self.timers.after(1, self.tick)
             timer.cancel()
@@ -351,6 +353,7 @@ async def test_keep_alive_ticks_keep_it_alive(cluster: Cluster, clock: ManualClo
         "nan period",
         "name not a string",
         "callback not callable",
+        "delay of a thousand years",
         "change a cancelled timer",
     ],
 )
