@@ -43,7 +43,7 @@ from raygrain.runtime.events._codec import EventTypes
 from raygrain.runtime.events._consistency import Written
 from raygrain.runtime.events._ending import APPEND_TRIES, QueueAppend, journaled
 from raygrain.runtime.kernel import get_logger
-from raygrain.storage import EventLog, NewEvent, StorageProvider
+from raygrain.storage import Appended, EventLog, NewEvent, StorageProvider
 
 __all__ = ["EventSourcedActor", "key_of_stream", "snapshot_id", "stream_of"]
 
@@ -99,7 +99,8 @@ class _Journal:
         self.pending: list[NewEvent] = []
         self.snapshot_version = 0
         self.snapshot_etags: dict[int, str | None] = {}
-        self.written: Written | None = None
+        # The last append's outcome (``last_written`` makes the token of it when asked).
+        self.written: Appended | None = None
         # The log's queue_append (storage.QueuedAppends), None if it has none; looked up once.
         self.queue_append: QueueAppend | bool | None = False
 
@@ -240,15 +241,19 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             raise
         assert appended is not None
         journal.version = appended.version
-        journal.written = Written(stream, appended.version, category, appended.position)
+        journal.written = appended
         self._service().appended(category, appended.position)
         await self._maybe_snapshot(stream)
-        return journal.written
+        return Written(stream, appended.version, category, appended.position)
 
     @property
     def last_written(self) -> Written | None:
         """The token of this activation's last append (for a method to return to its caller)."""
-        return self._journal().written
+        journal = self._journal()
+        appended = journal.written
+        if appended is None:
+            return None
+        return Written(journal.stream, appended.version, journal.category, appended.position)
 
     # -- the machinery ---------------------------------------------------------------------------
 

@@ -32,18 +32,18 @@ class _EventIds:
     prefix of its own, so two processes never hand out the same id."""
 
     def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
+        self.reset()
+
+    def reset(self) -> None:
+        self._prefix = uuid.uuid4().hex[:20]
         self._counter = itertools.count()
 
     def next(self) -> str:
-        if os.getpid() != self._pid:
-            self._pid, self._prefix = os.getpid(), uuid.uuid4().hex[:20]
-            self._counter = itertools.count()
         return f"{self._prefix}{next(self._counter):x}"
 
 
 _event_ids = _EventIds()
+os.register_at_fork(after_in_child=_event_ids.reset)  # (not a getpid system call per event)
 
 
 def event_name(cls: type) -> str:

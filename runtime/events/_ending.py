@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import StorageError, WrongExpectedVersionError
-from raygrain.runtime.events._consistency import Written
 from raygrain.storage import Appended, NewEvent
 
 if TYPE_CHECKING:
@@ -43,7 +42,11 @@ def journaled(method: Callable[..., Any]) -> Callable[..., Any]:
         journal = self._journal()
         if not journal.loaded:
             await self._load()
-        result = await _run(self, method, args, kwargs)
+        try:
+            result = await method(self, *args, **kwargs)
+        except BaseException:
+            _forget_pending(self)
+            raise
         if journal.pending:
             await self.confirm_events()
         return result
@@ -60,7 +63,11 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
         journal = self._journal()
         if not journal.loaded:
             await self._load()
-        result = await _run(self, method, args, kwargs)
+        try:
+            result = await method(self, *args, **kwargs)
+        except BaseException:
+            _forget_pending(self)
+            raise
         if journal.pending:
             # (The last step: the runtime takes it as soon as this returns.)
             self._context.end_turn_with(TurnAppend(self, self._queued_appends()))
@@ -69,22 +76,13 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
     return turn
 
 
-async def _run(
-    actor: EventSourcedActor[Any, Any],
-    method: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    try:
-        return await method(actor, *args, **kwargs)
-    except BaseException:
-        journal = actor._journal()
-        if journal.pending:
-            # The events were applied to the state already: fold the log again before the
-            # next call rather than trust an undo.
-            journal.pending = []
-            journal.loaded = False
-        raise
+def _forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
+    """After a method raised: its events were applied to the state already, so fold the log
+    again before the next call rather than trust an undo."""
+    journal = actor._journal()
+    if journal.pending:
+        journal.pending = []
+        journal.loaded = False
 
 
 class TurnAppend:
@@ -133,9 +131,7 @@ class TurnAppend:
             self._failed(outcome)
             return
         journal.version = outcome.version
-        journal.written = Written(
-            journal.stream, outcome.version, journal.category, outcome.position
-        )
+        journal.written = outcome
         actor._service().appended(journal.category, outcome.position)
         assert self._done is not None
         self._done(None)

@@ -396,3 +396,25 @@ async def test_sqlite_store(tmp_path: Any) -> None:
         await cluster.get(Account, "a").deposit_twice(3)
         assert await cluster.get(Account, "a").snapshot() == [10, [4, 3, 3], 3]
         assert (await Balances.of(cluster).read("a", written)).value["balance"] >= 4
+
+
+def _ids_in_a_forked_child(queue: Any) -> None:
+    from raygrain.runtime.events._codec import _event_ids
+
+    queue.put([_event_ids.next() for _ in range(3)])
+
+
+def test_a_forked_process_hands_out_event_ids_of_its_own() -> None:
+    import multiprocessing
+
+    from raygrain.runtime.events._codec import _event_ids
+
+    mine = [_event_ids.next() for _ in range(3)]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_ids_in_a_forked_child, args=(queue,))
+    child.start()
+    theirs = queue.get(timeout=30)
+    child.join(30)
+    assert len(set(mine) | set(theirs)) == 6
+    assert {i[:20] for i in theirs}.isdisjoint(i[:20] for i in mine)  # a prefix of its own
