@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -259,3 +260,27 @@ async def test_a_queued_append_tells_its_outcome_once_after_returning(log: Any) 
     await log.aclose()
     with pytest.raises(StorageError, match="closed"):
         log.queue_append("s", "A", 2, [event()], told.append)
+
+
+async def test_a_file_with_the_old_event_id_index_gets_the_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SqliteStorage(path) as storage:
+        first = await storage.append("s", "A", 0, [NewEvent("T", 1, "id-1")])
+    # As a store made before the index was keyed by the event id first left it.
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP INDEX raygrain_events_event_ids")
+        connection.execute(
+            "CREATE UNIQUE INDEX raygrain_events_ids ON raygrain_events (stream, event_id)"
+        )
+    async with SqliteStorage(path) as storage:
+        assert await storage.append("s", "A", 0, [NewEvent("T", 1, "id-1")]) == first  # a retry
+        assert await storage.append("t", "A", 0, [NewEvent("T", 2, "id-1")]) == Appended(1, 2)
+    with sqlite3.connect(path) as connection:
+        indexes = {
+            name: sql
+            for name, sql in connection.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+            )
+        }
+    assert "raygrain_events_ids" not in indexes
+    assert "(event_id, stream)" in indexes["raygrain_events_event_ids"]
