@@ -42,8 +42,9 @@ from raygrain.storage._postgres_errors import (
     safe,
 )
 from raygrain.storage._postgres_events import PostgresEventLog
+from raygrain.storage._postgres_pool import open_pool
 from raygrain.storage._postgres_reminders import ReminderStatements
-from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, ensure_schema, quote
+from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, quote
 from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
@@ -165,40 +166,15 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             self._check_not_closed()
             if self._pool is not None:
                 return
-            # min_size=0: no connection is opened before it is needed, and one that the server
-            # dropped is replaced on the next acquire: the pool recovers from an outage by itself.
-            pool = asyncpg.create_pool(
+            pool = await open_pool(
                 self.dsn,
-                min_size=0,
-                max_size=self.pool_size,
-                timeout=self.connect_timeout,
+                size=self.pool_size,
+                connect_timeout=self.connect_timeout,
                 command_timeout=self._client_timeout,
-                max_inactive_connection_lifetime=60.0,
-                reset=_keep_session,
-                server_settings={
-                    "application_name": "raygrain",
-                    "statement_timeout": str(int(self.statement_timeout * 1000)),
-                    # asyncpg prepares every statement; after five runs PostgreSQL may switch a
-                    # prepared statement to a generic plan, which knows nothing of the arrays'
-                    # sizes, and batches took twice as long with it (measured: 60 ms against 30 ms).
-                    "plan_cache_mode": "force_custom_plan",
-                },
+                statement_timeout=self.statement_timeout,
+                schema=self.schema,
+                name=repr(self),
             )
-            try:
-                await pool
-                async with pool.acquire() as connection:
-                    await ensure_schema(connection, self.schema, repr(self))
-            except BaseException as exc:
-                await _terminate(pool)
-                if isinstance(exc, StorageError):
-                    raise
-                if isinstance(exc, UNREACHABLE):  # may come back: a read retries
-                    raise StorageError(f"cannot reach {self!r}: {describe(exc)}") from exc
-                if isinstance(exc, asyncpg.PostgresError):
-                    # The server answered, and said no (password, database, permissions):
-                    # retrying will not help.
-                    raise StorageSchemaError(f"cannot use {self!r}: {describe(exc)}") from exc
-                raise
             self._pool = pool
             self._opened = True
 
@@ -499,18 +475,3 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
-
-
-async def _keep_session(connection: asyncpg.Connection) -> None:
-    """How a connection is reset on its way back to the pool: not at all. asyncpg's default
-    sends a reset query (advisory unlock, close cursors, unlisten, reset settings): a second
-    round trip for every batch and every read, behind the server's queue. This store leaves
-    none of that on a session (its advisory lock is a transaction's; it sets nothing, listens
-    to nothing, opens no cursor), and asyncpg still rolls back a transaction left open."""
-
-
-async def _terminate(pool: asyncpg.Pool) -> None:
-    try:
-        pool.terminate()
-    except Exception:
-        pass
