@@ -72,9 +72,9 @@ async def bounded(awaitable: Awaitable[T], what: str, bound: float = BOUND) -> T
 def json_document(printed: str) -> Any:
     """The JSON document a command printed, from captured stdout that Ray's log monitor may
     share (it prints worker log lines, "(ControllerActor pid=...) ...", to the driver's
-    stdout): the document starts on a line of its own with ``{``."""
+    stdout): the document starts on a line of its own with ``{`` (or ``[``)."""
     lines = printed.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.startswith("{")), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(("{", "["))), None)
     assert start is not None, f"no JSON document in {printed!r}"
     document, _ = json.JSONDecoder().raw_decode("".join(lines[start:]))
     return document

@@ -15,7 +15,7 @@ import pytest
 
 from raygrain import ActorId, Cluster, SagaPhase
 from tests import app
-from tests.helpers import extra_node, wait_for_death, wait_until
+from tests.helpers import extra_node, json_document, wait_for_death, wait_until
 from tests.saga_app import STEPS, Ledger, Plan, Trip
 
 pytestmark = pytest.mark.ray
@@ -24,7 +24,11 @@ DOOMED = 6  # sagas on the silo that dies
 OTHERS = 6
 
 
-async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, key: Any) -> None:
+async def test_sagas_on_a_killed_node_finish_on_the_survivors(
+    ray_silos: Any, key: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from raygrain.runtime.cli import main
+
     async with (
         Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster,
         extra_node(ray_silos, cluster) as (node, name),
@@ -66,3 +70,12 @@ async def test_sagas_on_a_killed_node_finish_on_the_survivors(ray_silos: Any, ke
             assert sorted(books.booked) == sorted(STEPS), (saga, books)
             assert all(books.events.count(f"do {s}") == 1 for s in STEPS), (saga, books.events)
         print(f"\n{sum(running)} of {DOOMED} sagas on the killed node were running when it died")
+        # What an operator sees of them with the CLI, on the deployment: all completed, none
+        # asking for attention.
+        capsys.readouterr()
+        listing = ["sagas", "--address", ray_silos.address, "--type", "sagatest.Trip", "--json"]
+        assert await asyncio.to_thread(main, [*listing, "--phase", "all"]) == 0
+        shown = {row["saga"]: row["phase"] for row in json_document(capsys.readouterr().out)}
+        assert all(shown.get(k) == SagaPhase.COMPLETED.value for k in sagas), shown
+        assert await asyncio.to_thread(main, listing) == 0
+        assert json_document(capsys.readouterr().out) == []
