@@ -73,7 +73,8 @@ EXPORTS = {
     },
     "storage": {
         "Appended", "EventLog", "MemoryStorage", "NewEvent", "PostgresStorage", "StoredEvent",
-        "QueuedWrites", "ReminderAck", "ReminderRecord", "SqlStep", "SqlTransactions",
+        "QueuedAppends", "QueuedWrites", "ReminderAck", "ReminderRecord", "SqlStep",
+        "SqlTransactions",
         "ReminderTable", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
         "absolute_storage_url", "check_storage_url", "open_storage", "tell_written",
     },
