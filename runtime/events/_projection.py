@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 from raygrain.actors import (
@@ -34,10 +33,10 @@ from raygrain.actors import (
 )
 from raygrain.runtime.events._actor import EventSourcedActor
 from raygrain.runtime.events._consistency import ReadResult, Token, Written, as_token
+from raygrain.runtime.events._sql import Sql
 from raygrain.runtime.kernel import Silo, get_logger
 from raygrain.storage import (
     EventLog,
-    SqlStep,
     SqlTransactions,
     StateWrite,
     StorageProvider,
@@ -177,41 +176,6 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
         return runner
 
 
-class Sql:
-    """The work one batch of events does on the user's own tables: ``sql.execute(statement,
-    *parameters)`` records a statement, ``sql.run(function)`` a function given the store's
-    own connection. They run in order, in the transaction that commits the batch's offsets,
-    when the whole batch has been handled. Parameters are in the store's dialect,
-    ``sql.dialect``: ``"sqlite"`` (``?``) or ``"postgresql"`` (``$1``)."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-        self.statements: list[SqlStep] = []
-
-    def execute(self, statement: str, *parameters: Any) -> None:
-        if not isinstance(statement, str) or not statement.strip():
-            raise ConfigurationError(f"a SQL statement is a non-empty str, got {statement!r}")
-        self.statements.append((statement, parameters))
-
-    def run(self, function: Callable[[Any], Any]) -> None:
-        """Call ``function(connection)`` inside the commit's transaction, after the steps
-        recorded before it: it can read what they wrote and write what it likes. SQLite: a
-        plain function of the ``sqlite3.Connection``, called on the store's writer thread
-        (keep it short: the writer waits for it). PostgreSQL: a function of the
-        ``asyncpg.Connection``, usually ``async``. What it raises rolls the whole batch back,
-        offsets included, and the batch is tried again."""
-        if not callable(function):
-            raise ConfigurationError(
-                f"sql.run takes a function of the connection, got {function!r}"
-            )
-        if self.dialect == "sqlite" and inspect.iscoroutinefunction(function):
-            raise ConfigurationError(
-                f"sql.run({getattr(function, '__qualname__', function)}): on SQLite the "
-                "function runs on the writer's thread and is a plain def, not async def"
-            )
-        self.statements.append(function)
-
-
 class SqlProjection(Projection):
     """A projection whose read model is the user's own tables, in the database the cluster
     stores its state in (``SqliteStorage`` or ``PostgresStorage``): ``async def when(self,
@@ -340,8 +304,10 @@ class ProjectionRunner:
                 if not self._loaded.is_set():
                     await self._load_offsets()
                 await self._read_heads()
+                # (Cleared before the step: an append or a waiting read that wakes it while
+                # the step reads finds it awake, instead of asleep until the next poll.)
+                self._wake.clear()
                 if not await self._step():
-                    self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), self.instance.poll_interval)
                     except asyncio.TimeoutError:
