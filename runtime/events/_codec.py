@@ -63,7 +63,8 @@ class EventTypes:
     def __init__(self, owner: str, declared: Any) -> None:
         self.owner = owner
         self.by_name: dict[str, type] = {}
-        self.fields: dict[type, tuple[str, ...]] = {}
+        # Each class's stored name and field names (what ``new`` needs, found once).
+        self.fields: dict[type, tuple[str, tuple[str, ...]]] = {}
         for cls in _classes(declared):
             if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
                 raise ConfigurationError(
@@ -76,17 +77,18 @@ class EventTypes:
                     "give one an __event_name__"
                 )
             self.by_name[name] = cls
-            self.fields[cls] = tuple(f.name for f in dataclasses.fields(cls))
+            self.fields[cls] = (name, tuple(f.name for f in dataclasses.fields(cls)))
 
     def new(self, event: Any) -> NewEvent:
-        names = self.fields.get(type(event))
-        if names is None:
+        known = self.fields.get(type(event))
+        if known is None:
             expected = ", ".join(sorted(c.__name__ for c in self.fields))
             raise InvalidEventError(
                 f"{self.owner}: {type(event).__name__} is not one of its event types ({expected})"
             )
-        data = {name: getattr(event, name) for name in names}
-        return NewEvent(event_name(type(event)), data, _event_ids.next())
+        name, names = known
+        data = {field: getattr(event, field) for field in names}
+        return NewEvent(name, data, _event_ids.next())
 
     def build(self, stored: StoredEvent, upcast: Upcaster) -> Any:
         """The event object of ``stored``, upcast to the current shape."""
@@ -99,7 +101,7 @@ class EventTypes:
                 f"is not one of its event types ({', '.join(sorted(self.by_name))}); "
                 "add an upcaster that maps it"
             )
-        names = self.fields[cls]
+        names = self.fields[cls][1]
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as exc:
