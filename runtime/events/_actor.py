@@ -41,7 +41,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime.events._codec import EventTypes
 from raygrain.runtime.events._consistency import Written
-from raygrain.runtime.events._ending import APPEND_TRIES, QueueAppend, journaled
+from raygrain.runtime.events._ending import APPEND_TRIES, QueueAppend, TurnAppend, journaled
 from raygrain.runtime.kernel import get_logger
 from raygrain.storage import Appended, EventLog, NewEvent, StorageProvider
 
@@ -79,6 +79,7 @@ class _Journal:
 
     __slots__ = (
         "category",
+        "ending",
         "handle",
         "loaded",
         "pending",
@@ -92,6 +93,7 @@ class _Journal:
 
     def __init__(self) -> None:
         self.handle: Any = None  # the activation's service("events")
+        self.ending: TurnAppend | None = None  # how its turns end (runtime/events/_ending.py)
         self.stream = ""  # set on the first load
         self.category = ""
         self.loaded = False

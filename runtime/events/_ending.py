@@ -69,8 +69,11 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
             _forget_pending(self)
             raise
         if journal.pending:
+            ending = journal.ending  # (one per activation: its turns end one at a time)
+            if ending is None:
+                ending = journal.ending = TurnAppend(self)
             # (The last step: the runtime takes it as soon as this returns.)
-            self._context.end_turn_with(TurnAppend(self, self._queued_appends()))
+            self._context.end_turn_with(ending.prepare(self._queued_appends()))
         return result
 
     return turn
@@ -88,43 +91,61 @@ def _forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
 class TurnAppend:
     """A turn's events, appended after its method returned (a kernel ``TurnEnding``)."""
 
-    __slots__ = ("_actor", "_done", "_events", "_queue", "_tries", "deferrable")
+    __slots__ = (
+        "_actor",
+        "_appended_to",
+        "_done",
+        "_events",
+        "_journal",
+        "_notify",
+        "_queue",
+        "_tries",
+        "deferrable",
+    )
 
-    def __init__(self, actor: EventSourcedActor[Any, Any], queue: QueueAppend | None) -> None:
+    def __init__(self, actor: EventSourcedActor[Any, Any]) -> None:
         self._actor = actor
-        # Without a queue (the log has none), or with a snapshot to write after the append,
-        # the turn awaits it (finish).
-        self.deferrable = queue is not None and not actor._snapshot_due()
-        self._queue = queue
+        self._journal = actor._journal()
+        self._notify = actor._service().appended  # the silo's projections: new events
+        self._appended_to = self._appended  # (bound once: the callback of every append)
+        self._queue: QueueAppend | None = None
+        self.deferrable = False
         self._events: list[NewEvent] = []
         self._done: Callable[[Exception | None], None] | None = None
         self._tries = 0
 
+    def prepare(self, queue: QueueAppend | None) -> TurnAppend:
+        """Ready for this turn's events. Without a queue (the log has none), or with a
+        snapshot to write after the append, the turn awaits it (``finish``)."""
+        self._queue = queue
+        self.deferrable = queue is not None and not self._actor._snapshot_due()
+        self._tries = 0
+        return self
+
     def start(self, done: Callable[[Exception | None], None]) -> None:
-        journal = self._actor._journal()
+        journal = self._journal
         self._events, journal.pending = journal.pending, []
         self._done = done
         self._append()
 
     def _append(self) -> None:
-        journal = self._actor._journal()
+        journal = self._journal
         self._tries += 1
         assert self._queue is not None
         try:
             self._queue(
-                journal.stream, journal.category, journal.version, self._events, self._appended
+                journal.stream, journal.category, journal.version, self._events, self._appended_to
             )
         except Exception as exc:  # refused before anything was queued (a closed store)
             self._failed(exc)
 
     def _appended(self, outcome: Appended | Exception) -> None:
-        actor = self._actor
-        journal = actor._journal()
+        journal = self._journal
         if isinstance(outcome, Exception):
             if isinstance(outcome, WrongExpectedVersionError):
                 # Another activation appended: this one is stale. It goes away once this
                 # turn ends (a call before that folds the log again).
-                actor.context.deactivate_on_idle()
+                self._actor.context.deactivate_on_idle()
             elif isinstance(outcome, StorageError) and self._tries < APPEND_TRIES:
                 self._append()  # the outcome is unknown: the same event ids again
                 return
@@ -132,20 +153,23 @@ class TurnAppend:
             return
         journal.version = outcome.version
         journal.written = outcome
-        actor._service().appended(journal.category, outcome.position)
-        assert self._done is not None
-        self._done(None)
+        self._notify(journal.category, outcome.position)
+        self._told(None)
 
     def _failed(self, error: Exception) -> None:
         # The state holds events the log may not: fold the log again before going on.
-        self._actor._journal().loaded = False
-        assert self._done is not None
-        self._done(error)
+        self._journal.loaded = False
+        self._told(error)
+
+    def _told(self, error: Exception | None) -> None:
+        done, self._done, self._events = self._done, None, []
+        assert done is not None
+        done(error)
 
     async def finish(self) -> None:
         await self._actor.confirm_events()
 
     def abandon(self) -> None:
-        journal = self._actor._journal()
+        journal = self._journal
         journal.pending = []
         journal.loaded = False
