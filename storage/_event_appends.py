@@ -142,7 +142,16 @@ class AppendQueue:
                         batch.append(pending)
                         size += len(pending.events)
                 if batch:
-                    await self._commit_batch(batch)
+                    try:
+                        await self._commit_batch(batch)
+                    except BaseException as exc:
+                        # (A log settles its batch's failures itself; whatever escaped it,
+                        # a bug or a cancellation, still ends every append, its outcome
+                        # unknown: a caller or a turn waiting for it would wait for ever.)
+                        for pending in batch:
+                            settle(pending, StorageError(f"appending failed: {exc!r}"))
+                        if not isinstance(exc, Exception):
+                            raise
         finally:
             self._append_committer = None
             while queue:

@@ -67,15 +67,16 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
             await self._load()
         try:
             result = await method(self, *args, **kwargs)
+            if journal.pending:
+                ending = journal.ending  # (one per activation: its turns end one at a time)
+                if ending is None:
+                    ending = journal.ending = TurnAppend(self)
+                ending = ending.prepare(self._queued_appends())
         except BaseException:
             _forget_pending(self)
             raise
         if journal.pending:
-            ending = journal.ending  # (one per activation: its turns end one at a time)
-            if ending is None:
-                ending = journal.ending = TurnAppend(self)
-            # (The last step: the runtime takes it as soon as this returns.)
-            self._context.end_turn_with(ending.prepare(self._queued_appends()))
+            self._context.end_turn_with(ending)  # (the last step: the runtime takes it now)
         return result
 
     return turn
@@ -155,8 +156,10 @@ class TurnAppend:
             return
         journal.version = outcome.version
         journal.written = outcome
-        self._notify(journal.category, outcome.position)
-        self._told(None)
+        try:
+            self._notify(journal.category, outcome.position)
+        finally:
+            self._told(None)  # (the turn ends whatever the notice did)
 
     def _failed(self, error: Exception) -> None:
         # The state holds events the log may not: fold the log again before going on.

@@ -204,6 +204,33 @@ async def test_an_append_failing_every_try_fails_the_turn_and_the_state_follows_
         assert await account.deposit_twice(1) == 4
 
 
+class BrokenOnce(SqliteStorage):
+    """A store whose first three append batches fail with something other than
+    ``StorageError`` (a bug in a log): the appends in them must still end."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.broken = 3  # an append is tried three times
+
+    async def _commit_batch(self, batch: list[Any]) -> None:
+        if self.broken:
+            self.broken -= 1
+            raise RuntimeError("a bug in the log")
+        return await super()._commit_batch(batch)
+
+
+async def test_an_append_batch_failing_with_a_bug_fails_the_turn_and_the_actor_serves_on(
+    tmp_path: Any,
+) -> None:
+    store = BrokenOnce(tmp_path / "es.db")
+    async with store, cluster_on(store) as cluster:
+        account = cluster.get(Account, "a")
+        with pytest.raises(StorageError, match="a bug in the log"):
+            await account.with_timeout(10).deposit_twice(3)  # not a hang to the deadline
+        assert await account.deposit_twice(1) == 2  # nothing of the failed turn stored
+        assert await account.snapshot() == [2, [1, 1], 2]
+
+
 async def test_the_reply_comes_after_the_append_with_its_token(storage: MemoryStorage) -> None:
     async with cluster_on(storage) as cluster:
         written = await cluster.get(Account, "a").deposit(3)
