@@ -130,6 +130,21 @@ class Totals(Projection, name="es.Totals", sources=[Account]):
             rows.put("deposits", await rows.get("deposits", 0) + event.amount)
 
 
+class Strict(Projection, name="es.Strict", sources=[Account]):
+    """Each stream's deposits in a row the stream's first event creates: a later event fails
+    unless its row exists."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        key = stored.stream.split("/", 1)[1]
+        if stored.version == 1:
+            rows.put(key, [getattr(event, "amount", 0)])
+            return
+        row = await rows.get(key)
+        if row is None:
+            raise LookupError(f"no row for {key} at version {stored.version}")
+        rows.put(key, [*row, getattr(event, "amount", 0)])
+
+
 ES_ACTORS = [Account, Balances, Totals]
 
 

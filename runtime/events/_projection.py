@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Collection
 from typing import Any, ClassVar, Protocol
 
 from raygrain.actors import (
@@ -63,6 +64,7 @@ PROJECTION_KEY = "main"
 OFFSET_TYPE = "raygrain.projection"
 _DELETED = object()
 _MAX_CACHED = 100_000
+_LOADS_AT_ONCE = 256  # row reads a batch has under way at once
 _RETRY_DELAY = 0.5
 _HEADS_PERIOD = 1.0  # seconds between readings of the heads, for the lag metric
 
@@ -71,14 +73,20 @@ class Rows:
     """The read model's rows as one batch of events sees them: ``await rows.get(key)``,
     ``rows.put(key, value)``, ``rows.delete(key)``. Changes commit with the batch's offsets."""
 
-    def __init__(self, runner: ProjectionRunner) -> None:
+    def __init__(self, runner: ProjectionRunner, probing: bool = False) -> None:
         self._runner = runner
         self.changes: dict[ActorKey, Any] = {}
+        # A probing pass (see ProjectionRunner._apply) reads no row it has not loaded: it
+        # notes the key and hands back the default, and its changes are thrown away.
+        self.missed: set[ActorKey] | None = set() if probing else None
 
     async def get(self, key: ActorKey, default: Any = None) -> Any:
         if key in self.changes:
             value = self.changes[key]
             return default if value is _DELETED else decode(encode(value))
+        if self.missed is not None and key not in self._runner.cache:
+            self.missed.add(key)
+            return default
         return await self._runner.committed(key, default)
 
     def put(self, key: ActorKey, value: Any) -> None:
@@ -220,7 +228,7 @@ class ProjectionRunner:
         self._heads_read_at = -1.0
         self.last_error: str | None = None
         self._offset_etag: str | None = None
-        self._cache: dict[ActorKey, tuple[bytes | None, str | None]] = {}
+        self.cache: dict[ActorKey, tuple[bytes | None, str | None]] = {}
         self._waiters: list[tuple[Token, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._loaded = asyncio.Event()
@@ -290,10 +298,10 @@ class ProjectionRunner:
             self.heads = {c: await self.service.log.head(c) for c in self.sources}
 
     async def committed(self, key: ActorKey, default: Any) -> Any:
-        cached = self._cache.get(key)
+        cached = self.cache.get(key)
         if cached is None:
             record = await self.service.storage.read(row_id(self.name, key))
-            cached = self._cache.setdefault(key, (record.data, record.etag))
+            cached = self.cache.setdefault(key, (record.data, record.etag))
         return default if cached[0] is None else decode(cached[0])
 
     # -- the loop --------------------------------------------------------------------------------
@@ -327,7 +335,7 @@ class ProjectionRunner:
                 await asyncio.sleep(_RETRY_DELAY)
 
     def _forget(self) -> None:
-        self._cache.clear()
+        self.cache.clear()
         self._loaded.clear()
 
     async def _load_offsets(self) -> None:
@@ -353,32 +361,55 @@ class ProjectionRunner:
         if isinstance(self.instance, SqlProjection):
             await self._apply_sql(self.instance, category, batch)
             return
-        rows = Rows(self)
+        # The rows a batch reads for the first time are loaded together, not one storage read
+        # per handler awaiting it (a projection over new streams read one row per event).
+        # So a first pass runs the handlers on the rows already loaded, noting the others;
+        # if it missed any, they are loaded at once and the batch runs again. when() runs
+        # more than once for an event anyway (a batch is retried after a failure): only its
+        # effect on the rows counts.
+        rows = Rows(self, probing=True)
+        try:
+            await self._handle(category, batch, rows)
+        except Exception:
+            if not rows.missed:
+                raise
+        if rows.missed:
+            await self._load(rows.missed)
+            rows = Rows(self)
+            await self._handle(category, batch, rows)
+        positions = {**self.positions, category: batch[-1].position}
+        keys = list(rows.changes)
+        await self._load([key for key in keys if key not in self.cache])  # their ETags
+        writes = [StateWrite(ActorId(OFFSET_TYPE, self.name), encode(positions), self._offset_etag)]
+        for key in keys:
+            value = rows.changes[key]
+            data = None if value is _DELETED else encode(value)
+            writes.append(StateWrite(row_id(self.name, key), data, self.cache[key][1]))
+        etags = await self.service.storage.write_many(writes)
+        self._offset_etag = etags[0]
+        if len(self.cache) > _MAX_CACHED:
+            self.cache.clear()
+        for key, write, etag in zip(keys, writes[1:], etags[1:], strict=True):
+            self.cache[key] = (write.data, etag)
+        self.positions = positions
+        self.applied += len(batch)
+        self.last_error = None
+        self._release()
+
+    async def _handle(self, category: str, batch: list[StoredEvent], rows: Rows) -> None:
         source = type(self.instance).__projection_events__.get(category)
         for stored in batch:
             event = source.__es_events__.build(stored, source.upcast) if source else stored.data
             handled = self.instance.when(event, stored, rows)
             if inspect.isawaitable(handled):
                 await handled
-        positions = {**self.positions, category: batch[-1].position}
-        keys = list(rows.changes)
-        writes = [StateWrite(ActorId(OFFSET_TYPE, self.name), encode(positions), self._offset_etag)]
-        for key in keys:
-            value = rows.changes[key]
-            if key not in self._cache:
-                await self.committed(key, None)  # its ETag
-            data = None if value is _DELETED else encode(value)
-            writes.append(StateWrite(row_id(self.name, key), data, self._cache[key][1]))
-        etags = await self.service.storage.write_many(writes)
-        self._offset_etag = etags[0]
-        if len(self._cache) > _MAX_CACHED:
-            self._cache.clear()
-        for key, write, etag in zip(keys, writes[1:], etags[1:], strict=True):
-            self._cache[key] = (write.data, etag)
-        self.positions = positions
-        self.applied += len(batch)
-        self.last_error = None
-        self._release()
+
+    async def _load(self, keys: Collection[ActorKey]) -> None:
+        """Read the committed rows of ``keys`` into the cache, ``_LOADS_AT_ONCE`` at a time."""
+        pending = list(keys)
+        for start in range(0, len(pending), _LOADS_AT_ONCE):
+            chunk = pending[start : start + _LOADS_AT_ONCE]
+            await asyncio.gather(*(self.committed(key, None) for key in chunk))
 
     def _sql_store(self) -> SqlTransactions:
         storage = self.service.storage

@@ -276,7 +276,7 @@ class TurnRunner(Mailbox):
             self._end_queued_turn(delivery, started, error)
 
     def _end_queued_turn(self, delivery: Delivery, started: float, error: Exception | None) -> None:
-        ended = self._end_turn(delivery.method.options)
+        ended = self._end_turn(delivery.method.options, delivery.keeps_alive)
         timings = delivery.timings or ()
         if self.silo.on_turn_ended or timings:
             seconds = (ended if ended is not None else monotonic()) - started

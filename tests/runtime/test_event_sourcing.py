@@ -32,7 +32,7 @@ from raygrain.runtime.events._actor import snapshot_id
 from raygrain.storage import NewEvent, SqliteStorage
 from raygrain.storage._event_appends import settle
 from tests import events_app
-from tests.events_app import ES_ACTORS, Account, Balances, Deposited, Totals, Wallet
+from tests.events_app import ES_ACTORS, Account, Balances, Deposited, Strict, Totals, Wallet
 
 CATEGORY = Account.__actor_options__.name
 
@@ -398,6 +398,60 @@ async def test_offsets_commit_with_the_read_model(storage: MemoryStorage) -> Non
             "events": 6,
         }
         assert (await Totals.of(cluster).read("deposits", written)).value == 115
+
+
+async def test_rows_read_for_the_first_time_are_loaded_together(storage: Any) -> None:
+    # A projection restarted over rows it committed earlier (its cache empty) reads the rows a
+    # batch needs at once, not one storage read per event awaiting the one before, and builds
+    # on the stored values, not on the defaults its first pass over the batch was given.
+    keys = [f"k{index}" for index in range(12)]
+    async with cluster_on(storage) as cluster:
+        for key in keys:
+            await cluster.get(Account, key).deposit(1)
+        await Balances.of(cluster).read("k0", {CATEGORY: len(keys)})
+    reading, most = 0, 0
+    read = storage.read
+
+    async def counted(actor_id: ActorId) -> Any:
+        nonlocal reading, most
+        if actor_id.type_name != "raygrain.readmodel:es.Balances":
+            return await read(actor_id)
+        reading += 1
+        most = max(most, reading)
+        try:
+            await asyncio.sleep(0)  # (a read of the memory store would end in one step)
+            return await read(actor_id)
+        finally:
+            reading -= 1
+
+    storage.read = counted  # type: ignore[method-assign]
+    async with cluster_on(storage) as cluster:
+        events_app.GATES["Balances"] = gate = asyncio.Event()
+        for key in keys:
+            written = await cluster.get(Account, key).deposit(2)
+        gate.set()
+        for key in keys:
+            assert (await Balances.of(cluster).read(key, written)).value == {
+                "balance": 3,
+                "events": 2,
+            }
+    assert most > 1, "each row was read alone"
+
+
+async def test_a_handler_failing_on_a_row_it_has_not_loaded_yet_is_run_again(
+    storage: Any,
+) -> None:
+    # The first pass over a batch hands a handler the default for a row not loaded yet; a
+    # handler that fails on it (here: a row that must exist) runs again once the row is loaded.
+    def strict_cluster() -> Cluster:
+        return Cluster.local(actors=[*ES_ACTORS, Strict], storage=storage)
+
+    async with strict_cluster() as cluster:
+        await cluster.get(Account, "a").deposit(1)
+        await Strict.of(cluster).read("a", {CATEGORY: 1})
+    async with strict_cluster() as cluster:
+        written = await cluster.get(Account, "a").deposit(5)
+        assert (await Strict.of(cluster).read("a", written, 5.0)).value == [1, 5]
 
 
 async def test_a_fenced_projection_owner_takes_the_committed_offsets(
