@@ -10,7 +10,7 @@
 3. Catch-up: a fresh projection reading the whole log from position 0, in events applied and
    committed per second, beside reading the same feed without applying anything.
 
-    python -m raygrain.benchmarks.events_bench [--quick] [--dir DIRECTORY]
+    python -m raygrain.benchmarks.events_bench [--quick] [--dir DIRECTORY] [--load-seconds S]
 """
 
 from __future__ import annotations
@@ -167,7 +167,10 @@ def _p99(samples: list[int]) -> float:
 
 
 async def run(
-    quick: bool = False, smoke: bool = False, directory: str | None = None
+    quick: bool = False,
+    smoke: bool = False,
+    directory: str | None = None,
+    load_seconds: float | None = None,
 ) -> list[dict[str, Any]]:
     writers = 50 if smoke else 200 if quick else 1000
     seconds = 0.2 if smoke else 0.3 if quick else SECONDS
@@ -184,7 +187,7 @@ async def run(
                 },
                 rounds,
             )
-            load = await _under_load(events, writers, seconds)
+            load = await _under_load(events, writers, load_seconds or seconds)
             apply_rate, read_rate, logged = await _catch_up(events)
     appends, writes = measured["events"], measured["state"]
     ryw, eventual = load["ryw"].percentiles_ms(), load["eventual"].percentiles_ms()
@@ -250,5 +253,16 @@ if __name__ == "__main__":
     )
     parser.add_argument("--quick", action="store_true", help="a short run")
     parser.add_argument("--dir", default=None, help="directory (file system) for the databases")
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        default=None,
+        help="how long the projection and the read-your-writes probes run under load "
+        f"(default {SECONDS:g} s; longer runs show more of the tail)",
+    )
     arguments = parser.parse_args()
-    _print(asyncio.run(run(arguments.quick, directory=arguments.dir)))
+    _print(
+        asyncio.run(
+            run(arguments.quick, directory=arguments.dir, load_seconds=arguments.load_seconds)
+        )
+    )

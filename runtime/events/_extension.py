@@ -18,12 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from raygrain.actors import ActorId, ConfigurationError, DeactivationReason
-from raygrain.runtime.events._projection import (
-    PROJECTION_KEY,
-    Projection,
-    ProjectionRunner,
-    SqlProjection,
-)
+from raygrain.runtime.events._projection import PROJECTION_KEY, Projection, SqlProjection
+from raygrain.runtime.events._runner import ProjectionRunner
 from raygrain.runtime.kernel import Activation, Extension, MembershipView, Silo, get_logger
 from raygrain.storage import EventLog, SqlTransactions, StorageProvider
 
@@ -115,7 +111,9 @@ class EventsService(Extension):
             if not owned:  # the view moved on while it activated: its owner runs it
                 activation.begin_deactivation(DeactivationReason.HANDOVER)
                 return
-            runner = ProjectionRunner(self, instance, activation.actor_id.type_name)
+            runner = ProjectionRunner(
+                self, instance, activation.actor_id.type_name, isinstance(instance, SqlProjection)
+            )
             if activation.extras is None:
                 activation.extras = {}
             activation.extras[EXTRAS_KEY] = runner

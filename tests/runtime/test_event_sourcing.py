@@ -454,6 +454,60 @@ async def test_a_handler_failing_on_a_row_it_has_not_loaded_yet_is_run_again(
         assert (await Strict.of(cluster).read("a", written, 5.0)).value == [1, 5]
 
 
+class HeldCommits(SqliteStorage):
+    """A store that holds the commits of Balances' read model until ``release`` is set, and
+    fails the next ``fail`` of them once released."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail = 0
+        self.held = 0
+
+    async def write_many(self, writes: Any) -> list[str]:
+        if any(w.actor_id.type_name == "raygrain.readmodel:es.Balances" for w in writes):
+            self.held += 1
+            await self.release.wait()
+            if self.fail:
+                self.fail -= 1
+                raise StorageError("the read model's commit failed")
+        return await super().write_many(writes)
+
+
+async def test_read_your_writes_does_not_wait_for_the_read_model_to_commit(
+    tmp_path: Any,
+) -> None:
+    # Reads are answered from what the projection has applied: the fold of events durable in
+    # the log. A commit of the read model that fails takes nothing back: the projection starts
+    # over from what is committed and folds the same events to the same rows, once.
+    store = HeldCommits(tmp_path / "es.db")
+    async with store, cluster_on(store) as cluster:
+        balances = Balances.of(cluster)
+        await cluster.get(Account, "a").deposit(1)
+        await balances.read("a", {CATEGORY: 1})
+        store.release.clear()
+        store.fail = 1
+        held = store.held
+        written = await cluster.get(Account, "a").deposit(10)
+        seen = await balances.read("a", written, 5.0)  # answered with the commit held
+        assert seen.value == {"balance": 11, "events": 2}
+        assert seen.positions[CATEGORY] >= written.position
+        assert store.held > held, "the read model's commit should be held, not done"
+        written = await cluster.get(Account, "a").deposit(100)
+        assert (await balances.read("a", written, 5.0)).value == {"balance": 111, "events": 3}
+        store.release.set()  # the held commit fails; the projection starts over
+        for _ in range(3):  # (and the rows it commits then are the same)
+            written = await cluster.get(Account, "a").deposit(1000)
+        assert (await balances.read("a", written, 10.0)).value == {"balance": 3111, "events": 6}
+    reopened = SqliteStorage(tmp_path / "es.db")
+    async with reopened, cluster_on(reopened) as cluster:  # what was committed, from the file
+        assert (await Balances.of(cluster).read("a", written, 10.0)).value == {
+            "balance": 3111,
+            "events": 6,
+        }
+
+
 async def test_a_fenced_projection_owner_takes_the_committed_offsets(
     storage: MemoryStorage,
 ) -> None:
