@@ -145,6 +145,20 @@ class Strict(Projection, name="es.Strict", sources=[Account]):
         rows.put(key, [*row, getattr(event, "amount", 0)])
 
 
+# Whether Poisoned's handler fails on an event of 13 (a poison event until fixed).
+POISON = {"on": False}
+
+
+class Poisoned(Projection, name="es.Poisoned", sources=[Account]):
+    """Sums deposits; fails on an amount of 13 while ``POISON["on"]``."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        amount = getattr(event, "amount", 0)
+        if amount == 13 and POISON["on"]:
+            raise ValueError("13 is unlucky")
+        rows.put("sum", await rows.get("sum", 0) + amount)
+
+
 ES_ACTORS = [Account, Balances, Totals]
 
 

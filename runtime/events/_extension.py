@@ -137,7 +137,12 @@ class EventsService(Extension):
             return {}
         return {
             "projections": {
-                name: {"positions": dict(r.positions), "applied": r.applied, "error": r.last_error}
+                name: {
+                    "positions": dict(r.positions),
+                    "applied": r.applied,
+                    "error": r.last_error,
+                    "failures": r.failures,
+                }
                 for name, r in self.runners.items()
             }
         }

@@ -60,7 +60,11 @@ class _Service(Protocol):
 OFFSET_TYPE = "raygrain.projection"
 _MAX_CACHED = 100_000
 _LOADS_AT_ONCE = 256  # row reads a batch has under way at once
+# After a failed batch: the first retry after half a second, each next one after twice as long,
+# up to five seconds; the same error is logged at most once a minute.
 _RETRY_DELAY = 0.5
+_MAX_RETRY_DELAY = 5.0
+_SAME_ERROR_LOGGED_EVERY = 60.0
 _HEADS_PERIOD = 1.0  # seconds between readings of the heads, for the lag metric
 _Stored = tuple[bytes | None, str | None]  # a committed row: its data (None: absent), its ETag
 
@@ -118,6 +122,8 @@ class ProjectionRunner:
         self.heads: Token = {}  # each source category's head, as last read (every second)
         self._heads_read_at = -1.0
         self.last_error: str | None = None
+        self.failures = 0  # batches failed in a row
+        self._logged: tuple[str, float] = ("", 0.0)  # the last error logged, and when
         self._offset_etag: str | None = None
         self.cache: dict[ActorKey, _Stored] = {}  # committed rows
         self.applied_rows: dict[ActorKey, bytes | None] = {}  # applied, not committed yet
@@ -265,9 +271,21 @@ class ProjectionRunner:
                 # A handler that raises (or a storage failure) stops the projection at that
                 # batch; it is retried from the committed offsets until it goes through.
                 self.last_error = repr(exc)
-                get_logger().error("projection_failed", projection=self.name, error=repr(exc))
+                self.failures += 1
+                now = time.monotonic()
+                if self._logged[0] != self.last_error or now - self._logged[1] >= (
+                    _SAME_ERROR_LOGGED_EVERY
+                ):
+                    self._logged = (self.last_error, now)
+                    get_logger().error(
+                        "projection_failed",
+                        projection=self.name,
+                        error=self.last_error,
+                        failures=self.failures,
+                    )
                 await self._start_over()
-                await asyncio.sleep(_RETRY_DELAY)
+                delay = _RETRY_DELAY * 2 ** min(self.failures - 1, 10)
+                await asyncio.sleep(min(delay, _MAX_RETRY_DELAY))
 
     async def _start_over(self) -> None:
         """Forget all but what is stored (after the commit under way, if any, has ended)."""
@@ -334,7 +352,6 @@ class ProjectionRunner:
         self.positions = {**self.positions, category: batch[-1].position}
         self.applied += len(batch)
         self._ahead += len(batch)
-        self.last_error = None
         self._release()
 
     async def _handle(self, category: str, batch: list[StoredEvent], rows: Any) -> None:
@@ -390,6 +407,8 @@ class ProjectionRunner:
             self.cache[key] = (data, etag)
             if applied.get(key, self) is data:  # not changed again since: committed now
                 del applied[key]
+        self.last_error = None
+        self.failures = 0
 
     async def _apply_sql(self, category: str, batch: list[StoredEvent]) -> None:
         store = self._sql_store()
@@ -408,6 +427,7 @@ class ProjectionRunner:
         self.positions = self.committed_positions = positions
         self.applied += len(batch)
         self.last_error = None
+        self.failures = 0
         self._release()
 
     def _sql_store(self) -> SqlTransactions:

@@ -32,7 +32,16 @@ from raygrain.runtime.events._actor import snapshot_id
 from raygrain.storage import NewEvent, SqliteStorage
 from raygrain.storage._event_appends import settle
 from tests import events_app
-from tests.events_app import ES_ACTORS, Account, Balances, Deposited, Strict, Totals, Wallet
+from tests.events_app import (
+    ES_ACTORS,
+    Account,
+    Balances,
+    Deposited,
+    Poisoned,
+    Strict,
+    Totals,
+    Wallet,
+)
 
 CATEGORY = Account.__actor_options__.name
 
@@ -506,6 +515,36 @@ async def test_read_your_writes_does_not_wait_for_the_read_model_to_commit(
             "balance": 3111,
             "events": 6,
         }
+
+
+async def test_a_failing_handler_is_retried_with_backoff_and_logged_once(
+    storage: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler failing on one event stops its projection at that batch: retried (after 0.5 s,
+    # then 1 s, ...) from the committed offsets, its error in the stats and in the log once,
+    # and once it goes through (the handler fixed), the event counts once.
+    events_app.POISON["on"] = True
+    try:
+        async with Cluster.local(actors=[*ES_ACTORS, Poisoned], storage=storage) as cluster:
+            await cluster.get(Account, "a").deposit(1)
+            written = await cluster.get(Account, "a").deposit(13)
+            later = await cluster.get(Account, "b").deposit(100)
+            poisoned = Poisoned.of(cluster)
+            with pytest.raises(ActorCallTimeout, match="13 is unlucky"):
+                await poisoned.read("sum", written, 1.2)
+            stats = [
+                s["projections"]["es.Poisoned"]
+                for s in await cluster.stats()
+                if "es.Poisoned" in s.get("projections", {})
+            ]
+            assert len(stats) == 1 and "13 is unlucky" in stats[0]["error"]
+            assert stats[0]["failures"] >= 1
+            events_app.POISON["on"] = False  # the handler is fixed
+            assert (await poisoned.read("sum", later, 10.0)).value == 114
+    finally:
+        events_app.POISON["on"] = False
+    failed = [r for r in caplog.records if "projection_failed" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in failed]
 
 
 async def test_a_fenced_projection_owner_takes_the_committed_offsets(
