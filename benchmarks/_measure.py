@@ -105,16 +105,21 @@ class Rounds:
 async def interleave(
     sides: dict[str, Callable[[], Awaitable[Measurement]]], rounds: int, settle: float = 0.0
 ) -> dict[str, Rounds]:
-    """Measure every side ``rounds`` times in turn (A, B, A, B, ...).
+    """Measure every side ``rounds`` times in turn, the order rotated each round (A B C,
+    B C A, C A B, ...).
 
     On a shared, noisy machine a burst of foreign load then hits both sides alike instead of
-    one whole side, and the median of each side's rounds discards the burst. With ``settle``,
-    each round starts that many seconds after the previous one ended, so that no side is
-    measured while the background work the other side left behind is still running.
+    one whole side, and the median of each side's rounds discards the burst. The rotation
+    keeps a side from always following the same neighbour (and inheriting its leftovers: the
+    garbage and teardown of the cluster measured before it). With ``settle``, each round
+    starts that many seconds after the previous one ended, so that no side is measured while
+    the background work the other side left behind is still running.
     """
     results = {name: Rounds() for name in sides}
-    for _ in range(rounds):
-        for name, measure in sides.items():
+    order = list(sides.items())
+    for round_index in range(rounds):
+        shift = round_index % len(order)
+        for name, measure in order[shift:] + order[:shift]:
             if settle:
                 await asyncio.sleep(settle)
             results[name].add(*await measure())
