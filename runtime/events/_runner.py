@@ -292,6 +292,10 @@ class ProjectionRunner:
         committing, self._committing = self._committing, None
         if committing is not None:
             await asyncio.wait({committing})
+            # What it failed with, if it did, is dropped: starting over is the answer to it.
+            # (Reading it here keeps asyncio from logging "Task exception was never retrieved".)
+            if not committing.cancelled():
+                committing.exception()
         self.cache.clear()
         self.applied_rows.clear()
         self._ahead = 0
