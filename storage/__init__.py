@@ -7,7 +7,15 @@ URL into a provider (SQLAlchemy's convention: that file is relative to the worki
 (``EventLog``: append-only streams with expected versions, and per-category feeds).
 """
 
-from raygrain.storage._events import Appended, EventLog, NewEvent, QueuedAppends, StoredEvent
+from raygrain.storage._events import (
+    Appended,
+    EncodedEvents,
+    EventLog,
+    NewEvent,
+    QueuedAppends,
+    StoredEvent,
+    encoded_events,
+)
 from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
@@ -25,6 +33,7 @@ from raygrain.storage._url import absolute_storage_url, check_storage_url, open_
 
 __all__ = [
     "Appended",
+    "EncodedEvents",
     "EventLog",
     "MemoryStorage",
     "NewEvent",
@@ -43,6 +52,7 @@ __all__ = [
     "StoredEvent",
     "absolute_storage_url",
     "check_storage_url",
+    "encoded_events",
     "open_storage",
     "tell_written",
 ]

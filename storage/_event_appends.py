@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from raygrain.actors import StorageError
-from raygrain.storage._events import Appended, NewEvent, check_append, encoded_events
+from raygrain.storage._events import (
+    Appended,
+    EncodedEvents,
+    NewEvent,
+    check_append,
+    check_encoded,
+    encoded_events,
+)
 from raygrain.storage._pending import MIN_SPLIT
 
 __all__ = ["MAX_BATCH", "AppendQueue", "PendingAppend", "settle"]
@@ -93,11 +100,11 @@ class AppendQueue:
         stream: str,
         category: str,
         expected_version: int | None,
-        events: Sequence[NewEvent],
+        events: Sequence[NewEvent] | EncodedEvents,
         done: Callable[[Appended | Exception], object],
     ) -> None:
         """``append`` with a callback (``QueuedAppends``): bad input raises here; ``done``
-        gets the outcome once the batch committed."""
+        gets the outcome once the batch committed. ``events`` may come encoded already."""
         self._queue_append(stream, category, expected_version, events, done)
 
     def _queue_append(
@@ -105,11 +112,15 @@ class AppendQueue:
         stream: str,
         category: str,
         expected_version: int | None,
-        events: Sequence[NewEvent],
+        events: Sequence[NewEvent] | EncodedEvents,
         result: asyncio.Future[Appended] | Callable[[Appended | Exception], object],
     ) -> None:
-        check_append(stream, category, expected_version, events)
-        encoded = encoded_events(events)
+        if isinstance(events, EncodedEvents):
+            check_encoded(stream, category, expected_version, events)
+            encoded: list[tuple[str, bytes, str]] = events
+        else:
+            check_append(stream, category, expected_version, events)
+            encoded = encoded_events(events)
         self._check_not_closed()
         if self._appends is None:
             self._appends = deque()

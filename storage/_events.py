@@ -27,6 +27,7 @@ from raygrain.actors import InvalidEventError, WrongExpectedVersionError, decode
 
 __all__ = [
     "Appended",
+    "EncodedEvents",
     "EventLog",
     "MemoryEventLog",
     "NewEvent",
@@ -34,6 +35,7 @@ __all__ = [
     "StoredEvent",
     "check_append",
     "check_category_read",
+    "check_encoded",
     "check_stream_read",
     "encoded_events",
     "repeated",
@@ -117,13 +119,14 @@ class QueuedAppends(Protocol):
         stream: str,
         category: str,
         expected_version: int | None,
-        events: Sequence[NewEvent],
+        events: Sequence[NewEvent] | EncodedEvents,
         done: Callable[[Appended | Exception], object],
     ) -> None:
         """``append`` without awaiting. Bad input (``InvalidEventError``, a value the codec
         refuses) raises here, and nothing is queued; otherwise ``done`` gets what ``append``
         would return or raise, exactly once, on the event loop and never before this
-        returns."""
+        returns. ``events`` may come encoded already (``encoded_events``: checked again, not
+        encoded again): a caller that may repeat the append keeps those, not the events."""
         ...
 
 
@@ -132,6 +135,31 @@ class QueuedAppends(Protocol):
 
 def check_append(
     stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+) -> None:
+    check_target(stream, category, expected_version, events)
+    ids: set[str] = set()
+    for event in events:
+        if not isinstance(event, NewEvent):
+            raise InvalidEventError(f"stream {stream!r}: expected a NewEvent, got {event!r}")
+        _check_event(stream, event.type, event.event_id, ids)
+
+
+def check_encoded(
+    stream: str, category: str, expected_version: int | None, events: EncodedEvents
+) -> None:
+    """``check_append`` for events that come encoded (``encoded_events``)."""
+    check_target(stream, category, expected_version, events)
+    ids: set[str] = set()
+    for event in events:
+        if not (isinstance(event, tuple) and len(event) == 3 and isinstance(event[1], bytes)):
+            raise InvalidEventError(
+                f"stream {stream!r}: expected an encoded event (type, data, id), got {event!r}"
+            )
+        _check_event(stream, event[0], event[2], ids)
+
+
+def check_target(
+    stream: str, category: str, expected_version: int | None, events: Sequence[Any]
 ) -> None:
     if not isinstance(stream, str) or not stream:
         raise InvalidEventError(f"an event stream needs a non-empty name, got {stream!r}")
@@ -146,19 +174,18 @@ def check_append(
         )
     if not events:
         raise InvalidEventError(f"stream {stream!r}: an append needs at least one event")
-    ids = set()
-    for event in events:
-        if not isinstance(event, NewEvent):
-            raise InvalidEventError(f"stream {stream!r}: expected a NewEvent, got {event!r}")
-        if not isinstance(event.type, str) or not event.type:
-            raise InvalidEventError(f"stream {stream!r}: an event needs a type name")
-        if not isinstance(event.event_id, str) or not event.event_id:
-            raise InvalidEventError(f"stream {stream!r}: an event needs a non-empty event_id")
-        if event.event_id in ids:
-            raise InvalidEventError(
-                f"stream {stream!r}: event id {event.event_id!r} appears twice in one append"
-            )
-        ids.add(event.event_id)
+
+
+def _check_event(stream: str, type_name: Any, event_id: Any, ids: set[str]) -> None:
+    if not isinstance(type_name, str) or not type_name:
+        raise InvalidEventError(f"stream {stream!r}: an event needs a type name")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidEventError(f"stream {stream!r}: an event needs a non-empty event_id")
+    if event_id in ids:
+        raise InvalidEventError(
+            f"stream {stream!r}: event id {event_id!r} appears twice in one append"
+        )
+    ids.add(event_id)
 
 
 def check_stream_read(stream: str, from_version: int, limit: int | None) -> None:
@@ -175,10 +202,23 @@ def check_category_read(category: str, after_position: int, limit: int) -> None:
         raise InvalidEventError(f"category {category!r}: limit must be >= 1")
 
 
-def encoded_events(events: Sequence[NewEvent]) -> list[tuple[str, bytes, str]]:
+class EncodedEvents(list[tuple[str, bytes, str]]):
+    """Events as a log stores them: (type, encoded data, event id) each (``encoded_events``).
+
+    A caller that may send an append again (a retry after an outcome it does not know, with
+    the same ids) keeps these rather than the events: the bytes are what a retry must repeat,
+    and they leave no object per event for the garbage collector to trace until the commit.
+    (An event-sourced turn keeps its append this way: holding each turn's ``NewEvent`` and its
+    field map until the batch committed made twice as many collections under 1,000 writers.)
+    """
+
+    __slots__ = ()
+
+
+def encoded_events(events: Sequence[NewEvent]) -> EncodedEvents:
     """(type, encoded data, event id) of each event; a value the codec refuses raises
     ``SerializationError`` here, in the caller, before anything is queued."""
-    return [(e.type, encode(e.data), e.event_id) for e in events]
+    return EncodedEvents([(e.type, encode(e.data), e.event_id) for e in events])
 
 
 def repeated(stream: str, ids: Sequence[str], found: dict[str, tuple[int, int]]) -> Appended | None:

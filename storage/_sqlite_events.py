@@ -69,6 +69,7 @@ _INSERT = (
     " recorded_at, data) VALUES {}"
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_VALUES = 8
 # Rows per INSERT: 8 parameters a row, within the connection's limit on host parameters (999 on
 # old builds, 32,766 since SQLite 3.32). Each statement is a trip into SQLite on which the writer
 # thread lets go of the GIL, and under load it then waits for the busy event loop to hand it
@@ -227,13 +228,12 @@ def _apply_once(
     connection.execute("BEGIN IMMEDIATE")
     try:
         known.check(connection)
-        outcomes, rows, heads, tails = _decide(connection, batch, known, look_up_ids)
-        per_insert = _rows_per_insert(connection)
-        for start in range(0, len(rows), per_insert):
-            chunk = rows[start : start + per_insert]
+        outcomes, values, heads, tails = _decide(connection, batch, known, look_up_ids)
+        per_insert = _rows_per_insert(connection) * _ROW_VALUES
+        for start in range(0, len(values), per_insert):
+            chunk = values[start : start + per_insert]
             connection.execute(
-                _INSERT.format(", ".join([_ROW] * len(chunk))),
-                [value for row in chunk for value in row],
+                _INSERT.format(", ".join([_ROW] * (len(chunk) // _ROW_VALUES))), chunk
             )
         connection.executemany(
             "INSERT INTO raygrain_event_heads (category, head) VALUES (?, ?)"
@@ -261,7 +261,7 @@ def _rows_per_insert(connection: sqlite3.Connection) -> int:
         limit = int(getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER")))  # noqa: B009
     else:
         limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-    return max(1, min(_MOST_ROWS_PER_INSERT, limit // 8))
+    return max(1, min(_MOST_ROWS_PER_INSERT, limit // _ROW_VALUES))
 
 
 def _load_tails(connection: sqlite3.Connection, streams: list[str], known: _KnownTails) -> None:
@@ -284,25 +284,33 @@ def _decide(
     batch: list[PendingAppend],
     known: _KnownTails,
     look_up_ids: bool,
-) -> tuple[
-    list[Appended | Exception], list[tuple[Any, ...]], dict[str, int], dict[str, tuple[str, int]]
-]:
+) -> tuple[list[Appended | Exception], list[Any], dict[str, int], dict[str, tuple[str, int]]]:
     """Check each append in queue order against the file and the batch's earlier appends, as if
-    they committed one by one, and collect the rows of those that pass."""
+    they committed one by one, and collect the rows of those that pass: their values, one row
+    after the other in ``_INSERT``'s column order.
+
+    (Per event it keeps no object but its values: a tuple or list per row, per event id, alive
+    until the batch is inserted, made this thread's allocations set off several garbage
+    collections per batch, each traversing every young object of the event loop's calls in
+    flight too.)"""
     outcomes: list[Appended | Exception] = []
-    rows: list[tuple[Any, ...]] = []
+    values: list[Any] = []
     heads: dict[str, int] = {}
     tails: dict[str, tuple[str, int]] = {}  # this batch's, on top of known.tails
-    batch_ids: dict[tuple[str, str], tuple[int, int]] = {}
+    # The batch's event ids, (stream, id) -> (version, position), made the first time an
+    # append needs its ids looked up: in most batches none does.
+    batch_ids: dict[tuple[str, str], tuple[int, int]] | None = None
     _load_tails(connection, [a.stream for a in batch if a.stream not in known.tails], known)
     now = time.time()
     for append in batch:
         stream, category = append.stream, append.category
         stored_category, version = tails.get(stream) or known.tails[stream]
-        ids = [event_id for _, _, event_id in append.events]
         # The ids need looking up only when the stream is not where the append expected it
         # (a retry whose first attempt was stored moved it on) or no version was expected.
         if look_up_ids or append.expected_version != version:
+            if batch_ids is None:
+                batch_ids = _ids_of(values)
+            ids = [event_id for _, _, event_id in append.events]
             found = {i: batch_ids[(stream, i)] for i in ids if (stream, i) in batch_ids}
             found.update(
                 (event_id, (v, p))
@@ -337,9 +345,18 @@ def _decide(
         for type_, data, event_id in append.events:
             version += 1
             position += 1
-            rows.append((category, position, stream, version, type_, event_id, now, data))
-            batch_ids[(stream, event_id)] = (version, position)
+            values += (category, position, stream, version, type_, event_id, now, data)
+            if batch_ids is not None:
+                batch_ids[(stream, event_id)] = (version, position)
         tails[stream] = (category, version)
         heads[category] = position
         outcomes.append(Appended(version, position))
-    return outcomes, rows, heads, tails
+    return outcomes, values, heads, tails
+
+
+def _ids_of(values: list[Any]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(stream, event id) -> (version, position) of the rows in ``values`` (``_decide``'s)."""
+    return {
+        (values[at + 2], values[at + 5]): (values[at + 3], values[at + 1])
+        for at in range(0, len(values), _ROW_VALUES)
+    }

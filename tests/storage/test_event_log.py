@@ -15,12 +15,14 @@ import pytest
 from raygrain.actors import InvalidEventError, StorageError, WrongExpectedVersionError
 from raygrain.storage import (
     Appended,
+    EncodedEvents,
     EventLog,
     MemoryStorage,
     NewEvent,
     QueuedAppends,
     SqliteStorage,
     StoredEvent,
+    encoded_events,
     open_storage,
 )
 from tests.helpers import RemoteToInProcessServer, wait_until
@@ -260,6 +262,33 @@ async def test_a_queued_append_tells_its_outcome_once_after_returning(log: Any) 
     await log.aclose()
     with pytest.raises(StorageError, match="closed"):
         log.queue_append("s", "A", 2, [event()], told.append)
+
+
+async def test_a_queued_append_may_come_encoded_and_is_checked_again(log: Any) -> None:
+    # What an event-sourced turn keeps for a retry: the events encoded once, sent again as
+    # they are (the same bytes, the same ids: the retry of a stored append is told its result).
+    if not isinstance(log, QueuedAppends):
+        pytest.skip(f"{type(log).__name__} does not queue appends (QueuedAppends is optional)")
+    told: list[Appended | Exception] = []
+    encoded = encoded_events([NewEvent("T", {"n": 1}, "id-1"), NewEvent("T", {"n": 2}, "id-2")])
+    log.queue_append("s", "A", 0, encoded, told.append)
+    log.queue_append("s", "A", 0, encoded, told.append)  # a retry after an unknown outcome
+    await wait_until(lambda: len(told) == 2, "both queued appends to be told")
+    assert told == [Appended(2, 2), Appended(2, 2)]
+    assert [(e.version, e.data, e.event_id) for e in await log.read_stream("s")] == [
+        (1, {"n": 1}, "id-1"),
+        (2, {"n": 2}, "id-2"),
+    ]
+    bad = [
+        EncodedEvents([("T", "not bytes", "id-3")]),
+        EncodedEvents([("", b"\x01", "id-3")]),
+        EncodedEvents([("T", b"\x01", "id-3"), ("T", b"\x01", "id-3")]),
+        EncodedEvents(),
+    ]
+    for events in bad:
+        with pytest.raises(InvalidEventError, match="stream 's'"):
+            log.queue_append("s", "A", 2, events, told.append)
+    assert len(await log.read_stream("s")) == 2
 
 
 async def test_a_file_with_the_old_event_id_index_gets_the_new_one(tmp_path: Path) -> None:
