@@ -197,6 +197,14 @@ def stages_of(cls: type, reserved: frozenset[str]) -> tuple[tuple[Step, ...], ..
                     )
                 steps.pop(name, None)
                 steps[name] = value
+            elif isinstance(value, Compensation) and vars(klass).get(value.step.name) is value:
+                # (``@a.compensate`` on a method named ``a``, as a property's setter is
+                # written: it would replace the step it undoes, and the saga run without it.)
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{name}: the compensation of step {name!r} has the "
+                    "step's own name, which replaces the step; give it a name of its own "
+                    f"(e.g. undo_{name})"
+                )
             elif name in steps:
                 del steps[name]  # overridden by something that is not a step
     stages: list[list[Step]] = []

@@ -152,7 +152,12 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             raise ConfigurationError(f"{cls.__qualname__} has no steps; add methods with @step")
         if timeout is None:
             timeout = cls.timeout
-        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        elif (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not timeout > 0
+            or not math.isfinite(timeout)
+        ):
             raise InvalidArgumentsError(
                 f"{self.context.id}.start: timeout must be a positive number of seconds, "
                 f"got {timeout!r}"
@@ -282,6 +287,12 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         """The sagas of this type (``cluster``: a ``Cluster`` or an actor's ``self.actors``),
         by id, with their phase as the saga index last recorded it (it may lag a step behind:
         ``status()`` is exact); only those in ``phase`` if given."""
+        if phase is not None and not isinstance(phase, SagaPhase):
+            raise InvalidArgumentsError(
+                f"{cls.__qualname__}.list_sagas: phase must be a SagaPhase "
+                f"({', '.join(f'SagaPhase.{p.name}' for p in SagaPhase)}) or None, "
+                f"got {phase!r}"
+            )
         type_name = cls.__actor_options__.name
         shards = await asyncio.gather(
             *(

@@ -476,6 +476,19 @@ def test_bad_definitions_are_refused() -> None:
                 lambda body: body.update({taken: step(_async_noop)}),  # noqa: B023
             )
 
+    # ``@a.compensate`` on a method named ``a`` (a property setter's pattern) would replace
+    # the step it undoes: the saga would run without it.
+    with pytest.raises(ConfigurationError, match="has the step's own name"):
+
+        class SameName(Saga[int], name="sagatest.SameName"):
+            @step
+            async def a(self, value: int) -> None:
+                pass
+
+            @a.compensate
+            async def a(self, value: int, result: None) -> None:  # type: ignore[no-redef]
+                pass
+
     with pytest.raises(ConfigurationError, match="@step decorates an async method"):
 
         class NotAsync(Saga[int], name="sagatest.NotAsync"):
@@ -504,8 +517,12 @@ async def test_bad_calls_get_typed_errors_and_the_saga_goes_on(sagas: Cluster) -
         pass
 
     trip = sagas.get(Trip, "bad")
-    with pytest.raises(InvalidArgumentsError, match="timeout must be a positive number"):
-        await trip.start(Plan(), timeout=-1)
+    for timeout in (-1, float("nan"), float("inf")):  # (NaN would mean no deadline at all)
+        with pytest.raises(InvalidArgumentsError, match="timeout must be a positive number"):
+            await trip.start(Plan(), timeout=timeout)
+    for phase in ("running", 3):
+        with pytest.raises(InvalidArgumentsError, match="phase must be a SagaPhase"):
+            await Trip.list_sagas(sagas, phase)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentsError, match="wait must be seconds >= 0"):
         await trip.result(wait=-1)
     await trip.start(Plan())
