@@ -130,6 +130,7 @@ class Silo:
         self.services: dict[str, Callable[[Activation], Any]] = {}
         # The hooks the extensions implement, collected once (see _extensions.overrides).
         self.on_activated = self._hooks("activated")
+        self.on_deactivation_begun = self._hooks("deactivation_begun")
         self.on_deactivating = self._hooks("deactivating")
         self._on_accept = self._hooks("accept")
         self._on_view = self._hooks("view_changed")
@@ -288,6 +289,12 @@ class Silo:
         self.caller.deliver_response(response, sender)
 
     def _owns(self, request: Request) -> bool:
+        if request.view_version > self.membership.view.version and not request.hops:
+            # The sender picked us by a view newer than ours (ours is on its way): its pick
+            # stands. Our older ring could name a silo that view has declared dead, and the
+            # call would fail for a death its sender already knew of. (A call passed on was
+            # picked by the silo that passed it, whose view the call does not carry.)
+            return True
         owner = self.membership.ring.owner(request.target)
         if owner == self.name:
             return True

@@ -175,13 +175,21 @@ class ControllerActor(ControllerImpl):
                 missed = 0
                 if self.leading:
                     await self.step_down()
-                    await controller.resume.remote(self.missed_probes())
+                    # Bounded, as every call to the controller here: it may stall again (a
+                    # stopped process answers nothing and does not die), and a guard waiting
+                    # on it would never lead again. (Ray delivers the call all the same: only
+                    # the waiting stops; a miss counts, as a probe's would.)
+                    await _answer_unless_gone(
+                        controller.resume.remote(self.missed_probes()),
+                        process,
+                        detection.probe_timeout * detection.missed_probes,
+                    )
                     get_logger().warning("controller_back_standby_stepped_down")
                     process = None  # Ray restarted it: another process
                 else:
                     self.follow(view_from_wire(blob))
                 if process is None:
-                    process = await self._process_of(controller)
+                    process = await self._process_of(controller, detection.probe_timeout)
             except Exception as exc:
                 if isinstance(exc, _ControllerGone):
                     process = None
@@ -197,12 +205,14 @@ class ControllerActor(ControllerImpl):
                         self.leading = False
             await asyncio.sleep(detection.probe_period)
 
-    async def _process_of(self, controller: Any) -> psutil.Process | None:
+    async def _process_of(self, controller: Any, timeout: float) -> psutil.Process | None:
         """The controller's process, if it runs on this node (it does: both are pinned to the
         head node), so that its death is seen at once: a call to a killed actor that Ray
         restarts waits for the restart rather than fail, and Ray's own notice takes seconds."""
         try:
-            node, pid = await asyncio.gather(controller.node_id.remote(), controller.pid.remote())
+            node, pid = await asyncio.wait_for(
+                asyncio.gather(controller.node_id.remote(), controller.pid.remote()), timeout
+            )
             if node != ray.get_runtime_context().get_node_id():
                 return None
             return psutil.Process(pid)

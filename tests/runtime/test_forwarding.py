@@ -39,6 +39,7 @@ from tests.app import GATES, gate
 from tests.helpers import bounded, still_pending, wait_until
 
 ACTIVE = SiloStatus.ACTIVE
+DEAD = SiloStatus.DEAD
 BOTH = MembershipView(2, (("silo-a", ACTIVE), ("silo-b", ACTIVE)))
 
 
@@ -48,6 +49,7 @@ class TwoSilos:
     a: Silo
     b: Silo
     client: Caller
+    client_view: Membership
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ async def two_silos() -> AsyncIterator[TwoSilos]:
     client_view.update(MembershipView(1, (("silo-a", ACTIVE),)))  # a view behind the silos'
     client = Caller("client", transport, client_view, registry, CallSettings())
     transport.register("client", client)
-    yield TwoSilos(transport, silos[0], silos[1], client)
+    yield TwoSilos(transport, silos[0], silos[1], client, client_view)
     client.close()
     for silo in silos:
         await silo.aclose()
@@ -87,6 +89,21 @@ async def test_a_forwarded_call_is_answered_through_the_silo_it_was_sent_to(
     assert await two_silos.client.invoke(target, "record", ("t",), {}, 30.0)
     assert target in two_silos.b.activations and target not in two_silos.a.activations
     assert not two_silos.a.caller._pending  # (white-box) the relayed call is done with
+
+
+async def test_a_silo_behind_its_caller_s_view_keeps_the_call_it_was_picked_for(
+    two_silos: TwoSilos,
+) -> None:
+    """The client's view is newer than the silos' (silo-b declared dead; the silos have not
+    heard yet): silo-a, picked by that view, hosts the call rather than pass it on to silo-b
+    by its older ring (a silo the caller knows is dead: found on Ray, where the call failed
+    with SiloUnavailableError after a controller restart). From a caller whose view is older,
+    silo-a passes the call on (the test before)."""
+    a, b = two_silos.a, two_silos.b
+    two_silos.client_view.update(MembershipView(3, (("silo-a", ACTIVE), ("silo-b", DEAD))))
+    target = _owned_by_b(a, "newer")
+    assert await two_silos.client.invoke(target, "record", ("t",), {}, 30.0)
+    assert target in a.activations and target not in b.activations
 
 
 async def test_a_call_forwarded_to_a_silo_that_dies_fails_when_it_is_declared_dead(
