@@ -16,6 +16,7 @@ from raygrain import (
     SqlProjection,
     StoredEvent,
     Written,
+    always_interleave,
     read_only,
 )
 
@@ -157,6 +158,46 @@ class Poisoned(Projection, name="es.Poisoned", sources=[Account]):
         if amount == 13 and POISON["on"]:
             raise ValueError("13 is unlucky")
         rows.put("sum", await rows.get("sum", 0) + amount)
+
+
+class Sneaky(EventSourcedActor[Wallet, WalletEvent], name="es.Sneaky"):
+    """Raises events where none may be raised: in a read-only and in an interleaving method."""
+
+    def apply(self, state: Wallet, event: WalletEvent) -> Wallet:
+        if isinstance(event, Deposited):
+            return Wallet(state.balance + event.amount, [*state.history, event.amount])
+        return state
+
+    async def deposit(self, amount: int) -> Written | None:
+        self.raise_event(Deposited(amount))
+        return await self.confirm_events()
+
+    @read_only
+    async def deposit_read_only(self, amount: int) -> int:
+        self.raise_event(Deposited(amount))
+        return self.version
+
+    @always_interleave
+    async def deposit_interleaved(self, amount: int) -> int:
+        self.raise_event(Deposited(amount))
+        return self.version
+
+    @read_only
+    async def wallet(self) -> tuple[int, list[int], int]:
+        await asyncio.sleep(0)  # (read-only calls run together: let them overlap)
+        return self.state.balance, self.state.history, self.version
+
+
+# Whether BadKeys's handler puts a row under a key that cannot be one (a tuple).
+BAD_KEY = {"on": False}
+
+
+class BadKeys(Projection, name="es.BadKeys", sources=[Account]):
+    """Counts events per stream; puts a row under a tuple key while ``BAD_KEY["on"]``."""
+
+    async def when(self, event: Any, stored: StoredEvent, rows: Rows) -> None:
+        key: Any = tuple(stored.stream.split("/", 1)) if BAD_KEY["on"] else stored.stream
+        rows.put(key, await rows.get(stored.stream, 0) + 1)
 
 
 ES_ACTORS = [Account, Balances, Totals]

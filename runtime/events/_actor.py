@@ -41,7 +41,14 @@ from raygrain.actors import (
 )
 from raygrain.runtime.events._codec import EventTypes
 from raygrain.runtime.events._consistency import Written
-from raygrain.runtime.events._ending import APPEND_TRIES, QueueAppend, TurnAppend, journaled
+from raygrain.runtime.events._ending import (
+    APPEND_TRIES,
+    QueueAppend,
+    TurnAppend,
+    journaled,
+    query_turn,
+    querying,
+)
 from raygrain.runtime.kernel import get_logger
 from raygrain.storage import Appended, EventLog, NewEvent, StorageProvider
 
@@ -157,9 +164,12 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         for name, method in cls.__actor_methods__.items():
             # What the runtime calls: the turn ends once its events are appended (see _ending).
             turn = getattr(method.function, "__es_turn__", None)
+            if turn is None:
+                continue
             options = method.options
-            if turn is not None and not (options.read_only or options.always_interleave):
-                cls.__actor_methods__[name] = dataclasses.replace(method, function=turn)
+            if options.read_only or options.always_interleave:  # runs beside other calls
+                turn = query_turn(method.function.__wrapped__, name)  # type: ignore[attr-defined]
+            cls.__actor_methods__[name] = dataclasses.replace(method, function=turn)
         for base in getattr(cls, "__orig_bases__", ()):
             if typing.get_origin(base) is EventSourcedActor:
                 state_type, event_type = typing.get_args(base)
@@ -204,6 +214,13 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         if not journal.loaded:
             raise ConfigurationError(
                 f"{self.context.id}: raise_event outside a method call (apply must be pure)"
+            )
+        query = querying.get()
+        if query is not None:
+            raise ConfigurationError(
+                f"{self.context.id}: raise_event in {query}, a read-only (or always "
+                "interleaving) method: it runs beside other calls, so its events could not be "
+                "appended as its own; raise events in a method that is neither"
             )
         journal.pending.append(self.__es_events__.new(event))
         self.state = self.apply(self.state, event)

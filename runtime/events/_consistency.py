@@ -13,13 +13,14 @@ Positions are per category; a token is a map category -> position, merged by max
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from raygrain.actors import InvalidCallError
+from raygrain.actors import InvalidArgumentsError, InvalidCallError
 
-__all__ = ["ReadResult", "Session", "Token", "Written", "as_token", "merge"]
+__all__ = ["ReadResult", "Session", "Token", "Written", "as_token", "merge", "wait_seconds"]
 
 Token = dict[str, int]
 
@@ -56,16 +57,37 @@ def as_token(after: Written | Mapping[str, int] | None) -> Token:
     if after is None:
         return {}
     if isinstance(after, Written):
+        if not isinstance(after.category, str) or not _is_position(after.position):
+            raise InvalidCallError(
+                f"a read's `after` Written token names no category and position: {after!r:.120}"
+            )
         return after.token()
     if not isinstance(after, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-        for k, v in after.items()
+        isinstance(k, str) and _is_position(v) for k, v in after.items()
     ):
         raise InvalidCallError(
             "a read's `after` is a Written token (what a command returned) or a "
             f"mapping of category -> position; got {type(after).__name__} {after!r:.80}"
         )
     return dict(after)
+
+
+def _is_position(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def wait_seconds(timeout: object) -> float:
+    """A read's ``timeout``: a finite number of seconds >= 0 (0: answer only if caught up
+    already). Refused with a typed error otherwise: NaN or infinity would wait for ever."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 <= timeout < math.inf
+    ):
+        raise InvalidArgumentsError(
+            f"a read's timeout is a finite number of seconds >= 0, got {timeout!r:.80}"
+        )
+    return float(timeout)
 
 
 class _Readable(Protocol):
@@ -83,7 +105,12 @@ class Session:
         self.token: Token = {}
 
     def wrote(self, written: Written) -> Written:
-        merge(self.token, written.token())
+        if not isinstance(written, Written):
+            raise InvalidCallError(
+                "Session.wrote takes the Written token a command returned, got "
+                f"{type(written).__name__} {written!r:.80}"
+            )
+        merge(self.token, as_token(written))
         return written
 
     def saw(self, result: ReadResult) -> ReadResult:
@@ -91,5 +118,11 @@ class Session:
         return result
 
     async def read(self, read_model: Any, key: Any) -> ReadResult:
+        read = getattr(read_model, "read", None)
+        if not callable(read):
+            raise InvalidCallError(
+                "Session.read reads through a projection's reference (Projection.of(cluster)), "
+                f"got {type(read_model).__name__} {read_model!r:.80}"
+            )
         target: _Readable = read_model
         return self.saw(await target.read(key, dict(self.token)))

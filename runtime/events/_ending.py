@@ -12,12 +12,16 @@ no other turn of the activation starts before it ends.
 The turn awaits its append instead (``finish``) when the log has no ``queue_append`` (memory,
 the Ray storage server), when a snapshot falls due (writing one is awaited), and in a
 transaction. A method called directly (``journaled``) appends before it returns.
+
+A ``@read_only`` or ``always_interleave`` method runs as ``query_turn``: it may run beside other
+calls of the activation, so it raises no events (``raise_event`` refuses, see ``querying``).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import StorageError, WrongExpectedVersionError
@@ -26,7 +30,7 @@ from raygrain.storage import Appended, EncodedEvents, encoded_events
 if TYPE_CHECKING:
     from raygrain.runtime.events._actor import EventSourcedActor
 
-__all__ = ["APPEND_TRIES", "TurnAppend", "journaled", "journaled_turn"]
+__all__ = ["APPEND_TRIES", "TurnAppend", "journaled", "journaled_turn", "query_turn", "querying"]
 
 APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in all
 
@@ -80,6 +84,29 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return turn
+
+
+# The query method a turn runs in (set only for the call: a turn's context is its own).
+querying: ContextVar[str | None] = ContextVar("raygrain_events_querying", default=None)
+
+
+def query_turn(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A read-only or interleaving method as the runtime calls it: the state loaded, and
+    ``raise_event`` refused while it runs (its events would share the pending list of the
+    turns beside it, and be appended by whichever confirmed first)."""
+
+    @functools.wraps(method)
+    async def query(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._journal().loaded:
+            await self._load()
+        # (Reset, not left set: a context that ends as clean as it began is reused.)
+        token = querying.set(name)
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            querying.reset(token)
+
+    return query
 
 
 def _forget_pending(actor: EventSourcedActor[Any, Any]) -> None:

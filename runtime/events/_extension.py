@@ -5,7 +5,8 @@
 - ``start`` / ``view_changed``: activate the projections this silo owns on the ring, so that
   they run (and, after a failure, resume on their new owner) without waiting for a call.
 - ``activated`` / ``deactivating``: a projection's catch-up loop lives as long as its
-  activation.
+  activation; ``deactivation_begun`` fails the reads still waiting for it (retryable), so that
+  a read with a long ``timeout`` does not hold a handover or a shutdown up.
 - ``stats``: each projection's position and the events it applied.
 
 An append made on this silo wakes the local projections that read its category at once;
@@ -119,6 +120,11 @@ class EventsService(Extension):
             activation.extras[EXTRAS_KEY] = runner
             self.runners[runner.name] = runner
             runner.start()
+
+    def deactivation_begun(self, activation: Activation, reason: DeactivationReason) -> None:
+        runner = activation.extras.get(EXTRAS_KEY) if activation.extras else None
+        if isinstance(runner, ProjectionRunner):
+            runner.release_waiters()  # (reads waiting would hold the deactivation up)
 
     def deactivating(self, activation: Activation, reason: DeactivationReason) -> None:
         runner = activation.extras.get(EXTRAS_KEY) if activation.extras else None

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 from raygrain.actors import Actor, ActorKey, ConfigurationError, always_interleave
 from raygrain.runtime.events._actor import EventSourcedActor
-from raygrain.runtime.events._consistency import ReadResult, Written, as_token
-from raygrain.runtime.events._runner import ProjectionRunner, Rows
+from raygrain.runtime.events._consistency import ReadResult, Written, as_token, wait_seconds
+from raygrain.runtime.events._runner import ProjectionRunner, Rows, check_row_key
 from raygrain.runtime.events._sql import Sql
 from raygrain.storage import StoredEvent
 
@@ -82,7 +82,8 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
         ``Written`` token or a session's positions, waits (up to ``timeout`` seconds) until the
         read model has applied them."""
         runner = self._runner()
-        await runner.caught_up(as_token(after), timeout)
+        check_row_key(runner.name, key)
+        await runner.caught_up(as_token(after), wait_seconds(timeout))
         value, positions = await runner.read(key)
         return ReadResult(value, positions)
 
@@ -103,12 +104,14 @@ class Projection(Actor[None], idle_timeout=31_536_000.0):
         """Wait until the read model has applied ``after`` (a command's ``Written`` token or a
         session's positions), up to ``timeout`` seconds; the positions applied by then."""
         runner = self._runner()
-        await runner.caught_up(as_token(after), timeout)
+        await runner.caught_up(as_token(after), wait_seconds(timeout))
         return dict(runner.positions)
 
     async def row(self, key: ActorKey) -> Any:
         """The row ``key`` as applied (for a query method of a subclass; None if absent)."""
-        return await self._runner().row(key, None)
+        runner = self._runner()
+        check_row_key(runner.name, key)
+        return await runner.row(key, None)
 
     def _runner(self) -> ProjectionRunner:
         runner: ProjectionRunner = self._context.service("events").runner()

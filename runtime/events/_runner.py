@@ -31,6 +31,7 @@ from raygrain.actors import (
     ActorKey,
     ConfigurationError,
     InconsistentStateError,
+    InvalidCallError,
     SiloUnavailableError,
     StorageError,
     decode,
@@ -41,7 +42,7 @@ from raygrain.runtime.events._sql import Sql
 from raygrain.runtime.kernel import Silo, get_logger
 from raygrain.storage import EventLog, SqlTransactions, StateWrite, StorageProvider, StoredEvent
 
-__all__ = ["OFFSET_TYPE", "ProjectionRunner", "Rows", "row_id"]
+__all__ = ["OFFSET_TYPE", "ProjectionRunner", "Rows", "check_row_key", "row_id"]
 
 
 class _Service(Protocol):
@@ -73,6 +74,15 @@ def row_id(projection: str, key: ActorKey) -> ActorId:
     return ActorId(f"raygrain.readmodel:{projection}", key)
 
 
+def check_row_key(projection: str, key: object) -> None:
+    """A row's key is a str or an int (a bool is neither here), as an actor's is."""
+    if not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise InvalidCallError(
+            f"a row key of projection {projection} is a str or an int, "
+            f"got {type(key).__name__} {key!r:.80}"
+        )
+
+
 class Rows:
     """The read model's rows as one batch of events sees them: ``await rows.get(key)``,
     ``rows.put(key, value)``, ``rows.delete(key)``. Changes commit with the batch's offsets."""
@@ -85,6 +95,7 @@ class Rows:
         self.missed: set[ActorKey] | None = set() if probing else None
 
     async def get(self, key: ActorKey, default: Any = None) -> Any:
+        check_row_key(self._runner.name, key)
         if key in self.changes:
             value = self.changes[key]
             return default if value is _DELETED else decode(encode(value))
@@ -97,10 +108,13 @@ class Rows:
         return await runner.row(key, default)
 
     def put(self, key: ActorKey, value: Any) -> None:
-        encode(value)  # an unencodable value fails here, in the handler, not at the commit
+        # A bad key or an unencodable value fails here, in the handler, not at the commit.
+        check_row_key(self._runner.name, key)
+        encode(value)
         self.changes[key] = value
 
     def delete(self, key: ActorKey) -> None:
+        check_row_key(self._runner.name, key)
         self.changes[key] = _DELETED
 
 
@@ -130,6 +144,8 @@ class ProjectionRunner:
         self._committing: asyncio.Task[None] | None = None
         self._ahead = 0  # events applied since the last commit began
         self._waiters: list[tuple[Token, asyncio.Future[None]]] = []
+        self._released = False  # the activation is going: no read waits any more
+        self._stopped = False  # its loop is cancelled (the commit under way too)
         self._wake = asyncio.Event()
         self._loaded = asyncio.Event()
         self._set_up = False  # SqlProjection.setup ran (once per activation)
@@ -141,19 +157,27 @@ class ProjectionRunner:
         self._task = self.service.silo.spawn(self._run())
 
     def stop(self) -> None:
+        self._stopped = True
         for task in (self._task, self._committing):
             if task is not None:
                 task.cancel()
+        self.release_waiters()
+
+    def release_waiters(self) -> None:
+        """Fail the reads waiting for progress: the activation is going (a read turn waiting
+        would otherwise hold its deactivation up until the read's own timeout)."""
+        self._released = True  # (a read that comes to wait after this fails at once)
         for _, waiter in self._waiters:
             if not waiter.done():
-                # A read: safe to retry, and the retry reaches the projection's new home.
-                waiter.set_exception(
-                    SiloUnavailableError(
-                        f"projection {self.name} was deactivated (moved) while a read waited "
-                        "for it; retry the read"
-                    )
-                )
+                waiter.set_exception(self._gone())
         self._waiters.clear()
+
+    def _gone(self) -> SiloUnavailableError:
+        # A read: safe to retry, and the retry reaches the projection's new home.
+        return SiloUnavailableError(
+            f"projection {self.name} was deactivated (moved or stopped) while a read waited "
+            "for it; retry the read"
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -169,6 +193,8 @@ class ProjectionRunner:
         token = {c: p for c, p in token.items() if c in self.positions}  # others: not ours
         if self._loaded.is_set() and self._reached(token):
             return
+        if self._released:
+            raise self._gone()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((token, waiter))
         self._wake.set()  # look at the feed now rather than at the next poll
@@ -248,7 +274,7 @@ class ProjectionRunner:
     # -- the loop --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 if not self._loaded.is_set():
                     await self._load_offsets()
@@ -263,29 +289,39 @@ class ProjectionRunner:
                         pass
             except asyncio.CancelledError:
                 raise
-            except InconsistentStateError:
-                # Another owner committed: start again from what is stored.
-                get_logger().info("projection_fenced", projection=self.name)
-                await self._start_over()
             except Exception as exc:
-                # A handler that raises (or a storage failure) stops the projection at that
-                # batch; it is retried from the committed offsets until it goes through.
-                self.last_error = repr(exc)
-                self.failures += 1
-                now = time.monotonic()
-                if self._logged[0] != self.last_error or now - self._logged[1] >= (
-                    _SAME_ERROR_LOGGED_EVERY
-                ):
-                    self._logged = (self.last_error, now)
-                    get_logger().error(
-                        "projection_failed",
-                        projection=self.name,
-                        error=self.last_error,
-                        failures=self.failures,
-                    )
-                await self._start_over()
-                delay = _RETRY_DELAY * 2 ** min(self.failures - 1, 10)
-                await asyncio.sleep(min(delay, _MAX_RETRY_DELAY))
+                if self._stopped:
+                    # Stopped while the step ran: what it failed with is the stop (the commit
+                    # cancelled with the loop), not an error of the projection. (asyncio's
+                    # wait_for may swallow the loop's own cancellation in Python 3.11.)
+                    return
+                await self._recover(exc)
+
+    async def _recover(self, exc: Exception) -> None:
+        """After a failed step: start over from what is stored."""
+        if isinstance(exc, InconsistentStateError):
+            # Another owner committed: start again from what is stored.
+            get_logger().info("projection_fenced", projection=self.name)
+            await self._start_over()
+            return
+        # A handler that raises (or a storage failure) stops the projection at that batch; it
+        # is retried from the committed offsets until it goes through.
+        self.last_error = repr(exc)
+        self.failures += 1
+        now = time.monotonic()
+        if self._logged[0] != self.last_error or now - self._logged[1] >= (
+            _SAME_ERROR_LOGGED_EVERY
+        ):
+            self._logged = (self.last_error, now)
+            get_logger().error(
+                "projection_failed",
+                projection=self.name,
+                error=self.last_error,
+                failures=self.failures,
+            )
+        await self._start_over()
+        delay = _RETRY_DELAY * 2 ** min(self.failures - 1, 10)
+        await asyncio.sleep(min(delay, _MAX_RETRY_DELAY))
 
     async def _start_over(self) -> None:
         """Forget all but what is stored (after the commit under way, if any, has ended)."""

@@ -97,6 +97,8 @@ class Activation(TurnRunner):
             self._deactivated = asyncio.get_running_loop().create_future()
             if self.state is ActivationState.VALID:
                 self.state = ActivationState.DEACTIVATING
+            for hook in self.silo.on_deactivation_begun:
+                hook(self, reason)
             self.silo.spawn_clean(self._finish_deactivation(reason, self._deactivated))
         return self._deactivated
 

@@ -219,6 +219,11 @@ class Extension:
     def activated(self, activation: Activation) -> None:
         """``on_activate`` ran: the activation serves calls from now on."""
 
+    def deactivation_begun(self, activation: Activation, reason: DeactivationReason) -> None:
+        """The activation stopped starting turns; those running may still go on (the kernel
+        waits for them, up to the deactivation timeout). Release here what a running turn
+        waits for that only this capability would give it."""
+
     def deactivating(self, activation: Activation, reason: DeactivationReason) -> None:
         """The activation stopped taking turns and is about to run ``on_deactivate``."""
 

@@ -27,7 +27,15 @@ from raygrain.actors import (
     TurnRolledBackError,
 )
 
-__all__ = ["Compensation", "Retry", "Step", "is_unknown_outcome", "stages_of", "step"]
+__all__ = [
+    "Compensation",
+    "Retry",
+    "Step",
+    "check_seconds",
+    "is_unknown_outcome",
+    "stages_of",
+    "step",
+]
 
 StepFunction = Callable[..., Awaitable[Any]]
 
@@ -99,6 +107,14 @@ def is_unknown_outcome(error: BaseException) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_seconds(label: str, value: object, error: type[Exception] = ConfigurationError) -> float:
+    """``value`` as a float if it is a positive, finite number of seconds (not NaN, not a
+    bool); else ``error`` naming ``label`` and the value."""
+    if not _is_number(value) or not 0 < value < math.inf:  # type: ignore[operator]
+        raise error(f"{label} must be a positive number of seconds, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 class Step:

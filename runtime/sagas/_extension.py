@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 
 from raygrain.actors import ActorId, ConfigurationError, DeactivationReason
 from raygrain.runtime.kernel import Activation, Extension, Silo
+from raygrain.runtime.sagas._definition import check_seconds
 from raygrain.runtime.sagas._driver import EXTRAS_KEY, SagaDriver
 from raygrain.runtime.sagas._index import IndexWriter
 from raygrain.runtime.sagas._record import SagaPhase
@@ -41,16 +41,7 @@ class SagaSettings:
 
     def __post_init__(self) -> None:
         for label in ("wake_period", "retry_delay"):
-            value = getattr(self, label)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not value > 0
-                or not math.isfinite(value)
-            ):
-                raise ConfigurationError(
-                    f"SagaSettings.{label} must be a positive number of seconds, got {value!r}"
-                )
+            check_seconds(f"SagaSettings.{label}", getattr(self, label))
         if not isinstance(self.keep_finished, int) or isinstance(self.keep_finished, bool):
             raise ConfigurationError(
                 f"SagaSettings.keep_finished must be an int, got {self.keep_finished!r}"

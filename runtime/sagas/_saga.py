@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import math
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from raygrain.actors import (
@@ -45,7 +44,7 @@ from raygrain.actors import (
     one_way,
     read_only,
 )
-from raygrain.runtime.sagas._definition import Retry, Step, stages_of
+from raygrain.runtime.sagas._definition import Retry, Step, check_seconds, stages_of
 from raygrain.runtime.sagas._driver import (
     SagaDriver,
     changed_definition,
@@ -111,7 +110,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             if not isinstance(getattr(cls, label), Retry):
                 raise ConfigurationError(f"{cls.__qualname__}.{label} must be a Retry")
         if cls.timeout is not None:
-            _check_timeout(f"{cls.__qualname__}.timeout", cls.timeout)
+            check_seconds(f"{cls.__qualname__}.timeout", cls.timeout)
 
     # -- inside a step ---------------------------------------------------------------------------
 
@@ -152,15 +151,9 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             raise ConfigurationError(f"{cls.__qualname__} has no steps; add methods with @step")
         if timeout is None:
             timeout = cls.timeout
-        elif (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not timeout > 0
-            or not math.isfinite(timeout)
-        ):
-            raise InvalidArgumentsError(
-                f"{self.context.id}.start: timeout must be a positive number of seconds, "
-                f"got {timeout!r}"
+        else:
+            timeout = check_seconds(
+                f"{self.context.id}.start: timeout", timeout, InvalidArgumentsError
             )
         driver = self._driver()
         now = driver.service.now()
@@ -378,13 +371,3 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             ended_at=record.ended,
             next_attempt_at=record.wait_until,
         )
-
-
-def _check_timeout(label: str, value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or not math.isfinite(value)
-    ):
-        raise ConfigurationError(f"{label} must be a positive number of seconds, got {value!r}")
