@@ -10,6 +10,7 @@ timers, ...) join it as ``Extension``s (see ``_extensions``); the silo knows non
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ from raygrain.storage import QueuedWrites, StorageProvider
 __all__ = ["Silo", "SiloOptions"]
 
 _MAX_FORWARD_HOPS = 3
+# How long a call whose sender's view is newer waits for this silo's view (at most half its
+# timeout), before it runs here as its sender picked.
+_VIEW_CATCH_UP_SECONDS = 5.0
 _MAX_INTERNAL_TIMINGS = 10_000  # internal turns' timings kept (their names come and go)
 
 # How a silo delivers a user method: the class, the method, whether it is a stateless worker,
@@ -290,11 +294,12 @@ class Silo:
 
     def _owns(self, request: Request) -> bool:
         if request.view_version > self.membership.view.version and not request.hops:
-            # The sender picked us by a view newer than ours (ours is on its way): its pick
-            # stands. Our older ring could name a silo that view has declared dead, and the
-            # call would fail for a death its sender already knew of. (A call passed on was
-            # picked by the silo that passed it, whose view the call does not carry.)
-            return True
+            # The sender's view is newer than ours (ours is on its way): route the call once
+            # ours has caught up. Our older ring could name a silo that view has declared
+            # dead, and the call would fail for a death its sender already knew of. (A call
+            # passed on was picked by the silo that passed it, whose view it does not carry.)
+            self.spawn(self._route_when_caught_up(request))
+            return False
         owner = self.membership.ring.owner(request.target)
         if owner == self.name:
             return True
@@ -308,6 +313,26 @@ class Silo:
         except RaygrainError as exc:
             self.reply_error(request, exc, f"{request.target}.{request.method}")
         return False
+
+    async def _route_when_caught_up(self, request: Request) -> None:
+        """Deliver ``request`` again once this silo's view is as new as its sender's. If it
+        does not come in time (this silo cut off from the membership's updates), the sender's
+        pick stands: the call runs here."""
+        bound = min(_VIEW_CATCH_UP_SECONDS, request.timeout / 2)
+        try:
+            await asyncio.wait_for(self.membership.wait_for_view(request.view_version), bound)
+        except asyncio.TimeoutError:
+            request.view_version = self.membership.view.version  # (taken as ours: it runs here)
+        except asyncio.CancelledError:  # the silo is closing
+            with contextlib.suppress(Exception):
+                self.reply_error(
+                    request,
+                    SiloUnavailableError(f"silo {self.name} has stopped; the call did not run"),
+                    f"{request.target}.{request.method}",
+                )
+            raise
+        self.calls_received -= 1  # (counted when it first came)
+        self.deliver_request(request)
 
     def activation_of(self, actor_id: ActorId) -> Activation:
         """The activation of a registered, ring-placed actor here, activating it if needed

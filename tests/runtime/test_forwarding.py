@@ -91,18 +91,36 @@ async def test_a_forwarded_call_is_answered_through_the_silo_it_was_sent_to(
     assert not two_silos.a.caller._pending  # (white-box) the relayed call is done with
 
 
-async def test_a_silo_behind_its_caller_s_view_keeps_the_call_it_was_picked_for(
+async def test_a_silo_behind_its_caller_s_view_routes_the_call_once_it_caught_up(
     two_silos: TwoSilos,
 ) -> None:
     """The client's view is newer than the silos' (silo-b declared dead; the silos have not
-    heard yet): silo-a, picked by that view, hosts the call rather than pass it on to silo-b
-    by its older ring (a silo the caller knows is dead: found on Ray, where the call failed
-    with SiloUnavailableError after a controller restart). From a caller whose view is older,
-    silo-a passes the call on (the test before)."""
+    heard yet): silo-a, picked by that view, waits for its own view to catch up rather than
+    pass the call on to silo-b by its older ring (a silo the caller knows is dead: found on
+    Ray, where the call failed with SiloUnavailableError after a controller restart), then
+    routes it by the new ring. From a caller whose view is older, silo-a passes the call on
+    at once (the test before)."""
+    a, b = two_silos.a, two_silos.b
+    newer = MembershipView(3, (("silo-a", ACTIVE), ("silo-b", DEAD)))
+    two_silos.client_view.update(newer)
+    target = _owned_by_b(a, "newer")
+    call = asyncio.ensure_future(two_silos.client.invoke(target, "record", ("t",), {}, 30.0))
+    assert await still_pending(call), "silo-a routed the call by its older view"
+    assert target not in b.activations
+    a.membership.update(newer)  # silo-a's view arrives: by it, silo-a owns the actor
+    assert await bounded(call, "the call, once silo-a's view caught up")
+    assert target in a.activations and target not in b.activations
+
+
+async def test_a_silo_whose_view_does_not_catch_up_runs_the_call_its_caller_picked(
+    two_silos: TwoSilos,
+) -> None:
+    """Its view does not come in time (half the call's timeout, 5 s at most): the caller's
+    pick, made by the newer view, stands."""
     a, b = two_silos.a, two_silos.b
     two_silos.client_view.update(MembershipView(3, (("silo-a", ACTIVE), ("silo-b", DEAD))))
-    target = _owned_by_b(a, "newer")
-    assert await two_silos.client.invoke(target, "record", ("t",), {}, 30.0)
+    target = _owned_by_b(a, "never")
+    assert await bounded(two_silos.client.invoke(target, "record", ("t",), {}, 1.0), "the call")
     assert target in a.activations and target not in b.activations
 
 
