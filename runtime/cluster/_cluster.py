@@ -10,6 +10,8 @@ deactivates every activation it started.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import math
 import random
 import time
 import warnings
@@ -26,6 +28,7 @@ from raygrain.actors import (
     ClusterClosedError,
     ClusterNotStartedError,
     ConfigurationError,
+    InvalidCallError,
     SiloUnavailableError,
     TransactionAbortedError,
     TransactionInDoubtError,
@@ -300,7 +303,10 @@ class Cluster:
         Leaving the block commits every participant's changes atomically, or raises
         ``TransactionAbortedError`` and keeps none; an exception leaving the block aborts it.
         Inside a transaction already (an enclosing block, or a ``@transactional`` turn), the
-        block joins it instead: transactions do not nest.
+        block joins it instead: transactions do not nest. An exception leaving such a joined
+        block dooms the transaction it joined, even if the enclosing code catches it: the
+        enclosing block then ends with ``TransactionAbortedError`` (as Orleans aborts a
+        transaction whose joined work failed).
         """
         async with self._transaction(None) as transaction:
             yield transaction
@@ -309,7 +315,14 @@ class Cluster:
     async def _transaction(self, start: float | None) -> AsyncIterator[TransactionContext]:
         outer = current_transaction.get()
         if outer is not None:
-            yield outer
+            try:
+                yield outer
+            except BaseException as exc:
+                if outer.doomed is None:
+                    outer.doomed = (
+                        f"a transaction block joined to it raised {type(exc).__name__}: {exc}"
+                    )
+                raise
             return
         self._check_running("cluster.transaction()")
         transaction = TransactionContext.new(start)
@@ -325,6 +338,11 @@ class Cluster:
         # Calls made in the block and not awaited (a task it started) commit with it: wait
         # for them; any made after this fails at once (see TransactionContext.end).
         await transaction.end()
+        if transaction.doomed is not None:
+            await self._end_transaction(transaction, commit=False)
+            raise TransactionAbortedError(
+                f"transaction {transaction.txid} aborted: {transaction.doomed}"
+            )
         await self._end_transaction(transaction, commit=True)
 
     async def transact(
@@ -337,15 +355,36 @@ class Cluster:
         could not be read back, see its docstring) is raised at once, since running the body
         again could apply it twice. Before reporting a failed commit, the coordinator reads
         the decision back from storage: a commit found stored counts as committed."""
-        if not isinstance(retries, int) or retries < 0:
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ConfigurationError(f"retries must be an int >= 0, got {retries!r}")
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, (int, float))
+            or not 0 <= backoff < math.inf
+        ):
+            raise ConfigurationError(
+                f"backoff must be a finite number of seconds >= 0, got {backoff!r}"
+            )
+        if not callable(body):
+            if inspect.iscoroutine(body):
+                body.close()  # (never awaited: say so here rather than in a warning later)
+            raise InvalidCallError(
+                "transact runs body(): pass an async function taking no arguments (not its "
+                f"call), got {type(body).__name__}"
+            )
         start = time.time()
         for attempt in range(retries + 1):
             try:
                 # Each attempt keeps the first one's age: under wait-die an aborted transaction
                 # grows older with every retry until it wins its locks, so none starves.
                 async with self._transaction(start):
-                    return await body()
+                    running = body()
+                    if not inspect.isawaitable(running):
+                        raise InvalidCallError(
+                            "transact runs body(): pass an async function taking no arguments; "
+                            f"body() returned {type(running).__name__}, which cannot be awaited"
+                        )
+                    return await running
             except TransactionAbortedError:
                 if attempt == retries:
                     raise

@@ -87,6 +87,9 @@ class TransactionContext:
     # outside it. Once it ended, a call made in it fails at once.
     running: int = 0
     ended: bool = False
+    # Why it cannot commit, if something in it failed that the caller caught: a block nested
+    # in it that raised (its changes are part of this transaction's, so they go with it).
+    doomed: str | None = None
     _settled: asyncio.Future[None] | None = None
 
     def call_started(self) -> None:

@@ -109,6 +109,57 @@ async def test_calls_nest_into_one_transaction(any_cluster: Cluster, key: Any) -
     assert await _ledgers(any_cluster, a, b, c) == [(90, [1]), (10, [1]), (1, [1])]
 
 
+async def test_a_joined_block_that_raises_dooms_the_transaction_it_joined(
+    any_cluster: Cluster, key: Any
+) -> None:
+    # A helper that is atomic on its own (its own block) raises inside an enclosing block,
+    # which catches the error: the helper's changes are part of the enclosing transaction, so
+    # that transaction aborts as a whole. (The helper's credit used to commit.)
+    a, b = any_cluster.get(Vault, key("a")), any_cluster.get(Vault, key("b"))
+    await a.deposit(100)
+
+    async def credit_then_fail() -> None:
+        async with any_cluster.transaction():
+            await b.add(1, 10)
+            raise ValueError("the second account is closed")
+
+    with pytest.raises(TransactionAbortedError, match="joined to it raised ValueError"):
+        async with any_cluster.transaction():
+            await a.add(1, -10)
+            try:
+                await credit_then_fail()
+            except ValueError:
+                pass
+    assert await _ledgers(any_cluster, a, b) == [(100, []), (0, [])]
+    async with any_cluster.transaction():  # both unlocked again
+        await a.add(2, -10)
+        await b.add(2, 10)
+    assert await _ledgers(any_cluster, a, b) == [(90, [2]), (10, [2])]
+
+
+async def test_transact_refuses_what_it_cannot_run(cluster: Cluster) -> None:
+    async def body() -> int:
+        return 1
+
+    for bad, error, match in (
+        (dict(retries=True), ConfigurationError, "retries must be an int"),
+        (dict(backoff=float("nan")), ConfigurationError, "backoff must be a finite number"),
+        (dict(backoff=float("inf")), ConfigurationError, "backoff must be a finite number"),
+        (dict(backoff=-1), ConfigurationError, "backoff must be a finite number"),
+        (dict(backoff="x"), ConfigurationError, "backoff must be a finite number"),
+    ):
+        with pytest.raises(error, match=match):
+            await cluster.transact(body, **bad)  # type: ignore[arg-type]
+    running = body()
+    with pytest.raises(InvalidCallError, match="not its call"):
+        await cluster.transact(running)  # type: ignore[arg-type]
+    assert running.cr_frame is None, "the coroutine handed in should be closed, not leaked"
+    for not_async in (None, lambda: 5):
+        with pytest.raises(InvalidCallError, match="pass an async function"):
+            await cluster.transact(not_async)  # type: ignore[arg-type]
+    assert await cluster.transact(body, retries=0, backoff=0) == 1
+
+
 def _set_aside(cluster: Cluster, actor: Any) -> Callable[[], bool]:
     """(White-box, in-process:) whether a call is set aside on ``actor``'s transaction lock."""
 
