@@ -2,7 +2,8 @@
 
 Namespaces: "orders" (durable, implicit consumers), "telemetry" (fast in the tests' local
 clusters), "flaky" (durable; its consumer raises on a poison event until healed), "feed"
-(durable, explicit subscriptions only).
+(durable, explicit subscriptions only), "poison" and "fastpoison" (durable and fast: a consumer
+that always fails on a poison event).
 """
 
 from __future__ import annotations
@@ -74,6 +75,23 @@ class Flaky(_Consumer, name="test.streams.Flaky"):
         self.state.healed = True
 
 
+# Every call of PoisonCounter.on_stream_event, by event data (kept outside the actor's state,
+# which a failed turn rolls back).
+CALLS: dict[str, int] = {}
+
+
+@implicit_subscription("poison")
+@implicit_subscription("fastpoison")
+class PoisonCounter(_Consumer, name="test.streams.PoisonCounter"):
+    """Counts its handler's calls; raises on "poison" always."""
+
+    async def on_stream_event(self, event: StreamEvent) -> None:
+        CALLS[event.data] = CALLS.get(event.data, 0) + 1
+        await super().on_stream_event(event)
+        if event.data == "poison":
+            raise ValueError("cannot digest it")
+
+
 class Subscriber(_Consumer, name="test.streams.Subscriber"):
     async def subscribe(self, namespace: str, key: str) -> str:
         subscription = await self.streams.subscribe(StreamId(namespace, key))
@@ -113,6 +131,7 @@ STREAM_ACTORS: list[type[Actor[Any]]] = [
     OrderAuditor,
     Gauge,
     Flaky,
+    PoisonCounter,
     Subscriber,
     Announcer,
 ]

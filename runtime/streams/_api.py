@@ -25,6 +25,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime.kernel import Activation, Caller, get_logger
 from raygrain.runtime.streams._hub import hub_id
+from raygrain.runtime.streams._log import require_log
 from raygrain.runtime.streams._observers import ObserverRegistry
 from raygrain.runtime.streams._settings import StreamSettings
 
@@ -163,6 +164,15 @@ class ActorStreams:
                 raise InvalidStreamError(f"{me} is no implicit consumer of stream {stream}")
         elif subscription not in {s.id for s in await self.subscriptions(stream)}:
             raise InvalidStreamError(f"{me} has no subscription {subscription!r} to {stream}")
+        if position:
+            # Forward past the head, the events up to the position (published later) would
+            # never be delivered: a rewind goes back to where the stream has been.
+            log = require_log(self.service.storage, stream)
+            if not await log.read_stream(stream.log_name(), position, 1):
+                raise InvalidStreamError(
+                    f"{me}: stream {stream} has no event at position {position} yet; a rewind "
+                    "goes back to a position the stream has reached"
+                )
         await Consumer.of(self.activation, self.service).rewind(stream, subscription, position)
 
     def observer(self, target: object) -> ObserverRef:

@@ -168,6 +168,7 @@ class Cursor:
 
     __slots__ = (
         "attempts",
+        "attempts_after",
         "before_failure",
         "consumer",
         "durable",
@@ -206,6 +207,8 @@ class Cursor:
         self.last_error = ""  # the last one's error, for the dead letter
         self.failed_at: int | None = None  # the index of the event being handled, if any
         self.before_failure: int | None = None  # events to take before a failed one
+        # The attempts the failed one has had once those are taken (its failure counts).
+        self.attempts_after = 0
         self.retry: asyncio.TimerHandle | None = None
         self.waiters: list[tuple[int, Waiter]] = []
 
@@ -307,7 +310,9 @@ class Cursor:
             return
         if self.attempts >= service.settings.max_attempts:
             first = held[0]
-            await service.dead_letters.add(consumer.activation.actor_id, self, first)
+            await service.dead_letters.add(
+                consumer.activation.actor_id, self, first, self.attempts, self.last_error
+            )
             ticket.staged = first[0]
             return
         count = self._count()
@@ -335,10 +340,18 @@ class Cursor:
         failed_at, self.failed_at = self.failed_at, None
         if failed_at is not None and failed_at > 0:
             self.before_failure = failed_at  # commit the events before it first
+            self.attempts_after = 1  # (then it is first, its failure counted)
+            self.last_error = repr(error)
         elif failed_at == 0:
             self.attempts += 1
+            self.attempts_after = 0
             self.last_error = repr(error)
         self._retry_later(error)
+
+    def _delivered(self) -> None:
+        """A delivery turn took its events: the next first one has had no failed attempt,
+        unless it failed in the batch just taken before it."""
+        self.attempts, self.attempts_after = self.attempts_after, 0
 
     def _durable_ended(self, ticket: DurableTurn, outcome: TurnOutcome) -> None:
         self.scheduled = False
@@ -350,7 +363,7 @@ class Cursor:
         if ticket.staged is not None:
             while self.held and self.held[0][0] <= ticket.staged:
                 self.held.popleft()
-            self.attempts = 0
+            self._delivered()
         self._tell_waiters()
         self.schedule()
 
@@ -361,7 +374,9 @@ class Cursor:
         held = self.held
         if self.attempts >= service.settings.max_attempts:
             first = held.popleft()
-            service.spawn_dead_letter(self.consumer.activation.actor_id, self, first)
+            service.spawn_dead_letter(
+                self.consumer.activation.actor_id, self, first, self.attempts, self.last_error
+            )
             return
         count = self._count()
         instance = self.consumer.activation.instance
@@ -382,7 +397,7 @@ class Cursor:
         if isinstance(outcome, Exception):
             self._failed(outcome)
             return
-        self.attempts = 0
+        self._delivered()
         self.schedule()
 
     def _retry_later(self, error: Exception) -> None:

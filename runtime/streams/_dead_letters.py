@@ -29,7 +29,12 @@ class DeadLetters:
     def __init__(self, service: StreamService) -> None:
         self.service = service
 
-    async def add(self, consumer: ActorId, cursor: Cursor, held: Held) -> None:
+    async def add(
+        self, consumer: ActorId, cursor: Cursor, held: Held, attempts: int, error: str
+    ) -> None:
+        """Store ``held`` as a dead letter of ``consumer``'s ``cursor``, after ``attempts``
+        failed deliveries (the last with ``error``). (Given, not read from the cursor: a fast
+        one's letter is written after the cursor moved on.)"""
         position, data, event_id = held
         stream = cursor.stream
         letter_id = f"{consumer}|{cursor.subscription}|{stream.log_name()}|{position or event_id}"
@@ -38,8 +43,8 @@ class DeadLetters:
             actor=str(consumer),
             stream=str(stream),
             position=position,
-            attempts=cursor.attempts,
-            error=cursor.last_error,
+            attempts=attempts,
+            error=error,
         )
         log = event_log(self.service.storage)
         if log is None:
@@ -51,8 +56,8 @@ class DeadLetters:
             consumer.type_name,
             consumer.key,
             cursor.subscription,
-            cursor.last_error,
-            cursor.attempts,
+            error,
+            attempts,
             event_id,
             data,
         ]

@@ -152,8 +152,10 @@ class StreamService(Extension):
         loop = asyncio.get_running_loop()
         loop.call_later(self.settings.retry_delay, self.send, consumer, "__stream_deliver__", args)
 
-    def spawn_dead_letter(self, consumer: ActorId, cursor: Cursor, held: Any) -> None:
-        self.silo.spawn(self.dead_letters.add(consumer, cursor, held))
+    def spawn_dead_letter(
+        self, consumer: ActorId, cursor: Cursor, held: Any, attempts: int, error: str
+    ) -> None:
+        self.silo.spawn(self.dead_letters.add(consumer, cursor, held, attempts, error))
 
     # -- the hub's messages ----------------------------------------------------------------
 

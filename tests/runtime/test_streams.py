@@ -26,11 +26,20 @@ from raygrain.runtime import Cluster
 from raygrain.runtime.kernel import Request, Response
 from raygrain.runtime.streams import StreamService
 from raygrain.storage import StateWrite
-from tests import app
+from tests import app, stream_app
 from tests.helpers import wait_until
-from tests.stream_app import Flaky, Gauge, OrderAuditor, OrderConsumer, Subscriber
+from tests.stream_app import (
+    Flaky,
+    Gauge,
+    OrderAuditor,
+    OrderConsumer,
+    PoisonCounter,
+    Subscriber,
+)
 
-SETTINGS = StreamSettings(fast=frozenset({"telemetry"}), retry_delay=0.0, sweep_period=0.2)
+SETTINGS = StreamSettings(
+    fast=frozenset({"telemetry", "fastpoison"}), retry_delay=0.0, sweep_period=0.2
+)
 
 
 @pytest.fixture
@@ -140,6 +149,13 @@ async def test_a_consumer_rewinds_and_consumes_again(streams: Cluster) -> None:
         await consumer.rewind_implicit("orders", -1)
     with pytest.raises(InvalidStreamError, match="only durable ones rewind"):
         await streams.get(Gauge, "again").rewind_implicit("telemetry", 0)
+    # Forward past the head: the events published up to there would never be delivered.
+    with pytest.raises(InvalidStreamError, match="has no event at position 6 yet"):
+        await consumer.rewind_implicit("orders", 6)
+    await consumer.rewind_implicit("orders", 5)  # the head itself: nothing to consume again
+    await stream.publish(5)
+    seen = await _seen(streams, OrderConsumer, "again", 9)
+    assert [s[2] for s in seen] == [1, 2, 3, 4, 5, 3, 4, 5, 6]
 
 
 async def test_a_raising_consumer_is_retried_then_dead_lettered_then_replayed(
@@ -166,6 +182,39 @@ async def test_a_raising_consumer_is_retried_then_dead_lettered_then_replayed(
     assert [s[3] for s in seen] == ["a", "b", "poison"]
     assert [letter.replayed for letter in await streams.streams.dead_letters()] == [True]
     assert await streams.streams.dead_letters("orders") == []
+
+
+@pytest.mark.parametrize("namespace", ["poison", "fastpoison"])
+async def test_an_event_failing_in_a_batch_is_tried_max_attempts_times_in_all(
+    streams: Cluster, namespace: str
+) -> None:
+    # "poison" fails third in a batch: the two before it are delivered again first (their
+    # state changes rolled back with the turn), then it is tried alone. Its failure in the
+    # batch counts: max_attempts calls in all, as its dead letter says (a fast stream's letter
+    # said 0 attempts, written after the cursor moved on; both tried it once more than that).
+    stream_app.CALLS.clear()
+    key = f"batch-{namespace}"
+    await streams.streams.get(namespace, key).publish_many(["p1", "p2", "poison", "p3"])
+    counter = streams.get(PoisonCounter, key)
+    seen = await _seen(streams, PoisonCounter, key, 3)
+    assert [s[3] for s in seen] == ["p1", "p2", "p3"]  # each applied once
+
+    async def letters_of_counter() -> list[Any]:
+        return [
+            letter
+            for letter in await streams.streams.dead_letters(namespace)
+            if letter.consumer == counter.actor_id
+        ]
+
+    async def lettered() -> bool:  # (a fast stream's letter is written in the background)
+        return bool(await letters_of_counter())
+
+    await wait_until(lettered, "the dead letter")
+    letters = await letters_of_counter()
+    assert [(letter.data, letter.attempts) for letter in letters] == [
+        ("poison", SETTINGS.max_attempts)
+    ]
+    assert stream_app.CALLS["poison"] == SETTINGS.max_attempts
 
 
 async def test_fast_streams_keep_each_producers_order(streams: Cluster) -> None:
