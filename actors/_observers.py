@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from raygrain.actors._errors import ConfigurationError
+from raygrain.actors._errors import ConfigurationError, InvalidCallError
 from raygrain.actors._streams import ObserverRef
 
 __all__ = ["ObserverSet"]
@@ -49,6 +49,10 @@ class ObserverSet:
 
     def notify(self, method: str, *args: Any) -> int:
         """Push ``method(*args)`` to every observer still subscribed; returns how many."""
+        if not isinstance(method, str) or not method or method.startswith("_"):
+            raise InvalidCallError(
+                f"an observer notification names a public method, got {method!r:.80}"
+            )
         self.drop_expired()
         for observer in self._expires:
             getattr(observer, method)(*args)

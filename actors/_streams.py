@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from raygrain.actors._codec import encode
-from raygrain.actors._errors import ClusterClosedError, InvalidStreamError, SerializationError
+from raygrain.actors._errors import InvalidCallError, InvalidStreamError, SerializationError
 from raygrain.actors._identity import ActorId, ActorKey
 from raygrain.actors._ref import current_invoker
 
@@ -148,8 +148,9 @@ class ObserverRef:
             # The runtime of the current turn carries it (a silo's caller: ``notify``).
             notify = getattr(current_invoker.get(), "notify", None)
             if notify is None:
-                raise ClusterClosedError(
-                    f"observer {self.observer_id}: notify it from inside an actor's turn"
+                raise InvalidCallError(
+                    f"observer {self.observer_id}: notify it from inside an actor's turn "
+                    "(an actor pushes to the observers a client gave it)"
                 )
             try:
                 notice = encode([self.observer_id, name, list(args)])

@@ -293,6 +293,8 @@ class StreamService(Extension):
             return
         if not self.silo.owns(request):
             return
+        cls = self.silo.registry.resolve(letter.consumer.type_name)
+        check_consumes(cls, str(letter.consumer), f"the dead letter {letter.id}")
         activation = self.silo.activation_of(letter.consumer)
         event = StreamEvent(
             letter.stream, letter.data, letter.position, letter.subscription, letter.event_id, True

@@ -30,6 +30,7 @@ from raygrain.actors import (
     RaygrainError,
     Reminder,
     ReminderTick,
+    UnknownActorTypeError,
 )
 from raygrain.runtime.kernel import (
     DROPPED,
@@ -49,6 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["ActorReminders", "Reminders"]
 
 _Key = tuple[ActorId, str]
+
+
+# Seconds between tries of a reminder whose actor type is not registered on the cluster (and
+# between its log lines, per type).
+_UNKNOWN_TYPE_RETRY = 60.0
 
 
 class _Owned:
@@ -102,6 +108,7 @@ class Reminders:
         self._loading: asyncio.Task[None] | None = None
         self._reload = False
         self._fresh: set[str] = set()  # etags adopted while a load may be running
+        self._unknown_logged: dict[str, float] = {}  # type name -> when last logged
 
     @property
     def loading(self) -> bool:
@@ -224,13 +231,25 @@ class Reminders:
         try:
             activation = silo.activation_of(record.actor_id)
         except RaygrainError as exc:  # e.g. its type is not registered on this cluster
+            now = self.service.now()
+            delay = self.service.settings.retry_delay
+            if isinstance(exc, UnknownActorTypeError):
+                # Its class is not deployed (removed, or not yet back in a rolling upgrade):
+                # tried again each minute, and said once a minute per type, not every second.
+                delay = max(delay, _UNKNOWN_TYPE_RETRY)
+                type_name = record.actor_id.type_name
+                if now - self._unknown_logged.get(type_name, -math.inf) < _UNKNOWN_TYPE_RETRY:
+                    self._arm(owned, now + delay)
+                    return
+                self._unknown_logged[type_name] = now
             get_logger().error(
                 "reminder_undeliverable",
                 actor=str(record.actor_id),
                 reminder=record.name,
                 error=repr(exc),
+                retry_in=delay,
             )
-            self._arm(owned, self.service.now() + self.service.settings.retry_delay)
+            self._arm(owned, now + delay)
             return
         tick = ReminderTick(record.first_tick, record.period, owned.next)
         owned.firing = True

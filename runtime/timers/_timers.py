@@ -10,6 +10,7 @@ actor with only a timer still goes idle; deactivation cancels every timer it has
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -211,6 +212,12 @@ class ActivationTimers:
             raise InvalidScheduleError(
                 f"{actor}: a timer's callback must be callable, got {callback!r}"
             )
+        if not _is_async(callback):
+            # (Each tick awaits it: a plain function would run, then fail every tick.)
+            raise InvalidScheduleError(
+                f"{actor}: a timer's callback must be an async function (async def), got "
+                f"{_name_of(callback)!r}, a plain one"
+            )
         name = check_name(f"{actor}: timer name", name if name is not None else _name_of(callback))
         due = check_delay(f"{actor}: timer {name!r} due", due, positive=False)
         if self.activation.state not in _LIVE:
@@ -229,6 +236,14 @@ class ActivationTimers:
         for timer in self.timers:
             timer.stop()
         self.timers.clear()
+
+
+def _is_async(callback: Callable[..., Any]) -> bool:
+    """Whether calling ``callback`` makes a coroutine (an async function or method, a partial
+    of one, or an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+        getattr(callback, "__call__", None)  # noqa: B004
+    )
 
 
 def _name_of(callback: Callable[..., Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from raygrain import ConfigurationError, ObserverRef, ObserverSet
-from raygrain.actors import Actor, ClusterClosedError
+from raygrain.actors import Actor, InvalidCallError
 from raygrain.runtime import Cluster
 from tests.helpers import wait_until
 
@@ -105,5 +105,10 @@ def test_observer_misuse_is_refused_clearly() -> None:
         ObserverSet(expiry=0)
     with pytest.raises(ConfigurationError, match="only an ObserverRef"):
         ObserverSet().subscribe("client-a")  # type: ignore[arg-type]
-    with pytest.raises(ClusterClosedError, match="from inside an actor's turn"):
+    with pytest.raises(InvalidCallError, match="from inside an actor's turn"):
         ObserverRef("client-a", "1").message("hi")
+    observers = ObserverSet()
+    observers.subscribe(ObserverRef("client-a", "1"))
+    for method in ("_private", "", 3):
+        with pytest.raises(InvalidCallError, match="names a public method"):
+            observers.notify(method)  # type: ignore[arg-type]

@@ -342,6 +342,29 @@ async def test_reminders_survive_a_full_restart(
         assert await device.ticks("poll") == [1.0, 2.0, 3.0, 10.0, 11.0, 12.0]
 
 
+async def test_a_reminder_of_a_class_not_deployed_is_retried_each_minute_and_said_once(
+    clock: ManualClock, monkeypatch: Any
+) -> None:
+    # A cluster restarted without a class whose actors have reminders: their ticks cannot be
+    # delivered. Logged once a minute per type, tried again each minute (it used to be an
+    # error line every retry_delay, one second, for ever); back with the class, they go on.
+    store = MemoryStorage()
+    async with Cluster.local(actors=[Device], storage=store, clock=clock, reminders=SETTINGS) as c:
+        for key in ("gone-1", "gone-2"):
+            await c.get(Device, key).register("poll", 1.0, 1.0)
+    logs = capture_logs(monkeypatch)
+    async with Cluster.local(actors=[Pool], storage=store, clock=clock, reminders=SETTINGS) as c:
+        await settle(c)
+        await step(c, clock, 1.0, times=30)
+        assert len(logs.events("reminder_undeliverable")) == 1  # for the type, not per actor
+        await step(c, clock, 1.0, times=31)
+        assert len(logs.events("reminder_undeliverable")) == 2
+    async with Cluster.local(actors=[Device], storage=store, clock=clock, reminders=SETTINGS) as c:
+        await settle(c)
+        await step(c, clock, 1.0)
+        assert await c.get(Device, "gone-1").ticks("poll")
+
+
 class StateOnly:
     """A provider with the state protocol only (no reminder table)."""
 

@@ -118,6 +118,9 @@ class Ticker(Actor[Ticks], name="timers.Ticker"):
     async def most_overlapping(self) -> int:
         return self.most_running
 
+    def plain(self) -> None:  # (a timer callback written without async)
+        self.state.count += 1
+
     async def bad(self, case: str) -> None:
         if case == "negative period":
             self.timers.every(-1, self.tick)
@@ -131,6 +134,8 @@ class Ticker(Actor[Ticks], name="timers.Ticker"):
             self.timers.every(1, self.tick, name=42)  # type: ignore[arg-type]
         elif case == "callback not callable":
             self.timers.after(1, "tick")  # type: ignore[arg-type]
+        elif case == "callback not async":
+            self.timers.every(1, self.plain)  # type: ignore[arg-type]
         elif case == "delay of a thousand years":
             self.timers.after(1000 * 365 * 86_400, self.tick)
         elif case == "change a cancelled timer":
@@ -353,6 +358,7 @@ async def test_keep_alive_ticks_keep_it_alive(cluster: Cluster, clock: ManualClo
         "nan period",
         "name not a string",
         "callback not callable",
+        "callback not async",
         "delay of a thousand years",
         "change a cancelled timer",
     ],
