@@ -183,19 +183,37 @@ class Actor(Generic[StateT]):
         cls,
         *,
         name: str | None = None,
-        reentrant: bool = False,
-        stateless_worker: bool = False,
-        max_local_workers: int = 4,
+        reentrant: bool | None = None,
+        stateless_worker: bool | None = None,
+        max_local_workers: int | None = None,
         idle_timeout: float | None = None,
-        persistence: Persistence | str = Persistence.PER_TURN,
+        persistence: Persistence | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
+        # An option not given is the base actor class's (the defaults of ActorOptions for a
+        # direct subclass of Actor): a subclass of an explicit-persistence actor, say, stays
+        # explicit. The type name is each class's own.
+        base = getattr(cls, "__actor_options__", None) or ActorOptions(name="")
+        if reentrant is None:
+            reentrant = base.reentrant
+        if stateless_worker is None:
+            stateless_worker = base.stateless_worker
+        if max_local_workers is None:
+            max_local_workers = base.max_local_workers
+        if idle_timeout is None:
+            idle_timeout = base.idle_timeout
+        if persistence is None:
+            persistence = base.persistence
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigurationError(f"{cls.__qualname__}: name= must be a non-empty string")
         if idle_timeout is not None:
             idle_timeout = positive_seconds(f"{cls.__qualname__}: idle_timeout", idle_timeout)
-        if not isinstance(max_local_workers, int) or max_local_workers < 1:
+        if (
+            not isinstance(max_local_workers, int)
+            or isinstance(max_local_workers, bool)
+            or max_local_workers < 1
+        ):
             raise ConfigurationError(
                 f"{cls.__qualname__}: max_local_workers must be an int >= 1, "
                 f"got {max_local_workers!r}"
@@ -212,17 +230,23 @@ class Actor(Generic[StateT]):
             raise ConfigurationError(
                 f"{cls.__qualname__}: persistence must be one of {choices}, got {persistence!r}"
             ) from None
-        inherited = cls.__dict__.get("__actor_options__") or getattr(cls, "__actor_options__", None)
         base_state = getattr(cls, "__actor_state_type__", None)
         cls.__actor_options__ = ActorOptions(
             name=name or _default_type_name(cls),
-            reentrant=reentrant or bool(inherited and inherited.reentrant),
+            reentrant=reentrant,
             stateless_worker=stateless_worker,
             max_local_workers=max_local_workers,
             idle_timeout=idle_timeout,
             persistence=persistence,
         )
         cls.__actor_state_type__ = _state_type_of(cls, base_state)
+        if stateless_worker and cls.__actor_state_type__ is not None:
+            raise ConfigurationError(
+                f"{cls.__qualname__}: a stateless worker keeps no state (it has several "
+                f"activations at once, which would overwrite each other's): declare it "
+                f"Actor[None], not Actor[{getattr(cls.__actor_state_type__, '__name__', '...')}]"
+            )
+        _check_hooks(cls)
         cls.__actor_methods__ = _collect_methods(cls)
 
     # -- what an actor uses ------------------------------------------------------------------
@@ -359,16 +383,68 @@ def _default_type_name(cls: type) -> str:
     return f"{module}.{cls.__qualname__}" if module else cls.__qualname__
 
 
+# The lifecycle hooks an actor class may define, with the arguments the runtime passes.
+_HOOK_ARGUMENTS = {
+    "on_activate": (),
+    "on_deactivate": ("reason",),
+    "on_reminder": ("name", "tick"),
+    "on_stream_event": ("event",),
+}
+
+
+def _check_hooks(cls: type) -> None:
+    """A hook the runtime could not call (a plain ``def``, other parameters) would fail each
+    time it is due, or leave an activation half gone: refused with the class instead."""
+    for name, arguments in _HOOK_ARGUMENTS.items():
+        hook = cls.__dict__.get(name)
+        if hook is None:
+            continue
+        expected = f"async def {name}(self{''.join(', ' + a for a in arguments)})"
+        if not inspect.iscoroutinefunction(hook):
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{name} must be {expected}: the runtime awaits it"
+            )
+        try:
+            inspect.signature(hook).bind(None, *arguments)
+        except TypeError:
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{name} must take the runtime's arguments: {expected}"
+            ) from None
+    init = cls.__dict__.get("__init__")
+    if init is not None:
+        try:
+            inspect.signature(init).bind(None)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"{cls.__qualname__}.__init__ is called with no arguments (the runtime builds "
+                "each activation's instance): give its parameters defaults, or set things up "
+                "in on_activate"
+            ) from None
+
+
 def _state_type_of(cls: type, inherited: Any) -> Any:
+    """The state type ``cls`` declares: ``Actor[S]``, or a generic actor class's parameter
+    (``class Base(Actor[T], Generic[T])``, then ``class Sub(Base[S])``); else the base's."""
     for base in getattr(cls, "__orig_bases__", ()):
-        if typing.get_origin(base) is Actor:
+        origin = typing.get_origin(base)
+        if origin is Actor:
             (arg,) = typing.get_args(base)
-            if arg is None or arg is type(None):
-                return None
-            if isinstance(arg, TypeVar):
-                return inherited
-            _check_default_constructible(cls, arg)
-            return arg
+        elif isinstance(origin, type) and issubclass(origin, Actor):
+            declared = origin.__dict__.get("__actor_state_parameter__")
+            parameters = getattr(origin, "__parameters__", ())
+            if declared not in parameters:
+                continue
+            arg = typing.get_args(base)[parameters.index(declared)]
+        else:
+            continue
+        if isinstance(arg, TypeVar):
+            # Still generic: its subclasses name the type (kept for them to look up).
+            cls.__actor_state_parameter__ = arg  # type: ignore[attr-defined]
+            return inherited
+        if arg is None or arg is type(None):
+            return None
+        _check_default_constructible(cls, arg)
+        return arg
     return inherited
 
 

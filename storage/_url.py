@@ -34,6 +34,13 @@ def open_storage(spec: str | StorageProvider) -> StorageProvider:
     """A provider for ``spec``: a provider object is returned as is; a URL is parsed (see the
     module docstring) and its provider built, not yet connected."""
     if not isinstance(spec, str):
+        # (At least the state records' methods: write_many is needed by transactions only,
+        # and they say so when a provider lacks it.)
+        if not all(callable(getattr(spec, m, None)) for m in ("read", "write", "clear")):
+            raise ConfigurationError(
+                f"storage must be a URL ({_EXAMPLES}) or a provider object (read, write, "
+                f"clear, ...: see StorageProvider), got {type(spec).__name__} {spec!r:.80}"
+            )
         return spec
     scheme, parts = _split(spec)
     if scheme == "memory" or (scheme == "sqlite" and _sqlite_path(spec, parts) is None):

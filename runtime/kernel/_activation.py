@@ -20,6 +20,7 @@ from raygrain.actors import (
     ConfigurationError,
     DeactivationReason,
     InvalidCallError,
+    TurnCancelledError,
 )
 from raygrain.runtime.kernel._internal import InternalTurn
 from raygrain.runtime.kernel._logging import get_logger
@@ -64,7 +65,17 @@ class Activation(TurnRunner):
             instance.__init__()  # type: ignore[misc]  # user __init__ takes no arguments
             self.instance = instance
             await instance.on_activate()
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)  # (3.11+)
+                if cancelling is not None and cancelling():
+                    raise  # this activation is cancelled (its silo closing, or a deadline)
+                # on_activate raised CancelledError (or cancelled a task it awaited): that is
+                # its failure, as for a method (the actor activates again on its next call).
+                exc = TurnCancelledError(
+                    f"{self.actor_id}: on_activate was cancelled (it raised "
+                    "asyncio.CancelledError) before returning"
+                )
             get_logger().warning("activation_failed", actor=str(self.actor_id), error=repr(exc))
             self.state = ActivationState.INVALID
             self.silo.forget(self)
@@ -105,16 +116,32 @@ class Activation(TurnRunner):
     async def _finish_deactivation(
         self, reason: DeactivationReason, done: asyncio.Future[None]
     ) -> None:
-        if self._activating is not None and not self._activating.done():
-            # Let the activation finish first so on_deactivate always follows on_activate.
-            await asyncio.shield(self._activating)
-            if self.state is ActivationState.VALID:
-                self.state = ActivationState.DEACTIVATING
-        if self.state is ActivationState.DEACTIVATING:
-            await self._wait_idle()
-            for hook in self.silo.on_deactivating:
-                hook(self, reason)
-            await self._run_on_deactivate(reason)
+        try:
+            activating = self._activating
+            if activating is not None and not activating.done():
+                # Let the activation finish first so on_deactivate always follows on_activate;
+                # bounded as on_deactivate is: an on_activate that never returns is cancelled.
+                timeout = self.silo.options.deactivation_timeout
+                finished, _ = await asyncio.wait({activating}, timeout=timeout)
+                if not finished:
+                    activating.cancel()
+                    get_logger().warning(
+                        "on_activate_timeout", actor=str(self.actor_id), timeout=timeout
+                    )
+                    self.state = ActivationState.INVALID
+                if self.state is ActivationState.VALID:
+                    self.state = ActivationState.DEACTIVATING
+            if self.state is ActivationState.DEACTIVATING:
+                await self._wait_idle()
+                for hook in self.silo.on_deactivating:
+                    hook(self, reason)
+                await self._run_on_deactivate(reason)
+        finally:
+            # (Whatever happened above, the activation is gone: the silo forgets it and its
+            # calls go elsewhere, or an actor would stay unreachable and a shutdown wait.)
+            self._forget_and_reroute(reason, done)
+
+    def _forget_and_reroute(self, reason: DeactivationReason, done: asyncio.Future[None]) -> None:
         self.state = ActivationState.INVALID
         self.silo.forget(self)
         get_logger().debug("deactivated", actor=str(self.actor_id), reason=reason.value)
@@ -129,7 +156,8 @@ class Activation(TurnRunner):
                 delivery.ticket.dropped()  # the runtime's own turn: its capability decides
             else:
                 self.silo.deliver_request(delivery.request)
-        done.set_result(None)
+        if not done.done():
+            done.set_result(None)
 
     async def _run_on_deactivate(self, reason: DeactivationReason) -> None:
         """Run the instance's ``on_deactivate``, bounded by the deactivation timeout: a hook
@@ -139,7 +167,11 @@ class Activation(TurnRunner):
         if type(self.instance).on_deactivate is Actor.on_deactivate:
             return  # not overridden: nothing to run (and no task to make)
         self._enter_turn(())
-        hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
+        try:
+            hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
+        except Exception as exc:  # (not a coroutine: refused at class definition since)
+            get_logger().warning("on_deactivate_failed", actor=str(self.actor_id), error=repr(exc))
+            return
         try:
             done, _ = await asyncio.wait((hook,), timeout=self.silo.options.deactivation_timeout)
         except asyncio.CancelledError:

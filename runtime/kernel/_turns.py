@@ -335,6 +335,15 @@ class TurnRunner(Mailbox):
             # write was fenced: one raised by an actor it called is that actor's business.)
             get_logger().warning("stale_activation_fenced", actor=str(self.actor_id))
             self.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
+        elif method.options.one_way:
+            # Nobody hears of a one-way call's failure but the log: a warning, where the
+            # default level shows it (a call with a caller gets its error, logged at info).
+            get_logger().warning(
+                "one_way_call_failed",
+                actor=str(self.actor_id),
+                method=method.name,
+                error=repr(exc),
+            )
         else:
             get_logger().info(
                 "call_failed",
