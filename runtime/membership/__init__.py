@@ -5,7 +5,15 @@ from raygrain.runtime.membership._controller import (
     ControllerImpl,
     NotLeading,
     SiloDied,
+    membership_record,
 )
 from raygrain.runtime.membership._detection import FailureDetection
 
-__all__ = ["MEMBERSHIP_RECORD", "ControllerImpl", "FailureDetection", "NotLeading", "SiloDied"]
+__all__ = [
+    "MEMBERSHIP_RECORD",
+    "ControllerImpl",
+    "FailureDetection",
+    "NotLeading",
+    "SiloDied",
+    "membership_record",
+]

@@ -23,9 +23,17 @@ from raygrain.runtime.kernel import (
 from raygrain.runtime.membership._detection import FailureDetection
 from raygrain.storage import StorageProvider
 
-MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")
+MEMBERSHIP_RECORD = ActorId("raygrain.membership", "view")  # a deployment's of its own: see below
 
-__all__ = ["MEMBERSHIP_RECORD", "ControllerImpl", "NotLeading", "SiloDied"]
+
+def membership_record(deployment: str) -> ActorId:
+    """Where the deployment ``deployment`` stores its membership view: one record per
+    deployment, so that two deployments on one store (the default state file of one
+    directory, one database) never take each other's view."""
+    return ActorId("raygrain.membership", f"view:{deployment}")
+
+
+__all__ = ["MEMBERSHIP_RECORD", "ControllerImpl", "NotLeading", "SiloDied", "membership_record"]
 
 
 class SiloDied(Exception):
@@ -41,10 +49,14 @@ class ControllerImpl:
     declares silos dead when they stop answering probes."""
 
     def __init__(
-        self, detection: FailureDetection | None = None, store: StorageProvider | None = None
+        self,
+        detection: FailureDetection | None = None,
+        store: StorageProvider | None = None,
+        record: ActorId = MEMBERSHIP_RECORD,
     ) -> None:
         self.view = MembershipView(0)
         self._store = store
+        self._record = record  # the stored view's record (one per deployment)
         self._etag: str | None = None
         self._lock = asyncio.Lock()
         self._loaded = False
@@ -72,7 +84,7 @@ class ControllerImpl:
         if self._loaded or self._store is None:
             self._loaded = True
             return
-        record = await self._store.read(MEMBERSHIP_RECORD)
+        record = await self._store.read(self._record)
         self._etag = record.etag
         if record.data is not None:
             self.follow(view_from_wire(record.data))
@@ -127,7 +139,7 @@ class ControllerImpl:
         if self._store is not None:
             # Compare-and-swap on the stored view, like Orleans' membership table: a second
             # controller writing behind our back makes this fail instead of forking the view.
-            self._etag = await self._store.write(MEMBERSHIP_RECORD, blob, self._etag)
+            self._etag = await self._store.write(self._record, blob, self._etag)
         self.view = view
         self._wake_long_polls()
         return blob

@@ -26,7 +26,12 @@ from raygrain.runtime.kernel import (
     get_logger,
     view_from_wire,
 )
-from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.membership import (
+    ControllerImpl,
+    FailureDetection,
+    SiloDied,
+    membership_record,
+)
 from raygrain.runtime.ray_host._direct import DirectPlane
 from raygrain.runtime.ray_host._host import SiloHostImpl
 from raygrain.runtime.ray_host._nodes import NodeFollower
@@ -84,7 +89,7 @@ class ControllerActor(ControllerImpl):
         # The view's truth lives in the state store; Ray restarts a crashed controller, which
         # then continues from the stored view.
         store: Any = _remote_storage(namespace) if storage is None else open_storage(storage)
-        super().__init__(detection, store)
+        super().__init__(detection, store, membership_record(namespace))
         self.namespace = namespace
         self._resolve = resolver(namespace)
         self._launch = launch

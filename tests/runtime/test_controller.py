@@ -7,7 +7,12 @@ from collections.abc import Sequence
 
 from raygrain.actors import StorageError
 from raygrain.runtime.kernel import SiloStatus, view_from_wire
-from raygrain.runtime.membership import ControllerImpl, FailureDetection, SiloDied
+from raygrain.runtime.membership import (
+    ControllerImpl,
+    FailureDetection,
+    SiloDied,
+    membership_record,
+)
 from raygrain.storage import MemoryStorage, StateWrite
 
 FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)
@@ -16,8 +21,8 @@ FAST = FailureDetection(probe_period=0.01, probe_timeout=0.05, missed_probes=2)
 class _Controller(ControllerImpl):
     """Probes answer for the silos in ``alive``; the others are reported dead, as Ray does."""
 
-    def __init__(self, store: MemoryStorage, alive: set[str]) -> None:
-        super().__init__(FAST, store)
+    def __init__(self, store: MemoryStorage, alive: set[str], deployment: str = "one") -> None:
+        super().__init__(FAST, store, membership_record(deployment))
         self.alive = alive
 
     async def probe_silo(self, name: str) -> None:
@@ -135,3 +140,26 @@ async def test_the_standby_sees_the_controllers_process_die_without_waiting_for_
     finally:
         child.kill()
         child.wait()
+
+
+async def test_two_deployments_on_one_store_keep_views_of_their_own() -> None:
+    # Two deployments launched from one directory share its default state file: each keeps
+    # its own view there (one record each). With one record, the second one's controller took
+    # the first one's view, declared its live silo dead, and their writes fenced each other.
+    store = MemoryStorage()
+    first = _Controller(store, {"a-silo"}, "a")
+    await first.set_status("a-silo", "active")
+    second = _Controller(store, {"b-silo"}, "b")
+    await second.set_status("b-silo", "active")
+    assert second.view.active() == ["b-silo"]
+    await asyncio.sleep(FAST.probe_period * 10)  # (probes run: nothing of a's is b's)
+    assert first.view.active() == ["a-silo"] and second.view.active() == ["b-silo"]
+    restarted = _Controller(store, {"a-silo"}, "a")  # a's controller, restarted by Ray
+    view = view_from_wire(await restarted.wait_view(0, 1.0))
+    assert view.active() == ["a-silo"] and view.version == first.view.version
+    for watcher in [
+        *first._watchers.values(),
+        *second._watchers.values(),
+        *restarted._watchers.values(),
+    ]:
+        watcher.cancel()
