@@ -123,13 +123,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m raygrain.benchmar
     arguments = _parser(prog).parse_args(argv)
     names = available()
     selected = names
-    if arguments.only:
+    if arguments.only is not None:
         selected = [n.strip() for n in arguments.only.split(",") if n.strip()]
         unknown = sorted(set(selected) - set(names))
-        if unknown:
-            print(f"unknown scenario(s) {', '.join(unknown)}; available: {', '.join(names)}")
+        if unknown or not selected:
+            what = f"unknown scenario(s) {', '.join(unknown)}" if unknown else "--only names none"
+            print(f"{prog}: {what}; available: {', '.join(names)}", file=sys.stderr)
             return 2
         selected = [n for n in names if n in selected]
+    try:
+        Path(arguments.out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"{prog}: --out {arguments.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return asyncio.run(_run(arguments, selected, sys.argv[1:] if argv is None else list(argv)))
 
 
@@ -139,7 +145,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="raygrain's benchmark suite: every figure beside its baseline, with plots.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    size.add_argument("--quick", action="store_true", help="short runs (about 4 min on 2 cores)")
     size.add_argument(
         "--smoke", action="store_true", help="tiny runs that only check the scenarios work"
     )

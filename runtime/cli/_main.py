@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import math
 import os
 import socket
 import sys
@@ -142,6 +143,8 @@ async def _up(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    if tls is not None:
+        tls.check()
     spec = RayLaunch(
         tuple(actor_types),
         args.silos_per_node,
@@ -280,6 +283,24 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _log_level(text: str) -> str:
+    if text.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no log level (debug, info, warning, error, critical)"
+        )
+    return text.lower()
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raygrain",
@@ -296,11 +317,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--log-level",
         default=None,
-        help="the silos' log level (debug, info, warning...; default: RAYGRAIN_LOG_LEVEL)",
+        type=_log_level,
+        help="the silos' log level (debug, info, warning, error; default: RAYGRAIN_LOG_LEVEL)",
     )
     up.add_argument("--actors", action="append", required=True, help="module with actor classes")
-    up.add_argument("--silos-per-node", type=int, default=1)
-    up.add_argument("--storage", default="sqlite:///raygrain-state.db")
+    up.add_argument("--silos-per-node", type=int, default=1, help="silos on each node (default: 1)")
+    up.add_argument(
+        "--storage",
+        default="sqlite:///raygrain-state.db",
+        help="where state lives: a storage URL (default: sqlite:///raygrain-state.db in this"
+        " directory, behind a storage server on this node)",
+    )
     up.add_argument(
         "--no-storage-server",
         action="store_true",
@@ -331,7 +358,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
     status.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
     status.add_argument(
-        "--interval", type=float, default=2.0, help="seconds the rates are measured over"
+        "--interval", type=_interval, default=2.0, help="seconds the rates are measured over"
     )
     down = commands.add_parser("down", help="stop one deployment's silos gracefully")
     down.add_argument("--address", default="auto")
@@ -362,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"up": _up, "status": _status, "down": _down, "sagas": _sagas}[args.command]
     try:
         return asyncio.run(handler(args))
+    except KeyboardInterrupt:  # Ctrl-C (status --watch runs until it): no traceback
+        print(file=sys.stderr)
+        return 130
     except (RaygrainError, RayUnreachable) as exc:
         if args.debug:
             traceback.print_exc()

@@ -32,6 +32,7 @@ from raygrain.actors import (
     SiloUnavailableError,
     TransactionAbortedError,
     TransactionInDoubtError,
+    UnknownActorTypeError,
 )
 from raygrain.runtime._capabilities import actor_types
 from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_options
@@ -73,6 +74,10 @@ class Cluster:
         self._caller = backend.make_caller(registry)
         self._started = False
         self.closed = False
+        # A client of a running deployment (Cluster.connect): its classes are optional, so a
+        # class given to get() joins its registry (the deployment checks the call). A cluster
+        # that hosts the silos refuses a class it does not host.
+        self._learns_types = False
         self._streams: ClusterStreams | None = None
 
     @classmethod
@@ -194,6 +199,8 @@ class Cluster:
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")
+        if tls is not None:
+            tls.check()
         launch = RayLaunch(
             tuple(actors),
             silos_per_node,
@@ -230,9 +237,11 @@ class Cluster:
         namespace_of(name)  # a bad name fails here
         registry = ActorRegistry(actors)
         options = backend_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
-        return cls(
+        client = cls(
             registry, RayBackend(address, None, options, deployment=name, transport=transport)
         )
+        client._learns_types = True
+        return client
 
     @property
     def name(self) -> str | None:
@@ -268,7 +277,16 @@ class Cluster:
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""
         self._check_running(f"cluster.get({getattr(actor_type, '__qualname__', actor_type)}, ...)")
-        type_name = self._registry.type_name_of(actor_type)
+        try:
+            type_name = self._registry.type_name_of(actor_type)
+        except UnknownActorTypeError:
+            if not (self._learns_types and isinstance(actor_type, type)):
+                raise
+            try:
+                self._registry.add(actor_type)
+            except ConfigurationError as exc:  # not an actor class, or a name taken
+                raise UnknownActorTypeError(str(exc)) from None
+            type_name = self._registry.type_name_of(actor_type)
         return cast(A, ActorRef(ActorId(type_name, key), self._caller))
 
     @property

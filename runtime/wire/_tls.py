@@ -3,8 +3,11 @@ not pickle, so it cannot be handed to a Ray actor; file paths can)."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
+
+from raygrain.actors import ConfigurationError
 
 __all__ = ["TLSFiles"]
 
@@ -17,6 +20,24 @@ class TLSFiles:
     certfile: str
     keyfile: str
     cafile: str | None = None
+
+    def check(self) -> None:
+        """Load the files here (the launching node; a silo loads them again on its own):
+        a ``ConfigurationError`` naming the file that is missing or unusable, rather than a
+        deployment whose silos all fail to start."""
+        for label, path in (("certificate", self.certfile), ("key", self.keyfile)):
+            if not os.path.isfile(path):
+                raise ConfigurationError(f"TLS {label} file {path!r}: no such file")
+        if self.cafile is not None and not os.path.isfile(self.cafile):
+            raise ConfigurationError(f"TLS CA file {self.cafile!r}: no such file")
+        try:
+            self.server_context()
+            self.client_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"TLS files {self.certfile!r}, {self.keyfile!r}"
+                f"{'' if self.cafile is None else ', ' + repr(self.cafile)}: unusable: {exc}"
+            ) from None
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

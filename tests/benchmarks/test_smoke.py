@@ -182,9 +182,18 @@ async def test_a_scenario_that_cannot_run_here_is_skipped_with_its_reason() -> N
     assert (outcome.status, outcome.error, outcome.rows) == ("skipped", "no server here", [])
 
 
-def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_scenario_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert _suite.main(["--only", "nosuch", "--out", "unused"]) == 2
-    assert "nosuch" in capsys.readouterr().out
+    assert "unknown scenario(s) nosuch" in capsys.readouterr().err
+    # An empty --only ran the whole suite (12 minutes); an --out that cannot be made raised.
+    assert _suite.main(["--only", "", "--out", "unused"]) == 2
+    assert "--only names none" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    out = str(tmp_path / "a-file" / "results")
+    assert _suite.main(["--only", "storage", "--smoke", "--out", out]) == 2
+    assert f"--out {out}:" in capsys.readouterr().err
 
 
 def test_failover_timeline_is_plotted_when_a_row_carries_one(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from raygrain.actors import Actor, ConfigurationError, UnknownActorTypeError, read_only
 from raygrain.runtime import Cluster
+from tests import app
 from tests.helpers import without_ray_lines
 
 
@@ -199,6 +200,13 @@ async def test_a_second_launch_under_a_running_name_is_refused(
             pass
     async with Cluster.connect(ray_silos.address, name="default") as session:
         assert await session.stats()  # the session's deployment still serves
+        # A client given no classes (they are optional) still calls with one: it joins the
+        # client's registry; the deployment checks the call (it used to be refused here).
+        assert await session.get(app.Chain, "no-classes-given").ping() == (
+            "pong from no-classes-given"
+        )
+        with pytest.raises(UnknownActorTypeError, match="test.Unregistered"):
+            await session.get(app.Unregistered, "k").ping()  # not hosted there
 
 
 @pytest.mark.ray

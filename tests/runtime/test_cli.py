@@ -179,3 +179,30 @@ def test_up_spells_storage_and_transport_apart_and_the_old_spelling_still_works(
     # Refused later (no such module), so nothing reaches Ray; the old flag is named first.
     assert main(["up", "--actors", "no_such_module_here", "--direct"]) == 2
     assert "--direct is deprecated, use --no-storage-server" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_one_line_errors_before_anything_reaches_ray(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from raygrain.runtime.cli import main
+
+    for argv, said in (
+        (["status", "--interval", "inf"], "'inf' is not a finite number of seconds > 0"),
+        (["status", "--watch", "--interval", "nan"], "'nan' is not a finite number"),
+        (["up", "--actors", "tests.app", "--log-level", "bogus"], "'bogus' is no log level"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2, argv
+        assert said in capsys.readouterr().err
+    # TLS files that are not there: refused before launching (it used to launch, every silo
+    # failing to start, and say "started 0 silo(s)").
+    missing = str(tmp_path / "nope.pem")
+    argv = ["up", "--actors", "tests.app", "--tls-cert", missing, "--tls-key", missing]
+    assert main(argv) == 2
+    assert f"TLS certificate file {missing!r}: no such file" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    argv = ["up", "--actors", "tests.app", "--tls-cert", str(garbage), "--tls-key", str(garbage)]
+    assert main(argv) == 2
+    assert "unusable" in capsys.readouterr().err
