@@ -63,21 +63,22 @@ def _connect(address: str | None, local_code: bool) -> None:
     """Connect to Ray, turning its connection and authentication failures into one line."""
     from raygrain.runtime.ray_host import ensure_ray
 
-    _check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto")
+    listening = _check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto")
     try:
         ensure_ray(address, local_code=local_code)
     except RaygrainError:
         raise
     except Exception as exc:
-        raise RayUnreachable(_describe_ray_failure(address, exc)) from exc
+        raise RayUnreachable(_describe_ray_failure(address, exc, listening)) from exc
 
 
-def _check_reachable(address: str) -> None:
+def _check_reachable(address: str) -> bool:
     """Fail at once when nothing listens at ``host:port``: Ray itself would retry for minutes,
-    printing a warning every few seconds. ("auto" is Ray's to resolve; it fails fast.)"""
+    printing a warning every few seconds. ("auto" is Ray's to resolve; it fails fast.) True
+    when something does listen there."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        return
+        return False
     try:
         socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT).close()
     except OSError as exc:
@@ -85,9 +86,10 @@ def _check_reachable(address: str) -> None:
             f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
             "it with 'ray start --head', or pass the right --address (or RAY_ADDRESS)"
         ) from exc
+    return True
 
 
-def _describe_ray_failure(address: str | None, exc: BaseException) -> str:
+def _describe_ray_failure(address: str | None, exc: BaseException, listening: bool = False) -> str:
     where = address or os.environ.get("RAY_ADDRESS") or "auto"
     text = f"{type(exc).__name__}: {exc}"
     lowered = text.lower()
@@ -102,6 +104,15 @@ def _describe_ray_failure(address: str | None, exc: BaseException) -> str:
             "~/.ray/auth_token), or on a trusted machine start Ray with RAY_AUTH_MODE=disabled"
         )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if listening:
+        # Something answers there, yet Ray did not let us in: most often a cluster started
+        # with token authentication (Ray 2.60's default for `ray start`) and a shell without
+        # its settings, which Ray reports only in its own log lines.
+        return (
+            f"Ray at {where} did not accept the connection ({first[:200]}): if it runs with "
+            "token authentication, set RAY_AUTH_MODE=token in this shell and make the "
+            "cluster's token available (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token)"
+        )
     return (
         f"cannot connect to Ray at {where} ({first[:200]}): start it with 'ray start --head', "
         "or pass --address (or set RAY_ADDRESS)"

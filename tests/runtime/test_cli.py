@@ -206,3 +206,21 @@ def test_bad_arguments_are_one_line_errors_before_anything_reaches_ray(
     argv = ["up", "--actors", "tests.app", "--tls-cert", str(garbage), "--tls-key", str(garbage)]
     assert main(argv) == 2
     assert "unusable" in capsys.readouterr().err
+
+
+def test_a_ray_that_answers_but_refuses_us_is_told_apart_from_no_ray() -> None:
+    # Ray 2.60 starts `ray start` clusters with token authentication; a shell without its
+    # settings connects to a port that answers, then Ray refuses it, saying so only in its
+    # own log lines. The one-line error points at the settings rather than at 'ray start'.
+    import socket
+
+    from raygrain.runtime.cli._main import _check_reachable, _describe_ray_failure
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert _check_reachable(address) is True
+    assert _check_reachable("auto") is False  # (Ray's to resolve)
+    refused = _describe_ray_failure(address, ConnectionError("timed out"), listening=True)
+    assert "did not accept the connection" in refused and "RAY_AUTH_MODE=token" in refused
+    absent = _describe_ray_failure(address, ConnectionError("timed out"))
+    assert "start it with 'ray start --head'" in absent
