@@ -17,6 +17,7 @@ import decimal
 import enum
 import sys
 import traceback
+import typing
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -172,6 +173,15 @@ def _field_names(cls: type) -> tuple[str, ...] | None:
         return names
 
 
+def state_class(state_type: Any) -> type | None:
+    """The class a state of ``state_type`` is an instance of: the type itself, or a generic
+    alias's origin (``dict[str, int]``: ``dict``); None when there is none (a union, say)."""
+    if isinstance(state_type, type):
+        return state_type
+    origin = typing.get_origin(state_type)
+    return origin if isinstance(origin, type) else None
+
+
 def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
     """Decode a stored state into ``state_type``; raises ``StateDecodeError`` naming ``what``."""
     try:
@@ -180,8 +190,9 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
             if not isinstance(raw, dict):
                 raise TypeError(f"expected a field map, found {type(raw).__name__}")
             return _build_dataclass(state_type, raw)
-        if isinstance(state_type, type) and not isinstance(raw, state_type):
-            raise TypeError(f"expected {state_type.__name__}, found {type(raw).__name__}")
+        expected = state_class(state_type)
+        if expected is not None and not isinstance(raw, expected):
+            raise TypeError(f"expected {expected.__name__}, found {type(raw).__name__}")
         return raw
     except Exception as exc:
         type_name = getattr(state_type, "__name__", repr(state_type))

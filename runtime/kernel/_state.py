@@ -9,6 +9,7 @@ than a Lock per activation: it costs nothing while the activation is idle.
 from __future__ import annotations
 
 import asyncio
+import typing
 from typing import Any
 
 from raygrain.actors import (
@@ -48,9 +49,11 @@ class StateSlot:
         self.in_flight: bytes | None = None  # the data of the write under way, if any
         self.rollbacks = 0  # how many times the state was rolled back (see TurnRunner)
         self.waiters: asyncio.Future[None] | None = None
-        # What a state must be an instance of to load back (decode_state checks the same);
-        # a declared type that is no class (a generic alias, say) is not checked.
-        self.checked_type: type = state_type if isinstance(state_type, type) else object
+        # What a state must be an instance of to load back (decode_state checks the same):
+        # the declared class, or a generic alias's origin (dict[str, int]: dict); a declared
+        # type that has none (a union, say) is not checked.
+        origin = state_type if isinstance(state_type, type) else typing.get_origin(state_type)
+        self.checked_type: type = origin if isinstance(origin, type) else object
         self.fenced = False  # a write of this slot hit an ETag conflict: a stale duplicate
 
     async def load(self) -> Any:

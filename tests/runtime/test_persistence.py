@@ -243,6 +243,35 @@ async def test_unserializable_state_rolls_back_the_turn() -> None:
         assert await cluster.get(Holder, "h").balance() == 0
 
 
+class Tally(Actor[dict[str, int]], name="test.Tally"):
+    """A state declared as a generic alias (dict[str, int]): checked as a dict."""
+
+    async def add(self, name: str) -> int:
+        self.state[name] = self.state.get(name, 0) + 1
+        return self.state[name]
+
+    async def reset_to_none(self) -> None:
+        self.state = None  # type: ignore[assignment]
+
+
+async def test_a_state_declared_as_a_generic_alias_is_checked_by_its_origin(
+    tmp_path: Path,
+) -> None:
+    # Stored, a None could never be loaded back as a dict: refused in the turn, rolled back
+    # (it used to be stored, and every call after a restart failed with an AttributeError).
+    store = f"sqlite:///{tmp_path / 'tally.db'}"
+    async with Cluster.local(actors=[Tally], storage=store) as cluster:
+        tally = cluster.get(Tally, "t")
+        assert await tally.add("a") == 1
+        from raygrain.actors import SerializationError
+
+        with pytest.raises(SerializationError, match="must be a dict"):
+            await tally.reset_to_none()
+        assert await tally.add("a") == 2
+    async with Cluster.local(actors=[Tally], storage=store) as cluster:
+        assert await cluster.get(Tally, "t").add("a") == 3
+
+
 async def test_storage_url_strings(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'url.db'}"
     async with Cluster.local(actors=[BankAccount], storage=url) as cluster:
