@@ -70,8 +70,13 @@ class ActorRef:
             )
         return _BoundMethod(self, name)
 
-    def invoke(self, method: str, *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        """Call ``method`` by name (for names that are not valid attribute lookups)."""
+    def invoke(self, method: str, /, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Call ``method`` by name (for names that are not valid attribute lookups). (The name
+        is positional only: the method's own arguments may include one called ``method``.)"""
+        if not isinstance(method, str):
+            raise UnknownMethodError(
+                f"{self.actor_id.type_name}: a method is named by a str, got {method!r:.80}"
+            )
         if method.startswith("_"):
             raise UnknownMethodError(
                 f"{self.actor_id.type_name}.{method}: private and dunder methods cannot be called"

@@ -59,6 +59,19 @@ async def _still_serving(cluster: Cluster) -> None:
             id="dunder-method",
         ),
         pytest.param(
+            lambda c: c.ref("test.Chain", "k").invoke(42),
+            UnknownMethodError,
+            "a method is named by a str, got 42",
+            id="method-name-not-a-str",
+        ),
+        pytest.param(
+            # (A keyword argument named method reaches the actor: invoke's own is positional.)
+            lambda c: c.ref("test.Chain", "k").invoke("ping", method="x"),
+            InvalidArgumentsError,
+            "unexpected keyword argument 'method'",
+            id="keyword-named-method",
+        ),
+        pytest.param(
             lambda c: c.get(Chain, "k").on_activate(),
             UnknownMethodError,
             "on_activate",
