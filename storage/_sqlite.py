@@ -30,6 +30,7 @@ import aiosqlite
 from raygrain.actors import (
     ActorId,
     ConfigurationError,
+    StateDecodeError,
     StorageError,
     StorageSchemaError,
 )
@@ -169,7 +170,13 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(f"reading {actor_id}", exc) from exc
         for version, data in rows:
-            return StateRecord(None if data is None else bytes(data), str(version))
+            if data is not None and not isinstance(data, bytes):
+                # (Written by something else: SQLite keeps whatever type it was given.)
+                raise StateDecodeError(
+                    f"stored state of {actor_id} in {self.path} is {type(data).__name__}, not "
+                    "bytes: not a record raygrain wrote; left untouched"
+                )
+            return StateRecord(data, str(version))
         return StateRecord(None, None)
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:

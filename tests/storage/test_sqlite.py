@@ -22,6 +22,7 @@ from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
+    StateDecodeError,
     StorageError,
     StorageSchemaError,
 )
@@ -460,6 +461,25 @@ async def test_a_failing_callback_is_reported_and_its_batch_still_told(
 
 
 # -- unusable files ------------------------------------------------------------------------------
+
+
+async def test_a_record_holding_text_is_a_state_decode_error_left_untouched(
+    db_path: Path,
+) -> None:
+    # A row some other program wrote text into (SQLite keeps what it is given): a typed
+    # error naming the actor and the file (it was a bare TypeError), the row as it was.
+    storage = SqliteStorage(db_path)
+    try:
+        await storage.write(ALICE, b"a", None)
+        with sqlite3.connect(db_path) as other:
+            other.execute("UPDATE raygrain_state SET data = 'text'")
+        with pytest.raises(StateDecodeError, match="is str, not bytes") as caught:
+            await storage.read(ALICE)
+        assert str(db_path) in str(caught.value)
+    finally:
+        await storage.aclose()
+    with sqlite3.connect(db_path) as other:
+        assert other.execute("SELECT data FROM raygrain_state").fetchall() == [("text",)]
 
 
 async def test_corrupt_file_is_refused_untouched(db_path: Path) -> None:
