@@ -51,7 +51,7 @@ from raygrain.storage._sqlite_batch import (
     commit,
     commit_with_statements,
 )
-from raygrain.storage._sqlite_connection import close_quietly, on_thread, reason
+from raygrain.storage._sqlite_connection import close_quietly, is_locked, on_thread, reason
 from raygrain.storage._sqlite_events import EVENT_SCHEMA, SqliteEventLog
 
 __all__ = ["SCHEMA_VERSION", "SqliteStorage"]
@@ -383,9 +383,14 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
                 "put the database on a local file system"
             )
 
-    def _open_error(self, exc: sqlite3.Error) -> StorageSchemaError:
+    def _open_error(self, exc: sqlite3.Error) -> StorageError:
         why = "it is a directory" if os.path.isdir(self.path) else reason(exc, self.busy_timeout)
-        return StorageSchemaError(f"cannot open SQLite state store {self.path!r}: {why}")
+        message = f"cannot open SQLite state store {self.path!r}: {why}"
+        if is_locked(exc):
+            # Another connection holds the lock: a passing condition (the next try opens it),
+            # not an unusable store.
+            return StorageError(message)
+        return StorageSchemaError(message)
 
     # -- group commit --------------------------------------------------------------------------
 

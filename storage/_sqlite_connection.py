@@ -11,7 +11,7 @@ from typing import TypeVar, cast
 
 import aiosqlite
 
-__all__ = ["close_quietly", "on_thread", "reason"]
+__all__ = ["close_quietly", "is_locked", "on_thread", "reason"]
 
 _T = TypeVar("_T")
 
@@ -30,11 +30,17 @@ async def on_thread(
     return await execute(lambda: function(connection._conn))
 
 
+def is_locked(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds the lock (busy or locked)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code is not None and code & 0xFF in (_BUSY, _LOCKED)) or "locked" in str(exc)
+
+
 def reason(exc: sqlite3.Error, busy_timeout: float) -> str:
     """What went wrong, in words a user can act on."""
     code = getattr(exc, "sqlite_errorcode", None)
     primary = None if code is None else code & 0xFF
-    if primary in (_BUSY, _LOCKED) or "locked" in str(exc):
+    if is_locked(exc):
         return (
             f"the database is locked by another connection "
             f"(waited busy_timeout={busy_timeout:g}s) [{exc}]"

@@ -633,6 +633,27 @@ async def test_opening_while_another_connection_holds_the_lock(db_path: Path) ->
         locker.close()
 
 
+async def test_a_new_file_locked_by_another_connection_is_a_passing_error(
+    db_path: Path,
+) -> None:
+    # Another program holds a new file's lock as the store first opens it: a plain
+    # StorageError naming the lock (it was a StorageSchemaError: "unusable"), and the store
+    # opens once the lock is gone.
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    storage = SqliteStorage(db_path, busy_timeout=0.1)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageError, match="locked") as caught:
+            await storage.write(ALICE, b"a", None)
+        assert not isinstance(caught.value, StorageSchemaError)
+        locker.execute("ROLLBACK")
+        etag = await storage.write(ALICE, b"a", None)
+        assert await storage.read(ALICE) == StateRecord(b"a", etag)
+    finally:
+        locker.close()
+        await storage.aclose()
+
+
 # -- benchmark smoke -----------------------------------------------------------------------------
 
 
