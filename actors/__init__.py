@@ -23,6 +23,7 @@ from raygrain.actors._codec import (
     encode_error,
     encode_state,
     register_type,
+    state_class,
 )
 from raygrain.actors._errors import (
     ActorCallTimeout,
@@ -173,5 +174,6 @@ __all__ = [
     "one_way",
     "read_only",
     "register_type",
+    "state_class",
     "transactional",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "encode_error",
     "encode_state",
     "register_type",
+    "state_class",
 ]
 
 _DATACLASS, _ENUM, _DATETIME, _DATE, _TIMEDELTA, _REF, _TUPLE = 1, 2, 3, 4, 5, 6, 7

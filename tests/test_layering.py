@@ -63,7 +63,7 @@ EXPORTS = {
         "TurnRolledBackError", "UnknownActorTypeError", "UnknownMethodError", "UnknownSagaError",
         "WrongExpectedVersionError", "actor_methods", "actor_options", "always_interleave",
         "call_timeout", "current_invoker", "decode", "decode_error", "decode_state", "decoder",
-        "encode",
+        "encode", "state_class",
         "encode_error", "encode_state", "idempotent", "method_options",
         "one_way", "read_only", "register_type", "transactional",
         # streams and observers

@@ -9,7 +9,6 @@ than a Lock per activation: it costs nothing while the activation is idle.
 from __future__ import annotations
 
 import asyncio
-import typing
 from typing import Any
 
 from raygrain.actors import (
@@ -18,6 +17,7 @@ from raygrain.actors import (
     SerializationError,
     decode_state,
     encode_state,
+    state_class,
 )
 from raygrain.storage import StorageProvider
 
@@ -52,8 +52,7 @@ class StateSlot:
         # What a state must be an instance of to load back (decode_state checks the same):
         # the declared class, or a generic alias's origin (dict[str, int]: dict); a declared
         # type that has none (a union, say) is not checked.
-        origin = state_type if isinstance(state_type, type) else typing.get_origin(state_type)
-        self.checked_type: type = origin if isinstance(origin, type) else object
+        self.checked_type: type = state_class(state_type) or object
         self.fenced = False  # a write of this slot hit an ETag conflict: a stale duplicate
 
     async def load(self) -> Any:
