@@ -211,7 +211,7 @@ async def _list_deployments(args: argparse.Namespace, names: list[str]) -> int:
         print(json.dumps({"deployments": rows}, indent=2))
         return EXIT_OK
     if not rows:
-        print("no raygrain deployment is running on this Ray cluster")
+        print("no raygrain deployment is running on this Ray cluster", file=sys.stderr)
         return EXIT_NOT_RUNNING
     print(f"{len(rows)} deployment(s); 'raygrain status --name NAME' for one's silos")
     print(f"{'deployment':32} {'live silos':>10} {'view':>6}")
@@ -233,7 +233,10 @@ async def _deployment_status(args: argparse.Namespace, deployment: str) -> int:
     try:
         controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
     except ValueError:
-        print(f"no raygrain deployment named {deployment!r} is running on this Ray cluster")
+        print(
+            f"no raygrain deployment named {deployment!r} is running on this Ray cluster",
+            file=sys.stderr,
+        )
         return EXIT_NOT_RUNNING
     if args.interval <= 0:
         raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")

@@ -6,6 +6,7 @@ names a type and a method as strings, and this is the one place those strings ar
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,4 +89,20 @@ def check_arguments(
     try:
         method.signature.bind(None, *args, **kwargs)
     except TypeError as exc:
-        raise InvalidArgumentsError(f"{type_name}.{method.name}: {exc}") from None
+        unexpected = _unexpected_keywords(method.signature, kwargs)
+        why: object = exc
+        if len(unexpected) == 1:  # as Python's own call says it
+            why = f"got an unexpected keyword argument {unexpected[0]!r}"
+        elif unexpected:
+            why = f"got unexpected keyword arguments {', '.join(map(repr, unexpected))}"
+        raise InvalidArgumentsError(f"{type_name}.{method.name}: {why}") from None
+
+
+def _unexpected_keywords(signature: inspect.Signature, kwargs: dict[str, Any]) -> list[str]:
+    """The keywords no parameter takes (``bind`` reports a missing argument first, which hides
+    a misspelt keyword: Python's own call names the keyword)."""
+    parameters = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return []
+    named = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+    return [key for key in kwargs if key not in named]

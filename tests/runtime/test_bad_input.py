@@ -96,6 +96,13 @@ async def _still_serving(cluster: Cluster) -> None:
             id="unknown-keyword",
         ),
         pytest.param(
+            # bind() alone would say 'amount' is missing: the misspelt keyword is the error.
+            lambda c: c.get(BankAccount, "k").deposit(amt=1),
+            InvalidArgumentsError,
+            "test.BankAccount.deposit: got an unexpected keyword argument 'amt'",
+            id="misspelt-keyword",
+        ),
+        pytest.param(
             lambda c: c.get(Chain, "k").echo(object()),
             SerializationError,
             "arguments of test.Chain.echo: object of type builtins.object",

@@ -154,7 +154,7 @@ def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -
         assert down.returncode == 0, down.stderr[-3000:]
         assert "deployment 'cli': stopped 1 silo(s)" in down.stdout
         gone = _raygrain("status", "--address", address, "--name", "cli")
-        assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stdout
+        assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stderr
     finally:
         holder.stdin.close()
         try:
