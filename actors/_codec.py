@@ -207,19 +207,50 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
 
 def encode_error(exc: BaseException, where: str) -> bytes:
     """Encode an exception raised at ``where`` (e.g. ``"Account/alice.deposit"``). An exception
-    group carries its message and its nested exceptions, each encoded the same way."""
+    group carries its message and its nested exceptions, each encoded the same way. Never
+    raises: whatever the exception's own ``__str__`` or attributes do, the caller gets an
+    answer (an error that could not be encoded would leave it waiting out its deadline)."""
     cls = type(exc)
-    text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-    fields: list[Any] = [cls.__module__, cls.__qualname__, b"", str(exc), where, text]
+    try:
+        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+    except Exception:  # (a __str__ or a note that fails in a way traceback does not catch)
+        text = ""
+    fields: list[Any] = [cls.__module__, cls.__qualname__, b"", _message(exc), where, text, b""]
     if _GROUP is not None and isinstance(exc, _GROUP):
-        fields[2] = encode([exc.message])
+        fields[2] = _encode_or_none([exc.message]) or encode([fields[3]])
         fields.append([encode_error(nested, where) for nested in exc.exceptions])
         return encode(fields)
-    try:
-        fields[2] = encode(list(exc.args))
-    except SerializationError:
-        fields[2] = encode([str(exc)])
+    fields[2] = _encode_or_none(list(exc.args)) or encode([fields[3]])
+    # The instance's own attributes (``self.code = code``), so that the caller's copy has them
+    # even when its ``__init__`` sets them from arguments other than ``args``; the ones that
+    # cannot be encoded are left out.
+    attributes = getattr(exc, "__dict__", None)
+    if attributes:
+        kept = {}
+        for name, value in list(attributes.items()):
+            encodable = _encode_or_none(value) is not None
+            if isinstance(name, str) and not name.startswith("__") and encodable:
+                kept[name] = value
+        fields[6] = _encode_or_none(kept) or b""
     return encode(fields)
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or what can be said of it when its ``__str__`` fails or returns no str."""
+    try:
+        text = str(exc)
+        if isinstance(text, str):
+            return text
+    except Exception as failure:
+        return f"<{type(exc).__qualname__}: str() failed: {type(failure).__name__}: {failure}>"
+    return f"<{type(exc).__qualname__}: str() returned no str>"
+
+
+def _encode_or_none(value: Any) -> bytes | None:
+    try:
+        return encode(value)
+    except Exception:  # SerializationError, or a value whose own hooks fail (a cycle, ...)
+        return None
 
 
 # Exception groups (Python 3.11+; absent on 3.10, where no exception is one).
@@ -232,7 +263,12 @@ _MAX_GROUP_DEPTH = 32
 def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     """Rebuild a remote exception: the same type when the caller can import it, else
     ``RemoteActorError``. The remote traceback is attached as a note."""
-    module, qualname, args_blob, message, where, text, *nested = decode(data)
+    module, qualname, args_blob, message, where, text, *rest = decode(data)
+    # (Since 2026-12: an attributes field, then a group's members. Earlier encodings, which
+    # stored records may hold, have no attributes field.)
+    attributes_blob, nested = (
+        (rest[0], rest[1:]) if rest and isinstance(rest[0], bytes) else (b"", rest)
+    )
     args = decode(args_blob)
     exc: BaseException | None = None
     if module == "raygrain.actors._errors":
@@ -240,13 +276,15 @@ def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     else:
         cls = _importable_exception(module, qualname)
         if cls is not None:
-            try:
-                if nested and _GROUP is not None and issubclass(cls, _GROUP):
+            if nested and _GROUP is not None and issubclass(cls, _GROUP):
+                try:
                     exc = _rebuild_group(cls, args, nested[0], _depth)
-                else:
-                    exc = cls(*args)
-            except Exception:
-                exc = None
+                except Exception:
+                    exc = None
+            else:
+                exc = _rebuild(cls, args, attributes_blob)
+    if isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
+        exc = None  # a peer's exit is not the caller's: it arrives as RemoteActorError
     if isinstance(exc, asyncio.CancelledError):
         # A callee's cancellation must never cancel the caller's task (see TurnCancelledError).
         exc = rebuild_error("TurnCancelledError", [f"{where} was cancelled: {message}"])
@@ -254,6 +292,33 @@ def decode_error(data: bytes, _depth: int = 0) -> BaseException:
         exc = RemoteActorError(f"{module}.{qualname}", message, text)
     if text and hasattr(exc, "add_note"):
         exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")
+    return exc
+
+
+def _rebuild(cls: type[BaseException], args: list[Any], attributes_blob: bytes) -> Any:
+    """``cls(*args)`` with the raiser's attributes restored, as pickle rebuilds an exception;
+    when ``cls(*args)`` fails (an ``__init__`` taking other arguments than it passes on to
+    ``Exception``), the instance is made without calling ``__init__``."""
+    try:
+        attributes = decode(attributes_blob) if attributes_blob else {}
+        if not isinstance(attributes, dict):
+            attributes = {}
+    except Exception:
+        attributes = {}
+    try:
+        exc = cls(*args)
+    except Exception:
+        if not attributes:
+            return None
+        try:
+            exc = cls.__new__(cls, *args)
+        except Exception:
+            return None
+    for name, value in attributes.items():
+        try:
+            setattr(exc, name, value)
+        except Exception:  # a read-only property, say: the rebuilt value stands
+            pass
     return exc
 
 

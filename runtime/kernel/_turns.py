@@ -23,6 +23,7 @@ from raygrain.actors import (
     MessageTooLargeError,
     MethodOptions,
     Persistence,
+    RemoteActorError,
     SerializationError,
     TurnCancelledError,
     TurnRolledBackError,
@@ -167,6 +168,14 @@ class TurnRunner(Mailbox):
                     f"{self._where(method)} was cancelled (it raised asyncio.CancelledError) "
                     "before returning; its changes were rolled back"
                 )
+                ok, payload = False, self._fail_turn(method, error, per_turn)
+                if scope is not None:
+                    await scope.failed(error)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # Raised by the method itself: that call's failure, never the silo's exit (a
+                # turn on a task of the silo's would stop its event loop), nor, sent back as
+                # it is, the caller's.
+                error = _exiting(exc, self._where(method))
                 ok, payload = False, self._fail_turn(method, error, per_turn)
                 if scope is not None:
                     await scope.failed(error)
@@ -384,3 +393,11 @@ def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception |
             timing.flush()
         if error is not None:
             timing.failed(error)
+
+
+def _exiting(exc: BaseException, where: str) -> RemoteActorError:
+    """A method's ``SystemExit`` or ``KeyboardInterrupt`` as the error its caller gets."""
+    name = type(exc).__name__
+    return RemoteActorError(
+        f"builtins.{name}", f"{where} raised {name}{exc.args!r} (a call's failure: no exit)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -206,6 +207,86 @@ async def test_exception_not_importable_by_the_caller_is_remote_actor_error(
     async with Cluster.local(actors=[Raiser]) as local:
         with pytest.raises(RemoteActorError, match="module_that_does_not_exist.*only here"):
             await local.get(Raiser, "r").boom()
+
+
+class _Declined(Exception):
+    """Its ``__init__`` takes other arguments than it passes on to ``Exception``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"declined {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class _Coded(Exception):
+    """Built again from ``args`` alone, its ``code`` would be the default."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        return f"failed: {self.detail}"  # type: ignore[attr-defined]  # (the user's typo)
+
+
+class _Raises(Chain, name="test.Raises"):
+    async def declined(self) -> None:
+        raise _Declined(7, "card expired")
+
+    async def coded(self) -> None:
+        raise _Coded("nope", code=42)
+
+    async def unprintable(self) -> None:
+        raise _Unprintable()
+
+    async def exits(self) -> None:
+        raise SystemExit(3)
+
+    async def interrupted(self) -> None:
+        raise KeyboardInterrupt
+
+
+async def test_user_exceptions_arrive_with_their_type_and_attributes() -> None:
+    """As pickle rebuilds an exception: its type, then its attributes (``cls(*args)`` alone
+    failed for ``_Declined`` and left ``_Coded.code`` at its default)."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Raises]) as local:
+        actor = local.get(_Raises, "r")
+        with pytest.raises(_Declined) as declined:
+            await actor.declined()
+        assert (declined.value.code, declined.value.reason) == (7, "card expired")
+        assert str(declined.value) == "declined 7: card expired"
+        with pytest.raises(_Coded) as coded:
+            await actor.coded()
+        assert coded.value.code == 42
+
+
+async def test_an_exception_whose_str_fails_still_reaches_the_caller() -> None:
+    """Encoding the error called ``str(exc)``, which raised: the caller got no answer and
+    waited out its whole deadline."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Raises], default_timeout=60) as local:
+        with pytest.raises(_Unprintable):
+            await asyncio.wait_for(local.get(_Raises, "r").unprintable(), 30)
+        assert await local.get(_Raises, "r").ping() == "pong from r"
+
+
+@pytest.mark.parametrize("method", ["exits", "interrupted"])
+@pytest.mark.parametrize("active", [False, True], ids=["activating", "active"])
+async def test_system_exit_in_a_method_is_that_calls_failure(method: str, active: bool) -> None:
+    """A method raising ``SystemExit`` or ``KeyboardInterrupt`` stopped the silo's event loop
+    (a turn that activates the actor runs on the silo's task) or reached the caller as
+    itself."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Raises]) as local:
+        actor = local.get(_Raises, "r")
+        if active:
+            assert await actor.ping() == "pong from r"
+        with pytest.raises(RemoteActorError, match=r"builtins\.(SystemExit|KeyboardInterrupt)"):
+            await getattr(actor, method)()
+        assert await actor.ping() == "pong from r"
 
 
 async def test_oversized_arguments_and_results_are_refused() -> None:
