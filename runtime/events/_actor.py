@@ -32,6 +32,7 @@ from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
+    SerializationError,
     StorageError,
     WrongExpectedVersionError,
     decode,
@@ -360,7 +361,14 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         if not every or journal.version // every == journal.snapshot_version // every:
             return
         slot = (journal.version // every) % self.__es_snapshots_kept__
-        data = encode([journal.version, encode_state(self.state)])
+        try:
+            data = encode([journal.version, encode_state(self.state)])
+        except SerializationError as exc:
+            # The events are stored and the turn stands, as with a write that fails; this
+            # snapshot is skipped (replays start from an older one), the next is tried.
+            journal.snapshot_version = journal.version
+            get_logger().warning("snapshot_failed", actor=str(self.context.id), error=repr(exc))
+            return
         record = snapshot_id(stream, slot)
         try:
             journal.snapshot_etags[slot] = await self._storage().write(
