@@ -46,11 +46,12 @@ from raygrain.runtime.events._ending import (
     APPEND_TRIES,
     QueueAppend,
     TurnAppend,
+    internal_turn,
     journaled,
     query_turn,
     querying,
 )
-from raygrain.runtime.kernel import get_logger
+from raygrain.runtime.kernel import ActivationState, get_logger
 from raygrain.storage import Appended, EventLog, NewEvent, StorageProvider
 
 __all__ = ["EventSourcedActor", "key_of_stream", "snapshot_id", "stream_of"]
@@ -125,6 +126,9 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
 
     __es_state_type__: ClassVar[Any] = None
     __es_events__: ClassVar[EventTypes]
+    # How the runtime runs a timer's tick or a reminder of the actor (the kernel's protocol):
+    # the events the turn raises are appended before it ends, as a method's.
+    __internal_turn__ = internal_turn
     __es_snapshot_every__: ClassVar[int] = 100
     __es_snapshots_kept__: ClassVar[int] = 3
 
@@ -222,6 +226,16 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                 f"{self.context.id}: raise_event in {query}, a read-only (or always "
                 "interleaving) method: it runs beside other calls, so its events could not be "
                 "appended as its own; raise events in a method that is neither"
+            )
+        context = self._context
+        if (
+            not getattr(context, "exclusive", True)
+            and getattr(context, "state", None) is ActivationState.VALID
+        ):
+            # (A task the actor started, running between its turns: no turn would append it.)
+            raise ConfigurationError(
+                f"{self.context.id}: raise_event outside a turn of the actor (from a task it "
+                "started, say): raise events in its methods, timers or reminders"
             )
         journal.pending.append(self.__es_events__.new(event))
         self.state = self.apply(self.state, event)

@@ -13,6 +13,9 @@ The turn awaits its append instead (``finish``) when the log has no ``queue_appe
 the Ray storage server), when a snapshot falls due (writing one is awaited), and in a
 transaction. A method called directly (``journaled``) appends before it returns.
 
+A turn the runtime runs for the actor (a timer's tick, a reminder) runs as ``internal_turn``,
+which is ``journaled_turn`` (or ``query_turn`` when it interleaves).
+
 A ``@read_only`` or ``always_interleave`` method runs as ``query_turn``: it may run beside other
 calls of the activation, so it raises no events (``raise_event`` refuses, see ``querying``).
 """
@@ -30,7 +33,15 @@ from raygrain.storage import Appended, EncodedEvents, encoded_events
 if TYPE_CHECKING:
     from raygrain.runtime.events._actor import EventSourcedActor
 
-__all__ = ["APPEND_TRIES", "TurnAppend", "journaled", "journaled_turn", "query_turn", "querying"]
+__all__ = [
+    "APPEND_TRIES",
+    "TurnAppend",
+    "internal_turn",
+    "journaled",
+    "journaled_turn",
+    "query_turn",
+    "querying",
+]
 
 APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in all
 
@@ -107,6 +118,23 @@ def query_turn(method: Callable[..., Any], name: str) -> Callable[..., Any]:
             querying.reset(token)
 
     return query
+
+
+async def _run(actor: EventSourcedActor[Any, Any], function: Callable[[], Any]) -> None:
+    await function()
+
+
+_TICK = journaled_turn(_run)
+_TICK_BESIDE = query_turn(_run, "an interleaving timer tick")
+
+
+async def internal_turn(
+    actor: EventSourcedActor[Any, Any], function: Callable[[], Any], interleave: bool
+) -> None:
+    """A turn the runtime runs on the actor's behalf (a timer's tick, a reminder, a stream
+    event: the kernel's ``__internal_turn__`` protocol) as a method's: the events it raises
+    are appended before it ends; an interleaving one raises none."""
+    await (_TICK_BESIDE if interleave else _TICK)(actor, function)
 
 
 def _forget_pending(actor: EventSourcedActor[Any, Any]) -> None:

@@ -72,7 +72,21 @@ class InternalTurn:
 
 
 async def _call(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
-    await function()
+    # An actor class may run its internal turns its own way (``__internal_turn__(instance,
+    # function, interleave)``): an event-sourced actor appends the events a tick raised.
+    around = getattr(type(instance), "__internal_turn__", None)
+    if around is None:
+        await function()
+    else:
+        await around(instance, function, False)
+
+
+async def _call_beside(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
+    around = getattr(type(instance), "__internal_turn__", None)
+    if around is None:
+        await function()
+    else:
+        await around(instance, function, True)
 
 
 _SIGNATURE = inspect.Signature(
@@ -87,7 +101,7 @@ _SIGNATURE = inspect.Signature(
 def _method(name: str, interleave: bool) -> ActorMethod:
     # One per name: an internal turn is then a Request, a Delivery and a ticket, no more.
     options = MethodOptions(always_interleave=interleave, one_way=True)
-    return ActorMethod(name, _call, options, _SIGNATURE, 1)
+    return ActorMethod(name, _call_beside if interleave else _call, options, _SIGNATURE, 1)
 
 
 def run_as_turn(

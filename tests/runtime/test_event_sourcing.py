@@ -23,6 +23,7 @@ from raygrain import (
     InvalidCallError,
     InvalidEventError,
     MemoryStorage,
+    ReminderSettings,
     SerializationError,
     Session,
     StorageError,
@@ -71,6 +72,94 @@ def cluster_on(storage: Any, silos: int = 2) -> Cluster:
 
 
 # -- the write model ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Noted:
+    what: str
+
+
+@dataclasses.dataclass
+class _Notes:
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class _Noting(EventSourcedActor[_Notes, _Noted], name="es.Noting"):
+    """Raises events from its timers, its reminders and a task it starts."""
+
+    def apply(self, state: _Notes, event: _Noted) -> _Notes:
+        state.notes.append(event.what)
+        return state
+
+    async def start_timer(self, interleave: bool = False) -> None:
+        self.timers.after(0.01, self._tick, interleave=interleave)
+
+    async def _tick(self) -> None:
+        self.raise_event(_Noted("timer"))
+
+    async def start_reminder(self) -> None:
+        await self.reminders.register("remind", due=0.05, period=60)
+
+    async def on_reminder(self, name: str, tick: Any) -> None:
+        await self.reminders.unregister(name)
+        self.raise_event(_Noted("reminder"))
+
+    async def start_task(self) -> None:
+        self.refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def later() -> None:
+            await asyncio.sleep(0.01)
+            try:
+                self.raise_event(_Noted("task"))
+                self.refused.set_result("")
+            except ConfigurationError as exc:
+                self.refused.set_result(str(exc))
+
+        self.task = asyncio.ensure_future(later())
+
+    async def refusal(self) -> str:
+        return await self.refused
+
+    async def notes(self) -> list[str]:
+        return list(self.state.notes)
+
+
+async def _stored_notes(storage: Any, key: str) -> list[str]:
+    return [e.data["what"] for e in await storage.read_stream(f"es.Noting/{key}")]
+
+
+async def test_events_raised_by_timers_and_reminders_are_appended(storage: Any) -> None:
+    """A tick is a turn of the actor: its events are appended before it ends, as a method's
+    (they were applied to the state and appended by the next command, or never)."""
+    settings = ReminderSettings(minimum_period=0.05)
+    async with Cluster.local(actors=[_Noting], storage=storage, reminders=settings) as cluster:
+        actor = cluster.get(_Noting, "t")
+        await actor.start_timer()
+        await actor.start_reminder()
+
+        async def both_stored() -> None:
+            while sorted(await _stored_notes(storage, "t")) != ["reminder", "timer"]:
+                await asyncio.sleep(0.01)
+
+        await bounded(both_stored(), "the tick's and the reminder's events in the log")
+        # An interleaving tick runs beside other turns: it raises none (its tick fails).
+        await actor.start_timer(interleave=True)
+        await asyncio.sleep(0.1)
+        assert sorted(await actor.notes()) == ["reminder", "timer"]
+    async with Cluster.local(actors=[_Noting], storage=storage) as again:
+        assert sorted(await again.get(_Noting, "t").notes()) == ["reminder", "timer"]
+
+
+async def test_raise_event_from_a_task_between_turns_is_refused(storage: Any) -> None:
+    """No turn would append it: it was applied to the state, then appended by whichever
+    command came next, or lost with the activation."""
+    async with Cluster.local(actors=[_Noting], storage=storage) as cluster:
+        actor = cluster.get(_Noting, "task")
+        await actor.start_task()
+        await asyncio.sleep(0.2)  # (no turn of the actor runs meanwhile)
+        assert "raise_event outside a turn of the actor" in await actor.refusal()
+        assert await actor.notes() == []
+        assert await _stored_notes(storage, "task") == []
 
 
 class _Opaque:
