@@ -99,6 +99,11 @@ class Retry:
     def is_terminal(self, error: BaseException) -> bool:
         return isinstance(error, (TerminalError, *_PROGRAMMING_ERRORS, *self.terminal))
 
+    def did_nothing(self, error: BaseException) -> bool:
+        """Whether ``error`` says the step did nothing: one the step raised to refuse
+        (``TerminalError``, a type of ``terminal``), which is then not compensated."""
+        return isinstance(error, (TerminalError, *self.terminal))
+
 
 def is_unknown_outcome(error: BaseException) -> bool:
     """Whether, after ``error``, the call may or may not have acted."""

@@ -22,7 +22,7 @@ import random
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from raygrain.actors import DeactivationReason, decode, encode
+from raygrain.actors import DeactivationReason, TurnCancelledError, decode, encode
 from raygrain.runtime.kernel import (
     DROPPED,
     Activation,
@@ -266,7 +266,10 @@ class SagaDriver:
             failed = record.attempts[found.name] = record.attempts.get(found.name, 0) + 1
             record.error = f"step {found.name!r}, attempt {failed}: {_describe(error)}"
             terminal = retry.is_terminal(error)
-            if (acted or not terminal) and found.name not in record.in_doubt:
+            # In doubt unless the step said it did nothing (a TerminalError, a type of
+            # Retry.terminal): an error a retry cannot mend (a bad call) may come from a call
+            # after one that acted.
+            if (acted or not retry.did_nothing(error)) and found.name not in record.in_doubt:
                 record.in_doubt.append(found.name)
             if terminal or retry.exhausted(failed):
                 final = final or f"step {found.name!r} failed after {failed} attempt(s): " + (
@@ -350,6 +353,14 @@ class SagaDriver:
             result = await found.function(saga, data)
         except Exception as exc:
             return False, b"", exc, False
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the saga's own turn is cancelled (its activation is going away)
+            # The step raised it (a library's cancelled task, say): the step's failure, its
+            # outcome unknown, retried as any other; not the advance's, which would run the
+            # stage again for ever with no attempt counted.
+            return False, b"", TurnCancelledError(f"step {key!r} raised {exc!r}"), False
         try:
             return True, encode(result), None, True
         except Exception as exc:  # (it acted, but what it returned cannot be stored)
@@ -404,4 +415,8 @@ def _decoded(data: bytes) -> Any:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    try:
+        text = str(error)
+    except Exception as failure:  # (the step's exception's own __str__ failed)
+        text = f"<str() failed: {failure!r}>"
+    return f"{type(error).__name__}: {text}"

@@ -237,8 +237,19 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             raise UnknownSagaError(f"no saga was started as {self.context.id}")
         self._check_definition()  # (its compensations are another definition's)
         if record.phase == SagaPhase.RUNNING.value:
+            driver = self._driver()
+            stages = type(self).__saga_stages__
+            if driver.busy and record.wait_until is None and record.stage < len(stages):
+                # A stage may be under way (this call interleaves with it): its steps may
+                # act before it ends, or before the process dies. In doubt from now, so that
+                # whoever compensates (this activation or the next) undoes them too.
+                record.in_doubt.extend(
+                    s.name
+                    for s in stages[record.stage]
+                    if s.name not in record.results and s.name not in record.in_doubt
+                )
             stop_forward(record, f"aborted: {reason}")
-            self._driver().kick()
+            driver.kick()
         return self._status()
 
     async def resume(self) -> SagaStatus:

@@ -212,6 +212,73 @@ async def test_a_step_that_acted_but_returned_what_cannot_be_stored_is_compensat
         assert (await _books(cluster, "u")).events == ["do book", "undo book"]
 
 
+class BadCallAfterActing(Saga[str], name="sagatest.BadCallAfterActing"):
+    @step
+    async def book(self, who: str) -> None:
+        ledger = self.actors.get(Ledger, who)
+        await ledger.apply(self.idempotency_key, "book", who)
+        await ledger.apply(self.idempotency_key)  # type: ignore[call-arg]  # a bug: too few
+
+    @book.compensate
+    async def unbook(self, who: str, result: None) -> None:
+        await self.actors.get(Ledger, who).undo(self.idempotency_key, "book")
+
+
+async def test_a_step_that_acted_then_made_a_bad_call_is_compensated() -> None:
+    """An error a retry cannot mend is not retried, but unlike a TerminalError the step
+    raises to refuse, it does not say the step did nothing: an earlier call of the step may
+    have acted (the booking was left behind)."""
+    async with Cluster.local(actors=[Ledger, BadCallAfterActing]) as cluster:
+        saga = cluster.get(BadCallAfterActing, "b")
+        await saga.start("b")
+        with pytest.raises(SagaFailedError, match="InvalidArgumentsError"):
+            await saga.result()
+        assert (await _books(cluster, "b")).events == ["do book", "undo book"]
+        assert (await saga.status()).in_doubt == ("book",)
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("cannot render")
+
+
+class RaisesOddly(Saga[str], name="sagatest.RaisesOddly"):
+    retry_policy = Retry(first_delay=0, max_attempts=2)
+
+    @step
+    async def book(self, who: str) -> None:
+        await self.actors.get(Ledger, who).apply(self.idempotency_key, "book", who)
+
+    @book.compensate
+    async def unbook(self, who: str, result: None) -> None:
+        await self.actors.get(Ledger, who).undo(self.idempotency_key, "book")
+
+    @step
+    async def odd(self, who: str) -> None:
+        ATTEMPTS[f"{who}/odd"] += 1
+        if who == "cancelled":
+            raise asyncio.CancelledError  # (a library's cancelled task, say)
+        raise _Unprintable
+
+
+@pytest.mark.parametrize(
+    ("who", "error"),
+    [("cancelled", "TurnCancelledError"), ("unprintable", r"_Unprintable: <str\(\) failed")],
+)
+async def test_a_step_raising_cancelled_error_or_an_unprintable_error_fails_as_a_step(
+    who: str, error: str
+) -> None:
+    """Either one failed the saga's whole advance, which ran the stage again every second
+    for ever: no attempt counted, nothing compensated, no error shown."""
+    async with Cluster.local(actors=[Ledger, RaisesOddly]) as cluster:
+        saga = cluster.get(RaisesOddly, who)
+        await saga.start(who)
+        with pytest.raises(SagaFailedError, match=f"step 'odd' failed after 2 attempt.*{error}"):
+            await saga.result()
+        assert ATTEMPTS[f"{who}/odd"] == 2
+        assert (await _books(cluster, who)).events == ["do book", "undo book"]
+
+
 async def test_a_step_whose_outcome_was_unknown_is_retried_with_its_key_and_acts_once(
     sagas: Cluster,
 ) -> None:
@@ -423,6 +490,33 @@ async def test_a_crash_mid_stage_leaves_its_steps_in_doubt_and_compensated_if_th
         assert all(books.events.count(f"do {s}") == 1 for s in ("flight", "hotel", "car"))
         assert ATTEMPTS["cut/undo hotel"] == 1 and ATTEMPTS["cut/hotel"] == 2
         assert ATTEMPTS["cut/car"] == 2  # retried with its key: the ledger did not book twice
+
+
+async def test_an_abort_while_a_step_runs_undoes_that_step_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Aborted while its hotel step ran (after it booked), the cluster then stopped before
+    the stage ended: the next activation compensated only the steps with results, the hotel
+    booking was left behind, and the saga said COMPENSATED."""
+    db = str(tmp_path / "sagas.db")
+    async with _on_file(db, deactivation_timeout=0.2) as first:
+        trip = first.get(Trip, "abort-stop")
+        await trip.start(Plan(gate_after="hotel"))
+
+        async def hotel_booked() -> bool:
+            return "do hotel" in (await _books(first, "abort-stop")).events
+
+        await wait_until(hotel_booked, "the hotel step to act")
+        status = await trip.abort("customer called")
+        assert status.phase is SagaPhase.COMPENSATING and "hotel" in status.in_doubt
+        # The cluster closes with the hotel step still running.
+    async with _on_file(db) as second:
+        trip = second.get(Trip, "abort-stop")
+        with pytest.raises(SagaFailedError, match="aborted: customer called"):
+            await trip.result()
+        assert (await _books(second, "abort-stop")).booked == {}
+        status = await trip.status()
+        assert status.phase is SagaPhase.COMPENSATED and "hotel" in status.compensated
 
 
 class _FailingWrite(MemoryStorage):
