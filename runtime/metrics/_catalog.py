@@ -146,7 +146,9 @@ class SiloMetrics(CallerMetrics):
             read=mailboxes,
         )
         self.activated = add(
-            "raygrain_activations_total",
+            # Not raygrain_activations_total: exposition drops a counter's "_total" (Ray's
+            # exporter, OpenMetrics), which would make it the gauge raygrain_activations.
+            "raygrain_activations_created_total",
             "Activations created (on_activate ran), by actor type",
             Kind.COUNTER,
             ("type",),

@@ -91,7 +91,10 @@ async def test_call_metrics_appear_on_rays_prometheus_endpoint(ray_silos: Any, k
     assert all(ls["silo"].startswith("raygrain-silo-") and ls["deployment"] for ls in series)
     histogram = "ray_raygrain_call_duration_seconds_count"
     assert _total(samples, histogram, **calls, method="echo") >= echoes + 100
+    # The gauge and the counter of activations are two series (the counter's name once
+    # clashed with the gauge's when Ray dropped its "_total").
     assert _total(samples, "ray_raygrain_activations", type="test.Chain") >= 5
+    assert _total(samples, "ray_raygrain_activations_created_total", type="test.Chain") >= 5
     assert _total(samples, "ray_raygrain_wire_batch_messages_count") > 0
 
 

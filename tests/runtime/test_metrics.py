@@ -120,7 +120,7 @@ async def test_a_workload_moves_the_scraped_counters_and_histograms_by_its_size(
         "client",
     }
     assert total(samples, "raygrain_activations", **meter) == 10
-    assert total(samples, "raygrain_activations_total", **meter) == 10
+    assert total(samples, "raygrain_activations_created_total", **meter) == 10
     assert total(samples, "raygrain_activation_duration_seconds_count", **meter) == 10
     # Storage: 10 reads (activations), 100 queued writes, in batches of 100 records in all.
     storage = {"provider": "SqliteStorage"}
@@ -268,6 +268,54 @@ def _metric_names() -> set[str]:
     from raygrain.runtime.metrics import Metrics
 
     return set(Metrics(MetricsSettings()).registry.families)
+
+
+def _exposed_names(name: str, kind: Kind) -> list[str]:
+    """The names a family takes once exported: its family name as OpenMetrics and Ray's
+    exporter write it (a counter without "_total"), and its samples' names."""
+    if kind is Kind.COUNTER:
+        base = name.removesuffix("_total")
+        return [base, f"{base}_total", f"{base}_created"]
+    if kind is Kind.HISTOGRAM:
+        return [name, *(f"{name}_{suffix}" for suffix in ("bucket", "count", "sum", "created"))]
+    return [name]
+
+
+def test_no_two_metrics_share_a_name_once_exported() -> None:
+    from raygrain.runtime.metrics import Metrics
+
+    owners: dict[str, list[str]] = {}
+    for family in Metrics(MetricsSettings()).registry.families.values():
+        for exposed in _exposed_names(family.name, family.kind):
+            owners.setdefault(exposed, []).append(family.name)
+    assert {name: by for name, by in owners.items() if len(by) > 1} == {}
+
+
+async def test_an_openmetrics_scrape_keeps_the_activations_gauge_and_counter_apart() -> None:
+    from prometheus_client.openmetrics.parser import (
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with Cluster.local(actors=[Meter], silos=1, metrics_port=0) as cluster:
+        assert cluster.metrics is not None and cluster.metrics.port
+        await cluster.get(Meter, "om").add(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{cluster.metrics.port}/metrics", headers={"Accept": accept}
+        )
+
+        def fetch() -> str:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return str(reply.read().decode())
+
+        text = await asyncio.to_thread(fetch)
+    samples = {
+        (s.name, s.labels.get("type")): s.value
+        for family in openmetrics_families(text)  # (a name exposed twice fails to parse)
+        for s in family.samples
+    }
+    assert samples[("raygrain_activations", "metrics.Meter")] == 1
+    assert samples[("raygrain_activations_created_total", "metrics.Meter")] == 1
 
 
 def test_the_docs_table_lists_every_metric_and_only_those() -> None:
