@@ -313,6 +313,18 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
         await gate(gate_name).wait()
         return id(self)
 
+    async def quick(self) -> int:
+        return id(self)
+
+    async def round_trip(self, via: str) -> int:
+        """Back to a worker of its own id through another actor: another activation serves
+        it (this one waits for it)."""
+        back: int = await self.actors.get(Chain, via).relay(
+            self.actors.get(Worker, self.context.key), "quick"
+        )
+        assert back != id(self)
+        return back
+
 
 class Ephemeral(Actor[Log], name="test.Ephemeral", idle_timeout=10.0):
     async def on_activate(self) -> None:

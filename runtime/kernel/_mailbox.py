@@ -148,7 +148,13 @@ class Mailbox:
                 window = min(2 * self._lazy_window + 1, _MOST_LAZY_STARTS)
                 self._lazy_window = self._lazy_starts = max(window, _FIRST_LAZY_STARTS)
             return
-        if self.actor_id in delivery.request.chain and not self._can_start_now(delivery):
+        if (
+            self.actor_id in delivery.request.chain
+            and not self._can_start_now(delivery)
+            # (A stateless worker's new activation is not the one in the chain: the router
+            # gives a call a busy worker only when every worker of the silo is busy.)
+            and (self.state is ActivationState.VALID or not self.options.stateless_worker)
+        ):
             self.silo.reply_error(
                 delivery.request,
                 DeadlockError(

@@ -241,6 +241,16 @@ async def test_stateless_worker_activations_are_capped_per_silo(cluster: Cluster
     assert len(set(ids)) == 4
 
 
+async def test_a_stateless_worker_called_back_through_a_chain_gets_another_activation(
+    cluster: Cluster,
+) -> None:
+    """The call back started a new activation of the worker, still activating when it came,
+    which was taken for the busy one in the chain: a DeadlockError."""
+    worker = cluster.get(Worker, 2)
+    assert await worker.round_trip("via")
+    assert len(await asyncio.gather(*(worker.round_trip("via") for _ in range(2)))) == 2
+
+
 async def test_idle_activation_is_collected_by_the_fake_clock(
     cluster: Cluster, clock: ManualClock
 ) -> None:
