@@ -148,6 +148,13 @@ class Mailbox:
                 window = min(2 * self._lazy_window + 1, _MOST_LAZY_STARTS)
                 self._lazy_window = self._lazy_starts = max(window, _FIRST_LAZY_STARTS)
             return
+        if self.actor_id in delivery.request.chain and self._joins_readers(delivery):
+            # A read-only call back into a read-only turn waiting for it (through its chain):
+            # it runs beside the readers now, even with a writer queued (which waits for them
+            # anyway); queued behind that writer, it would deadlock.
+            self.readers += 1
+            self._start(delivery)
+            return
         if (
             self.actor_id in delivery.request.chain
             and not self._can_start_now(delivery)
@@ -160,7 +167,7 @@ class Mailbox:
                 DeadlockError(
                     f"call {self.actor_id}.{delivery.method.name} would deadlock: the call chain "
                     f"{' -> '.join(map(str, delivery.request.chain))} -> {self.actor_id} returns "
-                    f"to {self.actor_id}, which is busy in a non-reentrant turn"
+                    f"to {self.actor_id}, which is busy in a turn this call would wait for"
                 ),
                 self._where(delivery.method),
             )
@@ -261,6 +268,14 @@ class Mailbox:
 
     def is_idle_of_turns(self) -> bool:
         return not (self.exclusive or self.readers or self.interleaved)
+
+    def _joins_readers(self, delivery: Delivery) -> bool:
+        return (
+            delivery.method.options.read_only
+            and bool(self.readers)
+            and not self.exclusive
+            and self.state is ActivationState.VALID
+        )
 
     def _can_start_now(self, delivery: Delivery) -> bool:
         if self.state is not ActivationState.VALID or self.mailbox or self.exclusive:

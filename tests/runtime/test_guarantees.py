@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from raygrain.actors import ActorCallTimeout, DeactivationReason, DeadlockError
+from raygrain.actors import Actor, ActorCallTimeout, DeactivationReason, DeadlockError, read_only
 from raygrain.runtime import Cluster, ManualClock
 from raygrain.runtime.kernel import Response
 from tests import app
@@ -249,6 +249,40 @@ async def test_a_stateless_worker_called_back_through_a_chain_gets_another_activ
     worker = cluster.get(Worker, 2)
     assert await worker.round_trip("via")
     assert len(await asyncio.gather(*(worker.round_trip("via") for _ in range(2)))) == 2
+
+
+class _Reads(Actor[int], name="test.Reads"):
+    @read_only
+    async def outer(self, via: str) -> str:
+        await app.gate("reads").wait()
+        back: str = await self.actors.get(Chain, via).relay(
+            self.actors.get(_Reads, self.context.key), "inner"
+        )
+        return back
+
+    @read_only
+    async def inner(self) -> str:
+        return "inner"
+
+    async def write(self) -> int:
+        self.state += 1
+        return self.state
+
+
+async def test_a_read_only_call_back_into_a_read_only_turn_passes_a_queued_writer() -> None:
+    """Read-only A.outer -> B -> read-only A.inner, with a write to A queued meanwhile: the
+    call back queued behind the writer, which waited for outer, which waited for it
+    (a DeadlockError). It runs beside the reader; the writer then runs after it."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Reads, Chain]) as local:
+        actor = local.get(_Reads, "r")
+        outer = asyncio.ensure_future(actor.outer("via"))
+        await wait_until(lambda: "reads" in app.GATES, "the read-only turn to start")
+        write = asyncio.ensure_future(actor.write())
+        assert await still_pending(write)  # (queued behind the reader)
+        app.gate("reads").set()
+        assert await bounded(outer, "the read-only chain") == "inner"
+        assert await bounded(write, "the queued write") == 1
 
 
 async def test_idle_activation_is_collected_by_the_fake_clock(
