@@ -14,6 +14,7 @@ from raygrain.runtime.metrics._registry import (
     Kind,
     Labels,
     MetricRegistry,
+    items_of,
 )
 from raygrain.runtime.metrics._settings import LATENCY_BOUNDS, SIZE_BOUNDS
 
@@ -25,7 +26,7 @@ def calls_of(duration: Family) -> Callable[[], dict[Labels, float]]:
     to record: every call is observed in the histogram anyway)."""
     return lambda: {
         values: float(c.count)
-        for values, c in duration.children.items()
+        for values, c in items_of(duration.children)
         if isinstance(c, HistogramChild)
     }
 
@@ -36,7 +37,7 @@ def slow_turns_of(duration: Family) -> Callable[[], dict[Labels, float]]:
     ``HistogramChild.threshold``)."""
     return lambda: {
         (type_name, method): float(c.above)
-        for (side, type_name, method), c in list(duration.children.items())
+        for (side, type_name, method), c in items_of(duration.children)
         if side == "callee" and isinstance(c, HistogramChild) and c.threshold is not None
     }
 

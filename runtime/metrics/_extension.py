@@ -33,6 +33,7 @@ from raygrain.runtime.metrics._registry import (
     HistogramChild,
     Labels,
     MetricRegistry,
+    items_of,
 )
 from raygrain.runtime.metrics._settings import MetricsSettings
 from raygrain.runtime.metrics._storage import ObservedStorage
@@ -194,8 +195,9 @@ class Metrics(Extension):
         silo = self._silo
         if silo is None:
             return {}
-        counts = Counter(a.actor_id.type_name for a in silo.activations.values())
-        for actor_id, pool in silo.workers.items():
+        # (Read on a scrape's thread, while the silo's loop changes these: see items_of.)
+        counts = Counter(actor_id.type_name for actor_id, _ in items_of(silo.activations))
+        for actor_id, pool in items_of(silo.workers):
             counts[actor_id.type_name] += len(pool)
         return {(name,): float(n) for name, n in counts.items()}
 
@@ -204,9 +206,9 @@ class Metrics(Extension):
         if events is None:
             return {}
         found: dict[Labels, float] = {}
-        for name, runner in events.runners.items():
+        for name, runner in items_of(events.runners):
             values = runner.positions if figure == "position" else runner.lag_events()
-            for category, value in values.items():
+            for category, value in items_of(values):
                 found[(name, category)] = float(value)
         return found
 
@@ -215,6 +217,6 @@ class Metrics(Extension):
         if silo is None:
             return {}
         queued: Counter[str] = Counter()
-        for activation in silo.activations.values():
-            queued[activation.actor_id.type_name] += activation.queued()
+        for actor_id, activation in items_of(silo.activations):
+            queued[actor_id.type_name] += activation.queued()
         return {(name,): float(n) for name, n in queued.items()}

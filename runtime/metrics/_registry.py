@@ -13,8 +13,9 @@ from __future__ import annotations
 import enum
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "FLUSH_AT",
@@ -25,6 +26,8 @@ __all__ = [
     "Kind",
     "MetricRegistry",
     "Sample",
+    "items_of",
+    "retried",
 ]
 
 # Values a histogram keeps pending before it counts them into its buckets (see HistogramChild).
@@ -33,6 +36,32 @@ FLUSH_AT = 1023
 OVERFLOW = "other"  # the value a label takes once it has max_label_values distinct ones
 
 Labels = tuple[str, ...]
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_T = TypeVar("_T")
+
+# A scrape reads on the HTTP server's thread what the event loop's thread changes (activations,
+# series, projections): a read that met a change is made again, this many times at most.
+_READ_ATTEMPTS = 10
+
+
+def retried(read: Callable[[], _T]) -> _T:
+    """``read()``, made again while it fails because a dict it iterates changed under it
+    ("dictionary changed size during iteration")."""
+    for _ in range(_READ_ATTEMPTS - 1):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return read()
+
+
+def items_of(mapping: Mapping[_K, _V]) -> list[tuple[_K, _V]]:
+    """A copy of ``mapping``'s items that another thread may be changing. Copying is one C
+    loop, which another thread rarely interrupts (iterating in Python, it can switch threads
+    at any step); a copy that met a change anyway is made again."""
+    return retried(lambda: list(mapping.items()))
 
 
 class Kind(enum.Enum):
@@ -204,10 +233,10 @@ class Family:
         constant = self.registry.constant_labels
         names = self.label_names
         if self.read is not None:
-            for values, value in self.read().items():
+            for values, value in retried(self.read).items():
                 yield Sample({**constant, **dict(zip(names, values, strict=True))}, value)
             return
-        for values, child in list(self.children.items()):
+        for values, child in items_of(self.children):
             labels = {**constant, **dict(zip(names, values, strict=True))}
             if isinstance(child, HistogramChild):
                 counts, total = child.snapshot()

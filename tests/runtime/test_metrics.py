@@ -6,8 +6,10 @@ import asyncio
 import json
 import re
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +25,7 @@ from raygrain.actors import (
 )
 from raygrain.runtime import Cluster, ManualClock, ReminderSettings
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
+from raygrain.runtime.metrics._catalog import calls_of
 from raygrain.runtime.metrics._registry import FLUSH_AT
 from tests.app import Vault
 from tests.runtime.time_helpers import step
@@ -258,6 +261,57 @@ def test_a_histogram_counts_its_pending_values_once_enough_wait() -> None:
     assert len(child.pending) == FLUSH_AT  # not yet: a batch is counted once it is full
     child.observe(0.5)
     assert child.pending == [] and child.snapshot() == ((1, FLUSH_AT), 2.0 * FLUSH_AT + 0.5)
+
+
+class ChangedWhileRead(dict):  # type: ignore[type-arg]
+    """A dict that the silo's loop changes while a scrape's thread reads it: on the first read
+    of it (items, values, keys or iteration), ``victim`` is removed after the first entry."""
+
+    def __init__(self, source: dict[Any, Any], victim: Any) -> None:
+        super().__init__(source)
+        self.victim = victim
+
+    def _reading(self, view: Iterable[Any]) -> Iterator[Any]:
+        for item in view:
+            if self.victim is not None:
+                self.pop(self.victim)
+                self.victim = None
+            yield item
+
+    def items(self) -> Any:
+        return self._reading(dict.items(self))
+
+    def values(self) -> Any:
+        return self._reading(dict.values(self))
+
+    def keys(self) -> Any:
+        return self._reading(dict.keys(self))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._reading(dict.keys(self))
+
+
+async def test_a_scrape_reads_activations_again_when_they_change_under_it() -> None:
+    async with Cluster.local(actors=[Meter], silos=1, metrics_port=0) as cluster:
+        assert cluster.metrics is not None and cluster.metrics.port
+        await asyncio.gather(*(cluster.get(Meter, f"r{i}").add(1) for i in range(3)))
+        silo = cluster.silos[0]
+        activations = silo.activations
+        silo.activations = ChangedWhileRead(activations, next(iter(activations)))
+        try:  # (an HTTP 500 fails the scrape)
+            samples = await asyncio.to_thread(scrape, cluster.metrics.port)
+        finally:
+            silo.activations = activations
+    # One activation was collected as the scrape read them: it counts those left.
+    assert total(samples, "raygrain_activations", type="metrics.Meter") == 2
+
+
+def test_calls_are_read_again_when_the_series_change_under_them() -> None:
+    duration = MetricRegistry({}).add("raygrain_t", "t", Kind.HISTOGRAM, ("method",), (1.0,))
+    for method in ("a", "b", "c"):
+        duration.histogram(method).observe(0.5)
+    duration.children = ChangedWhileRead(duration.children, ("b",))
+    assert calls_of(duration)() == {("a",): 1.0, ("c",): 1.0}
 
 
 def test_settings_are_a_value_object() -> None:
