@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from raygrain.actors import ConfigurationError
@@ -31,6 +32,27 @@ class MetricsSettings:
     slow_turn_seconds: float = 1.0
     max_label_values: int = 100
     export_period: float = 5.0
+
+    def __post_init__(self) -> None:
+        # Refused here, not when a turn or a scrape first reads them (a slow_turn_seconds of
+        # "1" from a config file failed every turn's count and every scrape).
+        if not isinstance(self.enabled, bool):
+            self._refuse("enabled", "True or False")
+        if not isinstance(self.deployment, str) or not self.deployment:
+            self._refuse("deployment", "a non-empty str")
+        for label in ("slow_turn_seconds", "export_period"):
+            value = getattr(self, label)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not value > 0 or not math.isfinite(value):
+                self._refuse(label, "a positive number of seconds")
+        value = self.max_label_values
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            self._refuse("max_label_values", "an int >= 1")
+
+    def _refuse(self, label: str, wanted: str) -> None:
+        raise ConfigurationError(
+            f"MetricsSettings.{label} must be {wanted}, got {getattr(self, label)!r}"
+        )
 
     @classmethod
     def chosen(cls, metrics: object, deployment: str) -> MetricsSettings:

@@ -318,6 +318,31 @@ def test_settings_are_a_value_object() -> None:
     assert MetricsSettings().enabled and MetricsSettings(enabled=False) != MetricsSettings()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("enabled", "no"),
+        ("enabled", 1),
+        ("deployment", ""),
+        ("deployment", None),
+        ("slow_turn_seconds", "1"),
+        ("slow_turn_seconds", 0),
+        ("slow_turn_seconds", float("nan")),
+        ("slow_turn_seconds", True),
+        ("max_label_values", 0),
+        ("max_label_values", -5),
+        ("max_label_values", 2.5),
+        ("export_period", 0),
+        ("export_period", -1.0),
+        ("export_period", float("inf")),
+    ],
+    ids=lambda v: repr(v),
+)
+def test_bad_settings_are_refused_naming_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"MetricsSettings.{field} must be"):
+        MetricsSettings(**{field: value})
+
+
 def _metric_names() -> set[str]:
     from raygrain.runtime.metrics import Metrics
 
