@@ -46,11 +46,14 @@ __all__ = [
 class NewEvent:
     """An event to append. ``type`` is its stable type name; ``data`` any value the raygrain
     codec encodes (dataclasses, dicts, lists, ...); ``event_id`` a unique id (a uuid) that
-    makes a retried append idempotent."""
+    makes a retried append idempotent. ``encoded``, when given, is ``data`` as the codec
+    encoded it when the event was raised: what is stored, whatever happens to ``data``'s
+    values after (a state that kept a reference to one of them and changed it)."""
 
     type: str
     data: Any
     event_id: str
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +221,9 @@ class EncodedEvents(list[tuple[str, bytes, str]]):
 def encoded_events(events: Sequence[NewEvent]) -> EncodedEvents:
     """(type, encoded data, event id) of each event; a value the codec refuses raises
     ``SerializationError`` here, in the caller, before anything is queued."""
-    return EncodedEvents([(e.type, encode(e.data), e.event_id) for e in events])
+    return EncodedEvents(
+        [(e.type, encode(e.data) if e.encoded is None else e.encoded, e.event_id) for e in events]
+    )
 
 
 def repeated(stream: str, ids: Sequence[str], found: dict[str, tuple[int, int]]) -> Appended | None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from raygrain.actors import ConfigurationError, InvalidEventError, StateDecodeError
+from raygrain.actors import ConfigurationError, InvalidEventError, StateDecodeError, encode
 from raygrain.storage import NewEvent, StoredEvent
 
 __all__ = ["EventTypes", "Upcaster", "event_name"]
@@ -88,7 +88,10 @@ class EventTypes:
             )
         name, names = known
         data = {field: getattr(event, field) for field in names}
-        return NewEvent(name, data, _event_ids.next())
+        # Encoded now (it would be at the turn's end anyway): the log stores the event as it
+        # was raised, even if ``apply`` keeps one of its values in the state and a later
+        # event of the turn changes it.
+        return NewEvent(name, data, _event_ids.next(), encode(data))
 
     def build(self, stored: StoredEvent, upcast: Upcaster) -> Any:
         """The event object of ``stored``, upcast to the current shape."""

@@ -26,6 +26,7 @@ from raygrain.storage import (
     StateWrite,
     StorageProvider,
     StoredEvent,
+    encoded_events,
     open_storage,
     tell_written,
 )
@@ -223,7 +224,7 @@ class RemoteStorage:
     async def append(
         self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
     ) -> Appended:
-        rows = [[e.type, encode(e.data), e.event_id] for e in events]
+        rows = [list(row) for row in encoded_events(events)]
         version, position = await self._submit(
             ["events_append", stream, category, expected_version, rows]
         )

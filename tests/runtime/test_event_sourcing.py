@@ -124,6 +124,44 @@ class _Noting(EventSourcedActor[_Notes, _Noted], name="es.Noting"):
         return list(self.state.notes)
 
 
+@dataclasses.dataclass
+class _Opened:
+    items: list[str]
+
+
+@dataclasses.dataclass
+class _Cart:
+    items: list[str] = dataclasses.field(default_factory=list)
+
+
+class _Aliasing(EventSourcedActor[_Cart, _Opened | _Noted], name="es.Aliasing"):
+    def apply(self, state: _Cart, event: _Opened | _Noted) -> _Cart:
+        if isinstance(event, _Opened):
+            state.items = event.items  # the state keeps the event's own list
+        else:
+            state.items.append(event.what)  # ...which this changes
+        return state
+
+    async def open_and_add(self, first: str, then: str) -> list[str]:
+        self.raise_event(_Opened([first]))
+        self.raise_event(_Noted(then))
+        return list(self.state.items)
+
+    async def items(self) -> list[str]:
+        return list(self.state.items)
+
+
+async def test_the_log_stores_an_event_as_it_was_raised(storage: Any) -> None:
+    """The events were encoded when the turn ended: the first one stored with the second's
+    item in it (its list was the state's), and a replay gave ['tea', 'mug', 'mug']."""
+    async with Cluster.local(actors=[_Aliasing], storage=storage) as cluster:
+        assert await cluster.get(_Aliasing, "a").open_and_add("tea", "mug") == ["tea", "mug"]
+        stored = await storage.read_stream("es.Aliasing/a")
+        assert [e.data for e in stored] == [{"items": ["tea"]}, {"what": "mug"}]
+    async with Cluster.local(actors=[_Aliasing], storage=storage) as again:
+        assert await again.get(_Aliasing, "a").items() == ["tea", "mug"]  # replayed
+
+
 async def _stored_notes(storage: Any, key: str) -> list[str]:
     return [e.data["what"] for e in await storage.read_stream(f"es.Noting/{key}")]
 
