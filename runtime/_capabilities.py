@@ -70,7 +70,7 @@ def client_filters(
     settings = (options or SiloOptions()).setting(MetricsSettings, MetricsSettings())
     if settings.enabled and metrics:
         registry = MetricRegistry(
-            {"deployment": settings.deployment, "silo": "client"}, settings.max_label_values
+            {"deployment": settings.label, "silo": "client"}, settings.max_label_values
         )
         filters.append(CallMetrics(registry))
     return tuple(filters)

@@ -95,9 +95,7 @@ class Metrics(Extension):
 
     def __init__(self, settings: MetricsSettings) -> None:
         self.settings = settings
-        self.registry = MetricRegistry(
-            {"deployment": settings.deployment}, settings.max_label_values
-        )
+        self.registry = MetricRegistry({"deployment": settings.label}, settings.max_label_values)
         self._silo: Silo | None = None
         self.metrics = SiloMetrics(
             self.registry, self._activations, self._mailboxes, self._projections

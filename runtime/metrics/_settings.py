@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from raygrain.actors import ConfigurationError
 
@@ -22,13 +22,14 @@ SIZE_BOUNDS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     """``enabled``: record metrics at all (off, a silo runs no metrics code); ``deployment``:
-    the ``deployment`` label; ``slow_turn_seconds``: a turn longer than this counts in
+    the ``deployment`` label (None: the host's, ``local`` in-process and ``default`` on Ray;
+    see ``label``); ``slow_turn_seconds``: a turn longer than this counts in
     ``raygrain_slow_turns_total``; ``max_label_values``: distinct values a label may take
     (types, methods, error types) before new ones are recorded as ``other``;
     ``export_period``: seconds between pushes to Ray's metrics agent (on Ray)."""
 
     enabled: bool = True
-    deployment: str = "default"
+    deployment: str | None = None
     slow_turn_seconds: float = 1.0
     max_label_values: int = 100
     export_period: float = 5.0
@@ -38,8 +39,10 @@ class MetricsSettings:
         # "1" from a config file failed every turn's count and every scrape).
         if not isinstance(self.enabled, bool):
             self._refuse("enabled", "True or False")
-        if not isinstance(self.deployment, str) or not self.deployment:
-            self._refuse("deployment", "a non-empty str")
+        if self.deployment is not None and (
+            not isinstance(self.deployment, str) or not self.deployment
+        ):
+            self._refuse("deployment", "a non-empty str or None")
         for label in ("slow_turn_seconds", "export_period"):
             value = getattr(self, label)
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -54,11 +57,17 @@ class MetricsSettings:
             f"MetricsSettings.{label} must be {wanted}, got {getattr(self, label)!r}"
         )
 
+    @property
+    def label(self) -> str:
+        """The ``deployment`` label (``default`` when no host chose one)."""
+        return self.deployment or "default"
+
     @classmethod
     def chosen(cls, metrics: object, deployment: str) -> MetricsSettings:
-        """The settings a user's ``metrics=`` option (a bool or settings) stands for."""
+        """The settings a user's ``metrics=`` option (a bool or settings) stands for, labelled
+        ``deployment`` (the host's: ``local``, ``default``) unless they name their own."""
         if isinstance(metrics, MetricsSettings):
-            return metrics
+            return metrics if metrics.deployment else replace(metrics, deployment=deployment)
         if not isinstance(metrics, bool):
             raise ConfigurationError(
                 f"metrics must be a bool or a MetricsSettings, got {type(metrics).__name__}"
@@ -74,3 +83,7 @@ class MetricsSettings:
             raise ConfigurationError(f"metrics_port must be a port number, got {port!r}")
         if metrics is False:
             raise ConfigurationError("metrics_port needs metrics on (metrics=False was given)")
+        if isinstance(metrics, MetricsSettings) and not metrics.enabled:
+            raise ConfigurationError(
+                "metrics_port needs metrics on (metrics=MetricsSettings(enabled=False) was given)"
+            )

@@ -166,6 +166,27 @@ async def test_metrics_off_records_nothing_and_refuses_a_port() -> None:
         Cluster.local(actors=[Meter], metrics=False, metrics_port=0)
     with pytest.raises(ConfigurationError, match="metrics_port"):
         Cluster.local(actors=[Meter], metrics_port=-1)
+    with pytest.raises(ConfigurationError, match="metrics_port needs metrics on"):
+        Cluster.local(actors=[Meter], metrics=MetricsSettings(enabled=False), metrics_port=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "label"),
+    [
+        (True, "local"),
+        (MetricsSettings(slow_turn_seconds=0.5), "local"),
+        (MetricsSettings(deployment="staging"), "staging"),
+    ],
+    ids=["metrics=True", "settings without a deployment", "settings naming one"],
+)
+async def test_the_deployment_label_is_local_in_process_unless_the_settings_name_one(
+    settings: bool | MetricsSettings, label: str
+) -> None:
+    async with Cluster.local(actors=[Meter], silos=1, metrics=settings) as cluster:
+        assert cluster.metrics is not None
+        await cluster.get(Meter, "dep").add(1)
+        text = cluster.metrics.text()
+    assert set(re.findall(r'deployment="([^"]*)"', text)) == {label}
 
 
 async def test_transactions_are_counted_by_outcome_and_reason() -> None:
@@ -324,7 +345,7 @@ def test_settings_are_a_value_object() -> None:
         ("enabled", "no"),
         ("enabled", 1),
         ("deployment", ""),
-        ("deployment", None),
+        ("deployment", 5),
         ("slow_turn_seconds", "1"),
         ("slow_turn_seconds", 0),
         ("slow_turn_seconds", float("nan")),
