@@ -35,6 +35,7 @@ from raygrain.storage._postgres_batch import (
     apply_with_statements,
 )
 from raygrain.storage._postgres_errors import (
+    BAD_INPUT,
     RETRY_BATCH,
     SERVER_ERROR,
     UNREACHABLE,
@@ -418,8 +419,18 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     async def _commit(self, batch: list[Pending]) -> None:
         try:
             outcomes = await self._apply(batch)
+        except BAD_INPUT as exc:
+            if len(batch) == 1:
+                batch[0].settle(self._write_error(exc, batch))
+                return
+            # The server refused the whole statement for a record it cannot hold (a key over
+            # the index's size limit, ...), so nothing was committed: each entry runs again on
+            # its own, and only the bad one fails (one bad actor must not fail its neighbours).
+            for pending in batch:
+                await self._commit([pending])
+            return
         except BaseException as exc:
-            error = exc if isinstance(exc, StorageError) else self._write_error(exc, len(batch))
+            error = exc if isinstance(exc, StorageError) else self._write_error(exc, batch)
             for pending in batch:
                 pending.settle(type(error)(*error.args))
             if not isinstance(exc, Exception):
@@ -428,17 +439,21 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)
 
-    def _write_error(self, exc: BaseException, size: int) -> StorageError:
+    def _write_error(self, exc: BaseException, batch: list[Pending]) -> StorageError:
+        if len(batch) == 1:
+            what = "the write of " + ", ".join(_named(w.actor_id) for w in batch[0].writes)
+        else:
+            what = f"a batch of {len(batch)} writes"
         if isinstance(exc, asyncpg.PostgresError) and not isinstance(
             exc, asyncpg.PostgresConnectionError
         ):
             # The server answered with an error: its transaction was rolled back.
             return StorageError(
-                f"{self!r} refused a batch of {size} writes; nothing was written: {describe(exc)}"
+                f"{self!r} refused {what}; nothing was written: {describe(exc)}{_hint(exc)}"
             )
         why = "the committer was cancelled" if isinstance(exc, asyncio.CancelledError) else None
         return StorageError(
-            f"{self!r}: the connection failed during a batch of {size} writes, which may or "
+            f"{self!r}: the connection failed during {what}, which may or "
             f"may not have committed (outcome unknown): {why or describe(exc)}"
         )
 
@@ -475,3 +490,16 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
+
+
+def _named(actor_id: ActorId) -> str:
+    """An actor's name for a message, cut short (a key may be kilobytes long)."""
+    text = str(actor_id)
+    return text if len(text) <= 100 else f"{text[:80]}... ({len(actor_id.canonical())} bytes)"
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.exceptions.ProgramLimitExceededError) and "index row" in str(exc):
+        # PostgreSQL's btree holds index entries up to about 2,700 bytes (after compression).
+        return " (the actor's type name and key are too long for the primary key's index)"
+    return ""

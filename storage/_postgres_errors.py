@@ -8,7 +8,7 @@ import urllib.parse
 
 import asyncpg
 
-__all__ = ["RETRY_BATCH", "SERVER_ERROR", "UNREACHABLE", "describe", "safe"]
+__all__ = ["BAD_INPUT", "RETRY_BATCH", "SERVER_ERROR", "UNREACHABLE", "describe", "safe"]
 
 # Errors that mean "the server or the connection is not there (now)": worth retrying a read.
 UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -20,6 +20,13 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
 )
 SERVER_ERROR: tuple[type[BaseException], ...] = (*UNREACHABLE, asyncpg.PostgresError)
+# The server refused a statement for a value in it that it cannot hold (class 22, data
+# exception: a NUL in text, ...; class 54: an index row over its size limit): nothing was
+# committed, and the same statement without that value would go through.
+BAD_INPUT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
 # The server refused the whole statement before committing anything: safe to run it again.
 RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 

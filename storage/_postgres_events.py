@@ -13,15 +13,19 @@ That price is paid per batch, not per append: appends are queued, and one commit
 process takes everything pending into one transaction (lock the heads, read the streams' tails,
 look up event ids only where an append did not find its stream where it expected, insert every
 row in one statement, move the heads, commit), about eight round trips for hundreds of appends.
-Each append is checked on its own; a refused one fails alone. A connection lost during the
-commit leaves the batch's outcome unknown: the callers' retries with the same event ids return
-what was stored, if anything.
+Each append is checked on its own; a refused one fails alone, and so does one the server cannot
+store (a stream name over the index's size limit: the batch, refused whole, runs again append by
+append). Names are PostgreSQL ``text``, which holds no NUL and no lone surrogate: an append
+naming one is refused with ``InvalidEventError`` before it is queued, and a read of such a
+stream finds it empty (nothing can be stored under it). A connection lost during the commit
+leaves the batch's outcome unknown: the callers' retries with the same event ids return what
+was stored, if anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -30,6 +34,8 @@ from raygrain.actors import InvalidEventError, StorageError, decode
 from raygrain.storage._event_appends import AppendQueue, PendingAppend, settle
 from raygrain.storage._events import (
     Appended,
+    EncodedEvents,
+    NewEvent,
     StoredEvent,
     check_category_read,
     check_stream_read,
@@ -37,6 +43,7 @@ from raygrain.storage._events import (
     repeated,
     wrong_version,
 )
+from raygrain.storage._postgres_errors import BAD_INPUT, describe
 
 __all__ = ["EVENT_TABLES", "PostgresEventLog"]
 
@@ -122,9 +129,38 @@ class PostgresEventLog(AppendQueue):
     def _event_sql(self, sql: str) -> str:
         return sql.replace("{schema}", self._quoted_schema)
 
+    def _queue_append(
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent] | EncodedEvents,
+        result: Any,
+    ) -> None:
+        names = [("name", stream), ("category", category)]
+        for event in events:
+            if isinstance(event, NewEvent):
+                names += [("event type", event.type), ("event id", event.event_id)]
+            elif isinstance(event, tuple) and len(event) == 3:
+                names += [("event type", event[0]), ("event id", event[2])]
+        for what, name in names:
+            if isinstance(name, str) and not _storable(name):
+                raise InvalidEventError(
+                    f"stream {_short(stream)}: its {what} {_short(name)} holds a NUL or a lone "
+                    "surrogate, which PostgreSQL text cannot store; nothing was appended"
+                )
+        super()._queue_append(stream, category, expected_version, events, result)
+
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:
             outcomes = await self._apply_batch(batch)
+        except BAD_INPUT:
+            # The server refused the whole batch for a value it cannot store (a stream name
+            # over the index's size limit, ...): nothing was appended, so each append runs
+            # again on its own and only the bad one fails.
+            for pending in batch:
+                await self._commit_batch([pending])
+            return
         except StorageError as exc:
             for pending in batch:
                 settle(pending, StorageError(*exc.args))
@@ -160,6 +196,13 @@ class PostgresEventLog(AppendQueue):
                     if attempt + 1 == _RETRIES:
                         raise
             return await self._decide_and_insert(connection, batch, categories, True)
+        except BAD_INPUT as exc:
+            if len(batch) > 1:
+                raise  # (_commit_batch runs each append alone)
+            raise StorageError(
+                f"{self!r} refused the append to stream {_short(batch[0].stream)}; nothing was "
+                f"appended: {describe(exc)}"
+            ) from exc
         except asyncpg.PostgresError as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
                 raise self._unknown(size, exc) from exc
@@ -221,6 +264,8 @@ class PostgresEventLog(AppendQueue):
         self, stream: str, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
         check_stream_read(stream, from_version, limit)
+        if isinstance(stream, str) and not _storable(stream):
+            return []  # no event can be stored under it
         rows = await self._retrying(
             f"reading event stream {stream!r}",
             lambda c: c.fetch(self._event_sql(_READ_STREAM), stream, from_version, limit),
@@ -231,6 +276,8 @@ class PostgresEventLog(AppendQueue):
         self, category: str, after_position: int = 0, limit: int = 1000
     ) -> list[StoredEvent]:
         check_category_read(category, after_position, limit)
+        if isinstance(category, str) and not _storable(category):
+            return []
         rows = await self._retrying(
             f"reading event category {category!r}",
             lambda c: c.fetch(self._event_sql(_READ_CATEGORY), category, after_position, limit),
@@ -238,6 +285,8 @@ class PostgresEventLog(AppendQueue):
         return [_stored(row) for row in rows]
 
     async def head(self, category: str) -> int:
+        if isinstance(category, str) and not _storable(category):
+            return 0
         head = await self._retrying(
             f"reading the head of event category {category!r}",
             lambda c: c.fetchval(self._event_sql(_HEAD), category),
@@ -292,6 +341,22 @@ def _decide(
         heads[category] = moved[category] = position
         outcomes.append(Appended(version, position))
     return outcomes, columns, moved
+
+
+def _storable(name: str) -> bool:
+    """Whether PostgreSQL text can hold ``name`` (no NUL, no lone surrogate)."""
+    if "\x00" in name:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(name: str) -> str:
+    """``name`` for a message, cut short (a stream name may be kilobytes long)."""
+    return repr(name) if len(name) <= 100 else f"{name[:80]!r}... ({len(name)} characters)"
 
 
 def _stored(row: Any) -> StoredEvent:

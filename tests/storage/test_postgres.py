@@ -5,6 +5,7 @@ pools, and outages of a real server (stopped and started again mid-workload)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import urllib.parse
 from collections import Counter
@@ -17,6 +18,7 @@ from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
+    InvalidEventError,
     RaygrainError,
     StorageError,
     StorageSchemaError,
@@ -24,7 +26,7 @@ from raygrain.actors import (
 )
 from raygrain.benchmarks._postgres_server import ThrowawayPostgres, _free_port, find_postgres_bin
 from raygrain.runtime import Cluster
-from raygrain.storage import PostgresStorage, StateRecord, StateWrite, open_storage
+from raygrain.storage import NewEvent, PostgresStorage, StateRecord, StateWrite, open_storage
 from raygrain.storage._postgres import SCHEMA_VERSION
 from tests.app import Account, BankAccount
 from tests.crash_app import Depositor, Deposits
@@ -98,7 +100,7 @@ async def test_writes_to_one_record_in_one_batch_apply_in_queue_order(
     first = storage.write(ALICE, b"one", None)
     second = storage.write(ALICE, b"two", "1")
     third = storage.clear(ALICE, "2")
-    assert await asyncio.gather(first, second, third) == ["1", "2", "3"]
+    assert list(await asyncio.gather(first, second, third)) == ["1", "2", "3"]
     assert await storage.read(ALICE) == StateRecord(None, "3")
 
 
@@ -131,6 +133,66 @@ async def test_an_etag_it_never_gave_out_matches_nothing(storage: PostgresStorag
             await storage.write(ALICE, b"x", foreign)
     with pytest.raises(StorageError, match="names a record more than once"):
         await storage.write_many([StateWrite(BOB, b"1", None), StateWrite(BOB, b"2", None)])
+
+
+# -- bad input fails alone -------------------------------------------------------------------
+
+
+def _incompressible(length: int) -> str:
+    # (A repetitive key compresses and fits the index; random text does not.)
+    return secrets.token_urlsafe(length)[:length]
+
+
+async def test_a_key_too_long_for_the_index_fails_alone_not_its_batch(
+    storage: PostgresStorage,
+) -> None:
+    long_key = ActorId("Account", _incompressible(4000))
+    others = [ActorId("Account", f"o{i}") for i in range(20)]
+    results = await asyncio.gather(
+        *(storage.write(o, b"x", None) for o in others),
+        storage.write(long_key, b"x", None),
+        return_exceptions=True,
+    )
+    assert results[:-1] == ["1"] * 20  # in the bad write's batch, and written
+    assert isinstance(results[-1], StorageError), results[-1]
+    message = str(results[-1])
+    assert "refused the write of Account/" in message and "nothing was written" in message
+    assert "too long" in message and len(message) < 1000  # named, not quoted whole
+    assert await storage.read(others[0]) == StateRecord(b"x", "1")
+    assert await storage.read(long_key) == StateRecord(None, None)
+
+
+async def test_a_stream_name_too_long_for_the_index_fails_alone_not_its_batch(
+    storage: PostgresStorage,
+) -> None:
+    long_stream = f"orders-{_incompressible(4000)}"
+    results = await asyncio.gather(
+        *(
+            storage.append(f"orders-{i}", "orders", None, [NewEvent("T", i, "e")])
+            for i in range(20)
+        ),
+        storage.append(long_stream, "orders", None, [NewEvent("T", 0, "e")]),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, BaseException) for r in results[:-1]), results[:-1]
+    assert isinstance(results[-1], StorageError), results[-1]
+    assert "refused the append to stream 'orders-" in str(results[-1])
+    assert len(str(results[-1])) < 1000
+    assert await storage.head("orders") == 20
+
+
+@pytest.mark.parametrize("name", ["or\x00ders-1", "orders-\ud800"], ids=["nul", "lone-surrogate"])
+async def test_a_stream_name_postgresql_text_cannot_hold_is_refused_with_a_typed_error(
+    storage: PostgresStorage, name: str
+) -> None:
+    good = asyncio.create_task(storage.append("orders-0", "orders", None, [NewEvent("T", 0, "e")]))
+    with pytest.raises(InvalidEventError, match="NUL or a lone surrogate"):
+        await storage.append(name, "orders", None, [NewEvent("T", 0, "e")])
+    with pytest.raises(InvalidEventError, match="event id"):
+        await storage.append("orders-2", "orders", None, [NewEvent("T", 0, name)])
+    assert (await good).version == 1
+    assert await storage.read_stream(name) == []  # (an event-sourced actor can activate)
+    assert await storage.read_category(name) == [] and await storage.head(name) == 0
 
 
 # -- schema --------------------------------------------------------------------------------------
