@@ -5,7 +5,8 @@ by the caller (a counter's ``value += 1``, a histogram's pending values by a lis
 (``prometheus_client`` in-process, ``ray.util.metrics`` on Ray) read the registry when they
 are scraped or on a timer. Labels carry actor types, methods, reasons and error types, never
 actor keys; each label holds at most ``max_label_values`` distinct values, after which new
-ones are recorded as ``"other"`` (unbounded label sets have taken down metrics agents).
+ones are recorded as ``"other"`` (unbounded label sets have taken down metrics agents), the
+gauges read at export included.
 """
 
 from __future__ import annotations
@@ -198,6 +199,7 @@ class Family:
         self.children: dict[Labels, CounterChild | HistogramChild] = {}
         self._lookup: dict[Labels, CounterChild | HistogramChild] = {}
         self._seen: list[set[str]] = [set() for _ in self.label_names]
+        self._read_lock = threading.Lock()
 
     def counter(self, *values: str) -> CounterChild:
         child = self._lookup.get(values) or self._child(values)
@@ -209,7 +211,8 @@ class Family:
         assert isinstance(child, HistogramChild)
         return child
 
-    def _child(self, values: Labels) -> CounterChild | HistogramChild:
+    def _capped(self, values: Labels) -> Labels:
+        """``values`` with each label past its ``max_label_values`` distinct ones as ``other``."""
         if len(values) != len(self.label_names):
             raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
         limit = self.registry.max_label_values
@@ -220,12 +223,27 @@ class Family:
                     value = OVERFLOW
                 seen.add(value)
             capped.append(value)
-        key = tuple(capped)
+        return tuple(capped)
+
+    def _read_capped(self, read: Callable[[], dict[Labels, float]]) -> dict[Labels, float]:
+        """A gauge read at export, capped as recorded series are: the values of the labels
+        past the cap are summed as ``other`` (activations, queued calls)."""
+        found = retried(read)
+        summed: dict[Labels, float] = {}
+        with self._read_lock:  # (two scrapes may read at once, on the server's threads)
+            for values, value in found.items():
+                key = self._capped(values)
+                summed[key] = summed.get(key, 0.0) + value
+        return summed
+
+    def _child(self, values: Labels) -> CounterChild | HistogramChild:
+        key = self._capped(values)
         child = self.children.get(key)
         if child is None:
             child = HistogramChild(self.bounds) if self.kind is Kind.HISTOGRAM else CounterChild()
             self.children[key] = child
-        if len(self._lookup) < 100 * limit:  # the aliases of overflowing values are not kept
+        # (The aliases of overflowing values are not kept past 100 per value a label may take.)
+        if len(self._lookup) < 100 * self.registry.max_label_values:
             self._lookup[values] = child
         return child
 
@@ -233,7 +251,7 @@ class Family:
         constant = self.registry.constant_labels
         names = self.label_names
         if self.read is not None:
-            for values, value in retried(self.read).items():
+            for values, value in self._read_capped(self.read).items():
                 yield Sample({**constant, **dict(zip(names, values, strict=True))}, value)
             return
         for values, child in items_of(self.children):

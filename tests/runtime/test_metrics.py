@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import types
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -260,6 +261,39 @@ def test_a_label_takes_at_most_max_label_values_and_then_other() -> None:
         family.counter(f"m{i}").inc()
     values = {sample.labels["method"]: sample.value for sample in family.samples()}
     assert values == {"m0": 1, "m1": 1, "m2": 1, OVERFLOW: 7}
+
+
+async def _ping(self: Actor[None]) -> str:
+    return "pong"
+
+
+MANY_TYPES = [
+    types.new_class(
+        f"Many{i}",
+        (Actor[None],),
+        {"name": f"metrics.Many{i}"},
+        lambda ns: ns.update({"ping": _ping, "__module__": __name__}),
+    )
+    for i in range(8)
+]
+
+
+async def test_gauges_read_at_export_take_at_most_max_label_values_too() -> None:
+    settings = MetricsSettings(max_label_values=3)
+    async with Cluster.local(actors=MANY_TYPES, silos=1, metrics=settings) as cluster:
+        assert cluster.metrics is not None
+        for actor_type in MANY_TYPES:
+            await cluster.get(actor_type, "k").ping()
+        text = cluster.metrics.text()
+    by_name: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("silo") == "silo-0" and "type" in sample.labels:
+                by_name.setdefault(sample.name, {})[sample.labels["type"]] = sample.value
+    for name in ("raygrain_activations", "raygrain_mailbox_length"):
+        assert len(by_name[name]) <= 3 + 1 and OVERFLOW in by_name[name], name
+    activations = by_name["raygrain_activations"]
+    assert sum(activations.values()) == 8 and activations[OVERFLOW] == 8 - 3
 
 
 def test_a_histogram_counts_its_pending_values_into_le_buckets_when_read() -> None:
