@@ -20,6 +20,7 @@ directly: it commits each batch before its positions move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Collection
@@ -320,6 +321,10 @@ class ProjectionRunner:
                 failures=self.failures,
             )
         await self._start_over()
+        # Reads go on meanwhile, from what is stored: they must not wait out the back-off
+        # (an eventual read, or one whose token is applied, stalled or timed out for seconds).
+        with contextlib.suppress(Exception):  # (the store is down: the loop loads them later)
+            await self._load_offsets()
         delay = _RETRY_DELAY * 2 ** min(self.failures - 1, 10)
         await asyncio.sleep(min(delay, _MAX_RETRY_DELAY))
 

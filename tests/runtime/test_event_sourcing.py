@@ -752,6 +752,22 @@ async def test_a_failing_handler_is_retried_with_backoff_and_logged_once(
             ]
             assert len(stats) == 1 and "13 is unlucky" in stats[0]["error"]
             assert stats[0]["failures"] >= 1
+
+            async def failures() -> int:
+                return sum(
+                    s["projections"]["es.Poisoned"]["failures"]
+                    for s in await cluster.stats()
+                    if "es.Poisoned" in s.get("projections", {})
+                )
+
+            async def third_failure() -> None:
+                while await failures() < 3:
+                    await asyncio.sleep(0.05)
+
+            await bounded(third_failure(), "the third failure")
+            # Backing off (2 s now), it still answers eventual reads from what is stored:
+            # they used to wait for the back-off to end (or time out).
+            assert (await poisoned.read("sum", timeout=0.2)).value in (None, 1)
             events_app.POISON["on"] = False  # the handler is fixed
             assert (await poisoned.read("sum", later, 10.0)).value == 114
     finally:
