@@ -16,6 +16,9 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # "cannot switch to state N; another operation is in progress": a connection the server
+    # dropped while the client was between operations on it (seen after a fast shutdown).
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, query cancelled
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
 )

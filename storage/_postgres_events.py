@@ -24,7 +24,6 @@ was stored, if anything.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +42,7 @@ from raygrain.storage._events import (
     repeated,
     wrong_version,
 )
-from raygrain.storage._postgres_errors import BAD_INPUT, describe
+from raygrain.storage._postgres_errors import BAD_INPUT, SERVER_ERROR, UNREACHABLE, describe
 
 __all__ = ["EVENT_TABLES", "PostgresEventLog"]
 
@@ -176,7 +175,7 @@ class PostgresEventLog(AppendQueue):
             assert self._pool is not None
             pool = self._pool
             connection = await pool.acquire(timeout=self._client_timeout)
-        except (StorageError, OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        except (StorageError, *SERVER_ERROR) as exc:
             raise StorageError(f"{self!r} unreachable; {size} appended nothing: {exc}") from exc
         try:
             categories = sorted({a.category for a in batch})
@@ -209,7 +208,7 @@ class PostgresEventLog(AppendQueue):
             raise StorageError(
                 f"{self!r} refused {size}; nothing was appended: {type(exc).__name__}: {exc}"
             ) from exc
-        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
+        except UNREACHABLE as exc:
             raise self._unknown(size, exc) from exc
         finally:
             await pool.release(connection)

@@ -355,6 +355,34 @@ def own_server() -> Iterator[ThrowawayPostgres]:
         yield server
 
 
+async def test_a_connection_asyncpg_finds_in_a_broken_state_is_retried_as_unreachable(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What asyncpg raises on a pooled connection the server dropped between two operations
+    # (after a fast shutdown): "cannot switch to state 12; another operation is in progress".
+    await storage.write(ALICE, b"a", None)
+    fetchrow, failures = asyncpg.connection.Connection.fetchrow, [1]
+
+    async def broken_once(self: asyncpg.Connection, *args: object, **kwargs: object) -> object:
+        if failures:
+            failures.pop()
+            raise asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+        return await fetchrow(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetchrow", broken_once)
+    assert await storage.read(ALICE) == StateRecord(b"a", "1")  # retried
+    assert not failures
+
+    async def broken(self: asyncpg.Connection, *args: object, **kwargs: object) -> object:
+        raise asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+
+    monkeypatch.setattr(asyncpg.connection.Connection, "fetch", broken)
+    with pytest.raises(StorageError, match="outcome unknown"):
+        await storage.write(ALICE, b"b", "1")
+    with pytest.raises(StorageError, match="outcome unknown"):
+        await storage.append("s-1", "s", None, [NewEvent("T", 0, "e")])
+
+
 async def test_an_unreachable_server_fails_reads_after_retrying_and_writes_at_once() -> None:
     url = f"postgresql://nobody@127.0.0.1:{_free_port()}/db?read_timeout=0.5&connect_timeout=1"
     store = open_storage(url)
