@@ -121,6 +121,10 @@ class Metrics(Extension):
         if time_service is not None:
             time_service.lateness_observers.append(self.reminder_late)
 
+    async def stop(self, silo: Silo) -> None:
+        if self.storage is not None:
+            self.storage.detach()
+
     def reminder_late(self, type_name: str, seconds: float) -> None:
         self.metrics.reminder_lateness.histogram(type_name).observe(max(0.0, seconds))
 

@@ -41,9 +41,27 @@ class ObservedStorage:
         if hasattr(inner, "write_many"):
             self.write_many = self._write_many
         observers = getattr(inner, "batch_observers", None)
-        # A provider shared by several silos (in-process) reports each batch to the first.
-        if isinstance(observers, list) and not observers:
-            observers.append(metrics.batch.histogram(provider).observe)
+        self._observers: list[Callable[[int], object]] | None = None
+        if isinstance(observers, list):
+            self._observers = observers
+            self._batch = metrics.batch.histogram(provider)
+            observers.append(self._batch_committed)
+
+    def _batch_committed(self, size: int) -> None:
+        # A provider shared by several silos (in-process) reports each batch to every one: the
+        # first of them still open records it, so that a cluster counts each batch once.
+        for observe in self._observers or ():
+            owner = getattr(observe, "__self__", None)
+            if isinstance(owner, ObservedStorage):
+                if owner is self:
+                    self._batch.observe(size)
+                return
+
+    def detach(self) -> None:
+        """Stop observing the provider's batches (the silo is closing; the provider may serve
+        others, another cluster's included, which would go on reporting to this one)."""
+        if self._observers is not None and self._batch_committed in self._observers:
+            self._observers.remove(self._batch_committed)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self.last_error = f"{operation}: {type(exc).__name__}"

@@ -28,6 +28,7 @@ from raygrain.runtime import Cluster, ManualClock, ReminderSettings
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
 from raygrain.runtime.metrics._catalog import calls_of
 from raygrain.runtime.metrics._registry import FLUSH_AT
+from raygrain.storage import SqliteStorage
 from tests.app import Vault
 from tests.runtime.time_helpers import step
 
@@ -140,6 +141,23 @@ async def test_a_workload_moves_the_scraped_counters_and_histograms_by_its_size(
     assert total(samples, "raygrain_storage_batch_size_sum", **storage) == 100
     assert 1 <= total(samples, "raygrain_storage_batch_size_count", **storage) <= 100
     assert total(samples, "raygrain_membership_silos", status="active") == 2 * 2  # per silo
+
+
+async def test_a_provider_used_by_a_second_cluster_reports_its_batches_there(
+    tmp_path: Path,
+) -> None:
+    storage = SqliteStorage(str(tmp_path / "state.db"))
+    try:
+        for cluster_number in (1, 2):
+            async with Cluster.local(actors=[Meter], silos=2, storage=storage) as cluster:
+                assert cluster.metrics is not None
+                await asyncio.gather(*(cluster.get(Meter, f"b{i}").add(1) for i in range(20)))
+                value = cluster.metrics.value
+                assert value("raygrain_storage_batch_size_sum") == 20, cluster_number
+                assert value("raygrain_storage_batch_size_count") >= 1, cluster_number
+            assert storage.batch_observers == [], cluster_number
+    finally:
+        await storage.aclose()
 
 
 async def test_deactivations_are_counted_by_reason() -> None:
