@@ -106,6 +106,7 @@ _READ_CATEGORY = (
 _HEAD = "SELECT head FROM {schema}.raygrain_event_heads WHERE category = $1"
 
 
+_NO_CONNECTION: tuple[type[BaseException], ...] = (StorageError, *SERVER_ERROR)
 _RETRIES = 5  # a batch the server refused whole (deadlock, serialization) is sent again
 _RETRY_WHOLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
@@ -175,7 +176,7 @@ class PostgresEventLog(AppendQueue):
             assert self._pool is not None
             pool = self._pool
             connection = await pool.acquire(timeout=self._client_timeout)
-        except (StorageError, *SERVER_ERROR) as exc:
+        except _NO_CONNECTION as exc:
             raise StorageError(f"{self!r} unreachable; {size} appended nothing: {exc}") from exc
         try:
             categories = sorted({a.category for a in batch})
