@@ -177,7 +177,8 @@ class SiloMetrics(CallerMetrics):
         )
         self.transactions = add(
             "raygrain_transactions_total",
-            "Transactions this silo coordinated, by outcome (committed, aborted) and reason",
+            "Transactions this silo coordinated, by outcome (committed, aborted, in_doubt) and "
+            "reason",
             Kind.COUNTER,
             ("outcome", "reason"),
         )

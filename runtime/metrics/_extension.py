@@ -131,7 +131,12 @@ class Metrics(Extension):
     def commit_ended(
         self, txid: str, committed: bool, reason: str, phases: list[tuple[str, float, float]]
     ) -> None:
-        outcome = "committed" if committed else "aborted"
+        if committed:
+            outcome = "committed"
+        elif reason == "in_doubt":  # stored everywhere or nowhere, not known which: no abort
+            outcome, reason = "in_doubt", ""
+        else:
+            outcome = "aborted"
         self.metrics.transactions.counter(outcome, reason).inc()
 
     def call_filter(self) -> CallMetrics:

@@ -7,7 +7,7 @@ import json
 import re
 import types
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from raygrain.actors import (
     Actor,
     ActorCallTimeout,
+    ActorId,
     ConfigurationError,
     DeactivationReason,
     ReminderTick,
+    StorageError,
     TransactionAbortedError,
+    TransactionInDoubtError,
     call_timeout,
 )
 from raygrain.runtime import Cluster, ManualClock, ReminderSettings
 from raygrain.runtime.metrics import OVERFLOW, Kind, MetricRegistry, MetricsSettings
 from raygrain.runtime.metrics._catalog import calls_of
 from raygrain.runtime.metrics._registry import FLUSH_AT
-from raygrain.storage import SqliteStorage
+from raygrain.storage import MemoryStorage, SqliteStorage, StateRecord, StateWrite
 from tests.app import Vault
 from tests.runtime.time_helpers import step
 
@@ -224,6 +227,42 @@ async def test_transactions_are_counted_by_outcome_and_reason() -> None:
         assert value("raygrain_transactions_total", outcome="committed") == 1
         assert value("raygrain_transactions_total", outcome="aborted", reason="prepare_failed") == 1
         assert value("raygrain_transactions_total") == 2
+
+
+class LostReply(MemoryStorage):
+    """Stores a transaction's writes, then loses the reply; reads fail from then on, so the
+    coordinator cannot learn whether they were stored (the commit is in doubt)."""
+
+    armed = False
+    reads_fail = False
+
+    async def write_many(self, writes: Sequence[StateWrite]) -> list[str]:
+        etags = await super().write_many(writes)
+        if self.armed and len(writes) > 1:
+            self.armed, self.reads_fail = False, True
+            raise StorageError("connection reset")
+        return etags
+
+    async def read(self, actor_id: ActorId) -> StateRecord:
+        if self.reads_fail:
+            raise StorageError("still down")
+        return await super().read(actor_id)
+
+
+async def test_an_in_doubt_commit_is_counted_as_in_doubt_not_aborted() -> None:
+    storage = LostReply()
+    async with Cluster.local(actors=[Vault], silos=1, storage=storage) as cluster:
+        a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
+        storage.armed = True
+        with pytest.raises(TransactionInDoubtError):
+            async with cluster.transaction():
+                await a.add(1, 10)
+                await b.add(1, 10)
+        assert cluster.metrics is not None
+        value = cluster.metrics.value
+        assert value("raygrain_transactions_total", outcome="in_doubt") == 1
+        assert value("raygrain_transactions_total", outcome="aborted") == 0
+        assert value("raygrain_transactions_total") == 1
 
 
 class Sleeper(Actor[None], name="metrics.Sleeper"):
