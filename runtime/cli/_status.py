@@ -4,12 +4,14 @@ Per silo: node, status, uptime, activations, calls/s and errors/s over the last 
 turn latency over it, storage health, hosted types and version, from two samples of each
 silo's ``stats()`` taken ``interval`` seconds apart; and the controller's health (reachable,
 how long it took to answer, the view version). ``--watch`` redraws in place, ``--json``
-prints the same figures for scripts.
+prints the same figures for scripts (valid JSON: a p99 above the last bucket is ``p99_ms``
+null with ``p99_above_ms`` the bucket's bound).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -86,7 +88,12 @@ def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             row["calls_per_s"] = (silo["turns"] - old["turns"]) / seconds
             row["errors_per_s"] = (silo["turn_errors"] - old["turn_errors"]) / seconds
             recent = [a - b for a, b in zip(silo["turn_buckets"], old["turn_buckets"], strict=True)]
-            row["p99_ms"] = _ms(_p99(recent, silo["turn_bounds"]))
+            p99 = _p99(recent, silo["turn_bounds"])
+            if p99 is not None and not math.isfinite(p99):
+                # Above the last bucket: no upper bound to show, and JSON has no Infinity.
+                row["p99_ms"], row["p99_above_ms"] = None, _ms(silo["turn_bounds"][-1])
+            else:
+                row["p99_ms"] = _ms(p99)
             new_errors = silo["storage_errors"] - old["storage_errors"]
             row["storage_health"] = "ok" if not new_errors else f"{new_errors:g} errors"
         for key in ("turn_buckets", "turn_bounds"):
@@ -101,6 +108,11 @@ def _ms(seconds: float | None) -> float | None:
 
 def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _p99_cell(silo: dict[str, Any]) -> str:
+    above = silo.get("p99_above_ms")
+    return f">{above:g}" if above is not None else _cell(silo.get("p99_ms"), "{:g}")
 
 
 COLUMNS = (
@@ -142,7 +154,7 @@ def render(deployment: str, figures: dict[str, Any]) -> Table:
                 silo.get("activations"),
                 _cell(silo.get("calls_per_s"), "{:.1f}"),
                 _cell(silo.get("errors_per_s"), "{:.1f}"),
-                _cell(silo.get("p99_ms"), "{:g}"),
+                _p99_cell(silo),
                 silo.get("storage_health", silo.get("storage")),
                 f"{', '.join(silo.get('types', []))} / {silo.get('version', '?')}",
             )

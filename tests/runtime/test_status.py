@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
@@ -50,3 +51,24 @@ def test_an_unreachable_silo_and_controller_are_shown_as_such() -> None:
     down = {"controller": {"ok": False, "error": "ActorDiedError"}, "silos": []}
     console.print(render("demo", down))
     assert "controller unreachable (ActorDiedError)" in console.export_text()
+
+
+def test_a_p99_above_the_last_bucket_is_valid_json_and_shown_as_above_it() -> None:
+    bounds = [0.5, 60.0]
+
+    def silo(at: float, slow_turns: int) -> dict[str, Any]:
+        return {"silo": "raygrain-silo-0", "time": at, "turns": slow_turns, "turn_errors": 0,
+                "turn_buckets": [0, 0, slow_turns], "turn_bounds": bounds,
+                "storage_errors": 0}  # fmt: skip
+
+    figures = rates(_sample([silo(0.0, 0)]), _sample([silo(2.0, 3)]))  # 3 turns over 60 s
+    (row,) = figures["silos"]
+    assert (row["p99_ms"], row["p99_above_ms"]) == (None, 60_000)
+
+    def no_constants(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    assert json.loads(json.dumps(figures), parse_constant=no_constants) == figures
+    console = Console(width=100, record=True)
+    console.print(render("demo", figures))
+    assert ">60000" in console.export_text()
