@@ -76,6 +76,7 @@ class SagaDriver:
         "reporting",
         "resumed",
         "service",
+        "stepping",
     )
 
     def __init__(self, activation: Activation, service: SagaService) -> None:
@@ -88,6 +89,7 @@ class SagaDriver:
         self.reported = ""  # the phase the saga index holds, as far as this activation knows
         self.reporting = False
         self.finished = False  # the saga ended in this activation
+        self.stepping = False  # a forward stage's steps are running
 
     @classmethod
     def of(cls, activation: Activation, service: SagaService) -> SagaDriver:
@@ -253,7 +255,11 @@ class SagaDriver:
             # before the process died without committing what it learned.
             self.resumed = False
             record.in_doubt.extend(s.name for s in pending if s.name not in record.in_doubt)
-        outcomes = await self._attempt(saga, record, pending, False)
+        self.stepping = True
+        try:
+            outcomes = await self._attempt(saga, record, pending, False)
+        finally:
+            self.stepping = False
         waits: list[float] = []
         final = ""
         for found, (ok, value, error, acted) in zip(pending, outcomes, strict=True):

@@ -181,7 +181,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         record = self.state
         if record.phase == SagaPhase.NOT_STARTED.value:
             return None
-        if record.input != data:
+        if record.input != data and not _equal_inputs(record.input, data):
             raise SagaConflictError(
                 f"saga {self.context.id} was already started with another input"
             )
@@ -327,6 +327,8 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         if not steps:
             return status.phase.value
         if status.phase is SagaPhase.COMPENSATING:
+            if self._driver().stepping:  # (aborted or timed out while a stage ran)
+                return f"compensating (waiting for {steps} to end, then undoing)"
             return f"compensating (undoing {steps})"
         return f"running (at {'step' if len(status.current) == 1 else 'steps'} {steps})"
 
@@ -382,3 +384,12 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             ended_at=record.ended,
             next_attempt_at=record.wait_until,
         )
+
+
+def _equal_inputs(stored: bytes, given: bytes) -> bool:
+    """Whether two encodings hold equal inputs (as Python compares them: a dict's keys in
+    another order, say, as a client rebuilding it from JSON sends them)."""
+    try:
+        return bool(decode(stored) == decode(given))
+    except Exception:
+        return False
