@@ -49,7 +49,13 @@ from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, quote
 from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
-__all__ = ["MIGRATIONS", "POSTGRES_OPTIONS", "SCHEMA_VERSION", "PostgresStorage"]
+__all__ = [
+    "MIGRATIONS",
+    "POSTGRES_OPTIONS",
+    "SCHEMA_VERSION",
+    "PostgresStorage",
+    "check_postgres_url",
+]
 
 
 # Option name -> converter, as the storage URL's query string gives them.
@@ -105,6 +111,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 f"PostgresStorage needs a postgresql://user:password@host:port/database URL, "
                 f"got {safe(dsn)!r}"
             )
+        check_postgres_url(dsn)
         for name, value in (
             ("pool_size", pool_size),
             ("max_batch", max_batch),
@@ -490,6 +497,29 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
+
+
+def check_postgres_url(dsn: str) -> None:
+    """Refuse a URL that asyncpg would misread (or fail on at first use with a ValueError
+    quoting part of it), in words that never show the password."""
+    parts = urllib.parse.urlsplit(dsn)
+    unencoded = ConfigurationError(
+        f"PostgresStorage URL {safe(dsn)!r}: a '/', '?' or '#' in the user name or password "
+        "must be percent-encoded (urllib.parse.quote(password, safe=''))"
+    )
+    rest = dsn.partition("://")[2]
+    if "@" in rest and "@" not in parts.netloc and "@" not in parts.query + parts.fragment:
+        raise unencoded  # the '@' that ends the password landed in the path
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        port = host.partition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            if "@" not in parts.netloc and "@" in rest:
+                raise unencoded  # what urllib takes for a port is part of the password
+            raise ConfigurationError(
+                f"PostgresStorage URL {safe(dsn)!r}: the port {port!r} is not a number "
+                "from 1 to 65535"
+            )
 
 
 def _named(actor_id: ActorId) -> str:

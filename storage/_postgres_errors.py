@@ -4,9 +4,11 @@ the server, safe to run again) and words them for messages."""
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
+import re
 
 import asyncpg
+
+from raygrain.storage._url import redacted
 
 __all__ = ["BAD_INPUT", "RETRY_BATCH", "SERVER_ERROR", "UNREACHABLE", "describe", "safe"]
 
@@ -35,13 +37,8 @@ RETRY_BATCH = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Seri
 
 
 def safe(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    parts = urllib.parse.urlsplit(dsn)
-    if parts.password is None:
-        return urllib.parse.urlunsplit(parts._replace(query=""))
-    host = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}", query=""))
+    """The DSN without its password and options, for messages."""
+    return re.split(r"[?#]", redacted(dsn), maxsplit=1)[0]
 
 
 def describe(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,7 @@ from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._provider import StorageProvider
 from raygrain.storage._sqlite import SqliteStorage
 
-__all__ = ["absolute_storage_url", "check_storage_url", "open_storage"]
+__all__ = ["absolute_storage_url", "check_storage_url", "open_storage", "redacted"]
 
 _EXAMPLES = (
     "use 'memory://', 'sqlite:///relative/path.db', 'sqlite:////absolute/path.db', "
@@ -54,8 +55,13 @@ def open_storage(spec: str | StorageProvider) -> StorageProvider:
         _check_path(spec, path)
         return SqliteStorage(path, **_options(spec, parts, _SQLITE_OPTIONS))
     if scheme in _POSTGRES_SCHEMES:
-        from raygrain.storage._postgres import POSTGRES_OPTIONS, PostgresStorage
+        from raygrain.storage._postgres import (
+            POSTGRES_OPTIONS,
+            PostgresStorage,
+            check_postgres_url,
+        )
 
+        check_postgres_url(spec)  # (before the query is taken apart and put together again)
         options = _options(spec, parts, POSTGRES_OPTIONS, pass_through=True)
         kept = [(k, v) for k, v in _query(parts) if k not in POSTGRES_OPTIONS]
         dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
@@ -65,14 +71,37 @@ def open_storage(spec: str | StorageProvider) -> StorageProvider:
 
 
 def check_storage_url(spec: str) -> None:
-    """Raise ``ConfigurationError`` if ``spec`` is not a storage URL, or names a SQLite file
-    that cannot be created or written. Builds and opens nothing."""
+    """Raise ``ConfigurationError`` if ``spec`` is not a storage URL, names a SQLite file
+    that cannot be created or written, or has options its provider refuses. Opens nothing."""
     scheme, parts = _split(spec)
     if scheme == "sqlite":
         path = _sqlite_path(spec, parts)
         if path is not None:
             _check_path(spec, path)
             _options(spec, parts, _SQLITE_OPTIONS)
+    elif scheme in _POSTGRES_SCHEMES:
+        open_storage(spec)  # checks the URL and its options; connects on first use only
+
+
+def is_postgres_url(spec: str) -> bool:
+    """Whether ``spec`` is a PostgreSQL storage URL (any case of its scheme)."""
+    return urllib.parse.urlsplit(spec).scheme.lower() in _POSTGRES_SCHEMES and "://" in spec
+
+
+_PASSWORD_SETTING = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
+
+
+def redacted(spec: str) -> str:
+    """``spec`` for a message: a URL's password shown as ``***`` (everything between the user
+    name's ':' and the last '@', so that a '/', '?' or '#' left unencoded in it cannot split it),
+    and so is any ``password=`` setting (a libpq key/value string, a query option)."""
+    spec = _PASSWORD_SETTING.sub(r"\1***", spec)
+    scheme, separator, rest = spec.partition("://")
+    if not separator or "@" not in rest or scheme.lower() == "sqlite":
+        return spec
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def absolute_storage_url(spec: str) -> str:
@@ -93,7 +122,7 @@ def _split(spec: str) -> tuple[str, urllib.parse.SplitResult]:
     parts = urllib.parse.urlsplit(spec)
     scheme = parts.scheme.lower()
     if "://" not in spec or scheme not in ("memory", "sqlite", "python", *_POSTGRES_SCHEMES):
-        raise ConfigurationError(f"unknown storage URL {spec!r}: {_EXAMPLES}")
+        raise ConfigurationError(f"unknown storage URL {redacted(spec)!r}: {_EXAMPLES}")
     return scheme, parts
 
 
@@ -136,14 +165,14 @@ def _options(
             if pass_through:
                 continue
             raise ConfigurationError(
-                f"storage URL {spec!r}: unknown option {name!r} "
+                f"storage URL {redacted(spec)!r}: unknown option {name!r} "
                 f"(options: {', '.join(sorted(known)) or 'none'})"
             )
         try:
             options[name] = known[name](value)
         except ValueError:
             raise ConfigurationError(
-                f"storage URL {spec!r}: option {name}={value!r} is not a valid value"
+                f"storage URL {redacted(spec)!r}: option {name}={value!r} is not a valid value"
             ) from None
     return options
 

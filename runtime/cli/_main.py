@@ -150,7 +150,7 @@ async def _up(args: argparse.Namespace) -> int:
         )
     actor_types = _actor_classes(args.actors)
     # A database every node reaches is used by every silo directly: no storage server.
-    direct = args.no_storage_server or args.storage.startswith(("postgresql:", "postgres:"))
+    direct = args.no_storage_server or args.storage.lower().startswith(("postgresql:", "postgres:"))
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None

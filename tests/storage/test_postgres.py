@@ -301,6 +301,37 @@ def test_the_password_stays_out_of_messages() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
+        ("host=db user=app password=s3cret dbname=shop", "unknown storage URL"),
+        ("postgresql://app:s3cret@db:5432/shop?pool_size=2O", "pool_size='2O' is not a valid"),
+        ("postgresql://app:s3cret#1@db:5432/shop", "must be percent-encoded"),
+        ("postgresql://app:s3c?ret@db:5432/shop", "must be percent-encoded"),
+        ("postgresql://app:s3c/ret@db:5432/shop", "must be percent-encoded"),
+        ("postgresql://app:1234/s3cret@db:5432/shop", "must be percent-encoded"),
+        ("postgresql://app:s3cret@db:notaport/shop", "the port 'notaport' is not a number"),
+        ("postgresql://app:s3cret@db:99999/shop", "the port '99999' is not a number"),
+    ],
+    ids=["key-value", "bad-option", "hash", "question", "slash", "slash-numeric", "port", "big"],
+)
+def test_a_bad_url_is_refused_when_built_without_showing_the_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as refused:
+        open_storage(url)
+    assert "s3" not in str(refused.value) and "ret" not in str(refused.value)
+    if url.startswith("host="):
+        with pytest.raises(ConfigurationError) as refused:
+            PostgresStorage(url)
+        assert "s3cret" not in str(refused.value) and "password=***" in str(refused.value)
+
+
+def test_an_encoded_password_and_several_hosts_are_accepted() -> None:
+    store = open_storage("postgresql://app:s3%2Fc%3Fr%23et@h1:5432,[::1]:5433/shop")
+    assert "s3" not in repr(store) and "h1:5432,[::1]:5433" in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
         ("postgresql://h/db?pool_size=0", "pool_size must be > 0"),
         ("postgresql://h/db?pool_size=many", "option pool_size='many' is not a valid value"),
         ("postgresql://h/db?statement_timeout=-1", "statement_timeout must be > 0"),

@@ -116,6 +116,25 @@ def test_a_missing_directory_is_refused_naming_the_path(tmp_path: Path) -> None:
         check_storage_url("sqlite:///nowhere/x.db")
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://app:pw@db/shop?pool_size=0", "pool_size must be > 0"),
+        ("postgresql://app:pw@db/shop?pool_size=many", "pool_size='many' is not a valid value"),
+        ("POSTGRESQL://app:pw@db:notaport/shop", "the port 'notaport' is not a number"),
+    ],
+    ids=["pool-zero", "pool-text", "port"],
+)
+def test_check_storage_url_checks_postgresql_options_as_open_storage_does(
+    url: str, message: str
+) -> None:
+    # (Cluster.ray and `raygrain up` check the URL with it before anything starts.)
+    with pytest.raises(ConfigurationError, match=message):
+        check_storage_url(url)
+    with pytest.raises(ConfigurationError, match=message):
+        open_storage(url)
+
+
 def test_a_file_in_place_of_the_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigurationError, match=f"{tmp_path}/file is not a directory"):
