@@ -104,6 +104,13 @@ class ActorRef:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorRef, (self.actor_id,))
 
+    # A copy in this process keeps its binding (pickling drops it: another process has its own).
+    def __copy__(self) -> ActorRef:
+        return ActorRef(self.actor_id, self._invoker, self._timeout)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ActorRef:
+        return self.__copy__()
+
 
 class _BoundMethod:
     __slots__ = ("_name", "_ref")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import zlib
 from collections.abc import Callable
@@ -214,6 +215,15 @@ async def test_refs_travel_as_arguments_and_results(any_cluster: Cluster, key: K
     returned = await a.pass_ref(b)
     assert returned == b
     assert await returned.ping() == f"pong from {key('rb')}"  # bound to the client on arrival
+
+
+async def test_a_copy_of_a_reference_stays_bound(cluster: Cluster) -> None:
+    """copy.copy and copy.deepcopy (of a reference, or of a structure holding one) gave an
+    unbound reference: ClusterClosedError while the cluster was open."""
+    ref = cluster.get(Chain, "copied")
+    for copied in (copy.copy(ref), copy.deepcopy(ref), copy.deepcopy({"r": [ref]})["r"][0]):
+        assert copied == ref
+        assert await copied.ping() == "pong from copied"
 
 
 async def test_stateless_worker_runs_several_activations(cluster: Cluster) -> None:
