@@ -105,10 +105,15 @@ class Tracing(Extension):
     ) -> None:
         if _otel is None or not phases:
             return
+        # Only a traced transaction makes spans, as only a traced call does: the commit runs
+        # in the context of the turn or the client block that ends the transaction.
+        parent = _otel.traceparent_of_current() or current_traceparent.get()
+        if parent is None:
+            return
         start, end = phases[0][1], phases[-1][2]
         span, own = _otel.start_span(
             "raygrain.transaction.commit",
-            None,
+            parent,
             {"raygrain.transaction.id": txid, "raygrain.transaction.committed": committed},
             kind=_otel.SpanKind.INTERNAL,
             start_time=int(start * 1e9),

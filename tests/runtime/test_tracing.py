@@ -12,6 +12,7 @@ from raygrain.actors import Actor, ActorId
 from raygrain.runtime import Cluster
 from raygrain.runtime.kernel import Request, pack_batch, unpack_batch
 from raygrain.runtime.tracing import current_traceparent, format_traceparent, parse_traceparent
+from tests.app import Vault
 from tests.trace_sink import memory_exporter, span_record
 
 
@@ -72,6 +73,26 @@ async def test_untraced_calls_make_no_spans() -> None:
         first, second = keys_on_two_silos(cluster)
         assert await cluster.get(Hop, first).relay(second) is None
     assert exporter.get_finished_spans() == ()
+
+
+async def test_only_traced_transactions_make_spans() -> None:
+    exporter = memory_exporter()
+    exporter.clear()
+    async with Cluster.local(actors=[Vault], silos=2) as cluster:
+        a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
+        await a.add(1, 10)  # a transaction of its own, untraced
+        async with cluster.transaction():  # a block, untraced
+            await a.add(2, 1)
+            await b.add(2, 1)
+        assert exporter.get_finished_spans() == ()
+        with trace.get_tracer("test").start_as_current_span("client") as client:
+            async with cluster.transaction():
+                await a.add(3, 1)
+                await b.add(3, 1)
+    spans = {s["name"]: s for s in map(span_record, exporter.get_finished_spans())}
+    commit = spans["raygrain.transaction.commit"]
+    assert commit["parent_id"] == client.get_span_context().span_id
+    assert spans["raygrain.transaction.prepare"]["parent_id"] == commit["span_id"]
 
 
 async def test_without_opentelemetry_the_context_travels_through_turns_unchanged(
