@@ -138,6 +138,7 @@ class TracedStorage:
 
     def __init__(self, inner: StorageProvider) -> None:
         self.inner = inner
+        self._provider = _provider_name(inner)
         if isinstance(inner, QueuedWrites):
             self.queue_write = self._queue_write
         # Only as atomic as the provider: one without write_many still has none through this.
@@ -146,7 +147,7 @@ class TracedStorage:
 
     def _span(self, operation: str, actor_id: ActorId | None) -> Any:
         assert _otel is not None
-        attributes = {"raygrain.storage.provider": type(self.inner).__name__}
+        attributes = {"raygrain.storage.provider": self._provider}
         if actor_id is not None:
             attributes["raygrain.actor.type"] = actor_id.type_name
         span, _ = _otel.start_span(
@@ -208,6 +209,14 @@ class TracedStorage:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def _provider_name(storage: object) -> str:
+    """The class name of the provider under the silo's wrappers (metrics' ``ObservedStorage``
+    wraps it before tracing does; each keeps what it wraps as ``inner``)."""
+    while (inner := getattr(storage, "inner", None)) is not None:
+        storage = inner
+    return type(storage).__name__
 
 
 def _traced() -> bool:

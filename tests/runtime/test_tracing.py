@@ -3,6 +3,7 @@ the callee's turn span, across silos; without OpenTelemetry the context is carri
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +74,28 @@ async def test_untraced_calls_make_no_spans() -> None:
         first, second = keys_on_two_silos(cluster)
         assert await cluster.get(Hop, first).relay(second) is None
     assert exporter.get_finished_spans() == ()
+
+
+class Tally(Actor[int], name="tracing.Tally"):
+    async def add(self) -> int:
+        self.state += 1
+        return self.state
+
+
+@pytest.mark.parametrize("provider", ["MemoryStorage", "SqliteStorage"])
+@pytest.mark.parametrize("metrics", [True, False], ids=["metrics on", "metrics off"])
+async def test_a_storage_write_span_names_the_provider(
+    provider: str, metrics: bool, tmp_path: Path
+) -> None:
+    exporter = memory_exporter()
+    exporter.clear()
+    storage = "memory://" if provider == "MemoryStorage" else f"sqlite:///{tmp_path / 's.db'}"
+    async with Cluster.local(actors=[Tally], silos=1, storage=storage, metrics=metrics) as cluster:
+        with trace.get_tracer("test").start_as_current_span("client"):
+            await cluster.get(Tally, "t").add()
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "raygrain.storage.write"]
+    assert span.attributes is not None
+    assert span.attributes["raygrain.storage.provider"] == provider
 
 
 async def test_only_traced_transactions_make_spans() -> None:
