@@ -176,6 +176,7 @@ ROOMS: dict[str, set[str]] = {
         "sagas",
         "wire",
         "metrics",
+        "tracing",
         "ray_host",
         "_capabilities",
     },

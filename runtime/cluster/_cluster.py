@@ -47,6 +47,7 @@ from raygrain.runtime.metrics import MetricsSettings, PrometheusExporter
 from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.streams import ClusterStreams, StreamSettings
 from raygrain.runtime.timers import ReminderSettings
+from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import (
     TX_ABORT,
     TX_COORDINATE,
@@ -100,13 +101,15 @@ class Cluster:
         metrics_port: int | None = None,
         sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
+        tracing: TracingSettings | None = None,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
         default ``"memory://"``). A bad path fails here. Start it with ``async with``.
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
         them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port).
-        ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md)."""
+        ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md). ``tracing``:
+        ``TracingSettings`` (see docs/observability.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actor_types(actors))
@@ -122,6 +125,7 @@ class Cluster:
             MetricsSettings.chosen(metrics, "local"),
             sagas,
             streams or StreamSettings(),
+            tracing,
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -155,6 +159,7 @@ class Cluster:
         metrics: bool | MetricsSettings = True,
         sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
+        tracing: TracingSettings | None = None,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -172,7 +177,8 @@ class Cluster:
         ``"direct"`` (default) sends calls over the silos' own authenticated connections, with
         Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
         certificate files for the direct connections (see docs/ray.md). ``sagas``: the saga
-        settings (``SagaSettings``; see docs/sagas.md)."""
+        settings (``SagaSettings``; see docs/sagas.md). ``tracing``: ``TracingSettings``, e.g.
+        the OpenTelemetry setup each silo process runs (see docs/observability.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
@@ -196,6 +202,7 @@ class Cluster:
             MetricsSettings.chosen(metrics, "default"),
             sagas,
             streams or StreamSettings(),
+            tracing,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")

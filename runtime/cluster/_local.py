@@ -23,6 +23,7 @@ from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, Prometheus
 from raygrain.runtime.sagas import SagaSettings
 from raygrain.runtime.streams import StreamSettings
 from raygrain.runtime.timers import ReminderSettings
+from raygrain.runtime.tracing import TracingSettings
 from raygrain.runtime.transactions import TransactionSettings
 from raygrain.storage import StorageProvider, open_storage
 
@@ -127,6 +128,7 @@ def backend_options(
     metrics: MetricsSettings | None = None,
     sagas: SagaSettings | None = None,
     streams: StreamSettings | None = None,
+    tracing: TracingSettings | None = None,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -157,6 +159,8 @@ def backend_options(
         raise ConfigurationError(f"sagas must be a SagaSettings, got {type(sagas).__name__}")
     if streams is not None and not isinstance(streams, StreamSettings):
         raise ConfigurationError(f"streams must be a StreamSettings, got {type(streams).__name__}")
+    if tracing is not None and not isinstance(tracing, TracingSettings):
+        raise ConfigurationError(f"tracing must be a TracingSettings, got {type(tracing).__name__}")
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -171,5 +175,6 @@ def backend_options(
             metrics or MetricsSettings(),
             sagas,
             *(() if streams is None else (streams,)),
+            *(() if tracing is None else (tracing,)),
         ),
     )

@@ -19,6 +19,15 @@ class TracingSettings:
 
     setup: str | None = None
 
+    def __post_init__(self) -> None:
+        setup = self.setup
+        if setup is not None and (
+            not isinstance(setup, str) or not all(setup.partition(":")[::2]) or ":" not in setup
+        ):
+            raise ConfigurationError(
+                f"TracingSettings.setup must be 'module:function' or None, got {setup!r}"
+            )
+
 
 _DONE: set[str] = set()
 

@@ -9,10 +9,15 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 
-from raygrain.actors import Actor, ActorId
+from raygrain.actors import Actor, ActorId, ConfigurationError
 from raygrain.runtime import Cluster
 from raygrain.runtime.kernel import Request, pack_batch, unpack_batch
-from raygrain.runtime.tracing import current_traceparent, format_traceparent, parse_traceparent
+from raygrain.runtime.tracing import (
+    TracingSettings,
+    current_traceparent,
+    format_traceparent,
+    parse_traceparent,
+)
 from tests.app import Vault
 from tests.trace_sink import memory_exporter, span_record
 
@@ -116,6 +121,42 @@ async def test_only_traced_transactions_make_spans() -> None:
     commit = spans["raygrain.transaction.commit"]
     assert commit["parent_id"] == client.get_span_context().span_id
     assert spans["raygrain.transaction.prepare"]["parent_id"] == commit["span_id"]
+
+
+SETUPS_RUN: list[str] = []
+
+
+def record_setup() -> None:
+    """A ``TracingSettings.setup`` (what would configure OpenTelemetry in a silo process)."""
+    SETUPS_RUN.append("setup")
+
+
+async def test_tracing_settings_given_to_a_local_cluster_run_their_setup_once() -> None:
+    settings = TracingSettings(setup=f"{__name__}:record_setup")
+    async with Cluster.local(actors=[Hop], silos=2, tracing=settings) as cluster:
+        assert SETUPS_RUN == ["setup"]  # once per process, before the silos serve
+        assert await cluster.get(Hop, "s").trace_context() is None
+
+
+def test_tracing_settings_given_to_a_ray_cluster_go_in_its_silos_options() -> None:
+    settings = TracingSettings(setup="tests.trace_sink:install")
+    cluster = Cluster.ray(actors=[Hop], tracing=settings)  # (not started: no Ray needed)
+    options = cluster._backend.options  # type: ignore[attr-defined]
+    assert options.setting(TracingSettings, None) == settings
+
+
+@pytest.mark.parametrize("tracing", ["tests.trace_sink:install", TracingSettings, 1])
+def test_a_tracing_option_that_is_no_tracing_settings_is_refused(tracing: Any) -> None:
+    with pytest.raises(ConfigurationError, match="tracing must be a TracingSettings"):
+        Cluster.local(actors=[Hop], tracing=tracing)
+    with pytest.raises(ConfigurationError, match="tracing must be a TracingSettings"):
+        Cluster.ray(actors=[Hop], tracing=tracing)
+
+
+@pytest.mark.parametrize("setup", ["tests.trace_sink", ":install", "m:", 5])
+def test_a_setup_that_is_no_module_and_function_is_refused(setup: Any) -> None:
+    with pytest.raises(ConfigurationError, match="TracingSettings.setup must be"):
+        TracingSettings(setup=setup)
 
 
 async def test_without_opentelemetry_the_context_travels_through_turns_unchanged(
