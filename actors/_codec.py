@@ -225,7 +225,7 @@ def encode_error(exc: BaseException, where: str) -> bytes:
     # even when its ``__init__`` sets them from arguments other than ``args``; the ones that
     # cannot be encoded are left out.
     attributes = getattr(exc, "__dict__", None)
-    if attributes:
+    if attributes and cls.__module__ != _OWN_ERRORS:  # (ours are rebuilt from their args)
         kept = {}
         for name, value in list(attributes.items()):
             encodable = _encode_or_none(value) is not None
@@ -253,6 +253,8 @@ def _encode_or_none(value: Any) -> bytes | None:
         return None
 
 
+_OWN_ERRORS = "raygrain.actors._errors"  # the module of raygrain's errors
+
 # Exception groups (Python 3.11+; absent on 3.10, where no exception is one).
 _GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
 _EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
@@ -271,7 +273,7 @@ def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     )
     args = decode(args_blob)
     exc: BaseException | None = None
-    if module == "raygrain.actors._errors":
+    if module == _OWN_ERRORS:
         exc = rebuild_error(qualname, args)
     else:
         cls = _importable_exception(module, qualname)

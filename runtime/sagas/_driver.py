@@ -360,8 +360,10 @@ class SagaDriver:
         except Exception as exc:
             return False, b"", exc, False
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            # (Task.cancelling is Python 3.11's; on 3.10 every cancellation is taken as the
+            # turn's own.)
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            if cancelling is None or cancelling():
                 raise  # the saga's own turn is cancelled (its activation is going away)
             # The step raised it (a library's cancelled task, say): the step's failure, its
             # outcome unknown, retried as any other; not the advance's, which would run the
