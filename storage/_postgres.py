@@ -16,6 +16,7 @@ and versioned (``raygrain_schema``); a database from a newer raygrain is refused
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import urllib.parse
@@ -70,6 +71,10 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _DEADLOCK_RETRIES = 5
+_MIN_STATEMENT_TIMEOUT = 0.001
+_MAX_STATEMENT_TIMEOUT = 2_147_483.647  # PostgreSQL's largest, 2^31 - 1 ms
+# libpq's sslmode values, which asyncpg takes too.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _T = TypeVar("_T")
 _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
@@ -122,6 +127,17 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         ):
             if not value > 0:
                 raise ConfigurationError(f"PostgresStorage {name} must be > 0, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigurationError(
+                    f"PostgresStorage {name} must be a finite number, got {value!r}"
+                )
+        # The server takes whole milliseconds, and reads 0 as "no timeout".
+        if not _MIN_STATEMENT_TIMEOUT <= statement_timeout <= _MAX_STATEMENT_TIMEOUT:
+            raise ConfigurationError(
+                f"PostgresStorage statement_timeout must be from {_MIN_STATEMENT_TIMEOUT} s "
+                f"(1 ms) to {_MAX_STATEMENT_TIMEOUT} s, got {statement_timeout!r}"
+            )
+        check_ssl_mode(dsn)
         if not schema or "\x00" in schema:
             raise ConfigurationError(f"PostgresStorage schema must be a name, got {schema!r}")
         self.dsn = dsn
@@ -519,6 +535,17 @@ def check_postgres_url(dsn: str) -> None:
             raise ConfigurationError(
                 f"PostgresStorage URL {safe(dsn)!r}: the port {port!r} is not a number "
                 "from 1 to 65535"
+            )
+
+
+def check_ssl_mode(dsn: str) -> None:
+    """Refuse an ``sslmode`` no server could accept (asyncpg would refuse it at each connection
+    attempt, which looked like an unreachable server)."""
+    for name, value in urllib.parse.parse_qsl(urllib.parse.urlsplit(dsn).query):
+        if name == "sslmode" and value not in _SSL_MODES:
+            raise ConfigurationError(
+                f"PostgresStorage URL {safe(dsn)!r}: sslmode={value!r} is not one of "
+                f"{', '.join(_SSL_MODES)}"
             )
 
 

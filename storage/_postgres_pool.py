@@ -52,6 +52,8 @@ async def open_pool(
         _terminate(pool)
         if isinstance(exc, StorageError):
             raise
+        if _refused_by_configuration(exc):
+            raise StorageSchemaError(f"cannot use {name}: {describe(exc)}") from exc
         if isinstance(exc, UNREACHABLE):
             raise StorageError(f"cannot reach {name}: {describe(exc)}") from exc
         if isinstance(exc, asyncpg.PostgresError):
@@ -66,6 +68,14 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     round trip for every batch and every read, behind the server's queue. This store leaves
     none of that on a session (its advisory lock is a transaction's; it sets nothing, listens
     to nothing, opens no cursor), and asyncpg still rolls back a transaction left open."""
+
+
+def _refused_by_configuration(exc: BaseException) -> bool:
+    """Whether connecting failed for a setting no retry will mend: one asyncpg refuses, or
+    ``sslmode=require`` (or stricter) against a server without SSL."""
+    return isinstance(exc, asyncpg.exceptions.ClientConfigurationError) or (
+        isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc)
+    )
 
 
 def _terminate(pool: asyncpg.Pool) -> None:

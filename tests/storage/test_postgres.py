@@ -337,8 +337,23 @@ def test_an_encoded_password_and_several_hosts_are_accepted() -> None:
         ("postgresql://h/db?statement_timeout=-1", "statement_timeout must be > 0"),
         ("postgres://h/db?read_timeout=0", "read_timeout must be > 0"),
         ("postgresql://h/db?schema=", "schema must be a name"),
+        # (Sent as whole milliseconds: 0 would turn the timeout off.)
+        ("postgresql://h/db?statement_timeout=0.0004", "statement_timeout must be from 0.001"),
+        ("postgresql://h/db?statement_timeout=inf", "statement_timeout must be a finite"),
+        ("postgresql://h/db?connect_timeout=inf", "connect_timeout must be a finite"),
+        ("postgresql://h/db?sslmode=requried", "sslmode='requried' is not one of"),
     ],
-    ids=["pool-zero", "pool-text", "timeout-negative", "read-timeout-zero", "empty-schema"],
+    ids=[
+        "pool-zero",
+        "pool-text",
+        "timeout-negative",
+        "read-timeout-zero",
+        "empty-schema",
+        "timeout-under-1ms",
+        "timeout-inf",
+        "connect-timeout-inf",
+        "sslmode-typo",
+    ],
 )
 def test_bad_options_are_refused(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
@@ -433,6 +448,19 @@ async def test_a_server_that_refuses_us_fails_at_once_without_retrying(postgres_
     try:
         with pytest.raises(StorageSchemaError, match='cannot use .*"no_such_database" does not'):
             await store.read(ALICE)
+    finally:
+        await store.aclose()
+
+
+async def test_ssl_required_of_a_server_without_it_fails_at_once_without_retrying(
+    postgres_dsn: str,
+) -> None:
+    store = open_storage(f"{postgres_dsn}?sslmode=require&read_timeout=600")
+    try:
+        with pytest.raises(StorageSchemaError, match="rejected SSL upgrade"):
+            await store.read(ALICE)
+        with pytest.raises(StorageSchemaError, match="nothing was written"):
+            await store.write(ALICE, b"x", None)
     finally:
         await store.aclose()
 
