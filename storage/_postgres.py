@@ -71,6 +71,10 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _DEADLOCK_RETRIES = 5
+# The most bytes of state one batch carries: PostgreSQL refuses a message over 1 GB (closing the
+# connection, which looked like an outage: "outcome unknown", for ever). A larger record goes
+# in a batch of its own.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 _MIN_STATEMENT_TIMEOUT = 0.001
 _MAX_STATEMENT_TIMEOUT = 2_147_483.647  # PostgreSQL's largest, 2^31 - 1 ms
 # libpq's sslmode values, which asyncpg takes too.
@@ -406,6 +410,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             closed.update(self._in_flight)
         pending = self._pending
         size = 0
+        nbytes = 0
         limit = self._batch_limit(self.max_batch)
         while pending and size < limit:
             head = pending.popleft()
@@ -414,18 +419,20 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 if key in closed:
                     deferred.append(head)
                     continue
-                if batch and size + 1 > limit:
+                if batch and (size + 1 > limit or nbytes + len(head.data) > MAX_BATCH_BYTES):
                     pending.appendleft(head)
                     break
                 batch.append(head)
                 taken.add(key)
                 closed.add(key)
                 size += 1
+                nbytes += len(head.data)
                 continue
             if head.dropped():
                 continue
             ids = [w.actor_id for w in head.writes]
-            if batch and size + len(ids) > limit:
+            more = sum(len(w.data or b"") for w in head.writes)
+            if batch and (size + len(ids) > limit or nbytes + more > MAX_BATCH_BYTES):
                 pending.appendleft(head)
                 break
             if any(i in closed for i in ids):
@@ -436,6 +443,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             taken.update(ids)
             closed.update(ids)
             size += len(ids)
+            nbytes += more
         pending.extendleft(reversed(deferred))
         return batch, taken
 

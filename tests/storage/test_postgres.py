@@ -94,6 +94,23 @@ async def test_a_group_that_partly_matches_leaves_the_rest_of_its_batch_committe
     assert await storage.read(ALICE) == StateRecord(b"a1", alice)  # the group left no trace
 
 
+async def test_a_batch_carries_at_most_max_batch_bytes_of_state(
+    storage: PostgresStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (40 records of 30 MB made one statement over PostgreSQL's 1 GB message limit: every
+    # write failed, for ever. Here the cap is made small instead of the records large.)
+    monkeypatch.setattr("raygrain.storage._postgres.MAX_BATCH_BYTES", 1000)
+    actors = [ActorId("Big", i) for i in range(10)]
+    before = storage.commits
+    etags = await asyncio.gather(
+        *(storage.write(a, b"x" * 400, None) for a in actors[:-1]),
+        storage.write(actors[-1], b"x" * 5000, None),  # over the cap: in a batch of its own
+    )
+    assert set(etags) == {"1"}
+    assert storage.commits - before >= 6  # at most two of 400 bytes per batch, then the big one
+    assert await storage.read(actors[-1]) == StateRecord(b"x" * 5000, "1")
+
+
 async def test_writes_to_one_record_in_one_batch_apply_in_queue_order(
     storage: PostgresStorage,
 ) -> None:
