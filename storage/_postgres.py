@@ -158,7 +158,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._sql = Statements.in_schema(self._quoted_schema)
         self._reminders = ReminderStatements(self._quoted_schema)
         self._pool: asyncpg.Pool | None = None
-        self._open_lock = asyncio.Lock()
+        self._opening: asyncio.Future[None] | None = None  # the connection being made
         self._pending: deque[Pending] = deque()
         self._committers: set[asyncio.Task[None]] = set()
         self._in_flight: set[ActorId] = set()  # records of the batches being committed
@@ -190,21 +190,34 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._check_not_closed()
         if self._pool is not None:
             return
-        async with self._open_lock:
+        # Every caller waiting meanwhile shares one attempt: one after the other, N readers
+        # took N connect timeouts (and a cluster's close as long) while the server was away.
+        opening = self._opening
+        if opening is None or opening.done():
+            opening = self._opening = asyncio.ensure_future(self._open_pool())
+            opening.add_done_callback(_retrieved)
+        try:
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            if opening.cancelled():  # (the store closed while it connected; not our caller)
+                self._check_not_closed()
+            raise
+
+    async def _open_pool(self) -> None:
+        pool = await open_pool(
+            self.dsn,
+            size=self.pool_size,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self._client_timeout,
+            statement_timeout=self.statement_timeout,
+            schema=self.schema,
+            name=repr(self),
+        )
+        if self._closed:  # (closed while it connected: nobody will close this pool)
+            pool.terminate()
             self._check_not_closed()
-            if self._pool is not None:
-                return
-            pool = await open_pool(
-                self.dsn,
-                size=self.pool_size,
-                connect_timeout=self.connect_timeout,
-                command_timeout=self._client_timeout,
-                statement_timeout=self.statement_timeout,
-                schema=self.schema,
-                name=repr(self),
-            )
-            self._pool = pool
-            self._opened = True
+        self._pool = pool
+        self._opened = True
 
     async def read(self, actor_id: ActorId) -> StateRecord:
         row = await self._retrying(
@@ -255,13 +268,16 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         while self._committers:
             await asyncio.wait(set(self._committers))
         await self._drain_appends()
-        async with self._open_lock:
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                try:
-                    await asyncio.wait_for(pool.close(), self.connect_timeout)
-                except UNREACHABLE:
-                    pool.terminate()
+        opening, self._opening = self._opening, None
+        if opening is not None and not opening.done():
+            opening.cancel()  # (a connection still being made: nothing waits for it now)
+            await asyncio.wait({opening})
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_timeout)
+            except UNREACHABLE:
+                pool.terminate()
 
     # -- the reminder table (storage.ReminderTable; see _postgres_reminders) -------------------
 
@@ -311,7 +327,8 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         while True:
             self._check_not_closed()
             try:
-                await self.open()
+                # (Bounded by the read's own deadline, not the connection's timeout.)
+                await asyncio.wait_for(self.open(), max(0.0, deadline - time.monotonic()))
                 assert self._pool is not None
                 async with self._pool.acquire(timeout=self._client_timeout) as connection:
                     return await query(connection)
@@ -568,3 +585,9 @@ def _hint(exc: BaseException) -> str:
         # PostgreSQL's btree holds index entries up to about 2,700 bytes (after compression).
         return " (the actor's type name and key are too long for the primary key's index)"
     return ""
+
+
+def _retrieved(opening: asyncio.Future[None]) -> None:
+    # Its error reaches whoever waited; with nobody left waiting, asyncio would log it.
+    if not opening.cancelled():
+        opening.exception()

@@ -30,6 +30,7 @@ from raygrain.storage import NewEvent, PostgresStorage, StateRecord, StateWrite,
 from raygrain.storage._postgres import SCHEMA_VERSION
 from tests.app import Account, BankAccount
 from tests.crash_app import Depositor, Deposits
+from tests.helpers import bounded
 
 ALICE = ActorId("Account", "alice")
 BOB = ActorId("Account", "bob")
@@ -546,3 +547,35 @@ async def test_a_server_stopped_mid_workload_loses_no_acknowledged_write(
             assert len(state.seqs) >= acked[key], f"account {key} lost acknowledged writes"
             assert state.seqs == list(range(1, len(state.seqs) + 1))
     print(f"errors during the outage: {dict(errors_during)}; all writers back in {recovered:.2f}s")
+
+
+async def test_reads_waiting_for_a_server_that_never_answers_share_one_attempt() -> None:
+    """A server that accepts connections and never answers (a frozen host): each waiting
+    read tried its own connection in turn, so N reads took N connect timeouts (here 10 x 5 s)
+    and closing the store waited for them. They share one attempt now, each bounded by its
+    read_timeout, and closing does not wait for the attempt."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # (never answers)
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    store = open_storage(f"postgresql://u:p@127.0.0.1:{port}/db?connect_timeout=5&read_timeout=1")
+    try:
+        reads = [store.read(ActorId("t.Frozen", k)) for k in range(10)]
+        results = await bounded(
+            asyncio.gather(*reads, return_exceptions=True), "the reads to give up", 20
+        )
+        assert all(isinstance(r, StorageError) and "unreachable" in str(r) for r in results)
+        pending = asyncio.ensure_future(store.read(ActorId("t.Frozen", "last")))
+        await asyncio.sleep(0.1)  # (its connection attempt under way)
+        await bounded(store.aclose(), "closing the store", 4)
+        with pytest.raises(StorageError):
+            await pending
+    finally:
+        await store.aclose()
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
