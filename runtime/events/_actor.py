@@ -20,6 +20,7 @@ code; the kernel sees a stateless actor (``Actor[None]``) and writes nothing per
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
@@ -91,6 +92,7 @@ class _Journal:
         "ending",
         "handle",
         "loaded",
+        "loading",
         "pending",
         "queue_append",
         "snapshot_etags",
@@ -106,6 +108,7 @@ class _Journal:
         self.stream = ""  # set on the first load
         self.category = ""
         self.loaded = False
+        self.loading: asyncio.Future[None] | None = None  # the fold under way (_load)
         self.version = 0
         self.pending: list[NewEvent] = []
         self.snapshot_version = 0
@@ -325,6 +328,18 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         return cast(StorageProvider, self._service().storage)
 
     async def _load(self) -> None:
+        """Fold the log into the state. One fold at a time: a turn and an interleaving one
+        (a read, a tick) that both find the state unloaded wait for the same fold (two folds
+        ending one after the other left the second's state, wiping the events the first
+        one's turn had raised meanwhile)."""
+        journal = self._journal()
+        loading = journal.loading
+        if loading is None or loading.done():
+            loading = journal.loading = asyncio.ensure_future(self._fold())
+            loading.add_done_callback(_retrieved)
+        await asyncio.shield(loading)
+
+    async def _fold(self) -> None:
         journal = self._journal()
         actor_id = self._context.actor_id
         journal.stream = stream = stream_of(actor_id)
@@ -406,3 +421,9 @@ def _loading_first(hook: Callable[..., Any]) -> Callable[..., Any]:
         await hook(self)
 
     return on_activate
+
+
+def _retrieved(loading: asyncio.Future[None]) -> None:
+    # Its error reaches the turns that waited; with none left waiting, asyncio would log it.
+    if not loading.cancelled():
+        loading.exception()

@@ -29,6 +29,7 @@ from raygrain import (
     StorageError,
     Written,
     WrongExpectedVersionError,
+    always_interleave,
 )
 from raygrain.runtime.events import stream_of
 from raygrain.runtime.events._actor import snapshot_id
@@ -160,6 +161,41 @@ async def test_the_log_stores_an_event_as_it_was_raised(storage: Any) -> None:
         assert [e.data for e in stored] == [{"items": ["tea"]}, {"what": "mug"}]
     async with Cluster.local(actors=[_Aliasing], storage=storage) as again:
         assert await again.get(_Aliasing, "a").items() == ["tea", "mug"]  # replayed
+
+
+class _Racy(EventSourcedActor[_Notes, _Noted], name="es.Racy"):
+    def apply(self, state: _Notes, event: _Noted) -> _Notes:
+        state.notes.append(event.what)
+        return state
+
+    async def fail(self) -> None:
+        self.raise_event(_Noted("failed"))
+        raise ValueError("the state folds the log again before the next call")
+
+    async def slow(self) -> list[str]:
+        self.raise_event(_Noted("slow"))
+        await asyncio.sleep(0.3)
+        return list(self.state.notes)
+
+    @always_interleave
+    async def peek(self) -> list[str]:
+        return list(self.state.notes)
+
+
+async def test_a_turn_and_an_interleaving_one_share_one_fold_of_the_log() -> None:
+    """Both found the state unloaded and folded the log; the later fold replaced the state
+    and the pending events under the exclusive turn, whose event was then never appended,
+    though its call succeeded."""
+    store = MemoryStorage(latency=0.05)
+    async with store, Cluster.local(actors=[_Racy], storage=store, silos=1) as cluster:
+        actor = cluster.get(_Racy, "k")
+        with pytest.raises(ValueError):
+            await actor.fail()
+        slow = asyncio.ensure_future(actor.slow())
+        peek = asyncio.ensure_future(actor.peek())
+        assert await slow == ["slow"]
+        assert await peek in ([], ["slow"])
+        assert [e.data for e in await store.read_stream("es.Racy/k")] == [{"what": "slow"}]
 
 
 async def _stored_notes(storage: Any, key: str) -> list[str]:
