@@ -98,6 +98,11 @@ def encode(value: Any) -> bytes:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(str(exc)) from None
+    except RecursionError:
+        raise SerializationError(
+            f"a {type(value).__name__} that refers to itself (a cycle) or nests too deep "
+            "cannot be encoded"
+        ) from None
 
 
 def decode(data: bytes, invoker: Invoker | None = None) -> Any:

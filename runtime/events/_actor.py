@@ -33,7 +33,6 @@ from raygrain.actors import (
     ActorId,
     ConfigurationError,
     InconsistentStateError,
-    SerializationError,
     StorageError,
     WrongExpectedVersionError,
     decode,
@@ -47,6 +46,7 @@ from raygrain.runtime.events._ending import (
     APPEND_TRIES,
     QueueAppend,
     TurnAppend,
+    forget_pending,
     internal_turn,
     journaled,
     query_turn,
@@ -168,6 +168,8 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                 setattr(cls, name, journaled(member))
         if "on_activate" in cls.__dict__:  # the state is loaded before the user's hook runs
             cls.on_activate = _loading_first(cls.__dict__["on_activate"])  # type: ignore[method-assign]
+        if "on_deactivate" in cls.__dict__:
+            cls.on_deactivate = _appending(cls.__dict__["on_deactivate"])  # type: ignore[method-assign]
         super().__init_subclass__(**kwargs)
         for name, method in cls.__actor_methods__.items():
             # What the runtime calls: the turn ends once its events are appended (see _ending).
@@ -392,7 +394,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         slot = (journal.version // every) % self.__es_snapshots_kept__
         try:
             data = encode([journal.version, encode_state(self.state)])
-        except SerializationError as exc:
+        except Exception as exc:  # (SerializationError; whatever a value's own hooks raise)
             # The events are stored and the turn stands, as with a write that fails; this
             # snapshot is skipped (replays start from an older one), the next is tried.
             journal.snapshot_version = journal.version
@@ -418,9 +420,28 @@ def _loading_first(hook: Callable[..., Any]) -> Callable[..., Any]:
     async def on_activate(self: EventSourcedActor[Any, Any]) -> None:
         if not self._journal().loaded:
             await self._load()
-        await hook(self)
+        await _appending(hook)(self)
 
     return on_activate
+
+
+def _appending(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """A lifecycle hook (``on_activate``, ``on_deactivate``) whose events are appended before
+    it returns, as a method's (no turn end would append them: they were applied, then
+    appended by the next command, or never)."""
+
+    @functools.wraps(hook)
+    async def appending(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await hook(self, *args, **kwargs)
+        except BaseException:
+            forget_pending(self)
+            raise
+        if self._journal().pending:
+            await self.confirm_events()
+        return result
+
+    return appending
 
 
 def _retrieved(loading: asyncio.Future[None]) -> None:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "APPEND_TRIES",
     "TurnAppend",
+    "forget_pending",
     "internal_turn",
     "journaled",
     "journaled_turn",
@@ -60,7 +61,7 @@ def journaled(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = await method(self, *args, **kwargs)
         except BaseException:
-            _forget_pending(self)
+            forget_pending(self)
             raise
         if journal.pending:
             await self.confirm_events()
@@ -88,7 +89,7 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
                     ending = journal.ending = TurnAppend(self)
                 ending = ending.prepare(self._queued_appends())
         except BaseException:
-            _forget_pending(self)
+            forget_pending(self)
             raise
         if journal.pending:
             self._context.end_turn_with(ending)  # (the last step: the runtime takes it now)
@@ -137,7 +138,7 @@ async def internal_turn(
     await (_TICK_BESIDE if interleave else _TICK)(actor, function)
 
 
-def _forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
+def forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
     """After a method raised: its events were applied to the state already, so fold the log
     again before the next call rather than trust an undo."""
     journal = actor._journal()

@@ -30,6 +30,7 @@ from raygrain import (
     Written,
     WrongExpectedVersionError,
     always_interleave,
+    read_only,
 )
 from raygrain.runtime.events import stream_of
 from raygrain.runtime.events._actor import snapshot_id
@@ -198,8 +199,35 @@ async def test_a_turn_and_an_interleaving_one_share_one_fold_of_the_log() -> Non
         assert [e.data for e in await store.read_stream("es.Racy/k")] == [{"what": "slow"}]
 
 
-async def _stored_notes(storage: Any, key: str) -> list[str]:
-    return [e.data["what"] for e in await storage.read_stream(f"es.Noting/{key}")]
+class _Hooked(EventSourcedActor[_Notes, _Noted], name="es.Hooked"):
+    """Raises an event as it activates and as it deactivates."""
+
+    def apply(self, state: _Notes, event: _Noted) -> _Notes:
+        state.notes.append(event.what)
+        return state
+
+    async def on_activate(self) -> None:
+        self.raise_event(_Noted("activated"))
+
+    async def on_deactivate(self, reason: Any) -> None:
+        self.raise_event(_Noted("deactivated"))
+
+    @read_only
+    async def notes(self) -> list[str]:
+        return list(self.state.notes)
+
+
+async def test_events_raised_in_on_activate_and_on_deactivate_are_appended(storage: Any) -> None:
+    """No turn end appended them: applied to the state, then appended by the next command,
+    or never (here the only call is read-only)."""
+    async with Cluster.local(actors=[_Hooked], storage=storage) as cluster:
+        assert await cluster.get(_Hooked, "h").notes() == ["activated"]
+        assert await _stored_notes(storage, "h", "es.Hooked") == ["activated"]
+    assert await _stored_notes(storage, "h", "es.Hooked") == ["activated", "deactivated"]
+
+
+async def _stored_notes(storage: Any, key: str, type_name: str = "es.Noting") -> list[str]:
+    return [e.data["what"] for e in await storage.read_stream(f"{type_name}/{key}")]
 
 
 async def test_events_raised_by_timers_and_reminders_are_appended(storage: Any) -> None:
@@ -256,6 +284,8 @@ class _Unsnapshottable(
 ):
     def apply(self, state: _Tally, event: _Added) -> _Tally:
         state.n += event.by
+        if event.by == 2:  # a state that refers to itself: RecursionError when encoded
+            state.cache = {"self": state}
         return state
 
     async def add(self, by: int) -> int:
@@ -271,6 +301,9 @@ async def test_a_state_that_cannot_be_snapshotted_leaves_its_turns_standing(stor
         actor = cluster.get(_Unsnapshottable, "a")
         assert [await actor.add(1) for _ in range(5)] == [1, 2, 3, 4, 5]
         assert len(await storage.read_stream("es.Unsnapshottable/a")) == 5
+        cyclic = cluster.get(_Unsnapshottable, "cyclic")
+        assert [await cyclic.add(2) for _ in range(3)] == [2, 4, 6]
+        assert len(await storage.read_stream("es.Unsnapshottable/cyclic")) == 3
     async with Cluster.local(actors=[_Unsnapshottable], storage=storage) as again:
         assert await again.get(_Unsnapshottable, "a").add(1) == 6  # refolded from the log
 
