@@ -231,11 +231,14 @@ def encode_error(exc: BaseException, where: str) -> bytes:
     # cannot be encoded are left out.
     attributes = getattr(exc, "__dict__", None)
     if attributes and cls.__module__ != _OWN_ERRORS:  # (ours are rebuilt from their args)
-        kept = {}
+        kept, size = {}, 0
         for name, value in list(attributes.items()):
-            encodable = _encode_or_none(value) is not None
-            if isinstance(name, str) and not name.startswith("__") and encodable:
+            if not isinstance(name, str) or name.startswith("_"):
+                continue
+            encoded = _encode_or_none(value)
+            if encoded is not None and size + len(encoded) <= _MAX_ATTRIBUTE_BYTES:
                 kept[name] = value
+                size += len(encoded)
         fields[6] = _encode_or_none(kept) or b""
     return encode(fields)
 
@@ -259,6 +262,8 @@ def _encode_or_none(value: Any) -> bytes | None:
 
 
 _OWN_ERRORS = "raygrain.actors._errors"  # the module of raygrain's errors
+# An exception's attributes sent with it, at most (beyond: left out, the error still goes).
+_MAX_ATTRIBUTE_BYTES = 64 * 1024
 
 # Exception groups (Python 3.11+; absent on 3.10, where no exception is one).
 _GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
@@ -298,7 +303,10 @@ def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     if exc is None:
         exc = RemoteActorError(f"{module}.{qualname}", message, text)
     if text and hasattr(exc, "add_note"):
-        exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")
+        try:
+            exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")
+        except Exception:  # (an exception whose notes were made unusable)
+            pass
     return exc
 
 
@@ -322,9 +330,15 @@ def _rebuild(cls: type[BaseException], args: list[Any], attributes_blob: bytes) 
         except Exception:
             return None
     for name, value in attributes.items():
+        # (Names a peer chose: none that would replace the class's own methods or hooks.)
+        if not isinstance(name, str) or name.startswith("_"):
+            continue
+        own = getattr(cls, name, None)
+        if callable(own) or hasattr(own, "__set__"):
+            continue
         try:
             setattr(exc, name, value)
-        except Exception:  # a read-only property, say: the rebuilt value stands
+        except Exception:  # the rebuilt value stands
             pass
     return exc
 

@@ -25,7 +25,7 @@ from raygrain.actors import (
 from raygrain.runtime.kernel._internal import InternalTurn
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import ActivationState, Delivery
-from raygrain.runtime.kernel._turns import TurnRunner
+from raygrain.runtime.kernel._turns import TurnRunner, exit_error
 
 if TYPE_CHECKING:
     from raygrain.runtime.kernel._extensions import TurnEnding
@@ -65,8 +65,10 @@ class Activation(TurnRunner):
             instance.__init__()  # type: ignore[misc]  # user __init__ takes no arguments
             self.instance = instance
             await instance.on_activate()
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError, SystemExit) as exc:
+            if isinstance(exc, SystemExit):  # (its failure, not the silo's exit)
+                exc = exit_error(exc, f"{self.actor_id}.on_activate")
+            elif isinstance(exc, asyncio.CancelledError):
                 cancelling = getattr(asyncio.current_task(), "cancelling", None)  # (3.11+)
                 if cancelling is not None and cancelling():
                     raise  # this activation is cancelled (its silo closing, or a deadline)

@@ -158,9 +158,7 @@ class Mailbox:
         if (
             self.actor_id in delivery.request.chain
             and not self._can_start_now(delivery)
-            # (A stateless worker's new activation is not the one in the chain: the router
-            # gives a call a busy worker only when every worker of the silo is busy.)
-            and (self.state is ActivationState.VALID or not self.options.stateless_worker)
+            and not self._another_worker_may_be_waiting()
         ):
             self.silo.reply_error(
                 delivery.request,
@@ -268,6 +266,17 @@ class Mailbox:
 
     def is_idle_of_turns(self) -> bool:
         return not (self.exclusive or self.readers or self.interleaved)
+
+    def _another_worker_may_be_waiting(self) -> bool:
+        """Whether the activation of this stateless worker that the chain passes through is
+        another than this one: this one has not even begun activating (no instance yet), so
+        it made no call; the router made it for this call (the others were busy, or on
+        another silo). One in its ``on_activate`` may be the chain's, and is checked."""
+        return (
+            self.options.stateless_worker
+            and self.state is not ActivationState.VALID
+            and getattr(self, "instance", None) is None
+        )
 
     def _joins_readers(self, delivery: Delivery) -> bool:
         return (

@@ -42,7 +42,7 @@ from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._state import StateSlot
 
-__all__ = ["TurnRunner"]
+__all__ = ["TurnRunner", "exit_error"]
 
 
 class TurnRunner(Mailbox):
@@ -171,11 +171,11 @@ class TurnRunner(Mailbox):
                 ok, payload = False, self._fail_turn(method, error, per_turn)
                 if scope is not None:
                     await scope.failed(error)
-            except (SystemExit, KeyboardInterrupt) as exc:
+            except SystemExit as exc:
                 # Raised by the method itself: that call's failure, never the silo's exit (a
                 # turn on a task of the silo's would stop its event loop), nor, sent back as
-                # it is, the caller's.
-                error = _exiting(exc, self._where(method))
+                # it is, the caller's. (A KeyboardInterrupt goes on: it may be a Ctrl-C.)
+                error = exit_error(exc, self._where(method))
                 ok, payload = False, self._fail_turn(method, error, per_turn)
                 if scope is not None:
                     await scope.failed(error)
@@ -395,8 +395,8 @@ def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception |
             timing.failed(error)
 
 
-def _exiting(exc: BaseException, where: str) -> RemoteActorError:
-    """A method's ``SystemExit`` or ``KeyboardInterrupt`` as the error its caller gets."""
+def exit_error(exc: BaseException, where: str) -> RemoteActorError:
+    """A method's (or hook's) ``SystemExit`` as the error its caller gets."""
     name = type(exc).__name__
     return RemoteActorError(
         f"builtins.{name}", f"{where} raised {name}{exc.args!r} (a call's failure: no exit)"

@@ -22,7 +22,13 @@ import random
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from raygrain.actors import DeactivationReason, TurnCancelledError, decode, encode
+from raygrain.actors import (
+    DeactivationReason,
+    RemoteActorError,
+    TurnCancelledError,
+    decode,
+    encode,
+)
 from raygrain.runtime.kernel import (
     DROPPED,
     Activation,
@@ -359,6 +365,11 @@ class SagaDriver:
             result = await found.function(saga, data)
         except Exception as exc:
             return False, b"", exc, False
+        except SystemExit as exc:  # (the step's failure, not the silo's exit)
+            error = RemoteActorError(
+                f"builtins.{type(exc).__name__}", f"step {key!r} raised {exc!r}"
+            )
+            return False, b"", error, False
         except asyncio.CancelledError as exc:
             # (Task.cancelling is Python 3.11's; on 3.10 every cancellation is taken as the
             # turn's own.)

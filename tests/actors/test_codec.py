@@ -18,8 +18,10 @@ from raygrain.actors import (
     SerializationError,
     StateDecodeError,
     decode,
+    decode_error,
     decode_state,
     encode,
+    encode_error,
     encode_state,
     register_type,
 )
@@ -146,3 +148,15 @@ def test_an_actor_id_is_encoded_as_its_type_name_and_key_only() -> None:
     ext = msgpack.unpackb(data, raw=False)
     _, fields = msgpack.unpackb(ext.data, raw=False, ext_hook=lambda code, raw: (code, raw))
     assert set(fields) == {"type_name", "key"}  # computed fields are computed again on decode
+
+
+def test_an_errors_attributes_from_a_peer_never_replace_its_methods() -> None:
+    """The attributes a peer sends with an error (``self.code = ...``) are set on the rebuilt
+    exception; names a peer could use to replace its methods or hooks are not (a
+    ``__notes__`` of 5 made decoding raise TypeError instead of giving the error)."""
+    fields = decode(encode_error(ValueError("bad value"), "somewhere"))
+    fields[6] = encode({"__notes__": 5, "add_note": 1, "with_traceback": 2, "code": 3})
+    error = decode_error(encode(fields))
+    assert isinstance(error, ValueError) and str(error) == "bad value"
+    assert error.code == 3  # type: ignore[attr-defined]
+    assert callable(error.add_note) and callable(error.with_traceback)

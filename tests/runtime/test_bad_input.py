@@ -244,8 +244,15 @@ class _Raises(Chain, name="test.Raises"):
     async def exits(self) -> None:
         raise SystemExit(3)
 
-    async def interrupted(self) -> None:
-        raise KeyboardInterrupt
+
+class _ExitsAsItActivates(Chain, name="test.ExitsAsItActivates"):
+    async def on_activate(self) -> None:
+        if not EXITED:
+            EXITED.append(True)
+            raise SystemExit(5)
+
+
+EXITED: list[bool] = []
 
 
 async def test_user_exceptions_arrive_with_their_type_and_attributes() -> None:
@@ -273,20 +280,29 @@ async def test_an_exception_whose_str_fails_still_reaches_the_caller() -> None:
         assert await local.get(_Raises, "r").ping() == "pong from r"
 
 
-@pytest.mark.parametrize("method", ["exits", "interrupted"])
 @pytest.mark.parametrize("active", [False, True], ids=["activating", "active"])
-async def test_system_exit_in_a_method_is_that_calls_failure(method: str, active: bool) -> None:
-    """A method raising ``SystemExit`` or ``KeyboardInterrupt`` stopped the silo's event loop
-    (a turn that activates the actor runs on the silo's task) or reached the caller as
-    itself."""
+async def test_system_exit_in_a_method_is_that_calls_failure(active: bool) -> None:
+    """A method raising ``SystemExit`` stopped the silo's event loop (a turn that activates
+    the actor runs on the silo's task) or reached the caller as itself. (A KeyboardInterrupt
+    goes on as it is: it may be a Ctrl-C.)"""
     app.GATES.clear()
     async with Cluster.local(actors=[_Raises]) as local:
         actor = local.get(_Raises, "r")
         if active:
             assert await actor.ping() == "pong from r"
-        with pytest.raises(RemoteActorError, match=r"builtins\.(SystemExit|KeyboardInterrupt)"):
-            await getattr(actor, method)()
+        with pytest.raises(RemoteActorError, match=r"builtins\.SystemExit"):
+            await actor.exits()
         assert await actor.ping() == "pong from r"
+
+
+async def test_system_exit_in_on_activate_is_that_activations_failure() -> None:
+    app.GATES.clear()
+    EXITED.clear()
+    async with Cluster.local(actors=[_ExitsAsItActivates]) as local:
+        actor = local.get(_ExitsAsItActivates, "x")
+        with pytest.raises(RemoteActorError, match=r"on_activate raised SystemExit"):
+            await actor.ping()
+        assert await actor.ping() == "pong from x"  # activated again
 
 
 async def test_oversized_arguments_and_results_are_refused() -> None:

@@ -261,6 +261,25 @@ async def test_a_stateless_worker_called_back_through_a_chain_gets_another_activ
     assert len(await asyncio.gather(*(worker.round_trip("via") for _ in range(2)))) == 2
 
 
+class _LoneWorker(Actor[None], name="test.LoneWorker", stateless_worker=True, max_local_workers=1):
+    async def on_activate(self) -> None:
+        # Back to its own (only) activation, which is waiting in on_activate: a true cycle.
+        await self.actors.get(Chain, "relay").relay(
+            self.actors.get(_LoneWorker, self.context.key), "quick"
+        )
+
+    async def quick(self) -> int:
+        return 1
+
+
+async def test_a_stateless_worker_cycle_back_to_its_only_activation_is_a_deadlock() -> None:
+    """The call back reached the activating worker, the chain's own: a DeadlockError, not a
+    wait until the call's deadline (the other-activation rule must not cover it)."""
+    async with Cluster.local(actors=[_LoneWorker, Chain], default_timeout=60) as local:
+        with pytest.raises(DeadlockError):
+            await bounded(local.get(_LoneWorker, 1).quick(), "the deadlock to be reported", 30)
+
+
 class _Reads(Actor[int], name="test.Reads"):
     @read_only
     async def outer(self, via: str) -> str:

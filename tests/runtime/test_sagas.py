@@ -258,12 +258,18 @@ class RaisesOddly(Saga[str], name="sagatest.RaisesOddly"):
         ATTEMPTS[f"{who}/odd"] += 1
         if who == "cancelled":
             raise asyncio.CancelledError  # (a library's cancelled task, say)
+        if who == "exits":
+            raise SystemExit(3)
         raise _Unprintable
 
 
 @pytest.mark.parametrize(
     ("who", "error"),
-    [("cancelled", "TurnCancelledError"), ("unprintable", r"_Unprintable: <str\(\) failed")],
+    [
+        ("cancelled", "TurnCancelledError"),
+        ("unprintable", r"_Unprintable: <str\(\) failed"),
+        ("exits", "SystemExit"),
+    ],
 )
 async def test_a_step_raising_cancelled_error_or_an_unprintable_error_fails_as_a_step(
     who: str, error: str
