@@ -329,9 +329,16 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             try:
                 # (Bounded by the read's own deadline, not the connection's timeout.)
                 await asyncio.wait_for(self.open(), max(0.0, deadline - time.monotonic()))
-                assert self._pool is not None
-                async with self._pool.acquire(timeout=self._client_timeout) as connection:
+                pool = self._pool
+                assert pool is not None
+                connection = await pool.acquire(timeout=self._client_timeout)
+                try:
                     return await query(connection)
+                except UNREACHABLE:
+                    connection.terminate()  # (see _once)
+                    raise
+                finally:
+                    await pool.release(connection)
             except StorageSchemaError:
                 raise
             except _RETRY_READ as exc:
@@ -365,11 +372,16 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             return await query(connection)
         except asyncpg.PostgresError as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
+                connection.terminate()
                 raise self._unknown(doing, exc) from exc
             raise StorageError(
                 f"{self!r} refused {doing}; nothing was written: {describe(exc)}"
             ) from exc
         except UNREACHABLE as exc:
+            # A connection whose statement timed out (a frozen server) or broke is closed, not
+            # given back as it is: releasing it waits for asyncpg's cancel request, another
+            # timeout, while the caller (and the committer behind it) waits too.
+            connection.terminate()
             raise self._unknown(doing, exc) from exc
         finally:
             await self._pool.release(connection)
@@ -530,6 +542,9 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                     if attempt == _DEADLOCK_RETRIES - 1:
                         raise
             raise AssertionError("unreachable")
+        except UNREACHABLE:
+            connection.terminate()  # (see _once)
+            raise
         finally:
             await self._pool.release(connection)
 

@@ -205,11 +205,13 @@ class PostgresEventLog(AppendQueue):
             ) from exc
         except asyncpg.PostgresError as exc:
             if isinstance(exc, asyncpg.PostgresConnectionError):
+                connection.terminate()
                 raise self._unknown(size, exc) from exc
             raise StorageError(
                 f"{self!r} refused {size}; nothing was appended: {type(exc).__name__}: {exc}"
             ) from exc
         except UNREACHABLE as exc:
+            connection.terminate()  # (a timed-out or broken connection: see PostgresStorage._once)
             raise self._unknown(size, exc) from exc
         finally:
             await pool.release(connection)
