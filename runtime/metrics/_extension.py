@@ -34,6 +34,8 @@ from raygrain.runtime.metrics._registry import (
     Labels,
     MetricRegistry,
     items_of,
+    keys_of,
+    values_of,
 )
 from raygrain.runtime.metrics._settings import MetricsSettings
 from raygrain.runtime.metrics._storage import ObservedStorage
@@ -203,7 +205,7 @@ class Metrics(Extension):
         if silo is None:
             return {}
         # (Read on a scrape's thread, while the silo's loop changes these: see items_of.)
-        counts = Counter(actor_id.type_name for actor_id, _ in items_of(silo.activations))
+        counts = Counter(actor_id.type_name for actor_id in keys_of(silo.activations))
         for actor_id, pool in items_of(silo.workers):
             counts[actor_id.type_name] += len(pool)
         return {(name,): float(n) for name, n in counts.items()}
@@ -224,6 +226,6 @@ class Metrics(Extension):
         if silo is None:
             return {}
         queued: Counter[str] = Counter()
-        for actor_id, activation in items_of(silo.activations):
-            queued[actor_id.type_name] += activation.queued()
+        for activation in values_of(silo.activations):
+            queued[activation.actor_id.type_name] += activation.queued()
         return {(name,): float(n) for name, n in queued.items()}

@@ -58,6 +58,18 @@ def retried(read: Callable[[], _T]) -> _T:
     return read()
 
 
+def keys_of(mapping: Mapping[_K, _V]) -> list[_K]:
+    """A copy of ``mapping``'s keys (as ``items_of``). For a big map (the silo's activations)
+    prefer this or ``values_of``: copying the items makes a tuple per entry while holding
+    the GIL, which stalled the silo's loop for a tenth of a second at 100,000 activations."""
+    return retried(lambda: list(mapping))
+
+
+def values_of(mapping: Mapping[_K, _V]) -> list[_V]:
+    """A copy of ``mapping``'s values (as ``keys_of``)."""
+    return retried(lambda: list(mapping.values()))
+
+
 def items_of(mapping: Mapping[_K, _V]) -> list[tuple[_K, _V]]:
     """A copy of ``mapping``'s items that another thread may be changing. Copying is one C
     loop, which another thread rarely interrupts (iterating in Python, it can switch threads
