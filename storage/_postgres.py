@@ -265,13 +265,16 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         if self._closed:
             return
         self._closed = True
+        # A first connection still being made is given up at once: the writes queued behind
+        # it fail as not written (waiting for it delayed the close by a connect timeout, and
+        # the writes failed anyway: a pool made after the close is not used).
+        opening, self._opening = self._opening, None
+        if opening is not None and not opening.done():
+            opening.cancel()
+            await asyncio.wait({opening})
         while self._committers:
             await asyncio.wait(set(self._committers))
         await self._drain_appends()
-        opening, self._opening = self._opening, None
-        if opening is not None and not opening.done():
-            opening.cancel()  # (a connection still being made: nothing waits for it now)
-            await asyncio.wait({opening})
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -484,10 +487,13 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 batch[0].settle(self._write_error(exc, batch))
                 return
             # The server refused the whole statement for a record it cannot hold (a key over
-            # the index's size limit, ...), so nothing was committed: each entry runs again on
-            # its own, and only the bad one fails (one bad actor must not fail its neighbours).
-            for pending in batch:
-                await self._commit([pending])
+            # the index's size limit, ...), so nothing was committed: each half runs again on
+            # its own, down to the bad entry, which fails alone (one bad actor must not fail
+            # its neighbours; halves, not one entry at a time, which made a batch of 500 into
+            # 500 commits for as long as the bad actor kept writing).
+            half = len(batch) // 2
+            await self._commit(batch[:half])
+            await self._commit(batch[half:])
             return
         except BaseException as exc:
             error = exc if isinstance(exc, StorageError) else self._write_error(exc, batch)
@@ -520,7 +526,8 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit what can be committed of ``batch``; the outcome of each entry, in order."""
         try:
-            await self.open()
+            if self._pool is None:  # (still there while aclose lets queued writes commit)
+                await self.open()
         except StorageError as exc:
             # Nothing was sent: these writes certainly did not happen.
             raise type(exc)(f"{exc} (nothing was written)") from exc

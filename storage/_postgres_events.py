@@ -36,7 +36,9 @@ from raygrain.storage._events import (
     EncodedEvents,
     NewEvent,
     StoredEvent,
+    check_append,
     check_category_read,
+    check_encoded,
     check_stream_read,
     other_category,
     repeated,
@@ -137,6 +139,11 @@ class PostgresEventLog(AppendQueue):
         events: Sequence[NewEvent] | EncodedEvents,
         result: Any,
     ) -> None:
+        # (The checks every log makes first: a bad argument is its InvalidEventError here too.)
+        if isinstance(events, EncodedEvents):
+            check_encoded(stream, category, expected_version, events)
+        else:
+            check_append(stream, category, expected_version, events)
         names = [("name", stream), ("category", category)]
         for event in events:
             if isinstance(event, NewEvent):
@@ -156,10 +163,12 @@ class PostgresEventLog(AppendQueue):
             outcomes = await self._apply_batch(batch)
         except BAD_INPUT:
             # The server refused the whole batch for a value it cannot store (a stream name
-            # over the index's size limit, ...): nothing was appended, so each append runs
-            # again on its own and only the bad one fails.
-            for pending in batch:
-                await self._commit_batch([pending])
+            # over the index's size limit, ...): nothing was appended, so each half runs
+            # again on its own, down to the bad append, which fails alone (see
+            # PostgresStorage._commit).
+            half = len(batch) // 2
+            await self._commit_batch(batch[:half])
+            await self._commit_batch(batch[half:])
             return
         except StorageError as exc:
             for pending in batch:

@@ -579,3 +579,15 @@ async def test_reads_waiting_for_a_server_that_never_answers_share_one_attempt()
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+async def test_writes_queued_when_the_store_closes_are_committed(storage: PostgresStorage) -> None:
+    """aclose lets queued writes finish, as documented: each batch after the close called
+    open(), which refused (the store closed), so they failed as not written."""
+    writes = [
+        asyncio.ensure_future(storage.write(ActorId("t.Queued", k), b"x", None)) for k in range(600)
+    ]
+    await asyncio.sleep(0)  # (queued; the first batch about to start)
+    await storage.aclose()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert not [o for o in outcomes if isinstance(o, BaseException)]
