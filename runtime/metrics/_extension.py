@@ -123,6 +123,10 @@ class Metrics(Extension):
         if time_service is not None:
             time_service.lateness_observers.append(self.reminder_late)
 
+    def start(self, silo: Silo) -> None:
+        if self.storage is not None:
+            self.storage.attach()
+
     async def stop(self, silo: Silo) -> None:
         if self.storage is not None:
             self.storage.detach()

@@ -45,7 +45,13 @@ class ObservedStorage:
         if isinstance(observers, list):
             self._observers = observers
             self._batch = metrics.batch.histogram(provider)
-            observers.append(self._batch_committed)
+
+    def attach(self) -> None:
+        """Observe the provider's batches (the silo starts: not when the wrapper is made, so
+        that a cluster built and never started, or whose start failed, leaves none behind to
+        take the next cluster's batches)."""
+        if self._observers is not None and self._batch_committed not in self._observers:
+            self._observers.append(self._batch_committed)
 
     def _batch_committed(self, size: int) -> None:
         # A provider shared by several silos (in-process) reports each batch to every one: the

@@ -151,6 +151,10 @@ async def test_a_provider_used_by_a_second_cluster_reports_its_batches_there(
 ) -> None:
     storage = SqliteStorage(str(tmp_path / "state.db"))
     try:
+        # A cluster built and never started leaves no observer on the provider (it was
+        # registered with the wrapper, and took the next cluster's batches).
+        Cluster.local(actors=[Meter], silos=2, storage=storage)
+        assert storage.batch_observers == []
         for cluster_number in (1, 2):
             async with Cluster.local(actors=[Meter], silos=2, storage=storage) as cluster:
                 assert cluster.metrics is not None
