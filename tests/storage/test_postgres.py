@@ -327,8 +327,19 @@ def test_the_password_stays_out_of_messages() -> None:
         ("postgresql://app:1234/s3cret@db:5432/shop", "must be percent-encoded"),
         ("postgresql://app:s3cret@db:notaport/shop", "the port 'notaport' is not a number"),
         ("postgresql://app:s3cret@db:99999/shop", "the port '99999' is not a number"),
+        ("postgresql://app@db/shop?passwor%64=s3cret&pool_size=x", "pool_size='x'"),
     ],
-    ids=["key-value", "bad-option", "hash", "question", "slash", "slash-numeric", "port", "big"],
+    ids=[
+        "key-value",
+        "bad-option",
+        "hash",
+        "question",
+        "slash",
+        "slash-numeric",
+        "port",
+        "big",
+        "encoded-key",
+    ],
 )
 def test_a_bad_url_is_refused_when_built_without_showing_the_password(
     url: str, message: str
