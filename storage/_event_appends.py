@@ -33,6 +33,9 @@ from raygrain.storage._pending import MIN_SPLIT
 __all__ = ["MAX_BATCH", "AppendQueue", "PendingAppend", "settle"]
 
 MAX_BATCH = 2000  # events in one transaction
+# And bytes of event data in one (an append larger goes alone): PostgreSQL refuses a message
+# over 1 GB, so an unbounded batch of big events failed for ever, its outcome unknown.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -147,11 +150,19 @@ class AppendQueue:
                 # instead of the event loop and the database taking turns being idle (with
                 # 1,000 writers in one batch, appends ran at 0.6x the state's writes).
                 limit = min(MAX_BATCH, max(MIN_SPLIT, (len(queue) + 1) // 2))
-                while queue and (not batch or size + len(queue[0].events) <= limit):
-                    pending = queue.popleft()
+                nbytes = 0
+                while queue:
+                    pending = queue[0]
+                    more = sum(len(event[1]) for event in pending.events)
+                    if batch and (
+                        size + len(pending.events) > limit or nbytes + more > MAX_BATCH_BYTES
+                    ):
+                        break
+                    queue.popleft()
                     if not pending.abandoned():  # a caller cancelled before it started
                         batch.append(pending)
                         size += len(pending.events)
+                        nbytes += more
                 if batch:
                     try:
                         await self._commit_batch(batch)

@@ -25,6 +25,7 @@ from raygrain.storage import (
     encoded_events,
     open_storage,
 )
+from raygrain.storage import _event_appends as event_appends
 from tests.helpers import RemoteToInProcessServer, wait_until
 
 PROVIDERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
@@ -313,3 +314,33 @@ async def test_a_file_with_the_old_event_id_index_gets_the_new_one(tmp_path: Pat
         }
     assert "raygrain_events_ids" not in indexes
     assert "(event_id, stream)" in indexes["raygrain_events_event_ids"]
+
+
+@pytest.mark.parametrize("provider", ["sqlite", "postgres"])
+async def test_an_append_batch_carries_at_most_max_batch_bytes(
+    provider: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Appends were batched by event count only: big events made one statement past what
+    PostgreSQL takes (1 GB), refused for ever. Here the cap is 10 kB: 4 kB events go two by
+    two (a bigger one alone), and all are stored."""
+    monkeypatch.setattr(event_appends, "MAX_BATCH_BYTES", 10_000)
+    storage = PROVIDERS[provider](request, tmp_path)
+    batches: list[int] = []
+    commit_batch = storage._commit_batch
+
+    async def counted(batch: Any) -> None:
+        batches.append(len(batch))
+        await commit_batch(batch)
+
+    storage._commit_batch = counted
+    try:
+        big = "x" * 4_000
+        appends = [
+            storage.append(f"Big-{k}", "Big", 0, [event(data={"blob": big})]) for k in range(8)
+        ]
+        appends.append(storage.append("Big-huge", "Big", 0, [event(data={"blob": big * 5})]))
+        await asyncio.gather(*appends)
+        assert max(batches) <= 2 and sum(batches) == 9
+        assert len(await storage.read_category("Big", 0, 100)) == 9
+    finally:
+        await storage.aclose()
