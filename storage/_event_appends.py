@@ -110,6 +110,11 @@ class AppendQueue:
         gets the outcome once the batch committed. ``events`` may come encoded already."""
         self._queue_append(stream, category, expected_version, events, done)
 
+    def _check_names(
+        self, stream: str, category: str, encoded: Sequence[tuple[str, bytes, str]]
+    ) -> None:
+        """Refuse names this store cannot hold (raise ``InvalidEventError``): any, here."""
+
     def _queue_append(
         self,
         stream: str,
@@ -124,6 +129,7 @@ class AppendQueue:
         else:
             check_append(stream, category, expected_version, events)
             encoded = encoded_events(events)
+        self._check_names(stream, category, encoded)
         self._check_not_closed()
         if self._appends is None:
             self._appends = deque()

@@ -33,12 +33,8 @@ from raygrain.actors import InvalidEventError, StorageError, decode
 from raygrain.storage._event_appends import AppendQueue, PendingAppend, settle
 from raygrain.storage._events import (
     Appended,
-    EncodedEvents,
-    NewEvent,
     StoredEvent,
-    check_append,
     check_category_read,
-    check_encoded,
     check_stream_read,
     other_category,
     repeated,
@@ -131,32 +127,18 @@ class PostgresEventLog(AppendQueue):
     def _event_sql(self, sql: str) -> str:
         return sql.replace("{schema}", self._quoted_schema)
 
-    def _queue_append(
-        self,
-        stream: str,
-        category: str,
-        expected_version: int | None,
-        events: Sequence[NewEvent] | EncodedEvents,
-        result: Any,
+    def _check_names(
+        self, stream: str, category: str, encoded: Sequence[tuple[str, bytes, str]]
     ) -> None:
-        # (The checks every log makes first: a bad argument is its InvalidEventError here too.)
-        if isinstance(events, EncodedEvents):
-            check_encoded(stream, category, expected_version, events)
-        else:
-            check_append(stream, category, expected_version, events)
         names = [("name", stream), ("category", category)]
-        for event in events:
-            if isinstance(event, NewEvent):
-                names += [("event type", event.type), ("event id", event.event_id)]
-            elif isinstance(event, tuple) and len(event) == 3:
-                names += [("event type", event[0]), ("event id", event[2])]
+        for type_name, _, event_id in encoded:
+            names += [("event type", type_name), ("event id", event_id)]
         for what, name in names:
             if isinstance(name, str) and not _storable(name):
                 raise InvalidEventError(
                     f"stream {_short(stream)}: its {what} {_short(name)} holds a NUL or a lone "
                     "surrogate, which PostgreSQL text cannot store; nothing was appended"
                 )
-        super()._queue_append(stream, category, expected_version, events, result)
 
     async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         try:

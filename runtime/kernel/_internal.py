@@ -71,22 +71,20 @@ class InternalTurn:
             on_end(outcome)
 
 
-async def _call(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
-    # An actor class may run its internal turns its own way (``__internal_turn__(instance,
-    # function, interleave)``): an event-sourced actor appends the events a tick raised.
-    around = getattr(type(instance), "__internal_turn__", None)
-    if around is None:
-        await function()
-    else:
-        await around(instance, function, False)
+def _calling(interleave: bool) -> Callable[[Any, Callable[[], Awaitable[Any]]], Awaitable[None]]:
+    async def call(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
+        # An actor class may run its internal turns its own way (``__internal_turn__(instance,
+        # function, interleave)``): an event-sourced actor appends the events a tick raised.
+        around = getattr(type(instance), "__internal_turn__", None)
+        if around is None:
+            await function()
+        else:
+            await around(instance, function, interleave)
+
+    return call
 
 
-async def _call_beside(instance: Any, function: Callable[[], Awaitable[Any]]) -> None:
-    around = getattr(type(instance), "__internal_turn__", None)
-    if around is None:
-        await function()
-    else:
-        await around(instance, function, True)
+_call, _call_beside = _calling(False), _calling(True)
 
 
 _SIGNATURE = inspect.Signature(
