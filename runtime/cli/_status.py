@@ -83,7 +83,13 @@ def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     for silo in after.get("silos", []):
         old = earlier.get(silo["silo"], {})
         row = dict(silo)
-        if "turns" in silo and "turns" in old and silo["time"] > old["time"]:
+        # (A count that went down is a silo restarted under its name: no rate over the two.)
+        if (
+            "turns" in silo
+            and "turns" in old
+            and silo["time"] > old["time"]
+            and silo["turns"] >= old["turns"]
+        ):
             seconds = silo["time"] - old["time"]
             row["calls_per_s"] = (silo["turns"] - old["turns"]) / seconds
             row["errors_per_s"] = (silo["turn_errors"] - old["turn_errors"]) / seconds

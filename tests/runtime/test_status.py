@@ -72,3 +72,15 @@ def test_a_p99_above_the_last_bucket_is_valid_json_and_shown_as_above_it() -> No
     console = Console(width=100, record=True)
     console.print(render("demo", figures))
     assert ">60000" in console.export_text()
+
+
+def test_a_silo_restarted_between_the_samples_shows_no_negative_rate() -> None:
+    """Its counts start again from zero: the rates over the two samples were negative."""
+
+    def silo(at: float, turns: int) -> dict[str, Any]:
+        return {"silo": "raygrain-silo-0", "time": at, "turns": turns, "turn_errors": 0,
+                "turn_buckets": [turns, 0, 0], "turn_bounds": [0.5, 60.0],
+                "storage_errors": 0}  # fmt: skip
+
+    (row,) = rates(_sample([silo(0.0, 500)]), _sample([silo(2.0, 20)]))["silos"]
+    assert row.get("calls_per_s") is None and row.get("errors_per_s") is None
