@@ -369,8 +369,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--name", default=None, help="one deployment's silos (default: list the deployments)"
     )
-    status.add_argument("--json", action="store_true", help="print the figures as JSON")
-    status.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
+    # (One or the other: --json prints one sample for a script, --watch redraws a table.)
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the figures as JSON")
+    shown.add_argument("--watch", action="store_true", help="redraw every --interval seconds")
     status.add_argument(
         "--interval", type=_interval, default=2.0, help="seconds the rates are measured over"
     )

@@ -189,6 +189,7 @@ def test_bad_arguments_are_one_line_errors_before_anything_reaches_ray(
     for argv, said in (
         (["status", "--interval", "inf"], "'inf' is not a finite number of seconds > 0"),
         (["status", "--watch", "--interval", "nan"], "'nan' is not a finite number"),
+        (["status", "--json", "--watch"], "not allowed with argument --json"),
         (["up", "--actors", "tests.app", "--log-level", "bogus"], "'bogus' is no log level"),
     ):
         with pytest.raises(SystemExit) as done:
