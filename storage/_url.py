@@ -128,7 +128,12 @@ def absolute_storage_url(spec: str) -> str:
 
 
 def _split(spec: str) -> tuple[str, urllib.parse.SplitResult]:
-    parts = urllib.parse.urlsplit(spec)
+    try:
+        parts = urllib.parse.urlsplit(spec)
+    except ValueError as exc:  # ("Invalid IPv6 URL": an unclosed '[')
+        raise ConfigurationError(
+            f"storage URL {redacted(spec)!r} cannot be parsed: {exc}"
+        ) from None
     scheme = parts.scheme.lower()
     if "://" not in spec or scheme not in ("memory", "sqlite", "python", *_POSTGRES_SCHEMES):
         raise ConfigurationError(f"unknown storage URL {redacted(spec)!r}: {_EXAMPLES}")

@@ -90,6 +90,7 @@ def test_relative_urls_are_made_absolute_where_the_cluster_is_launched(tmp_path:
         ("sqlite:///dir/", "names a directory"),
         ("sqlite:///x.db?durable=yes", "unknown option 'durable'"),
         ("sqlite:///x.db?max_batch=many", "option max_batch='many' is not a valid value"),
+        ("postgresql://u:s3cret@[::1/db", r"'postgresql://u:\*\*\*@\[::1/db' cannot be parsed"),
     ],
     ids=[
         "unknown-scheme",
@@ -102,6 +103,7 @@ def test_relative_urls_are_made_absolute_where_the_cluster_is_launched(tmp_path:
         "sqlite-directory",
         "sqlite-unknown-option",
         "sqlite-bad-value",
+        "unclosed-ipv6",
     ],
 )
 def test_bad_urls_are_refused_naming_what_is_wrong(url: str, message: str) -> None:
