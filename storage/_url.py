@@ -83,11 +83,6 @@ def check_storage_url(spec: str) -> None:
         open_storage(spec)  # checks the URL and its options; connects on first use only
 
 
-def is_postgres_url(spec: str) -> bool:
-    """Whether ``spec`` is a PostgreSQL storage URL (any case of its scheme)."""
-    return urllib.parse.urlsplit(spec).scheme.lower() in _POSTGRES_SCHEMES and "://" in spec
-
-
 # A ``key=value`` setting (a libpq key/value string, a URL's query option): its value is hidden
 # when the key is ``password``, however it is spelt (asyncpg reads ``passwor%64`` as it).
 _SETTING = re.compile(r"([^\s&?;=]+)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
