@@ -16,15 +16,14 @@ from raygrain.actors._actor import (
 )
 from raygrain.actors._codec import (
     decode,
-    decode_error,
     decode_state,
     decoder,
     encode,
-    encode_error,
     encode_state,
     register_type,
     state_class,
 )
+from raygrain.actors._error_codec import decode_error, encode_error
 from raygrain.actors._errors import (
     ActorCallTimeout,
     ActorOverloadedError,

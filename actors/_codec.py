@@ -9,14 +9,11 @@ and only from modules the process has already imported.
 
 from __future__ import annotations
 
-import asyncio
-import builtins
 import dataclasses
 import datetime as dt
 import decimal
 import enum
 import sys
-import traceback
 import typing
 import uuid
 from collections.abc import Callable
@@ -26,21 +23,17 @@ from typing import Any
 import msgpack
 
 from raygrain.actors._errors import (
-    RemoteActorError,
     SerializationError,
     StateDecodeError,
-    rebuild_error,
 )
 from raygrain.actors._identity import ActorId
 from raygrain.actors._ref import ActorRef, Invoker
 
 __all__ = [
     "decode",
-    "decode_error",
     "decode_state",
     "decoder",
     "encode",
-    "encode_error",
     "encode_state",
     "register_type",
     "state_class",
@@ -205,168 +198,6 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
         raise StateDecodeError(
             f"stored state of {what} cannot be decoded into {type_name}: {exc}"
         ) from None
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-def encode_error(exc: BaseException, where: str) -> bytes:
-    """Encode an exception raised at ``where`` (e.g. ``"Account/alice.deposit"``). An exception
-    group carries its message and its nested exceptions, each encoded the same way. Never
-    raises: whatever the exception's own ``__str__`` or attributes do, the caller gets an
-    answer (an error that could not be encoded would leave it waiting out its deadline)."""
-    cls = type(exc)
-    try:
-        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-    except Exception:  # (a __str__ or a note that fails in a way traceback does not catch)
-        text = ""
-    fields: list[Any] = [cls.__module__, cls.__qualname__, b"", _message(exc), where, text, b""]
-    if _GROUP is not None and isinstance(exc, _GROUP):
-        fields[2] = _encode_or_none([exc.message]) or encode([fields[3]])
-        fields.append([encode_error(nested, where) for nested in exc.exceptions])
-        return encode(fields)
-    fields[2] = _encode_or_none(list(exc.args)) or encode([fields[3]])
-    # The instance's own attributes (``self.code = code``), so that the caller's copy has them
-    # even when its ``__init__`` sets them from arguments other than ``args``; the ones that
-    # cannot be encoded are left out.
-    attributes = getattr(exc, "__dict__", None)
-    if attributes and cls.__module__ != _OWN_ERRORS:  # (ours are rebuilt from their args)
-        kept, size = {}, 0
-        for name, value in list(attributes.items()):
-            if not isinstance(name, str) or name.startswith("_"):
-                continue
-            encoded = _encode_or_none(value)
-            if encoded is not None and size + len(encoded) <= _MAX_ATTRIBUTE_BYTES:
-                kept[name] = value
-                size += len(encoded)
-        fields[6] = _encode_or_none(kept) or b""
-    return encode(fields)
-
-
-def _message(exc: BaseException) -> str:
-    """``str(exc)``, or what can be said of it when its ``__str__`` fails or returns no str."""
-    try:
-        text = str(exc)
-        if isinstance(text, str):
-            return text
-    except Exception as failure:
-        return f"<{type(exc).__qualname__}: str() failed: {type(failure).__name__}: {failure}>"
-    return f"<{type(exc).__qualname__}: str() returned no str>"
-
-
-def _encode_or_none(value: Any) -> bytes | None:
-    try:
-        return encode(value)
-    except Exception:  # SerializationError, or a value whose own hooks fail (a cycle, ...)
-        return None
-
-
-_OWN_ERRORS = "raygrain.actors._errors"  # the module of raygrain's errors
-# An exception's attributes sent with it, at most (beyond: left out, the error still goes).
-_MAX_ATTRIBUTE_BYTES = 64 * 1024
-
-# Exception groups (Python 3.11+; absent on 3.10, where no exception is one).
-_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
-_EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
-# Exception groups nest; a peer's message must not make the decoder recurse without end.
-_MAX_GROUP_DEPTH = 32
-
-
-def decode_error(data: bytes, _depth: int = 0) -> BaseException:
-    """Rebuild a remote exception: the same type when the caller can import it, else
-    ``RemoteActorError``. The remote traceback is attached as a note."""
-    module, qualname, args_blob, message, where, text, *rest = decode(data)
-    # (Since 2026-12: an attributes field, then a group's members. Earlier encodings, which
-    # stored records may hold, have no attributes field.)
-    attributes_blob, nested = (
-        (rest[0], rest[1:]) if rest and isinstance(rest[0], bytes) else (b"", rest)
-    )
-    args = decode(args_blob)
-    exc: BaseException | None = None
-    if module == _OWN_ERRORS:
-        exc = rebuild_error(qualname, args)
-    else:
-        cls = _importable_exception(module, qualname)
-        if cls is not None:
-            if nested and _GROUP is not None and issubclass(cls, _GROUP):
-                try:
-                    exc = _rebuild_group(cls, args, nested[0], _depth)
-                except Exception:
-                    exc = None
-            else:
-                exc = _rebuild(cls, args, attributes_blob)
-    if isinstance(exc, (SystemExit, KeyboardInterrupt, GeneratorExit)):
-        exc = None  # a peer's exit is not the caller's: it arrives as RemoteActorError
-    if isinstance(exc, asyncio.CancelledError):
-        # A callee's cancellation must never cancel the caller's task (see TurnCancelledError).
-        exc = rebuild_error("TurnCancelledError", [f"{where} was cancelled: {message}"])
-    if exc is None:
-        exc = RemoteActorError(f"{module}.{qualname}", message, text)
-    if text and hasattr(exc, "add_note"):
-        try:
-            exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")
-        except Exception:  # (an exception whose notes were made unusable)
-            pass
-    return exc
-
-
-def _rebuild(cls: type[BaseException], args: list[Any], attributes_blob: bytes) -> Any:
-    """``cls(*args)`` with the raiser's attributes restored, as pickle rebuilds an exception;
-    when ``cls(*args)`` fails (an ``__init__`` taking other arguments than it passes on to
-    ``Exception``), the instance is made without calling ``__init__``."""
-    try:
-        attributes = decode(attributes_blob) if attributes_blob else {}
-        if not isinstance(attributes, dict):
-            attributes = {}
-    except Exception:
-        attributes = {}
-    try:
-        exc = cls(*args)
-    except Exception:
-        if not attributes:
-            return None
-        try:
-            exc = cls.__new__(cls, *args)
-        except Exception:
-            return None
-    for name, value in attributes.items():
-        # (Names a peer chose: none that would replace the class's own methods or hooks.)
-        if not isinstance(name, str) or name.startswith("_"):
-            continue
-        own = getattr(cls, name, None)
-        if callable(own) or hasattr(own, "__set__"):
-            continue
-        try:
-            setattr(exc, name, value)
-        except Exception:  # the rebuilt value stands
-            pass
-    return exc
-
-
-def _rebuild_group(cls: Any, args: list[Any], nested: list[bytes], depth: int) -> Any:
-    if depth >= _MAX_GROUP_DEPTH or not nested:
-        return None
-    members = [decode_error(item, depth + 1) for item in nested]
-    # ExceptionGroup only holds Exceptions; a BaseException member (a peer's KeyboardInterrupt,
-    # say) makes it the base group, as BaseExceptionGroup itself would choose.
-    if cls is _EXCEPTION_GROUP and not all(isinstance(m, Exception) for m in members):
-        cls = _GROUP
-    return cls(str(args[0]) if args else "", members)
-
-
-def _importable_exception(module: str, qualname: str) -> type[BaseException] | None:
-    """The exception class ``module.qualname`` if this process has already imported
-    ``module``. Never imports: the names come from a peer, and importing a module a peer
-    names runs that module's code here (any installed module, with its side effects)."""
-    obj: Any = sys.modules.get(module)
-    if obj is None:
-        return None
-    try:
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        return None
-    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
 
 
 # -- msgpack hooks ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import re
 
 import asyncpg
 
-from raygrain.storage._url import redacted
+from raygrain.storage._redact import redacted
 
 __all__ = ["BAD_INPUT", "RETRY_BATCH", "SERVER_ERROR", "UNREACHABLE", "describe", "safe"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from raygrain.actors import ConfigurationError
 from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._provider import StorageProvider
+from raygrain.storage._redact import redacted
 from raygrain.storage._sqlite import SqliteStorage
 
 __all__ = ["absolute_storage_url", "check_storage_url", "open_storage", "redacted"]
@@ -81,31 +81,6 @@ def check_storage_url(spec: str) -> None:
             _options(spec, parts, _SQLITE_OPTIONS)
     elif scheme in _POSTGRES_SCHEMES:
         open_storage(spec)  # checks the URL and its options; connects on first use only
-
-
-# A ``key=value`` setting (a libpq key/value string, a URL's query option): its value is hidden
-# when the key is ``password``, however it is spelt (asyncpg reads ``passwor%64`` as it).
-_SETTING = re.compile(r"([^\s&?;=]+)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)")
-
-
-def _hide_password(setting: re.Match[str]) -> str:
-    key, equals, _ = setting.groups()
-    if urllib.parse.unquote(key).strip().lower() == "password":
-        return f"{key}{equals}***"
-    return setting.group(0)
-
-
-def redacted(spec: str) -> str:
-    """``spec`` for a message: a URL's password shown as ``***`` (everything between the user
-    name's ':' and the last '@', so that a '/', '?' or '#' left unencoded in it cannot split it),
-    and so is any ``password=`` setting (a libpq key/value string, a query option)."""
-    spec = _SETTING.sub(_hide_password, spec)
-    scheme, separator, rest = spec.partition("://")
-    if not separator or "@" not in rest or scheme.lower() == "sqlite":
-        return spec
-    userinfo, _, host = rest.rpartition("@")
-    user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def absolute_storage_url(spec: str) -> str:
