@@ -28,12 +28,13 @@ from typing import Any, TypeVar
 import asyncpg
 
 from raygrain.actors import ActorId, ConfigurationError, StorageError, StorageSchemaError
-from raygrain.storage._pending import Pending, QueuedWrite, WriteQueue, copied, start_committer
+from raygrain.storage._pending import Pending, WriteQueue, copied, start_committer
 from raygrain.storage._postgres_batch import (
     Outcome,
     Statements,
     apply_batch,
     apply_with_statements,
+    take_batch,
 )
 from raygrain.storage._postgres_errors import (
     BAD_INPUT,
@@ -42,11 +43,13 @@ from raygrain.storage._postgres_errors import (
     UNREACHABLE,
     describe,
     safe,
+    write_error,
 )
 from raygrain.storage._postgres_events import PostgresEventLog
 from raygrain.storage._postgres_pool import open_pool
 from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, quote
+from raygrain.storage._postgres_url import check_postgres_url, check_ssl_mode
 from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
@@ -71,14 +74,8 @@ POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _DEADLOCK_RETRIES = 5
-# The most bytes of state one batch carries: PostgreSQL refuses a message over 1 GB (closing the
-# connection, which looked like an outage: "outcome unknown", for ever). A larger record goes
-# in a batch of its own.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
 _MIN_STATEMENT_TIMEOUT = 0.001
 _MAX_STATEMENT_TIMEOUT = 2_147_483.647  # PostgreSQL's largest, 2^31 - 1 ms
-# libpq's sslmode values, which asyncpg takes too.
-_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _T = TypeVar("_T")
 _RETRY_READ: tuple[type[BaseException], ...] = (StorageError, *UNREACHABLE)
 
@@ -405,7 +402,9 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         cancelled = False
         try:
             while self._pending:
-                batch, keys = self._take_batch()
+                batch, keys = take_batch(
+                    self._pending, self._in_flight, self._batch_limit(self.max_batch)
+                )
                 if not batch:
                     break  # the rest waits for records in flight; their committers take it
                 if self._pending:
@@ -428,63 +427,12 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
                 else:
                     self._start_committer()
 
-    def _take_batch(self) -> tuple[list[Pending], set[ActorId]]:
-        """The front of the queue, at most ``max_batch`` records (at least half the queue, so
-        that the next batch gathers while this one commits), each record at most once and
-        none in a batch still being committed: such a write waits for a later batch, which
-        keeps every record's writes in queue order and batches in flight off each other's
-        row locks. Returns the batch and its records."""
-        batch: list[Pending] = []
-        deferred: list[Pending] = []
-        taken: set[ActorId] = set()  # the batch's records
-        closed: set[ActorId] = set()  # records this batch can take no write of (taken too)
-        if self._in_flight:
-            closed.update(self._in_flight)
-        pending = self._pending
-        size = 0
-        nbytes = 0
-        limit = self._batch_limit(self.max_batch)
-        while pending and size < limit:
-            head = pending.popleft()
-            if type(head) is QueuedWrite:  # the common case, made cheap: one write
-                key = head.actor_id
-                if key in closed:
-                    deferred.append(head)
-                    continue
-                if batch and (size + 1 > limit or nbytes + len(head.data) > MAX_BATCH_BYTES):
-                    pending.appendleft(head)
-                    break
-                batch.append(head)
-                taken.add(key)
-                closed.add(key)
-                size += 1
-                nbytes += len(head.data)
-                continue
-            if head.dropped():
-                continue
-            ids = [w.actor_id for w in head.writes]
-            more = sum(len(w.data or b"") for w in head.writes)
-            if batch and (size + len(ids) > limit or nbytes + more > MAX_BATCH_BYTES):
-                pending.appendleft(head)
-                break
-            if any(i in closed for i in ids):
-                deferred.append(head)
-                closed.update(ids)
-                continue
-            batch.append(head)
-            taken.update(ids)
-            closed.update(ids)
-            size += len(ids)
-            nbytes += more
-        pending.extendleft(reversed(deferred))
-        return batch, taken
-
     async def _commit(self, batch: list[Pending]) -> None:
         try:
             outcomes = await self._apply(batch)
         except BAD_INPUT as exc:
             if len(batch) == 1:
-                batch[0].settle(self._write_error(exc, batch))
+                batch[0].settle(write_error(self, exc, batch))
                 return
             # The server refused the whole statement for a record it cannot hold (a key over
             # the index's size limit, ...), so nothing was committed: each half runs again on
@@ -496,7 +444,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             await self._commit(batch[half:])
             return
         except BaseException as exc:
-            error = exc if isinstance(exc, StorageError) else self._write_error(exc, batch)
+            error = exc if isinstance(exc, StorageError) else write_error(self, exc, batch)
             for pending in batch:
                 pending.settle(type(error)(*error.args))
             if not isinstance(exc, Exception):
@@ -504,24 +452,6 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
             pending.settle(outcome)
-
-    def _write_error(self, exc: BaseException, batch: list[Pending]) -> StorageError:
-        if len(batch) == 1:
-            what = "the write of " + ", ".join(_named(w.actor_id) for w in batch[0].writes)
-        else:
-            what = f"a batch of {len(batch)} writes"
-        if isinstance(exc, asyncpg.PostgresError) and not isinstance(
-            exc, asyncpg.PostgresConnectionError
-        ):
-            # The server answered with an error: its transaction was rolled back.
-            return StorageError(
-                f"{self!r} refused {what}; nothing was written: {describe(exc)}{_hint(exc)}"
-            )
-        why = "the committer was cancelled" if isinstance(exc, asyncio.CancelledError) else None
-        return StorageError(
-            f"{self!r}: the connection failed during {what}, which may or "
-            f"may not have committed (outcome unknown): {why or describe(exc)}"
-        )
 
     async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit what can be committed of ``batch``; the outcome of each entry, in order."""
@@ -560,53 +490,6 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise StorageError(f"{self!r} is closed")
-
-
-def check_postgres_url(dsn: str) -> None:
-    """Refuse a URL that asyncpg would misread (or fail on at first use with a ValueError
-    quoting part of it), in words that never show the password."""
-    parts = urllib.parse.urlsplit(dsn)
-    unencoded = ConfigurationError(
-        f"PostgresStorage URL {safe(dsn)!r}: a '/', '?' or '#' in the user name or password "
-        "must be percent-encoded (urllib.parse.quote(password, safe=''))"
-    )
-    rest = dsn.partition("://")[2]
-    if "@" in rest and "@" not in parts.netloc and "@" not in parts.query + parts.fragment:
-        raise unencoded  # the '@' that ends the password landed in the path
-    for host in parts.netloc.rpartition("@")[2].split(","):
-        port = host.partition("]")[2] if host.startswith("[") else host
-        port = port.rpartition(":")[2] if ":" in port else ""
-        if port and not (port.isdigit() and 0 < int(port) < 65536):
-            if "@" not in parts.netloc and "@" in rest:
-                raise unencoded  # what urllib takes for a port is part of the password
-            raise ConfigurationError(
-                f"PostgresStorage URL {safe(dsn)!r}: the port {port!r} is not a number "
-                "from 1 to 65535"
-            )
-
-
-def check_ssl_mode(dsn: str) -> None:
-    """Refuse an ``sslmode`` no server could accept (asyncpg would refuse it at each connection
-    attempt, which looked like an unreachable server)."""
-    for name, value in urllib.parse.parse_qsl(urllib.parse.urlsplit(dsn).query):
-        if name == "sslmode" and value not in _SSL_MODES:
-            raise ConfigurationError(
-                f"PostgresStorage URL {safe(dsn)!r}: sslmode={value!r} is not one of "
-                f"{', '.join(_SSL_MODES)}"
-            )
-
-
-def _named(actor_id: ActorId) -> str:
-    """An actor's name for a message, cut short (a key may be kilobytes long)."""
-    text = str(actor_id)
-    return text if len(text) <= 100 else f"{text[:80]}... ({len(actor_id.canonical())} bytes)"
-
-
-def _hint(exc: BaseException) -> str:
-    if isinstance(exc, asyncpg.exceptions.ProgramLimitExceededError) and "index row" in str(exc):
-        # PostgreSQL's btree holds index entries up to about 2,700 bytes (after compression).
-        return " (the actor's type name and key are too long for the primary key's index)"
-    return ""
 
 
 def _retrieved(opening: asyncio.Future[None]) -> None:

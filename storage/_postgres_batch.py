@@ -1,6 +1,6 @@
-"""The group commit of ``PostgresStorage``: the one statement that applies a batch of
-conditional writes (the arrays it takes, the reading of its answer), and running it on a
-connection, atomic groups and refused writers included.
+"""The group commit of ``PostgresStorage``: taking a batch from the queue, the one statement that
+applies a batch of conditional writes (the arrays it takes, the reading of its answer), and
+running it on a connection, atomic groups and refused writers included.
 
 Kept apart from the provider (storage/_postgres.py), which owns the pool, the queue and errors.
 """
@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from raygrain.actors import InconsistentStateError
+from raygrain.actors import ActorId, InconsistentStateError
 from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
 from raygrain.storage._postgres_errors import SERVER_ERROR
 from raygrain.storage._provider import SqlStep, StateWrite
 
-__all__ = ["Outcome", "Statements", "apply_batch", "apply_with_statements"]
+__all__ = [
+    "MAX_BATCH_BYTES",
+    "Outcome",
+    "Statements",
+    "apply_batch",
+    "apply_with_statements",
+    "take_batch",
+]
 
 Outcome = list[str] | InconsistentStateError
+
+# The most bytes of state one batch carries: PostgreSQL refuses a message over 1 GB (closing the
+# connection, which looked like an outage: "outcome unknown", for ever). A larger record goes
+# in a batch of its own.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 _SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
 _SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
@@ -141,6 +154,58 @@ async def apply_with_statements(
         first = writes[0]
         raise InconsistentStateError(None, first.expected_etag, str(first.actor_id)) from None
     return [str(_version(write.expected_etag) + 1) for write in writes]
+
+
+def take_batch(
+    pending: deque[Pending], in_flight: set[ActorId], limit: int
+) -> tuple[list[Pending], set[ActorId]]:
+    """The front of the queue ``pending``, at most ``limit`` records (at least half the queue, so
+    that the next batch gathers while this one commits), each record at most once and
+    none in a batch still being committed: such a write waits for a later batch, which
+    keeps every record's writes in queue order and batches in flight off each other's
+    row locks. Returns the batch and its records."""
+    batch: list[Pending] = []
+    deferred: list[Pending] = []
+    taken: set[ActorId] = set()  # the batch's records
+    closed: set[ActorId] = set()  # records this batch can take no write of (taken too)
+    if in_flight:
+        closed.update(in_flight)
+    size = 0
+    nbytes = 0
+    while pending and size < limit:
+        head = pending.popleft()
+        if type(head) is QueuedWrite:  # the common case, made cheap: one write
+            key = head.actor_id
+            if key in closed:
+                deferred.append(head)
+                continue
+            if batch and (size + 1 > limit or nbytes + len(head.data) > MAX_BATCH_BYTES):
+                pending.appendleft(head)
+                break
+            batch.append(head)
+            taken.add(key)
+            closed.add(key)
+            size += 1
+            nbytes += len(head.data)
+            continue
+        if head.dropped():
+            continue
+        ids = [w.actor_id for w in head.writes]
+        more = sum(len(w.data or b"") for w in head.writes)
+        if batch and (size + len(ids) > limit or nbytes + more > MAX_BATCH_BYTES):
+            pending.appendleft(head)
+            break
+        if any(i in closed for i in ids):
+            deferred.append(head)
+            closed.update(ids)
+            continue
+        batch.append(head)
+        taken.update(ids)
+        closed.update(ids)
+        size += len(ids)
+        nbytes += more
+    pending.extendleft(reversed(deferred))
+    return batch, taken
 
 
 class _Stale(Exception):

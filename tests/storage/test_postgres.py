@@ -100,7 +100,7 @@ async def test_a_batch_carries_at_most_max_batch_bytes_of_state(
 ) -> None:
     # (40 records of 30 MB made one statement over PostgreSQL's 1 GB message limit: every
     # write failed, for ever. Here the cap is made small instead of the records large.)
-    monkeypatch.setattr("raygrain.storage._postgres.MAX_BATCH_BYTES", 1000)
+    monkeypatch.setattr("raygrain.storage._postgres_batch.MAX_BATCH_BYTES", 1000)
     actors = [ActorId("Big", i) for i in range(10)]
     before = storage.commits
     etags = await asyncio.gather(
