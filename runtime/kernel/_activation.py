@@ -53,7 +53,7 @@ class Activation(TurnRunner):
 
     async def activate(self) -> None:
         """Load the state, build the instance, run ``on_activate``, then start the mailbox."""
-        self._enter_turn(())
+        chain = self._enter_turn(())
         try:
             if not self.options.stateless_worker:
                 while (gate := self.silo.activation_gate) is not None and not gate.done():
@@ -88,6 +88,8 @@ class Activation(TurnRunner):
                 else:
                     self.silo.reply_error(delivery.request, exc, self._where(delivery.method))
             return
+        finally:
+            chain.open = False  # (a task on_activate left running calls on its own)
         get_logger().debug("activated", actor=str(self.actor_id), silo=self.silo.name)
         self._activating = None  # the finished task and its context are no longer needed
         self.state = ActivationState.VALID
@@ -168,7 +170,7 @@ class Activation(TurnRunner):
         assert self.instance is not None
         if type(self.instance).on_deactivate is Actor.on_deactivate:
             return  # not overridden: nothing to run (and no task to make)
-        self._enter_turn(())
+        chain = self._enter_turn(())
         try:
             hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
         except Exception as exc:  # (not a coroutine: refused at class definition since)
@@ -179,6 +181,8 @@ class Activation(TurnRunner):
         except asyncio.CancelledError:
             hook.cancel()
             raise
+        finally:
+            chain.open = False
         if not done:
             hook.cancel()
             hook.add_done_callback(_retrieve)

@@ -44,10 +44,30 @@ from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._transport import Transport
 from raygrain.runtime.kernel._view import Membership
 
-__all__ = ["CallSettings", "Caller", "current_chain"]
+__all__ = ["CallChain", "CallSettings", "Caller", "current_chain"]
 
-# The activations waiting on the current turn, innermost last; empty outside actor turns.
-current_chain: ContextVar[tuple[ActorId, ...]] = ContextVar("raygrain_call_chain", default=())
+
+class CallChain:
+    """The activations waiting on a turn, innermost last (``actors``), for deadlock detection.
+
+    ``open`` while the turn runs. A task the turn started inherits its context, and so this
+    chain; once the turn has ended nobody waits on that task through it, so its calls go as
+    calls from outside any turn (a call back into an actor of the chain busy in a later turn
+    waits for that turn instead of being refused as a deadlock)."""
+
+    __slots__ = ("actors", "open")
+
+    def __init__(self, actors: tuple[ActorId, ...]) -> None:
+        self.actors = actors
+        self.open = True
+
+
+# The chain of the current turn; outside actor turns, one with no actors (never closed: only a
+# turn's own chain is).
+current_chain: ContextVar[CallChain] = ContextVar(
+    "raygrain_call_chain",
+    default=CallChain(()),  # noqa: B039
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +182,7 @@ class Caller:
             payload,
             self.address,
             timeout,
-            current_chain.get(),
+            chain.actors if (chain := current_chain.get()).open else (),
             view_version=membership.view.version,
         )
         followups: list[Callable[[Response | None], None]] | None = None

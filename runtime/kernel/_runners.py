@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from raygrain.actors import current_invoker
-from raygrain.runtime.kernel._caller import current_chain
+from raygrain.runtime.kernel._caller import CallChain, current_chain
 from raygrain.runtime.kernel._extensions import TURN_VARIABLES
 from raygrain.runtime.kernel._logging import get_logger
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["TurnRunners", "fresh_context"]
 
 _MAX_IDLE_RUNNERS = 4096
+_NO_CHAIN = CallChain(())  # a runner's turns set their own
 # Turns started eagerly inside other eager turns (A calls B calls C ...), at most; deeper ones
 # go to a runner task, so that a long call chain cannot exhaust the Python stack.
 _MAX_EAGER_DEPTH = 8
@@ -93,7 +94,7 @@ def _fresh_context() -> contextvars.Context:
 
 
 def _set_runtime_variables() -> None:
-    current_chain.set(())
+    current_chain.set(_NO_CHAIN)
     current_invoker.set(None)
     for variable, default in TURN_VARIABLES:  # the capabilities' own (see turn_variable)
         variable.set(default)

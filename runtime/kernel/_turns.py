@@ -31,7 +31,7 @@ from raygrain.actors import (
     encode,
     encode_error,
 )
-from raygrain.runtime.kernel._caller import current_chain
+from raygrain.runtime.kernel._caller import CallChain, current_chain
 from raygrain.runtime.kernel._extensions import (
     FLUSH_TIMINGS_AT,
     TURN_VARIABLES,
@@ -106,13 +106,14 @@ class TurnRunner(Mailbox):
                 self.actor_id.type_name, method.name
             )
         error: Exception | None = None
+        turn_chain: CallChain | None = None
         try:
             # (Also the start of the turn's timing: asyncio's loop clock is time.monotonic.)
             started = self.silo.loop_time()
             if started > delivery.expires_at:
                 observed = timings = ()
                 return  # the caller has already timed out; running it now would be a surprise
-            self._enter_turn(request.chain)
+            turn_chain = self._enter_turn(request.chain)
             for hook in self.silo.on_turn_started:
                 hook(self, delivery)
             if scope is not None:
@@ -183,6 +184,8 @@ class TurnRunner(Mailbox):
                 joined = scope.joined() if scope is not None else ()
                 self.silo.reply(request, ok, payload, joined)
         finally:
+            if turn_chain is not None:
+                turn_chain.open = False  # (a task the turn left running calls on its own)
             if not ends_when_written:
                 ended = self._end_turn(options, delivery.keeps_alive)
                 if observed or timings:
@@ -367,21 +370,20 @@ class TurnRunner(Mailbox):
         if self.slot is not None and self.instance is not None:
             self.instance.state = self.slot.rolled_back()
 
-    def _enter_turn(self, chain: tuple[ActorId, ...]) -> None:
+    def _enter_turn(self, chain: tuple[ActorId, ...]) -> CallChain:
+        """Set the turn's context; its call chain, which the caller closes when the turn ends
+        (see CallChain)."""
         # Runs inside the turn's own task, so these settings are private to the turn. (A set
-        # costs more than a get; a runner's turns mostly leave them as they were.)
-        if chain:
-            current_chain.set((*chain, self.actor_id))
-        else:  # (most calls come from outside any turn: this actor alone, one tuple kept)
-            alone = self._alone
-            if current_chain.get() is not alone:
-                current_chain.set(alone)
+        # costs more than a get; a runner's turns mostly leave the others as they were.)
+        turn_chain = CallChain((*chain, self.actor_id) if chain else self._alone)
+        current_chain.set(turn_chain)
         invoker = self.silo.caller
         if current_invoker.get() is not invoker:
             current_invoker.set(invoker)
         for variable, default in TURN_VARIABLES:  # a capability's scope sets its own after
             if variable.get() is not default:
                 variable.set(default)
+        return turn_chain
 
 
 def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception | None) -> None:

@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from raygrain.actors import ActorCallTimeout, ActorId, DeactivationReason, DeadlockError
+from raygrain.actors import (
+    Actor,
+    ActorCallTimeout,
+    ActorId,
+    DeactivationReason,
+    DeadlockError,
+    always_interleave,
+)
 from raygrain.runtime import Cluster
 from tests import app
 from tests.app import Account, BankAccount, Chain, Recorder, SlowLife
@@ -169,3 +176,68 @@ async def test_a_call_arriving_during_deactivation_runs_on_the_next_activation(
     await bounded(arriving, "the call that arrived during deactivation")
     assert app.EVENTS.count(("slow-activating", "leaving")) == 2
     assert await actor.entries() == ["before", "during"]  # on the state the first one stored
+
+
+# -- tasks a turn leaves running ------------------------------------------------------------------
+
+_LEFT: dict[str, asyncio.Event] = {}
+
+
+def _left_gate(name: str) -> asyncio.Event:
+    return _LEFT.setdefault(name, asyncio.Event())
+
+
+class Starter(Actor[None], name="test.semantics.Starter"):
+    """Starts a task that outlives the turn (or ``on_activate``) and calls back through B."""
+
+    async def on_activate(self) -> None:
+        if self.context.id.key == "from-activate":
+            self.task = asyncio.ensure_future(self._call_back_later())
+
+    async def leave_task(self) -> None:
+        self.task = asyncio.ensure_future(self._call_back_later())
+
+    async def _call_back_later(self) -> str:
+        await _left_gate(f"go-{self.context.id.key}").wait()
+        return await self.actors.get(Bouncer, 1).bounce(self.context.id.key)
+
+    async def hold(self) -> str:
+        await _left_gate(f"release-{self.context.id.key}").wait()
+        return "held"
+
+    async def hello(self) -> str:
+        return "hello"
+
+    @always_interleave
+    async def outcome(self) -> str:
+        try:
+            return await self.task
+        except Exception as exc:
+            return repr(exc)
+
+
+class Bouncer(Actor[None], name="test.semantics.Bouncer"):
+    async def bounce(self, key: str) -> str:
+        return await self.actors.get(Starter, key).hello()
+
+
+@pytest.mark.parametrize("key", ["from-turn", "from-activate"])
+async def test_a_task_left_running_calls_back_as_from_outside_the_ended_turn(key: str) -> None:
+    # The task inherits the context of the turn (or on_activate) that started it, call chain
+    # included. Once that has ended, nothing waits on the task through it: its call back into
+    # the actor, busy in a later turn, waits for that turn; it is not a deadlock.
+    _LEFT.clear()
+    async with Cluster.local(actors=[Starter, Bouncer], silos=1) as cluster:
+        starter = cluster.get(Starter, key)
+        await starter.leave_task() if key == "from-turn" else await starter.hello()
+        holding = asyncio.ensure_future(starter.hold())
+        activation = cluster.silos[0].activations[starter.actor_id]
+        await wait_until(lambda: activation.exclusive, "the later turn to start")
+        _left_gate(f"go-{key}").set()
+        # The call back reaches the busy actor: queued behind the later turn (not refused,
+        # which ended the task at once).
+        task = activation.instance.task
+        await wait_until(lambda: activation.queued() > 0 or task.done(), "the call back")
+        _left_gate(f"release-{key}").set()
+        assert await bounded(holding, "the later turn") == "held"
+        assert await bounded(starter.outcome(), "the task") == "hello"
