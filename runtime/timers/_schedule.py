@@ -18,19 +18,33 @@ from raygrain.runtime.kernel import Clock, get_logger
 
 __all__ = ["Entry", "Schedule"]
 
+_MIN_CANCELLED_TO_REBUILD = 64
+
 
 class Entry:
     """One scheduled callback; ``cancel`` takes it off (cheaply: the heap drops it when due)."""
 
-    __slots__ = ("callback", "cancelled", "when")
+    __slots__ = ("callback", "cancelled", "schedule", "when")
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None], schedule: Schedule) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.schedule: Schedule | None = schedule  # None once off the heap
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        # Let go of what the callback holds (a timer holds its activation, instance and
+        # state) now, not when the entry comes due, maybe hours later.
+        self.callback = _nothing
+        if self.schedule is not None:
+            self.schedule.cancelled_one()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Schedule:
@@ -40,11 +54,12 @@ class Schedule:
         self.clock = clock
         self.now = now
         self._heap: list[tuple[float, int, Entry]] = []
+        self._cancelled = 0  # cancelled entries still on the heap
         self._order = itertools.count()
         self._wake: asyncio.Future[None] | None = None
 
     def at(self, when: float, callback: Callable[[], None]) -> Entry:
-        entry = Entry(when, callback)
+        entry = Entry(when, callback, self)
         earliest = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (when, next(self._order), entry))
         wake = self._wake
@@ -55,11 +70,36 @@ class Schedule:
     def after(self, delay: float, callback: Callable[[], None]) -> Entry:
         return self.at(self.now() + delay, callback)
 
+    def cancelled_one(self) -> None:
+        """Count a cancelled entry; rebuild the heap without them once they are most of it.
+        (An entry cancelled long before it is due, a timer changed on every call or one of
+        an activation collected, would otherwise stay until then: the heap would grow with
+        every change. asyncio's loop does the same with its cancelled timer handles.)"""
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled > _MIN_CANCELLED_TO_REBUILD and 2 * self._cancelled > len(heap):
+            kept = []
+            for item in heap:
+                if item[2].cancelled:
+                    item[2].schedule = None
+                else:
+                    kept.append(item)
+            heapq.heapify(kept)
+            self._heap = kept
+            self._cancelled = 0
+
+    def _pop(self) -> Entry:
+        entry = heapq.heappop(self._heap)[2]
+        entry.schedule = None
+        if entry.cancelled:
+            self._cancelled -= 1
+        return entry
+
     def due(self) -> bool:
         """Whether something is due and has not fired yet (tests wait until it has)."""
         heap = self._heap
         while heap and heap[0][2].cancelled:
-            heapq.heappop(heap)
+            self._pop()
         return bool(heap) and heap[0][0] <= self.now()
 
     def __len__(self) -> int:
@@ -88,10 +128,9 @@ class Schedule:
             await self.clock.sleep(delay)
 
     def _fire_due(self) -> None:
-        heap = self._heap
         now = self.now()
-        while heap and heap[0][0] <= now:
-            _, _, entry = heapq.heappop(heap)
+        while self._heap and self._heap[0][0] <= now:
+            entry = self._pop()
             if entry.cancelled:
                 continue
             try:

@@ -5,6 +5,8 @@ turns, no keep-alive by default, a raising tick, a tick's state committed or rol
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from raygrain import Actor, InvalidScheduleError, Timer, always_interleave, read_only
 from raygrain.runtime import Cluster, ManualClock
+from raygrain.runtime.timers import TimeService
 from raygrain.storage import MemoryStorage
 from tests.runtime.time_helpers import capture_logs, settle, step
 
@@ -347,6 +350,40 @@ async def test_keep_alive_ticks_keep_it_alive(cluster: Cluster, clock: ManualClo
     await step(cluster, clock, 1.0, times=10)
     assert await cluster.collect_idle() == 0
     assert await actor.count() == 10
+
+
+def _scheduled(cluster: Cluster) -> int:
+    return sum(len(s.extension(TimeService).schedule) for s in cluster.silos)  # type: ignore[union-attr]
+
+
+async def test_changing_a_timer_again_and_again_keeps_the_schedule_small(
+    cluster: Cluster,
+) -> None:
+    # (An expiry pushed back on every call: each change used to leave its cancelled entry on
+    # the schedule until its due time, an hour here, so the schedule grew with every call.)
+    actor = cluster.get(Ticker, "postponed")
+    await actor.start(3600.0)
+    for _ in range(500):
+        await actor.change(3600.0, 3600.0)
+    assert _scheduled(cluster) < 100
+    await actor.stop()
+    assert _scheduled(cluster) < 100
+
+
+async def test_a_collected_activation_with_a_timer_is_freed(
+    cluster: Cluster, clock: ManualClock
+) -> None:
+    # (Its cancelled timer stayed on the schedule until due, an hour later, holding the
+    # activation, its instance and its state.)
+    actor = cluster.get(ShortLived, "freed")
+    await actor.start(3600.0)
+    (instance,) = [a.instance for s in cluster.silos for a in s.activations.values()]
+    freed = weakref.ref(instance)
+    del instance
+    await step(cluster, clock, 6.0)
+    assert await cluster.collect_idle() == 1
+    gc.collect()
+    assert freed() is None
 
 
 @pytest.mark.parametrize(
