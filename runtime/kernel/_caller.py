@@ -421,7 +421,10 @@ class Caller:
             cls.__actor_options__.stateless_worker,
             timings,
         )
-        self._facts[(target.type_name, method)] = facts
+        if found is not None:
+            # Only a real method's: a name no method has fails at the silo, and keeping it would
+            # let a caller passing names on from outside grow this table without bound.
+            self._facts[(target.type_name, method)] = facts
         return facts
 
     async def _sweep_deadlines(self) -> None:

@@ -149,6 +149,20 @@ async def test_bad_call_is_a_typed_error_and_the_silo_keeps_serving(
     await _still_serving(any_cluster)
 
 
+async def test_calls_of_unknown_method_names_leave_nothing_behind(cluster: Cluster) -> None:
+    # (A caller kept what it learnt of every (type, method) it was asked for, a name that no
+    # method has included: a gateway passing its users' method names on grew without bound.)
+    chain = cluster.get(Chain, "names")
+    for index in range(200):
+        with pytest.raises(UnknownMethodError):
+            await chain.invoke(f"no_such_method_{index}")
+        with pytest.raises(UnknownMethodError):
+            await chain.call_method_of("other", f"no_such_method_{index}")
+    callers = [cluster._caller, *(silo.caller for silo in cluster.silos)]
+    assert max(len(caller._facts) for caller in callers) < 10
+    await _still_serving(cluster)
+
+
 async def test_a_cluster_used_before_it_started_says_to_start_it() -> None:
     cluster = Cluster.local(actors=app.ALL_ACTORS)
     with pytest.raises(ClusterNotStartedError, match=r"cluster.get\(Chain, ...\).*async with"):
