@@ -18,6 +18,7 @@ from raygrain.runtime._capabilities import actor_types as with_capability_actors
 from raygrain.runtime._capabilities import export_to_ray, silo_extensions
 from raygrain.runtime.kernel import (
     ActorRegistry,
+    Malformed,
     Membership,
     MembershipView,
     Request,
@@ -262,7 +263,14 @@ class SiloHostImpl:
             return b""
         for message in messages:
             if isinstance(message, Request):
-                self.silo.deliver_request(message)
+                try:
+                    self.silo.deliver_request(message)
+                except Exception as exc:  # that message's fault, not its batch's
+                    reason = f"{message.target}.{message.method} could not be delivered: {exc!r}"
+                    bad = Malformed(
+                        f"malformed message: {reason}", message.call_id, message.reply_to
+                    )
+                    self.silo.reply_malformed(bad)
                 if is_client_address(message.reply_to):
                     client = message.reply_to
                     call_ids.add(message.call_id)

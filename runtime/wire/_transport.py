@@ -368,7 +368,14 @@ class WireTransport:
             if type(message) is Request:  # (cheaper than isinstance, for every message)
                 if silo is None:
                     raise ProtocolError("a request sent to a client")
-                silo.deliver_request(message)
+                try:
+                    silo.deliver_request(message)
+                except Exception as exc:  # one message the silo cannot take, not the link's
+                    reason = f"{message.target}.{message.method} could not be delivered: {exc!r}"
+                    bad = Malformed(
+                        f"malformed message: {reason}", message.call_id, message.reply_to
+                    )
+                    self._answer_malformed(connection, bad)
             else:
                 # (The peer proved its name in the handshake: the caller checks it.)
                 local.deliver_response(message, peer)  # type: ignore[arg-type]

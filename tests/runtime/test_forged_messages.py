@@ -11,9 +11,27 @@ import asyncio
 import subprocess
 import sys
 
-from raygrain.actors import RemoteActorError, decode_error, encode
+from raygrain.actors import (
+    ActorId,
+    MalformedMessageError,
+    RemoteActorError,
+    decode,
+    decode_error,
+    encode,
+)
 from raygrain.runtime import Cluster
-from raygrain.runtime.kernel import Response
+from raygrain.runtime.kernel import (
+    MembershipView,
+    Request,
+    Response,
+    SiloOptions,
+    SiloStatus,
+    pack_batch,
+    unpack_batch,
+)
+from raygrain.runtime.ray_host._host import SiloHostImpl
+from raygrain.storage import MemoryStorage
+from tests import app
 from tests.app import GATES, Recorder, gate
 
 
@@ -56,3 +74,31 @@ def test_an_error_of_an_imported_module_keeps_its_type() -> None:
     assert type(error) is asyncio.InvalidStateError and error.args == ("late",)
     blob = encode(["asyncio", "no_such_thing", encode([]), "m", "w", "t"])
     assert isinstance(decode_error(blob), RemoteActorError)
+
+
+async def test_a_request_whose_arguments_are_no_pair_fails_alone_on_ray() -> None:
+    """(A silo's Ray actor) a batch with a request whose arguments are msgpack but not
+    ``[args, kwargs]``: that call is answered ``MalformedMessageError`` and the others are
+    delivered (the batch's Ray call failed, and with it every call in the batch)."""
+    host = SiloHostImpl(
+        "silo-a", "node", list(app.ALL_ACTORS), MemoryStorage(), SiloOptions(), None, None
+    )
+    host.membership.update(MembershipView(1, (("silo-a", SiloStatus.ACTIVE),)))
+    host.silo.start()
+    target = ActorId("test.Chain", "k")
+    client = "client-0123"
+    batch = pack_batch(
+        [
+            Request(8, target, "ping", encode(5), client, 5.0),
+            Request(7, target, "ping", encode([[], {}]), client, 5.0),
+        ]
+    )
+    try:
+        answers = {m.call_id: m for m in unpack_batch(await host.receive_batch(batch, client))}
+        while len(answers) < 2:  # (the rest come by the client's poll)
+            answers.update((m.call_id, m) for m in unpack_batch(await host.poll(client)))
+    finally:
+        await host.silo.aclose()
+        await host.transport.aclose()
+    assert isinstance(answers[7], Response) and decode(answers[7].payload) == "pong from k"
+    assert isinstance(decode_error(answers[8].payload), MalformedMessageError)

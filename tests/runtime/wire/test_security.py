@@ -177,3 +177,33 @@ async def test_a_malformed_message_in_a_good_batch_is_answered_and_the_rest_deli
         raise decode_error(answers[8].payload)
     assert not connection.closed
     connection.close()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [encode(5), encode(None), encode([1, 2, 3]), encode("abc")],
+    ids=["int", "nil", "triple", "text"],
+)
+async def test_a_request_whose_arguments_are_no_pair_is_answered_and_the_link_stays(
+    silo: SiloInThread, arguments: bytes
+) -> None:
+    """Arguments that are msgpack but not ``[args, kwargs]`` (a member's bug, another
+    version): that call gets ``MalformedMessageError``, the rest of its batch is served and
+    the connection stays (it was dropped, failing every other call on it)."""
+    host, port = silo.address
+    connection = await dial(host, port, "client-rogue", "silo-a", WireOptions(SECRET))
+    target = ActorId("test.Chain", "k")
+    bad = Request(8, target, "ping", arguments, "client-rogue", 5.0)
+    good = Request(7, target, "ping", encode([[], {}]), "client-rogue", 5.0)
+    connection.send(pack([bad.to_wire(), good.to_wire()]))
+    answers: dict[int, Response] = {}
+    async with asyncio.timeout(30):
+        while len(answers) < 2:
+            for message in unpack_batch(await connection.receive()):
+                assert isinstance(message, Response)
+                answers[message.call_id] = message
+    assert answers[7].ok and decode(answers[7].payload) == "pong from k"
+    assert not answers[8].ok
+    assert isinstance(decode_error(answers[8].payload), MalformedMessageError)
+    assert not connection.closed
+    connection.close()
