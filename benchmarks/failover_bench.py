@@ -200,7 +200,8 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="only checks that it works: 200 accounts, one worker node and the double fault",
+        help="only checks that it works: 200 accounts, the double fault alone (a worker node and"
+        " the controller's process)",
     )
     parser.add_argument("--runs", type=int, default=1, help="rounds over every victim (a soak)")
     parser.add_argument("--json", action="store_true", help="one RESULT line of JSON")
@@ -210,7 +211,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
 def _main() -> None:
     args = _parse()
     results = []
-    victims = [VICTIMS[0], VICTIMS[-1]] if args.smoke else VICTIMS
+    victims = [VICTIMS[-1]] if args.smoke else VICTIMS
     accounts = 200 if args.smoke else 500 if args.quick else 3000
     for seed in range(args.runs):
         for label, index, with_controller in victims:
@@ -236,7 +237,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         summary[key] = {
             "typical": statistics.median(values),
             "worst": max(values),
-            "worker_nodes_worst": max(r[key] for r in nodes),
+            "worker_nodes_worst": max((r[key] for r in nodes), default=None),
             "node_and_controller": max((r[key] for r in double), default=None),
         }
     summary["worst_victim"] = max(results, key=lambda r: r["full_service_s"])["victim"]
@@ -271,6 +272,14 @@ async def run(quick: bool = False, smoke: bool = False) -> list[dict[str, Any]]:
     )
     target = f"<= {TARGET_SECONDS} s typical and worst, 0 acknowledged writes lost"
     details = [{k: v for k, v in r.items() if k != "timeline"} for r in results]
+    # The double fault beside the worst worker node killed alone; a smoke run kills no worker
+    # node alone, so there it stands beside Ray's own time to mark that node dead.
+    alone = service["worker_nodes_worst"]
+    double_baseline, double_baseline_name = (
+        (alone, "the worst worker node killed alone")
+        if alone is not None
+        else (double["ray_detection_s"], "Ray's own time to mark the node dead")
+    )
     return [
         figure(
             "failover: seconds from node kill to full service (typical over victims)",
@@ -308,9 +317,9 @@ async def run(quick: bool = False, smoke: bool = False) -> list[dict[str, Any]]:
         figure(
             "failover: seconds to full service, node and controller process killed at once",
             double["full_service_s"],
-            service["worker_nodes_worst"],
+            double_baseline,
             "s",
-            baseline_name="the worst worker node killed alone",
+            baseline_name=double_baseline_name,
             lower_is_better=True,
             target=f"<= {TARGET_SECONDS} s",
             meets_target=double["full_service_s"] <= TARGET_SECONDS,

@@ -141,7 +141,8 @@ def test_ray_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> No
     assert results["mode"]["ray"].startswith("local")
 
 
-# Its own 3-node Ray cluster, a workload, a node killed: about a minute on a quiet machine.
+# Its own 3-node Ray cluster, a workload, a node and the controller process killed: about half
+# a minute on a quiet machine.
 @pytest.mark.ray
 @pytest.mark.slow
 def test_failover_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
