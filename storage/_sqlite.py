@@ -436,6 +436,18 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
             return
         try:
             outcomes = await self._apply(batch)
+        except sqlite3.DataError as exc:
+            if len(batch) == 1:
+                names = ", ".join(str(write.actor_id) for write in batch[0].writes[:3])
+                batch[0].settle(self._error(f"writing {names}", exc))
+                return
+            # A record SQLite cannot hold (a row over SQLITE_LIMIT_LENGTH): the transaction was
+            # rolled back whole, so each half runs again on its own, down to the bad entry,
+            # which fails alone (one actor's giant state must not fail its neighbours' writes).
+            half = len(batch) // 2
+            await self._commit(batch[:half])
+            await self._commit(batch[half:])
+            return
         except BaseException as exc:
             for pending in batch:
                 error = self._error(f"committing a batch of {len(batch)} writes", exc)

@@ -17,6 +17,7 @@ _T = TypeVar("_T")
 
 # SQLite primary result codes (sqlite3 only exports them as constants from Python 3.11 on).
 _BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+_TOOBIG = 18
 
 
 async def on_thread(
@@ -53,6 +54,11 @@ def reason(exc: sqlite3.Error, busy_timeout: float) -> str:
         return f"cannot open the file: does its directory exist and is it writable? [{exc}]"
     if primary == _READONLY:
         return f"the file or its directory is read-only [{exc}]"
+    if primary == _TOOBIG:
+        return (
+            "the record is too big for SQLite (a row holds at most SQLITE_LIMIT_LENGTH bytes, "
+            f"1 GB by default) [{exc}]"
+        )
     if primary == _FULL:
         return f"the disk is full [{exc}]"
     if primary == _IOERR:

@@ -28,6 +28,7 @@ from raygrain.actors import (
 )
 from raygrain.storage import SqliteStorage, StateRecord, StateWrite
 from raygrain.storage._sqlite import SCHEMA_VERSION
+from raygrain.storage._sqlite_connection import on_thread
 from tests.helpers import wait_until
 
 ALICE = ActorId("Account", "alice")
@@ -387,6 +388,29 @@ async def test_failed_commit_fails_the_whole_batch_and_applies_nothing(
         admin.close()
     assert await storage.write(ALICE, b"a2", alice) == "2"
     assert await storage.write(ActorId("Poison", 1), b"p", None) == "1"
+
+
+async def test_a_record_too_big_for_sqlite_fails_alone_in_its_batch(
+    storage: SqliteStorage,
+) -> None:
+    # SQLite refuses a row over SQLITE_LIMIT_LENGTH (1 GB by default; lowered here so the
+    # test stays small): that actor's write fails, naming it, and its neighbours commit.
+    # (The whole batch failed, every writer in it told "string or blob too big".)
+    alice = await storage.write(ALICE, b"a1", None)
+    assert storage._writer is not None
+    await on_thread(storage._writer, lambda c: c.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000))
+    giant = ActorId("Account", "giant")
+    results = await asyncio.gather(
+        storage.write(ALICE, b"a2", alice),
+        storage.write(giant, b"x" * 20_000, None),
+        storage.write(BOB, b"b1", None),
+        return_exceptions=True,
+    )
+    assert results[0] == "2" and results[2] == "1", results
+    assert isinstance(results[1], StorageError)
+    assert str(giant) in str(results[1]) and "too big" in str(results[1])
+    assert await storage.read(giant) == StateRecord(None, None)
+    assert await storage.read(BOB) == StateRecord(b"b1", "1")
 
 
 async def test_cancelled_caller_before_its_batch_is_dropped(storage: SqliteStorage) -> None:
