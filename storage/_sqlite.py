@@ -265,7 +265,13 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         await self.open()
         if self._writer is None:  # dropped after a failed rollback: start afresh
             self._writer = await self._connect_writer()
-        return await self._guarded(doing, self._writer, function)
+
+        def checked(connection: sqlite3.Connection) -> _T:
+            result = function(connection)
+            self._file.check()  # what it committed went to our file (see FileIdentity)
+            return result
+
+        return await self._guarded(doing, self._writer, checked)
 
     async def _on_reader(self, doing: str, function: Callable[[sqlite3.Connection], _T]) -> _T:
         await self.open()

@@ -50,3 +50,17 @@ async def test_a_store_whose_file_stays_put_keeps_acknowledging(tmp_path: Path) 
             etag = await store.write(ALICE, str(value).encode(), etag)
     async with SqliteStorage(tmp_path / "state.db") as store:
         assert (await store.read(ALICE)).data == b"4"
+
+
+async def test_a_deleted_database_file_fails_reminder_changes_too(tmp_path: Path) -> None:
+    # (Reminder registrations, removals and tick records went to the deleted file and were
+    # acknowledged: a reminder registered then was gone on reopen.)
+    path = tmp_path / "state.db"
+    async with SqliteStorage(path) as store:
+        kept = await store.upsert_reminder(ALICE, "kept", 10.0, 60.0)
+        for suffix in ("", "-wal", "-shm"):
+            os.unlink(f"{path}{suffix}")
+        with pytest.raises(StorageError, match="was deleted while open"):
+            await store.upsert_reminder(ALICE, "poll", 10.0, 60.0)
+        with pytest.raises(StorageError, match="was deleted while open"):
+            await store.remove_reminder(ALICE, "kept", kept.etag)
