@@ -3,6 +3,7 @@ transport), the protocol every backend implements, and the checks of the cluster
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, Protocol
 
@@ -77,6 +78,7 @@ class LocalBackend:
         ]
         self.metrics_port = metrics_port
         self.metrics: PrometheusExporter | None = None
+        self._closing: asyncio.Task[None] | None = None
 
     def make_caller(self, registry: ActorRegistry) -> Caller:
         address = f"client-{uuid.uuid4().hex[:8]}"
@@ -103,6 +105,13 @@ class LocalBackend:
             self.membership.set_status(silo.name, SiloStatus.ACTIVE)
 
     async def aclose(self) -> None:
+        # Shielded, as a silo's: a caller cancelled meanwhile (a timeout around the close)
+        # must not leave silos half closed and the store open, with no way to finish.
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         for silo in self.silos:
             self.membership.set_status(silo.name, SiloStatus.SHUTTING_DOWN)
         for silo in self.silos:

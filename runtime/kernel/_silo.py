@@ -120,6 +120,7 @@ class Silo:
         self.closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._collector: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # The event loop's clock (deadlines, turn timing): time.monotonic itself once the loop
         # is known to read it (asyncio's own loops do), one call instead of three per read.
@@ -180,10 +181,15 @@ class Silo:
             extension.start(self)
 
     async def aclose(self) -> None:
-        """Deactivate every activation (running turns finish first), then stop."""
-        if self.closed:
-            return
-        self.closed = True
+        """Deactivate every activation (running turns finish first), then stop. A caller
+        cancelled meanwhile does not cut the closing short: it goes on, and a later aclose()
+        waits for it (stopped half-way, it left activations and tasks behind for good)."""
+        if self._closing is None:
+            self.closed = True
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._collector is not None:
             self._collector.cancel()
         await self.deactivate_all(DeactivationReason.SHUTDOWN)

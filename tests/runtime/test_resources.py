@@ -1,0 +1,55 @@
+"""Resources over a cluster's life: what it opens, it closes, even when its closing is cut short."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from raygrain import Actor, DeactivationReason
+from raygrain.actors import ActorId
+from raygrain.runtime import Cluster
+from raygrain.storage import SqliteStorage
+from tests.helpers import wait_until
+
+GATES: dict[str, asyncio.Event] = {}  # made by each test, in its own event loop
+
+
+class Lingering(Actor[list[str]], name="resources.Lingering"):
+    """An actor whose on_deactivate waits to be released."""
+
+    async def touch(self) -> int:
+        self.state.append("touched")
+        return len(self.state)
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        GATES["started"].set()
+        await GATES["release"].wait()
+
+
+async def test_a_cancelled_close_still_closes_everything(tmp_path: Path) -> None:
+    # (The close stopped where it was cancelled, e.g. by a timeout around it: the silos half
+    # closed, their tasks and the SQLite connections left open, and another aclose() did
+    # nothing, as the cluster counted as closed.)
+    started, release = GATES["started"], GATES["release"] = asyncio.Event(), asyncio.Event()
+    cluster = Cluster.local(actors=[Lingering], storage=f"sqlite:///{tmp_path / 'state.db'}")
+    await cluster.start()
+    assert await cluster.get(Lingering, "a").touch() == 1
+    closing = asyncio.ensure_future(cluster.aclose())
+    await started.wait()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    release.set()
+    await cluster.aclose()
+    storage = cluster._backend.storage  # type: ignore[attr-defined]
+    assert isinstance(storage, SqliteStorage)
+
+    def closed() -> bool:
+        silo_tasks = [task for silo in cluster.silos for task in silo._tasks]
+        return storage._closed and storage._writer is None and not silo_tasks
+
+    await wait_until(closed, "the silos' tasks and the store to be closed", bound=5)
+    async with SqliteStorage(tmp_path / "state.db") as reopened:  # the write is there
+        assert (await reopened.read(ActorId("resources.Lingering", "a"))).data is not None
