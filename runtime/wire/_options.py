@@ -13,6 +13,7 @@ __all__ = ["DEFAULT_MAX_FRAME_BYTES", "WireOptions", "new_secret"]
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 DEFAULT_WRITE_BUFFER_BYTES = 1024 * 1024
 SECRET_BYTES = 32
+DEFAULT_MAX_HANDSHAKES = 512
 
 
 def new_secret() -> bytes:
@@ -28,7 +29,10 @@ class WireOptions:
     Backoff: reconnection waits ``backoff`` seconds, doubling up to ``max_backoff``.
     Backpressure: once more than ``write_buffer_bytes`` written on a connection wait for its
     peer to read them, further messages wait in the connection's backlog, up to
-    ``max_backlog_bytes`` (None: ``max_frame_bytes``; the backlog always takes one message)."""
+    ``max_backlog_bytes`` (None: ``max_frame_bytes``; the backlog always takes one message).
+    ``max_handshakes``: connections a silo holds in their handshake (TLS included) at once;
+    a newer one pushes the oldest out, so that dialers who never finish cannot take every
+    file descriptor."""
 
     secret: bytes
     server_ssl: ssl.SSLContext | None = None
@@ -40,6 +44,7 @@ class WireOptions:
     max_backoff: float = 5.0
     write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES
     max_backlog_bytes: int | None = None
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < 16:
@@ -55,6 +60,10 @@ class WireOptions:
         for label, value in sizes:
             if type(value) is not int or value < 1024:
                 raise ConfigurationError(f"{label} must be an int >= 1024, got {value!r}")
+        if type(self.max_handshakes) is not int or self.max_handshakes < 1:
+            raise ConfigurationError(
+                f"max_handshakes must be an int >= 1, got {self.max_handshakes!r}"
+            )
         for label in ("server_ssl", "client_ssl"):
             value = getattr(self, label)
             if value is not None and not isinstance(value, ssl.SSLContext):

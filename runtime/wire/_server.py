@@ -1,8 +1,11 @@
 """The silo's listener: accepts connections, runs the handshake, hands on the members.
 
 A connection that does not complete the handshake in time, answers it wrongly or sends bytes
-that are not the protocol is dropped; nothing else on the silo notices. Each refusal is logged
-through a ``PeerLog`` (one warning per remote host per minute).
+that are not the protocol is dropped; nothing else on the silo notices. At most
+``max_handshakes`` connections wait in their handshake at once (the oldest is dropped for a
+newer one), so a flood of connections that never finish cannot take the silo's file
+descriptors. Each refusal is logged through a ``PeerLog`` (one warning per remote host per
+minute).
 """
 
 from __future__ import annotations
@@ -46,43 +49,67 @@ class WireServer:
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
         self.refused = 0  # connections dropped before or during the handshake
-        self._handshaking: set[asyncio.StreamWriter] = set()
+        # Connections in handshake, oldest first; those pushed out by newer ones.
+        self._handshaking: dict[asyncio.StreamWriter, None] = {}
+        self._evicted: set[asyncio.StreamWriter] = set()
 
     async def start(self, host: str, port: int = 0) -> tuple[str, int]:
         """Listen on ``host`` (port 0: one the OS chooses); returns the address to publish."""
         options = self._options
+        # TLS is started by _accept where it can be (Python 3.11+), so that a connection in its
+        # TLS handshake counts among those in handshake, and its refusal is counted and logged
+        # as any other; on 3.10 asyncio runs it before _accept, bounded by the same timeout.
+        in_accept = _TLS_IN_ACCEPT or options.server_ssl is None
         self._server = await asyncio.start_server(
             self._accept,
             host,
             port,
-            ssl=options.server_ssl,
-            # (asyncio's default is 60 s: a dialer that says nothing is dropped as soon without TLS)
-            ssl_handshake_timeout=options.handshake_timeout if options.server_ssl else None,
+            ssl=None if in_accept else options.server_ssl,
+            ssl_handshake_timeout=None if in_accept else options.handshake_timeout,
         )
         bound = self._server.sockets[0].getsockname()
         self.address = (host, int(bound[1]))
         return self.address
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._handshaking.add(writer)
+        options = self._options
+        if len(self._handshaking) >= options.max_handshakes:
+            # Each connection holds a file descriptor until its handshake ends: a flood of
+            # silent ones would take them all. The oldest goes (a member's handshake is one
+            # round trip, so it is the newest that are most likely members).
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            self._evicted.add(oldest)
+            oldest.transport.abort()
+        self._handshaking[writer] = None
+        # (A failed start_tls leaves the writer without a transport: keep what is needed.)
+        transport, remote = writer.transport, remote_host(writer)
         try:
+            if options.server_ssl is not None and _TLS_IN_ACCEPT:
+                await _start_tls(writer, transport, options.server_ssl, options.handshake_timeout)
             peer = await asyncio.wait_for(
-                accept_handshake(reader, writer, self._options.secret),
-                self._options.handshake_timeout,
+                accept_handshake(reader, writer, options.secret), options.handshake_timeout
             )
         except _HANDSHAKE_FAILURES as exc:
             self.refused += 1
-            writer.transport.abort()
-            if isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+            (writer.transport or transport).abort()
+            if writer in self._evicted:
+                reason = f"over {options.max_handshakes} connections in handshake (max_handshakes)"
+            elif isinstance(exc, _ClosedInTLS) or (
+                isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
+            ):
                 # Connected and hung up without a byte: a port probe or a dialer giving up.
                 get_logger().debug("wire_connection_closed_before_handshake")
                 return
-            reason = "no handshake in time" if isinstance(exc, asyncio.TimeoutError) else repr(exc)
-            self._log.refused(remote_host(writer), "wire_connection_refused", reason=reason)
+            elif isinstance(exc, asyncio.TimeoutError):
+                reason = "no handshake in time"
+            else:
+                reason = repr(exc)
+            self._log.refused(remote, "wire_connection_refused", reason=reason)
             return
         finally:
-            self._handshaking.discard(writer)
-        options = self._options
+            self._handshaking.pop(writer, None)
+            self._evicted.discard(writer)
         connection = Connection(
             reader,
             writer,
@@ -96,5 +123,28 @@ class WireServer:
         if self._server is not None:
             self._server.close()  # (stops listening; connections already accepted stay open)
             self._server = None
-        for writer in self._handshaking:  # the authenticated ones are the transport's to close
+        for writer in list(self._handshaking):  # (the authenticated ones: the transport's)
             writer.transport.abort()
+
+
+_TLS_IN_ACCEPT = hasattr(asyncio.StreamWriter, "start_tls")
+
+
+class _ClosedInTLS(ConnectionResetError):
+    """The dialer hung up during the TLS handshake (a port probe, a dialer giving up)."""
+
+
+async def _start_tls(
+    writer: asyncio.StreamWriter,
+    transport: asyncio.BaseTransport,
+    context: ssl.SSLContext,
+    timeout: float,
+) -> None:
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=timeout)  # type: ignore[attr-defined]
+    except AttributeError:
+        # (asyncio 3.11: a connection closed in the TLS handshake ends it as if it had
+        # succeeded, without a transport, and the writer is left with none, which breaks
+        # even its __del__: give it back the one it had.)
+        writer._transport = transport  # type: ignore[attr-defined]
+        raise _ClosedInTLS("closed during the TLS handshake") from None

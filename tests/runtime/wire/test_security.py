@@ -4,8 +4,10 @@ serving everyone else, and says so at most once per peer per minute, at warning.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,8 +15,9 @@ from raygrain.actors import ActorId, MalformedMessageError, decode, decode_error
 from raygrain.runtime.kernel import Request, Response, configure_logging, pack, unpack_batch
 from raygrain.runtime.wire import WireOptions, dial
 from tests.app import BankAccount
-from tests.helpers import own_log_records
+from tests.helpers import own_log_count, own_log_records
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
+from tests.runtime.wire.test_transport import _self_signed
 
 Open = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -207,3 +210,62 @@ async def test_a_request_whose_arguments_are_no_pair_is_answered_and_the_link_st
     assert isinstance(decode_error(answers[8].payload), MalformedMessageError)
     assert not connection.closed
     connection.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_connections_that_never_finish_their_handshake_are_capped(
+    directory: Directory, tmp_path: Path, tls: bool, log: pytest.CaptureFixture[str]
+) -> None:
+    """Dialers that connect and never finish (plain or TLS) each hold a file descriptor of
+    the silo for the handshake's time: past ``max_handshakes`` the oldest is dropped, so a
+    flood of them cannot take every descriptor (it did: a silo at its descriptor limit
+    accepted no member). Members still get in."""
+    server_ssl = None
+    if tls:
+        cert, key = _self_signed(tmp_path)
+        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ssl.load_cert_chain(cert, key)
+    options = WireOptions(SECRET, server_ssl=server_ssl, handshake_timeout=60.0, max_handshakes=4)
+    silo = SiloInThread("silo-a", directory, options, ["silo-a"])
+    opened = [await _silent(*silo.address) for _ in range(6)]
+    try:
+        for reader, _ in opened[:2]:  # the two oldest went for the newest
+            await _dropped(reader)
+        client_ssl = None
+        if tls:
+            client_ssl = ssl.create_default_context(cafile=str(cert))
+        member = Client(directory, WireOptions(SECRET, client_ssl=client_ssl), ["silo-a"])
+        try:
+            assert await member.ref(BankAccount, "capped").deposit(1) == 1
+        finally:
+            await member.aclose()
+        assert silo.transport.refused >= 2
+    finally:
+        for _, writer in opened:
+            writer.close()
+        silo.stop()
+    records = own_log_records(log.readouterr().err)
+    assert any("max_handshakes" in r.get("reason", "") for r in records), records
+
+
+async def test_a_tls_silo_counts_and_logs_a_peer_that_does_not_speak_tls(
+    directory: Directory, tmp_path: Path, log: pytest.CaptureFixture[str]
+) -> None:
+    """A refusal in the TLS handshake is a refusal like any other: counted and logged (it
+    was asyncio's, unseen)."""
+    cert, key = _self_signed(tmp_path)
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ssl.load_cert_chain(cert, key)
+    silo = SiloInThread("silo-a", directory, WireOptions(SECRET, server_ssl=server_ssl), ["silo-a"])
+    try:
+        reader, writer = await _garbage(*silo.address)
+        try:
+            await _dropped(reader)
+        finally:
+            writer.close()
+        async with asyncio.timeout(30):  # (its silo notes the refusal after the drop)
+            while silo.transport.refused == 0:
+                await asyncio.sleep(0.01)
+    finally:
+        silo.stop()
+    assert own_log_count(log.readouterr().err, "wire_connection_refused") == 1
