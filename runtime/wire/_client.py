@@ -38,7 +38,7 @@ async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions
         server_hostname=host if options.client_ssl is not None else None,
     )
     try:
-        await offer_handshake(reader, writer, options.secret, name)
+        await offer_handshake(reader, writer, options.secret, name, expect=peer)
     except BaseException:
         writer.transport.abort()
         raise

@@ -39,10 +39,12 @@ class WireServer:
 
     def __init__(
         self,
+        name: str,
         options: WireOptions,
         serve: Callable[[Connection], Awaitable[None]],
         log: PeerLog,
     ) -> None:
+        self.name = name  # the silo's, proved to each dialer in the handshake
         self._options = options
         self._serve = serve
         self._log = log
@@ -88,7 +90,8 @@ class WireServer:
             if options.server_ssl is not None and _TLS_IN_ACCEPT:
                 await _start_tls(writer, transport, options.server_ssl, options.handshake_timeout)
             peer = await asyncio.wait_for(
-                accept_handshake(reader, writer, options.secret), options.handshake_timeout
+                accept_handshake(reader, writer, options.secret, self.name),
+                options.handshake_timeout,
             )
         except _HANDSHAKE_FAILURES as exc:
             self.refused += 1

@@ -118,7 +118,7 @@ class WireTransport:
     async def listen(self, host: str, port: int = 0) -> tuple[str, int]:
         """Accept connections from members on ``host`` (port 0: the OS chooses); returns the
         address to publish."""
-        self._server = WireServer(self.options, self._serve, self.log)
+        self._server = WireServer(self.address, self.options, self._serve, self.log)
         return await self._server.start(host, port)
 
     @property

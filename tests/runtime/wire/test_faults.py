@@ -98,7 +98,7 @@ async def test_a_silo_that_does_not_read_holds_its_callers_memory_bounded() -> N
     received: list[int] = []
 
     async def stuck_silo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await accept_handshake(reader, writer, SECRET)
+        await accept_handshake(reader, writer, SECRET, "silo-a")
         await reading.wait()
         while True:
             requests = unpack_batch(await read_frame(reader, TIGHT.max_frame_bytes))

@@ -51,9 +51,9 @@ async def _silent(host: str, port: int) -> Open:
 async def _wrong_secret(host: str, port: int) -> Open:
     reader, writer = await asyncio.open_connection(host, port)
     challenge = await reader.readexactly(4 + 36)
-    assert challenge[4:8] == b"RGW1"
+    assert challenge[4:8] == b"RGW2"
     nonce = b"n" * 32
-    forged = b"RGW1" + nonce + b"m" * 32 + b"client-evil"
+    forged = b"RGW2" + nonce + b"m" * 32 + b"client-evil"
     writer.write(struct.pack(">I", len(forged)) + forged)
     return reader, writer
 

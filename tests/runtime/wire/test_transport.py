@@ -108,6 +108,25 @@ async def test_a_silo_that_cannot_be_reached_fails_calls_as_not_delivered(
         await client.aclose()
 
 
+async def test_a_client_refuses_another_silo_at_the_address_it_dialled(
+    directory: Directory, silo: SiloInThread
+) -> None:
+    """The address the client holds for silo-b is silo-a's (gone stale: silo-b's port taken by
+    a newer silo of the same deployment). Both know the secret, but silo-a is not the silo
+    the calls were for: it is refused in the handshake, and silo-b's calls never run on it
+    (they ran there, an activation of an actor silo-a does not own, its answer taken as
+    silo-b's)."""
+    directory.addresses["silo-b"] = silo.address
+    client = Client(directory, WireOptions(SECRET), ["silo-b"], name="client-stale")
+    try:
+        with pytest.raises(SiloUnavailableError, match="not silo-b|'silo-b'"):
+            await client.ref(BankAccount, "stale").deposit(1)
+        assert client.transport.link_state("silo-b") is not LinkState.UP
+    finally:
+        await client.aclose()
+    assert silo.silo.calls_received == 0
+
+
 async def test_a_send_that_raises_ends_the_call_for_its_filters_and_observers(
     directory: Directory,
 ) -> None:
