@@ -35,11 +35,15 @@ class DirectPlane:
     tls: TLSFiles | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 
-    def options(self) -> WireOptions:
+    def options(self, listening: bool = True) -> WireOptions:
+        """A silo's (``listening``: it presents the certificate and key) or a client's (it only
+        dials: it needs the CA file alone, never the silos' key). A TLS file missing or
+        unusable on this machine is a ``ConfigurationError`` that names it."""
+        tls = self.tls
         return WireOptions(
             self.secret,
-            server_ssl=self.tls.server_context() if self.tls is not None else None,
-            client_ssl=self.tls.client_context() if self.tls is not None else None,
+            server_ssl=tls.server_context() if tls is not None and listening else None,
+            client_ssl=tls.client_context() if tls is not None else None,
             max_frame_bytes=self.max_frame_bytes,
         )
 

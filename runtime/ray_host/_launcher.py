@@ -291,7 +291,7 @@ class RayBackend:
             return
         self.wire = WireTransport(
             self.client_address,
-            plane.options(),
+            plane.options(listening=False),
             Locator(self._resolve),
             fallback=self.ray_transport,
         )

@@ -30,19 +30,27 @@ class TLSFiles:
                 raise ConfigurationError(f"TLS {label} file {path!r}: no such file")
         if self.cafile is not None and not os.path.isfile(self.cafile):
             raise ConfigurationError(f"TLS CA file {self.cafile!r}: no such file")
-        try:
-            self.server_context()
-            self.client_context()
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"TLS files {self.certfile!r}, {self.keyfile!r}"
-                f"{'' if self.cafile is None else ', ' + repr(self.cafile)}: unusable: {exc}"
-            ) from None
+        self.server_context()
+        self.client_context()
 
     def server_context(self) -> ssl.SSLContext:
+        """What a silo presents; ``ConfigurationError`` naming the files if they are missing or
+        unusable on this machine."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.certfile, self.keyfile)
+        try:
+            context.load_cert_chain(self.certfile, self.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"TLS certificate {self.certfile!r} and key {self.keyfile!r} on this machine: "
+                f"unusable: {exc}"
+            ) from None
         return context
 
     def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.cafile)
+        """What a dialer (a client, a silo calling another) trusts; it needs no key."""
+        try:
+            return ssl.create_default_context(cafile=self.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"TLS CA file {self.cafile!r} on this machine: unusable: {exc}"
+            ) from None

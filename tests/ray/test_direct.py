@@ -14,6 +14,7 @@ import pytest
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime import Cluster
+from raygrain.runtime.ray_host._direct import DirectPlane
 from raygrain.runtime.wire import LinkState, ProtocolError, TLSFiles, offer_handshake
 from tests import app
 from tests.app import BankAccount, Chain
@@ -166,3 +167,21 @@ def _self_signed(directory: Path, ips: list[str]) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def test_a_client_needs_only_the_ca_file_and_a_missing_file_is_named(tmp_path: Path) -> None:
+    """(No Ray) A client only dials: it needs the CA file, never the silos' key, which a
+    client machine should not hold (it needed both: a client without the key failed with a
+    bare FileNotFoundError). A silo whose files are missing is told which, as a
+    ConfigurationError."""
+    cert, _ = _self_signed(tmp_path, ["127.0.0.1"])
+    absent = str(tmp_path / "absent-key.pem")
+    plane = DirectPlane(tls=TLSFiles(str(cert), absent, str(cert)))
+    client = plane.options(listening=False)
+    assert client.client_ssl is not None and client.server_ssl is None
+    with pytest.raises(ConfigurationError, match="absent-key.pem"):
+        plane.options()
+    with pytest.raises(ConfigurationError, match="nowhere.pem"):
+        DirectPlane(tls=TLSFiles(str(cert), absent, str(tmp_path / "nowhere.pem"))).options(
+            listening=False
+        )
