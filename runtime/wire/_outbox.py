@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from raygrain.actors import ActorOverloadedError, MessageTooLargeError
+from raygrain.actors import ActorOverloadedError, MessageTooLargeError, encode_error
 from raygrain.runtime.kernel import Request, Response, get_logger, pack_batch
 from raygrain.runtime.wire._connection import Connection, PeerLog
 from raygrain.runtime.wire._in_flight import InFlight
@@ -106,7 +106,7 @@ class Outboxes:
                 self._write(connection, messages[:half])
                 self._write(connection, messages[half:])
             else:
-                self._too_large(messages[0], len(blob))
+                self._too_large(connection, messages[0], len(blob))
             return
         if connection.outbound:
             self._in_flight.written(connection.peer, messages, asyncio.get_running_loop().time())
@@ -159,12 +159,18 @@ class Outboxes:
         for start in range(0, len(held), MAX_BATCH_MESSAGES):
             self._write(connection, held[start : start + MAX_BATCH_MESSAGES])
 
-    def _too_large(self, message: Message, size: int) -> None:
+    def _too_large(self, connection: Connection, message: Message, size: int) -> None:
         error = MessageTooLargeError(
             f"a message of {size} bytes is over the wire's {self._options.max_frame_bytes}-byte "
             "frame limit (max_frame_bytes)"
         )
         if isinstance(message, Request):
             self._fail(message, error)
+            return
+        # An answer: its caller is told why, rather than left waiting for its deadline.
+        payload = encode_error(error, f"answer to {connection.peer}")
+        answer = Response(message.call_id, False, payload)
+        if len(answer.payload) < len(message.payload):  # (so this ends, however small the cap)
+            self._write(connection, [answer])
         else:
             get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)

@@ -14,6 +14,7 @@ from raygrain.actors import (
     ActorCallTimeout,
     ActorId,
     ActorOverloadedError,
+    MessageTooLargeError,
     SiloUnavailableError,
     encode,
 )
@@ -228,3 +229,19 @@ async def _until(condition: object, limit: float = 60.0) -> None:
     async with asyncio.timeout(limit):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_an_answer_over_the_frame_cap_fails_its_call_at_once() -> None:
+    """An answer that no frame can carry (the wire's cap below the kernel's message limit)
+    is replaced by ``MessageTooLargeError`` for its caller (it was dropped: the caller waited
+    for its deadline and got ``ActorCallTimeout``)."""
+    directory = Directory()
+    silo = SiloInThread("silo-a", directory, TIGHT, ["silo-a"])
+    client = Client(directory, TIGHT, ["silo-a"])
+    try:
+        with pytest.raises(MessageTooLargeError, match="max_frame_bytes"):
+            await client.ref(Chain, "big").make_bytes(2 * TIGHT.max_frame_bytes)
+        assert await client.ref(Chain, "big").ping() == "pong from big"  # the link stayed
+    finally:
+        await client.aclose()
+        silo.stop()
