@@ -133,6 +133,8 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._open_lock = asyncio.Lock()
+        self._opening: asyncio.Future[None] | None = None  # the attempt to open under way
+        self._open_waiters = 0  # callers waiting for it
         self._pending: deque[Pending] = deque()
         self._committer: asyncio.Task[None] | None = None
 
@@ -153,6 +155,38 @@ class SqliteStorage(SqliteEventLog, WriteQueue):
         self._check_not_closed()
         if self._reader is not None:
             return
+        # Callers arriving while an attempt is under way share it: one after the other, each
+        # would wait out busy_timeout on a locked file (the tenth actor activating at once
+        # failed after ten of them). A failed attempt is not kept: the next call tries again.
+        attempt = self._opening
+        if attempt is None:
+            attempt = self._opening = asyncio.ensure_future(self._open())
+            attempt.add_done_callback(self._attempt_ended)
+        self._open_waiters += 1
+        try:
+            await asyncio.shield(attempt)
+        except StorageError as exc:  # (each caller its own copy: tracebacks are per raise)
+            raise type(exc)(*exc.args) from exc.__cause__
+        except asyncio.CancelledError:
+            if self._open_waiters == 1 and not attempt.done():
+                # The last one waiting: the attempt is cancelled, and ends (closing what it
+                # opened, see _connect) before this returns, as an unshared open did (the
+                # loop may be closed right after: see _connect).
+                self._opening = None
+                attempt.cancel()
+                await asyncio.wait({attempt})
+            raise
+        finally:
+            self._open_waiters -= 1
+        self._check_not_closed()  # (closed while it opened)
+
+    def _attempt_ended(self, attempt: asyncio.Future[None]) -> None:
+        if self._opening is attempt:
+            self._opening = None
+        if not attempt.cancelled():
+            attempt.exception()  # (retrieved: waiters may all have been cancelled)
+
+    async def _open(self) -> None:
         async with self._open_lock:
             self._check_not_closed()
             if self._writer is None:

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -672,6 +673,37 @@ async def test_a_new_file_locked_by_another_connection_is_a_passing_error(
         assert not isinstance(caught.value, StorageSchemaError)
         locker.execute("ROLLBACK")
         etag = await storage.write(ALICE, b"a", None)
+        assert await storage.read(ALICE) == StateRecord(b"a", etag)
+    finally:
+        locker.close()
+        await storage.aclose()
+
+
+async def test_callers_waiting_for_a_locked_file_to_open_share_one_attempt(
+    db_path: Path,
+) -> None:
+    # (Each waiter made its own attempt after the one before it failed, one busy_timeout
+    # each: the tenth of ten actors activating together failed after ten busy_timeouts.)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    storage = SqliteStorage(db_path, busy_timeout=0.2)
+    attempts = 0
+    connect = storage._connect
+
+    async def counted() -> Any:
+        nonlocal attempts
+        attempts += 1
+        return await connect()
+
+    storage._connect = counted  # type: ignore[method-assign]
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        results = await asyncio.gather(
+            *(storage.read(ActorId("Account", i)) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, StorageError) and "locked" in str(r) for r in results), results
+        assert attempts == 1
+        locker.execute("ROLLBACK")
+        etag = await storage.write(ALICE, b"a", None)  # a later call tries afresh
         assert await storage.read(ALICE) == StateRecord(b"a", etag)
     finally:
         locker.close()
