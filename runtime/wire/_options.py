@@ -13,7 +13,6 @@ __all__ = ["DEFAULT_MAX_FRAME_BYTES", "WireOptions", "new_secret"]
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 DEFAULT_WRITE_BUFFER_BYTES = 1024 * 1024
 SECRET_BYTES = 32
-DEFAULT_MAX_HANDSHAKES = 512
 
 
 def new_secret() -> bytes:
@@ -32,7 +31,7 @@ class WireOptions:
     ``max_backlog_bytes`` (None: ``max_frame_bytes``; the backlog always takes one message).
     ``max_handshakes``: connections a silo holds in their handshake (TLS included) at once;
     a newer one pushes the oldest out, so that dialers who never finish cannot take every
-    file descriptor."""
+    file descriptor (None: a quarter of the process's descriptor limit, 64 to 16,384)."""
 
     secret: bytes
     server_ssl: ssl.SSLContext | None = None
@@ -44,7 +43,7 @@ class WireOptions:
     max_backoff: float = 5.0
     write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES
     max_backlog_bytes: int | None = None
-    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_handshakes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < 16:
@@ -60,7 +59,9 @@ class WireOptions:
         for label, value in sizes:
             if type(value) is not int or value < 1024:
                 raise ConfigurationError(f"{label} must be an int >= 1024, got {value!r}")
-        if type(self.max_handshakes) is not int or self.max_handshakes < 1:
+        if self.max_handshakes is not None and (
+            type(self.max_handshakes) is not int or self.max_handshakes < 1
+        ):
             raise ConfigurationError(
                 f"max_handshakes must be an int >= 1, got {self.max_handshakes!r}"
             )
@@ -81,5 +82,24 @@ class WireOptions:
         return self.max_backlog_bytes
 
     @property
+    def handshake_limit(self) -> int:
+        if self.max_handshakes is None:
+            return _quarter_of_descriptors()
+        return self.max_handshakes
+
+    @property
     def tls(self) -> bool:
         return self.server_ssl is not None or self.client_ssl is not None
+
+
+def _quarter_of_descriptors() -> int:
+    # (A burst of members dialling at once, thousands of clients after a network fault, is
+    # let in whole where descriptors allow; the other three quarters stay for everything else.)
+    try:
+        import resource
+    except ImportError:  # (not on Windows)
+        return 512
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 16_384
+    return max(64, min(16_384, soft // 4))

@@ -75,7 +75,7 @@ class WireServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         options = self._options
-        if len(self._handshaking) >= options.max_handshakes:
+        if len(self._handshaking) >= options.handshake_limit:
             # Each connection holds a file descriptor until its handshake ends: a flood of
             # silent ones would take them all. The oldest goes (a member's handshake is one
             # round trip, so it is the newest that are most likely members).
@@ -97,7 +97,8 @@ class WireServer:
             self.refused += 1
             (writer.transport or transport).abort()
             if writer in self._evicted:
-                reason = f"over {options.max_handshakes} connections in handshake (max_handshakes)"
+                limit = options.handshake_limit
+                reason = f"over {limit} connections in handshake (max_handshakes)"
             elif isinstance(exc, _ClosedInTLS) or (
                 isinstance(exc, asyncio.IncompleteReadError) and not exc.partial
             ):
