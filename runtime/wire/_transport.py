@@ -406,8 +406,11 @@ class WireTransport:
         for message in unsent:
             if isinstance(message, Request):
                 self._resend(connection.peer, message)
-            else:
+            elif connection.outbound:
                 self.reply(connection.peer, message)
+            # else: an answer on a connection its peer dialled, which fails the calls written on
+            # it when it breaks: sent some other way (on Ray, a mailbox the peer may never poll),
+            # it would only be held for nothing.
 
     def _fail_in_flight(self, destination: str, unsent: list[Request | Response]) -> None:
         """Fail the calls written on the broken link to ``destination``: our own, in our

@@ -43,7 +43,12 @@ class SiloInThread:
     """One silo over a WireTransport, on its own loop in another thread."""
 
     def __init__(
-        self, name: str, directory: Directory, options: WireOptions, silos: list[str]
+        self,
+        name: str,
+        directory: Directory,
+        options: WireOptions,
+        silos: list[str],
+        fallback: Transport | None = None,
     ) -> None:
         self.name = name
         self.loop = asyncio.new_event_loop()
@@ -51,7 +56,7 @@ class SiloInThread:
         self.thread.start()
         self.transport: WireTransport
         self.silo: Silo
-        self.address = self.run(self._start(directory, options, silos))
+        self.address = self.run(self._start(directory, options, silos, fallback))
         directory.addresses[name] = self.address
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -63,12 +68,16 @@ class SiloInThread:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
 
     async def _start(
-        self, directory: Directory, options: WireOptions, silos: list[str]
+        self,
+        directory: Directory,
+        options: WireOptions,
+        silos: list[str],
+        fallback: Transport | None,
     ) -> tuple[str, int]:
         membership = Membership()
         for name in silos:
             membership.set_status(name, SiloStatus.ACTIVE)
-        self.transport = WireTransport(self.name, options, directory.locate)
+        self.transport = WireTransport(self.name, options, directory.locate, fallback)
         self.silo = Silo(
             self.name,
             ActorRegistry(app.ALL_ACTORS),

@@ -245,3 +245,56 @@ async def test_an_answer_over_the_frame_cap_fails_its_call_at_once() -> None:
     finally:
         await client.aclose()
         silo.stop()
+
+
+class _RecordingFallback:
+    """A fallback transport (Ray's, in a deployment) that only counts what it is given."""
+
+    def __init__(self) -> None:
+        self.replies = 0
+
+    def send(self, destination: str, request: Request) -> None:
+        raise AssertionError("no request goes by the fallback here")
+
+    def reply(self, destination: str, response: Response) -> None:
+        self.replies += 1
+
+
+async def test_answers_held_for_a_client_that_hung_up_are_let_go() -> None:
+    """A client that does not read, then hangs up: the answers the silo held for it go with
+    the connection (the client fails those calls itself: their connection broke). They went
+    to the fallback (on Ray: the client's mailbox on the silo, kept a minute for a client
+    that never polls it, up to 64 MiB a client), so a slow reader's answers outlived it."""
+    options = WireOptions(SECRET, write_buffer_bytes=64 * 1024, max_backlog_bytes=1 << 30)
+    directory = Directory()
+    fallback = _RecordingFallback()
+    silo = SiloInThread("silo-a", directory, options, ["silo-a"], fallback=fallback)  # type: ignore[arg-type]
+    count = 512  # 30 MiB of answers: more than the sockets' buffers
+    try:
+        reader, writer = await asyncio.open_connection(*silo.address)
+        await offer_handshake(reader, writer, SECRET, "client-slow")
+        payload = encode([[PAYLOAD], {}])
+        requests = [
+            Request(i, ActorId("test.Chain", f"s{i}"), "echo", payload, "client-slow", 30.0)
+            for i in range(count)
+        ]
+        for start in range(0, count, 4):
+            write_frame(writer, pack_batch(requests[start : start + 4]))  # type: ignore[arg-type]
+        await writer.drain()
+        held = 0
+
+        async def answered() -> bool:  # (on the silo's loop) every answer written or held
+            nonlocal held
+            [connection] = silo.transport._connections  # (white-box)
+            held = len(connection.backlog or ())
+            return silo.transport.messages_sent + held == count
+
+        async with asyncio.timeout(60):  # (a guard)
+            while not await silo.run_async(answered()):
+                await asyncio.sleep(0.01)
+        assert held > 0  # (else this tests nothing)
+        writer.transport.abort()
+        await _until(lambda: not silo.transport._connections)
+    finally:
+        silo.stop()
+    assert fallback.replies == 0
