@@ -19,9 +19,16 @@ async def dial(host: str, port: int, name: str, peer: str, options: WireOptions)
         # (shielded: Python 3.11's wait_for can drop a result that lands as it is cancelled,
         # which would leak an open connection; the dial is closed below instead)
         return await asyncio.wait_for(asyncio.shield(dialing), options.connect_timeout)
-    except BaseException:
+    except BaseException as exc:
         dialing.cancel()
         dialing.add_done_callback(_close_if_connected)
+        if isinstance(exc, asyncio.TimeoutError):
+            # (A silo that expects TLS waits in silence for a plain dialer's TLS hello, and
+            # the dialer for its challenge: say what that looks like.)
+            raise asyncio.TimeoutError(
+                f"no connection and handshake within {options.connect_timeout} s "
+                f"({'' if options.client_ssl else 'not '}using TLS: does the silo?)"
+            ) from None
         raise
 
 
