@@ -40,6 +40,7 @@ class ManualClock:
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._cancelled = 0  # sleeps cancelled and still among the sleepers
         self._order = itertools.count()
 
     def now(self) -> float:
@@ -48,7 +49,17 @@ class ManualClock:
     async def sleep(self, seconds: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), future))
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            # Dropped once they are most of the sleepers: a schedule cancels its sleep each
+            # time an earlier entry comes, and they would stay until time passed them.
+            self._cancelled += 1
+            if self._cancelled > 64 and 2 * self._cancelled > len(self._sleepers):
+                self._sleepers = [s for s in self._sleepers if not s[2].done()]
+                heapq.heapify(self._sleepers)
+                self._cancelled = 0
+            raise
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose wake-up time has passed."""
@@ -59,3 +70,5 @@ class ManualClock:
             _, _, future = heapq.heappop(self._sleepers)
             if not future.done():
                 future.set_result(None)
+            elif self._cancelled:
+                self._cancelled -= 1

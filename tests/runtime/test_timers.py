@@ -370,6 +370,24 @@ async def test_changing_a_timer_again_and_again_keeps_the_schedule_small(
     assert _scheduled(cluster) < 100
 
 
+async def test_cancelled_sleeps_do_not_pile_up_on_a_manual_clock() -> None:
+    # (A silo's schedule sleeps on its clock until its next entry, and cancels that sleep
+    # whenever an earlier entry comes: each cancelled sleep stayed among the test clock's
+    # sleepers until time passed it, a timer moved earlier on every call adding one a call.)
+    clock = ManualClock()
+    for _ in range(500):
+        sleeper = asyncio.ensure_future(clock.sleep(3600.0))
+        await asyncio.sleep(0)  # (it is asleep)
+        sleeper.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeper
+    assert len(clock._sleepers) < 100
+    awake = asyncio.ensure_future(clock.sleep(10.0))
+    await asyncio.sleep(0)
+    clock.advance(10.0)
+    await awake
+
+
 async def test_a_collected_activation_with_a_timer_is_freed(
     cluster: Cluster, clock: ManualClock
 ) -> None:
