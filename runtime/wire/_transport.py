@@ -169,6 +169,10 @@ class WireTransport:
         if link.state is LinkState.UP:
             assert link.connection is not None
             self._outboxes.enqueue(link.connection, request)
+        elif link.failures and self._fallback is not None:
+            # Redialling a silo that could not be dialled: a redial may take the whole connect
+            # timeout (a firewall that drops packets), so Ray carries its calls meanwhile.
+            self._fallback.send(destination, request)
         else:
             self._wait_for(link, request)
 
@@ -187,7 +191,7 @@ class WireTransport:
         if link is not None and link.state is LinkState.UP:
             assert link.connection is not None
             self._outboxes.enqueue(link.connection, response)
-        elif link is not None and link.state is LinkState.CONNECTING:
+        elif link is not None and link.state is LinkState.CONNECTING and not link.failures:
             self._wait_for(link, response)
         elif self._fallback is not None:
             self._fallback.reply(destination, response)

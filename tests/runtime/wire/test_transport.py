@@ -13,10 +13,20 @@ import pytest
 
 from raygrain.actors import MessageTooLargeError, RaygrainError, SiloUnavailableError
 from raygrain.runtime._capabilities import client_filters
-from raygrain.runtime.kernel import LocalTransport
+from raygrain.runtime.kernel import (
+    ActorRegistry,
+    LocalTransport,
+    Membership,
+    Silo,
+    SiloOptions,
+    SiloStatus,
+    SystemClock,
+)
 from raygrain.runtime.metrics import CallMetrics
 from raygrain.runtime.transactions import TransactionContext, current_transaction
 from raygrain.runtime.wire import LinkState, WireOptions
+from raygrain.storage import MemoryStorage
+from tests import app
 from tests.app import BankAccount, Chain, Recorder
 from tests.helpers import own_log_count
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
@@ -179,31 +189,8 @@ async def test_unreachable_direct_address_falls_back_and_says_so_once(
     log: pytest.CaptureFixture[str],
 ) -> None:
     """No direct address (or none that answers): calls go by the fallback transport."""
-    from raygrain.runtime.kernel import (
-        ActorRegistry,
-        Membership,
-        Silo,
-        SiloOptions,
-        SiloStatus,
-        SystemClock,
-    )
-    from raygrain.storage import MemoryStorage
-    from tests import app
-
     fallback = LocalTransport()
-    membership = Membership()
-    membership.set_status("silo-a", SiloStatus.ACTIVE)
-    silo = Silo(
-        "silo-a",
-        ActorRegistry(app.ALL_ACTORS),
-        MemoryStorage(),
-        fallback,
-        membership,
-        SystemClock(),
-        SiloOptions(),
-    )
-    fallback.register_silo("silo-a", silo)
-    silo.start()
+    silo = _local_silo(fallback)
     nowhere = Directory()  # publishes no address for silo-a
     client = Client(nowhere, WireOptions(SECRET), ["silo-a"], fallback=fallback)
     fallback.register(client.caller.address, client.caller)
@@ -214,6 +201,40 @@ async def test_unreachable_direct_address_falls_back_and_says_so_once(
         await client.aclose()
         await silo.aclose()
     assert own_log_count(log.readouterr().err, "wire_unreachable_using_ray") == 1
+
+
+async def test_calls_go_by_the_fallback_while_an_unreachable_silo_is_redialled() -> None:
+    """Once a silo could not be dialled, its calls go by the fallback while it is redialled,
+    rather than waiting for each redial: behind a firewall that drops packets, every redial
+    takes the whole connect timeout, and the calls stalled for it again and again."""
+    fallback = LocalTransport()
+    silo = _local_silo(fallback)
+    silent: list[asyncio.StreamWriter] = []
+
+    async def never_challenge(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # a dial here waits out its connect timeout
+
+    black_hole = await asyncio.start_server(never_challenge, "127.0.0.1", 0)
+    directory = Directory()
+    directory.addresses["silo-a"] = ("127.0.0.1", _closed_port())
+    options = WireOptions(SECRET, connect_timeout=120.0)
+    client = Client(directory, options, ["silo-a"], fallback=fallback)
+    fallback.register(client.caller.address, client.caller)
+    try:
+        account = client.ref(BankAccount, "redial")
+        assert await account.deposit(1) == 1  # refused at once: by the fallback
+        directory.addresses["silo-a"] = black_hole.sockets[0].getsockname()[:2]
+        await _until(lambda: bool(silent))  # a redial waits there now
+        async with asyncio.timeout(30):  # (a guard: the call waited for the redial)
+            assert await account.deposit(1) == 2
+        assert client.transport.link_state("silo-a") is LinkState.CONNECTING
+    finally:
+        await client.aclose()
+        await silo.aclose()
+        black_hole.close()
+        for writer in silent:
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_tls_connections_carry_calls_and_plain_ones_are_refused(
@@ -320,3 +341,21 @@ async def test_closing_a_client_mid_calls_fails_them_and_stops_its_tasks(
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(o, RaygrainError) for o in outcomes), outcomes
     assert not client.transport._tasks
+
+
+def _local_silo(fallback: LocalTransport) -> Silo:
+    """A silo reached only through ``fallback`` (Ray's transport, in a deployment)."""
+    membership = Membership()
+    membership.set_status("silo-a", SiloStatus.ACTIVE)
+    silo = Silo(
+        "silo-a",
+        ActorRegistry(app.ALL_ACTORS),
+        MemoryStorage(),
+        fallback,
+        membership,
+        SystemClock(),
+        SiloOptions(),
+    )
+    fallback.register_silo("silo-a", silo)
+    silo.start()
+    return silo
