@@ -23,7 +23,7 @@ from raygrain.storage import _sqlite_reminders as reminders
 from raygrain.storage._sqlite_connection import close_quietly, is_locked, reason
 from raygrain.storage._sqlite_events import EVENT_SCHEMA
 
-__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "Durability", "SqliteFile"]
+__all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "WAL_SIZE_LIMIT", "Durability", "SqliteFile"]
 
 SCHEMA_VERSION = 1
 # "rgrn": marks the file as a raygrain state store, so another application's database is refused.
@@ -31,6 +31,11 @@ APPLICATION_ID = 0x7267726E
 
 Durability = Literal["fsync", "normal"]
 SYNCHRONOUS: dict[str, str] = {"fsync": "FULL", "normal": "NORMAL"}
+# The size the -wal file is cut back to when SQLite starts it over after a checkpoint: it reuses
+# the file from the start but never shrinks it by itself, so one burst of big writes would keep
+# the file at its peak size for as long as the store is open. (Checkpoints come every ~4 MB of
+# log, so in steady state the file stays under this and is never cut.)
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 # ``version`` comes before ``data`` so that reading it never touches a large value's overflow
 # pages; ``data`` NULL is a tombstone. ``type_name`` and ``actor_key`` are only for humans
@@ -167,6 +172,7 @@ class SqliteFile:
             self._check_schema(int(application_id), int(version))
             await self._set_wal(connection)
             await connection.execute(f"PRAGMA synchronous = {SYNCHRONOUS[self.durability]}")
+            await connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             if version < SCHEMA_VERSION:
                 await connection.executescript(_SCHEMA)
             await connection.executescript(reminders.REMINDER_SCHEMA)

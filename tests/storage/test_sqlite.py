@@ -30,6 +30,7 @@ from raygrain.actors import (
 from raygrain.storage import SqliteStorage, StateRecord, StateWrite
 from raygrain.storage._sqlite import SCHEMA_VERSION
 from raygrain.storage._sqlite_connection import on_thread
+from raygrain.storage._sqlite_open import WAL_SIZE_LIMIT
 from tests.helpers import wait_until
 
 ALICE = ActorId("Account", "alice")
@@ -244,6 +245,21 @@ def test_an_open_cancelled_midway_leaves_no_thread_calling_into_a_closed_loop(
         threading.excepthook = previous
     assert not errors, errors
     assert not connection_threads() - before, "a connection's thread is still running"
+
+
+async def test_the_write_ahead_log_shrinks_back_after_a_burst(db_path: Path) -> None:
+    # (SQLite reuses its -wal file from the start after a checkpoint but never shrinks it: a
+    # burst of big states left it at its peak size, gigabytes after a few 100 MB states, for
+    # as long as the store stayed open.)
+    async with SqliteStorage(db_path, durability="normal") as storage:
+        etag = None
+        for index in range(3):
+            etag = await storage.write(ALICE, bytes([index]) * 12_000_000, etag)
+        bob = None
+        for index in range(3):
+            bob = await storage.write(BOB, b"%d" % index, bob)
+        assert os.path.getsize(f"{db_path}-wal") <= WAL_SIZE_LIMIT
+        assert (await storage.read(ALICE)).data == bytes([2]) * 12_000_000
 
 
 # -- group commit --------------------------------------------------------------------------------
