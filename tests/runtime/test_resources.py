@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,34 @@ async def test_a_cancelled_close_still_closes_everything(tmp_path: Path) -> None
     await wait_until(closed, "the silos' tasks and the store to be closed", bound=5)
     async with SqliteStorage(tmp_path / "state.db") as reopened:  # the write is there
         assert (await reopened.read(ActorId("resources.Lingering", "a"))).data is not None
+
+
+class Counter(Actor[int], name="resources.Counter"):
+    async def on_activate(self) -> None:
+        self.timers.every(0.01, self._tick)
+
+    async def _tick(self) -> None:
+        pass
+
+    async def add(self) -> int:
+        self.state += 1
+        return self.state
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+async def test_fifty_clusters_opened_and_closed_leave_nothing_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}?durability=normal"
+    before = (_open_files(), set(threading.enumerate()), asyncio.all_tasks())
+    for round_ in range(50):
+        async with Cluster.local(actors=[Counter], storage=url) as cluster:
+            counts = await asyncio.gather(*(cluster.get(Counter, k).add() for k in range(5)))
+            assert counts == [round_ + 1] * 5
+    await wait_until(
+        lambda: set(threading.enumerate()) <= before[1], "the connections' threads to end"
+    )
+    assert asyncio.all_tasks() <= before[2] | {asyncio.current_task()}
+    assert _open_files() <= before[0]
