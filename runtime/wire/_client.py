@@ -56,4 +56,5 @@ async def _dial(host: str, port: int, name: str, peer: str, options: WireOptions
         options.max_frame_bytes,
         outbound=True,
         write_buffer_bytes=options.write_buffer_bytes,
+        keepalive=options.keepalive,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ class Connection:
         max_frame_bytes: int,
         outbound: bool = False,
         write_buffer_bytes: int = 1024 * 1024,
+        keepalive: float = 10.0,
     ) -> None:
         self.peer = peer
         self.outbound = outbound
@@ -37,6 +39,7 @@ class Connection:
         self._write_buffer_bytes = write_buffer_bytes
         # drain() waits until the buffer is back under a quarter of this
         writer.transport.set_write_buffer_limits(high=write_buffer_bytes)
+        keep_alive(writer, keepalive)
         self.closed = False
         # Messages waiting for the peer to read what was written (None: not congested).
         self.backlog: list[Request | Response] | None = None
@@ -90,6 +93,31 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"Connection(peer={self.peer!r}, remote={self.remote!r})"
+
+
+def keep_alive(writer: asyncio.StreamWriter, idle: float) -> None:
+    """TCP keepalive on the connection's socket: a peer that vanished without a FIN or a RST
+    (its machine lost, a partition, a NAT that forgot us) is noticed after about
+    ``2.5 * idle`` seconds of silence, instead of being held for ever; and the probes keep an
+    idle connection's NAT entry alive. (Only while nothing is in flight: unacknowledged data
+    is TCP's retransmission's to give up on.)"""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    seconds = max(1, int(idle))
+    for name, value in (
+        ("TCP_KEEPIDLE", seconds),  # (Linux, and others; macOS names it TCP_KEEPALIVE)
+        ("TCP_KEEPALIVE", seconds),
+        ("TCP_KEEPINTVL", max(1, seconds // 2)),
+        ("TCP_KEEPCNT", 3),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:  # (an option this system names but refuses)
+                pass
 
 
 def remote_host(writer: asyncio.StreamWriter) -> str:

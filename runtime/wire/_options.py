@@ -31,7 +31,10 @@ class WireOptions:
     ``max_backlog_bytes`` (None: ``max_frame_bytes``; the backlog always takes one message).
     ``max_handshakes``: connections a silo holds in their handshake (TLS included) at once;
     a newer one pushes the oldest out, so that dialers who never finish cannot take every
-    file descriptor (None: a quarter of the process's descriptor limit, 64 to 16,384)."""
+    file descriptor (None: a quarter of the process's descriptor limit, 64 to 16,384).
+    ``keepalive``: seconds a connection may be idle before TCP probes its peer (three probes,
+    ``keepalive / 2`` apart), so that a peer gone without a word (its machine lost, a NAT
+    that forgot the connection) is noticed, and an idle NAT entry is kept."""
 
     secret: bytes
     server_ssl: ssl.SSLContext | None = None
@@ -44,6 +47,7 @@ class WireOptions:
     write_buffer_bytes: int = DEFAULT_WRITE_BUFFER_BYTES
     max_backlog_bytes: int | None = None
     max_handshakes: int | None = None
+    keepalive: float = 10.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.secret, bytes) or len(self.secret) < 16:
@@ -64,6 +68,10 @@ class WireOptions:
         ):
             raise ConfigurationError(
                 f"max_handshakes must be an int >= 1, got {self.max_handshakes!r}"
+            )
+        if not isinstance(self.keepalive, (int, float)) or not 1 <= self.keepalive <= 3600:
+            raise ConfigurationError(
+                f"keepalive must be a number of seconds from 1 to 3600, got {self.keepalive!r}"
             )
         for label in ("server_ssl", "client_ssl"):
             value = getattr(self, label)

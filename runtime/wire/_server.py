@@ -120,6 +120,7 @@ class WireServer:
             peer,
             options.max_frame_bytes,
             write_buffer_bytes=options.write_buffer_bytes,
+            keepalive=options.keepalive,
         )
         await self._serve(connection)
 

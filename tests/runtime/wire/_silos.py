@@ -49,6 +49,7 @@ class SiloInThread:
         options: WireOptions,
         silos: list[str],
         fallback: Transport | None = None,
+        listen: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.loop = asyncio.new_event_loop()
@@ -56,7 +57,7 @@ class SiloInThread:
         self.thread.start()
         self.transport: WireTransport
         self.silo: Silo
-        self.address = self.run(self._start(directory, options, silos, fallback))
+        self.address = self.run(self._start(directory, options, silos, fallback, listen))
         directory.addresses[name] = self.address
 
     def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -73,6 +74,7 @@ class SiloInThread:
         options: WireOptions,
         silos: list[str],
         fallback: Transport | None,
+        listen: str,
     ) -> tuple[str, int]:
         membership = Membership()
         for name in silos:
@@ -89,7 +91,7 @@ class SiloInThread:
         )
         self.transport.bind_silo(self.silo)
         self.silo.start()
-        return await self.transport.listen("127.0.0.1")
+        return await self.transport.listen(listen)
 
     async def _drop_connections(self) -> int:
         return self.transport.drop_connections()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -298,3 +301,27 @@ async def test_answers_held_for_a_client_that_hung_up_are_let_go() -> None:
     finally:
         silo.stop()
     assert fallback.replies == 0
+
+
+def _can_partition() -> bool:
+    if not all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip")):
+        return False
+    probe = ["unshare", "-rn", "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _can_partition(), reason="needs user and network namespaces, veth")
+def test_a_silo_lets_go_of_a_client_that_vanished_without_a_word() -> None:
+    """A client's packets stop arriving, with no FIN or RST (its machine lost, a partition, a
+    NAT that forgot the connection): the silo notices by TCP keepalive and lets the
+    connection go (it held it for ever, a descriptor per vanished client). Two network
+    namespaces joined by a veth pair, then the client's packets dropped
+    (tests/runtime/wire/_partition.py)."""
+    result = subprocess.run(
+        ["unshare", "-rn", "--fork", sys.executable, "-m", "tests.runtime.wire._partition"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "let go" in result.stdout
