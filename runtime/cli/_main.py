@@ -127,8 +127,10 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
     for name in module_names:
         try:
             module = importlib.import_module(name)
-        except ImportError as exc:
-            raise ConfigurationError(f"cannot import actor module {name!r}: {exc}") from None
+        except Exception as exc:  # (a module's own error at import too: a SyntaxError...)
+            raise ConfigurationError(
+                f"cannot import actor module {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, Actor) and value is not Actor and value.__module__ == name:
                 found.append(value)

@@ -225,3 +225,21 @@ def test_a_ray_that_answers_but_refuses_us_is_told_apart_from_no_ray() -> None:
     assert "did not accept the connection" in refused and "RAY_AUTH_MODE=token" in refused
     absent = _describe_ray_failure(address, ConnectionError("timed out"))
     assert "start it with 'ray start --head'" in absent
+
+
+def test_an_actor_module_that_fails_to_import_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A SyntaxError (or any error the module raises as it imports) used to end the command
+    # with a traceback and exit code 1.
+    from raygrain.runtime.cli import main
+
+    (tmp_path / "broken_actors.py").write_text("def f(:\n")
+    (tmp_path / "raising_actors.py").write_text("raise RuntimeError('no config file')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the command adds the directory)
+    for module, said in (("broken_actors", "SyntaxError"), ("raising_actors", "no config file")):
+        assert main(["up", "--actors", module]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot import actor module {module!r}" in err and said in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
