@@ -382,7 +382,12 @@ class WireTransport:
                     self._answer_malformed(connection, bad)
             else:
                 # (The peer proved its name in the handshake: the caller checks it.)
-                local.deliver_response(message, peer)  # type: ignore[arg-type]
+                try:
+                    local.deliver_response(message, peer)  # type: ignore[arg-type]
+                except Exception as exc:  # (an answer or notice we cannot take: not the link's)
+                    self.log.refused(
+                        connection.remote, "wire_malformed_message", peer=peer, reason=repr(exc)
+                    )
 
     def _answer_malformed(self, connection: Connection, bad: Malformed) -> None:
         self.log.refused(

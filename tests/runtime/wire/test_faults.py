@@ -29,7 +29,9 @@ from raygrain.runtime.kernel import (
     pack_batch,
     unpack_batch,
 )
+from raygrain.runtime.streams._observers import ObserverRegistry
 from raygrain.runtime.wire import (
+    LinkState,
     WireOptions,
     accept_handshake,
     offer_handshake,
@@ -325,3 +327,31 @@ def test_a_silo_lets_go_of_a_client_that_vanished_without_a_word() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "let go" in result.stdout
+
+
+async def test_a_notice_the_client_cannot_take_leaves_its_connection_and_calls_alone() -> None:
+    """A silo (a bug, another version) pushes an observer notice whose body is not
+    ``[observer, method, args]`` in the same frame as an answer: the client's observers
+    cannot take it, which raised out of the connection's reader, dropped it and failed every
+    call on it; now the notice alone is left out (logged) and the answer delivered."""
+
+    async def silo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_handshake(reader, writer, SECRET, "silo-a")
+        [request] = unpack_batch(await read_frame(reader, 1 << 20))
+        notice = Response(-1, True, encode(5))
+        write_frame(writer, pack_batch([notice, Response(request.call_id, True, encode("ok"))]))
+        await reader.read()  # (until the client goes)
+        writer.close()
+
+    server = await asyncio.start_server(silo, "127.0.0.1", 0)
+    directory = Directory()
+    directory.addresses["silo-a"] = ("127.0.0.1", server.sockets[0].getsockname()[1])
+    client = Client(directory, WireOptions(SECRET), ["silo-a"])
+    ObserverRegistry.of(client.caller)  # (a client with observers takes notices)
+    try:
+        assert await client.ref(Chain, "k").echo("x") == "ok"
+        assert client.transport.link_state("silo-a") is LinkState.UP
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
