@@ -141,7 +141,7 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.kernel import SiloOptions
-    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, find_silos, launch
+    from raygrain.runtime.ray_host import DirectPlane, RayLaunch, launch
     from raygrain.runtime.wire import TLSFiles
 
     if args.deprecated_direct:
@@ -170,12 +170,7 @@ async def _up(args: argparse.Namespace) -> int:
         plane=DirectPlane(tls=tls),
     )
     _connect(args.address, local_code=True)
-    if find_silos(args.name):
-        raise ConfigurationError(
-            f"deployment {args.name!r} is already running: 'raygrain down --name {args.name}' "
-            "first, or choose another --name"
-        )
-    handles = await launch(spec, SiloOptions())
+    handles = await launch(spec, SiloOptions())  # (refuses a name in use; Ctrl-C undoes it)
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
     print(
         f"deployment {args.name!r}: started {len(silos)} silo(s) hosting "

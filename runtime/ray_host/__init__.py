@@ -1,8 +1,22 @@
-"""The Ray host: the launcher, the silo and controller actors, the Ray transport, the direct
-plane's wiring (runtime.wire over Ray), the storage server, and silos that follow Ray's node
-list. Each deployment lives in its own Ray namespace.
+"""The Ray host: the launcher (deployments started and stopped, and the client's backend), the
+silo and controller actors, the Ray transport, the direct plane's wiring (runtime.wire over
+Ray), the storage server, and silos that follow Ray's node list. Each deployment lives in its
+own Ray namespace.
 """
 
+from raygrain.runtime.ray_host._actors import (
+    CONTROLLER_NAME,
+    STANDBY_NAME,
+    STORAGE_NAME,
+    create_silo,
+)
+from raygrain.runtime.ray_host._deploy import (
+    find_silos,
+    launch,
+    list_deployments,
+    stop_everything,
+    unique_deployment_name,
+)
 from raygrain.runtime.ray_host._direct import (
     TRANSPORTS,
     DirectPlane,
@@ -10,19 +24,7 @@ from raygrain.runtime.ray_host._direct import (
     frame_cap,
 )
 from raygrain.runtime.ray_host._launch import DEFAULT_DEPLOYMENT, RayLaunch, namespace_of
-from raygrain.runtime.ray_host._launcher import (
-    CONTROLLER_NAME,
-    STANDBY_NAME,
-    STORAGE_NAME,
-    RayBackend,
-    create_silo,
-    ensure_ray,
-    find_silos,
-    launch,
-    list_deployments,
-    stop_everything,
-    unique_deployment_name,
-)
+from raygrain.runtime.ray_host._launcher import RayBackend, ensure_ray
 from raygrain.runtime.ray_host._nodes import NodeFollower
 from raygrain.runtime.ray_host._storage_server import RemoteStorage, StorageServerImpl
 from raygrain.runtime.ray_host._transport import ClientMailbox, RayTransport

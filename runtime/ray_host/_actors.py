@@ -3,7 +3,7 @@
 Each wraps a host-agnostic body (``ControllerImpl``, ``StorageServerImpl``, ``SiloHostImpl``)
 and adds what only Ray knows: where actors live (node affinity), how a silo is found by name in
 its deployment's namespace, probed and killed, and Ray's node list, which the controller's
-``NodeFollower`` keeps silos on. ``_launcher`` starts them.
+``NodeFollower`` keeps silos on. ``_deploy`` starts them.
 """
 
 from __future__ import annotations
@@ -230,15 +230,18 @@ class ControllerActor(ControllerImpl):
             await self._load()
         return self.leading
 
-    async def start_silos(self) -> list[str]:
-        """Start the silos every live node lacks, then keep following Ray's node list."""
+    async def start_silos(self) -> tuple[list[str], list[str]]:
+        """Start the silos every live node lacks, then keep following Ray's node list; the
+        names started, and why others failed to (one line each)."""
         async with self._lock:
             await self._load()
         if self.follower is None:
-            return []
+            return [], []
+        self.follower.failures = []
         names = await self.follower.fill()
+        failures = list(self.follower.failures)
         self.follower.follow()
-        return names
+        return names, failures
 
     async def halt(self) -> None:
         """The deployment is going down: start no more silos."""

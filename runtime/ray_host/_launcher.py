@@ -1,13 +1,9 @@
-"""Launching and joining raygrain deployments on Ray.
+"""Joining raygrain deployments on Ray: the client side.
 
-Every deployment has a name; its controller, storage server and silos are named actors in the
-Ray namespace ``raygrain-<name>``, so two deployments on one Ray cannot see each other, and
-stopping one touches only its own actors. ``RayBackend`` is what ``Cluster.ray`` and
-``Cluster.connect`` run on: it starts (or joins) Ray, creates the storage server on the driver's
-node and the controller on Ray's head node (``Cluster.ray``), and gives the client a
-``RayTransport`` and the controller's membership view. The controller starts the silos and
-keeps ``silos_per_node`` of them on every live node (``NodeFollower``). The ``raygrain`` CLI
-uses the same functions.
+``RayBackend`` is what ``Cluster.ray`` and ``Cluster.connect`` run on: it starts (or joins)
+Ray, launches the deployment (``Cluster.ray``; see ``_deploy``), and gives the client a
+``RayTransport`` (or the direct plane) and the controller's membership view, which it follows.
+The ``raygrain`` CLI uses the same functions.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import uuid
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime._capabilities import client_filters
@@ -34,17 +29,12 @@ from raygrain.runtime.kernel import (
     get_logger,
     view_from_wire,
 )
-from raygrain.runtime.ray_host._actors import (
-    CONTROLLER_NAME,
-    SILO_PREFIX,
-    STANDBY_NAME,
-    STORAGE_NAME,
-    ControllerActor,
-    StorageServerActor,
-    _handles,
-    create_silo,
-    lookup,
-    resolver,
+from raygrain.runtime.ray_host._actors import CONTROLLER_NAME, STANDBY_NAME, lookup, resolver
+from raygrain.runtime.ray_host._deploy import (
+    _forget_handles,
+    launch,
+    list_deployments,
+    stop_everything,
 )
 from raygrain.runtime.ray_host._direct import (
     Locator,
@@ -52,58 +42,11 @@ from raygrain.runtime.ray_host._direct import (
     check_transport,
 )
 from raygrain.runtime.ray_host._host import follow_standby
-from raygrain.runtime.ray_host._launch import (
-    DEFAULT_DEPLOYMENT,
-    NAMESPACE_PREFIX,
-    RayLaunch,
-    namespace_of,
-)
+from raygrain.runtime.ray_host._launch import DEFAULT_DEPLOYMENT, RayLaunch, namespace_of
 from raygrain.runtime.ray_host._transport import CLIENT_PREFIX, RayTransport
 from raygrain.runtime.wire import WireTransport
 
-__all__ = [
-    "CONTROLLER_NAME",
-    "STANDBY_NAME",
-    "STORAGE_NAME",
-    "RayBackend",
-    "create_silo",
-    "find_silos",
-    "list_deployments",
-]
-
-_STOP_TIMEOUT = 30.0  # the longest a shutdown waits for one silo to close before killing it
-
-
-def unique_deployment_name() -> str:
-    """The name of a ``Cluster.ray()`` deployment that was given none: its own, always."""
-    return f"cluster-{uuid.uuid4().hex[:10]}"
-
-
-# Every Ray head node carries this resource (Ray's documented way to schedule on the head).
-_ON_HEAD = {"node:__internal_head__": 0.001}
-
-
-def _named_actors(namespace: str) -> list[str]:
-    return [
-        entry["name"]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry.get("namespace") == namespace
-    ]
-
-
-def find_silos(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
-    """Names of the deployment's silos alive in the connected Ray cluster."""
-    return sorted(n for n in _named_actors(namespace_of(deployment)) if n.startswith(SILO_PREFIX))
-
-
-def list_deployments() -> list[str]:
-    """Names of the raygrain deployments on the connected Ray cluster (those with a controller)."""
-    return sorted(
-        entry["namespace"][len(NAMESPACE_PREFIX) :]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry.get("namespace", "").startswith(NAMESPACE_PREFIX)
-        and entry["name"] == CONTROLLER_NAME
-    )
+__all__ = ["RayBackend", "ensure_ray"]
 
 
 def ensure_ray(
@@ -142,64 +85,6 @@ def ensure_ray(
         log_to_driver=True,
     )
     return address is None
-
-
-async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
-    """Start the deployment's storage server, controller and silos; their handles by name.
-
-    Keep the handles: Ray destroys an actor that is not detached once no handle refers to it.
-    """
-    namespace = launch.namespace
-    lifetime = "detached" if launch.detached else None
-    runtime_env = launch.actor_runtime_env()
-    here = ray.get_runtime_context().get_node_id()
-    handles: dict[str, Any] = {}
-    if launch.storage is None:
-        # Hard affinity: the server stays with its file, on this node; Ray restarts it there
-        # when its process dies, and the node is the one place it can be lost with.
-        server = StorageServerActor.options(  # type: ignore[attr-defined]
-            name=STORAGE_NAME,
-            namespace=namespace,
-            get_if_exists=True,
-            lifetime=lifetime,
-            runtime_env=runtime_env,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
-        ).remote(launch.server_storage)
-        await server.execute.remote(b"\x90")  # an empty batch: wait until it is up
-        handles[STORAGE_NAME] = server
-    # On the head node, always: the controller then dies only with Ray's own GCS, never with a
-    # worker node (soft affinity to the launching node let Ray place it on a worker, whose
-    # death cost 16 s: Ray's node-death timeout plus a restart, with that node's silos
-    # undetected meanwhile). By the head's resource rather than its node id, so that with GCS
-    # fault tolerance a restarted controller follows a restarted head. The standby beside it,
-    # in a process of its own, leads while Ray restarts a controller whose process died.
-    controller = handles[CONTROLLER_NAME] = _controller(launch, options, standby=False)
-    standby = handles[STANDBY_NAME] = _controller(launch, None, standby=True)
-    await standby.guard.remote()
-    names = await controller.start_silos.remote()
-    resolve = resolver(namespace)
-    handles.update({name: resolve(name) for name in names})
-    get_logger().info("silos_started", deployment=launch.name, silos=names)
-    return handles
-
-
-def _controller(launch: RayLaunch, options: SiloOptions | None, standby: bool) -> Any:
-    return ControllerActor.options(  # type: ignore[attr-defined]
-        name=STANDBY_NAME if standby else CONTROLLER_NAME,
-        namespace=launch.namespace,
-        get_if_exists=True,
-        lifetime="detached" if launch.detached else None,
-        runtime_env=launch.actor_runtime_env(),
-        resources=_ON_HEAD,
-    ).remote(
-        launch.namespace,
-        launch.detection,
-        launch.storage,
-        None if standby else launch,
-        options,
-        launch.plane if launch.transport == "direct" else None,
-        standby,
-    )
 
 
 _started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started
@@ -260,12 +145,7 @@ class RayBackend:
 
     async def _start(self) -> None:
         if self.launch is not None:
-            if find_silos(self.deployment):
-                raise ConfigurationError(
-                    f"a raygrain deployment named {self.deployment!r} is already running on "
-                    "this Ray: join it with Cluster.connect(name=...), or choose another name"
-                )
-            self.handles = await launch(self.launch, self.options)
+            self.handles = await launch(self.launch, self.options)  # (refuses a name in use)
         try:
             self._controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
         except ValueError:
@@ -360,56 +240,3 @@ class RayBackend:
                 if not _started_ray_by:
                     _forget_handles()
                     ray.shutdown()
-
-
-def _forget_handles(namespace: str | None = None) -> None:
-    for key in [k for k in _handles if namespace is None or k[0] == namespace]:
-        del _handles[key]
-
-
-async def stop_everything(deployment: str = DEFAULT_DEPLOYMENT) -> list[str]:
-    """Stop the deployment ``deployment``: its silos (state is already durable), then its
-    storage server and controller. Whatever fails on the way (a dead storage server, an
-    unreachable controller), every actor of the deployment is stopped; returns the silos'
-    names."""
-    namespace = namespace_of(deployment)
-    names = find_silos(deployment)
-    controller = lookup(CONTROLLER_NAME, namespace)
-    if controller is not None:
-        # First, so that it starts no silo for the nodes the next steps empty.
-        await _quietly(controller.halt.remote(), "halt controller")
-        await _quietly(
-            asyncio.gather(*(controller.remove.remote(n) for n in names)), "tidy the view"
-        )
-    silos = [h for h in (lookup(n, namespace) for n in names) if h is not None]
-    await asyncio.gather(
-        *(_quietly(s.stop.remote(), "stop silo", _STOP_TIMEOUT) for s in silos),
-    )
-    for handle in silos:
-        _kill(handle)
-    server = lookup(STORAGE_NAME, namespace)
-    if server is not None:
-        await _quietly(server.aclose.remote(), "close storage server")
-        _kill(server)
-    standby = lookup(STANDBY_NAME, namespace)
-    if standby is not None:
-        _kill(standby)
-    if controller is not None:
-        _kill(controller)
-    _forget_handles(namespace)
-    return names
-
-
-def _kill(handle: Any) -> None:
-    try:
-        ray.kill(handle, no_restart=True)
-    except Exception as exc:
-        get_logger().info("kill_failed", error=repr(exc))
-
-
-async def _quietly(work: Any, what: str, timeout: float = 10.0) -> None:
-    """Await ``work``; a failure is logged, not raised (shutdown goes on whatever fails)."""
-    try:
-        await asyncio.wait_for(work, timeout)
-    except Exception as exc:
-        get_logger().warning("shutdown_step_failed", step=what, error=repr(exc))

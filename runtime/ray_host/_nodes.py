@@ -56,6 +56,9 @@ class NodeFollower:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self.halted = False
+        # Why silos failed to start, newest last (a few): what a launch that started none
+        # tells its user.
+        self.failures: list[str] = []
 
     async def fill(self) -> list[str]:
         """Start the silos missing on every live node now; returns the names started."""
@@ -101,6 +104,7 @@ class NodeFollower:
         names = [r for r in results if isinstance(r, str)]
         for error in (r for r in results if isinstance(r, BaseException)):
             get_logger().warning("silo_start_failed", node=node_id, error=repr(error))
+            self.failures = [*self.failures[-4:], _reason(error)]
         if names:
             get_logger().info("silos_started_on_node", node=node_id, silos=names)
         return names
@@ -138,3 +142,12 @@ class NodeFollower:
             self._loop.cancel()
         for task in list(self._tasks):
             task.cancel()
+
+
+def _reason(error: BaseException) -> str:
+    """One line on why a silo did not start: Ray's errors carry the whole remote traceback,
+    whose last line is the cause."""
+    if isinstance(error, asyncio.TimeoutError):
+        return f"it did not start within {_START_TIMEOUT:.0f} s"
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from raygrain.actors import Actor, ConfigurationError, UnknownActorTypeError, read_only
+from raygrain.actors import (
+    Actor,
+    ClusterClosedError,
+    ConfigurationError,
+    UnknownActorTypeError,
+    read_only,
+)
 from raygrain.runtime import Cluster
 from tests import app
 from tests.helpers import without_ray_lines
@@ -251,3 +257,59 @@ async def test_the_log_level_and_runtime_env_reach_the_silos(ray_silos: Any, tmp
     assert env == "debug"
     assert level == logging.DEBUG
     assert mark == "from-runtime-env"
+
+
+def _named_in(deployment: str) -> list[str]:
+    import ray
+
+    from raygrain.runtime.ray_host import namespace_of
+
+    namespace = namespace_of(deployment)
+    entries = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(e["name"] for e in entries if e.get("namespace") == namespace)
+
+
+@pytest.mark.ray
+async def test_a_name_being_launched_is_refused_to_a_second_launch_that_leaves_it_serving(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    # The second launch starts while the first has no silo yet: it used to join the first's
+    # controller (its own actor types and store ignored), report success, and stop the first
+    # deployment when it closed.
+    first = Cluster.ray(actors=[Apples], name="taken", storage=f"sqlite:///{tmp_path}/1.db")
+    second = Cluster.ray(actors=[Pears], name="taken", storage=f"sqlite:///{tmp_path}/2.db")
+    try:
+        started = await asyncio.gather(first.start(), second.start(), return_exceptions=True)
+        assert started[0] is first, started
+        assert isinstance(started[1], ConfigurationError), started
+        assert "already running (or starting)" in str(started[1])
+        await second.aclose()
+        assert await first.get(Apples, "k").add(1) == 1  # closing the refused one stopped nothing
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert _named_in("taken") == []
+
+
+@pytest.mark.ray
+async def test_a_launch_whose_actor_module_ray_cannot_import_says_so_and_leaves_nothing(
+    ray_silos: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Importable here (on this process's path), not on Ray's workers (no runtime_env ships
+    # it): the launch used to fail with Ray's ActorDiedError and its traceback, and left the
+    # deployment's standby controller running, holding the name.
+    (tmp_path / "only_here_app.py").write_text(
+        "from raygrain import Actor\n\n"
+        "class OnlyHere(Actor[int], name='test.deployments.OnlyHere'):\n"
+        "    async def add(self, n: int) -> int:\n"
+        "        return n\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from only_here_app import OnlyHere  # type: ignore[import-not-found]
+
+    cluster = Cluster.ray(actors=[OnlyHere], name="unshipped", storage="memory://")
+    with pytest.raises(ConfigurationError, match="cannot import module 'only_here_app'"):
+        await cluster.start()
+    assert _named_in("unshipped") == []
+    with pytest.raises(ClusterClosedError):
+        cluster.get(OnlyHere, "k")

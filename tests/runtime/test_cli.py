@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -225,6 +227,46 @@ def test_a_ray_that_answers_but_refuses_us_is_told_apart_from_no_ray() -> None:
     assert "did not accept the connection" in refused and "RAY_AUTH_MODE=token" in refused
     absent = _describe_ray_failure(address, ConnectionError("timed out"))
     assert "start it with 'ray start --head'" in absent
+
+
+@pytest.mark.ray
+async def test_ctrl_c_during_up_leaves_no_half_made_deployment(
+    ray_silos: Any, tmp_path: Path
+) -> None:
+    # It used to leave the deployment's controller and standby running (detached), holding
+    # the name: 'up' again was refused, and 'down' was needed to clear it.
+    import ray
+
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of, stop_everything
+    from tests.helpers import wait_until
+
+    def named() -> list[str]:
+        entries = ray.util.list_named_actors(all_namespaces=True)
+        return [e["name"] for e in entries if e.get("namespace") == namespace_of("interrupted")]
+
+    up = subprocess.Popen(
+        [sys.executable, "-c", MAIN, "up", "--address", ray_silos.address, "--name", "interrupted",
+         "--actors", "tests.slow_import_app", "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # (Ctrl-C reaches it even when this test runs where SIGINT is ignored.)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        # Its controller is there, importing the slow module: the launch is under way.
+        await wait_until(lambda: CONTROLLER_NAME in named(), "the launch to start", 120)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=COMMAND_TIMEOUT)
+        assert up.returncode == 130, err[-3000:]
+        assert named() == []
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+        await stop_everything("interrupted")
 
 
 def test_an_actor_module_that_fails_to_import_is_a_one_line_error(
