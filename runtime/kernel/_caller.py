@@ -190,7 +190,10 @@ class Caller:
             followup = call_filter.outgoing(request)
             if followup is not None:
                 followups = [followup] if followups is None else [*followups, followup]
-        destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
+        try:
+            destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
+        except LookupError:
+            raise self._no_silo(f"{target}.{method}") from None
         timings = facts[2]
         # One clock read for the deadline and the observers' timing alike (asyncio's loop
         # clock is time.monotonic).
@@ -275,7 +278,21 @@ class Caller:
             timeout,
             view_version=membership.view.version,
         )
-        return self._dispatch(request, membership.ring.owner(target))
+        try:
+            destination = membership.ring.owner(target)
+        except LookupError:
+            raise self._no_silo(f"{target}.{method}") from None
+        return self._dispatch(request, destination)
+
+    def _no_silo(self, call: str) -> Exception:
+        """The error of a call with no silo to go to: its view has none alive."""
+        if self._local_silo is not None:
+            # (A silo's own ring is empty only as its cluster stops: its services expect this.)
+            return LookupError("the placement ring has no silos")
+        return SiloUnavailableError(
+            f"no silo to send {call} to: the cluster has no live silo (its deployment was "
+            "taken down, or none of its silos has started yet); the call was not sent"
+        )
 
     def _dispatch(
         self, request: Request, destination: str, now: float | None = None

@@ -16,12 +16,13 @@ from raygrain.actors import (
     Actor,
     ClusterClosedError,
     ConfigurationError,
+    SiloUnavailableError,
     UnknownActorTypeError,
     read_only,
 )
 from raygrain.runtime import Cluster
 from tests import app
-from tests.helpers import without_ray_lines
+from tests.helpers import wait_until, without_ray_lines
 
 
 class Apples(Actor[int], name="test.deployments.Apples"):
@@ -313,3 +314,21 @@ async def test_a_launch_whose_actor_module_ray_cannot_import_says_so_and_leaves_
     assert _named_in("unshipped") == []
     with pytest.raises(ClusterClosedError):
         cluster.get(OnlyHere, "k")
+
+
+@pytest.mark.ray
+async def test_a_client_of_a_deployment_taken_down_gets_a_typed_error_at_once(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    from raygrain.runtime.ray_host import stop_everything
+
+    deployment = Cluster.ray(actors=[Apples], name="gone", storage=f"sqlite:///{tmp_path}/g.db")
+    client = Cluster.connect(ray_silos.address, actors=[Apples], name="gone")
+    async with deployment, client:
+        assert await client.get(Apples, "k").add(1) == 1
+        await stop_everything("gone")  # raygrain down --name gone
+        membership = client._backend.membership  # type: ignore[attr-defined]
+        await wait_until(lambda: not membership.view.active(), "the client's view to empty")
+        # (It used to raise the ring's bare LookupError.)
+        with pytest.raises(SiloUnavailableError, match="no live silo"):
+            await client.get(Apples, "k").add(1)
