@@ -208,7 +208,22 @@ class SqliteFile:
             )
 
     async def _set_wal(self, connection: aiosqlite.Connection) -> None:
-        rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+        # The switch takes SQLite's exclusive lock without waiting for it (no busy handler runs
+        # there): while another connection writes to a file not in WAL mode yet (another
+        # process creating the store as this one opens it) it fails at once. Try again, for
+        # up to busy_timeout, as a lock taken anywhere else would wait.
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc) or loop.time() + pause > give_up:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.1)
         mode = str(next(iter(rows))[0])
         # Without WAL a reader blocks the committer and group commit loses its point; some
         # file systems (network mounts) cannot do WAL, and silently running without it is worse.

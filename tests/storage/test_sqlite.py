@@ -674,6 +674,27 @@ async def test_opening_while_another_connection_holds_the_lock(db_path: Path) ->
         locker.close()
 
 
+async def test_a_new_file_being_written_by_another_connection_opens_once_it_is_done(
+    db_path: Path,
+) -> None:
+    # Switching a file to WAL takes SQLite's exclusive lock, and SQLite does not wait for it
+    # (no busy handler there): while another connection wrote to a file not yet in WAL mode
+    # (another process creating the store as this one opens it), the open failed at once,
+    # saying it had waited busy_timeout.
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    storage = SqliteStorage(db_path, busy_timeout=10)
+    try:
+        locker.execute("CREATE TABLE theirs (x)")
+        locker.execute("BEGIN IMMEDIATE")
+        locker.execute("INSERT INTO theirs VALUES (1)")
+        asyncio.get_running_loop().call_later(0.3, locker.execute, "COMMIT")
+        etag = await storage.write(ALICE, b"a", None)
+        assert await storage.read(ALICE) == StateRecord(b"a", etag)
+    finally:
+        locker.close()
+        await storage.aclose()
+
+
 async def test_a_new_file_locked_by_another_connection_is_a_passing_error(
     db_path: Path,
 ) -> None:
