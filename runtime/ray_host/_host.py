@@ -275,7 +275,10 @@ class SiloHostImpl:
                     client = message.reply_to
                     call_ids.add(message.call_id)
             else:
-                self.silo.deliver_response(message, sender)
+                try:
+                    self.silo.deliver_response(message, sender)
+                except Exception as exc:  # (a notice this silo cannot take: that one only)
+                    self.transport.log.refused(sender, "malformed_answer", reason=repr(exc))
         if not client:
             return b""
         # A client's batch carries its answers back when they are quick, which spares the

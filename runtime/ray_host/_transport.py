@@ -28,6 +28,7 @@ from raygrain.runtime.kernel import (
     pack_batch,
     unpack_batch,
 )
+from raygrain.runtime.wire import PeerLog
 
 __all__ = ["ClientMailbox", "RayTransport", "is_client_address"]
 
@@ -203,6 +204,7 @@ class RayTransport:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.log = PeerLog()  # (what a silo sent that this endpoint cannot take, per silo)
         self.batches_sent = 0
         self.messages_sent = 0
         self.on_batch: Callable[[int], object] | None = None  # a batch's size (metrics)
@@ -329,10 +331,8 @@ class RayTransport:
         except Exception as exc:
             self._undeliverable(destination, messages, exc)
             return
-        if blob and self._local is not None:  # answers that came back with the batch
-            for message in unpack_batch(blob):
-                if isinstance(message, Response):
-                    self._local.deliver_response(message, destination)
+        if blob:  # answers that came back with the batch
+            self._take_answers(blob, destination)
 
     def _undeliverable(
         self, destination: str, messages: list[Request | Response], exc: BaseException
@@ -374,10 +374,21 @@ class RayTransport:
                 get_logger().info("poll_failed", silo=silo, error=repr(exc))
                 self._pollers.pop(silo, None)
                 return
-            assert self._local is not None
-            for message in unpack_batch(blob):
-                if isinstance(message, Response):
+            self._take_answers(blob, silo)
+
+    def _take_answers(self, blob: bytes, silo: str) -> None:
+        """Deliver the answers ``silo`` sent; one this endpoint cannot take (a notice whose
+        body it cannot decode) is left out and logged, never ending the poll or the batch."""
+        if self._local is None:
+            return
+        for message in unpack_batch(blob):
+            if isinstance(message, Response):
+                try:
                     self._local.deliver_response(message, silo)
+                except Exception as exc:
+                    self.log.refused(
+                        silo, "malformed_answer", call_id=message.call_id, reason=repr(exc)
+                    )
 
     async def aclose(self) -> None:
         self.closed = True

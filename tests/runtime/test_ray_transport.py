@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from raygrain.actors import ActorId, SiloUnavailableError, decode_error
-from raygrain.runtime.kernel import Request, Response
+from raygrain.actors import ActorId, SiloUnavailableError, decode_error, encode
+from raygrain.runtime.kernel import Request, Response, pack_batch
 from raygrain.runtime.ray_host import RayTransport
 from tests.helpers import wait_until
 
@@ -45,3 +45,44 @@ async def test_an_undeliverable_batch_fails_own_and_forwarded_calls_to_their_cal
     error = decode_error(answers[0].payload)
     assert isinstance(error, SiloUnavailableError)
     assert "Recorder" in str(error) and "silo-b" in str(error)
+
+
+class _Polled:
+    """A silo's Ray actor handle whose polls return the batches given, then wait for ever."""
+
+    def __init__(self, *batches: bytes) -> None:
+        self.batches = list(batches)
+        self.poll = self
+
+    def remote(self, *args: Any) -> asyncio.Future[bytes]:
+        answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        if self.batches:
+            answer.set_result(self.batches.pop(0))
+        return answer
+
+
+class _Raising(_Endpoint):
+    """An endpoint that cannot take one of the responses (a notice it cannot decode)."""
+
+    def deliver_response(self, response: Response, sender: str | None = None) -> None:
+        if response.call_id < 0:
+            raise TypeError("cannot unpack non-iterable int object")
+        super().deliver_response(response, sender)
+
+
+async def test_a_response_the_client_cannot_take_does_not_end_its_poll() -> None:
+    """A polled batch with a response the client cannot take (an observer notice that is not
+    ``[observer, method, args]``: its decode raised TypeError): the rest is delivered, and the
+    client keeps polling (the poll's task died, and no answer from that silo came again)."""
+    handle = _Polled(
+        pack_batch([Response(-1, True, encode(5))]), pack_batch([Response(7, True, encode(1))])
+    )
+    transport = RayTransport("client-x", lambda name: handle)
+    local = _Raising()
+    transport.bind(local)
+    transport.ensure_polling("silo-a")
+    try:
+        await wait_until(lambda: local.responses, "the answer after the bad notice")
+    finally:
+        await transport.aclose()
+    assert [r.call_id for r in local.responses] == [7]
