@@ -167,8 +167,6 @@ class SqliteStorage(SqliteFile, SqliteEventLog, WriteQueue):
         if self._closed:
             return
         self._closed = True
-        if self._unclosed is not None:
-            self._unclosed.detach()
         if self._committer is not None:
             # wait, not await: the committer's own failure was already reported to its callers.
             await asyncio.wait({self._committer})
@@ -178,6 +176,10 @@ class SqliteStorage(SqliteFile, SqliteEventLog, WriteQueue):
             for connection in (writer, reader):
                 if connection is not None:
                     await close_quietly(connection)
+            # Last, under the lock: an open under way when aclose began makes its finalizer
+            # after that (a store closed as it opened warned it was never closed).
+            if self._unclosed is not None:
+                self._unclosed.detach()
 
     # -- a caller's own SQL in a commit (storage.SqlTransactions) ------------------------------
 
