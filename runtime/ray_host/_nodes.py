@@ -53,6 +53,7 @@ class NodeFollower:
         # node id -> {silo name: when first seen joining}
         self._joining_since: dict[str, dict[str, float]] = {}
         self._starting: dict[str, int] = {}  # node id -> silos being started there
+        self._filling: dict[str, asyncio.Task[list[str]]] = {}  # node id -> its fill under way
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self.halted = False
@@ -61,10 +62,20 @@ class NodeFollower:
         self.failures: list[str] = []
 
     async def fill(self) -> list[str]:
-        """Start the silos missing on every live node now; returns the names started."""
+        """Start the silos missing on every live node now; returns the names started (by this
+        fill, or by the one under way on a node, whose silos it waits for)."""
         nodes = list(await self._list_nodes())
-        started = await asyncio.gather(*(self._fill_node(n) for n in nodes))
+        started = await asyncio.gather(*(self._fill_once(n) for n in nodes))
         return [name for names in started for name in names]
+
+    def _fill_once(self, node_id: str) -> asyncio.Future[list[str]]:
+        """The node's fill under way (the background loop's, say: a client's first call wakes
+        it), or a new one. A second fill beside it would find the node lacking nothing (its
+        silos being started) and report none started, as if none could be."""
+        task = self._filling.get(node_id)
+        if task is None or task.done():
+            task = self._filling[node_id] = asyncio.ensure_future(self._fill_node(node_id))
+        return asyncio.shield(task)
 
     def _lacking(self, node_id: str) -> int:
         return self.per_node - self._live_silos_on(node_id) - self._starting.get(node_id, 0)
@@ -124,14 +135,15 @@ class NodeFollower:
                 continue
             for node_id in nodes:
                 # Each node on its own: a slow start on one does not hold back the others.
-                if self._starting.get(node_id, 0) == 0 and not self.halted:
+                filling = self._filling.get(node_id)
+                if (filling is None or filling.done()) and not self.halted:
                     task = asyncio.ensure_future(self._fill_quietly(node_id))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
 
     async def _fill_quietly(self, node_id: str) -> None:
         try:
-            await self._fill_node(node_id)
+            await self._fill_once(node_id)
         except Exception as exc:
             get_logger().warning("node_fill_failed", node=node_id, error=repr(exc))
 
@@ -140,7 +152,7 @@ class NodeFollower:
         self.halted = True
         if self._loop is not None:
             self._loop.cancel()
-        for task in list(self._tasks):
+        for task in [*self._tasks, *self._filling.values()]:
             task.cancel()
 
 

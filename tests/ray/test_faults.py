@@ -236,3 +236,32 @@ async def test_node_follower_counts_silos_that_are_joining() -> None:
     now[0] += 31  # past the start timeout: given up on, the node gets a silo of ours
     assert await follower.fill() == ["silo-n1-0"]
     assert started == ["n1"]
+
+
+async def test_a_fill_waits_for_the_silos_a_fill_under_way_is_starting_on_a_node() -> None:
+    """A launch asks the controller to fill the nodes; a client's or a silo's first call to a
+    new controller may have woken its background loop first, already starting a node's silo.
+    The launch's fill then found the node lacking nothing and reported no silo started (the
+    launch took that for a failure: 'no silo started'). It waits for that silo now."""
+    from raygrain.runtime.ray_host import NodeFollower
+
+    live: dict[str, int] = {}
+    starting, release = asyncio.Event(), asyncio.Event()
+
+    async def list_nodes() -> list[str]:
+        return ["n1"]
+
+    async def start(node: str, index: int) -> str:
+        starting.set()
+        await release.wait()
+        live[node] = live.get(node, 0) + 1
+        return f"silo-{node}-{index}"
+
+    follower = NodeFollower(1, list_nodes, lambda n: live.get(n, 0), start)
+    first = asyncio.ensure_future(follower.fill())  # (the background loop's, say)
+    await starting.wait()
+    second = asyncio.ensure_future(follower.fill())  # the launch's
+    release.set()
+    assert await first == ["silo-n1-0"]
+    assert await second == ["silo-n1-0"]
+    assert live == {"n1": 1}
