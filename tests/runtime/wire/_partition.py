@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import os
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -26,6 +29,11 @@ OPTIONS = WireOptions(SECRET, keepalive=1.0)
 
 def _sh(*command: str) -> None:
     subprocess.run(command, check=True)
+
+
+def _unacknowledged(fd: int) -> int:
+    """Bytes written on the socket ``fd`` and not yet acknowledged (Linux's SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
 
 
 def _client_in(netns: str, directory: Directory, done: list[object]) -> None:
@@ -62,7 +70,12 @@ def main() -> int:
     while not done and time.monotonic() < deadline:
         time.sleep(0.05)
     assert done == [1], done
-    assert silo.transport._connections  # (white-box) the client's connection
+    [connection] = silo.transport._connections  # (white-box) the client's connection
+    sock = connection._writer.get_extra_info("socket")
+    # Idle first: keepalive is for idle connections; what the client has not acknowledged
+    # yet (its ACK of the answer dropped by the partition) is retransmission's, ~15 min.
+    while _unacknowledged(sock.fileno()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     # The partition: the client's packets to the silo vanish (the silo's probes still leave,
     # as they do towards a machine that is gone; with the link down, no probe would leave and
     # Linux would wait for ever to send one).
