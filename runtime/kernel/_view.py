@@ -79,6 +79,12 @@ class Membership:
             listener(view)
         return True
 
+    def restart(self) -> None:
+        """Forget the view and its ring: the cluster was brought up again, and its new
+        controller numbers its views from the start (a client following it)."""
+        self.view = MembershipView(0)
+        self.ring = ConsistentHashRing((), self._virtual_nodes)
+
     def set_status(self, name: str, status: SiloStatus) -> MembershipView:
         self.update(self.view.with_status(name, status))
         return self.view

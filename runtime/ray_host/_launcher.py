@@ -2,8 +2,9 @@
 
 ``RayBackend`` is what ``Cluster.ray`` and ``Cluster.connect`` run on: it starts (or joins)
 Ray, launches the deployment (``Cluster.ray``; see ``_deploy``), and gives the client a
-``RayTransport`` (or the direct plane) and the controller's membership view, which it follows.
-The ``raygrain`` CLI uses the same functions.
+``RayTransport`` (or the direct plane) and the controller's membership view, which it follows,
+to a deployment brought up again under its name too. The ``raygrain`` CLI uses the same
+functions.
 """
 
 from __future__ import annotations
@@ -199,17 +200,52 @@ class RayBackend:
                 self.wire.retain(n for n, s in view.silos if s is not SiloStatus.DEAD)
 
     async def _follow_view(self) -> None:
+        failures = 0
         while True:
             try:
                 blob = await self._controller.wait_view.remote(self.membership.view.version, 10.0)
-                self._apply_view(blob)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                get_logger().warning("client_view_follow_failed", error=repr(exc))
+                failures += 1
+                if not failures & (failures - 1):  # the 1st, 2nd, 4th...: not twice a second
+                    get_logger().warning(
+                        "client_view_follow_failed",
+                        deployment=self.deployment,
+                        failures=failures,
+                        error=repr(exc),
+                    )
                 blob = await follow_standby(self._standby, self.membership.view.version)
-                if blob is not None:
-                    self._apply_view(blob)
+                if blob is None:
+                    blob = await self._follow_new_incarnation()
+                if blob is None:
+                    continue
+            else:
+                failures = 0
+            self._apply_view(blob)
+
+    async def _follow_new_incarnation(self) -> bytes | None:
+        """The first view of the deployment brought up again under its name, whose controller
+        this client now follows; None while the controller it knows is the one there (Ray
+        restarting it), or there is none (the deployment is down: calls fail at once)."""
+        controller = lookup(CONTROLLER_NAME, self.namespace)
+        if controller is None or controller._actor_id == self._controller._actor_id:
+            return None
+        blob: bytes = await controller.get_view.remote()
+        get_logger().warning("client_follows_new_deployment", deployment=self.deployment)
+        self._controller, self._standby = controller, lookup(STANDBY_NAME, self.namespace)
+        gone = [name for name, _ in self.membership.view.silos]
+        self.membership.restart()  # (the new controller numbers its views from the start)
+        if self.caller is not None:
+            for name in gone:
+                self.caller.fail_calls_to(name)
+        if self.wire is not None:  # (the old direct plane's secret is not the new one's)
+            wire, self.wire = self.wire, None
+            self.transport.use(self.ray_transport)
+            await wire.aclose()
+        if self.transport_choice == "direct":
+            await self._use_direct_plane()
+        return blob
 
     async def stats(self) -> list[dict[str, Any]]:
         """Figures of every live silo in the view (dead ones are listed in the view only)."""

@@ -332,3 +332,32 @@ async def test_a_client_of_a_deployment_taken_down_gets_a_typed_error_at_once(
         # (It used to raise the ring's bare LookupError.)
         with pytest.raises(SiloUnavailableError, match="no live silo"):
             await client.get(Apples, "k").add(1)
+
+
+@pytest.mark.ray
+async def test_a_client_follows_its_deployment_brought_up_again_under_the_name(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    # It used to keep polling the first deployment's dead controller for ever (a warning
+    # twice a second), its calls failing though the deployment was back. The second one keeps
+    # another store: its views are numbered from the start again, and its direct plane has
+    # another secret.
+    first = Cluster.ray(actors=[Apples], name="again", storage=f"sqlite:///{tmp_path}/1.db")
+    await first.start()
+    try:
+        async with Cluster.connect(ray_silos.address, actors=[Apples], name="again") as client:
+            assert await client.get(Apples, "k").add(1) == 1
+            await first.aclose()
+            async with Cluster.ray(
+                actors=[Apples], name="again", storage=f"sqlite:///{tmp_path}/2.db"
+            ):
+
+                async def served() -> bool:
+                    try:
+                        return await client.get(Apples, "k").add(5) == 5
+                    except SiloUnavailableError:
+                        return False
+
+                await wait_until(served, "the client to reach the deployment brought up again")
+    finally:
+        await first.aclose()
