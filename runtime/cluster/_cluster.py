@@ -190,6 +190,7 @@ class Cluster:
 
         actors = actor_types(actors)
         registry = ActorRegistry(actors)
+        deployment = unique_deployment_name() if name is None else name
         options = backend_options(
             default_timeout,
             default_idle_timeout,
@@ -199,7 +200,8 @@ class Cluster:
             transactions,
             max_queued_calls,
             reminders,
-            MetricsSettings.chosen(metrics, "default"),
+            # (The deployment's name: two deployments on one Ray keep their series apart.)
+            MetricsSettings.chosen(metrics, deployment),
             sagas,
             streams or StreamSettings(),
             tracing,
@@ -214,7 +216,7 @@ class Cluster:
             storage,
             server_storage,
             detection=failure_detection or FailureDetection(),
-            name=unique_deployment_name() if name is None else name,
+            name=deployment,
             runtime_env=runtime_env,
             log_level=log_level,
             transport=check_transport(transport),

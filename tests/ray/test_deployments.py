@@ -65,6 +65,35 @@ def test_a_bad_deployment_name_is_refused_before_anything_starts(name: str) -> N
         Cluster.connect(actors=[Apples], name=name)
 
 
+def test_a_deployments_metrics_carry_its_name_so_two_on_one_ray_keep_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every deployment on Ray labelled its series deployment="default": two deployments with
+    # the same actor types (a shop and its staging copy) mixed in every sum by deployment.
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import _main
+    from raygrain.runtime.metrics import MetricsSettings
+
+    def label(options: Any) -> str:
+        return str(options.setting(MetricsSettings, MetricsSettings()).label)
+
+    assert label(Cluster.ray(actors=[Apples], name="shop")._backend.options) == "shop"  # type: ignore[attr-defined]
+    unnamed = Cluster.ray(actors=[Apples])
+    assert label(unnamed._backend.options) == unnamed.name  # type: ignore[attr-defined]
+    named = MetricsSettings(deployment="mine")
+    assert label(Cluster.ray(actors=[Apples], metrics=named)._backend.options) == "mine"  # type: ignore[attr-defined]
+    launched: list[Any] = []
+
+    async def launch(spec: Any, options: Any) -> dict[str, Any]:
+        launched.append(options)
+        return {}
+
+    monkeypatch.setattr(_main, "_connect", lambda address, local_code: None)
+    monkeypatch.setattr(ray_host, "launch", launch)
+    assert _main.main(["up", "--actors", "tests.app", "--name", "staging"]) == 0
+    assert [label(options) for options in launched] == ["staging"]
+
+
 def test_log_level_and_runtime_env_reach_every_actor_of_the_deployment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
