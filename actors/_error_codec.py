@@ -15,7 +15,7 @@ import traceback
 from typing import Any
 
 from raygrain.actors._codec import decode, encode
-from raygrain.actors._errors import RemoteActorError, rebuild_error
+from raygrain.actors._errors import MalformedMessageError, RemoteActorError, rebuild_error
 
 __all__ = ["decode_error", "encode_error"]
 
@@ -84,14 +84,33 @@ _MAX_GROUP_DEPTH = 32
 
 def decode_error(data: bytes, _depth: int = 0) -> BaseException:
     """Rebuild a remote exception: the same type when the caller can import it, else
-    ``RemoteActorError``. The remote traceback is attached as a note."""
+    ``RemoteActorError``. The remote traceback is attached as a note. Never raises: an error
+    answer that is no error record (a peer's bug, another version) is a
+    ``MalformedMessageError`` saying so."""
+    try:
+        return _decode_error(data, _depth)
+    except Exception as exc:
+        return MalformedMessageError(
+            f"the call failed, and its error could not be read (not an error record: "
+            f"{type(exc).__name__}: {str(exc)[:200]})"
+        )
+
+
+def _decode_error(data: bytes, _depth: int) -> BaseException:
     module, qualname, args_blob, message, where, text, *rest = decode(data)
     # (Since 2026-12: an attributes field, then a group's members. Earlier encodings, which
     # stored records may hold, have no attributes field.)
     attributes_blob, nested = (
         (rest[0], rest[1:]) if rest and isinstance(rest[0], bytes) else (b"", rest)
     )
+    if not (
+        all(isinstance(field, str) for field in (module, qualname, message, where, text))
+        and isinstance(args_blob, bytes)
+    ):
+        raise TypeError("a field of the wrong type")
     args = decode(args_blob)
+    if not isinstance(args, list):
+        raise TypeError(f"arguments {type(args).__name__}, not a list")
     exc: BaseException | None = None
     if module == _OWN_ERRORS:
         exc = rebuild_error(qualname, args)

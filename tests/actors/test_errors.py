@@ -9,11 +9,13 @@ import pytest
 import raygrain.actors._errors
 from raygrain.actors import (
     InconsistentStateError,
+    MalformedMessageError,
     RaygrainError,
     RemoteActorError,
     SagaFailedError,
     WrongExpectedVersionError,
     decode_error,
+    encode,
     encode_error,
 )
 from raygrain.actors._errors import error_types
@@ -58,3 +60,24 @@ def test_inconsistent_state_error_carries_both_etags() -> None:
     error = InconsistentStateError("7", "5", "test.Bank/alice")
     assert (error.stored_etag, error.expected_etag) == ("7", "5")
     assert "stored '7', expected '5'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        encode(5),
+        encode(["module", "Name"]),
+        encode(["module", "Name", 5, "message", "where", "text"]),
+        encode([1, 2, encode([]), 3, 4, 5, 6]),
+        encode(["raygrain.actors._errors", "StorageError", encode(5), "m", "w", "t"]),
+        b"\xc1",
+        b"",
+    ],
+    ids=["int", "short", "args-not-bytes", "ints", "own-error-args-not-list", "garbage", "empty"],
+)
+def test_an_error_answer_that_is_no_error_record_is_a_malformed_message(payload: bytes) -> None:
+    # A peer's bug or another version: the caller gets a typed error saying what it got, not
+    # a builtin TypeError or ValueError out of the decoder.
+    error = decode_error(payload)
+    assert isinstance(error, MalformedMessageError), repr(error)
+    assert "could not be read" in str(error)
