@@ -75,6 +75,7 @@ class Cluster:
         self._caller = backend.make_caller(registry)
         self._started = False
         self.closed = False
+        self._closing: asyncio.Task[None] | None = None
         # A client of a running deployment (Cluster.connect): its classes are optional, so a
         # class given to get() joins its registry (the deployment checks the call). A cluster
         # that hosts the silos refuses a class it does not host.
@@ -276,12 +277,28 @@ class Cluster:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Deactivate every activation (state is already durable) and stop the silos."""
-        if self.closed:
-            return
-        self.closed = True
-        self._caller.close()
-        await self._backend.aclose()
+        """Deactivate every activation (state is already durable) and stop the silos.
+
+        Calls made from here on are refused (``ClusterClosedError``). In-process, the turns
+        running finish first and their calls get their answers; on Ray, calls still waiting
+        fail with ``ClusterClosedError`` (whether they ran is unknown). A caller cancelled
+        meanwhile (a timeout around the close) does not cut it short: it goes on, and a later
+        ``aclose()`` waits for it."""
+        if self._closing is None:
+            self.closed = True
+            # In-process, the silos answer the turns they finish as they close.
+            if self.silos:
+                self._caller.refuse_calls()
+            else:
+                self._caller.close()
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            await self._backend.aclose()
+        finally:
+            self._caller.close()  # (in-process: what is still pending; else done already)
 
     def get(self, actor_type: type[A], key: ActorKey) -> A:
         """A reference to the actor ``(actor_type, key)``. Nothing is created until a call."""

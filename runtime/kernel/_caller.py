@@ -418,9 +418,17 @@ class Caller:
                 )
         return len(doomed)
 
+    def refuse_calls(self) -> None:
+        """Refuse new calls (``ClusterClosedError``); those pending still get their answers."""
+        self.closed = True
+
     def close(self) -> None:
         self.closed = True
-        self.fail_all(ClusterClosedError(f"{self.address} closed while the call was pending"))
+        self.fail_all(
+            ClusterClosedError(
+                f"{self.address} closed while the call was pending: it may or may not have run"
+            )
+        )
         if self._sweeper is not None:
             self._sweeper.cancel()
 
@@ -446,7 +454,7 @@ class Caller:
 
     async def _sweep_deadlines(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self.closed:
+        while True:  # (until close() cancels it: calls refused, pending ones still time out)
             await asyncio.sleep(self._settings.deadline_resolution)
             now = loop.time()
             expired = [cid for cid, call in self._pending.items() if call[1] <= now]

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
 
 from raygrain.actors import (
     Actor,
+    ClusterClosedError,
     ConfigurationError,
     DeactivationReason,
     Persistence,
@@ -21,7 +23,7 @@ from raygrain.actors import (
     one_way,
 )
 from raygrain.runtime import Cluster
-from tests.helpers import bounded
+from tests.helpers import bounded, still_pending, wait_until
 
 T = TypeVar("T")
 
@@ -218,3 +220,65 @@ async def test_a_failed_one_way_call_is_logged_as_a_warning(
 
         await bounded(logged(), "the failure to be logged", 10.0)
     assert "lost order #42" in caplog.text
+
+
+# -- closing a cluster with calls in flight -------------------------------------------------------
+
+
+class Slow(Actor[list[str]], name="test.lifecycle.Slow"):
+    async def note_after(self, gate_name: str, tag: str) -> str:
+        await _gate(gate_name).wait()
+        self.state.append(tag)
+        return tag
+
+    async def notes(self) -> list[str]:
+        return list(self.state)
+
+
+_GATES: dict[str, asyncio.Event] = {}
+
+
+def _gate(name: str) -> asyncio.Event:
+    return _GATES.setdefault(name, asyncio.Event())
+
+
+async def test_closing_a_local_cluster_lets_running_turns_answer_and_refuses_new_calls(
+    tmp_path: Path,
+) -> None:
+    # A call whose turn runs as the cluster closes gets that turn's answer (the turn finishes
+    # first, and its write with it): failed with ClusterClosedError, the caller could not
+    # tell a write that happened from one that did not. A call made after the close began
+    # is refused.
+    _GATES.clear()
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+    cluster = Cluster.local(actors=[Slow], storage=store)
+    await cluster.start()
+    slow = cluster.get(Slow, "a")
+    running = asyncio.ensure_future(slow.note_after("close", "kept"))
+    await wait_until(lambda: "close" in _GATES, "the turn to start")
+    closing = asyncio.ensure_future(cluster.aclose())
+    await asyncio.sleep(0)
+    with pytest.raises(ClusterClosedError):
+        await slow.notes()
+    _gate("close").set()
+    assert await bounded(running, "the running call") == "kept"
+    await bounded(closing, "the close")
+    async with Cluster.local(actors=[Slow], storage=store) as again:
+        assert await again.get(Slow, "a").notes() == ["kept"]
+
+
+async def test_a_close_cut_short_by_its_caller_goes_on_and_a_second_close_waits_for_it() -> None:
+    _GATES.clear()
+    cluster = Cluster.local(actors=[Slow])
+    await cluster.start()
+    slow = cluster.get(Slow, "b")
+    running = asyncio.ensure_future(slow.note_after("cut", "late"))
+    await wait_until(lambda: "cut" in _GATES, "the turn to start")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(cluster.aclose(), 0.05)  # the turn holds the close up
+    second = asyncio.ensure_future(cluster.aclose())
+    assert await still_pending(second), "the second close returned while the first went on"
+    _gate("cut").set()
+    await bounded(second, "the second close")
+    assert await bounded(running, "the running call") == "late"
+    assert all(silo.closed for silo in cluster.silos)
