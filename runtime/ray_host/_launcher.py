@@ -13,6 +13,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import socket
 import sys
 import uuid
 from typing import Any
@@ -71,6 +72,8 @@ def ensure_ray(
             f"{address} is a Ray Client address, which needs Ray's client extra: "
             "pip install 'raygrain[client]' (or 'ray[client]')"
         )
+    if address and address != "auto":
+        _check_listening(address)
     if local_code is None:
         local_code = address is None
     env: dict[str, Any] = dict(runtime_env or {})
@@ -89,6 +92,24 @@ def ensure_ray(
 
 
 _started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started
+
+
+def _check_listening(address: str) -> None:
+    """Fail at once when nothing listens at the address's ``host:port``: Ray itself retries
+    for minutes, blocking this thread (the ``raygrain`` CLI checks the same way)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # (Ray's to make sense of)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_TIMEOUT).close()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
+            "it with 'ray start --head', or pass the right address (or RAY_ADDRESS)"
+        ) from None
+
+
+_REACH_TIMEOUT = 5.0  # seconds to wait for Ray's port to accept a connection
 
 
 class RayBackend:

@@ -109,16 +109,48 @@ def test_log_level_and_runtime_env_reach_every_actor_of_the_deployment(
 def test_no_address_means_ray_address_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from raygrain.runtime.ray_host import ensure_ray
+    from raygrain.runtime.ray_host import _launcher, ensure_ray
 
     seen: list[Any] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.append(kwargs["address"]))
+    monkeypatch.setattr(_launcher, "_check_listening", lambda address: None)
     monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
     assert ensure_ray(None) is False  # joined, not started
     monkeypatch.delenv("RAY_ADDRESS")
     assert ensure_ray(None) is True
     assert seen == ["10.1.2.3:6379", "local"]
+
+
+def test_connect_to_an_address_where_nothing_listens_fails_at_once(tmp_path: Any) -> None:
+    # Ray retries such an address for minutes, blocking the caller's event loop, before it
+    # raises its own ConnectionError; the CLI already checked first. (In a process of its
+    # own: this one may have joined the session's Ray, and then never calls ray.init.)
+    import socket
+    import subprocess
+    import sys
+
+    program = (
+        "import asyncio, sys\n"
+        "from raygrain import Cluster, ConfigurationError\n"
+        "try:\n"
+        "    asyncio.run(Cluster.connect(sys.argv[1]).start())\n"
+        "except ConfigurationError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-c", program, address],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,  # (a bound against the minutes Ray would take)
+        )
+    assert f"cannot connect to Ray at {address}" in done.stdout, done.stderr[-2000:]
 
 
 def test_a_ray_client_address_without_the_client_extra_says_how_to_install_it(
