@@ -18,6 +18,14 @@ __all__ = ["ActorId", "ActorKey"]
 ActorKey = str | int
 
 
+# What to write instead, for the key types users of Orleans and others reach for first.
+_KEY_HINTS = {
+    "UUID": " (use str(key): a UUID names the same actor wherever its text does)",
+    "tuple": " (a compound key: join its parts into one str, e.g. f'{tenant}/{order}')",
+    "bool": " (True and 1 would name the same actor)",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class ActorId:
     """The address of one actor: its registered type name and its key (str or int)."""
@@ -34,7 +42,7 @@ class ActorId:
         if not isinstance(self.key, (str, int)) or isinstance(self.key, bool):
             raise InvalidCallError(
                 f"actor key for {self.type_name!r} must be str or int, "
-                f"got {type(self.key).__name__}"
+                f"got {type(self.key).__name__}{_KEY_HINTS.get(type(self.key).__name__, '')}"
             )
         if not isinstance(self.type_name, str):
             raise InvalidCallError(f"actor type name must be str, got {self.type_name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -183,6 +184,11 @@ async def test_bad_key_type_is_refused_at_the_reference(cluster: Cluster) -> Non
         cluster.get(Chain, 1.5)  # type: ignore[arg-type]
     with pytest.raises(RaygrainError, match="got bool"):
         cluster.get(Chain, True)
+    # The key types users of Orleans reach for first: the message says what to write instead.
+    with pytest.raises(RaygrainError, match=r"got UUID \(use str\(key\)"):
+        cluster.get(Chain, uuid.uuid4())  # type: ignore[arg-type]
+    with pytest.raises(RaygrainError, match="got tuple .a compound key"):
+        cluster.get(Chain, ("tenant", 7))  # type: ignore[arg-type]
 
 
 async def test_unregistered_class_is_refused_at_get(cluster: Cluster) -> None:
