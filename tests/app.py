@@ -226,6 +226,9 @@ class Reentrant(Actor[Log], name="test.Reentrant", reentrant=True):
 class Chain(Actor[None], name="test.Chain"):
     """Calls other actors; used for deadlock detection and refs-as-arguments tests."""
 
+    def describe(self) -> str:  # a plain helper: not callable from outside
+        return f"chain {self.context.key}"
+
     async def relay(self, target: ActorRef, method: str, *args: Any) -> Any:
         return await target.invoke(method, *args)
 

@@ -70,11 +70,12 @@ class ActorRegistry:
         found = actor_methods(cls).get(name)
         if found is None:
             type_name = actor_options(cls).name
-            why = (
-                "private and dunder methods cannot be called"
-                if name.startswith("_")
-                else "no public async method of that name"
-            )
+            if name.startswith("_"):
+                why = "private and dunder methods cannot be called"
+            elif _plain_method(cls, name):
+                why = "a plain 'def' method cannot be called from outside; make it 'async def'"
+            else:
+                why = "no public async method of that name"
             raise UnknownMethodError(f"{type_name}.{name}: {why}")
         return found
 
@@ -106,3 +107,13 @@ def _unexpected_keywords(signature: inspect.Signature, kwargs: dict[str, Any]) -
         return []
     named = {p.name for p in parameters if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
     return [key for key in kwargs if key not in named]
+
+
+def _plain_method(cls: type[Actor[Any]], name: str) -> bool:
+    """Whether ``name`` is a user's plain (not async) method of ``cls``."""
+    attribute = getattr(cls, name, None)
+    return (
+        callable(attribute)
+        and not inspect.iscoroutinefunction(attribute)
+        and not hasattr(Actor, name)  # (the runtime's own members: hooks, context, ...)
+    )

@@ -49,6 +49,13 @@ async def _still_serving(cluster: Cluster) -> None:
             id="unknown-method",
         ),
         pytest.param(
+            lambda c: c.get(Chain, "k").describe(),
+            UnknownMethodError,
+            "test.Chain.describe: a plain 'def' method cannot be called from outside; make it "
+            "'async def'",
+            id="plain-def-method",
+        ),
+        pytest.param(
             lambda c: c.get(Chain, "k").invoke("_private"),
             UnknownMethodError,
             "private and dunder",
