@@ -141,7 +141,6 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 async def _up(args: argparse.Namespace) -> int:
     from raygrain.runtime.kernel import SiloOptions
-    from raygrain.runtime.metrics import MetricsSettings
     from raygrain.runtime.ray_host import DirectPlane, RayLaunch, launch
     from raygrain.runtime.wire import TLSFiles
 
@@ -171,9 +170,7 @@ async def _up(args: argparse.Namespace) -> int:
         plane=DirectPlane(tls=tls),
     )
     _connect(args.address, local_code=True)
-    # Its metrics carry its name: two deployments on one Ray keep their series apart.
-    options = SiloOptions(capabilities=(MetricsSettings(deployment=args.name),))
-    handles = await launch(spec, options)  # (refuses a name in use; Ctrl-C undoes it)
+    handles = await launch(spec, SiloOptions())  # (refuses a name in use; Ctrl-C undoes it)
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
     print(
         f"deployment {args.name!r}: started {len(silos)} silo(s) hosting "

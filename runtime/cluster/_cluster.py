@@ -186,12 +186,14 @@ class Cluster:
             RayLaunch,
             check_transport,
             frame_cap,
+            namespace_of,
             unique_deployment_name,
         )
 
         actors = actor_types(actors)
         registry = ActorRegistry(actors)
         deployment = unique_deployment_name() if name is None else name
+        namespace_of(deployment)  # a bad name fails here, first
         options = backend_options(
             default_timeout,
             default_idle_timeout,
@@ -201,8 +203,7 @@ class Cluster:
             transactions,
             max_queued_calls,
             reminders,
-            # (The deployment's name: two deployments on one Ray keep their series apart.)
-            MetricsSettings.chosen(metrics, deployment),
+            MetricsSettings.chosen(metrics, deployment),  # (series apart from other deployments)
             sagas,
             streams or StreamSettings(),
             tracing,

@@ -13,6 +13,7 @@ claims the name, and a launch that fails or is interrupted stops what it started
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from typing import Any
@@ -22,6 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raygrain.actors import ConfigurationError, RaygrainError
 from raygrain.runtime.kernel import SiloOptions, get_logger
+from raygrain.runtime.metrics import MetricsSettings
 from raygrain.runtime.ray_host._actors import (
     CONTROLLER_NAME,
     SILO_PREFIX,
@@ -93,7 +95,7 @@ async def launch(launch: RayLaunch, options: SiloOptions) -> dict[str, Any]:
     """
     handles: dict[str, Any] = {}
     try:
-        await _launch(launch, options, handles)
+        await _launch(launch, _labelled(options, launch.name), handles)
     except BaseException as exc:
         if handles:  # (nothing of ours when the name was taken: leave it alone)
             await _undo(launch.name, handles)
@@ -145,6 +147,17 @@ async def _launch(launch: RayLaunch, options: SiloOptions, handles: dict[str, An
     resolve = resolver(namespace)
     handles.update({name: resolve(name) for name in names})
     get_logger().info("silos_started", deployment=launch.name, silos=names)
+
+
+def _labelled(options: SiloOptions, deployment: str) -> SiloOptions:
+    """``options`` whose metrics carry the deployment's name as their ``deployment`` label
+    (unless they name one): two deployments on one Ray keep their series apart."""
+    metrics = options.setting(MetricsSettings, MetricsSettings())
+    if metrics.deployment is not None:
+        return options
+    others = tuple(s for s in options.capabilities if not isinstance(s, MetricsSettings))
+    labelled = dataclasses.replace(metrics, deployment=deployment)
+    return dataclasses.replace(options, capabilities=(*others, labelled))
 
 
 def _claim(launch: RayLaunch, name: str, actor_class: Any, *args: Any) -> Any:

@@ -70,9 +70,9 @@ def test_a_deployments_metrics_carry_its_name_so_two_on_one_ray_keep_apart(
 ) -> None:
     # Every deployment on Ray labelled its series deployment="default": two deployments with
     # the same actor types (a shop and its staging copy) mixed in every sum by deployment.
-    from raygrain.runtime import ray_host
     from raygrain.runtime.cli import _main
     from raygrain.runtime.metrics import MetricsSettings
+    from raygrain.runtime.ray_host import _deploy
 
     def label(options: Any) -> str:
         return str(options.setting(MetricsSettings, MetricsSettings()).label)
@@ -84,12 +84,11 @@ def test_a_deployments_metrics_carry_its_name_so_two_on_one_ray_keep_apart(
     assert label(Cluster.ray(actors=[Apples], metrics=named)._backend.options) == "mine"  # type: ignore[attr-defined]
     launched: list[Any] = []
 
-    async def launch(spec: Any, options: Any) -> dict[str, Any]:
+    async def launch(spec: Any, options: Any, handles: Any) -> None:
         launched.append(options)
-        return {}
 
     monkeypatch.setattr(_main, "_connect", lambda address, local_code: None)
-    monkeypatch.setattr(ray_host, "launch", launch)
+    monkeypatch.setattr(_deploy, "_launch", launch)  # (what the launch would start)
     assert _main.main(["up", "--actors", "tests.app", "--name", "staging"]) == 0
     assert [label(options) for options in launched] == ["staging"]
 
