@@ -196,10 +196,14 @@ async def _list_deployments(args: argparse.Namespace, names: list[str]) -> int:
     from raygrain.runtime.kernel import view_from_wire
     from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         try:
             controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace_of(name))
+        except ValueError:  # a launch under way, or one killed half-way ('down' stops it)
+            rows.append({"name": name, "error": "no controller"})
+            continue
+        try:
             view = view_from_wire(await asyncio.wait_for(controller.get_view.remote(), 10))
             rows.append({"name": name, "view_version": view.version, "silos": len(view.active())})
         except Exception as exc:  # an unreachable controller is part of the status

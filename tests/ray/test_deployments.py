@@ -6,6 +6,7 @@ one-line errors and exit codes, and the log level reaching the silos."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -421,3 +422,30 @@ async def test_a_client_follows_its_deployment_brought_up_again_under_the_name(
                 await wait_until(served, "the client to reach the deployment brought up again")
     finally:
         await first.aclose()
+
+
+@pytest.mark.ray
+async def test_down_stops_a_deployment_whose_launch_was_killed_half_way(
+    ray_silos: Any, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'raygrain up' killed (SIGKILL: nothing can undo it) after its storage server and before
+    # its controller: the storage server keeps the name ('up' again is refused), and 'down'
+    # said there was no such deployment, for it looked for a controller only.
+    from raygrain.runtime.cli import main
+    from raygrain.runtime.ray_host import STORAGE_NAME, namespace_of, stop_everything
+    from raygrain.runtime.ray_host._actors import StorageServerActor
+
+    server = StorageServerActor.options(  # type: ignore[attr-defined]
+        name=STORAGE_NAME, namespace=namespace_of("halfmade"), lifetime="detached"
+    ).remote(f"sqlite:///{tmp_path}/h.db")
+    try:
+        await server.execute.remote(b"\x90")
+        listing = ["status", "--address", ray_silos.address, "--json"]
+        assert await asyncio.to_thread(main, listing) == 0
+        rows = json.loads(capsys.readouterr().out)["deployments"]
+        assert {"name": "halfmade", "error": "no controller"} in rows
+        down = ["down", "--address", ray_silos.address, "--name", "halfmade"]
+        assert await asyncio.to_thread(main, down) == 0
+        assert _named_in("halfmade") == []
+    finally:
+        await stop_everything("halfmade")
