@@ -79,11 +79,13 @@ def list_deployments() -> list[str]:
     """Names of the raygrain deployments on the connected Ray cluster: every namespace that
     holds an actor of one (with a controller, or a launch under way or killed half-way, which
     ``stop_everything`` takes down all the same)."""
+    ours = (CONTROLLER_NAME, STANDBY_NAME, STORAGE_NAME)
     return sorted(
         {
             entry["namespace"][len(NAMESPACE_PREFIX) :]
             for entry in ray.util.list_named_actors(all_namespaces=True)
             if entry.get("namespace", "").startswith(NAMESPACE_PREFIX)
+            and (entry["name"] in ours or entry["name"].startswith(SILO_PREFIX))
         }
     )
 
