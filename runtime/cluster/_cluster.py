@@ -22,6 +22,7 @@ from raygrain.actors import (
     ClusterClosedError,
     ClusterNotStartedError,
     ConfigurationError,
+    InvalidCallError,
     UnknownActorTypeError,
 )
 from raygrain.runtime._capabilities import actor_types
@@ -59,6 +60,7 @@ class Cluster(ClusterTransactions):
         self._started = False
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one that started it
         # A client of a running deployment (Cluster.connect): its classes are optional, so a
         # class given to get() joins its registry (the deployment checks the call). A cluster
         # that hosts the silos refuses a class it does not host.
@@ -245,6 +247,7 @@ class Cluster(ClusterTransactions):
     async def start(self) -> Cluster:
         if not self._started:
             self._started = True
+            self._loop = asyncio.get_running_loop()
             try:
                 await self._backend.start()
             except BaseException:
@@ -267,7 +270,15 @@ class Cluster(ClusterTransactions):
         running finish first and their calls get their answers; on Ray, calls still waiting
         fail with ``ClusterClosedError`` (whether they ran is unknown). A caller cancelled
         meanwhile (a timeout around the close) does not cut it short: it goes on, and a later
-        ``aclose()`` waits for it."""
+        ``aclose()`` waits for it. From another thread (another event loop): run it on the
+        cluster's, ``asyncio.run_coroutine_threadsafe(cluster.aclose(), loop)``."""
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # (Its tasks and futures belong to that loop: closing here would stop half of it,
+            # and no later aclose could finish.)
+            raise InvalidCallError(
+                "cluster.aclose() runs on the event loop that started the cluster; from "
+                "another thread: asyncio.run_coroutine_threadsafe(cluster.aclose(), loop)"
+            )
         if self._closing is None:
             self.closed = True
             # In-process, the silos answer the turns they finish as they close.

@@ -86,3 +86,31 @@ async def test_fifty_clusters_opened_and_closed_leave_nothing_behind(tmp_path: P
     )
     assert asyncio.all_tasks() <= before[2] | {asyncio.current_task()}
     assert _open_files() <= before[0]
+
+
+async def test_a_close_from_another_thread_is_refused_and_the_cluster_still_closes() -> None:
+    # Closing from another thread (its own event loop) failed with asyncio's ValueError
+    # ('The future belongs to a different loop') half-way: one silo closed, the other not,
+    # and every later aclose() failed the same way, so the cluster could never be closed.
+    from raygrain.actors import ClusterClosedError, InvalidCallError
+
+    cluster = await Cluster.local(actors=[Counter]).start()
+    assert await cluster.get(Counter, "a").add() == 1
+    raised: list[BaseException] = []
+
+    def close_elsewhere() -> None:
+        try:
+            asyncio.run(cluster.aclose())
+        except BaseException as exc:
+            raised.append(exc)
+
+    elsewhere = threading.Thread(target=close_elsewhere)
+    elsewhere.start()
+    await asyncio.to_thread(elsewhere.join)
+    assert [type(exc) for exc in raised] == [InvalidCallError], raised
+    assert "run_coroutine_threadsafe" in str(raised[0])
+    assert await cluster.get(Counter, "a").add() == 2  # untouched
+    await cluster.aclose()  # on its own loop
+    assert all(silo.closed for silo in cluster.silos)
+    with pytest.raises(ClusterClosedError):
+        await cluster.get(Counter, "a").add()
