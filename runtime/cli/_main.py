@@ -316,6 +316,17 @@ def _interval(text: str) -> float:
     return seconds
 
 
+def deployment_name(text: str) -> str:
+    """``--name``: a bad one is a usage error (exit 2), not a deployment that is not there."""
+    from raygrain.runtime.ray_host import namespace_of
+
+    try:
+        namespace_of(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raygrain",
@@ -328,7 +339,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a detached deployment of silos on a Ray cluster")
     up.add_argument("--address", default="auto", help="Ray address (default: auto)")
-    up.add_argument("--name", default="default", help="the deployment's name (default: default)")
+    up.add_argument(
+        "--name",
+        default="default",
+        type=deployment_name,
+        help="the deployment's name (default: default)",
+    )
     up.add_argument(
         "--log-level",
         default=None,
@@ -368,7 +384,10 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
     status.add_argument("--address", default="auto")
     status.add_argument(
-        "--name", default=None, help="one deployment's silos (default: list the deployments)"
+        "--name",
+        default=None,
+        type=deployment_name,
+        help="one deployment's silos (default: list the deployments)",
     )
     # (One or the other: --json prints one sample for a script, --watch redraws a table.)
     shown = status.add_mutually_exclusive_group()
@@ -379,8 +398,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     down = commands.add_parser("down", help="stop one deployment's silos gracefully")
     down.add_argument("--address", default="auto")
-    down.add_argument("--name", default="default", help="the deployment (default: default)")
-    add_sagas_parser(commands)
+    down.add_argument(
+        "--name", default="default", type=deployment_name, help="the deployment (default: default)"
+    )
+    add_sagas_parser(commands, deployment_name)
     # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
     return parser

@@ -35,12 +35,15 @@ _PHASES = {
 }
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any, deployment_name: Any = str) -> None:
+    """The ``sagas`` command's parser; ``deployment_name`` checks ``--name``."""
     sagas = commands.add_parser(
         "sagas", help="list stuck and parked sagas of a type; resume or abort them"
     )
     sagas.add_argument("--address", default="auto")
-    sagas.add_argument("--name", default="default", help="the deployment (default: default)")
+    sagas.add_argument(
+        "--name", default="default", type=deployment_name, help="the deployment (default: default)"
+    )
     sagas.add_argument("--type", required=True, dest="saga_type", help="the saga type's name")
     sagas.add_argument(
         "--phase",

@@ -193,6 +193,10 @@ def test_bad_arguments_are_one_line_errors_before_anything_reaches_ray(
         (["status", "--watch", "--interval", "nan"], "'nan' is not a finite number"),
         (["status", "--json", "--watch"], "not allowed with argument --json"),
         (["up", "--actors", "tests.app", "--log-level", "bogus"], "'bogus' is no log level"),
+        # (A bad name was 'no raygrain deployment named ...', exit 1, from down and sagas.)
+        (["down", "--name", "bad name"], "deployment name must be"),
+        (["sagas", "--type", "t", "--name", "a/b"], "deployment name must be"),
+        (["status", "--name=-x"], "deployment name must be"),
     ):
         with pytest.raises(SystemExit) as done:
             main(argv)
