@@ -167,10 +167,13 @@ class Outboxes:
         if isinstance(message, Request):
             self._fail(message, error)
             return
-        # An answer: its caller is told why, rather than left waiting for its deadline.
+        # An answer: its caller is told why, rather than left waiting for its deadline. (Not
+        # an observer notice, call id < 0: no caller waits on it, and an error record in its
+        # place would only be refused by the observers' endpoint as a malformed notice.)
         payload = encode_error(error, f"answer to {connection.peer}")
         answer = Response(message.call_id, False, payload)
-        if len(answer.payload) < len(message.payload):  # (so this ends, however small the cap)
+        # (Smaller, so this ends however small the cap.)
+        if message.call_id >= 0 and len(answer.payload) < len(message.payload):
             self._write(connection, [answer])
         else:
             get_logger().warning("wire_response_too_large", call_id=message.call_id, size=size)

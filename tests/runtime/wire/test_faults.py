@@ -38,6 +38,9 @@ from raygrain.runtime.wire import (
     read_frame,
     write_frame,
 )
+from raygrain.runtime.wire._connection import PeerLog
+from raygrain.runtime.wire._in_flight import InFlight
+from raygrain.runtime.wire._outbox import Outboxes
 from tests.app import GATES, Chain, Recorder
 from tests.helpers import own_log_count
 from tests.runtime.wire._silos import SECRET, Client, Directory, SiloInThread
@@ -355,3 +358,37 @@ async def test_a_notice_the_client_cannot_take_leaves_its_connection_and_calls_a
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+class _FakeConnection:
+    """What Outboxes reads of a connection, recording the frames it is handed."""
+
+    closed = False
+    backlog = None
+    outbound = False
+    peer = "client-1"
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, blob: bytes) -> None:
+        self.frames.append(blob)
+
+    def congested(self) -> bool:
+        return False
+
+
+def test_a_notice_over_the_frame_cap_is_dropped_not_sent_as_an_error_answer() -> None:
+    """An observer notice (call id < 0) that no frame can carry has no caller to tell: it is
+    dropped with the sender's warning, not replaced by an error record the observers' endpoint
+    then refuses as a malformed notice (while an answer's caller gets MessageTooLargeError)."""
+    outboxes = Outboxes(
+        TIGHT, InFlight("silo-a"), PeerLog(), lambda c: None, lambda r, e: None, lambda c: None
+    )
+    connection = _FakeConnection()
+    big = encode(["observer", "changed", ["x" * (2 * TIGHT.max_frame_bytes)]])
+    outboxes._write(connection, [Response(-1, True, big)])  # type: ignore[arg-type]
+    assert connection.frames == []
+    outboxes._write(connection, [Response(7, True, big)])  # type: ignore[arg-type]
+    [answer] = unpack_batch(connection.frames[0])
+    assert isinstance(answer, Response) and answer.call_id == 7 and not answer.ok
