@@ -238,7 +238,16 @@ class RayBackend:
                     )
                 blob = await follow_standby(self._standby, self.membership.view.version)
                 if blob is None:
-                    blob = await self._follow_new_incarnation()
+                    try:
+                        blob = await self._follow_new_incarnation()
+                    except Exception as exc:
+                        # (A new controller that died as it was reached: its launch failed
+                        # and stopped it. Raised from here, it ended the following for good.)
+                        get_logger().info(
+                            "client_follow_new_deployment_failed",
+                            deployment=self.deployment,
+                            error=repr(exc),
+                        )
                 if blob is None:
                     continue
             else:
