@@ -272,6 +272,9 @@ class Cluster(ClusterTransactions):
         meanwhile (a timeout around the close) does not cut it short: it goes on, and a later
         ``aclose()`` waits for it. From another thread (another event loop): run it on the
         cluster's, ``asyncio.run_coroutine_threadsafe(cluster.aclose(), loop)``."""
+        closing = self._closing
+        if closing is not None and closing.done():
+            return await closing  # (closed: nothing left on any loop; a failed close raises)
         if self._loop is not None and self._loop is not asyncio.get_running_loop():
             # (Its tasks and futures belong to that loop: closing here would stop half of it,
             # and no later aclose could finish.)

@@ -114,3 +114,23 @@ async def test_a_close_from_another_thread_is_refused_and_the_cluster_still_clos
     assert all(silo.closed for silo in cluster.silos)
     with pytest.raises(ClusterClosedError):
         await cluster.get(Counter, "a").add()
+
+
+async def test_a_close_from_another_thread_after_the_close_returns_as_any_later_one() -> None:
+    # aclose() after the cluster has closed does nothing, wherever it runs (a program closing
+    # once more from its own asyncio.run, its first loop gone): it was refused as a close from
+    # another thread (c216fc3), though nothing was left to close.
+    cluster = await Cluster.local(actors=[Counter]).start()
+    await cluster.aclose()
+    raised: list[BaseException] = []
+
+    def close_elsewhere() -> None:
+        try:
+            asyncio.run(cluster.aclose())
+        except BaseException as exc:
+            raised.append(exc)
+
+    elsewhere = threading.Thread(target=close_elsewhere)
+    elsewhere.start()
+    await asyncio.to_thread(elsewhere.join)
+    assert raised == []
