@@ -251,6 +251,14 @@ class Silo:
             error = SerializationError(f"arguments of {target.type_name}.{request.method}: {exc}")
             self.reply_error(request, error, f"{target}.{request.method} on {self.name}")
             return
+        except (TypeError, ValueError):  # msgpack, but not a pair
+            args = kwargs = None
+        if type(args) is not list or type(kwargs) is not dict:  # (a peer's bug or forgery)
+            malformed = MalformedMessageError(
+                f"arguments of {target.type_name}.{request.method} are not [args, kwargs]"
+            )
+            self.reply_error(request, malformed, f"{target}.{request.method} on {self.name}")
+            return
         if kwargs or len(args) != method.arity:  # (else they bind: check_arguments' fast path)
             try:
                 check_arguments(target.type_name, method, args, kwargs)
