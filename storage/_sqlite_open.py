@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import warnings
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aiosqlite
@@ -161,33 +162,36 @@ class SqliteFile:
         return connection
 
     async def _connect_writer(self) -> aiosqlite.Connection:
-        connection = await self._connect()
-        try:
-            # Read the header before anything can write: a corrupt, foreign or newer file is
-            # refused untouched.
-            rows = await connection.execute_fetchall(
-                "SELECT * FROM pragma_application_id(), pragma_user_version()"
-            )
-            application_id, version = next(iter(rows))
-            self._check_schema(int(application_id), int(version))
-            await self._set_wal(connection)
-            await connection.execute(f"PRAGMA synchronous = {SYNCHRONOUS[self.durability]}")
-            await connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            if version < SCHEMA_VERSION:
-                await connection.executescript(_SCHEMA)
-            await connection.executescript(reminders.REMINDER_SCHEMA)
-            await connection.executescript(EVENT_SCHEMA)
-        except BaseException as exc:
-            await close_quietly(connection)
-            if isinstance(exc, sqlite3.Error):
-                raise self._open_error(exc) from exc
-            raise
-        return connection
+        return await self._set_up(await self._connect(), self._prepare_writer)
+
+    async def _prepare_writer(self, connection: aiosqlite.Connection) -> None:
+        # Read the header before anything can write: a corrupt, foreign or newer file is
+        # refused untouched.
+        rows = await connection.execute_fetchall(
+            "SELECT * FROM pragma_application_id(), pragma_user_version()"
+        )
+        application_id, version = next(iter(rows))
+        self._check_schema(int(application_id), int(version))
+        await self._set_wal(connection)
+        await connection.execute(f"PRAGMA synchronous = {SYNCHRONOUS[self.durability]}")
+        await connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+        if version < SCHEMA_VERSION:
+            await connection.executescript(_SCHEMA)
+        await connection.executescript(reminders.REMINDER_SCHEMA)
+        await connection.executescript(EVENT_SCHEMA)
 
     async def _connect_reader(self) -> aiosqlite.Connection:
-        connection = await self._connect()
+        return await self._set_up(await self._connect(), _query_only)
+
+    async def _set_up(
+        self,
+        connection: aiosqlite.Connection,
+        prepare: Callable[[aiosqlite.Connection], Awaitable[None]],
+    ) -> aiosqlite.Connection:
+        """``connection`` once ``prepare`` has run on it; closed if it fails (a SQLite error
+        as the store's error naming the file)."""
         try:
-            await connection.execute("PRAGMA query_only = ON")
+            await prepare(connection)
         except BaseException as exc:
             await close_quietly(connection)
             if isinstance(exc, sqlite3.Error):
@@ -251,3 +255,7 @@ def _warn_unclosed(description: str) -> None:
         ResourceWarning,
         stacklevel=2,
     )
+
+
+async def _query_only(connection: aiosqlite.Connection) -> None:
+    await connection.execute("PRAGMA query_only = ON")
