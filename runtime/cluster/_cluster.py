@@ -231,7 +231,7 @@ class Cluster(ClusterTransactions):
         from raygrain.runtime.ray_host import RayBackend, namespace_of
 
         namespace_of(name)  # a bad name fails here
-        registry = ActorRegistry(actors)
+        registry = ActorRegistry(actors, hosts=False)
         options = backend_options(default_timeout, 900.0, 60.0, max_message_bytes, 30.0)
         client = cls(
             registry, RayBackend(address, None, options, deployment=name, transport=transport)

@@ -15,18 +15,23 @@ from raygrain.actors import (
     ActorMethod,
     ConfigurationError,
     InvalidArgumentsError,
+    SerializationError,
     UnknownActorTypeError,
     UnknownMethodError,
     actor_methods,
     actor_options,
+    encode_state,
 )
 
 __all__ = ["ActorRegistry"]
 
 
 class ActorRegistry:
-    def __init__(self, actor_types: Iterable[type[Actor[Any]]]) -> None:
+    def __init__(self, actor_types: Iterable[type[Actor[Any]]], *, hosts: bool = True) -> None:
+        """``hosts``: activations of these types run here (a silo's or an in-process cluster's
+        registry), so their state types are checked; a client's only names them."""
         self._types: dict[str, type[Actor[Any]]] = {}
+        self._hosts = hosts
         for cls in actor_types:
             self.add(cls)
 
@@ -41,6 +46,8 @@ class ActorRegistry:
                 f"{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
                 "give one of them name=..."
             )
+        if self._hosts:
+            _check_state_encodes(name, cls)
         self._types[name] = cls
 
     def names(self) -> list[str]:
@@ -117,3 +124,21 @@ def _plain_method(cls: type[Actor[Any]], name: str) -> bool:
         and not inspect.iscoroutinefunction(attribute)
         and not hasattr(Actor, name)  # (the runtime's own members: hooks, context, ...)
     )
+
+
+def _check_state_encodes(name: str, cls: type[Actor[Any]]) -> None:
+    """Refuse, when the cluster is built, a state type whose fresh instance cannot be stored
+    (a plain class, a lock or a socket in a field): every activation would fail on it. Checked
+    here rather than at class definition, so that a type registered with ``register_type``
+    after the actor class still counts."""
+    state_type = cls.__actor_state_type__
+    if state_type is None:
+        return
+    try:
+        encode_state(state_type())
+    except SerializationError as exc:
+        raise ConfigurationError(
+            f"{name}: its state type {getattr(state_type, '__qualname__', state_type)} cannot "
+            f"be stored: {exc}; keep locks, sockets and callables out of the state, as "
+            "attributes of the actor set in on_activate"
+        ) from None

@@ -497,3 +497,43 @@ def test_bad_actor_class_definitions() -> None:
             @transactional
             async def m(self) -> None:
                 pass
+
+
+def test_a_state_type_that_cannot_be_stored_is_refused_when_the_cluster_is_built() -> None:
+    # Found by a newcomer's first hour: a lock in the state (or a plain class as the state)
+    # failed every activation at its first call, with a message naming neither the actor
+    # type nor its state type.
+    from dataclasses import dataclass, field
+
+    from raygrain.actors import Actor, register_type
+
+    @dataclass
+    class Guarded:
+        count: int = 0
+        lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    class Plain:
+        def __init__(self) -> None:
+            self.count = 0
+
+    class WithLock(Actor[Guarded], name="test.WithLock"):
+        async def ping(self) -> int:
+            return self.state.count
+
+    class WithPlainState(Actor[Plain], name="test.WithPlainState"):
+        async def ping(self) -> int:
+            return int(self.state.count)
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"test\.WithLock: its state type .*Guarded cannot be stored: object of type "
+        r"asyncio\.locks\.Lock .*keep locks, sockets and callables out of the state",
+    ):
+        Cluster.local(actors=[Chain, WithLock])
+    with pytest.raises(ConfigurationError, match=r"test\.WithPlainState: its state type .*Plain"):
+        Cluster.local(actors=[WithPlainState])
+    # A client only names the types (their silos check them): it takes the class as it is.
+    Cluster.connect("auto", [WithLock])
+    # A type the codec is taught after the actor class is defined counts.
+    register_type(Plain, name="test.bad_input.Plain", to_data=vars, from_data=lambda d: Plain())
+    Cluster.local(actors=[WithPlainState])
