@@ -247,7 +247,7 @@ class Cluster(ClusterTransactions):
     async def start(self) -> Cluster:
         if not self._started:
             self._started = True
-            self._loop = asyncio.get_running_loop()
+            self._loop = self._caller.home_loop = asyncio.get_running_loop()
             try:
                 await self._backend.start()
             except BaseException:

@@ -23,6 +23,7 @@ from raygrain.actors import (
     ActorCallTimeout,
     ActorId,
     ClusterClosedError,
+    InvalidCallError,
     MessageTooLargeError,
     RaygrainError,
     SerializationError,
@@ -148,6 +149,10 @@ class Caller:
         # Results decode with this caller bound (for the ActorRefs in them), set only when a
         # result holds an extension type.
         self._decode = decoder(self)
+        # The event loop a user's cluster started on (set by Cluster.start): its futures,
+        # tasks and connections belong to that loop, so a call from another one is refused.
+        # None: any loop (a silo's own caller runs on the silo's loop only).
+        self.home_loop: asyncio.AbstractEventLoop | None = None
 
     async def invoke(
         self,
@@ -200,6 +205,8 @@ class Caller:
         started = monotonic()
         # (_dispatch, inlined: every call passes here)
         loop = get_running_loop()
+        if loop is not self.home_loop and self.home_loop is not None:
+            raise self._foreign_loop(f"{target}.{method}")
         future: asyncio.Future[Response] = Future(loop=loop)
         pending = self._pending
         pending[call_id] = (future, started + timeout, destination, request)
@@ -284,6 +291,14 @@ class Caller:
             raise self._no_silo(f"{target}.{method}") from None
         return self._dispatch(request, destination)
 
+    def _foreign_loop(self, call: str) -> InvalidCallError:
+        return InvalidCallError(
+            f"cannot call {call} from this event loop: the cluster runs on the event loop "
+            "that started it (another thread's loop, or an earlier asyncio.run's), and its "
+            "connections and answers belong to that loop; from another thread, run the call "
+            "there: asyncio.run_coroutine_threadsafe(ref.method(...), loop)"
+        )
+
     def _no_silo(self, call: str) -> Exception:
         """The error of a call with no silo to go to: its view has none alive."""
         if self._local_silo is not None:
@@ -301,6 +316,8 @@ class Caller:
         completes with its response. The caller pops the pending entry when done waiting.
         ``now``: the time already read, on the loop's clock (asyncio's is ``time.monotonic``)."""
         loop = asyncio.get_running_loop()
+        if loop is not self.home_loop and self.home_loop is not None:
+            raise self._foreign_loop(f"{request.target}.{request.method}")
         future: asyncio.Future[Response] = loop.create_future()
         deadline = (loop.time() if now is None else now) + request.timeout
         self._pending[request.call_id] = (future, deadline, destination, request)

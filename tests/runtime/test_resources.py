@@ -116,6 +116,37 @@ async def test_a_close_from_another_thread_is_refused_and_the_cluster_still_clos
         await cluster.get(Counter, "a").add()
 
 
+async def test_a_call_from_another_threads_event_loop_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    # A call made on another thread's event loop ran its turn there, on the cluster's objects,
+    # and failed with asyncio's RuntimeError ('got Future attached to a different loop') once
+    # the turn waited for its write; over the wire its answer would come to the cluster's loop
+    # for a future of the other. It is refused before anything is sent.
+    from raygrain.actors import InvalidCallError
+
+    cluster = Cluster.local(actors=[Lingering], storage=f"sqlite:///{tmp_path / 'state.db'}")
+    async with cluster:
+        actor = cluster.get(Lingering, "a")
+        assert await actor.touch() == 1
+        raised: list[BaseException] = []
+
+        def call_elsewhere() -> None:
+            try:
+                asyncio.run(actor.touch())
+            except BaseException as exc:
+                raised.append(exc)
+
+        elsewhere = threading.Thread(target=call_elsewhere)
+        elsewhere.start()
+        await asyncio.to_thread(elsewhere.join)
+        assert [type(exc) for exc in raised] == [InvalidCallError], raised
+        assert "run_coroutine_threadsafe" in str(raised[0])
+        assert await actor.touch() == 2  # the refused call changed nothing
+        GATES["started"], GATES["release"] = asyncio.Event(), asyncio.Event()
+        GATES["release"].set()
+
+
 async def test_a_close_from_another_thread_after_the_close_returns_as_any_later_one() -> None:
     # aclose() after the cluster has closed does nothing, wherever it runs (a program closing
     # once more from its own asyncio.run, its first loop gone): it was refused as a close from
