@@ -9,6 +9,7 @@ its Ray actor (``wire_address``); ``Locator`` finds it. Ray actor calls stay as 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,16 +56,28 @@ def frame_cap(max_message_bytes: int) -> int:
 
 class Locator:
     """A silo's published direct address, asked of its Ray actor once (a silo's name is new
-    with every incarnation, so the answer never goes stale)."""
+    with every incarnation, so the answer never goes stale).
 
-    def __init__(self, resolve: Any) -> None:
+    Finding the actor (``resolve``: Ray's ``get_actor``, a blocking call to Ray's GCS) runs on
+    a thread, not on the event loop; its answer is awaited at most ``timeout`` seconds (a silo
+    that is stuck without being dead yet), after which the dial counts as failed: its calls go
+    by Ray meanwhile, and the next dial asks again."""
+
+    def __init__(self, resolve: Any, timeout: float = 5.0) -> None:
         self._resolve = resolve
+        self._timeout = timeout
         self._known: dict[str, tuple[str, int] | None] = {}
 
     async def __call__(self, silo: str) -> tuple[str, int] | None:
         if silo in self._known:
             return self._known[silo]
-        found = await self._resolve(silo).wire_address.remote()
+        handle = await asyncio.to_thread(self._resolve, silo)
+        try:
+            found = await asyncio.wait_for(handle.wire_address.remote(), self._timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"silo {silo} did not say its direct address within {self._timeout} s"
+            ) from None
         address = (str(found[0]), int(found[1])) if found else None
         self._known[silo] = address
         return address

@@ -86,3 +86,55 @@ async def test_a_response_the_client_cannot_take_does_not_end_its_poll() -> None
     finally:
         await transport.aclose()
     assert [r.call_id for r in local.responses] == [7]
+
+
+class _SlowToFind:
+    """A silo's Ray handle as ``resolve`` gives it: finding it blocks its thread (Ray's
+    ``get_actor`` asks the GCS), and its ``wire_address`` call never answers (a stuck silo)."""
+
+    def __init__(self) -> None:
+        self.wire_address = self
+        self.threads: list[int] = []
+
+    def __call__(self, name: str) -> _SlowToFind:
+        import threading
+        import time
+
+        self.threads.append(threading.get_ident())
+        time.sleep(0.3)
+        return self
+
+    def remote(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()  # never answered
+
+
+async def test_the_locator_finds_silos_off_the_loop_and_gives_up_on_one_never_answering() -> None:
+    # The first lookup of a silo called Ray's blocking get_actor on the event loop (every call
+    # of the endpoint stalled meanwhile), and a silo that never answered its wire_address held
+    # the dial, and the calls waiting on it, for ever.
+    import threading
+
+    from raygrain.runtime.ray_host._direct import Locator
+
+    handle = _SlowToFind()
+    locator = Locator(handle, timeout=0.2)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        try:
+            await locator("silo-b")
+        except TimeoutError as exc:
+            assert "silo-b" in str(exc)
+        else:
+            raise AssertionError("a silo that never answers was located")
+    finally:
+        ticker.cancel()
+    assert handle.threads and threading.get_ident() not in handle.threads
+    assert ticks > 5  # the loop ran while the handle was being found
