@@ -127,10 +127,17 @@ class TransactionContext:
         """The transaction as a participant's turn sees it: it holds that participant."""
         return cls(txid, start, {first}, in_turn=True)
 
-    def header(self) -> bytes:
-        """What a call made in this transaction carries: its id, its age, whether it holds
-        any lock yet, and whether it comes from a running turn (see ``TxTicket.dies``)."""
-        header = [self.txid, self.start, bool(self.participants), self.in_turn]
+    def header(self, target: ActorId) -> bytes:
+        """What a call made in this transaction to ``target`` carries: its id, its age,
+        whether it holds any lock yet, whether it comes from a running turn (see
+        ``TxTicket.dies``), and whether it joined ``target`` already (see ``TxTicket.rejoins``)."""
+        header = [
+            self.txid,
+            self.start,
+            bool(self.participants),
+            self.in_turn,
+            target in self.participants,
+        ]
         return msgpack.packb(header)  # type: ignore[no-any-return]
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -33,6 +34,8 @@ from raygrain.runtime.transactions._coordinator import Coordinator
 
 __all__ = ["TransactionFilter", "Transactions"]
 
+_ABORTED_KEPT = 4096  # (transaction, actor) pairs remembered per silo: a few seconds' aborts
+
 
 class Transactions(Extension):
     """Multi-actor transactions on one silo."""
@@ -41,6 +44,11 @@ class Transactions(Extension):
         self.settings = TransactionSettings()
         self.locked: set[Activation] = set()  # activations a transaction holds
         self.warned: set[tuple[str, str]] = set()  # (type, method): plain changes logged
+        # Where transactions aborted here lately (rolled back, or their activation went): a
+        # transaction must not lock such an actor afresh, which would commit it without the
+        # changes it made there first. Kept per silo, not per activation, so a reactivation
+        # here remembers too; the oldest entries go first.
+        self._aborted: OrderedDict[tuple[str, ActorId], None] = OrderedDict()
         self._sweeper: asyncio.Task[None] | None = None
         self._silo: Silo | None = None
         self.coordinator: Coordinator
@@ -125,6 +133,15 @@ class Transactions(Extension):
             return
         silo.reply(request, True, b"")
 
+    def aborted_at(self, txid: str, actor_id: ActorId) -> None:
+        self._aborted[(txid, actor_id)] = None
+        if len(self._aborted) > _ABORTED_KEPT:
+            self._aborted.popitem(last=False)
+
+    def refused(self, txid: str, actor_id: ActorId) -> bool:
+        """Whether ``txid`` aborted at ``actor_id`` here (as far as this silo remembers)."""
+        return (txid, actor_id) in self._aborted
+
     # -- lock timeouts -------------------------------------------------------------------------
 
     def lock_taken(self, activation: Activation) -> None:
@@ -160,7 +177,7 @@ class TransactionFilter:
         if transaction is None:
             return None
         transaction.call_started()
-        request.transaction = transaction.header()
+        request.transaction = transaction.header(request.target)
         return partial(_call_ended, transaction)
 
 

@@ -39,7 +39,6 @@ __all__ = ["TxHold", "TxScope", "TxTicket"]
 
 SERVICE = "transactions"  # the name Transactions offers itself under (Silo.provide_service)
 _PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
-_REFUSED = "transactions.refused"  # Activation.extras: the last transaction that aborted there
 
 
 class TxHold:
@@ -70,7 +69,9 @@ class TxHold:
     def drain(self, activation: Activation) -> list[Delivery]:
         """The activation goes: its uncommitted changes go too; a prepare for the transaction
         now finds no activation. Returns the calls set aside, to be routed again."""
-        _owner(activation).locked.discard(activation)
+        owner = _owner(activation)
+        owner.locked.discard(activation)
+        owner.aborted_at(self.txid, activation.actor_id)
         blocked, self.blocked = self.blocked, None
         return list(blocked or ())
 
@@ -87,11 +88,18 @@ class TxTicket:
     coordinates: bool = False
     holds_locks: bool = False
     in_turn: bool = False
+    # The caller's transaction joined this actor already: it must still hold it. A hold lost
+    # since (rolled back by an error, a wound, an expired lease, the actor's deactivation)
+    # took the transaction's changes there with it, so the call aborts rather than lock the
+    # actor afresh and commit without them.
+    rejoins: bool = False
 
     @classmethod
     def from_header(cls, header: bytes, joins: bool) -> TxTicket:
-        txid, start, holds_locks, in_turn = msgpack.unpackb(header)
-        return cls(str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn))
+        txid, start, holds_locks, in_turn, rejoins = msgpack.unpackb(header)
+        return cls(
+            str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn), bool(rejoins)
+        )
 
     @classmethod
     def started_here(cls) -> TxTicket:
@@ -119,12 +127,19 @@ class TxTicket:
         running turns (``WAIT``: it locks when its turn comes), or was set aside until the
         holder ends, or refused (``DIVERTED``)."""
         hold = _hold(activation)
-        if hold is None and not activation.is_idle_of_turns():
-            return Admission.WAIT
-        refused = activation.extras.get(_REFUSED) if activation.extras else None
-        if self.joins and self.txid == refused:
+        lost = self.rejoins and (hold is None or hold.txid != self.txid)
+        if lost:
+            why = (
+                f"its changes at {activation.actor_id} were rolled back (an error there, an "
+                "older transaction took the lock, the lock expired, or the actor was deactivated)"
+            )
+            _refuse(activation, delivery, why)
+            return Admission.DIVERTED
+        if self.joins and _owner(activation).refused(self.txid, activation.actor_id):
             _refuse(activation, delivery, f"it already aborted at {activation.actor_id}")
             return Admission.DIVERTED
+        if hold is None and not activation.is_idle_of_turns():
+            return Admission.WAIT
         if hold is None:
             if self.joins:
                 _lock(activation, self)
@@ -324,9 +339,7 @@ def doom(activation: Activation, txid: str) -> None:
     if hold is None or hold.txid != txid:
         return
     activation.rollback()
-    if activation.extras is None:
-        activation.extras = {}
-    activation.extras[_REFUSED] = txid
+    _owner(activation).aborted_at(txid, activation.actor_id)
     release(activation)
 
 

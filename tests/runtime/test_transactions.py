@@ -376,6 +376,44 @@ async def test_a_participant_abandoned_by_its_client_unlocks_after_the_lease(key
         assert await a.deposit(1) == 1  # waited for the lease; the change is gone
 
 
+@pytest.mark.parametrize("lost_by", ["lease", "deactivation"])
+@pytest.mark.parametrize("back_through", ["client", "turn"])
+async def test_a_transaction_that_lost_a_participant_cannot_lock_it_afresh(
+    key: Any, lost_by: str, back_through: str
+) -> None:
+    # The transaction credits b, loses its hold there (its change rolled back), and another
+    # transaction aborts at b meanwhile; when it reaches b again (from the client, or from a
+    # turn of a that does not know the transaction joined b), it must abort: locking b afresh
+    # committed the transaction without its first credit. (Found by a port of Orleans'
+    # ConsistencyTestRunner: random transactions lost updates.)
+    from raygrain.actors import DeactivationReason
+    from raygrain.runtime.transactions import TransactionContext, current_transaction
+
+    settings = TransactionSettings(lease=0.3 if lost_by == "lease" else 30.0)
+    async with Cluster.local(actors=[Vault], transactions=settings) as cluster:
+        a, b = cluster.get(Vault, key("a")), cluster.get(Vault, key("b"))
+        await a.deposit(100)
+        transaction = TransactionContext.new()
+        current_transaction.set(transaction)
+        await b.add(1, 10)
+        current_transaction.set(None)
+        held = activation_of(cluster, b)
+        if lost_by == "deactivation":
+            await held.begin_deactivation(DeactivationReason.REQUESTED)
+        await wait_until(lambda: held.guard is None, "b's hold to end")
+        with pytest.raises(RuntimeError):
+            async with cluster.transaction():  # another transaction aborts at b
+                await b.add_then_fail(2, 1)
+        current_transaction.set(transaction)
+        with pytest.raises(TransactionAbortedError, match="rolled back|already aborted"):
+            if back_through == "client":
+                await b.add(1, 5)
+            else:
+                await a.transfer_to(key("b"), 1, 5)
+        current_transaction.set(None)
+        assert await _ledgers(cluster, a, b) == [(100, []), (0, [])]
+
+
 async def test_storage_without_atomic_multi_record_writes_is_refused(key: Any) -> None:
     class SingleRecordOnly:
         def __init__(self) -> None:
