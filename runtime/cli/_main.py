@@ -228,16 +228,20 @@ async def _deployment_status(args: argparse.Namespace, deployment: str) -> int:
     import ray
 
     from raygrain.runtime.cli._status import collect, render, watch
-    from raygrain.runtime.ray_host import CONTROLLER_NAME, namespace_of
+    from raygrain.runtime.ray_host import CONTROLLER_NAME, list_deployments, namespace_of
 
     namespace = namespace_of(deployment)
     try:
         controller = ray.get_actor(CONTROLLER_NAME, namespace=namespace)
     except ValueError:
-        print(
-            f"no raygrain deployment named {deployment!r} is running on this Ray cluster",
-            file=sys.stderr,
-        )
+        if deployment in list_deployments():  # what the listing shows as "no controller"
+            message = (
+                f"deployment {deployment!r} has no controller: its launch is under way, or was "
+                f"killed half-way ('raygrain down --name {deployment}' stops what is left)"
+            )
+        else:
+            message = f"no raygrain deployment named {deployment!r} is running on this Ray cluster"
+        print(message, file=sys.stderr)
         return EXIT_NOT_RUNNING
     if args.interval <= 0:
         raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")

@@ -444,6 +444,11 @@ async def test_down_stops_a_deployment_whose_launch_was_killed_half_way(
         assert await asyncio.to_thread(main, listing) == 0
         rows = json.loads(capsys.readouterr().out)["deployments"]
         assert {"name": "halfmade", "error": "no controller"} in rows
+        # Its own status says so too (it said no such deployment was running).
+        one = ["status", "--address", ray_silos.address, "--name", "halfmade"]
+        assert await asyncio.to_thread(main, one) == 1
+        said = capsys.readouterr().err
+        assert "has no controller" in said and "raygrain down --name halfmade" in said, said
         down = ["down", "--address", ray_silos.address, "--name", "halfmade"]
         assert await asyncio.to_thread(main, down) == 0
         assert _named_in("halfmade") == []
