@@ -8,6 +8,7 @@ import decimal
 import enum
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -228,6 +229,9 @@ class Chain(Actor[None], name="test.Chain"):
 
     def describe(self) -> str:  # a plain helper: not callable from outside
         return f"chain {self.context.key}"
+
+    async def stream_of(self) -> AsyncIterator[str]:  # an async generator: not callable either
+        yield "never"
 
     async def relay(self, target: ActorRef, method: str, *args: Any) -> Any:
         return await target.invoke(method, *args)

@@ -65,7 +65,11 @@ class Activation(TurnRunner):
             instance.__init__()  # type: ignore[misc]  # user __init__ takes no arguments
             self.instance = instance
             await instance.on_activate()
-        except (Exception, asyncio.CancelledError, SystemExit) as exc:
+        except (KeyboardInterrupt, GeneratorExit):
+            raise  # a Ctrl-C goes on; GeneratorExit: this coroutine is being closed
+        except BaseException as exc:
+            # (Any BaseException but those: a library's own, pytest's Failed, is the
+            # activation's failure too, sent to the calls waiting for it.)
             if isinstance(exc, SystemExit):  # (its failure, not the silo's exit)
                 exc = exit_error(exc, f"{self.actor_id}.on_activate")
             elif isinstance(exc, asyncio.CancelledError):

@@ -79,6 +79,11 @@ class ActorRegistry:
             type_name = actor_options(cls).name
             if name.startswith("_"):
                 why = "private and dunder methods cannot be called"
+            elif inspect.isasyncgenfunction(getattr(cls, name, None)):
+                why = (
+                    "an async generator method cannot be called: a call returns one value; "
+                    "return a list instead"
+                )
             elif _plain_method(cls, name):
                 why = "a plain 'def' method cannot be called from outside; make it 'async def'"
             else:

@@ -42,7 +42,7 @@ from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._state import StateSlot
 
-__all__ = ["TurnRunner", "exit_error"]
+__all__ = ["TurnRunner", "exit_error", "stand_in"]
 
 
 class TurnRunner(Mailbox):
@@ -178,6 +178,16 @@ class TurnRunner(Mailbox):
                 # it is, the caller's. (A KeyboardInterrupt goes on: it may be a Ctrl-C.)
                 error = exit_error(exc, self._where(method))
                 ok, payload = False, self._fail_turn(method, error, per_turn)
+                if scope is not None:
+                    await scope.failed(error)
+            except (KeyboardInterrupt, GeneratorExit):
+                raise  # a Ctrl-C goes on; GeneratorExit: this coroutine is being closed
+            except BaseException as exc:
+                # A BaseException that is no Exception (a library's own, pytest's Failed): the
+                # call's failure like any other, sent back as itself. (Let through, it reached
+                # no caller, who waited out its deadline, and its changes were not undone.)
+                error = stand_in(exc, self._where(method))
+                ok, payload = False, self._fail_turn(method, error, per_turn, exc)
                 if scope is not None:
                     await scope.failed(error)
             if not options.one_way:
@@ -337,8 +347,15 @@ class TurnRunner(Mailbox):
             )
         return payload
 
-    def _fail_turn(self, method: ActorMethod, exc: Exception, per_turn: bool) -> bytes:
-        """Undo the turn's changes to the state and encode ``exc`` for the caller."""
+    def _fail_turn(
+        self,
+        method: ActorMethod,
+        exc: Exception,
+        per_turn: bool,
+        raised: BaseException | None = None,
+    ) -> bytes:
+        """Undo the turn's changes to the state and encode ``exc`` (or what the method
+        ``raised``, when ``exc`` stands in for it) for the caller."""
         if per_turn:
             self.rollback()
         if isinstance(exc, InconsistentStateError) and self.slot is not None and self.slot.fenced:
@@ -363,7 +380,7 @@ class TurnRunner(Mailbox):
                 method=method.name,
                 error=repr(exc),
             )
-        return encode_error(exc, self._where(method))
+        return encode_error(exc if raised is None else raised, self._where(method))
 
     def rollback(self) -> None:
         """Put the instance's state back to the newest one stored or being written."""
@@ -395,6 +412,13 @@ def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception |
             timing.flush()
         if error is not None:
             timing.failed(error)
+
+
+def stand_in(exc: BaseException, where: str) -> RemoteActorError:
+    """An ``Exception`` standing for ``exc``, a ``BaseException`` that is none, where the
+    runtime's own code (a capability's scope, the turn observers) expects an ``Exception``."""
+    cls = type(exc)
+    return RemoteActorError(f"{cls.__module__}.{cls.__qualname__}", f"{where}: {exc}")
 
 
 def exit_error(exc: BaseException, where: str) -> RemoteActorError:

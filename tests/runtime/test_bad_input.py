@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from raygrain.actors import (
+    Actor,
     ActorRef,
     ClusterClosedError,
     ClusterNotStartedError,
@@ -54,6 +55,14 @@ async def _still_serving(cluster: Cluster) -> None:
             "test.Chain.describe: a plain 'def' method cannot be called from outside; make it "
             "'async def'",
             id="plain-def-method",
+        ),
+        pytest.param(
+            # (It is 'async def': being told to make it so did not help.)
+            lambda c: c.get(Chain, "k").stream_of(),
+            UnknownMethodError,
+            "test.Chain.stream_of: an async generator method cannot be called: a call returns "
+            "one value; return a list instead",
+            id="async-generator-method",
         ),
         pytest.param(
             lambda c: c.get(Chain, "k").invoke("_private"),
@@ -330,6 +339,49 @@ async def test_system_exit_in_on_activate_is_that_activations_failure() -> None:
         with pytest.raises(RemoteActorError, match=r"on_activate raised SystemExit"):
             await actor.ping()
         assert await actor.ping() == "pong from x"  # activated again
+
+
+class _Aborted(BaseException):
+    """Not an ``Exception`` (as pytest's ``Failed``, or a library's own cancellation)."""
+
+
+class _Counts(Actor[int], name="test.Counts"):
+    async def on_activate(self) -> None:
+        if self.context.key == "fails-activating" and not EXITED:
+            EXITED.append(True)
+            raise _Aborted("on_activate gave up")
+
+    async def add_then_abort(self) -> None:
+        self.state += 1
+        raise _Aborted("gave up")
+
+    async def count(self) -> int:
+        return self.state
+
+
+@pytest.mark.parametrize("active", [False, True], ids=["activating", "active"])
+async def test_a_base_exception_from_a_method_is_that_calls_failure(active: bool) -> None:
+    """A method raising a ``BaseException`` that is no ``Exception`` (nor an exit) sent no
+    answer: the caller waited out its whole deadline (or, the turn started in its stack, got
+    it raised in its own task), and the state change stayed in memory, to be stored with the
+    next changing turn. It is the call's failure like any other: rolled back, sent back."""
+    async with Cluster.local(actors=[_Counts], default_timeout=60) as local:
+        actor = local.get(_Counts, "c")
+        if active:
+            assert await actor.count() == 0
+        with pytest.raises(_Aborted, match="gave up"):
+            await asyncio.wait_for(actor.add_then_abort(), 30)
+        assert await actor.count() == 0  # rolled back
+        assert await actor.count() == 0
+
+
+async def test_a_base_exception_from_on_activate_is_that_activations_failure() -> None:
+    EXITED.clear()
+    async with Cluster.local(actors=[_Counts], default_timeout=60) as local:
+        actor = local.get(_Counts, "fails-activating")
+        with pytest.raises(_Aborted, match="on_activate gave up"):
+            await asyncio.wait_for(actor.count(), 30)
+        assert await actor.count() == 0  # activated again
 
 
 async def test_oversized_arguments_and_results_are_refused() -> None:
