@@ -137,7 +137,13 @@ class ActorStreams:
             )
         stream = subscription.stream
         args = [stream.namespace, stream.key, subscription.id, me.type_name, me.key]
-        return bool(await self.service.ask(hub_id(stream), "__stream_unsubscribe__", args))
+        dropped = bool(await self.service.ask(hub_id(stream), "__stream_unsubscribe__", args))
+        # Events of it already here (held, in a batch under way, or on their way from the hub)
+        # are not delivered any more: after unsubscribe returns, the subscription is gone.
+        from raygrain.runtime.streams._consumer import Consumer
+
+        Consumer.of(self.activation, self.service).unsubscribed(stream, subscription.id)
+        return dropped
 
     async def subscriptions(self, stream: StreamId) -> list[Subscription]:
         stream = self._check_consumer(stream)

@@ -133,6 +133,17 @@ class Consumer:
             slot.adopt(data, etags[0])
         self.positions, self.etag = positions, etags[-1]
 
+    def unsubscribed(self, stream: StreamId, subscription: str) -> None:
+        """The activation dropped ``subscription``: what its cursor holds or would read is not
+        delivered any more, nor what reaches it later (sent before the hub forgot it)."""
+        cursor = self.cursor(stream, subscription, 0)
+        cursor.closed = True
+        cursor.held.clear()
+        if cursor.retry is not None:
+            cursor.retry.cancel()
+            cursor.retry = None
+        cursor.fail_waiters(None)  # (nothing more to consume for it)
+
     async def rewind(self, stream: StreamId, subscription: str, position: int) -> None:
         """Set ``subscription``'s position (its own write: the calling turn's state changes
         commit as usual, with the turn) and consume again from there."""
@@ -170,6 +181,7 @@ class Cursor:
         "attempts",
         "attempts_after",
         "before_failure",
+        "closed",
         "consumer",
         "durable",
         "failed_at",
@@ -200,6 +212,7 @@ class Cursor:
         self.subscription = subscription
         self.start = start  # the position of an explicit subscription when it was made
         self.durable = durable
+        self.closed = False  # unsubscribed: delivers nothing more
         self.head = 0
         self.held: deque[Held] = deque()
         self.scheduled = False
@@ -219,6 +232,8 @@ class Cursor:
 
     def offer(self, head: int, events: list[Held]) -> None:
         """Events published (``head``: the highest position now known to exist)."""
+        if self.closed:
+            return
         limit = self.consumer.service.settings.max_in_flight
         held = self.held
         if self.durable:
@@ -240,13 +255,13 @@ class Cursor:
         """Call ``waiter(None)`` once everything up to ``head`` is consumed."""
         self.head = max(self.head, head)
         position = self.position
-        if position is not None and position >= head:
+        if self.closed or (position is not None and position >= head):
             waiter(None)
             return
         self.waiters.append((head, waiter))
         self.schedule()
 
-    def fail_waiters(self, error: Exception) -> None:
+    def fail_waiters(self, error: Exception | None) -> None:
         waiters, self.waiters = self.waiters, []
         for _, waiter in waiters:
             waiter(error)
@@ -261,6 +276,8 @@ class Cursor:
             waiter(None)
 
     def pending(self) -> bool:
+        if self.closed:
+            return False
         if not self.durable:
             return bool(self.held)
         position = self.position
@@ -285,6 +302,8 @@ class Cursor:
     async def _deliver(self, ticket: DurableTurn) -> None:
         consumer = self.consumer
         service = consumer.service
+        if self.closed:
+            return
         await consumer.load()
         position = self.position
         assert position is not None
@@ -323,8 +342,10 @@ class Cursor:
             event = StreamEvent(self.stream, decode(data), version, self.subscription, event_id)
             self.failed_at = index  # (until it returns: an error now is the consumer's)
             await instance.on_stream_event(event)
+            ticket.staged = version
+            if self.closed:  # it unsubscribed: the rest of the batch is not its any more
+                break
         self.failed_at = None
-        ticket.staged = held[count - 1][0]
 
     def _count(self) -> int:
         """How many held events the next turn takes: the ones before an event that failed
@@ -372,6 +393,8 @@ class Cursor:
     async def _deliver_fast(self) -> None:
         service = self.consumer.service
         held = self.held
+        if self.closed:
+            return
         if self.attempts >= service.settings.max_attempts:
             first = held.popleft()
             service.spawn_dead_letter(
@@ -386,8 +409,10 @@ class Cursor:
             event = StreamEvent(self.stream, decode(data), 0, self.subscription, event_id)
             self.failed_at = index
             await instance.on_stream_event(event)
+            if self.closed:  # it unsubscribed: the rest is not its any more (held is empty)
+                break
         self.failed_at = None
-        for _ in range(count):
+        for _ in range(min(count, len(held))):
             held.popleft()
 
     def _fast_ended(self, outcome: TurnOutcome) -> None:

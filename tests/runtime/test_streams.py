@@ -5,7 +5,9 @@ test_stream_crash.py; node death in tests/ray/test_streams_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,12 @@ from raygrain import (
     MemoryStorage,
     SerializationError,
     StorageError,
+    StreamEvent,
     StreamId,
     StreamSettings,
+    Subscription,
     implicit_subscription,
+    read_only,
 )
 from raygrain.actors import Actor, ActorId, decode_error, encode
 from raygrain.runtime import Cluster
@@ -27,7 +32,7 @@ from raygrain.runtime.kernel import Request, Response
 from raygrain.runtime.streams import StreamService
 from raygrain.storage import StateWrite
 from tests import app, stream_app
-from tests.helpers import wait_until
+from tests.helpers import activation_of, wait_until
 from tests.stream_app import (
     Flaky,
     Gauge,
@@ -105,6 +110,77 @@ async def test_two_explicit_subscriptions_deliver_twice_implicit_once(streams: C
     assert [s[3] for s in seen if s[0] == second] == list(range(15))
     assert [s[3] for s in seen if s[0] == first] == list(range(10))
     assert len(await streams.get(Subscriber, "twice").seen()) == 25
+
+
+@dataclass
+class _Got:
+    events: list[Any] = field(default_factory=list)
+
+
+_GATE: dict[str, asyncio.Event] = {}
+
+
+class Quitter(Actor[_Got], name="test.streams.Quitter"):
+    """Unsubscribes from a stream when it reads "stop" (in its handler), or when told."""
+
+    async def on_stream_event(self, event: StreamEvent) -> None:
+        self.state.events.append(event.data)
+        if event.data == "stop":
+            for subscription in await self.streams.subscriptions(event.stream):
+                await self.streams.unsubscribe(subscription)
+
+    async def subscribe(self, namespace: str) -> Subscription:
+        return await self.streams.subscribe(StreamId(namespace, "q"))
+
+    async def unsubscribe(self, subscription: Subscription) -> bool:
+        return await self.streams.unsubscribe(subscription)
+
+    async def wait_at_gate(self) -> None:
+        await _GATE[str(self.context.key)].wait()
+
+    @read_only
+    async def seen(self) -> list[Any]:
+        return self.state.events
+
+
+@pytest.mark.parametrize("namespace", ["orders", "telemetry"], ids=["durable", "fast"])
+async def test_no_event_is_delivered_to_a_subscription_after_unsubscribe_returned(
+    namespace: str,
+) -> None:
+    # Orleans' StreamLifecycleTests: once UnsubscribeAsync returns, that handle gets nothing
+    # more. Events already on the consumer's silo (the rest of a batch under way, or published
+    # before the hub forgot the subscription) were still delivered.
+    async with Cluster.local(actors=[Quitter], silos=1, streams=SETTINGS) as cluster:
+        stream = cluster.streams.get(namespace, "q")
+        # Unsubscribing in the handler: the rest of its batch is not delivered.
+        handler = cluster.get(Quitter, "q")
+        await handler.subscribe(namespace)
+        await stream.publish_many(["a", "stop", "b", "c"])
+        await wait_until(lambda: _has(handler, "stop"), "the handler to read stop")
+        # Unsubscribing from a method while events wait for the consumer: they are dropped.
+        told = cluster.get(Quitter, "told")
+        subscription = await told.subscribe(namespace)
+        _GATE["told"] = asyncio.Event()
+        busy = asyncio.ensure_future(told.wait_at_gate())
+        unsubscribing = asyncio.ensure_future(told.unsubscribe(subscription))
+        await wait_until(lambda: _queued(cluster, told) == 1, "the unsubscribe call to queue")
+        await stream.publish_many(["x", "y"])  # offered behind the unsubscribe call
+        await wait_until(lambda: _queued(cluster, told) == 2, "the events' turn to queue")
+        _GATE["told"].set()
+        await busy
+        assert await unsubscribing is True
+        await stream.publish("z")  # (after the hub forgot it: never sent)
+        assert await handler.seen() == ["a", "stop"]
+        assert await told.seen() == []
+
+
+async def _has(ref: Any, data: str) -> bool:
+    return data in await ref.seen()
+
+
+def _queued(cluster: Cluster, ref: Any) -> int:
+    """Calls and delivery turns waiting behind the running turn."""
+    return len(activation_of(cluster, ref).mailbox or ())
 
 
 async def test_a_subscription_starts_at_the_next_event(streams: Cluster) -> None:
