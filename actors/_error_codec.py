@@ -20,20 +20,27 @@ from raygrain.actors._errors import MalformedMessageError, RemoteActorError, reb
 __all__ = ["decode_error", "encode_error"]
 
 
-def encode_error(exc: BaseException, where: str) -> bytes:
+def encode_error(exc: BaseException, where: str, _cause_depth: int = 0) -> bytes:
     """Encode an exception raised at ``where`` (e.g. ``"Account/alice.deposit"``). An exception
-    group carries its message and its nested exceptions, each encoded the same way. Never
-    raises: whatever the exception's own ``__str__`` or attributes do, the caller gets an
-    answer (an error that could not be encoded would leave it waiting out its deadline)."""
+    group carries its message and its nested exceptions, each encoded the same way, and an
+    exception raised ``from`` another carries that one (its ``__cause__``, without its
+    traceback text: the chain's text is already in this one's). Never raises: whatever the
+    exception's own ``__str__`` or attributes do, the caller gets an answer (an error that
+    could not be encoded would leave it waiting out its deadline)."""
     cls = type(exc)
-    try:
-        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-    except Exception:  # (a __str__ or a note that fails in a way traceback does not catch)
-        text = ""
+    text = ""
+    if not _cause_depth:
+        try:
+            text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+        except Exception:  # (a __str__ or a note that fails in a way traceback does not catch)
+            pass
     fields: list[Any] = [cls.__module__, cls.__qualname__, b"", _message(exc), where, text, b""]
+    cause = exc.__cause__ if _cause_depth < _MAX_CAUSES else None
     if _GROUP is not None and isinstance(exc, _GROUP):
         fields[2] = _encode_or_none([exc.message]) or encode([fields[3]])
         fields.append([encode_error(nested, where) for nested in exc.exceptions])
+        if cause is not None:
+            fields.append(encode_error(cause, where, _cause_depth + 1))
         return encode(fields)
     fields[2] = _encode_or_none(list(exc.args)) or encode([fields[3]])
     # The instance's own attributes (``self.code = code``), so that the caller's copy has them
@@ -50,6 +57,8 @@ def encode_error(exc: BaseException, where: str) -> bytes:
                 kept[name] = value
                 size += len(encoded)
         fields[6] = _encode_or_none(kept) or b""
+    if cause is not None:
+        fields += [[], encode_error(cause, where, _cause_depth + 1)]  # (no group's members)
     return encode(fields)
 
 
@@ -80,6 +89,8 @@ _GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)
 _EXCEPTION_GROUP: Any = getattr(builtins, "ExceptionGroup", None)
 # Exception groups nest; a peer's message must not make the decoder recurse without end.
 _MAX_GROUP_DEPTH = 32
+# Causes sent with an exception, at most (``raise A from B`` from ``C``...: a chain, or a loop).
+_MAX_CAUSES = 8
 
 
 def decode_error(data: bytes, _depth: int = 0) -> BaseException:
@@ -98,11 +109,12 @@ def decode_error(data: bytes, _depth: int = 0) -> BaseException:
 
 def _decode_error(data: bytes, _depth: int) -> BaseException:
     module, qualname, args_blob, message, where, text, *rest = decode(data)
-    # (Since 2026-12: an attributes field, then a group's members. Earlier encodings, which
-    # stored records may hold, have no attributes field.)
+    # (Since 2026-12: an attributes field, then a group's members, then the cause. Earlier
+    # encodings, which stored records may hold, have no attributes field, or no cause.)
     attributes_blob, nested = (
         (rest[0], rest[1:]) if rest and isinstance(rest[0], bytes) else (b"", rest)
     )
+    cause_blob = nested[1] if len(nested) > 1 and isinstance(nested[1], bytes) else None
     if not (
         all(isinstance(field, str) for field in (module, qualname, message, where, text))
         and isinstance(args_blob, bytes)
@@ -131,6 +143,11 @@ def _decode_error(data: bytes, _depth: int) -> BaseException:
         exc = rebuild_error("TurnCancelledError", [f"{where} was cancelled: {message}"])
     if exc is None:
         exc = RemoteActorError(f"{module}.{qualname}", message, text)
+    if cause_blob is not None and _depth < _MAX_GROUP_DEPTH:
+        try:
+            exc.__cause__ = decode_error(cause_blob, _depth + 1)  # (sets no context to show)
+        except Exception:  # (an exception class that refuses one: it arrives without)
+            pass
     if text and hasattr(exc, "add_note"):
         try:
             exc.add_note(f"raised remotely in {where}:\n{text.rstrip()}")

@@ -160,3 +160,38 @@ def test_an_errors_attributes_from_a_peer_never_replace_its_methods() -> None:
     assert isinstance(error, ValueError) and str(error) == "bad value"
     assert error.code == 3  # type: ignore[attr-defined]
     assert callable(error.add_note) and callable(error.with_traceback)
+
+
+def test_an_error_raised_from_another_carries_its_cause() -> None:
+    """``raise A from B`` reached the caller as ``A`` alone (its ``__cause__`` None), so code
+    that looked at the cause behaved differently across a call (Orleans keeps an exception's
+    ``InnerException``). Each cause comes as the type it would on its own; a loop of causes
+    ends after a few."""
+    try:
+        try:
+            try:
+                raise KeyError("k")
+            except KeyError as inner:
+                raise LookupError("middle") from inner
+        except LookupError as middle:
+            raise ValueError("outer") from middle
+    except ValueError as raised:
+        error = decode_error(encode_error(raised, "somewhere"))
+    assert isinstance(error, ValueError) and str(error) == "outer"
+    assert isinstance(error.__cause__, LookupError) and str(error.__cause__) == "middle"
+    assert isinstance(error.__cause__.__cause__, KeyError)
+    assert error.__cause__.__cause__.args == ("k",)
+    assert error.__suppress_context__  # (shown as 'the direct cause', as where it was raised)
+
+    looped = ValueError("loop")
+    looped.__cause__ = looped
+    depth, cause = 0, decode_error(encode_error(looped, "somewhere")).__cause__
+    while cause is not None:
+        depth, cause = depth + 1, cause.__cause__
+    assert 1 <= depth <= 8
+
+    group = ExceptionGroup("several", [ValueError("one")])  # noqa: F821
+    group.__cause__ = OSError("disk")
+    rebuilt = decode_error(encode_error(group, "somewhere"))
+    assert isinstance(rebuilt, ExceptionGroup)  # noqa: F821
+    assert isinstance(rebuilt.__cause__, OSError)

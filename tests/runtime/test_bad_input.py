@@ -280,6 +280,12 @@ class _Raises(Chain, name="test.Raises"):
     async def exits(self) -> None:
         raise SystemExit(3)
 
+    async def chained(self) -> None:
+        try:
+            {}["order-7"]
+        except KeyError as exc:
+            raise LookupError("no such order") from exc
+
 
 class _ExitsAsItActivates(Chain, name="test.ExitsAsItActivates"):
     async def on_activate(self) -> None:
@@ -304,6 +310,19 @@ async def test_user_exceptions_arrive_with_their_type_and_attributes() -> None:
         with pytest.raises(_Coded) as coded:
             await actor.coded()
         assert coded.value.code == 42
+
+
+async def test_an_exception_raised_from_another_arrives_with_its_cause() -> None:
+    """``raise A from B`` in an actor reached the caller without ``__cause__``, directly and
+    through a second actor that let it pass."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Raises], silos=2) as local:
+        with pytest.raises(LookupError, match="no such order") as raised:
+            await local.get(_Raises, "r").chained()
+        assert isinstance(raised.value.__cause__, KeyError)
+        with pytest.raises(LookupError) as relayed:
+            await local.get(_Raises, "s").relay(local.get(_Raises, "r"), "chained")
+        assert isinstance(relayed.value.__cause__, KeyError)
 
 
 async def test_an_exception_whose_str_fails_still_reaches_the_caller() -> None:
