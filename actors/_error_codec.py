@@ -15,7 +15,12 @@ import traceback
 from typing import Any
 
 from raygrain.actors._codec import decode, encode
-from raygrain.actors._errors import MalformedMessageError, RemoteActorError, rebuild_error
+from raygrain.actors._errors import (
+    MalformedMessageError,
+    RemoteActorError,
+    SerializationError,
+    rebuild_error,
+)
 
 __all__ = ["decode_error", "encode_error"]
 
@@ -120,7 +125,12 @@ def _decode_error(data: bytes, _depth: int) -> BaseException:
         and isinstance(args_blob, bytes)
     ):
         raise TypeError("a field of the wrong type")
-    args = decode(args_blob)
+    try:
+        args = decode(args_blob)
+    except SerializationError:
+        # A value in them this process cannot decode (a registered type's from_data fails
+        # here): the error still arrives, as its type, with its message for its arguments.
+        args = [message]
     if not isinstance(args, list):
         raise TypeError(f"arguments {type(args).__name__}, not a list")
     exc: BaseException | None = None

@@ -195,3 +195,23 @@ def test_an_error_raised_from_another_carries_its_cause() -> None:
     rebuilt = decode_error(encode_error(group, "somewhere"))
     assert isinstance(rebuilt, ExceptionGroup)  # noqa: F821
     assert isinstance(rebuilt.__cause__, OSError)
+
+
+class _Undecodable:
+    """Encodes, but its ``from_data`` fails (a type another version of the code changed)."""
+
+
+def _refuse(data: Any) -> Any:
+    raise ValueError("no longer readable")
+
+
+register_type(_Undecodable, name="test.Undecodable", to_data=lambda _: 1, from_data=_refuse)
+
+
+def test_an_error_whose_arguments_cannot_be_decoded_still_arrives_as_itself() -> None:
+    """A value in an error's ``args`` that the caller cannot decode made the whole error a
+    ``MalformedMessageError`` ("its error could not be read"): the type and message were lost,
+    though both had arrived."""
+    error = decode_error(encode_error(LookupError("order 7 is gone", _Undecodable()), "here"))
+    assert isinstance(error, LookupError)
+    assert "order 7 is gone" in str(error)
