@@ -172,6 +172,16 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             cls.on_deactivate = _appending(cls.__dict__["on_deactivate"])  # type: ignore[method-assign]
         super().__init_subclass__(**kwargs)
         for name, method in cls.__actor_methods__.items():
+            if method.options.transactional:
+                # A turn's events are appended when it ends, not when a transaction commits:
+                # an aborted transaction would keep them.
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{name}: an event-sourced actor cannot take part in "
+                    "transactions (its events are appended when the turn ends, whatever the "
+                    "transaction does); drop @transactional, and use a saga to change it "
+                    "with other actors"
+                )
+        for name, method in cls.__actor_methods__.items():
             # What the runtime calls: the turn ends once its events are appended (see _ending).
             turn = getattr(method.function, "__es_turn__", None)
             if turn is None:

@@ -31,6 +31,7 @@ from raygrain import (
     WrongExpectedVersionError,
     always_interleave,
     read_only,
+    transactional,
 )
 from raygrain.runtime.events import stream_of
 from raygrain.runtime.events._actor import snapshot_id
@@ -554,6 +555,18 @@ def test_bad_declarations_are_refused() -> None:
 
         class Reentrant(EventSourcedActor[Wallet, Deposited], reentrant=True):
             pass
+
+    # Its events would be appended when the turn ends, though the transaction aborted (they
+    # were: a deposit outlived the abort of the transfer it was part of).
+    with pytest.raises(ConfigurationError, match=r"Transactional\.deposit: .* transactions"):
+
+        class Transactional(EventSourcedActor[Wallet, Deposited]):
+            def apply(self, state: Wallet, event: Deposited) -> Wallet:
+                return state
+
+            @transactional
+            async def deposit(self, amount: int) -> None:
+                self.raise_event(Deposited(amount))
 
 
 # -- projections and consistency ---------------------------------------------------------------
