@@ -63,7 +63,7 @@ def _connect(address: str | None, local_code: bool) -> None:
     """Connect to Ray, turning its connection and authentication failures into one line."""
     from raygrain.runtime.ray_host import ensure_ray
 
-    listening = _check_reachable(address or os.environ.get("RAY_ADDRESS") or "auto")
+    listening = _check_reachable(*_ray_address(address))
     try:
         ensure_ray(address, local_code=local_code)
     except RaygrainError:
@@ -72,7 +72,16 @@ def _connect(address: str | None, local_code: bool) -> None:
         raise RayUnreachable(_describe_ray_failure(address, exc, listening)) from exc
 
 
-def _check_reachable(address: str) -> bool:
+def _ray_address(address: str | None) -> tuple[str, str]:
+    """Where Ray connects for ``--address``, and how errors name it: ``auto`` (the default)
+    means ``RAY_ADDRESS`` when that is set, as Ray itself reads it."""
+    env = os.environ.get("RAY_ADDRESS")
+    if address in (None, "auto") and env and env != "auto":
+        return env, f"RAY_ADDRESS={env}"
+    return address or "auto", address or "auto"
+
+
+def _check_reachable(address: str, shown: str | None = None) -> bool:
     """Fail at once when nothing listens at ``host:port``: Ray itself would retry for minutes,
     printing a warning every few seconds. ("auto" is Ray's to resolve; it fails fast.) True
     when something does listen there."""
@@ -83,14 +92,15 @@ def _check_reachable(address: str) -> bool:
         socket.create_connection((host, int(port)), timeout=_REACH_TIMEOUT).close()
     except OSError as exc:
         raise RayUnreachable(
-            f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
-            "it with 'ray start --head', or pass the right --address (or RAY_ADDRESS)"
+            f"cannot connect to Ray at {shown or address} "
+            f"({exc.strerror or type(exc).__name__}): start it with 'ray start --head', or pass "
+            "the right --address (or RAY_ADDRESS)"
         ) from exc
     return True
 
 
 def _describe_ray_failure(address: str | None, exc: BaseException, listening: bool = False) -> str:
-    where = address or os.environ.get("RAY_ADDRESS") or "auto"
+    where = _ray_address(address)[1]
     text = f"{type(exc).__name__}: {exc}"
     lowered = text.lower()
     if (

@@ -74,6 +74,9 @@ def ensure_ray(
         )
     if address and address != "auto":
         _check_listening(address)
+    elif address == "auto" and os.environ.get("RAY_ADDRESS", "auto") != "auto":
+        # Ray's "auto" means RAY_ADDRESS first: check that, naming where it came from.
+        _check_listening(os.environ["RAY_ADDRESS"], "RAY_ADDRESS=")
     if local_code is None:
         local_code = address is None
     env: dict[str, Any] = dict(runtime_env or {})
@@ -94,7 +97,7 @@ def ensure_ray(
 _started_ray_by: set[RayBackend] = set()  # open backends in a Ray that one of them started
 
 
-def _check_listening(address: str) -> None:
+def _check_listening(address: str, source: str = "") -> None:
     """Fail at once when nothing listens at the address's ``host:port``: Ray itself retries
     for minutes, blocking this thread (the ``raygrain`` CLI checks the same way)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -104,8 +107,9 @@ def _check_listening(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_TIMEOUT).close()
     except OSError as exc:
         raise ConfigurationError(
-            f"cannot connect to Ray at {address} ({exc.strerror or type(exc).__name__}): start "
-            "it with 'ray start --head', or pass the right address (or RAY_ADDRESS)"
+            f"cannot connect to Ray at {source}{address} "
+            f"({exc.strerror or type(exc).__name__}): start it with 'ray start --head', or pass "
+            "the right address (or RAY_ADDRESS)"
         ) from None
 
 

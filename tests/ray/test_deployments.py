@@ -454,3 +454,25 @@ async def test_down_stops_a_deployment_whose_launch_was_killed_half_way(
         assert _named_in("halfmade") == []
     finally:
         await stop_everything("halfmade")
+
+
+def test_auto_follows_ray_address_and_fails_at_once_where_nothing_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ray's "auto" reads RAY_ADDRESS first; with it naming a port where nothing listened,
+    # Cluster.connect("auto") (and 'raygrain status', whose --address is auto) blocked for
+    # minutes while Ray retried: only an explicit host:port was checked.
+    import socket
+
+    import ray
+
+    from raygrain.runtime.ray_host import ensure_ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("Ray was asked to connect"))
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        with pytest.raises(ConfigurationError, match=f"at RAY_ADDRESS={address} "):
+            ensure_ray("auto")

@@ -233,6 +233,25 @@ def test_a_ray_that_answers_but_refuses_us_is_told_apart_from_no_ray() -> None:
     assert "start it with 'ray start --head'" in absent
 
 
+@pytest.mark.parametrize("command", ["status", "down", "up --actors tests.app"])
+def test_the_default_address_follows_ray_address_and_fails_at_once_where_nothing_listens(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --address defaults to auto, which Ray resolves by RAY_ADDRESS first; only a given
+    # host:port was checked, so a RAY_ADDRESS where nothing listened blocked for minutes.
+    import socket
+
+    from raygrain.runtime.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on (bound, never listening)
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        assert main(command.split()) == 3
+    err = capsys.readouterr().err
+    assert f"cannot connect to Ray at RAY_ADDRESS={address}" in err, err
+
+
 @pytest.mark.ray
 async def test_ctrl_c_during_up_leaves_no_half_made_deployment(
     ray_silos: Any, tmp_path: Path
