@@ -295,7 +295,10 @@ class InconsistentStateError(StorageError):
     def __str__(self) -> str:
         target = f" for {self.what}" if self.what else ""
         return (
-            f"ETag mismatch{target}: stored {self.stored_etag!r}, expected {self.expected_etag!r}"
+            f"ETag mismatch{target}: stored {self.stored_etag!r}, expected {self.expected_etag!r} "
+            "(another writer changed the record first: a stale duplicate activation, or another "
+            "cluster on the same storage, such as a second program on one SQLite file; nothing "
+            "was written)"
         )
 
 

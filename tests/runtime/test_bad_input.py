@@ -608,3 +608,25 @@ def test_a_state_type_that_cannot_be_stored_is_refused_when_the_cluster_is_built
     # A type the codec is taught after the actor class is defined counts.
     register_type(Plain, name="test.bad_input.Plain", to_data=vars, from_data=lambda d: Plain())
     Cluster.local(actors=[WithPlainState])
+
+
+async def test_two_clusters_on_one_sqlite_file_say_so_when_one_is_fenced(tmp_path: Any) -> None:
+    # A newcomer running their program twice at once saw only "ETag mismatch for
+    # test.BankAccount/k: stored '2', expected '1'" from the second program's call.
+    from raygrain.actors import InconsistentStateError
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with (
+        Cluster.local(actors=[BankAccount], storage=url) as first,
+        Cluster.local(actors=[BankAccount], storage=url) as second,
+    ):
+        assert await first.get(BankAccount, "k").deposit(1) == 1
+        assert await second.get(BankAccount, "k").deposit(1) == 2
+        with pytest.raises(InconsistentStateError) as fenced:
+            await first.get(BankAccount, "k").deposit(1)
+        message = str(fenced.value)
+        assert "ETag mismatch for test.BankAccount/k" in message
+        assert "another cluster on the same storage" in message
+        assert "nothing was written" in message
+        # (The fenced activation is gone: the next call loads the winner's state.)
+        assert await first.get(BankAccount, "k").deposit(1) == 3
