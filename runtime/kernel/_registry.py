@@ -46,6 +46,15 @@ class ActorRegistry:
                 f"{existing.__qualname__} and {cls.__module__}.{cls.__qualname__}; "
                 "give one of them name=..."
             )
+        parameter = cls.__dict__.get("__actor_state_parameter__")
+        if parameter is not None:
+            # Its state type is a parameter still (Actor[T]): it would keep no state at all.
+            raise ConfigurationError(
+                f"{name}: its state type is the type variable {parameter}, which names no "
+                f"type, so its state would never be stored; register a subclass that names "
+                f"it, such as class Carts({cls.__qualname__}[Cart]), or declare Actor[None] "
+                "for no state"
+            )
         if self._hosts:
             _check_state_encodes(name, cls)
         self._types[name] = cls

@@ -124,6 +124,27 @@ async def test_a_generic_actor_class_passes_its_state_type_on(tmp_path: Any) -> 
         assert await cluster.get(Baskets, "b").snapshot() == Basket(["tea"])
 
 
+class StillGeneric(Repository[T], Generic[T], name="life.StillGeneric"):
+    async def put(self, value: Any) -> Any:
+        self.state = value
+        return self.state
+
+
+class UnnamedSubclass(Repository, name="life.UnnamedSubclass"):  # type: ignore[type-arg]
+    pass
+
+
+@pytest.mark.parametrize(
+    "cls", [Repository, StillGeneric, UnnamedSubclass], ids=lambda c: c.__name__
+)
+def test_a_generic_actor_class_that_names_no_state_type_is_refused(cls: type[Any]) -> None:
+    """Registered as it is, a generic actor class kept no state at all: every call that set
+    ``self.state`` answered, and the next activation had None (Orleans' generic grains are
+    always called with their type arguments)."""
+    with pytest.raises(ConfigurationError, match="state type is the type variable ~T"):
+        Cluster.local(actors=[cls])
+
+
 def test_a_storage_that_is_neither_a_url_nor_a_provider_is_refused() -> None:
     for storage in (None, 5):
         with pytest.raises(ConfigurationError, match="storage must be a URL"):
