@@ -50,9 +50,16 @@ exit codes:
   1  no such deployment on that Ray (status, down, sagas), or a saga refused (sagas)
   2  bad arguments or configuration (e.g. an actor module that does not import)
   3  cannot connect to Ray at the address, or Ray refused the connection's credentials
-     (Ray's token authentication: set RAY_AUTH_TOKEN, or RAY_AUTH_MODE=disabled on a
-     trusted machine)
+     (Ray's token authentication, on by default for 'ray start': set RAY_AUTH_MODE=token
+     here and give the cluster's token, the file ~/.ray/auth_token or RAY_AUTH_TOKEN; or
+     RAY_AUTH_MODE=disabled both for 'ray start' and here, on a trusted machine)
 add --debug to any command to see the full traceback of an error."""
+
+
+ADDRESS_HELP = (
+    "Ray address: host:port, ray://host:10001, or auto (the default: RAY_ADDRESS when set, "
+    "else the Ray started on this machine)"
+)
 
 
 class RayUnreachable(Exception):
@@ -138,8 +145,15 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
         try:
             module = importlib.import_module(name)
         except Exception as exc:  # (a module's own error at import too: a SyntaxError...)
+            where = ""
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing and (name == missing or name.startswith(f"{missing}.")):
+                where = (
+                    f" (modules are imported from the current directory, {os.getcwd()}, and the"
+                    " installed packages: run the command where the module is)"
+                )
             raise ConfigurationError(
-                f"cannot import actor module {name!r}: {type(exc).__name__}: {exc}"
+                f"cannot import actor module {name!r}: {type(exc).__name__}: {exc}{where}"
             ) from exc
         for _, value in inspect.getmembers(module, inspect.isclass):
             if issubclass(value, Actor) and value is not Actor and value.__module__ == name:
@@ -249,10 +263,9 @@ async def _deployment_status(args: argparse.Namespace, deployment: str) -> int:
                 f"deployment {deployment!r} has no controller: its launch is under way, or was "
                 f"killed half-way ('raygrain down --name {deployment}' stops what is left)"
             )
-        else:
-            message = f"no raygrain deployment named {deployment!r} is running on this Ray cluster"
-        print(message, file=sys.stderr)
-        return EXIT_NOT_RUNNING
+            print(message, file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        return _not_running(deployment)
     if args.interval <= 0:
         raise ConfigurationError(f"--interval must be a positive number, got {args.interval}")
     console = table_console()
@@ -279,12 +292,7 @@ async def _down(args: argparse.Namespace) -> int:
 
     _connect(args.address, local_code=False)
     if args.name not in list_deployments():
-        running = ", ".join(list_deployments()) or "none"
-        print(
-            f"no raygrain deployment named {args.name!r} on this Ray (running: {running})",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_RUNNING
+        return _not_running(args.name)
     silos = await stop_everything(args.name)
     print(f"deployment {args.name!r}: stopped {len(silos)} silo(s); their state is durable")
     return EXIT_OK
@@ -297,12 +305,23 @@ async def _sagas(args: argparse.Namespace) -> int:
 
     _connect(args.address, local_code=False)
     if args.name not in list_deployments():
-        print(f"no raygrain deployment named {args.name!r} on this Ray", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return _not_running(args.name)
     async with Cluster.connect(args.address, name=args.name) as cluster:
         code, text = await run(cluster, args)
     print(text)
     return code
+
+
+def _not_running(name: str) -> int:
+    """Say that no deployment of that name runs, and which do (a typo shows itself)."""
+    from raygrain.runtime.ray_host import list_deployments
+
+    running = ", ".join(list_deployments()) or "none"
+    print(
+        f"no raygrain deployment named {name!r} on this Ray (running: {running})",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_RUNNING
 
 
 def _version() -> str:
@@ -341,8 +360,23 @@ def deployment_name(text: str) -> str:
     return text
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: an unknown option is reported by the command it was given to
+    (``raygrain status: error: unrecognized arguments: --nmae``, under that command's usage),
+    not by the top level, whose usage does not show the command's options."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def parse_command(self, argv: list[str]) -> argparse.Namespace:
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            told = self.commands.get(args.command, self)
+            told.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="raygrain",
         description=__doc__.splitlines()[0],
         epilog=_EPILOG,
@@ -352,7 +386,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a detached deployment of silos on a Ray cluster")
-    up.add_argument("--address", default="auto", help="Ray address (default: auto)")
+    up.add_argument("--address", default="auto", help=ADDRESS_HELP)
     up.add_argument(
         "--name",
         default="default",
@@ -396,7 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")
     up.add_argument("--tls-ca", default=None, help="CA file clients and silos trust")
     status = commands.add_parser("status", help="show silos, nodes, activations and the view")
-    status.add_argument("--address", default="auto")
+    status.add_argument("--address", default="auto", help=ADDRESS_HELP)
     status.add_argument(
         "--name",
         default=None,
@@ -411,13 +445,14 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=_interval, default=2.0, help="seconds the rates are measured over"
     )
     down = commands.add_parser("down", help="stop one deployment's silos gracefully")
-    down.add_argument("--address", default="auto")
+    down.add_argument("--address", default="auto", help=ADDRESS_HELP)
     down.add_argument(
         "--name", default="default", type=deployment_name, help="the deployment (default: default)"
     )
-    add_sagas_parser(commands, deployment_name)
+    add_sagas_parser(commands, deployment_name, ADDRESS_HELP)
     # Its options are the suite's own: `raygrain bench --help` lists them.
     commands.add_parser("bench", help="run the benchmark suite", add_help=False)
+    parser.commands = dict(commands.choices)
     return parser
 
 
@@ -435,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return int(suite.main(argv[1:], prog="raygrain bench"))
-    args = _parser().parse_args(argv)
+    args = _parser().parse_command(argv)
     if args.command == "up":
         args.no_storage_server = args.no_storage_server or args.deprecated_direct
     handler = {"up": _up, "status": _status, "down": _down, "sagas": _sagas}[args.command]

@@ -35,12 +35,12 @@ _PHASES = {
 }
 
 
-def add_parser(commands: Any, deployment_name: Any = str) -> None:
+def add_parser(commands: Any, deployment_name: Any = str, address_help: str | None = None) -> None:
     """The ``sagas`` command's parser; ``deployment_name`` checks ``--name``."""
     sagas = commands.add_parser(
         "sagas", help="list stuck and parked sagas of a type; resume or abort them"
     )
-    sagas.add_argument("--address", default="auto")
+    sagas.add_argument("--address", default="auto", help=address_help)
     sagas.add_argument(
         "--name", default="default", type=deployment_name, help="the deployment (default: default)"
     )

@@ -233,6 +233,72 @@ def test_a_ray_that_answers_but_refuses_us_is_told_apart_from_no_ray() -> None:
     assert "start it with 'ray start --head'" in absent
 
 
+def test_each_command_reports_its_own_unknown_options_and_documents_its_address(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # 'raygrain status --nmae x' was reported by the top level ("raygrain: error: ...", under
+    # a usage line without status' options), and only 'up --help' said what --address takes.
+    from raygrain.runtime.cli import main
+
+    required = {"up": ["--actors", "tests.app"], "sagas": ["--type", "t.Trip"]}
+    for command in ("up", "status", "down", "sagas"):
+        with pytest.raises(SystemExit) as done:
+            main([command, *required.get(command, []), "--nmae", "x"])
+        assert done.value.code == 2
+        err = capsys.readouterr().err
+        assert f"raygrain {command}: error: " in err and "--nmae x" in err, err
+        assert f"usage: raygrain {command} " in err
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--address ADDRESS Ray address: host:port, ray://host:10001, or auto" in text, text
+        assert "RAY_ADDRESS when set" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    # (Ray's token authentication is on for 'ray start' clusters and off for clients: a
+    # client needs RAY_AUTH_MODE=token as well as the token, which the help left out.)
+    assert "set RAY_AUTH_MODE=token" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_deployment_that_is_not_running_is_named_beside_those_that_are(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 'status --name shpo' and 'sagas --name shpo' said only that no such deployment runs.
+    import ray
+
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import _main, main
+
+    def no_actor(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("no such actor")
+
+    monkeypatch.setattr(_main, "_connect", lambda address, local_code: None)
+    monkeypatch.setattr(ray_host, "list_deployments", lambda: ["shop", "staging"])
+    monkeypatch.setattr(ray, "get_actor", no_actor)
+    for argv in (["status"], ["down"], ["sagas", "--type", "t.Trip"]):
+        assert main([*argv, "--name", "shpo"]) == 1
+        err = capsys.readouterr().err
+        assert "no raygrain deployment named 'shpo' on this Ray (running: shop, staging)" in err
+
+
+def test_an_actor_module_not_found_says_where_modules_are_looked_for(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raygrain.runtime.cli import main
+
+    (tmp_path / "needs_a_dependency.py").write_text("import no_such_dependency_here\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the command adds the directory)
+    assert main(["up", "--actors", "my_missing_actors"]) == 2
+    err = capsys.readouterr().err
+    assert "No module named 'my_missing_actors' (modules are imported from the current " in err
+    assert str(tmp_path) in err
+    # A module that is there but misses a dependency: no word about directories.
+    assert main(["up", "--actors", "needs_a_dependency"]) == 2
+    err = capsys.readouterr().err
+    assert "No module named 'no_such_dependency_here'" in err and "current directory" not in err
+
+
 @pytest.mark.parametrize("command", ["status", "down", "up --actors tests.app"])
 def test_the_default_address_follows_ray_address_and_fails_at_once_where_nothing_listens(
     command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
