@@ -97,6 +97,7 @@ class _Journal:
         "queue_append",
         "snapshot_etags",
         "snapshot_version",
+        "stale",
         "stream",
         "version",
         "written",
@@ -108,6 +109,9 @@ class _Journal:
         self.stream = ""  # set on the first load
         self.category = ""
         self.loaded = False
+        # An apply raised this turn: it may have changed the state in place before it did, so
+        # the state is folded from the log again once the turn ends (see forget_pending).
+        self.stale = False
         self.loading: asyncio.Future[None] | None = None  # the fold under way (_load)
         self.version = 0
         self.pending: list[NewEvent] = []
@@ -252,8 +256,16 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                 f"{self.context.id}: raise_event outside a turn of the actor (from a task it "
                 "started, say): raise events in its methods, timers or reminders"
             )
-        journal.pending.append(self.__es_events__.new(event))
-        self.state = self.apply(self.state, event)
+        new = self.__es_events__.new(event)
+        try:
+            state = self.apply(self.state, event)
+        except BaseException:
+            # Not recorded: an event its own apply refuses would be appended (if the method
+            # caught the error) and then fail every replay, so the actor could never activate.
+            journal.stale = True
+            raise
+        journal.pending.append(new)
+        self.state = state
 
     @property
     def version(self) -> int:
@@ -447,8 +459,11 @@ def _appending(hook: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             forget_pending(self)
             raise
-        if self._journal().pending:
+        journal = self._journal()
+        if journal.pending:
             await self.confirm_events()
+        if journal.stale:  # an apply raised, caught by the hook: fold before the next call
+            journal.stale = journal.loaded = False
         return result
 
     return appending

@@ -91,6 +91,8 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             forget_pending(self)
             raise
+        if journal.stale:  # an apply raised, caught by the method: fold before the next call
+            journal.stale = journal.loaded = False
         if journal.pending:
             self._context.end_turn_with(ending)  # (the last step: the runtime takes it now)
         return result
@@ -142,9 +144,10 @@ def forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
     """After a method raised: its events were applied to the state already, so fold the log
     again before the next call rather than trust an undo."""
     journal = actor._journal()
-    if journal.pending:
+    if journal.pending or journal.stale:
         journal.pending = []
         journal.loaded = False
+        journal.stale = False
 
 
 class TurnAppend:

@@ -253,6 +253,49 @@ async def test_events_raised_by_timers_and_reminders_are_appended(storage: Any) 
         assert sorted(await again.get(_Noting, "t").notes()) == ["reminder", "timer"]
 
 
+class Picky(EventSourcedActor[Wallet, Deposited], name="es.Picky"):
+    """Its apply refuses negative deposits, after changing the state in place."""
+
+    def apply(self, state: Wallet, event: Deposited) -> Wallet:
+        state.balance += event.amount
+        if event.amount < 0:
+            raise ValueError("no negative deposits")
+        return state
+
+    async def deposit(self, *amounts: int) -> list[int]:
+        refused = []
+        for amount in amounts:
+            try:
+                self.raise_event(Deposited(amount))
+            except ValueError:
+                refused.append(amount)
+        return refused
+
+    async def deposit_uncaught(self, amount: int) -> None:
+        self.raise_event(Deposited(amount))
+
+    @read_only
+    async def balance(self) -> list[int]:
+        return [self.state.balance, self.version]
+
+
+async def test_an_event_its_apply_refuses_is_not_recorded(storage: Any) -> None:
+    # Orleans' JournaledGrain tests raise events a grain's state transition may refuse. Here the
+    # refused event was appended when the method caught the error, and every later fold of
+    # the stream raised it again: the actor could never activate. Its in-place change stayed
+    # in memory too.
+    async with Cluster.local(actors=[Picky], silos=1, storage=storage) as cluster:
+        picky = cluster.get(Picky, "p")
+        assert await picky.deposit(5, -1, 2) == [-1]
+        assert await picky.balance() == [7, 2]  # folded again: the -1 is gone from memory too
+        with pytest.raises(ValueError, match="no negative deposits"):
+            await picky.deposit_uncaught(-3)
+        assert await picky.balance() == [7, 2]
+        assert [e.version for e in await storage.read_stream(stream_of(picky.actor_id))] == [1, 2]
+    async with Cluster.local(actors=[Picky], silos=1, storage=storage) as cluster:
+        assert await cluster.get(Picky, "p").balance() == [7, 2]  # it activates again
+
+
 async def test_raise_event_from_a_task_between_turns_is_refused(storage: Any) -> None:
     """No turn would append it: it was applied to the state, then appended by whichever
     command came next, or lost with the activation."""
