@@ -239,6 +239,16 @@ class Actor(Generic[StateT]):
             idle_timeout=idle_timeout,
             persistence=persistence,
         )
+        if Actor in cls.__bases__ and not any(
+            typing.get_origin(b) is Actor for b in cls.__dict__.get("__orig_bases__", ())
+        ):
+            # A forgotten [State]: self.state would be None in every method, and the user's
+            # first `self.state += 1` a TypeError in their own code that says nothing of why.
+            raise ConfigurationError(
+                f"{cls.__qualname__}: give Actor its state type, class "
+                f"{cls.__name__}(Actor[State]) (a dataclass whose fields have defaults, or int, "
+                "dict, ...), or Actor[None] for an actor without state"
+            )
         cls.__actor_state_type__ = _state_type_of(cls, base_state)
         if stateless_worker and cls.__actor_state_type__ is not None:
             raise ConfigurationError(

@@ -630,3 +630,29 @@ async def test_two_clusters_on_one_sqlite_file_say_so_when_one_is_fenced(tmp_pat
         assert "nothing was written" in message
         # (The fenced activation is gone: the next call loads the winner's state.)
         assert await first.get(BankAccount, "k").deposit(1) == 3
+
+
+def test_an_actor_class_without_its_state_type_is_refused_when_defined() -> None:
+    # `class Counter(Actor):` (the [State] forgotten) had self.state None in every method:
+    # the user's first `self.state += 1` failed with a TypeError that said nothing of why.
+    from raygrain.actors import Actor
+
+    with pytest.raises(
+        ConfigurationError,
+        match=r"Forgetful: give Actor its state type, class Forgetful\(Actor\[State\]\) .*"
+        r"or Actor\[None\] for an actor without state",
+    ):
+
+        class Forgetful(Actor):  # type: ignore[type-arg]
+            async def add(self, amount: int) -> int:
+                self.state += amount
+                return int(self.state)
+
+    class Stateless(Actor[None]):  # (what an actor without state writes)
+        async def ping(self) -> str:
+            return "pong"
+
+    class Derived(Stateless):  # (a subclass inherits its base's state type)
+        pass
+
+    assert Derived.__actor_state_type__ is None
