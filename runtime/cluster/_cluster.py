@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from raygrain.actors import (
     Actor,
@@ -262,6 +262,18 @@ class Cluster(ClusterTransactions):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    def __enter__(self) -> NoReturn:
+        # A plain 'with' (the async forgotten) met Python's "does not support the context
+        # manager protocol", which says nothing of the fix.
+        raise InvalidCallError(
+            "a Cluster is an async context manager: write 'async with Cluster.local(...) as "
+            "cluster:' (or Cluster.ray, Cluster.connect) in an 'async def main()' run by "
+            "asyncio.run(main()), and await its actors' methods there"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:  # (never reached: __enter__ raises)
+        pass
 
     async def aclose(self) -> None:
         """Deactivate every activation (state is already durable) and stop the silos.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from raygrain.actors import (
     ClusterClosedError,
     ClusterNotStartedError,
     ConfigurationError,
+    DeactivationReason,
     InvalidArgumentsError,
     MessageTooLargeError,
     RaygrainError,
@@ -403,6 +405,29 @@ async def test_a_base_exception_from_on_activate_is_that_activations_failure() -
         assert await actor.count() == 0  # activated again
 
 
+class _ExitsAsItDeactivates(Chain, name="test.ExitsAsItDeactivates"):
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        raise SystemExit(6)
+
+    async def leave(self) -> None:
+        self.context.deactivate_on_idle()
+
+
+async def test_system_exit_in_on_deactivate_is_that_deactivations_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``on_deactivate`` runs as a task, where a ``SystemExit`` stopped the silo's event loop
+    (here the test's own): the program exited because one actor's hook asked."""
+    caplog.set_level(logging.WARNING, logger="raygrain")
+    app.GATES.clear()
+    async with Cluster.local(actors=[_ExitsAsItDeactivates]) as local:
+        actor = local.get(_ExitsAsItDeactivates, "x")
+        await actor.leave()
+        await asyncio.sleep(0.1)  # (the deactivation runs; before, the loop stopped here)
+        assert await actor.ping() == "pong from x"  # activated again
+    assert "on_deactivate raised SystemExit" in caplog.text
+
+
 async def test_oversized_arguments_and_results_are_refused() -> None:
     async with Cluster.local(actors=[Chain], max_message_bytes=1024) as cluster:
         await check_oversized_messages(cluster, 1024)
@@ -656,3 +681,15 @@ def test_an_actor_class_without_its_state_type_is_refused_when_defined() -> None
         pass
 
     assert Derived.__actor_state_type__ is None
+
+
+def test_a_plain_with_on_a_cluster_says_to_use_async_with() -> None:
+    # 'with Cluster.local(...) as cluster:' (the async forgotten) met Python's "'Cluster'
+    # object does not support the context manager protocol", which names no fix.
+    from raygrain.actors import InvalidCallError
+
+    with (
+        pytest.raises(InvalidCallError, match=r"write 'async with Cluster\.local\(\.\.\.\) as"),
+        Cluster.local(actors=[Chain]),
+    ):
+        pass  # (never reached)
