@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import sys
 import typing
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
@@ -242,12 +243,18 @@ class Actor(Generic[StateT]):
         if Actor in cls.__bases__ and not any(
             typing.get_origin(b) is Actor for b in cls.__dict__.get("__orig_bases__", ())
         ):
-            # A forgotten [State]: self.state would be None in every method, and the user's
-            # first `self.state += 1` a TypeError in their own code that says nothing of why.
-            raise ConfigurationError(
-                f"{cls.__qualname__}: give Actor its state type, class "
+            # A bare Actor is an actor without state, as Orleans' Grain is. But a forgotten
+            # [State] leaves self.state None in every method, and the user's first
+            # `self.state += 1` a TypeError in their own code that says nothing of why: so say
+            # it once, where the class is defined (a warning: a class that means to have no
+            # state still works).
+            warnings.warn(
+                f"{cls.__qualname__} derives from a bare Actor, so it has no state (self.state "
+                f"is None, as with Actor[None]); to keep a state, write class "
                 f"{cls.__name__}(Actor[State]) (a dataclass whose fields have defaults, or int, "
-                "dict, ...), or Actor[None] for an actor without state"
+                "dict, ...); write Actor[None] to say it has none and silence this warning",
+                UserWarning,
+                stacklevel=2,
             )
         cls.__actor_state_type__ = _state_type_of(cls, base_state)
         if stateless_worker and cls.__actor_state_type__ is not None:
