@@ -45,7 +45,7 @@ class TxHold:
     """The transaction holding an activation's lock. Its changes live in the instance's state;
     the state slot still holds the state from before it, to roll back to."""
 
-    __slots__ = ("blocked", "data", "expires_at", "prepared", "start", "txid")
+    __slots__ = ("aborting", "blocked", "data", "expires_at", "prepared", "start", "txid")
     owns_changes = True  # the transaction writes the changes when it commits (Guard)
 
     def __init__(self, txid: str, start: float, expires_at: float) -> None:
@@ -53,6 +53,9 @@ class TxHold:
         self.start = start
         self.expires_at = expires_at  # loop time: the lease, then the decision timeout
         self.prepared = False
+        # Aborted while a turn of it was running: refused from now on, rolled back once the
+        # turn ended (a rollback under a running turn would let it change the state again).
+        self.aborting = False
         self.data: bytes | None = None  # the prepared new state (None: unchanged)
         self.blocked: deque[Delivery] | None = None  # calls waiting for it to end
 
@@ -147,6 +150,9 @@ class TxTicket:
                 return Admission.DIVERTED
             return Admission.RUN
         if self.txid == hold.txid:
+            if hold.aborting:
+                _refuse(activation, delivery, f"it aborted at {activation.actor_id}")
+                return Admission.DIVERTED
             if hold.prepared:
                 _refuse(
                     activation, delivery, f"{activation.actor_id} was called after the commit began"
@@ -346,7 +352,7 @@ def doom(activation: Activation, txid: str) -> None:
 def expired(activation: Activation) -> None:
     """The lease or the decision timeout ran out (see ``Transactions.sweep_locks``)."""
     hold = _hold(activation)
-    if hold is None:
+    if hold is None or hold.aborting:
         return
     txid = hold.txid
     get_logger().warning("transaction_lock_expired", actor=str(activation.actor_id), txid=txid)
@@ -355,7 +361,23 @@ def expired(activation: Activation) -> None:
         # the deactivation first, so the calls the hold set aside queue for the next
         # activation instead of running on the rolled-back state (and being fenced).
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
-    doom(activation, txid)
+    _doom_after_turns(activation, txid)
+
+
+def _doom_after_turns(activation: Activation, txid: str) -> None:
+    """``doom``, once no turn of the transaction runs here any more (a turn longer than the
+    lease, say): rolled back under it, the turn would go on changing the state, and its
+    changes would stay in memory with no transaction to undo them. Until then the hold
+    refuses the transaction's calls and its prepare."""
+    hold = _hold(activation)
+    if hold is None or hold.txid != txid:
+        return
+    if activation.is_idle_of_turns():
+        doom(activation, txid)
+        return
+    hold.aborting = True
+    wound_after = _owner(activation).settings.wound_after
+    asyncio.get_running_loop().call_later(wound_after, _doom_after_turns, activation, txid)
 
 
 def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None]:
@@ -363,7 +385,12 @@ def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None
     from raygrain.runtime.kernel import ActivationState
 
     hold = _hold(activation)
-    if hold is None or hold.txid != txid or activation.state is not ActivationState.VALID:
+    if (
+        hold is None
+        or hold.txid != txid
+        or hold.aborting
+        or activation.state is not ActivationState.VALID
+    ):
         raise TransactionAbortedError(
             f"{activation.actor_id} no longer holds transaction {txid} (it aborted there: an "
             "error, an older transaction took the lock, the lock expired, or the actor "
@@ -400,4 +427,4 @@ def abort(activation: Activation, txid: str, reload: bool) -> None:
         return
     if reload:  # (first: see expired)
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
-    doom(activation, txid)
+    _doom_after_turns(activation, txid)

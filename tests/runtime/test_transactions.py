@@ -16,6 +16,7 @@ from raygrain.actors import (
     SerializationError,
     TransactionAbortedError,
     decode_state,
+    read_only,
     transactional,
 )
 from raygrain.runtime import Cluster, TransactionSettings
@@ -412,6 +413,50 @@ async def test_a_transaction_that_lost_a_participant_cannot_lock_it_afresh(
                 await a.transfer_to(key("b"), 1, 5)
         current_transaction.set(None)
         assert await _ledgers(cluster, a, b) == [(100, []), (0, [])]
+
+
+_GATES: dict[str, asyncio.Event] = {}
+
+
+class Slow(Actor[int], name="test.transactions.Slow"):
+    @transactional
+    async def add_twice(self, amount: int) -> None:
+        """Adds, waits for its gate, adds again."""
+        self.state += amount
+        await _GATES[str(self.context.key)].wait()
+        self.state += amount
+
+    @read_only
+    async def value(self) -> int:
+        return self.state
+
+
+async def test_a_lease_running_out_during_a_turn_rolls_back_after_it(key: Any) -> None:
+    # Orleans' transaction timeout tests. The lease ran out while the transaction's turn was
+    # still running: the state was rolled back under the turn, which went on changing it, so
+    # the aborted transaction's second change stayed in memory (read, and stored by the next
+    # changing call).
+    settings = TransactionSettings(lease=0.2)
+    async with Cluster.local(actors=[Slow], transactions=settings) as cluster:
+        slow = cluster.get(Slow, key("slow"))
+        _GATES[str(slow.actor_id.key)] = gate = asyncio.Event()
+        call = asyncio.ensure_future(slow.add_twice(1))
+        await wait_until(lambda: slow.actor_id in _activations(cluster), "the activation")
+        held = activation_of(cluster, slow)
+        await wait_until(lambda: held.guard is not None, "the transaction to lock it")
+        await wait_until(
+            lambda: held.guard is None or getattr(held.guard, "aborting", False),
+            "the lease to run out",
+        )
+        gate.set()
+        with pytest.raises(TransactionAbortedError):
+            await call
+        assert await slow.value() == 0
+        assert (await cluster.storage.read(slow.actor_id)).data is None  # type: ignore[union-attr]
+
+
+def _activations(cluster: Cluster) -> set[Any]:
+    return {a for silo in cluster.silos for a in silo.activations}
 
 
 async def test_storage_without_atomic_multi_record_writes_is_refused(key: Any) -> None:
