@@ -79,8 +79,22 @@ class ActorRegistry:
         if cls is None:
             raise UnknownActorTypeError(
                 f"unknown actor type {type_name!r}; registered: {', '.join(self.names()) or 'none'}"
+                f"{self._same_class_hint(type_name)}"
             )
         return cls
+
+    def _same_class_hint(self, type_name: str) -> str:
+        # The usual cause: one class named two ways, by its module on one side (`raygrain up
+        # --actors app`) and without one on the other (`python app.py`, where it is __main__).
+        qualname = type_name.rpartition(".")[2]
+        same = [n for n in self.names() if n.rpartition(".")[2] == qualname]
+        if not same:
+            return ""
+        return (
+            f" ({', '.join(same)} is a class of the same name: a type's default name is its "
+            "module's and class's, and a class in a script run as 'python app.py' has no "
+            "module name; give the class name='...' so that every process names it alike)"
+        )
 
     def method(self, cls: type[Actor[Any]], name: str) -> ActorMethod:
         found = actor_methods(cls).get(name)

@@ -696,3 +696,19 @@ def test_a_plain_with_on_a_cluster_says_to_use_async_with() -> None:
         Cluster.local(actors=[Chain]),
     ):
         pass  # (never reached)
+
+
+async def test_an_unknown_type_named_like_a_registered_class_says_why_names_differ() -> None:
+    # One file used as 'raygrain up --actors counter_app' and run as 'python counter_app.py'
+    # names its class 'counter_app.Counter' on the silos and 'Counter' in the client: the
+    # client's calls got only "unknown actor type 'Counter'; registered: counter_app.Counter".
+    async with Cluster.local(actors=[Chain]) as cluster:
+        with pytest.raises(UnknownActorTypeError) as unknown:
+            await cluster.ref("Chain", "k").ping()
+        message = str(unknown.value)
+        assert "unknown actor type 'Chain'; registered: " in message
+        assert "(test.Chain is a class of the same name" in message
+        assert "give the class name='...'" in message
+        with pytest.raises(UnknownActorTypeError) as unrelated:
+            await cluster.ref("Other", "k").ping()
+        assert "same name" not in str(unrelated.value)
