@@ -48,7 +48,7 @@ class Transactions(Extension):
         # transaction must not lock such an actor afresh, which would commit it without the
         # changes it made there first. Kept per silo, not per activation, so a reactivation
         # here remembers too; the oldest entries go first.
-        self._aborted: OrderedDict[tuple[str, ActorId], None] = OrderedDict()
+        self._aborted: OrderedDict[tuple[str, ActorId], str] = OrderedDict()  # -> why
         self._sweeper: asyncio.Task[None] | None = None
         self._silo: Silo | None = None
         self.coordinator: Coordinator
@@ -133,14 +133,15 @@ class Transactions(Extension):
             return
         silo.reply(request, True, b"")
 
-    def aborted_at(self, txid: str, actor_id: ActorId) -> None:
-        self._aborted[(txid, actor_id)] = None
+    def aborted_at(self, txid: str, actor_id: ActorId, why: str) -> None:
+        self._aborted[(txid, actor_id)] = why
         if len(self._aborted) > _ABORTED_KEPT:
             self._aborted.popitem(last=False)
 
-    def refused(self, txid: str, actor_id: ActorId) -> bool:
-        """Whether ``txid`` aborted at ``actor_id`` here (as far as this silo remembers)."""
-        return (txid, actor_id) in self._aborted
+    def refused(self, txid: str, actor_id: ActorId) -> str | None:
+        """Why ``txid`` aborted at ``actor_id`` here; None if it did not (as far as this silo
+        remembers)."""
+        return self._aborted.get((txid, actor_id))
 
     # -- lock timeouts -------------------------------------------------------------------------
 

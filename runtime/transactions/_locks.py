@@ -39,6 +39,12 @@ __all__ = ["TxHold", "TxScope", "TxTicket"]
 
 SERVICE = "transactions"  # the name Transactions offers itself under (Silo.provide_service)
 _PLAIN = float("inf")  # plain calls sort after every transaction waiting for a lock
+# Why a transaction's hold is gone, when this silo does not remember (another silo's
+# activation, or long ago).
+_GONE = (
+    "it aborted there (an error, an older transaction took the lock, the lock expired, or the "
+    "actor was deactivated)"
+)
 
 
 class TxHold:
@@ -53,9 +59,9 @@ class TxHold:
         self.start = start
         self.expires_at = expires_at  # loop time: the lease, then the decision timeout
         self.prepared = False
-        # Aborted while a turn of it was running: refused from now on, rolled back once the
-        # turn ended (a rollback under a running turn would let it change the state again).
-        self.aborting = False
+        # Why it aborted while a turn of it was running: refused from now on, rolled back once
+        # the turn ended (a rollback under a running turn would let it change the state again).
+        self.aborting: str | None = None
         self.data: bytes | None = None  # the prepared new state (None: unchanged)
         self.blocked: deque[Delivery] | None = None  # calls waiting for it to end
 
@@ -74,7 +80,7 @@ class TxHold:
         now finds no activation. Returns the calls set aside, to be routed again."""
         owner = _owner(activation)
         owner.locked.discard(activation)
-        owner.aborted_at(self.txid, activation.actor_id)
+        owner.aborted_at(self.txid, activation.actor_id, "the actor was deactivated")
         blocked, self.blocked = self.blocked, None
         return list(blocked or ())
 
@@ -130,16 +136,13 @@ class TxTicket:
         running turns (``WAIT``: it locks when its turn comes), or was set aside until the
         holder ends, or refused (``DIVERTED``)."""
         hold = _hold(activation)
-        lost = self.rejoins and (hold is None or hold.txid != self.txid)
-        if lost:
-            why = (
-                f"its changes at {activation.actor_id} were rolled back (an error there, an "
-                "older transaction took the lock, the lock expired, or the actor was deactivated)"
-            )
-            _refuse(activation, delivery, why)
+        refused = _owner(activation).refused(self.txid, activation.actor_id)
+        if self.rejoins and (hold is None or hold.txid != self.txid):
+            why = refused or _GONE
+            _refuse(activation, delivery, f"its changes at {activation.actor_id} are gone: {why}")
             return Admission.DIVERTED
-        if self.joins and _owner(activation).refused(self.txid, activation.actor_id):
-            _refuse(activation, delivery, f"it already aborted at {activation.actor_id}")
+        if self.joins and refused is not None:
+            _refuse(activation, delivery, f"it already aborted at {activation.actor_id}: {refused}")
             return Admission.DIVERTED
         if hold is None and not activation.is_idle_of_turns():
             return Admission.WAIT
@@ -150,8 +153,10 @@ class TxTicket:
                 return Admission.DIVERTED
             return Admission.RUN
         if self.txid == hold.txid:
-            if hold.aborting:
-                _refuse(activation, delivery, f"it aborted at {activation.actor_id}")
+            if hold.aborting is not None:
+                _refuse(
+                    activation, delivery, f"it aborted at {activation.actor_id}: {hold.aborting}"
+                )
                 return Admission.DIVERTED
             if hold.prepared:
                 _refuse(
@@ -214,7 +219,7 @@ class TxScope:
         # A transactional call that raises aborts its transaction here; the one that started
         # it aborts every participant (others learn at prepare time).
         await self.transaction.end()
-        doom(self.activation, self.ticket.txid)
+        doom(self.activation, self.ticket.txid, f"a call there raised {_described(error)}")
         if self.ticket.coordinates:
             coordinator = _owner(self.activation).coordinator
             await coordinator.abort(self.ticket.txid, self.transaction.participants)
@@ -312,7 +317,8 @@ def _wound_for(activation: Activation, delivery: Delivery, txid: str) -> None:
         asyncio.get_running_loop().call_later(wound_after, _wound_for, activation, delivery, txid)
         return
     get_logger().debug("transaction_wounded", actor=str(activation.actor_id), txid=txid)
-    doom(activation, txid)  # the oldest waiting transaction gets the lock next
+    # The oldest waiting transaction gets the lock next.
+    doom(activation, txid, "an older transaction took the lock (wound-wait)")
 
 
 def release(activation: Activation) -> None:
@@ -339,32 +345,39 @@ def _age_of(delivery: Delivery) -> float:
     return ticket.start if isinstance(ticket, TxTicket) and ticket.joins else _PLAIN
 
 
-def doom(activation: Activation, txid: str) -> None:
-    """Abort ``txid`` here: roll its changes back and let the waiting calls in."""
+def doom(activation: Activation, txid: str, why: str) -> None:
+    """Abort ``txid`` here (``why``: said to its later calls and its prepare): roll its
+    changes back and let the waiting calls in."""
     hold = _hold(activation)
     if hold is None or hold.txid != txid:
         return
     activation.rollback()
-    _owner(activation).aborted_at(txid, activation.actor_id)
+    _owner(activation).aborted_at(txid, activation.actor_id, why)
     release(activation)
 
 
 def expired(activation: Activation) -> None:
     """The lease or the decision timeout ran out (see ``Transactions.sweep_locks``)."""
     hold = _hold(activation)
-    if hold is None or hold.aborting:
+    if hold is None or hold.aborting is not None:
         return
     txid = hold.txid
     get_logger().warning("transaction_lock_expired", actor=str(activation.actor_id), txid=txid)
+    settings = _owner(activation).settings
+    why = (
+        f"it heard no decision within decision_timeout ({settings.decision_timeout:g} s)"
+        if hold.prepared
+        else f"its lease ran out ({settings.lease:g} s) before it prepared"
+    )
     if hold.prepared:
         # The outcome is unknown here: reload from storage, which holds the decision. Begin
         # the deactivation first, so the calls the hold set aside queue for the next
         # activation instead of running on the rolled-back state (and being fenced).
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
-    _doom_after_turns(activation, txid)
+    _doom_after_turns(activation, txid, why)
 
 
-def _doom_after_turns(activation: Activation, txid: str) -> None:
+def _doom_after_turns(activation: Activation, txid: str, why: str) -> None:
     """``doom``, once no turn of the transaction runs here any more (a turn longer than the
     lease, say): rolled back under it, the turn would go on changing the state, and its
     changes would stay in memory with no transaction to undo them. Until then the hold
@@ -373,11 +386,11 @@ def _doom_after_turns(activation: Activation, txid: str) -> None:
     if hold is None or hold.txid != txid:
         return
     if activation.is_idle_of_turns():
-        doom(activation, txid)
+        doom(activation, txid, why)
         return
-    hold.aborting = True
+    hold.aborting = why
     wound_after = _owner(activation).settings.wound_after
-    asyncio.get_running_loop().call_later(wound_after, _doom_after_turns, activation, txid)
+    asyncio.get_running_loop().call_later(wound_after, _doom_after_turns, activation, txid, why)
 
 
 def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None]:
@@ -388,13 +401,16 @@ def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None
     if (
         hold is None
         or hold.txid != txid
-        or hold.aborting
+        or hold.aborting is not None
         or activation.state is not ActivationState.VALID
     ):
+        why = (
+            hold.aborting
+            if hold is not None and hold.txid == txid and hold.aborting is not None
+            else _owner(activation).refused(txid, activation.actor_id) or _GONE
+        )
         raise TransactionAbortedError(
-            f"{activation.actor_id} no longer holds transaction {txid} (it aborted there: an "
-            "error, an older transaction took the lock, the lock expired, or the actor "
-            "was deactivated)"
+            f"{activation.actor_id} no longer holds transaction {txid}: {why}"
         )
     slot = activation.slot
     if not hold.prepared:
@@ -402,8 +418,8 @@ def prepare(activation: Activation, txid: str) -> tuple[bytes | None, str | None
         if slot is not None and activation.instance is not None:
             try:
                 data = slot.encode(activation.instance.state)
-            except SerializationError:
-                doom(activation, txid)
+            except SerializationError as exc:
+                doom(activation, txid, f"its state could not be encoded: {exc}")
                 raise
         hold.data = None if data == (slot.committed if slot else None) else data
         hold.prepared = True
@@ -427,4 +443,9 @@ def abort(activation: Activation, txid: str, reload: bool) -> None:
         return
     if reload:  # (first: see expired)
         activation.begin_deactivation(DeactivationReason.INCONSISTENT_STATE)
-    _doom_after_turns(activation, txid)
+    _doom_after_turns(activation, txid, "the transaction was aborted")
+
+
+def _described(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
