@@ -177,6 +177,15 @@ async def _up(args: argparse.Namespace) -> int:
     actor_types = _actor_classes(args.actors)
     # A database every node reaches is used by every silo directly: no storage server.
     direct = args.no_storage_server or args.storage.lower().startswith(("postgresql:", "postgres:"))
+    if args.storage.lower().partition("?")[0] in _IN_MEMORY:
+        where = "each silo's own memory" if direct else "the storage server's memory"
+        print(
+            f"raygrain up: warning: --storage {args.storage} keeps the actors' state in {where}:"
+            " it is lost when the deployment stops"
+            + (", and an actor that moves to another silo loses it" if direct else "")
+            + " (use a sqlite:/// file or a postgresql:// database to keep it)",
+            file=sys.stderr,
+        )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigurationError("--tls-cert and --tls-key go together")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
@@ -310,6 +319,9 @@ async def _sagas(args: argparse.Namespace) -> int:
         code, text = await run(cluster, args)
     print(text)
     return code
+
+
+_IN_MEMORY = ("memory://", "sqlite://", "sqlite:///", "sqlite:///:memory:")
 
 
 def _not_running(name: str) -> int:

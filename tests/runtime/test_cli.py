@@ -260,6 +260,32 @@ def test_each_command_reports_its_own_unknown_options_and_documents_its_address(
     assert "set RAY_AUTH_MODE=token" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        pytest.param([], "in the storage server's memory: it is lost when", id="server"),
+        pytest.param(["--no-storage-server"], "an actor that moves to another silo", id="silos"),
+    ],
+)
+def test_up_with_storage_in_memory_warns_that_the_state_is_not_kept(
+    extra: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'raygrain up --storage memory://' started, and 'down' then said "their state is
+    # durable"; with --no-storage-server every silo had a memory of its own.
+    import socket
+
+    from raygrain.runtime.cli import main
+
+    with socket.socket() as probe:  # (a Ray where nothing listens: the command stops there)
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        argv = ["up", "--actors", "tests.app", "--storage", "memory://", "--address", address]
+        assert main([*argv, *extra]) == 3
+    err = capsys.readouterr().err
+    assert "raygrain up: warning: --storage memory:// keeps the actors' state in " in err
+    assert said in err and "use a sqlite:/// file or a postgresql:// database" in err
+
+
 def test_a_deployment_that_is_not_running_is_named_beside_those_that_are(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
