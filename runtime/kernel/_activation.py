@@ -10,6 +10,7 @@ and the ``ActorRuntime`` its instance talks to. The state itself lives in a ``St
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from raygrain.actors import (
@@ -176,7 +177,9 @@ class Activation(TurnRunner):
             return  # not overridden: nothing to run (and no task to make)
         chain = self._enter_turn(())
         try:
-            hook = asyncio.ensure_future(self.instance.on_deactivate(reason))  # in this context
+            hook = asyncio.ensure_future(  # (in this context)
+                _exit_as_failure(self.instance.on_deactivate(reason), f"{self.actor_id}")
+            )
         except Exception as exc:  # (not a coroutine: refused at class definition since)
             get_logger().warning("on_deactivate_failed", actor=str(self.actor_id), error=repr(exc))
             return
@@ -260,6 +263,15 @@ class Activation(TurnRunner):
         if factory is None:
             raise ConfigurationError(f"{self.actor_id}: this silo runs no {name!r} capability")
         return factory(self)
+
+
+async def _exit_as_failure(hook: Coroutine[Any, Any, None], actor: str) -> None:
+    """Run an ``on_deactivate`` hook; its ``SystemExit`` is its failure, as a method's is: on
+    a task, asyncio would stop the silo's event loop with it."""
+    try:
+        await hook
+    except SystemExit as exc:
+        raise exit_error(exc, f"{actor}.on_deactivate") from None
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
