@@ -27,6 +27,8 @@ from raygrain.runtime.sagas import (
 
 __all__ = ["add_parser", "run"]
 
+# How a listing names the phases it shows ("no stuck or parked saga of type ...").
+_SAID = {"stuck": "stuck ", "parked": "parked ", "attention": "stuck or parked ", "all": ""}
 _PHASES = {
     "stuck": (SagaPhase.STUCK,),
     "parked": (SagaPhase.PARKED,),
@@ -112,8 +114,8 @@ async def run(cluster: Any, args: argparse.Namespace) -> tuple[int, str]:
     if args.json:
         return 0, json.dumps([_row(s) for s in found], indent=2, default=str)
     if not found:
-        return 0, f"no {args.phase} saga of type {args.saga_type}"
-    lines = [f"{len(found)} {args.phase} saga(s) of type {args.saga_type}:"]
+        return 0, f"no {_SAID[args.phase]}saga of type {args.saga_type}"
+    lines = [f"{len(found)} {_SAID[args.phase]}saga(s) of type {args.saga_type}:"]
     lines += [f"  {s.saga!s}: {s.phase.value}{_detail(s)}" for s in found]
     return 0, "\n".join(lines)
 

@@ -91,9 +91,9 @@ class ActorRegistry:
         if not same:
             return ""
         return (
-            f" ({', '.join(same)} is a class of the same name: a type's default name is its "
+            f"; did you mean {' or '.join(same)}? (a type's name is its name= or else its "
             "module's and class's, and a class in a script run as 'python app.py' has no "
-            "module name; give the class name='...' so that every process names it alike)"
+            "module name: give such a class name='...' so that every process names it alike)"
         )
 
     def method(self, cls: type[Actor[Any]], name: str) -> ActorMethod:

@@ -707,8 +707,8 @@ async def test_an_unknown_type_named_like_a_registered_class_says_why_names_diff
             await cluster.ref("Chain", "k").ping()
         message = str(unknown.value)
         assert "unknown actor type 'Chain'; registered: " in message
-        assert "(test.Chain is a class of the same name" in message
-        assert "give the class name='...'" in message
+        assert "; did you mean test.Chain? (a type's name is its name= or else" in message
+        assert "give such a class name='...'" in message
         with pytest.raises(UnknownActorTypeError) as unrelated:
             await cluster.ref("Other", "k").ping()
         assert "same name" not in str(unrelated.value)

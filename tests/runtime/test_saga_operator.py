@@ -115,7 +115,7 @@ async def test_a_stuck_saga_is_listed_then_resumed_by_the_command(tmp_path: Path
     async with _cluster(db, Refunds) as second:  # restarted from the file
         code, text = await _cli(second, "--type", "optest.Refunds")
         assert code == 0
-        assert text.splitlines()[0] == "2 attention saga(s) of type optest.Refunds:"
+        assert text.splitlines()[0] == "2 stuck or parked saga(s) of type optest.Refunds:"
         assert (
             "  s: stuck (at reserve; compensation of 'reserve', attempt 1: TerminalError: "
             "the hotel refuses cancellations today)"
@@ -218,7 +218,7 @@ async def test_a_misspelt_type_is_an_error_not_an_empty_list(tmp_path: Path) -> 
             await saga_statuses(cluster, "sagatest.Ledger")
         assert await _cli(cluster, "--type", "optest.Refunds") == (
             0,
-            "no attention saga of type optest.Refunds",
+            "no stuck or parked saga of type optest.Refunds",
         )
     async with Cluster.local(actors=[Ledger], storage=SqliteStorage(db)) as no_sagas:
         with pytest.raises(InvalidArgumentsError, match="this cluster has no saga type"):
