@@ -143,6 +143,8 @@ class ClusterTransactions:
 
     async def _end_transaction(self, transaction: TransactionContext, commit: bool) -> None:
         participants = sorted(transaction.participants, key=str)
+        if not commit:  # (calls that got no answer may have joined: they hear it too)
+            participants = sorted(transaction.participants | transaction.uncertain, key=str)
         if not participants:
             return
         timeout = self._caller.default_timeout

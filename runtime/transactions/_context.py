@@ -88,8 +88,12 @@ class TransactionContext:
     running: int = 0
     ended: bool = False
     # Why it cannot commit, if something in it failed that the caller caught: a block nested
-    # in it that raised (its changes are part of this transaction's, so they go with it).
+    # in it that raised (its changes are part of this transaction's, so they go with it), or
+    # a call that got no answer.
     doomed: str | None = None
+    # The targets of calls that got no answer (timed out, their silo lost, cancelled): they
+    # may have joined, so an abort goes to them too.
+    uncertain: set[ActorId] = field(default_factory=set)
     _settled: asyncio.Future[None] | None = None
 
     def call_started(self) -> None:
@@ -103,6 +107,20 @@ class TransactionContext:
 
     def call_ended(self, joined: Iterable[ActorId]) -> None:
         self.participants.update(joined)
+        self._one_ended()
+
+    def call_lost(self, target: ActorId) -> None:
+        """A call to ``target`` ended with no answer: whether it joined (and what it changed,
+        there or further on) cannot be known, so the transaction cannot commit."""
+        self.uncertain.add(target)
+        if self.doomed is None:
+            self.doomed = (
+                f"a call to {target} in it got no answer (it timed out, its silo was lost, or "
+                "it was cancelled): what it did in the transaction cannot be known"
+            )
+        self._one_ended()
+
+    def _one_ended(self) -> None:
         self.running -= 1
         if not self.running and self._settled is not None:
             self._settled.set_result(None)

@@ -179,8 +179,13 @@ class TransactionFilter:
             return None
         transaction.call_started()
         request.transaction = transaction.header(request.target)
-        return partial(_call_ended, transaction)
+        return partial(_call_ended, transaction, request.target)
 
 
-def _call_ended(transaction: TransactionContext, response: Response | None) -> None:
-    transaction.call_ended(response.joined if response is not None else ())
+def _call_ended(
+    transaction: TransactionContext, target: ActorId, response: Response | None
+) -> None:
+    if response is None:
+        transaction.call_lost(target)
+    else:
+        transaction.call_ended(response.joined)

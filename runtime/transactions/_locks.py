@@ -211,6 +211,10 @@ class TxScope:
         # Calls the turn made in the transaction and did not await join it before it is
         # reported (or committed), or fail at once if made after.
         await self.transaction.end()
+        if self.transaction.doomed is not None:  # (the turn then fails: see failed)
+            raise TransactionAbortedError(
+                f"transaction {self.ticket.txid} aborted: {self.transaction.doomed}"
+            )
         if self.ticket.coordinates:
             coordinator = _owner(self.activation).coordinator
             await coordinator.commit(self.ticket.txid, self.transaction.participants)
@@ -220,9 +224,12 @@ class TxScope:
         # it aborts every participant (others learn at prepare time).
         await self.transaction.end()
         doom(self.activation, self.ticket.txid, f"a call there raised {_described(error)}")
+        coordinator = _owner(self.activation).coordinator
         if self.ticket.coordinates:
-            coordinator = _owner(self.activation).coordinator
-            await coordinator.abort(self.ticket.txid, self.transaction.participants)
+            everyone = self.transaction.participants | self.transaction.uncertain
+            await coordinator.abort(self.ticket.txid, everyone)
+        elif self.transaction.uncertain:  # (its caller does not know of them)
+            await coordinator.abort(self.ticket.txid, self.transaction.uncertain)
 
     def joined(self) -> tuple[ActorId, ...]:
         return () if self.ticket.coordinates else tuple(self.transaction.participants)

@@ -11,6 +11,7 @@ import pytest
 
 from raygrain.actors import (
     Actor,
+    ActorCallTimeout,
     ConfigurationError,
     InvalidCallError,
     SerializationError,
@@ -457,6 +458,23 @@ async def test_a_lease_running_out_during_a_turn_rolls_back_after_it(key: Any) -
             await call
         assert await slow.value() == 0
         assert (await cluster.storage.read(slow.actor_id)).data is None  # type: ignore[union-attr]
+
+
+async def test_a_call_that_got_no_answer_aborts_the_transaction_and_is_told(key: Any) -> None:
+    # Orleans aborts a transaction any of whose calls failed. A call that timed out, caught by
+    # the block, may have joined (it did: its turn went on): the block committed without it,
+    # and its actor stayed locked until the lease ran out (30 s), every call to it waiting.
+    async with Cluster.local(actors=[Slow, Vault]) as cluster:
+        vault, slow = cluster.get(Vault, key("vault")), cluster.get(Slow, key("slow"))
+        _GATES[str(slow.actor_id.key)] = gate = asyncio.Event()
+        with pytest.raises(TransactionAbortedError, match=f"a call to {slow.actor_id}.* no answer"):
+            async with cluster.transaction():
+                await vault.add(1, 5)
+                with pytest.raises(ActorCallTimeout):
+                    await slow.with_timeout(0.2).add_twice(1)
+        gate.set()
+        assert await vault.ledger() == app.Ledger(0, [])
+        assert await bounded(slow.value(), "the slow actor to be released", 10.0) == 0
 
 
 def _activations(cluster: Cluster) -> set[Any]:
