@@ -121,6 +121,14 @@ def _p99_cell(silo: dict[str, Any]) -> str:
     return f">{above:g}" if above is not None else _cell(silo.get("p99_ms"), "{:g}")
 
 
+def _types_cell(silo: dict[str, Any]) -> str:
+    # One type a line, so that a name folds only when it is wider than the column (joined
+    # with ", " they wrapped mid-name and left lone commas); the runtime's own types
+    # (raygrain.*, on every silo) are left to --json.
+    types = [t for t in silo.get("types", []) if not t.startswith("raygrain.")]
+    return "\n".join([*types, f"raygrain {silo.get('version', '?')}"])
+
+
 COLUMNS = (
     Column("silo", max_width=24),  # folds: the end of a silo's name tells two apart
     Column("status", overflow="ellipsis", max_width=8),
@@ -131,7 +139,7 @@ COLUMNS = (
     Column("err/s", justify="right"),
     Column("p99 ms", justify="right"),
     Column("storage", max_width=10),
-    Column("types", max_width=22),  # "type, type / raygrain version"
+    Column("types", max_width=22),  # a type a line, then "raygrain <version>"
 )
 
 
@@ -162,7 +170,7 @@ def render(deployment: str, figures: dict[str, Any]) -> Table:
                 _cell(silo.get("errors_per_s"), "{:.1f}"),
                 _p99_cell(silo),
                 silo.get("storage_health", silo.get("storage")),
-                f"{', '.join(silo.get('types', []))} / {silo.get('version', '?')}",
+                _types_cell(silo),
             )
         )
     return render_table(COLUMNS, rows, title=title)

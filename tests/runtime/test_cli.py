@@ -65,6 +65,21 @@ def test_status_table_fits_100_columns_and_aligns() -> None:
     assert "dead" in squeezed and "unreachable:" in squeezed
 
 
+def test_status_table_shows_each_type_whole_on_a_line_of_its_own() -> None:
+    # Joined with ", ", the types wrapped mid-name in their narrow column: 'lib.TitleCount'
+    # left its comma on a line of its own, 'raygrain.SagaIndex' broke after 'SagaI'.
+    types = ["lib.Book", "lib.Borrow", "lib.TitleCount", "raygrain.SagaIndex"]
+    silo = {"silo": "raygrain-silo-c7043a5d97ee-0-3fefd0", "status": "active", "node": "f" * 56,
+            "activations": 57, "uptime_s": 100.0, "calls_per_s": 0.0, "errors_per_s": 0.0,
+            "p99_ms": None, "storage_health": "ok", "types": types, "version": "0.1.0"}  # fmt: skip
+    controller = {"ok": True, "answer_ms": 5.0, "view_version": 1}
+    console = table_console()
+    with console.capture() as captured:
+        console.print(render("lib", {"controller": controller, "silos": [silo]}))
+    cells = [line.rstrip()[-14:].strip() for line in captured.get().splitlines()[3:]]
+    assert cells == ["lib.Book", "lib.Borrow", "lib.TitleCount", "raygrain 0.1.0"], cells
+
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine
 
