@@ -148,10 +148,15 @@ class Mailbox:
                 window = min(2 * self._lazy_window + 1, _MOST_LAZY_STARTS)
                 self._lazy_window = self._lazy_starts = max(window, _FIRST_LAZY_STARTS)
             return
-        if self.actor_id in delivery.request.chain and self._joins_readers(delivery):
-            # A read-only call back into a read-only turn waiting for it (through its chain):
-            # it runs beside the readers now, even with a writer queued (which waits for them
-            # anyway); queued behind that writer, it would deadlock.
+        if delivery.request.chain and self._joins_readers(delivery):
+            # A read-only call made from a turn runs beside the running readers now, even with
+            # a writer queued (which waits for them anyway). Its chain's activations wait for
+            # it: queued behind that writer, it would deadlock when one of the readers waits
+            # for one of them, through its own chain (a call back into a read-only turn) or
+            # through another's (two read-only chains crossing two actors, A -> B -> A and
+            # B -> A -> B, each with a writer queued), which no chain shows. A reader from
+            # outside any turn holds nothing: it queues behind the writer, which it cannot
+            # starve.
             self.readers += 1
             self._start(delivery)
             return

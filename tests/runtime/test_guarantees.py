@@ -314,6 +314,45 @@ async def test_a_read_only_call_back_into_a_read_only_turn_passes_a_queued_write
         assert await bounded(write, "the queued write") == 1
 
 
+class _Crossing(Actor[int], name="test.Crossing"):
+    """Read-only turns that hold at a gate, then read the other actor, which reads back."""
+
+    @read_only
+    async def read_across(self, other: str, hops: int) -> int:
+        if hops == 2:
+            await app.gate(f"crossing-{self.context.key}").wait()
+        if hops == 0:
+            return 0
+        peer = self.actors.get(_Crossing, other)
+        return 1 + int(await peer.read_across(self.context.key, hops - 1))
+
+    async def write(self) -> int:
+        self.state += 1
+        return self.state
+
+
+async def test_read_only_chains_crossing_two_actors_with_writers_queued_do_not_hang() -> None:
+    """A.read -> B.read -> A.read and B.read -> A.read -> B.read at once, with a write queued
+    on each: the second hop of each chain queued behind the other actor's writer, which
+    waited for that actor's reader, which waited for the first chain: every call hung until
+    its deadline, a deadlock the chains could not show (Orleans runs such readers beside the
+    running ones). A read-only call made from a turn joins the running readers."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Crossing], default_timeout=60) as local:
+        a, b = local.get(_Crossing, "a"), local.get(_Crossing, "b")
+        chains = [asyncio.ensure_future(a.read_across("b", 2))]
+        chains.append(asyncio.ensure_future(b.read_across("a", 2)))
+        await wait_until(
+            lambda: {"crossing-a", "crossing-b"} <= set(app.GATES), "both readers to start"
+        )
+        writes = [asyncio.ensure_future(a.write()), asyncio.ensure_future(b.write())]
+        assert await still_pending(writes[0]) and await still_pending(writes[1])
+        app.gate("crossing-a").set()
+        app.gate("crossing-b").set()
+        assert await bounded(asyncio.gather(*chains), "the crossing read-only chains") == [2, 2]
+        assert await bounded(asyncio.gather(*writes), "the queued writes") == [1, 1]
+
+
 async def test_idle_activation_is_collected_by_the_fake_clock(
     cluster: Cluster, clock: ManualClock
 ) -> None:
