@@ -241,3 +241,43 @@ async def test_a_task_left_running_calls_back_as_from_outside_the_ended_turn(key
         _left_gate(f"release-{key}").set()
         assert await bounded(holding, "the later turn") == "held"
         assert await bounded(starter.outcome(), "the task") == "hello"
+
+
+# -- a caller that gives up -----------------------------------------------------------------------
+
+
+class _Slow(Actor[list[str]], name="test.Slow"):
+    async def append_after(self, tag: str, gate_name: str) -> int:
+        await app.gate(gate_name).wait()
+        self.state.append(tag)
+        return len(self.state)
+
+    async def tags(self) -> list[str]:
+        return self.state
+
+
+async def test_a_caller_that_is_cancelled_leaves_its_call_running() -> None:
+    """As an Orleans call without a cancellation token: cancelling the task that awaits a call
+    (a timeout around it, a task group failing) ends that wait only. The turn, started in the
+    caller's stack, runs on, commits and answers nobody; a call queued behind it runs too; the
+    caller keeps no record of either."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Slow]) as local:
+        actor = local.get(_Slow, "s")
+        first = asyncio.ensure_future(actor.append_after("first", "slow"))
+        await wait_until(lambda: "slow" in app.GATES, "the first turn to start")
+        queued = asyncio.ensure_future(actor.append_after("queued", "slow"))
+        assert await still_pending(queued)
+        first.cancel()
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        app.gate("slow").set()
+
+        async def both_ran() -> bool:
+            return await actor.tags() == ["first", "queued"]
+
+        await wait_until(both_ran, "the abandoned turns to run")
+        assert not local._caller._pending
