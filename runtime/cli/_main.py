@@ -48,7 +48,9 @@ def _connect(address: str | None, local_code: bool) -> None:
     listening = _check_reachable(*_ray_address(address))
     try:
         ensure_ray(address, local_code=local_code)
-    except RaygrainError:
+    except RaygrainError as exc:
+        if isinstance(exc.__cause__, ConnectionError):  # Ray refused us (exit code 3)
+            raise RayUnreachable(_describe_ray_failure(address, exc.__cause__, listening)) from exc
         raise
     except Exception as exc:
         raise RayUnreachable(_describe_ray_failure(address, exc, listening)) from exc

@@ -84,13 +84,27 @@ def ensure_ray(
         env_vars = dict(env.get("env_vars") or {})
         env_vars.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
         env["env_vars"] = env_vars
-    ray.init(
-        # "local" starts a fresh Ray even when another one runs on this machine.
-        address=address or "local",
-        runtime_env=env or None,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    try:
+        ray.init(
+            # "local" starts a fresh Ray even when another one runs on this machine.
+            address=address or "local",
+            runtime_env=env or None,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    except ConnectionError as exc:
+        if address is None:
+            raise
+        # Something answered (checked above), yet Ray let us not in: most often a cluster
+        # with token authentication (Ray 2.60's default for `ray start`) and a client without
+        # its settings, which Ray says only in its own log lines.
+        raise ConfigurationError(
+            f"Ray at {address} did not accept the connection ({exc}): if it runs with token "
+            "authentication (the default of 'ray start'), set RAY_AUTH_MODE=token in this "
+            "process's environment and give it the cluster's token (the file "
+            "~/.ray/auth_token, or RAY_AUTH_TOKEN); on a trusted machine, RAY_AUTH_MODE=disabled "
+            "on 'ray start' and here turns it off"
+        ) from exc
     return address is None
 
 

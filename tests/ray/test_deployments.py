@@ -476,3 +476,27 @@ def test_auto_follows_ray_address_and_fails_at_once_where_nothing_listens(
         monkeypatch.setenv("RAY_ADDRESS", address)
         with pytest.raises(ConfigurationError, match=f"at RAY_ADDRESS={address} "):
             ensure_ray("auto")
+
+
+def test_a_ray_that_refuses_the_connection_is_a_configuration_error_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A program's Cluster.connect to a 'ray start' cluster (token authentication on) without
+    # RAY_AUTH_MODE=token got Ray's builtin ConnectionError "Failed to connect to Ray
+    # cluster at ...", which names neither the cause nor the fix (the CLI said both).
+    import ray
+
+    from raygrain.runtime.ray_host import _launcher, ensure_ray
+
+    def refuse(**kwargs: Any) -> None:
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(_launcher, "_check_listening", lambda address, source="": None)
+    with pytest.raises(ConfigurationError, match="did not accept the connection") as refused:
+        ensure_ray("10.1.2.3:6379")
+    assert "set RAY_AUTH_MODE=token" in str(refused.value)
+    assert isinstance(refused.value.__cause__, ConnectionError)
+    with pytest.raises(ConnectionError):  # (starting a Ray of its own: not a refusal)
+        ensure_ray(None)

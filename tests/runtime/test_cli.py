@@ -359,6 +359,25 @@ def test_the_default_address_follows_ray_address_and_fails_at_once_where_nothing
     assert f"cannot connect to Ray at RAY_ADDRESS={address}" in err, err
 
 
+def test_a_ray_that_refuses_us_is_still_exit_code_3(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (ensure_ray now says why itself, as a ConfigurationError: the command keeps exit 3.)
+    from raygrain.actors import ConfigurationError
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import _main, main
+
+    def refuse(address: Any, local_code: Any = None) -> None:
+        raise ConfigurationError("Ray at x did not accept the connection") from ConnectionError(
+            "Failed to connect to Ray cluster"
+        )
+
+    monkeypatch.setattr(_main, "_check_reachable", lambda address, shown=None: True)
+    monkeypatch.setattr(ray_host, "ensure_ray", refuse)
+    assert main(["status", "--address", "10.1.2.3:6379"]) == 3
+    assert "did not accept the connection" in capsys.readouterr().err
+
+
 @pytest.mark.ray
 async def test_ctrl_c_during_up_leaves_no_half_made_deployment(
     ray_silos: Any, tmp_path: Path
