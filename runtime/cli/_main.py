@@ -23,7 +23,7 @@ import sys
 import traceback
 from typing import Any
 
-from raygrain.actors import Actor, ConfigurationError, RaygrainError
+from raygrain.actors import Actor, ConfigurationError, RaygrainError, actor_options
 from raygrain.runtime.cli._parser import build_parser as _parser
 from raygrain.runtime.cli._table import table_console
 
@@ -184,7 +184,7 @@ async def _up(args: argparse.Namespace) -> int:
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
     print(
         f"deployment {args.name!r}: started {len(silos)} silo(s) hosting "
-        f"{', '.join(c.__name__ for c in actor_types)}:"
+        f"{', '.join(sorted(actor_options(c).name for c in actor_types))}:"  # (as calls name them)
     )
     for name in silos:
         print(f"  {name}")

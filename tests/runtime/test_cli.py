@@ -359,6 +359,25 @@ def test_the_default_address_follows_ray_address_and_fails_at_once_where_nothing
     assert f"cannot connect to Ray at RAY_ADDRESS={address}" in err, err
 
 
+def test_up_names_the_types_it_hosts_as_calls_and_status_name_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 'up' said "hosting BankAccount, ..." (class names) where 'status', errors and
+    # 'raygrain sagas --type' use type names ("test.BankAccount").
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import _main, main
+
+    async def launched(spec: Any, options: Any) -> dict[str, Any]:
+        return {"raygrain-silo-n-0-ab12cd": None, "raygrain-controller": None}
+
+    monkeypatch.setattr(_main, "_connect", lambda address, local_code: None)
+    monkeypatch.setattr(ray_host, "launch", launched)
+    assert main(["up", "--actors", "tests.app", "--name", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "deployment 'shop': started 1 silo(s) hosting " in out
+    assert "test.BankAccount, " in out and " BankAccount," not in out
+
+
 def test_a_ray_that_refuses_us_is_still_exit_code_3(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
