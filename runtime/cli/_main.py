@@ -141,7 +141,7 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from raygrain.runtime.kernel import SiloOptions
+    from raygrain.runtime.kernel import ActorRegistry, SiloOptions
     from raygrain.runtime.ray_host import DirectPlane, RayLaunch, launch
     from raygrain.runtime.wire import TLSFiles
 
@@ -152,6 +152,9 @@ async def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     actor_types = _actor_classes(args.actors)
+    # The silos would refuse these classes (a state type that cannot be stored, two classes
+    # of one name) one by one, in Ray's logs: refuse them here, in one line, as Cluster.ray does.
+    ActorRegistry(actor_types)
     # A database every node reaches is used by every silo directly: no storage server.
     direct = args.no_storage_server or args.storage.lower().startswith(("postgresql:", "postgres:"))
     if args.storage.lower().partition("?")[0] in _IN_MEMORY:

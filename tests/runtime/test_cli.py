@@ -378,6 +378,32 @@ def test_up_names_the_types_it_hosts_as_calls_and_status_name_them(
     assert "test.BankAccount, " in out and " BankAccount," not in out
 
 
+def test_up_refuses_actor_classes_the_silos_would_refuse_before_reaching_ray(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A state type that cannot be stored launched the deployment, every silo failed to
+    # start with a raw traceback in Ray's logs, and only then came the one-line error.
+    from raygrain.runtime.cli import _main, main
+
+    (tmp_path / "locked_actors.py").write_text(
+        "import asyncio\n"
+        "from dataclasses import dataclass, field\n"
+        "from raygrain import Actor\n"
+        "@dataclass\n"
+        "class S:\n"
+        "    lock: asyncio.Lock = field(default_factory=asyncio.Lock)\n"
+        "class Locked(Actor[S], name='bad.Locked'):\n"
+        "    async def ping(self) -> None: ...\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the command adds the directory)
+    monkeypatch.setattr(_main, "_connect", lambda *a, **k: pytest.fail("Ray was reached"))
+    assert main(["up", "--actors", "locked_actors"]) == 2
+    err = capsys.readouterr().err
+    assert "raygrain up: bad.Locked: its state type S cannot be stored" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_a_ray_that_refuses_us_is_still_exit_code_3(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
