@@ -133,7 +133,14 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
                 f"cannot import actor module {name!r}: {type(exc).__name__}: {exc}{where}"
             ) from exc
         for _, value in inspect.getmembers(module, inspect.isclass):
-            if issubclass(value, Actor) and value is not Actor and value.__module__ == name:
+            if (
+                issubclass(value, Actor)
+                and value is not Actor
+                and value.__module__ == name
+                # A generic base (class Repo(Actor[T], Generic[T])) is hosted through the
+                # subclasses that name its type (class Carts(Repo[Cart])), not itself.
+                and "__actor_state_parameter__" not in value.__dict__
+            ):
                 found.append(value)
     if not found:
         raise ConfigurationError(f"no Actor subclasses found in {', '.join(module_names)}")

@@ -404,6 +404,42 @@ def test_up_refuses_actor_classes_the_silos_would_refuse_before_reaching_ray(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_up_hosts_the_subclasses_of_a_generic_actor_base_not_the_base(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/programming-model.md's generic pattern, class Repo(Actor[T], Generic[T]) and
+    # class Carts(Repo[Cart]), in a module given to 'raygrain up': the command took Repo
+    # for an actor type too, and every silo (now the command) refused it.
+    from raygrain.runtime import ray_host
+    from raygrain.runtime.cli import _main, main
+
+    (tmp_path / "generic_actors.py").write_text(
+        "from dataclasses import dataclass, field\n"
+        "from typing import Generic, TypeVar\n"
+        "from raygrain import Actor\n"
+        "T = TypeVar('T')\n"
+        "@dataclass\n"
+        "class Cart:\n"
+        "    items: list[str] = field(default_factory=list)\n"
+        "class Repo(Actor[T], Generic[T]):\n"
+        "    async def size(self) -> int:\n"
+        "        return 0\n"
+        "class Carts(Repo[Cart], name='gen.Carts'):\n"
+        "    pass\n"
+    )
+
+    async def launched(spec: Any, options: Any) -> dict[str, Any]:
+        assert [c.__name__ for c in spec.actor_types] == ["Carts"]
+        return {"raygrain-silo-n-0-ab12cd": None}
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the command adds the directory)
+    monkeypatch.setattr(_main, "_connect", lambda address, local_code: None)
+    monkeypatch.setattr(ray_host, "launch", launched)
+    assert main(["up", "--actors", "generic_actors"]) == 0, capsys.readouterr().err
+    assert "hosting gen.Carts:" in capsys.readouterr().out
+
+
 def test_a_ray_that_refuses_us_is_still_exit_code_3(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
