@@ -118,6 +118,7 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     found: list[type[Actor[Any]]] = []
+    imported: set[str] = set()  # actor modules the given ones import actors from
     for name in module_names:
         try:
             module = importlib.import_module(name)
@@ -142,8 +143,17 @@ def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
                 and "__actor_state_parameter__" not in value.__dict__
             ):
                 found.append(value)
+            elif issubclass(value, Actor) and value.__module__ != name:
+                imported.add(value.__module__)
     if not found:
-        raise ConfigurationError(f"no Actor subclasses found in {', '.join(module_names)}")
+        hint = ""
+        theirs = sorted(m for m in imported if not m.startswith("raygrain."))
+        if theirs:  # (a package's __init__ that imports its actors from its modules, say)
+            hint = (
+                " (only classes defined in a module are hosted, not those it imports: give "
+                f"--actors {' --actors '.join(theirs)})"
+            )
+        raise ConfigurationError(f"no Actor subclasses defined in {', '.join(module_names)}{hint}")
     return found
 
 

@@ -440,6 +440,29 @@ def test_up_hosts_the_subclasses_of_a_generic_actor_base_not_the_base(
     assert "hosting gen.Carts:" in capsys.readouterr().out
 
 
+def test_up_of_a_package_that_only_imports_its_actors_names_their_modules(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 'raygrain up --actors shopapp', whose __init__ imports Counter from shopapp.actors,
+    # said only "no Actor subclasses found in shopapp".
+    from raygrain.runtime.cli import main
+
+    (tmp_path / "shopapp").mkdir()
+    (tmp_path / "shopapp" / "__init__.py").write_text("from shopapp.actors import Counter\n")
+    (tmp_path / "shopapp" / "actors.py").write_text(
+        "from raygrain import Actor, Saga\n"  # (the runtime's own bases are not named)
+        "class Counter(Actor[int]):\n"
+        "    async def add(self, n: int) -> int:\n"
+        "        return n\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the command adds the directory)
+    assert main(["up", "--actors", "shopapp"]) == 2
+    err = capsys.readouterr().err
+    assert "no Actor subclasses defined in shopapp (only classes defined in a module" in err
+    assert "give --actors shopapp.actors)" in err
+
+
 def test_a_ray_that_refuses_us_is_still_exit_code_3(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
