@@ -95,6 +95,12 @@ def ensure_ray(
     except ConnectionError as exc:
         if address is None:
             raise
+        if address == "auto" and os.environ.get("RAY_ADDRESS", "auto") == "auto":
+            # (No Ray found on this machine: nothing was checked to be listening.)
+            raise ConfigurationError(
+                f"cannot connect to Ray (auto): {exc}: start it with 'ray start --head', or "
+                "give its address (or RAY_ADDRESS)"
+            ) from exc
         # Something answered (checked above), yet Ray let us not in: most often a cluster
         # with token authentication (Ray 2.60's default for `ray start`) and a client without
         # its settings, which Ray says only in its own log lines.

@@ -500,3 +500,7 @@ def test_a_ray_that_refuses_the_connection_is_a_configuration_error_saying_why(
     assert isinstance(refused.value.__cause__, ConnectionError)
     with pytest.raises(ConnectionError):  # (starting a Ray of its own: not a refusal)
         ensure_ray(None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigurationError, match="start it with 'ray start --head'") as absent:
+        ensure_ray("auto")  # (no Ray found: nothing to blame on credentials)
+    assert "RAY_AUTH_MODE" not in str(absent.value)
