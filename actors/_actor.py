@@ -375,6 +375,14 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
                 f"{cls.__qualname__}.{attr_name}: a method cannot be both @read_only and "
                 "@transactional"
             )
+        if options.one_way and options.transactional:
+            # Called in a transaction, it would lock the actor with no answer to say it
+            # joined: left out of the commit, locked until the lease ran out.
+            raise ConfigurationError(
+                f"{cls.__qualname__}.{attr_name}: a method cannot be both @one_way and "
+                "@transactional (no answer would tell the transaction that it joined); "
+                "drop @one_way, and run the call in a task if the caller should not wait"
+            )
         signature = inspect.signature(fn)
         methods[attr_name] = ActorMethod(
             attr_name, fn, options, signature, *_simple_arity(signature)

@@ -506,7 +506,7 @@ async def test_storage_without_atomic_multi_record_writes_is_refused(key: Any) -
         assert await a.deposit(1) == 1
 
 
-def test_a_read_only_transactional_method_is_refused_at_class_definition() -> None:
+def test_a_read_only_or_one_way_transactional_method_is_refused_at_class_definition() -> None:
     from raygrain.actors import read_only
 
     with pytest.raises(ConfigurationError, match="both @read_only and @transactional"):
@@ -515,6 +515,18 @@ def test_a_read_only_transactional_method_is_refused_at_class_definition() -> No
             @read_only
             @transactional
             async def peek(self) -> None: ...
+
+    # Called in a transaction, a one-way transactional method locked its actor with no answer
+    # to say it joined: the block committed without it, and the actor stayed locked (every
+    # call to it waiting) until the lease ran out.
+    from raygrain.actors import one_way
+
+    with pytest.raises(ConfigurationError, match="both @one_way and @transactional"):
+
+        class OneWay(Actor[int], name="test.OneWayTx"):
+            @one_way
+            @transactional
+            async def add(self, amount: int) -> None: ...
 
 
 async def test_transaction_settings_are_checked() -> None:
