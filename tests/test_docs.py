@@ -18,17 +18,23 @@ BLOCK = re.compile(r"(?P<mark><!-- not-run[^>]*-->\n)?```python\n(?P<code>.*?)^`
 
 
 def _blocks() -> list[object]:
-    found = []
+    # A block shown word for word on two pages (README.md's "On Ray" is docs/ray.md's first)
+    # runs once, under the names of both places: running it twice proved nothing more and
+    # cost CI a Ray start (about 20 s).
+    places: dict[tuple[str, str | None], list[str]] = {}
     for page in PAGES:
         text = page.read_text()
         for match in BLOCK.finditer(text):
             line = text.count("\n", 0, match.start("code")) + 1
-            marks = []
-            if match["mark"]:
-                marks.append(pytest.mark.skip(reason=f"marked {match['mark'].strip()}"))
-            elif "Cluster.ray(" in match["code"]:
-                marks += [pytest.mark.ray, pytest.mark.slow]  # starts a Ray of its own
-            found.append(pytest.param(match["code"], id=f"{page.name}:{line}", marks=marks))
+            places.setdefault((match["code"], match["mark"]), []).append(f"{page.name}:{line}")
+    found = []
+    for (code, mark), where in places.items():
+        marks = []
+        if mark:
+            marks.append(pytest.mark.skip(reason=f"marked {mark.strip()}"))
+        elif "Cluster.ray(" in code:
+            marks += [pytest.mark.ray, pytest.mark.slow]  # starts a Ray of its own
+        found.append(pytest.param(code, id="+".join(where), marks=marks))
     return found
 
 
