@@ -234,6 +234,10 @@ class Activation(TurnRunner):
 
     def deactivate_on_idle(self) -> None:
         self.deactivate_requested = True
+        if self.state is ActivationState.VALID and self.is_idle():
+            # Asked from outside any turn (a task the actor left running): no turn will end
+            # to act on it, so it takes effect now.
+            self._turn_ended()
 
     def end_turn_with(self, ending: TurnEnding) -> None:
         """Finish the turn whose method is returning with ``ending`` (see ``TurnEnding``).

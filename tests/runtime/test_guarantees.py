@@ -409,6 +409,39 @@ async def test_deactivate_on_idle_and_reactivation(cluster: Cluster) -> None:
     assert Recorder.activations == 2
 
 
+class _LeavesLater(Actor[None], name="test.LeavesLater"):
+    async def leave_when_done(self) -> None:
+        # A background job the turn starts and does not await: it asks to leave when done.
+        async def job() -> None:
+            await app.gate(f"job-{self.context.key}").wait()
+            self.context.deactivate_on_idle()
+
+        self.job = asyncio.ensure_future(job())
+
+    async def on_deactivate(self, reason: DeactivationReason) -> None:
+        app.EVENTS.append(("deactivate", (self.context.key, reason)))
+
+
+async def test_deactivate_on_idle_asked_outside_a_turn_takes_effect() -> None:
+    """Asked by a task the actor left running, after its turn had ended, it waited for a turn
+    to end that was not coming: the activation stayed until idle collection or the next call
+    (Orleans' DeactivateOnIdle deactivates an idle grain at once)."""
+    app.GATES.clear()
+    app.EVENTS.clear()
+    async with Cluster.local(actors=[_LeavesLater]) as local:
+        actor = local.get(_LeavesLater, "l")
+        await actor.leave_when_done()
+        app.gate("job-l").set()
+        await wait_until(
+            lambda: ("deactivate", ("l", DeactivationReason.REQUESTED)) in app.EVENTS,
+            "the idle activation that asked to leave to deactivate",
+        )
+        await wait_until(
+            lambda: not any(actor.actor_id in silo.activations for silo in local.silos),
+            "the activation to be gone",
+        )
+
+
 async def test_aclose_deactivates_every_activation() -> None:
     cluster = Cluster.local(actors=app.ALL_ACTORS, silos=2)
     async with cluster:
