@@ -1,9 +1,9 @@
 """The ``raygrain`` command: its face (``--version``, a status table that fits 100 columns),
-and ``up``/``status``/``down`` against a Ray cluster of the test's own: ``up`` starts
-long-running silos, clients come and go with ``Cluster.connect`` while the silos (and the
-actors' state) stay, and ``down`` stops them. That last test runs everything in child
-processes: a holder process keeps a one-node ``ray.cluster_utils`` cluster up (the session's Ray
-is another cluster) and takes it down when its stdin closes, so nothing outlives the test.
+and ``up``/``status``/``down`` against the test session's Ray: ``up`` starts a deployment of
+long-running silos of its own beside the session's, clients come and go with
+``Cluster.connect`` while the silos (and the actors' state) stay, and ``down`` stops them. That
+test runs every command and client in a child process, as a user does, and stops the
+deployment itself if a command failed before ``down``, so nothing outlives the test.
 """
 
 from __future__ import annotations
@@ -83,15 +83,6 @@ def test_status_table_shows_each_type_whole_on_a_line_of_its_own() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine
 
-_HOLD_RAY = """
-import sys
-from ray.cluster_utils import Cluster
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-print(cluster.address, flush=True)
-sys.stdin.read()  # until the test closes it
-cluster.shutdown()
-"""
-
 _CLIENT = """
 import asyncio, sys
 from raygrain.runtime import Cluster
@@ -126,37 +117,35 @@ def _raygrain(*args: str) -> subprocess.CompletedProcess[str]:
     return _run("-c", "import sys; from raygrain.runtime.cli import main; sys.exit(main())", *args)
 
 
+# On the session's Ray (three nodes, its own "default" deployment): starting a Ray of its own
+# for this test cost CI about 12 s.
 @pytest.mark.ray
 @pytest.mark.slow
-def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_RAY],
-        cwd=ROOT,
-        env=_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert holder.stdin is not None and holder.stdout is not None
+def test_up_status_connect_and_down_against_long_running_silos(
+    ray_silos: Any, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from raygrain.runtime.ray_host import stop_everything
+
+    address, nodes = ray_silos.address, len(ray_silos.node_ids)
     try:
-        address = holder.stdout.readline().strip()
-        assert address, "the Ray holder process did not start"
         up = _raygrain(
             "up", "--address", address, "--actors", "tests.app", "--name", "cli",
             "--storage", f"sqlite:///{tmp_path / 'state.db'}",
         )  # fmt: skip
         assert up.returncode == 0, up.stderr[-3000:]
-        assert "deployment 'cli': started 1 silo(s) hosting" in up.stdout, up.stdout
+        assert f"deployment 'cli': started {nodes} silo(s) hosting" in up.stdout, up.stdout
         assert "BankAccount" in up.stdout
 
         listed = _raygrain("status", "--address", address, "--json")
         assert listed.returncode == 0, listed.stderr[-3000:]
-        assert [d["name"] for d in json.loads(listed.stdout)["deployments"]] == ["cli"]
+        names = [d["name"] for d in json.loads(listed.stdout)["deployments"]]
+        assert "cli" in names and "default" in names, names
         status = _raygrain("status", "--address", address, "--name", "cli", "--json")
         assert status.returncode == 0, status.stderr[-3000:]
         silos = json.loads(status.stdout)["silos"]
-        assert [s["status"] for s in silos] == ["active"], silos
+        assert [s["status"] for s in silos] == ["active"] * nodes, silos
 
         # Clients come and go; the silos, and the actor's state, stay.
         for amount, balance in ((5, 5), (7, 12)):
@@ -169,17 +158,11 @@ def test_up_status_connect_and_down_against_long_running_silos(tmp_path: Path) -
 
         down = _raygrain("down", "--address", address, "--name", "cli")
         assert down.returncode == 0, down.stderr[-3000:]
-        assert "deployment 'cli': stopped 1 silo(s)" in down.stdout
+        assert f"deployment 'cli': stopped {nodes} silo(s)" in down.stdout
         gone = _raygrain("status", "--address", address, "--name", "cli")
         assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stderr
     finally:
-        holder.stdin.close()
-        try:
-            holder.wait(timeout=COMMAND_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait()
-        holder.stdout.close()
+        asyncio.run(stop_everything("cli"))  # (nothing left to stop once 'down' succeeded)
 
 
 def test_up_spells_storage_and_transport_apart_and_the_old_spelling_still_works(
