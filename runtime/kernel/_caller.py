@@ -164,6 +164,9 @@ class Caller:
     ) -> Any:
         if self.closed:
             raise ClusterClosedError(f"cannot call {target}.{method}: the cluster is closed")
+        loop = get_running_loop()
+        if loop is not self.home_loop and self.home_loop is not None:
+            raise self._foreign_loop(f"{target}.{method}")
         facts = self._facts.get((target.type_name, method)) or self._learn(target, method)
         if timeout is None:
             timeout = facts[0] or self._settings.default_timeout
@@ -198,15 +201,15 @@ class Caller:
         try:
             destination = (self._local_silo if facts[1] else None) or membership.ring.owner(target)
         except LookupError:
+            if followups is not None:  # (they saw it start: it failed, not sent)
+                for followup in followups:
+                    followup(None)
             raise self._no_silo(f"{target}.{method}") from None
         timings = facts[2]
         # One clock read for the deadline and the observers' timing alike (asyncio's loop
         # clock is time.monotonic).
         started = monotonic()
         # (_dispatch, inlined: every call passes here)
-        loop = get_running_loop()
-        if loop is not self.home_loop and self.home_loop is not None:
-            raise self._foreign_loop(f"{target}.{method}")
         future: asyncio.Future[Response] = Future(loop=loop)
         pending = self._pending
         pending[call_id] = (future, started + timeout, destination, request)

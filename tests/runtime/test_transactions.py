@@ -532,3 +532,30 @@ def test_a_read_only_or_one_way_transactional_method_is_refused_at_class_definit
 async def test_transaction_settings_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="TransactionSettings"):
         Cluster.local(actors=[Vault], transactions={"lock_timeout": 1})  # type: ignore[arg-type]
+
+
+async def test_a_call_in_a_block_that_finds_no_silo_does_not_hang_the_blocks_end(
+    cluster: Cluster,
+) -> None:
+    # The transaction counted the call as running before the caller looked for its silo; with
+    # no silo in the caller's view the call failed unsent, and nobody told the transaction,
+    # whose end then waited for that call for ever.
+    from raygrain.actors import SiloUnavailableError
+    from raygrain.runtime.kernel import ConsistentHashRing
+
+    a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
+    membership = cluster._caller._membership
+
+    async def block() -> None:
+        async with cluster.transaction():
+            await a.add(1, 10)
+            ring, membership.ring = membership.ring, ConsistentHashRing(())
+            try:
+                with pytest.raises(SiloUnavailableError):
+                    await b.add(1, 10)
+            finally:
+                membership.ring = ring
+
+    with pytest.raises(TransactionAbortedError):
+        await bounded(block(), "the block's end")
+    assert await _ledgers(cluster, a, b) == [(0, []), (0, [])]
