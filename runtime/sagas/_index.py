@@ -79,9 +79,21 @@ class SagaIndex(Actor[SagaIndexState], name=INDEX_TYPE):
         while len(state.finished) > keep:
             del state.finished[next(iter(state.finished))]
         if state.live and not state.reminded:
-            period = self._service().wake_period()
-            await self.reminders.register(_REMINDER, due=period, period=period)
-            state.reminded = True
+            await self._remind()
+
+    async def on_activate(self) -> None:
+        # ``reminded`` says what the reminder table should hold; a store written by earlier
+        # code may say so of a reminder it lost (see on_reminder), leaving its live sagas to
+        # nobody. A read per shard activation checks it.
+        state = self.state
+        if state.live and state.reminded and await self.reminders.get(_REMINDER) is None:
+            get_logger().warning("saga_index_reminder_lost", index=str(self.context.id))
+            await self._remind()
+
+    async def _remind(self) -> None:
+        period = self._service().wake_period()
+        await self.reminders.register(_REMINDER, due=period, period=period)
+        self.state.reminded = True
 
     @read_only
     async def entries(self, phase: str | None = None) -> list[tuple[ActorKey, str]]:
@@ -91,8 +103,12 @@ class SagaIndex(Actor[SagaIndexState], name=INDEX_TYPE):
     async def on_reminder(self, name: str, tick: ReminderTick) -> None:
         state = self.state
         if not state.live:
-            await self.reminders.unregister(_REMINDER)
+            # The flag is stored before the reminder goes: a crash (or a failed commit) in
+            # between leaves a reminder with nothing to wake, which the next tick removes,
+            # never a shard that believes it is reminded while its live sagas wait for ever.
             state.reminded = False
+            await self.context.save()
+            await self.reminders.unregister(_REMINDER)
             return
         saga_type = str(self.context.key).rsplit("#", 1)[0]
         woken = await asyncio.gather(

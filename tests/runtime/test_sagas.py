@@ -37,8 +37,8 @@ from raygrain import (
     UnknownSagaError,
     step,
 )
-from raygrain.actors import decode_state
-from raygrain.runtime.sagas._index import INDEX_TYPE, shard_key, shard_of
+from raygrain.actors import decode_state, encode_state
+from raygrain.runtime.sagas._index import INDEX_TYPE, SagaIndexState, shard_key, shard_of
 from raygrain.runtime.sagas._record import SagaRecord
 from raygrain.storage import ReminderTable
 from tests import saga_app
@@ -671,3 +671,75 @@ async def test_the_index_forgets_a_saga_that_never_started_and_keeps_the_newest_
         assert await storage.reminders_of(ActorId(INDEX_TYPE, shard)) == []
         await index.record([(f"s{n}", "completed") for n in range(4)])
         assert await index.entries() == [("s2", "completed"), ("s3", "completed")]
+
+
+class _FailingIndexWrite(MemoryStorage):
+    """Fails, once, the write of an index shard that is giving up its reminder (no live
+    saga left): as if the process died between the reminder's removal and that write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        if actor_id.type_name == INDEX_TYPE and not self.failed:
+            state = decode_state(data, SagaIndexState, str(actor_id))
+            if not state.live and not state.reminded:
+                self.failed = True
+                raise StorageError("the disk is full (injected)")
+        return await super().write(actor_id, data, expected_etag)
+
+
+_WAKE_EVERY_SECOND = {
+    "reminders": ReminderSettings(minimum_period=1.0),
+    "sagas": SagaSettings(wake_period=1.0),
+}
+
+
+async def _woken_and_forgotten(cluster: Cluster, clock: ManualClock, shard: str) -> None:
+    """The shard's tick wakes the saga it holds live (never started), which has it forgotten."""
+    index = cluster.ref(INDEX_TYPE, shard)
+    await step_clock(cluster, clock, 1.0)
+
+    async def forgotten() -> bool:
+        return await index.entries(SagaPhase.RUNNING.value) == []
+
+    await wait_until(forgotten, f"{shard} to wake its live saga")
+
+
+async def test_an_index_shard_that_lost_its_reminder_half_way_still_wakes_its_next_sagas(
+    clock: ManualClock,
+) -> None:
+    """A shard's last live saga ended; its next tick removed its reminder, and the write of
+    the shard's state after it failed (a crash there does the same): the shard must not
+    believe it still holds a reminder, or a saga it records live later is never woken."""
+    storage = _FailingIndexWrite()
+    async with Cluster.local(
+        actors=saga_app.ACTORS, clock=clock, storage=storage, **_WAKE_EVERY_SECOND
+    ) as cluster:  # type: ignore[arg-type]
+        shard = shard_key("sagatest.Trip", shard_of("ghost"))
+        index = cluster.ref(INDEX_TYPE, shard)
+        await index.record([("earlier", "running")])
+        await index.record([("earlier", "completed")])
+        await step_clock(cluster, clock, 1.0)  # nothing live: the reminder goes; the write fails
+        assert storage.failed
+        await index.record([("ghost", "running")])  # (a start recorded, never committed)
+        assert [r.name for r in await storage.reminders_of(ActorId(INDEX_TYPE, shard))]
+        await _woken_and_forgotten(cluster, clock, shard)
+
+
+async def test_an_index_shard_stored_as_reminded_without_its_reminder_registers_it_again(
+    clock: ManualClock,
+) -> None:
+    """A store left by the code before the fix above: a live saga, the shard's flag saying
+    it is reminded, and no reminder. Activated (by a listing here), the shard registers it."""
+    storage = MemoryStorage()
+    shard = shard_key("sagatest.Trip", shard_of("ghost"))
+    lost = SagaIndexState(live={"ghost": "running"}, reminded=True)
+    await storage.write(ActorId(INDEX_TYPE, shard), encode_state(lost), None)
+    async with Cluster.local(
+        actors=saga_app.ACTORS, clock=clock, storage=storage, **_WAKE_EVERY_SECOND
+    ) as cluster:  # type: ignore[arg-type]
+        assert await Trip.list_sagas(cluster) == {"ghost": SagaPhase.RUNNING}
+        assert [r.name for r in await storage.reminders_of(ActorId(INDEX_TYPE, shard))]
+        await _woken_and_forgotten(cluster, clock, shard)
