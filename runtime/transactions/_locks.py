@@ -105,10 +105,11 @@ class TxTicket:
 
     @classmethod
     def from_header(cls, header: bytes, joins: bool) -> TxTicket:
-        txid, start, holds_locks, in_turn, rejoins = msgpack.unpackb(header)
-        return cls(
-            str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn), bool(rejoins)
-        )
+        # (The last field since 2026-12-04: a peer from before sends four, and then cannot
+        # say that it joined this actor already.)
+        txid, start, holds_locks, in_turn, *rest = msgpack.unpackb(header)
+        rejoins = bool(rest[0]) if rest else False
+        return cls(str(txid), float(start), joins, False, bool(holds_locks), bool(in_turn), rejoins)
 
     @classmethod
     def started_here(cls) -> TxTicket:

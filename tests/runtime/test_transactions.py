@@ -559,3 +559,26 @@ async def test_a_call_in_a_block_that_finds_no_silo_does_not_hang_the_blocks_end
     with pytest.raises(TransactionAbortedError):
         await bounded(block(), "the block's end")
     assert await _ledgers(cluster, a, b) == [(0, []), (0, [])]
+
+
+async def test_a_call_from_a_peer_sending_the_earlier_four_field_header_still_runs(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 569ec10 added a fifth field to the transaction header (whether the call's transaction
+    # joined its target already) and decoded exactly five: a client or silo from before, which
+    # sends four, had every call in a transaction refused as malformed.
+    import msgpack
+
+    from raygrain.runtime.transactions._context import TransactionContext
+
+    def earlier_header(self: TransactionContext, target: Any = None) -> bytes:
+        header = [self.txid, self.start, bool(self.participants), self.in_turn]
+        return msgpack.packb(header)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(TransactionContext, "header", earlier_header)
+    a, b = cluster.get(Vault, "a"), cluster.get(Vault, "b")
+    await a.deposit(100)
+    async with cluster.transaction():
+        await a.add(1, -30)
+        await b.add(1, 30)
+    assert await _ledgers(cluster, a, b) == [(70, [1]), (30, [1])]
