@@ -454,6 +454,11 @@ def abort(activation: Activation, txid: str, reload: bool) -> None:
     _doom_after_turns(activation, txid, "the transaction was aborted")
 
 
+_CAUSE_CHARS = 300  # of an error's message kept as an abort's cause (4,096 of them a silo)
+
+
 def _described(error: BaseException) -> str:
     text = str(error)
+    if len(text) > _CAUSE_CHARS:
+        text = text[:_CAUSE_CHARS] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

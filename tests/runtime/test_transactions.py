@@ -582,3 +582,31 @@ async def test_a_call_from_a_peer_sending_the_earlier_four_field_header_still_ru
         await a.add(1, -30)
         await b.add(1, 30)
     assert await _ledgers(cluster, a, b) == [(70, [1]), (30, [1])]
+
+
+class Wordy(Actor[int], name="test.transactions.Wordy"):
+    @transactional
+    async def add(self, amount: int) -> int:
+        self.state += amount
+        return self.state
+
+    @transactional
+    async def fail(self, size: int) -> None:
+        self.state += 1
+        raise ValueError("x" * size)
+
+
+async def test_the_remembered_cause_of_an_abort_is_bounded() -> None:
+    # Each silo remembers why a transaction aborted at an actor (the last 4,096 pairs) and says
+    # it to the transaction's later calls: the whole message of the error that aborted it was
+    # kept, so large error messages made that memory, and every later refusal, that large.
+    async with Cluster.local(actors=[Wordy]) as cluster:
+        a = cluster.get(Wordy, "a")
+        with pytest.raises(TransactionAbortedError) as refused:
+            async with cluster.transaction():
+                with pytest.raises(ValueError):
+                    await a.fail(1_000_000)
+                await a.add(1)
+        assert "a call there raised ValueError: xxx" in str(refused.value)
+        assert len(str(refused.value)) < 2_000
+        assert await a.add(0) == 0
