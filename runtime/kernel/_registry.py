@@ -47,8 +47,9 @@ class ActorRegistry:
                 "give one of them name=..."
             )
         parameter = cls.__dict__.get("__actor_state_parameter__")
-        if parameter is not None:
+        if parameter is not None and not actor_options(cls).stateless_worker:
             # Its state type is a parameter still (Actor[T]): it would keep no state at all.
+            # (A stateless worker keeps none anyway: its parameter names nothing stored.)
             raise ConfigurationError(
                 f"{name}: its state type is the type variable {parameter}, which names no "
                 f"type, so its state would never be stored; register a subclass that names "

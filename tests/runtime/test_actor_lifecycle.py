@@ -145,6 +145,18 @@ def test_a_generic_actor_class_that_names_no_state_type_is_refused(cls: type[Any
         Cluster.local(actors=[cls])
 
 
+class GenericWorker(Actor[T], Generic[T], name="life.GenericWorker", stateless_worker=True):
+    async def echo(self, value: int) -> int:
+        return value
+
+
+async def test_a_generic_stateless_worker_is_still_registered() -> None:
+    # 81385ce refused every generic actor class registered as it is, since its state would
+    # never be stored; a stateless worker keeps none anyway, and was refused with the rest.
+    async with Cluster.local(actors=[GenericWorker]) as cluster:
+        assert await cluster.get(GenericWorker, "w").echo(3) == 3
+
+
 def test_a_storage_that_is_neither_a_url_nor_a_provider_is_refused() -> None:
     for storage in (None, 5):
         with pytest.raises(ConfigurationError, match="storage must be a URL"):
