@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgpack
 
@@ -28,12 +28,11 @@ from raygrain.actors import (
 from raygrain.runtime.kernel import Activation, Admission, Delivery, get_logger
 from raygrain.runtime.transactions._context import (
     TransactionContext,
+    TransactionSettings,
     current_transaction,
     new_txid,
 )
-
-if TYPE_CHECKING:
-    from raygrain.runtime.transactions._extension import Transactions
+from raygrain.runtime.transactions._coordinator import Coordinator
 
 __all__ = ["TxHold", "TxScope", "TxTicket"]
 
@@ -239,10 +238,25 @@ class TxScope:
 # -- the hold's life ---------------------------------------------------------------------------
 
 
-def _owner(activation: Activation) -> Transactions:
-    # The extension offers itself as a silo service (see Transactions.attach): reaching it
-    # through the silo keeps this module from importing the extension's at run time.
-    owner: Transactions = activation.service(SERVICE)
+class _Owner(Protocol):
+    """What the locks need of the silo's transactions extension (runtime/transactions/
+    _extension.py), named here so that this module does not import the one that imports it."""
+
+    settings: TransactionSettings
+    coordinator: Coordinator
+    locked: set[Activation]
+    warned: set[tuple[str, str]]
+
+    def lock_taken(self, activation: Activation) -> None: ...
+
+    def aborted_at(self, txid: str, actor_id: ActorId, why: str) -> None: ...
+
+    def refused(self, txid: str, actor_id: ActorId) -> str | None: ...
+
+
+def _owner(activation: Activation) -> _Owner:
+    # The extension offers itself as a silo service (see Transactions.attach).
+    owner: _Owner = activation.service(SERVICE)
     return owner
 
 
