@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +90,24 @@ async def test_fifty_clusters_opened_and_closed_leave_nothing_behind(tmp_path: P
     assert _open_files() <= before[0]
 
 
+async def _run_on_another_thread(
+    coroutine: Callable[[], Coroutine[Any, Any, object]],
+) -> list[BaseException]:
+    """Run ``coroutine()`` on another thread's event loop; what it raised, if anything."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(coroutine())
+        except BaseException as exc:
+            raised.append(exc)
+
+    elsewhere = threading.Thread(target=run)
+    elsewhere.start()
+    await asyncio.to_thread(elsewhere.join)
+    return raised
+
+
 async def test_a_close_from_another_thread_is_refused_and_the_cluster_still_closes() -> None:
     # Closing from another thread (its own event loop) failed with asyncio's ValueError
     # ('The future belongs to a different loop') half-way: one silo closed, the other not,
@@ -96,17 +116,7 @@ async def test_a_close_from_another_thread_is_refused_and_the_cluster_still_clos
 
     cluster = await Cluster.local(actors=[Counter]).start()
     assert await cluster.get(Counter, "a").add() == 1
-    raised: list[BaseException] = []
-
-    def close_elsewhere() -> None:
-        try:
-            asyncio.run(cluster.aclose())
-        except BaseException as exc:
-            raised.append(exc)
-
-    elsewhere = threading.Thread(target=close_elsewhere)
-    elsewhere.start()
-    await asyncio.to_thread(elsewhere.join)
+    raised = await _run_on_another_thread(lambda: cluster.aclose())
     assert [type(exc) for exc in raised] == [InvalidCallError], raised
     assert "run_coroutine_threadsafe" in str(raised[0])
     assert await cluster.get(Counter, "a").add() == 2  # untouched
@@ -129,17 +139,7 @@ async def test_a_call_from_another_threads_event_loop_is_refused_and_changes_not
     async with cluster:
         actor = cluster.get(Lingering, "a")
         assert await actor.touch() == 1
-        raised: list[BaseException] = []
-
-        def call_elsewhere() -> None:
-            try:
-                asyncio.run(actor.touch())
-            except BaseException as exc:
-                raised.append(exc)
-
-        elsewhere = threading.Thread(target=call_elsewhere)
-        elsewhere.start()
-        await asyncio.to_thread(elsewhere.join)
+        raised = await _run_on_another_thread(lambda: actor.touch())
         assert [type(exc) for exc in raised] == [InvalidCallError], raised
         assert "run_coroutine_threadsafe" in str(raised[0])
         assert await actor.touch() == 2  # the refused call changed nothing
@@ -153,15 +153,5 @@ async def test_a_close_from_another_thread_after_the_close_returns_as_any_later_
     # another thread (c216fc3), though nothing was left to close.
     cluster = await Cluster.local(actors=[Counter]).start()
     await cluster.aclose()
-    raised: list[BaseException] = []
-
-    def close_elsewhere() -> None:
-        try:
-            asyncio.run(cluster.aclose())
-        except BaseException as exc:
-            raised.append(exc)
-
-    elsewhere = threading.Thread(target=close_elsewhere)
-    elsewhere.start()
-    await asyncio.to_thread(elsewhere.join)
+    raised = await _run_on_another_thread(lambda: cluster.aclose())
     assert raised == []
