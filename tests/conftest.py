@@ -130,6 +130,27 @@ def log(
 RAY_TRANSPORTS = ["ray", "direct"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup``, pyproject.toml):
+    every test that needs Ray goes to one of them, one after another, as in a single process:
+    the session's Ray silos are made once, and no two Ray clusters a test starts (or the
+    failure detection a test times) share the machine's two cores with another Ray test. The
+    other worker runs the in-process tests meanwhile."""
+    for item in items:
+        if _needs_ray(item):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def _needs_ray(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    return (
+        item.get_closest_marker("ray") is not None
+        or "ray_silos" in fixtures
+        or "ray_transport" in fixtures
+        or item.path.parent.name == "ray"  # tests/ray/
+    )
+
+
 # Reminders with sub-second periods (the cluster default refuses periods under a minute), and
 # the saga index waking live sagas every half second.
 # The silos push metrics every second, and hand their spans to the trace tests' sink.

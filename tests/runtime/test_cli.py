@@ -33,6 +33,14 @@ def test_version() -> None:
     assert done.stdout.strip() == f"raygrain {raygrain.__version__}"
 
 
+@pytest.fixture
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A terminal of 100 columns or more (pytest-xdist's workers set COLUMNS to the width of
+    the terminal pytest runs in, 80 when that is no terminal)."""
+    monkeypatch.setenv("COLUMNS", "120")
+
+
+@pytest.mark.usefixtures("wide_terminal")
 def test_status_table_fits_100_columns_and_aligns() -> None:
     silos = [
         {
@@ -65,6 +73,7 @@ def test_status_table_fits_100_columns_and_aligns() -> None:
     assert "dead" in squeezed and "unreachable:" in squeezed
 
 
+@pytest.mark.usefixtures("wide_terminal")
 def test_status_table_shows_each_type_whole_on_a_line_of_its_own() -> None:
     # Joined with ", ", the types wrapped mid-name in their narrow column: 'lib.TitleCount'
     # left its comma on a line of its own, 'raygrain.SagaIndex' broke after 'SagaI'.
