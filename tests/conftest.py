@@ -131,13 +131,16 @@ RAY_TRANSPORTS = ["ray", "direct"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup``, pyproject.toml):
-    every test that needs Ray goes to one of them, one after another, as in a single process:
-    the session's Ray silos are made once, and no two Ray clusters a test starts (or the
-    failure detection a test times) share the machine's two cores with another Ray test. The
-    other worker runs the in-process tests meanwhile."""
+    """The suite runs on two pytest-xdist workers (``-n 2 --dist loadgroup``, pyproject.toml).
+    The tests on the session's Ray (marked ray, under tests/ray/, or using its silos) form one
+    group, run by one worker one after another, as in a single process: the session's Ray is
+    made once, and no two of them share it. The tests that start a fresh Ray of their own in a
+    child process (marked fresh_ray) form another, which xdist gives the other worker (it hands
+    out the largest groups first); the in-process tests fill in around both."""
     for item in items:
-        if _needs_ray(item):
+        if item.get_closest_marker("fresh_ray") is not None:
+            item.add_marker(pytest.mark.xdist_group("fresh-ray"))
+        elif _needs_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 

@@ -33,7 +33,7 @@ def _blocks() -> list[object]:
         if mark:
             marks.append(pytest.mark.skip(reason=f"marked {mark.strip()}"))
         elif "Cluster.ray(" in code:
-            marks += [pytest.mark.ray, pytest.mark.slow]  # starts a Ray of its own
+            marks += [pytest.mark.ray, pytest.mark.fresh_ray, pytest.mark.slow]  # a Ray of its own
         found.append(pytest.param(code, id="+".join(where), marks=marks))
     return found
 

@@ -135,6 +135,7 @@ def test_every_local_scenario_runs_and_reports_beside_its_baseline(tmp_path: Pat
 
 # About 20 s, most of it starting and stopping a local Ray; the figures take a few seconds.
 @pytest.mark.ray
+@pytest.mark.fresh_ray
 def test_ray_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
     results = _run_suite(tmp_path, "--only", "ray")
     _check_figures(results, ["ray"])
@@ -144,6 +145,7 @@ def test_ray_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> No
 # Its own 3-node Ray cluster, a workload, a node and the controller process killed: about half
 # a minute on a quiet machine.
 @pytest.mark.ray
+@pytest.mark.fresh_ray
 @pytest.mark.slow
 def test_failover_scenario_runs_and_reports_beside_its_baseline(tmp_path: Path) -> None:
     results = _run_suite(tmp_path, "--only", "failover")

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.ray
+@pytest.mark.fresh_ray
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # starting three Ray nodes on a busy 2-core machine takes a minute
 def test_killing_silos_on_postgres_loses_no_acknowledged_write(postgres_url: str) -> None:

@@ -160,6 +160,7 @@ class Alarm(Actor[Ticks], name="restart.Alarm"):
 """
 
 
+@pytest.mark.fresh_ray
 def test_reminders_go_on_after_the_whole_ray_cluster_restarts(tmp_path: Path) -> None:
     (tmp_path / "alarms.py").write_text(_ALARMS)
     (tmp_path / "main.py").write_text(_RESTART_SCRIPT)
