@@ -8,6 +8,7 @@ The tree::
 
     RaygrainError
     ├── ConfigurationError          bad actor class, option or cluster setting
+    │   └── ClusterUnreachableError  no Ray at the address, or it refused us (a ConnectionError)
     ├── InvalidCallError            the call itself is wrong; nothing ran
     │   ├── UnknownActorTypeError   type name not registered on the cluster
     │   ├── UnknownMethodError      no such public async method (private, dunder, missing)
@@ -52,6 +53,7 @@ __all__ = [
     "ActorOverloadedError",
     "ClusterClosedError",
     "ClusterNotStartedError",
+    "ClusterUnreachableError",
     "ConfigurationError",
     "DeadlockError",
     "InconsistentStateError",
@@ -92,6 +94,13 @@ class RaygrainError(Exception):
 
 class ConfigurationError(RaygrainError):
     """An actor class, option or cluster setting is invalid."""
+
+
+class ClusterUnreachableError(ConfigurationError, ConnectionError):
+    """Ray cannot be reached at the address given (nothing listens there), or it refused the
+    connection (most often a cluster with token authentication and a client without its
+    settings). Also a ``ConnectionError``, what Ray itself raises, so code written for Ray
+    catches it as before; the message says what to change."""
 
 
 class InvalidCallError(RaygrainError):

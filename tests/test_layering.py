@@ -49,6 +49,7 @@ EXPORTS = {
         "RESERVED", "Actor", "ActorCallTimeout", "ActorContext", "ActorFactory", "ActorId",
         "ActorKey", "ActorMethod", "ActorOptions", "ActorOverloadedError", "ActorRef",
         "ActorRuntime", "ClusterClosedError", "ClusterNotStartedError", "ConfigurationError",
+        "ClusterUnreachableError",
         "DeactivationReason", "DeadlockError", "IdempotencyKeys", "InconsistentStateError",
         "InvalidArgumentsError", "InvalidCallError", "InvalidEventError", "InvalidScheduleError",
         "Invoker",
@@ -101,6 +102,7 @@ def test_the_top_level_package_reexports_the_user_api() -> None:
 TOP_LEVEL = {
     "Actor", "ActorCallTimeout", "ActorContext", "ActorOverloadedError", "ActorId", "ActorKey",
     "ActorOptions", "ActorRef", "Cluster", "ClusterClosedError", "ClusterNotStartedError",
+    "ClusterUnreachableError",
     "ConfigurationError", "DeactivationReason", "EventSourcedActor", "Projection", "ReadResult",
     "Rows", "Session", "Sql", "SqlProjection", "StoredEvent", "Written",
     "DeadlockError", "FailureDetection", "IdempotencyKeys", "InconsistentStateError",

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from raygrain.actors import ConfigurationError
+from raygrain.actors import ClusterUnreachableError, ConfigurationError
 from raygrain.runtime._capabilities import client_filters
 from raygrain.runtime.kernel import (
     ActorRegistry,
@@ -97,14 +97,14 @@ def ensure_ray(
             raise
         if address == "auto" and os.environ.get("RAY_ADDRESS", "auto") == "auto":
             # (No Ray found on this machine: nothing was checked to be listening.)
-            raise ConfigurationError(
+            raise ClusterUnreachableError(
                 f"cannot connect to Ray (auto): {exc}: start it with 'ray start --head', or "
                 "give its address (or RAY_ADDRESS)"
             ) from exc
         # Something answered (checked above), yet Ray let us not in: most often a cluster
         # with token authentication (Ray 2.60's default for `ray start`) and a client without
         # its settings, which Ray says only in its own log lines.
-        raise ConfigurationError(
+        raise ClusterUnreachableError(
             f"Ray at {address} did not accept the connection ({exc}): if it runs with token "
             "authentication (the default of 'ray start'), set RAY_AUTH_MODE=token in this "
             "process's environment and give it the cluster's token (the file "
@@ -126,7 +126,7 @@ def _check_listening(address: str, source: str = "") -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=_REACH_TIMEOUT).close()
     except OSError as exc:
-        raise ConfigurationError(
+        raise ClusterUnreachableError(
             f"cannot connect to Ray at {source}{address} "
             f"({exc.strerror or type(exc).__name__}): start it with 'ray start --head', or pass "
             "the right address (or RAY_ADDRESS)"
