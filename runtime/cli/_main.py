@@ -26,6 +26,7 @@ from typing import Any
 from raygrain.actors import Actor, ConfigurationError, RaygrainError, actor_options
 from raygrain.runtime.cli._parser import build_parser as _parser
 from raygrain.runtime.cli._table import table_console
+from raygrain.runtime.tracing import TracingSettings
 
 __all__ = ["main"]
 
@@ -113,6 +114,25 @@ def _describe_ray_failure(address: str | None, exc: BaseException, listening: bo
     )
 
 
+def _tracing_settings(setup: str | None) -> TracingSettings | None:
+    """``--tracing-setup``, checked here (that it imports, from where the actor modules do)
+    rather than failing every silo in Ray's logs; each silo process calls it."""
+    if setup is None:
+        return None
+    settings = TracingSettings(setup=setup)  # (refuses what is no 'module:function')
+    module_name, _, function_name = setup.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except Exception as exc:  # (a module's own error at import too)
+        raise ConfigurationError(
+            f"--tracing-setup {setup!r} is not an importable 'module:function': "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(function):
+        raise ConfigurationError(f"--tracing-setup {setup!r} is not a function")
+    return settings
+
+
 def _actor_classes(module_names: list[str]) -> list[type[Actor[Any]]]:
     # Like uvicorn or celery: the user's modules are importable from where they run the command.
     if os.getcwd() not in sys.path:
@@ -169,6 +189,7 @@ async def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     actor_types = _actor_classes(args.actors)
+    tracing = _tracing_settings(args.tracing_setup)
     # The silos would refuse these classes (a state type that cannot be stored, two classes
     # of one name) one by one, in Ray's logs: refuse them here, in one line, as Cluster.ray does.
     ActorRegistry(actor_types)
@@ -200,7 +221,8 @@ async def _up(args: argparse.Namespace) -> int:
         plane=DirectPlane(tls=tls),
     )
     _connect(args.address, local_code=True)
-    handles = await launch(spec, SiloOptions())  # (refuses a name in use; Ctrl-C undoes it)
+    options = SiloOptions(capabilities=() if tracing is None else (tracing,))
+    handles = await launch(spec, options)  # (refuses a name in use; Ctrl-C undoes it)
     silos = sorted(n for n in handles if n.startswith("raygrain-silo-"))
     print(
         f"deployment {args.name!r}: started {len(silos)} silo(s) hosting "

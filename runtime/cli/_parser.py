@@ -143,6 +143,13 @@ def build_parser() -> _Parser:
         help="data plane for calls: the silos' own connections (direct, the default) or Ray"
         " actor calls",
     )
+    up.add_argument(
+        "--tracing-setup",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="called once in each silo process before it serves, to configure OpenTelemetry"
+        " there (as TracingSettings(setup=...) of Cluster.ray)",
+    )
     up.add_argument("--tls-cert", default=None, help="certificate the silos present (PEM)")
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")
     up.add_argument("--tls-ca", default=None, help="CA file clients and silos trust")

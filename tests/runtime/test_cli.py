@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,25 @@ def test_status_table_shows_each_type_whole_on_a_line_of_its_own() -> None:
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT = 240  # a bound against a hang: startup takes seconds on a quiet machine
 
+# A client that calls inside a span of its own, and prints the trace's id.
+_TRACED_CLIENT = """
+import asyncio, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from raygrain.runtime import Cluster
+from tests.app import BankAccount
+
+trace.set_tracer_provider(TracerProvider())
+
+async def main():
+    async with Cluster.connect(sys.argv[1], actors=[BankAccount], name="cli") as cluster:
+        with trace.get_tracer("cli-test").start_as_current_span("client") as span:
+            await cluster.get(BankAccount, "cli-traced").deposit(1)
+    print(span.get_span_context().trace_id)
+
+asyncio.run(main())
+"""
+
 _CLIENT = """
 import asyncio, sys
 from raygrain.runtime import Cluster
@@ -135,13 +155,17 @@ def test_up_status_connect_and_down_against_long_running_silos(
 ) -> None:
     import asyncio
 
+    import ray
+
     from raygrain.runtime.ray_host import stop_everything
+    from tests.trace_sink import SETUP, SINK_NAME, SINK_NAMESPACE, SpanSink
 
     address, nodes = ray_silos.address, len(ray_silos.node_ids)
+    sink = ray.remote(SpanSink).options(name=SINK_NAME, namespace=SINK_NAMESPACE).remote()
     try:
         up = _raygrain(
             "up", "--address", address, "--actors", "tests.app", "--name", "cli",
-            "--storage", f"sqlite:///{tmp_path / 'state.db'}",
+            "--storage", f"sqlite:///{tmp_path / 'state.db'}", "--tracing-setup", SETUP,
         )  # fmt: skip
         assert up.returncode == 0, up.stderr[-3000:]
         assert f"deployment 'cli': started {nodes} silo(s) hosting" in up.stdout, up.stdout
@@ -162,6 +186,18 @@ def test_up_status_connect_and_down_against_long_running_silos(
             assert client.returncode == 0, client.stderr[-3000:]
             assert client.stdout.strip().splitlines()[-1] == str(balance)
 
+        # --tracing-setup ran in each silo process: a traced call's turn span reaches the sink.
+        traced = _run("-c", _TRACED_CLIENT, address)
+        assert traced.returncode == 0, traced.stderr[-3000:]
+        trace_id = int(traced.stdout.strip().splitlines()[-1])
+        deadline = time.monotonic() + 60
+        while not any(
+            s["trace_id"] == trace_id and s["name"] == "test.BankAccount.deposit"
+            for s in ray.get(sink.all.remote())
+        ):
+            assert time.monotonic() < deadline, "no span of the traced call reached the sink"
+            time.sleep(0.1)
+
         again = _raygrain("up", "--address", address, "--actors", "tests.app", "--name", "cli")
         assert again.returncode != 0 and "already running" in again.stderr
 
@@ -171,6 +207,7 @@ def test_up_status_connect_and_down_against_long_running_silos(
         gone = _raygrain("status", "--address", address, "--name", "cli")
         assert gone.returncode != 0 and "no raygrain deployment named 'cli'" in gone.stderr
     finally:
+        ray.kill(sink)
         asyncio.run(stop_everything("cli"))  # (nothing left to stop once 'down' succeeded)
 
 
@@ -368,6 +405,27 @@ def test_up_names_the_types_it_hosts_as_calls_and_status_name_them(
     out = capsys.readouterr().out
     assert "deployment 'shop': started 1 silo(s) hosting " in out
     assert "test.BankAccount, " in out and " BankAccount," not in out
+
+
+@pytest.mark.parametrize(
+    ("setup", "said"),
+    [
+        ("no_such_module_here:install", "is not an importable 'module:function'"),
+        ("tests.trace_sink:no_such_function", "is not an importable 'module:function'"),
+        ("tests.trace_sink:SETUP", "is not a function"),
+        ("install", "must be 'module:function'"),
+    ],
+)
+def test_up_checks_its_tracing_setup_before_reaching_ray(
+    setup: str, said: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raygrain.runtime.cli import _main, main
+
+    monkeypatch.setattr(_main, "_connect", lambda *a, **k: pytest.fail("Ray was reached"))
+    assert main(["up", "--actors", "tests.app", "--tracing-setup", setup]) == 2
+    err = capsys.readouterr().err
+    assert said in err and setup in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_up_refuses_actor_classes_the_silos_would_refuse_before_reaching_ray(
