@@ -26,7 +26,7 @@ from raygrain.actors import (
 from raygrain.runtime.kernel._internal import InternalTurn
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import ActivationState, Delivery
-from raygrain.runtime.kernel._turns import TurnRunner, exit_error
+from raygrain.runtime.kernel._turns import TurnRunner, exit_error, is_closing
 
 if TYPE_CHECKING:
     from raygrain.runtime.kernel._extensions import TurnEnding
@@ -66,12 +66,14 @@ class Activation(TurnRunner):
             instance.__init__()  # type: ignore[misc]  # user __init__ takes no arguments
             self.instance = instance
             await instance.on_activate()
-        except (KeyboardInterrupt, GeneratorExit):
-            raise  # a Ctrl-C goes on; GeneratorExit: this coroutine is being closed
+        except KeyboardInterrupt:
+            raise  # a Ctrl-C goes on
         except BaseException as exc:
             # (Any BaseException but those: a library's own, pytest's Failed, is the
             # activation's failure too, sent to the calls waiting for it.)
-            if isinstance(exc, SystemExit):  # (its failure, not the silo's exit)
+            if isinstance(exc, GeneratorExit) and is_closing(exc):
+                raise  # this coroutine is being closed: nothing may be awaited
+            if isinstance(exc, (SystemExit, GeneratorExit)):  # (its failure, not the exit)
                 exc = exit_error(exc, f"{self.actor_id}.on_activate")
             elif isinstance(exc, asyncio.CancelledError):
                 cancelling = getattr(asyncio.current_task(), "cancelling", None)  # (3.11+)

@@ -42,7 +42,7 @@ from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
 from raygrain.runtime.kernel._state import StateSlot
 
-__all__ = ["TurnRunner", "exit_error", "stand_in"]
+__all__ = ["TurnRunner", "exit_error", "is_closing", "stand_in"]
 
 
 class TurnRunner(Mailbox):
@@ -172,16 +172,20 @@ class TurnRunner(Mailbox):
                 ok, payload = False, self._fail_turn(method, error, per_turn)
                 if scope is not None:
                     await scope.failed(error)
-            except SystemExit as exc:
+            except (SystemExit, GeneratorExit) as exc:
                 # Raised by the method itself: that call's failure, never the silo's exit (a
                 # turn on a task of the silo's would stop its event loop), nor, sent back as
-                # it is, the caller's. (A KeyboardInterrupt goes on: it may be a Ctrl-C.)
+                # it is, the caller's (it would end the caller's own coroutine). But a
+                # GeneratorExit may be this turn being closed (its runner's loop ending): it
+                # must go on, and nothing may be awaited.
+                if isinstance(exc, GeneratorExit) and is_closing(exc):
+                    raise
                 error = exit_error(exc, self._where(method))
                 ok, payload = False, self._fail_turn(method, error, per_turn)
                 if scope is not None:
                     await scope.failed(error)
-            except (KeyboardInterrupt, GeneratorExit):
-                raise  # a Ctrl-C goes on; GeneratorExit: this coroutine is being closed
+            except KeyboardInterrupt:
+                raise  # a Ctrl-C goes on (as asyncio lets it: it stops the loop)
             except BaseException as exc:
                 # A BaseException that is no Exception (a library's own, pytest's Failed): the
                 # call's failure like any other, sent back as itself. (Let through, it reached
@@ -422,8 +426,23 @@ def stand_in(exc: BaseException, where: str) -> RemoteActorError:
 
 
 def exit_error(exc: BaseException, where: str) -> RemoteActorError:
-    """A method's (or hook's) ``SystemExit`` as the error its caller gets."""
+    """A method's (or hook's) ``SystemExit`` or own ``GeneratorExit`` as the error its caller
+    gets (either, raised in the caller as it is, would end the caller's coroutine)."""
     name = type(exc).__name__
+    meaning = "no exit" if isinstance(exc, SystemExit) else "nothing was being closed"
     return RemoteActorError(
-        f"builtins.{name}", f"{where} raised {name}{exc.args!r} (a call's failure: no exit)"
+        f"builtins.{name}", f"{where} raised {name}{exc.args!r} (a call's failure: {meaning})"
     )
+
+
+def is_closing(exc: GeneratorExit) -> bool:
+    """Whether ``exc``, caught in a coroutine, is that coroutine being closed (``close()``,
+    as when the task running it is collected) rather than raised by the code it awaited.
+
+    ``close()`` closes the innermost awaited coroutine first, then raises a fresh
+    ``GeneratorExit`` at each awaiting frame's ``await`` in turn, so the one a frame catches
+    has no traceback below that frame; one raised by awaited code (``raise GeneratorExit``
+    in a method) has an entry for each frame it came up through (CPython 3.10 to 3.13).
+    """
+    traceback = exc.__traceback__
+    return traceback is None or traceback.tb_next is None
