@@ -411,8 +411,8 @@ class Silo:
 
     def reply_malformed(self, bad: Malformed) -> None:
         """Answer a malformed message of a batch (see ``unpack_batch``) when it says who to
-        answer; otherwise it is only logged."""
-        get_logger().warning("malformed_message", silo=self.name, reason=bad.reason)
+        answer. The transport that received it logs it (it knows the sender, and limits the
+        warnings per sender: ``wire.PeerLog``)."""
         if bad.call_id is None or bad.reply_to is None:
             return
         error = encode_error(MalformedMessageError(bad.reason), f"silo {self.name}")

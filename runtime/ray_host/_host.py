@@ -256,11 +256,14 @@ class SiloHostImpl:
         """A batch from ``sender`` (a silo's name or a client's address): its responses are
         taken only for calls this silo sent to ``sender``."""
         client, call_ids = "", set()
+        malformed: list[Malformed] = []
         try:
-            messages = unpack_batch(blob, on_malformed=self.silo.reply_malformed)
+            messages = unpack_batch(blob, malformed.append)
         except MalformedMessageError as exc:
-            get_logger().warning("malformed_batch", silo=self.name, reason=str(exc))
+            self.transport.log.refused(sender, "malformed_batch", silo=self.name, reason=str(exc))
             return b""
+        for bad in malformed:
+            self._refuse(sender, bad)
         for message in messages:
             if isinstance(message, Request):
                 try:
@@ -270,7 +273,7 @@ class SiloHostImpl:
                     bad = Malformed(
                         f"malformed message: {reason}", message.call_id, message.reply_to
                     )
-                    self.silo.reply_malformed(bad)
+                    self._refuse(sender, bad)
                 if is_client_address(message.reply_to):
                     client = message.reply_to
                     call_ids.add(message.call_id)
@@ -284,6 +287,13 @@ class SiloHostImpl:
         # A client's batch carries its answers back when they are quick, which spares the
         # client's long poll a Ray call per round trip; slower ones go by the poll.
         return await self.transport.answers(client, call_ids)
+
+    def _refuse(self, sender: str, bad: Malformed) -> None:
+        """Answer a malformed message from ``sender``; warn of it at most once a minute per
+        sender (the rest at debug, counted), as the direct plane does: a peer sending junk
+        must not flood the log."""
+        self.transport.log.refused(sender, "malformed_message", silo=self.name, reason=bad.reason)
+        self.silo.reply_malformed(bad)
 
     async def poll(self, client: str) -> bytes:
         return await self.transport.poll(client)

@@ -5,11 +5,32 @@ forwarded), instead of waiting for its deadline."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from raygrain.actors import ActorId, SiloUnavailableError, decode_error, encode
-from raygrain.runtime.kernel import Request, Response, pack_batch
+import msgpack
+import pytest
+
+from raygrain.actors import (
+    ActorId,
+    MalformedMessageError,
+    SiloUnavailableError,
+    decode_error,
+    encode,
+)
+from raygrain.runtime.kernel import (
+    MembershipView,
+    Request,
+    Response,
+    SiloOptions,
+    SiloStatus,
+    pack_batch,
+    unpack_batch,
+)
 from raygrain.runtime.ray_host import RayTransport
+from raygrain.runtime.ray_host._host import SiloHostImpl
+from raygrain.storage import MemoryStorage
+from tests.app import Chain
 from tests.helpers import wait_until
 
 
@@ -138,3 +159,40 @@ async def test_the_locator_finds_silos_off_the_loop_and_gives_up_on_one_never_an
         ticker.cancel()
     assert handle.threads and threading.get_ident() not in handle.threads
     assert ticks > 5  # the loop ran while the handle was being found
+
+
+def _bad_request(call_id: int, reply_to: str) -> bytes:
+    """A batch of one request that says who to answer but has a negative timeout."""
+    item = [0, call_id, "test.Chain", "k", "ping", b"", reply_to, -1.0, [], 0, None, 1]
+    return msgpack.packb([item], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+async def test_malformed_messages_over_ray_warn_once_per_sender(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A silo's Ray actor warned of every malformed message and batch it was sent, so a peer
+    sending junk flooded the log. As on the direct plane (``wire.PeerLog``): one warning per
+    sender a minute, the rest at debug; every malformed call is still answered."""
+    caplog.set_level(logging.DEBUG, logger="raygrain")
+    host = SiloHostImpl("silo-a", "node", [Chain], MemoryStorage(), SiloOptions(), None, None)
+    host.membership.update(MembershipView(1, (("silo-a", SiloStatus.ACTIVE),)))
+    host.silo.start()
+    client = "client-0123"
+    answers: dict[int, Response] = {}
+    try:
+        for call_id in range(1, 41):
+            await host.receive_batch(_bad_request(call_id, client), client)
+            await host.receive_batch(b"\xc1", client)  # not msgpack at all
+        await host.receive_batch(_bad_request(41, client), "silo-b")  # another sender
+        while len(answers) < 41:  # (a malformed call's answer comes by the client's poll)
+            for message in unpack_batch(await asyncio.wait_for(host.poll(client), 30)):
+                assert isinstance(message, Response)
+                answers[message.call_id] = message
+    finally:
+        await host.silo.aclose()
+        await host.transport.aclose()
+    assert all(isinstance(decode_error(a.payload), MalformedMessageError) for a in answers.values())
+    malformed = [r for r in caplog.records if "malformed" in r.getMessage()]
+    warned = [r for r in malformed if r.levelno >= logging.WARNING]
+    assert len(warned) == 2, [r.getMessage() for r in warned]  # one per sender
+    assert len(malformed) == 81  # the rest at debug
