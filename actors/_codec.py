@@ -103,10 +103,13 @@ def decode(data: bytes, invoker: Invoker | None = None) -> Any:
     token = _decode_invoker.set(invoker) if invoker is not None else None
     try:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except SerializationError:
+    except (SerializationError, KeyboardInterrupt):
         raise
-    except Exception as exc:
-        raise SerializationError(f"cannot decode message: {exc}") from None
+    except BaseException as exc:
+        # (Any BaseException: a type's own __post_init__ or from_data may raise one, and where
+        # a silo decodes a call's arguments it would escape the delivery, a SystemExit stopping
+        # the silo's event loop. A value that cannot be built is the message's failure.)
+        raise SerializationError(f"cannot decode message: {exc!r:.200}") from None
     finally:
         if token is not None:
             _decode_invoker.reset(token)
@@ -130,10 +133,10 @@ def decoder(invoker: Invoker) -> Callable[[bytes], Any]:
     def decode_for_invoker(data: bytes) -> Any:
         try:
             return unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
-        except SerializationError:
+        except (SerializationError, KeyboardInterrupt):
             raise
-        except Exception as exc:
-            raise SerializationError(f"cannot decode message: {exc}") from None
+        except BaseException as exc:  # (as in decode)
+            raise SerializationError(f"cannot decode message: {exc!r:.200}") from None
 
     return decode_for_invoker
 

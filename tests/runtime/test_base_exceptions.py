@@ -6,13 +6,14 @@ on. (``tests/runtime/test_bad_input.py`` has ``SystemExit`` and a library's own;
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import types
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
-from raygrain.actors import Actor, RemoteActorError
+from raygrain.actors import Actor, RemoteActorError, SerializationError
 from raygrain.runtime import Cluster
 from raygrain.runtime.kernel._turns import is_closing
 
@@ -97,3 +98,44 @@ def test_is_closing_tells_a_close_from_a_raise() -> None:
     with pytest.raises(GeneratorExit):
         raised.send(None)
     assert seen == [True, False]
+
+
+class _Aborted(BaseException):
+    """Not an ``Exception`` (as pytest's ``Failed``, or a library's own cancellation)."""
+
+
+@dataclasses.dataclass
+class _Picky:
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value < 0:
+            raise _Aborted("negative")  # (runs where the value is decoded: on the silo)
+
+
+class _TakesPicky(Actor[int], name="test.TakesPicky"):
+    async def take(self, picky: _Picky) -> int:
+        self.state += picky.value
+        return self.state
+
+
+@pytest.mark.parametrize("raised", [_Aborted, SystemExit], ids=["base-exception", "exit"])
+async def test_a_base_exception_decoding_arguments_fails_that_call(
+    raised: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument whose type's ``__post_init__`` raised a ``BaseException`` that is no
+    ``Exception`` while the silo decoded it escaped the silo's delivery."""
+    if raised is SystemExit:
+        monkeypatch.setattr(_Picky, "__post_init__", _exits)
+    async with Cluster.local(actors=[_TakesPicky], default_timeout=60) as local:
+        actor = local.get(_TakesPicky, "p")
+        picky = _Picky(1)
+        picky.value = -1  # (built here, refused where it is built again: on the silo)
+        with pytest.raises(SerializationError, match="arguments of test.TakesPicky.take"):
+            await asyncio.wait_for(actor.take(picky), 30)
+        assert await actor.take(_Picky(0)) == 0  # serving
+
+
+def _exits(self: _Picky) -> None:
+    if self.value < 0:
+        raise SystemExit(3)
