@@ -182,7 +182,7 @@ ROOMS: dict[str, set[str]] = {
         "ray_host",
         "_capabilities",
     },
-    "cli": {"kernel", "membership", "wire", "ray_host", "cluster", "sagas"},
+    "cli": {"kernel", "membership", "wire", "ray_host", "cluster", "sagas", "tracing"},
 }
 RUNTIME = ROOT / "runtime"
 
