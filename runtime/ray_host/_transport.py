@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from raygrain.actors import SiloUnavailableError, encode_error
+from raygrain.actors import MalformedMessageError, SiloUnavailableError, encode_error
 from raygrain.runtime.kernel import (
     Endpoint,
     Request,
@@ -381,7 +381,12 @@ class RayTransport:
         body it cannot decode) is left out and logged, never ending the poll or the batch."""
         if self._local is None:
             return
-        for message in unpack_batch(blob):
+        try:
+            messages = unpack_batch(blob)
+        except MalformedMessageError as exc:  # (a silo of another version, or a broken one)
+            self.log.refused(silo, "malformed_batch", reason=str(exc))
+            return
+        for message in messages:
             if isinstance(message, Response):
                 try:
                     self._local.deliver_response(message, silo)

@@ -109,6 +109,22 @@ async def test_a_response_the_client_cannot_take_does_not_end_its_poll() -> None
     assert [r.call_id for r in local.responses] == [7]
 
 
+async def test_a_polled_batch_that_is_no_batch_does_not_end_the_poll() -> None:
+    """A polled answer that is not a batch at all (not msgpack): it is refused and logged, and
+    the client keeps polling (the poll's task died of it, and no answer from that silo came
+    again: its callers waited out their deadlines)."""
+    handle = _Polled(b"\xc1", pack_batch([Response(7, True, encode(1))]))
+    transport = RayTransport("client-x", lambda name: handle)
+    local = _Endpoint()
+    transport.bind(local)
+    transport.ensure_polling("silo-a")
+    try:
+        await wait_until(lambda: local.responses, "the answer after the bad batch")
+    finally:
+        await transport.aclose()
+    assert [r.call_id for r in local.responses] == [7]
+
+
 class _SlowToFind:
     """A silo's Ray handle as ``resolve`` gives it: finding it blocks its thread (Ray's
     ``get_actor`` asks the GCS), and its ``wire_address`` call never answers (a stuck silo)."""
