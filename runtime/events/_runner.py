@@ -135,7 +135,6 @@ class ProjectionRunner:
         self.committed_positions: Token = dict(self.positions)
         self.applied = 0  # events applied since this activation started
         self.heads: Token = {}  # each source category's head, as last read (every second)
-        self._heads_read_at = -1.0
         self.last_error: str | None = None
         self.failures = 0  # batches failed in a row
         self._logged: tuple[str, float] = ("", 0.0)  # the last error logged, and when
@@ -151,15 +150,17 @@ class ProjectionRunner:
         self._loaded = asyncio.Event()
         self._set_up = False  # SqlProjection.setup ran (once per activation)
         self._task: asyncio.Task[None] | None = None
+        self._heads_task: asyncio.Task[None] | None = None
         if not self.sources:
             raise ConfigurationError(f"projection {name}: declare its sources= (class keyword)")
 
     def start(self) -> None:
         self._task = self.service.silo.spawn(self._run())
+        self._heads_task = self.service.silo.spawn(self._watch_heads())
 
     def stop(self) -> None:
         self._stopped = True
-        for task in (self._task, self._committing):
+        for task in (self._task, self._committing, self._heads_task):
             if task is not None:
                 task.cancel()
         self.release_waiters()
@@ -266,11 +267,13 @@ class ProjectionRunner:
         """The lag as of the last reading of the heads (the metric; no I/O)."""
         return {c: max(0, self.heads.get(c, p) - p) for c, p in self.positions.items()}
 
-    async def _read_heads(self) -> None:
-        now = time.monotonic()
-        if now - self._heads_read_at >= _HEADS_PERIOD:
-            self._heads_read_at = now
-            self.heads = {c: await self.service.log.head(c) for c in self.sources}
+    async def _watch_heads(self) -> None:
+        # A task of its own, not a step of the loop: a handler that hangs holds the loop, and
+        # the lag of a stuck projection is the figure its operator needs most.
+        while True:
+            with contextlib.suppress(Exception):  # (the store is down: the last reading holds)
+                self.heads = {c: await self.service.log.head(c) for c in self.sources}
+            await asyncio.sleep(_HEADS_PERIOD)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -279,7 +282,6 @@ class ProjectionRunner:
             try:
                 if not self._loaded.is_set():
                     await self._load_offsets()
-                await self._read_heads()
                 # (Cleared before the step: an append or a waiting read that wakes it while
                 # the step reads finds it awake, instead of asleep until the next poll.)
                 self._wake.clear()
