@@ -138,6 +138,11 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
 
     # -- operations --------------------------------------------------------------------------------
 
+    # Read-only for the kernel: start writes its record itself (below). A refusal (another
+    # input, a bad timeout) then raises without the failed turn rolling the shared state
+    # back, which, in this reentrant actor, discarded the unwritten progress of a stage under
+    # way (its steps ran again) or of a start being stored (forgotten in memory).
+    @read_only
     async def start(self, input: I, timeout: float | None = None) -> SagaStatus:
         """Start the saga with ``input`` (idempotent: starting it again with the same input
         returns its status; with another input raises ``SagaConflictError``). ``timeout``:
@@ -168,11 +173,20 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         # Stored, and recorded as live in the saga index (which wakes every live saga after a
         # restart), before the first step runs and before the caller hears of it.
         driver.reported = ""
+        saved = False
+
+        async def save() -> None:
+            nonlocal saved
+            await self.context.save()
+            saved = True
+
         try:
-            await asyncio.gather(
-                self.context.save(), driver.service.record(self.context.id, record.phase)
-            )
+            await asyncio.gather(save(), driver.service.record(self.context.id, record.phase))
             driver.reported = record.phase
+        except BaseException:
+            if not saved:  # (what the kernel's rollback did: not stored, not started)
+                self.state = SagaRecord()
+            raise
         finally:
             driver.kick()  # (if the index failed, the driver records it before going on)
         return self._status()

@@ -1,0 +1,65 @@
+"""A refused saga operation leaves the saga as it was: a duplicate start with another input
+(``SagaConflictError``) arriving while the saga runs, or while its first start is being
+stored, neither undoes nor repeats anything of the saga.
+
+The saga actor is reentrant, so a refusal interleaves with the saga's own turns; a refusal
+that rolled the shared state back (as a failed writing turn does) discarded what those turns
+had not yet written: every step ran again, and a start being stored was forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from raygrain import Cluster, SagaConflictError, SagaPhase, SagaStatus
+from tests import saga_app
+from tests.helpers import wait_until
+from tests.saga_app import ATTEMPTS, GATES, STEPS, Ledger, Plan, Trip
+
+
+@pytest.fixture(autouse=True)
+def _reset_hooks() -> None:
+    GATES.clear()
+    ATTEMPTS.clear()
+
+
+@pytest.fixture
+async def sagas(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with Cluster.local(
+        actors=saga_app.ACTORS, silos=2, storage=f"sqlite:///{tmp_path / 'sagas.db'}"
+    ) as running:
+        yield running
+
+
+async def test_a_conflicting_start_while_a_step_runs_repeats_no_step(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "busy")
+    await trip.start(Plan(gate="flight"))
+
+    async def flight_under_way() -> bool:
+        return ATTEMPTS["busy/flight"] == 1
+
+    await wait_until(flight_under_way, "busy: the flight step waits at its gate", 10)
+    with pytest.raises(SagaConflictError, match="already started with another input"):
+        await trip.start(Plan(fail="pay"))
+    GATES["busy"].set()
+    await trip.result()
+    assert {name: ATTEMPTS[f"busy/{name}"] for name in STEPS} == dict.fromkeys(STEPS, 1)
+    events = (await sagas.get(Ledger, "busy").books()).events
+    assert sorted(events) == sorted(f"do {name}" for name in STEPS)
+
+
+async def test_concurrent_starts_with_other_inputs_keep_the_first(sagas: Cluster) -> None:
+    trip = sagas.get(Trip, "race")
+    first, second = await asyncio.gather(
+        trip.start(Plan()), trip.start(Plan(fail="pay")), return_exceptions=True
+    )
+    assert isinstance(first, SagaStatus), first
+    assert isinstance(second, SagaConflictError), second
+    assert (await trip.status()).phase is not SagaPhase.NOT_STARTED
+    with pytest.raises(SagaConflictError):  # the saga is the first start's, not a third's
+        await trip.start(Plan(fail="car"))
+    assert set(await trip.result()) == set(STEPS)
