@@ -131,6 +131,7 @@ class Step:
     ) -> None:
         if not inspect.iscoroutinefunction(function):
             raise ConfigurationError(f"@step decorates an async method, got {function!r}")
+        _check_arguments(function, ("self", "input"), "@step")
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigurationError(f"@step(retry=...) takes a Retry, got {retry!r}")
         if group is not None and (not isinstance(group, str) or not group):
@@ -158,6 +159,7 @@ class Step:
         def decorate(undo: StepFunction) -> Compensation:
             if not inspect.iscoroutinefunction(undo):
                 raise ConfigurationError(f"{self}: compensate decorates an async method")
+            _check_arguments(undo, ("self", "input", "result"), f"{self}: compensate")
             if retry is not None and not isinstance(retry, Retry):
                 raise ConfigurationError(f"{self}: compensate(retry=...) takes a Retry")
             self.compensation = undo
@@ -165,6 +167,20 @@ class Step:
             return Compensation(self, undo)
 
         return decorate if function is None else decorate(function)
+
+
+def _check_arguments(function: StepFunction, names: tuple[str, ...], what: str) -> None:
+    """Refuse, at class definition, a step or compensation that cannot take the arguments the
+    saga passes it: called, it would fail with a TypeError on every attempt, retried with
+    backoff for minutes (and a compensation's would leave the saga stuck)."""
+    try:
+        inspect.signature(function).bind(*names)
+    except TypeError:
+        name = getattr(function, "__qualname__", repr(function))
+        raise ConfigurationError(
+            f"{what} {name}{inspect.signature(function)} must take "
+            f"({', '.join(names)}): the saga calls it with those"
+        ) from None
 
 
 class Compensation:

@@ -1,6 +1,7 @@
-"""A refused saga operation leaves the saga as it was: a duplicate start with another input
-(``SagaConflictError``) arriving while the saga runs, or while its first start is being
-stored, neither undoes nor repeats anything of the saga.
+"""Refusals: a step or compensation that cannot take the arguments a saga passes it is
+refused at class definition; a refused saga operation leaves the saga as it was: a duplicate
+start with another input (``SagaConflictError``) arriving while the saga runs, or while its
+first start is being stored, neither undoes nor repeats anything of the saga.
 
 The saga actor is reentrant, so a refusal interleaves with the saga's own turns; a refusal
 that rolled the shared state back (as a failed writing turn does) discarded what those turns
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from raygrain import Cluster, SagaConflictError, SagaPhase, SagaStatus
+from raygrain import (
+    Cluster,
+    ConfigurationError,
+    Saga,
+    SagaConflictError,
+    SagaPhase,
+    SagaStatus,
+    step,
+)
 from tests import saga_app
 from tests.helpers import wait_until
 from tests.saga_app import ATTEMPTS, GATES, STEPS, Ledger, Plan, Trip
@@ -63,3 +72,27 @@ async def test_concurrent_starts_with_other_inputs_keep_the_first(sagas: Cluster
     with pytest.raises(SagaConflictError):  # the saga is the first start's, not a third's
         await trip.start(Plan(fail="car"))
     assert set(await trip.result()) == set(STEPS)
+
+
+def test_a_step_that_cannot_take_the_input_is_refused_at_class_definition() -> None:
+    # (It failed with a TypeError on every attempt, retried with backoff for minutes.)
+    with pytest.raises(ConfigurationError, match=r"must take \(self, input\)"):
+
+        class NoInput(Saga[int], name="sagatest.NoInput"):
+            @step
+            async def only(self) -> int:
+                return 1
+
+
+def test_a_compensation_that_cannot_take_the_result_is_refused_at_class_definition() -> None:
+    # (It failed on every attempt: the saga ended STUCK.)
+    with pytest.raises(ConfigurationError, match=r"must take \(self, input, result\)"):
+
+        class NoResult(Saga[int], name="sagatest.NoResult"):
+            @step
+            async def book(self, input: int) -> int:
+                return input
+
+            @book.compensate
+            async def cancel(self, input: int) -> None:
+                pass
