@@ -657,6 +657,39 @@ async def test_read_your_writes_waits_for_the_token(storage: MemoryStorage) -> N
             await balances.read("a", late, 0.2)
 
 
+async def test_consistent_reads_hold_under_concurrent_writers(storage: MemoryStorage) -> None:
+    # Twenty writers at once, five on each of four accounts, while Balances lags: each one's
+    # read-your-writes read (its command's token) and its session's read (a session that saw
+    # the write through Totals) wait, and then show the write. Ignoring either token, they
+    # would answer at once, from before any of the twenty writes.
+    async with cluster_on(storage) as cluster:
+        balances, totals = Balances.of(cluster), Totals.of(cluster)
+        await balances.read("w0", await cluster.get(Account, "w0").deposit(1))
+        events_app.GATES["Balances"] = gate = asyncio.Event()  # Balances lags from here
+
+        async def writer(n: int) -> tuple[Written, Session, Any, Any]:
+            written = await cluster.get(Account, f"w{n % 4}").deposit(1)
+            await totals.read("deposits", written)  # Totals has it (not through the session)
+            session = Session()
+            await session.read(totals, "deposits")
+            assert session.token[CATEGORY] >= written.position
+            own = asyncio.create_task(balances.read(f"w{n % 4}", written))
+            monotonic = asyncio.create_task(session.read(balances, f"w{n % 4}"))
+            return written, session, own, monotonic
+
+        writers = await asyncio.gather(*(writer(n) for n in range(20)))
+        reads = {task for _, _, own, monotonic in writers for task in (own, monotonic)}
+        done, _ = await asyncio.wait(reads, timeout=0.3)
+        assert not done, f"{len(done)} reads answered before the writes they follow: {done}"
+        gate.set()
+        for written, session, own, monotonic in writers:
+            # An account's row counts its events: this writer's is number written.version.
+            assert (await own).value["events"] >= written.version
+            assert (await monotonic).value["events"] >= written.version
+            assert session.token[CATEGORY] >= written.position
+        assert (await totals.read("deposits", writers[-1][0])).value == 21
+
+
 @pytest.mark.parametrize("after", ["garbage", {"cat": "1"}, {"cat": True}, 7, [1]])
 async def test_a_read_with_a_token_that_is_not_one_is_refused(
     storage: MemoryStorage, after: Any
