@@ -91,35 +91,27 @@ class _Raising(_Endpoint):
         super().deliver_response(response, sender)
 
 
-async def test_a_response_the_client_cannot_take_does_not_end_its_poll() -> None:
-    """A polled batch with a response the client cannot take (an observer notice that is not
-    ``[observer, method, args]``: its decode raised TypeError): the rest is delivered, and the
-    client keeps polling (the poll's task died, and no answer from that silo came again)."""
-    handle = _Polled(
-        pack_batch([Response(-1, True, encode(5))]), pack_batch([Response(7, True, encode(1))])
-    )
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # A response the client cannot take (an observer notice that is not ``[observer,
+        # method, args]``: its decode raised TypeError).
+        pytest.param(pack_batch([Response(-1, True, encode(5))]), id="undecodable-notice"),
+        # An answer that is not a batch at all (not msgpack).
+        pytest.param(b"\xc1", id="no-batch"),
+    ],
+)
+async def test_a_bad_polled_answer_does_not_end_the_poll(bad: bytes) -> None:
+    """The bad answer is left out (and logged), the rest delivered, and the client keeps
+    polling: the poll's task died of it, and no answer from that silo came again (its callers
+    waited out their deadlines)."""
+    handle = _Polled(bad, pack_batch([Response(7, True, encode(1))]))
     transport = RayTransport("client-x", lambda name: handle)
     local = _Raising()
     transport.bind(local)
     transport.ensure_polling("silo-a")
     try:
-        await wait_until(lambda: local.responses, "the answer after the bad notice")
-    finally:
-        await transport.aclose()
-    assert [r.call_id for r in local.responses] == [7]
-
-
-async def test_a_polled_batch_that_is_no_batch_does_not_end_the_poll() -> None:
-    """A polled answer that is not a batch at all (not msgpack): it is refused and logged, and
-    the client keeps polling (the poll's task died of it, and no answer from that silo came
-    again: its callers waited out their deadlines)."""
-    handle = _Polled(b"\xc1", pack_batch([Response(7, True, encode(1))]))
-    transport = RayTransport("client-x", lambda name: handle)
-    local = _Endpoint()
-    transport.bind(local)
-    transport.ensure_polling("silo-a")
-    try:
-        await wait_until(lambda: local.responses, "the answer after the bad batch")
+        await wait_until(lambda: local.responses, "the answer after the bad one")
     finally:
         await transport.aclose()
     assert [r.call_id for r in local.responses] == [7]
