@@ -22,6 +22,7 @@ __all__ = [
     "WriteQueue",
     "copied",
     "start_committer",
+    "write_count",
 ]
 
 # A batch takes at least this many records when there are (or half the queue, if more).
@@ -72,6 +73,12 @@ class QueuedWrite:
 
 
 Pending = PendingWrite | QueuedWrite
+
+
+def write_count(batch: list[Pending]) -> int:
+    """How many writes ``batch`` holds: one per queued write, a pending group's own count
+    (without building a queued write's one-write tuple: this runs on every batch)."""
+    return sum([1 if type(pending) is QueuedWrite else len(pending.writes) for pending in batch])
 
 
 class WriteQueue:

@@ -37,6 +37,7 @@ from raygrain.storage._pending import (
     WriteQueue,
     copied,
     start_committer,
+    write_count,
 )
 from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
@@ -318,7 +319,7 @@ class SqliteStorage(SqliteFile, SqliteEventLog, WriteQueue):
                 raise
             return
         if self.batch_observers:
-            size = sum(len(pending.writes) for pending in batch)
+            size = write_count(batch)
             for observe in self.batch_observers:
                 observe(size)
         for pending, outcome in zip(batch, outcomes, strict=True):

@@ -7,7 +7,7 @@ import json
 import re
 import types
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,44 @@ async def test_a_provider_used_by_a_second_cluster_reports_its_batches_there(
             assert storage.batch_observers == [], cluster_number
     finally:
         await storage.aclose()
+
+
+class RefusesQueuedWrites(MemoryStorage):
+    """Queues writes (``storage.QueuedWrites``) and answers the second and later with a
+    ``StorageError``, on the event loop after ``queue_write`` returned, as a server would."""
+
+    queued = 0
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        self.queued += 1
+        if self.queued == 1:
+            written = asyncio.ensure_future(self.write(actor_id, data, expected_etag))
+            written.add_done_callback(lambda task: done(task.exception() or task.result()))
+        else:
+            asyncio.get_running_loop().call_soon(done, StorageError("disk full"))
+
+
+async def test_a_queued_write_is_timed_and_its_failure_counted_and_told_to_the_turn() -> None:
+    storage = RefusesQueuedWrites()
+    async with Cluster.local(actors=[Meter], silos=1, storage=storage) as cluster:
+        meter = cluster.get(Meter, "q")
+        assert await meter.add(1) == 1
+        with pytest.raises(StorageError, match="disk full"):
+            await meter.add(5)
+        assert storage.queued == 2
+        assert cluster.metrics is not None
+        value = cluster.metrics.value
+        timed = "raygrain_storage_operation_seconds_count"
+        assert value(timed, provider="RefusesQueuedWrites", operation="write") == 2
+        errors = "raygrain_storage_errors_total"
+        assert value(errors, operation="write", error="StorageError") == 1
+        assert value(errors) == 1
 
 
 async def test_deactivations_are_counted_by_reason() -> None:
