@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "Latencies",
     "Measurement",
+    "Paired",
     "Rounds",
     "ScenarioSkipped",
     "drive",
@@ -27,6 +28,7 @@ __all__ = [
     "figure",
     "interleave",
     "now",
+    "paired",
 ]
 
 
@@ -124,6 +126,47 @@ async def interleave(
                 await asyncio.sleep(settle)
             results[name].add(*await measure())
     return results
+
+
+@dataclass
+class Paired:
+    """The ratio of side A's rate to side B's over pairs of back-to-back rounds: ``ratio`` is
+    the median pair's, ``quartiles`` the spread of the pairs' ratios."""
+
+    ratios: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        if len(self.ratios) < 2:
+            return (self.ratio, self.ratio)
+        q1, _, q3 = statistics.quantiles(self.ratios, n=4)
+        return (q1, q3)
+
+
+async def paired(
+    a: Callable[[], Awaitable[float]], b: Callable[[], Awaitable[float]], pairs: int
+) -> Paired:
+    """Side A's rate over side B's, measured in ``pairs`` pairs of short rounds, each pair back
+    to back and in turn A B, B A, ... (each ``a()``/``b()`` one round's rate).
+
+    For a small difference between two sides that can both stay set up (the same cluster with
+    an option on and off): the speed of a shared machine drifts by more than the difference
+    within seconds, and two rounds a few milliseconds apart see the same machine, where whole
+    rounds seconds apart (``interleave``) do not. The median pair then discards the pairs a
+    burst of foreign load split.
+    """
+    ratios = []
+    for index in range(pairs):
+        if index % 2:
+            rate_b, rate_a = await b(), await a()
+        else:
+            rate_a, rate_b = await a(), await b()
+        ratios.append(rate_a / rate_b)
+    return Paired(ratios)
 
 
 async def drive(

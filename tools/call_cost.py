@@ -4,6 +4,8 @@ Two scenarios, each with N callers over N actors (each caller calls its own acto
 
 - ``inproc``: ``Cluster.local`` (2 silos, metrics on unless ``--no-metrics``), as
   ``calls_bench`` runs it.
+- ``durable``: the same, each call a durable write (``SqliteStorage``, fsync, in a temporary
+  directory), as ``durable_writes_bench`` runs it; metrics on unless ``--no-metrics``.
 - ``wire``: a client and a silo over the direct plane (``WireTransport``, loopback TCP), built as
   the Ray host builds them (the silo with every capability's extension, the client with the
   client filters), without Ray. ``--split`` puts the silo in a child process and reports the CPU
@@ -60,6 +62,39 @@ async def _inproc(callers: int, calls: int, profile: str | None, metrics: bool =
         await asyncio.gather(*(r.ping(0) for r in refs))
         await _drive(refs, 2)  # warm every path
         _report("inproc", callers, calls, *await _timed(refs, calls, profile))
+
+
+class Account(Actor[int], name="bench.Account"):
+    async def deposit(self, amount: int) -> int:
+        self.state += amount
+        return self.state
+
+
+async def _durable(callers: int, calls: int, profile: str | None, metrics: bool = True) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from raygrain.runtime import Cluster
+    from raygrain.storage import SqliteStorage
+
+    with tempfile.TemporaryDirectory(prefix="raygrain-cost-") as tmp:
+        async with (
+            SqliteStorage(Path(tmp) / "state.db", durability="fsync") as storage,
+            Cluster.local(actors=[Account], silos=2, storage=storage, metrics=metrics) as cluster,
+        ):
+            refs = [_Depositing(cluster.get(Account, k)) for k in range(callers)]
+            await _drive(refs, 2)  # warm every path
+            _report("durable", callers, calls, *await _timed(refs, calls, profile))
+
+
+class _Depositing:
+    """An account whose ``ping`` is a deposit (so that ``_drive`` makes writes)."""
+
+    def __init__(self, ref: Any) -> None:
+        self._ref = ref
+
+    def ping(self, value: int) -> Any:
+        return self._ref.deposit(1)
 
 
 async def _timed(refs: list[Any], calls: int, profile: str | None) -> tuple[float, float]:
@@ -218,16 +253,18 @@ async def _wire_split(callers: int, calls: int, profile: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=("inproc", "wire"))
+    parser.add_argument("scenario", choices=("inproc", "durable", "wire"))
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--split", action="store_true", help="the silo in a child process")
     parser.add_argument("--profile", help="write a cProfile of the timed part here")
-    parser.add_argument("--no-metrics", action="store_true", help="inproc: metrics off")
+    parser.add_argument("--no-metrics", action="store_true", help="inproc, durable: metrics off")
     args = parser.parse_args()
     os.environ.setdefault("RAYGRAIN_LOG_LEVEL", "WARNING")
     if args.scenario == "inproc":
         run = _inproc(args.callers, args.calls, args.profile, not args.no_metrics)
+    elif args.scenario == "durable":
+        run = _durable(args.callers, args.calls, args.profile, not args.no_metrics)
     elif args.split:
         run = _wire_split(args.callers, args.calls, args.profile)
     else:
