@@ -12,13 +12,14 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from raygrain.benchmarks import _suite
-from raygrain.benchmarks._measure import ScenarioSkipped
+from raygrain.benchmarks._measure import ScenarioSkipped, paired
 from raygrain.benchmarks._postgres_server import find_postgres_bin
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -221,3 +222,21 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+async def test_paired_rounds_alternate_their_order_and_take_the_median_pair() -> None:
+    order: list[str] = []
+    rates = {"a": iter([3.0, 2.0, 2.0, 9.0, 2.0]), "b": iter([1.0, 1.0, 1.0, 1.0, 1.0])}
+
+    def side(name: str) -> Callable[[], Awaitable[float]]:
+        async def measure() -> float:
+            order.append(name)
+            return next(rates[name])
+
+        return measure
+
+    measured = await paired(side("a"), side("b"), 5)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    assert measured.ratios == [3.0, 2.0, 2.0, 9.0, 2.0]
+    assert measured.ratio == 2.0  # the burst (9.0) and the slow start (3.0) do not count
+    assert measured.quartiles == (2.0, 6.0)
