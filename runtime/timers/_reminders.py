@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from raygrain.actors import (
     Actor,
@@ -36,20 +37,31 @@ from raygrain.runtime.kernel import (
     DROPPED,
     Activation,
     ActivationState,
+    Silo,
     TurnOutcome,
     get_logger,
     run_as_turn,
 )
-from raygrain.runtime.timers._schedule import Entry
-from raygrain.runtime.timers._settings import check_delay, check_name
+from raygrain.runtime.timers._schedule import Entry, Schedule
+from raygrain.runtime.timers._settings import ReminderSettings, check_delay, check_name
 from raygrain.storage import ReminderAck, ReminderRecord, ReminderTable
-
-if TYPE_CHECKING:
-    from raygrain.runtime.timers._extension import TimeService
 
 __all__ = ["ActorReminders", "Reminders"]
 
 _Key = tuple[ActorId, str]
+
+
+class TimeService(Protocol):
+    """What reminders use of the silo's time service (``_extension.TimeService``)."""
+
+    silo: Silo
+    schedule: Schedule
+    settings: ReminderSettings
+    reminders: Reminders
+    ticks_running: int  # timer and reminder turns queued or running
+    lateness_observers: list[Callable[[str, float], None]]
+
+    def now(self) -> float: ...
 
 
 # Seconds between tries of a reminder whose actor type is not registered on the cluster (and

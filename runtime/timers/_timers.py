@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from raygrain.actors import InvalidScheduleError
 from raygrain.runtime.kernel import (
@@ -24,15 +24,21 @@ from raygrain.runtime.kernel import (
     get_logger,
     run_as_turn,
 )
-from raygrain.runtime.timers._schedule import Entry
+from raygrain.runtime.timers._schedule import Entry, Schedule
 from raygrain.runtime.timers._settings import check_delay, check_name
-
-if TYPE_CHECKING:
-    from raygrain.runtime.timers._extension import TimeService
 
 __all__ = ["ActivationTimers", "TimerHandle"]
 
 EXTRAS_KEY = "timers"
+
+
+class TimeService(Protocol):
+    """What timers use of the silo's time service (``_extension.TimeService``)."""
+
+    schedule: Schedule
+    ticks_running: int  # timer and reminder turns queued or running
+
+
 _LIVE = (ActivationState.ACTIVATING, ActivationState.VALID)
 
 
