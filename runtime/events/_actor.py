@@ -44,8 +44,8 @@ from raygrain.runtime.events._codec import EventTypes
 from raygrain.runtime.events._consistency import Written
 from raygrain.runtime.events._ending import (
     APPEND_TRIES,
+    Journal,
     QueueAppend,
-    TurnAppend,
     forget_pending,
     internal_turn,
     journaled,
@@ -53,7 +53,7 @@ from raygrain.runtime.events._ending import (
     querying,
 )
 from raygrain.runtime.kernel import ActivationState, get_logger
-from raygrain.storage import Appended, EventLog, NewEvent, StorageProvider
+from raygrain.storage import EventLog, StorageProvider
 
 __all__ = ["EventSourcedActor", "key_of_stream", "snapshot_id", "stream_of"]
 
@@ -84,45 +84,6 @@ def snapshot_id(stream: str, slot: int) -> ActorId:
     return ActorId(SNAPSHOT_TYPE, f"{stream}#{slot}")
 
 
-class _Journal:
-    """An activation's event-sourcing bookkeeping (``EventSourcedActor._journal``)."""
-
-    __slots__ = (
-        "category",
-        "ending",
-        "handle",
-        "loaded",
-        "loading",
-        "pending",
-        "queue_append",
-        "snapshot_etags",
-        "snapshot_version",
-        "stale",
-        "stream",
-        "version",
-        "written",
-    )
-
-    def __init__(self) -> None:
-        self.handle: Any = None  # the activation's service("events")
-        self.ending: TurnAppend | None = None  # how its turns end (runtime/events/_ending.py)
-        self.stream = ""  # set on the first load
-        self.category = ""
-        self.loaded = False
-        # An apply raised this turn: it may have changed the state in place before it did, so
-        # the state is folded from the log again once the turn ends (see forget_pending).
-        self.stale = False
-        self.loading: asyncio.Future[None] | None = None  # the fold under way (_load)
-        self.version = 0
-        self.pending: list[NewEvent] = []
-        self.snapshot_version = 0
-        self.snapshot_etags: dict[int, str | None] = {}
-        # The last append's outcome (``last_written`` makes the token of it when asked).
-        self.written: Appended | None = None
-        # The log's queue_append (storage.QueuedAppends), None if it has none; looked up once.
-        self.queue_append: QueueAppend | bool | None = False
-
-
 class EventSourcedActor(Actor[None], Generic[S, E]):
     """Base class of event-sourced actors: ``class Cart(EventSourcedActor[CartState, CartEvent])``
     where ``CartState`` is default-constructible and ``CartEvent`` a dataclass or a union of
@@ -140,7 +101,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
     __es_snapshots_kept__: ClassVar[int] = 3
 
     state: S  # type: ignore[assignment]  # the fold of the log, not a kernel-managed state
-    _es: _Journal
+    _es: Journal
 
     def __init_subclass__(
         cls,
@@ -318,11 +279,11 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
 
     # -- the machinery ---------------------------------------------------------------------------
 
-    def _journal(self) -> _Journal:
+    def _journal(self) -> Journal:
         try:
             return self._es
         except AttributeError:
-            self._es = _Journal()
+            self._es = Journal()
             return self._es
 
     def _service(self) -> Any:

@@ -22,19 +22,20 @@ calls of the activation, so it raises no events (``raise_event`` refuses, see ``
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from raygrain.actors import StorageError, WrongExpectedVersionError
-from raygrain.storage import Appended, EncodedEvents, encoded_events
-
-if TYPE_CHECKING:
-    from raygrain.runtime.events._actor import EventSourcedActor
+from raygrain.actors import ActorContext, ActorRuntime, StorageError, WrongExpectedVersionError
+from raygrain.runtime.events._consistency import Written
+from raygrain.storage import Appended, EncodedEvents, NewEvent, encoded_events
 
 __all__ = [
     "APPEND_TRIES",
+    "Journal",
+    "JournaledActor",
     "TurnAppend",
     "forget_pending",
     "internal_turn",
@@ -49,12 +50,72 @@ APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in al
 QueueAppend = Callable[..., None]  # storage.QueuedAppends.queue_append
 
 
+class Journal:
+    """An activation's event-sourcing bookkeeping (``EventSourcedActor._journal``)."""
+
+    __slots__ = (
+        "category",
+        "ending",
+        "handle",
+        "loaded",
+        "loading",
+        "pending",
+        "queue_append",
+        "snapshot_etags",
+        "snapshot_version",
+        "stale",
+        "stream",
+        "version",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.handle: Any = None  # the activation's service("events")
+        self.ending: TurnAppend | None = None  # how its turns end (runtime/events/_ending.py)
+        self.stream = ""  # set on the first load
+        self.category = ""
+        self.loaded = False
+        # An apply raised this turn: it may have changed the state in place before it did, so
+        # the state is folded from the log again once the turn ends (see forget_pending).
+        self.stale = False
+        self.loading: asyncio.Future[None] | None = None  # the fold under way (_load)
+        self.version = 0
+        self.pending: list[NewEvent] = []
+        self.snapshot_version = 0
+        self.snapshot_etags: dict[int, str | None] = {}
+        # The last append's outcome (``last_written`` makes the token of it when asked).
+        self.written: Appended | None = None
+        # The log's queue_append (storage.QueuedAppends), None if it has none; looked up once.
+        self.queue_append: QueueAppend | bool | None = False
+
+
+class JournaledActor(Protocol):
+    """What a turn's ending uses of its actor (an ``_actor.EventSourcedActor``)."""
+
+    _context: ActorRuntime
+
+    @property
+    def context(self) -> ActorContext: ...
+
+    def _journal(self) -> Journal: ...
+
+    def _service(self) -> Any: ...
+
+    def _queued_appends(self) -> QueueAppend | None: ...
+
+    def _snapshot_due(self) -> bool: ...
+
+    async def _load(self) -> None: ...
+
+    async def confirm_events(self) -> Written | None: ...
+
+
 def journaled(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` with the event-sourcing turn around it: load, run, append, or forget (what
     a direct call runs; ``__es_turn__`` is what the runtime calls, see ``journaled_turn``)."""
 
     @functools.wraps(method)
-    async def journaled(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    async def journaled(self: JournaledActor, *args: Any, **kwargs: Any) -> Any:
         journal = self._journal()
         if not journal.loaded:
             await self._load()
@@ -77,7 +138,7 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
     every call one more frame.)"""
 
     @functools.wraps(method)
-    async def turn(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    async def turn(self: JournaledActor, *args: Any, **kwargs: Any) -> Any:
         journal = self._journal()
         if not journal.loaded:
             await self._load()
@@ -110,7 +171,7 @@ def query_turn(method: Callable[..., Any], name: str) -> Callable[..., Any]:
     turns beside it, and be appended by whichever confirmed first)."""
 
     @functools.wraps(method)
-    async def query(self: EventSourcedActor[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    async def query(self: JournaledActor, *args: Any, **kwargs: Any) -> Any:
         if not self._journal().loaded:
             await self._load()
         # (Reset, not left set: a context that ends as clean as it began is reused.)
@@ -123,7 +184,7 @@ def query_turn(method: Callable[..., Any], name: str) -> Callable[..., Any]:
     return query
 
 
-async def _run(actor: EventSourcedActor[Any, Any], function: Callable[[], Any]) -> None:
+async def _run(actor: JournaledActor, function: Callable[[], Any]) -> None:
     await function()
 
 
@@ -132,7 +193,7 @@ _TICK_BESIDE = query_turn(_run, "an interleaving timer tick")
 
 
 async def internal_turn(
-    actor: EventSourcedActor[Any, Any], function: Callable[[], Any], interleave: bool
+    actor: JournaledActor, function: Callable[[], Any], interleave: bool
 ) -> None:
     """A turn the runtime runs on the actor's behalf (a timer's tick, a reminder, a stream
     event: the kernel's ``__internal_turn__`` protocol) as a method's: the events it raises
@@ -140,7 +201,7 @@ async def internal_turn(
     await (_TICK_BESIDE if interleave else _TICK)(actor, function)
 
 
-def forget_pending(actor: EventSourcedActor[Any, Any]) -> None:
+def forget_pending(actor: JournaledActor) -> None:
     """After a method raised: its events were applied to the state already, so fold the log
     again before the next call rather than trust an undo."""
     journal = actor._journal()
@@ -165,7 +226,7 @@ class TurnAppend:
         "deferrable",
     )
 
-    def __init__(self, actor: EventSourcedActor[Any, Any]) -> None:
+    def __init__(self, actor: JournaledActor) -> None:
         self._actor = actor
         self._journal = actor._journal()
         self._notify = actor._service().appended  # the silo's projections: new events
