@@ -7,7 +7,8 @@ lists and replays dead letters and makes observers of its objects.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from raygrain.actors import (
     Actor,
@@ -24,15 +25,24 @@ from raygrain.actors import (
     implicit_namespaces,
 )
 from raygrain.runtime.kernel import Activation, Caller, get_logger
+from raygrain.runtime.streams._consumer import Consumer
+from raygrain.runtime.streams._consumer import StreamService as ConsumerService
 from raygrain.runtime.streams._hub import hub_id
 from raygrain.runtime.streams._log import require_log
 from raygrain.runtime.streams._observers import ObserverRegistry
 from raygrain.runtime.streams._settings import StreamSettings
 
-if TYPE_CHECKING:
-    from raygrain.runtime.streams._extension import StreamService
-
 __all__ = ["ActorStreams", "ClusterStreams", "StreamRef"]
+
+
+class StreamService(ConsumerService, Protocol):
+    """What the stream API uses of the silo's stream service (``_extension.StreamService``):
+    what its consumers use, and more."""
+
+    @property
+    def observers(self) -> ObserverRegistry: ...
+
+    def ask(self, target: ActorId, method: str, args: list[Any]) -> Awaitable[Any]: ...
 
 
 class StreamRef:
@@ -140,8 +150,6 @@ class ActorStreams:
         dropped = bool(await self.service.ask(hub_id(stream), "__stream_unsubscribe__", args))
         # Events of it already here (held, in a batch under way, or on their way from the hub)
         # are not delivered any more: after unsubscribe returns, the subscription is gone.
-        from raygrain.runtime.streams._consumer import Consumer
-
         Consumer.of(self.activation, self.service).unsubscribed(stream, subscription.id)
         return dropped
 
@@ -154,8 +162,6 @@ class ActorStreams:
         return [Subscription(s[0], stream, me) for s in found if ActorId(s[1], s[2]) == me]
 
     async def rewind(self, stream: StreamId, position: int, subscription: str = "implicit") -> None:
-        from raygrain.runtime.streams._consumer import Consumer
-
         stream = self._check_consumer(stream)
         me = self.activation.actor_id
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
@@ -182,8 +188,6 @@ class ActorStreams:
         await Consumer.of(self.activation, self.service).rewind(stream, subscription, position)
 
     def observer(self, target: object) -> ObserverRef:
-        from raygrain.runtime.streams._consumer import Consumer
-
         ref = self.service.observers.add(target)
         Consumer.of(self.activation, self.service).observers.append(ref.observer_id)
         return ref

@@ -15,18 +15,15 @@ fails ``max_attempts`` times goes to the dead letters and its position is passed
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from raygrain.actors import (
-    ActorMethod,
+    ActorId,
     InconsistentStateError,
-    MethodOptions,
     SiloUnavailableError,
     StreamEvent,
     StreamId,
@@ -44,11 +41,10 @@ from raygrain.runtime.kernel import (
     get_logger,
     run_as_turn,
 )
+from raygrain.runtime.streams._delivery_method import delivery_method
 from raygrain.runtime.streams._log import positions_id, require_log
-from raygrain.storage import StateWrite
-
-if TYPE_CHECKING:
-    from raygrain.runtime.streams._extension import StreamService
+from raygrain.runtime.streams._settings import StreamSettings
+from raygrain.storage import StateWrite, StorageProvider
 
 __all__ = ["Consumer", "Cursor", "Held"]
 
@@ -56,6 +52,33 @@ EXTRAS_KEY = "streams"
 IMPLICIT = "implicit"
 Held = tuple[int, bytes, str]  # (position, encoded data, event id)
 Waiter = Callable[[Exception | None], None]
+
+
+class _DeadLetters(Protocol):
+    async def add(
+        self, consumer: ActorId, cursor: Cursor, held: Held, attempts: int, error: str
+    ) -> None: ...
+
+
+class StreamService(Protocol):
+    """What consumers use of the silo's stream service (``_extension.StreamService``)."""
+
+    fast_dropped: int  # fast events dropped by back-pressure
+
+    @property
+    def settings(self) -> StreamSettings: ...
+
+    @property
+    def storage(self) -> StorageProvider: ...
+
+    @property
+    def dead_letters(self) -> _DeadLetters: ...
+
+    def redeliver(self, consumer: ActorId, cursor: Cursor) -> None: ...
+
+    def spawn_dead_letter(
+        self, consumer: ActorId, cursor: Cursor, held: Any, attempts: int, error: str
+    ) -> None: ...
 
 
 class Consumer:
@@ -457,7 +480,7 @@ class DurableTurn(InternalTurn):
     def delivery(self, activation: Activation, name: str) -> Delivery:
         request = Request(0, activation.actor_id, name, b"", "", math.inf)
         turn = partial(self.cursor._deliver, self)
-        return Delivery(request, _method(name), [turn], {}, math.inf, self, True)
+        return Delivery(request, delivery_method(name), [turn], {}, math.inf, self, True)
 
     async def succeeded(self) -> None:
         if self.staged is not None:
@@ -467,20 +490,3 @@ class DurableTurn(InternalTurn):
     async def failed(self, error: Exception) -> None:
         self.cursor.consumer.activation.rollback()
         self._end(error)
-
-
-async def _call(instance: Any, function: Callable[[], Awaitable[None]]) -> None:
-    await function()
-
-
-_SIGNATURE = inspect.Signature(
-    [
-        inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
-        inspect.Parameter("function", inspect.Parameter.POSITIONAL_ONLY),
-    ]
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def _method(name: str) -> ActorMethod:
-    return ActorMethod(name, _call, MethodOptions(one_way=True), _SIGNATURE, 1)

@@ -10,19 +10,24 @@ commits, appends a ``replayed`` marker: the list shows it as replayed from then 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from raygrain.actors import ActorId, DeadLetter, InvalidStreamError, StreamId, decode, encode
 from raygrain.runtime.kernel import get_logger
+from raygrain.runtime.streams._consumer import Cursor, Held
 from raygrain.runtime.streams._log import DEAD_LETTERS, event_log, new_event
-
-if TYPE_CHECKING:
-    from raygrain.runtime.streams._consumer import Cursor, Held
-    from raygrain.runtime.streams._extension import StreamService
+from raygrain.storage import StorageProvider
 
 __all__ = ["DeadLetters"]
 
 _PAGE = 1_000
+
+
+class StreamService(Protocol):
+    """What dead letters use of the silo's stream service (``_extension.StreamService``)."""
+
+    @property
+    def storage(self) -> StorageProvider: ...
 
 
 class DeadLetters:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 from raygrain.actors import ActorId, StreamId, decode, encode
-from raygrain.runtime.kernel import get_logger, id_from_wire
+from raygrain.runtime.kernel import Silo, get_logger, id_from_wire
 from raygrain.runtime.streams._log import new_event, record_id, require_log
-
-if TYPE_CHECKING:
-    from raygrain.runtime.streams._extension import StreamService
+from raygrain.runtime.streams._settings import StreamSettings
+from raygrain.runtime.streams._sweeper import Sweeper
+from raygrain.storage import StorageProvider
 
 __all__ = ["HUB", "Hubs", "hub_id"]
 
@@ -46,6 +47,38 @@ class _Hub:
         self.head: int | None = None  # the stream's last version, once known
         self.ready: asyncio.Future[None] | None = None
         self.by_silo: dict[str, list[WireConsumer]] | None = None
+
+
+class StreamService(Protocol):
+    """What hubs use of the silo's stream service (``_extension.StreamService``)."""
+
+    implicit: dict[str, tuple[str, ...]]  # namespace -> consuming type names
+
+    @property
+    def settings(self) -> StreamSettings: ...
+
+    @property
+    def silo(self) -> Silo: ...
+
+    @property
+    def storage(self) -> StorageProvider: ...
+
+    @property
+    def sweeper(self) -> Sweeper: ...
+
+    def send(self, target: ActorId, method: str, args: list[Any]) -> None: ...
+
+    def ask(self, target: ActorId, method: str, args: list[Any]) -> Awaitable[Any]: ...
+
+    def deliver(
+        self,
+        stream: StreamId,
+        head: int,
+        events: list[tuple[int, bytes, str]],
+        consumers: list[list[Any]],
+        hops: int,
+        placed: bool = False,
+    ) -> None: ...
 
 
 class Hubs:

@@ -13,19 +13,33 @@ category read per namespace per ``sweep_period``.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from raygrain.actors import InconsistentStateError, decode, encode
-from raygrain.runtime.kernel import get_logger
+from raygrain.actors import InconsistentStateError, StreamId, decode, encode
+from raygrain.runtime.kernel import Silo, get_logger
 from raygrain.runtime.streams._log import event_log, parse_log_name, record_id
-
-if TYPE_CHECKING:
-    from raygrain.runtime.streams._extension import StreamService
+from raygrain.runtime.streams._settings import StreamSettings
+from raygrain.storage import StorageProvider
 
 __all__ = ["Sweeper"]
 
 _PAGE = 1_000
 _NAMESPACES = record_id("namespaces", "durable")
+
+
+class StreamService(Protocol):
+    """What the sweeper uses of the silo's stream service (``_extension.StreamService``)."""
+
+    @property
+    def settings(self) -> StreamSettings: ...
+
+    @property
+    def silo(self) -> Silo: ...
+
+    @property
+    def storage(self) -> StorageProvider: ...
+
+    async def sync(self, stream: StreamId, version: int) -> bool: ...
 
 
 class Sweeper:
