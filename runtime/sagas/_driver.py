@@ -82,6 +82,7 @@ class SagaDriver:
         "reporting",
         "resumed",
         "service",
+        "starting",
         "stepping",
     )
 
@@ -96,6 +97,7 @@ class SagaDriver:
         self.reporting = False
         self.finished = False  # the saga ended in this activation
         self.stepping = False  # a forward stage's steps are running
+        self.starting: asyncio.Event | None = None  # set once a start's record is stored or not
 
     @classmethod
     def of(cls, activation: Activation, service: SagaService) -> SagaDriver:

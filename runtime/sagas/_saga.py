@@ -148,6 +148,12 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         returns its status; with another input raises ``SagaConflictError``). ``timeout``:
         seconds before it gives up and compensates (default: the class's ``timeout``)."""
         data = encode(input)
+        driver = self._driver()
+        # Another start's record is being stored (this reentrant actor interleaves them): its
+        # outcome first. Answered now, a duplicate was told the saga runs (and set it going)
+        # before it was stored, and a start whose write then failed left it not started.
+        while driver.starting is not None:
+            await driver.starting.wait()
         started = self._started(data)
         if started is not None:
             return started
@@ -160,7 +166,6 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             timeout = check_seconds(
                 f"{self.context.id}.start: timeout", timeout, InvalidArgumentsError
             )
-        driver = self._driver()
         now = driver.service.now()
         record = self.state
         record.phase = SagaPhase.RUNNING.value
@@ -173,6 +178,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         # Stored, and recorded as live in the saga index (which wakes every live saga after a
         # restart), before the first step runs and before the caller hears of it.
         driver.reported = ""
+        driver.starting = starting = asyncio.Event()
         saved = False
 
         async def save() -> None:
@@ -188,6 +194,8 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
                 self.state = SagaRecord()
             raise
         finally:
+            driver.starting = None
+            starting.set()
             driver.kick()  # (if the index failed, the driver records it before going on)
         return self._status()
 

@@ -17,16 +17,19 @@ from pathlib import Path
 import pytest
 
 from raygrain import (
+    ActorId,
     Cluster,
     ConfigurationError,
+    MemoryStorage,
     Saga,
     SagaConflictError,
     SagaPhase,
     SagaStatus,
+    StorageError,
     step,
 )
 from tests import saga_app
-from tests.helpers import wait_until
+from tests.helpers import still_pending, wait_until
 from tests.saga_app import ATTEMPTS, GATES, STEPS, Ledger, Plan, Trip
 
 
@@ -72,6 +75,43 @@ async def test_concurrent_starts_with_other_inputs_keep_the_first(sagas: Cluster
     with pytest.raises(SagaConflictError):  # the saga is the first start's, not a third's
         await trip.start(Plan(fail="car"))
     assert set(await trip.result()) == set(STEPS)
+
+
+class _HeldFirstWrite(MemoryStorage):
+    """Holds the first write of ``saga`` until ``release`` is set, then fails it."""
+
+    def __init__(self, saga: ActorId) -> None:
+        super().__init__()
+        self.saga, self.held, self.release = saga, asyncio.Event(), asyncio.Event()
+
+    async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
+        if actor_id == self.saga and not self.held.is_set():
+            self.held.set()
+            await self.release.wait()
+            raise StorageError("the disk is full (injected)")
+        return await super().write(actor_id, data, expected_etag)
+
+
+async def test_a_duplicate_start_waits_for_the_first_starts_record() -> None:
+    """A duplicate start (same input) arriving while the first start's record was being
+    stored was told at once that the saga runs, and set its steps going, before anything was
+    stored: when that write failed, the steps had all acted for a saga left NOT_STARTED
+    (stored nowhere: nothing would ever compensate them after a crash)."""
+    storage = _HeldFirstWrite(ActorId("sagatest.Trip", "held"))
+    async with Cluster.local(actors=saga_app.ACTORS, storage=storage) as cluster:
+        trip = cluster.get(Trip, "held")
+        first = asyncio.ensure_future(trip.start(Plan()))
+        await storage.held.wait()
+        duplicate = asyncio.ensure_future(trip.start(Plan()))
+        assert await still_pending(duplicate)  # not told anything before the record is stored
+        assert not ATTEMPTS  # and no step acted
+        storage.release.set()
+        with pytest.raises(StorageError, match="injected"):
+            await first
+        status = await duplicate  # the first start was not stored: the duplicate stored it
+        assert status.phase is SagaPhase.RUNNING
+        assert set(await trip.result()) == set(STEPS)
+        assert {name: ATTEMPTS[f"held/{name}"] for name in STEPS} == dict.fromkeys(STEPS, 1)
 
 
 def test_a_step_that_cannot_take_the_input_is_refused_at_class_definition() -> None:
