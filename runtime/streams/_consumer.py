@@ -43,8 +43,8 @@ from raygrain.runtime.kernel import (
 )
 from raygrain.runtime.streams._delivery_method import delivery_method
 from raygrain.runtime.streams._log import positions_id, require_log
-from raygrain.runtime.streams._settings import StreamSettings
-from raygrain.storage import StateWrite, StorageProvider
+from raygrain.runtime.streams._service import StreamServiceBase
+from raygrain.storage import StateWrite
 
 __all__ = ["Consumer", "Cursor", "Held"]
 
@@ -60,16 +60,10 @@ class _DeadLetters(Protocol):
     ) -> None: ...
 
 
-class StreamService(Protocol):
+class StreamService(StreamServiceBase, Protocol):
     """What consumers use of the silo's stream service (``_extension.StreamService``)."""
 
     fast_dropped: int  # fast events dropped by back-pressure
-
-    @property
-    def settings(self) -> StreamSettings: ...
-
-    @property
-    def storage(self) -> StorageProvider: ...
 
     @property
     def dead_letters(self) -> _DeadLetters: ...

@@ -10,28 +10,21 @@ commits, appends a ``replayed`` marker: the list shows it as replayed from then 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from raygrain.actors import ActorId, DeadLetter, InvalidStreamError, StreamId, decode, encode
 from raygrain.runtime.kernel import get_logger
 from raygrain.runtime.streams._consumer import Cursor, Held
 from raygrain.runtime.streams._log import DEAD_LETTERS, event_log, new_event
-from raygrain.storage import StorageProvider
+from raygrain.runtime.streams._service import StreamServiceBase
 
 __all__ = ["DeadLetters"]
 
 _PAGE = 1_000
 
 
-class StreamService(Protocol):
-    """What dead letters use of the silo's stream service (``_extension.StreamService``)."""
-
-    @property
-    def storage(self) -> StorageProvider: ...
-
-
 class DeadLetters:
-    def __init__(self, service: StreamService) -> None:
+    def __init__(self, service: StreamServiceBase) -> None:
         self.service = service
 
     async def add(

@@ -18,11 +18,10 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from raygrain.actors import ActorId, StreamId, decode, encode
-from raygrain.runtime.kernel import Silo, get_logger, id_from_wire
+from raygrain.runtime.kernel import get_logger, id_from_wire
 from raygrain.runtime.streams._log import new_event, record_id, require_log
-from raygrain.runtime.streams._settings import StreamSettings
+from raygrain.runtime.streams._service import StreamServiceBase
 from raygrain.runtime.streams._sweeper import Sweeper
-from raygrain.storage import StorageProvider
 
 __all__ = ["HUB", "Hubs", "hub_id"]
 
@@ -49,19 +48,10 @@ class _Hub:
         self.by_silo: dict[str, list[WireConsumer]] | None = None
 
 
-class StreamService(Protocol):
+class StreamService(StreamServiceBase, Protocol):
     """What hubs use of the silo's stream service (``_extension.StreamService``)."""
 
     implicit: dict[str, tuple[str, ...]]  # namespace -> consuming type names
-
-    @property
-    def settings(self) -> StreamSettings: ...
-
-    @property
-    def silo(self) -> Silo: ...
-
-    @property
-    def storage(self) -> StorageProvider: ...
 
     @property
     def sweeper(self) -> Sweeper: ...

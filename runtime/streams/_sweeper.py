@@ -16,10 +16,9 @@ import asyncio
 from typing import Protocol
 
 from raygrain.actors import InconsistentStateError, StreamId, decode, encode
-from raygrain.runtime.kernel import Silo, get_logger
+from raygrain.runtime.kernel import get_logger
 from raygrain.runtime.streams._log import event_log, parse_log_name, record_id
-from raygrain.runtime.streams._settings import StreamSettings
-from raygrain.storage import StorageProvider
+from raygrain.runtime.streams._service import StreamServiceBase
 
 __all__ = ["Sweeper"]
 
@@ -27,17 +26,8 @@ _PAGE = 1_000
 _NAMESPACES = record_id("namespaces", "durable")
 
 
-class StreamService(Protocol):
+class StreamService(StreamServiceBase, Protocol):
     """What the sweeper uses of the silo's stream service (``_extension.StreamService``)."""
-
-    @property
-    def settings(self) -> StreamSettings: ...
-
-    @property
-    def silo(self) -> Silo: ...
-
-    @property
-    def storage(self) -> StorageProvider: ...
 
     async def sync(self, stream: StreamId, version: int) -> bool: ...
 
