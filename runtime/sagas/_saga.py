@@ -148,12 +148,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
         returns its status; with another input raises ``SagaConflictError``). ``timeout``:
         seconds before it gives up and compensates (default: the class's ``timeout``)."""
         data = encode(input)
-        driver = self._driver()
-        # Another start's record is being stored (this reentrant actor interleaves them): its
-        # outcome first. Answered now, a duplicate was told the saga runs (and set it going)
-        # before it was stored, and a start whose write then failed left it not started.
-        while driver.starting is not None:
-            await driver.starting.wait()
+        driver = await self._start_settled()
         started = self._started(data)
         if started is not None:
             return started
@@ -198,6 +193,16 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
             starting.set()
             driver.kick()  # (if the index failed, the driver records it before going on)
         return self._status()
+
+    async def _start_settled(self) -> SagaDriver:
+        """The driver, once no start's record is being stored. (This reentrant actor
+        interleaves calls with a start's write: answered meanwhile, a duplicate start was told
+        the saga runs, and set its steps going, and an abort was told it compensates, before
+        anything was stored; if that write failed, the saga was left not started.)"""
+        driver = self._driver()
+        while driver.starting is not None:
+            await driver.starting.wait()
+        return driver
 
     def _started(self, data: bytes) -> SagaStatus | None:
         record = self.state
@@ -254,6 +259,7 @@ class Saga(Actor[SagaRecord], Generic[I], reentrant=True):
     async def abort(self, reason: str = "aborted") -> SagaStatus:
         """Stop going forward and compensate the completed steps, newest first. A saga that
         has already ended stays as it is."""
+        await self._start_settled()
         record = self.state
         if record.phase == SagaPhase.NOT_STARTED.value:
             raise UnknownSagaError(f"no saga was started as {self.context.id}")

@@ -26,6 +26,7 @@ from raygrain import (
     SagaPhase,
     SagaStatus,
     StorageError,
+    UnknownSagaError,
     step,
 )
 from tests import saga_app
@@ -112,6 +113,24 @@ async def test_a_duplicate_start_waits_for_the_first_starts_record() -> None:
         assert status.phase is SagaPhase.RUNNING
         assert set(await trip.result()) == set(STEPS)
         assert {name: ATTEMPTS[f"held/{name}"] for name in STEPS} == dict.fromkeys(STEPS, 1)
+
+
+async def test_an_abort_waits_for_the_first_starts_record() -> None:
+    """An abort arriving while the start's record was being stored was told the saga
+    compensates; the write then failed, and the saga it had aborted did not exist."""
+    storage = _HeldFirstWrite(ActorId("sagatest.Trip", "held"))
+    async with Cluster.local(actors=saga_app.ACTORS, storage=storage) as cluster:
+        trip = cluster.get(Trip, "held")
+        first = asyncio.ensure_future(trip.start(Plan()))
+        await storage.held.wait()
+        abort = asyncio.ensure_future(trip.abort("changed my mind"))
+        assert await still_pending(abort)
+        storage.release.set()
+        with pytest.raises(StorageError, match="injected"):
+            await first
+        with pytest.raises(UnknownSagaError):
+            await abort
+        assert (await trip.status()).phase is SagaPhase.NOT_STARTED
 
 
 def test_a_step_that_cannot_take_the_input_is_refused_at_class_definition() -> None:
