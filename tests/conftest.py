@@ -139,9 +139,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     out the largest groups first); the in-process tests fill in around both."""
     for item in items:
         if item.get_closest_marker("fresh_ray") is not None:
-            item.add_marker(pytest.mark.xdist_group("fresh-ray"))
+            _group(item, "fresh-ray")
         elif _needs_ray(item):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+            _group(item, "ray")
+
+
+def _group(item: pytest.Item, group: str) -> None:
+    """Put ``item`` in an xdist group. xdist groups a test by a ``@group`` suffix of the id
+    its worker reports, which xdist's own collection hook adds for ``xdist_group`` marks; but
+    that hook runs before this one (these marks are not there yet), and pytest 9.2 keeps a
+    node's id in ``_id`` (a ``NodeId``) where xdist 3.8 writes ``_nodeid``: the suffix is added
+    here, in whichever the running pytest reads, and checked (a suite whose groups silently
+    came apart started the session's Ray on both workers, and a third Ray beside them)."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    if not hasattr(item.config, "workerinput"):
+        return  # not an xdist worker: ids stay as they are
+    suffixed = f"{item.nodeid}@{group}"
+    if item.nodeid.endswith(f"@{group}"):
+        return
+    node_id = getattr(item, "_id", None)
+    if node_id is not None and not isinstance(node_id, str):
+        item._id = type(node_id).parse(suffixed)
+    else:
+        item._nodeid = suffixed  # type: ignore[attr-defined]
+    if item.nodeid != suffixed:
+        raise pytest.UsageError(f"cannot put {item.nodeid} in the xdist group {group!r}")
 
 
 def _needs_ray(item: pytest.Item) -> bool:
