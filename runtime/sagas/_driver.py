@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import random
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 from raygrain.actors import (
+    ActorContext,
+    ActorId,
     DeactivationReason,
     RemoteActorError,
     TurnCancelledError,
@@ -33,17 +35,15 @@ from raygrain.runtime.kernel import (
     DROPPED,
     Activation,
     ActivationState,
+    Silo,
     TurnOutcome,
     get_logger,
     run_as_turn,
     turn_variable,
 )
-from raygrain.runtime.sagas._definition import Step
+from raygrain.runtime.sagas._definition import Retry, Step
 from raygrain.runtime.sagas._record import LIVE, SagaPhase, SagaRecord, StepContext
-
-if TYPE_CHECKING:
-    from raygrain.runtime.sagas._extension import SagaService
-    from raygrain.runtime.sagas._saga import Saga
+from raygrain.runtime.timers import TimeService
 
 __all__ = [
     "EXTRAS_KEY",
@@ -67,6 +67,44 @@ _PARKED = SagaPhase.PARKED.value
 _Outcome = tuple[bool, bytes, BaseException | None, bool]
 # Jitter for the backoffs of every saga (one generator: seeding one per saga cost ~40 us).
 _JITTER = random.Random()
+
+
+class Saga(Protocol):
+    """What the driver uses of a saga (an instance of ``_saga.Saga``)."""
+
+    retry_policy: ClassVar[Retry]
+    compensation_policy: ClassVar[Retry]
+    version: ClassVar[int]
+    __saga_stages__: ClassVar[tuple[tuple[Step, ...], ...]]
+    __saga_steps__: ClassVar[str]
+
+    @property
+    def state(self) -> SagaRecord: ...
+
+    @property
+    def context(self) -> ActorContext: ...
+
+
+class _Settings(Protocol):
+    @property
+    def retry_delay(self) -> float: ...
+
+
+class SagaService(Protocol):
+    """What the driver uses of the silo's saga service (``_extension.SagaService``)."""
+
+    @property
+    def silo(self) -> Silo: ...
+
+    @property
+    def time(self) -> TimeService: ...
+
+    @property
+    def settings(self) -> _Settings: ...
+
+    def now(self) -> float: ...
+
+    def record(self, saga: ActorId, phase: str) -> asyncio.Future[None]: ...
 
 
 class SagaDriver:
@@ -110,7 +148,7 @@ class SagaDriver:
         return found
 
     @property
-    def saga(self) -> Saga[Any]:
+    def saga(self) -> Saga:
         return self.activation.instance  # type: ignore[return-value]
 
     @property
@@ -245,7 +283,7 @@ class SagaDriver:
             # back to what is stored, and the stage runs again after retry_delay).
             await saga.context.save()
 
-    async def _forward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
+    async def _forward(self, saga: Saga, record: SagaRecord, now: float) -> None:
         cls = type(saga)
         stages = cls.__saga_stages__
         if record.deadline is not None and now >= record.deadline:
@@ -301,7 +339,7 @@ class SagaDriver:
             if record.stage >= len(stages):
                 _finish(record, SagaPhase.COMPLETED, now)
 
-    async def _backward(self, saga: Saga[Any], record: SagaRecord, now: float) -> None:
+    async def _backward(self, saga: Saga, record: SagaRecord, now: float) -> None:
         cls = type(saga)
         if record.wait_until is not None and now < record.wait_until:
             return
@@ -332,14 +370,14 @@ class SagaDriver:
             _finish(record, SagaPhase.COMPENSATED, now)
 
     async def _attempt(
-        self, saga: Saga[Any], record: SagaRecord, steps: list[Step], compensating: bool
+        self, saga: Saga, record: SagaRecord, steps: list[Step], compensating: bool
     ) -> list[_Outcome]:
         if len(steps) == 1:  # (in the turn's own task: its current_step is the turn's)
             return [await self._run(saga, record, steps[0], compensating)]
         return await asyncio.gather(*(self._run(saga, record, s, compensating) for s in steps))
 
     async def _run(
-        self, saga: Saga[Any], record: SagaRecord, found: Step, compensating: bool
+        self, saga: Saga, record: SagaRecord, found: Step, compensating: bool
     ) -> _Outcome:
         """One attempt of a step or of its compensation (in a task of its own, so that its
         ``current_step`` is its own)."""
@@ -404,7 +442,7 @@ def to_compensate(stages: tuple[tuple[Step, ...], ...], record: SagaRecord) -> l
     return []
 
 
-def changed_definition(cls: type[Saga[Any]], record: SagaRecord) -> str:
+def changed_definition(cls: type[Saga], record: SagaRecord) -> str:
     """Why ``record``'s progress cannot be run by ``cls`` (it started under another version
     of the saga, or other steps), or "" if it can."""
     if not record.steps or (record.version == cls.version and record.steps == cls.__saga_steps__):
