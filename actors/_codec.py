@@ -196,7 +196,9 @@ def decode_state(data: bytes, state_type: Any, what: str = "actor") -> Any:
         if expected is not None and not isinstance(raw, expected):
             raise TypeError(f"expected {expected.__name__}, found {type(raw).__name__}")
         return raw
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # (as in decode: a state type's __post_init__ may raise one)
         type_name = getattr(state_type, "__name__", repr(state_type))
         raise StateDecodeError(
             f"stored state of {what} cannot be decoded into {type_name}: {exc}"

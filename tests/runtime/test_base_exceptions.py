@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from raygrain.actors import Actor, RemoteActorError, SerializationError
+from raygrain.actors import Actor, RemoteActorError, SerializationError, StateDecodeError
 from raygrain.runtime import Cluster
 from raygrain.runtime.kernel._turns import is_closing
 
@@ -137,5 +137,46 @@ async def test_a_base_exception_decoding_arguments_fails_that_call(
 
 
 def _exits(self: _Picky) -> None:
+    if self.value < 0:
+        raise SystemExit(3)
+
+
+@dataclasses.dataclass
+class _PickyState:
+    value: int = 0
+
+    def __post_init__(self) -> None:
+        if self.value < 0:
+            raise _Aborted("negative")  # (runs where the state is decoded: on activation)
+
+
+class _KeepsPicky(Actor[_PickyState], name="test.KeepsPicky"):
+    async def set(self, value: int) -> int:
+        self.state.value = value  # (no __post_init__ here: it runs when the state is read)
+        self.context.deactivate_on_idle()
+        return value
+
+    async def get(self) -> int:
+        return self.state.value
+
+
+@pytest.mark.parametrize("raised", [_Aborted, SystemExit], ids=["base-exception", "exit"])
+async def test_a_base_exception_decoding_a_stored_state_fails_the_activation(
+    raised: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored state whose type's ``__post_init__`` raises a ``BaseException`` that is no
+    ``Exception`` fails the activation as an undecodable state does (``StateDecodeError``
+    naming the actor and the state type); it was reported as ``on_activate`` raising it."""
+    if raised is SystemExit:
+        monkeypatch.setattr(_PickyState, "__post_init__", _state_exits)
+    async with Cluster.local(actors=[_KeepsPicky], default_timeout=60) as local:
+        picky = local.get(_KeepsPicky, "p")
+        assert await picky.set(-1) == -1  # stored, then the activation goes
+        with pytest.raises(StateDecodeError, match="KeepsPicky"):
+            await asyncio.wait_for(picky.get(), 30)
+        assert await local.get(_KeepsPicky, "q").set(2) == 2  # serving
+
+
+def _state_exits(self: _PickyState) -> None:
     if self.value < 0:
         raise SystemExit(3)
