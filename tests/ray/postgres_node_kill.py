@@ -106,7 +106,11 @@ async def _gone(cluster: Cluster, dead: set[str]) -> None:
 
 async def main(url: str) -> dict[str, Any]:
     began = time.monotonic()
-    nodes = RayTestCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # (No dashboard: the session's Ray, started beside this one by the other test worker,
+    # holds its port, and a head that cannot bind it may time out starting.)
+    nodes = RayTestCluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     try:
         workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
         nodes.wait_for_nodes()
