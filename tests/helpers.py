@@ -193,8 +193,11 @@ async def extra_node(ray_silos: Any, cluster: Cluster) -> AsyncIterator[tuple[An
 
     Tests wait for that silo by name, never for a count of silos: a count taken while a node
     killed by an earlier test was still in the view waited for a ring size that never came.
-    On the way out the node is removed (unless the test killed it) and the session's default
-    deployment has dropped its silo: the next test finds the silos the session started with.
+    On the way out the node is removed (unless the test killed it), the session's default
+    deployment has dropped its silo, and Ray has marked the node dead: the next test finds the
+    silos and the nodes the session started with. (Ray takes ~15 s to mark a killed node dead;
+    until then it places new actors there too, which then die with it: a test's own actor,
+    or a deployment's silo, started in that window was lost.)
     """
     node = ray_silos.nodes.add_node(num_cpus=1)
     try:
@@ -205,6 +208,20 @@ async def extra_node(ray_silos: Any, cluster: Cluster) -> AsyncIterator[tuple[An
             ray_silos.nodes.remove_node(node, allow_graceful=False)
         async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as default:
             await no_silo_on(default, node.node_id)
+        await _until_ray_marks_dead(node.node_id)
+
+
+async def _until_ray_marks_dead(node_id: str, bound: float = 120.0) -> None:
+    import ray
+
+    def alive() -> bool:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())  # type: ignore[no-untyped-call]
+
+    deadline = time.monotonic() + bound
+    while alive():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Ray still lists the removed node {node_id[:12]} as alive after {bound} s")
+        await asyncio.sleep(0.5)  # (a call to Ray's GCS each time: not every few ms)
 
 
 # -- the deposit workload -----------------------------------------------------------------------
