@@ -14,6 +14,7 @@ from raygrain.storage._events import (
     NewEvent,
     QueuedAppends,
     StoredEvent,
+    checked_events,
     encoded_events,
 )
 from raygrain.storage._memory import MemoryStorage
@@ -52,6 +53,7 @@ __all__ = [
     "StoredEvent",
     "absolute_storage_url",
     "check_storage_url",
+    "checked_events",
     "encoded_events",
     "open_storage",
     "tell_written",

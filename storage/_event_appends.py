@@ -24,9 +24,7 @@ from raygrain.storage._events import (
     Appended,
     EncodedEvents,
     NewEvent,
-    check_append,
-    check_encoded,
-    encoded_events,
+    checked_events,
 )
 from raygrain.storage._pending import MIN_SPLIT
 
@@ -89,7 +87,11 @@ class AppendQueue:
             """Commit ``batch`` and settle each of its appends (``settle``)."""
 
     async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent] | EncodedEvents,
     ) -> Appended:
         """Queue the append for the next batch; return once the batch committed. If the caller
         is cancelled after its batch started, the append may still commit (retry it: the
@@ -123,12 +125,7 @@ class AppendQueue:
         events: Sequence[NewEvent] | EncodedEvents,
         result: asyncio.Future[Appended] | Callable[[Appended | Exception], object],
     ) -> None:
-        if isinstance(events, EncodedEvents):
-            check_encoded(stream, category, expected_version, events)
-            encoded: list[tuple[str, bytes, str]] = events
-        else:
-            check_append(stream, category, expected_version, events)
-            encoded = encoded_events(events)
+        encoded = checked_events(stream, category, expected_version, events)
         self._check_names(stream, category, encoded)
         self._check_not_closed()
         if self._appends is None:

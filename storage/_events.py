@@ -85,12 +85,18 @@ class EventLog(Protocol):
     """Where events live. Every provider passes tests/storage/test_event_log.py."""
 
     async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent] | EncodedEvents,
     ) -> Appended:
         """Append ``events`` atomically if ``stream`` is at ``expected_version`` (0: no events
         yet; None: any version). Raises ``WrongExpectedVersionError`` otherwise, and nothing is
         appended. Idempotent: when every event id is already stored in ``stream`` (a retry
-        after an unknown outcome), returns what that earlier append produced."""
+        after an unknown outcome), returns what that earlier append produced. ``events`` may
+        come encoded already (``EncodedEvents``, what an event-sourced actor appends; checked
+        again, not encoded again: ``checked_events`` does both kinds)."""
         ...
 
     async def read_stream(
@@ -140,11 +146,12 @@ def check_append(
     stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
 ) -> None:
     check_target(stream, category, expected_version, events)
-    ids: set[str] = set()
     for event in events:
         if not isinstance(event, NewEvent):
             raise InvalidEventError(f"stream {stream!r}: expected a NewEvent, got {event!r}")
-        _check_event(stream, event.type, event.event_id, ids)
+        _check_event(stream, event.type, event.event_id)
+    if len(events) > 1:
+        _check_unique(stream, [event.event_id for event in events])
 
 
 def check_encoded(
@@ -152,13 +159,14 @@ def check_encoded(
 ) -> None:
     """``check_append`` for events that come encoded (``encoded_events``)."""
     check_target(stream, category, expected_version, events)
-    ids: set[str] = set()
     for event in events:
         if not (isinstance(event, tuple) and len(event) == 3 and isinstance(event[1], bytes)):
             raise InvalidEventError(
                 f"stream {stream!r}: expected an encoded event (type, data, id), got {event!r}"
             )
-        _check_event(stream, event[0], event[2], ids)
+        _check_event(stream, event[0], event[2])
+    if len(events) > 1:
+        _check_unique(stream, [event[2] for event in events])
 
 
 def check_target(
@@ -179,16 +187,21 @@ def check_target(
         raise InvalidEventError(f"stream {stream!r}: an append needs at least one event")
 
 
-def _check_event(stream: str, type_name: Any, event_id: Any, ids: set[str]) -> None:
+def _check_event(stream: str, type_name: Any, event_id: Any) -> None:
     if not isinstance(type_name, str) or not type_name:
         raise InvalidEventError(f"stream {stream!r}: an event needs a type name")
     if not isinstance(event_id, str) or not event_id:
         raise InvalidEventError(f"stream {stream!r}: an event needs a non-empty event_id")
-    if event_id in ids:
-        raise InvalidEventError(
-            f"stream {stream!r}: event id {event_id!r} appears twice in one append"
-        )
-    ids.add(event_id)
+
+
+def _check_unique(stream: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for event_id in ids:
+        if event_id in seen:
+            raise InvalidEventError(
+                f"stream {stream!r}: event id {event_id!r} appears twice in one append"
+            )
+        seen.add(event_id)
 
 
 def check_stream_read(stream: str, from_version: int, limit: int | None) -> None:
@@ -218,12 +231,29 @@ class EncodedEvents(list[tuple[str, bytes, str]]):
     __slots__ = ()
 
 
-def encoded_events(events: Sequence[NewEvent]) -> EncodedEvents:
-    """(type, encoded data, event id) of each event; a value the codec refuses raises
-    ``SerializationError`` here, in the caller, before anything is queued."""
+def encoded_events(events: Sequence[NewEvent] | EncodedEvents) -> EncodedEvents:
+    """(type, encoded data, event id) of each event (``events`` itself if it came encoded);
+    a value the codec refuses raises ``SerializationError`` here, in the caller, before
+    anything is queued."""
+    if isinstance(events, EncodedEvents):
+        return events
     return EncodedEvents(
         [(e.type, encode(e.data) if e.encoded is None else e.encoded, e.event_id) for e in events]
     )
+
+
+def checked_events(
+    stream: str,
+    category: str,
+    expected_version: int | None,
+    events: Sequence[NewEvent] | EncodedEvents,
+) -> EncodedEvents:
+    """An append's events checked (``InvalidEventError``) and encoded, as a log stores them."""
+    if isinstance(events, EncodedEvents):
+        check_encoded(stream, category, expected_version, events)
+        return events
+    check_append(stream, category, expected_version, events)
+    return encoded_events(events)
 
 
 def repeated(stream: str, ids: Sequence[str], found: dict[str, tuple[int, int]]) -> Appended | None:
@@ -264,10 +294,13 @@ class MemoryEventLog:
         """Every operation passes here first (``MemoryStorage``: closed check, latency)."""
 
     async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent] | EncodedEvents,
     ) -> Appended:
-        check_append(stream, category, expected_version, events)
-        encoded = encoded_events(events)
+        encoded = checked_events(stream, category, expected_version, events)
         await self._pause()
         # From here to the end no await: the append is atomic.
         stored_category = self._stream_category.get(stream)

@@ -75,7 +75,7 @@ EXPORTS = {
     "storage": {
         "Appended", "EventLog", "MemoryStorage", "NewEvent", "PostgresStorage", "StoredEvent",
         "QueuedAppends", "QueuedWrites", "ReminderAck", "ReminderRecord", "SqlStep",
-        "SqlTransactions", "EncodedEvents", "encoded_events",
+        "SqlTransactions", "EncodedEvents", "checked_events", "encoded_events",
         "ReminderTable", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
         "absolute_storage_url", "check_storage_url", "open_storage", "tell_written",
     },

@@ -53,7 +53,7 @@ from raygrain.runtime.events._ending import (
     querying,
 )
 from raygrain.runtime.kernel import ActivationState, get_logger
-from raygrain.storage import EventLog, StorageProvider
+from raygrain.storage import EncodedEvents, EventLog, StorageProvider
 
 __all__ = ["EventSourcedActor", "key_of_stream", "snapshot_id", "stream_of"]
 
@@ -195,7 +195,10 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
 
     def raise_event(self, event: E) -> None:
         """Record ``event`` for this turn and apply it to ``self.state`` now."""
-        journal = self._journal()
+        try:
+            journal = self._es
+        except AttributeError:
+            journal = self._journal()
         if not journal.loaded:
             raise ConfigurationError(
                 f"{self.context.id}: raise_event outside a method call (apply must be pure)"
@@ -217,7 +220,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
                 f"{self.context.id}: raise_event outside a turn of the actor (from a task it "
                 "started, say): raise events in its methods, timers or reminders"
             )
-        new = self.__es_events__.new(event)
+        new = self.__es_events__.encoded(event)
         try:
             state = self.apply(self.state, event)
         except BaseException:
@@ -240,7 +243,8 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         journal = self._journal()
         if not journal.pending:
             return None
-        events, journal.pending = journal.pending, []
+        events = EncodedEvents(journal.pending)
+        journal.pending = []
         stream, category = journal.stream, journal.category
         log = self._log()
         appended = None
@@ -299,12 +303,8 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
             queue = journal.queue_append = getattr(self._log(), "queue_append", None)
         return cast("QueueAppend | None", queue)
 
-    def _snapshot_due(self) -> bool:
-        """Whether appending the pending events makes a snapshot due (see _maybe_snapshot)."""
-        journal = self._journal()
-        every = self.__es_snapshot_every__
-        after = journal.version + len(journal.pending)
-        return bool(every) and after // every != journal.snapshot_version // every
+    def _snapshot_every(self) -> int:
+        return self.__es_snapshot_every__
 
     def _log(self) -> EventLog:
         return cast(EventLog, self._service().log)

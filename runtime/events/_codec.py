@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raygrain.actors import ConfigurationError, InvalidEventError, StateDecodeError, encode
-from raygrain.storage import NewEvent, StoredEvent
+from raygrain.storage import StoredEvent
 
 __all__ = ["EventTypes", "Upcaster", "event_name"]
 
@@ -79,7 +79,10 @@ class EventTypes:
             self.by_name[name] = cls
             self.fields[cls] = (name, tuple(f.name for f in dataclasses.fields(cls)))
 
-    def new(self, event: Any) -> NewEvent:
+    def encoded(self, event: Any) -> tuple[str, bytes, str]:
+        """``event`` as the log stores it: (stored type name, encoded fields, a new event id).
+        Encoded when raised: the log stores the event as it was raised, even if ``apply``
+        keeps one of its values in the state and a later event of the turn changes it."""
         known = self.fields.get(type(event))
         if known is None:
             expected = ", ".join(sorted(c.__name__ for c in self.fields))
@@ -87,11 +90,7 @@ class EventTypes:
                 f"{self.owner}: {type(event).__name__} is not one of its event types ({expected})"
             )
         name, names = known
-        data = {field: getattr(event, field) for field in names}
-        # Encoded now (it would be at the turn's end anyway): the log stores the event as it
-        # was raised, even if ``apply`` keeps one of its values in the state and a later
-        # event of the turn changes it.
-        return NewEvent(name, data, _event_ids.next(), encode(data))
+        return name, encode({field: getattr(event, field) for field in names}), _event_ids.next()
 
     def build(self, stored: StoredEvent, upcast: Upcaster) -> Any:
         """The event object of ``stored``, upcast to the current shape."""

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from raygrain.actors import ActorContext, ActorRuntime, StorageError, WrongExpectedVersionError
 from raygrain.runtime.events._consistency import Written
-from raygrain.storage import Appended, EncodedEvents, NewEvent, encoded_events
+from raygrain.storage import Appended, EncodedEvents
 
 __all__ = [
     "APPEND_TRIES",
@@ -43,6 +43,7 @@ __all__ = [
     "journaled_turn",
     "query_turn",
     "querying",
+    "snapshot_due",
 ]
 
 APPEND_TRIES = 3  # an append whose outcome is unknown is tried this often in all
@@ -80,7 +81,8 @@ class Journal:
         self.stale = False
         self.loading: asyncio.Future[None] | None = None  # the fold under way (_load)
         self.version = 0
-        self.pending: list[NewEvent] = []
+        # The turn's events as the log stores them (type, data, id), encoded when raised.
+        self.pending: list[tuple[str, bytes, str]] = []
         self.snapshot_version = 0
         self.snapshot_etags: dict[int, str | None] = {}
         # The last append's outcome (``last_written`` makes the token of it when asked).
@@ -103,7 +105,7 @@ class JournaledActor(Protocol):
 
     def _queued_appends(self) -> QueueAppend | None: ...
 
-    def _snapshot_due(self) -> bool: ...
+    def _snapshot_every(self) -> int: ...
 
     async def _load(self) -> None: ...
 
@@ -148,7 +150,7 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
                 ending = journal.ending  # (one per activation: its turns end one at a time)
                 if ending is None:
                     ending = journal.ending = TurnAppend(self)
-                ending = ending.prepare(self._queued_appends())
+                ending.prepare()
         except BaseException:
             forget_pending(self)
             raise
@@ -211,6 +213,14 @@ def forget_pending(actor: JournaledActor) -> None:
         journal.stale = False
 
 
+def snapshot_due(journal: Journal, every: int) -> bool:
+    """Whether appending the pending events makes a snapshot due (one every ``every`` events;
+    0: never)."""
+    if not every:
+        return False
+    return (journal.version + len(journal.pending)) // every != journal.snapshot_version // every
+
+
 class TurnAppend:
     """A turn's events, appended after its method returned (a kernel ``TurnEnding``)."""
 
@@ -219,6 +229,7 @@ class TurnAppend:
         "_appended_to",
         "_done",
         "_encoded",
+        "_every",
         "_journal",
         "_notify",
         "_queue",
@@ -231,7 +242,10 @@ class TurnAppend:
         self._journal = actor._journal()
         self._notify = actor._service().appended  # the silo's projections: new events
         self._appended_to = self._appended  # (bound once: the callback of every append)
-        self._queue: QueueAppend | None = None
+        # The log's queue (None: it has none, every turn awaits its append) and the snapshot
+        # interval: the activation's, for as long as it lives.
+        self._queue = actor._queued_appends()
+        self._every = actor._snapshot_every()
         self.deferrable = False
         # The turn's events as the log stores them, kept for a retry (not the events: every
         # object a call keeps alive until its batch commits brings the next garbage collection
@@ -241,23 +255,16 @@ class TurnAppend:
         self._done: Callable[[Exception | None], None] | None = None
         self._tries = 0
 
-    def prepare(self, queue: QueueAppend | None) -> TurnAppend:
+    def prepare(self) -> None:
         """Ready for this turn's events. Without a queue (the log has none), or with a
         snapshot to write after the append, the turn awaits it (``finish``)."""
-        self._queue = queue
-        self.deferrable = queue is not None and not self._actor._snapshot_due()
+        self.deferrable = self._queue is not None and not snapshot_due(self._journal, self._every)
         self._tries = 0
-        return self
 
     def start(self, done: Callable[[Exception | None], None]) -> None:
         self._done = done
         pending = self._journal.pending
-        try:
-            self._encoded = encoded_events(pending)
-        except Exception as exc:  # a value the codec refuses: nothing is appended
-            pending.clear()
-            self._failed(exc)
-            return
+        self._encoded = EncodedEvents(pending)  # (encoded as they were raised)
         pending.clear()  # (the journal keeps its list for the next turn's events)
         self._append()
 

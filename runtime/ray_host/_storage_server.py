@@ -17,6 +17,7 @@ from raygrain.actors import ActorId, StorageError, decode, decode_error, encode,
 from raygrain.runtime.kernel import id_from_wire, id_to_wire, pack, unpack
 from raygrain.storage import (
     Appended,
+    EncodedEvents,
     EventLog,
     NewEvent,
     ReminderAck,
@@ -26,7 +27,7 @@ from raygrain.storage import (
     StateWrite,
     StorageProvider,
     StoredEvent,
-    encoded_events,
+    checked_events,
     open_storage,
     tell_written,
 )
@@ -222,9 +223,15 @@ class RemoteStorage:
     # -- the event log (storage.EventLog) ---------------------------------------------------------
 
     async def append(
-        self, stream: str, category: str, expected_version: int | None, events: Sequence[NewEvent]
+        self,
+        stream: str,
+        category: str,
+        expected_version: int | None,
+        events: Sequence[NewEvent] | EncodedEvents,
     ) -> Appended:
-        rows = [list(row) for row in encoded_events(events)]
+        # (Checked here too: bad input is refused at the call, named, as by the other logs.)
+        encoded = checked_events(stream, category, expected_version, events)
+        rows = [list(row) for row in encoded]
         version, position = await self._submit(
             ["events_append", stream, category, expected_version, rows]
         )

@@ -292,6 +292,29 @@ async def test_a_queued_append_may_come_encoded_and_is_checked_again(log: Any) -
     assert len(await log.read_stream("s")) == 2
 
 
+async def test_an_append_may_come_encoded_and_is_checked_the_same(log: EventLog) -> None:
+    # What an event-sourced actor appends when it awaits the append (a memory log, a snapshot
+    # due): its events as encoded when they were raised, on every provider.
+    encoded = encoded_events([NewEvent("T", {"n": 1}, "id-1"), NewEvent("T", {"n": 2}, "id-2")])
+    assert await log.append("s", "A", 0, encoded) == Appended(2, 2)
+    assert await log.append("s", "A", 0, encoded) == Appended(2, 2)  # a retry: stored once
+    assert [(e.version, e.data, e.event_id) for e in await log.read_stream("s")] == [
+        (1, {"n": 1}, "id-1"),
+        (2, {"n": 2}, "id-2"),
+    ]
+    bad = {
+        "expected an encoded event": EncodedEvents([("T", "not bytes", "id-3")]),
+        "type name": EncodedEvents([("", b"\x81\xa1n\x01", "id-3")]),
+        "event_id": EncodedEvents([("T", b"\x81\xa1n\x01", "")]),
+        "appears twice": EncodedEvents([("T", b"\x01", "id-3"), ("T", b"\x02", "id-3")]),
+        "at least one event": EncodedEvents(),
+    }
+    for wrong, events in bad.items():
+        with pytest.raises(InvalidEventError, match=wrong):
+            await log.append("s", "A", 2, events)
+    assert len(await log.read_stream("s")) == 2
+
+
 async def test_a_file_with_the_old_event_id_index_gets_the_new_one(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     async with SqliteStorage(path) as storage:
