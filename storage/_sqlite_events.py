@@ -29,53 +29,39 @@ from raygrain.storage._events import (
     repeated,
     wrong_version,
 )
+from raygrain.storage._sqlite_event_schema import MARK_EVERY, READ_STREAM
 
 if TYPE_CHECKING:
     import aiosqlite
 
     from raygrain.storage._sqlite_batch import FileIdentity as _FileIdentity
 
-__all__ = ["EVENT_SCHEMA", "SqliteEventLog"]
+__all__ = ["SqliteEventLog"]
 
 _T = TypeVar("_T")
 
-EVENT_SCHEMA = """
-CREATE TABLE IF NOT EXISTS raygrain_events (
-    category    TEXT NOT NULL,
-    position    INTEGER NOT NULL,
-    stream      TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    type        TEXT NOT NULL,
-    event_id    TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    data        BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_feed ON raygrain_events (category, position);
-CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_stream ON raygrain_events (stream, version);
--- Event ids come from a counter (runtime/events/_codec.py): keyed by the id first, each batch
--- inserts at the end of this index, touching a page or two, where (stream, event_id) touched a
--- page per stream (40% less time per event on a batch over 1,000 streams). Unique per pair
--- either way. A file made before keeps its old index until this replaces it.
-CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_event_ids ON raygrain_events (event_id, stream);
-DROP INDEX IF EXISTS raygrain_events_ids;
-CREATE TABLE IF NOT EXISTS raygrain_event_heads (
-    category TEXT PRIMARY KEY,
-    head     INTEGER NOT NULL
-);
-"""
 _COLUMNS = "stream, category, version, position, type, data, event_id, recorded_at"
 _INSERT = (
     "INSERT INTO raygrain_events (category, position, stream, version, type, event_id,"
-    " recorded_at, data) VALUES {}"
+    " recorded_at, data, previous) VALUES {}"
 )
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
-_ROW_VALUES = 8
-# Rows per INSERT: 8 parameters a row, within the connection's limit on host parameters (999 on
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW_VALUES = 9
+_UPSERT_HEADS = (
+    "INSERT INTO raygrain_event_streams (stream, category, version, position) VALUES {}"
+    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, position = excluded.position"
+)
+_HEAD_ROW = "(?, ?, ?, ?)"
+_HEAD_VALUES = 4
+# Rows per INSERT: 9 parameters a row, within the connection's limit on host parameters (999 on
 # old builds, 32,766 since SQLite 3.32). Each statement is a trip into SQLite on which the writer
 # thread lets go of the GIL, and under load it then waits for the busy event loop to hand it
 # back: 60 rows a statement made a batch of 1,000 appends 17 such waits.
 _MOST_ROWS_PER_INSERT = 500
 _MAX_KNOWN_STREAMS = 200_000
+_Tail = tuple[str, int, int]  # a stream's head: (category, version, position)
+_NO_TAIL: _Tail = ("", 0, 0)
+_NO_LAST = 2**62  # (read_stream with no limit: no version is past it)
 
 
 class SqliteEventLog(AppendQueue):
@@ -106,15 +92,12 @@ class SqliteEventLog(AppendQueue):
         self, stream: str, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
         check_stream_read(stream, from_version, limit)
-        query = (
-            f"SELECT {_COLUMNS} FROM raygrain_events WHERE stream = ? AND version >= ?"
-            " ORDER BY version LIMIT ?"
-        )
+        if limit == 0:
+            return []
+        last = _NO_LAST if limit is None else from_version + limit - 1
         rows = await self._on_reader(
             f"reading event stream {stream!r}",
-            lambda c: c.execute(
-                query, (stream, from_version, -1 if limit is None else limit)
-            ).fetchall(),
+            lambda c: c.execute(READ_STREAM, (stream, from_version, last)).fetchall(),
         )
         return [_stored(row) for row in rows]
 
@@ -176,7 +159,7 @@ def _stored(row: Any) -> StoredEvent:
 
 
 class _KnownTails:
-    """Each stream's (category, version) and each category's head as the writer connection
+    """Each stream's (category, version, position) and each category's head as the writer connection
     left them, valid while no other connection has committed since (``PRAGMA data_version``,
     as ``SqliteStorage``'s known versions): spares a batch its per-append SELECTs, each a trip
     into SQLite on which the writer thread lets go of the GIL."""
@@ -186,7 +169,7 @@ class _KnownTails:
     def __init__(self) -> None:
         self.connection: sqlite3.Connection | None = None
         self.data_version = -1
-        self.tails: dict[str, tuple[str, int]] = {}
+        self.tails: dict[str, _Tail] = {}
         self.heads: dict[str, int] = {}
 
     def check(self, connection: sqlite3.Connection) -> None:
@@ -228,12 +211,20 @@ def _apply_once(
     connection.execute("BEGIN IMMEDIATE")
     try:
         known.check(connection)
-        outcomes, values, heads, tails = _decide(connection, batch, known, look_up_ids)
-        per_insert = _rows_per_insert(connection) * _ROW_VALUES
-        for start in range(0, len(values), per_insert):
-            chunk = values[start : start + per_insert]
-            connection.execute(
-                _INSERT.format(", ".join([_ROW] * (len(chunk) // _ROW_VALUES))), chunk
+        outcomes, values, heads, tails, marks = _decide(connection, batch, known, look_up_ids)
+        _insert(connection, _INSERT, _ROW, _ROW_VALUES, values)
+        _insert(
+            connection,
+            _UPSERT_HEADS,
+            _HEAD_ROW,
+            _HEAD_VALUES,
+            [v for stream, tail in tails.items() for v in (stream, *tail)],
+        )
+        if marks:
+            connection.executemany(
+                "INSERT INTO raygrain_event_marks (stream, version, category, position)"
+                " VALUES (?, ?, ?, ?)",
+                marks,
             )
         connection.executemany(
             "INSERT INTO raygrain_event_heads (category, head) VALUES (?, ?)"
@@ -255,28 +246,38 @@ def _apply_once(
     return outcomes
 
 
-def _rows_per_insert(connection: sqlite3.Connection) -> int:
+def _insert(
+    connection: sqlite3.Connection, statement: str, row: str, per_row: int, values: list[Any]
+) -> None:
+    """``values`` (``per_row`` a row, one row after the other) in multi-row statements."""
+    per_insert = _rows_per_insert(connection, per_row) * per_row
+    for start in range(0, len(values), per_insert):
+        chunk = values[start : start + per_insert]
+        connection.execute(statement.format(", ".join([row] * (len(chunk) // per_row))), chunk)
+
+
+def _rows_per_insert(connection: sqlite3.Connection, per_row: int) -> int:
     getlimit = getattr(connection, "getlimit", None)  # (Python 3.11 and later)
     if getlimit is not None:
         limit = int(getlimit(getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER")))  # noqa: B009
     else:
         limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-    return max(1, min(_MOST_ROWS_PER_INSERT, limit // _ROW_VALUES))
+    return max(1, min(_MOST_ROWS_PER_INSERT, limit // per_row))
 
 
 def _load_tails(connection: sqlite3.Connection, streams: list[str], known: _KnownTails) -> None:
-    """Put the (category, version) of ``streams`` into ``known`` (version 0: no events)."""
+    """Put the head of ``streams`` into ``known`` (("", 0, 0): no events)."""
     for start in range(0, len(streams), 400):
         chunk = streams[start : start + 400]
         found = connection.execute(
-            "SELECT stream, category, max(version) FROM raygrain_events"
-            f" WHERE stream IN ({', '.join('?' * len(chunk))}) GROUP BY stream",
+            "SELECT stream, category, version, position FROM raygrain_event_streams"
+            f" WHERE stream IN ({', '.join('?' * len(chunk))})",
             chunk,
         ).fetchall()
         for stream in chunk:
-            known.tails.setdefault(stream, ("", 0))
-        for stream, category, version in found:
-            known.tails[stream] = (category, int(version))
+            known.tails.setdefault(stream, _NO_TAIL)
+        for stream, category, version, position in found:
+            known.tails[stream] = (category, int(version), int(position))
 
 
 def _decide(
@@ -284,10 +285,16 @@ def _decide(
     batch: list[PendingAppend],
     known: _KnownTails,
     look_up_ids: bool,
-) -> tuple[list[Appended | Exception], list[Any], dict[str, int], dict[str, tuple[str, int]]]:
+) -> tuple[
+    list[Appended | Exception],
+    list[Any],
+    dict[str, int],
+    dict[str, _Tail],
+    list[tuple[str, int, str, int]],
+]:
     """Check each append in queue order against the file and the batch's earlier appends, as if
     they committed one by one, and collect the rows of those that pass: their values, one row
-    after the other in ``_INSERT``'s column order.
+    after the other in ``_INSERT``'s column order; and the streams' new heads and marks.
 
     (Per event it keeps no object but its values: a tuple or list per row, per event id, alive
     until the batch is inserted, made this thread's allocations set off several garbage
@@ -296,7 +303,8 @@ def _decide(
     outcomes: list[Appended | Exception] = []
     values: list[Any] = []
     heads: dict[str, int] = {}
-    tails: dict[str, tuple[str, int]] = {}  # this batch's, on top of known.tails
+    tails: dict[str, _Tail] = {}  # this batch's, on top of known.tails
+    marks: list[tuple[str, int, str, int]] = []
     # The batch's event ids, (stream, id) -> (version, position), made the first time an
     # append needs its ids looked up: in most batches none does.
     batch_ids: dict[tuple[str, str], tuple[int, int]] | None = None
@@ -304,7 +312,7 @@ def _decide(
     now = time.time()
     for append in batch:
         stream, category = append.stream, append.category
-        stored_category, version = tails.get(stream) or known.tails[stream]
+        stored_category, version, last = tails.get(stream) or known.tails[stream]
         # The ids need looking up only when the stream is not where the append expected it
         # (a retry whose first attempt was stored moved it on) or no version was expected.
         if look_up_ids or append.expected_version != version:
@@ -342,16 +350,20 @@ def _decide(
                 known.heads[category] = 0 if head is None else int(head[0])
             heads[category] = known.heads[category]
         position = heads[category]
+        previous = last or None  # (the position of the stream's latest event; None: no event)
         for type_, data, event_id in append.events:
             version += 1
             position += 1
-            values += (category, position, stream, version, type_, event_id, now, data)
+            values += (category, position, stream, version, type_, event_id, now, data, previous)
+            previous = position
+            if version % MARK_EVERY == 1:
+                marks.append((stream, version, category, position))
             if batch_ids is not None:
                 batch_ids[(stream, event_id)] = (version, position)
-        tails[stream] = (category, version)
+        tails[stream] = (category, version, position)
         heads[category] = position
         outcomes.append(Appended(version, position))
-    return outcomes, values, heads, tails
+    return outcomes, values, heads, tails, marks
 
 
 def _ids_of(values: list[Any]) -> dict[tuple[str, str], tuple[int, int]]:

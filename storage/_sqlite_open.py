@@ -20,13 +20,15 @@ from typing import Any, Literal
 import aiosqlite
 
 from raygrain.actors import StorageError, StorageSchemaError
+from raygrain.storage import _sqlite_event_schema as event_schema
 from raygrain.storage import _sqlite_reminders as reminders
 from raygrain.storage._sqlite_connection import close_quietly, is_locked, reason
-from raygrain.storage._sqlite_events import EVENT_SCHEMA
 
 __all__ = ["SCHEMA_VERSION", "SYNCHRONOUS", "WAL_SIZE_LIMIT", "Durability", "SqliteFile"]
 
-SCHEMA_VERSION = 1
+# 2: the event log's streams are chained (storage/_sqlite_event_schema.py); a raygrain that knows
+# only 1 would append to them without the chain, so it refuses the file.
+SCHEMA_VERSION = 2
 # "rgrn": marks the file as a raygrain state store, so another application's database is refused.
 APPLICATION_ID = 0x7267726E
 
@@ -178,7 +180,9 @@ class SqliteFile:
         if version < SCHEMA_VERSION:
             await connection.executescript(_SCHEMA)
         await connection.executescript(reminders.REMINDER_SCHEMA)
-        await connection.executescript(EVENT_SCHEMA)
+        await connection.executescript(event_schema.EVENT_SCHEMA)
+        columns = await connection.execute_fetchall("PRAGMA table_info(raygrain_events)")
+        await connection.executescript(event_schema.changes({str(row[1]) for row in columns}))
 
     async def _connect_reader(self) -> aiosqlite.Connection:
         return await self._set_up(await self._connect(), _query_only)

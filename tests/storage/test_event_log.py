@@ -126,6 +126,32 @@ async def test_an_event_id_stored_long_ago_is_found_even_where_the_version_match
     assert await log.head("A") == 6
 
 
+async def test_a_long_stream_reads_the_same_from_any_version(log: EventLog) -> None:
+    # Long enough that SQLite's reads start from a mark (every 256th version) and follow the
+    # chain; appends of several events each, another stream of the category between them.
+    sizes = [1, 3, 7, 2, 5] * 25  # 450 events
+    version = 0
+    for index, size in enumerate(sizes):
+        events = [event(data={"n": version + i + 1}) for i in range(size)]
+        await log.append("long", "A", version, events)
+        await log.append(f"other-{index % 3}", "A", None, [event()])
+        version += size
+    assert version == 450
+    whole = await log.read_stream("long")
+    assert [e.version for e in whole] == list(range(1, 451))
+    assert [e.data["n"] for e in whole] == list(range(1, 451))
+    assert len({e.position for e in whole}) == 450
+    for start, limit in [
+        (1, 1), (2, 300), (255, 3), (256, None), (257, 1), (258, 256), (449, 10), (450, 1),
+        (451, None), (300, 0),
+    ]:  # fmt: skip
+        read = await log.read_stream("long", start, limit)
+        end = 450 if limit is None else min(450, start + limit - 1)
+        assert [e.version for e in read] == list(range(start, end + 1)), (start, limit)
+        assert read == whole[start - 1 : end]
+    assert await log.read_stream("nothing here", 1) == []
+
+
 async def test_category_feed_in_position_order(log: EventLog) -> None:
     await log.append("Account/alice", "Account", 0, [event(), event()])
     await log.append("Order/1", "Order", 0, [event("Placed")])

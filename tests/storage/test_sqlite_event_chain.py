@@ -1,0 +1,109 @@
+"""SQLite's event log finds a stream's events by a chain (storage/_sqlite_event_schema.py):
+the chain keeps (stream, version) unique in the file itself, and a file made before the chain
+is changed on open without losing or reordering an event."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from raygrain.actors import WrongExpectedVersionError
+from raygrain.storage import Appended, NewEvent, SqliteStorage
+from raygrain.storage._sqlite_event_schema import MARK_EVERY
+from raygrain.storage._sqlite_open import APPLICATION_ID, SCHEMA_VERSION
+
+# The event tables as raygrain made them before the chain (schema version 1).
+OLD_SCHEMA = f"""
+CREATE TABLE raygrain_state (
+    id BLOB PRIMARY KEY, version INTEGER NOT NULL, type_name TEXT NOT NULL,
+    actor_key TEXT NOT NULL, data BLOB
+);
+CREATE TABLE raygrain_events (
+    category TEXT NOT NULL, position INTEGER NOT NULL, stream TEXT NOT NULL,
+    version INTEGER NOT NULL, type TEXT NOT NULL, event_id TEXT NOT NULL,
+    recorded_at REAL NOT NULL, data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX raygrain_events_feed ON raygrain_events (category, position);
+CREATE UNIQUE INDEX raygrain_events_stream ON raygrain_events (stream, version);
+CREATE UNIQUE INDEX raygrain_events_event_ids ON raygrain_events (event_id, stream);
+CREATE TABLE raygrain_event_heads (category TEXT PRIMARY KEY, head INTEGER NOT NULL);
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = 1;
+"""
+
+
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as connection:
+        return {r[0] for r in connection.execute("SELECT name FROM sqlite_master")}
+
+
+async def test_a_file_made_before_the_chain_keeps_every_event(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    # Two streams of one category, interleaved, long enough for marks: msgpack {"n": k}.
+    rows = []
+    versions = {"s": 0, "t": 0}
+    for position in range(1, 3 * MARK_EVERY + 41):
+        stream = "s" if position % 3 else "t"
+        versions[stream] += 1
+        data = b"\x81\xa1n" + (versions[stream] & 0x7F).to_bytes(1, "big")
+        rows.append(("A", position, stream, versions[stream], "T", f"id-{position}", 0.0, data))
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+        connection.executemany("INSERT INTO raygrain_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.execute("INSERT INTO raygrain_event_heads VALUES ('A', ?)", (len(rows),))
+    async with SqliteStorage(path) as storage:
+        for stream in ("s", "t"):
+            read = await storage.read_stream(stream)
+            expected = [r for r in rows if r[2] == stream]
+            assert [(e.version, e.position, e.event_id) for e in read] == [
+                (r[3], r[1], r[5]) for r in expected
+            ]
+            assert [e.data for e in read] == [{"n": r[3] & 0x7F} for r in expected]
+            for start in (2, MARK_EVERY, MARK_EVERY + 2):
+                tail = await storage.read_stream(stream, start, 5)
+                end = min(versions[stream], start + 4)
+                assert [e.version for e in tail] == list(range(start, end + 1))
+        s_version = versions["s"]
+        with pytest.raises(WrongExpectedVersionError):
+            await storage.append("s", "A", s_version - 1, [NewEvent("T", 1, "new-0")])
+        appended = await storage.append("s", "A", s_version, [NewEvent("T", 1, "new-1")])
+        assert appended == Appended(s_version + 1, len(rows) + 1)
+        again = await storage.append("s", "A", 0, [NewEvent("T", 1, "id-1")])  # an old retry
+        assert again == Appended(1, 1)
+        assert [e.version for e in await storage.read_stream("s", s_version)] == [
+            s_version,
+            s_version + 1,
+        ]
+    indexes = _indexes(path)
+    assert "raygrain_events_chain" in indexes
+    assert "raygrain_events_stream" not in indexes
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_the_file_refuses_two_events_after_the_same_one(tmp_path: Path) -> None:
+    # (stream, version) unique in the file itself, not only in the writer's checks: a second
+    # event chained after the same one (what a writer unaware of the head would add) fails.
+    path = tmp_path / "state.db"
+    async with SqliteStorage(path) as storage:
+        await storage.append("s", "A", 0, [NewEvent("T", 1, "a"), NewEvent("T", 2, "b")])
+    with sqlite3.connect(path) as connection, pytest.raises(sqlite3.IntegrityError):
+        connection.execute(
+            "INSERT INTO raygrain_events VALUES ('A', 3, 's', 2, 'T', 'c', 0.0, x'01', 1)"
+        )
+
+
+async def test_two_stores_on_one_file_continue_each_others_streams(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    async with SqliteStorage(path) as first, SqliteStorage(path) as second:
+        for version in range(0, 20, 2):
+            await first.append("s", "A", version, [NewEvent("T", version, f"a{version}")])
+            with pytest.raises(WrongExpectedVersionError):
+                await second.append("s", "A", version, [NewEvent("T", 0, f"x{version}")])
+            await second.append("s", "A", version + 1, [NewEvent("T", version, f"b{version}")])
+        read = await first.read_stream("s")
+        assert [e.version for e in read] == list(range(1, 21))
+        assert [e.position for e in read] == list(range(1, 21))
+        assert await second.read_stream("s", 7, 3) == read[6:9]
