@@ -6,6 +6,8 @@ Two scenarios, each with N callers over N actors (each caller calls its own acto
   ``calls_bench`` runs it.
 - ``durable``: the same, each call a durable write (``SqliteStorage``, fsync, in a temporary
   directory), as ``durable_writes_bench`` runs it; metrics on unless ``--no-metrics``.
+- ``events``: as ``durable``, each call one event appended through an event-sourced actor
+  (``EventSourcedActor``, snapshots off), as ``events_bench`` runs it.
 - ``wire``: a client and a silo over the direct plane (``WireTransport``, loopback TCP), built as
   the Ray host builds them (the silo with every capability's extension, the client with the
   client filters), without Ray. ``--split`` puts the silo in a child process and reports the CPU
@@ -70,21 +72,52 @@ class Account(Actor[int], name="bench.Account"):
         return self.state
 
 
-async def _durable(callers: int, calls: int, profile: str | None, metrics: bool = True) -> None:
+async def _durable(
+    callers: int, calls: int, profile: str | None, metrics: bool = True, events: bool = False
+) -> None:
     import tempfile
     from pathlib import Path
 
     from raygrain.runtime import Cluster
     from raygrain.storage import SqliteStorage
 
+    actor = _event_account() if events else Account
     with tempfile.TemporaryDirectory(prefix="raygrain-cost-") as tmp:
         async with (
             SqliteStorage(Path(tmp) / "state.db", durability="fsync") as storage,
-            Cluster.local(actors=[Account], silos=2, storage=storage, metrics=metrics) as cluster,
+            Cluster.local(actors=[actor], silos=2, storage=storage, metrics=metrics) as cluster,
         ):
-            refs = [_Depositing(cluster.get(Account, k)) for k in range(callers)]
+            refs = [_Depositing(cluster.get(actor, k)) for k in range(callers)]
             await _drive(refs, 2)  # warm every path
-            _report("durable", callers, calls, *await _timed(refs, calls, profile))
+            what = "events" if events else "durable"
+            _report(what, callers, calls, *await _timed(refs, calls, profile))
+
+
+def _event_account() -> type[Actor[Any]]:
+    from dataclasses import dataclass
+
+    from raygrain.runtime import EventSourcedActor
+
+    @dataclass
+    class Tally:
+        amount: int = 0
+
+    @dataclass
+    class Added:
+        amount: int
+
+    class EventAccount(
+        EventSourcedActor[Tally, Added], name="bench.EventAccount", snapshot_every=0
+    ):
+        def apply(self, state: Tally, event: Added) -> Tally:
+            state.amount += event.amount
+            return state
+
+        async def deposit(self, amount: int) -> int:
+            self.raise_event(Added(amount))
+            return self.version
+
+    return EventAccount
 
 
 class _Depositing:
@@ -253,18 +286,21 @@ async def _wire_split(callers: int, calls: int, profile: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=("inproc", "durable", "wire"))
+    parser.add_argument("scenario", choices=("inproc", "durable", "events", "wire"))
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--split", action="store_true", help="the silo in a child process")
     parser.add_argument("--profile", help="write a cProfile of the timed part here")
-    parser.add_argument("--no-metrics", action="store_true", help="inproc, durable: metrics off")
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="inproc, durable, events: metrics off"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAYGRAIN_LOG_LEVEL", "WARNING")
     if args.scenario == "inproc":
         run = _inproc(args.callers, args.calls, args.profile, not args.no_metrics)
-    elif args.scenario == "durable":
-        run = _durable(args.callers, args.calls, args.profile, not args.no_metrics)
+    elif args.scenario in ("durable", "events"):
+        events = args.scenario == "events"
+        run = _durable(args.callers, args.calls, args.profile, not args.no_metrics, events)
     elif args.split:
         run = _wire_split(args.callers, args.calls, args.profile)
     else:
