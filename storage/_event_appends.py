@@ -44,11 +44,7 @@ class PendingAppend:
     events: list[tuple[str, bytes, str]]  # (type, data, event id)
     # The waiting caller's future (``append``), or the callback of ``queue_append``.
     result: asyncio.Future[Appended] | Callable[[Appended | Exception], object]
-
-    def abandoned(self) -> bool:
-        """Whether its waiting caller was cancelled, or it was settled already."""
-        result = self.result
-        return isinstance(result, asyncio.Future) and result.done()
+    nbytes: int  # of the events' data
 
 
 def settle(pending: PendingAppend, outcome: Appended | Exception) -> None:
@@ -130,7 +126,12 @@ class AppendQueue:
         self._check_not_closed()
         if self._appends is None:
             self._appends = deque()
-        self._appends.append(PendingAppend(stream, category, expected_version, encoded, result))
+        nbytes = (
+            len(encoded[0][1]) if len(encoded) == 1 else sum(len(event[1]) for event in encoded)
+        )
+        self._appends.append(
+            PendingAppend(stream, category, expected_version, encoded, result, nbytes)
+        )
         if self._append_committer is None:
             # In a context of its own, like the state's committer: callers' variables stay theirs.
             self._append_committer = contextvars.Context().run(
@@ -156,16 +157,17 @@ class AppendQueue:
                 nbytes = 0
                 while queue:
                     pending = queue[0]
-                    more = sum(len(event[1]) for event in pending.events)
+                    count = len(pending.events)
                     if batch and (
-                        size + len(pending.events) > limit or nbytes + more > MAX_BATCH_BYTES
+                        size + count > limit or nbytes + pending.nbytes > MAX_BATCH_BYTES
                     ):
                         break
                     queue.popleft()
-                    if not pending.abandoned():  # a caller cancelled before it started
-                        batch.append(pending)
-                        size += len(pending.events)
-                        nbytes += more
+                    result = pending.result
+                    if not (isinstance(result, asyncio.Future) and result.done()):
+                        batch.append(pending)  # (else its caller was cancelled before it started)
+                        size += count
+                        nbytes += pending.nbytes
                 if batch:
                     try:
                         await self._commit_batch(batch)

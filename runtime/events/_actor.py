@@ -234,7 +234,10 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
     @property
     def version(self) -> int:
         """The stream's version this state reflects (tentative events of the turn included)."""
-        journal = self._journal()
+        try:
+            journal = self._es
+        except AttributeError:
+            journal = self._journal()
         return journal.version + len(journal.pending)
 
     async def confirm_events(self) -> Written | None:
@@ -268,7 +271,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
         assert appended is not None
         journal.version = appended.version
         journal.written = appended
-        self._service().appended(category, appended.position)
+        self._service().appended(category)
         await self._maybe_snapshot(stream)
         return Written(stream, appended.version, category, appended.position)
 

@@ -294,7 +294,7 @@ class TurnAppend:
         journal.version = outcome.version
         journal.written = outcome
         try:
-            self._notify(journal.category, outcome.position)
+            self._notify(journal.category)
         finally:
             self._told(None)  # (the turn ends whatever the notice did)
 

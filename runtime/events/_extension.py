@@ -32,11 +32,13 @@ EXTRAS_KEY = "events"
 class EventsHandle:
     """What an activation sees of the capability (``service("events")``)."""
 
-    __slots__ = ("_activation", "_service")
+    __slots__ = ("_activation", "_service", "appended")
 
     def __init__(self, service: EventsService, activation: Activation) -> None:
         self._service = service
         self._activation = activation
+        # appended(category): events were appended to it (the silo's projections wake).
+        self.appended = service.appended
 
     @property
     def log(self) -> EventLog:
@@ -45,9 +47,6 @@ class EventsHandle:
     @property
     def storage(self) -> StorageProvider:
         return self._service.storage
-
-    def appended(self, category: str, position: int) -> None:
-        self._service.appended(category)
 
     def runner(self) -> ProjectionRunner:
         extras = self._activation.extras or {}
