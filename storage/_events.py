@@ -158,7 +158,26 @@ def check_encoded(
     stream: str, category: str, expected_version: int | None, events: EncodedEvents
 ) -> None:
     """``check_append`` for events that come encoded (``encoded_events``)."""
-    check_target(stream, category, expected_version, events)
+    if (
+        len(events) == 1  # (the common case, checked in one place: a turn's one event)
+        and type(stream) is str
+        and stream
+        and type(category) is str
+        and category
+        and (expected_version is None or (type(expected_version) is int and expected_version >= 0))
+    ):
+        event = events[0]
+        if (
+            type(event) is tuple
+            and len(event) == 3
+            and type(event[0]) is str
+            and event[0]
+            and type(event[1]) is bytes
+            and type(event[2]) is str
+            and event[2]
+        ):
+            return
+    check_target(stream, category, expected_version, events)  # (what is wrong, by name)
     for event in events:
         if not (isinstance(event, tuple) and len(event) == 3 and isinstance(event[1], bytes)):
             raise InvalidEventError(

@@ -95,6 +95,7 @@ class JournaledActor(Protocol):
     """What a turn's ending uses of its actor (an ``_actor.EventSourcedActor``)."""
 
     _context: ActorRuntime
+    _es: Journal
 
     @property
     def context(self) -> ActorContext: ...
@@ -141,7 +142,10 @@ def journaled_turn(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     async def turn(self: JournaledActor, *args: Any, **kwargs: Any) -> Any:
-        journal = self._journal()
+        try:
+            journal = self._es
+        except AttributeError:
+            journal = self._journal()
         if not journal.loaded:
             await self._load()
         try:
@@ -295,8 +299,10 @@ class TurnAppend:
         journal.written = outcome
         try:
             self._notify(journal.category)
-        finally:
-            self._told(None)  # (the turn ends whatever the notice did)
+        finally:  # (the turn ends whatever the notice did)
+            done, self._done, self._encoded = self._done, None, None
+            assert done is not None
+            done(None)
 
     def _failed(self, error: Exception) -> None:
         # The state holds events the log may not: fold the log again before going on.
