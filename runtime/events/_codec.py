@@ -18,7 +18,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from raygrain.actors import ConfigurationError, InvalidEventError, StateDecodeError, encode
+from raygrain.actors import (
+    ConfigurationError,
+    InvalidEventError,
+    SerializationError,
+    StateDecodeError,
+    encode,
+)
 from raygrain.storage import StoredEvent
 
 __all__ = ["EventTypes", "Upcaster", "event_name"]
@@ -89,7 +95,11 @@ class EventTypes:
                 f"{self.owner}: {type(event).__name__} is not one of its event types ({expected})"
             )
         name, names = known
-        return name, encode({field: getattr(event, field) for field in names}), _event_ids.next()
+        try:
+            data = encode({field: getattr(event, field) for field in names})
+        except SerializationError as exc:
+            raise SerializationError(f"{self.owner}: event {name}: {exc}") from None
+        return name, data, _event_ids.next()
 
     def build(self, stored: StoredEvent, upcast: Upcaster) -> Any:
         """The event object of ``stored``, upcast to the current shape."""
