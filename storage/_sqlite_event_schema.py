@@ -18,12 +18,13 @@ unique: versions are handed out from the stream's head row, in the writer's tran
 the chain index refuses two events after the same one.
 
 A file made before (an index on (stream, version), no ``previous``) is changed on open, in
-one transaction (``changes``).
+one transaction that also sets its schema version (``MIGRATION``, ``CHAIN``;
+storage/_sqlite_open.py).
 """
 
 from __future__ import annotations
 
-__all__ = ["EVENT_SCHEMA", "MARK_EVERY", "READ_STREAM", "changes"]
+__all__ = ["CHAIN", "EVENT_SCHEMA", "MARK_EVERY", "MIGRATION", "READ_STREAM"]
 
 MARK_EVERY = 256  # a stream's versions 1, 1 + MARK_EVERY, ... are marked
 
@@ -65,33 +66,41 @@ CREATE TABLE IF NOT EXISTS raygrain_event_marks (
 ) WITHOUT ROWID;
 """
 
-# After EVENT_SCHEMA, on a file whose events have their chain (new, or changed by migrate).
-_CHAIN_INDEX = """
-CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_chain ON raygrain_events (category, previous);
-DROP INDEX IF EXISTS raygrain_events_stream;
-"""
+# After EVENT_SCHEMA, in the transaction that migrates a file made before the chain (or finds it
+# done): the chain index, and the old index goes. A stream has one first event (previous NULL),
+# and no later event lacks its previous position: a process of a raygrain older than the file's
+# schema that had the file open before it changed, and goes on appending the old way, fails
+# instead of giving a stream two events of one version.
+CHAIN = [
+    "CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_chain"
+    " ON raygrain_events (category, previous)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS raygrain_events_first"
+    " ON raygrain_events (stream) WHERE previous IS NULL",
+    "CREATE TRIGGER IF NOT EXISTS raygrain_events_chained BEFORE INSERT ON raygrain_events"
+    " WHEN NEW.previous IS NULL AND NEW.version <> 1 BEGIN SELECT RAISE(ABORT,"
+    " 'raygrain_events: an event after the first of its stream needs the position of the one"
+    " before it (is an older raygrain writing to this file?)'); END",
+    "DROP INDEX IF EXISTS raygrain_events_stream",
+]
 
 # A file made before the chain: its events' previous positions, found through its index on
 # (stream, version); each stream's head (SQLite takes the bare columns from the row of max());
-# the marks; then the chain index, and the old index goes. One transaction.
-_MIGRATION = f"""
-BEGIN IMMEDIATE;
-ALTER TABLE raygrain_events ADD COLUMN previous INTEGER;
-UPDATE raygrain_events SET previous = (
-    SELECT earlier.position FROM raygrain_events AS earlier
-    WHERE earlier.stream = raygrain_events.stream AND earlier.version = raygrain_events.version - 1
-);
-INSERT OR REPLACE INTO raygrain_event_streams (stream, category, version, position)
-    SELECT stream, category, max(version), position FROM raygrain_events GROUP BY stream;
-INSERT OR REPLACE INTO raygrain_event_marks (stream, version, category, position)
-    SELECT stream, version, category, position FROM raygrain_events
-    WHERE version % {MARK_EVERY} = 1;
-{_CHAIN_INDEX}
-COMMIT;
-"""
+# the marks. Run in the transaction that checked the file still lacks the chain.
+MIGRATION = [
+    "ALTER TABLE raygrain_events ADD COLUMN previous INTEGER",
+    "UPDATE raygrain_events SET previous = ("
+    " SELECT earlier.position FROM raygrain_events AS earlier"
+    " WHERE earlier.stream = raygrain_events.stream"
+    " AND earlier.version = raygrain_events.version - 1)",
+    "INSERT OR REPLACE INTO raygrain_event_streams (stream, category, version, position)"
+    " SELECT stream, category, max(version), position FROM raygrain_events GROUP BY stream",
+    "INSERT OR REPLACE INTO raygrain_event_marks (stream, version, category, position)"
+    " SELECT stream, version, category, position FROM raygrain_events"
+    f" WHERE version % {MARK_EVERY} = 1",
+]
 
 # One statement (one snapshot of the file): from the last mark at or below ?2, follow the chain
-# while below ?3, and keep the events from version ?2 on. ?1: the stream.
+# while below ?3, and keep the events from version ?2 to ?3. ?1: the stream.
 READ_STREAM = """
 WITH RECURSIVE walk(category, position, version) AS (
     SELECT * FROM (
@@ -106,12 +115,6 @@ WITH RECURSIVE walk(category, position, version) AS (
 )
 SELECT e.stream, e.category, e.version, e.position, e.type, e.data, e.event_id, e.recorded_at
 FROM walk JOIN raygrain_events AS e ON e.category = walk.category AND e.position = walk.position
-WHERE walk.version >= ?2
+WHERE walk.version BETWEEN ?2 AND ?3
 ORDER BY walk.version
 """
-
-
-def changes(columns: set[str]) -> str:
-    """What to run after ``EVENT_SCHEMA`` on a file whose ``raygrain_events`` has ``columns``:
-    the change of a file made before the chain (once), else the chain index if missing."""
-    return _CHAIN_INDEX if "previous" in columns else _MIGRATION

@@ -92,12 +92,12 @@ class SqliteEventLog(AppendQueue):
         self, stream: str, from_version: int = 1, limit: int | None = None
     ) -> list[StoredEvent]:
         check_stream_read(stream, from_version, limit)
-        if limit == 0:
-            return []
-        last = _NO_LAST if limit is None else from_version + limit - 1
+        # (Bounded to what SQLite's integers hold; no version is past _NO_LAST.)
+        first = min(from_version, _NO_LAST)
+        last = _NO_LAST if limit is None else min(from_version + limit - 1, _NO_LAST)
         rows = await self._on_reader(
             f"reading event stream {stream!r}",
-            lambda c: c.execute(READ_STREAM, (stream, from_version, last)).fetchall(),
+            lambda c: c.execute(READ_STREAM, (stream, first, last)).fetchall(),
         )
         return [_stored(row) for row in rows]
 

@@ -177,12 +177,11 @@ class SqliteFile:
         await self._set_wal(connection)
         await connection.execute(f"PRAGMA synchronous = {SYNCHRONOUS[self.durability]}")
         await connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-        if version < SCHEMA_VERSION:
+        if version == 0:  # a new file (a file of an earlier version is changed below)
             await connection.executescript(_SCHEMA)
         await connection.executescript(reminders.REMINDER_SCHEMA)
         await connection.executescript(event_schema.EVENT_SCHEMA)
-        columns = await connection.execute_fetchall("PRAGMA table_info(raygrain_events)")
-        await connection.executescript(event_schema.changes({str(row[1]) for row in columns}))
+        await _chain_events(connection)
 
     async def _connect_reader(self) -> aiosqlite.Connection:
         return await self._set_up(await self._connect(), _query_only)
@@ -263,3 +262,42 @@ def _warn_unclosed(description: str) -> None:
 
 async def _query_only(connection: aiosqlite.Connection) -> None:
     await connection.execute("PRAGMA query_only = ON")
+
+
+async def _chain_events(connection: aiosqlite.Connection) -> None:
+    """Give a file made before the event log's chain its chain, and the file the current schema
+    version, in one transaction; a file that has them is left as it is. The columns are read
+    inside the transaction: two processes opening an old file at once change it once. (A file
+    that needs nothing is not locked: it opens while another connection writes.)"""
+    if not await _unchained(connection):
+        return
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        if await _unchained(connection):
+            rows = await connection.execute_fetchall("PRAGMA table_info(raygrain_events)")
+            if "previous" not in {str(row[1]) for row in rows}:
+                for statement in event_schema.MIGRATION:
+                    await connection.execute(statement)
+            for statement in event_schema.CHAIN:
+                await connection.execute(statement)
+            await connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            await connection.execute("ROLLBACK")
+        raise
+
+
+async def _unchained(connection: aiosqlite.Connection) -> bool:
+    """Whether the file lacks any part of the chain, or has the old index, or an old version."""
+    rows = await connection.execute_fetchall(
+        "SELECT (SELECT user_version FROM pragma_user_version()),"
+        " (SELECT count(*) FROM pragma_table_info('raygrain_events') WHERE name = 'previous'),"
+        " (SELECT group_concat(name, ' ') FROM sqlite_master WHERE name IN"
+        " ('raygrain_events_chain', 'raygrain_events_first', 'raygrain_events_chained',"
+        " 'raygrain_events_stream'))"
+    )
+    version, chained, names = next(iter(rows))
+    present = set(str(names or "").split())
+    wanted = {"raygrain_events_chain", "raygrain_events_first", "raygrain_events_chained"}
+    return int(version) < SCHEMA_VERSION or not chained or present != wanted

@@ -4,12 +4,14 @@ is changed on open without losing or reordering an event."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
-from raygrain.actors import WrongExpectedVersionError
+from raygrain.actors import StorageError, WrongExpectedVersionError
 from raygrain.storage import Appended, NewEvent, SqliteStorage
 from raygrain.storage._sqlite_event_schema import MARK_EVERY
 from raygrain.storage._sqlite_open import APPLICATION_ID, SCHEMA_VERSION
@@ -107,3 +109,77 @@ async def test_two_stores_on_one_file_continue_each_others_streams(tmp_path: Pat
         assert [e.version for e in read] == list(range(1, 21))
         assert [e.position for e in read] == list(range(1, 21))
         assert await second.read_stream("s", 7, 3) == read[6:9]
+
+
+def _old_file(path: Path, events: int = 40) -> None:
+    """A file as raygrain made it before the chain: streams s and t of category A."""
+    with sqlite3.connect(path) as connection:
+        connection.executescript(OLD_SCHEMA)
+        versions = {"s": 0, "t": 0}
+        for position in range(1, events + 1):
+            stream = "s" if position % 2 else "t"
+            versions[stream] += 1
+            connection.execute(
+                "INSERT INTO raygrain_events VALUES ('A', ?, ?, ?, 'T', ?, 0.0, x'01')",
+                (position, stream, versions[stream], f"id-{position}"),
+            )
+        connection.execute("INSERT INTO raygrain_event_heads VALUES ('A', ?)", (events,))
+
+
+async def test_stores_opening_an_old_file_at_once_change_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    _old_file(path)
+    stores = [SqliteStorage(path) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        for store in stores:
+            assert [e.version for e in await store.read_stream("s")] == list(range(1, 21))
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_a_change_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path) -> None:
+    # The schema version moves with the change, in its transaction: a failed change leaves a
+    # file the older raygrain still opens (here a table in the way of one of the new indexes).
+    path = tmp_path / "old.db"
+    _old_file(path)
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE raygrain_events_first (x)")
+    with pytest.raises(StorageError):
+        async with SqliteStorage(path) as storage:
+            await storage.read_stream("s")
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (1,)
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(raygrain_events)")}
+        assert "previous" not in columns
+        assert connection.execute("SELECT count(*) FROM raygrain_event_streams").fetchone() == (0,)
+
+
+async def test_a_writer_unaware_of_the_chain_is_refused(tmp_path: Path) -> None:
+    # A process of an older raygrain that had the file open before it changed appends rows
+    # with no previous position: refused, not a second event of one version.
+    path = tmp_path / "state.db"
+    async with SqliteStorage(path) as storage:
+        await storage.append("s", "A", 0, [NewEvent("T", 1, "a")])
+    with sqlite3.connect(path) as connection:
+        for version, event_id in ((2, "old-2"), (1, "old-1")):
+            with pytest.raises(sqlite3.IntegrityError):
+                connection.execute(
+                    "INSERT INTO raygrain_events (category, position, stream, version, type,"
+                    " event_id, recorded_at, data) VALUES ('A', 9, 's', ?, 'T', ?, 0.0, x'01')",
+                    (version, event_id),
+                )
+
+
+async def test_reads_past_what_sqlite_integers_hold_and_on_a_closed_store(
+    tmp_path: Path,
+) -> None:
+    storage = SqliteStorage(tmp_path / "state.db")
+    await storage.append("s", "A", 0, [NewEvent("T", n, f"id-{n}") for n in range(5)])
+    assert [e.version for e in await storage.read_stream("s", 2, sys.maxsize)] == [2, 3, 4, 5]
+    assert await storage.read_stream("s", 2**70) == []
+    assert await storage.read_stream("s", 3, 0) == []
+    await storage.aclose()
+    with pytest.raises(StorageError, match="closed"):
+        await storage.read_stream("s", 1, 0)
