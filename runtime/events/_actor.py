@@ -51,6 +51,7 @@ from raygrain.runtime.events._ending import (
     journaled,
     query_turn,
     querying,
+    snapshot_due,
 )
 from raygrain.runtime.kernel import ActivationState, get_logger
 from raygrain.storage import EncodedEvents, EventLog, StorageProvider
@@ -375,7 +376,7 @@ class EventSourcedActor(Actor[None], Generic[S, E]):
     async def _maybe_snapshot(self, stream: str) -> None:
         journal = self._journal()
         every = self.__es_snapshot_every__
-        if not every or journal.version // every == journal.snapshot_version // every:
+        if not snapshot_due(journal, every):  # (the turn's events are appended: none pending)
             return
         slot = (journal.version // every) % self.__es_snapshots_kept__
         try:
