@@ -9,7 +9,7 @@ The implementation lives in three packages, installed under this name: ``raygrai
 ``raygrain.storage`` (state providers). This module re-exports what a user needs from them.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from raygrain.actors import (
     Actor,
@@ -110,10 +110,7 @@ from raygrain.storage import (
     open_storage,
 )
 
-try:
-    __version__ = version("raygrain")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__: str  # the installed distribution's, read on first use (see __getattr__)
 
 __all__ = [
     "Actor",
@@ -210,3 +207,13 @@ __all__ = [
     "step",
     "transactional",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # importlib.metadata (with email, zipfile, csv...) is imported when the version is asked
+    # for, not with raygrain: thousands of objects every full garbage collection goes through.
+    if name == "__version__":
+        from raygrain.runtime.kernel import installed_version
+
+        return installed_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,12 @@ URL into a provider (SQLAlchemy's convention: that file is relative to the worki
 ``MemoryStorage`` is for tests; ``SqliteStorage`` is the embedded default;
 ``PostgresStorage`` the store of a multi-node deployment. Each also keeps the event log
 (``EventLog``: append-only streams with expected versions, and per-category feeds).
+
+``PostgresStorage`` is imported on first use, and asyncpg with it: a process on SQLite does not
+carry asyncpg's modules (thousands of objects that every full garbage collection goes through).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from raygrain.storage._events import (
     Appended,
@@ -18,7 +23,6 @@ from raygrain.storage._events import (
     encoded_events,
 )
 from raygrain.storage._memory import MemoryStorage
-from raygrain.storage._postgres import PostgresStorage
 from raygrain.storage._provider import (
     QueuedWrites,
     SqlStep,
@@ -31,6 +35,9 @@ from raygrain.storage._provider import (
 from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
 from raygrain.storage._sqlite import SqliteStorage
 from raygrain.storage._url import absolute_storage_url, check_storage_url, open_storage
+
+if TYPE_CHECKING:
+    from raygrain.storage._postgres import PostgresStorage
 
 __all__ = [
     "Appended",
@@ -58,3 +65,11 @@ __all__ = [
     "open_storage",
     "tell_written",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStorage":
+        from raygrain.storage._postgres import PostgresStorage
+
+        return PostgresStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

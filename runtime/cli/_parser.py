@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from importlib import metadata
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime.cli._sagas import add_parser as add_sagas_parser
+from raygrain.runtime.kernel import installed_version
 
 __all__ = ["build_parser", "deployment_name"]
 
@@ -39,13 +39,6 @@ ADDRESS_HELP = (
     "Ray address: host:port, ray://host:10001, or auto (the default: RAY_ADDRESS when set, "
     "else the Ray started on this machine)"
 )
-
-
-def _version() -> str:
-    try:
-        return metadata.version("raygrain")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
 
 
 def _log_level(text: str) -> str:
@@ -99,7 +92,7 @@ def build_parser() -> _Parser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"raygrain {_version()}")
+    parser.add_argument("--version", action="version", version=f"raygrain {installed_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a detached deployment of silos on a Ray cluster")

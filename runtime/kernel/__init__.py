@@ -41,6 +41,7 @@ from raygrain.runtime.kernel._ring import ConsistentHashRing
 from raygrain.runtime.kernel._silo import Silo, SiloOptions
 from raygrain.runtime.kernel._state import StateSlot
 from raygrain.runtime.kernel._transport import Endpoint, LocalTransport, SiloEndpoint, Transport
+from raygrain.runtime.kernel._version import installed_version
 from raygrain.runtime.kernel._view import (
     Membership,
     MembershipView,
@@ -93,6 +94,7 @@ __all__ = [
     "get_logger",
     "id_from_wire",
     "id_to_wire",
+    "installed_version",
     "key_from_wire",
     "pack",
     "pack_batch",

@@ -7,6 +7,11 @@ configuration is left alone. The level comes from ``RAYGRAIN_LOG_LEVEL`` (defaul
 or ``configure_logging``. Each record's message is the rendered event: JSON lines, or a console
 line in a terminal. When the application has configured no logging at all (the root logger has
 no handler, as in a fresh Ray worker), raygrain writes to stderr itself.
+
+structlog is imported with the first record at an enabled level, not with raygrain: until then
+``get_logger`` hands out a stand-in that asks the ``logging`` logger's level first. A quiet
+process never carries structlog's modules (with rich's, some 20,000 objects that every full
+garbage collection would go through: the longest pauses of a busy silo's event loop).
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ import os
 import sys
 from typing import Any
 
-import structlog
-
 __all__ = ["LOGGER_NAME", "configure_logging", "get_logger"]
 
 LOGGER_NAME = "raygrain"
-_logger: Any = None
+_STDLIB = logging.getLogger(LOGGER_NAME)
+_logger: Any = None  # structlog's, made on the first record logged (or a test's own)
+_configured = False
 
 
 class _FallbackHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -39,8 +44,8 @@ def configure_logging(level: str | int | None = None) -> None:
     Without ``level``: ``RAYGRAIN_LOG_LEVEL``, else whatever level the ``raygrain`` logger
     already has, else ``warning``.
     """
-    global _logger
-    stdlib = logging.getLogger(LOGGER_NAME)
+    global _configured, _logger
+    stdlib = _STDLIB
     chosen = level if level is not None else os.environ.get("RAYGRAIN_LOG_LEVEL")
     if chosen is not None or stdlib.level == logging.NOTSET:
         numeric = (
@@ -51,13 +56,23 @@ def configure_logging(level: str | int | None = None) -> None:
         stdlib.setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
     if not any(isinstance(h, _FallbackHandler) for h in stdlib.handlers):
         stdlib.addHandler(_FallbackHandler())
+    _configured = True
+    _logger = None  # made again on the next record: the renderer follows stderr as it is then
+
+
+def _structlog_logger() -> Any:
+    global _logger
+    if _logger is not None:
+        return _logger
+    import structlog
+
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
         if sys.stderr.isatty()
         else structlog.processors.JSONRenderer()
     )
     _logger = structlog.wrap_logger(
-        stdlib,
+        _STDLIB,
         wrapper_class=structlog.stdlib.BoundLogger,
         processors=[
             structlog.stdlib.filter_by_level,
@@ -67,9 +82,47 @@ def configure_logging(level: str | int | None = None) -> None:
             renderer,
         ],
     )
+    return _logger
+
+
+class _Deferred:
+    """raygrain's logger until a record is at an enabled level: each method asks the
+    ``logging`` logger first (as structlog's ``filter_by_level`` would), and makes the
+    structlog logger only for a record that will be written."""
+
+    __slots__ = ()
+
+    def debug(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.DEBUG):
+            _structlog_logger().debug(event, **fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.INFO):
+            _structlog_logger().info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.WARNING):
+            _structlog_logger().warning(event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.ERROR):
+            _structlog_logger().error(event, **fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.ERROR):
+            _structlog_logger().exception(event, **fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(logging.CRITICAL):
+            _structlog_logger().critical(event, **fields)
+
+
+_DEFERRED = _Deferred()
 
 
 def get_logger() -> Any:
-    if _logger is None:
+    if _logger is not None:
+        return _logger
+    if not _configured:
         configure_logging()
-    return _logger
+    return _DEFERRED

@@ -12,7 +12,6 @@ into buckets in batches, and the turns above the slow-turn threshold with them).
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from collections import Counter
 from typing import Any
@@ -26,6 +25,7 @@ from raygrain.runtime.kernel import (
     Response,
     Silo,
     SiloStatus,
+    installed_version,
 )
 from raygrain.runtime.metrics._catalog import CallerMetrics, SiloMetrics
 from raygrain.runtime.metrics._registry import (
@@ -44,11 +44,6 @@ from raygrain.runtime.transactions import Transactions
 from raygrain.storage import StorageProvider
 
 __all__ = ["CallMetrics", "Metrics", "error_type"]
-
-try:
-    _VERSION = importlib.metadata.version("raygrain")
-except importlib.metadata.PackageNotFoundError:  # running from a checkout, not installed
-    _VERSION = "unknown"
 
 
 def error_type(response: Response) -> str:
@@ -187,7 +182,7 @@ class Metrics(Extension):
                 errors += child.value
         storage = self.storage
         return {
-            "version": _VERSION,
+            "version": installed_version(),
             "time": time.time(),
             "turns": calls,
             "turn_errors": errors,

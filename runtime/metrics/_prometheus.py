@@ -3,22 +3,22 @@
 ``PrometheusExporter`` is a ``prometheus_client`` collector over the registries of every silo
 and client of the cluster (read when scraped: recording costs nothing extra), served on an
 optional HTTP port, and read back in Python with ``value()`` / ``text()`` (for tests).
+
+``prometheus_client`` is imported when a port is served or the figures are first read, not
+with raygrain: a process that never exports them does not carry its modules (about 10,000
+objects that every full garbage collection would go through).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from typing import TYPE_CHECKING, Any
 
 from raygrain.runtime.metrics._registry import Family, Kind, MetricRegistry
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 __all__ = ["PrometheusExporter"]
 
@@ -42,6 +42,12 @@ def _le(bound: float) -> str:
 
 
 def _export(name: str, group: list[Family]) -> Metric:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
     first = group[0]
     labels = [*first.registry.constant_labels, *first.label_names]
     metric: Any
@@ -72,17 +78,31 @@ class PrometheusExporter:
     def __init__(
         self, registries: Callable[[], Iterable[MetricRegistry]], port: int | None = None
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(registries))
+        self._registries = registries
+        self._registry: CollectorRegistry | None = None
         self.port: int | None = None
         self._server: Any = None
         if port is not None:
+            from prometheus_client import start_http_server
+
             self._server, thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
             self.port = int(self._server.server_port)
             self._thread = thread
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The ``prometheus_client`` registry the figures are collected into."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(_Collector(self._registries))
+        return self._registry
+
     def text(self) -> str:
         """The exposition text a scrape would get."""
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry).decode()
 
     def value(self, name: str, **labels: str) -> float:
