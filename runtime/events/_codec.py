@@ -96,7 +96,11 @@ class EventTypes:
             )
         name, names = known
         try:
-            data = encode({field: getattr(event, field) for field in names})
+            if len(names) == 1:  # (most events: a third of the comprehension's time)
+                only = names[0]
+                data = encode({only: getattr(event, only)})
+            else:
+                data = encode({field: getattr(event, field) for field in names})
         except SerializationError as exc:
             raise SerializationError(f"{self.owner}: event {name}: {exc}") from None
         return name, data, _event_ids.next()
