@@ -294,10 +294,9 @@ async def _unchained(connection: aiosqlite.Connection) -> bool:
         "SELECT (SELECT user_version FROM pragma_user_version()),"
         " (SELECT count(*) FROM pragma_table_info('raygrain_events') WHERE name = 'previous'),"
         " (SELECT group_concat(name, ' ') FROM sqlite_master WHERE name IN"
-        " ('raygrain_events_chain', 'raygrain_events_first', 'raygrain_events_chained',"
-        " 'raygrain_events_stream'))"
+        " ('raygrain_events_chain', 'raygrain_events_first', 'raygrain_events_stream'))"
     )
     version, chained, names = next(iter(rows))
     present = set(str(names or "").split())
-    wanted = {"raygrain_events_chain", "raygrain_events_first", "raygrain_events_chained"}
+    wanted = {"raygrain_events_chain", "raygrain_events_first"}
     return int(version) < SCHEMA_VERSION or not chained or present != wanted

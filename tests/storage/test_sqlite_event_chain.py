@@ -156,20 +156,44 @@ async def test_a_change_that_fails_leaves_the_old_file_as_it_was(tmp_path: Path)
         assert connection.execute("SELECT count(*) FROM raygrain_event_streams").fetchone() == (0,)
 
 
-async def test_a_writer_unaware_of_the_chain_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("made", ["new", "changed from the old layout"])
+async def test_a_writer_unaware_of_the_chain_is_refused(tmp_path: Path, made: str) -> None:
     # A process of an older raygrain that had the file open before it changed appends rows
-    # with no previous position: refused, not a second event of one version.
+    # with no previous position: refused, not a second event of one version. (A stream has one
+    # first event, with no previous position; a new file's table also checks every row.)
     path = tmp_path / "state.db"
-    async with SqliteStorage(path) as storage:
-        await storage.append("s", "A", 0, [NewEvent("T", 1, "a")])
+    if made == "new":
+        async with SqliteStorage(path) as storage:
+            await storage.append("s", "A", 0, [NewEvent("T", 1, "a")])
+    else:
+        _old_file(path)
+        async with SqliteStorage(path) as storage:
+            appended = await storage.append("s", "A", 20, [NewEvent("T", 1, "a")])
+            assert appended.version == 21
     with sqlite3.connect(path) as connection:
-        for version, event_id in ((2, "old-2"), (1, "old-1")):
-            with pytest.raises(sqlite3.IntegrityError):
+        for version in (22, 2, 1):
+            with pytest.raises(
+                sqlite3.IntegrityError,
+                match="CHECK constraint failed: raygrain_events_chained|"
+                "UNIQUE constraint failed: raygrain_events.stream",
+            ):
                 connection.execute(
                     "INSERT INTO raygrain_events (category, position, stream, version, type,"
-                    " event_id, recorded_at, data) VALUES ('A', 9, 's', ?, 'T', ?, 0.0, x'01')",
-                    (version, event_id),
+                    " event_id, recorded_at, data) VALUES ('A', 1000, 's', ?, 'T', ?, 0.0, x'01')",
+                    (version, f"old-{version}"),
                 )
+        if made == "new":  # even into a stream that has no event yet
+            with pytest.raises(sqlite3.IntegrityError, match="raygrain_events_chained"):
+                connection.execute(
+                    "INSERT INTO raygrain_events (category, position, stream, version, type,"
+                    " event_id, recorded_at, data) VALUES ('A', 1000, 'u', 2, 'T', 'u', 0.0, x'01')"
+                )
+        # The same row with its previous position and the next version is taken.
+        connection.execute(
+            "INSERT INTO raygrain_events (category, position, stream, version, type, event_id,"
+            " recorded_at, data, previous) SELECT 'A', 1000, 's', version + 1, 'T', 'next', 0.0,"
+            " x'01', position FROM raygrain_event_streams WHERE stream = 's'"
+        )
 
 
 async def test_reads_past_what_sqlite_integers_hold_and_on_a_closed_store(
