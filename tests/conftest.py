@@ -103,7 +103,9 @@ def log(
 
     from raygrain.runtime.kernel import _logging
 
-    monkeypatch.setattr(_logging, "_logger", None)  # the next get_logger() configures afresh
+    # The next get_logger() configures afresh (the level from RAYGRAIN_LOG_LEVEL again).
+    monkeypatch.setattr(_logging, "_logger", None)
+    monkeypatch.setattr(_logging, "_configured", False)
     capsys.readouterr()
 
     # raygrain logs through the stdlib logger "raygrain"; under pytest the root logger has

@@ -85,6 +85,15 @@ def _structlog_logger() -> Any:
     return _logger
 
 
+def _deferred(level: int, name: str) -> Any:
+    def log(self: _Deferred, event: str, **fields: Any) -> None:
+        if _STDLIB.isEnabledFor(level):
+            getattr(_structlog_logger(), name)(event, **fields)
+
+    log.__name__ = log.__qualname__ = name
+    return log
+
+
 class _Deferred:
     """raygrain's logger until a record is at an enabled level: each method asks the
     ``logging`` logger first (as structlog's ``filter_by_level`` would), and makes the
@@ -92,29 +101,12 @@ class _Deferred:
 
     __slots__ = ()
 
-    def debug(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.DEBUG):
-            _structlog_logger().debug(event, **fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.INFO):
-            _structlog_logger().info(event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.WARNING):
-            _structlog_logger().warning(event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.ERROR):
-            _structlog_logger().error(event, **fields)
-
-    def exception(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.ERROR):
-            _structlog_logger().exception(event, **fields)
-
-    def critical(self, event: str, **fields: Any) -> None:
-        if _STDLIB.isEnabledFor(logging.CRITICAL):
-            _structlog_logger().critical(event, **fields)
+    debug = _deferred(logging.DEBUG, "debug")
+    info = _deferred(logging.INFO, "info")
+    warning = _deferred(logging.WARNING, "warning")
+    error = _deferred(logging.ERROR, "error")
+    exception = _deferred(logging.ERROR, "exception")
+    critical = _deferred(logging.CRITICAL, "critical")
 
 
 _DEFERRED = _Deferred()
