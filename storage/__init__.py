@@ -30,6 +30,8 @@ from raygrain.storage._provider import (
     StateRecord,
     StateWrite,
     StorageProvider,
+    TimedWrites,
+    WriteTimer,
     tell_written,
 )
 from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
@@ -58,6 +60,8 @@ __all__ = [
     "StateWrite",
     "StorageProvider",
     "StoredEvent",
+    "TimedWrites",
+    "WriteTimer",
     "absolute_storage_url",
     "check_storage_url",
     "checked_events",

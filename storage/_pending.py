@@ -9,10 +9,11 @@ import contextvars
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from raygrain.actors import ActorId
-from raygrain.storage._provider import StateWrite, tell_written
+from raygrain.storage._provider import StateWrite, WriteTimer, tell_written
 
 __all__ = [
     "MIN_SPLIT",
@@ -60,6 +61,9 @@ class QueuedWrite:
     data: bytes
     expected_etag: str | None
     done: Callable[[str | Exception], object]
+    # A timed write's (``queue_timed_write``): its timer, and when it was queued.
+    timer: WriteTimer | None = None
+    queued: float = 0.0
 
     @property
     def writes(self) -> tuple[QueuedWrite]:
@@ -69,10 +73,37 @@ class QueuedWrite:
         return False
 
     def settle(self, outcome: list[str] | Exception) -> None:
-        tell_written(self.done, outcome if isinstance(outcome, Exception) else outcome[0])
+        """Tell ``done`` its outcome (a committed one's timer was told by ``time_batch``; a
+        failure's is told here, whichever way the write failed)."""
+        if isinstance(outcome, Exception):
+            if self.timer is not None:
+                self.timer.failed(perf_counter() - self.queued, outcome)
+            tell_written(self.done, outcome)
+        else:
+            tell_written(self.done, outcome[0])
 
 
 Pending = PendingWrite | QueuedWrite
+
+
+def time_batch(batch: list[Pending], outcomes: list[Any]) -> None:
+    """Tell the timers of ``batch``'s timed writes that committed how long each took (before
+    ``settle``; failures are timed by ``settle``), one call per timer for the whole batch."""
+    now = perf_counter()
+    seconds: dict[WriteTimer, list[float]] = {}
+    last: WriteTimer | None = None
+    values: list[float] = []
+    for pending, outcome in zip(batch, outcomes, strict=True):
+        if type(pending) is QueuedWrite and type(outcome) is list:
+            timer = pending.timer
+            if timer is None:
+                continue
+            if timer is not last:  # (most batches have one timer: a provider per silo)
+                values = seconds.setdefault(timer, [])
+                last = timer
+            values.append(now - pending.queued)
+    for timer, taken in seconds.items():
+        timer.written(taken)
 
 
 def write_count(batch: list[Pending]) -> int:
@@ -88,6 +119,12 @@ class WriteQueue:
     a closed store."""
 
     _pending: deque[Pending]
+    _timed = False  # whether a timed write was ever queued (``_settle_batch`` times them)
+    _wraps_queue_write = False  # a subclass overrides queue_write (see queue_timed_write)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._wraps_queue_write = cls.queue_write is not WriteQueue.queue_write
 
     def _check_not_closed(self) -> None:
         raise NotImplementedError
@@ -108,6 +145,53 @@ class WriteQueue:
         self._check_not_closed()
         self._start_committer()  # first: if it fails (no running loop), nothing was queued
         self._pending.append(QueuedWrite(actor_id, bytes(data), expected_etag, done))
+
+    def queue_timed_write(
+        self,
+        timer: WriteTimer,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``queue_write``, telling ``timer`` how long the write took (``TimedWrites``)."""
+        if self._wraps_queue_write:
+            self._queue_timed_through_wrapper(timer, actor_id, data, expected_etag, done)
+            return
+        self._check_not_closed()
+        self._start_committer()
+        self._timed = True
+        self._pending.append(
+            QueuedWrite(actor_id, bytes(data), expected_etag, done, timer, perf_counter())
+        )
+
+    def _queue_timed_through_wrapper(
+        self,
+        timer: WriteTimer,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        # A subclass's own queue_write (fault injection, a check) must see every queued write,
+        # timed or not: time this one through its callback.
+        queued = perf_counter()
+
+        def timed(outcome: str | Exception) -> object:
+            if isinstance(outcome, Exception):
+                timer.failed(perf_counter() - queued, outcome)
+            else:
+                timer.written([perf_counter() - queued])
+            return done(outcome)
+
+        self.queue_write(actor_id, data, expected_etag, timed)
+
+    def _settle_batch(self, batch: list[Pending], outcomes: list[Any]) -> None:
+        """Tell each entry of a committed batch its outcome, the timed writes' timers first."""
+        if self._timed:
+            time_batch(batch, outcomes)
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            pending.settle(outcome)
 
     def _queue(self, group: tuple[StateWrite, ...]) -> asyncio.Future[list[str]]:
         self._check_not_closed()

@@ -450,8 +450,7 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
             if not isinstance(exc, Exception):
                 raise
             return
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.settle(outcome)
+        self._settle_batch(batch, outcomes)
 
     async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit what can be committed of ``batch``; the outcome of each entry, in order."""

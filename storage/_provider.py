@@ -21,6 +21,8 @@ __all__ = [
     "StateRecord",
     "StateWrite",
     "StorageProvider",
+    "TimedWrites",
+    "WriteTimer",
     "tell_written",
 ]
 
@@ -90,6 +92,39 @@ class QueuedWrites(Protocol):
         """``write`` without awaiting: ``done`` gets the new ETag once the write is committed,
         or the error (``InconsistentStateError``, ``StorageError``), exactly once, on the event
         loop and never before this returns."""
+        ...
+
+
+class WriteTimer(Protocol):
+    """Where the durations of queued writes go (metrics: ``TimedWrites``). Called on the event
+    loop, before the writes' callbacks."""
+
+    def written(self, seconds: list[float]) -> None:
+        """Writes committed, each taking these seconds from queued to committed (a batch's
+        at a time)."""
+        ...
+
+    def failed(self, seconds: float, error: Exception) -> None:
+        """A write failed with ``error`` after ``seconds``."""
+        ...
+
+
+@runtime_checkable
+class TimedWrites(Protocol):
+    """Optional, for a provider with ``queue_write``: a write queued with a timer that the
+    provider tells how long the write took. Cheaper than timing through the callback (a
+    wrapper per write, called per write): the provider times a whole batch at once."""
+
+    def queue_timed_write(
+        self,
+        timer: WriteTimer,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        """``queue_write``, telling ``timer`` the write's duration (or failure) before ``done``
+        gets its outcome."""
         ...
 
 

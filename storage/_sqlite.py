@@ -322,8 +322,7 @@ class SqliteStorage(SqliteFile, SqliteEventLog, WriteQueue):
             size = write_count(batch)
             for observe in self.batch_observers:
                 observe(size)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            pending.settle(outcome)
+        self._settle_batch(batch, outcomes)
 
     async def _apply(self, batch: list[Pending]) -> list[Outcome]:
         """Commit ``batch`` in one transaction, in one trip to the writer's thread.

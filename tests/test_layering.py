@@ -77,7 +77,8 @@ EXPORTS = {
         "QueuedAppends", "QueuedWrites", "ReminderAck", "ReminderRecord", "SqlStep",
         "SqlTransactions", "EncodedEvents", "checked_events", "encoded_events",
         "ReminderTable", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
-        "absolute_storage_url", "check_storage_url", "open_storage", "tell_written",
+        "TimedWrites", "WriteTimer", "absolute_storage_url", "check_storage_url", "open_storage",
+        "tell_written",
     },
     "runtime": {
         "Clock", "Cluster", "ConsistentHashRing", "EventSourcedActor", "FailureDetection",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import types
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +22,7 @@ from raygrain.actors import (
     ActorId,
     ConfigurationError,
     DeactivationReason,
+    InconsistentStateError,
     ReminderTick,
     StorageError,
     TransactionAbortedError,
@@ -203,6 +205,76 @@ async def test_a_queued_write_is_timed_and_its_failure_counted_and_told_to_the_t
         errors = "raygrain_storage_errors_total"
         assert value(errors, operation="write", error="StorageError") == 1
         assert value(errors) == 1
+
+
+async def test_sqlite_times_its_queued_writes_and_counts_a_conflict_and_a_failed_batch(
+    tmp_path: Path,
+) -> None:
+    # SQLite times queued writes itself, a batch at a time (storage.TimedWrites): each silo
+    # sharing the file gets its own writes' durations, failures included.
+    async with (
+        SqliteStorage(tmp_path / "timed.db") as storage,
+        Cluster.local(actors=[Meter], silos=1, storage=storage) as first,
+        Cluster.local(actors=[Meter], silos=1, storage=storage) as second,
+    ):
+        assert first.metrics is not None and second.metrics is not None
+        timed = "raygrain_storage_operation_seconds_count"
+        errors = "raygrain_storage_errors_total"
+        assert await first.get(Meter, "x").add(1) == 1
+        assert await second.get(Meter, "x").add(10) == 11  # activated from the first's write
+        # The first silo's activation is stale now: its write is refused (a conflict in a
+        # batch that committed).
+        with pytest.raises(InconsistentStateError, match="metrics.Meter/x"):
+            await first.get(Meter, "x").add(100)
+        assert first.metrics.value(timed, operation="write") == 2
+        assert first.metrics.value(errors, operation="write") == 1
+        assert second.metrics.value(timed, operation="write") == 1
+        assert second.metrics.value(errors) == 0
+
+        # A whole batch failing (the file refusing the transaction) is timed and counted too.
+        apply = storage._apply
+
+        async def refuse(batch: Any) -> Any:
+            storage._apply = apply  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("disk I/O error")
+
+        storage._apply = refuse  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="disk I/O error"):
+            await second.get(Meter, "y").add(1)
+        assert second.metrics.value(timed, operation="write") == 2
+        assert second.metrics.value(errors, operation="write", error="StorageError") == 1
+        assert await second.get(Meter, "y").add(2) == 2  # nothing of the failed write stayed
+        assert second.metrics.value(timed, operation="write") == 3
+        assert first.metrics.value(timed, operation="write") == 2
+
+
+class CountingQueuedWrites(SqliteStorage):
+    """A subclass wrapping ``queue_write`` (as a fault-injecting one would)."""
+
+    queued = 0
+
+    def queue_write(
+        self,
+        actor_id: ActorId,
+        data: bytes,
+        expected_etag: str | None,
+        done: Callable[[str | Exception], object],
+    ) -> None:
+        self.queued += 1
+        super().queue_write(actor_id, data, expected_etag, done)
+
+
+async def test_a_subclass_wrapping_queue_write_sees_every_timed_write(tmp_path: Path) -> None:
+    async with (
+        CountingQueuedWrites(tmp_path / "counted.db") as storage,
+        Cluster.local(actors=[Meter], silos=1, storage=storage) as cluster,
+    ):
+        assert cluster.metrics is not None
+        assert await cluster.get(Meter, "c").add(1) == 1
+        assert await cluster.get(Meter, "c").add(2) == 3
+        assert storage.queued == 2
+        timed = "raygrain_storage_operation_seconds_count"
+        assert cluster.metrics.value(timed, provider="CountingQueuedWrites", operation="write") == 2
 
 
 async def test_deactivations_are_counted_by_reason() -> None:

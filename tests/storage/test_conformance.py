@@ -21,6 +21,7 @@ from raygrain.storage import (
     StateRecord,
     StateWrite,
     StorageProvider,
+    TimedWrites,
     open_storage,
 )
 from tests.helpers import RemoteToInProcessServer
@@ -305,6 +306,59 @@ async def test_concurrent_queued_writers_with_same_etag_exactly_one_wins(
     assert sum(isinstance(o, InconsistentStateError) for o in outcomes) == 19
     index, etag = winners[0]
     assert await provider.read(ALICE) == StateRecord(b"w%d" % index, etag)
+
+
+class Stopwatch:
+    """A ``WriteTimer`` keeping what it is told."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.failures: list[tuple[float, Exception]] = []
+
+    def written(self, seconds: list[float]) -> None:
+        self.seconds.extend(seconds)
+
+    def failed(self, seconds: float, error: Exception) -> None:
+        self.failures.append((seconds, error))
+
+    def timed(self) -> int:
+        return len(self.seconds) + len(self.failures)
+
+
+async def test_a_timed_queued_write_tells_its_timer_before_its_callback(
+    provider: StorageProvider,
+) -> None:
+    if not isinstance(provider, TimedWrites):
+        pytest.skip(f"{type(provider).__name__} does not time queued writes (optional)")
+    watch, other = Stopwatch(), Stopwatch()
+
+    def queue_timed(
+        timer: Stopwatch, actor_id: ActorId, data: bytes, etag: str | None
+    ) -> asyncio.Future[tuple[str | Exception, int]]:
+        """The outcome, and how many of its timer's writes were timed when it was told."""
+        told: asyncio.Future[tuple[str | Exception, int]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        provider.queue_timed_write(
+            timer, actor_id, data, etag, lambda outcome: told.set_result((outcome, timer.timed()))
+        )
+        return told
+
+    base = await provider.write(ALICE, b"base", None)
+    # Both timers' writes in one batch (most likely), a conflict among them.
+    (one, timed_one), (stale, timed_stale), (bob, _), (_, _) = await asyncio.gather(
+        queue_timed(watch, ALICE, b"one", base),
+        queue_timed(watch, ALICE, b"stale", base),
+        queue_timed(other, BOB, b"bob", None),
+        queue_timed(other, CAROL, b"carol", None),
+    )
+    assert isinstance(one, str) and isinstance(bob, str)
+    assert isinstance(stale, InconsistentStateError)
+    assert await provider.read(ALICE) == StateRecord(b"one", one)
+    assert len(watch.seconds) == 1 and [e for _, e in watch.failures] == [stale]
+    assert len(other.seconds) == 2 and not other.failures
+    assert all(0 <= s < 60 for s in [*watch.seconds, *other.seconds, watch.failures[0][0]])
+    assert timed_one >= 1 and timed_stale >= 1  # each timed before its callback ran
 
 
 async def test_closed_provider_refuses_a_queued_write(
