@@ -90,20 +90,14 @@ def time_batch(batch: list[Pending], outcomes: list[Any]) -> None:
     """Tell the timers of ``batch``'s timed writes that committed how long each took (before
     ``settle``; failures are timed by ``settle``), one call per timer for the whole batch."""
     now = perf_counter()
-    seconds: dict[WriteTimer, list[float]] = {}
-    last: WriteTimer | None = None
-    values: list[float] = []
-    for pending, outcome in zip(batch, outcomes, strict=True):
-        if type(pending) is QueuedWrite and type(outcome) is list:
-            timer = pending.timer
-            if timer is None:
-                continue
-            if timer is not last:  # (most batches have one timer: a provider per silo)
-                values = seconds.setdefault(timer, [])
-                last = timer
-            values.append(now - pending.queued)
-    for timer, taken in seconds.items():
-        timer.written(taken)
+    # (Comprehensions, not a loop: this runs for every write of every batch.)
+    timed = [
+        (pending.timer, now - pending.queued)
+        for pending, outcome in zip(batch, outcomes, strict=True)
+        if type(outcome) is list and type(pending) is QueuedWrite and pending.timer is not None
+    ]
+    for each in {timer for timer, _ in timed}:  # (one, unless silos share the provider)
+        each.written([seconds for timer, seconds in timed if timer is each])
 
 
 def write_count(batch: list[Pending]) -> int:

@@ -36,7 +36,6 @@ from raygrain.runtime.kernel._extensions import (
     FLUSH_TIMINGS_AT,
     TURN_VARIABLES,
     TurnEnding,
-    TurnTimings,
 )
 from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._mailbox import Delivery, Mailbox
@@ -206,7 +205,7 @@ class TurnRunner(Mailbox):
                     seconds = (ended if ended is not None else monotonic()) - started
                     for hook in observed:
                         hook(self, delivery, error, seconds)
-                    # (_record, inlined: every turn passes here)
+                    # (Each timing gets the duration, and the error if the turn failed.)
                     for timing in timings:
                         pending = timing.pending
                         pending.append(seconds)
@@ -308,7 +307,13 @@ class TurnRunner(Mailbox):
             seconds = (ended if ended is not None else monotonic()) - started
             for hook in self.silo.on_turn_ended:
                 hook(self, delivery, error, seconds)
-            _record(timings, seconds, error)
+            for timing in timings:  # (as _run_turn's end: every durable turn passes here)
+                pending = timing.pending
+                pending.append(seconds)
+                if len(pending) > FLUSH_TIMINGS_AT:
+                    timing.flush()
+                if error is not None:
+                    timing.failed(error)
 
     def _end_turn(self, options: MethodOptions, keeps_alive: bool = True) -> float | None:
         """End the turn's admission; the time it read at the end, when that was
@@ -405,17 +410,6 @@ class TurnRunner(Mailbox):
             if variable.get() is not default:
                 variable.set(default)
         return turn_chain
-
-
-def _record(timings: tuple[TurnTimings, ...], seconds: float, error: Exception | None) -> None:
-    """Give the extensions' timings one turn's duration (and its error, if it failed)."""
-    for timing in timings:
-        pending = timing.pending
-        pending.append(seconds)
-        if len(pending) > FLUSH_TIMINGS_AT:
-            timing.flush()
-        if error is not None:
-            timing.failed(error)
 
 
 def stand_in(exc: BaseException, where: str) -> RemoteActorError:
