@@ -127,6 +127,8 @@ class PostgresEventLog(AppendQueue):
     def _event_sql(self, sql: str) -> str:
         return sql.replace("{schema}", self._quoted_schema)
 
+    _checks_names = True
+
     def _check_names(
         self, stream: str, category: str, encoded: Sequence[tuple[str, bytes, str]]
     ) -> None:
