@@ -77,7 +77,10 @@ class QueuedWrite:
         failure's is told here, whichever way the write failed)."""
         if isinstance(outcome, Exception):
             if self.timer is not None:
-                self.timer.failed(perf_counter() - self.queued, outcome)
+                try:
+                    self.timer.failed(perf_counter() - self.queued, outcome)
+                except Exception as exc:
+                    timer_failed(exc)
             tell_written(self.done, outcome)
         else:
             tell_written(self.done, outcome[0])
@@ -97,7 +100,18 @@ def time_batch(batch: list[Pending], outcomes: list[Any]) -> None:
         if type(outcome) is list and type(pending) is QueuedWrite and pending.timer is not None
     ]
     for each in {timer for timer, _ in timed}:  # (one, unless silos share the provider)
-        each.written([seconds for timer, seconds in timed if timer is each])
+        try:
+            each.written([seconds for timer, seconds in timed if timer is each])
+        except Exception as exc:
+            timer_failed(exc)
+
+
+def timer_failed(error: Exception) -> None:
+    """A write timer raised (its owner's bug): reported to the event loop; the writes are
+    still told their outcomes, and the rest of the batch its timings."""
+    asyncio.get_running_loop().call_exception_handler(
+        {"message": "a queued write's timer failed", "exception": error}
+    )
 
 
 def write_count(batch: list[Pending]) -> int:
@@ -172,10 +186,13 @@ class WriteQueue:
         queued = perf_counter()
 
         def timed(outcome: str | Exception) -> object:
-            if isinstance(outcome, Exception):
-                timer.failed(perf_counter() - queued, outcome)
-            else:
-                timer.written([perf_counter() - queued])
+            try:
+                if isinstance(outcome, Exception):
+                    timer.failed(perf_counter() - queued, outcome)
+                else:
+                    timer.written([perf_counter() - queued])
+            except Exception as exc:
+                timer_failed(exc)
             return done(outcome)
 
         self.queue_write(actor_id, data, expected_etag, timed)

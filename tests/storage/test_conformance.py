@@ -361,6 +361,40 @@ async def test_a_timed_queued_write_tells_its_timer_before_its_callback(
     assert timed_one >= 1 and timed_stale >= 1  # each timed before its callback ran
 
 
+class BrokenTimer:
+    """A ``WriteTimer`` that raises (its owner's bug)."""
+
+    def written(self, seconds: list[float]) -> None:
+        raise RuntimeError("timer bug (written)")
+
+    def failed(self, seconds: float, error: Exception) -> None:
+        raise RuntimeError("timer bug (failed)")
+
+
+async def test_a_timer_that_raises_still_lets_every_write_hear_its_outcome(
+    provider: StorageProvider,
+) -> None:
+    if not isinstance(provider, TimedWrites):
+        pytest.skip(f"{type(provider).__name__} does not time queued writes (optional)")
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context["exception"])))
+    try:
+        base = await provider.write(ALICE, b"base", None)
+        told: list[asyncio.Future[str | Exception]] = [loop.create_future() for _ in range(3)]
+        provider.queue_timed_write(BrokenTimer(), ALICE, b"one", base, told[0].set_result)
+        provider.queue_timed_write(BrokenTimer(), ALICE, b"stale", base, told[1].set_result)
+        provider.queue_timed_write(BrokenTimer(), BOB, b"bob", None, told[2].set_result)
+        one, stale, bob = await asyncio.wait_for(asyncio.gather(*told), 30)
+    finally:
+        loop.set_exception_handler(None)
+    assert isinstance(one, str) and isinstance(bob, str)
+    assert isinstance(stale, InconsistentStateError)
+    assert await provider.read(BOB) == StateRecord(b"bob", bob)
+    assert "timer bug (failed)" in reported
+    assert "timer bug (written)" in reported
+
+
 async def test_closed_provider_refuses_a_queued_write(
     provider: StorageProvider, queued: QueuedWrites
 ) -> None:
