@@ -97,7 +97,8 @@ class QueuedWrites(Protocol):
 
 class WriteTimer(Protocol):
     """Where the durations of queued writes go (metrics: ``TimedWrites``). Called on the event
-    loop, before the writes' callbacks."""
+    loop, before the writes' callbacks; what it raises goes to the loop's exception handler,
+    and the writes are still told their outcomes."""
 
     def written(self, seconds: list[float]) -> None:
         """Writes committed, each taking these seconds from queued to committed (a batch's
