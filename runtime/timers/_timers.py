@@ -84,11 +84,12 @@ class TimerHandle:
         return f"<Timer {self.name!r} of {self._owner.activation.actor_id} active={self.active}>"
 
     def change(self, due: float, period: float | None = None) -> None:
+        where = f"{self._owner.activation.actor_id}: timer {self.name!r}"
         if not self.active:
-            raise InvalidScheduleError(f"timer {self.name!r} was cancelled; register a new one")
-        due = check_delay(f"timer {self.name!r}: due", due, positive=False)
+            raise InvalidScheduleError(f"{where} was cancelled; register a new one")
+        due = check_delay(f"{where} due", due, positive=False)
         if period is not None:
-            period = check_delay(f"timer {self.name!r}: period", period, positive=True)
+            period = check_delay(f"{where} period", period, positive=True)
         self._period = period
         if self._ticking:
             self._change = due  # counted from the end of the running tick
@@ -198,8 +199,9 @@ class ActivationTimers:
         interleave: bool = False,
         keep_alive: bool = False,
     ) -> TimerHandle:
-        where = f"timer {name or getattr(callback, '__name__', '?')!r}"
-        period = check_delay(f"{where}: period", period, positive=True)
+        label = name if isinstance(name, str) and name else _name_of(callback)
+        where = f"{self.activation.actor_id}: timer {label!r}"
+        period = check_delay(f"{where} period", period, positive=True)
         due = period if first is None else first
         return self._register(due, period, callback, args, name, interleave, keep_alive)
 

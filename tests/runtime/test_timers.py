@@ -145,6 +145,12 @@ class Ticker(Actor[Ticks], name="timers.Ticker"):
             timer = self.timers.after(1, self.tick)
             timer.cancel()
             timer.change(1, 1)
+        elif case == "change to a negative due":
+            self.timers.every(1, self.tick).change(-1)
+        elif case == "change to a zero period":
+            self.timers.every(1, self.tick).change(1, 0)
+        elif case == "period true":
+            self.timers.every(True, self.tick)
 
 
 class ShortLived(Ticker, name="timers.ShortLived", idle_timeout=5):
@@ -416,12 +422,16 @@ async def test_a_collected_activation_with_a_timer_is_freed(
         "callback not async",
         "delay of a thousand years",
         "change a cancelled timer",
+        "change to a negative due",
+        "change to a zero period",
+        "period true",
     ],
 )
 async def test_bad_timers_are_refused(cluster: Cluster, case: str) -> None:
     actor = cluster.get(Ticker, f"bad-{case}")
-    with pytest.raises(InvalidScheduleError):
+    with pytest.raises(InvalidScheduleError) as refused:
         await actor.bad(case)
+    assert f"bad-{case}" in str(refused.value)  # the error names the actor
     assert await actor.count() == 0  # the silo keeps serving the actor
 
 
