@@ -47,7 +47,7 @@ def encode_error(exc: BaseException, where: str, _cause_depth: int = 0) -> bytes
         if cause is not None:
             fields.append(encode_error(cause, where, _cause_depth + 1))
         return encode(fields)
-    fields[2] = _encode_or_none(list(exc.args)) or encode([fields[3]])
+    fields[2] = _encode_or_none(_arguments(exc)) or encode([fields[3]])
     # The instance's own attributes (``self.code = code``), so that the caller's copy has them
     # even when its ``__init__`` sets them from arguments other than ``args``; the ones that
     # cannot be encoded are left out.
@@ -65,6 +65,18 @@ def encode_error(exc: BaseException, where: str, _cause_depth: int = 0) -> bytes
     if cause is not None:
         fields += [[], encode_error(cause, where, _cause_depth + 1)]  # (no group's members)
     return encode(fields)
+
+
+def _arguments(exc: BaseException) -> list[Any]:
+    """``exc.args``; for an ``OSError`` naming files, the arguments that build it again with
+    them (its ``filename`` and ``filename2`` are kept beside ``args``, not in them)."""
+    args = list(exc.args)
+    if isinstance(exc, OSError) and len(args) == 2:
+        names = [exc.filename, exc.filename2]
+        if names != [None, None]:
+            plain = [n if n is None or isinstance(n, (str, bytes, int)) else str(n) for n in names]
+            args += [plain[0], None, plain[1]]  # (errno, strerror, filename, winerror, filename2)
+    return args
 
 
 def _message(exc: BaseException) -> str:
@@ -179,12 +191,24 @@ def _rebuild(cls: type[BaseException], args: list[Any], attributes_blob: bytes) 
     try:
         exc = cls(*args)
     except Exception:
-        if not attributes:
-            return None
+        # (An ``__init__`` taking other arguments, or none: ``OrderRejected()`` passing a fixed
+        # text on. ``__new__`` sets ``args``; an instance whose ``str`` then fails, missing
+        # what its ``__init__`` would have set, arrives as ``RemoteActorError`` instead.)
         try:
             exc = cls.__new__(cls, *args)
         except Exception:
             return None
+        _restore(cls, exc, attributes)
+        try:
+            str(exc)
+        except Exception:
+            return None
+        return exc
+    _restore(cls, exc, attributes)
+    return exc
+
+
+def _restore(cls: type[BaseException], exc: BaseException, attributes: dict[Any, Any]) -> None:
     for name, value in attributes.items():
         # (Names a peer chose: none that would replace the class's own methods or hooks.)
         if not isinstance(name, str) or name.startswith("_"):
@@ -196,7 +220,6 @@ def _rebuild(cls: type[BaseException], args: list[Any], attributes_blob: bytes) 
             setattr(exc, name, value)
         except Exception:  # the rebuilt value stands
             pass
-    return exc
 
 
 def _rebuild_group(cls: Any, args: list[Any], nested: list[bytes], depth: int) -> Any:

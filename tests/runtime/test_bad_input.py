@@ -264,6 +264,25 @@ class _Coded(Exception):
         self.code = code
 
 
+class _Fixed(Exception):
+    """Takes no arguments and passes a fixed text on: ``cls(*args)`` fails, and it has no
+    attributes to restore."""
+
+    def __init__(self) -> None:
+        super().__init__("order rejected: out of stock")
+
+
+class _NeedsInit(Exception):
+    """Its ``__str__`` needs what its ``__init__`` sets, in an attribute that is not sent."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self._code = code
+
+    def __str__(self) -> str:
+        return f"code {self._code}"
+
+
 class _Unprintable(Exception):
     def __str__(self) -> str:
         return f"failed: {self.detail}"  # type: ignore[attr-defined]  # (the user's typo)
@@ -278,6 +297,18 @@ class _Raises(Chain, name="test.Raises"):
 
     async def unprintable(self) -> None:
         raise _Unprintable()
+
+    async def fixed(self) -> None:
+        raise _Fixed()
+
+    async def needs_init(self) -> None:
+        raise _NeedsInit(7)
+
+    async def missing_file(self) -> None:
+        open("/nonexistent-raygrain-dir/orders.csv")  # noqa: SIM115
+
+    async def renamed(self) -> None:
+        raise OSError(18, "Invalid cross-device link", "/a/x", None, b"/b/y")
 
     async def exits(self) -> None:
         raise SystemExit(3)
@@ -312,6 +343,34 @@ async def test_user_exceptions_arrive_with_their_type_and_attributes() -> None:
         with pytest.raises(_Coded) as coded:
             await actor.coded()
         assert coded.value.code == 42
+        with pytest.raises(_Fixed) as fixed:
+            await actor.fixed()
+        assert str(fixed.value) == "order rejected: out of stock"
+        # (Made without its __init__, its str would fail: it arrives as what it was.)
+        with pytest.raises(RemoteActorError, match="_NeedsInit.*code 7"):
+            await actor.needs_init()
+
+
+async def test_an_os_error_arrives_with_the_files_it_names() -> None:
+    """``filename`` and ``filename2`` are kept beside an ``OSError``'s ``args``: they were
+    lost, and its message with them."""
+    app.GATES.clear()
+    async with Cluster.local(actors=[_Raises]) as local:
+        actor = local.get(_Raises, "r")
+        with pytest.raises(FileNotFoundError) as missing:
+            await actor.missing_file()
+        assert missing.value.filename == "/nonexistent-raygrain-dir/orders.csv"
+        assert str(missing.value) == (
+            "[Errno 2] No such file or directory: '/nonexistent-raygrain-dir/orders.csv'"
+        )
+        with pytest.raises(OSError) as renamed:
+            await actor.renamed()
+        assert (renamed.value.errno, renamed.value.filename, renamed.value.filename2) == (
+            18,
+            "/a/x",
+            b"/b/y",
+        )
+        assert renamed.value.args == (18, "Invalid cross-device link")
 
 
 async def test_an_exception_raised_from_another_arrives_with_its_cause() -> None:
