@@ -368,6 +368,13 @@ def _collect_methods(cls: type) -> dict[str, ActorMethod]:
                 "rename it"
             )
         if isinstance(fn, (staticmethod, classmethod)) or not inspect.iscoroutinefunction(fn):
+            if method_options(getattr(fn, "__func__", fn)) != MethodOptions():
+                # (A decorator asks for a callable method: it would only fail at the first call.)
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{attr_name} has a method option (@read_only, "
+                    "@always_interleave, @one_way, @transactional, @call_timeout) but is not "
+                    "an 'async def' method; only those can be called: make it 'async def'"
+                )
             continue
         options = method_options(fn)
         if options.read_only and options.transactional:

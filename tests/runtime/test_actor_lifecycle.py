@@ -21,6 +21,7 @@ from raygrain.actors import (
     TurnCancelledError,
     actor_options,
     one_way,
+    read_only,
 )
 from raygrain.runtime import Cluster
 from tests.helpers import bounded, still_pending, wait_until
@@ -61,6 +62,32 @@ def test_hooks_the_runtime_could_not_call_are_refused_with_the_class() -> None:
 
         async def on_deactivate(self, reason: DeactivationReason, *rest: Any) -> None:
             pass
+
+
+def test_a_method_option_on_a_plain_def_is_refused_with_the_class() -> None:
+    # (It was refused only when first called, as no method of that name.)
+    with pytest.raises(ConfigurationError, match="Plain.total has a method option"):
+
+        class Plain(Actor[int], name="life.Plain"):
+            @read_only
+            def total(self) -> int:
+                return self.state
+
+    with pytest.raises(ConfigurationError, match="Static.ping has a method option"):
+
+        class Static(Actor[int], name="life.Static"):
+            @staticmethod
+            @one_way
+            def ping() -> None:
+                pass
+
+    class Helpers(Actor[int], name="life.Helpers"):  # undecorated plain helpers are fine
+        def total(self) -> int:
+            return self.state
+
+        @read_only
+        async def read(self) -> int:
+            return self.total()
 
 
 def test_a_stateless_worker_declaring_state_is_refused() -> None:
