@@ -52,6 +52,7 @@ class WireServer:
         self.address: tuple[str, int] | None = None
         self.refused = 0  # connections dropped before or during the handshake
         # Connections in handshake, oldest first; those pushed out by newer ones.
+        self._tls_in_accept = _TLS_IN_ACCEPT  # (start: not on uvloop)
         self._handshaking: dict[asyncio.StreamWriter, None] = {}
         self._evicted: set[asyncio.StreamWriter] = set()
 
@@ -61,7 +62,12 @@ class WireServer:
         # TLS is started by _accept where it can be (Python 3.11+), so that a connection in its
         # TLS handshake counts among those in handshake, and its refusal is counted and logged
         # as any other; on 3.10 asyncio runs it before _accept, bounded by the same timeout.
-        in_accept = _TLS_IN_ACCEPT or options.server_ssl is None
+        # Not on uvloop: its start_tls on a server's stream loses a ClientHello the stream has
+        # already read, and the handshake hangs (MagicStack/uvloop#707); asyncio's has the same
+        # race, which its order of callbacks keeps from happening. There, as on 3.10, the loop
+        # runs the TLS handshake before _accept.
+        self._tls_in_accept = _TLS_IN_ACCEPT and not _is_uvloop(asyncio.get_running_loop())
+        in_accept = self._tls_in_accept or options.server_ssl is None
         self._server = await asyncio.start_server(
             self._accept,
             host,
@@ -87,7 +93,7 @@ class WireServer:
         # (A failed start_tls leaves the writer without a transport: keep what is needed.)
         transport, remote = writer.transport, remote_host(writer)
         try:
-            if options.server_ssl is not None and _TLS_IN_ACCEPT:
+            if options.server_ssl is not None and self._tls_in_accept:
                 await _start_tls(writer, transport, options.server_ssl, options.handshake_timeout)
             peer = await asyncio.wait_for(
                 accept_handshake(reader, writer, options.secret, self.name),
@@ -133,6 +139,10 @@ class WireServer:
 
 
 _TLS_IN_ACCEPT = hasattr(asyncio.StreamWriter, "start_tls")
+
+
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.partition(".")[0] == "uvloop"
 
 
 class _ClosedInTLS(ConnectionResetError):

@@ -245,14 +245,28 @@ async def test_calls_go_by_the_fallback_while_an_unreachable_silo_is_redialled()
             await writer.wait_closed()
 
 
+@pytest.mark.parametrize("silo_loop", ["asyncio", "uvloop"])
 async def test_tls_connections_carry_calls_and_plain_ones_are_refused(
-    directory: Directory, tmp_path: Path
+    directory: Directory, tmp_path: Path, silo_loop: str
 ) -> None:
+    """Also with the silo on uvloop, which Ray runs silos on when it is installed (its
+    ``start_tls`` on a server's stream hung every TLS handshake)."""
     cert, key = _self_signed(tmp_path)
     server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ssl.load_cert_chain(cert, key)
     client_ssl = ssl.create_default_context(cafile=str(cert))
-    silo = SiloInThread("silo-a", directory, WireOptions(SECRET, server_ssl=server_ssl), ["silo-a"])
+    loop_factory = (
+        pytest.importorskip("uvloop").new_event_loop
+        if silo_loop == "uvloop"
+        else asyncio.new_event_loop
+    )
+    silo = SiloInThread(
+        "silo-a",
+        directory,
+        WireOptions(SECRET, server_ssl=server_ssl),
+        ["silo-a"],
+        loop_factory=loop_factory,
+    )
     client = Client(directory, WireOptions(SECRET, client_ssl=client_ssl), ["silo-a"])
     plain = Client(directory, WireOptions(SECRET), ["silo-a"], name="client-plain")
     try:
