@@ -237,11 +237,26 @@ class ControllerActor(ControllerImpl):
             await self._load()
         if self.follower is None:
             return [], []
+        await self._forget_gone_silos()
         self.follower.failures = []
         names = await self.follower.fill()
         failures = list(self.follower.failures)
         self.follower.follow()
         return names, failures
+
+    async def _forget_gone_silos(self) -> None:
+        """Declare dead, before filling the nodes, the silos the stored view holds that Ray
+        no longer has. A deployment launched again under the name of one whose program was
+        killed finds that one's silos in the view (they stopped themselves, unrecorded):
+        counted as live, they left every node "full", and the launch started no silo."""
+        listed = [name for name, status in self.view.silos if status is not SiloStatus.DEAD]
+        if not listed:
+            return
+        named = await asyncio.to_thread(ray.util.list_named_actors, all_namespaces=True)
+        present = {e["name"] for e in named if e.get("namespace") == self.namespace}
+        for name in listed:
+            if name not in present:
+                await self._try_to_declare_dead(name, "gone from Ray when the deployment started")
 
     async def halt(self) -> None:
         """The deployment is going down: start no more silos."""

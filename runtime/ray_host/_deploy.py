@@ -212,10 +212,21 @@ def _launch_failure(launch: RayLaunch, exc: BaseException) -> BaseException:
             )
         if isinstance(exc, RaygrainError) and isinstance(cause, RaygrainError):
             return cause
+        unloadable = _CANNOT_LOAD.search(str(exc))
+        if unloadable is not None:
+            # (A module that is there but fails to import on the workers: a dependency missing
+            # there, a setting it reads at import, another Python. Ray's words for it are an
+            # ActorDiedError whose arguments "could not be computed".)
+            return ConfigurationError(
+                f"deployment {launch.name!r}: Ray's workers could not load the actor classes "
+                f"(or what they import): {unloadable.group(1).strip()[:500]}; make their "
+                "modules import on every node as they do here"
+            )
     return exc
 
 
 _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+_CANNOT_LOAD = re.compile(r"RaySystemError: System error: ([^\n]+)")
 
 
 def _controller(launch: RayLaunch, options: SiloOptions | None, standby: bool) -> Any:

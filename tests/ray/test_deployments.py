@@ -380,6 +380,21 @@ async def test_a_launch_whose_actor_module_ray_cannot_import_says_so_and_leaves_
 
 
 @pytest.mark.ray
+async def test_a_launch_whose_actor_module_fails_to_import_on_the_workers_says_so(
+    ray_silos: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # There but failing on Ray's workers (a dependency missing on the nodes): the launch
+    # raised Ray's ActorDiedError, and 'raygrain up' died with its traceback (exit code 1).
+    monkeypatch.setenv("RAYGRAIN_TEST_DRIVER_ONLY", "1")
+    from tests.ray._imports_only_in_the_driver import DriverOnly
+
+    cluster = Cluster.ray(actors=[DriverOnly], name="unloadable", storage="memory://")
+    with pytest.raises(ConfigurationError, match="driver_only_dependency is not installed"):
+        await cluster.start()
+    assert _named_in("unloadable") == []
+
+
+@pytest.mark.ray
 async def test_a_client_of_a_deployment_taken_down_gets_a_typed_error_at_once(
     ray_silos: Any, tmp_path: Any
 ) -> None:
@@ -424,6 +439,33 @@ async def test_a_client_follows_its_deployment_brought_up_again_under_the_name(
                 await wait_until(served, "the client to reach the deployment brought up again")
     finally:
         await first.aclose()
+
+
+@pytest.mark.ray
+async def test_a_deployment_whose_program_was_killed_launches_again_on_its_store(
+    ray_silos: Any, tmp_path: Any
+) -> None:
+    # Its program killed (SIGKILL: no close), a deployment's silos stop themselves, and its
+    # stored view still lists them as active: the next launch under the name, on the same
+    # store, counted them as live on every node, started none and failed ("no silo started").
+    import ray
+
+    from raygrain.runtime.ray_host import namespace_of, stop_everything
+
+    storage = f"sqlite:///{tmp_path}/killed.db"
+    first = Cluster.ray(actors=[Apples], name="killed", storage=storage)
+    await first.start()
+    try:
+        assert await first.get(Apples, "k").add(2) == 2
+        namespace = namespace_of("killed")
+        for name in _named_in("killed"):  # (as if the program and its silos were gone)
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+        await wait_until(lambda: _named_in("killed") == [], "the killed actors to be gone")
+        async with Cluster.ray(actors=[Apples], name="killed", storage=storage) as again:
+            assert await again.get(Apples, "k").add(3) == 5  # (the state was kept)
+    finally:
+        await first.aclose()
+        await stop_everything("killed")
 
 
 @pytest.mark.ray
