@@ -23,6 +23,12 @@ from raygrain.runtime import (
 from raygrain.runtime.kernel import SiloOptions
 from tests import app, trace_sink
 
+# Ray runs async actors, every silo, on uvloop when it is installed, as it is with the test
+# extras: the Ray tests run silos on asyncio's loop, which is what a deployment gets without
+# uvloop (tests/runtime/test_uvloop.py and the TLS wire test cover uvloop). Set before any Ray
+# starts here, for Ray's processes inherit it; set it to 1 to run the Ray tests on uvloop.
+os.environ.setdefault("RAY_USE_UVLOOP", "0")
+
 
 @pytest.fixture(autouse=True)
 def _reset_app_hooks() -> None:
