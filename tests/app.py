@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import decimal
 import enum
+import gc
 import os
 import time
 from collections.abc import AsyncIterator
@@ -322,6 +323,10 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
 
     async def quick(self) -> int:
         return id(self)
+
+    async def gc_thresholds(self) -> tuple[int, int, int]:
+        """The garbage collector's thresholds in the process hosting this silo."""
+        return gc.get_threshold()
 
     async def round_trip(self, via: str) -> int:
         """Back to a worker of its own id through another actor: another activation serves

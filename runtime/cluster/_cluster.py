@@ -29,6 +29,7 @@ from raygrain.runtime._capabilities import actor_types
 from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_options
 from raygrain.runtime.cluster._transactions import ClusterTransactions
 from raygrain.runtime.kernel import (
+    DEFAULT_GC_THRESHOLD,
     ActorRegistry,
     Clock,
     Silo,
@@ -88,6 +89,7 @@ class Cluster(ClusterTransactions):
         sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
         tracing: TracingSettings | None = None,
+        gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
@@ -95,7 +97,9 @@ class Cluster(ClusterTransactions):
         ``metrics``: record metrics (``cluster.metrics`` reads them); ``metrics_port``: serve
         them for Prometheus on ``http://127.0.0.1:<port>/metrics`` (0: any free port).
         ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md). ``tracing``:
-        ``TracingSettings`` (see docs/observability.md)."""
+        ``TracingSettings`` (see docs/observability.md). ``gc_threshold``: the garbage
+        collector's young-generation threshold while the silos run (None: leave the process's
+        collector alone; see docs/decisions.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actor_types(actors))
@@ -112,6 +116,7 @@ class Cluster(ClusterTransactions):
             sagas,
             streams or StreamSettings(),
             tracing,
+            gc_threshold,
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -146,6 +151,7 @@ class Cluster(ClusterTransactions):
         sagas: SagaSettings | None = None,
         streams: StreamSettings | None = None,
         tracing: TracingSettings | None = None,
+        gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -164,7 +170,9 @@ class Cluster(ClusterTransactions):
         Ray calls as the fallback; ``"ray"`` sends every message as a Ray actor call. ``tls``:
         certificate files for the direct connections (see docs/ray.md). ``sagas``: the saga
         settings (``SagaSettings``; see docs/sagas.md). ``tracing``: ``TracingSettings``, e.g.
-        the OpenTelemetry setup each silo process runs (see docs/observability.md)."""
+        the OpenTelemetry setup each silo process runs (see docs/observability.md).
+        ``gc_threshold``: the garbage collector's young-generation threshold in the silos'
+        processes (None: Python's default; see docs/decisions.md)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
@@ -192,6 +200,7 @@ class Cluster(ClusterTransactions):
             sagas,
             streams or StreamSettings(),
             tracing,
+            gc_threshold,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")

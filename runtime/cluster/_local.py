@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from raygrain.actors import ConfigurationError
 from raygrain.runtime._capabilities import client_filters, metrics_registry, silo_extensions
 from raygrain.runtime.kernel import (
+    DEFAULT_GC_THRESHOLD,
     ActorRegistry,
     Caller,
     CallSettings,
@@ -19,6 +20,7 @@ from raygrain.runtime.kernel import (
     Silo,
     SiloOptions,
     SiloStatus,
+    check_gc_threshold,
 )
 from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
 from raygrain.runtime.sagas import SagaSettings
@@ -138,6 +140,7 @@ def backend_options(
     sagas: SagaSettings | None = None,
     streams: StreamSettings | None = None,
     tracing: TracingSettings | None = None,
+    gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -170,6 +173,10 @@ def backend_options(
         raise ConfigurationError(f"streams must be a StreamSettings, got {type(streams).__name__}")
     if tracing is not None and not isinstance(tracing, TracingSettings):
         raise ConfigurationError(f"tracing must be a TracingSettings, got {type(tracing).__name__}")
+    try:
+        gc_threshold = check_gc_threshold(gc_threshold)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
     return SiloOptions(
         default_idle_timeout=float(default_idle_timeout),
@@ -186,4 +193,5 @@ def backend_options(
             *(() if streams is None else (streams,)),
             *(() if tracing is None else (tracing,)),
         ),
+        gc_threshold=gc_threshold,
     )

@@ -7,6 +7,7 @@ It imports no other room of the runtime: capabilities plug in through its extens
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
 from raygrain.runtime.kernel._caller import Caller, CallSettings, current_chain
 from raygrain.runtime.kernel._clock import Clock, ManualClock, SystemClock
+from raygrain.runtime.kernel._collector import DEFAULT_GC_THRESHOLD, check_gc_threshold
 from raygrain.runtime.kernel._extensions import (
     FLUSH_TIMINGS_AT,
     Admission,
@@ -51,6 +52,7 @@ from raygrain.runtime.kernel._view import (
 )
 
 __all__ = [
+    "DEFAULT_GC_THRESHOLD",
     "DROPPED",
     "FLUSH_TIMINGS_AT",
     "Activation",
@@ -89,6 +91,7 @@ __all__ = [
     "TurnOutcome",
     "TurnScope",
     "TurnTimings",
+    "check_gc_threshold",
     "configure_logging",
     "current_chain",
     "get_logger",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import sys
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "reads_monotonic"]
 
 
 class Clock(Protocol):
@@ -72,3 +73,14 @@ class ManualClock:
                 future.set_result(None)
             elif self._cancelled:
                 self._cancelled -= 1
+
+
+def reads_monotonic(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop``'s clock is ``time.monotonic``: asyncio's own loops, and uvloop's (the
+    same clock, read in whole milliseconds: ``time.monotonic`` times a turn finer). A loop
+    with a clock of its own (a test's) is read through ``loop.time()``."""
+    reads = type(loop).time
+    if reads is asyncio.BaseEventLoop.time:
+        return True
+    uvloop_class = getattr(sys.modules.get("uvloop"), "Loop", None)  # (never imported here)
+    return uvloop_class is not None and reads is uvloop_class.time

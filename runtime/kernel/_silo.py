@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from raygrain.actors import (
 )
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
 from raygrain.runtime.kernel._caller import Caller, CallSettings
-from raygrain.runtime.kernel._clock import Clock, SystemClock
+from raygrain.runtime.kernel._clock import Clock, SystemClock, reads_monotonic
+from raygrain.runtime.kernel._collector import DEFAULT_GC_THRESHOLD, hold_collector
 from raygrain.runtime.kernel._extensions import (
     Extension,
     SystemHandler,
@@ -72,6 +72,9 @@ class SiloOptions:
     calls: CallSettings = field(default_factory=CallSettings)
     # Settings of the capabilities (e.g. a TransactionSettings), found by type: see setting().
     capabilities: tuple[Any, ...] = ()
+    # The garbage collector's young-generation threshold while the silo runs (None: left
+    # alone); see _collector.
+    gc_threshold: int | None = DEFAULT_GC_THRESHOLD
 
     def setting(self, kind: type[S], default: S) -> S:
         """The capability settings of type ``kind`` given here, else ``default``."""
@@ -121,6 +124,7 @@ class Silo:
         self.closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._collector: asyncio.Task[None] | None = None
+        self._release_gc: Callable[[], None] | None = None  # (see _collector)
         self._closing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # The event loop's clock (deadlines, turn timing): time.monotonic itself once the loop
@@ -175,9 +179,11 @@ class Silo:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if _reads_monotonic(self._loop):
+        if reads_monotonic(self._loop):
             self.loop_time = time.monotonic
         self._collector = self._loop.create_task(self._collect_periodically())
+        if self._release_gc is None:
+            self._release_gc = hold_collector(self.options.gc_threshold)
         for extension in self.extensions:
             extension.start(self)
 
@@ -191,23 +197,27 @@ class Silo:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        if self._collector is not None:
-            self._collector.cancel()
-        await self.deactivate_all(DeactivationReason.SHUTDOWN)
-        for extension in self.extensions:
-            try:
-                await extension.stop(self)
-            except Exception as exc:  # one capability failing to stop must not stop the rest
-                get_logger().error("extension_stop_failed", silo=self.name, error=repr(exc))
-        self.membership.unsubscribe(self._view_changed)
-        self.caller.close()
-        self.runners.clear()
-        # Whatever still runs now outlived the deactivation timeout: cancel it rather than let
-        # one endless turn hold the shutdown hostage.
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        try:
+            if self._collector is not None:
+                self._collector.cancel()
+            await self.deactivate_all(DeactivationReason.SHUTDOWN)
+            for extension in self.extensions:
+                try:
+                    await extension.stop(self)
+                except Exception as exc:  # one capability failing to stop must not stop the rest
+                    get_logger().error("extension_stop_failed", silo=self.name, error=repr(exc))
+            self.membership.unsubscribe(self._view_changed)
+            self.caller.close()
+            self.runners.clear()
+            # Whatever still runs now outlived the deactivation timeout: cancel it rather than let
+            # one endless turn hold the shutdown hostage.
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            if self._release_gc is not None:
+                self._release_gc()  # (the process's collector: see _collector)
 
     async def deactivate_all(self, reason: DeactivationReason) -> None:
         everything = [*self.activations.values()]
@@ -486,14 +496,3 @@ class Silo:
         for stats in self._on_stats:
             figures.update(stats(self))
         return figures
-
-
-def _reads_monotonic(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop``'s clock is ``time.monotonic``: asyncio's own loops, and uvloop's (the
-    same clock, read in whole milliseconds: ``time.monotonic`` times a turn finer). A loop
-    with a clock of its own (a test's) is read through ``loop.time()``."""
-    reads = type(loop).time
-    if reads is asyncio.BaseEventLoop.time:
-        return True
-    uvloop_class = getattr(sys.modules.get("uvloop"), "Loop", None)  # (never imported here)
-    return uvloop_class is not None and reads is uvloop_class.time
