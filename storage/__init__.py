@@ -25,6 +25,7 @@ from raygrain.storage._events import (
 from raygrain.storage._memory import MemoryStorage
 from raygrain.storage._provider import (
     QueuedWrites,
+    ReadsMany,
     SqlStep,
     SqlTransactions,
     StateRecord,
@@ -32,6 +33,7 @@ from raygrain.storage._provider import (
     StorageProvider,
     TimedWrites,
     WriteTimer,
+    read_many,
     tell_written,
 )
 from raygrain.storage._reminders import ReminderAck, ReminderRecord, ReminderTable
@@ -50,6 +52,7 @@ __all__ = [
     "PostgresStorage",
     "QueuedAppends",
     "QueuedWrites",
+    "ReadsMany",
     "ReminderAck",
     "ReminderRecord",
     "ReminderTable",
@@ -67,6 +70,7 @@ __all__ = [
     "checked_events",
     "encoded_events",
     "open_storage",
+    "read_many",
     "tell_written",
 ]
 

@@ -37,6 +37,16 @@ class MemoryStorage(MemoryReminders, MemoryEventLog):
         found = self._records.get(actor_id)
         return StateRecord(None, None) if found is None else StateRecord(found[0], str(found[1]))
 
+    async def read_many(self, actor_ids: Sequence[ActorId]) -> list[StateRecord]:
+        await self._pause()
+        records = self._records
+        return [
+            StateRecord(None, None)
+            if (found := records.get(actor_id)) is None
+            else StateRecord(found[0], str(found[1]))
+            for actor_id in actor_ids
+        ]
+
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
         return (await self.write_many([StateWrite(actor_id, bytes(data), expected_etag)]))[0]
 

@@ -38,6 +38,9 @@ Outcome = list[str] | InconsistentStateError
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 _SELECT_RECORD = "SELECT version, data FROM {schema}.raygrain_state WHERE id = $1"
+_SELECT_RECORDS = (
+    "SELECT id, version, data FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
+)
 _SELECT_VERSIONS = "SELECT id, version FROM {schema}.raygrain_state WHERE id = ANY($1::bytea[])"
 # One statement for a whole batch; it returns the records that lost their ETag check, usually
 # none: a winner's new version is its expected one plus one (a record appears at most once in a
@@ -87,6 +90,7 @@ class Statements:
     """The provider's statements, in its PostgreSQL schema."""
 
     read: str
+    read_many: str
     versions: str
     apply: str
     apply_atomic: str
@@ -97,7 +101,13 @@ class Statements:
         return cls(
             *(
                 sql.replace("{schema}", quoted)
-                for sql in (_SELECT_RECORD, _SELECT_VERSIONS, _APPLY, _APPLY_ATOMIC)
+                for sql in (
+                    _SELECT_RECORD,
+                    _SELECT_RECORDS,
+                    _SELECT_VERSIONS,
+                    _APPLY,
+                    _APPLY_ATOMIC,
+                )
             )
         )
 

@@ -78,6 +78,7 @@ EXPORTS = {
         "SqlTransactions", "EncodedEvents", "checked_events", "encoded_events",
         "ReminderTable", "SqliteStorage", "StateRecord", "StateWrite", "StorageProvider",
         "TimedWrites", "WriteTimer", "absolute_storage_url", "check_storage_url", "open_storage",
+        "ReadsMany", "read_many",
         "tell_written",
     },
     "runtime": {

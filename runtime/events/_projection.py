@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 from raygrain.actors import Actor, ActorKey, ConfigurationError, always_interleave
 from raygrain.runtime.events._actor import EventSourcedActor
 from raygrain.runtime.events._consistency import ReadResult, Written, as_token, wait_seconds
-from raygrain.runtime.events._runner import ProjectionRunner, Rows, check_row_key
+from raygrain.runtime.events._rows import Rows, check_row_key
+from raygrain.runtime.events._runner import ProjectionRunner
 from raygrain.runtime.events._sql import Sql
 from raygrain.storage import StoredEvent
 

@@ -1,5 +1,5 @@
-"""The catch-up loop of a projection activation (``ProjectionRunner``) and the rows its handlers
-see (``Rows``).
+"""The catch-up loop of a projection activation (``ProjectionRunner``; the rows its handlers
+see are ``_rows.Rows``).
 
 The loop reads each source category's feed after its position, hands every event to the
 projection's ``when``, and commits the rows the events changed together with the new offsets in
@@ -32,18 +32,25 @@ from raygrain.actors import (
     ActorKey,
     ConfigurationError,
     InconsistentStateError,
-    InvalidCallError,
     SiloUnavailableError,
     StorageError,
     decode,
     encode,
 )
 from raygrain.runtime.events._consistency import Token
+from raygrain.runtime.events._rows import DELETED, Rows, row_id
 from raygrain.runtime.events._sql import Sql
 from raygrain.runtime.kernel import Silo, get_logger
-from raygrain.storage import EventLog, SqlTransactions, StateWrite, StorageProvider, StoredEvent
+from raygrain.storage import (
+    EventLog,
+    SqlTransactions,
+    StateWrite,
+    StorageProvider,
+    StoredEvent,
+    read_many,
+)
 
-__all__ = ["OFFSET_TYPE", "ProjectionRunner", "Rows", "check_row_key", "row_id"]
+__all__ = ["OFFSET_TYPE", "ProjectionRunner"]
 
 
 class _Service(Protocol):
@@ -61,7 +68,8 @@ class _Service(Protocol):
 
 OFFSET_TYPE = "raygrain.projection"
 _MAX_CACHED = 100_000
-_LOADS_AT_ONCE = 256  # row reads a batch has under way at once
+_LOADS_AT_ONCE = 256  # row reads a batch has under way at once (a store without read_many)
+_READ_MANY_AT_ONCE = 5_000  # rows read in one read_many
 # After a failed batch: the first retry after half a second, each next one after twice as long,
 # up to five seconds; the same error is logged at most once a minute.
 _RETRY_DELAY = 0.5
@@ -69,57 +77,6 @@ _MAX_RETRY_DELAY = 5.0
 _SAME_ERROR_LOGGED_EVERY = 60.0
 _HEADS_PERIOD = 1.0  # seconds between readings of the heads, for the lag metric
 _Stored = tuple[bytes | None, str | None]  # a committed row: its data (None: absent), its ETag
-
-
-def row_id(projection: str, key: ActorKey) -> ActorId:
-    return ActorId(f"raygrain.readmodel:{projection}", key)
-
-
-def check_row_key(projection: str, key: object) -> None:
-    """A row's key is a str or an int (a bool is neither here), as an actor's is."""
-    if not isinstance(key, (str, int)) or isinstance(key, bool):
-        raise InvalidCallError(
-            f"a row key of projection {projection} is a str or an int, "
-            f"got {type(key).__name__} {key!r:.80}"
-        )
-
-
-class Rows:
-    """The read model's rows as one batch of events sees them: ``await rows.get(key)``,
-    ``rows.put(key, value)``, ``rows.delete(key)``. Changes commit with the batch's offsets."""
-
-    def __init__(self, runner: ProjectionRunner, probing: bool = False) -> None:
-        self._runner = runner
-        self.changes: dict[ActorKey, Any] = {}
-        # A probing pass (see ProjectionRunner._apply) reads no row it has not loaded: it
-        # notes the key and hands back the default, and its changes are thrown away.
-        self.missed: set[ActorKey] | None = set() if probing else None
-
-    async def get(self, key: ActorKey, default: Any = None) -> Any:
-        check_row_key(self._runner.name, key)
-        if key in self.changes:
-            value = self.changes[key]
-            return default if value is _DELETED else decode(encode(value))
-        runner = self._runner
-        if key not in runner.applied_rows and key not in runner.cache:
-            if self.missed is not None:
-                self.missed.add(key)
-                return default
-            await runner.load([key])
-        return await runner.row(key, default)
-
-    def put(self, key: ActorKey, value: Any) -> None:
-        # A bad key or an unencodable value fails here, in the handler, not at the commit.
-        check_row_key(self._runner.name, key)
-        encode(value)
-        self.changes[key] = value
-
-    def delete(self, key: ActorKey) -> None:
-        check_row_key(self._runner.name, key)
-        self.changes[key] = _DELETED
-
-
-_DELETED = object()
 
 
 class ProjectionRunner:
@@ -237,27 +194,46 @@ class ProjectionRunner:
         second owner may have committed since they were loaded. Handlers building on such a
         row would count its events twice, and reads are answered from what they applied before
         it commits (where the offset's ETag would have caught it). So once the rows are read,
-        the offset record must still be the one this runner last loaded or committed, else it
-        starts over from the store (InconsistentStateError)."""
-        if self._committing is not None:  # (it changes the offset record: let it end)
-            await asyncio.wait({self._committing})
+        the offset record must still be the one this runner last loaded or committed -- or the
+        one its own commit under way wrote, which changed no row read here (its rows are
+        applied or cached ones, never loaded) -- else it starts over from the store
+        (InconsistentStateError). The commit under way is not waited for first: under load a
+        commit takes tens of milliseconds, and a projection meeting new streams loads rows in
+        most batches; every read-your-writes query waited for those commits."""
+        committing, expected = self._committing, self._offset_etag
+        stored = await self._read_rows(keys, with_offsets=True)
+        if stored == expected:
+            return  # (nothing committed since, ours or another owner's)
+        if committing is not None:  # moved by the commit under way, if it succeeded
+            await asyncio.wait({committing})
             self._raise_if_failed()
-        expected = self._offset_etag
-        await self._read_rows(keys)
-        offsets = await self.service.storage.read(ActorId(OFFSET_TYPE, self.name))
-        if offsets.etag != expected or self._offset_etag != expected:
-            raise InconsistentStateError(offsets.etag, expected, f"projection {self.name}")
+        if stored != self._offset_etag:
+            raise InconsistentStateError(stored, expected, f"projection {self.name}")
 
-    async def _read_rows(self, keys: Collection[ActorKey]) -> None:
-        """Read the rows of ``keys`` not cached into the cache, ``_LOADS_AT_ONCE`` at a time."""
+    async def _read_rows(self, keys: Collection[ActorKey], with_offsets: bool = False) -> Any:
+        """Read the rows of ``keys`` not cached into the cache (one trip when the store reads
+        many at once, ``storage.ReadsMany``; else ``_LOADS_AT_ONCE`` reads at a time).
+        ``with_offsets``: then read the offset record too, after the rows (in the same trip
+        when there is one), and return its ETag."""
         pending = [key for key in keys if key not in self.cache]
-        for start in range(0, len(pending), _LOADS_AT_ONCE):
-            chunk = pending[start : start + _LOADS_AT_ONCE]
-            records = await asyncio.gather(
-                *(self.service.storage.read(row_id(self.name, key)) for key in chunk)
-            )
+        storage = self.service.storage
+        offsets = ActorId(OFFSET_TYPE, self.name)
+        many = hasattr(storage, "read_many")
+        at_once = _READ_MANY_AT_ONCE if many else _LOADS_AT_ONCE
+        etag: Any = None
+        # (At least one trip when the offsets are to be read with the rows.)
+        for start in range(0, len(pending) or int(with_offsets and many), at_once):
+            chunk = pending[start : start + at_once]
+            ids = [row_id(self.name, key) for key in chunk]
+            last = with_offsets and many and start + at_once >= len(pending)
+            records = await read_many(storage, [*ids, offsets] if last else ids)
+            if last:
+                etag = records.pop().etag
             for key, record in zip(chunk, records, strict=True):
                 self.cache.setdefault(key, (record.data, record.etag))
+        if with_offsets and not many:
+            etag = (await storage.read(offsets)).etag
+        return etag
 
     async def lag(self) -> dict[str, int]:
         log = self.service.log
@@ -391,7 +367,7 @@ class ProjectionRunner:
             rows = Rows(self)
             await self._handle(category, batch, rows)
         changed = {
-            key: None if value is _DELETED else encode(value) for key, value in rows.changes.items()
+            key: None if value is DELETED else encode(value) for key, value in rows.changes.items()
         }
         # (From here to the release, nothing awaits: a commit starting meanwhile takes the
         # rows and the positions of the same moment.)

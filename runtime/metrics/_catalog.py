@@ -76,8 +76,8 @@ class StorageMetrics:
         add = registry.add
         self.latency = add(
             "raygrain_storage_operation_seconds",
-            "Storage operations' latency, by provider and operation (read, write, clear, "
-            "write_many)",
+            "Storage operations' latency, by provider and operation (read, read_many, write, "
+            "clear, write_many)",
             Kind.HISTOGRAM,
             ("provider", "operation"),
             LATENCY_BOUNDS,

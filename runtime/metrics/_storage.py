@@ -31,6 +31,7 @@ class ObservedStorage:
     """``inner`` with every operation timed (``raygrain_storage_operation_seconds``)."""
 
     write_many: Callable[[Sequence[StateWrite]], Coroutine[Any, Any, list[str]]]
+    read_many: Callable[[Sequence[ActorId]], Coroutine[Any, Any, list[StateRecord]]]
     queue_write: Callable[[ActorId, bytes, str | None, Callable[[str | Exception], object]], None]
 
     def __init__(self, inner: StorageProvider, metrics: StorageMetrics) -> None:
@@ -40,7 +41,7 @@ class ObservedStorage:
         self._provider = provider
         self._latency: dict[str, HistogramChild] = {
             op: metrics.latency.histogram(provider, op)
-            for op in ("read", "write", "clear", "write_many")
+            for op in ("read", "read_many", "write", "clear", "write_many")
         }
         self._write_latency = self._latency["write"]
         self.last_error: str | None = None
@@ -53,6 +54,8 @@ class ObservedStorage:
         # Only as atomic as the provider: one without write_many still has none through this.
         if hasattr(inner, "write_many"):
             self.write_many = self._write_many
+        if hasattr(inner, "read_many"):  # (storage.ReadsMany)
+            self.read_many = self._read_many
         observers = getattr(inner, "batch_observers", None)
         self._observers: list[Callable[[int], object]] | None = None
         if isinstance(observers, list):
@@ -95,6 +98,16 @@ class ObservedStorage:
             raise
         finally:
             self._latency["read"].observe(perf_counter() - started)
+
+    async def _read_many(self, actor_ids: Sequence[ActorId]) -> list[StateRecord]:
+        started = perf_counter()
+        try:
+            return list(await self.inner.read_many(actor_ids))  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._failed("read_many", exc)
+            raise
+        finally:
+            self._latency["read_many"].observe(perf_counter() - started)
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
         started = perf_counter()

@@ -23,6 +23,7 @@ from raygrain.storage import (
     StorageProvider,
     TimedWrites,
     open_storage,
+    read_many,
 )
 from tests.helpers import RemoteToInProcessServer
 
@@ -260,6 +261,32 @@ async def test_closed_provider_raises_storage_error(provider: StorageProvider) -
         await provider.clear(ALICE, etag)
     with pytest.raises(StorageError):
         await provider.write_many([StateWrite(BOB, b"b", None)])
+
+
+async def test_read_many_reads_each_record_as_read_does(provider: StorageProvider) -> None:
+    # (storage.read_many: one trip on a provider that ReadsMany, a read each on the others.)
+    alice = await provider.write(ALICE, b"a", None)
+    bob = await provider.clear(BOB, None)  # a tombstone: no data, an ETag
+    many = [ActorId("Account", index) for index in range(1_200)]  # (past one query's ids)
+    await provider.write_many([StateWrite(m, str(m.key).encode(), None) for m in many[::7]])
+    ids = [CAROL, ALICE, BOB, ALICE, *many]
+    records = await read_many(provider, ids)
+    assert records[:4] == [
+        StateRecord(None, None),
+        StateRecord(b"a", alice),
+        StateRecord(None, bob),
+        StateRecord(b"a", alice),
+    ]
+    assert records == [await provider.read(actor_id) for actor_id in ids]
+    assert await read_many(provider, []) == []
+
+
+async def test_read_many_on_a_closed_provider_raises_storage_error(
+    provider: StorageProvider,
+) -> None:
+    await provider.aclose()
+    with pytest.raises(StorageError):
+        await read_many(provider, [ALICE, BOB])
 
 
 # -- queued writes (storage.QueuedWrites), for the providers that take them ----------------------

@@ -541,6 +541,8 @@ async def test_a_record_holding_text_is_a_state_decode_error_left_untouched(
         with pytest.raises(StateDecodeError, match="is str, not bytes") as caught:
             await storage.read(ALICE)
         assert str(db_path) in str(caught.value)
+        with pytest.raises(StateDecodeError, match="is str, not bytes"):
+            await storage.read_many([ALICE])
     finally:
         await storage.aclose()
     with sqlite3.connect(db_path) as other:
