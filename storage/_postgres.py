@@ -34,6 +34,8 @@ from raygrain.storage._postgres_batch import (
     Statements,
     apply_batch,
     apply_with_statements,
+    fetch_records,
+    record_of,
     take_batch,
 )
 from raygrain.storage._postgres_errors import (
@@ -49,7 +51,7 @@ from raygrain.storage._postgres_events import PostgresEventLog
 from raygrain.storage._postgres_pool import open_pool
 from raygrain.storage._postgres_reminders import ReminderStatements
 from raygrain.storage._postgres_schema import MIGRATIONS, SCHEMA_VERSION, quote
-from raygrain.storage._postgres_url import check_postgres_url, check_ssl_mode
+from raygrain.storage._postgres_url import POSTGRES_OPTIONS, check_postgres_url, check_ssl_mode
 from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 from raygrain.storage._reminders import ReminderAck, ReminderRecord
 
@@ -61,17 +63,6 @@ __all__ = [
     "check_postgres_url",
 ]
 
-
-# Option name -> converter, as the storage URL's query string gives them.
-POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "pool_size": int,
-    "statement_timeout": float,
-    "connect_timeout": float,
-    "read_timeout": float,
-    "max_batch": int,
-    "pipelines": int,
-    "schema": str,
-}
 
 _DEADLOCK_RETRIES = 5
 _MIN_STATEMENT_TIMEOUT = 0.001
@@ -217,36 +208,21 @@ class PostgresStorage(PostgresEventLog, WriteQueue):
         self._opened = True
 
     async def read(self, actor_id: ActorId) -> StateRecord:
-        row = await self._retrying(
-            f"reading {actor_id}",
-            lambda connection: connection.fetchrow(self._sql.read, actor_id.canonical()),
+        return record_of(
+            await self._retrying(
+                f"reading {actor_id}",
+                lambda connection: connection.fetchrow(self._sql.read, actor_id.canonical()),
+            )
         )
-        if row is None:
-            return StateRecord(None, None)
-        data = row["data"]
-        return StateRecord(None if data is None else bytes(data), str(row["version"]))
 
     async def read_many(self, actor_ids: Sequence[ActorId]) -> list[StateRecord]:
         """``read`` of every id, in one query (``storage.ReadsMany``)."""
-        if not actor_ids:
-            return []
         keys = [actor_id.canonical() for actor_id in actor_ids]
-        rows = await self._retrying(
-            f"reading {len(keys)} records",
-            lambda connection: connection.fetch(self._sql.read_many, keys),
+        if not keys:
+            return []
+        return await self._retrying(  # type: ignore[no-any-return]
+            f"reading {len(keys)} records", lambda c: fetch_records(c, self._sql, keys)
         )
-        found = {bytes(row["id"]): row for row in rows}
-        records = []
-        for key in keys:
-            row = found.get(key)
-            if row is None:
-                records.append(StateRecord(None, None))
-            else:
-                data = row["data"]
-                records.append(
-                    StateRecord(None if data is None else bytes(data), str(row["version"]))
-                )
-        return records
 
     async def write(self, actor_id: ActorId, data: bytes, expected_etag: str | None) -> str:
         return (await self._queue((StateWrite(actor_id, bytes(data), expected_etag),)))[0]

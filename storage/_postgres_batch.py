@@ -19,7 +19,7 @@ import asyncpg
 from raygrain.actors import ActorId, InconsistentStateError
 from raygrain.storage._pending import Pending, PendingWrite, QueuedWrite
 from raygrain.storage._postgres_errors import SERVER_ERROR
-from raygrain.storage._provider import SqlStep, StateWrite
+from raygrain.storage._provider import SqlStep, StateRecord, StateWrite
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -27,6 +27,8 @@ __all__ = [
     "Statements",
     "apply_batch",
     "apply_with_statements",
+    "fetch_records",
+    "record_of",
     "take_batch",
 ]
 
@@ -110,6 +112,22 @@ class Statements:
                 )
             )
         )
+
+
+def record_of(row: Any) -> StateRecord:
+    """A row of ``raygrain_state`` (version, data) as a record; None: no row."""
+    if row is None:
+        return StateRecord(None, None)
+    data = row["data"]
+    return StateRecord(None if data is None else bytes(data), str(row["version"]))
+
+
+async def fetch_records(
+    connection: asyncpg.Connection, sql: Statements, keys: list[bytes]
+) -> list[StateRecord]:
+    """The records of ``keys`` (canonical ids), in their order, in one query."""
+    found = {bytes(row["id"]): row for row in await connection.fetch(sql.read_many, keys)}
+    return [record_of(found.get(key)) for key in keys]
 
 
 async def apply_batch(

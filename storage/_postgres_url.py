@@ -5,11 +5,24 @@ once, in words that never show the password."""
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
+from typing import Any
 
 from raygrain.actors import ConfigurationError
 from raygrain.storage._postgres_errors import safe
 
-__all__ = ["check_postgres_url", "check_ssl_mode"]
+__all__ = ["POSTGRES_OPTIONS", "check_postgres_url", "check_ssl_mode"]
+
+# Option name -> converter, as the storage URL's query string gives them.
+POSTGRES_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "pool_size": int,
+    "statement_timeout": float,
+    "connect_timeout": float,
+    "read_timeout": float,
+    "max_batch": int,
+    "pipelines": int,
+    "schema": str,
+}
 
 # libpq's sslmode values, which asyncpg takes too.
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
