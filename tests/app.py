@@ -8,6 +8,7 @@ import decimal
 import enum
 import gc
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -327,6 +328,10 @@ class Worker(Actor[None], name="test.Worker", stateless_worker=True, max_local_w
     async def gc_thresholds(self) -> tuple[int, int, int]:
         """The garbage collector's thresholds in the process hosting this silo."""
         return gc.get_threshold()
+
+    async def switch_interval(self) -> float:
+        """The interpreter's thread switch interval in the process hosting this silo."""
+        return sys.getswitchinterval()
 
     async def round_trip(self, via: str) -> int:
         """Back to a worker of its own id through another actor: another activation serves

@@ -30,6 +30,7 @@ from raygrain.runtime.cluster._local import Backend, LocalBackend, backend_optio
 from raygrain.runtime.cluster._transactions import ClusterTransactions
 from raygrain.runtime.kernel import (
     DEFAULT_GC_THRESHOLD,
+    DEFAULT_SWITCH_INTERVAL,
     ActorRegistry,
     Clock,
     Silo,
@@ -90,6 +91,7 @@ class Cluster(ClusterTransactions):
         streams: StreamSettings | None = None,
         tracing: TracingSettings | None = None,
         gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
+        switch_interval: float | None = DEFAULT_SWITCH_INTERVAL,
     ) -> Cluster:
         """``silos`` in-process silos sharing ``storage`` (a provider or a URL such as
         ``"sqlite:///app.db"``, relative to the working directory, or ``"sqlite:////abs.db"``;
@@ -99,7 +101,9 @@ class Cluster(ClusterTransactions):
         ``sagas``: the saga settings (``SagaSettings``; see docs/sagas.md). ``tracing``:
         ``TracingSettings`` (see docs/observability.md). ``gc_threshold``: the garbage
         collector's young-generation threshold while the silos run (None: leave the process's
-        collector alone; see docs/decisions.md)."""
+        collector alone; see docs/decisions.md). ``switch_interval``: the interpreter's thread
+        switch interval while the silos run, in seconds (default 1 ms; None: leave it alone;
+        see docs/decisions.md)."""
         if not isinstance(silos, int) or silos < 1:
             raise ConfigurationError(f"silos must be a positive int, got {silos!r}")
         registry = ActorRegistry(actor_types(actors))
@@ -117,6 +121,7 @@ class Cluster(ClusterTransactions):
             streams or StreamSettings(),
             tracing,
             gc_threshold,
+            switch_interval,
         )
         MetricsSettings.check_port(metrics_port, metrics)
         backend = LocalBackend(
@@ -152,6 +157,7 @@ class Cluster(ClusterTransactions):
         streams: StreamSettings | None = None,
         tracing: TracingSettings | None = None,
         gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
+        switch_interval: float | None = DEFAULT_SWITCH_INTERVAL,
     ) -> Cluster:
         """A deployment of silos as Ray actors, one per node (``silos_per_node``), stopped on
         ``aclose()``.
@@ -172,7 +178,9 @@ class Cluster(ClusterTransactions):
         settings (``SagaSettings``; see docs/sagas.md). ``tracing``: ``TracingSettings``, e.g.
         the OpenTelemetry setup each silo process runs (see docs/observability.md).
         ``gc_threshold``: the garbage collector's young-generation threshold in the silos'
-        processes (None: Python's default; see docs/decisions.md)."""
+        processes (None: Python's default; see docs/decisions.md). ``switch_interval``: the
+        interpreter's thread switch interval in the silos' processes, in seconds (default 1 ms;
+        None: Python's 5 ms)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,
@@ -201,6 +209,7 @@ class Cluster(ClusterTransactions):
             streams or StreamSettings(),
             tracing,
             gc_threshold,
+            switch_interval,
         )
         if tls is not None and not isinstance(tls, TLSFiles):
             raise ConfigurationError(f"tls must be a TLSFiles, got {type(tls).__name__}")

@@ -11,6 +11,7 @@ from raygrain.actors import ConfigurationError
 from raygrain.runtime._capabilities import client_filters, metrics_registry, silo_extensions
 from raygrain.runtime.kernel import (
     DEFAULT_GC_THRESHOLD,
+    DEFAULT_SWITCH_INTERVAL,
     ActorRegistry,
     Caller,
     CallSettings,
@@ -21,6 +22,7 @@ from raygrain.runtime.kernel import (
     SiloOptions,
     SiloStatus,
     check_gc_threshold,
+    check_switch_interval,
 )
 from raygrain.runtime.metrics import MetricRegistry, MetricsSettings, PrometheusExporter
 from raygrain.runtime.sagas import SagaSettings
@@ -141,6 +143,7 @@ def backend_options(
     streams: StreamSettings | None = None,
     tracing: TracingSettings | None = None,
     gc_threshold: int | None = DEFAULT_GC_THRESHOLD,
+    switch_interval: float | None = DEFAULT_SWITCH_INTERVAL,
 ) -> SiloOptions:
     for label, value in (
         ("default_timeout", default_timeout),
@@ -175,6 +178,7 @@ def backend_options(
         raise ConfigurationError(f"tracing must be a TracingSettings, got {type(tracing).__name__}")
     try:
         gc_threshold = check_gc_threshold(gc_threshold)
+        switch_interval = check_switch_interval(switch_interval)
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     calls = CallSettings(float(default_timeout), int(max_message_bytes))
@@ -194,4 +198,5 @@ def backend_options(
             *(() if tracing is None else (tracing,)),
         ),
         gc_threshold=gc_threshold,
+        switch_interval=switch_interval,
     )

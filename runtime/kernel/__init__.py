@@ -41,6 +41,7 @@ from raygrain.runtime.kernel._registry import ActorRegistry
 from raygrain.runtime.kernel._ring import ConsistentHashRing
 from raygrain.runtime.kernel._silo import Silo, SiloOptions
 from raygrain.runtime.kernel._state import StateSlot
+from raygrain.runtime.kernel._switching import DEFAULT_SWITCH_INTERVAL, check_switch_interval
 from raygrain.runtime.kernel._transport import Endpoint, LocalTransport, SiloEndpoint, Transport
 from raygrain.runtime.kernel._version import installed_version
 from raygrain.runtime.kernel._view import (
@@ -53,6 +54,7 @@ from raygrain.runtime.kernel._view import (
 
 __all__ = [
     "DEFAULT_GC_THRESHOLD",
+    "DEFAULT_SWITCH_INTERVAL",
     "DROPPED",
     "FLUSH_TIMINGS_AT",
     "Activation",
@@ -92,6 +94,7 @@ __all__ = [
     "TurnScope",
     "TurnTimings",
     "check_gc_threshold",
+    "check_switch_interval",
     "configure_logging",
     "current_chain",
     "get_logger",

@@ -17,7 +17,7 @@ later; memory grows by at most the threshold's worth of young objects.
 The collector is the process's: several silos in one process (``Cluster.local``) share one
 setting, the largest any of them asked for. When the last silo of the process stops, the
 thresholds go back to what they were, unless someone else changed them meanwhile (then theirs
-stay). ``gc_threshold=None`` leaves the collector alone.
+stay; runtime/kernel/_held.py). ``gc_threshold=None`` leaves the collector alone.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
+from raygrain.runtime.kernel._held import HeldSetting
+
 __all__ = ["DEFAULT_GC_THRESHOLD", "check_gc_threshold", "hold_collector"]
 
 DEFAULT_GC_THRESHOLD = 10_000
 
-_held: list[int] = []  # the thresholds asked for by the silos running in this process
-_saved: tuple[int, int, int] | None = None  # the thresholds before the first of them
-_set: tuple[int, int, int] | None = None  # what was set last; None: left alone (see _apply)
+# The young generation's threshold, the largest asked for (the older generations' stay).
+_COLLECTOR: HeldSetting[int, tuple[int, int, int]] = HeldSetting(
+    gc.get_threshold,
+    lambda thresholds: gc.set_threshold(*thresholds),
+    lambda held, current: (max(held), *current[1:]),
+)
 
 
 def check_gc_threshold(value: object) -> int | None:
@@ -50,38 +55,4 @@ def check_gc_threshold(value: object) -> int | None:
 def hold_collector(threshold: int | None) -> Callable[[], None]:
     """Raise the young generation's threshold to ``threshold`` until the returned release is
     called (once; a second call does nothing). None: nothing is held."""
-    if threshold is None:
-        return _nothing
-    global _saved, _set
-    if not _held:
-        _saved = _set = gc.get_threshold()
-    _held.append(threshold)
-    _apply()
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            _held.remove(threshold)
-            _apply()
-
-    return release
-
-
-def _apply() -> None:
-    global _saved, _set
-    current = gc.get_threshold()
-    if _set is not None and current != _set:
-        _set = None  # changed by someone else since we set it: theirs stays, now and after
-    if not _held:
-        if _set is not None and _saved is not None:
-            gc.set_threshold(*_saved)
-        _saved = _set = None
-    elif _set is not None:
-        _set = (max(_held), *current[1:])
-        gc.set_threshold(*_set)
-
-
-def _nothing() -> None:
-    pass
+    return _COLLECTOR.hold(threshold)

@@ -31,7 +31,7 @@ from raygrain.actors import (
 from raygrain.runtime.kernel._activation import Activation, ActivationState, Delivery
 from raygrain.runtime.kernel._caller import Caller, CallSettings
 from raygrain.runtime.kernel._clock import Clock, SystemClock, reads_monotonic
-from raygrain.runtime.kernel._collector import DEFAULT_GC_THRESHOLD, hold_collector
+from raygrain.runtime.kernel._collector import DEFAULT_GC_THRESHOLD
 from raygrain.runtime.kernel._extensions import (
     Extension,
     SystemHandler,
@@ -42,6 +42,7 @@ from raygrain.runtime.kernel._logging import get_logger
 from raygrain.runtime.kernel._messages import Malformed, Request, Response
 from raygrain.runtime.kernel._registry import ActorRegistry, check_arguments
 from raygrain.runtime.kernel._runners import TurnRunners, fresh_context
+from raygrain.runtime.kernel._switching import DEFAULT_SWITCH_INTERVAL, hold_process_settings
 from raygrain.runtime.kernel._transport import Transport
 from raygrain.runtime.kernel._view import Membership, MembershipView
 from raygrain.storage import QueuedWrites, StorageProvider
@@ -72,9 +73,10 @@ class SiloOptions:
     calls: CallSettings = field(default_factory=CallSettings)
     # Settings of the capabilities (e.g. a TransactionSettings), found by type: see setting().
     capabilities: tuple[Any, ...] = ()
-    # The garbage collector's young-generation threshold while the silo runs (None: left
-    # alone); see _collector.
+    # The process's collector threshold and switch interval while the silo runs (None: left
+    # alone); see _collector, _switching.
     gc_threshold: int | None = DEFAULT_GC_THRESHOLD
+    switch_interval: float | None = DEFAULT_SWITCH_INTERVAL
 
     def setting(self, kind: type[S], default: S) -> S:
         """The capability settings of type ``kind`` given here, else ``default``."""
@@ -124,7 +126,7 @@ class Silo:
         self.closed = False
         self._tasks: set[asyncio.Future[Any]] = set()
         self._collector: asyncio.Task[None] | None = None
-        self._release_gc: Callable[[], None] | None = None  # (see _collector)
+        self._release_held: Callable[[], None] | None = None  # (see _switching)
         self._closing: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # The event loop's clock (deadlines, turn timing): time.monotonic itself once the loop
@@ -182,8 +184,8 @@ class Silo:
         if reads_monotonic(self._loop):
             self.loop_time = time.monotonic
         self._collector = self._loop.create_task(self._collect_periodically())
-        if self._release_gc is None:
-            self._release_gc = hold_collector(self.options.gc_threshold)
+        if self._release_held is None:
+            self._release_held = hold_process_settings(self.options)
         for extension in self.extensions:
             extension.start(self)
 
@@ -216,8 +218,8 @@ class Silo:
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
         finally:
-            if self._release_gc is not None:
-                self._release_gc()  # (the process's collector: see _collector)
+            if self._release_held is not None:
+                self._release_held()
 
     async def deactivate_all(self, reason: DeactivationReason) -> None:
         everything = [*self.activations.values()]

@@ -18,7 +18,7 @@ import pytest
 
 from raygrain.actors import UnknownActorTypeError, UnknownMethodError
 from raygrain.runtime import Cluster
-from raygrain.runtime.kernel import DEFAULT_GC_THRESHOLD
+from raygrain.runtime.kernel import DEFAULT_GC_THRESHOLD, DEFAULT_SWITCH_INTERVAL
 from tests import app
 from tests.app import BankAccount, Chain
 from tests.helpers import check_oversized_messages, wait_for_active, wait_until
@@ -37,14 +37,19 @@ async def test_actors_spread_over_every_node(ray_silos: Any, ray_transport: str,
     assert set(ray_silos.node_ids) <= {s["node_id"] for s in stats if s["activations"] > 0}
 
 
-async def test_silo_processes_run_with_the_young_threshold_raised(ray_silos: Any) -> None:
+async def test_silo_processes_run_with_the_young_threshold_raised_and_a_short_switch_interval(
+    ray_silos: Any,
+) -> None:
     """A silo's process collects its young generation every DEFAULT_GC_THRESHOLD objects, not
     Python's 700 (runtime/kernel/_collector.py); the driver's own stays as it was."""
-    before = gc.get_threshold()
+    before = gc.get_threshold(), sys.getswitchinterval()
     async with Cluster.connect(ray_silos.address, actors=app.ALL_ACTORS) as cluster:
         thresholds = await cluster.get(app.Worker, "gc").gc_thresholds()
+        switch_interval = await cluster.get(app.Worker, "gc").switch_interval()
     assert thresholds[0] == DEFAULT_GC_THRESHOLD
-    assert gc.get_threshold() == before  # (a client hosts no silo)
+    # And its switch interval is the silos' (runtime/kernel/_switching.py), not Python's 5 ms.
+    assert switch_interval == DEFAULT_SWITCH_INTERVAL
+    assert (gc.get_threshold(), sys.getswitchinterval()) == before  # (a client hosts no silo)
 
 
 async def test_graceful_stop_mid_workload_loses_no_call_and_no_write(

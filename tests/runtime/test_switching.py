@@ -1,0 +1,76 @@
+"""The interpreter's switch interval while silos run (runtime/kernel/_switching.py): 1 ms,
+shared by the silos of a process (the shortest asked for), given back when the last stops,
+and left alone when asked (or when someone else changed it meanwhile)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from raygrain.actors import ConfigurationError
+from raygrain.runtime import Cluster
+from raygrain.runtime.kernel import DEFAULT_SWITCH_INTERVAL
+from raygrain.runtime.kernel._switching import hold_switch_interval
+from tests import app
+
+OWN = 0.0042  # the test's own interval (not Python's default, so that giving it back is seen)
+
+
+@pytest.fixture(autouse=True)
+def _interval() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(OWN)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_holding_shortens_it_and_the_last_release_gives_it_back() -> None:
+    first = hold_switch_interval(0.002)
+    assert sys.getswitchinterval() == 0.002
+    second = hold_switch_interval(0.0005)  # the shortest asked for wins
+    assert sys.getswitchinterval() == 0.0005
+    third = hold_switch_interval(0.003)
+    assert sys.getswitchinterval() == 0.0005
+    second()
+    assert sys.getswitchinterval() == 0.002
+    second()  # a second release of the same hold changes nothing
+    assert sys.getswitchinterval() == 0.002
+    first()
+    third()
+    assert sys.getswitchinterval() == OWN
+
+
+def test_none_leaves_it_alone() -> None:
+    release = hold_switch_interval(None)
+    assert sys.getswitchinterval() == OWN
+    release()
+    assert sys.getswitchinterval() == OWN
+
+
+def test_an_interval_someone_else_set_meanwhile_stays() -> None:
+    first = hold_switch_interval(0.001)
+    sys.setswitchinterval(0.0123)  # the application tunes it itself
+    second = hold_switch_interval(0.0002)
+    assert sys.getswitchinterval() == 0.0123
+    second()
+    first()
+    assert sys.getswitchinterval() == 0.0123
+
+
+async def test_a_local_cluster_sets_it_while_it_runs() -> None:
+    async with Cluster.local(actors=[app.Worker], silos=2) as cluster:
+        assert await cluster.get(app.Worker, "w").switch_interval() == DEFAULT_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == OWN
+    async with Cluster.local(actors=[app.Worker], switch_interval=None) as cluster:
+        assert await cluster.get(app.Worker, "w").switch_interval() == OWN
+    async with Cluster.local(actors=[app.Worker], switch_interval=0.0025) as cluster:
+        assert await cluster.get(app.Worker, "w").switch_interval() == 0.0025
+    assert sys.getswitchinterval() == OWN
+
+
+@pytest.mark.parametrize("bad", [0, -0.001, 1e-9, 2.0, float("nan"), float("inf"), True, "1ms"])
+def test_a_bad_interval_is_refused_by_name(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="switch_interval"):
+        Cluster.local(actors=[app.Worker], switch_interval=bad)  # type: ignore[arg-type]
