@@ -180,7 +180,7 @@ class Cluster(ClusterTransactions):
         ``gc_threshold``: the garbage collector's young-generation threshold in the silos'
         processes (None: Python's default; see docs/decisions.md). ``switch_interval``: the
         interpreter's thread switch interval in the silos' processes, in seconds (default 1 ms;
-        None: Python's 5 ms)."""
+        None: leave it alone, Python's 5 ms unless the process changed it)."""
         from raygrain.runtime.ray_host import (
             DirectPlane,
             RayBackend,

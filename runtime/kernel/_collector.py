@@ -55,4 +55,4 @@ def check_gc_threshold(value: object) -> int | None:
 def hold_collector(threshold: int | None) -> Callable[[], None]:
     """Raise the young generation's threshold to ``threshold`` until the returned release is
     called (once; a second call does nothing). None: nothing is held."""
-    return _COLLECTOR.hold(threshold)
+    return _COLLECTOR.hold(check_gc_threshold(threshold))

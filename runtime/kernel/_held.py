@@ -9,6 +9,7 @@ application's own tuning): from then on it is theirs, and stays.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -34,24 +35,35 @@ class HeldSetting(Generic[V, S]):
         self._held: list[V] = []
         self._saved: S | None = None  # the setting before the first hold
         self._set: S | None = None  # what was set last; None: left alone (someone else's)
+        # (Silos of loops in several threads hold and release it too.)
+        self._lock = threading.Lock()
 
     def hold(self, value: V | None) -> Callable[[], None]:
         """Hold ``value`` until the returned release is called (once; a second call does
         nothing). None: nothing is held."""
         if value is None:
             return _nothing
-        if not self._held:
-            self._saved = self._set = self._read()
-        self._held.append(value)
-        self._apply()
+        with self._lock:
+            first = not self._held
+            if first:
+                self._saved = self._set = self._read()
+            self._held.append(value)
+            try:
+                self._apply()
+            except BaseException:  # (a value the process refuses: as if never held)
+                self._held.pop()
+                if first:
+                    self._saved = self._set = None
+                raise
         released = False
 
         def release() -> None:
             nonlocal released
-            if not released:
-                released = True
-                self._held.remove(value)
-                self._apply()
+            with self._lock:
+                if not released:
+                    released = True
+                    self._held.remove(value)
+                    self._apply()
 
         return release
 

@@ -50,9 +50,7 @@ from raygrain.storage import QueuedWrites, StorageProvider
 __all__ = ["Silo", "SiloOptions"]
 
 _MAX_FORWARD_HOPS = 3
-# How long a call whose sender's view is newer waits for this silo's view (at most half its
-# timeout), before it runs here as its sender picked.
-_VIEW_CATCH_UP_SECONDS = 5.0
+_VIEW_CATCH_UP_SECONDS = 5.0  # a newer sender's view awaited here (at most half the timeout)
 _MAX_INTERNAL_TIMINGS = 10_000  # internal turns' timings kept (their names come and go)
 
 # How a silo delivers a user method: the class, the method, whether it is a stateless worker,
@@ -107,8 +105,7 @@ class Silo:
         self.transport = transport
         self.membership = membership
         self.clock = clock
-        # Whether the clock reads time.monotonic, asyncio's loop clock: a turn's end read for
-        # idle collection then also ends its timing (one clock read less per observed turn).
+        # Reads time.monotonic (the loop's clock): a turn's end read also ends its timing.
         self.clock_is_monotonic = type(clock) is SystemClock
         self.options = options
         self.started_at = time.time()
@@ -134,8 +131,7 @@ class Silo:
         self.loop_time: Callable[[], float] = self._read_loop_time
         self._collected = asyncio.Event()
         self.runners = TurnRunners(self)
-        # Set by a Ray silo host after a membership change: new activations of ring-placed
-        # actors wait for it (see SiloHostImpl), so that an actor's previous owner is done.
+        # New ring-placed activations wait for it after a view change (see SiloHostImpl).
         self.activation_gate: asyncio.Future[None] | None = None
         self._system: dict[str, SystemHandler] = {}
         # What capabilities offer an actor instance, by name (see Activation.service).
@@ -211,8 +207,7 @@ class Silo:
             self.membership.unsubscribe(self._view_changed)
             self.caller.close()
             self.runners.clear()
-            # Whatever still runs now outlived the deactivation timeout: cancel it rather than let
-            # one endless turn hold the shutdown hostage.
+            # Still running after the deactivation timeout: cancelled (no endless turn holds up).
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
@@ -457,12 +452,16 @@ class Silo:
             await self._collected.wait()
 
     async def _collect_periodically(self) -> None:
-        while True:
-            await self.clock.sleep(self.options.collection_period)
-            try:
-                await self.collect_idle()
-            except Exception as exc:  # keep collecting: one bad hook must not stop the loop
-                get_logger().error("idle_collection_failed", silo=self.name, error=repr(exc))
+        try:
+            while True:
+                await self.clock.sleep(self.options.collection_period)
+                try:
+                    await self.collect_idle()
+                except Exception as exc:  # keep collecting: one bad hook must not stop the loop
+                    get_logger().error("idle_collection_failed", silo=self.name, error=repr(exc))
+        finally:  # (also when a silo never closed is cancelled as its loop ends: asyncio.run)
+            if self._release_held is not None:
+                self._release_held()
 
     def _all_workers(self) -> list[Activation]:
         return [worker for pool in self.workers.values() for worker in pool]

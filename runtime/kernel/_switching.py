@@ -39,8 +39,15 @@ __all__ = [
 
 DEFAULT_SWITCH_INTERVAL = 0.001
 
+
+def _write(seconds: float) -> None:
+    # The interpreter keeps whole microseconds and truncates what it is given: 0.0002 read back
+    # is 199.99...e-6, written as is 199 us. Half a microsecond more keeps the one meant.
+    sys.setswitchinterval((round(seconds * 1e6) + 0.5) * 1e-6)
+
+
 _SWITCHING: HeldSetting[float, float] = HeldSetting(
-    sys.getswitchinterval, sys.setswitchinterval, lambda held, _: min(held)
+    sys.getswitchinterval, _write, lambda held, _: min(held)
 )
 
 
@@ -65,7 +72,7 @@ def check_switch_interval(value: object) -> float | None:
 def hold_switch_interval(seconds: float | None) -> Callable[[], None]:
     """Set the switch interval to ``seconds`` (the shortest held) until the returned release
     is called (once; a second call does nothing). None: nothing is held."""
-    return _SWITCHING.hold(seconds)
+    return _SWITCHING.hold(check_switch_interval(seconds))
 
 
 class _Held(Protocol):
@@ -79,10 +86,15 @@ class _Held(Protocol):
 def hold_process_settings(options: _Held) -> Callable[[], None]:
     """What a silo holds while it runs (its ``SiloOptions``): the collector's young threshold
     (_collector) and the switch interval; the returned function gives both back."""
-    releases = (hold_collector(options.gc_threshold), hold_switch_interval(options.switch_interval))
+    collector = hold_collector(options.gc_threshold)
+    try:
+        switching = hold_switch_interval(options.switch_interval)
+    except BaseException:
+        collector()
+        raise
 
     def release() -> None:
-        for each in releases:
-            each()
+        collector()
+        switching()
 
     return release

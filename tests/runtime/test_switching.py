@@ -4,15 +4,18 @@ and left alone when asked (or when someone else changed it meanwhile)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import sys
+import warnings
 from collections.abc import Iterator
 
 import pytest
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime import Cluster
-from raygrain.runtime.kernel import DEFAULT_SWITCH_INTERVAL
-from raygrain.runtime.kernel._switching import hold_switch_interval
+from raygrain.runtime.kernel import DEFAULT_SWITCH_INTERVAL, SiloOptions
+from raygrain.runtime.kernel._switching import hold_process_settings, hold_switch_interval
 from tests import app
 
 OWN = 0.0042  # the test's own interval (not Python's default, so that giving it back is seen)
@@ -74,3 +77,45 @@ async def test_a_local_cluster_sets_it_while_it_runs() -> None:
 def test_a_bad_interval_is_refused_by_name(bad: object) -> None:
     with pytest.raises(ConfigurationError, match="switch_interval"):
         Cluster.local(actors=[app.Worker], switch_interval=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("own", [0.0002, 86e-6, 0.0049])
+def test_it_goes_back_to_the_exact_microsecond(own: float) -> None:
+    # The interpreter keeps whole microseconds and truncates: 0.0002 read back and written as
+    # is became 199 us, one less on every cluster started and stopped.
+    sys.setswitchinterval(own)
+    before = sys.getswitchinterval()
+    for _ in range(3):
+        hold_switch_interval(0.001)()
+    assert sys.getswitchinterval() == before
+
+
+def test_a_value_the_process_refuses_is_not_held() -> None:
+    with pytest.raises(ValueError, match="switch_interval"):
+        hold_switch_interval(0.0)
+    release = hold_switch_interval(0.002)  # the process is not left refusing every later hold
+    assert sys.getswitchinterval() == 0.002
+    release()
+    assert sys.getswitchinterval() == OWN
+
+
+def test_a_refused_interval_gives_the_collector_back() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="switch_interval"):
+        hold_process_settings(SiloOptions(gc_threshold=12_345, switch_interval=-1.0))
+    assert gc.get_threshold() == before
+    assert sys.getswitchinterval() == OWN
+
+
+def test_a_cluster_never_closed_gives_them_back_when_its_loop_ends() -> None:
+    before = gc.get_threshold()
+
+    async def main() -> float:
+        cluster = await Cluster.local(actors=[app.Worker]).start()  # and never closed
+        return await cluster.get(app.Worker, "w").switch_interval()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        assert asyncio.run(main()) == DEFAULT_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == OWN
+    assert gc.get_threshold() == before
