@@ -102,23 +102,31 @@ class LocalBackend:
         return caller
 
     async def start(self) -> None:
-        if self.registries:
-            self.metrics = PrometheusExporter(lambda: self.registries, self.metrics_port)
-        for silo in self.silos:
-            silo.start()
-            self.membership.set_status(silo.name, SiloStatus.ACTIVE)
+        started: list[Silo] = []
+        try:
+            if self.registries:
+                self.metrics = PrometheusExporter(lambda: self.registries, self.metrics_port)
+            for silo in self.silos:
+                started.append(silo)  # (first: one failing half-way holds what it took)
+                silo.start()
+                self.membership.set_status(silo.name, SiloStatus.ACTIVE)
+        except BaseException:
+            # Undone here (Cluster.start relies on it): the silos started stop and give back
+            # what they hold (the process's settings), the store it opened closes.
+            await self._close(started)
+            raise
 
     async def aclose(self) -> None:
         # Shielded, as a silo's: a caller cancelled meanwhile (a timeout around the close)
         # must not leave silos half closed and the store open, with no way to finish.
         if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self._close())
+            self._closing = asyncio.get_running_loop().create_task(self._close(self.silos))
         await asyncio.shield(self._closing)
 
-    async def _close(self) -> None:
-        for silo in self.silos:
+    async def _close(self, silos: list[Silo]) -> None:
+        for silo in silos:
             self.membership.set_status(silo.name, SiloStatus.SHUTTING_DOWN)
-        for silo in self.silos:
+        for silo in silos:
             await silo.aclose()
         if self.owns_storage:
             await self.storage.aclose()

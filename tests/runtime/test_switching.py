@@ -14,7 +14,7 @@ import pytest
 
 from raygrain.actors import ConfigurationError
 from raygrain.runtime import Cluster
-from raygrain.runtime.kernel import DEFAULT_SWITCH_INTERVAL, SiloOptions
+from raygrain.runtime.kernel import DEFAULT_SWITCH_INTERVAL, Silo, SiloOptions
 from raygrain.runtime.kernel._switching import hold_process_settings, hold_switch_interval
 from tests import app
 
@@ -117,5 +117,27 @@ def test_a_cluster_never_closed_gives_them_back_when_its_loop_ends() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         assert asyncio.run(main()) == DEFAULT_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == OWN
+    assert gc.get_threshold() == before
+
+
+async def test_a_local_cluster_whose_start_fails_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = gc.get_threshold()
+    start = Silo.start
+    silos: list[Silo] = []
+
+    def failing_second(silo: Silo) -> None:
+        silos.append(silo)
+        start(silo)
+        if len(silos) == 2:
+            raise RuntimeError("the second silo's extension failed to start")
+
+    monkeypatch.setattr(Silo, "start", failing_second)
+    cluster = Cluster.local(actors=[app.Worker], silos=3)
+    with pytest.raises(RuntimeError, match="second silo"):
+        await cluster.start()
+    assert [silo.closed for silo in silos] == [True, True]  # the third never started
     assert sys.getswitchinterval() == OWN
     assert gc.get_threshold() == before
