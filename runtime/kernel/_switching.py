@@ -75,7 +75,9 @@ def hold_switch_interval(seconds: float | None) -> Callable[[], None]:
     return _SWITCHING.hold(check_switch_interval(seconds))
 
 
-class _Held(Protocol):
+class _SiloSettings(Protocol):
+    """(What hold_process_settings reads of a SiloOptions.)"""
+
     @property
     def gc_threshold(self) -> int | None: ...
 
@@ -83,7 +85,7 @@ class _Held(Protocol):
     def switch_interval(self) -> float | None: ...
 
 
-def hold_process_settings(options: _Held) -> Callable[[], None]:
+def hold_process_settings(options: _SiloSettings) -> Callable[[], None]:
     """What a silo holds while it runs (its ``SiloOptions``): the collector's young threshold
     (_collector) and the switch interval; the returned function gives both back."""
     collector = hold_collector(options.gc_threshold)
